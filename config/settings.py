@@ -1,0 +1,123 @@
+"""Settings: environment variables (``PIPELINE_*``) over the home's settings file over defaults.
+
+Everything a local cluster owns lives under one directory, ``PIPELINE_HOME``; its
+``settings.toml`` holds what ``pipeline cluster init`` chose (the private Redis port, say),
+and any value there can be overridden by an environment variable of the same name in
+upper case with the ``PIPELINE_`` prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+#: Where a cluster lives when PIPELINE_HOME is not set.
+DEFAULT_HOME = Path("~/.pipeline")
+#: The name of the settings file inside PIPELINE_HOME.
+SETTINGS_FILE = "settings.toml"
+#: The definitions shipped with the product (the sample pipeline).
+PACKAGED_DEFINITIONS = Path(__file__).parent / "pipelines"
+
+
+def pipeline_home() -> Path:
+    """The cluster's home directory, from PIPELINE_HOME (absolute, user expanded)."""
+    return Path(os.environ.get("PIPELINE_HOME") or DEFAULT_HOME).expanduser().absolute()
+
+
+class Settings(BaseSettings):
+    """All settings of a cluster; unset paths and URLs derive from ``home``."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_", extra="ignore")
+
+    home: Path = Field(default_factory=pipeline_home)
+    database_url: str | None = None
+    broker_url: str | None = None
+    redis_port: int | None = None
+    datastore_root: Path | None = None
+    task_root: Path | None = None
+    definitions_dir: Path = PACKAGED_DEFINITIONS
+    workers: int = Field(default=1, ge=1, description="worker processes `cluster start` runs")
+    worker_concurrency: int = Field(default=2, ge=1, description="pool size of each worker")
+    worker_queues: list[str] = Field(default_factory=list)
+    monitor_interval: float = Field(default=10.0, gt=0)
+    stale_after: float = Field(default=30.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = pipeline_home() / SETTINGS_FILE
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file))
+
+    @property
+    def settings_file(self) -> Path:
+        return self.home / SETTINGS_FILE
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'pipeline.db'}"
+
+    @property
+    def broker(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"redis://127.0.0.1:{self.redis_port or 6379}/0"
+
+    @property
+    def uses_private_redis(self) -> bool:
+        """True when the cluster runs its own redis-server rather than an external broker."""
+        return not self.broker_url
+
+    @property
+    def datastore(self) -> Path:
+        return (self.datastore_root or self.home / "datastore").expanduser().absolute()
+
+    @property
+    def tasks_dir(self) -> Path:
+        return (self.task_root or self.home / "tasks").expanduser().absolute()
+
+
+@cache
+def get_settings() -> Settings:
+    """The settings of this process, read once."""
+    return Settings()
+
+
+def reload_settings() -> Settings:
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def write_settings_file(path: Path, values: dict[str, object]) -> None:
+    """Merge ``values`` into the TOML settings file at ``path`` (flat keys only)."""
+    import tomllib
+
+    current: dict[str, object] = {}
+    if path.exists():
+        current = tomllib.loads(path.read_text())
+    current.update(values)
+    lines = [f"{key} = {json.dumps(value)}" for key, value in sorted(current.items())]
+    path.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,176 @@
+"""Running an algorithm on one subtask: a Python callable or an external executable.
+
+Either runs in its own process with the subtask directory as working directory and
+stdout and stderr going to the subtask's log. A Python callable runs in a forked child
+of the worker (no interpreter start-up per subtask); an executable runs as a child
+process. The supervising process enforces the subtask timeout by killing the child, so a
+hung or crashing algorithm fails its subtask and never takes the worker down with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.definitions import resolve_callable
+
+LOG_NAME = "subtask.log"
+#: Files the executable algorithm finds in its subtask directory.
+PARAMETERS_FILE = "parameters.json"
+INPUTS_FILE = "inputs.json"
+
+
+@dataclass(frozen=True)
+class SubtaskContext:
+    """What an algorithm gets: its directory, inputs there, and the frozen parameter values."""
+
+    directory: Path
+    inputs: list[Path]
+    parameters: dict[str, Any]
+    index: int
+    unit_of_work: str
+    node: str
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    error: str = ""
+    timed_out: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def run(algorithm: str | dict[str, Any], ctx: SubtaskContext, timeout: float) -> Outcome:
+    """Run ``algorithm`` on the subtask ``ctx``, killing it after ``timeout`` seconds."""
+    log_path = ctx.directory / LOG_NAME
+    if isinstance(algorithm, str):
+        return _run_callable(algorithm, ctx, log_path, timeout)
+    return _run_executable(algorithm, ctx, log_path, timeout)
+
+
+def _run_executable(
+    algorithm: dict[str, Any], ctx: SubtaskContext, log_path: Path, timeout: float
+) -> Outcome:
+    (ctx.directory / PARAMETERS_FILE).write_text(json.dumps(ctx.parameters))
+    (ctx.directory / INPUTS_FILE).write_text(json.dumps([p.name for p in ctx.inputs]))
+    command = [algorithm["executable"], *algorithm.get("args", [])]
+    env = {
+        **os.environ,
+        "PIPELINE_SUBTASK_INDEX": str(ctx.index),
+        "PIPELINE_UNIT_OF_WORK": ctx.unit_of_work,
+    }
+    with log_path.open("ab") as log:
+        try:
+            process = subprocess.Popen(
+                command,
+                cwd=ctx.directory,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return Outcome(False, f"cannot start {command[0]}: {exc.strerror}")
+        try:
+            status = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return Outcome(False, f"timeout: killed after {timeout:g} s", timed_out=True)
+    if status == 0:
+        return Outcome(True)
+    return Outcome(False, _exit_message(status, log_path))
+
+
+def _exit_message(status: int, log_path: Path) -> str:
+    reason = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+    last = _last_line(log_path)
+    return f"{reason}: {last}" if last else reason
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
+def _run_callable(reference: str, ctx: SubtaskContext, log_path: Path, timeout: float) -> Outcome:
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read_end)
+        _child(reference, ctx, log_path, write_end)
+    os.close(write_end)
+    try:
+        report, finished = _read_report(read_end, timeout)
+    finally:
+        os.close(read_end)
+    if not finished:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    if not finished:
+        return Outcome(False, f"timeout: killed after {timeout:g} s", timed_out=True)
+    if report:
+        return Outcome(**json.loads(report))
+    code = os.waitstatus_to_exitcode(status)
+    return Outcome(False, _exit_message(code, log_path))
+
+
+def _read_report(fd: int, timeout: float) -> tuple[bytes, bool]:
+    """What the child writes to ``fd`` until it closes it; ``finished`` is False at the deadline."""
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return b"", False
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if readable:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
+
+
+def _child(reference: str, ctx: SubtaskContext, log_path: Path, report_fd: int) -> None:
+    """In the forked child: run the callable with output to the log, report, and exit."""
+    outcome = Outcome(False, "algorithm did not report")
+    try:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        logging.root.handlers = [logging.StreamHandler(sys.stderr)]
+        os.chdir(ctx.directory)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        resolve_callable(reference)(ctx)
+        outcome = Outcome(True)
+    except BaseException as exc:  # noqa: BLE001 - every failure is the subtask's outcome
+        traceback.print_exc()
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        outcome = Outcome(
+            False, f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+        )
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.write(report_fd, json.dumps(outcome.__dict__).encode())
+        finally:
+            os._exit(0)

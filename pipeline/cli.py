@@ -1,0 +1,447 @@
+"""The ``pipeline`` command: cluster, definitions, parameters, instances, tasks.
+
+Every error an operator can cause prints as one line on stderr with a non-zero exit
+status; listing and detail commands take ``--json``, a stable contract for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline import services
+from pipeline.errors import PipelineError
+from pipeline.states import STOPPED_STATES, InstanceState
+
+#: Exit statuses of ``pipeline wait``.
+EXIT_COMPLETED, EXIT_ERRORS, EXIT_TIMEOUT = 0, 1, 2
+WAIT_POLL_SECONDS = 0.5
+
+app = typer.Typer(
+    help="A Ziggy-style science pipeline on Celery.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+cluster_app = typer.Typer(help="The local cluster under PIPELINE_HOME.", no_args_is_help=True)
+definitions_app = typer.Typer(help="Pipeline definitions.", no_args_is_help=True)
+params_app = typer.Typer(help="Parameter sets.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(definitions_app, name="definitions")
+app.add_typer(params_app, name="params")
+
+console = Console()
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if value is None else str(value) for value in row))
+    console.print(table)
+
+
+# -- cluster ---------------------------------------------------------------------------------
+
+
+@cluster_app.command("init")
+def cluster_init(
+    sample_data: Annotated[
+        bool, typer.Option(help="Write the sample pipeline's images into the datastore.")
+    ] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Create PIPELINE_HOME and its database, and import every definition."""
+    from pipeline import cluster
+
+    summary = cluster.init(sample_data=sample_data)
+    if as_json:
+        return _print_json(summary)
+    console.print(f"cluster home  {summary['home']}")
+    console.print(f"database      {summary['database']}")
+    console.print(f"broker        {summary['broker']}")
+    console.print(f"datastore     {summary['datastore']}")
+    for item in summary["definitions"]:
+        note = "imported" if item["new"] else "unchanged"
+        console.print(f"definition    {item['name']} version {item['version']} ({note})")
+    if summary["sample_files_written"]:
+        console.print(f"sample data   {summary['sample_files_written']} images written")
+
+
+@cluster_app.command("start")
+def cluster_start(
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes to run.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start Redis, Celery workers and beat: only those not already running."""
+    from pipeline import cluster
+
+    with console.status("starting the cluster") as spinner:
+        rows = cluster.start(workers, progress=lambda text: spinner.update(text))
+    _show_status(rows, as_json)
+
+
+@cluster_app.command("stop")
+def cluster_stop() -> None:
+    """Stop the processes `cluster start` started."""
+    from pipeline import cluster
+
+    with console.status("stopping the cluster"):
+        stopped = cluster.stop()
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@cluster_app.command("status")
+def cluster_status(as_json: JsonOption = False) -> None:
+    """Which of the cluster's processes are alive."""
+    from pipeline import cluster
+
+    _show_status(cluster.status(), as_json)
+
+
+def _show_status(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        return _print_json(rows)
+    _table(
+        "cluster",
+        ["name", "pid", "alive", "url"],
+        [[r["name"], r["pid"], "yes" if r["alive"] else "no", r["url"]] for r in rows],
+    )
+
+
+# -- definitions and parameters --------------------------------------------------------------
+
+
+@definitions_app.command("import")
+def definitions_import(files: Annotated[list[Path], typer.Argument(help="YAML files.")]) -> None:
+    """Import definition files, all or nothing; a changed file becomes a new version."""
+    from pipeline import definitions
+    from pipeline.database import transaction
+
+    with transaction() as session:
+        imported = definitions.import_files(session, files)
+        lines = [
+            f"{stored.name} version {stored.version} ({'imported' if new else 'unchanged'})"
+            for stored, new in imported
+        ]
+    for line in lines:
+        console.print(line)
+
+
+@definitions_app.command("list")
+def definitions_list(as_json: JsonOption = False) -> None:
+    """The newest version of every pipeline definition."""
+    rows = services.list_definitions()
+    if as_json:
+        return _print_json(rows)
+    _table(
+        "pipelines",
+        ["name", "version", "nodes", "imported"],
+        [[r["name"], r["version"], " -> ".join(r["nodes"]), r["imported_at"]] for r in rows],
+    )
+
+
+@definitions_app.command("show")
+def definitions_show(name: str, as_json: JsonOption = False) -> None:
+    """A pipeline's nodes, their algorithms, inputs, outputs and execution settings."""
+    spec = services.show_definition(name)
+    if as_json:
+        return _print_json(spec)
+    console.print(
+        f"[bold]{spec['name']}[/] version {spec['version']}  {spec.get('description', '')}"
+    )
+    _table(
+        "nodes",
+        ["node", "after", "algorithm", "inputs", "outputs", "subtasks", "parameter sets", "queue"],
+        [
+            [
+                n["name"],
+                ", ".join(n["after"]),
+                _algorithm_label(n["algorithm"]),
+                ", ".join(n["inputs"]),
+                ", ".join(n["outputs"]),
+                _subtasks_label(n["subtasks"]),
+                ", ".join(n["parameter_sets"]),
+                n["execution"]["queue"],
+            ]
+            for n in spec["nodes"]
+        ],
+    )
+
+
+def _algorithm_label(algorithm: Any) -> str:
+    return algorithm if isinstance(algorithm, str) else algorithm["executable"]
+
+
+def _subtasks_label(subtasks: Any) -> str:
+    return subtasks if isinstance(subtasks, str) else f"groups of {subtasks['group_size']}"
+
+
+@params_app.command("list")
+def params_list(as_json: JsonOption = False) -> None:
+    """The newest version of every parameter set."""
+    rows = services.list_parameter_sets()
+    if as_json:
+        return _print_json(rows)
+    _table(
+        "parameter sets",
+        ["name", "version", "locked", "parameters"],
+        [[r["name"], r["version"], r["locked"], len(r["parameters"])] for r in rows],
+    )
+
+
+@params_app.command("show")
+def params_show(
+    name: str,
+    version: Annotated[int | None, typer.Option(help="An older version.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A parameter set's values and types."""
+    found = services.show_parameter_set(name, version)
+    if as_json:
+        return _print_json(found)
+    _show_parameter_set(found)
+
+
+def _show_parameter_set(found: dict[str, Any]) -> None:
+    lock = "locked" if found["locked"] else "unlocked"
+    _table(
+        f"{found['name']} version {found['version']} ({lock})",
+        ["parameter", "type", "value"],
+        [[p["name"], p["type"], json.dumps(p["value"])] for p in found["parameters"]],
+    )
+
+
+@params_app.command("set")
+def params_set(
+    name: str,
+    assignments: Annotated[list[str], typer.Argument(help="key=value pairs.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Change values; a locked version (used by an instance) gets a new version instead."""
+    from pipeline.parameters import parse_assignments
+
+    found = services.set_parameters(name, parse_assignments(assignments))
+    if as_json:
+        return _print_json(found)
+    _show_parameter_set(found)
+
+
+# -- instances and tasks ---------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    pipeline: str,
+    start_node: Annotated[str | None, typer.Option(help="First node to run.")] = None,
+    end_node: Annotated[str | None, typer.Option(help="Last node to run.")] = None,
+    priority: Annotated[int | None, typer.Option(help="0 (first) to 9 (last).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Submit a pipeline instance."""
+    from pipeline.submit import submit as submit_instance
+
+    result = submit_instance(pipeline, start_node, end_node, priority)
+    data = {
+        "id": result.id,
+        "pipeline": result.pipeline,
+        "state": result.state,
+        "tasks": result.tasks,
+    }
+    if as_json:
+        return _print_json(data)
+    console.print(
+        f"instance {result.id} of {result.pipeline} submitted with {len(result.tasks)} tasks"
+        f" ({result.state}); follow it with: pipeline wait {result.id}"
+    )
+
+
+@app.command()
+def instances(as_json: JsonOption = False) -> None:
+    """Every pipeline instance and its state."""
+    rows = services.list_instances()
+    if as_json:
+        return _print_json(rows)
+    _table(
+        "instances",
+        ["id", "pipeline", "state", "nodes", "created", "message"],
+        [
+            [r["id"], r["pipeline"], r["state"], _node_range(r), r["created_at"], r["message"]]
+            for r in rows
+        ],
+    )
+
+
+def _node_range(instance: dict[str, Any]) -> str:
+    if not instance["start_node"] and not instance["end_node"]:
+        return "all"
+    return f"{instance['start_node'] or 'first'} .. {instance['end_node'] or 'last'}"
+
+
+@app.command()
+def tasks(instance: int, as_json: JsonOption = False) -> None:
+    """The tasks of an instance: P-state, error flag and subtask counts."""
+    rows = services.list_tasks(instance)
+    if as_json:
+        return _print_json(rows)
+    _table(
+        f"tasks of instance {instance}",
+        ["id", "node", "unit of work", "state", "subtasks", "worker", "error"],
+        [
+            [
+                r["id"],
+                r["node"],
+                r["unit_of_work"],
+                r["state"],
+                r["counts"],
+                r["worker_host"],
+                r["error_message"],
+            ]
+            for r in rows
+        ],
+    )
+
+
+@app.command()
+def task(
+    task_id: Annotated[int, typer.Argument(metavar="TASK")], as_json: JsonOption = False
+) -> None:
+    """A task's details and its history of transitions."""
+    detail = services.get_task(task_id)
+    if as_json:
+        return _print_json(detail)
+    console.print(
+        f"[bold]task {detail['id']}[/]  instance {detail['instance_id']}  node {detail['node']}"
+        f"  unit {detail['unit_of_work']}\nstate {detail['state']}  subtasks {detail['counts']}"
+        f"  attempt {detail['attempt']}  queue {detail['execution'].get('queue')}"
+        f"\ndirectory {detail['task_dir'] or '-'}"
+    )
+    if detail["error_message"]:
+        console.print(f"[red]error[/] {detail['error_message']}")
+    _table(
+        "history",
+        ["time", "p-state", "attempt", "host", "message"],
+        [
+            [
+                e["at"],
+                ("ERROR - " if e["error"] else "") + e["p_state"],
+                e["attempt"],
+                e["host"],
+                e["message"],
+            ]
+            for e in detail["history"]
+        ],
+    )
+
+
+@app.command()
+def subtasks(
+    task_id: Annotated[int, typer.Argument(metavar="TASK")], as_json: JsonOption = False
+) -> None:
+    """A task's subtasks: state, attempts and error."""
+    rows = services.list_subtasks(task_id)
+    if as_json:
+        return _print_json(rows)
+    _table(
+        f"subtasks of task {task_id}",
+        ["index", "state", "attempts", "worker", "inputs", "error"],
+        [
+            [
+                r["index"],
+                r["state"],
+                r["attempts"],
+                r["worker_host"],
+                ", ".join(r["inputs"]),
+                r["error"],
+            ]
+            for r in rows
+        ],
+    )
+
+
+@app.command()
+def logs(
+    task_id: Annotated[int, typer.Argument(metavar="TASK")],
+    subtask: Annotated[int | None, typer.Option(help="Only this subtask's log.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The algorithm's output (stdout and stderr) of each subtask of a task."""
+    found = services.logs(task_id, subtask)
+    if as_json:
+        return _print_json(found)
+    for entry in found:
+        console.rule(f"subtask {entry['index']}  {entry['path']}")
+        sys.stdout.write(entry["text"] or "(no output)\n")
+        sys.stdout.flush()
+
+
+@app.command()
+def wait(
+    instance: int,
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+) -> None:
+    """Wait for an instance: exit 0 when COMPLETED, 1 when it stops with errors, 2 on timeout."""
+    deadline = time.monotonic() + timeout if timeout else None
+    columns = [
+        TextColumn("instance {task.fields[id]} {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("subtasks"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("", total=None, id=instance)
+        while True:
+            summary = services.get_instance(instance)
+            done = summary["completed_subtasks"] + summary["failed_subtasks"]
+            progress.update(
+                bar,
+                description=summary["state"],
+                completed=done,
+                total=max(summary["total_subtasks"], 1),
+            )
+            if summary["state"] in STOPPED_STATES:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                console.print(f"instance {instance} still {summary['state']} after {timeout:g} s")
+                raise typer.Exit(EXIT_TIMEOUT)
+            time.sleep(WAIT_POLL_SECONDS)
+    state = summary["state"]
+    console.print(f"instance {instance} {state}")
+    raise typer.Exit(EXIT_COMPLETED if state == InstanceState.COMPLETED else EXIT_ERRORS)
+
+
+# -- entry point -----------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Run the CLI; an operator's error becomes one line on stderr and exit status 1."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pipeline.database import describe_database_error
+
+    try:
+        app()
+    except PipelineError as exc:
+        _die(str(exc))
+    except SQLAlchemyError as exc:
+        _die(describe_database_error(exc))
+
+
+def _die(message: str) -> None:
+    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise SystemExit(1)

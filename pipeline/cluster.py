@@ -1,0 +1,348 @@
+"""A local cluster under PIPELINE_HOME: a private redis-server, Celery workers and beat.
+
+``start`` starts only what is not running, ``stop`` stops only what ``start`` started
+(found by the pid files under ``PIPELINE_HOME/run``, each checked against the process's
+command line so a recycled pid is never signalled).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from config.settings import Settings, get_settings, write_settings_file
+from pipeline import database, definitions
+from pipeline.errors import PipelineError, Refused
+
+#: Seconds a service gets to become ready after it is started.
+READY_TIMEOUT = 60.0
+#: Seconds a service gets to exit after SIGTERM before it is killed.
+STOP_TIMEOUT = 30.0
+POLL = 0.1
+
+
+@dataclass(frozen=True)
+class Service:
+    """One process of the cluster: how to start it and how to recognise it."""
+
+    name: str
+    argv: list[str]
+    #: Strings the process's command line contains, telling it from a recycled pid.
+    match: tuple[str, ...]
+    url: str = ""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def redis_service(settings: Settings) -> Service:
+    port = settings.redis_port or 6379
+    redis_dir = settings.home / "redis"
+    return Service(
+        name="redis",
+        argv=[
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(redis_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(settings.log_dir / "redis.log"),
+        ],
+        # Redis retitles itself "redis-server 127.0.0.1:PORT" once it runs.
+        match=("redis-server", str(port)),
+        url=settings.broker,
+    )
+
+
+def worker_queues(settings: Settings) -> list[str]:
+    """The queues local workers consume: the setting, else every queue the definitions name."""
+    if settings.worker_queues:
+        return settings.worker_queues
+    queues = {"default"}
+    try:
+        with database.transaction() as session:
+            for stored in definitions.list_latest(session):
+                queues.update(node["execution"]["queue"] for node in stored.spec["nodes"])
+    except PipelineError:
+        pass
+    return sorted(queues)
+
+
+def worker_service(settings: Settings, number: int) -> Service:
+    log = settings.log_dir / f"worker{number}.log"
+    return Service(
+        name=f"worker{number}",
+        argv=[
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "-n",
+            f"worker{number}@%h",
+            "-c",
+            str(settings.worker_concurrency),
+            "-Q",
+            ",".join(worker_queues(settings)),
+            "-E",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
+            "--logfile",
+            str(log),
+        ],
+        match=(str(log),),
+    )
+
+
+def beat_service(settings: Settings) -> Service:
+    log = settings.log_dir / "beat.log"
+    return Service(
+        name="beat",
+        argv=[
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "beat",
+            "-s",
+            str(settings.run_dir / "celerybeat-schedule"),
+            "--loglevel",
+            "INFO",
+            "--logfile",
+            str(log),
+        ],
+        match=(str(log),),
+    )
+
+
+def services(settings: Settings, workers: int | None = None) -> list[Service]:
+    count = workers or settings.workers
+    listed = [redis_service(settings)] if settings.uses_private_redis else []
+    listed += [worker_service(settings, n) for n in range(1, count + 1)]
+    return [*listed, beat_service(settings)]
+
+
+# -- pid files -------------------------------------------------------------------------------
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.pid"
+
+
+def _read_pid(settings: Settings, name: str) -> tuple[int, tuple[str, ...]] | None:
+    try:
+        data = json.loads(_pid_file(settings, name).read_text())
+        return int(data["pid"]), tuple(data["match"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def alive(pid: int, match: tuple[str, ...]) -> bool:
+    """Is ``pid`` a live (not zombie) process whose command line contains each of ``match``?"""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and all(word in cmdline for word in match)
+
+
+def _running_pid(settings: Settings, name: str) -> int | None:
+    found = _read_pid(settings, name)
+    return found[0] if found and alive(*found) else None
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def init(sample_data: bool = True) -> dict[str, Any]:
+    """Create PIPELINE_HOME, the database, and import every definition in the definitions dir."""
+    settings = get_settings()
+    for directory in (settings.home, settings.run_dir, settings.log_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    chosen: dict[str, object] = {}
+    if settings.uses_private_redis and settings.redis_port is None:
+        chosen["redis_port"] = free_port()
+    write_settings_file(settings.settings_file, chosen)
+    settings = _reload()
+    database.upgrade()
+    files = definitions.definition_files(settings.definitions_dir)
+    with database.transaction() as session:
+        imported = definitions.import_files(session, files)
+    settings.datastore.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if sample_data and any(stored.name == "sample" for stored, _ in imported):
+        from config.sample.images import write_sample_datastore
+
+        written = write_sample_datastore(settings.datastore)
+    return {
+        "home": str(settings.home),
+        "database": database.masked(settings.db_url),
+        "broker": database.masked(settings.broker),
+        "datastore": str(settings.datastore),
+        "definitions": [
+            {"name": stored.name, "version": stored.version, "new": new} for stored, new in imported
+        ],
+        "sample_files_written": len(written),
+    }
+
+
+def _reload() -> Settings:
+    from config.settings import reload_settings
+
+    settings = reload_settings()
+    database.reset_engines()
+    from workers.app import app, configure
+
+    configure(app, settings)
+    return settings
+
+
+def _require_init(settings: Settings) -> None:
+    if not settings.settings_file.exists():
+        raise Refused(f"no cluster under {settings.home}: run `pipeline cluster init` first")
+
+
+def start(
+    workers: int | None = None, progress: Callable[[str], None] = lambda _: None
+) -> list[dict[str, Any]]:
+    """Start every service that is not running, and wait until each is ready."""
+    settings = get_settings()
+    _require_init(settings)
+    if settings.uses_private_redis and not shutil.which("redis-server"):
+        raise Refused("redis-server not found: install it (apt-get install redis-server)")
+    database.check_database()
+    (settings.home / "redis").mkdir(exist_ok=True)
+    for service in services(settings, workers):
+        if _running_pid(settings, service.name):
+            continue
+        progress(f"starting {service.name}")
+        pid = _spawn(settings, service)
+        _wait_ready(settings, service, pid)
+    return status(workers)
+
+
+def _spawn(settings: Settings, service: Service) -> int:
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    output = (settings.log_dir / f"{service.name}.out").open("ab")
+    env = {**os.environ, "PIPELINE_HOME": str(settings.home)}
+    process = subprocess.Popen(
+        service.argv,
+        cwd=settings.home,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    output.close()
+    _pid_file(settings, service.name).write_text(
+        json.dumps({"pid": process.pid, "match": service.match})
+    )
+    return process.pid
+
+
+def _wait_ready(settings: Settings, service: Service, pid: int) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if not alive(pid, service.match):
+            raise Refused(f"{service.name} exited at start: see {settings.log_dir}")
+        if _ready(settings, service):
+            return
+        time.sleep(POLL)
+    raise Refused(f"{service.name} not ready after {READY_TIMEOUT:g} s: see {settings.log_dir}")
+
+
+def _ready(settings: Settings, service: Service) -> bool:
+    if service.name == "redis":
+        return _redis_answers(settings.broker)
+    if service.name == "beat":
+        log = settings.log_dir / "beat.log"
+        return log.exists() and "beat: Starting" in log.read_text(errors="replace")
+    from workers.app import app
+
+    name = f"{service.name}@{socket.gethostname()}"
+    try:
+        replies = app.control.ping(destination=[name], timeout=0.5)
+    except Exception:  # the broker is still starting
+        return False
+    return any(name in reply for reply in replies)
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def stop() -> list[str]:
+    """Stop the processes ``start`` started (workers and beat first, Redis last)."""
+    settings = get_settings()
+    stopped = []
+    names = [service.name for service in services(settings, _started_workers(settings))]
+    ordered = [n for n in names if n != "redis"] + [n for n in names if n == "redis"]
+    running = {n: found for n in ordered if (found := _read_pid(settings, n))}
+    for phase in (["worker", "beat"], ["redis"]):
+        targets = {n: f for n, f in running.items() if any(n.startswith(p) for p in phase)}
+        for found in targets.values():
+            if alive(*found):
+                os.kill(found[0], signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for name, found in targets.items():
+            while alive(*found) and time.monotonic() < deadline:
+                time.sleep(POLL)
+            if alive(*found):
+                os.kill(found[0], signal.SIGKILL)
+            _pid_file(settings, name).unlink(missing_ok=True)
+            stopped.append(name)
+    return stopped
+
+
+def _started_workers(settings: Settings) -> int:
+    return len(list(settings.run_dir.glob("worker*.pid"))) or settings.workers
+
+
+def status(workers: int | None = None) -> list[dict[str, Any]]:
+    settings = get_settings()
+    count = max(workers or 0, _started_workers(settings))
+    rows = []
+    for service in services(settings, count):
+        found = _read_pid(settings, service.name)
+        rows.append(
+            {
+                "name": service.name,
+                "pid": found[0] if found else None,
+                "alive": bool(found and alive(*found)),
+                "url": database.masked(service.url) if service.url else None,
+            }
+        )
+    return rows

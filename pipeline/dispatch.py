@@ -1,0 +1,62 @@
+"""Sending the stage messages of a task's chain; every message carries the task's attempt.
+
+Messages are sent only after the transaction that called for them has committed, so a
+worker never receives work the database does not know about yet. A message lost
+between commit and send leaves the task waiting in its step, which the monitor finds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from kombu.exceptions import OperationalError as BrokerError
+
+from config.settings import get_settings
+from pipeline.database import masked
+from pipeline.errors import Unreachable
+from workers.app import app
+
+MARSHAL = "pipeline.stage.marshal"
+EXECUTE = "pipeline.stage.execute"
+SUBTASK = "pipeline.stage.subtask"
+MONITOR = "pipeline.stage.monitor"
+STORE = "pipeline.stage.store"
+#: Extra seconds past the subtask timeout before Celery itself kills a stuck worker process.
+HARD_LIMIT_GRACE = 60.0
+#: Retries of a publish before the broker counts as unreachable.
+PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
+
+
+def check_broker() -> None:
+    """Raise ``Unreachable`` unless the broker accepts a connection."""
+    url = get_settings().broker
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=3)
+    except Exception as exc:  # kombu raises several types for a refused connection
+        raise Unreachable(f"broker unreachable at {masked(url)}: {exc}") from None
+
+
+def send(name: str, args: list[Any], execution: dict[str, Any]) -> None:
+    send_many(name, [args], execution)
+
+
+def send_many(name: str, arg_lists: Iterable[list[Any]], execution: dict[str, Any]) -> None:
+    """Publish one message per argument list on the node's queue over one connection."""
+    options: dict[str, Any] = {
+        "queue": execution.get("queue") or "default",
+        "priority": execution.get("priority", 0),
+        "retry": True,
+        "retry_policy": PUBLISH_RETRY,
+    }
+    if name == SUBTASK:
+        timeout = float(execution.get("subtask_timeout", 3600))
+        options["time_limit"] = timeout + HARD_LIMIT_GRACE
+    try:
+        with app.producer_or_acquire() as producer:
+            for args in arg_lists:
+                app.send_task(name, args=args, producer=producer, **options)
+    except BrokerError as exc:
+        url = masked(get_settings().broker)
+        raise Unreachable(f"broker unreachable at {url}: {exc}") from None

@@ -1,0 +1,305 @@
+"""What each stage of a task's chain does to the pipeline's state.
+
+A task's chain is ``marshal -> execute (fan out subtasks) -> monitor -> store``. Each
+function here is one stage, called by its Celery task with the task's attempt number:
+it checks that the message still applies (the fence), does its work, records the
+transition in one transaction, and only then sends the next stage's messages. A
+duplicate, late or stale message changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from config.settings import get_settings
+from pipeline import datastore, dispatch
+from pipeline import marshal as marshaling
+from pipeline.algorithms import Outcome, SubtaskContext
+from pipeline.database import transaction
+from pipeline.definitions import Definition, parse
+from pipeline.errors import PipelineError
+from pipeline.models import PipelineInstance, Subtask, Task, utcnow
+from pipeline.states import EXECUTION_STEPS, PState, SubtaskState
+from pipeline.tasks import (
+    fail,
+    is_current,
+    lock_task,
+    lock_task_only,
+    record,
+    refresh_instance_state,
+)
+from pipeline.transition import advance
+
+log = logging.getLogger(__name__)
+
+
+def task_directory(instance_id: int, task: Task) -> Path:
+    return get_settings().tasks_dir / f"{instance_id}-{task.id}-{task.node}"
+
+
+def node_parameters(
+    instance: PipelineInstance, definition: Definition, node: str
+) -> dict[str, Any]:
+    """The frozen values of every parameter set ``node`` uses, as one flat mapping."""
+    values: dict[str, Any] = {}
+    for set_name in definition.node(node).parameter_sets:
+        values.update(instance.parameters[set_name]["values"])
+    return values
+
+
+# -- marshal ---------------------------------------------------------------------------------
+
+
+def marshal(task_id: int, attempt: int, host: str = "") -> None:
+    """Gather the task's inputs into subtask directories and create its subtasks."""
+    with transaction() as session:
+        instance, task = lock_task(session, task_id)
+        if not is_current(task, attempt, PState.INITIALIZING, PState.MARSHALING):
+            return
+        record(session, task, PState.MARSHALING, host=host)
+        refresh_instance_state(session, instance)
+        definition = parse(instance.definition)
+        node, unit, task_dir = task.node, task.unit_of_work, task_directory(instance.id, task)
+    try:
+        root = datastore.require(get_settings().datastore)
+        groups = marshaling.marshal(root, definition, definition.node(node), unit, task_dir)
+    except (OSError, PipelineError) as exc:
+        _fail_step(task_id, attempt, PState.MARSHALING, f"marshaling failed: {exc}", host)
+        return
+    with transaction() as session:
+        instance, task = lock_task(session, task_id)
+        if not is_current(task, attempt, PState.MARSHALING):
+            return
+        for old in session.scalars(select(Subtask).where(Subtask.task_id == task.id)):
+            session.delete(old)
+        session.flush()
+        session.add_all(
+            Subtask(task_id=task.id, index=index, inputs=names)
+            for index, names in enumerate(groups)
+        )
+        task.task_dir = str(task_dir)
+        task.total_subtasks, task.completed_subtasks, task.failed_subtasks = len(groups), 0, 0
+        record(session, task, PState.ALGORITHM_SUBMITTING, f"{len(groups)} subtasks", host)
+        execution = dict(task.execution)
+    dispatch.send(dispatch.EXECUTE, [task_id, attempt], execution)
+
+
+def _fail_step(task_id: int, attempt: int, step: PState, message: str, host: str) -> None:
+    with transaction() as session:
+        instance, task = lock_task(session, task_id)
+        if is_current(task, attempt, step):
+            fail(session, instance, task, message, host)
+
+
+# -- execute ---------------------------------------------------------------------------------
+
+
+def execute(task_id: int, attempt: int, host: str = "") -> None:
+    """Fan out: one message per subtask that has not run (NEW), all on the node's queue."""
+    with transaction() as session:
+        task = lock_task_only(session, task_id)
+        if not is_current(task, attempt, PState.ALGORITHM_SUBMITTING):
+            return
+        session.execute(
+            update(Subtask)
+            .where(Subtask.task_id == task_id, Subtask.state == SubtaskState.NEW)
+            .values(state=SubtaskState.QUEUED, dispatch=Subtask.dispatch + 1)
+        )
+        queued = session.execute(
+            select(Subtask.index, Subtask.dispatch)
+            .where(Subtask.task_id == task_id, Subtask.state == SubtaskState.QUEUED)
+            .order_by(Subtask.index)
+        ).all()
+        execution = dict(task.execution)
+        if queued:
+            record(session, task, PState.ALGORITHM_QUEUED, f"{len(queued)} subtasks queued", host)
+        else:
+            record(session, task, PState.ALGORITHM_COMPLETE, "no subtasks left to run", host)
+    if queued:
+        dispatch.send_many(
+            dispatch.SUBTASK,
+            ([task_id, attempt, index, number] for index, number in queued),
+            execution,
+        )
+    else:
+        dispatch.send(dispatch.MONITOR, [task_id, attempt], execution)
+
+
+# -- one subtask -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubtaskRun:
+    """Everything a worker needs to run one subtask, read in the transaction that claimed it."""
+
+    algorithm: str | dict[str, Any]
+    context: SubtaskContext
+    timeout: float
+
+
+def begin_subtask(
+    task_id: int, attempt: int, index: int, number: int, host: str = ""
+) -> SubtaskRun | None:
+    """Claim a queued subtask for this worker; None when the message is stale or a duplicate."""
+    with transaction() as session:
+        task = lock_task_only(session, task_id)
+        if not is_current(task, attempt, *EXECUTION_STEPS):
+            return None
+        subtask = _subtask(session, task_id, index)
+        if subtask.dispatch != number or subtask.state != SubtaskState.QUEUED:
+            log.info("subtask %s/%s: message %s is stale or a duplicate", task_id, index, number)
+            return None
+        now = utcnow()
+        subtask.state = SubtaskState.RUNNING
+        subtask.attempts += 1
+        subtask.worker_host, subtask.worker_pid = host, os.getpid()
+        subtask.started_at, subtask.heartbeat_at, subtask.finished_at = now, now, None
+        subtask.error = ""
+        if task.p_state == PState.ALGORITHM_QUEUED:
+            record(session, task, PState.ALGORITHM_EXECUTING, host=host)
+        instance = session.get(PipelineInstance, task.instance_id)
+        definition = parse(instance.definition)
+        directory = marshaling.subtask_dir(Path(task.task_dir), index)
+        return SubtaskRun(
+            algorithm=definition.node(task.node).model_dump(mode="json")["algorithm"],
+            context=SubtaskContext(
+                directory=directory,
+                inputs=[directory / name for name in subtask.inputs],
+                parameters=node_parameters(instance, definition, task.node),
+                index=index,
+                unit_of_work=task.unit_of_work,
+                node=task.node,
+            ),
+            timeout=float(task.execution.get("subtask_timeout", 3600)),
+        )
+
+
+def finish_subtask(
+    task_id: int, attempt: int, index: int, number: int, outcome: Outcome, host: str = ""
+) -> None:
+    """Record a subtask's outcome with the task's counts; the last one hands on to monitor."""
+    with transaction() as session:
+        task = lock_task_only(session, task_id)
+        if task.attempt != attempt:
+            log.info(
+                "task %s: ignoring outcome of subtask %s from attempt %s", task_id, index, attempt
+            )
+            return
+        subtask = _subtask(session, task_id, index)
+        if subtask.dispatch != number or subtask.state != SubtaskState.RUNNING:
+            log.info("subtask %s/%s: outcome of run %s is stale", task_id, index, number)
+            return
+        subtask.finished_at = utcnow()
+        if outcome.ok:
+            subtask.state = SubtaskState.COMPLETE
+            task.completed_subtasks += 1
+        else:
+            subtask.state, subtask.error = SubtaskState.FAILED, outcome.error
+            task.failed_subtasks += 1
+        task.updated_at = subtask.finished_at
+        done = task.completed_subtasks + task.failed_subtasks >= task.total_subtasks
+        if not (done and not task.error and task.p_state in EXECUTION_STEPS):
+            return
+        record(
+            session,
+            task,
+            PState.ALGORITHM_COMPLETE,
+            f"{task.completed_subtasks} completed, {task.failed_subtasks} failed",
+            host,
+        )
+        execution = dict(task.execution)
+    dispatch.send(dispatch.MONITOR, [task_id, attempt], execution)
+
+
+def _subtask(session: Any, task_id: int, index: int) -> Subtask:
+    return session.scalars(
+        select(Subtask).where(Subtask.task_id == task_id, Subtask.index == index)
+    ).one()
+
+
+# -- monitor ---------------------------------------------------------------------------------
+
+
+def monitor(task_id: int, attempt: int, host: str = "") -> None:
+    """All subtasks have ended: store, resubmit automatically, or set the error flag."""
+    with transaction() as session:
+        instance, task = lock_task(session, task_id)
+        if not is_current(task, attempt, PState.ALGORITHM_COMPLETE):
+            return
+        execution = dict(task.execution)
+        allowed = int(execution.get("max_failed_subtasks", 0))
+        if task.failed_subtasks <= allowed:
+            record(session, task, PState.STORING, host=host)
+            next_stage = dispatch.STORE
+        elif task.auto_resubmits < int(execution.get("max_auto_resubmits", 0)):
+            resubmit_failed(session, task, f"automatic resubmit {task.auto_resubmits + 1}", host)
+            task.auto_resubmits += 1
+            attempt, next_stage = task.attempt, dispatch.EXECUTE
+        else:
+            message = (
+                f"{task.failed_subtasks} of {task.total_subtasks} subtasks failed"
+                f" (max_failed_subtasks = {allowed})"
+            )
+            fail(session, instance, task, message, host)
+            return
+    dispatch.send(next_stage, [task_id, attempt], execution)
+
+
+def resubmit_failed(session: Any, task: Task, message: str, host: str = "") -> None:
+    """Ready failed and never-run subtasks to run again under a new attempt; leave the rest."""
+    session.execute(
+        update(Subtask)
+        .where(Subtask.task_id == task.id, Subtask.state != SubtaskState.COMPLETE)
+        .values(state=SubtaskState.NEW)
+    )
+    task.failed_subtasks = 0
+    task.error, task.error_message = False, ""
+    task.attempt += 1
+    record(session, task, PState.ALGORITHM_SUBMITTING, message, host)
+
+
+# -- store -----------------------------------------------------------------------------------
+
+
+def store(task_id: int, attempt: int, host: str = "") -> None:
+    """Copy the outputs of the successful subtasks into the datastore; the task is COMPLETE."""
+    with transaction() as session:
+        instance, task = lock_task(session, task_id)
+        if not is_current(task, attempt, PState.STORING):
+            return
+        definition = parse(instance.definition)
+        node = definition.node(task.node)
+        unit, task_dir, instance_id = task.unit_of_work, Path(task.task_dir), instance.id
+        succeeded = session.execute(
+            select(Subtask.index, Subtask.inputs).where(
+                Subtask.task_id == task_id, Subtask.state == SubtaskState.COMPLETE
+            )
+        ).all()
+    try:
+        root = datastore.require(get_settings().datastore)
+        stored = 0
+        for index, inputs in succeeded:
+            directory = marshaling.subtask_dir(task_dir, index)
+            for name in node.outputs:
+                kind = definition.data_file_types[name]
+                for output in sorted(directory.glob(kind.pattern)):
+                    if output.name in inputs:
+                        continue
+                    datastore.store_file(output, root / kind.directory(unit) / output.name)
+                    stored += 1
+    except (OSError, PipelineError) as exc:
+        _fail_step(task_id, attempt, PState.STORING, f"storing failed: {exc}", host)
+        return
+    with transaction() as session:
+        instance, task = lock_task(session, task_id)
+        if not is_current(task, attempt, PState.STORING):
+            return
+        record(session, task, PState.COMPLETE, f"stored {stored} files", host)
+        refresh_instance_state(session, instance)
+    advance(instance_id)

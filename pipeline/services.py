@@ -1,0 +1,220 @@
+"""Read-side services shared by the CLI and the HTTP API: plain dicts, the JSON contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from pipeline import definitions, parameters
+from pipeline.algorithms import LOG_NAME
+from pipeline.database import transaction
+from pipeline.errors import NotFound
+from pipeline.marshal import subtask_dir
+from pipeline.models import PipelineInstance, Subtask, Task, TaskEvent
+from pipeline.states import counts_label, task_state_label
+
+
+def _time(value: Any) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
+
+
+def instance_dict(instance: PipelineInstance) -> dict[str, Any]:
+    return {
+        "id": instance.id,
+        "pipeline": instance.pipeline,
+        "state": instance.state,
+        "start_node": instance.start_node,
+        "end_node": instance.end_node,
+        "priority": instance.priority,
+        "message": instance.message,
+        "created_at": _time(instance.created_at),
+        "updated_at": _time(instance.updated_at),
+    }
+
+
+def task_dict(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "instance_id": task.instance_id,
+        "node": task.node,
+        "unit_of_work": task.unit_of_work,
+        "p_state": task.p_state,
+        "error": task.error,
+        "state": task_state_label(task.p_state, task.error),
+        "error_message": task.error_message,
+        "halted": task.halted,
+        "attempt": task.attempt,
+        "total_subtasks": task.total_subtasks,
+        "completed_subtasks": task.completed_subtasks,
+        "failed_subtasks": task.failed_subtasks,
+        "counts": counts_label(task.total_subtasks, task.completed_subtasks, task.failed_subtasks),
+        "worker_host": task.worker_host,
+        "execution": task.execution,
+        "updated_at": _time(task.updated_at),
+    }
+
+
+def subtask_dict(subtask: Subtask) -> dict[str, Any]:
+    return {
+        "index": subtask.index,
+        "state": subtask.state,
+        "attempts": subtask.attempts,
+        "error": subtask.error,
+        "inputs": subtask.inputs,
+        "worker_host": subtask.worker_host,
+        "worker_pid": subtask.worker_pid,
+        "started_at": _time(subtask.started_at),
+        "finished_at": _time(subtask.finished_at),
+    }
+
+
+def list_instances() -> list[dict[str, Any]]:
+    with transaction() as session:
+        rows = session.scalars(select(PipelineInstance).order_by(PipelineInstance.id))
+        return [instance_dict(row) for row in rows]
+
+
+def get_instance(instance_id: int) -> dict[str, Any]:
+    with transaction() as session:
+        instance = session.get(PipelineInstance, instance_id)
+        if instance is None:
+            raise NotFound(f"unknown instance {instance_id}")
+        summary = instance_dict(instance)
+        summary["parameters"] = instance.parameters
+        totals = session.execute(
+            select(
+                func.count(Task.id),
+                func.coalesce(func.sum(Task.total_subtasks), 0),
+                func.coalesce(func.sum(Task.completed_subtasks), 0),
+                func.coalesce(func.sum(Task.failed_subtasks), 0),
+            ).where(Task.instance_id == instance_id)
+        ).one()
+        summary["tasks"], summary["total_subtasks"] = totals[0], totals[1]
+        summary["completed_subtasks"], summary["failed_subtasks"] = totals[2], totals[3]
+        summary["nodes"] = {row.node: row.state for row in instance.nodes}
+        return summary
+
+
+def list_tasks(instance_id: int) -> list[dict[str, Any]]:
+    with transaction() as session:
+        if session.get(PipelineInstance, instance_id) is None:
+            raise NotFound(f"unknown instance {instance_id}")
+        rows = session.scalars(
+            select(Task).where(Task.instance_id == instance_id).order_by(Task.id)
+        )
+        return [task_dict(row) for row in rows]
+
+
+def _task(session: Any, task_id: int) -> Task:
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"unknown task {task_id}")
+    return task
+
+
+def get_task(task_id: int) -> dict[str, Any]:
+    """A task's details with its history of transitions and its running subtasks."""
+    with transaction() as session:
+        task = _task(session, task_id)
+        detail = task_dict(task)
+        detail["task_dir"] = task.task_dir
+        events = session.scalars(
+            select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(TaskEvent.id)
+        )
+        detail["history"] = [
+            {
+                "at": _time(event.at),
+                "p_state": event.p_state,
+                "error": event.error,
+                "attempt": event.attempt,
+                "host": event.host,
+                "message": event.message,
+            }
+            for event in events
+        ]
+        return detail
+
+
+def list_subtasks(task_id: int) -> list[dict[str, Any]]:
+    with transaction() as session:
+        _task(session, task_id)
+        rows = session.scalars(
+            select(Subtask).where(Subtask.task_id == task_id).order_by(Subtask.index)
+        )
+        return [subtask_dict(row) for row in rows]
+
+
+def logs(task_id: int, index: int | None = None) -> list[dict[str, Any]]:
+    """Each subtask's log (or just subtask ``index``'s): ``[{index, path, text}]``."""
+    with transaction() as session:
+        task = _task(session, task_id)
+        indexes = list(
+            session.scalars(
+                select(Subtask.index).where(Subtask.task_id == task_id).order_by(Subtask.index)
+            )
+        )
+        task_dir = Path(task.task_dir) if task.task_dir else None
+    if index is not None:
+        if index not in indexes:
+            raise NotFound(f"task {task_id} has no subtask {index}")
+        indexes = [index]
+    found = []
+    for number in indexes:
+        path = subtask_dir(task_dir, number) / LOG_NAME if task_dir else None
+        text = path.read_text(errors="replace") if path and path.exists() else ""
+        found.append({"index": number, "path": str(path) if path else "", "text": text})
+    return found
+
+
+def list_definitions() -> list[dict[str, Any]]:
+    with transaction() as session:
+        return [
+            {
+                "name": stored.name,
+                "version": stored.version,
+                "nodes": [node["name"] for node in stored.spec["nodes"]],
+                "description": stored.spec.get("description", ""),
+                "imported_at": _time(stored.imported_at),
+            }
+            for stored in definitions.list_latest(session)
+        ]
+
+
+def show_definition(name: str) -> dict[str, Any]:
+    with transaction() as session:
+        stored = definitions.get(session, name)
+        return {
+            "name": stored.name,
+            "version": stored.version,
+            "source": stored.source,
+            **stored.spec,
+        }
+
+
+def list_parameter_sets() -> list[dict[str, Any]]:
+    with transaction() as session:
+        return [_parameter_set_dict(found) for found in parameters.list_latest(session)]
+
+
+def show_parameter_set(name: str, version: int | None = None) -> dict[str, Any]:
+    with transaction() as session:
+        return _parameter_set_dict(parameters.get(session, name, version))
+
+
+def set_parameters(name: str, changes: dict[str, Any]) -> dict[str, Any]:
+    with transaction() as session:
+        return _parameter_set_dict(parameters.set_values(session, name, changes))
+
+
+def _parameter_set_dict(found: Any) -> dict[str, Any]:
+    return {
+        "name": found.name,
+        "version": found.version,
+        "locked": found.locked,
+        "parameters": [
+            {"name": key, "type": decl["type"], "value": decl["value"]}
+            for key, decl in sorted(found.values.items())
+        ],
+    }

@@ -1,0 +1,149 @@
+"""Task state changes: locking, the history of transitions, and the instance state they imply.
+
+Every change of a task's P-state or error flag happens inside one transaction together
+with its subtask counts, its history row and the instance state it implies. Rows are
+locked instance first, then task, in every transaction that takes both, so two workers
+never deadlock on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from pipeline.database import transaction
+from pipeline.errors import NotFound
+from pipeline.models import InstanceNode, PipelineInstance, Task, TaskEvent, utcnow
+from pipeline.states import InstanceState, NodeState, PState, derive_instance_state
+
+log = logging.getLogger(__name__)
+
+HOST = socket.gethostname()
+
+
+def _locked(session: Session, model: Any, row_id: int) -> Any:
+    return session.scalars(
+        select(model)
+        .where(model.id == row_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
+
+
+def lock_instance(session: Session, instance_id: int) -> PipelineInstance:
+    instance = _locked(session, PipelineInstance, instance_id)
+    if instance is None:
+        raise NotFound(f"unknown instance {instance_id}")
+    return instance
+
+
+@contextmanager
+def locked_instance(instance_id: int) -> Iterator[tuple[Session, PipelineInstance]]:
+    """A transaction holding the lock of one instance row."""
+    with transaction() as session:
+        yield session, lock_instance(session, instance_id)
+
+
+def lock_task(session: Session, task_id: int) -> tuple[PipelineInstance, Task]:
+    """Lock a task and its instance (in that order of rows: instance, then task)."""
+    instance_id = session.scalar(select(Task.instance_id).where(Task.id == task_id))
+    if instance_id is None:
+        raise NotFound(f"unknown task {task_id}")
+    instance = lock_instance(session, instance_id)
+    return instance, _locked(session, Task, task_id)
+
+
+def lock_task_only(session: Session, task_id: int) -> Task:
+    """Lock just the task row, for subtask outcomes that cannot change the instance state."""
+    task = _locked(session, Task, task_id)
+    if task is None:
+        raise NotFound(f"unknown task {task_id}")
+    return task
+
+
+def is_current(task: Task, attempt: int, *steps: PState, allow_error: bool = False) -> bool:
+    """The fence: does a message for ``attempt`` expecting ``steps`` still apply to ``task``?"""
+    current = (
+        task.attempt == attempt
+        and (allow_error or not task.error)
+        and (not steps or task.p_state in steps)
+    )
+    if not current:
+        log.info(
+            "stale message for task %s (attempt %s, expected %s): task is at attempt %s, %s%s",
+            task.id,
+            attempt,
+            "/".join(steps) or "any step",
+            task.attempt,
+            task.p_state,
+            " with error" if task.error else "",
+        )
+    return current
+
+
+def record(
+    session: Session, task: Task, p_state: PState, message: str = "", host: str = ""
+) -> None:
+    """Move ``task`` to ``p_state`` and add the transition to its history."""
+    task.p_state = p_state
+    task.updated_at = utcnow()
+    if host:
+        task.worker_host = host
+    session.add(
+        TaskEvent(
+            task_id=task.id,
+            p_state=p_state,
+            error=task.error,
+            attempt=task.attempt,
+            host=host or HOST,
+            message=message,
+        )
+    )
+
+
+def fail(
+    session: Session, instance: PipelineInstance, task: Task, message: str, host: str = ""
+) -> None:
+    """Set the error flag, P-state frozen where it failed, and update the instance state."""
+    task.error = True
+    task.error_message = message
+    record(session, task, PState(task.p_state), f"error: {message}", host)
+    refresh_instance_state(session, instance)
+
+
+def refresh_instance_state(session: Session, instance: PipelineInstance) -> InstanceState:
+    """Set the instance state its nodes and tasks imply (a TRANSITION_FAILED state stays)."""
+    session.flush()
+    if instance.state == InstanceState.TRANSITION_FAILED:
+        return InstanceState.TRANSITION_FAILED
+    tasks = select(Task).where(Task.instance_id == instance.id)
+    any_error = session.scalar(select(exists(tasks.where(Task.error))))
+    any_active = session.scalar(
+        select(exists(tasks.where(~Task.error, Task.p_state != PState.COMPLETE)))
+    )
+    any_started = session.scalar(select(exists(tasks.where(Task.p_state != PState.INITIALIZING))))
+    all_done = not session.scalar(
+        select(
+            exists(
+                select(InstanceNode).where(
+                    InstanceNode.instance_id == instance.id, InstanceNode.state != NodeState.DONE
+                )
+            )
+        )
+    )
+    state = derive_instance_state(
+        all_nodes_done=all_done,
+        any_error=bool(any_error),
+        any_active=bool(any_active),
+        any_started=bool(any_started),
+    )
+    if instance.state != state:
+        instance.state = state
+        instance.updated_at = utcnow()
+    return state

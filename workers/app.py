@@ -1,0 +1,56 @@
+"""The Celery app, configured for reliability from the pipeline's settings.
+
+JSON only (a pickled message is refused); a message is acknowledged after its task
+finishes and given back to the broker if the worker process dies (acks_late with
+reject-on-worker-lost); each worker process prefetches one message, since subtasks can
+be long. The database, not Celery's result backend, holds pipeline state.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from config.settings import Settings, get_settings
+from pipeline.database import reset_engines
+
+#: Name of the queue used when a node's execution settings name none.
+DEFAULT_QUEUE = "default"
+MONITOR_TASK = "pipeline.monitor"
+
+
+def configure(app: Celery, settings: Settings) -> None:
+    app.conf.update(
+        broker_url=settings.broker,
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_default_queue=DEFAULT_QUEUE,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "priority_steps": list(range(10)),
+            "queue_order_strategy": "priority",
+        },
+        beat_schedule={
+            "monitor": {"task": MONITOR_TASK, "schedule": settings.monitor_interval},
+        },
+        worker_hijack_root_logger=True,
+        timezone="UTC",
+    )
+
+
+app = Celery("pipeline", include=["workers.stages"])
+configure(app, get_settings())
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: object) -> None:
+    """A forked pool process must not share its parent's database connections."""
+    reset_engines()

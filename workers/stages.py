@@ -1,0 +1,77 @@
+"""The Celery tasks of a pipeline task's chain, thin wrappers over ``pipeline.engine``.
+
+Each carries the pipeline task id and attempt in its arguments, so Flower's task list
+shows which pipeline task and stage a Celery task belongs to. A stage that meets an
+unreachable database or broker is retried by Celery with backoff; being fenced, a retry
+that finds the work already done does nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from pipeline import algorithms, dispatch, engine, reconcile
+from pipeline.errors import Unreachable
+from workers.app import MONITOR_TASK, app
+
+TRANSIENT = (Unreachable, DBAPIError)
+#: How long a finished subtask keeps trying to record its outcome before giving up.
+RECORD_OUTCOME_FOR_SECONDS = 600
+STAGE_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "autoretry_for": TRANSIENT,
+    "retry_backoff": True,
+    "retry_backoff_max": 30,
+    "max_retries": 20,
+}
+
+
+@app.task(name=dispatch.MARSHAL, **STAGE_OPTIONS)
+def marshal(self: Any, task_id: int, attempt: int) -> None:
+    engine.marshal(task_id, attempt, host=self.request.hostname)
+
+
+@app.task(name=dispatch.EXECUTE, **STAGE_OPTIONS)
+def execute(self: Any, task_id: int, attempt: int) -> None:
+    engine.execute(task_id, attempt, host=self.request.hostname)
+
+
+@retry(
+    retry=retry_if_exception_type(TRANSIENT),
+    wait=wait_exponential(multiplier=0.5, max=30),
+    stop=stop_after_delay(RECORD_OUTCOME_FOR_SECONDS),
+    reraise=True,
+)
+def _record_outcome(
+    task_id: int, attempt: int, index: int, number: int, outcome: Any, host: str
+) -> None:
+    """Record an outcome, riding out a database restart: rerunning the subtask costs more."""
+    engine.finish_subtask(task_id, attempt, index, number, outcome, host)
+
+
+@app.task(name=dispatch.SUBTASK, **STAGE_OPTIONS)
+def run_subtask(self: Any, task_id: int, attempt: int, index: int, number: int) -> None:
+    run = engine.begin_subtask(task_id, attempt, index, number, host=self.request.hostname)
+    if run is None:
+        return
+    outcome = algorithms.run(run.algorithm, run.context, run.timeout)
+    _record_outcome(task_id, attempt, index, number, outcome, self.request.hostname)
+
+
+@app.task(name=dispatch.MONITOR, **STAGE_OPTIONS)
+def monitor(self: Any, task_id: int, attempt: int) -> None:
+    engine.monitor(task_id, attempt, host=self.request.hostname)
+
+
+@app.task(name=dispatch.STORE, **STAGE_OPTIONS)
+def store(self: Any, task_id: int, attempt: int) -> None:
+    engine.store(task_id, attempt, host=self.request.hostname)
+
+
+@app.task(name=MONITOR_TASK, ignore_result=True)
+def monitor_pipelines() -> dict[str, int]:
+    """Run by Celery beat: re-send the messages of tasks that wait on a lost one."""
+    return reconcile.reconcile()
