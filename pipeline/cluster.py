@@ -243,12 +243,11 @@ def start(
         if _running_pid(settings, service.name):
             continue
         progress(f"starting {service.name}")
-        pid = _spawn(settings, service)
-        _wait_ready(settings, service, pid)
+        _wait_ready(settings, service, _spawn(settings, service))
     return status(workers)
 
 
-def _spawn(settings: Settings, service: Service) -> int:
+def _spawn(settings: Settings, service: Service) -> subprocess.Popen[bytes]:
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     output = (settings.log_dir / f"{service.name}.out").open("ab")
     env = {**os.environ, "PIPELINE_HOME": str(settings.home)}
@@ -265,13 +264,13 @@ def _spawn(settings: Settings, service: Service) -> int:
     _pid_file(settings, service.name).write_text(
         json.dumps({"pid": process.pid, "match": service.match})
     )
-    return process.pid
+    return process
 
 
-def _wait_ready(settings: Settings, service: Service, pid: int) -> None:
+def _wait_ready(settings: Settings, service: Service, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
-        if not alive(pid, service.match):
+        if process.poll() is not None:
             raise Refused(f"{service.name} exited at start: see {settings.log_dir}")
         if _ready(settings, service):
             return

@@ -1,0 +1,34 @@
+# make demo: set everything up and run the sample pipeline on a local cluster (SQLite).
+# make test: the whole test suite (real redis-server, Celery, PostgreSQL); .ci/run calls it.
+VENV ?= .venv
+PYTHON ?= python3
+export PIPELINE_HOME ?= $(CURDIR)/.pipeline
+PIPELINE := $(VENV)/bin/pipeline
+
+.PHONY: demo test lint stop venv clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	bash tools/install-system-packages.sh redis-server
+	PIPELINE=$(PIPELINE) bash tools/demo.sh
+
+test: venv
+	bash tools/install-system-packages.sh redis-server postgresql
+	$(VENV)/bin/pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+stop: venv
+	$(PIPELINE) cluster stop
+
+clean: stop
+	rm -rf $(PIPELINE_HOME)
