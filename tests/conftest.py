@@ -72,9 +72,7 @@ class PostgresServer:
 def _postgres_bin() -> Path:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not found:
-        pytest.fail(
-            "PostgreSQL is not installed: run `make test` (it installs it) or apt-get install postgresql"
-        )
+        pytest.fail("PostgreSQL is missing: `make test` installs it (apt-get install postgresql)")
     return found[-1].parent
 
 
@@ -236,3 +234,20 @@ def new_cluster(request: pytest.FixtureRequest) -> Iterator[Callable[..., Cluste
     for cluster in made:
         cluster.stop()
         shutil.rmtree(cluster.home, ignore_errors=True)
+
+
+@pytest.fixture
+def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A migrated SQLite database under a fresh PIPELINE_HOME, for tests without a cluster."""
+    from config.settings import reload_settings
+    from pipeline.database import reset_engines, upgrade
+
+    for key in [k for k in os.environ if k.startswith("PIPELINE_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path))
+    reset_engines()
+    reload_settings()
+    upgrade()
+    yield tmp_path
+    reset_engines()
+    reload_settings()

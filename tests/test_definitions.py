@@ -1,0 +1,162 @@
+"""Definition files: validation naming file, key and reason; all-or-nothing import; versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from config.settings import PACKAGED_DEFINITIONS
+from pipeline import definitions, services
+from pipeline.database import transaction
+from pipeline.errors import InvalidInput
+
+SAMPLE = PACKAGED_DEFINITIONS / "sample.yaml"
+
+
+def sample_spec() -> dict:
+    return yaml.safe_load(SAMPLE.read_text())
+
+
+def write(tmp_path: Path, name: str, spec: dict) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def import_files(*paths: Path) -> list[tuple[str, int, bool]]:
+    with transaction() as session:
+        return [
+            (d.name, d.version, new) for d, new in definitions.import_files(session, list(paths))
+        ]
+
+
+def test_sample_imports_and_reimport_is_unchanged(database: Path) -> None:
+    assert import_files(SAMPLE) == [("sample", 1, True)]
+    assert import_files(SAMPLE) == [("sample", 1, False)]
+    listed = services.list_definitions()
+    assert [(d["name"], d["version"], d["nodes"]) for d in listed] == [
+        ("sample", 1, ["permuter", "flip", "averaging"])
+    ]
+
+
+def test_changed_definition_becomes_a_new_version(database: Path, tmp_path: Path) -> None:
+    import_files(SAMPLE)
+    spec = sample_spec()
+    spec["nodes"][0]["execution"] = {"subtask_timeout": 5}
+    assert import_files(write(tmp_path, "sample.yaml", spec)) == [("sample", 2, True)]
+    shown = services.show_definition("sample")
+    assert shown["version"] == 2 and shown["nodes"][0]["execution"]["subtask_timeout"] == 5
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda s: s["nodes"][0].update(after=["averaging"]), "nodes: cycle through"),
+        (
+            lambda s: s["nodes"][0].update(algorithm="config.sample.algorithms:no_such"),
+            "nodes.0.algorithm: cannot import 'config.sample.algorithms:no_such'",
+        ),
+        (
+            lambda s: s["nodes"][0].update(algorithm="no_such_package.module:run"),
+            "nodes.0.algorithm: cannot import 'no_such_package.module:run'",
+        ),
+        (
+            lambda s: s["nodes"][1].update(algorithm={"executable": "./no-such-program"}),
+            "nodes.1.algorithm: executable './no-such-program' not found",
+        ),
+        (
+            lambda s: s["nodes"][2].update(parameter_sets=["no_such_set"]),
+            "nodes.2.parameter_sets: unknown parameter set 'no_such_set'",
+        ),
+        (lambda s: s["nodes"][1].update(after=["nobody"]), "nodes.1.after: unknown node 'nobody'"),
+        (
+            lambda s: s["nodes"][1].update(inputs=["no_such_type"]),
+            "nodes.1.inputs: unknown data file type 'no_such_type'",
+        ),
+        (
+            lambda s: s["nodes"][0].update(execution={"max_failed_subtasks": -1}),
+            "nodes.0.execution.max_failed_subtasks: Input should be greater than or equal to 0",
+        ),
+        (
+            lambda s: s["nodes"][0].update(colour="blue"),
+            "nodes.0.colour: Extra inputs are not permitted",
+        ),
+        (
+            lambda s: s["data_file_types"]["raw_image"].update(location="/abs/L0"),
+            "data_file_types.raw_image.location: must be a relative path with exactly one",
+        ),
+        (
+            lambda s: s["parameter_sets"]["algorithm"].update(dummy_array_parameter=[]),
+            "parameter_sets.algorithm.dummy_array_parameter: an empty array needs an explicit type",
+        ),
+        (lambda s: s.pop("nodes"), "nodes: Field required"),
+    ],
+)
+def test_bad_definition_is_rejected_naming_file_key_and_reason(
+    database: Path, tmp_path: Path, change, expected: str
+) -> None:
+    spec = sample_spec()
+    change(spec)
+    path = write(tmp_path, "bad.yaml", spec)
+    with pytest.raises(InvalidInput) as raised:
+        import_files(path)
+    assert str(raised.value).startswith(f"{path}: ")
+    assert expected in str(raised.value)
+    assert "\n" not in str(raised.value)
+    assert services.list_definitions() == []
+
+
+def test_import_is_all_or_nothing(database: Path, tmp_path: Path) -> None:
+    import_files(SAMPLE)
+    good = sample_spec()
+    good["name"] = "other"
+    changed = sample_spec()
+    changed["description"] = "changed"
+    bad = sample_spec()
+    bad["name"] = "broken"
+    bad["nodes"][0]["after"] = ["averaging"]
+    files = [
+        write(tmp_path, "a.yaml", good),
+        write(tmp_path, "b.yaml", changed),
+        write(tmp_path, "c.yaml", bad),
+    ]
+    with pytest.raises(InvalidInput, match="c.yaml: nodes: cycle"):
+        import_files(*files)
+    assert [(d["name"], d["version"]) for d in services.list_definitions()] == [("sample", 1)]
+
+
+def test_invalid_yaml_and_missing_file(database: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(InvalidInput, match="broken.yaml: not valid YAML"):
+        import_files(broken)
+    with pytest.raises(InvalidInput, match="missing.yaml: cannot read"):
+        import_files(tmp_path / "missing.yaml")
+
+
+def test_several_roots_and_children_are_allowed(database: Path, tmp_path: Path) -> None:
+    spec = sample_spec()
+    spec["name"] = "diamond"
+    spec["nodes"].append({**spec["nodes"][0], "name": "second_root"})
+    spec["nodes"][2]["after"] = ["flip", "second_root"]
+    spec["nodes"].append({**spec["nodes"][1], "name": "other_child", "after": ["permuter"]})
+    assert import_files(write(tmp_path, "diamond.yaml", spec)) == [("diamond", 1, True)]
+    shown = services.show_definition("diamond")
+    definition = definitions.parse(
+        {k: v for k, v in shown.items() if k not in ("version", "source")}
+    )
+    assert sorted(definition.children("permuter")) == ["flip", "other_child"]
+
+
+def test_executable_algorithm_path_is_resolved(database: Path, tmp_path: Path) -> None:
+    program = tmp_path / "bin" / "tool.sh"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    spec = sample_spec()
+    spec["nodes"][0]["algorithm"] = {"executable": "bin/tool.sh", "args": ["--fast"]}
+    import_files(write(tmp_path, "sample.yaml", spec))
+    shown = services.show_definition("sample")
+    assert shown["nodes"][0]["algorithm"] == {"executable": str(program), "args": ["--fast"]}
