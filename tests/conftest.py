@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
+REPO = Path(__file__).resolve().parent.parent
 #: Settings that make a test cluster react quickly.
 FAST_SETTINGS = {"PIPELINE_MONITOR_INTERVAL": "1", "PIPELINE_STALE_AFTER": "5"}
 
@@ -43,7 +44,8 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "con
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    env.update(COLUMNS="200", **extra)
+    # The repository on the path, so workers can import the tests' own algorithms.
+    env.update(COLUMNS="200", PYTHONPATH=str(REPO), **extra)
     return env
 
 

@@ -20,6 +20,11 @@ MONITOR_TASK = "pipeline.monitor"
 
 
 def configure(app: Celery, settings: Settings) -> None:
+    """Apply ``settings``; a reconfigured app drops connections to its former broker."""
+    if app._pool is not None:  # Celery keeps no public way to forget its connection pool
+        app._pool.force_close_all()
+        app._pool = None
+        app.amqp._producer_pool = None
     app.conf.update(
         broker_url=settings.broker,
         task_serializer="json",

@@ -1,0 +1,31 @@
+"""Algorithms used by the tests (importable by the test cluster's workers via PYTHONPATH)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from pipeline.algorithms import SubtaskContext
+
+
+def echo(ctx: SubtaskContext) -> None:
+    print(f"stdout of subtask {ctx.index}: {[p.name for p in ctx.inputs]}")
+    print("stderr line", file=sys.stderr)
+    os.system("echo from a child process")  # noqa: S605 - proves fd-level capture
+    for path in ctx.inputs:
+        (ctx.directory / f"{path.stem}-echo.txt").write_text(str(ctx.parameters))
+
+
+def boom(ctx: SubtaskContext) -> None:
+    raise ValueError(f"boom in subtask {ctx.index}")
+
+
+def hang(ctx: SubtaskContext) -> None:
+    print("hanging", flush=True)
+    time.sleep(3600)
+
+
+def hard_exit(ctx: SubtaskContext) -> None:
+    print("exiting hard", flush=True)
+    os._exit(3)
