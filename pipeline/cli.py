@@ -278,9 +278,17 @@ def instances(as_json: JsonOption = False) -> None:
         return _print_json(rows)
     _table(
         "instances",
-        ["id", "pipeline", "state", "nodes", "created", "message"],
+        ["id", "pipeline", "version", "state", "nodes", "created", "message"],
         [
-            [r["id"], r["pipeline"], r["state"], _node_range(r), r["created_at"], r["message"]]
+            [
+                r["id"],
+                r["pipeline"],
+                r["definition_version"],
+                r["state"],
+                _node_range(r),
+                r["created_at"],
+                r["message"],
+            ]
             for r in rows
         ],
     )

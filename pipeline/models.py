@@ -70,6 +70,7 @@ class PipelineInstance(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     definition_id: Mapped[int] = mapped_column(ForeignKey("pipeline_definitions.id"))
     pipeline: Mapped[str] = mapped_column(String(200))
+    definition_version: Mapped[int]
     state: Mapped[str] = mapped_column(String(32), default=InstanceState.INITIALIZED)
     start_node: Mapped[str | None] = mapped_column(String(200))
     end_node: Mapped[str | None] = mapped_column(String(200))

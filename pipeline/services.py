@@ -24,6 +24,7 @@ def instance_dict(instance: PipelineInstance) -> dict[str, Any]:
     return {
         "id": instance.id,
         "pipeline": instance.pipeline,
+        "definition_version": instance.definition_version,
         "state": instance.state,
         "start_node": instance.start_node,
         "end_node": instance.end_node,

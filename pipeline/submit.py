@@ -78,6 +78,7 @@ def submit(
         instance = PipelineInstance(
             definition_id=stored.id,
             pipeline=stored.name,
+            definition_version=stored.version,
             start_node=start_node,
             end_node=end_node,
             priority=priority,

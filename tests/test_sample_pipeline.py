@@ -130,3 +130,34 @@ def test_parameters_are_frozen_at_submit(cluster) -> None:
     used = cluster.json("params", "show", "algorithm", "--version", 1)
     assert used["locked"]
     assert {t["node"] for t in cluster.tasks(instance)} == {"permuter"}
+
+
+@pytest.mark.e2e
+def test_start_node_runs_only_the_nodes_downstream(cluster, tmp_path) -> None:
+    first = cluster.submit("--end-node", "permuter")
+    assert cluster.wait(first).returncode == 0
+    assert not list(cluster.datastore.glob("set-*/L2/*"))
+
+    # A changed definition is a new version; the next instance runs it, the first kept its own.
+    changed = tmp_path / "sample.yaml"
+    changed.write_text(_sample_with_flip_priority(3))
+    cluster.cli("definitions", "import", changed)
+    second = cluster.submit("--start-node", "flip")
+    assert cluster.wait(second).returncode == 0
+    tasks = cluster.tasks(second)
+    assert sorted({t["node"] for t in tasks}) == ["averaging", "flip"]
+    assert all(t["state"] == "COMPLETE" for t in tasks)
+    assert {t["execution"]["priority"] for t in tasks if t["node"] == "flip"} == {3}
+    versions = {i["id"]: i["definition_version"] for i in cluster.json("instances")}
+    assert versions == {first: 1, second: 2}
+    assert len(list(cluster.datastore.glob("set-*/L3/averaged-image.png"))) == 2
+
+
+def _sample_with_flip_priority(priority: int) -> str:
+    from config.settings import PACKAGED_DEFINITIONS
+
+    text = (PACKAGED_DEFINITIONS / "sample.yaml").read_text()
+    return text.replace(
+        "    algorithm: config.sample.algorithms:flip\n",
+        f"    algorithm: config.sample.algorithms:flip\n    execution: {{priority: {priority}}}\n",
+    )

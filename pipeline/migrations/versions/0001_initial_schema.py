@@ -44,6 +44,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("definition_id", sa.Integer(), nullable=False),
         sa.Column("pipeline", sa.String(length=200), nullable=False),
+        sa.Column("definition_version", sa.Integer(), nullable=False),
         sa.Column("state", sa.String(length=32), nullable=False),
         sa.Column("start_node", sa.String(length=200), nullable=True),
         sa.Column("end_node", sa.String(length=200), nullable=True),
