@@ -9,6 +9,7 @@ hung or crashing algorithm fails its subtask and never takes the worker down wit
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -25,6 +26,8 @@ from typing import Any
 from pipeline.definitions import resolve_callable
 
 LOG_NAME = "subtask.log"
+#: prctl option: the signal a process gets when its parent dies (Linux).
+PR_SET_PDEATHSIG = 1
 #: Files the executable algorithm finds in its subtask directory.
 PARAMETERS_FILE = "parameters.json"
 INPUTS_FILE = "inputs.json"
@@ -78,6 +81,7 @@ def _run_executable(
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         except OSError as exc:
             return Outcome(False, f"cannot start {command[0]}: {exc.strerror}")
@@ -90,6 +94,16 @@ def _run_executable(
     if status == 0:
         return Outcome(True)
     return Outcome(False, _exit_message(status, log_path))
+
+
+def die_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies.
+
+    A halted or killed worker process must not leave its algorithm running on, writing
+    into a subtask directory that a restart is about to reuse.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _exit_message(status: int, log_path: Path) -> str:
@@ -150,6 +164,7 @@ def _child(reference: str, ctx: SubtaskContext, log_path: Path, report_fd: int) 
     """In the forked child: run the callable with output to the log, report, and exit."""
     outcome = Outcome(False, "algorithm did not report")
     try:
+        die_with_parent()
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)

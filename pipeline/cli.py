@@ -433,6 +433,117 @@ def wait(
     raise typer.Exit(EXIT_COMPLETED if state == InstanceState.COMPLETED else EXIT_ERRORS)
 
 
+# -- restart and halt ------------------------------------------------------------------------
+
+
+@app.command()
+def restart(
+    tasks: Annotated[
+        list[str] | None, typer.Argument(help="TASK or TASK:MODE, one mode per task.")
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="restart-from-beginning, resubmit, resume-current-step, resume-monitoring."
+        ),
+    ] = None,
+    instance: Annotated[
+        int | None, typer.Option(help="Restart every failed task of this instance.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Say what would run; change nothing.")] = False,
+    queue: Annotated[str | None, typer.Option(help="Run on this queue from now on.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="New subtask timeout (s).")] = None,
+    max_failed_subtasks: Annotated[int | None, typer.Option()] = None,
+    max_auto_resubmits: Annotated[int | None, typer.Option()] = None,
+    priority: Annotated[int | None, typer.Option(help="0 (first) to 9 (last).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Other execution setting, key=value.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Restart failed tasks: each in its own mode, or every failed task of an instance."""
+    from pipeline import restart as restarting
+    from pipeline.errors import InvalidInput
+    from pipeline.parameters import parse_assignments
+
+    changes: dict[str, Any] = parse_assignments(set_ or [])
+    for key, value in (
+        ("queue", queue),
+        ("subtask_timeout", timeout),
+        ("max_failed_subtasks", max_failed_subtasks),
+        ("max_auto_resubmits", max_auto_resubmits),
+        ("priority", priority),
+    ):
+        if value is not None:
+            changes[key] = value
+    if instance is not None:
+        if tasks:
+            raise InvalidInput("give tasks or --instance, not both")
+        if not mode:
+            raise InvalidInput("--instance needs --mode")
+        outcomes = restarting.restart_failed(instance, mode, changes, dry_run)
+    else:
+        if not tasks:
+            raise InvalidInput("name the tasks to restart, or --instance ID")
+        requests = [_task_and_mode(item, mode) for item in tasks]
+        outcomes = restarting.restart(requests, changes, dry_run)
+    _show_outcomes(outcomes, as_json, "restart (dry run)" if dry_run else "restart")
+
+
+def _task_and_mode(item: str, default: str | None) -> tuple[int, str]:
+    from pipeline.errors import InvalidInput
+
+    task, _, mode = item.partition(":")
+    if not task.isdigit():
+        raise InvalidInput(f"{item!r} is not TASK or TASK:MODE")
+    if not (mode or default):
+        raise InvalidInput(f"no mode for task {task}: give --mode or {task}:MODE")
+    return int(task), mode or str(default)
+
+
+@app.command()
+def halt(
+    tasks: Annotated[list[int] | None, typer.Argument(metavar="[TASK]...")] = None,
+    instance: Annotated[int | None, typer.Option(help="Halt every running task.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Halt tasks: queued work dropped, running subtasks revoked, the error flag set."""
+    from pipeline import halt as halting
+    from pipeline.errors import InvalidInput
+
+    if instance is not None:
+        outcomes = halting.halt_instance(instance)
+    elif tasks:
+        outcomes = halting.halt(tasks)
+    else:
+        raise InvalidInput("name the tasks to halt, or --instance ID")
+    _show_outcomes(outcomes, as_json, "halt")
+
+
+def _show_outcomes(outcomes: list[Any], as_json: bool, title: str) -> None:
+    """Print what happened to each task; exit 1 when any was refused."""
+    if as_json:
+        _print_json([outcome.as_dict() for outcome in outcomes])
+    else:
+        _table(
+            title,
+            ["task", "mode", "result", "from", "subtasks", "message"],
+            [
+                [
+                    o.task_id or "-",
+                    o.mode,
+                    "ok" if o.ok else "refused",
+                    o.start_from,
+                    ", ".join(map(str, o.subtasks)),
+                    o.message,
+                ]
+                for o in outcomes
+            ],
+        )
+    if not all(outcome.ok for outcome in outcomes):
+        raise typer.Exit(1)
+
+
 # -- entry point -----------------------------------------------------------------------------
 
 

@@ -28,6 +28,11 @@ HARD_LIMIT_GRACE = 60.0
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
 
 
+def subtask_message_id(task_id: int, index: int, number: int) -> str:
+    """The Celery task id of one dispatch of a subtask, known in advance so halt can revoke it."""
+    return f"subtask-{task_id}-{index}-{number}"
+
+
 def check_broker() -> None:
     """Raise ``Unreachable`` unless the broker accepts a connection."""
     url = get_settings().broker
@@ -36,6 +41,12 @@ def check_broker() -> None:
             connection.ensure_connection(max_retries=1, timeout=3)
     except Exception as exc:  # kombu raises several types for a refused connection
         raise Unreachable(f"broker unreachable at {masked(url)}: {exc}") from None
+
+
+def revoke(message_ids: list[str]) -> None:
+    """Drop queued messages and terminate the worker processes running them."""
+    if message_ids:
+        app.control.revoke(message_ids, terminate=True, signal="SIGTERM")
 
 
 def send(name: str, args: list[Any], execution: dict[str, Any]) -> None:
@@ -56,7 +67,11 @@ def send_many(name: str, arg_lists: Iterable[list[Any]], execution: dict[str, An
     try:
         with app.producer_or_acquire() as producer:
             for args in arg_lists:
-                app.send_task(name, args=args, producer=producer, **options)
+                message_id = None
+                if name == SUBTASK:
+                    task_id, _attempt, index, number = args
+                    message_id = subtask_message_id(task_id, index, number)
+                app.send_task(name, args=args, producer=producer, task_id=message_id, **options)
     except BrokerError as exc:
         url = masked(get_settings().broker)
         raise Unreachable(f"broker unreachable at {url}: {exc}") from None

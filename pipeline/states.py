@@ -67,10 +67,10 @@ def derive_instance_state(
     *, all_nodes_done: bool, any_error: bool, any_active: bool, any_started: bool
 ) -> InstanceState:
     """The instance state implied by its tasks (TRANSITION_FAILED is set, never derived)."""
-    if all_nodes_done:
-        return InstanceState.COMPLETED
     if any_error:
         return InstanceState.ERRORS_RUNNING if any_active else InstanceState.ERRORS_STALLED
+    if all_nodes_done and not any_active:
+        return InstanceState.COMPLETED
     if any_started:
         return InstanceState.PROCESSING
     return InstanceState.INITIALIZED

@@ -1,0 +1,77 @@
+"""Halting tasks: queued work dropped, running subtasks revoked, the error flag set.
+
+Halting bumps the task's attempt, so every message of its chain already on the broker or
+on a worker becomes a no-op, and terminates the worker processes running its subtasks
+(their algorithms die with them). The task keeps its P-state, gets the error flag and the
+halted mark, and can be restarted in any mode.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from pipeline import dispatch
+from pipeline.database import transaction
+from pipeline.errors import NotFound, Refused
+from pipeline.models import PipelineInstance, Subtask, Task
+from pipeline.restart import Outcome
+from pipeline.states import PState, SubtaskState
+from pipeline.tasks import fail, lock_task
+
+HALTED = "halted by operator"
+
+
+def halt(task_ids: list[int]) -> list[Outcome]:
+    """Halt each task; refusals (unknown, already stopped, complete) are reported."""
+    outcomes = []
+    for task_id in task_ids:
+        try:
+            outcomes.append(_halt_one(task_id))
+        except (Refused, NotFound) as exc:
+            outcomes.append(Outcome(task_id, "halt", False, str(exc)))
+    return outcomes
+
+
+def _halt_one(task_id: int) -> Outcome:
+    with transaction() as session:
+        instance, task = lock_task(session, task_id)
+        if task.error:
+            raise Refused(f"task {task_id} is already stopped (ERROR - {task.p_state})")
+        if task.p_state == PState.COMPLETE:
+            raise Refused(f"task {task_id} is complete: nothing to halt")
+        in_flight = list(
+            session.scalars(
+                select(Subtask).where(
+                    Subtask.task_id == task_id,
+                    Subtask.state.in_([SubtaskState.QUEUED, SubtaskState.RUNNING]),
+                )
+            )
+        )
+        messages = [dispatch.subtask_message_id(task_id, s.index, s.dispatch) for s in in_flight]
+        for subtask in in_flight:
+            subtask.state = SubtaskState.NEW
+        task.attempt += 1
+        task.halted = True
+        fail(session, instance, task, HALTED)
+        step = task.p_state
+    dispatch.revoke(messages)
+    return Outcome(task_id, "halt", True, f"halted at {step}", step, [s.index for s in in_flight])
+
+
+def halt_instance(instance_id: int) -> list[Outcome]:
+    """Halt every task of the instance that is still running."""
+    with transaction() as session:
+        if session.get(PipelineInstance, instance_id) is None:
+            raise NotFound(f"unknown instance {instance_id}")
+        running = list(
+            session.scalars(
+                select(Task.id)
+                .where(
+                    Task.instance_id == instance_id, ~Task.error, Task.p_state != PState.COMPLETE
+                )
+                .order_by(Task.id)
+            )
+        )
+    if not running:
+        raise Refused(f"instance {instance_id} has no running tasks")
+    return halt(running)

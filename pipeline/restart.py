@@ -1,0 +1,311 @@
+"""Restarting failed tasks, each in one of Ziggy's four modes, and restarting an instance.
+
+A restart bumps the task's attempt number, so every message of the chain it replaces
+becomes stale, and rebuilds the chain from the stage its mode names. The decision is
+made under the task's row lock: of two operators restarting the same task at once, the
+second finds it running and is refused, so one new chain starts.
+
+A restart reruns with the instance's frozen parameter values; only execution settings
+may change with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select, update
+
+from pipeline import dispatch, inflight
+from pipeline.database import transaction
+from pipeline.definitions import ExecutionSettings
+from pipeline.engine import resubmit_failed
+from pipeline.errors import InvalidInput, NotFound, Refused
+from pipeline.models import PipelineInstance, Subtask, Task, utcnow
+from pipeline.states import EXECUTION_STEPS, InstanceState, PState, SubtaskState
+from pipeline.tasks import lock_task, locked_instance, record, refresh_instance_state
+from pipeline.transition import advance
+
+
+class Mode(StrEnum):
+    RESTART_FROM_BEGINNING = "restart-from-beginning"
+    RESUBMIT = "resubmit"
+    RESUME_CURRENT_STEP = "resume-current-step"
+    RESUME_MONITORING = "resume-monitoring"
+
+
+#: The stage message that starts each rebuilt chain.
+STAGE_MESSAGES = {
+    PState.INITIALIZING: dispatch.MARSHAL,
+    PState.ALGORITHM_SUBMITTING: dispatch.EXECUTE,
+    PState.ALGORITHM_COMPLETE: dispatch.MONITOR,
+    PState.STORING: dispatch.STORE,
+}
+
+
+@dataclass
+class Outcome:
+    """What a restart did (or, in a dry run, would do) to one task."""
+
+    task_id: int
+    mode: str
+    ok: bool
+    message: str
+    start_from: str = ""
+    subtasks: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The new P-state, which subtasks go back to NEW, and what to tell the operator."""
+
+    p_state: PState
+    rerun: list[int]
+    message: str
+
+
+def parse_mode(text: str) -> Mode:
+    try:
+        return Mode(text)
+    except ValueError:
+        modes = ", ".join(mode.value for mode in Mode)
+        raise InvalidInput(f"unknown restart mode {text!r} (one of {modes})") from None
+
+
+def check_settings(changes: dict[str, Any], frozen_parameters: dict[str, Any]) -> dict[str, Any]:
+    """Validate execution setting changes; refuse any attempt to change an algorithm parameter."""
+    parameter_names = {key for values in frozen_parameters.values() for key in values["values"]}
+    allowed = set(ExecutionSettings.model_fields)
+    for key in changes:
+        if key in parameter_names:
+            raise Refused(
+                f"{key} is an algorithm parameter: a restart reruns with the instance's frozen"
+                " values; change the parameter set (pipeline params set) and submit a new instance"
+            )
+        if key not in allowed:
+            raise InvalidInput(
+                f"unknown execution setting {key!r} (one of {', '.join(sorted(allowed))})"
+            )
+    return changes
+
+
+def _merged_settings(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return ExecutionSettings.model_validate({**current, **changes}).model_dump()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise InvalidInput(f"execution setting {error['loc'][0]}: {error['msg']}") from None
+
+
+def plan(task: Task, states: dict[int, str], mode: Mode) -> Plan:
+    """Where ``mode`` restarts ``task`` from, given its subtasks' states; Refused if it can't."""
+    step = PState(task.p_state)
+    if mode is Mode.RESUME_MONITORING:
+        if step not in EXECUTION_STEPS or task.error:
+            raise Refused(
+                f"task {task.id} is not executing ({_label(task)}): nothing to monitor"
+                " (resume-current-step continues a failed step)"
+            )
+        lost = [i for i, s in states.items() if s in (SubtaskState.QUEUED, SubtaskState.RUNNING)]
+        return Plan(step, lost, "reattach monitoring")
+    restartable = task.error or (step == PState.COMPLETE and task.failed_subtasks > 0)
+    if not restartable:
+        reason = "complete without failures" if step == PState.COMPLETE else f"running ({step})"
+        raise Refused(f"task {task.id} is {reason}: only failed tasks can be restarted")
+    unfinished = sorted(i for i, s in states.items() if s != SubtaskState.COMPLETE)
+    if mode is Mode.RESTART_FROM_BEGINNING:
+        return Plan(PState.INITIALIZING, sorted(states), "marshal again, run every subtask")
+    if mode is Mode.RESUBMIT:
+        if step in (PState.INITIALIZING, PState.MARSHALING):
+            raise Refused(
+                f"task {task.id} failed while marshaling: use restart-from-beginning or"
+                " resume-current-step"
+            )
+        if not unfinished:
+            raise Refused(
+                f"every subtask of task {task.id} already succeeded: nothing to resubmit"
+                " (restart-from-beginning runs them all again)"
+            )
+        return Plan(PState.ALGORITHM_SUBMITTING, unfinished, "run failed and never-run subtasks")
+    return _plan_resume(task, step, states)
+
+
+def _plan_resume(task: Task, step: PState, states: dict[int, str]) -> Plan:
+    if step == PState.COMPLETE:
+        raise Refused(
+            f"task {task.id} is COMPLETE: no step to resume (resubmit reruns its failed subtasks)"
+        )
+    if step in (PState.INITIALIZING, PState.MARSHALING):
+        return Plan(PState.INITIALIZING, sorted(states), "marshal again")
+    if step == PState.ALGORITHM_COMPLETE:
+        return Plan(PState.STORING, [], "store the successful subtasks, abandon the failed ones")
+    if step == PState.STORING:
+        return Plan(PState.STORING, [], "retry storing")
+    pending = [
+        i for i, s in states.items() if s not in (SubtaskState.COMPLETE, SubtaskState.FAILED)
+    ]
+    return Plan(PState.ALGORITHM_SUBMITTING, sorted(pending), "continue execution")
+
+
+def _label(task: Task) -> str:
+    return f"ERROR - {task.p_state}" if task.error else task.p_state
+
+
+def restart(
+    requests: list[tuple[int, Mode | str]],
+    settings: dict[str, Any] | None = None,
+    dry_run: bool = False,
+) -> list[Outcome]:
+    """Restart each (task, mode) pair; refusals are reported and the others go ahead."""
+    outcomes = []
+    for task_id, mode in requests:
+        mode = parse_mode(mode) if isinstance(mode, str) else mode
+        try:
+            outcomes.append(_restart_one(task_id, mode, settings or {}, dry_run))
+        except (Refused, NotFound, InvalidInput) as exc:
+            outcomes.append(Outcome(task_id, mode.value, False, str(exc)))
+    return outcomes
+
+
+def _restart_one(task_id: int, mode: Mode, changes: dict[str, Any], dry_run: bool) -> Outcome:
+    with transaction() as session:
+        instance, task = lock_task(session, task_id)
+        check_settings(changes, instance.parameters)
+        execution = _merged_settings(task.execution, changes)
+        states = dict(
+            session.execute(
+                select(Subtask.index, Subtask.state).where(Subtask.task_id == task_id)
+            ).all()
+        )
+        chosen = plan(task, states, mode)
+        outcome = Outcome(
+            task_id, mode.value, True, chosen.message, chosen.p_state.value, chosen.rerun
+        )
+        if dry_run:
+            session.rollback()
+            return outcome
+        if mode is Mode.RESUME_MONITORING:
+            queue = execution["queue"]
+        else:
+            _apply(session, instance, task, mode, chosen, execution, changes)
+        attempt = task.attempt
+    if mode is Mode.RESUME_MONITORING:
+        return _resume_monitoring(task_id, attempt, queue, outcome)
+    dispatch.send(STAGE_MESSAGES[chosen.p_state], [task_id, attempt], execution)
+    return outcome
+
+
+def _apply(
+    session: Any,
+    instance: PipelineInstance,
+    task: Task,
+    mode: Mode,
+    chosen: Plan,
+    execution: dict[str, Any],
+    changes: dict[str, Any],
+) -> None:
+    note = f"restart: {mode.value}"
+    if changes:
+        note += " with " + ", ".join(f"{key}={value}" for key, value in changes.items())
+    task.execution = execution
+    task.halted = False
+    task.auto_resubmits = 0
+    if mode is Mode.RESUBMIT:
+        resubmit_failed(session, task, note)
+    else:
+        if chosen.rerun:
+            session.execute(
+                update(Subtask)
+                .where(Subtask.task_id == task.id, Subtask.index.in_(chosen.rerun))
+                .values(state=SubtaskState.NEW)
+            )
+        if chosen.p_state == PState.INITIALIZING:
+            task.completed_subtasks = task.failed_subtasks = 0
+        task.attempt += 1
+        task.error, task.error_message = False, ""
+        record(session, task, chosen.p_state, note)
+    refresh_instance_state(session, instance)
+
+
+def _resume_monitoring(task_id: int, attempt: int, queue: str, outcome: Outcome) -> Outcome:
+    """Keep the in-flight subtasks whose messages are alive; dispatch the lost ones again."""
+    live = inflight.live_message_ids(queue)
+    with transaction() as session:
+        instance, task = lock_task(session, task_id)
+        if task.attempt != attempt or task.error:
+            raise Refused(f"task {task_id} changed while monitoring was resumed: try again")
+        in_flight = list(
+            session.scalars(
+                select(Subtask).where(
+                    Subtask.task_id == task_id,
+                    Subtask.state.in_([SubtaskState.QUEUED, SubtaskState.RUNNING]),
+                )
+            )
+        )
+        lost = [
+            s
+            for s in in_flight
+            if dispatch.subtask_message_id(task_id, s.index, s.dispatch) not in live
+        ]
+        for subtask in lost:
+            subtask.state, subtask.dispatch = SubtaskState.QUEUED, subtask.dispatch + 1
+        resend = [[task_id, attempt, s.index, s.dispatch] for s in lost]
+        finished = (
+            not in_flight and task.completed_subtasks + task.failed_subtasks >= task.total_subtasks
+        )
+        note = f"restart: resume-monitoring, {len(in_flight) - len(lost)} alive, {len(lost)} lost"
+        record(session, task, PState.ALGORITHM_COMPLETE if finished else PState(task.p_state), note)
+        execution = dict(task.execution)
+    if resend:
+        dispatch.send_many(dispatch.SUBTASK, resend, execution)
+    if finished:
+        dispatch.send(dispatch.MONITOR, [task_id, attempt], execution)
+    outcome.subtasks = [args[2] for args in resend]
+    outcome.message = note.removeprefix("restart: resume-monitoring, ")
+    return outcome
+
+
+def restart_failed(
+    instance_id: int,
+    mode: Mode | str,
+    settings: dict[str, Any] | None = None,
+    dry_run: bool = False,
+) -> list[Outcome]:
+    """Restart every failed task of an instance with one mode; retry a failed transition."""
+    mode = parse_mode(mode) if isinstance(mode, str) else mode
+    with transaction() as session:
+        instance = session.get(PipelineInstance, instance_id)
+        if instance is None:
+            raise NotFound(f"unknown instance {instance_id}")
+        transition_failed = instance.state == InstanceState.TRANSITION_FAILED
+        failed = list(
+            session.scalars(
+                select(Task.id)
+                .where(Task.instance_id == instance_id)
+                .where(
+                    Task.error | ((Task.p_state == PState.COMPLETE) & (Task.failed_subtasks > 0))
+                )
+                .order_by(Task.id)
+            )
+        )
+    if transition_failed:
+        return [_retry_transition(instance_id, dry_run)]
+    if not failed:
+        raise Refused(f"instance {instance_id} has no failed tasks")
+    return restart([(task_id, mode) for task_id in failed], settings, dry_run)
+
+
+def _retry_transition(instance_id: int, dry_run: bool) -> Outcome:
+    outcome = Outcome(0, "retry-transition", True, "retry creating the next nodes' tasks")
+    if dry_run:
+        return outcome
+    with locked_instance(instance_id) as (session, instance):
+        instance.state, instance.message = InstanceState.PROCESSING, ""
+        instance.updated_at = utcnow()
+    advance(instance_id)
+    return outcome
