@@ -17,8 +17,11 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,11 +57,50 @@ class Outcome:
 
 
 def run(algorithm: str | dict[str, Any], ctx: SubtaskContext, timeout: float) -> Outcome:
-    """Run ``algorithm`` on the subtask ``ctx``, killing it after ``timeout`` seconds."""
+    """Run ``algorithm`` on the subtask ``ctx``, killing it after ``timeout`` seconds.
+
+    Never raises: a failure to even start the algorithm is the subtask's outcome too.
+    """
     log_path = ctx.directory / LOG_NAME
-    if isinstance(algorithm, str):
-        return _run_callable(algorithm, ctx, log_path, timeout)
-    return _run_executable(algorithm, ctx, log_path, timeout)
+    try:
+        with _group_dies_with_us():
+            if isinstance(algorithm, str):
+                return _run_callable(algorithm, ctx, log_path, timeout)
+            return _run_executable(algorithm, ctx, log_path, timeout)
+    except Exception as exc:  # noqa: BLE001 - fork, pipe or file errors on the worker's side
+        return Outcome(False, f"could not run the algorithm: {exc}")
+
+
+#: The process group of the algorithm now running in this process, if any.
+_running_group: int | None = None
+
+
+@contextmanager
+def _group_dies_with_us() -> Iterator[None]:
+    """While an algorithm runs, a SIGTERM to this process (a halt's revoke) kills the
+    algorithm's whole process group first, children of an executable included."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminate(signum: int, frame: Any) -> None:
+        if _running_group:
+            with suppress(ProcessLookupError):
+                os.killpg(_running_group, signal.SIGKILL)
+        signal.signal(signal.SIGTERM, previous)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _started(group: int) -> None:
+    global _running_group
+    _running_group = group
 
 
 def _run_executable(
@@ -85,6 +127,7 @@ def _run_executable(
             )
         except OSError as exc:
             return Outcome(False, f"cannot start {command[0]}: {exc.strerror}")
+        _started(process.pid)
         try:
             status = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -129,12 +172,15 @@ def _run_callable(reference: str, ctx: SubtaskContext, log_path: Path, timeout: 
         os.close(read_end)
         _child(reference, ctx, log_path, write_end)
     os.close(write_end)
+    _started(pid)
     try:
         report, finished = _read_report(read_end, timeout)
     finally:
         os.close(read_end)
     if not finished:
-        os.kill(pid, signal.SIGKILL)
+        with suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)  # in case it had not made its own group yet
     _, status = os.waitpid(pid, 0)
     if not finished:
         return Outcome(False, f"timeout: killed after {timeout:g} s", timed_out=True)
@@ -164,6 +210,7 @@ def _child(reference: str, ctx: SubtaskContext, log_path: Path, report_fd: int) 
     """In the forked child: run the callable with output to the log, report, and exit."""
     outcome = Outcome(False, "algorithm did not report")
     try:
+        os.setpgid(0, 0)  # its own process group, so a timeout or halt kills its children too
         die_with_parent()
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(log_fd, 1)

@@ -339,7 +339,8 @@ def task(
         f"\ndirectory {detail['task_dir'] or '-'}"
     )
     if detail["error_message"]:
-        console.print(f"[red]error[/] {detail['error_message']}")
+        halted = " (halted)" if detail["halted"] else ""
+        console.print(f"[red]error{halted}[/] {detail['error_message']}")
     _table(
         "history",
         ["time", "p-state", "attempt", "host", "message"],
@@ -549,6 +550,9 @@ def _show_outcomes(outcomes: list[Any], as_json: bool, title: str) -> None:
 
 def main() -> None:
     """Run the CLI; an operator's error becomes one line on stderr and exit status 1."""
+    from tomllib import TOMLDecodeError
+
+    from pydantic import ValidationError
     from sqlalchemy.exc import SQLAlchemyError
 
     from pipeline.database import describe_database_error
@@ -559,6 +563,12 @@ def main() -> None:
         _die(str(exc))
     except SQLAlchemyError as exc:
         _die(describe_database_error(exc))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = ".".join(map(str, error["loc"]))
+        _die(f"setting {name}: {error['msg']} (from PIPELINE_* or settings.toml)")
+    except TOMLDecodeError as exc:
+        _die(f"settings file is not valid TOML: {exc}")
 
 
 def _die(message: str) -> None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ READY_TIMEOUT = 60.0
 #: Seconds a service gets to exit after SIGTERM before it is killed.
 STOP_TIMEOUT = 30.0
 POLL = 0.1
+#: The Celery command line of this installation, for workers and beat.
+CELERY = [sys.executable, "-m", "celery", "-A", "workers.app"]
 
 
 @dataclass(frozen=True)
@@ -90,23 +93,19 @@ def worker_queues(settings: Settings) -> list[str]:
     return sorted(queues)
 
 
-def worker_service(settings: Settings, number: int) -> Service:
+def worker_service(settings: Settings, number: int, queues: list[str]) -> Service:
     log = settings.log_dir / f"worker{number}.log"
     return Service(
         name=f"worker{number}",
         argv=[
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
+            *CELERY,
             "worker",
             "-n",
             f"worker{number}@%h",
             "-c",
             str(settings.worker_concurrency),
             "-Q",
-            ",".join(worker_queues(settings)),
+            ",".join(queues),
             "-E",
             "--without-mingle",
             "--without-gossip",
@@ -124,11 +123,7 @@ def beat_service(settings: Settings) -> Service:
     return Service(
         name="beat",
         argv=[
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
+            *CELERY,
             "beat",
             "-s",
             str(settings.run_dir / "celerybeat-schedule"),
@@ -141,10 +136,13 @@ def beat_service(settings: Settings) -> Service:
     )
 
 
-def services(settings: Settings, workers: int | None = None) -> list[Service]:
+def services(
+    settings: Settings, workers: int | None = None, queues: list[str] | None = None
+) -> list[Service]:
+    """The cluster's processes; ``queues`` (read from the database) only when starting them."""
     count = workers or settings.workers
     listed = [redis_service(settings)] if settings.uses_private_redis else []
-    listed += [worker_service(settings, n) for n in range(1, count + 1)]
+    listed += [worker_service(settings, n, queues or []) for n in range(1, count + 1)]
     return [*listed, beat_service(settings)]
 
 
@@ -239,7 +237,7 @@ def start(
         raise Refused("redis-server not found: install it (apt-get install redis-server)")
     database.check_database()
     (settings.home / "redis").mkdir(exist_ok=True)
-    for service in services(settings, workers):
+    for service in services(settings, workers, worker_queues(settings)):
         if _running_pid(settings, service.name):
             continue
         progress(f"starting {service.name}")
@@ -314,13 +312,15 @@ def stop() -> list[str]:
         targets = {n: f for n, f in running.items() if any(n.startswith(p) for p in phase)}
         for found in targets.values():
             if alive(*found):
-                os.kill(found[0], signal.SIGTERM)
+                with suppress(ProcessLookupError):
+                    os.kill(found[0], signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
         for name, found in targets.items():
             while alive(*found) and time.monotonic() < deadline:
                 time.sleep(POLL)
             if alive(*found):
-                os.kill(found[0], signal.SIGKILL)
+                with suppress(ProcessLookupError):
+                    os.kill(found[0], signal.SIGKILL)
             _pid_file(settings, name).unlink(missing_ok=True)
             stopped.append(name)
     return stopped

@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from contextlib import suppress
 from pathlib import Path
 
 from pipeline.definitions import Definition, Node
 from pipeline.errors import InvalidInput
+
+#: Where stored files are written before they are renamed into place.
+STAGING_DIR = ".pipeline-staging"
 
 
 def require(root: Path) -> Path:
@@ -47,11 +51,13 @@ def describe_inputs(definition: Definition, node: Node) -> str:
 def store_file(source: Path, destination: Path) -> None:
     """Copy ``source`` to ``destination`` atomically: readers see the old file or the whole new one.
 
-    The copy is written beside the destination under a temporary name, flushed to disk,
-    then renamed over it; storing the same file twice leaves the same datastore.
+    The copy is written in a staging directory beside the destination (on the same file
+    system, out of sight of any file-name pattern), flushed to disk, then renamed over it;
+    storing the same file twice leaves the same datastore.
     """
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.parent / f".{destination.name}.{uuid.uuid4().hex}.tmp"
+    staging = destination.parent / STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True)
+    temporary = staging / f"{destination.name}.{uuid.uuid4().hex}"
     try:
         with source.open("rb") as reader, temporary.open("wb") as writer:
             shutil.copyfileobj(reader, writer)
@@ -60,3 +66,5 @@ def store_file(source: Path, destination: Path) -> None:
         os.replace(temporary, destination)
     finally:
         temporary.unlink(missing_ok=True)
+        with suppress(OSError):  # another store may be using it still
+            staging.rmdir()

@@ -54,7 +54,7 @@ class ExecutionSettings(_Strict):
     subtask_timeout: float = Field(default=3600.0, gt=0, description="seconds per subtask")
     max_failed_subtasks: int = Field(default=0, ge=0)
     max_auto_resubmits: int = Field(default=0, ge=0)
-    priority: int = Field(default=0, ge=0, le=9)
+    priority: int = Field(default=5, ge=0, le=9, description="0 runs first, 9 last")
 
 
 class DataFileType(_Strict):

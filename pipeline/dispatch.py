@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import redis
 from kombu.exceptions import OperationalError as BrokerError
 
 from config.settings import get_settings
@@ -22,15 +23,24 @@ EXECUTE = "pipeline.stage.execute"
 SUBTASK = "pipeline.stage.subtask"
 MONITOR = "pipeline.stage.monitor"
 STORE = "pipeline.stage.store"
-#: Extra seconds past the subtask timeout before Celery itself kills a stuck worker process.
-HARD_LIMIT_GRACE = 60.0
+#: How long a finished subtask keeps trying to record its outcome (a database restart).
+RECORD_OUTCOME_FOR_SECONDS = 300.0
+#: Extra seconds past the subtask timeout before Celery itself kills a stuck worker process:
+#: longer than the outcome may take to record, so Celery never cuts that short.
+HARD_LIMIT_GRACE = RECORD_OUTCOME_FOR_SECONDS + 60.0
+#: Priority of subtask messages when the execution settings give none (0 runs first).
+DEFAULT_PRIORITY = 5
 #: Retries of a publish before the broker counts as unreachable.
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
 
 
-def subtask_message_id(task_id: int, index: int, number: int) -> str:
-    """The Celery task id of one dispatch of a subtask, known in advance so halt can revoke it."""
-    return f"subtask-{task_id}-{index}-{number}"
+def subtask_message_id(task_id: int, attempt: int, index: int, number: int) -> str:
+    """The Celery task id of one dispatch of a subtask, known in advance so halt can revoke it.
+
+    Unique across attempts: workers remember revoked ids for hours, and a restarted task's
+    messages must not share one with a halted attempt's.
+    """
+    return f"subtask-{task_id}-{attempt}-{index}-{number}"
 
 
 def check_broker() -> None:
@@ -45,8 +55,13 @@ def check_broker() -> None:
 
 def revoke(message_ids: list[str]) -> None:
     """Drop queued messages and terminate the worker processes running them."""
-    if message_ids:
+    if not message_ids:
+        return
+    try:
         app.control.revoke(message_ids, terminate=True, signal="SIGTERM")
+    except (BrokerError, redis.RedisError) as exc:
+        url = masked(get_settings().broker)
+        raise Unreachable(f"broker unreachable at {url}: {exc}") from None
 
 
 def send(name: str, args: list[Any], execution: dict[str, Any]) -> None:
@@ -57,7 +72,8 @@ def send_many(name: str, arg_lists: Iterable[list[Any]], execution: dict[str, An
     """Publish one message per argument list on the node's queue over one connection."""
     options: dict[str, Any] = {
         "queue": execution.get("queue") or "default",
-        "priority": execution.get("priority", 0),
+        # A stage's bookkeeping must not wait behind the subtasks already queued.
+        "priority": execution.get("priority", DEFAULT_PRIORITY) if name == SUBTASK else 0,
         "retry": True,
         "retry_policy": PUBLISH_RETRY,
     }
@@ -69,9 +85,8 @@ def send_many(name: str, arg_lists: Iterable[list[Any]], execution: dict[str, An
             for args in arg_lists:
                 message_id = None
                 if name == SUBTASK:
-                    task_id, _attempt, index, number = args
-                    message_id = subtask_message_id(task_id, index, number)
+                    message_id = subtask_message_id(*args)
                 app.send_task(name, args=args, producer=producer, task_id=message_id, **options)
-    except BrokerError as exc:
+    except (BrokerError, redis.RedisError) as exc:
         url = masked(get_settings().broker)
         raise Unreachable(f"broker unreachable at {url}: {exc}") from None

@@ -34,13 +34,15 @@ from pipeline.tasks import (
     record,
     refresh_instance_state,
 )
-from pipeline.transition import advance
+from pipeline.transition import advance_within, send_marshals
 
 log = logging.getLogger(__name__)
 
 
 def task_directory(instance_id: int, task: Task) -> Path:
-    return get_settings().tasks_dir / f"{instance_id}-{task.id}-{task.node}"
+    """A directory per attempt that marshals: a late marshal of an old attempt (halted, or
+    superseded by a restart) can never clear the directory a newer attempt is using."""
+    return get_settings().tasks_dir / f"{instance_id}-{task.id}-{task.node}-attempt{task.attempt}"
 
 
 def node_parameters(
@@ -60,7 +62,9 @@ def marshal(task_id: int, attempt: int, host: str = "") -> None:
     """Gather the task's inputs into subtask directories and create its subtasks."""
     with transaction() as session:
         instance, task = lock_task(session, task_id)
-        if not is_current(task, attempt, PState.INITIALIZING, PState.MARSHALING):
+        if not is_current(
+            task, attempt, PState.INITIALIZING
+        ):  # claims the step: one marshal per attempt
             return
         record(session, task, PState.MARSHALING, host=host)
         refresh_instance_state(session, instance)
@@ -275,7 +279,7 @@ def store(task_id: int, attempt: int, host: str = "") -> None:
             return
         definition = parse(instance.definition)
         node = definition.node(task.node)
-        unit, task_dir, instance_id = task.unit_of_work, Path(task.task_dir), instance.id
+        unit, task_dir = task.unit_of_work, Path(task.task_dir)
         succeeded = session.execute(
             select(Subtask.index, Subtask.inputs).where(
                 Subtask.task_id == task_id, Subtask.state == SubtaskState.COMPLETE
@@ -302,4 +306,5 @@ def store(task_id: int, attempt: int, host: str = "") -> None:
             return
         record(session, task, PState.COMPLETE, f"stored {stored} files", host)
         refresh_instance_state(session, instance)
-    advance(instance_id)
+        plan = advance_within(session, instance)
+    send_marshals(plan)

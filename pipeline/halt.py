@@ -12,11 +12,11 @@ from sqlalchemy import select
 
 from pipeline import dispatch
 from pipeline.database import transaction
-from pipeline.errors import NotFound, Refused
-from pipeline.models import PipelineInstance, Subtask, Task
+from pipeline.errors import NotFound, Refused, Unreachable
+from pipeline.models import PipelineInstance, Task
 from pipeline.restart import Outcome
 from pipeline.states import PState, SubtaskState
-from pipeline.tasks import fail, lock_task
+from pipeline.tasks import fail, in_flight_subtasks, lock_task
 
 HALTED = "halted by operator"
 
@@ -39,23 +39,23 @@ def _halt_one(task_id: int) -> Outcome:
             raise Refused(f"task {task_id} is already stopped (ERROR - {task.p_state})")
         if task.p_state == PState.COMPLETE:
             raise Refused(f"task {task_id} is complete: nothing to halt")
-        in_flight = list(
-            session.scalars(
-                select(Subtask).where(
-                    Subtask.task_id == task_id,
-                    Subtask.state.in_([SubtaskState.QUEUED, SubtaskState.RUNNING]),
-                )
-            )
-        )
-        messages = [dispatch.subtask_message_id(task_id, s.index, s.dispatch) for s in in_flight]
+        in_flight = in_flight_subtasks(session, task_id)
+        messages = [
+            dispatch.subtask_message_id(task_id, task.attempt, s.index, s.dispatch)
+            for s in in_flight
+        ]
         for subtask in in_flight:
             subtask.state = SubtaskState.NEW
         task.attempt += 1
         task.halted = True
         fail(session, instance, task, HALTED)
         step = task.p_state
-    dispatch.revoke(messages)
-    return Outcome(task_id, "halt", True, f"halted at {step}", step, [s.index for s in in_flight])
+    message = f"halted at {step}"
+    try:
+        dispatch.revoke(messages)
+    except Unreachable as exc:  # the halt holds: every message of the old attempt is stale
+        message += f"; running subtasks not terminated ({exc})"
+    return Outcome(task_id, "halt", True, message, step, [s.index for s in in_flight])
 
 
 def halt_instance(instance_id: int) -> list[Outcome]:

@@ -8,10 +8,14 @@ broker restarted without its queue) and is dispatched again.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import redis
+from kombu.exceptions import OperationalError as BrokerError
 
 from config.settings import get_settings
+from pipeline.database import masked
+from pipeline.errors import Unreachable
 from workers.app import app
 
 #: kombu's Redis transport keeps priority N of queue Q in the list "Q\x06\x16N" (N > 0).
@@ -35,21 +39,35 @@ def queued_message_ids(queue: str) -> set[str]:
     return found
 
 
-def held_by_workers() -> set[str]:
-    """Celery task ids that live workers are running or have reserved."""
+@dataclass(frozen=True)
+class InFlight:
+    """Message ids alive somewhere, and the workers that answered when asked."""
+
+    message_ids: set[str]
+    workers: set[str]
+
+
+def held_by_workers() -> tuple[set[str], set[str]]:
+    """Celery task ids that live workers are running or have reserved, and who answered."""
     inspector = app.control.inspect(timeout=INSPECT_TIMEOUT)
-    found = set()
+    found, answered = set(), set()
     for replies in (inspector.active() or {}, inspector.reserved() or {}):
-        for held in replies.values():
+        for worker, held in replies.items():
+            answered.add(worker)
             found.update(message["id"] for message in held)
-    return found
+    return found, answered
 
 
-def live_message_ids(queue: str) -> set[str]:
+def in_flight(queue: str) -> InFlight:
     """Every message of ``queue`` still somewhere alive.
 
     The queue is read before the workers are asked: a message only moves from the queue
     to a worker, so reading in this order never misses one in transit.
     """
-    queued = queued_message_ids(queue)
-    return queued | held_by_workers()
+    try:
+        queued = queued_message_ids(queue)
+        held, answered = held_by_workers()
+    except (redis.RedisError, BrokerError) as exc:
+        url = masked(get_settings().broker)
+        raise Unreachable(f"broker unreachable at {url}: {exc}") from None
+    return InFlight(queued | held, answered)

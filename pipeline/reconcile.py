@@ -25,6 +25,7 @@ WAITING_STEPS = {
     PState.INITIALIZING: dispatch.MARSHAL,
     PState.ALGORITHM_SUBMITTING: dispatch.EXECUTE,
     PState.ALGORITHM_COMPLETE: dispatch.MONITOR,
+    PState.STORING: dispatch.STORE,  # storing is idempotent: a second store is harmless
 }
 
 

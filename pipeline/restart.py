@@ -25,7 +25,13 @@ from pipeline.engine import resubmit_failed
 from pipeline.errors import InvalidInput, NotFound, Refused
 from pipeline.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.states import EXECUTION_STEPS, InstanceState, PState, SubtaskState
-from pipeline.tasks import lock_task, locked_instance, record, refresh_instance_state
+from pipeline.tasks import (
+    in_flight_subtasks,
+    lock_task,
+    locked_instance,
+    record,
+    refresh_instance_state,
+)
 from pipeline.transition import advance
 
 
@@ -183,6 +189,8 @@ def _restart_one(task_id: int, mode: Mode, changes: dict[str, Any], dry_run: boo
             ).all()
         )
         chosen = plan(task, states, mode)
+        if mode is Mode.RESUME_MONITORING and changes:
+            raise Refused("resume-monitoring reattaches running work: it changes no settings")
         outcome = Outcome(
             task_id, mode.value, True, chosen.message, chosen.p_state.value, chosen.rerun
         )
@@ -234,24 +242,13 @@ def _apply(
 
 def _resume_monitoring(task_id: int, attempt: int, queue: str, outcome: Outcome) -> Outcome:
     """Keep the in-flight subtasks whose messages are alive; dispatch the lost ones again."""
-    live = inflight.live_message_ids(queue)
+    live = inflight.in_flight(queue)
     with transaction() as session:
         instance, task = lock_task(session, task_id)
         if task.attempt != attempt or task.error:
             raise Refused(f"task {task_id} changed while monitoring was resumed: try again")
-        in_flight = list(
-            session.scalars(
-                select(Subtask).where(
-                    Subtask.task_id == task_id,
-                    Subtask.state.in_([SubtaskState.QUEUED, SubtaskState.RUNNING]),
-                )
-            )
-        )
-        lost = [
-            s
-            for s in in_flight
-            if dispatch.subtask_message_id(task_id, s.index, s.dispatch) not in live
-        ]
+        in_flight = in_flight_subtasks(session, task_id)
+        lost = [s for s in in_flight if _lost(task_id, attempt, s, live)]
         for subtask in lost:
             subtask.state, subtask.dispatch = SubtaskState.QUEUED, subtask.dispatch + 1
         resend = [[task_id, attempt, s.index, s.dispatch] for s in lost]
@@ -268,6 +265,18 @@ def _resume_monitoring(task_id: int, attempt: int, queue: str, outcome: Outcome)
     outcome.subtasks = [args[2] for args in resend]
     outcome.message = note.removeprefix("restart: resume-monitoring, ")
     return outcome
+
+
+def _lost(task_id: int, attempt: int, subtask: Subtask, live: inflight.InFlight) -> bool:
+    """Is the subtask's message nowhere alive?
+
+    A running subtask whose worker did not answer in time is given the benefit of the
+    doubt: dispatching it again could run it twice at once in the same directory.
+    """
+    message = dispatch.subtask_message_id(task_id, attempt, subtask.index, subtask.dispatch)
+    if message in live.message_ids:
+        return False
+    return subtask.state == SubtaskState.QUEUED or subtask.worker_host in live.workers
 
 
 def restart_failed(

@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
 from pipeline.errors import NotFound
-from pipeline.models import InstanceNode, PipelineInstance, Task, TaskEvent, utcnow
-from pipeline.states import InstanceState, NodeState, PState, derive_instance_state
+from pipeline.models import InstanceNode, PipelineInstance, Subtask, Task, TaskEvent, utcnow
+from pipeline.states import InstanceState, NodeState, PState, SubtaskState, derive_instance_state
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,18 @@ def lock_task_only(session: Session, task_id: int) -> Task:
     if task is None:
         raise NotFound(f"unknown task {task_id}")
     return task
+
+
+def in_flight_subtasks(session: Session, task_id: int) -> list[Subtask]:
+    """Subtasks the database believes are on the broker or on a worker."""
+    return list(
+        session.scalars(
+            select(Subtask).where(
+                Subtask.task_id == task_id,
+                Subtask.state.in_([SubtaskState.QUEUED, SubtaskState.RUNNING]),
+            )
+        )
+    )
 
 
 def is_current(task: Task, attempt: int, *steps: PState, allow_error: bool = False) -> bool:
@@ -143,6 +155,8 @@ def refresh_instance_state(session: Session, instance: PipelineInstance) -> Inst
         any_active=bool(any_active),
         any_started=bool(any_started),
     )
+    if state == InstanceState.INITIALIZED and instance.state != InstanceState.INITIALIZED:
+        state = InstanceState.PROCESSING  # restarted back to its first step: still under way
     if instance.state != state:
         instance.state = state
         instance.updated_at = utcnow()

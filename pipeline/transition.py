@@ -52,30 +52,45 @@ def create_node_tasks(
     return tasks
 
 
-def advance(instance_id: int) -> None:
-    """Mark finished nodes DONE and start every node whose parents are all DONE.
+#: Marshal messages to send once the transaction that created the tasks commits.
+Plan = list[tuple[int, int, dict]]
 
-    A failure to create the child tasks (no inputs in the datastore, say) puts the
-    instance in TRANSITION_FAILED with the reason; restarting it retries the transition.
+
+def advance_within(session: Session, instance: PipelineInstance) -> Plan:
+    """In the caller's transaction, holding the instance row's lock: mark finished nodes
+    DONE and create the tasks of every node whose parents are all DONE.
+
+    A failure to create them (no inputs in the datastore, say) puts the instance in
+    TRANSITION_FAILED with the reason, in the same transaction; restarting the instance
+    retries the transition.
     """
+    if instance.state == InstanceState.TRANSITION_FAILED:
+        return []
     try:
-        with locked_instance(instance_id) as (session, instance):
-            if instance.state == InstanceState.TRANSITION_FAILED:
-                return
+        with session.begin_nested():
             created = _advance(session, instance)
-            refresh_instance_state(session, instance)
-            plan = [(task.id, task.attempt, dict(task.execution)) for task in created]
     except Unreachable:
         raise
     except (PipelineError, OSError) as exc:
-        log.warning("instance %s: transition failed: %s", instance_id, exc)
-        with locked_instance(instance_id) as (session, instance):
-            instance.state = InstanceState.TRANSITION_FAILED
-            instance.message = f"transition failed: {exc}"
-            instance.updated_at = utcnow()
-        return
+        log.warning("instance %s: transition failed: %s", instance.id, exc)
+        instance.state = InstanceState.TRANSITION_FAILED
+        instance.message = f"transition failed: {exc}"
+        instance.updated_at = utcnow()
+        return []
+    refresh_instance_state(session, instance)
+    return [(task.id, task.attempt, dict(task.execution)) for task in created]
+
+
+def send_marshals(plan: Plan) -> None:
     for task_id, attempt, execution in plan:
         dispatch.send(dispatch.MARSHAL, [task_id, attempt], execution)
+
+
+def advance(instance_id: int) -> None:
+    """Run a transition in a transaction of its own (beat's monitor, a restart)."""
+    with locked_instance(instance_id) as (session, instance):
+        plan = advance_within(session, instance)
+    send_marshals(plan)
 
 
 def _advance(session: Session, instance: PipelineInstance) -> list[Task]:
@@ -91,7 +106,6 @@ def _advance(session: Session, instance: PipelineInstance) -> list[Task]:
             row.state = NodeState.DONE
     created: list[Task] = []
     graph = definition.graph()
-    root = datastore.require(get_settings().datastore)
     for name in definition.order():
         row = nodes.get(name)
         parents = graph[name] & nodes.keys()
@@ -101,6 +115,7 @@ def _advance(session: Session, instance: PipelineInstance) -> list[Task]:
             and parents
             and all(nodes[parent].state == NodeState.DONE for parent in parents)
         ):
+            root = datastore.require(get_settings().datastore)
             created += create_node_tasks(session, instance, definition, name, root)
     return created
 

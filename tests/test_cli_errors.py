@@ -140,3 +140,26 @@ def test_bad_definition_file_names_file_and_key(home, tmp_path) -> None:
     result = home.cli("definitions", "import", bad, check=False)
     assert_one_line_error(result, f"{bad}: nodes.0.algorithm: ")
     assert home.json("definitions", "list") == before
+
+
+def test_bad_setting_and_bad_settings_file(home, tmp_path) -> None:
+    home.env["PIPELINE_WORKERS"] = "many"
+    assert_one_line_error(home.cli("instances", check=False), "setting workers: ")
+    del home.env["PIPELINE_WORKERS"]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "settings.toml").write_text("redis_port = = 1\n")
+    home.env["PIPELINE_HOME"] = str(fresh)
+    assert_one_line_error(home.cli("instances", check=False), "settings file is not valid TOML")
+
+
+def test_status_and_stop_of_an_uninitialised_home_touch_nothing(home, tmp_path) -> None:
+    home.env["PIPELINE_HOME"] = str(tmp_path / "nothing-here")
+    status = home.json("cluster", "status")
+    assert [(row["name"], row["alive"]) for row in status] == [
+        ("redis", False),
+        ("worker1", False),
+        ("beat", False),
+    ]
+    assert "nothing was running" in home.cli("cluster", "stop").stdout
+    assert not (tmp_path / "nothing-here" / "pipeline.db").exists()

@@ -18,8 +18,6 @@ from pipeline.errors import Unreachable
 from workers.app import MONITOR_TASK, app
 
 TRANSIENT = (Unreachable, DBAPIError)
-#: How long a finished subtask keeps trying to record its outcome before giving up.
-RECORD_OUTCOME_FOR_SECONDS = 600
 STAGE_OPTIONS: dict[str, Any] = {
     "bind": True,
     "autoretry_for": TRANSIENT,
@@ -42,7 +40,7 @@ def execute(self: Any, task_id: int, attempt: int) -> None:
 @retry(
     retry=retry_if_exception_type(TRANSIENT),
     wait=wait_exponential(multiplier=0.5, max=30),
-    stop=stop_after_delay(RECORD_OUTCOME_FOR_SECONDS),
+    stop=stop_after_delay(dispatch.RECORD_OUTCOME_FOR_SECONDS),
     reraise=True,
 )
 def _record_outcome(
