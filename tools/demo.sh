@@ -21,6 +21,7 @@ The cluster is still running (PIPELINE_HOME=${PIPELINE_HOME}). Try next:
   $pipeline subtasks <TASK>         # each subtask's state and attempts
   $pipeline params set algorithm throw_exception_subtask_0=true
   $pipeline submit sample           # ends ERRORS_STALLED with each permuter task at 3/4 (1)
+  $pipeline restart --instance <ID> --mode resume-current-step   # stores the 3 good ones, goes on
   $pipeline cluster status
 Stop the cluster with:
   $pipeline cluster stop            # or: make stop
