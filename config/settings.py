@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     worker_queues: list[str] = Field(default_factory=list)
     monitor_interval: float = Field(default=10.0, gt=0)
     stale_after: float = Field(default=30.0, gt=0)
+    lease_seconds: float = Field(
+        default=30.0, gt=0, description="a running subtask whose worker is silent this long is lost"
+    )
+    lost_subtask_retries: int = Field(
+        default=3, ge=0, description="times a lost subtask is dispatched again before it fails"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +48,34 @@ class SubtaskContext:
     node: str
 
 
+class Heartbeat:
+    """Renews a running subtask's lease from the supervising process, never the algorithm.
+
+    Parameters:
+      renew: records the heartbeat (a database update); its errors are logged, not raised,
+        so a database hiccup never kills a running algorithm.
+      interval: seconds between renewals; the supervising loops wake at least this often.
+    """
+
+    def __init__(self, renew: Callable[[], None], interval: float) -> None:
+        self.renew = renew
+        self.interval = interval
+        self._next = time.monotonic() + interval
+
+    def tick(self) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.interval
+        try:
+            self.renew()
+        except Exception:  # noqa: BLE001 - see the class docstring
+            logging.getLogger(__name__).exception("heartbeat not recorded")
+
+
+#: A heartbeat that never renews anything (tests, one-off runs).
+NO_HEARTBEAT = Heartbeat(lambda: None, 3600.0)
+
+
 @dataclass
 class Outcome:
     ok: bool
@@ -56,7 +84,12 @@ class Outcome:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def run(algorithm: str | dict[str, Any], ctx: SubtaskContext, timeout: float) -> Outcome:
+def run(
+    algorithm: str | dict[str, Any],
+    ctx: SubtaskContext,
+    timeout: float,
+    heartbeat: Heartbeat = NO_HEARTBEAT,
+) -> Outcome:
     """Run ``algorithm`` on the subtask ``ctx``, killing it after ``timeout`` seconds.
 
     Never raises: a failure to even start the algorithm is the subtask's outcome too.
@@ -65,8 +98,8 @@ def run(algorithm: str | dict[str, Any], ctx: SubtaskContext, timeout: float) ->
     try:
         with _group_dies_with_us():
             if isinstance(algorithm, str):
-                return _run_callable(algorithm, ctx, log_path, timeout)
-            return _run_executable(algorithm, ctx, log_path, timeout)
+                return _run_callable(algorithm, ctx, log_path, timeout, heartbeat)
+            return _run_executable(algorithm, ctx, log_path, timeout, heartbeat)
     except Exception as exc:  # noqa: BLE001 - fork, pipe or file errors on the worker's side
         return Outcome(False, f"could not run the algorithm: {exc}")
 
@@ -104,7 +137,11 @@ def _started(group: int) -> None:
 
 
 def _run_executable(
-    algorithm: dict[str, Any], ctx: SubtaskContext, log_path: Path, timeout: float
+    algorithm: dict[str, Any],
+    ctx: SubtaskContext,
+    log_path: Path,
+    timeout: float,
+    heartbeat: Heartbeat,
 ) -> Outcome:
     (ctx.directory / PARAMETERS_FILE).write_text(json.dumps(ctx.parameters))
     (ctx.directory / INPUTS_FILE).write_text(json.dumps([p.name for p in ctx.inputs]))
@@ -128,8 +165,16 @@ def _run_executable(
         except OSError as exc:
             return Outcome(False, f"cannot start {command[0]}: {exc.strerror}")
         _started(process.pid)
+        deadline = time.monotonic() + timeout
         try:
-            status = process.wait(timeout=timeout)
+            while True:
+                try:
+                    status = process.wait(timeout=min(heartbeat.interval, _left(deadline)))
+                    break
+                except subprocess.TimeoutExpired:
+                    if _left(deadline) <= 0:
+                        raise
+                    heartbeat.tick()
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -163,7 +208,13 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def _run_callable(reference: str, ctx: SubtaskContext, log_path: Path, timeout: float) -> Outcome:
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.0)
+
+
+def _run_callable(
+    reference: str, ctx: SubtaskContext, log_path: Path, timeout: float, heartbeat: Heartbeat
+) -> Outcome:
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -174,7 +225,7 @@ def _run_callable(reference: str, ctx: SubtaskContext, log_path: Path, timeout: 
     os.close(write_end)
     _started(pid)
     try:
-        report, finished = _read_report(read_end, timeout)
+        report, finished = _read_report(read_end, timeout, heartbeat)
     finally:
         os.close(read_end)
     if not finished:
@@ -190,15 +241,16 @@ def _run_callable(reference: str, ctx: SubtaskContext, log_path: Path, timeout: 
     return Outcome(False, _exit_message(code, log_path))
 
 
-def _read_report(fd: int, timeout: float) -> tuple[bytes, bool]:
+def _read_report(fd: int, timeout: float, heartbeat: Heartbeat) -> tuple[bytes, bool]:
     """What the child writes to ``fd`` until it closes it; ``finished`` is False at the deadline."""
     deadline = time.monotonic() + timeout
     chunks: list[bytes] = []
     while True:
-        remaining = deadline - time.monotonic()
+        remaining = _left(deadline)
         if remaining <= 0:
             return b"", False
-        readable, _, _ = select.select([fd], [], [], remaining)
+        heartbeat.tick()
+        readable, _, _ = select.select([fd], [], [], min(remaining, heartbeat.interval))
         if readable:
             chunk = os.read(fd, 65536)
             if not chunk:

@@ -221,6 +221,60 @@ def finish_subtask(
     dispatch.send(dispatch.MONITOR, [task_id, attempt], execution)
 
 
+def heartbeat(task_id: int, index: int, number: int) -> None:
+    """Renew the lease of a subtask this worker is running (one row, no task lock)."""
+    with transaction() as session:
+        session.execute(
+            update(Subtask)
+            .where(
+                Subtask.task_id == task_id,
+                Subtask.index == index,
+                Subtask.dispatch == number,
+                Subtask.state == SubtaskState.RUNNING,
+            )
+            .values(heartbeat_at=utcnow())
+        )
+
+
+def reclaim_lost(task_id: int, index: int, number: int, lease_expired_before: Any) -> str:
+    """A running subtask whose lease expired lost its worker: run it again, or fail it.
+
+    It is dispatched again while its automatic retries last (``lost_subtask_retries``),
+    under a new dispatch number so a late outcome from the lost run is ignored; then it
+    fails with reason 'worker lost'. Returns what was done.
+    """
+    with transaction() as session:
+        task = lock_task_only(session, task_id)
+        subtask = _subtask(session, task_id, index)
+        lost = (
+            not task.error
+            and task.p_state in EXECUTION_STEPS
+            and subtask.state == SubtaskState.RUNNING
+            and subtask.dispatch == number
+            and subtask.heartbeat_at is not None
+            and subtask.heartbeat_at < lease_expired_before
+        )
+        if not lost:
+            return "alive"
+        attempt, execution = task.attempt, dict(task.execution)
+        if subtask.attempts <= get_settings().lost_subtask_retries:
+            subtask.state, subtask.dispatch = SubtaskState.QUEUED, subtask.dispatch + 1
+            resend = [task_id, attempt, index, subtask.dispatch]
+            record(
+                session,
+                task,
+                PState(task.p_state),
+                f"subtask {index}: worker lost, dispatched again",
+            )
+        else:
+            resend = None
+    if resend:
+        dispatch.send(dispatch.SUBTASK, resend, execution)
+        return "redispatched"
+    finish_subtask(task_id, attempt, index, number, Outcome(False, "worker lost"))
+    return "failed"
+
+
 def _subtask(session: Any, task_id: int, index: int) -> Subtask:
     return session.scalars(
         select(Subtask).where(Subtask.task_id == task_id, Subtask.index == index)

@@ -1,4 +1,8 @@
-"""Reconciliation run by Celery beat: find tasks waiting on a message that never came.
+"""Reconciliation run by Celery beat: find work whose worker died or whose message was lost.
+
+A running subtask renews a lease (its heartbeat) while its algorithm runs; one whose
+lease expired lost its worker or host, and is dispatched again (see
+``engine.reclaim_lost``).
 
 A stage's next message is sent after its transaction commits; a process that dies in
 between, or a broker that loses its queue, leaves a task waiting in a step that nothing
@@ -9,16 +13,24 @@ makes the re-sent one a no-op.
 
 from __future__ import annotations
 
-from datetime import timedelta
+import logging
+from datetime import datetime, timedelta
 
+import redis
 from sqlalchemy import select, update
 
 from config.settings import get_settings
 from pipeline import dispatch
 from pipeline.database import transaction
-from pipeline.models import PipelineInstance, Task, utcnow
-from pipeline.states import STOPPED_STATES, PState
+from pipeline.engine import reclaim_lost
+from pipeline.models import PipelineInstance, Subtask, Task, utcnow
+from pipeline.states import EXECUTION_STEPS, STOPPED_STATES, PState, SubtaskState
+from pipeline.tasks import HOST
 from pipeline.transition import advance
+
+log = logging.getLogger(__name__)
+#: Redis key of the lock that keeps two beats from monitoring at once.
+LOCK_KEY = "pipeline:monitor-lock"
 
 #: The stage message a task waiting in each step needs.
 WAITING_STEPS = {
@@ -30,8 +42,13 @@ WAITING_STEPS = {
 
 
 def reconcile() -> dict[str, int]:
-    """Re-send lost stage messages and retry lost node transitions; returns what it did."""
-    cutoff = utcnow() - timedelta(seconds=get_settings().stale_after)
+    """Reclaim subtasks whose worker is gone, re-send lost stage messages, retry lost node
+    transitions; returns what it did. Only one runs at a time, however many beats run."""
+    settings = get_settings()
+    if not _lock(settings.monitor_interval):
+        return {"skipped": 1}
+    reclaimed = _reclaim_expired_leases(utcnow() - timedelta(seconds=settings.lease_seconds))
+    cutoff = utcnow() - timedelta(seconds=settings.stale_after)
     with transaction() as session:
         waiting = session.execute(
             select(Task.id, Task.attempt, Task.p_state, Task.execution).where(
@@ -54,4 +71,34 @@ def reconcile() -> dict[str, int]:
         dispatch.send(WAITING_STEPS[PState(p_state)], [task_id, attempt], execution)
     for instance_id in active_instances:
         advance(instance_id)
-    return {"resent": len(waiting), "instances_checked": len(active_instances)}
+    return {
+        "reclaimed": reclaimed,
+        "resent": len(waiting),
+        "instances_checked": len(active_instances),
+    }
+
+
+def _lock(seconds: float) -> bool:
+    """Hold the monitor lock for most of one interval: a second beat started by mistake
+    finds it taken and does nothing."""
+    client = redis.Redis.from_url(get_settings().broker)
+    return bool(client.set(LOCK_KEY, HOST, nx=True, px=int(seconds * 1000 * 0.9)))
+
+
+def _reclaim_expired_leases(expired_before: datetime) -> int:
+    """Running subtasks whose heartbeat stopped: their worker (or host) is gone."""
+    with transaction() as session:
+        expired = session.execute(
+            select(Subtask.task_id, Subtask.index, Subtask.dispatch)
+            .join(Task, Task.id == Subtask.task_id)
+            .where(
+                Subtask.state == SubtaskState.RUNNING,
+                Subtask.heartbeat_at < expired_before,
+                ~Task.error,
+                Task.p_state.in_(list(EXECUTION_STEPS)),
+            )
+        ).all()
+    for task_id, index, number in expired:
+        log.warning("subtask %s/%s: no heartbeat since before %s", task_id, index, expired_before)
+        reclaim_lost(task_id, index, number, expired_before)
+    return len(expired)

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from config.settings import get_settings
 from pipeline import algorithms, dispatch, engine, reconcile
 from pipeline.errors import Unreachable
 from workers.app import MONITOR_TASK, app
@@ -55,7 +56,9 @@ def run_subtask(self: Any, task_id: int, attempt: int, index: int, number: int) 
     run = engine.begin_subtask(task_id, attempt, index, number, host=self.request.hostname)
     if run is None:
         return
-    outcome = algorithms.run(run.algorithm, run.context, run.timeout)
+    lease = get_settings().lease_seconds
+    beat = algorithms.Heartbeat(lambda: engine.heartbeat(task_id, index, number), lease / 3)
+    outcome = algorithms.run(run.algorithm, run.context, run.timeout, beat)
     _record_outcome(task_id, attempt, index, number, outcome, self.request.hostname)
 
 

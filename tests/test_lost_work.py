@@ -1,0 +1,64 @@
+"""Lost work: a worker killed mid-subtask; the monitor reclaims its subtasks without a human."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from config.sample.algorithms import CHANNEL_ORDER
+from config.sample.images import pixels
+from tests.conftest import make_cluster, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
+
+
+@pytest.fixture
+def two_workers(backend, request):
+    postgres = request.getfixturevalue("postgres_server") if backend == "postgres" else None
+    cluster = make_cluster(backend, postgres, PIPELINE_LEASE_SECONDS="3")
+    try:
+        cluster.start(workers=2)
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.home, ignore_errors=True)
+
+
+def test_worker_killed_mid_subtask_its_work_is_redone_elsewhere(two_workers) -> None:
+    cluster = two_workers
+    cluster.cli("params", "set", "algorithm", "execution_pause_seconds=3")
+    instance = cluster.submit("--end-node", "permuter")
+
+    def running_on_worker1() -> list[tuple[int, int]]:
+        return [
+            (task["id"], s["index"])
+            for task in cluster.tasks(instance)
+            for s in cluster.json("subtasks", task["id"])
+            if s["state"] == "RUNNING" and s["worker_host"].startswith("worker1@")
+        ]
+
+    victims = wait_for(running_on_worker1, what="a subtask running on worker1")
+    worker1 = next(row for row in cluster.json("cluster", "status") if row["name"] == "worker1")
+    os.killpg(worker1["pid"], signal.SIGKILL)  # the whole worker: parent and pool processes
+
+    result = cluster.wait(instance, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not next(r for r in cluster.json("cluster", "status") if r["name"] == "worker1")["alive"]
+    for task_id, index in victims:
+        subtask = cluster.json("subtasks", task_id)[index]
+        assert subtask["state"] == "COMPLETE" and subtask["attempts"] == 2
+        assert subtask["worker_host"].startswith("worker2@")
+        history = [e["message"] for e in cluster.json("task", task_id)["history"]]
+        assert f"subtask {index}: worker lost, dispatched again" in history
+    for set_number, unit in ((1, "set-1"), (2, "set-2")):
+        stored = sorted((cluster.datastore / unit / "L1").iterdir())
+        assert [p.name for p in stored] == [f"nasa-logo-file-{i}-perm.png" for i in range(4)]
+        for image, path in enumerate(stored):
+            with Image.open(path) as png:
+                expected = pixels(set_number, image)[..., CHANNEL_ORDER]
+                np.testing.assert_array_equal(np.asarray(png), expected)
