@@ -341,6 +341,15 @@ def task(
     if detail["error_message"]:
         halted = " (halted)" if detail["halted"] else ""
         console.print(f"[red]error{halted}[/] {detail['error_message']}")
+    if detail["running"]:
+        _table(
+            "running subtasks",
+            ["index", "worker", "pid", "started", "last heartbeat"],
+            [
+                [s["index"], s["worker_host"], s["worker_pid"], s["started_at"], s["heartbeat_at"]]
+                for s in detail["running"]
+            ],
+        )
     _table(
         "history",
         ["time", "p-state", "attempt", "host", "message"],

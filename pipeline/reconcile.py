@@ -14,16 +14,20 @@ makes the re-sent one a no-op.
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from datetime import datetime, timedelta
+from typing import Any
 
 import redis
 from sqlalchemy import select, update
 
 from config.settings import get_settings
-from pipeline import dispatch
+from pipeline import dispatch, inflight
 from pipeline.database import transaction
 from pipeline.engine import reclaim_lost
+from pipeline.errors import Refused
 from pipeline.models import PipelineInstance, Subtask, Task, utcnow
+from pipeline.reattach import reattach
 from pipeline.states import EXECUTION_STEPS, STOPPED_STATES, PState, SubtaskState
 from pipeline.tasks import HOST
 from pipeline.transition import advance
@@ -55,10 +59,14 @@ def reconcile() -> dict[str, int]:
                 Task.p_state.in_(list(WAITING_STEPS)), ~Task.error, Task.updated_at < cutoff
             )
         ).all()
+        quiet = session.execute(
+            select(Task.id, Task.attempt, Task.execution).where(
+                Task.p_state.in_(list(EXECUTION_STEPS)), ~Task.error, Task.updated_at < cutoff
+            )
+        ).all()
         # Touched, so a task that was only slow is not sent the message again every beat.
-        session.execute(
-            update(Task).where(Task.id.in_([row.id for row in waiting])).values(updated_at=utcnow())
-        )
+        touched = [row.id for row in waiting] + [row.id for row in quiet]
+        session.execute(update(Task).where(Task.id.in_(touched)).values(updated_at=utcnow()))
         active_instances = list(
             session.scalars(
                 select(PipelineInstance.id).where(
@@ -69,13 +77,30 @@ def reconcile() -> dict[str, int]:
         )
     for task_id, attempt, p_state, execution in waiting:
         dispatch.send(WAITING_STEPS[PState(p_state)], [task_id, attempt], execution)
+    recovered = _reattach_quiet(quiet)
     for instance_id in active_instances:
         advance(instance_id)
     return {
         "reclaimed": reclaimed,
         "resent": len(waiting),
+        "redispatched": recovered,
         "instances_checked": len(active_instances),
     }
+
+
+def _reattach_quiet(quiet: list[Any]) -> int:
+    """Executing tasks with no news for a while: dispatch again what their queue lost."""
+    live_by_queue: dict[str, inflight.InFlight] = {}
+    redispatched = 0
+    for task_id, attempt, execution in quiet:
+        queue = execution.get("queue") or "default"
+        if queue not in live_by_queue:
+            live_by_queue[queue] = inflight.in_flight(queue)
+        with suppress(Refused):  # it moved on meanwhile
+            redispatched += len(
+                reattach(task_id, attempt, live_by_queue[queue], "monitor", quiet=True).lost
+            )
+    return redispatched
 
 
 def _lock(seconds: float) -> bool:

@@ -18,15 +18,16 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import select, update
 
-from pipeline import dispatch, inflight
+from pipeline import dispatch
 from pipeline.database import transaction
 from pipeline.definitions import ExecutionSettings
 from pipeline.engine import resubmit_failed
 from pipeline.errors import InvalidInput, NotFound, Refused
+from pipeline.inflight import in_flight
 from pipeline.models import PipelineInstance, Subtask, Task, utcnow
+from pipeline.reattach import reattach
 from pipeline.states import EXECUTION_STEPS, InstanceState, PState, SubtaskState
 from pipeline.tasks import (
-    in_flight_subtasks,
     lock_task,
     locked_instance,
     record,
@@ -242,41 +243,9 @@ def _apply(
 
 def _resume_monitoring(task_id: int, attempt: int, queue: str, outcome: Outcome) -> Outcome:
     """Keep the in-flight subtasks whose messages are alive; dispatch the lost ones again."""
-    live = inflight.in_flight(queue)
-    with transaction() as session:
-        instance, task = lock_task(session, task_id)
-        if task.attempt != attempt or task.error:
-            raise Refused(f"task {task_id} changed while monitoring was resumed: try again")
-        in_flight = in_flight_subtasks(session, task_id)
-        lost = [s for s in in_flight if _lost(task_id, attempt, s, live)]
-        for subtask in lost:
-            subtask.state, subtask.dispatch = SubtaskState.QUEUED, subtask.dispatch + 1
-        resend = [[task_id, attempt, s.index, s.dispatch] for s in lost]
-        finished = (
-            not in_flight and task.completed_subtasks + task.failed_subtasks >= task.total_subtasks
-        )
-        note = f"restart: resume-monitoring, {len(in_flight) - len(lost)} alive, {len(lost)} lost"
-        record(session, task, PState.ALGORITHM_COMPLETE if finished else PState(task.p_state), note)
-        execution = dict(task.execution)
-    if resend:
-        dispatch.send_many(dispatch.SUBTASK, resend, execution)
-    if finished:
-        dispatch.send(dispatch.MONITOR, [task_id, attempt], execution)
-    outcome.subtasks = [args[2] for args in resend]
-    outcome.message = note.removeprefix("restart: resume-monitoring, ")
+    result = reattach(task_id, attempt, in_flight(queue), "restart: resume-monitoring")
+    outcome.subtasks, outcome.message = result.lost, result.summary
     return outcome
-
-
-def _lost(task_id: int, attempt: int, subtask: Subtask, live: inflight.InFlight) -> bool:
-    """Is the subtask's message nowhere alive?
-
-    A running subtask whose worker did not answer in time is given the benefit of the
-    doubt: dispatching it again could run it twice at once in the same directory.
-    """
-    message = dispatch.subtask_message_id(task_id, attempt, subtask.index, subtask.dispatch)
-    if message in live.message_ids:
-        return False
-    return subtask.state == SubtaskState.QUEUED or subtask.worker_host in live.workers
 
 
 def restart_failed(

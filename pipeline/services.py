@@ -13,7 +13,7 @@ from pipeline.database import transaction
 from pipeline.errors import NotFound
 from pipeline.marshal import subtask_dir
 from pipeline.models import PipelineInstance, Subtask, Task, TaskEvent
-from pipeline.states import counts_label, task_state_label
+from pipeline.states import SubtaskState, counts_label, task_state_label
 
 
 def _time(value: Any) -> str | None:
@@ -68,6 +68,7 @@ def subtask_dict(subtask: Subtask) -> dict[str, Any]:
         "worker_pid": subtask.worker_pid,
         "started_at": _time(subtask.started_at),
         "finished_at": _time(subtask.finished_at),
+        "heartbeat_at": _time(subtask.heartbeat_at),
     }
 
 
@@ -135,6 +136,12 @@ def get_task(task_id: int) -> dict[str, Any]:
             }
             for event in events
         ]
+        running = session.scalars(
+            select(Subtask)
+            .where(Subtask.task_id == task_id, Subtask.state == SubtaskState.RUNNING)
+            .order_by(Subtask.index)
+        )
+        detail["running"] = [subtask_dict(subtask) for subtask in running]
         return detail
 
 

@@ -62,3 +62,50 @@ def test_worker_killed_mid_subtask_its_work_is_redone_elsewhere(two_workers) -> 
             with Image.open(path) as png:
                 expected = pixels(set_number, image)[..., CHANNEL_ORDER]
                 np.testing.assert_array_equal(np.asarray(png), expected)
+
+
+def test_broker_losing_its_queue_is_recovered_by_the_monitor(two_workers, monkeypatch) -> None:
+    """Every queued message vanishes (a broker restarted without persistence); beat's monitor
+    finds the quiet tasks and dispatches their lost subtasks again, no operator involved."""
+    import redis
+
+    from pipeline import services
+
+    cluster = two_workers
+    cluster.cli("params", "set", "algorithm", "execution_pause_seconds=2")
+    instance = cluster.submit("--end-node", "permuter")
+    cluster.activate(monkeypatch)
+
+    def queued() -> int:
+        tasks = services.list_tasks(instance)
+        if not all(t["p_state"] in ("ALGORITHM_QUEUED", "ALGORITHM_EXECUTING") for t in tasks):
+            return 0
+        return [s["state"] for t in tasks for s in services.list_subtasks(t["id"])].count("QUEUED")
+
+    wait_for(lambda: queued() >= 2, what="subtasks waiting on the broker")
+    url = next(r for r in cluster.json("cluster", "status") if r["name"] == "redis")["url"]
+    broker = redis.Redis.from_url(url)
+    assert sum(broker.delete(key) for key in broker.keys("default*"))
+
+    assert cluster.wait(instance, timeout=120).returncode == 0
+    for task in cluster.tasks(instance):
+        assert [s["attempts"] for s in cluster.json("subtasks", task["id"])] == [1, 1, 1, 1]
+    histories = [e["message"] for t in (1, 2) for e in cluster.json("task", t)["history"]]
+    assert any(m.startswith("monitor, ") and not m.endswith(" 0 lost") for m in histories)
+    assert len(list(cluster.datastore.glob("set-*/L1/*-perm.png"))) == 8
+
+
+def test_task_shows_running_subtasks_with_heartbeat(two_workers) -> None:
+    cluster = two_workers
+    cluster.cli("params", "set", "algorithm", "execution_pause_seconds=3")
+    instance = cluster.submit("--end-node", "permuter")
+    running = wait_for(
+        lambda: next((d for t in (1, 2) if (d := cluster.json("task", t))["running"]), None),
+        what="a task with a running subtask",
+    )
+    subtask = running["running"][0]
+    assert subtask["worker_host"].startswith("worker") and subtask["worker_pid"] > 0
+    assert subtask["heartbeat_at"] >= subtask["started_at"]
+    table = cluster.cli("task", running["id"]).stdout
+    assert "running subtasks" in table and "last heartbeat" in table
+    assert cluster.wait(instance).returncode == 0
