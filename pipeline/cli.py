@@ -443,6 +443,55 @@ def wait(
     raise typer.Exit(EXIT_COMPLETED if state == InstanceState.COMPLETED else EXIT_ERRORS)
 
 
+# -- alerts ----------------------------------------------------------------------------------
+
+alerts_app = typer.Typer(
+    help="Alerts: lost work the monitor dispatched again or failed.", invoke_without_command=True
+)
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.callback()
+def alerts_list(
+    ctx: typer.Context,
+    all_: Annotated[bool, typer.Option("--all", help="Acknowledged ones too.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List unacknowledged alerts (time, severity, instance, task, message)."""
+    if ctx.invoked_subcommand:
+        return
+    from pipeline.alerts import list_alerts
+
+    rows = list_alerts(all_)
+    if as_json:
+        return _print_json(rows)
+    _table(
+        "alerts",
+        ["id", "time", "severity", "instance", "task", "message", "acknowledged"],
+        [
+            [
+                r["id"],
+                r["at"],
+                r["severity"],
+                r["instance_id"],
+                r["task_id"],
+                r["message"],
+                "yes" if r["acknowledged"] else "",
+            ]
+            for r in rows
+        ],
+    )
+
+
+@alerts_app.command("ack")
+def alerts_ack(alert_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Acknowledge an alert: it leaves the default list."""
+    from pipeline.alerts import acknowledge
+
+    acknowledge(alert_id)
+    console.print(f"alert {alert_id} acknowledged")
+
+
 # -- restart and halt ------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 from config.settings import get_settings
 from pipeline import datastore, dispatch
 from pipeline import marshal as marshaling
+from pipeline.alerts import ERROR, WARNING, raise_alert
 from pipeline.algorithms import Outcome, SubtaskContext
 from pipeline.database import transaction
 from pipeline.definitions import Definition, parse
@@ -266,8 +267,20 @@ def reclaim_lost(task_id: int, index: int, number: int, lease_expired_before: An
                 PState(task.p_state),
                 f"subtask {index}: worker lost, dispatched again",
             )
+            raise_alert(
+                session,
+                task,
+                WARNING,
+                f"subtask {index}: worker {subtask.worker_host or '?'} lost, dispatched again",
+            )
         else:
             resend = None
+            raise_alert(
+                session,
+                task,
+                ERROR,
+                f"subtask {index}: worker lost {subtask.attempts} times, failed",
+            )
     if resend:
         dispatch.send(dispatch.SUBTASK, resend, execution)
         return "redispatched"

@@ -169,3 +169,17 @@ class TaskEvent(Base):
     attempt: Mapped[int]
     host: Mapped[str] = mapped_column(String(200), default="")
     message: Mapped[str] = mapped_column(Text, default="")
+
+
+class Alert(Base):
+    """Something an operator should know about that no command reported: lost work, say."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    severity: Mapped[str] = mapped_column(String(16))
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("pipeline_instances.id"))
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"))
+    message: Mapped[str] = mapped_column(Text)
+    acknowledged_at: Mapped[datetime | None]

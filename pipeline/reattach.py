@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline import dispatch, inflight
+from pipeline.alerts import WARNING, raise_alert
 from pipeline.database import transaction
 from pipeline.errors import Refused
 from pipeline.models import Subtask
@@ -53,6 +54,13 @@ def reattach(
         step = PState.ALGORITHM_COMPLETE if finished else PState(task.p_state)
         if lost or finished or not quiet:
             record(session, task, step, f"{note}, {result.summary}")
+        if lost:
+            raise_alert(
+                session,
+                task,
+                WARNING,
+                f"{len(lost)} subtask messages lost ({note}): dispatched again",
+            )
         execution = dict(task.execution)
     if resend:
         dispatch.send_many(dispatch.SUBTASK, resend, execution)

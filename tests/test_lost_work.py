@@ -55,6 +55,17 @@ def test_worker_killed_mid_subtask_its_work_is_redone_elsewhere(two_workers) -> 
         assert subtask["worker_host"].startswith("worker2@")
         history = [e["message"] for e in cluster.json("task", task_id)["history"]]
         assert f"subtask {index}: worker lost, dispatched again" in history
+
+    alerts = cluster.json("alerts")
+    lost = [a for a in alerts if "lost, dispatched again" in a["message"]]
+    assert {(a["task_id"], a["severity"]) for a in lost} == {(t, "warning") for t, _ in victims}
+    assert all(a["instance_id"] == instance and "worker1@" in a["message"] for a in lost)
+    for alert in alerts:
+        cluster.cli("alerts", "ack", alert["id"])
+    assert cluster.json("alerts") == []
+    assert all(a["acknowledged"] for a in cluster.json("alerts", "--all"))
+    again = cluster.cli("alerts", "ack", alerts[0]["id"], check=False)
+    assert again.returncode == 1 and "already acknowledged" in again.stderr
     for set_number, unit in ((1, "set-1"), (2, "set-2")):
         stored = sorted((cluster.datastore / unit / "L1").iterdir())
         assert [p.name for p in stored] == [f"nasa-logo-file-{i}-perm.png" for i in range(4)]
@@ -92,6 +103,7 @@ def test_broker_losing_its_queue_is_recovered_by_the_monitor(two_workers, monkey
         assert [s["attempts"] for s in cluster.json("subtasks", task["id"])] == [1, 1, 1, 1]
     histories = [e["message"] for t in (1, 2) for e in cluster.json("task", t)["history"]]
     assert any(m.startswith("monitor, ") and not m.endswith(" 0 lost") for m in histories)
+    assert any("messages lost (monitor)" in a["message"] for a in cluster.json("alerts"))
     assert len(list(cluster.datastore.glob("set-*/L1/*-perm.png"))) == 8
 
 
