@@ -28,6 +28,14 @@ RECORD_OUTCOME_FOR_SECONDS = 300.0
 #: Extra seconds past the subtask timeout before Celery itself kills a stuck worker process:
 #: longer than the outcome may take to record, so Celery never cuts that short.
 HARD_LIMIT_GRACE = RECORD_OUTCOME_FOR_SECONDS + 60.0
+#: The stage message that moves a task waiting in each P-state: what a restart sends to
+#: start a rebuilt chain, and what the monitor re-sends when the first one was lost.
+STAGE_FOR_STEP = {
+    "INITIALIZING": MARSHAL,
+    "ALGORITHM_SUBMITTING": EXECUTE,
+    "ALGORITHM_COMPLETE": MONITOR,
+    "STORING": STORE,
+}
 #: Priority of subtask messages when the execution settings give none (0 runs first).
 DEFAULT_PRIORITY = 5
 #: Retries of a publish before the broker counts as unreachable.

@@ -28,21 +28,13 @@ from pipeline.engine import reclaim_lost
 from pipeline.errors import Refused
 from pipeline.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.reattach import reattach
-from pipeline.states import EXECUTION_STEPS, STOPPED_STATES, PState, SubtaskState
+from pipeline.states import EXECUTION_STEPS, STOPPED_STATES, SubtaskState
 from pipeline.tasks import HOST
 from pipeline.transition import advance
 
 log = logging.getLogger(__name__)
 #: Redis key of the lock that keeps two beats from monitoring at once.
 LOCK_KEY = "pipeline:monitor-lock"
-
-#: The stage message a task waiting in each step needs.
-WAITING_STEPS = {
-    PState.INITIALIZING: dispatch.MARSHAL,
-    PState.ALGORITHM_SUBMITTING: dispatch.EXECUTE,
-    PState.ALGORITHM_COMPLETE: dispatch.MONITOR,
-    PState.STORING: dispatch.STORE,  # storing is idempotent: a second store is harmless
-}
 
 
 def reconcile() -> dict[str, int]:
@@ -56,7 +48,9 @@ def reconcile() -> dict[str, int]:
     with transaction() as session:
         waiting = session.execute(
             select(Task.id, Task.attempt, Task.p_state, Task.execution).where(
-                Task.p_state.in_(list(WAITING_STEPS)), ~Task.error, Task.updated_at < cutoff
+                Task.p_state.in_(list(dispatch.STAGE_FOR_STEP)),
+                ~Task.error,
+                Task.updated_at < cutoff,
             )
         ).all()
         quiet = session.execute(
@@ -76,7 +70,7 @@ def reconcile() -> dict[str, int]:
             )
         )
     for task_id, attempt, p_state, execution in waiting:
-        dispatch.send(WAITING_STEPS[PState(p_state)], [task_id, attempt], execution)
+        dispatch.send(dispatch.STAGE_FOR_STEP[p_state], [task_id, attempt], execution)
     recovered = _reattach_quiet(quiet)
     for instance_id in active_instances:
         advance(instance_id)

@@ -26,7 +26,7 @@ from pipeline.errors import InvalidInput, NotFound, Refused
 from pipeline.inflight import in_flight
 from pipeline.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.reattach import reattach
-from pipeline.states import EXECUTION_STEPS, InstanceState, PState, SubtaskState
+from pipeline.states import EXECUTION_STEPS, InstanceState, PState, SubtaskState, task_state_label
 from pipeline.tasks import (
     lock_task,
     locked_instance,
@@ -41,15 +41,6 @@ class Mode(StrEnum):
     RESUBMIT = "resubmit"
     RESUME_CURRENT_STEP = "resume-current-step"
     RESUME_MONITORING = "resume-monitoring"
-
-
-#: The stage message that starts each rebuilt chain.
-STAGE_MESSAGES = {
-    PState.INITIALIZING: dispatch.MARSHAL,
-    PState.ALGORITHM_SUBMITTING: dispatch.EXECUTE,
-    PState.ALGORITHM_COMPLETE: dispatch.MONITOR,
-    PState.STORING: dispatch.STORE,
-}
 
 
 @dataclass
@@ -114,8 +105,9 @@ def plan(task: Task, states: dict[int, str], mode: Mode) -> Plan:
     step = PState(task.p_state)
     if mode is Mode.RESUME_MONITORING:
         if step not in EXECUTION_STEPS or task.error:
+            label = task_state_label(task.p_state, task.error)
             raise Refused(
-                f"task {task.id} is not executing ({_label(task)}): nothing to monitor"
+                f"task {task.id} is not executing ({label}): nothing to monitor"
                 " (resume-current-step continues a failed step)"
             )
         lost = [i for i, s in states.items() if s in (SubtaskState.QUEUED, SubtaskState.RUNNING)]
@@ -157,10 +149,6 @@ def _plan_resume(task: Task, step: PState, states: dict[int, str]) -> Plan:
         i for i, s in states.items() if s not in (SubtaskState.COMPLETE, SubtaskState.FAILED)
     ]
     return Plan(PState.ALGORITHM_SUBMITTING, sorted(pending), "continue execution")
-
-
-def _label(task: Task) -> str:
-    return f"ERROR - {task.p_state}" if task.error else task.p_state
 
 
 def restart(
@@ -205,7 +193,7 @@ def _restart_one(task_id: int, mode: Mode, changes: dict[str, Any], dry_run: boo
         attempt = task.attempt
     if mode is Mode.RESUME_MONITORING:
         return _resume_monitoring(task_id, attempt, queue, outcome)
-    dispatch.send(STAGE_MESSAGES[chosen.p_state], [task_id, attempt], execution)
+    dispatch.send(dispatch.STAGE_FOR_STEP[chosen.p_state], [task_id, attempt], execution)
     return outcome
 
 

@@ -39,11 +39,18 @@ def snapshot(instance: int) -> list:
     return [tasks, subtasks, events]
 
 
-@pytest.mark.e2e
-def test_stale_and_duplicate_stage_calls_are_no_ops(cluster, monkeypatch) -> None:
+@pytest.fixture
+def completed(cluster, monkeypatch) -> int:
+    """A COMPLETED sample instance, with this test process pointed at its cluster."""
     instance = cluster.submit()
     assert cluster.wait(instance).returncode == 0
     cluster.activate(monkeypatch)
+    return instance
+
+
+@pytest.mark.e2e
+def test_stale_and_duplicate_stage_calls_are_no_ops(cluster, completed) -> None:
+    instance = completed
     [task] = [t for t in cluster.tasks(instance) if t["node"] == "permuter"][:1]
     outputs = {p: p.stat().st_mtime_ns for p in cluster.datastore.rglob("L1/*")}
     before = snapshot(instance)
@@ -62,10 +69,8 @@ def test_stale_and_duplicate_stage_calls_are_no_ops(cluster, monkeypatch) -> Non
 
 
 @pytest.mark.e2e
-def test_duplicate_messages_through_a_real_worker(cluster, monkeypatch) -> None:
-    instance = cluster.submit()
-    assert cluster.wait(instance).returncode == 0
-    cluster.activate(monkeypatch)
+def test_duplicate_messages_through_a_real_worker(cluster, completed) -> None:
+    instance = completed
     task = cluster.tasks(instance)[0]
     before = snapshot(instance)
     execution = task["execution"]
@@ -81,10 +86,8 @@ def test_duplicate_messages_through_a_real_worker(cluster, monkeypatch) -> None:
 
 
 @pytest.mark.e2e
-def test_pickled_message_is_refused(cluster, monkeypatch) -> None:
-    instance = cluster.submit()
-    assert cluster.wait(instance).returncode == 0
-    cluster.activate(monkeypatch)
+def test_pickled_message_is_refused(cluster, completed) -> None:
+    instance = completed
     task = cluster.tasks(instance)[0]
     before = snapshot(instance)
     from workers.app import app
@@ -99,11 +102,9 @@ def test_pickled_message_is_refused(cluster, monkeypatch) -> None:
 
 
 @pytest.mark.e2e
-def test_child_tasks_created_exactly_once_under_racing_transitions(cluster, monkeypatch) -> None:
+def test_child_tasks_created_exactly_once_under_racing_transitions(cluster, completed) -> None:
     """Eight concurrent transitions after permuter finished create flip's tasks once."""
-    instance = cluster.submit()
-    assert cluster.wait(instance).returncode == 0
-    cluster.activate(monkeypatch)
+    instance = completed
     with transaction() as session:  # roll the instance back to "permuter just finished"
         later = select(Task.id).where(Task.instance_id == instance, Task.node != "permuter")
         session.execute(delete(TaskEvent).where(TaskEvent.task_id.in_(later)))
