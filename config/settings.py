@@ -27,6 +27,9 @@ DEFAULT_HOME = Path("~/.pipeline")
 SETTINGS_FILE = "settings.toml"
 #: The definitions shipped with the product (the sample pipeline).
 PACKAGED_DEFINITIONS = Path(__file__).parent / "pipelines"
+#: Ports used when ``cluster init`` did not choose them (a home set up by hand, say).
+DEFAULT_API_PORT = 8000
+DEFAULT_FLOWER_PORT = 5555
 
 
 def pipeline_home() -> Path:
@@ -57,6 +60,13 @@ class Settings(BaseSettings):
     lost_subtask_retries: int = Field(
         default=3, ge=0, description="times a lost subtask is dispatched again before it fails"
     )
+    api_host: str = Field(default="127.0.0.1", description="address the HTTP API listens on")
+    api_port: int | None = Field(default=None, description="chosen free at `cluster init`")
+    api_token: str | None = Field(default=None, description="bearer token of the HTTP API")
+    flower_host: str = Field(default="127.0.0.1", description="address Flower listens on")
+    flower_port: int | None = Field(default=None, description="chosen free at `cluster init`")
+    flower_user: str = "operator"
+    flower_password: str | None = Field(default=None, description="generated at `cluster init`")
 
     @classmethod
     def settings_customise_sources(
@@ -98,6 +108,14 @@ class Settings(BaseSettings):
         return not self.broker_url
 
     @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port or DEFAULT_API_PORT}"
+
+    @property
+    def flower_url(self) -> str:
+        return f"http://{self.flower_host}:{self.flower_port or DEFAULT_FLOWER_PORT}"
+
+    @property
     def datastore(self) -> Path:
         return (self.datastore_root or self.home / "datastore").expanduser().absolute()
 
@@ -126,4 +144,7 @@ def write_settings_file(path: Path, values: dict[str, object]) -> None:
         current = tomllib.loads(path.read_text())
     current.update(values)
     lines = [f"{key} = {json.dumps(value)}" for key, value in sorted(current.items())]
+    # The file holds the API token and the Flower password: readable by its owner only.
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
     path.write_text("\n".join(lines) + "\n")

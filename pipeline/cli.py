@@ -113,6 +113,17 @@ def cluster_status(as_json: JsonOption = False) -> None:
     _show_status(cluster.status(), as_json)
 
 
+@cluster_app.command("credentials")
+def cluster_credentials(as_json: JsonOption = False) -> None:
+    """The HTTP API's URL and bearer token, and Flower's URL and login."""
+    from pipeline import cluster
+
+    found = cluster.credentials()
+    if as_json:
+        return _print_json(found)
+    _table("credentials", ["what", "value"], [[key, value] for key, value in found.items()])
+
+
 def _show_status(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         return _print_json(rows)

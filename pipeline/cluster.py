@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -187,6 +188,7 @@ def init(sample_data: bool = True) -> dict[str, Any]:
     chosen: dict[str, object] = {}
     if settings.uses_private_redis and settings.redis_port is None:
         chosen["redis_port"] = free_port()
+    chosen.update(_chosen_credentials(settings))
     write_settings_file(settings.settings_file, chosen)
     settings = _reload()
     database.upgrade()
@@ -208,6 +210,33 @@ def init(sample_data: bool = True) -> dict[str, Any]:
             {"name": stored.name, "version": stored.version, "new": new} for stored, new in imported
         ],
         "sample_files_written": len(written),
+    }
+
+
+def _chosen_credentials(settings: Settings) -> dict[str, object]:
+    """Ports and secrets for the HTTP API and Flower that neither settings nor env provide."""
+    chosen: dict[str, object] = {}
+    if settings.api_port is None:
+        chosen["api_port"] = free_port()
+    if settings.flower_port is None:
+        chosen["flower_port"] = free_port()
+    if not settings.api_token:
+        chosen["api_token"] = secrets.token_urlsafe(32)
+    if not settings.flower_password:
+        chosen["flower_password"] = secrets.token_urlsafe(16)
+    return chosen
+
+
+def credentials() -> dict[str, Any]:
+    """The HTTP API's URL and token and Flower's URL and login, as the cluster's home holds them."""
+    settings = get_settings()
+    _require_init(settings)
+    return {
+        "api_url": settings.api_url,
+        "api_token": settings.api_token,
+        "flower_url": settings.flower_url,
+        "flower_user": settings.flower_user,
+        "flower_password": settings.flower_password,
     }
 
 
