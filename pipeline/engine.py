@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from pipeline.algorithms import Outcome, SubtaskContext
 from pipeline.database import transaction
 from pipeline.definitions import Definition, parse
 from pipeline.errors import PipelineError
+from pipeline.leases import StepLease
 from pipeline.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.states import EXECUTION_STEPS, PState, SubtaskState
 from pipeline.tasks import (
@@ -73,7 +75,8 @@ def marshal(task_id: int, attempt: int, host: str = "") -> None:
         node, unit, task_dir = task.node, task.unit_of_work, task_directory(instance.id, task)
     try:
         root = datastore.require(get_settings().datastore)
-        groups = marshaling.marshal(root, definition, definition.node(node), unit, task_dir)
+        with StepLease(task_id, attempt, PState.MARSHALING):
+            groups = marshaling.marshal(root, definition, definition.node(node), unit, task_dir)
     except (OSError, PipelineError) as exc:
         _fail_step(task_id, attempt, PState.MARSHALING, f"marshaling failed: {exc}", host)
         return
@@ -93,6 +96,29 @@ def marshal(task_id: int, attempt: int, host: str = "") -> None:
         record(session, task, PState.ALGORITHM_SUBMITTING, f"{len(groups)} subtasks", host)
         execution = dict(task.execution)
     dispatch.send(dispatch.EXECUTE, [task_id, attempt], execution)
+
+
+def marshal_again(task_id: int, attempt: int, lease_expired_before: datetime) -> bool:
+    """A marshal whose lease expired lost its worker mid-step: marshal under a new attempt.
+
+    The new attempt gets a task directory of its own, so a marshal that was only slow,
+    not dead, can neither clear the new one's files nor record its subtasks (its attempt
+    no longer matches). Returns whether the task was marshaled again.
+    """
+    with transaction() as session:
+        instance, task = lock_task(session, task_id)
+        if not (
+            is_current(task, attempt, PState.MARSHALING) and task.updated_at < lease_expired_before
+        ):
+            return False
+        task.attempt += 1
+        message = f"marshaling lost on {task.worker_host or '?'}, marshaling again"
+        record(session, task, PState.INITIALIZING, f"{message} (monitor)")
+        raise_alert(session, task, WARNING, message)
+        refresh_instance_state(session, instance)
+        attempt, execution = task.attempt, dict(task.execution)
+    dispatch.send(dispatch.MARSHAL, [task_id, attempt], execution)
+    return True
 
 
 def _fail_step(task_id: int, attempt: int, step: PState, message: str, host: str) -> None:
@@ -355,15 +381,16 @@ def store(task_id: int, attempt: int, host: str = "") -> None:
     try:
         root = datastore.require(get_settings().datastore)
         stored = 0
-        for index, inputs in succeeded:
-            directory = marshaling.subtask_dir(task_dir, index)
-            for name in node.outputs:
-                kind = definition.data_file_types[name]
-                for output in sorted(directory.glob(kind.pattern)):
-                    if output.name in inputs:
-                        continue
-                    datastore.store_file(output, root / kind.directory(unit) / output.name)
-                    stored += 1
+        with StepLease(task_id, attempt, PState.STORING):
+            for index, inputs in succeeded:
+                directory = marshaling.subtask_dir(task_dir, index)
+                for name in node.outputs:
+                    kind = definition.data_file_types[name]
+                    for output in sorted(directory.glob(kind.pattern)):
+                        if output.name in inputs:
+                            continue
+                        datastore.store_file(output, root / kind.directory(unit) / output.name)
+                        stored += 1
     except (OSError, PipelineError) as exc:
         _fail_step(task_id, attempt, PState.STORING, f"storing failed: {exc}", host)
         return

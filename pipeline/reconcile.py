@@ -2,7 +2,8 @@
 
 A running subtask renews a lease (its heartbeat) while its algorithm runs; one whose
 lease expired lost its worker or host, and is dispatched again (see
-``engine.reclaim_lost``).
+``engine.reclaim_lost``). A marshal holds a lease on its task's step the same way (see
+``leases``); one whose lease lapsed is marshaled again under a new attempt.
 
 A stage's next message is sent after its transaction commits; a process that dies in
 between, or a broker that loses its queue, leaves a task waiting in a step that nothing
@@ -24,11 +25,11 @@ from sqlalchemy import select, update
 from config.settings import get_settings
 from pipeline import dispatch, inflight
 from pipeline.database import transaction
-from pipeline.engine import reclaim_lost
+from pipeline.engine import marshal_again, reclaim_lost
 from pipeline.errors import Refused
 from pipeline.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.reattach import reattach
-from pipeline.states import EXECUTION_STEPS, STOPPED_STATES, SubtaskState
+from pipeline.states import EXECUTION_STEPS, STOPPED_STATES, PState, SubtaskState
 from pipeline.tasks import HOST
 from pipeline.transition import advance
 
@@ -45,6 +46,7 @@ def reconcile() -> dict[str, int]:
         return {"skipped": 1}
     reclaimed = _reclaim_expired_leases(utcnow() - timedelta(seconds=settings.lease_seconds))
     cutoff = utcnow() - timedelta(seconds=settings.stale_after)
+    remarshaled = _marshal_lost_marshals(cutoff)
     with transaction() as session:
         waiting = session.execute(
             select(Task.id, Task.attempt, Task.p_state, Task.execution).where(
@@ -76,10 +78,22 @@ def reconcile() -> dict[str, int]:
         advance(instance_id)
     return {
         "reclaimed": reclaimed,
+        "remarshaled": remarshaled,
         "resent": len(waiting),
         "redispatched": recovered,
         "instances_checked": len(active_instances),
     }
+
+
+def _marshal_lost_marshals(expired_before: datetime) -> int:
+    """Tasks in MARSHALING whose step lease lapsed: the worker marshaling them is gone."""
+    with transaction() as session:
+        lost = session.execute(
+            select(Task.id, Task.attempt).where(
+                Task.p_state == PState.MARSHALING, ~Task.error, Task.updated_at < expired_before
+            )
+        ).all()
+    return sum(marshal_again(task_id, attempt, expired_before) for task_id, attempt in lost)
 
 
 def _reattach_quiet(quiet: list[Any]) -> int:

@@ -26,6 +26,14 @@ def hang(ctx: SubtaskContext) -> None:
     time.sleep(3600)
 
 
+def hang_in_subtask_0(ctx: SubtaskContext) -> None:
+    """Hangs in subtask 0 (until the subtask timeout kills it); marks its inputs elsewhere."""
+    if ctx.index == 0:
+        hang(ctx)
+    for path in ctx.inputs:
+        (ctx.directory / f"{path.stem}-seen.txt").write_text(path.name)
+
+
 def hard_exit(ctx: SubtaskContext) -> None:
     print("exiting hard", flush=True)
     os._exit(3)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -56,6 +57,18 @@ def clean_env(**extra: str) -> dict[str, str]:
 class PostgresServer:
     port: int
     base: Path
+    pg_ctl: str
+
+    def restart(self) -> None:
+        """Stop the server (closing every connection) and start it again on the same port."""
+        subprocess.run(
+            _as_postgres(
+                [self.pg_ctl, "-D", str(self.base / "data"), "-l", str(self.base / "server.log")]
+                + ["-m", "fast", "-w", "restart"]
+            ),
+            check=True,
+            capture_output=True,
+        )
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
@@ -121,7 +134,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         capture_output=True,
     )
     try:
-        yield PostgresServer(port, base)
+        yield PostgresServer(port, base, pg_ctl)
     finally:
         subprocess.run(
             _as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "stop"]), capture_output=True
@@ -171,6 +184,16 @@ class Cluster:
 
     def stop(self) -> None:
         self.cli("cluster", "stop", check=False)
+
+    def process(self, name: str) -> dict[str, Any]:
+        """The ``cluster status`` row of one process (worker1, beat, redis...)."""
+        return next(row for row in self.json("cluster", "status") if row["name"] == name)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process of the cluster with all of its children (a worker's pool)."""
+        pid = self.process(name)["pid"]
+        os.killpg(pid, signal.SIGKILL)
+        wait_for(lambda: not self.process(name)["alive"], what=f"{name} to die")
 
     def submit(self, *args: Any) -> int:
         return int(self.json("submit", "sample", *args)["id"])
