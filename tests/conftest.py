@@ -189,10 +189,10 @@ class Cluster:
         """The ``cluster status`` row of one process (worker1, beat, redis...)."""
         return next(row for row in self.json("cluster", "status") if row["name"] == name)
 
-    def kill(self, name: str) -> None:
-        """SIGKILL a process of the cluster with all of its children (a worker's pool)."""
-        pid = self.process(name)["pid"]
-        os.killpg(pid, signal.SIGKILL)
+    def kill(self, name: str, pid: int | None = None) -> None:
+        """SIGKILL a process of the cluster with all of its children (a worker's pool);
+        given its ``pid`` (looked up beforehand), without a moment's delay."""
+        os.killpg(pid or self.process(name)["pid"], signal.SIGKILL)
         wait_for(lambda: not self.process(name)["alive"], what=f"{name} to die")
 
     def submit(self, *args: Any) -> int:

@@ -243,7 +243,8 @@ def test_automatic_resubmits(cluster) -> None:
 
 
 def test_halt_then_restart(cluster) -> None:
-    cluster.cli("params", "set", "algorithm", "execution_pause_seconds=2")
+    # Long enough that neither task can finish before the halt, however busy the machine.
+    cluster.cli("params", "set", "algorithm", "execution_pause_seconds=4")
     instance = cluster.submit("--end-node", "permuter")
     wait_for(
         lambda: any(s["state"] == "RUNNING" for t in (1, 2) for s in cluster.json("subtasks", t)),
