@@ -244,14 +244,12 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": _one_line(message)}, status_code=status)
 
 
-async def _pipeline_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, PipelineError)
+async def _pipeline_error(_: Request, exc: PipelineError) -> JSONResponse:
     return _error(exc.status, str(exc))
 
 
-async def _invalid_request(_: Request, exc: Exception) -> JSONResponse:
+async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each field and what was wrong with it: ``body.priority: Input should be...``."""
-    assert isinstance(exc, RequestValidationError)
     return _error(422, "; ".join(map(_describe_invalid, exc.errors())))
 
 
@@ -261,7 +259,7 @@ def _describe_invalid(error: dict[str, Any]) -> str:
     return f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
 
 
-async def _database_error(_: Request, exc: Exception) -> JSONResponse:
+async def _database_error(_: Request, exc: SQLAlchemyError) -> JSONResponse:
     log.exception("database error")
     return _error(503, describe_database_error(exc))
 

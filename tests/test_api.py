@@ -130,44 +130,47 @@ def test_api_answers_the_same_json_as_the_cli(api: Api, completed: dict[str, Any
 
 
 def test_restart_of_a_failed_task_by_api_completes_the_instance(api: Api) -> None:
+    with Client(api.url, api.token) as client:
+        instance = failing_instance(api, client)
+        failed = client.tasks(instance)
+        assert {(t["state"], t["counts"]) for t in failed} == {
+            ("ERROR - ALGORITHM_COMPLETE", "3/4 (1)")
+        }
+        first = failed[0]["id"]
+        assert [s["state"] for s in client.subtasks(first)] == ["FAILED", *["COMPLETE"] * 3]
+        assert "subtask 0 failed on purpose" in client.logs(first, subtask=0)[0]["text"]
+
+        with pytest.raises(ApiError) as refused:
+            client.restart({first: "resume-current-step"}, {"throw_exception_subtask_0": False})
+        assert refused.value.status == 409
+        assert "throw_exception_subtask_0 is an algorithm parameter" in refused.value.message
+        dry = client.restart_failed(instance, "resume-current-step", dry_run=True)
+        assert [(o["task_id"], o["ok"], o["start_from"]) for o in dry] == [
+            (t["id"], True, "STORING") for t in failed
+        ]
+        assert client.tasks(instance) == failed, "a refusal and a dry run change nothing"
+
+        outcomes = client.restart({t["id"]: "resume-current-step" for t in failed})
+        assert all(o["ok"] and o["start_from"] == "STORING" for o in outcomes)
+        api.wait_state(instance, "COMPLETED")
+        final = {(t["node"], t["unit_of_work"]): t for t in client.tasks(instance)}
+        for unit in ("set-1", "set-2"):
+            permuter = final[("permuter", unit)]
+            assert (permuter["state"], permuter["counts"]) == ("COMPLETE", "3/4 (1)")
+            assert final[("averaging", unit)]["counts"] == "1/1 (0)"
+        history = [event["message"] for event in client.task(first)["history"]]
+        assert "restart: resume-current-step" in history
+
+
+def failing_instance(api: Api, client: Client) -> int:
+    """An instance whose permuter tasks end ERROR - ALGORITHM_COMPLETE, submitted by HTTP."""
     api.cluster.cli("params", "set", "algorithm", "throw_exception_subtask_0=true")
     try:
-        with Client(api.url, api.token) as client:
-            instance = client.submit("sample")["id"]
+        instance = client.submit("sample")["id"]
     finally:  # the instance froze the value: later submissions are left unaffected
         api.cluster.cli("params", "set", "algorithm", "throw_exception_subtask_0=false")
     api.wait_state(instance, "ERRORS_STALLED")
-    client = Client(api.url, api.token)
-    failed = client.tasks(instance)
-    assert {(t["state"], t["counts"]) for t in failed} == {
-        ("ERROR - ALGORITHM_COMPLETE", "3/4 (1)")
-    }
-    first = failed[0]["id"]
-    assert [s["state"] for s in client.subtasks(first)] == ["FAILED", *["COMPLETE"] * 3]
-    assert "subtask 0 failed on purpose" in client.logs(first, subtask=0)[0]["text"]
-
-    with pytest.raises(ApiError) as refused:
-        client.restart({first: "resume-current-step"}, {"throw_exception_subtask_0": False})
-    assert refused.value.status == 409
-    assert "throw_exception_subtask_0 is an algorithm parameter" in refused.value.message
-    dry = client.restart_failed(instance, "resume-current-step", dry_run=True)
-    assert [(o["task_id"], o["ok"], o["start_from"]) for o in dry] == [
-        (t["id"], True, "STORING") for t in failed
-    ]
-    assert client.tasks(instance) == failed, "a refusal and a dry run change nothing"
-
-    outcomes = client.restart({t["id"]: "resume-current-step" for t in failed})
-    assert all(o["ok"] and o["start_from"] == "STORING" for o in outcomes)
-    api.wait_state(instance, "COMPLETED")
-    final = {(t["node"], t["unit_of_work"]): t for t in client.tasks(instance)}
-    for unit in ("set-1", "set-2"):
-        assert (final[("permuter", unit)]["state"], final[("permuter", unit)]["counts"]) == (
-            "COMPLETE",
-            "3/4 (1)",
-        )
-        assert final[("averaging", unit)]["counts"] == "1/1 (0)"
-    assert "restart: resume-current-step" in [e["message"] for e in client.task(first)["history"]]
-    client.close()
+    return instance
 
 
 def test_every_route_but_healthz_needs_the_token(api: Api) -> None:
@@ -205,6 +208,13 @@ ERRORS = [
     ("GET", "/tasks/999/subtasks", None, 404, "unknown task 999"),
     ("GET", "/tasks/999/logs", None, 404, "unknown task 999"),
     ("GET", "/tasks/{task}/logs?subtask=7", None, 404, "task {task} has no subtask 7"),
+    (
+        "GET",
+        "/tasks/{task}/logs?subtsk=0",
+        None,
+        422,
+        "unknown query parameter 'subtsk' (accepted: subtask)",
+    ),
     ("GET", "/instances/one", None, 422, "path.instance_id: Input should be a valid integer"),
     ("GET", "/tasks/0", None, 422, "path.task_id: Input should be greater than or equal to 1"),
     (
@@ -295,7 +305,7 @@ def test_bad_requests_name_the_problem_and_change_nothing(
     api: Api, completed: dict[str, Any], method: str, path: str, body: Any, status: int, detail: str
 ) -> None:
     names = {"instance": completed["id"], "task": completed["tasks"][0]}
-    if isinstance(body, dict):
+    if isinstance(body, dict):  # "{task}" in a body stands for the completed task's id
         body = json.loads(json.dumps(body).replace('"{task}"', str(names["task"])))
     before = api.http.get("/instances").json(), api.http.get("/parameter-sets").json()
     content = body if isinstance(body, str) else None if body is None else json.dumps(body)
@@ -321,6 +331,7 @@ def test_unreachable_database_or_broker_gives_503(api: Api) -> None:
         "broker": {"PIPELINE_BROKER_URL": f"redis://:secret@127.0.0.1:{port}/0"},
     }
     ports = {what: free_port() for what in broken}
+    before = api.http.get("/instances").json()
     processes = {
         what: subprocess.Popen(
             [PIPELINE, "api", "--port", str(ports[what])],
@@ -351,7 +362,7 @@ def test_unreachable_database_or_broker_gives_503(api: Api) -> None:
         for process in processes.values():
             process.terminate()
             process.wait(timeout=30)
-    assert api.http.get("/instances").json()[-1]["state"] == "COMPLETED", "nothing was submitted"
+    assert api.http.get("/instances").json() == before, "nothing was submitted"
 
 
 def test_client_reports_an_api_that_does_not_answer() -> None:
