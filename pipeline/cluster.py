@@ -158,9 +158,8 @@ def services(
     """The cluster's processes; ``queues`` (read from the database) only when starting them."""
     count = workers or settings.workers
     listed = [redis_service(settings)] if settings.uses_private_redis else []
-    listed.append(api_service(settings))
     listed += [worker_service(settings, n, queues or []) for n in range(1, count + 1)]
-    return [*listed, beat_service(settings)]
+    return [*listed, beat_service(settings), api_service(settings)]
 
 
 # -- pid files -------------------------------------------------------------------------------
@@ -282,8 +281,10 @@ def start(
         raise Refused("redis-server not found: install it (apt-get install redis-server)")
     database.check_database()
     (settings.home / "redis").mkdir(exist_ok=True)
+    listed = services(settings, workers, worker_queues(settings))
     independent = []
-    for service in services(settings, workers, worker_queues(settings)):
+    # Independent services first, so that they start while the others do.
+    for service in sorted(listed, key=lambda service: not service.independent):
         if _running_pid(settings, service.name):
             continue
         progress(f"starting {service.name}")

@@ -160,8 +160,8 @@ def test_status_and_stop_of_an_uninitialised_home_touch_nothing(home, tmp_path) 
     assert [(row["name"], row["alive"]) for row in status] == [
         ("redis", False),
         ("worker1", False),
-        ("api", False),
         ("beat", False),
+        ("api", False),
     ]
     assert "nothing was running" in home.cli("cluster", "stop").stdout
     assert not (tmp_path / "nothing-here" / "pipeline.db").exists()
