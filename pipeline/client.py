@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from config.settings import get_settings
+
 #: Where the API's routes live on its server; ``pipeline.api`` serves under it.
 API_PREFIX = "/api/v1"
 HEALTHZ = "/healthz"
@@ -54,16 +56,12 @@ class Client:
         self, url: str | None = None, token: str | None = None, timeout: float = DEFAULT_TIMEOUT
     ) -> None:
         if url is None or token is None:
-            from config.settings import get_settings
-
             settings = get_settings()
-            url, token = url or settings.api_url, token or settings.api_token or ""
+            url, token = url or settings.api_url, token or settings.api_token
         self.url = url.rstrip("/")
-        self._http = httpx.Client(
-            base_url=self.url + API_PREFIX,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout,
-        )
+        # Without a token the API answers 401 and says where to find one.
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url + API_PREFIX, headers=headers, timeout=timeout)
 
     def __enter__(self) -> Client:
         return self

@@ -365,6 +365,13 @@ def test_unreachable_database_or_broker_gives_503(api: Api) -> None:
     assert api.http.get("/instances").json() == before, "nothing was submitted"
 
 
+def test_client_without_a_token_is_told_where_to_find_one(api: Api) -> None:
+    with Client(api.url, token="") as client, pytest.raises(ApiError) as error:
+        client.pipelines()
+    assert error.value.status == 401
+    assert "`pipeline cluster credentials` shows it" in error.value.message
+
+
 def test_client_reports_an_api_that_does_not_answer() -> None:
     with (
         Client(f"http://127.0.0.1:{free_port()}", "token") as client,
