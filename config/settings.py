@@ -108,8 +108,13 @@ class Settings(BaseSettings):
         return not self.broker_url
 
     @property
+    def api_listen_port(self) -> int:
+        """The port the HTTP API listens on: the chosen one, else the default."""
+        return self.api_port or DEFAULT_API_PORT
+
+    @property
     def api_url(self) -> str:
-        return f"http://{self.api_host}:{self.api_port or DEFAULT_API_PORT}"
+        return f"http://{self.api_host}:{self.api_listen_port}"
 
     @property
     def flower_url(self) -> str:

@@ -27,21 +27,23 @@ def list_alerts(include_acknowledged: bool = False) -> list[dict[str, Any]]:
         query = select(Alert).order_by(Alert.id)
         if not include_acknowledged:
             query = query.where(Alert.acknowledged_at.is_(None))
-        return [
-            {
-                "id": alert.id,
-                "at": alert.at.isoformat(timespec="seconds"),
-                "severity": alert.severity,
-                "instance_id": alert.instance_id,
-                "task_id": alert.task_id,
-                "message": alert.message,
-                "acknowledged": alert.acknowledged_at is not None,
-            }
-            for alert in session.scalars(query)
-        ]
+        return [alert_dict(alert) for alert in session.scalars(query)]
 
 
-def acknowledge(alert_id: int) -> None:
+def alert_dict(alert: Alert) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "at": alert.at.isoformat(timespec="seconds"),
+        "severity": alert.severity,
+        "instance_id": alert.instance_id,
+        "task_id": alert.task_id,
+        "message": alert.message,
+        "acknowledged": alert.acknowledged_at is not None,
+    }
+
+
+def acknowledge(alert_id: int) -> dict[str, Any]:
+    """Mark the alert seen (it leaves the default list); the acknowledged alert."""
     with transaction() as session:
         alert = session.get(Alert, alert_id)
         if alert is None:
@@ -49,3 +51,4 @@ def acknowledge(alert_id: int) -> None:
         if alert.acknowledged_at is not None:
             raise Refused(f"alert {alert_id} is already acknowledged")
         alert.acknowledged_at = utcnow()
+        return alert_dict(alert)

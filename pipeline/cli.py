@@ -87,7 +87,7 @@ def cluster_start(
     workers: Annotated[int | None, typer.Option(min=1, help="Worker processes to run.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Start Redis, Celery workers and beat: only those not already running."""
+    """Start Redis, Celery workers, beat and the HTTP API: only those not already running."""
     from pipeline import cluster
 
     with console.status("starting the cluster") as spinner:
@@ -122,6 +122,17 @@ def cluster_credentials(as_json: JsonOption = False) -> None:
     if as_json:
         return _print_json(found)
     _table("credentials", ["what", "value"], [[key, value] for key, value in found.items()])
+
+
+@app.command("api")
+def api(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port to listen on.")] = None,
+) -> None:
+    """Serve the HTTP API alone (FastAPI on uvicorn; host and port from settings)."""
+    from pipeline.api import serve
+
+    serve(host, port)
 
 
 def _show_status(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -264,20 +275,12 @@ def submit(
     as_json: JsonOption = False,
 ) -> None:
     """Submit a pipeline instance."""
-    from pipeline.submit import submit as submit_instance
-
-    result = submit_instance(pipeline, start_node, end_node, priority)
-    data = {
-        "id": result.id,
-        "pipeline": result.pipeline,
-        "state": result.state,
-        "tasks": result.tasks,
-    }
+    data = services.submit_instance(pipeline, start_node, end_node, priority)
     if as_json:
         return _print_json(data)
     console.print(
-        f"instance {result.id} of {result.pipeline} submitted with {len(result.tasks)} tasks"
-        f" ({result.state}); follow it with: pipeline wait {result.id}"
+        f"instance {data['id']} of {data['pipeline']} submitted with {len(data['tasks'])} tasks"
+        f" ({data['state']}); follow it with: pipeline wait {data['id']}"
     )
 
 

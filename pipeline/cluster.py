@@ -1,4 +1,4 @@
-"""A local cluster under PIPELINE_HOME: a private redis-server, Celery workers and beat.
+"""A local cluster under PIPELINE_HOME: private redis-server, Celery workers, beat, HTTP API.
 
 ``start`` starts only what is not running, ``stop`` stops only what ``start`` started
 (found by the pid files under ``PIPELINE_HOME/run``, each checked against the process's
@@ -44,6 +44,8 @@ class Service:
     #: Strings the process's command line contains, telling it from a recycled pid.
     match: tuple[str, ...]
     url: str = ""
+    #: Nothing after it needs it: it starts while the others do, and is awaited at the end.
+    independent: bool = False
 
 
 def free_port() -> int:
@@ -137,6 +139,19 @@ def beat_service(settings: Settings) -> Service:
     )
 
 
+def api_service(settings: Settings) -> Service:
+    """The HTTP API; its port, unique to the home, tells it from another home's."""
+    port = settings.api_listen_port
+    return Service(
+        name="api",
+        argv=[sys.executable, "-m", "pipeline", "api", "--port", str(port)],
+        # /proc/PID/cmdline ends each argument with a NUL, read as a space: the port is whole.
+        match=("-m pipeline api ", f"--port {port} "),
+        url=settings.api_url,
+        independent=True,
+    )
+
+
 def services(
     settings: Settings, workers: int | None = None, queues: list[str] | None = None
 ) -> list[Service]:
@@ -144,7 +159,7 @@ def services(
     count = workers or settings.workers
     listed = [redis_service(settings)] if settings.uses_private_redis else []
     listed += [worker_service(settings, n, queues or []) for n in range(1, count + 1)]
-    return [*listed, beat_service(settings)]
+    return [*listed, beat_service(settings), api_service(settings)]
 
 
 # -- pid files -------------------------------------------------------------------------------
@@ -266,11 +281,20 @@ def start(
         raise Refused("redis-server not found: install it (apt-get install redis-server)")
     database.check_database()
     (settings.home / "redis").mkdir(exist_ok=True)
-    for service in services(settings, workers, worker_queues(settings)):
+    listed = services(settings, workers, worker_queues(settings))
+    independent = []
+    # Independent services first, so that they start while the others do.
+    for service in sorted(listed, key=lambda service: not service.independent):
         if _running_pid(settings, service.name):
             continue
         progress(f"starting {service.name}")
-        _wait_ready(settings, service, _spawn(settings, service))
+        process = _spawn(settings, service)
+        if service.independent:
+            independent.append((service, process))
+        else:
+            _wait_ready(settings, service, process)
+    for service, process in independent:
+        _wait_ready(settings, service, process)
     return status(workers)
 
 
@@ -311,6 +335,10 @@ def _ready(settings: Settings, service: Service) -> bool:
     if service.name == "beat":
         log = settings.log_dir / "beat.log"
         return log.exists() and "beat: Starting" in log.read_text(errors="replace")
+    if service.name == "api":
+        from pipeline.client import healthy
+
+        return healthy(settings.api_url)
     from workers.app import app
 
     name = f"{service.name}@{socket.gethostname()}"
@@ -337,7 +365,7 @@ def stop() -> list[str]:
     names = [service.name for service in services(settings, _started_workers(settings))]
     ordered = [n for n in names if n != "redis"] + [n for n in names if n == "redis"]
     running = {n: found for n in ordered if (found := _read_pid(settings, n))}
-    for phase in (["worker", "beat"], ["redis"]):
+    for phase in (["worker", "beat", "api"], ["redis"]):
         targets = {n: f for n, f in running.items() if any(n.startswith(p) for p in phase)}
         for found in targets.values():
             if alive(*found):

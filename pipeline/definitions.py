@@ -40,7 +40,10 @@ from pipeline.errors import InvalidInput, NotFound
 from pipeline.models import ParameterSet, PipelineDefinition
 
 _PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
-_NAME = r"^[A-Za-z][A-Za-z0-9_.-]*$"
+#: What a pipeline, node, parameter set or queue may be called.
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"
+#: Priorities of subtask messages: 0 runs first, 9 last.
+PRIORITY_FIRST, PRIORITY_LAST = 0, 9
 
 
 class _Strict(BaseModel):
@@ -50,11 +53,13 @@ class _Strict(BaseModel):
 class ExecutionSettings(_Strict):
     """Ziggy's remote execution parameters: the only values a restart may change."""
 
-    queue: str = Field(default="default", pattern=_NAME)
+    queue: str = Field(default="default", pattern=NAME_PATTERN)
     subtask_timeout: float = Field(default=3600.0, gt=0, description="seconds per subtask")
     max_failed_subtasks: int = Field(default=0, ge=0)
     max_auto_resubmits: int = Field(default=0, ge=0)
-    priority: int = Field(default=5, ge=0, le=9, description="0 runs first, 9 last")
+    priority: int = Field(
+        default=5, ge=PRIORITY_FIRST, le=PRIORITY_LAST, description="0 runs first, 9 last"
+    )
 
 
 class DataFileType(_Strict):
@@ -91,7 +96,7 @@ class Grouped(_Strict):
 
 
 class Node(_Strict):
-    name: str = Field(pattern=_NAME)
+    name: str = Field(pattern=NAME_PATTERN)
     algorithm: str | Executable
     after: list[str] = Field(default_factory=list)
     inputs: list[str] = Field(min_length=1)
@@ -109,7 +114,7 @@ class Node(_Strict):
 
 
 class Definition(_Strict):
-    name: str = Field(pattern=_NAME)
+    name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     parameter_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)
     data_file_types: dict[str, DataFileType]

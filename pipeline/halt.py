@@ -28,7 +28,7 @@ def halt(task_ids: list[int]) -> list[Outcome]:
         try:
             outcomes.append(_halt_one(task_id))
         except (Refused, NotFound) as exc:
-            outcomes.append(Outcome(task_id, "halt", False, str(exc)))
+            outcomes.append(Outcome(task_id, "halt", False, str(exc), refusal=exc))
     return outcomes
 
 

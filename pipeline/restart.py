@@ -22,7 +22,7 @@ from pipeline import dispatch
 from pipeline.database import transaction
 from pipeline.definitions import ExecutionSettings
 from pipeline.engine import resubmit_failed
-from pipeline.errors import InvalidInput, NotFound, Refused
+from pipeline.errors import InvalidInput, NotFound, PipelineError, Refused
 from pipeline.inflight import in_flight
 from pipeline.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.reattach import reattach
@@ -53,9 +53,11 @@ class Outcome:
     message: str
     start_from: str = ""
     subtasks: list[int] = field(default_factory=list)
+    #: The error that refused it, so the HTTP API can answer with that error's own status.
+    refusal: PipelineError | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        return {key: value for key, value in self.__dict__.items() if key != "refusal"}
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ def restart(
         try:
             outcomes.append(_restart_one(task_id, mode, settings or {}, dry_run))
         except (Refused, NotFound, InvalidInput) as exc:
-            outcomes.append(Outcome(task_id, mode.value, False, str(exc)))
+            outcomes.append(Outcome(task_id, mode.value, False, str(exc), refusal=exc))
     return outcomes
 
 

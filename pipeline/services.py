@@ -72,6 +72,22 @@ def subtask_dict(subtask: Subtask) -> dict[str, Any]:
     }
 
 
+def submit_instance(
+    pipeline: str,
+    start_node: str | None = None,
+    end_node: str | None = None,
+    priority: int | None = None,
+) -> dict[str, Any]:
+    """Launch an instance; describe it as ``instances`` does, with the ids of its first tasks."""
+    # Submitting imports the Celery app: only the commands that send messages pay for it.
+    from pipeline.submit import submit
+
+    submitted = submit(pipeline, start_node, end_node, priority)
+    with transaction() as session:
+        instance = session.get(PipelineInstance, submitted.id)
+        return {**instance_dict(instance), "tasks": submitted.tasks}
+
+
 def list_instances() -> list[dict[str, Any]]:
     with transaction() as session:
         rows = session.scalars(select(PipelineInstance).order_by(PipelineInstance.id))

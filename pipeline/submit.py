@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from config.settings import get_settings
 from pipeline import datastore, definitions, dispatch, parameters
 from pipeline.database import transaction
-from pipeline.definitions import Definition
+from pipeline.definitions import PRIORITY_FIRST, PRIORITY_LAST, Definition
 from pipeline.errors import InvalidInput
 from pipeline.models import InstanceNode, PipelineInstance
 from pipeline.transition import create_node_tasks
@@ -60,8 +60,10 @@ def submit(
     Checks everything first (pipeline, nodes, datastore inputs, broker) so that a refused
     submission changes nothing; the parameter set versions it uses are locked.
     """
-    if priority is not None and not 0 <= priority <= 9:
-        raise InvalidInput(f"priority {priority} is out of range (0 to 9)")
+    if priority is not None and not PRIORITY_FIRST <= priority <= PRIORITY_LAST:
+        raise InvalidInput(
+            f"priority {priority} is out of range ({PRIORITY_FIRST} to {PRIORITY_LAST})"
+        )
     root = datastore.require(get_settings().datastore)
     with transaction() as session:
         stored = definitions.get(session, pipeline)

@@ -131,6 +131,7 @@ def test_uninitialised_home(tmp_path, home) -> None:
     home.env["PIPELINE_HOME"] = str(tmp_path / "fresh")
     assert_one_line_error(home.cli("instances", check=False), "run `pipeline cluster init`")
     assert_one_line_error(home.cli("cluster", "start", check=False), "no cluster under")
+    assert_one_line_error(home.cli("api", check=False), "no api_token for", "cluster init")
 
 
 def test_bad_definition_file_names_file_and_key(home, tmp_path) -> None:
@@ -160,6 +161,7 @@ def test_status_and_stop_of_an_uninitialised_home_touch_nothing(home, tmp_path) 
         ("redis", False),
         ("worker1", False),
         ("beat", False),
+        ("api", False),
     ]
     assert "nothing was running" in home.cli("cluster", "stop").stdout
     assert not (tmp_path / "nothing-here" / "pipeline.db").exists()

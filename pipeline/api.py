@@ -1,0 +1,313 @@
+"""The HTTP API: FastAPI routes under ``/api/v1`` over the service functions the CLI calls.
+
+Every route but ``/healthz`` needs the cluster's bearer token (``api_token`` in the home's
+settings; ``pipeline cluster credentials`` shows it). Every error answers
+``{"detail": "<one line>"}``: a PipelineError with its own status (404 unknown, 409
+refused, 422 invalid, 503 database or broker unreachable), a malformed request 422, and
+anything unexpected a clean 500, with the traceback in the API's log.
+"""
+
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import SQLAlchemyError
+
+from config.settings import get_settings
+from pipeline import __version__, alerts, halt, restart, services
+from pipeline import api_models as models
+from pipeline.client import API_PREFIX, HEALTHZ
+from pipeline.database import describe_database_error
+from pipeline.errors import InvalidInput, PipelineError, Refused
+from pipeline.restart import Outcome
+
+#: Seconds uvicorn gives requests in progress to finish when it is told to stop.
+GRACEFUL_SHUTDOWN_SECONDS = 5
+MISSING_TOKEN = (
+    "missing bearer token: send 'Authorization: Bearer TOKEN'"
+    " (`pipeline cluster credentials` shows it)"
+)
+WRONG_TOKEN = "wrong bearer token"
+
+log = logging.getLogger(__name__)
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": models.Error} for status in statuses}
+
+
+InstanceId = Annotated[int, Path(ge=1, le=models.MAX_ID)]
+TaskId = Annotated[int, Path(ge=1, le=models.MAX_ID)]
+AlertId = Annotated[int, Path(ge=1, le=models.MAX_ID)]
+
+health_router = APIRouter()
+router = APIRouter(responses=_errors(400, 401, 422, 500, 503))
+
+
+@health_router.get(HEALTHZ, response_model=models.Health)
+def healthz() -> dict[str, str]:
+    """Liveness, without the token: `cluster start` waits for this to answer."""
+    return {"status": "ok"}
+
+
+# -- instances -------------------------------------------------------------------------------
+
+
+@router.post(
+    "/instances",
+    status_code=201,
+    response_model=models.SubmittedInstance,
+    responses=_errors(404),
+)
+def submit(request: models.SubmitRequest, response: Response) -> dict[str, Any]:
+    """Submit an instance of the newest version of a pipeline (as `pipeline submit`)."""
+    instance = services.submit_instance(
+        request.pipeline, request.start_node, request.end_node, request.priority
+    )
+    response.headers["Location"] = f"{API_PREFIX}/instances/{instance['id']}"
+    return instance
+
+
+@router.get("/instances", response_model=list[models.Instance])
+def instances() -> list[dict[str, Any]]:
+    return services.list_instances()
+
+
+@router.get(
+    "/instances/{instance_id}", response_model=models.InstanceDetail, responses=_errors(404)
+)
+def instance(instance_id: InstanceId) -> dict[str, Any]:
+    """An instance with its frozen parameters, node states and subtask totals."""
+    return services.get_instance(instance_id)
+
+
+@router.get(
+    "/instances/{instance_id}/tasks", response_model=list[models.Task], responses=_errors(404)
+)
+def instance_tasks(instance_id: InstanceId) -> list[dict[str, Any]]:
+    return services.list_tasks(instance_id)
+
+
+@router.post(
+    "/instances/{instance_id}/restart-failed",
+    response_model=list[models.Outcome],
+    responses=_errors(404, 409),
+)
+def restart_failed(instance_id: InstanceId, request: models.RestartFailedRequest) -> list[Any]:
+    """Restart every failed task of the instance in one mode (or retry a failed transition)."""
+    return _answer(
+        restart.restart_failed(instance_id, request.mode, _changes(request), request.dry_run)
+    )
+
+
+@router.post(
+    "/instances/{instance_id}/halt",
+    response_model=list[models.Outcome],
+    responses=_errors(404, 409),
+)
+def halt_instance(instance_id: InstanceId) -> list[Any]:
+    """Halt every running task of the instance."""
+    return _answer(halt.halt_instance(instance_id))
+
+
+# -- tasks -----------------------------------------------------------------------------------
+
+
+@router.get("/tasks/{task_id}", response_model=models.TaskDetail, responses=_errors(404))
+def task(task_id: TaskId) -> dict[str, Any]:
+    """A task with its history of transitions and its running subtasks."""
+    return services.get_task(task_id)
+
+
+@router.get(
+    "/tasks/{task_id}/subtasks", response_model=list[models.Subtask], responses=_errors(404)
+)
+def subtasks(task_id: TaskId) -> list[dict[str, Any]]:
+    return services.list_subtasks(task_id)
+
+
+@router.get("/tasks/{task_id}/logs", response_model=list[models.LogEntry], responses=_errors(404))
+def logs(
+    task_id: TaskId,
+    subtask: Annotated[
+        int | None, Query(ge=0, le=models.MAX_ID, description="only this subtask's log")
+    ] = None,
+) -> list[dict[str, Any]]:
+    return services.logs(task_id, subtask)
+
+
+@router.post("/tasks/restart", response_model=list[models.Outcome], responses=_errors(404, 409))
+def restart_tasks(request: models.RestartRequest) -> list[Any]:
+    """Restart tasks, each in its own mode; refused ones are reported beside the others."""
+    requests = [(item.task_id, item.mode) for item in request.tasks]
+    return _answer(restart.restart(requests, _changes(request), request.dry_run))
+
+
+@router.post("/tasks/{task_id}/halt", response_model=models.Outcome, responses=_errors(404, 409))
+def halt_task(task_id: TaskId) -> Any:
+    """Halt a task: queued work dropped, running subtasks terminated, the error flag set."""
+    return _answer(halt.halt([task_id]))[0]
+
+
+# -- definitions, parameters, alerts ---------------------------------------------------------
+
+
+@router.get("/pipelines", response_model=list[models.Pipeline])
+def pipelines() -> list[dict[str, Any]]:
+    """The newest version of every pipeline definition."""
+    return services.list_definitions()
+
+
+@router.get("/parameter-sets", response_model=list[models.ParameterSet])
+def parameter_sets() -> list[dict[str, Any]]:
+    """The newest version of every parameter set."""
+    return services.list_parameter_sets()
+
+
+@router.get("/alerts", response_model=list[models.Alert])
+def list_alerts(
+    include_acknowledged: Annotated[
+        bool, Query(alias="all", description="acknowledged ones too")
+    ] = False,
+) -> list[dict[str, Any]]:
+    """What the monitor did without an operator: lost work dispatched again or failed."""
+    return alerts.list_alerts(include_acknowledged)
+
+
+@router.post("/alerts/{alert_id}/ack", response_model=models.Alert, responses=_errors(404, 409))
+def acknowledge_alert(alert_id: AlertId) -> dict[str, Any]:
+    """Acknowledge an alert: it leaves the default list."""
+    return alerts.acknowledge(alert_id)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _changes(request: models.RestartRequest | models.RestartFailedRequest) -> dict[str, Any]:
+    """The execution settings the request changes, unknown keys included for the refusal."""
+    return request.execution.model_dump(exclude_none=True) if request.execution else {}
+
+
+def _answer(outcomes: list[Outcome]) -> list[dict[str, Any]]:
+    """The outcomes; when every task was refused nothing changed, so answer with the refusal.
+
+    A batch in which some tasks went ahead answers 200 and reports the refused ones with
+    ``ok`` false, as the CLI prints them.
+    """
+    refusals = [outcome.refusal for outcome in outcomes if outcome.refusal]
+    if refusals and len(refusals) == len(outcomes):
+        if len(refusals) == 1:
+            raise refusals[0]
+        raise type(refusals[0])("; ".join(map(str, refusals)))
+    return [outcome.as_dict() for outcome in outcomes]
+
+
+def _known_query_parameters(request: Request) -> None:
+    """Refuse a query parameter the route does not take: a misspelt one would be ignored."""
+    # The routes' own parameters: the token dependency takes none from the query.
+    known = {param.alias for param in request.scope["route"].dependant.query_params}
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        accepted = ", ".join(sorted(known)) or "none"
+        raise InvalidInput(f"unknown query parameter {unknown[0]!r} (accepted: {accepted})")
+
+
+def _bearer(token: str) -> Callable[..., None]:
+    """A dependency that refuses a request without ``token``, compared in constant time."""
+    scheme = HTTPBearer(auto_error=False, description="`pipeline cluster credentials` shows it")
+    expected = token.encode()
+
+    def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)],
+    ) -> None:
+        if credentials is None:
+            raise HTTPException(401, MISSING_TOKEN, headers={"WWW-Authenticate": "Bearer"})
+        if not secrets.compare_digest(credentials.credentials.encode(), expected):
+            raise HTTPException(401, WRONG_TOKEN, headers={"WWW-Authenticate": "Bearer"})
+
+    return require_token
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": _one_line(message)}, status_code=status)
+
+
+async def _pipeline_error(_: Request, exc: PipelineError) -> JSONResponse:
+    return _error(exc.status, str(exc))
+
+
+async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each field and what was wrong with it: ``body.priority: Input should be...``."""
+    return _error(422, "; ".join(map(_describe_invalid, exc.errors())))
+
+
+def _describe_invalid(error: dict[str, Any]) -> str:
+    if error["type"] == "json_invalid":
+        return f"body is not valid JSON: {error['ctx']['error']} at character {error['loc'][-1]}"
+    return f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
+
+
+async def _database_error(_: Request, exc: SQLAlchemyError) -> JSONResponse:
+    log.exception("database error")
+    return _error(503, describe_database_error(exc))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error in %s %s", request.method, request.url.path)
+    return _error(500, f"internal error ({type(exc).__name__}): see the HTTP API's log")
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+
+def create_app(token: str) -> FastAPI:
+    """The API app; every route but /healthz needs ``token``."""
+    app = FastAPI(
+        title="celery-pipeline",
+        version=__version__,
+        description="Submit pipeline instances, read their state, restart or halt tasks.",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+    )
+    app.include_router(health_router, prefix=API_PREFIX)
+    app.include_router(
+        router,
+        prefix=API_PREFIX,
+        dependencies=[Depends(_bearer(token)), Depends(_known_query_parameters)],
+    )
+    app.add_exception_handler(PipelineError, _pipeline_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
+    app.add_exception_handler(Exception, _unexpected)
+    return app
+
+
+def serve(host: str | None = None, port: int | None = None) -> None:
+    """Run the API on uvicorn, on the host and port from settings unless given."""
+    import uvicorn
+
+    settings = get_settings()
+    if not settings.api_token:
+        raise Refused(
+            f"no api_token for {settings.home}: run `pipeline cluster init`"
+            " (or set PIPELINE_API_TOKEN)"
+        )
+    uvicorn.run(
+        create_app(settings.api_token),
+        host=host or settings.api_host,
+        port=port or settings.api_listen_port,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
