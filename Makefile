@@ -3,6 +3,8 @@
 VENV ?= .venv
 PYTHON ?= python3
 export PIPELINE_HOME ?= $(CURDIR)/.pipeline
+# Tests run in parallel processes: most of their time is spent waiting on clusters.
+TEST_PROCESSES ?= 3
 PIPELINE := $(VENV)/bin/pipeline
 
 .PHONY: demo test lint stop venv clean
@@ -21,7 +23,7 @@ demo: venv
 
 test: venv
 	bash tools/install-system-packages.sh redis-server postgresql
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadgroup
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -23,7 +23,8 @@ from schemathesis import GenerationMode
 from pipeline.client import API_PREFIX, ApiError, Client, healthy
 from tests.conftest import PIPELINE, Cluster, free_port, make_cluster, wait_for
 
-pytestmark = pytest.mark.e2e
+# One worker of a parallel run takes them all: they share one module-scoped cluster, in order.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("api")]
 
 #: Seconds an instance of the sample pipeline gets to reach a stopped state.
 INSTANCE_TIMEOUT = 120
