@@ -9,13 +9,13 @@ anything unexpected a clean 500, with the traceback in the API's log.
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from sqlalchemy.exc import SQLAlchemyError
 
 from config.settings import get_settings
@@ -33,6 +33,9 @@ MISSING_TOKEN = (
     " (`pipeline cluster credentials` shows it)"
 )
 WRONG_TOKEN = "wrong bearer token"
+
+#: The bearer scheme, as the OpenAPI schema declares it.
+BEARER = HTTPBearer(auto_error=False, description="`pipeline cluster credentials` shows it")
 
 log = logging.getLogger(__name__)
 
@@ -217,20 +220,30 @@ def _known_query_parameters(request: Request) -> None:
         raise InvalidInput(f"unknown query parameter {unknown[0]!r} (accepted: {accepted})")
 
 
-def _bearer(token: str) -> Callable[..., None]:
-    """A dependency that refuses a request without ``token``, compared in constant time."""
-    scheme = HTTPBearer(auto_error=False, description="`pipeline cluster credentials` shows it")
+def _token_check(token: str) -> Callable[..., Awaitable[Response]]:
+    """Middleware refusing every request without ``token`` (compared in constant time) but
+    the health check's: before routing and body parsing, so an unknown path, the schema
+    and a malformed body all answer 401 to a caller without the token."""
     expected = token.encode()
+    open_path = f"{API_PREFIX}{HEALTHZ}"
 
-    def require_token(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)],
-    ) -> None:
-        if credentials is None:
-            raise HTTPException(401, MISSING_TOKEN, headers={"WWW-Authenticate": "Bearer"})
-        if not secrets.compare_digest(credentials.credentials.encode(), expected):
-            raise HTTPException(401, WRONG_TOKEN, headers={"WWW-Authenticate": "Bearer"})
+    async def check(request: Request, call_next: Callable[..., Awaitable[Response]]) -> Response:
+        if request.url.path == open_path:
+            return await call_next(request)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return _unauthorized(MISSING_TOKEN)
+        if not secrets.compare_digest(given.strip().encode(), expected):
+            return _unauthorized(WRONG_TOKEN)
+        return await call_next(request)
 
-    return require_token
+    return check
+
+
+def _unauthorized(message: str) -> JSONResponse:
+    return JSONResponse(
+        {"detail": message}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+    )
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -279,15 +292,18 @@ def create_app(token: str) -> FastAPI:
         version=__version__,
         description="Submit pipeline instances, read their state, restart or halt tasks.",
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        # The interactive page cannot send the token to load the schema: none.
+        docs_url=None,
         redoc_url=None,
     )
     app.include_router(health_router, prefix=API_PREFIX)
     app.include_router(
         router,
         prefix=API_PREFIX,
-        dependencies=[Depends(_bearer(token)), Depends(_known_query_parameters)],
+        # The bearer scheme is declared for the schema; the middleware enforces it.
+        dependencies=[Security(BEARER), Depends(_known_query_parameters)],
     )
+    app.middleware("http")(_token_check(token))
     app.add_exception_handler(PipelineError, _pipeline_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(SQLAlchemyError, _database_error)

@@ -41,6 +41,10 @@ class Api:
     token: str
     http: httpx.Client
 
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
     def instance_state(self, instance_id: int) -> str:
         return self.http.get(f"/instances/{instance_id}").json()["state"]
 
@@ -175,13 +179,25 @@ def failing_instance(api: Api, client: Client) -> int:
 
 
 def test_every_route_but_healthz_needs_the_token(api: Api) -> None:
-    schema = httpx.get(f"{api.url}{API_PREFIX}/openapi.json").json()
+    schema = httpx.get(f"{api.url}{API_PREFIX}/openapi.json", headers=api.auth).json()
     operations = [
         (method.upper(), path)
         for path, methods in schema["paths"].items()
         for method in methods
         if not path.endswith("/healthz")
     ]
+    # The schema itself, an unknown path and a malformed body: 401 first, nothing else.
+    operations += [
+        ("GET", f"{API_PREFIX}/openapi.json"),
+        ("GET", f"{API_PREFIX}/docs"),
+        ("GET", "/nowhere"),
+    ]
+    malformed = httpx.post(
+        f"{api.url}{API_PREFIX}/instances",
+        content=b"{not json",
+        headers={"Content-Type": "application/json"},
+    )
+    assert malformed.status_code == 401
     assert {
         ("POST", f"{API_PREFIX}/instances"),
         ("GET", f"{API_PREFIX}/tasks/{{task_id}}/logs"),
@@ -387,7 +403,7 @@ def test_client_reports_an_api_that_does_not_answer() -> None:
 
 def test_schema_fuzzing_finds_no_server_error_and_no_answer_off_the_schema(api: Api) -> None:
     """Schemathesis on the live schema, valid and invalid requests, a few examples each."""
-    schema = schemathesis.openapi.from_url(f"{api.url}{API_PREFIX}/openapi.json")
+    schema = schemathesis.openapi.from_url(f"{api.url}{API_PREFIX}/openapi.json", headers=api.auth)
     schema.config.update(headers={"Authorization": f"Bearer {api.token}"})
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 16
