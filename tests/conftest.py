@@ -14,6 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,8 @@ class Cluster:
     def kill(self, name: str, pid: int | None = None) -> None:
         """SIGKILL a process of the cluster with all of its children (a worker's pool);
         given its ``pid`` (looked up beforehand), without a moment's delay."""
-        os.killpg(pid or self.process(name)["pid"], signal.SIGKILL)
+        with suppress(ProcessLookupError):  # killed already, awaited here
+            os.killpg(pid or self.process(name)["pid"], signal.SIGKILL)
         wait_for(lambda: not self.process(name)["alive"], what=f"{name} to die")
 
     def submit(self, *args: Any) -> int:

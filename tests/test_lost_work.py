@@ -3,7 +3,9 @@ instance still completes without a human, each output stored exactly once and ri
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -136,7 +138,7 @@ def test_worker_killed_mid_subtask_its_work_is_redone_elsewhere(two_workers) -> 
         lambda: just_started(lambda s: s.worker_host.startswith("worker1@")),
         what="a subtask running on worker1",
     )
-    cluster.kill("worker1", worker1)
+    os.killpg(worker1, signal.SIGKILL)
     killed_at = time.monotonic()
     # What an operator sees until the lease lapses: the subtask, its worker and heartbeat.
     detail = services.get_task(lost[0]["task_id"])
@@ -145,6 +147,7 @@ def test_worker_killed_mid_subtask_its_work_is_redone_elsewhere(two_workers) -> 
     assert shown["heartbeat_at"] >= shown["started_at"]
     table = CliRunner().invoke(cli.app, ["task", str(detail["id"])]).stdout
     assert "running subtasks" in table and "last heartbeat" in table and "worker1@" in table
+    cluster.kill("worker1", worker1)
     back_in_flight(cluster, lost[0], since=killed_at)
     victims = [(s["task_id"], s["index"]) for s in lost]
 
