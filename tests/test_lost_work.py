@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -347,3 +348,25 @@ def test_hanging_subtask_fails_with_timeout_and_the_task_goes_on(chaos_cluster, 
         assert [s["state"] for s in subtasks[1:]] == ["COMPLETE"] * 3
         seen = sorted(p.name for p in (cluster.datastore / task["unit_of_work"] / "seen").iterdir())
         assert seen == [f"nasa-logo-file-{i}-seen.txt" for i in (1, 2, 3)]
+
+
+# -- two beats -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_two_monitors_at_once_only_one_reconciles(chaos_cluster) -> None:
+    """A second beat started by mistake sends a second monitor each interval: the two runs
+    meet at the lock, and one of them does nothing."""
+    from pipeline import reconcile
+
+    cluster = chaos_cluster(1)
+    cluster.kill("beat")
+    broker = redis.Redis.from_url(cluster.process("redis")["url"])
+    wait_for(lambda: not broker.exists(reconcile.LOCK_KEY), what="the last monitor's lock")
+    results: list[dict[str, int]] = []
+    runs = [threading.Thread(target=lambda: results.append(reconcile.reconcile())) for _ in "ab"]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    assert sorted("skipped" in result for result in results) == [False, True]
