@@ -87,7 +87,7 @@ def cluster_start(
     workers: Annotated[int | None, typer.Option(min=1, help="Worker processes to run.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Start Redis, Celery workers and beat: only those not already running."""
+    """Start Redis, Celery workers, beat and Flower: only those not already running."""
     from pipeline import cluster
 
     with console.status("starting the cluster") as spinner:
@@ -267,18 +267,9 @@ def submit(
     from pipeline.submit import submit as submit_instance
 
     result = submit_instance(pipeline, start_node, end_node, priority)
-    data = {
-        "id": result.id,
-        "pipeline": result.pipeline,
-        "state": result.state,
-        "tasks": result.tasks,
-    }
     if as_json:
-        return _print_json(data)
-    console.print(
-        f"instance {result.id} of {result.pipeline} submitted with {len(result.tasks)} tasks"
-        f" ({result.state}); follow it with: pipeline wait {result.id}"
-    )
+        return _print_json(result.as_dict())
+    console.print(f"{result.line()}; follow it with: pipeline wait {result.id}")
 
 
 @app.command()
@@ -555,20 +546,9 @@ def restart(
     else:
         if not tasks:
             raise InvalidInput("name the tasks to restart, or --instance ID")
-        requests = [_task_and_mode(item, mode) for item in tasks]
+        requests = [restarting.parse_request(item, mode) for item in tasks]
         outcomes = restarting.restart(requests, changes, dry_run)
     _show_outcomes(outcomes, as_json, "restart (dry run)" if dry_run else "restart")
-
-
-def _task_and_mode(item: str, default: str | None) -> tuple[int, str]:
-    from pipeline.errors import InvalidInput
-
-    task, _, mode = item.partition(":")
-    if not task.isdigit():
-        raise InvalidInput(f"{item!r} is not TASK or TASK:MODE")
-    if not (mode or default):
-        raise InvalidInput(f"no mode for task {task}: give --mode or {task}:MODE")
-    return int(task), mode or str(default)
 
 
 @app.command()
@@ -612,6 +592,19 @@ def _show_outcomes(outcomes: list[Any], as_json: bool, title: str) -> None:
         )
     if not all(outcome.ok for outcome in outcomes):
         raise typer.Exit(1)
+
+
+# -- flower ----------------------------------------------------------------------------------
+
+
+@app.command()
+def flower(
+    log_file: Annotated[Path | None, typer.Option(help="Write Flower's log to this file.")] = None,
+) -> None:
+    """Run Flower with the restart page, behind basic auth (`pipeline cluster credentials`)."""
+    from pipeline.flower import serve
+
+    serve(log_file)
 
 
 # -- entry point -----------------------------------------------------------------------------

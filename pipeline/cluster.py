@@ -1,4 +1,4 @@
-"""A local cluster under PIPELINE_HOME: a private redis-server, Celery workers and beat.
+"""A local cluster under PIPELINE_HOME: a private redis-server, Celery workers and beat, Flower.
 
 ``start`` starts only what is not running, ``stop`` stops only what ``start`` started
 (found by the pid files under ``PIPELINE_HOME/run``, each checked against the process's
@@ -16,9 +16,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,8 @@ class Service:
     #: Strings the process's command line contains, telling it from a recycled pid.
     match: tuple[str, ...]
     url: str = ""
+    #: A URL that answers once the service is ready (an HTTP service).
+    ready_url: str = ""
 
 
 def free_port() -> int:
@@ -137,6 +141,18 @@ def beat_service(settings: Settings) -> Service:
     )
 
 
+def flower_service(settings: Settings) -> Service:
+    """Flower with the restart page (``pipeline flower``), behind basic auth."""
+    log = settings.log_dir / "flower.log"
+    return Service(
+        name="flower",
+        argv=[sys.executable, "-m", "pipeline", "flower", "--log-file", str(log)],
+        match=(str(log),),
+        url=settings.flower_url,
+        ready_url=f"{settings.flower_url}/healthcheck",
+    )
+
+
 def services(
     settings: Settings, workers: int | None = None, queues: list[str] | None = None
 ) -> list[Service]:
@@ -144,7 +160,7 @@ def services(
     count = workers or settings.workers
     listed = [redis_service(settings)] if settings.uses_private_redis else []
     listed += [worker_service(settings, n, queues or []) for n in range(1, count + 1)]
-    return [*listed, beat_service(settings)]
+    return [*listed, beat_service(settings), flower_service(settings)]
 
 
 # -- pid files -------------------------------------------------------------------------------
@@ -306,6 +322,8 @@ def _wait_ready(settings: Settings, service: Service, process: subprocess.Popen[
 
 
 def _ready(settings: Settings, service: Service) -> bool:
+    if service.ready_url:
+        return _http_answers(service.ready_url)
     if service.name == "redis":
         return _redis_answers(settings.broker)
     if service.name == "beat":
@@ -321,6 +339,14 @@ def _ready(settings: Settings, service: Service) -> bool:
     return any(name in reply for reply in replies)
 
 
+def _http_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as response:
+            return bool(response.status == HTTPStatus.OK)
+    except OSError:  # refused, or not answering yet (URLError is an OSError)
+        return False
+
+
 def _redis_answers(url: str) -> bool:
     import redis
 
@@ -331,14 +357,14 @@ def _redis_answers(url: str) -> bool:
 
 
 def stop() -> list[str]:
-    """Stop the processes ``start`` started (workers and beat first, Redis last)."""
+    """Stop the processes ``start`` started (workers, beat and Flower first, Redis last)."""
     settings = get_settings()
     stopped = []
     names = [service.name for service in services(settings, _started_workers(settings))]
     ordered = [n for n in names if n != "redis"] + [n for n in names if n == "redis"]
     running = {n: found for n in ordered if (found := _read_pid(settings, n))}
-    for phase in (["worker", "beat"], ["redis"]):
-        targets = {n: f for n, f in running.items() if any(n.startswith(p) for p in phase)}
+    for last in (False, True):  # Redis last: the others talk to it while they stop
+        targets = {n: f for n, f in running.items() if (n == "redis") == last}
         for found in targets.values():
             if alive(*found):
                 with suppress(ProcessLookupError):

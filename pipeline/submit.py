@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from config.settings import get_settings
 from pipeline import datastore, definitions, dispatch, parameters
@@ -19,6 +20,16 @@ class Submitted:
     pipeline: str
     state: str
     tasks: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``submit --json`` contract: id, pipeline, state, tasks."""
+        return asdict(self)
+
+    def line(self) -> str:
+        return (
+            f"instance {self.id} of {self.pipeline} submitted with {len(self.tasks)} tasks"
+            f" ({self.state})"
+        )
 
 
 def select_nodes(definition: Definition, start: str | None, end: str | None) -> list[str]:
