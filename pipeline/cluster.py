@@ -141,6 +141,34 @@ def beat_service(settings: Settings) -> Service:
     )
 
 
+def operations_service(settings: Settings) -> Service:
+    """The worker of an operator's operations run through Flower (restart, halt, submit)."""
+    from workers.app import OPERATIONS_QUEUE
+
+    log = settings.log_dir / "operations.log"
+    return Service(
+        name="operations",
+        argv=[
+            *CELERY,
+            "worker",
+            "-n",
+            "operations@%h",
+            "--pool",
+            "solo",
+            "-Q",
+            OPERATIONS_QUEUE,
+            "-E",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
+            "--logfile",
+            str(log),
+        ],
+        match=(str(log),),
+    )
+
+
 def flower_service(settings: Settings) -> Service:
     """Flower with the restart page (``pipeline flower``), behind basic auth."""
     log = settings.log_dir / "flower.log"
@@ -160,7 +188,7 @@ def services(
     count = workers or settings.workers
     listed = [redis_service(settings)] if settings.uses_private_redis else []
     listed += [worker_service(settings, n, queues or []) for n in range(1, count + 1)]
-    return [*listed, beat_service(settings), flower_service(settings)]
+    return [*listed, beat_service(settings), operations_service(settings), flower_service(settings)]
 
 
 # -- pid files -------------------------------------------------------------------------------
@@ -275,18 +303,28 @@ def _require_init(settings: Settings) -> None:
 def start(
     workers: int | None = None, progress: Callable[[str], None] = lambda _: None
 ) -> list[dict[str, Any]]:
-    """Start every service that is not running, and wait until each is ready."""
+    """Start every service that is not running, and wait until each is ready.
+
+    Redis is ready before the others start; those start side by side, since none needs
+    another (their start-up is mostly importing Python).
+    """
     settings = get_settings()
     _require_init(settings)
     if settings.uses_private_redis and not shutil.which("redis-server"):
         raise Refused("redis-server not found: install it (apt-get install redis-server)")
     database.check_database()
     (settings.home / "redis").mkdir(exist_ok=True)
+    started = []
     for service in services(settings, workers, worker_queues(settings)):
         if _running_pid(settings, service.name):
             continue
         progress(f"starting {service.name}")
-        _wait_ready(settings, service, _spawn(settings, service))
+        started.append((service, _spawn(settings, service)))
+        if service.name == "redis":
+            _wait_ready(settings, *started.pop())
+    for service, process in started:
+        progress(f"waiting for {service.name}")
+        _wait_ready(settings, service, process)
     return status(workers)
 
 

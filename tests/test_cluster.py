@@ -21,9 +21,10 @@ def test_start_status_restart_missing_and_stop(new_cluster) -> None:
     cluster = new_cluster()
     cluster.start(workers=2)
     status = by_name(cluster)
-    assert set(status) == {"redis", "worker1", "worker2", "beat"}
+    assert set(status) == {"redis", "worker1", "worker2", "beat", "operations", "flower"}
     assert all(row["alive"] and row["pid"] for row in status.values())
     assert status["redis"]["url"].startswith("redis://127.0.0.1:")
+    assert status["flower"]["url"] == cluster.json("cluster", "credentials")["flower_url"]
     assert all(set(row) >= {"name", "pid", "alive", "url"} for row in status.values())
 
     cluster.start(workers=2)
@@ -34,8 +35,8 @@ def test_start_status_restart_missing_and_stop(new_cluster) -> None:
     cluster.start(workers=2)
     again = by_name(cluster)
     assert again["worker2"]["alive"] and again["worker2"]["pid"] != status["worker2"]["pid"]
-    assert {n: again[n]["pid"] for n in ("redis", "worker1", "beat")} == {
-        n: status[n]["pid"] for n in ("redis", "worker1", "beat")
+    assert {n: again[n]["pid"] for n in ("redis", "worker1", "beat", "operations", "flower")} == {
+        n: status[n]["pid"] for n in ("redis", "worker1", "beat", "operations", "flower")
     }
 
     # A pid file naming a process the cluster did not start (a recycled pid) is not signalled.

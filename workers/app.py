@@ -19,6 +19,9 @@ from pipeline.database import reset_engines
 #: Name of the queue used when a node's execution settings name none.
 DEFAULT_QUEUE = "default"
 MONITOR_TASK = "pipeline.monitor"
+#: The queue of an operator's operations (``workers.operations``), served by a worker of
+#: its own so a halt never waits behind the long subtasks filling every other worker.
+OPERATIONS_QUEUE = "pipeline.operations"
 #: Broker URL schemes whose server can also hold the results of operations.
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://")
 #: Seconds the result of an operation (a restart run from Flower, say) stays readable.

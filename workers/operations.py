@@ -9,8 +9,11 @@ outcome, the submitted instance). An operator's mistake (an unknown mode, task, 
 pipeline, a value of the wrong type) comes back as ``{"ok": false, "error": "<one line>"}``
 and changes nothing, rather than as a traceback.
 
-Unlike the chain's stages these run at most once (no ``acks_late``): a worker lost in the
-middle of a submit must not submit the instance a second time when the message comes back.
+They go to a queue of their own, served by the cluster's ``operations`` worker (one
+process, the solo pool), so a halt runs while every other worker slot is busy with the
+very subtasks it is meant to stop. Unlike the chain's stages they run at most once (no
+``acks_late``): a worker lost in the middle of a submit must not submit the instance a
+second time when the message comes back.
 """
 
 from __future__ import annotations
@@ -29,11 +32,16 @@ from pipeline.database import describe_database_error
 from pipeline.errors import InvalidInput, PipelineError
 from pipeline.restart import Outcome, describe
 from pipeline.submit import submit as submit_instance
-from workers.app import app
+from workers.app import OPERATIONS_QUEUE, app
 
 #: Results are kept for the operator to read; argument checking is done here, by pydantic,
 #: so a wrong call becomes a result saying so instead of an error inside Flower.
-OPERATION_OPTIONS: dict[str, Any] = {"ignore_result": False, "acks_late": False, "typing": False}
+OPERATION_OPTIONS: dict[str, Any] = {
+    "queue": OPERATIONS_QUEUE,
+    "ignore_result": False,
+    "acks_late": False,
+    "typing": False,
+}
 
 Operation = Callable[..., dict[str, Any]]
 
