@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import logging
 import signal
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from flower.app import Flower
 from flower.views import BaseHandler
 from sqlalchemy.exc import SQLAlchemyError
 from tornado import template
+from tornado.web import decode_signed_value
 
 from config.settings import DEFAULT_FLOWER_PORT, Settings, get_settings
 from pipeline import halt as halting
@@ -51,6 +53,9 @@ NAV_ITEM = """        <li class="nav-item">
             {% if active_tab == 'pipeline' %}aria-current="page"{% end %}>Restart</a>
         </li>
 """
+#: The query argument carrying an action's signed result back to the page, and its life.
+RESULT_ARGUMENT = "result"
+RESULT_MAX_AGE_DAYS = 1
 #: A form field choosing a task's restart mode is named ``mode-<task id>``.
 TASK_MODE_FIELD = "mode-"
 #: Columns of Flower's task list unless FLOWER_TASKS_COLUMNS or flowerconfig.py say
@@ -140,8 +145,20 @@ class PipelineHandler(BaseHandler):
         loop = asyncio.get_running_loop()
         ok, message = await loop.run_in_executor(None, partial(action, self.form_fields()))
         log.info("%s %s", self.request.path, message)
-        query = urlencode({"message": message, "ok": int(ok)})
+        # Signed, so a link made elsewhere cannot show an operator a result of its own.
+        signed = self.create_signed_value(RESULT_ARGUMENT, json.dumps([ok, message]))
+        query = urlencode({RESULT_ARGUMENT: signed})
         self.redirect(f"{self.reverse_url(RESTART_ROUTE)}?{query}", status=303)
+
+    def result(self) -> tuple[bool, str]:
+        """The (ok, one line) of the action that redirected here, else (True, "")."""
+        signed = self.get_argument(RESULT_ARGUMENT, "", escape=False)
+        secret = self.application.settings["cookie_secret"]
+        value = decode_signed_value(secret, RESULT_ARGUMENT, signed, RESULT_MAX_AGE_DAYS)
+        if not value:
+            return True, ""
+        ok, message = json.loads(value)
+        return bool(ok), str(message)
 
 
 class RestartPage(PipelineHandler):
@@ -149,13 +166,9 @@ class RestartPage(PipelineHandler):
     async def get(self) -> None:
         loop = asyncio.get_running_loop()
         groups = await loop.run_in_executor(None, services.tasks_needing_attention)
-        self.render(
-            RESTART_TEMPLATE,
-            groups=groups,
-            modes=[mode.value for mode in restarting.Mode],
-            message=self.get_argument("message", "", escape=False),
-            ok=self.get_argument("ok", "1") == "1",
-        )
+        ok, message = self.result()
+        modes = [mode.value for mode in restarting.Mode]
+        self.render(RESTART_TEMPLATE, groups=groups, modes=modes, message=message, ok=ok)
 
     @tornado.web.authenticated
     async def post(self) -> None:
