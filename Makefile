@@ -1,5 +1,5 @@
 # make demo: set everything up and run the sample pipeline on a local cluster (SQLite).
-# make test: the whole test suite (real redis-server, Celery, PostgreSQL); .ci/run calls it.
+# make test: the whole test suite (real redis-server, Celery, PostgreSQL, Chromium); .ci/run calls it.
 VENV ?= .venv
 PYTHON ?= python3
 export PIPELINE_HOME ?= $(CURDIR)/.pipeline
@@ -22,7 +22,7 @@ demo: venv
 	PIPELINE=$(PIPELINE) bash tools/demo.sh
 
 test: venv
-	bash tools/install-system-packages.sh redis-server postgresql
+	bash tools/install-system-packages.sh redis-server postgresql chromium
 	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadgroup
 
 lint: venv

@@ -87,7 +87,7 @@ def cluster_start(
     workers: Annotated[int | None, typer.Option(min=1, help="Worker processes to run.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Start Redis, Celery workers, beat and the HTTP API: only those not already running."""
+    """Start Redis, workers, beat, the HTTP API and Flower: only those not already running."""
     from pipeline import cluster
 
     with console.status("starting the cluster") as spinner:
@@ -278,10 +278,7 @@ def submit(
     data = services.submit_instance(pipeline, start_node, end_node, priority)
     if as_json:
         return _print_json(data)
-    console.print(
-        f"instance {data['id']} of {data['pipeline']} submitted with {len(data['tasks'])} tasks"
-        f" ({data['state']}); follow it with: pipeline wait {data['id']}"
-    )
+    console.print(f"{services.submitted_line(data)}; follow it with: pipeline wait {data['id']}")
 
 
 @app.command()
@@ -558,20 +555,9 @@ def restart(
     else:
         if not tasks:
             raise InvalidInput("name the tasks to restart, or --instance ID")
-        requests = [_task_and_mode(item, mode) for item in tasks]
+        requests = [restarting.parse_request(item, mode) for item in tasks]
         outcomes = restarting.restart(requests, changes, dry_run)
     _show_outcomes(outcomes, as_json, "restart (dry run)" if dry_run else "restart")
-
-
-def _task_and_mode(item: str, default: str | None) -> tuple[int, str]:
-    from pipeline.errors import InvalidInput
-
-    task, _, mode = item.partition(":")
-    if not task.isdigit():
-        raise InvalidInput(f"{item!r} is not TASK or TASK:MODE")
-    if not (mode or default):
-        raise InvalidInput(f"no mode for task {task}: give --mode or {task}:MODE")
-    return int(task), mode or str(default)
 
 
 @app.command()
@@ -615,6 +601,19 @@ def _show_outcomes(outcomes: list[Any], as_json: bool, title: str) -> None:
         )
     if not all(outcome.ok for outcome in outcomes):
         raise typer.Exit(1)
+
+
+# -- flower ----------------------------------------------------------------------------------
+
+
+@app.command()
+def flower(
+    log_file: Annotated[Path | None, typer.Option(help="Write Flower's log to this file.")] = None,
+) -> None:
+    """Run Flower with the restart page, behind basic auth (`pipeline cluster credentials`)."""
+    from pipeline.flower import serve
+
+    serve(log_file)
 
 
 # -- entry point -----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""A local cluster under PIPELINE_HOME: private redis-server, Celery workers, beat, HTTP API.
+"""A local cluster under PIPELINE_HOME: private redis-server, Celery workers, beat, the HTTP
+API, Flower, and the worker of the operations run through Flower.
 
 ``start`` starts only what is not running, ``stop`` stops only what ``start`` started
 (found by the pid files under ``PIPELINE_HOME/run``, each checked against the process's
@@ -16,9 +17,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +47,8 @@ class Service:
     #: Strings the process's command line contains, telling it from a recycled pid.
     match: tuple[str, ...]
     url: str = ""
-    #: Nothing after it needs it: it starts while the others do, and is awaited at the end.
-    independent: bool = False
+    #: A URL that answers once the service is ready (an HTTP service).
+    ready_url: str = ""
 
 
 def free_port() -> int:
@@ -141,6 +144,8 @@ def beat_service(settings: Settings) -> Service:
 
 def api_service(settings: Settings) -> Service:
     """The HTTP API; its port, unique to the home, tells it from another home's."""
+    from pipeline.client import API_PREFIX, HEALTHZ
+
     port = settings.api_listen_port
     return Service(
         name="api",
@@ -148,7 +153,47 @@ def api_service(settings: Settings) -> Service:
         # /proc/PID/cmdline ends each argument with a NUL, read as a space: the port is whole.
         match=("-m pipeline api ", f"--port {port} "),
         url=settings.api_url,
-        independent=True,
+        ready_url=f"{settings.api_url}{API_PREFIX}{HEALTHZ}",
+    )
+
+
+def operations_service(settings: Settings) -> Service:
+    """The worker of an operator's operations run through Flower (restart, halt, submit)."""
+    from workers.app import OPERATIONS_QUEUE
+
+    log = settings.log_dir / "operations.log"
+    return Service(
+        name="operations",
+        argv=[
+            *CELERY,
+            "worker",
+            "-n",
+            "operations@%h",
+            "--pool",
+            "solo",
+            "-Q",
+            OPERATIONS_QUEUE,
+            "-E",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
+            "--logfile",
+            str(log),
+        ],
+        match=(str(log),),
+    )
+
+
+def flower_service(settings: Settings) -> Service:
+    """Flower with the restart page (``pipeline flower``), behind basic auth."""
+    log = settings.log_dir / "flower.log"
+    return Service(
+        name="flower",
+        argv=[sys.executable, "-m", "pipeline", "flower", "--log-file", str(log)],
+        match=(str(log),),
+        url=settings.flower_url,
+        ready_url=f"{settings.flower_url}/healthcheck",
     )
 
 
@@ -159,7 +204,8 @@ def services(
     count = workers or settings.workers
     listed = [redis_service(settings)] if settings.uses_private_redis else []
     listed += [worker_service(settings, n, queues or []) for n in range(1, count + 1)]
-    return [*listed, beat_service(settings), api_service(settings)]
+    services = [beat_service(settings), operations_service(settings), api_service(settings)]
+    return [*listed, *services, flower_service(settings)]
 
 
 # -- pid files -------------------------------------------------------------------------------
@@ -274,26 +320,27 @@ def _require_init(settings: Settings) -> None:
 def start(
     workers: int | None = None, progress: Callable[[str], None] = lambda _: None
 ) -> list[dict[str, Any]]:
-    """Start every service that is not running, and wait until each is ready."""
+    """Start every service that is not running, and wait until each is ready.
+
+    Redis is ready before the others start; those start side by side, since none needs
+    another (their start-up is mostly importing Python).
+    """
     settings = get_settings()
     _require_init(settings)
     if settings.uses_private_redis and not shutil.which("redis-server"):
         raise Refused("redis-server not found: install it (apt-get install redis-server)")
     database.check_database()
     (settings.home / "redis").mkdir(exist_ok=True)
-    listed = services(settings, workers, worker_queues(settings))
-    independent = []
-    # Independent services first, so that they start while the others do.
-    for service in sorted(listed, key=lambda service: not service.independent):
+    started = []
+    for service in services(settings, workers, worker_queues(settings)):
         if _running_pid(settings, service.name):
             continue
         progress(f"starting {service.name}")
-        process = _spawn(settings, service)
-        if service.independent:
-            independent.append((service, process))
-        else:
-            _wait_ready(settings, service, process)
-    for service, process in independent:
+        started.append((service, _spawn(settings, service)))
+        if service.name == "redis":
+            _wait_ready(settings, *started.pop())
+    for service, process in started:
+        progress(f"waiting for {service.name}")
         _wait_ready(settings, service, process)
     return status(workers)
 
@@ -330,15 +377,13 @@ def _wait_ready(settings: Settings, service: Service, process: subprocess.Popen[
 
 
 def _ready(settings: Settings, service: Service) -> bool:
+    if service.ready_url:
+        return _http_answers(service.ready_url)
     if service.name == "redis":
         return _redis_answers(settings.broker)
     if service.name == "beat":
         log = settings.log_dir / "beat.log"
         return log.exists() and "beat: Starting" in log.read_text(errors="replace")
-    if service.name == "api":
-        from pipeline.client import healthy
-
-        return healthy(settings.api_url)
     from workers.app import app
 
     name = f"{service.name}@{socket.gethostname()}"
@@ -347,6 +392,14 @@ def _ready(settings: Settings, service: Service) -> bool:
     except Exception:  # the broker is still starting
         return False
     return any(name in reply for reply in replies)
+
+
+def _http_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as response:
+            return bool(response.status == HTTPStatus.OK)
+    except OSError:  # refused, or not answering yet (URLError is an OSError)
+        return False
 
 
 def _redis_answers(url: str) -> bool:
@@ -359,14 +412,14 @@ def _redis_answers(url: str) -> bool:
 
 
 def stop() -> list[str]:
-    """Stop the processes ``start`` started (workers and beat first, Redis last)."""
+    """Stop the processes ``start`` started (workers, beat and Flower first, Redis last)."""
     settings = get_settings()
     stopped = []
     names = [service.name for service in services(settings, _started_workers(settings))]
     ordered = [n for n in names if n != "redis"] + [n for n in names if n == "redis"]
     running = {n: found for n in ordered if (found := _read_pid(settings, n))}
-    for phase in (["worker", "beat", "api"], ["redis"]):
-        targets = {n: f for n, f in running.items() if any(n.startswith(p) for p in phase)}
+    for last in (False, True):  # Redis last: the others talk to it while they stop
+        targets = {n: f for n, f in running.items() if (n == "redis") == last}
         for found in targets.values():
             if alive(*found):
                 with suppress(ProcessLookupError):

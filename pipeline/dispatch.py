@@ -36,6 +36,10 @@ STAGE_FOR_STEP = {
     "ALGORITHM_COMPLETE": MONITOR,
     "STORING": STORE,
 }
+#: What each argument of a stage message is, so Flower's task list reads
+#: ``task=4, attempt=2`` rather than ``[4, 2]``.
+ARGUMENT_NAMES = {SUBTASK: ("task", "attempt", "subtask", "dispatch")}
+STAGE_ARGUMENT_NAMES = ("task", "attempt")
 #: Priority of subtask messages when the execution settings give none (0 runs first).
 DEFAULT_PRIORITY = 5
 #: Retries of a publish before the broker counts as unreachable.
@@ -72,6 +76,12 @@ def revoke(message_ids: list[str]) -> None:
         raise Unreachable(f"broker unreachable at {url}: {exc}") from None
 
 
+def arguments_label(name: str, args: list[Any]) -> str:
+    """The arguments of a stage message as Flower shows them: ``task=4, attempt=2``."""
+    names = ARGUMENT_NAMES.get(name, STAGE_ARGUMENT_NAMES)
+    return ", ".join(f"{key}={value}" for key, value in zip(names, args, strict=False))
+
+
 def send(name: str, args: list[Any], execution: dict[str, Any]) -> None:
     send_many(name, [args], execution)
 
@@ -84,6 +94,8 @@ def send_many(name: str, arg_lists: Iterable[list[Any]], execution: dict[str, An
         "priority": execution.get("priority", DEFAULT_PRIORITY) if name == SUBTASK else 0,
         "retry": True,
         "retry_policy": PUBLISH_RETRY,
+        # Stage results are never read: do not subscribe to them on the result backend.
+        "ignore_result": True,
     }
     if name == SUBTASK:
         timeout = float(execution.get("subtask_timeout", 3600))
@@ -94,7 +106,14 @@ def send_many(name: str, arg_lists: Iterable[list[Any]], execution: dict[str, An
                 message_id = None
                 if name == SUBTASK:
                     message_id = subtask_message_id(*args)
-                app.send_task(name, args=args, producer=producer, task_id=message_id, **options)
+                app.send_task(
+                    name,
+                    args=args,
+                    argsrepr=arguments_label(name, args),
+                    producer=producer,
+                    task_id=message_id,
+                    **options,
+                )
     except (BrokerError, redis.RedisError) as exc:
         url = masked(get_settings().broker)
         raise Unreachable(f"broker unreachable at {url}: {exc}") from None

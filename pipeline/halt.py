@@ -16,7 +16,7 @@ from pipeline.errors import NotFound, Refused, Unreachable
 from pipeline.models import PipelineInstance, Task
 from pipeline.restart import Outcome
 from pipeline.states import PState, SubtaskState
-from pipeline.tasks import fail, in_flight_subtasks, lock_task
+from pipeline.tasks import RUNNING, fail, in_flight_subtasks, lock_task
 
 HALTED = "halted by operator"
 
@@ -65,11 +65,7 @@ def halt_instance(instance_id: int) -> list[Outcome]:
             raise NotFound(f"unknown instance {instance_id}")
         running = list(
             session.scalars(
-                select(Task.id)
-                .where(
-                    Task.instance_id == instance_id, ~Task.error, Task.p_state != PState.COMPLETE
-                )
-                .order_by(Task.id)
+                select(Task.id).where(Task.instance_id == instance_id, RUNNING).order_by(Task.id)
             )
         )
     if not running:

@@ -28,6 +28,7 @@ from pipeline.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.reattach import reattach
 from pipeline.states import EXECUTION_STEPS, InstanceState, PState, SubtaskState, task_state_label
 from pipeline.tasks import (
+    RESTARTABLE,
     lock_task,
     locked_instance,
     record,
@@ -59,6 +60,16 @@ class Outcome:
     def as_dict(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key != "refusal"}
 
+    def line(self) -> str:
+        """One line for an operator: ``task 5 resume-current-step: retry storing``."""
+        subject = f"task {self.task_id}" if self.task_id else "instance"
+        return f"{subject} {self.mode if self.ok else 'refused'}: {self.message}"
+
+
+def describe(outcomes: list[Outcome]) -> str:
+    """What a restart or halt did, on one line (Flower's pages and the Celery tasks' results)."""
+    return "; ".join(outcome.line() for outcome in outcomes)
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -75,6 +86,16 @@ def parse_mode(text: str) -> Mode:
     except ValueError:
         modes = ", ".join(mode.value for mode in Mode)
         raise InvalidInput(f"unknown restart mode {text!r} (one of {modes})") from None
+
+
+def parse_request(item: str | int, default_mode: str | None) -> tuple[int, Mode]:
+    """A task named as ``TASK`` (restarted in ``default_mode``) or ``TASK:MODE``."""
+    task, _, mode = str(item).strip().partition(":")
+    if not task.isdigit():
+        raise InvalidInput(f"{item!r} is not TASK or TASK:MODE")
+    if not (mode or default_mode):
+        raise InvalidInput(f"no mode for task {task}: give a mode for all tasks or {task}:MODE")
+    return int(task), parse_mode(mode or str(default_mode))
 
 
 def check_settings(changes: dict[str, Any], frozen_parameters: dict[str, Any]) -> dict[str, Any]:
@@ -254,10 +275,7 @@ def restart_failed(
         failed = list(
             session.scalars(
                 select(Task.id)
-                .where(Task.instance_id == instance_id)
-                .where(
-                    Task.error | ((Task.p_state == PState.COMPLETE) & (Task.failed_subtasks > 0))
-                )
+                .where(Task.instance_id == instance_id, RESTARTABLE)
                 .order_by(Task.id)
             )
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from pipeline import definitions, parameters
 from pipeline.algorithms import LOG_NAME
@@ -13,7 +13,11 @@ from pipeline.database import transaction
 from pipeline.errors import NotFound
 from pipeline.marshal import subtask_dir
 from pipeline.models import PipelineInstance, Subtask, Task, TaskEvent
-from pipeline.states import SubtaskState, counts_label, task_state_label
+from pipeline.states import InstanceState, SubtaskState, counts_label, task_state_label
+from pipeline.tasks import RESTARTABLE, RUNNING
+
+#: Instances the restart page lists at most, newest first.
+ATTENTION_INSTANCES = 50
 
 
 def _time(value: Any) -> str | None:
@@ -88,6 +92,14 @@ def submit_instance(
         return {**instance_dict(instance), "tasks": submitted.tasks}
 
 
+def submitted_line(submitted: dict[str, Any]) -> str:
+    """One line about a submitted instance, for the CLI and Flower's operation results."""
+    return (
+        f"instance {submitted['id']} of {submitted['pipeline']} submitted with"
+        f" {len(submitted['tasks'])} tasks ({submitted['state']})"
+    )
+
+
 def list_instances() -> list[dict[str, Any]]:
     with transaction() as session:
         rows = session.scalars(select(PipelineInstance).order_by(PipelineInstance.id))
@@ -159,6 +171,50 @@ def get_task(task_id: int) -> dict[str, Any]:
         )
         detail["running"] = [subtask_dict(subtask) for subtask in running]
         return detail
+
+
+def tasks_needing_attention(limit: int = ATTENTION_INSTANCES) -> list[dict[str, Any]]:
+    """Failed tasks (and running ones, which may be halted), grouped by instance, newest first.
+
+    Each task carries ``restartable`` and the errors of its failed subtasks; an instance in
+    TRANSITION_FAILED is listed even without failed tasks, since restarting it retries the
+    transition. What Flower's restart page shows.
+    """
+    with transaction() as session:
+        wanted = or_(RESTARTABLE, RUNNING)
+        instances = list(
+            session.scalars(
+                select(PipelineInstance)
+                .where(
+                    PipelineInstance.id.in_(select(Task.instance_id).where(wanted))
+                    | (PipelineInstance.state == InstanceState.TRANSITION_FAILED)
+                )
+                .order_by(PipelineInstance.id.desc())
+                .limit(limit)
+            )
+        )
+        rows = session.execute(
+            select(Task, RESTARTABLE.label("restartable"))
+            .where(Task.instance_id.in_([i.id for i in instances]), wanted)
+            .order_by(Task.id)
+        )
+        groups = {i.id: {"instance": instance_dict(i), "tasks": []} for i in instances}
+        for task, restartable in rows:
+            groups[task.instance_id]["tasks"].append(_attention_dict(session, task, restartable))
+        return list(groups.values())
+
+
+def _attention_dict(session: Any, task: Task, restartable: bool) -> dict[str, Any]:
+    failed = session.execute(
+        select(Subtask.index, Subtask.error)
+        .where(Subtask.task_id == task.id, Subtask.state == SubtaskState.FAILED)
+        .order_by(Subtask.index)
+    )
+    return {
+        **task_dict(task),
+        "restartable": bool(restartable),
+        "failed_subtask_errors": [{"index": index, "error": error} for index, error in failed],
+    }
 
 
 def list_subtasks(task_id: int) -> list[dict[str, Any]]:

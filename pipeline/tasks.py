@@ -25,6 +25,10 @@ from pipeline.states import InstanceState, NodeState, PState, SubtaskState, deri
 log = logging.getLogger(__name__)
 
 HOST = socket.gethostname()
+#: Tasks a restart may take: the error flag set, or COMPLETE with failed subtasks.
+RESTARTABLE = Task.error | ((Task.p_state == PState.COMPLETE) & (Task.failed_subtasks > 0))
+#: Tasks still moving through their steps, which a halt may stop.
+RUNNING = ~Task.error & (Task.p_state != PState.COMPLETE)
 
 
 def _locked(session: Session, model: Any, row_id: int) -> Any:

@@ -161,7 +161,9 @@ def test_status_and_stop_of_an_uninitialised_home_touch_nothing(home, tmp_path) 
         ("redis", False),
         ("worker1", False),
         ("beat", False),
+        ("operations", False),
         ("api", False),
+        ("flower", False),
     ]
     assert "nothing was running" in home.cli("cluster", "stop").stdout
     assert not (tmp_path / "nothing-here" / "pipeline.db").exists()

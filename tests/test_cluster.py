@@ -21,10 +21,12 @@ def test_start_status_restart_missing_and_stop(new_cluster) -> None:
     cluster = new_cluster()
     cluster.start(workers=2)
     status = by_name(cluster)
-    assert set(status) == {"redis", "worker1", "worker2", "beat", "api"}
+    assert set(status) == {"redis", "worker1", "worker2", "beat", "operations", "api", "flower"}
     assert all(row["alive"] and row["pid"] for row in status.values())
     assert status["redis"]["url"].startswith("redis://127.0.0.1:")
-    assert status["api"]["url"] == cluster.json("cluster", "credentials")["api_url"]
+    credentials = cluster.json("cluster", "credentials")
+    assert status["api"]["url"] == credentials["api_url"]
+    assert status["flower"]["url"] == credentials["flower_url"]
     assert all(set(row) >= {"name", "pid", "alive", "url"} for row in status.values())
 
     cluster.start(workers=2)
@@ -35,9 +37,8 @@ def test_start_status_restart_missing_and_stop(new_cluster) -> None:
     cluster.start(workers=2)
     again = by_name(cluster)
     assert again["worker2"]["alive"] and again["worker2"]["pid"] != status["worker2"]["pid"]
-    assert {n: again[n]["pid"] for n in ("redis", "worker1", "beat", "api")} == {
-        n: status[n]["pid"] for n in ("redis", "worker1", "beat", "api")
-    }
+    others = ("redis", "worker1", "beat", "operations", "api", "flower")
+    assert {n: again[n]["pid"] for n in others} == {n: status[n]["pid"] for n in others}
 
     # A pid file naming a process the cluster did not start (a recycled pid) is not signalled.
     stranger = subprocess.Popen(["sleep", "300"])

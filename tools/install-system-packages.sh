@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages the pipeline needs, only those that are missing.
-#   tools/install-system-packages.sh redis-server [postgresql]
+#   tools/install-system-packages.sh redis-server [postgresql] [chromium]
 # Runs apt-get (as root, or through sudo) once, and only when something is missing.
 set -euo pipefail
 
@@ -8,6 +8,7 @@ have() {
     case "$1" in
         redis-server) command -v redis-server >/dev/null 2>&1 ;;
         postgresql) compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ;;
+        chromium) [ -x /usr/bin/chromium ] ;;
         *) dpkg -s "$1" >/dev/null 2>&1 ;;
     esac
 }

@@ -3,7 +3,9 @@
 JSON only (a pickled message is refused); a message is acknowledged after its task
 finishes and given back to the broker if the worker process dies (acks_late with
 reject-on-worker-lost); each worker process prefetches one message, since subtasks can
-be long. The database, not Celery's result backend, holds pipeline state.
+be long. The database, not Celery's result backend, holds pipeline state: the backend
+(Redis, on the broker's own server) only keeps what an operator's operation run from
+Flower did (``workers.operations``); every other task ignores its result.
 """
 
 from __future__ import annotations
@@ -17,6 +19,18 @@ from pipeline.database import reset_engines
 #: Name of the queue used when a node's execution settings name none.
 DEFAULT_QUEUE = "default"
 MONITOR_TASK = "pipeline.monitor"
+#: The queue of an operator's operations (``workers.operations``), served by a worker of
+#: its own so a halt never waits behind the long subtasks filling every other worker.
+OPERATIONS_QUEUE = "pipeline.operations"
+#: Broker URL schemes whose server can also hold the results of operations.
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://")
+#: Seconds the result of an operation (a restart run from Flower, say) stays readable.
+RESULT_EXPIRES = 24 * 3600
+
+
+def result_backend(broker: str) -> str | None:
+    """The broker's Redis server, else no backend (an operation's result is then not kept)."""
+    return broker if broker.startswith(REDIS_SCHEMES) else None
 
 
 def configure(app: Celery, settings: Settings) -> None:
@@ -25,8 +39,12 @@ def configure(app: Celery, settings: Settings) -> None:
         app._pool.force_close_all()
         app._pool = None
         app.amqp._producer_pool = None
+    app._backend_cache = None  # nor to its former result backend (made again on first use)
+    app._local.__dict__.pop("backend", None)
     app.conf.update(
         broker_url=settings.broker,
+        result_backend=result_backend(settings.broker),
+        result_expires=RESULT_EXPIRES,
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
@@ -49,7 +67,7 @@ def configure(app: Celery, settings: Settings) -> None:
     )
 
 
-app = Celery("pipeline", include=["workers.stages"])
+app = Celery("pipeline", include=["workers.stages", "workers.operations"])
 configure(app, get_settings())
 
 

@@ -1,0 +1,284 @@
+"""Flower: the pipeline's operations through its API, and its restart page, behind basic auth.
+
+One cluster (with Flower, started by ``pipeline cluster start``) serves every test here;
+its sample pipeline fails subtask 0 of each permuter task, and the instances run the
+permuter node only, so a failed instance comes quickly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Cluster, make_cluster, wait_for
+
+# One worker of a parallel run takes them all: they share one module-scoped cluster, in order.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("flower")]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+#: Seconds an operation run through Flower, or a page change, gets to show up.
+DEADLINE = 60
+FAILING = "throw_exception_subtask_0=true"
+#: Seconds each subtask of the halted instance sleeps: far longer than the test may take.
+PAUSE = 600
+MODES = "restart-from-beginning, resubmit, resume-current-step, resume-monitoring"
+
+
+@dataclass
+class Answer:
+    status: int
+    body: str
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Flower:
+    """Flower's HTTP API, with or without the cluster's credentials."""
+
+    url: str
+    user: str
+    password: str
+
+    def request(
+        self, path: str, data: bytes | None = None, auth: bool = True, **headers: str
+    ) -> Answer:
+        request = urllib.request.Request(self.url + path, data=data, headers=headers)
+        if auth:
+            token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return Answer(response.status, response.read().decode())
+        except urllib.error.HTTPError as exc:
+            return Answer(exc.code, exc.read().decode())
+
+    def async_apply(self, name: str, *args: Any, auth: bool = True, **kwargs: Any) -> Answer:
+        body = json.dumps({"args": list(args), "kwargs": kwargs}).encode()
+        return self.request(
+            f"/api/task/async-apply/{name}", body, auth, **{"Content-Type": "application/json"}
+        )
+
+    def run(self, name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Run an operation through Flower's API and return its result, once there is one."""
+        answer = self.async_apply(name, *args, **kwargs)
+        assert answer.status == 200, answer
+        task_id = answer.json()["task-id"]
+
+        def finished() -> dict[str, Any] | None:
+            found = self.request(f"/api/task/result/{task_id}").json()
+            return found if found["state"] in ("SUCCESS", "FAILURE") else None
+
+        found = wait_for(finished, DEADLINE, f"the result of {name}")
+        assert found["state"] == "SUCCESS", found
+        return found["result"]
+
+    def post_form(self, path: str, fields: dict[str, str], auth: bool = True) -> Answer:
+        """Post a form of the restart page (following its redirect back to the page)."""
+        return self.request(path, urllib.parse.urlencode(fields).encode(), auth)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    made = make_cluster("sqlite", None)
+    try:
+        made.start()
+        made.cli("params", "set", "algorithm", FAILING)
+        yield made
+    finally:
+        made.stop()
+        shutil.rmtree(made.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def flower(cluster: Cluster) -> Flower:
+    found = cluster.json("cluster", "credentials")
+    status = {row["name"]: row for row in cluster.json("cluster", "status")}
+    assert status["flower"]["alive"] and status["flower"]["url"] == found["flower_url"]
+    return Flower(found["flower_url"], found["flower_user"], found["flower_password"])
+
+
+def failed_instance(cluster: Cluster) -> tuple[int, list[int]]:
+    """An instance stopped with its permuter tasks at ERROR - ALGORITHM_COMPLETE, 3/4 (1)."""
+    instance = cluster.submit("--end-node", "permuter")
+    assert cluster.wait(instance).returncode == 1
+    tasks = cluster.tasks(instance)
+    assert {(t["state"], t["counts"]) for t in tasks} == {("ERROR - ALGORITHM_COMPLETE", "3/4 (1)")}
+    return instance, [t["id"] for t in tasks]
+
+
+def instance_state(cluster: Cluster, instance: int) -> str:
+    return next(i["state"] for i in cluster.json("instances") if i["id"] == instance)
+
+
+def test_api_and_pages_answer_401_without_credentials(cluster: Cluster, flower: Flower) -> None:
+    assert flower.request("/api/workers", auth=False).status == 401
+    assert flower.request("/pipeline/restart", auth=False).status == 401
+    form = {"instance": "1", "mode": "resubmit"}
+    assert flower.post_form("/pipeline/restart", form, auth=False).status == 401
+    wrong = Flower(flower.url, flower.user, "not-the-password")
+    assert wrong.request("/pipeline/restart").status == 401
+    assert wrong.post_form("/pipeline/halt", {"task": "1"}).status == 401
+    assert flower.async_apply("pipeline.submit", "sample", auth=False).status == 401
+    assert flower.request("/healthcheck", auth=False).status == 200, "open, for readiness"
+    assert flower.request("/pipeline/restart").status == 200
+    assert cluster.json("instances") == [], "nothing was submitted"
+
+
+def test_submit_and_restart_through_flowers_api(cluster: Cluster, flower: Flower) -> None:
+    submitted = flower.run("pipeline.submit", "sample", end_node="permuter")
+    assert submitted["ok"] and submitted["pipeline"] == "sample" and len(submitted["tasks"]) == 2
+    instance, tasks = submitted["id"], submitted["tasks"]
+    assert (
+        submitted["summary"]
+        == f"instance {instance} of sample submitted with 2 tasks (INITIALIZED)"
+    )
+    assert cluster.wait(instance).returncode == 1
+
+    restarted = flower.run("pipeline.restart", tasks, mode="resume-current-step")
+    assert restarted["ok"], restarted
+    assert [(o["task_id"], o["mode"], o["ok"], o["start_from"]) for o in restarted["outcomes"]] == [
+        (task, "resume-current-step", True, "STORING") for task in tasks
+    ]
+    assert restarted["summary"].startswith(
+        f"task {tasks[0]} resume-current-step: store the successful subtasks"
+    )
+    assert cluster.wait(instance).returncode == 0
+    assert {(t["state"], t["counts"]) for t in cluster.tasks(instance)} == {("COMPLETE", "3/4 (1)")}
+
+    # Flower's task list names the pipeline task and attempt of each stage message.
+    def marshal_args() -> set[str]:
+        found = flower.request("/api/tasks?taskname=pipeline.stage.marshal").json()
+        return {task["args"] for task in found.values()}
+
+    expected = {f"task={task}, attempt=1" for task in tasks}
+    wait_for(lambda: expected <= marshal_args(), DEADLINE, "the stage arguments in Flower")
+
+
+def test_bad_input_gives_a_one_line_error_and_changes_nothing(
+    cluster: Cluster, flower: Flower
+) -> None:
+    instance, tasks = failed_instance(cluster)
+    before = cluster.tasks(instance)
+
+    assert flower.run("pipeline.restart", tasks, mode="sideways") == {
+        "ok": False,
+        "error": f"unknown restart mode 'sideways' (one of {MODES})",
+    }
+    assert flower.run("pipeline.restart", [f"{tasks[0]}:resubmit", "seven"]) == {
+        "ok": False,
+        "error": "'seven' is not TASK or TASK:MODE",
+    }
+    assert flower.run("pipeline.restart_failed", 9999, "resubmit") == {
+        "ok": False,
+        "error": "unknown instance 9999",
+    }
+    assert (
+        flower.run("pipeline.halt", "abc")["error"]
+        == "argument tasks: Input should be a valid list"
+    )
+    assert flower.run("pipeline.submit", "nosuch")["error"].startswith("unknown pipeline 'nosuch'")
+    refused = flower.run("pipeline.halt", [tasks[0]])
+    assert not refused["ok"]
+    stopped = f"task {tasks[0]} is already stopped (ERROR - ALGORITHM_COMPLETE)"
+    assert refused["summary"] == f"task {tasks[0]} refused: {stopped}"
+    assert flower.async_apply("pipeline.nosuch").status == 404
+    assert cluster.tasks(instance) == before
+
+    # A restart page form with no mode chosen is refused in one line, too.
+    page = flower.post_form("/pipeline/restart", {"instance": str(instance), "mode": ""})
+    assert page.status == 200 and "choose the restart mode" in page.body
+    assert cluster.tasks(instance) == before
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def test_restart_page_in_a_browser(cluster: Cluster, flower: Flower, browser: Any) -> None:
+    instance, tasks = failed_instance(cluster)
+    credentials = {"username": flower.user, "password": flower.password}
+    context = browser.new_context(http_credentials=credentials)
+    try:
+        page = context.new_page()
+        page.goto(flower.url + "/workers")
+        page.get_by_role("link", name="Restart", exact=True).click()
+        assert page.url == flower.url + "/pipeline/restart"
+        section = page.locator(f"#instance-{instance}")
+        assert section.locator(".instance-state").inner_text() == "ERRORS_STALLED"
+        for task in tasks:
+            row = section.locator(f"#task-{task}")
+            assert row.locator(".task-state").inner_text() == "ERROR - ALGORITHM_COMPLETE"
+            assert row.locator(".task-counts").inner_text() == "3/4 (1)"
+            assert "subtask 0: RuntimeError: subtask 0 failed on purpose" in row.inner_text()
+            row.get_by_label(f"Restart mode for task {task}").select_option("resume-current-step")
+        section.get_by_role("button", name="Restart the chosen tasks").click()
+        result = page.locator("#result").inner_text()
+        assert f"task {tasks[0]} resume-current-step: store the successful subtasks" in result
+
+        def completed() -> bool:
+            page.reload()
+            return section.locator(".instance-state").inner_text() == "COMPLETED"
+
+        wait_for(completed, DEADLINE, "the restart page to show the instance COMPLETED")
+        assert instance_state(cluster, instance) == "COMPLETED"
+    finally:
+        context.close()
+
+
+def test_halt_through_flowers_api_and_the_restart_page(cluster: Cluster, flower: Flower) -> None:
+    """Halted while their subtasks sleep and fill every slot of the pipeline's worker: the
+    operations worker halts them all the same. The last test (later instances would sleep)."""
+    cluster.cli("params", "set", "algorithm", f"execution_pause_seconds={PAUSE}")
+    instance = cluster.submit("--end-node", "permuter")
+
+    def running() -> list[int]:
+        """The instance's two tasks, one with subtasks running first, once there is one."""
+        tasks = [cluster.json("task", task["id"]) for task in cluster.tasks(instance)]
+        busy = [task["id"] for task in tasks if task["running"]]
+        idle = [task["id"] for task in tasks if not task["running"]]
+        return busy[:1] + (busy[1:] + idle) if busy and len(tasks) == 2 else []
+
+    first, second = wait_for(running, DEADLINE, "a subtask to run")
+    page = flower.request("/pipeline/restart").body
+    assert f'name="task" value="{second}"' in page, "a halt button for a running task"
+
+    halted = flower.run("pipeline.halt", [first])
+    [outcome] = halted["outcomes"]
+    assert halted["ok"] and (outcome["task_id"], outcome["mode"]) == (first, "halt"), halted
+    assert halted["summary"] == f"task {first} halt: halted at ALGORITHM_EXECUTING"
+    assert outcome["subtasks"], "its running subtasks were revoked"
+
+    answer = flower.post_form("/pipeline/halt", {"task": str(second)})
+    assert answer.status == 200 and f"task {second} halt: halted at ALGORITHM_" in answer.body
+    for task in (first, second):
+        detail = cluster.json("task", task)
+        assert detail["error"] and detail["halted"] and not detail["running"], detail
+        assert detail["error_message"] == "halted by operator"
+    assert instance_state(cluster, instance) == "ERRORS_STALLED"
