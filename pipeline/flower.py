@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 import tornado.web
 from flower.app import Flower
 from flower.views import BaseHandler
+from flower.views.monitor import Metrics
 from sqlalchemy.exc import SQLAlchemyError
 from tornado import template
 from tornado.web import decode_signed_value
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 #: Where the pipeline's pages live in Flower, under its ``url_prefix`` if it has one.
 RESTART_PATH = "/pipeline/restart"
 HALT_PATH = "/pipeline/halt"
+METRICS_PATH = "/metrics"
 #: Route names, for ``reverse_url`` in templates.
 RESTART_ROUTE, HALT_ROUTE = "pipeline-restart", "pipeline-halt"
 TEMPLATES = Path(__file__).parent / "templates"
@@ -181,12 +183,23 @@ class HaltHandler(PipelineHandler):
         await self.act_and_return(halt_from_form)
 
 
+class ProtectedMetrics(Metrics):
+    """Flower's Prometheus metrics (worker and task names), which Flower leaves open, behind
+    the same login as everything else; only ``/healthcheck`` stays open, for readiness."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await super().get()
+
+
 def routes(url_prefix: str | None) -> list[tornado.web.URLSpec]:
-    """The pipeline's pages; Flower's ``url_prefix`` rewrites only Flower's own routes."""
+    """The pipeline's pages, and the metrics behind auth; these come before Flower's own
+    routes. Flower's ``url_prefix`` rewrites only its own routes, so they get it here."""
     prefix = f"/{url_prefix.strip('/')}" if url_prefix else ""
     return [
         tornado.web.url(prefix + RESTART_PATH, RestartPage, name=RESTART_ROUTE),
         tornado.web.url(prefix + HALT_PATH, HaltHandler, name=HALT_ROUTE),
+        tornado.web.url(prefix + METRICS_PATH, ProtectedMetrics),
     ]
 
 

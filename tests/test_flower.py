@@ -138,6 +138,8 @@ def test_api_and_pages_answer_401_without_credentials(cluster: Cluster, flower: 
     assert wrong.request("/pipeline/restart").status == 401
     assert wrong.post_form("/pipeline/halt", {"task": "1"}).status == 401
     assert flower.async_apply("pipeline.submit", "sample", auth=False).status == 401
+    assert flower.request("/metrics", auth=False).status == 401
+    assert flower.request("/metrics").status == 200
     assert flower.request("/healthcheck", auth=False).status == 200, "open, for readiness"
     assert flower.request("/pipeline/restart").status == 200
     assert cluster.json("instances") == [], "nothing was submitted"
