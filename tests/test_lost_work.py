@@ -211,9 +211,8 @@ def test_worker_killed_three_times_each_replacement_carries_on(chaos_cluster) ->
 # -- c: the broker loses every message -------------------------------------------------------
 
 
-def queued_on_broker(cluster: Cluster) -> int:
+def queued_on_broker(broker: redis.Redis) -> int:
     """Subtask messages waiting in the broker's queue lists (one list per priority)."""
-    broker = redis.Redis.from_url(cluster.process("redis")["url"])
     return sum(broker.llen(key) for key in broker.keys("default*"))
 
 
@@ -222,9 +221,11 @@ def test_broker_restarted_without_its_queue_is_recovered_by_the_monitor(chaos_cl
     message vanishes; beat's monitor dispatches the lost subtasks again, no operator
     involved, and each subtask still runs exactly once."""
     cluster = chaos_cluster(1)
+    found = cluster.process("redis")
+    broker = redis.Redis.from_url(found["url"])
     instance = permuter_run(cluster, pause=2)
-    wait_for(lambda: queued_on_broker(cluster) >= 2, what="subtasks waiting on the broker")
-    cluster.kill("redis")
+    wait_for(lambda: queued_on_broker(broker) >= 2, what="subtasks waiting on the broker")
+    cluster.kill("redis", found["pid"])
     shutil.rmtree(cluster.home / "redis")  # nothing persisted: the queues are gone
     cluster.start(workers=1)
 
@@ -261,9 +262,9 @@ def test_beat_killed_and_started_again_recovers_what_was_lost_meanwhile(chaos_cl
     cluster = chaos_cluster(1)
     old_beat = cluster.process("beat")["pid"]
     cluster.kill("beat")
-    instance = permuter_run(cluster, pause=2)
-    wait_for(lambda: queued_on_broker(cluster) >= 2, what="subtasks waiting on the broker")
     broker = redis.Redis.from_url(cluster.process("redis")["url"])
+    instance = permuter_run(cluster, pause=2)
+    wait_for(lambda: queued_on_broker(broker) >= 2, what="subtasks waiting on the broker")
     assert sum(broker.delete(key) for key in broker.keys("default*"))
     cluster.start(workers=1)
     assert cluster.process("beat")["pid"] != old_beat
