@@ -190,12 +190,20 @@ class Cluster:
         """The ``cluster status`` row of one process (worker1, beat, redis...)."""
         return next(row for row in self.json("cluster", "status") if row["name"] == name)
 
-    def kill(self, name: str, pid: int | None = None) -> None:
-        """SIGKILL a process of the cluster with all of its children (a worker's pool);
-        given its ``pid`` (looked up beforehand), without a moment's delay."""
+    def pid(self, name: str) -> int:
+        """The pid of a process ``cluster start`` started, from its pid file (no CLI call:
+        quick however busy the machine is)."""
+        return int(json.loads((self.home / "run" / f"{name}.pid").read_text())["pid"])
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process of the cluster with all of its children (a worker's pool), and
+        wait until it is gone."""
+        pid = self.pid(name)
         with suppress(ProcessLookupError):  # killed already, awaited here
-            os.killpg(pid or self.process(name)["pid"], signal.SIGKILL)
-        wait_for(lambda: not self.process(name)["alive"], what=f"{name} to die")
+            os.killpg(pid, signal.SIGKILL)
+        from pipeline.cluster import alive
+
+        wait_for(lambda: not alive(pid, ()), what=f"{name} to die")
 
     def submit(self, *args: Any) -> int:
         return int(self.json("submit", "sample", *args)["id"])

@@ -120,7 +120,7 @@ def back_in_flight(cluster: Cluster, lost: dict, since: float) -> float:
     task_id, index = lost["task_id"], lost["index"]
 
     def dispatched_again() -> bool:
-        now = cluster.json("subtasks", task_id)[index]
+        now = services.list_subtasks(task_id)[index]
         return now["state"] == "QUEUED" or now["attempts"] > lost["attempts"]
 
     wait_for(dispatched_again, what=f"subtask {task_id}/{index} dispatched again")
@@ -135,7 +135,7 @@ def back_in_flight(cluster: Cluster, lost: dict, since: float) -> float:
 def test_worker_killed_mid_subtask_its_work_is_redone_elsewhere(two_workers) -> None:
     """b: the whole worker1 (parent and pool) is killed and never comes back."""
     cluster = two_workers
-    worker1 = cluster.process("worker1")["pid"]
+    worker1 = cluster.pid("worker1")
     instance = permuter_run(cluster, pause=3)
     lost = wait_for(
         lambda: just_started(lambda s: s.worker_host.startswith("worker1@")),
@@ -152,7 +152,7 @@ def test_worker_killed_mid_subtask_its_work_is_redone_elsewhere(two_workers) -> 
     assert shown["heartbeat_at"] >= shown["started_at"]
     table = CliRunner().invoke(cli.app, ["task", str(detail["id"])]).stdout
     assert "running subtasks" in table and "last heartbeat" in table and "worker1@" in table
-    cluster.kill("worker1", worker1)
+    cluster.kill("worker1")
     back_in_flight(cluster, lost[0], since=killed_at)
     victims = [(s["task_id"], s["index"]) for s in on_worker1]
 
@@ -190,12 +190,12 @@ def test_worker_killed_three_times_each_replacement_carries_on(chaos_cluster) ->
     instance = permuter_run(cluster, pause=4)
     victims = []
     for _ in range(3):
-        worker = cluster.process("worker1")["pid"]
+        worker = cluster.pid("worker1")
         [victim, *_] = wait_for(
             lambda worker=worker: just_started(lambda s: _parent(s.worker_pid) == worker),
             what="a subtask running on the current worker",
         )
-        cluster.kill("worker1", worker)
+        cluster.kill("worker1")
         killed_at = time.monotonic()
         victims.append((victim["task_id"], victim["index"], victim["attempts"]))
         cluster.start(workers=1)
@@ -221,11 +221,10 @@ def test_broker_restarted_without_its_queue_is_recovered_by_the_monitor(chaos_cl
     message vanishes; beat's monitor dispatches the lost subtasks again, no operator
     involved, and each subtask still runs exactly once."""
     cluster = chaos_cluster(1)
-    found = cluster.process("redis")
-    broker = redis.Redis.from_url(found["url"])
+    broker = redis.Redis.from_url(cluster.process("redis")["url"])
     instance = permuter_run(cluster, pause=2)
     wait_for(lambda: queued_on_broker(broker) >= 2, what="subtasks waiting on the broker")
-    cluster.kill("redis", found["pid"])
+    cluster.kill("redis")
     shutil.rmtree(cluster.home / "redis")  # nothing persisted: the queues are gone
     cluster.start(workers=1)
 
@@ -260,14 +259,14 @@ def test_beat_killed_and_started_again_recovers_what_was_lost_meanwhile(chaos_cl
     """e: beat is killed; while it is down the broker loses the queued messages; a new
     beat (``cluster start``) finds the quiet tasks and dispatches their work again."""
     cluster = chaos_cluster(1)
-    old_beat = cluster.process("beat")["pid"]
+    old_beat = cluster.pid("beat")
     cluster.kill("beat")
     broker = redis.Redis.from_url(cluster.process("redis")["url"])
     instance = permuter_run(cluster, pause=2)
     wait_for(lambda: queued_on_broker(broker) >= 2, what="subtasks waiting on the broker")
     assert sum(broker.delete(key) for key in broker.keys("default*"))
     cluster.start(workers=1)
-    assert cluster.process("beat")["pid"] != old_beat
+    assert cluster.pid("beat") != old_beat
 
     assert_completed_exactly_once(cluster, instance)
     for task in cluster.tasks(instance):
