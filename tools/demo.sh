@@ -22,7 +22,8 @@ The cluster is still running (PIPELINE_HOME=${PIPELINE_HOME}). Try next:
   $pipeline params set algorithm throw_exception_subtask_0=true
   $pipeline submit sample           # ends ERRORS_STALLED with each permuter task at 3/4 (1)
   $pipeline restart --instance <ID> --mode resume-current-step   # stores the 3 good ones, goes on
-  $pipeline cluster status
+  $pipeline cluster status          # the HTTP API's and Flower's URLs
+  $pipeline cluster credentials     # their token and login; Flower's Restart tab restarts tasks
 Stop the cluster with:
   $pipeline cluster stop            # or: make stop
 TXT
