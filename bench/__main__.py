@@ -1,0 +1,147 @@
+"""``python -m bench [--quick] [--only a,b,...]``: run the benchmark figures, print them beside
+their baselines, and write them to ``bench/results/<timestamp>.json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import figures, harness
+from bench.figures import Figure, Sizes
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: How much smaller ``--quick`` runs every figure.
+QUICK_FACTOR = 10
+#: Every figure group, in the order they run.
+GROUPS = ("a", "b", "c", "d", "e")
+
+
+def machine() -> dict[str, object]:
+    """Where the figures were measured: they mean little without it."""
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    packages = ("celery", "kombu", "redis", "SQLAlchemy", "psycopg")
+    return {
+        "cores": os.cpu_count(),
+        "memory_gb": round(pages / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {name: version(name) for name in packages},
+        "load_average": os.getloadavg(),
+    }
+
+
+def run_cluster_groups(groups: set[str], sizes: Sizes, base: Path) -> list[Figure]:
+    """Figures a, b, c and e: a raw Celery worker, then a pipeline cluster, on one Redis."""
+    found: list[Figure] = []
+    with harness.redis_server(base) as port:
+        broker = f"redis://127.0.0.1:{port}"
+        raw: dict[str, float] = {}
+        if groups & {"a", "b"}:
+            with harness.raw_worker(f"{broker}/0", base / "raw-worker.log"):
+                if "a" in groups:
+                    raw["throughput"] = figures.raw_throughput(sizes.throughput_subtasks)
+                if "b" in groups:
+                    raw["latency"] = figures.raw_latency(sizes.latency_runs)
+        if not groups & {"a", "b", "c", "e"}:
+            return found
+        with harness.pipeline_cluster(base / "sqlite", f"{broker}/1") as cluster:
+            if "a" in groups:
+                value, details = figures.pipeline_throughput(cluster, sizes.throughput_subtasks)
+                found.append(
+                    Figure(
+                        f"a. throughput, {sizes.throughput_subtasks} no-op subtasks",
+                        value,
+                        "subtasks/s",
+                        raw["throughput"],
+                        "raw Celery tasks/s",
+                        True,
+                        1.0,
+                        details,
+                    )
+                )
+            if "b" in groups:
+                value, details = figures.pipeline_latency(cluster, sizes.latency_runs)
+                found.append(
+                    Figure(
+                        "b. latency, one-subtask pipeline",
+                        value,
+                        "s",
+                        raw["latency"],
+                        "raw Celery chain of 4",
+                        False,
+                        2.0,
+                        details,
+                    )
+                )
+            if "c" in groups:
+                found += figures.restart_failed(cluster, sizes.restart_tasks)
+            if "e" in groups:
+                found += figures.memory(cluster, sizes.memory_subtasks)
+    return found
+
+
+def table(found: list[Figure]) -> Table:
+    view = Table(title="Benchmarks: the pipeline beside its baselines")
+    for column in ("figure", "value", "baseline", "ratio", "target", "met"):
+        view.add_column(column)
+    for figure in found:
+        sign = ">=" if figure.higher_is_better else "<="
+        target = "-" if figure.target_ratio is None else f"{sign} {figure.target_ratio:g}"
+        met = {None: "-", True: "[green]yes", False: "[red]no"}[figure.met]
+        view.add_row(
+            figure.name,
+            f"{figure.value:.4g} {figure.unit}",
+            f"{figure.baseline:.4g} ({figure.baseline_label})",
+            f"{figure.ratio:.3g}",
+            target,
+            met,
+        )
+    return view
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help=f"every size / {QUICK_FACTOR}")
+    parser.add_argument("--only", default=",".join(GROUPS), help="figure groups, e.g. a,b")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="results directory")
+    args = parser.parse_args(argv)
+    groups = set(args.only.split(","))
+    sizes = Sizes().smaller(QUICK_FACTOR) if args.quick else Sizes()
+    started, begun = datetime.now(UTC), time.perf_counter()
+    load_before = os.getloadavg()
+    found: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as temporary:
+        base = Path(temporary)
+        found += run_cluster_groups(groups, sizes, base)
+        if "d" in groups:
+            found += figures.status_at_scale(base / "status", sizes)
+    result = {
+        "started_at": started.isoformat(),
+        "seconds": time.perf_counter() - begun,
+        "quick": args.quick,
+        "sizes": sizes.__dict__,
+        "machine": {**machine(), "load_average_before": load_before},
+        "figures": [figure.as_dict() for figure in found],
+    }
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / f"{started:%Y%m%dT%H%M%SZ}{'-quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    console = Console()
+    console.print(table(found))
+    console.print(f"load average {load_before} before, {os.getloadavg()} after; written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
