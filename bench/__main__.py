@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -115,17 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"every size / {QUICK_FACTOR}")
     parser.add_argument("--only", default=",".join(GROUPS), help="figure groups, e.g. a,b")
     parser.add_argument("--output", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument("--keep", action="store_true", help="keep the clusters' homes and logs")
     args = parser.parse_args(argv)
     groups = set(args.only.split(","))
     sizes = Sizes().smaller(QUICK_FACTOR) if args.quick else Sizes()
     started, begun = datetime.now(UTC), time.perf_counter()
     load_before = os.getloadavg()
     found: list[Figure] = []
-    with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as temporary:
-        base = Path(temporary)
+    base = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    try:
         found += run_cluster_groups(groups, sizes, base)
         if "d" in groups:
             found += figures.status_at_scale(base / "status", sizes)
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
     result = {
         "started_at": started.isoformat(),
         "seconds": time.perf_counter() - begun,
@@ -140,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     console.print(table(found))
     console.print(f"load average {load_before} before, {os.getloadavg()} after; written {path}")
+    if args.keep:
+        console.print(f"homes and logs kept in {base}")
     return 0
 
 

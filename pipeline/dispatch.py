@@ -21,6 +21,8 @@ from workers.app import app
 MARSHAL = "pipeline.stage.marshal"
 EXECUTE = "pipeline.stage.execute"
 SUBTASK = "pipeline.stage.subtask"
+#: One message carrying a batch of a task's subtasks (see ``batch_size``).
+SUBTASKS = "pipeline.stage.subtasks"
 MONITOR = "pipeline.stage.monitor"
 STORE = "pipeline.stage.store"
 #: How long a finished subtask keeps trying to record its outcome (a database restart).
@@ -38,6 +40,13 @@ STAGE_FOR_STEP = {
 }
 #: Priority of subtask messages when the execution settings give none (0 runs first).
 DEFAULT_PRIORITY = 5
+#: Without a ``batch_size`` setting, a task sends about this many subtask messages, so that
+#: up to this many worker processes share it and each message's cost is spread over many
+#: subtasks ...
+AUTO_BATCH_MESSAGES = 100
+#: ... with at most this many subtasks per message, so a batch whose worker dies costs
+#: little to redo; a task of fewer than 2 x AUTO_BATCH_MESSAGES subtasks sends one each.
+AUTO_BATCH_MAX = 100
 #: Retries of a publish before the broker counts as unreachable.
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
 
@@ -49,6 +58,64 @@ def subtask_message_id(task_id: int, attempt: int, index: int, number: int) -> s
     messages must not share one with a halted attempt's.
     """
     return f"subtask-{task_id}-{attempt}-{index}-{number}"
+
+
+def batch_message_id(task_id: int, attempt: int, index: int, number: int) -> str:
+    """The Celery task id of a batch message, named after its first subtask's dispatch
+    (unique for the same reasons as ``subtask_message_id``)."""
+    return f"subtasks-{task_id}-{attempt}-{index}-{number}"
+
+
+def batch_size(execution: dict[str, Any], subtasks: int) -> int:
+    """Subtasks per message: the setting, else one each for small tasks and up to
+    ``AUTO_BATCH_MAX`` for big ones (per-message overhead dominates a short subtask)."""
+    chosen = execution.get("batch_size")
+    if chosen:
+        return int(chosen)
+    return max(1, min(AUTO_BATCH_MAX, subtasks // AUTO_BATCH_MESSAGES))
+
+
+#: A subtask message: its id and the (index, dispatch number) pairs it carries.
+Message = tuple[str, list[tuple[int, int]]]
+
+
+def plan_messages(
+    task_id: int, attempt: int, queued: list[tuple[int, int]], size: int
+) -> list[Message]:
+    """Group queued (index, dispatch number) pairs into messages of ``size`` subtasks.
+
+    A message of one subtask keeps the one-subtask message and id it always had.
+    """
+    messages = []
+    for start in range(0, len(queued), size):
+        pairs = [(int(index), int(number)) for index, number in queued[start : start + size]]
+        make_id = subtask_message_id if len(pairs) == 1 else batch_message_id
+        messages.append((make_id(task_id, attempt, *pairs[0]), pairs))
+    return messages
+
+
+def send_subtasks(
+    task_id: int, attempt: int, messages: list[Message], execution: dict[str, Any]
+) -> None:
+    """Publish planned subtask messages: one-subtask ones as ``SUBTASK``, batches as
+    ``SUBTASKS`` (whose hard time limit allows for every subtask it carries)."""
+    single = [[task_id, attempt, *pairs[0]] for _, pairs in messages if len(pairs) == 1]
+    if single:
+        send_many(SUBTASK, single, execution)
+    batches = [(message_id, pairs) for message_id, pairs in messages if len(pairs) > 1]
+    if not batches:
+        return
+    timeout = float(execution.get("subtask_timeout", 3600))
+    options = _options(SUBTASK, execution)
+    try:
+        with app.producer_or_acquire() as producer:
+            for message_id, pairs in batches:
+                options["time_limit"] = timeout * len(pairs) + HARD_LIMIT_GRACE
+                args = [task_id, attempt, [list(pair) for pair in pairs]]
+                app.send_task(SUBTASKS, args=args, producer=producer, task_id=message_id, **options)
+    except (BrokerError, redis.RedisError) as exc:
+        url = masked(get_settings().broker)
+        raise Unreachable(f"broker unreachable at {url}: {exc}") from None
 
 
 def check_broker() -> None:
@@ -78,16 +145,7 @@ def send(name: str, args: list[Any], execution: dict[str, Any]) -> None:
 
 def send_many(name: str, arg_lists: Iterable[list[Any]], execution: dict[str, Any]) -> None:
     """Publish one message per argument list on the node's queue over one connection."""
-    options: dict[str, Any] = {
-        "queue": execution.get("queue") or "default",
-        # A stage's bookkeeping must not wait behind the subtasks already queued.
-        "priority": execution.get("priority", DEFAULT_PRIORITY) if name == SUBTASK else 0,
-        "retry": True,
-        "retry_policy": PUBLISH_RETRY,
-    }
-    if name == SUBTASK:
-        timeout = float(execution.get("subtask_timeout", 3600))
-        options["time_limit"] = timeout + HARD_LIMIT_GRACE
+    options = _options(name, execution)
     try:
         with app.producer_or_acquire() as producer:
             for args in arg_lists:
@@ -98,3 +156,17 @@ def send_many(name: str, arg_lists: Iterable[list[Any]], execution: dict[str, An
     except (BrokerError, redis.RedisError) as exc:
         url = masked(get_settings().broker)
         raise Unreachable(f"broker unreachable at {url}: {exc}") from None
+
+
+def _options(name: str, execution: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "queue": execution.get("queue") or "default",
+        # A stage's bookkeeping must not wait behind the subtasks already queued.
+        "priority": execution.get("priority", DEFAULT_PRIORITY) if name == SUBTASK else 0,
+        "retry": True,
+        "retry_policy": PUBLISH_RETRY,
+    }
+    if name == SUBTASK:
+        timeout = float(execution.get("subtask_timeout", 3600))
+        options["time_limit"] = timeout + HARD_LIMIT_GRACE
+    return options
