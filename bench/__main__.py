@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     found: list[Figure] = []
     base = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    base.chmod(0o755)  # PostgreSQL's server runs as its own user, below this directory
     try:
         found += run_cluster_groups(groups, sizes, base)
         if "d" in groups:

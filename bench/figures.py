@@ -25,6 +25,8 @@ STATE_POLL = 0.002
 MEMORY_POLL = 0.25
 #: Share of a memory run's subtasks after which the workers count as warmed up.
 WARM_UP_SHARE = 0.1
+#: Peak RSS after warm-up may exceed the warm-up peak by this factor (allocator noise).
+MEMORY_GROWTH_ALLOWED = 1.05
 #: Pipeline instance states in which nothing more happens without an operator.
 FINISHED = ("COMPLETED", "ERRORS_STALLED", "TRANSITION_FAILED")
 
@@ -206,4 +208,189 @@ def restart_failed(cluster: harness.Cluster, tasks: int) -> list[Figure]:
             None,
             details,
         ),
+    ]
+
+
+# -- d. status at scale ----------------------------------------------------------------------
+
+#: One instance of many tasks with many subtask rows each, written by the database itself.
+SCALE_ROWS_SQL = (
+    """
+    INSERT INTO pipeline_instances (definition_id, pipeline, definition_version, state,
+        definition, parameters, message, created_at, updated_at)
+    SELECT id, name, version, 'PROCESSING', spec, '{}', '', now(), now()
+    FROM pipeline_definitions WHERE name = 'bench-throughput'
+    """,
+    """
+    INSERT INTO instance_nodes (instance_id, node, state)
+    SELECT max(id), 'noop', 'RUNNING' FROM pipeline_instances
+    """,
+    """
+    INSERT INTO tasks (instance_id, node, unit_of_work, p_state, error, error_message, halted,
+        attempt, auto_resubmits, total_subtasks, completed_subtasks, failed_subtasks, execution,
+        task_dir, worker_host, created_at, updated_at)
+    SELECT (SELECT max(id) FROM pipeline_instances), 'noop', 'unit-' || n,
+        'ALGORITHM_EXECUTING', false, '', false, 1, 0, :per_task, :per_task / 2, 0,
+        '{"queue": "default"}', '', 'host', now(), now()
+    FROM generate_series(1, :tasks) AS n
+    """,
+    """
+    INSERT INTO subtasks (task_id, "index", state, attempts, dispatch, error, inputs,
+        worker_host, message_id)
+    SELECT tasks.id, n, 'COMPLETE', 1, 1, '', '["0000000.in"]', 'host', ''
+    FROM tasks CROSS JOIN generate_series(0, :per_task - 1) AS n
+    """,
+)
+#: Times each status query runs; the median is the figure.
+STATUS_RUNS = 5
+
+
+def status_at_scale(base: Path, sizes: Sizes) -> list[Figure]:
+    """Status queries on PostgreSQL over an instance of ``status_tasks`` tasks and their
+    subtask rows (bulk-inserted directly), and the rate marshaling creates subtask rows."""
+    from pipeline import engine, services
+    from pipeline.database import transaction
+
+    base.mkdir(parents=True)
+    with harness.postgres_server(base) as url:
+        cluster = harness.Cluster(base / "home", harness.cluster_env(base / "home", "", url))
+        cluster.cli("cluster", "init", "--no-sample-data")
+        cluster.activate()
+        per_task = sizes.status_subtasks_per_task
+        with transaction() as session:
+            for sql in SCALE_ROWS_SQL:
+                session.execute(text(sql), {"tasks": sizes.status_tasks, "per_task": per_task})
+            instance = session.scalar(text("SELECT max(id) FROM pipeline_instances"))
+            session.execute(text("ANALYZE"))
+        rows = sizes.status_tasks * per_task
+        details = {"tasks": sizes.status_tasks, "subtask_rows": rows}
+        found = [
+            Figure(
+                f"d. tasks --json (in process), {rows} subtask rows",
+                _median_seconds(lambda: services.list_tasks(instance)),
+                "s",
+                0.3,
+                "300 ms",
+                False,
+                1.0,
+                details,
+            ),
+            Figure(
+                "d. `pipeline tasks --json` command",
+                _median_seconds(lambda: cluster.cli("tasks", str(instance), "--json"), 3),
+                "s",
+                0.3,
+                "300 ms",
+                False,
+                1.0,
+                {**details, "includes": "interpreter start"},
+            ),
+            Figure(
+                "d. instance summary",
+                _median_seconds(lambda: services.get_instance(instance)),
+                "s",
+                0.3,
+                "300 ms",
+                False,
+                1.0,
+                details,
+            ),
+        ]
+        groups = [["0000000.in"]] * sizes.marshal_rows
+        with transaction() as session:
+            task_id = session.scalar(text("SELECT min(id) FROM tasks"))
+            started = time.perf_counter()
+            engine.create_subtasks(session, task_id, groups)
+            session.flush()
+        rate = sizes.marshal_rows / (time.perf_counter() - started)
+        found.append(
+            Figure(
+                "d. subtask rows created at marshaling",
+                rate,
+                "rows/s",
+                50_000.0,
+                "50,000 rows/s",
+                True,
+                1.0,
+                {"rows": sizes.marshal_rows},
+            )
+        )
+        from pipeline.database import reset_engines
+
+        reset_engines()  # before the server stops
+    return found
+
+
+def _median_seconds(call: Any, runs: int = STATUS_RUNS) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+# -- e. memory -------------------------------------------------------------------------------
+
+
+def _rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _worker_processes(main: int) -> list[int]:
+    """The Celery worker's main process and its pool processes (not the algorithms' children,
+    which are the pool processes' children)."""
+    try:
+        children = Path(f"/proc/{main}/task/{main}/children").read_text().split()
+    except OSError:
+        children = []
+    return [main, *map(int, children)]
+
+
+def memory(cluster: harness.Cluster, count: int) -> list[Figure]:
+    """Peak RSS of each worker process, at warm-up and over the whole run of ``count`` subtasks."""
+    from pipeline.submit import submit
+
+    write_inputs(cluster.datastore / "memory" / "memory", count)
+    reader = StateReader()
+    main = cluster.worker_pid()
+    started = time.perf_counter()
+    instance = submit("bench-memory").id
+    progress_sql = "SELECT completed_subtasks FROM tasks WHERE instance_id = :i"
+    warm: dict[int, int] = {}
+    peak: dict[int, int] = {}
+    while reader.state(instance) not in FINISHED:
+        for pid in _worker_processes(main):
+            peak[pid] = max(peak.get(pid, 0), _rss_kib(pid))
+        if not warm and (reader.scalar(progress_sql, i=instance) or 0) >= count * WARM_UP_SHARE:
+            warm = dict(peak)
+        if time.perf_counter() - started > RUN_TIMEOUT:
+            raise TimeoutError(f"bench-memory instance {instance}")
+        time.sleep(MEMORY_POLL)
+    warm_peak = max(warm.values(), default=0) / 1024
+    final_peak = max(peak.values(), default=0) / 1024
+    details = {
+        "subtasks": count,
+        "seconds": time.perf_counter() - started,
+        "warm_up_kib": warm,
+        "peak_kib": peak,
+    }
+    return [
+        Figure(
+            f"e. peak worker RSS, {count} subtasks",
+            final_peak,
+            "MiB",
+            warm_peak,
+            "peak after 10% (warm-up)",
+            False,
+            MEMORY_GROWTH_ALLOWED,
+            details,
+        )
     ]

@@ -141,6 +141,8 @@ class Cluster:
         from pipeline.database import reset_engines
         from workers.app import app, configure
 
+        for key in [key for key in os.environ if key.startswith("PIPELINE_")]:
+            del os.environ[key]
         for key, value in self.env.items():
             if key.startswith("PIPELINE_"):
                 os.environ[key] = value
@@ -148,28 +150,35 @@ class Cluster:
         configure(app, reload_settings())
 
 
-@contextmanager
-def pipeline_cluster(base: Path, broker: str, database_url: str | None = None) -> Iterator[Cluster]:
-    """An initialised and started cluster with one worker of ``WORKER_PROCESSES`` processes."""
-    home = base / "home"
+def cluster_env(home: Path, broker: str, database_url: str | None = None) -> dict[str, str]:
+    """The environment of a cluster under ``home``: this process's, without its own
+    PIPELINE_* settings, and the benchmark's definitions importable by the workers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     env.update(
         PYTHONPATH=str(REPO),
         PIPELINE_HOME=str(home),
-        PIPELINE_BROKER_URL=broker,
         PIPELINE_DEFINITIONS_DIR=str(DEFINITIONS),
         PIPELINE_WORKER_CONCURRENCY=str(WORKER_PROCESSES),
     )
+    if broker:
+        env["PIPELINE_BROKER_URL"] = broker
     if database_url:
         env["PIPELINE_DATABASE_URL"] = database_url
-    cluster = Cluster(home, env)
+    return env
+
+
+@contextmanager
+def pipeline_cluster(base: Path, broker: str, database_url: str | None = None) -> Iterator[Cluster]:
+    """An initialised and started cluster with one worker of ``WORKER_PROCESSES`` processes."""
+    home = base / "home"
+    cluster = Cluster(home, cluster_env(home, broker, database_url))
     cluster.cli("cluster", "init", "--no-sample-data")
     try:
         cluster.cli("cluster", "start", "--workers", "1")
         cluster.activate()
         yield cluster
     finally:
-        subprocess.run([PIPELINE, "cluster", "stop"], env=env, capture_output=True, check=False)
+        subprocess.run([PIPELINE, "cluster", "stop"], env=cluster.env, capture_output=True)
 
 
 def _as_postgres(command: list[str]) -> list[str]:

@@ -9,6 +9,7 @@ duplicate, late or stale message changes nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -100,15 +101,35 @@ def marshal(task_id: int, attempt: int, host: str = "") -> None:
 def create_subtasks(session: Session, task_id: int, groups: list[list[str]]) -> None:
     """Replace the task's subtask rows with one per group of input names, in bulk.
 
-    One multi-row INSERT (and one DELETE) rather than an ORM object per row: a task of
-    100,000 subtasks is marshaled in seconds, not minutes.
+    One DELETE, then PostgreSQL's COPY (or Core multi-row INSERTs elsewhere) rather than
+    an ORM object per row: a task of 100,000 subtasks gets its rows in about a second.
     """
     session.execute(delete(Subtask).where(Subtask.task_id == task_id))
-    if groups:
-        session.execute(
-            insert(Subtask),
-            [{"task_id": task_id, "index": i, "inputs": names} for i, names in enumerate(groups)],
-        )
+    if not groups:
+        return
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        _copy_subtasks(connection.connection.driver_connection, task_id, groups)
+        return
+    session.execute(
+        insert(Subtask.__table__),
+        [{"task_id": task_id, "index": i, "inputs": names} for i, names in enumerate(groups)],
+    )
+
+
+#: The columns COPY fills: every column without a NULL default.
+_COPY_SUBTASKS = (
+    'COPY subtasks (task_id, "index", state, attempts, dispatch, error, inputs, worker_host,'
+    " message_id) FROM STDIN"
+)
+
+
+def _copy_subtasks(driver_connection: Any, task_id: int, groups: list[list[str]]) -> None:
+    """New subtask rows through psycopg's COPY, in the session's own transaction."""
+    with driver_connection.cursor() as cursor, cursor.copy(_COPY_SUBTASKS) as copy:
+        for index, names in enumerate(groups):
+            row = (task_id, index, SubtaskState.NEW.value, 0, 0, "", json.dumps(names), "", "")
+            copy.write_row(row)
 
 
 def assign_messages(
