@@ -21,6 +21,10 @@ from workers.app import app
 MARSHAL = "pipeline.stage.marshal"
 EXECUTE = "pipeline.stage.execute"
 SUBTASK = "pipeline.stage.subtask"
+#: One message carrying the stage messages of many tasks, sent on by a worker.
+FAN_OUT = "pipeline.stage.fan_out"
+#: Stage messages a caller sends itself; more go through a worker (see ``send_stages``).
+DIRECT_SEND_LIMIT = 20
 #: One message carrying a batch of a task's subtasks (see ``batch_size``).
 SUBTASKS = "pipeline.stage.subtasks"
 MONITOR = "pipeline.stage.monitor"
@@ -134,6 +138,32 @@ def revoke(message_ids: list[str]) -> None:
         return
     try:
         app.control.revoke(message_ids, terminate=True, signal="SIGTERM")
+    except (BrokerError, redis.RedisError) as exc:
+        url = masked(get_settings().broker)
+        raise Unreachable(f"broker unreachable at {url}: {exc}") from None
+
+
+def send_stages(
+    messages: list[tuple[str, list[Any], dict[str, Any]]], direct: bool = False
+) -> None:
+    """Publish (stage, arguments, execution settings) messages: the chains a bulk restart
+    rebuilds, each with its own task's settings.
+
+    Each publish is a broker round trip (a few milliseconds), so more than
+    ``DIRECT_SEND_LIMIT`` messages are handed to a worker in ``FAN_OUT`` messages, one per
+    queue, and the caller (an operator's restart of 1,000 tasks) returns at once. Should a
+    fan-out message be lost, the tasks wait in their step and the monitor re-sends their
+    messages, as for any lost stage message.
+    """
+    if not direct and len(messages) > DIRECT_SEND_LIMIT:
+        by_queue: dict[str, list[Any]] = {}
+        for message in messages:
+            by_queue.setdefault(message[2].get("queue") or "default", []).append(message)
+        messages = [(FAN_OUT, [group], {"queue": queue}) for queue, group in by_queue.items()]
+    try:
+        with app.producer_or_acquire() as producer:
+            for name, args, execution in messages:
+                app.send_task(name, args=args, producer=producer, **_options(name, execution))
     except (BrokerError, redis.RedisError) as exc:
         url = masked(get_settings().broker)
         raise Unreachable(f"broker unreachable at {url}: {exc}") from None

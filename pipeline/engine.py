@@ -491,6 +491,8 @@ def resubmit_failed(session: Any, task: Task, message: str, host: str = "") -> N
         update(Subtask)
         .where(Subtask.task_id == task.id, Subtask.state != SubtaskState.COMPLETE)
         .values(state=SubtaskState.NEW)
+        # No subtask objects are loaded alongside: matching them costs more than the update.
+        .execution_options(synchronize_session=False)
     )
     task.failed_subtasks = 0
     task.error, task.error_message = False, ""

@@ -104,6 +104,12 @@ def store(self: Any, task_id: int, attempt: int) -> None:
     engine.store(task_id, attempt, host=self.request.hostname)
 
 
+@app.task(name=dispatch.FAN_OUT, **STAGE_OPTIONS)
+def fan_out(self: Any, messages: list[list[Any]]) -> None:
+    """Send the stage messages a bulk restart handed on (see ``dispatch.send_stages``)."""
+    dispatch.send_stages([(name, args, execution) for name, args, execution in messages], True)
+
+
 @app.task(name=MONITOR_TASK, ignore_result=True)
 def monitor_pipelines() -> dict[str, int]:
     """Run by Celery beat: re-send the messages of tasks that wait on a lost one."""
