@@ -11,6 +11,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -42,23 +44,41 @@ def machine() -> dict[str, object]:
     }
 
 
+#: Seconds each step of the run took, for keeping the suite within its time budget.
+STEP_SECONDS: dict[str, float] = {}
+
+
+@contextmanager
+def step(name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        STEP_SECONDS[name] = round(time.perf_counter() - started, 2)
+
+
 def run_cluster_groups(groups: set[str], sizes: Sizes, base: Path) -> list[Figure]:
     """Figures a, b, c and e: a raw Celery worker, then a pipeline cluster, on one Redis."""
     found: list[Figure] = []
+    raw: dict[str, float] = {}
     with harness.redis_server(base) as port:
         broker = f"redis://127.0.0.1:{port}"
-        raw: dict[str, float] = {}
         if groups & {"a", "b"}:
-            with harness.raw_worker(f"{broker}/0", base / "raw-worker.log"):
+            with step("raw Celery"), harness.raw_worker(f"{broker}/0", base / "raw.log"):
                 if "a" in groups:
                     raw["throughput"] = figures.raw_throughput(sizes.throughput_subtasks)
                 if "b" in groups:
                     raw["latency"] = figures.raw_latency(sizes.latency_runs)
         if not groups & {"a", "b", "c", "e"}:
             return found
-        with harness.pipeline_cluster(base / "sqlite", f"{broker}/1") as cluster:
+        with ExitStack() as stack:
+            with step("cluster start"):
+                cluster = stack.enter_context(
+                    harness.pipeline_cluster(base / "sqlite", f"{broker}/1")
+                )
             if "a" in groups:
-                value, details = figures.pipeline_throughput(cluster, sizes.throughput_subtasks)
+                with step("a"):
+                    value, details = figures.pipeline_throughput(cluster, sizes.throughput_subtasks)
                 found.append(
                     Figure(
                         f"a. throughput, {sizes.throughput_subtasks} no-op subtasks",
@@ -72,7 +92,8 @@ def run_cluster_groups(groups: set[str], sizes: Sizes, base: Path) -> list[Figur
                     )
                 )
             if "b" in groups:
-                value, details = figures.pipeline_latency(cluster, sizes.latency_runs)
+                with step("b"):
+                    value, details = figures.pipeline_latency(cluster, sizes.latency_runs)
                 found.append(
                     Figure(
                         "b. latency, one-subtask pipeline",
@@ -86,9 +107,11 @@ def run_cluster_groups(groups: set[str], sizes: Sizes, base: Path) -> list[Figur
                     )
                 )
             if "c" in groups:
-                found += figures.restart_failed(cluster, sizes.restart_tasks)
+                with step("c"):
+                    found += figures.restart_failed(cluster, sizes.restart_tasks)
             if "e" in groups:
-                found += figures.memory(cluster, sizes.memory_subtasks)
+                with step("e"):
+                    found += figures.memory(cluster, sizes.memory_subtasks)
     return found
 
 
@@ -128,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         found += run_cluster_groups(groups, sizes, base)
         if "d" in groups:
-            found += figures.status_at_scale(base / "status", sizes)
+            with step("d"):
+                found += figures.status_at_scale(base / "status", sizes)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
@@ -138,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "sizes": sizes.__dict__,
         "machine": {**machine(), "load_average_before": load_before},
+        "step_seconds": STEP_SECONDS,
         "figures": [figure.as_dict() for figure in found],
     }
     args.output.mkdir(parents=True, exist_ok=True)

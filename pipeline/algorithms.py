@@ -262,13 +262,27 @@ def _run_callables(
                 if not child.alive:
                     break
         finally:
-            child.close()
+            child.close(all_reported=not todo)
+
+
+#: Children that reported every outcome but had not exited yet when last looked at.
+_exiting: list[int] = []
+
+
+def _reap_exited() -> None:
+    """Reap children left exiting by ``_ChildRunner.close`` (zombies hold no memory)."""
+    for pid in list(_exiting):
+        with suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                continue
+        _exiting.remove(pid)
 
 
 class _ChildRunner:
     """One forked child running ``contexts`` in turn, as seen from the supervising process."""
 
     def __init__(self, reference: str, contexts: list[SubtaskContext]) -> None:
+        _reap_exited()
         read_end, write_end = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -320,12 +334,21 @@ class _ChildRunner:
             os.killpg(self.pid, signal.SIGKILL)
             os.kill(self.pid, signal.SIGKILL)  # in case it had not made its own group yet
 
-    def close(self) -> None:
-        """Reap the child; one still running (the caller stopped early) is killed first."""
+    def close(self, all_reported: bool) -> None:
+        """Reap the child; one still running (the caller stopped early) is killed first.
+
+        A child that reported every outcome is exiting on its own: it is reaped later
+        rather than waited for, since a big process takes milliseconds to exit.
+        """
         os.close(self.fd)
-        if self.alive:
-            self._kill()
-            os.waitpid(self.pid, 0)
+        if not self.alive:
+            return
+        if all_reported:
+            _exiting.append(self.pid)
+            _reap_exited()
+            return
+        self._kill()
+        os.waitpid(self.pid, 0)
 
 
 def _child(reference: str, contexts: list[SubtaskContext], report_fd: int) -> None:
