@@ -134,13 +134,34 @@ def table(found: list[Figure]) -> Table:
     return view
 
 
+def markdown(results: dict[str, object]) -> str:
+    """A results file as the Markdown table of docs/benchmarks.md."""
+    lines = ["| figure | value | baseline | ratio | target | met |", "|---|---|---|---|---|---|"]
+    for figure in results["figures"]:  # type: ignore[attr-defined]
+        sign = ">=" if figure["higher_is_better"] else "<="
+        target = "-" if figure["target_ratio"] is None else f"{sign} {figure['target_ratio']:g}"
+        met = {None: "-", True: "yes", False: "**no**"}[figure["met"]]
+        lines.append(
+            f"| {figure['name']} | {figure['value']:.4g} {figure['unit']}"
+            f" | {figure['baseline']:.4g} ({figure['baseline_label']}) | {figure['ratio']:.3g}"
+            f" | {target} | {met} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help=f"every size / {QUICK_FACTOR}")
     parser.add_argument("--only", default=",".join(GROUPS), help="figure groups, e.g. a,b")
     parser.add_argument("--output", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--keep", action="store_true", help="keep the clusters' homes and logs")
+    parser.add_argument(
+        "--markdown", type=Path, help="print a results file as Markdown, run nothing"
+    )
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
     groups = set(args.only.split(","))
     sizes = Sizes().smaller(QUICK_FACTOR) if args.quick else Sizes()
     started, begun = datetime.now(UTC), time.perf_counter()
