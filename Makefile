@@ -7,7 +7,7 @@ export PIPELINE_HOME ?= $(CURDIR)/.pipeline
 TEST_PROCESSES ?= 3
 PIPELINE := $(VENV)/bin/pipeline
 
-.PHONY: demo test lint stop venv clean
+.PHONY: demo test lint stop venv clean bench bench-quick
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ demo: venv
 test: venv
 	bash tools/install-system-packages.sh redis-server postgresql chromium
 	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadgroup
+
+# make bench: the benchmark suite (minutes; not part of make test), see docs/benchmarks.md.
+bench: venv
+	bash tools/install-system-packages.sh redis-server postgresql
+	$(VENV)/bin/python -m bench
+
+bench-quick: venv
+	bash tools/install-system-packages.sh redis-server postgresql
+	$(VENV)/bin/python -m bench --quick
 
 lint: venv
 	$(VENV)/bin/ruff check .

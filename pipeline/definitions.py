@@ -60,6 +60,11 @@ class ExecutionSettings(_Strict):
     priority: int = Field(
         default=5, ge=PRIORITY_FIRST, le=PRIORITY_LAST, description="0 runs first, 9 last"
     )
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="subtasks per message; unset: one each for small tasks, batches for big ones",
+    )
 
 
 class DataFileType(_Strict):

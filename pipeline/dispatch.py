@@ -21,6 +21,12 @@ from workers.app import app
 MARSHAL = "pipeline.stage.marshal"
 EXECUTE = "pipeline.stage.execute"
 SUBTASK = "pipeline.stage.subtask"
+#: One message carrying the stage messages of many tasks, sent on by a worker.
+FAN_OUT = "pipeline.stage.fan_out"
+#: Stage messages a caller sends itself; more go through a worker (see ``send_stages``).
+DIRECT_SEND_LIMIT = 20
+#: One message carrying a batch of a task's subtasks (see ``batch_size``).
+SUBTASKS = "pipeline.stage.subtasks"
 MONITOR = "pipeline.stage.monitor"
 STORE = "pipeline.stage.store"
 #: How long a finished subtask keeps trying to record its outcome (a database restart).
@@ -38,10 +44,21 @@ STAGE_FOR_STEP = {
 }
 #: What each argument of a stage message is, so Flower's task list reads
 #: ``task=4, attempt=2`` rather than ``[4, 2]``.
-ARGUMENT_NAMES = {SUBTASK: ("task", "attempt", "subtask", "dispatch")}
+ARGUMENT_NAMES = {
+    SUBTASK: ("task", "attempt", "subtask", "dispatch"),
+    SUBTASKS: ("task", "attempt", "subtasks"),
+    FAN_OUT: ("messages",),
+}
 STAGE_ARGUMENT_NAMES = ("task", "attempt")
 #: Priority of subtask messages when the execution settings give none (0 runs first).
 DEFAULT_PRIORITY = 5
+#: Without a ``batch_size`` setting, a task sends about this many subtask messages, so that
+#: up to this many worker processes share it and each message's cost is spread over many
+#: subtasks ...
+AUTO_BATCH_MESSAGES = 100
+#: ... with at most this many subtasks per message, so a batch whose worker dies costs
+#: little to redo; a task of fewer than 2 x AUTO_BATCH_MESSAGES subtasks sends one each.
+AUTO_BATCH_MAX = 100
 #: Retries of a publish before the broker counts as unreachable.
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
 
@@ -53,6 +70,71 @@ def subtask_message_id(task_id: int, attempt: int, index: int, number: int) -> s
     messages must not share one with a halted attempt's.
     """
     return f"subtask-{task_id}-{attempt}-{index}-{number}"
+
+
+def batch_message_id(task_id: int, attempt: int, index: int, number: int) -> str:
+    """The Celery task id of a batch message, named after its first subtask's dispatch
+    (unique for the same reasons as ``subtask_message_id``)."""
+    return f"subtasks-{task_id}-{attempt}-{index}-{number}"
+
+
+def batch_size(execution: dict[str, Any], subtasks: int) -> int:
+    """Subtasks per message: the setting, else one each for small tasks and up to
+    ``AUTO_BATCH_MAX`` for big ones (per-message overhead dominates a short subtask)."""
+    chosen = execution.get("batch_size")
+    if chosen:
+        return int(chosen)
+    return max(1, min(AUTO_BATCH_MAX, subtasks // AUTO_BATCH_MESSAGES))
+
+
+#: A subtask message: its id and the (index, dispatch number) pairs it carries.
+Message = tuple[str, list[tuple[int, int]]]
+
+
+def plan_messages(
+    task_id: int, attempt: int, queued: list[tuple[int, int]], size: int
+) -> list[Message]:
+    """Group queued (index, dispatch number) pairs into messages of ``size`` subtasks.
+
+    A message of one subtask keeps the one-subtask message and id it always had.
+    """
+    messages = []
+    for start in range(0, len(queued), size):
+        pairs = [(int(index), int(number)) for index, number in queued[start : start + size]]
+        make_id = subtask_message_id if len(pairs) == 1 else batch_message_id
+        messages.append((make_id(task_id, attempt, *pairs[0]), pairs))
+    return messages
+
+
+def send_subtasks(
+    task_id: int, attempt: int, messages: list[Message], execution: dict[str, Any]
+) -> None:
+    """Publish planned subtask messages: one-subtask ones as ``SUBTASK``, batches as
+    ``SUBTASKS`` (whose hard time limit allows for every subtask it carries)."""
+    single = [[task_id, attempt, *pairs[0]] for _, pairs in messages if len(pairs) == 1]
+    if single:
+        send_many(SUBTASK, single, execution)
+    batches = [(message_id, pairs) for message_id, pairs in messages if len(pairs) > 1]
+    if not batches:
+        return
+    timeout = float(execution.get("subtask_timeout", 3600))
+    options = _options(SUBTASK, execution)
+    try:
+        with app.producer_or_acquire() as producer:
+            for message_id, pairs in batches:
+                options["time_limit"] = timeout * len(pairs) + HARD_LIMIT_GRACE
+                args = [task_id, attempt, [list(pair) for pair in pairs]]
+                app.send_task(
+                    SUBTASKS,
+                    args=args,
+                    argsrepr=arguments_label(SUBTASKS, args),
+                    producer=producer,
+                    task_id=message_id,
+                    **options,
+                )
+    except (BrokerError, redis.RedisError) as exc:
+        url = masked(get_settings().broker)
+        raise Unreachable(f"broker unreachable at {url}: {exc}") from None
 
 
 def check_broker() -> None:
@@ -79,7 +161,43 @@ def revoke(message_ids: list[str]) -> None:
 def arguments_label(name: str, args: list[Any]) -> str:
     """The arguments of a stage message as Flower shows them: ``task=4, attempt=2``."""
     names = ARGUMENT_NAMES.get(name, STAGE_ARGUMENT_NAMES)
-    return ", ".join(f"{key}={value}" for key, value in zip(names, args, strict=False))
+    return ", ".join(
+        # A batch's (subtask, dispatch) pairs or a fan-out's messages: how many, not which.
+        f"{key}={len(value)}" if isinstance(value, list) else f"{key}={value}"
+        for key, value in zip(names, args, strict=False)
+    )
+
+
+def send_stages(
+    messages: list[tuple[str, list[Any], dict[str, Any]]], direct: bool = False
+) -> None:
+    """Publish (stage, arguments, execution settings) messages: the chains a bulk restart
+    rebuilds, each with its own task's settings.
+
+    Each publish is a broker round trip (a few milliseconds), so more than
+    ``DIRECT_SEND_LIMIT`` messages are handed to a worker in ``FAN_OUT`` messages, one per
+    queue, and the caller (an operator's restart of 1,000 tasks) returns at once. Should a
+    fan-out message be lost, the tasks wait in their step and the monitor re-sends their
+    messages, as for any lost stage message.
+    """
+    if not direct and len(messages) > DIRECT_SEND_LIMIT:
+        by_queue: dict[str, list[Any]] = {}
+        for message in messages:
+            by_queue.setdefault(message[2].get("queue") or "default", []).append(message)
+        messages = [(FAN_OUT, [group], {"queue": queue}) for queue, group in by_queue.items()]
+    try:
+        with app.producer_or_acquire() as producer:
+            for name, args, execution in messages:
+                app.send_task(
+                    name,
+                    args=args,
+                    argsrepr=arguments_label(name, args),
+                    producer=producer,
+                    **_options(name, execution),
+                )
+    except (BrokerError, redis.RedisError) as exc:
+        url = masked(get_settings().broker)
+        raise Unreachable(f"broker unreachable at {url}: {exc}") from None
 
 
 def send(name: str, args: list[Any], execution: dict[str, Any]) -> None:
@@ -88,18 +206,7 @@ def send(name: str, args: list[Any], execution: dict[str, Any]) -> None:
 
 def send_many(name: str, arg_lists: Iterable[list[Any]], execution: dict[str, Any]) -> None:
     """Publish one message per argument list on the node's queue over one connection."""
-    options: dict[str, Any] = {
-        "queue": execution.get("queue") or "default",
-        # A stage's bookkeeping must not wait behind the subtasks already queued.
-        "priority": execution.get("priority", DEFAULT_PRIORITY) if name == SUBTASK else 0,
-        "retry": True,
-        "retry_policy": PUBLISH_RETRY,
-        # Stage results are never read: do not subscribe to them on the result backend.
-        "ignore_result": True,
-    }
-    if name == SUBTASK:
-        timeout = float(execution.get("subtask_timeout", 3600))
-        options["time_limit"] = timeout + HARD_LIMIT_GRACE
+    options = _options(name, execution)
     try:
         with app.producer_or_acquire() as producer:
             for args in arg_lists:
@@ -117,3 +224,19 @@ def send_many(name: str, arg_lists: Iterable[list[Any]], execution: dict[str, An
     except (BrokerError, redis.RedisError) as exc:
         url = masked(get_settings().broker)
         raise Unreachable(f"broker unreachable at {url}: {exc}") from None
+
+
+def _options(name: str, execution: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "queue": execution.get("queue") or "default",
+        # A stage's bookkeeping must not wait behind the subtasks already queued.
+        "priority": execution.get("priority", DEFAULT_PRIORITY) if name == SUBTASK else 0,
+        "retry": True,
+        "retry_policy": PUBLISH_RETRY,
+        # Stage results are never read: do not subscribe to them on the result backend.
+        "ignore_result": True,
+    }
+    if name == SUBTASK:
+        timeout = float(execution.get("subtask_timeout", 3600))
+        options["time_limit"] = timeout + HARD_LIMIT_GRACE
+    return options

@@ -16,7 +16,7 @@ from pipeline.errors import NotFound, Refused, Unreachable
 from pipeline.models import PipelineInstance, Task
 from pipeline.restart import Outcome
 from pipeline.states import PState, SubtaskState
-from pipeline.tasks import RUNNING, fail, in_flight_subtasks, lock_task
+from pipeline.tasks import RUNNING, fail, in_flight_subtasks, lock_task, message_id
 
 HALTED = "halted by operator"
 
@@ -40,10 +40,8 @@ def _halt_one(task_id: int) -> Outcome:
         if task.p_state == PState.COMPLETE:
             raise Refused(f"task {task_id} is complete: nothing to halt")
         in_flight = in_flight_subtasks(session, task_id)
-        messages = [
-            dispatch.subtask_message_id(task_id, task.attempt, s.index, s.dispatch)
-            for s in in_flight
-        ]
+        # One id per message: a batch message carries many of these subtasks.
+        messages = sorted({message_id(task_id, task.attempt, s) for s in in_flight})
         for subtask in in_flight:
             subtask.state = SubtaskState.NEW
         task.attempt += 1

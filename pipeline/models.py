@@ -147,6 +147,8 @@ class Subtask(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     #: Fences subtask messages: bumped at each dispatch.
     dispatch: Mapped[int] = mapped_column(default=0)
+    #: The Celery message carrying its current dispatch (one message may carry a batch).
+    message_id: Mapped[str] = mapped_column(String(200), default="", server_default="")
     error: Mapped[str] = mapped_column(Text, default="")
     inputs: Mapped[list[Any]]
     worker_host: Mapped[str] = mapped_column(String(200), default="")

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pipeline import dispatch, inflight
 from pipeline.alerts import WARNING, raise_alert
 from pipeline.database import transaction
+from pipeline.engine import assign_messages
 from pipeline.errors import Refused
 from pipeline.models import Subtask
 from pipeline.states import EXECUTION_STEPS, PState, SubtaskState
-from pipeline.tasks import in_flight_subtasks, lock_task_only, record
+from pipeline.tasks import in_flight_subtasks, lock_task_only, message_id, record
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,10 @@ def reattach(
         lost = [s for s in in_flight if _lost(task_id, attempt, s, live)]
         for subtask in lost:
             subtask.state, subtask.dispatch = SubtaskState.QUEUED, subtask.dispatch + 1
-        resend = [[task_id, attempt, s.index, s.dispatch] for s in lost]
+        session.flush()
+        queued = [(s.index, s.dispatch) for s in lost]
+        execution = dict(task.execution)
+        resend = assign_messages(session, task_id, attempt, queued, execution, task.total_subtasks)
         finished = (
             not in_flight and task.completed_subtasks + task.failed_subtasks >= task.total_subtasks
         )
@@ -61,9 +65,8 @@ def reattach(
                 WARNING,
                 f"{len(lost)} subtask messages lost ({note}): dispatched again",
             )
-        execution = dict(task.execution)
     if resend:
-        dispatch.send_many(dispatch.SUBTASK, resend, execution)
+        dispatch.send_subtasks(task_id, attempt, resend, execution)
     if finished:
         dispatch.send(dispatch.MONITOR, [task_id, attempt], execution)
     return result
@@ -76,7 +79,6 @@ def _lost(task_id: int, attempt: int, subtask: Subtask, live: inflight.InFlight)
     doubt: dispatching it again could run it twice at once in the same directory (its
     lease decides, see ``engine.reclaim_lost``).
     """
-    message = dispatch.subtask_message_id(task_id, attempt, subtask.index, subtask.dispatch)
-    if message in live.message_ids:
+    if message_id(task_id, attempt, subtask) in live.message_ids:
         return False
     return subtask.state == SubtaskState.QUEUED or subtask.worker_host in live.workers

@@ -179,18 +179,137 @@ def restart(
     settings: dict[str, Any] | None = None,
     dry_run: bool = False,
 ) -> list[Outcome]:
-    """Restart each (task, mode) pair; refusals are reported and the others go ahead."""
-    outcomes = []
-    for task_id, mode in requests:
-        mode = parse_mode(mode) if isinstance(mode, str) else mode
-        try:
-            outcomes.append(_restart_one(task_id, mode, settings or {}, dry_run))
-        except (Refused, NotFound, InvalidInput) as exc:
-            outcomes.append(Outcome(task_id, mode.value, False, str(exc), refusal=exc))
+    """Restart each (task, mode) pair; refusals are reported and the others go ahead.
+
+    Every mode but resume-monitoring is decided and applied for all the tasks in one
+    transaction, their messages sent together after it commits: restarting the 1,000
+    failed tasks of an instance takes one transaction, not 1,000. Resume-monitoring asks
+    the broker and the workers what is alive, task by task.
+    """
+    parsed = [
+        (task_id, parse_mode(mode) if isinstance(mode, str) else mode) for task_id, mode in requests
+    ]
+    changes = settings or {}
+    outcomes = _restart_many(
+        [(task_id, mode) for task_id, mode in parsed if mode is not Mode.RESUME_MONITORING],
+        changes,
+        dry_run,
+    )
+    for task_id, mode in parsed:
+        if mode is Mode.RESUME_MONITORING:
+            outcomes.append(
+                _guarded(task_id, mode, lambda t=task_id: _monitor_one(t, changes, dry_run))
+            )
+    return _in_request_order(parsed, outcomes)
+
+
+def _in_request_order(parsed: list[tuple[int, Mode]], outcomes: list[Outcome]) -> list[Outcome]:
+    """Outcomes in the order the requests came, however they were processed."""
+    pending: dict[tuple[int, str], list[Outcome]] = {}
+    for outcome in outcomes:
+        pending.setdefault((outcome.task_id, outcome.mode), []).append(outcome)
+    return [pending[(task_id, mode.value)].pop(0) for task_id, mode in parsed]
+
+
+def _guarded(task_id: int, mode: Mode, call: Any) -> Outcome:
+    try:
+        return call()
+    except (Refused, NotFound, InvalidInput) as exc:
+        return Outcome(task_id, mode.value, False, str(exc), refusal=exc)
+
+
+def _lock_tasks(session: Any, task_ids: list[int]) -> dict[int, tuple[PipelineInstance, Task]]:
+    """Lock the tasks and their instances, instance rows first and each kind in id order
+    (the order every transaction takes them in, so none deadlock)."""
+    instance_ids = sorted(
+        set(session.scalars(select(Task.instance_id).where(Task.id.in_(task_ids))))
+    )
+    instances = {
+        instance.id: instance
+        for instance in session.scalars(
+            select(PipelineInstance)
+            .where(PipelineInstance.id.in_(instance_ids))
+            .order_by(PipelineInstance.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    }
+    tasks = session.scalars(
+        select(Task)
+        .where(Task.id.in_(task_ids))
+        .order_by(Task.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return {task.id: (instances[task.instance_id], task) for task in tasks}
+
+
+def _restart_many(
+    requests: list[tuple[int, Mode]], changes: dict[str, Any], dry_run: bool
+) -> list[Outcome]:
+    if not requests:
+        return []
+    messages: list[tuple[str, list[Any], dict[str, Any]]] = []
+    with transaction() as session:
+        locked = _lock_tasks(session, [task_id for task_id, _ in requests])
+        states: dict[int, dict[int, str]] = {task_id: {} for task_id in locked}
+        for task_id, index, state in session.execute(
+            select(Subtask.task_id, Subtask.index, Subtask.state).where(
+                Subtask.task_id.in_(list(locked))
+            )
+        ):
+            states[task_id][index] = state
+        # One flush at commit: the per-task subtask UPDATEs need none of the pending rows.
+        with session.no_autoflush:
+            outcomes = [
+                _guarded(
+                    task_id,
+                    mode,
+                    lambda t=task_id, m=mode: _restart_locked(
+                        session, locked, states, t, m, changes, dry_run, messages
+                    ),
+                )
+                for task_id, mode in requests
+            ]
+        if dry_run:
+            session.rollback()
+            return outcomes
+        touched = {locked[o.task_id][0].id: locked[o.task_id][0] for o in outcomes if o.ok}
+        for instance in touched.values():
+            refresh_instance_state(session, instance)
+    dispatch.send_stages(messages)
     return outcomes
 
 
-def _restart_one(task_id: int, mode: Mode, changes: dict[str, Any], dry_run: bool) -> Outcome:
+def _restart_locked(
+    session: Any,
+    locked: dict[int, tuple[PipelineInstance, Task]],
+    states: dict[int, dict[int, str]],
+    task_id: int,
+    mode: Mode,
+    changes: dict[str, Any],
+    dry_run: bool,
+    messages: list[tuple[str, list[Any], dict[str, Any]]],
+) -> Outcome:
+    """Decide and (unless ``dry_run``) apply one task's restart; its message goes to
+    ``messages``, sent once the transaction commits."""
+    if task_id not in locked:
+        raise NotFound(f"unknown task {task_id}")
+    instance, task = locked[task_id]
+    check_settings(changes, instance.parameters)
+    execution = _merged_settings(task.execution, changes)
+    chosen = plan(task, states[task_id], mode)
+    outcome = Outcome(task_id, mode.value, True, chosen.message, chosen.p_state.value, chosen.rerun)
+    if not dry_run:
+        _apply(session, task, mode, chosen, execution, changes)
+        stage = dispatch.STAGE_FOR_STEP[chosen.p_state]
+        messages.append((stage, [task_id, task.attempt], execution))
+    return outcome
+
+
+def _monitor_one(task_id: int, changes: dict[str, Any], dry_run: bool) -> Outcome:
+    """Resume-monitoring of one task: checked under its lock, then reattached."""
+    mode = Mode.RESUME_MONITORING
     with transaction() as session:
         instance, task = lock_task(session, task_id)
         check_settings(changes, instance.parameters)
@@ -201,7 +320,7 @@ def _restart_one(task_id: int, mode: Mode, changes: dict[str, Any], dry_run: boo
             ).all()
         )
         chosen = plan(task, states, mode)
-        if mode is Mode.RESUME_MONITORING and changes:
+        if changes:
             raise Refused("resume-monitoring reattaches running work: it changes no settings")
         outcome = Outcome(
             task_id, mode.value, True, chosen.message, chosen.p_state.value, chosen.rerun
@@ -209,26 +328,19 @@ def _restart_one(task_id: int, mode: Mode, changes: dict[str, Any], dry_run: boo
         if dry_run:
             session.rollback()
             return outcome
-        if mode is Mode.RESUME_MONITORING:
-            queue = execution["queue"]
-        else:
-            _apply(session, instance, task, mode, chosen, execution, changes)
-        attempt = task.attempt
-    if mode is Mode.RESUME_MONITORING:
-        return _resume_monitoring(task_id, attempt, queue, outcome)
-    dispatch.send(dispatch.STAGE_FOR_STEP[chosen.p_state], [task_id, attempt], execution)
-    return outcome
+        attempt, queue = task.attempt, execution["queue"]
+    return _resume_monitoring(task_id, attempt, queue, outcome)
 
 
 def _apply(
     session: Any,
-    instance: PipelineInstance,
     task: Task,
     mode: Mode,
     chosen: Plan,
     execution: dict[str, Any],
     changes: dict[str, Any],
 ) -> None:
+    """Apply a restart to a locked task (the caller refreshes its instance's state)."""
     note = f"restart: {mode.value}"
     if changes:
         note += " with " + ", ".join(f"{key}={value}" for key, value in changes.items())
@@ -237,19 +349,19 @@ def _apply(
     task.auto_resubmits = 0
     if mode is Mode.RESUBMIT:
         resubmit_failed(session, task, note)
-    else:
-        if chosen.rerun:
-            session.execute(
-                update(Subtask)
-                .where(Subtask.task_id == task.id, Subtask.index.in_(chosen.rerun))
-                .values(state=SubtaskState.NEW)
-            )
-        if chosen.p_state == PState.INITIALIZING:
-            task.completed_subtasks = task.failed_subtasks = 0
-        task.attempt += 1
-        task.error, task.error_message = False, ""
-        record(session, task, chosen.p_state, note)
-    refresh_instance_state(session, instance)
+        return
+    if chosen.rerun:
+        session.execute(
+            update(Subtask)
+            .where(Subtask.task_id == task.id, Subtask.index.in_(chosen.rerun))
+            .values(state=SubtaskState.NEW)
+            .execution_options(synchronize_session=False)
+        )
+    if chosen.p_state == PState.INITIALIZING:
+        task.completed_subtasks = task.failed_subtasks = 0
+    task.attempt += 1
+    task.error, task.error_message = False, ""
+    record(session, task, chosen.p_state, note)
 
 
 def _resume_monitoring(task_id: int, attempt: int, queue: str, outcome: Outcome) -> Outcome:

@@ -37,3 +37,15 @@ def hang_in_subtask_0(ctx: SubtaskContext) -> None:
 def hard_exit(ctx: SubtaskContext) -> None:
     print("exiting hard", flush=True)
     os._exit(3)
+
+
+def fail_by_index(ctx: SubtaskContext) -> None:
+    """Subtask 1 kills its process, subtask 2 hangs, subtask 3 raises; the others succeed."""
+    print(f"subtask {ctx.index}", flush=True)
+    if ctx.index == 1:
+        os._exit(3)
+    if ctx.index == 2:
+        time.sleep(3600)
+    if ctx.index == 3:
+        raise ValueError("boom in subtask 3")
+    (ctx.directory / "done.txt").write_text(str(os.getpid()))

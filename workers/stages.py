@@ -8,6 +8,7 @@ that finds the work already done does nothing.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -38,28 +39,59 @@ def execute(self: Any, task_id: int, attempt: int) -> None:
     engine.execute(task_id, attempt, host=self.request.hostname)
 
 
+#: A batch records the outcomes of the subtasks it has run at least this often (seconds):
+#: short subtasks share one transaction, and a worker that dies loses little work.
+RECORD_EVERY_SECONDS = 1.0
+
+
 @retry(
     retry=retry_if_exception_type(TRANSIENT),
     wait=wait_exponential(multiplier=0.5, max=30),
     stop=stop_after_delay(dispatch.RECORD_OUTCOME_FOR_SECONDS),
     reraise=True,
 )
-def _record_outcome(
-    task_id: int, attempt: int, index: int, number: int, outcome: Any, host: str
-) -> None:
-    """Record an outcome, riding out a database restart: rerunning the subtask costs more."""
-    engine.finish_subtask(task_id, attempt, index, number, outcome, host)
+def _record_outcomes(
+    task_id: int, attempt: int, outcomes: list[tuple[int, int, Any]], host: str
+) -> bool:
+    """Record outcomes, riding out a database restart: rerunning the subtasks costs more."""
+    return engine.finish_subtasks(task_id, attempt, outcomes, host)
+
+
+def _run_claimed(task_id: int, attempt: int, pairs: list[tuple[int, int]], host: str) -> None:
+    """Claim the message's subtasks, run them one after another in a child process (one
+    that crashes or hangs fails only its subtask, see ``algorithms.run_many``), and record
+    their outcomes in groups; stop early when the task has moved on (halted, restarted)."""
+    runs = engine.begin_subtasks(task_id, attempt, pairs, host=host)
+    if not runs:
+        return
+    claimed = [(run.context.index, run.number) for run in runs]
+    lease = get_settings().lease_seconds
+    beat = algorithms.Heartbeat(lambda: engine.heartbeat(task_id, claimed), lease / 3)
+    pending: list[tuple[int, int, Any]] = []
+    recorded_at = time.monotonic()
+    first = runs[0]
+    outcomes = algorithms.run_many(first.algorithm, [r.context for r in runs], first.timeout, beat)
+    for run, outcome in zip(runs, outcomes, strict=True):
+        pending.append((run.context.index, run.number, outcome))
+        if time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
+            if not _record_outcomes(task_id, attempt, pending, host):
+                return
+            pending, recorded_at = [], time.monotonic()
+    if pending:
+        _record_outcomes(task_id, attempt, pending, host)
 
 
 @app.task(name=dispatch.SUBTASK, **STAGE_OPTIONS)
 def run_subtask(self: Any, task_id: int, attempt: int, index: int, number: int) -> None:
-    run = engine.begin_subtask(task_id, attempt, index, number, host=self.request.hostname)
-    if run is None:
-        return
-    lease = get_settings().lease_seconds
-    beat = algorithms.Heartbeat(lambda: engine.heartbeat(task_id, index, number), lease / 3)
-    outcome = algorithms.run(run.algorithm, run.context, run.timeout, beat)
-    _record_outcome(task_id, attempt, index, number, outcome, self.request.hostname)
+    _run_claimed(task_id, attempt, [(index, number)], self.request.hostname)
+
+
+@app.task(name=dispatch.SUBTASKS, **STAGE_OPTIONS)
+def run_subtasks(self: Any, task_id: int, attempt: int, pairs: list[list[int]]) -> None:
+    """A batch: one message, one claim, outcomes recorded together (see dispatch.batch_size)."""
+    _run_claimed(
+        task_id, attempt, [(index, number) for index, number in pairs], self.request.hostname
+    )
 
 
 @app.task(name=dispatch.MONITOR, **STAGE_OPTIONS)
@@ -70,6 +102,12 @@ def monitor(self: Any, task_id: int, attempt: int) -> None:
 @app.task(name=dispatch.STORE, **STAGE_OPTIONS)
 def store(self: Any, task_id: int, attempt: int) -> None:
     engine.store(task_id, attempt, host=self.request.hostname)
+
+
+@app.task(name=dispatch.FAN_OUT, **STAGE_OPTIONS)
+def fan_out(self: Any, messages: list[list[Any]]) -> None:
+    """Send the stage messages a bulk restart handed on (see ``dispatch.send_stages``)."""
+    dispatch.send_stages([(name, args, execution) for name, args, execution in messages], True)
 
 
 @app.task(name=MONITOR_TASK, ignore_result=True)

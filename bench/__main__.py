@@ -1,0 +1,201 @@
+"""``python -m bench [--quick] [--only a,b,...]``: run the benchmark figures, print them beside
+their baselines, and write them to ``bench/results/<timestamp>.json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import figures, harness
+from bench.figures import Figure, Sizes
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: How much smaller ``--quick`` runs every figure.
+QUICK_FACTOR = 10
+#: Every figure group, in the order they run.
+GROUPS = ("a", "b", "c", "d", "e")
+
+
+def machine() -> dict[str, object]:
+    """Where the figures were measured: they mean little without it."""
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    packages = ("celery", "kombu", "redis", "SQLAlchemy", "psycopg")
+    return {
+        "cores": os.cpu_count(),
+        "memory_gb": round(pages / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {name: version(name) for name in packages},
+        "load_average": os.getloadavg(),
+    }
+
+
+#: Seconds each step of the run took, for keeping the suite within its time budget.
+STEP_SECONDS: dict[str, float] = {}
+
+
+@contextmanager
+def step(name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        STEP_SECONDS[name] = round(time.perf_counter() - started, 2)
+
+
+def run_cluster_groups(groups: set[str], sizes: Sizes, base: Path) -> list[Figure]:
+    """Figures a, b, c and e: a raw Celery worker, then a pipeline cluster, on one Redis."""
+    found: list[Figure] = []
+    raw: dict[str, float] = {}
+    with harness.redis_server(base) as port:
+        broker = f"redis://127.0.0.1:{port}"
+        if groups & {"a", "b"}:
+            with step("raw Celery"), harness.raw_worker(f"{broker}/0", base / "raw.log"):
+                if "a" in groups:
+                    raw["throughput"] = figures.raw_throughput(sizes.throughput_subtasks)
+                if "b" in groups:
+                    raw["latency"] = figures.raw_latency(sizes.latency_runs)
+        if not groups & {"a", "b", "c", "e"}:
+            return found
+        with ExitStack() as stack:
+            with step("cluster start"):
+                cluster = stack.enter_context(
+                    harness.pipeline_cluster(base / "sqlite", f"{broker}/1")
+                )
+            if "a" in groups:
+                with step("a"):
+                    value, details = figures.pipeline_throughput(cluster, sizes.throughput_subtasks)
+                found.append(
+                    Figure(
+                        f"a. throughput, {sizes.throughput_subtasks} no-op subtasks",
+                        value,
+                        "subtasks/s",
+                        raw["throughput"],
+                        "raw Celery tasks/s",
+                        True,
+                        1.0,
+                        details,
+                    )
+                )
+            if "b" in groups:
+                with step("b"):
+                    value, details = figures.pipeline_latency(cluster, sizes.latency_runs)
+                found.append(
+                    Figure(
+                        "b. latency, one-subtask pipeline",
+                        value,
+                        "s",
+                        raw["latency"],
+                        "raw Celery chain of 4",
+                        False,
+                        2.0,
+                        details,
+                    )
+                )
+            if "c" in groups:
+                with step("c"):
+                    found += figures.restart_failed(cluster, sizes.restart_tasks)
+            if "e" in groups:
+                with step("e"):
+                    found += figures.memory(cluster, sizes.memory_subtasks)
+    return found
+
+
+def table(found: list[Figure]) -> Table:
+    view = Table(title="Benchmarks: the pipeline beside its baselines")
+    for column in ("figure", "value", "baseline", "ratio", "target", "met"):
+        view.add_column(column)
+    for figure in found:
+        sign = ">=" if figure.higher_is_better else "<="
+        target = "-" if figure.target_ratio is None else f"{sign} {figure.target_ratio:g}"
+        met = {None: "-", True: "[green]yes", False: "[red]no"}[figure.met]
+        view.add_row(
+            figure.name,
+            f"{figure.value:.4g} {figure.unit}",
+            f"{figure.baseline:.4g} ({figure.baseline_label})",
+            f"{figure.ratio:.3g}",
+            target,
+            met,
+        )
+    return view
+
+
+def markdown(results: dict[str, object]) -> str:
+    """A results file as the Markdown table of docs/benchmarks.md."""
+    lines = ["| figure | value | baseline | ratio | target | met |", "|---|---|---|---|---|---|"]
+    for figure in results["figures"]:  # type: ignore[attr-defined]
+        sign = ">=" if figure["higher_is_better"] else "<="
+        target = "-" if figure["target_ratio"] is None else f"{sign} {figure['target_ratio']:g}"
+        met = {None: "-", True: "yes", False: "**no**"}[figure["met"]]
+        lines.append(
+            f"| {figure['name']} | {figure['value']:.4g} {figure['unit']}"
+            f" | {figure['baseline']:.4g} ({figure['baseline_label']}) | {figure['ratio']:.3g}"
+            f" | {target} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help=f"every size / {QUICK_FACTOR}")
+    parser.add_argument("--only", default=",".join(GROUPS), help="figure groups, e.g. a,b")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument("--keep", action="store_true", help="keep the clusters' homes and logs")
+    parser.add_argument(
+        "--markdown", type=Path, help="print a results file as Markdown, run nothing"
+    )
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
+    groups = set(args.only.split(","))
+    sizes = Sizes().smaller(QUICK_FACTOR) if args.quick else Sizes()
+    started, begun = datetime.now(UTC), time.perf_counter()
+    load_before = os.getloadavg()
+    found: list[Figure] = []
+    base = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    base.chmod(0o755)  # PostgreSQL's server runs as its own user, below this directory
+    try:
+        found += run_cluster_groups(groups, sizes, base)
+        if "d" in groups:
+            with step("d"):
+                found += figures.status_at_scale(base / "status", sizes)
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    result = {
+        "started_at": started.isoformat(),
+        "seconds": time.perf_counter() - begun,
+        "quick": args.quick,
+        "sizes": sizes.__dict__,
+        "machine": {**machine(), "load_average_before": load_before},
+        "step_seconds": STEP_SECONDS,
+        "figures": [figure.as_dict() for figure in found],
+    }
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / f"{started:%Y%m%dT%H%M%SZ}{'-quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    console = Console()
+    console.print(table(found))
+    console.print(f"load average {load_before} before, {os.getloadavg()} after; written {path}")
+    if args.keep:
+        console.print(f"homes and logs kept in {base}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""The algorithms the benchmark pipelines run: nothing at all, so only overhead is measured."""
+
+from __future__ import annotations
+
+from pipeline.algorithms import SubtaskContext
+
+
+def noop(ctx: SubtaskContext) -> None:
+    """Do nothing: the figure is the pipeline's own cost per subtask."""
+
+
+def fail(ctx: SubtaskContext) -> None:
+    """Always fail, so an instance ends with failed tasks to restart."""
+    raise RuntimeError("failing on purpose (benchmark)")

@@ -1,0 +1,396 @@
+"""Each benchmark figure: what it runs, what it measures, and the target it is held to.
+
+A figure is a value with its unit, the baseline it is compared with (raw Celery, or a
+fixed target), and the ratio between them. Sizes come from ``Sizes``: the full run, or a
+tenth of it for ``--quick``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from bench import harness
+
+#: Seconds an instance may take before the benchmark gives up on it.
+RUN_TIMEOUT = 900.0
+#: Seconds between polls of an instance's state (short: latency is measured with it).
+STATE_POLL = 0.002
+#: Seconds between samples of the workers' memory.
+MEMORY_POLL = 0.25
+#: Share of a memory run's subtasks after which the workers count as warmed up.
+WARM_UP_SHARE = 0.1
+#: Peak RSS after warm-up may exceed the warm-up peak by this factor (allocator noise).
+MEMORY_GROWTH_ALLOWED = 1.05
+#: Pipeline instance states in which nothing more happens without an operator.
+FINISHED = ("COMPLETED", "ERRORS_STALLED", "TRANSITION_FAILED")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each figure's run is."""
+
+    throughput_subtasks: int = 10_000
+    latency_runs: int = 20
+    restart_tasks: int = 1_000
+    status_tasks: int = 10_000
+    status_subtasks_per_task: int = 100
+    marshal_rows: int = 100_000
+    memory_subtasks: int = 100_000
+
+    def smaller(self, factor: int) -> Sizes:
+        return Sizes(**{key: max(1, value // factor) for key, value in asdict(self).items()})
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured value beside its baseline; ``higher_is_better`` orients the ratio."""
+
+    name: str
+    value: float
+    unit: str
+    baseline: float
+    baseline_label: str
+    higher_is_better: bool
+    #: The ratio to reach (at least, or at most); None for a figure reported for information.
+    target_ratio: float | None
+    details: dict[str, Any]
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.baseline if self.baseline else float("inf")
+
+    @property
+    def met(self) -> bool | None:
+        if self.target_ratio is None:
+            return None
+        if self.higher_is_better:
+            return self.ratio >= self.target_ratio
+        return self.ratio <= self.target_ratio
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio, "met": self.met}
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def write_inputs(directory: Path, count: int) -> None:
+    """``count`` empty input files: the algorithm ignores them, marshaling links them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        (directory / f"{index:07d}.in").touch()
+
+
+class StateReader:
+    """Reads instance progress on a connection of its own, outside the pipeline's write
+    transactions (SQLite's BEGIN IMMEDIATE would make every poll take the write lock)."""
+
+    def __init__(self) -> None:
+        from config.settings import get_settings
+
+        self.engine = create_engine(get_settings().db_url)
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        with self.engine.connect() as connection:
+            return connection.execute(text(sql), params).scalar()
+
+    def state(self, instance_id: int) -> str:
+        return str(self.scalar("SELECT state FROM pipeline_instances WHERE id = :i", i=instance_id))
+
+    def wait_finished(self, instance_id: int, poll: float = STATE_POLL) -> str:
+        return harness.wait_for(
+            lambda: (state := self.state(instance_id)) in FINISHED and state,
+            RUN_TIMEOUT,
+            f"instance {instance_id}",
+            poll,
+        )
+
+
+def run_instance(reader: StateReader, pipeline: str, poll: float = STATE_POLL) -> tuple[int, float]:
+    """Submit ``pipeline`` and wait for it to finish; returns its id and the seconds taken."""
+    from pipeline.submit import submit
+
+    started = time.perf_counter()
+    instance = submit(pipeline).id
+    state = reader.wait_finished(instance, poll)
+    elapsed = time.perf_counter() - started
+    if state != "COMPLETED":
+        raise RuntimeError(f"{pipeline} instance {instance} ended {state}")
+    return instance, elapsed
+
+
+# -- a. throughput and b. latency ------------------------------------------------------------
+
+
+def raw_throughput(count: int) -> float:
+    """Raw Celery no-op tasks per second, sent and every result awaited."""
+    from celery.result import ResultSet
+
+    from bench import raw
+
+    started = time.perf_counter()
+    results = ResultSet([raw.noop.delay() for _ in range(count)])
+    results.get(timeout=RUN_TIMEOUT)
+    return count / (time.perf_counter() - started)
+
+
+def raw_latency(runs: int) -> float:
+    """Median seconds of a raw Celery chain of 4 no-op tasks, sent and awaited."""
+    from celery import chain
+
+    from bench import raw
+
+    times = []
+    for _ in range(runs + 1):  # the first warms the connections up
+        started = time.perf_counter()
+        chain(*(raw.noop.si() for _ in range(4))).apply_async().get(timeout=RUN_TIMEOUT)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
+
+
+def pipeline_throughput(cluster: harness.Cluster, count: int) -> tuple[float, dict[str, Any]]:
+    write_inputs(cluster.datastore / "throughput" / "many", count)
+    reader = StateReader()
+    instance, elapsed = run_instance(reader, "bench-throughput", poll=0.05)
+    return count / elapsed, {"seconds": elapsed, "instance": instance}
+
+
+def pipeline_latency(cluster: harness.Cluster, runs: int) -> tuple[float, dict[str, Any]]:
+    write_inputs(cluster.datastore / "latency" / "one", 1)
+    reader = StateReader()
+    times = [run_instance(reader, "bench-latency")[1] for _ in range(runs + 1)]
+    return statistics.median(times[1:]), {"runs": runs, "min": min(times[1:])}
+
+
+# -- c. restart ------------------------------------------------------------------------------
+
+
+def restart_failed(cluster: harness.Cluster, tasks: int) -> list[Figure]:
+    """An instance whose every task failed; restart them all (resubmit) and time it."""
+    from pipeline.restart import restart_failed as restart
+
+    for index in range(tasks):
+        write_inputs(cluster.datastore / f"r{index:05d}" / "restart", 1)
+    reader = StateReader()
+    from pipeline.submit import submit
+
+    instance = submit("bench-restart").id
+    state = reader.wait_finished(instance, poll=0.1)
+    if state != "ERRORS_STALLED":
+        raise RuntimeError(f"bench-restart instance {instance} ended {state}")
+    started = time.perf_counter()
+    outcomes = restart(instance, "resubmit")
+    returned = time.perf_counter() - started
+    rerun_sql = (
+        "SELECT count(*) FROM subtasks JOIN tasks ON tasks.id = subtasks.task_id"
+        " WHERE tasks.instance_id = :i AND subtasks.attempts >= 2"
+    )
+    harness.wait_for(
+        lambda: reader.scalar(rerun_sql, i=instance) >= tasks, RUN_TIMEOUT, "rerun", 0.02
+    )
+    running = time.perf_counter() - started
+    details = {"tasks": tasks, "restarted": sum(o.ok for o in outcomes)}
+    return [
+        Figure("c. restart-failed: call returns", returned, "s", 1.0, "1 s", False, 1.0, details),
+        Figure(
+            "c. restart-failed: every task running again",
+            running,
+            "s",
+            1.0,
+            "1 s",
+            False,
+            None,
+            details,
+        ),
+    ]
+
+
+# -- d. status at scale ----------------------------------------------------------------------
+
+#: One instance of many tasks with many subtask rows each, written by the database itself.
+SCALE_ROWS_SQL = (
+    """
+    INSERT INTO pipeline_instances (definition_id, pipeline, definition_version, state,
+        definition, parameters, message, created_at, updated_at)
+    SELECT id, name, version, 'PROCESSING', spec, '{}', '', now(), now()
+    FROM pipeline_definitions WHERE name = 'bench-throughput'
+    """,
+    """
+    INSERT INTO instance_nodes (instance_id, node, state)
+    SELECT max(id), 'noop', 'RUNNING' FROM pipeline_instances
+    """,
+    """
+    INSERT INTO tasks (instance_id, node, unit_of_work, p_state, error, error_message, halted,
+        attempt, auto_resubmits, total_subtasks, completed_subtasks, failed_subtasks, execution,
+        task_dir, worker_host, created_at, updated_at)
+    SELECT (SELECT max(id) FROM pipeline_instances), 'noop', 'unit-' || n,
+        'ALGORITHM_EXECUTING', false, '', false, 1, 0, :per_task, :per_task / 2, 0,
+        '{"queue": "default"}', '', 'host', now(), now()
+    FROM generate_series(1, :tasks) AS n
+    """,
+    """
+    INSERT INTO subtasks (task_id, "index", state, attempts, dispatch, error, inputs,
+        worker_host, message_id)
+    SELECT tasks.id, n, 'COMPLETE', 1, 1, '', '["0000000.in"]', 'host', ''
+    FROM tasks CROSS JOIN generate_series(0, :per_task - 1) AS n
+    """,
+)
+#: Times each status query runs; the median is the figure.
+STATUS_RUNS = 5
+
+
+def status_at_scale(base: Path, sizes: Sizes) -> list[Figure]:
+    """Status queries on PostgreSQL over an instance of ``status_tasks`` tasks and their
+    subtask rows (bulk-inserted directly), and the rate marshaling creates subtask rows."""
+    from pipeline import engine, services
+    from pipeline.database import transaction
+
+    base.mkdir(parents=True)
+    with harness.postgres_server(base) as url:
+        cluster = harness.Cluster(base / "home", harness.cluster_env(base / "home", "", url))
+        cluster.cli("cluster", "init", "--no-sample-data")
+        cluster.activate()
+        per_task = sizes.status_subtasks_per_task
+        with transaction() as session:
+            for sql in SCALE_ROWS_SQL:
+                session.execute(text(sql), {"tasks": sizes.status_tasks, "per_task": per_task})
+            instance = session.scalar(text("SELECT max(id) FROM pipeline_instances"))
+            session.execute(text("ANALYZE"))
+        rows = sizes.status_tasks * per_task
+        details = {"tasks": sizes.status_tasks, "subtask_rows": rows}
+        found = [
+            Figure(
+                f"d. tasks --json (in process), {rows} subtask rows",
+                _median_seconds(lambda: services.list_tasks(instance)),
+                "s",
+                0.3,
+                "300 ms",
+                False,
+                1.0,
+                details,
+            ),
+            Figure(
+                "d. `pipeline tasks --json` command",
+                _median_seconds(lambda: cluster.cli("tasks", str(instance), "--json"), 3),
+                "s",
+                0.3,
+                "300 ms",
+                False,
+                1.0,
+                {**details, "includes": "interpreter start"},
+            ),
+            Figure(
+                "d. instance summary",
+                _median_seconds(lambda: services.get_instance(instance)),
+                "s",
+                0.3,
+                "300 ms",
+                False,
+                1.0,
+                details,
+            ),
+        ]
+        groups = [["0000000.in"]] * sizes.marshal_rows
+        with transaction() as session:
+            task_id = session.scalar(text("SELECT min(id) FROM tasks"))
+            started = time.perf_counter()
+            engine.create_subtasks(session, task_id, groups)
+            session.flush()
+        rate = sizes.marshal_rows / (time.perf_counter() - started)
+        found.append(
+            Figure(
+                "d. subtask rows created at marshaling",
+                rate,
+                "rows/s",
+                50_000.0,
+                "50,000 rows/s",
+                True,
+                1.0,
+                {"rows": sizes.marshal_rows},
+            )
+        )
+        from pipeline.database import reset_engines
+
+        reset_engines()  # before the server stops
+    return found
+
+
+def _median_seconds(call: Any, runs: int = STATUS_RUNS) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+# -- e. memory -------------------------------------------------------------------------------
+
+
+def _rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _worker_processes(main: int) -> list[int]:
+    """The Celery worker's main process and its pool processes (not the algorithms' children,
+    which are the pool processes' children)."""
+    try:
+        children = Path(f"/proc/{main}/task/{main}/children").read_text().split()
+    except OSError:
+        children = []
+    return [main, *map(int, children)]
+
+
+def memory(cluster: harness.Cluster, count: int) -> list[Figure]:
+    """Peak RSS of each worker process, at warm-up and over the whole run of ``count`` subtasks."""
+    from pipeline.submit import submit
+
+    write_inputs(cluster.datastore / "memory" / "memory", count)
+    reader = StateReader()
+    main = cluster.worker_pid()
+    started = time.perf_counter()
+    instance = submit("bench-memory").id
+    progress_sql = "SELECT completed_subtasks FROM tasks WHERE instance_id = :i"
+    warm: dict[int, int] = {}
+    peak: dict[int, int] = {}
+    while reader.state(instance) not in FINISHED:
+        for pid in _worker_processes(main):
+            peak[pid] = max(peak.get(pid, 0), _rss_kib(pid))
+        if not warm and (reader.scalar(progress_sql, i=instance) or 0) >= count * WARM_UP_SHARE:
+            warm = dict(peak)
+        if time.perf_counter() - started > RUN_TIMEOUT:
+            raise TimeoutError(f"bench-memory instance {instance}")
+        time.sleep(MEMORY_POLL)
+    warm_peak = max(warm.values(), default=0) / 1024
+    final_peak = max(peak.values(), default=0) / 1024
+    details = {
+        "subtasks": count,
+        "seconds": time.perf_counter() - started,
+        "warm_up_kib": warm,
+        "peak_kib": peak,
+    }
+    return [
+        Figure(
+            f"e. peak worker RSS, {count} subtasks",
+            final_peak,
+            "MiB",
+            warm_peak,
+            "peak after 10% (warm-up)",
+            False,
+            MEMORY_GROWTH_ALLOWED,
+            details,
+        )
+    ]

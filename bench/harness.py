@@ -1,0 +1,213 @@
+"""The processes a benchmark run drives: one redis-server shared by both sides, a raw Celery
+worker, a pipeline cluster started by the product's own ``pipeline cluster`` commands, and a
+throwaway PostgreSQL server.
+
+Both sides get the same number of worker processes (one Celery worker with a prefork pool
+of ``WORKER_PROCESSES``) on the same Redis server (the pipeline on database 1, raw Celery on
+database 0), and only one side runs at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DEFINITIONS = Path(__file__).resolve().parent / "pipelines"
+PIPELINE = str(Path(sys.executable).parent / "pipeline")
+#: Pool processes of the one Celery worker on each side.
+WORKER_PROCESSES = 2
+#: Seconds a started process gets to answer.
+READY_TIMEOUT = 60.0
+POLL = 0.05
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, poll: float = POLL) -> Any:
+    """Poll ``condition`` until it returns something truthy; raise after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(poll)
+    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, SIGKILL it if it lingers."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextmanager
+def redis_server(base: Path) -> Iterator[int]:
+    """A private redis-server without persistence; yields its port."""
+    port = free_port()
+    process = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind"]
+        + ["127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(base)],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        import redis
+
+        client = redis.Redis(port=port)
+        wait_for(lambda: _pings(client), READY_TIMEOUT, "redis-server")
+        yield port
+    finally:
+        _stop(process)
+
+
+def _pings(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+@contextmanager
+def raw_worker(broker: str, log: Path) -> Iterator[None]:
+    """A plain Celery worker of ``bench.raw`` with ``WORKER_PROCESSES`` pool processes."""
+    from bench import raw
+
+    env = {**os.environ, raw.BROKER_ENV: broker, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "celery", "-A", "bench.raw", "worker", "-c"]
+    argv += [str(WORKER_PROCESSES), "-Q", raw.QUEUE, "--without-mingle", "--without-gossip"]
+    argv += ["--loglevel", "WARNING", "--logfile", str(log)]
+    output = log.with_suffix(".out").open("ab")
+    process = subprocess.Popen(
+        argv, env=env, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    output.close()
+    try:
+        raw.app.conf.update(broker_url=broker, result_backend=broker)
+        wait_for(lambda: raw.app.control.ping(timeout=0.5), READY_TIMEOUT, "raw Celery worker")
+        yield
+    finally:
+        _stop(process)
+
+
+@dataclass
+class Cluster:
+    """A pipeline cluster under its own home, run by ``pipeline cluster`` commands."""
+
+    home: Path
+    env: dict[str, str]
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            [PIPELINE, *args], env=self.env, capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"pipeline {' '.join(args)}: {result.stdout}{result.stderr}")
+        return result.stdout
+
+    @property
+    def datastore(self) -> Path:
+        return self.home / "datastore"
+
+    def worker_pid(self) -> int:
+        import json
+
+        rows = json.loads(self.cli("cluster", "status", "--json"))
+        return int(next(row["pid"] for row in rows if row["name"] == "worker1"))
+
+    def activate(self) -> None:
+        """Point this process's settings, database and Celery app at the cluster."""
+        from config.settings import reload_settings
+        from pipeline.database import reset_engines
+        from workers.app import app, configure
+
+        for key in [key for key in os.environ if key.startswith("PIPELINE_")]:
+            del os.environ[key]
+        for key, value in self.env.items():
+            if key.startswith("PIPELINE_"):
+                os.environ[key] = value
+        reset_engines()
+        configure(app, reload_settings())
+
+
+def cluster_env(home: Path, broker: str, database_url: str | None = None) -> dict[str, str]:
+    """The environment of a cluster under ``home``: this process's, without its own
+    PIPELINE_* settings, and the benchmark's definitions importable by the workers."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    env.update(
+        PYTHONPATH=str(REPO),
+        PIPELINE_HOME=str(home),
+        PIPELINE_DEFINITIONS_DIR=str(DEFINITIONS),
+        PIPELINE_WORKER_CONCURRENCY=str(WORKER_PROCESSES),
+    )
+    if broker:
+        env["PIPELINE_BROKER_URL"] = broker
+    if database_url:
+        env["PIPELINE_DATABASE_URL"] = database_url
+    return env
+
+
+@contextmanager
+def pipeline_cluster(base: Path, broker: str, database_url: str | None = None) -> Iterator[Cluster]:
+    """An initialised and started cluster with one worker of ``WORKER_PROCESSES`` processes."""
+    home = base / "home"
+    cluster = Cluster(home, cluster_env(home, broker, database_url))
+    cluster.cli("cluster", "init", "--no-sample-data")
+    try:
+        cluster.cli("cluster", "start", "--workers", "1")
+        cluster.activate()
+        yield cluster
+    finally:
+        subprocess.run([PIPELINE, "cluster", "stop"], env=cluster.env, capture_output=True)
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@contextmanager
+def postgres_server(base: Path) -> Iterator[str]:
+    """A throwaway PostgreSQL server (fsync off); yields its SQLAlchemy URL."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        raise RuntimeError("PostgreSQL is missing: apt-get install postgresql")
+    bindir, data, port = found[-1].parent, base / "pg", free_port()
+    base.chmod(0o755)
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+    quiet = {"check": True, "capture_output": True}
+    initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
+    subprocess.run(_as_postgres([*initdb, "-E", "UTF8", "--no-sync"]), **quiet)
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={base}"
+    options += " -c fsync=off -c max_connections=100"
+    pg_ctl = str(bindir / "pg_ctl")
+    log = str(base / "pg.log")
+    subprocess.run(
+        _as_postgres([pg_ctl, "-D", str(data), "-w", "-l", log, "-o", options, "start"]), **quiet
+    )
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            _as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "stop"]), capture_output=True
+        )

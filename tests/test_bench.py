@@ -1,0 +1,43 @@
+"""The benchmark suite runs: ``make bench-quick`` once, so its figures never rot.
+
+Only that every figure was produced is checked, never a timing: speed targets live in
+the benchmarks (``docs/benchmarks.md``), not in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, clean_env
+
+#: The figure groups ``python -m bench`` measures (see bench/__main__.py).
+GROUPS = ("a.", "b.", "c.", "d.", "e.")
+#: Seconds bench-quick gets on a busy two-core machine.
+QUICK_TIMEOUT = 300
+
+
+@pytest.mark.e2e
+@pytest.mark.postgres
+def test_bench_quick_produces_every_figure(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--output", str(tmp_path)],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=QUICK_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    [written] = tmp_path.glob("*-quick.json")
+    results = json.loads(written.read_text())
+    names = [figure["name"] for figure in results["figures"]]
+    for group in GROUPS:
+        assert any(name.startswith(group) for name in names), f"no figure {group} in {names}"
+    for figure in results["figures"]:
+        assert figure["value"] > 0 and figure["baseline"] > 0, figure
+    assert results["machine"]["cores"] and results["machine"]["load_average"]
