@@ -148,6 +148,8 @@ def assign_messages(
     """
     size = dispatch.batch_size(execution, total)
     messages = dispatch.plan_messages(task_id, attempt, queued, size)
+    if not messages:  # an executemany of no rows would run once, with no values
+        return messages
     table = Subtask.__table__
     session.execute(
         update(table)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from config.sample.algorithms import CHANNEL_ORDER
 from config.sample.images import pixels, raw_image_path
-from tests.conftest import wait_for
+from tests.conftest import make_cluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -291,11 +291,27 @@ def algorithms_running_in(directories: list[Path]) -> bool:
     return False
 
 
+@pytest.fixture
+def operator_only(backend, request):
+    """A started cluster whose monitor leaves quiet tasks alone for 10 minutes: what is
+    lost stays lost until an operator resumes monitoring."""
+    postgres = request.getfixturevalue("postgres_server") if backend == "postgres" else None
+    made = make_cluster(backend, postgres, PIPELINE_STALE_AFTER="600")
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
+        shutil.rmtree(made.home, ignore_errors=True)
+
+
 def test_resume_monitoring_keeps_live_work_and_redispatches_lost_messages(
-    cluster, monkeypatch
+    operator_only, monkeypatch
 ) -> None:
     from pipeline import services
 
+    cluster = operator_only
+    broker = redis.Redis.from_url(cluster.process("redis")["url"])
     cluster.cli("params", "set", "algorithm", "execution_pause_seconds=3")
     instance = cluster.submit("--end-node", "permuter")
     cluster.activate(monkeypatch)  # poll the database directly: the window is a few seconds
@@ -312,9 +328,6 @@ def test_resume_monitoring_keeps_live_work_and_redispatches_lost_messages(
     wait_for(
         queued_behind_running,
         what="subtasks queued behind the running ones",
-    )
-    broker = redis.Redis(
-        port=int(cluster.json("cluster", "status")[0]["url"].split(":")[2].split("/")[0])
     )
     lost = sum(broker.delete(key) for key in broker.keys("default*"))  # the broker loses its queue
     assert lost
