@@ -44,6 +44,23 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=pipeline_home)
     database_url: str | None = None
+    # Connection pool of each process (a Celery pool process is one), on PostgreSQL. A worker
+    # host opens at most concurrency x (pool size + overflow) connections: size the server's
+    # max_connections for every host.
+    database_pool_size: int = Field(default=5, ge=1, description="connections kept open")
+    database_max_overflow: int = Field(default=5, ge=0, description="extra ones under load")
+    database_pool_timeout: float = Field(
+        default=30.0, gt=0, description="seconds to wait for a free connection"
+    )
+    database_pool_recycle: float = Field(
+        default=1800.0, description="seconds before a connection is replaced (-1: never)"
+    )
+    database_retry_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="a transaction meeting a deadlock or lost connection"
+        " is run again for this long",
+    )
     broker_url: str | None = None
     redis_port: int | None = None
     datastore_root: Path | None = None

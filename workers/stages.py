@@ -1,9 +1,11 @@
 """The Celery tasks of a pipeline task's chain, thin wrappers over ``pipeline.engine``.
 
 Each carries the pipeline task id and attempt in its arguments, so Flower's task list
-shows which pipeline task and stage a Celery task belongs to. A stage that meets an
-unreachable database or broker is retried by Celery with backoff; being fenced, a retry
-that finds the work already done does nothing.
+shows which pipeline task and stage a Celery task belongs to. Being fenced, a stage run
+again after its work was done does nothing, so: a stage that meets a deadlock or a lost
+database connection runs again at once, in the worker (``database.retrying``, for
+``database_retry_seconds``); one that meets a longer outage of the database or the broker
+goes back to the broker and is retried by Celery with backoff, freeing the worker's slot.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from config.settings import get_settings
 from pipeline import algorithms, dispatch, engine, reconcile
+from pipeline.database import retrying
 from pipeline.errors import Unreachable
 from workers.app import MONITOR_TASK, app
 
@@ -30,20 +32,15 @@ STAGE_OPTIONS: dict[str, Any] = {
 
 @app.task(name=dispatch.MARSHAL, **STAGE_OPTIONS)
 def marshal(self: Any, task_id: int, attempt: int) -> None:
-    engine.marshal(task_id, attempt, host=self.request.hostname)
+    retrying()(engine.marshal)(task_id, attempt, host=self.request.hostname)
 
 
 @app.task(name=dispatch.EXECUTE, **STAGE_OPTIONS)
 def execute(self: Any, task_id: int, attempt: int) -> None:
-    engine.execute(task_id, attempt, host=self.request.hostname)
+    retrying()(engine.execute)(task_id, attempt, host=self.request.hostname)
 
 
-@retry(
-    retry=retry_if_exception_type(TRANSIENT),
-    wait=wait_exponential(multiplier=0.5, max=30),
-    stop=stop_after_delay(dispatch.RECORD_OUTCOME_FOR_SECONDS),
-    reraise=True,
-)
+@retrying(dispatch.RECORD_OUTCOME_FOR_SECONDS)
 def _record_outcome(
     task_id: int, attempt: int, index: int, number: int, outcome: Any, host: str
 ) -> None:
@@ -53,7 +50,8 @@ def _record_outcome(
 
 @app.task(name=dispatch.SUBTASK, **STAGE_OPTIONS)
 def run_subtask(self: Any, task_id: int, attempt: int, index: int, number: int) -> None:
-    run = engine.begin_subtask(task_id, attempt, index, number, host=self.request.hostname)
+    claim = retrying()(engine.begin_subtask)
+    run = claim(task_id, attempt, index, number, host=self.request.hostname)
     if run is None:
         return
     lease = get_settings().lease_seconds
@@ -64,12 +62,12 @@ def run_subtask(self: Any, task_id: int, attempt: int, index: int, number: int) 
 
 @app.task(name=dispatch.MONITOR, **STAGE_OPTIONS)
 def monitor(self: Any, task_id: int, attempt: int) -> None:
-    engine.monitor(task_id, attempt, host=self.request.hostname)
+    retrying()(engine.monitor)(task_id, attempt, host=self.request.hostname)
 
 
 @app.task(name=dispatch.STORE, **STAGE_OPTIONS)
 def store(self: Any, task_id: int, attempt: int) -> None:
-    engine.store(task_id, attempt, host=self.request.hostname)
+    retrying()(engine.store)(task_id, attempt, host=self.request.hostname)
 
 
 @app.task(name=MONITOR_TASK, ignore_result=True)
