@@ -37,3 +37,7 @@ def hang_in_subtask_0(ctx: SubtaskContext) -> None:
 def hard_exit(ctx: SubtaskContext) -> None:
     print("exiting hard", flush=True)
     os._exit(3)
+
+
+def noop(ctx: SubtaskContext) -> None:
+    """Does nothing: what is measured is the pipeline's own work per subtask."""
