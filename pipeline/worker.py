@@ -70,16 +70,17 @@ def require_shared_settings(settings: Settings) -> None:
 
 
 def check_reachable(settings: Settings) -> None:
-    """Database with the pipeline's tables, broker, datastore and task root, or one error."""
-    database.check_database()
-    with database.transaction() as session:
-        session.execute(select(PipelineDefinition.id).limit(1))  # no tables: a one-line error
-    dispatch.check_broker()
+    """Datastore and task root (the shared mount), database with the pipeline's tables, and
+    broker, in that order, or one error naming the first that fails."""
     datastore.require(settings.datastore)
     try:
         settings.tasks_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise Refused(f"task root {settings.tasks_dir} cannot be created: {exc}") from None
+    database.check_database()
+    with database.transaction() as session:
+        session.execute(select(PipelineDefinition.id).limit(1))  # no tables: a one-line error
+    dispatch.check_broker()
 
 
 def argv(queues: str | None, concurrency: int | None, hostname: str | None) -> list[str]:
