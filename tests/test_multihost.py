@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,11 @@ class Host:
         wait_for(lambda: not self.pids(), timeout=10, what=f"{self.name} to be empty")
 
 
+def ready_or_exited(log: Path, process: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    """Has the worker logging to ``log`` said it is ready, or exited (a one-line error)?"""
+    return lambda: "ready." in log.read_text(errors="replace") or process.poll() is not None
+
+
 @dataclass
 class Network:
     central: Host
@@ -156,19 +161,19 @@ class Network:
         home.mkdir(parents=True, exist_ok=True)
         return {**self.env, "PIPELINE_HOME": str(home)}
 
-    def start_worker(self, host: str, queue: str, hostname: str, concurrency: int = 2) -> Path:
-        argv = [PIPELINE, "worker", "--queues", queue, "--concurrency", str(concurrency)]
-        log = self.hosts[host].start(
-            f"worker-{queue}", [*argv, "--hostname", hostname], self.worker_env(host)
-        )
-        process = self.hosts[host].processes[-1]
-        wait_for(
-            lambda: "ready." in log.read_text(errors="replace") or process.poll() is not None,
-            READY_SECONDS,
-            f"{hostname} to be ready",
-        )
-        assert process.poll() is None, log.read_text(errors="replace")
-        return log
+    def start_workers(self, *workers: tuple[str, str, str, int]) -> None:
+        """Start ``pipeline worker`` for each (host, queue, hostname, concurrency), side by
+        side, and return once every one is ready."""
+        started = []
+        for host, queue, hostname, concurrency in workers:
+            argv = [PIPELINE, "worker", "--queues", queue, "--concurrency", str(concurrency)]
+            log = self.hosts[host].start(
+                f"worker-{queue}", [*argv, "--hostname", hostname], self.worker_env(host)
+            )
+            started.append((hostname, log, self.hosts[host].processes[-1]))
+        for hostname, log, process in started:
+            wait_for(ready_or_exited(log, process), READY_SECONDS, f"{hostname} to be ready")
+            assert process.poll() is None, log.read_text(errors="replace")
 
     def cli(self, *args: Any, check: bool = True) -> subprocess.CompletedProcess[str]:
         """The operator's CLI, run on the central host."""
@@ -241,9 +246,11 @@ def network() -> Iterator[Network]:
         network.cli("cluster", "init")
         start_beat(network)
         # Beat's monitor task (reconciliation) goes to queue default: served centrally.
-        network.start_worker("central", "default", "central", concurrency=1)
-        network.start_worker("hostA", "hostA", "hostA")
-        network.start_worker("hostB", "hostB", "hostB")
+        network.start_workers(
+            ("central", "default", "central", 1),
+            ("hostA", "hostA", "hostA", 2),
+            ("hostB", "hostB", "hostB", 2),
+        )
         yield network
     finally:
         tear_down(hosts, shared)
@@ -427,7 +434,7 @@ def test_a_restart_moves_a_task_and_its_stages_to_another_queue(network: Network
 
 def test_a_worker_host_dies_mid_run_and_another_host_finishes_the_work(network: Network) -> None:
     """hostA loses power mid-permuter; a worker on hostB also consuming queue hostA goes on."""
-    network.start_worker("hostB", "hostA", "spare@hostB")
+    network.start_workers(("hostB", "hostA", "spare@hostB", 2))
     network.cli("params", "set", "algorithm", "execution_pause_seconds=2")
     instance = int(network.json("submit", "sample")["id"])
 
