@@ -30,7 +30,7 @@ def command(service: dict[str, Any]) -> str:
 def test_it_has_the_topology_of_the_readme(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert set(services) >= TOPOLOGY
-    assert "pipeline worker" in command(services["worker"])
+    assert command(services["worker"]) == "pipeline worker"
     assert "container_name" not in services["worker"] and "ports" not in services["worker"]
     assert command(services["api"]) == "pipeline api"
     assert " beat " in command(services["beat"])

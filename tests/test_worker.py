@@ -87,3 +87,13 @@ def test_it_consumes_every_queue_the_definitions_name_by_default(
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def test_the_worker_queues_setting_is_comma_separated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config.settings import Settings
+
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path))
+    monkeypatch.setenv("PIPELINE_WORKER_QUEUES", "gpu, default")
+    assert Settings().worker_queues == ["gpu", "default"]
