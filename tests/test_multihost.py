@@ -175,11 +175,11 @@ class Network:
             wait_for(ready_or_exited(log, process), READY_SECONDS, f"{hostname} to be ready")
             assert process.poll() is None, log.read_text(errors="replace")
 
-    def cli(self, *args: Any, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """The operator's CLI, run on the central host."""
+    def cli(self, *args: Any, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+        """The operator's CLI, run on the central host (with settings ``env`` added)."""
         result = subprocess.run(
             self.central.command([PIPELINE, *map(str, args)]),
-            env=self.env,
+            env={**self.env, **env},
             capture_output=True,
             text=True,
             timeout=180,
@@ -244,13 +244,10 @@ def network() -> Iterator[Network]:
         wait_for(lambda: "Ready to accept" in redis_log.read_text(), READY_SECONDS, "redis")
         network = Network(central, hosts, shared, env)
         network.cli("cluster", "init")
-        start_beat(network)
-        # Beat's monitor task (reconciliation) goes to queue default: served centrally.
-        network.start_workers(
-            ("central", "default", "central", 1),
-            ("hostA", "hostA", "hostA", 2),
-            ("hostB", "hostB", "hostB", 2),
-        )
+        # As the README says: beat, the HTTP API, and a worker for queue default (where beat's
+        # monitor task goes), on the central host.
+        network.cli("cluster", "start", "--workers", 1, PIPELINE_WORKER_QUEUES="default")
+        network.start_workers(("hostA", "hostA", "hostA", 2), ("hostB", "hostB", "hostB", 2))
         yield network
     finally:
         tear_down(hosts, shared)
@@ -345,14 +342,6 @@ def shared_env(shared: Path) -> dict[str, str]:
         PIPELINE_DEFINITIONS_DIR=str(definitions),
         **FAST,
     )
-
-
-def start_beat(network: Network) -> None:
-    schedule = network.shared / "celerybeat-schedule"
-    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "beat", "-s", str(schedule)]
-    argv += ["--loglevel", "INFO"]
-    log = network.central.start("beat", argv, network.env)
-    wait_for(lambda: "beat: Starting" in log.read_text(errors="replace"), READY_SECONDS, "beat")
 
 
 def tear_down(hosts: dict[str, Host], shared: Path) -> None:
