@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     # Connection pool of each process (a Celery pool process is one), on PostgreSQL. A worker
     # host opens at most concurrency x (pool size + overflow) connections: size the server's
     # max_connections for every host.
-    database_pool_size: int = Field(default=5, ge=1, description="connections kept open")
+    database_pool_size: int = Field(default=5, ge=1, description="connections kept open, at most")
     database_max_overflow: int = Field(default=5, ge=0, description="extra ones under load")
     database_pool_timeout: float = Field(
         default=30.0, gt=0, description="seconds to wait for a free connection"
