@@ -1,7 +1,8 @@
 """Several hosts on a real network: a central host and two worker hosts in network namespaces.
 
-The central host (its own network namespace) runs Redis, PostgreSQL (each listening only on
-its address on the bridge), beat, and the operator's CLI. Each worker host (a namespace of
+The central host (its own network namespace) runs Redis and PostgreSQL (each listening only
+on its address on the bridge), `pipeline cluster start` (beat, the HTTP API, a worker for
+queue default) and the operator's CLI. Each worker host (a namespace of
 its own, joined to the central one by a veth link) runs ``pipeline worker`` with settings
 from the environment alone, consuming its own queue. The sample pipeline's nodes are
 routed: permuter and averaging to queue ``hostA``, flip to queue ``hostB``. The datastore
@@ -66,7 +67,8 @@ while time.monotonic() < deadline:
         if s["state"] == "RUNNING" and s["worker_host"] == host
     ]
     if running:
-        sys.exit(print(json.dumps(running, default=str)))
+        print(json.dumps(running, default=str))
+        sys.exit(0)
     time.sleep(0.05)
 sys.exit(1)
 """
