@@ -15,7 +15,8 @@ from pipeline.database import transaction
 from pipeline.models import Subtask
 from tests.conftest import Cluster, PostgresServer, make_cluster
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+#: Takes turns with the multi-host test (see there): each alone keeps both cores busy.
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.xdist_group("heavy")]
 
 #: Units of work, and input files (one subtask each) per unit and node.
 BATCHES, FILES_PER_BATCH = 2, 500

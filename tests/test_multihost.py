@@ -35,7 +35,9 @@ from config.sample.images import pixels
 from config.settings import PACKAGED_DEFINITIONS
 from tests.conftest import PIPELINE, clean_env, wait_for
 
-pytestmark = [pytest.mark.multihost, pytest.mark.e2e, pytest.mark.xdist_group("multihost")]
+#: With test_concurrency, the heaviest tests: they take turns (one xdist group), since
+#: each alone keeps both cores busy.
+pytestmark = [pytest.mark.multihost, pytest.mark.e2e, pytest.mark.xdist_group("heavy")]
 
 #: The bridge's network; the central host is .1, the worker hosts .2 and .3.
 NETWORK = "10.77.0"
@@ -426,7 +428,8 @@ def test_a_restart_moves_a_task_and_its_stages_to_another_queue(network: Network
 def test_a_worker_host_dies_mid_run_and_another_host_finishes_the_work(network: Network) -> None:
     """hostA loses power mid-permuter; a worker on hostB also consuming queue hostA goes on."""
     network.start_workers(("hostB", "hostA", "spare@hostB", 2))
-    network.cli("params", "set", "algorithm", "execution_pause_seconds=2")
+    # Long enough that a subtask seen running on hostA is still running when hostA dies.
+    network.cli("params", "set", "algorithm", "execution_pause_seconds=3")
     instance = int(network.json("submit", "sample")["id"])
 
     killed = network.running_on(instance, "worker@hostA")
