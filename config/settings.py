@@ -12,10 +12,12 @@ import json
 import os
 from functools import cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -44,6 +46,23 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=pipeline_home)
     database_url: str | None = None
+    # Connection pool of each process (a Celery pool process is one), on PostgreSQL. A worker
+    # host opens at most concurrency x (pool size + overflow) connections: size the server's
+    # max_connections for every host.
+    database_pool_size: int = Field(default=5, ge=1, description="connections kept open, at most")
+    database_max_overflow: int = Field(default=5, ge=0, description="extra ones under load")
+    database_pool_timeout: float = Field(
+        default=30.0, gt=0, description="seconds to wait for a free connection"
+    )
+    database_pool_recycle: float = Field(
+        default=1800.0, description="seconds before a connection is replaced (-1: never)"
+    )
+    database_retry_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="a transaction meeting a deadlock or lost connection"
+        " is run again for this long",
+    )
     broker_url: str | None = None
     redis_port: int | None = None
     datastore_root: Path | None = None
@@ -51,7 +70,8 @@ class Settings(BaseSettings):
     definitions_dir: Path = PACKAGED_DEFINITIONS
     workers: int = Field(default=1, ge=1, description="worker processes `cluster start` runs")
     worker_concurrency: int = Field(default=2, ge=1, description="pool size of each worker")
-    worker_queues: list[str] = Field(default_factory=list)
+    #: ``a,b`` in the environment (as ``--queues`` takes them), a list in settings.toml.
+    worker_queues: Annotated[list[str], NoDecode] = Field(default_factory=list)
     monitor_interval: float = Field(default=10.0, gt=0)
     stale_after: float = Field(default=30.0, gt=0)
     lease_seconds: float = Field(
@@ -67,6 +87,13 @@ class Settings(BaseSettings):
     flower_port: int | None = Field(default=None, description="chosen free at `cluster init`")
     flower_user: str = "operator"
     flower_password: str | None = Field(default=None, description="generated at `cluster init`")
+
+    @field_validator("worker_queues", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -135,6 +135,25 @@ def api(
     serve(host, port)
 
 
+@app.command()
+def worker(
+    queues: Annotated[
+        str | None,
+        typer.Option(help="Queues to consume, comma-separated (default: every queue named)."),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Pool processes (default: worker_concurrency).")
+    ] = None,
+    hostname: Annotated[
+        str | None, typer.Option(help="This host's name in the records (worker@NAME).")
+    ] = None,
+) -> None:
+    """Run a Celery worker in the foreground, on any host, pointed at the central host."""
+    from pipeline import worker as running
+
+    running.run(queues, concurrency, hostname)
+
+
 def _show_status(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         return _print_json(rows)

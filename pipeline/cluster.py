@@ -99,29 +99,34 @@ def worker_queues(settings: Settings) -> list[str]:
     return sorted(queues)
 
 
+def celery_worker_argv(node_name: str, queues: list[str], concurrency: int) -> list[str]:
+    """The Celery command line of one worker, for ``cluster start`` and ``pipeline worker``.
+
+    Task events (``-E``) feed Flower. No mingle or gossip: a worker learns nothing from the
+    others at start (the database holds the state), and on many hosts their chatter only
+    costs broker round trips.
+    """
+    return [
+        *CELERY,
+        "worker",
+        "-n",
+        node_name,
+        "-c",
+        str(concurrency),
+        "-Q",
+        ",".join(queues),
+        "-E",
+        "--without-mingle",
+        "--without-gossip",
+        "--loglevel",
+        "INFO",
+    ]
+
+
 def worker_service(settings: Settings, number: int, queues: list[str]) -> Service:
     log = settings.log_dir / f"worker{number}.log"
-    return Service(
-        name=f"worker{number}",
-        argv=[
-            *CELERY,
-            "worker",
-            "-n",
-            f"worker{number}@%h",
-            "-c",
-            str(settings.worker_concurrency),
-            "-Q",
-            ",".join(queues),
-            "-E",
-            "--without-mingle",
-            "--without-gossip",
-            "--loglevel",
-            "INFO",
-            "--logfile",
-            str(log),
-        ],
-        match=(str(log),),
-    )
+    argv = celery_worker_argv(f"worker{number}@%h", queues, settings.worker_concurrency)
+    return Service(name=f"worker{number}", argv=[*argv, "--logfile", str(log)], match=(str(log),))
 
 
 def beat_service(settings: Settings) -> Service:

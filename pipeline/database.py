@@ -5,25 +5,54 @@ several worker processes write to the same file, and a deferred transaction that
 upgrades from reading to writing fails at once with "database is locked" instead of
 waiting. On PostgreSQL the rows that two workers could race for are locked with
 ``SELECT ... FOR UPDATE`` (see ``pipeline.tasks.lock_task``).
+
+PostgreSQL connections come from a pool per process, sized by the ``database_pool_*``
+settings, each checked with a ping before use (a server restart leaves dead connections
+in the pool). A transaction that loses a race (a deadlock, a serialization failure) or its
+connection is rolled back whole; ``retrying`` runs a re-runnable unit of work again, with
+jittered backoff, for ``database_retry_seconds``. It is the one retry policy for database
+work: the pipeline's stages are fenced (a rerun of a stage that already committed is a
+no-op), so ``workers.stages`` wraps each of them in it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
-from config.settings import get_settings
+from config.settings import Settings, get_settings
 from pipeline.errors import Unreachable
 
 #: Milliseconds a SQLite writer waits for the lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: Seconds PostgreSQL gets to accept a connection before it counts as unreachable.
+CONNECT_TIMEOUT_SECONDS = 10
+#: PostgreSQL's SQLSTATEs for a transaction that lost a race: serialization_failure and
+#: deadlock_detected. The server rolled it back; run again, it will most likely pass.
+RACE_SQLSTATES = frozenset({"40001", "40P01"})
+#: Backoff between reruns of a transaction (seconds): random, so racers do not meet again.
+RETRY_WAIT_MULTIPLIER, RETRY_WAIT_MAX = 0.05, 5.0
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def masked(url: str) -> str:
@@ -60,9 +89,20 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _configure_sqlite(engine)
         return engine
-    return create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args={"connect_timeout": 10}
-    )
+    settings = get_settings()
+    return create_engine(url, **pool_options(settings))
+
+
+def pool_options(settings: Settings) -> dict[str, object]:
+    """Connection pool of a server database (PostgreSQL), from the ``database_pool_*`` settings."""
+    return {
+        "pool_pre_ping": True,
+        "pool_size": settings.database_pool_size,
+        "max_overflow": settings.database_max_overflow,
+        "pool_timeout": settings.database_pool_timeout,
+        "pool_recycle": settings.database_pool_recycle,
+        "connect_args": {"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+    }
 
 
 _engines: dict[str, Engine] = {}
@@ -103,6 +143,44 @@ def _is_connection_error(exc: OperationalError) -> bool:
         word in message
         for word in ("connection", "could not connect", "unable to open", "server closed")
     )
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Would running the whole transaction again cure ``exc``? A lost race or connection would;
+    anything else (a constraint, a bug, a missing table) fails the same way again."""
+    if isinstance(exc, Unreachable):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in RACE_SQLSTATES:
+        return True
+    return isinstance(exc, OperationalError) and _is_connection_error(exc)
+
+
+def retrying(seconds: float | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Run the decorated function again while it fails with a retryable database error.
+
+    Only for re-runnable work: each of its transactions either committed or was rolled back
+    whole, and running it again after a commit must do no harm (the stages are fenced).
+    ``seconds`` defaults to the ``database_retry_seconds`` setting, read at each call.
+    """
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(function)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            limit = get_settings().database_retry_seconds if seconds is None else seconds
+            policy = Retrying(
+                retry=retry_if_exception(is_retryable),
+                wait=wait_random_exponential(multiplier=RETRY_WAIT_MULTIPLIER, max=RETRY_WAIT_MAX),
+                stop=stop_after_delay(limit),
+                before_sleep=before_sleep_log(log, logging.WARNING),
+                reraise=True,
+            )
+            return policy(function, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def _first_line(exc: BaseException) -> str:

@@ -49,3 +49,7 @@ def fail_by_index(ctx: SubtaskContext) -> None:
     if ctx.index == 3:
         raise ValueError("boom in subtask 3")
     (ctx.directory / "done.txt").write_text(str(os.getpid()))
+
+
+def noop(ctx: SubtaskContext) -> None:
+    """Does nothing: what is measured is the pipeline's own work per subtask."""

@@ -1,9 +1,11 @@
 """The Celery tasks of a pipeline task's chain, thin wrappers over ``pipeline.engine``.
 
 Each carries the pipeline task id and attempt in its arguments, so Flower's task list
-shows which pipeline task and stage a Celery task belongs to. A stage that meets an
-unreachable database or broker is retried by Celery with backoff; being fenced, a retry
-that finds the work already done does nothing.
+shows which pipeline task and stage a Celery task belongs to. Being fenced, a stage run
+again after its work was done does nothing, so: a stage that meets a deadlock or a lost
+database connection runs again at once, in the worker (``database.retrying``, for
+``database_retry_seconds``); one that meets a longer outage of the database or the broker
+goes back to the broker and is retried by Celery with backoff, freeing the worker's slot.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ import time
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from config.settings import get_settings
 from pipeline import algorithms, dispatch, engine, reconcile
+from pipeline.database import retrying
 from pipeline.errors import Unreachable
 from workers.app import MONITOR_TASK, app
 
@@ -31,12 +33,12 @@ STAGE_OPTIONS: dict[str, Any] = {
 
 @app.task(name=dispatch.MARSHAL, **STAGE_OPTIONS)
 def marshal(self: Any, task_id: int, attempt: int) -> None:
-    engine.marshal(task_id, attempt, host=self.request.hostname)
+    retrying()(engine.marshal)(task_id, attempt, host=self.request.hostname)
 
 
 @app.task(name=dispatch.EXECUTE, **STAGE_OPTIONS)
 def execute(self: Any, task_id: int, attempt: int) -> None:
-    engine.execute(task_id, attempt, host=self.request.hostname)
+    retrying()(engine.execute)(task_id, attempt, host=self.request.hostname)
 
 
 #: A batch records the outcomes of the subtasks it has run at least this often (seconds):
@@ -44,12 +46,7 @@ def execute(self: Any, task_id: int, attempt: int) -> None:
 RECORD_EVERY_SECONDS = 1.0
 
 
-@retry(
-    retry=retry_if_exception_type(TRANSIENT),
-    wait=wait_exponential(multiplier=0.5, max=30),
-    stop=stop_after_delay(dispatch.RECORD_OUTCOME_FOR_SECONDS),
-    reraise=True,
-)
+@retrying(dispatch.RECORD_OUTCOME_FOR_SECONDS)
 def _record_outcomes(
     task_id: int, attempt: int, outcomes: list[tuple[int, int, Any]], host: str
 ) -> bool:
@@ -61,7 +58,7 @@ def _run_claimed(task_id: int, attempt: int, pairs: list[tuple[int, int]], host:
     """Claim the message's subtasks, run them one after another in a child process (one
     that crashes or hangs fails only its subtask, see ``algorithms.run_many``), and record
     their outcomes in groups; stop early when the task has moved on (halted, restarted)."""
-    runs = engine.begin_subtasks(task_id, attempt, pairs, host=host)
+    runs = retrying()(engine.begin_subtasks)(task_id, attempt, pairs, host=host)
     if not runs:
         return
     claimed = [(run.context.index, run.number) for run in runs]
@@ -96,12 +93,12 @@ def run_subtasks(self: Any, task_id: int, attempt: int, pairs: list[list[int]]) 
 
 @app.task(name=dispatch.MONITOR, **STAGE_OPTIONS)
 def monitor(self: Any, task_id: int, attempt: int) -> None:
-    engine.monitor(task_id, attempt, host=self.request.hostname)
+    retrying()(engine.monitor)(task_id, attempt, host=self.request.hostname)
 
 
 @app.task(name=dispatch.STORE, **STAGE_OPTIONS)
 def store(self: Any, task_id: int, attempt: int) -> None:
-    engine.store(task_id, attempt, host=self.request.hostname)
+    retrying()(engine.store)(task_id, attempt, host=self.request.hostname)
 
 
 @app.task(name=dispatch.FAN_OUT, **STAGE_OPTIONS)

@@ -1,0 +1,70 @@
+"""docker-compose.yml, checked without a Docker engine: it parses, it is the topology the
+README's "Running on several hosts" describes, and every long-running service is watched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from config.settings import Settings
+from tests.conftest import REPO
+
+#: Services that run once and exit.
+ONE_SHOT = {"init"}
+#: The topology of the README: central services, and the scalable workers.
+TOPOLOGY = {"redis", "postgres", "init", "worker", "beat", "api", "flower"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def command(service: dict[str, Any]) -> str:
+    given = service.get("command", "")
+    return given if isinstance(given, str) else " ".join(given)
+
+
+def test_it_has_the_topology_of_the_readme(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) >= TOPOLOGY
+    assert command(services["worker"]) == "pipeline worker"
+    assert "container_name" not in services["worker"] and "ports" not in services["worker"]
+    assert command(services["api"]) == "pipeline api"
+    assert " beat " in command(services["beat"])
+    readme = (REPO / "README.md").read_text()
+    assert "## Running on several hosts" in readme
+    assert "docker compose up -d --build --scale worker=4" in readme
+
+
+def test_every_long_running_service_has_a_health_check_and_a_restart_policy(
+    compose: dict[str, Any],
+) -> None:
+    for name, service in compose["services"].items():
+        if name in ONE_SHOT:
+            assert service["restart"] == "no", name
+            continue
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
+        assert service.get("restart") == "unless-stopped", f"{name} has no restart policy"
+
+
+def test_every_pipeline_setting_it_sets_exists(compose: dict[str, Any]) -> None:
+    """A misspelt PIPELINE_* variable would be ignored silently by the settings."""
+    known = {f"PIPELINE_{name.upper()}" for name in Settings.model_fields}
+    for name, service in compose["services"].items():
+        for variable in service.get("environment", {}):
+            if variable.startswith("PIPELINE_"):
+                assert variable in known, f"{name}: unknown setting {variable}"
+
+
+def test_the_shared_mounts_are_at_the_same_paths_in_every_pipeline_service(
+    compose: dict[str, Any],
+) -> None:
+    for name in ("init", "worker", "beat", "api"):
+        environment = compose["services"][name]["environment"]
+        assert environment["PIPELINE_DATASTORE_ROOT"] == "/data/datastore", name
+        assert environment["PIPELINE_TASK_ROOT"] == "/data/tasks", name
+        mounts = compose["services"][name]["volumes"]
+        assert any(m.endswith(":/data/datastore") for m in mounts), name

@@ -1,0 +1,448 @@
+"""Several hosts on a real network: a central host and two worker hosts in network namespaces.
+
+The central host (its own network namespace) runs Redis and PostgreSQL (each listening only
+on its address on the bridge), `pipeline cluster start` (beat, the HTTP API, a worker for
+queue default) and the operator's CLI. Each worker host (a namespace of
+its own, joined to the central one by a veth link) runs ``pipeline worker`` with settings
+from the environment alone, consuming its own queue. The sample pipeline's nodes are
+routed: permuter and averaging to queue ``hostA``, flip to queue ``hostB``. The datastore
+and task root are one directory at the same path everywhere (the namespaces share the file
+system, as hosts share an NFS mount).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from config.sample.algorithms import CHANNEL_ORDER
+from config.sample.images import pixels
+from config.settings import PACKAGED_DEFINITIONS
+from tests.conftest import PIPELINE, clean_env, wait_for
+
+#: With test_concurrency, the heaviest tests: they take turns (one xdist group), since
+#: each alone keeps both cores busy.
+pytestmark = [pytest.mark.multihost, pytest.mark.e2e, pytest.mark.xdist_group("heavy")]
+
+#: The bridge's network; the central host is .1, the worker hosts .2 and .3.
+NETWORK = "10.77.0"
+CENTRAL_ADDRESS = f"{NETWORK}.1"
+REDIS_PORT, POSTGRES_PORT = 6379, 5432
+#: Where each node of the sample runs: the queue its execution settings name.
+QUEUES = {"permuter": "hostA", "flip": "hostB", "averaging": "hostA"}
+#: Settings that make lost work come back within seconds (see README, "When processes die").
+FAST = {
+    "PIPELINE_LEASE_SECONDS": "3",
+    "PIPELINE_MONITOR_INTERVAL": "1",
+    "PIPELINE_STALE_AFTER": "5",
+}
+#: Seconds a service gets to come up.
+READY_SECONDS = 60
+
+
+#: Prints the subtasks of an instance running on a worker host as soon as there is one;
+#: exits 1 if there is none before the deadline.
+WATCH_RUNNING = """
+import json, sys, time
+from pipeline import services
+instance, host, deadline = int(sys.argv[1]), sys.argv[2], time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    running = [
+        {**s, "task": t["id"]}
+        for t in services.list_tasks(instance)
+        for s in services.list_subtasks(t["id"])
+        if s["state"] == "RUNNING" and s["worker_host"] == host
+    ]
+    if running:
+        print(json.dumps(running, default=str))
+        sys.exit(0)
+    time.sleep(0.05)
+sys.exit(1)
+"""
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def namespaces_unavailable() -> str:
+    """Why network namespaces cannot be made here, or '' when they can."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if not shutil.which("ip"):
+        return "iproute2 (`ip`) is not installed"
+    probe = f"pl-probe-{os.getpid()}"
+    made = ip("netns", "add", probe, check=False)
+    if made.returncode != 0:
+        return f"`ip netns add` failed: {made.stderr.strip()}"
+    ip("netns", "del", probe, check=False)
+    return ""
+
+
+def postgres_bindir() -> Path:
+    """Debian's PostgreSQL programs (the newest version installed), or a path that is absent."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return found[-1].parent if found else Path("/usr/lib/postgresql/missing")
+
+
+@dataclass
+class Host:
+    """One host: a network namespace with an address on the central bridge."""
+
+    name: str
+    netns: str
+    address: str
+    logs: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def command(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *argv]
+
+    def start(self, label: str, argv: list[str], env: dict[str, str]) -> Path:
+        """Start a long-running process here; its output goes to a log file, returned."""
+        log = self.logs / f"{self.name}-{label}.log"
+        with log.open("ab") as output:
+            self.processes.append(
+                subprocess.Popen(
+                    self.command(argv),
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        return log
+
+    def pids(self) -> list[int]:
+        """Every process in this host's namespace (what a power cut would stop)."""
+        listed = ip("netns", "pids", self.netns, check=False).stdout.split()
+        return [int(pid) for pid in listed]
+
+    def kill_everything(self) -> None:
+        """SIGKILL every process of the host, then reap the ones this test started."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        for process in self.processes:
+            process.kill()
+            process.wait(timeout=10)
+        wait_for(lambda: not self.pids(), timeout=10, what=f"{self.name} to be empty")
+
+
+def ready_or_exited(log: Path, process: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    """Has the worker logging to ``log`` said it is ready, or exited (a one-line error)?"""
+    return lambda: "ready." in log.read_text(errors="replace") or process.poll() is not None
+
+
+@dataclass
+class Network:
+    central: Host
+    hosts: dict[str, Host]
+    shared: Path
+    env: dict[str, str]
+
+    def worker_env(self, host: str) -> dict[str, str]:
+        """A worker host's settings: environment only, in a home with no settings file."""
+        home = self.shared / "homes" / host
+        home.mkdir(parents=True, exist_ok=True)
+        return {**self.env, "PIPELINE_HOME": str(home)}
+
+    def start_workers(self, *workers: tuple[str, str, str, int]) -> None:
+        """Start ``pipeline worker`` for each (host, queue, hostname, concurrency), side by
+        side, and return once every one is ready."""
+        started = []
+        for host, queue, hostname, concurrency in workers:
+            argv = [PIPELINE, "worker", "--queues", queue, "--concurrency", str(concurrency)]
+            log = self.hosts[host].start(
+                f"worker-{queue}", [*argv, "--hostname", hostname], self.worker_env(host)
+            )
+            started.append((hostname, log, self.hosts[host].processes[-1]))
+        for hostname, log, process in started:
+            wait_for(ready_or_exited(log, process), READY_SECONDS, f"{hostname} to be ready")
+            assert process.poll() is None, log.read_text(errors="replace")
+
+    def cli(self, *args: Any, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+        """The operator's CLI, run on the central host (with settings ``env`` added)."""
+        result = subprocess.run(
+            self.central.command([PIPELINE, *map(str, args)]),
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"pipeline {args} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def json(self, *args: Any) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def running_on(self, instance: int, worker_host: str, timeout: float = 30) -> list[dict]:
+        """The subtasks of ``instance`` running on ``worker_host``, as soon as there is one:
+        watched from the central host by one process reading the database, since a CLI call
+        per look would be slower than the subtasks."""
+        watcher = [sys.executable, "-c", WATCH_RUNNING, str(instance), worker_host, str(timeout)]
+        found = subprocess.run(
+            self.central.command(watcher), env=self.env, capture_output=True, text=True
+        )
+        assert found.returncode == 0, f"nothing ran on {worker_host}: {found.stderr}"
+        return json.loads(found.stdout)
+
+    def report(self, instance: int) -> str:
+        """What an operator would look at when a run does not finish."""
+        tasks = self.cli("tasks", instance).stdout
+        details = [self.cli("task", task["id"]).stdout for task in self.json("tasks", instance)]
+        beat = (self.shared / "logs" / "central-beat.log").read_text(errors="replace")
+        return "\n".join([tasks, *details, self.cli("alerts").stdout, beat[-3000:]])
+
+    def wait(self, instance: int, timeout: float = 60) -> int:
+        return self.cli("wait", instance, "--timeout", timeout, check=False).returncode
+
+    @property
+    def datastore(self) -> Path:
+        return self.shared / "datastore"
+
+
+@pytest.fixture(scope="module")
+def network() -> Iterator[Network]:
+    """Central host with Redis, PostgreSQL, beat and a worker for the monitor task (queue
+    default); hostA and hostB with one worker each, for their own queues."""
+    reason = namespaces_unavailable()
+    if reason:
+        pytest.skip(f"multi-host test: {reason}")
+    if not postgres_bindir().is_dir() or not shutil.which("redis-server"):
+        pytest.skip("multi-host test: needs redis-server and PostgreSQL (make test installs them)")
+    shared = Path(tempfile.mkdtemp(prefix="pipeline-multihost-", dir="/tmp"))
+    shared.chmod(0o755)
+    logs = shared / "logs"
+    logs.mkdir()
+    prefix = f"pl{os.getpid()}"
+    hosts = {
+        name: Host(name, f"{prefix}-{name}", f"{NETWORK}.{number}", logs)
+        for number, name in enumerate(["central", "hostA", "hostB"], start=1)
+    }
+    try:
+        link_hosts(list(hosts.values()))
+        central = hosts["central"]
+        start_postgres(central, postgres_bindir(), shared)
+        env = shared_env(shared)
+        redis_log = central.start("redis", redis_argv(shared), env)
+        wait_for(lambda: "Ready to accept" in redis_log.read_text(), READY_SECONDS, "redis")
+        network = Network(central, hosts, shared, env)
+        network.cli("cluster", "init")
+        # As the README says: beat, the HTTP API, and a worker for queue default (where beat's
+        # monitor task goes), on the central host.
+        network.cli("cluster", "start", "--workers", 1, PIPELINE_WORKER_QUEUES="default")
+        network.start_workers(("hostA", "hostA", "hostA", 2), ("hostB", "hostB", "hostB", 2))
+        yield network
+    finally:
+        tear_down(hosts, shared)
+
+
+def link_hosts(hosts: list[Host]) -> None:
+    """Namespaces joined by veth links to a bridge in the first one (the central host)."""
+    for host in hosts:
+        ip("netns", "add", host.netns)
+        ip("-n", host.netns, "link", "set", "lo", "up")
+    central, workers = hosts[0], hosts[1:]
+    ip("-n", central.netns, "link", "add", "br0", "type", "bridge")
+    ip("-n", central.netns, "addr", "add", f"{central.address}/24", "dev", "br0")
+    ip("-n", central.netns, "link", "set", "br0", "up")
+    for host in workers:
+        port = f"veth-{host.name}"
+        ip(
+            "-n",
+            central.netns,
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "eth0",
+            "netns",
+            host.netns,
+        )
+        ip("-n", central.netns, "link", "set", port, "master", "br0", "up")
+        ip("-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0")
+        ip("-n", host.netns, "link", "set", "eth0", "up")
+
+
+def start_postgres(central: Host, bindir: Path, shared: Path) -> None:
+    """PostgreSQL as the postgres user, listening on the central host's address only."""
+    base = shared / "postgres"
+    base.mkdir()
+    shutil.chown(base, "postgres", "postgres")
+    initdb = [str(bindir / "initdb"), "-D", str(base / "data"), "-U", "postgres", "-A", "trust"]
+    subprocess.run(
+        ["runuser", "-u", "postgres", "--", *initdb, "-E", "UTF8", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
+    with (base / "data" / "pg_hba.conf").open("a") as rules:  # the hosts on the bridge
+        rules.write(f"host all all {NETWORK}.0/24 trust\n")
+    options = (
+        f"-p {POSTGRES_PORT} -c listen_addresses={CENTRAL_ADDRESS}"
+        f" -c unix_socket_directories={base} -c fsync=off -c max_connections=100"
+    )
+    pg_ctl = [str(bindir / "pg_ctl"), "-D", str(base / "data"), "-l", str(base / "server.log")]
+    subprocess.run(
+        central.command(["runuser", "-u", "postgres", "--", *pg_ctl, "-w", "-o", options, "start"]),
+        check=True,
+        capture_output=True,
+    )
+
+
+def redis_argv(shared: Path) -> list[str]:
+    return [
+        "redis-server",
+        "--port",
+        str(REDIS_PORT),
+        "--bind",
+        CENTRAL_ADDRESS,
+        "--protected-mode",
+        "no",  # no password: the bridge is private to the test (see README for a real one)
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(shared),
+    ]
+
+
+def shared_env(shared: Path) -> dict[str, str]:
+    """The settings every host shares, and the central host's home (where `init` writes)."""
+    definitions = shared / "definitions"
+    definitions.mkdir()
+    sample = yaml.safe_load((PACKAGED_DEFINITIONS / "sample.yaml").read_text())
+    for node in sample["nodes"]:
+        node["execution"] = {"queue": QUEUES[node["name"]]}
+    (definitions / "sample.yaml").write_text(yaml.safe_dump(sample, sort_keys=False))
+    return clean_env(
+        PIPELINE_HOME=str(shared / "homes" / "central"),
+        PIPELINE_BROKER_URL=f"redis://{CENTRAL_ADDRESS}:{REDIS_PORT}/0",
+        PIPELINE_DATABASE_URL=f"postgresql+psycopg://postgres@{CENTRAL_ADDRESS}:{POSTGRES_PORT}/postgres",
+        PIPELINE_DATASTORE_ROOT=str(shared / "datastore"),
+        PIPELINE_TASK_ROOT=str(shared / "tasks"),
+        PIPELINE_DEFINITIONS_DIR=str(definitions),
+        **FAST,
+    )
+
+
+def tear_down(hosts: dict[str, Host], shared: Path) -> None:
+    """Every process killed, every namespace (and the veth links in it) removed."""
+    data = shared / "postgres" / "data"
+    if (data / "postmaster.pid").exists():  # stopped cleanly: no shared memory left behind
+        pg_ctl = [str(postgres_bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]
+        subprocess.run(["runuser", "-u", "postgres", "--", *pg_ctl], capture_output=True)
+    for host in hosts.values():
+        if host.netns in ip("netns", "list").stdout.split():
+            host.kill_everything()
+            ip("netns", "del", host.netns, check=False)
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+# -- the tests -------------------------------------------------------------------------------
+
+
+def subtask_hosts(network: Network, instance: int) -> dict[str, set[str]]:
+    """The worker hosts each node's subtasks ran on."""
+    hosts: dict[str, set[str]] = {}
+    for task in network.json("tasks", instance):
+        ran_on = {s["worker_host"] for s in network.json("subtasks", task["id"])}
+        hosts.setdefault(task["node"], set()).update(ran_on)
+    return hosts
+
+
+def assert_averages_right(datastore: Path) -> None:
+    for set_number, unit in ((1, "set-1"), (2, "set-2")):
+        flipped = []
+        for image in range(4):
+            permuted = pixels(set_number, image)[..., CHANNEL_ORDER]
+            flipped += [np.fliplr(permuted), np.flipud(permuted)]
+        expected = np.rint(np.mean(np.stack(flipped).astype(float), axis=0))
+        with Image.open(datastore / unit / "L3" / "averaged-image.png") as png:
+            np.testing.assert_array_equal(np.asarray(png), expected)
+
+
+def test_each_node_runs_only_on_the_hosts_consuming_its_queue(network: Network) -> None:
+    instance = int(network.json("submit", "sample")["id"])
+    assert network.wait(instance) == 0
+    assert subtask_hosts(network, instance) == {
+        "permuter": {"worker@hostA"},
+        "flip": {"worker@hostB"},
+        "averaging": {"worker@hostA"},
+    }
+    for task in network.json("tasks", instance):
+        assert task["worker_host"] == f"worker@{QUEUES[task['node']]}", task
+    assert_averages_right(network.datastore)
+
+
+def test_a_restart_moves_a_task_and_its_stages_to_another_queue(network: Network) -> None:
+    network.cli("params", "set", "algorithm", "throw_exception_subtask_0=true")
+    try:
+        instance = int(network.json("submit", "sample", "--end-node", "permuter")["id"])
+        assert network.wait(instance) == 1
+        moved, stays = network.json("tasks", instance)
+        network.cli("restart", moved["id"], "--mode", "resubmit", "--queue", "hostB")
+        assert network.wait(instance) == 1
+        subtasks = network.json("subtasks", moved["id"])
+        assert [(s["worker_host"], s["attempts"]) for s in subtasks] == [
+            ("worker@hostB", 2),
+            *[("worker@hostA", 1)] * 3,
+        ]
+        network.cli("restart", "--instance", instance, "--mode", "resume-current-step")
+        assert network.wait(instance) == 0
+    finally:
+        network.cli("params", "set", "algorithm", "throw_exception_subtask_0=false")
+    detail = network.json("task", moved["id"])
+    assert detail["execution"]["queue"] == "hostB"
+    by_stages = [
+        e for e in detail["history"] if e["attempt"] > 1 and not e["message"].startswith("restart")
+    ]
+    assert {e["p_state"] for e in by_stages} >= {"ALGORITHM_QUEUED", "COMPLETE"}
+    assert {e["host"] for e in by_stages} == {"worker@hostB"}, "stages follow the task's queue"
+    other = network.json("task", stays["id"])
+    assert {e["host"] for e in other["history"] if e["p_state"] == "COMPLETE"} == {"worker@hostA"}
+
+
+def test_a_worker_host_dies_mid_run_and_another_host_finishes_the_work(network: Network) -> None:
+    """hostA loses power mid-permuter; a worker on hostB also consuming queue hostA goes on."""
+    network.start_workers(("hostB", "hostA", "spare@hostB", 2))
+    # Long enough that a subtask seen running on hostA is still running when hostA dies.
+    network.cli("params", "set", "algorithm", "execution_pause_seconds=3")
+    instance = int(network.json("submit", "sample")["id"])
+
+    killed = network.running_on(instance, "worker@hostA")
+    network.hosts["hostA"].kill_everything()
+    killed_at = time.monotonic()
+    assert network.wait(instance, timeout=60) == 0, network.report(instance)
+    recovered_after = time.monotonic() - killed_at
+    for lost in killed:
+        again = network.json("subtasks", lost["task"])[lost["index"]]
+        assert again["state"] == "COMPLETE" and again["worker_host"] == "spare@hostB", again
+    for task in network.json("tasks", instance):
+        assert (task["p_state"], task["error"]) == ("COMPLETE", False)
+        assert task["completed_subtasks"] == task["total_subtasks"] and not task["failed_subtasks"]
+    assert subtask_hosts(network, instance)["flip"] == {"worker@hostB"}
+    assert_averages_right(network.datastore)
+    print(f"instance completed {recovered_after:.1f} s after hostA was killed")
