@@ -18,7 +18,6 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
-from pipeline.dispatch import subtask_message_id
 from pipeline.errors import NotFound
 from pipeline.models import InstanceNode, PipelineInstance, Subtask, Task, TaskEvent, utcnow
 from pipeline.states import InstanceState, NodeState, PState, SubtaskState, derive_instance_state
@@ -87,6 +86,10 @@ def in_flight_subtasks(session: Session, task_id: int) -> list[Subtask]:
 def message_id(task_id: int, attempt: int, subtask: Subtask) -> str:
     """The id of the Celery message carrying an in-flight subtask: recorded when it was
     dispatched (a batch message carries many), else the one-subtask message's id."""
+    # Imported here: dispatch loads the Celery app, which read-only commands need not pay for
+    # (nor fail on, with bad settings, before the CLI can report them in one line).
+    from pipeline.dispatch import subtask_message_id
+
     return subtask.message_id or subtask_message_id(
         task_id, attempt, subtask.index, subtask.dispatch
     )

@@ -229,7 +229,7 @@ class Cluster:
 
 def make_cluster(backend: str, postgres: PostgresServer | None, **settings: str) -> Cluster:
     home = Path(tempfile.mkdtemp(prefix="pipeline-home-"))
-    env = clean_env(PIPELINE_HOME=str(home), **FAST_SETTINGS, **settings)
+    env = clean_env(PIPELINE_HOME=str(home), **{**FAST_SETTINGS, **settings})
     if backend == "postgres":
         assert postgres is not None
         env["PIPELINE_DATABASE_URL"] = postgres.create_database()

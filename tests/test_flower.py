@@ -149,10 +149,11 @@ def test_submit_and_restart_through_flowers_api(cluster: Cluster, flower: Flower
     submitted = flower.run("pipeline.submit", "sample", end_node="permuter")
     assert submitted["ok"] and submitted["pipeline"] == "sample" and len(submitted["tasks"]) == 2
     instance, tasks = submitted["id"], submitted["tasks"]
-    assert (
-        submitted["summary"]
-        == f"instance {instance} of sample submitted with 2 tasks (INITIALIZED)"
-    )
+    # The state as read just after the submit: its marshals may have begun already.
+    assert submitted["summary"] in [
+        f"instance {instance} of sample submitted with 2 tasks ({state})"
+        for state in ("INITIALIZED", "PROCESSING")
+    ]
     assert cluster.wait(instance).returncode == 1
 
     restarted = flower.run("pipeline.restart", tasks, mode="resume-current-step")
@@ -278,7 +279,8 @@ def test_halt_through_flowers_api_and_the_restart_page(cluster: Cluster, flower:
     assert outcome["subtasks"], "its running subtasks were revoked"
 
     answer = flower.post_form("/pipeline/halt", {"task": str(second)})
-    assert answer.status == 200 and f"task {second} halt: halted at ALGORITHM_" in answer.body
+    # Halted wherever the second task had got to (still marshaling on a busy machine).
+    assert answer.status == 200 and f"task {second} halt: halted at " in answer.body
     for task in (first, second):
         detail = cluster.json("task", task)
         assert detail["error"] and detail["halted"] and not detail["running"], detail
