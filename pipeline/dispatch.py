@@ -119,22 +119,15 @@ def send_subtasks(
         return
     timeout = float(execution.get("subtask_timeout", 3600))
     options = _options(SUBTASK, execution)
-    try:
-        with app.producer_or_acquire() as producer:
-            for message_id, pairs in batches:
-                options["time_limit"] = timeout * len(pairs) + HARD_LIMIT_GRACE
-                args = [task_id, attempt, [list(pair) for pair in pairs]]
-                app.send_task(
-                    SUBTASKS,
-                    args=args,
-                    argsrepr=arguments_label(SUBTASKS, args),
-                    producer=producer,
-                    task_id=message_id,
-                    **options,
-                )
-    except (BrokerError, redis.RedisError) as exc:
-        url = masked(get_settings().broker)
-        raise Unreachable(f"broker unreachable at {url}: {exc}") from None
+    _publish(
+        (
+            SUBTASKS,
+            [task_id, attempt, [list(pair) for pair in pairs]],
+            {**options, "time_limit": timeout * len(pairs) + HARD_LIMIT_GRACE},
+            message_id,
+        )
+        for message_id, pairs in batches
+    )
 
 
 def check_broker() -> None:
@@ -185,19 +178,7 @@ def send_stages(
         for message in messages:
             by_queue.setdefault(message[2].get("queue") or "default", []).append(message)
         messages = [(FAN_OUT, [group], {"queue": queue}) for queue, group in by_queue.items()]
-    try:
-        with app.producer_or_acquire() as producer:
-            for name, args, execution in messages:
-                app.send_task(
-                    name,
-                    args=args,
-                    argsrepr=arguments_label(name, args),
-                    producer=producer,
-                    **_options(name, execution),
-                )
-    except (BrokerError, redis.RedisError) as exc:
-        url = masked(get_settings().broker)
-        raise Unreachable(f"broker unreachable at {url}: {exc}") from None
+    _publish((name, args, _options(name, execution), None) for name, args, execution in messages)
 
 
 def send(name: str, args: list[Any], execution: dict[str, Any]) -> None:
@@ -207,12 +188,18 @@ def send(name: str, args: list[Any], execution: dict[str, Any]) -> None:
 def send_many(name: str, arg_lists: Iterable[list[Any]], execution: dict[str, Any]) -> None:
     """Publish one message per argument list on the node's queue over one connection."""
     options = _options(name, execution)
+    _publish(
+        (name, args, options, subtask_message_id(*args) if name == SUBTASK else None)
+        for args in arg_lists
+    )
+
+
+def _publish(messages: Iterable[tuple[str, list[Any], dict[str, Any], str | None]]) -> None:
+    """Publish (name, arguments, options, message id) messages over one connection; the
+    arguments labelled for Flower. A broker that refuses them is ``Unreachable``."""
     try:
         with app.producer_or_acquire() as producer:
-            for args in arg_lists:
-                message_id = None
-                if name == SUBTASK:
-                    message_id = subtask_message_id(*args)
+            for name, args, options, message_id in messages:
                 app.send_task(
                     name,
                     args=args,

@@ -14,7 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,17 +243,25 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def cluster(backend: str, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+@contextmanager
+def started_cluster(
+    backend: str, request: pytest.FixtureRequest, **settings: str
+) -> Iterator[Cluster]:
     """An initialised and started cluster on SQLite or PostgreSQL, stopped afterwards."""
     postgres = request.getfixturevalue("postgres_server") if backend == "postgres" else None
-    made = make_cluster(backend, postgres)
+    made = make_cluster(backend, postgres, **settings)
     try:
         made.start()
         yield made
     finally:
         made.stop()
         shutil.rmtree(made.home, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(backend: str, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    with started_cluster(backend, request) as made:
+        yield made
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from PIL import Image
 
 from config.sample.algorithms import CHANNEL_ORDER
 from config.sample.images import pixels, raw_image_path
-from tests.conftest import make_cluster, wait_for
+from tests.conftest import started_cluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -295,14 +295,8 @@ def algorithms_running_in(directories: list[Path]) -> bool:
 def operator_only(backend, request):
     """A started cluster whose monitor leaves quiet tasks alone for 10 minutes: what is
     lost stays lost until an operator resumes monitoring."""
-    postgres = request.getfixturevalue("postgres_server") if backend == "postgres" else None
-    made = make_cluster(backend, postgres, PIPELINE_STALE_AFTER="600")
-    try:
-        made.start()
+    with started_cluster(backend, request, PIPELINE_STALE_AFTER="600") as made:
         yield made
-    finally:
-        made.stop()
-        shutil.rmtree(made.home, ignore_errors=True)
 
 
 def test_resume_monitoring_keeps_live_work_and_redispatches_lost_messages(
