@@ -151,22 +151,21 @@ def refresh_instance_state(session: Session, instance: PipelineInstance) -> Inst
     if instance.state == InstanceState.TRANSITION_FAILED:
         return InstanceState.TRANSITION_FAILED
     tasks = select(Task).where(Task.instance_id == instance.id)
-    any_error = session.scalar(select(exists(tasks.where(Task.error))))
-    any_active = session.scalar(
-        select(exists(tasks.where(~Task.error, Task.p_state != PState.COMPLETE)))
-    )
-    any_started = session.scalar(select(exists(tasks.where(Task.p_state != PState.INITIALIZING))))
-    all_done = not session.scalar(
+    # One query, not four: this runs in every transaction that moves a task's step.
+    any_error, any_active, any_started, any_node_left = session.execute(
         select(
+            exists(tasks.where(Task.error)),
+            exists(tasks.where(~Task.error, Task.p_state != PState.COMPLETE)),
+            exists(tasks.where(Task.p_state != PState.INITIALIZING)),
             exists(
                 select(InstanceNode).where(
                     InstanceNode.instance_id == instance.id, InstanceNode.state != NodeState.DONE
                 )
-            )
+            ),
         )
-    )
+    ).one()
     state = derive_instance_state(
-        all_nodes_done=all_done,
+        all_nodes_done=not any_node_left,
         any_error=bool(any_error),
         any_active=bool(any_active),
         any_started=bool(any_started),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -89,6 +92,15 @@ def test_clean_run_completes_with_right_pixels(cluster) -> None:
         "COMPLETE",
     ]
     assert all(e["host"].startswith("worker1@") for e in history)
+
+    # One message per marshal and per subtask: execute, monitor and store ran in the worker
+    # that finished the step before each (beyond any message the monitor re-sent).
+    log = (cluster.home / "logs" / "worker1.log").read_text()
+    received = Counter(re.findall(r"Task pipeline\.stage\.(\w+)\[\S+\] received", log))
+    resent = sum(int(n) for n in re.findall(r"'resent': (\d+)", log))
+    assert received["subtask"] == 18 and received["marshal"] >= 6
+    continued = received["execute"] + received["monitor"] + received["store"]
+    assert received["marshal"] - 6 + continued <= resent, received
 
 
 @pytest.mark.e2e

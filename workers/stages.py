@@ -6,11 +6,16 @@ again after its work was done does nothing, so: a stage that meets a deadlock or
 database connection runs again at once, in the worker (``database.retrying``, for
 ``database_retry_seconds``); one that meets a longer outage of the database or the broker
 goes back to the broker and is retried by Celery with backoff, freeing the worker's slot.
+
+The short stages a stage calls for (execute after marshal, monitor after the last
+subtask, store after monitor) run right after it in the same Celery task rather than
+through the broker (see ``dispatch.continuing``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -31,14 +36,39 @@ STAGE_OPTIONS: dict[str, Any] = {
 }
 
 
+#: What runs each stage that a worker continues with instead of sending its message.
+CONTINUED_STAGES: dict[str, Callable[..., None]] = {
+    dispatch.EXECUTE: engine.execute,
+    dispatch.MONITOR: engine.monitor,
+    dispatch.STORE: engine.store,
+}
+
+
+def _run_stage(stage: Callable[..., None], task_id: int, attempt: int, host: str) -> None:
+    """Run one stage, then the stages it called for that this worker continues with."""
+    with dispatch.continuing() as held:
+        retrying()(stage)(task_id, attempt, host=host)
+    _continue(held, host)
+
+
+def _continue(held: list[tuple[str, list[Any], dict[str, Any]]], host: str) -> None:
+    """Run held stages here. One that meets an outage longer than the database retries goes
+    to the broker as the message it would have been, for Celery to retry with backoff."""
+    for name, args, execution in held:
+        try:
+            _run_stage(CONTINUED_STAGES[name], *args, host)
+        except TRANSIENT:
+            dispatch.send(name, args, execution)
+
+
 @app.task(name=dispatch.MARSHAL, **STAGE_OPTIONS)
 def marshal(self: Any, task_id: int, attempt: int) -> None:
-    retrying()(engine.marshal)(task_id, attempt, host=self.request.hostname)
+    _run_stage(engine.marshal, task_id, attempt, self.request.hostname)
 
 
 @app.task(name=dispatch.EXECUTE, **STAGE_OPTIONS)
 def execute(self: Any, task_id: int, attempt: int) -> None:
-    retrying()(engine.execute)(task_id, attempt, host=self.request.hostname)
+    _run_stage(engine.execute, task_id, attempt, self.request.hostname)
 
 
 #: A batch records the outcomes of the subtasks it has run at least this often (seconds):
@@ -80,25 +110,29 @@ def _run_claimed(task_id: int, attempt: int, pairs: list[tuple[int, int]], host:
 
 @app.task(name=dispatch.SUBTASK, **STAGE_OPTIONS)
 def run_subtask(self: Any, task_id: int, attempt: int, index: int, number: int) -> None:
-    _run_claimed(task_id, attempt, [(index, number)], self.request.hostname)
+    host = self.request.hostname
+    with dispatch.continuing() as held:  # the last subtask of a task goes on to monitor
+        _run_claimed(task_id, attempt, [(index, number)], host)
+    _continue(held, host)
 
 
 @app.task(name=dispatch.SUBTASKS, **STAGE_OPTIONS)
 def run_subtasks(self: Any, task_id: int, attempt: int, pairs: list[list[int]]) -> None:
     """A batch: one message, one claim, outcomes recorded together (see dispatch.batch_size)."""
-    _run_claimed(
-        task_id, attempt, [(index, number) for index, number in pairs], self.request.hostname
-    )
+    host = self.request.hostname
+    with dispatch.continuing() as held:
+        _run_claimed(task_id, attempt, [(index, number) for index, number in pairs], host)
+    _continue(held, host)
 
 
 @app.task(name=dispatch.MONITOR, **STAGE_OPTIONS)
 def monitor(self: Any, task_id: int, attempt: int) -> None:
-    retrying()(engine.monitor)(task_id, attempt, host=self.request.hostname)
+    _run_stage(engine.monitor, task_id, attempt, self.request.hostname)
 
 
 @app.task(name=dispatch.STORE, **STAGE_OPTIONS)
 def store(self: Any, task_id: int, attempt: int) -> None:
-    retrying()(engine.store)(task_id, attempt, host=self.request.hostname)
+    _run_stage(engine.store, task_id, attempt, self.request.hostname)
 
 
 @app.task(name=dispatch.FAN_OUT, **STAGE_OPTIONS)
