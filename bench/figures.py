@@ -8,6 +8,8 @@ tenth of it for ``--quick``.
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -296,6 +298,19 @@ def status_at_scale(base: Path, sizes: Sizes) -> list[Figure]:
                 details,
             ),
         ]
+        found.append(
+            Figure(
+                "d. floor: a process importing only the database libraries",
+                _median_seconds(_import_only, 3),
+                "s",
+                0.3,
+                "300 ms",
+                False,
+                None,
+                {"imports": IMPORT_FLOOR},
+            )
+        )
+        found += _status_over_http(cluster, instance, details)
         groups = [["0000000.in"]] * sizes.marshal_rows
         with transaction() as session:
             task_id = session.scalar(text("SELECT min(id) FROM tasks"))
@@ -319,6 +334,40 @@ def status_at_scale(base: Path, sizes: Sizes) -> list[Figure]:
 
         reset_engines()  # before the server stops
     return found
+
+
+#: What any ``pipeline`` command that reads the database must import, and nothing else.
+IMPORT_FLOOR = "import sqlalchemy.orm, sqlalchemy.dialects.postgresql, psycopg, pydantic_settings"
+
+
+def _import_only() -> None:
+    """A new interpreter that imports the libraries a database read needs, then exits: the
+    part of a command's time that no query or code of ours can remove."""
+    subprocess.run([sys.executable, "-c", IMPORT_FLOOR], check=True)
+
+
+def _status_over_http(cluster: harness.Cluster, instance: int, details: dict) -> list[Figure]:
+    """The same two reads from the HTTP API, a process that stays up (no start-up to pay)."""
+    from pipeline.client import Client
+
+    with harness.api_server(cluster), Client() as client:
+        client.tasks(instance)  # the first request warms the server's connections up
+        return [
+            Figure(
+                f"d. {label} (HTTP API)",
+                _median_seconds(call),
+                "s",
+                0.3,
+                "300 ms",
+                False,
+                1.0,
+                details,
+            )
+            for label, call in (
+                ("GET /instances/ID/tasks", lambda: client.tasks(instance)),
+                ("GET /instances/ID", lambda: client.instance(instance)),
+            )
+        ]
 
 
 def _median_seconds(call: Any, runs: int = STATUS_RUNS) -> float:

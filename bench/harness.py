@@ -150,6 +150,30 @@ class Cluster:
         configure(app, reload_settings())
 
 
+@contextmanager
+def api_server(cluster: Cluster) -> Iterator[str]:
+    """The cluster's HTTP API (``pipeline api``) alone, for a cluster that was only initialised;
+    yields its URL."""
+    from config.settings import get_settings
+    from pipeline.client import healthy
+
+    url = get_settings().api_url
+    log = (cluster.home / "api.log").open("ab")
+    process = subprocess.Popen(
+        [PIPELINE, "api"],
+        env=cluster.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    try:
+        wait_for(lambda: healthy(url), READY_TIMEOUT, "the HTTP API")
+        yield url
+    finally:
+        _stop(process)
+
+
 def cluster_env(home: Path, broker: str, database_url: str | None = None) -> dict[str, str]:
     """The environment of a cluster under ``home``: this process's, without its own
     PIPELINE_* settings, and the benchmark's definitions importable by the workers."""

