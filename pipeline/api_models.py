@@ -183,13 +183,15 @@ def _all_optional(model: type[BaseModel], name: str, doc: str) -> type[BaseModel
     """``model`` with every field optional and unset by default, its constraints kept.
 
     Unknown keys are let through so that the restart itself refuses them by name (an
-    algorithm parameter is refused with the reason), as it does for the CLI.
+    algorithm parameter is refused with the reason), as it does for the CLI; the schema
+    still says they are not allowed, since they are refused.
     """
     fields: dict[str, Any] = {
         key: (info.annotation | None, FieldInfo.merge_field_infos(info, default=None))
         for key, info in model.model_fields.items()
     }
-    return create_model(name, __config__=ConfigDict(extra="allow"), __doc__=doc, **fields)
+    config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
+    return create_model(name, __config__=config, __doc__=doc, **fields)
 
 
 ExecutionChanges = _all_optional(
