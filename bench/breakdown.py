@@ -1,0 +1,107 @@
+"""``python -m bench.breakdown``: where figure b's time goes, step by step.
+
+Runs the one-subtask pipeline's stages one after another in this process, on a cluster
+that is initialised but not started (its broker is a private Redis that nobody reads),
+and prints the median milliseconds of each step: the database work of each stage, the
+forked child that runs the algorithm, and a publish. Compare with figure b's raw chain
+of 4, whose every hop is a publish and a worker's receipt and nothing else.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import figures, harness
+
+#: Chains timed; the first few warm the caches and connections up and are left out.
+RUNS, WARM_UP = 30, 5
+
+
+def main() -> None:
+    times: dict[str, list[float]] = {}
+
+    def timed(step: str, call: Callable[..., Any], *args: Any) -> Any:
+        started = time.perf_counter()
+        result = call(*args)
+        times.setdefault(step, []).append((time.perf_counter() - started) * 1000)
+        return result
+
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-breakdown-") as base,
+        harness.redis_server(Path(base)) as port,
+    ):
+        home = Path(base) / "home"
+        cluster = harness.Cluster(home, harness.cluster_env(home, f"redis://127.0.0.1:{port}"))
+        cluster.cli("cluster", "init", "--no-sample-data")
+        cluster.activate()
+        figures.write_inputs(cluster.datastore / "latency" / "one", 1)
+        _run_chains(timed)
+    table = Table(title="one-subtask pipeline, stage by stage in one process (ms, median)")
+    for column in ("step", "ms"):
+        table.add_column(column)
+    for step, values in times.items():
+        table.add_row(step, f"{statistics.median(values[WARM_UP:]):.2f}")
+    total = sum(statistics.median(values[WARM_UP:]) for values in times.values())
+    table.add_row("sum", f"{total:.2f}")
+    Console().print(table)
+
+
+def _run_chains(timed: Callable[..., Any]) -> None:
+    from sqlalchemy import select
+
+    from pipeline import algorithms, dispatch, engine
+    from pipeline.database import transaction
+    from pipeline.models import Task
+    from pipeline.submit import submit
+
+    publish = dispatch._publish
+    # A stage publishes its successor: timed on its own below, so left out of the stages.
+    dispatch._publish = list
+    beat = algorithms.Heartbeat(lambda: None, 60)
+    for _ in range(RUNS):
+        timed(
+            "publish one stage message (and its task-sent event)",
+            publish,
+            [(dispatch.MONITOR, [0, 0], dispatch._options(dispatch.MONITOR, {}), None)],
+        )
+        instance = timed("submit (broker check, one transaction)", submit, "bench-latency").id
+        with transaction() as session:
+            task = session.scalars(select(Task).where(Task.instance_id == instance)).one()
+        timed("marshal (two transactions, the task directory)", engine.marshal, task.id, 1)
+        timed("execute (one transaction)", engine.execute, task.id, 1)
+        [run] = timed(
+            "claim the subtask (one transaction)", engine.begin_subtasks, task.id, 1, [(0, 1)]
+        )
+        outcomes = timed(
+            "fork a child, run the no-op, read its outcome",
+            _run_in_child,
+            run,
+            beat,
+        )
+        timed(
+            "record the outcome (one transaction)",
+            engine.finish_subtasks,
+            task.id,
+            1,
+            [(0, 1, outcomes[0])],
+        )
+        timed("monitor (one transaction)", engine.monitor, task.id, 1)
+        timed("store (two transactions, the instance's transition)", engine.store, task.id, 1)
+
+
+def _run_in_child(run: Any, beat: Any) -> list[Any]:
+    from pipeline import algorithms
+
+    return list(algorithms.run_many(run.algorithm, [run.context], run.timeout, beat))
+
+
+if __name__ == "__main__":
+    main()
