@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import figures, harness
+from bench import breakdown, figures, harness
 from bench.figures import Figure, Sizes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,6 +69,9 @@ def run_cluster_groups(groups: set[str], sizes: Sizes, base: Path) -> list[Figur
                     raw["throughput"] = figures.raw_throughput(sizes.throughput_subtasks)
                 if "b" in groups:
                     raw["latency"] = figures.raw_latency(sizes.latency_runs)
+        if "b" in groups:
+            with step("b breakdown"):
+                stages = breakdown.stage_breakdown(base / "breakdown", f"{broker}/2")
         if not groups & {"a", "b", "c", "e"}:
             return found
         with ExitStack() as stack:
@@ -94,6 +97,7 @@ def run_cluster_groups(groups: set[str], sizes: Sizes, base: Path) -> list[Figur
             if "b" in groups:
                 with step("b"):
                     value, details = figures.pipeline_latency(cluster, sizes.latency_runs)
+                details["stages_in_process_ms"] = stages
                 found.append(
                     Figure(
                         "b. latency, one-subtask pipeline",

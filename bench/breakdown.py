@@ -1,9 +1,10 @@
-"""``python -m bench.breakdown``: where figure b's time goes, step by step.
+"""Where figure b's time goes, step by step: ``python -m bench.breakdown`` prints it, and
+``python -m bench`` records it with figure b.
 
 Runs the one-subtask pipeline's stages one after another in this process, on a cluster
-that is initialised but not started (its broker is a private Redis that nobody reads),
-and prints the median milliseconds of each step: the database work of each stage, the
-forked child that runs the algorithm, and a publish. Compare with figure b's raw chain
+that is initialised but not started (its broker is a Redis database that nobody reads),
+and takes the median milliseconds of each step: the database work of each stage, the
+forked child that runs the algorithm, and one publish. Compare with figure b's raw chain
 of 4, whose every hop is a publish and a worker's receipt and nothing else.
 """
 
@@ -25,7 +26,13 @@ from bench import figures, harness
 RUNS, WARM_UP = 30, 5
 
 
-def main() -> None:
+def stage_breakdown(base: Path, broker: str) -> dict[str, float]:
+    """Median milliseconds of each step of a one-subtask chain, run in this process."""
+    home = base / "home"
+    cluster = harness.Cluster(home, harness.cluster_env(home, broker))
+    cluster.cli("cluster", "init", "--no-sample-data")
+    cluster.activate()
+    figures.write_inputs(cluster.datastore / "latency" / "one", 1)
     times: dict[str, list[float]] = {}
 
     def timed(step: str, call: Callable[..., Any], *args: Any) -> Any:
@@ -34,24 +41,8 @@ def main() -> None:
         times.setdefault(step, []).append((time.perf_counter() - started) * 1000)
         return result
 
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-breakdown-") as base,
-        harness.redis_server(Path(base)) as port,
-    ):
-        home = Path(base) / "home"
-        cluster = harness.Cluster(home, harness.cluster_env(home, f"redis://127.0.0.1:{port}"))
-        cluster.cli("cluster", "init", "--no-sample-data")
-        cluster.activate()
-        figures.write_inputs(cluster.datastore / "latency" / "one", 1)
-        _run_chains(timed)
-    table = Table(title="one-subtask pipeline, stage by stage in one process (ms, median)")
-    for column in ("step", "ms"):
-        table.add_column(column)
-    for step, values in times.items():
-        table.add_row(step, f"{statistics.median(values[WARM_UP:]):.2f}")
-    total = sum(statistics.median(values[WARM_UP:]) for values in times.values())
-    table.add_row("sum", f"{total:.2f}")
-    Console().print(table)
+    _run_chains(timed)
+    return {step: round(statistics.median(values[WARM_UP:]), 2) for step, values in times.items()}
 
 
 def _run_chains(timed: Callable[..., Any]) -> None:
@@ -63,44 +54,56 @@ def _run_chains(timed: Callable[..., Any]) -> None:
     from pipeline.submit import submit
 
     publish = dispatch._publish
-    # A stage publishes its successor: timed on its own below, so left out of the stages.
+    # A stage publishes its successor: timed on its own, so left out of the stages' times.
     dispatch._publish = list
     beat = algorithms.Heartbeat(lambda: None, 60)
-    for _ in range(RUNS):
-        timed(
-            "publish one stage message (and its task-sent event)",
-            publish,
-            [(dispatch.MONITOR, [0, 0], dispatch._options(dispatch.MONITOR, {}), None)],
-        )
-        instance = timed("submit (broker check, one transaction)", submit, "bench-latency").id
-        with transaction() as session:
-            task = session.scalars(select(Task).where(Task.instance_id == instance)).one()
-        timed("marshal (two transactions, the task directory)", engine.marshal, task.id, 1)
-        timed("execute (one transaction)", engine.execute, task.id, 1)
-        [run] = timed(
-            "claim the subtask (one transaction)", engine.begin_subtasks, task.id, 1, [(0, 1)]
-        )
-        outcomes = timed(
-            "fork a child, run the no-op, read its outcome",
-            _run_in_child,
-            run,
-            beat,
-        )
-        timed(
-            "record the outcome (one transaction)",
-            engine.finish_subtasks,
-            task.id,
-            1,
-            [(0, 1, outcomes[0])],
-        )
-        timed("monitor (one transaction)", engine.monitor, task.id, 1)
-        timed("store (two transactions, the instance's transition)", engine.store, task.id, 1)
+    try:
+        for _ in range(RUNS):
+            timed(
+                "publish one stage message (and its task-sent event)",
+                publish,
+                [(dispatch.MONITOR, [0, 0], dispatch._options(dispatch.MONITOR, {}), None)],
+            )
+            instance = timed("submit (broker check, one transaction)", submit, "bench-latency").id
+            with transaction() as session:
+                task = session.scalars(select(Task).where(Task.instance_id == instance)).one()
+            timed("marshal (two transactions, the task directory)", engine.marshal, task.id, 1)
+            timed("execute (one transaction)", engine.execute, task.id, 1)
+            [run] = timed(
+                "claim the subtask (one transaction)", engine.begin_subtasks, task.id, 1, [(0, 1)]
+            )
+            outcomes = timed("fork a child, run the no-op, read its outcome", _in_child, run, beat)
+            timed(
+                "record the outcome (one transaction)",
+                engine.finish_subtasks,
+                task.id,
+                1,
+                [(0, 1, outcomes[0])],
+            )
+            timed("monitor (one transaction)", engine.monitor, task.id, 1)
+            timed("store (two transactions, the instance's transition)", engine.store, task.id, 1)
+    finally:
+        dispatch._publish = publish
 
 
-def _run_in_child(run: Any, beat: Any) -> list[Any]:
+def _in_child(run: Any, beat: Any) -> list[Any]:
     from pipeline import algorithms
 
     return list(algorithms.run_many(run.algorithm, [run.context], run.timeout, beat))
+
+
+def main() -> None:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-breakdown-") as base,
+        harness.redis_server(Path(base)) as port,
+    ):
+        medians = stage_breakdown(Path(base), f"redis://127.0.0.1:{port}")
+    table = Table(title="one-subtask pipeline, stage by stage in one process (median ms)")
+    table.add_column("step")
+    table.add_column("ms", justify="right")
+    for step, value in medians.items():
+        table.add_row(step, f"{value:.2f}")
+    Console().print(table)
 
 
 if __name__ == "__main__":
