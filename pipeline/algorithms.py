@@ -377,6 +377,9 @@ def _run_one(reference: str, ctx: SubtaskContext) -> Outcome:
         os.dup2(log_fd, 2)
         os.close(log_fd)
         os.chdir(ctx.directory)
+        # Imported in the child, never in the worker: a fix to the algorithm's code runs at
+        # its next subtask (fix, then resubmit) without restarting any worker. The import
+        # is paid once per child, so once per batch for a big task.
         resolve_callable(reference)(ctx)
         return Outcome(True)
     except BaseException as exc:  # noqa: BLE001 - every failure is the subtask's outcome

@@ -46,8 +46,10 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "con
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    # The repository on the path, so workers can import the tests' own algorithms.
-    env.update(COLUMNS="200", PYTHONPATH=str(REPO), **extra)
+    # The repository on the path, so workers can import the tests' own algorithms, after
+    # any directory a test adds.
+    path = os.pathsep.join(filter(None, [extra.pop("PYTHONPATH", ""), str(REPO)]))
+    env.update(COLUMNS="200", PYTHONPATH=path, **extra)
     return env
 
 

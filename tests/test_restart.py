@@ -431,3 +431,59 @@ def test_transition_failed_is_restarted_by_retrying_the_transition(cluster, tmp_
     assert cluster.wait(instance).returncode == 0
     nodes = sorted((t["node"], t["unit_of_work"]) for t in cluster.tasks(instance))
     assert ("flip", "set-1") in nodes and ("flip", "set-2") not in nodes
+
+
+#: An algorithm with a bug in subtask 0, and the same module once the bug is fixed.
+BROKEN_ALGORITHM = """
+from config.sample.algorithms import permuter
+
+
+def permute(ctx):
+    if ctx.index == 0:
+        raise RuntimeError("bug in subtask 0")
+    permuter(ctx)
+"""
+FIXED_ALGORITHM = "from config.sample.algorithms import permuter as permute\n"
+
+
+def test_resubmit_after_a_code_fix_runs_the_fixed_code(backend, request, tmp_path) -> None:
+    """Ziggy's page: fix the software, resubmit. Only the failed subtask runs again, and it
+    runs the fixed module on the same workers, which were never restarted."""
+    from config.settings import PACKAGED_DEFINITIONS
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "fixable.py").write_text(BROKEN_ALGORITHM)
+    definition = tmp_path / "fixable.yaml"
+    definition.write_text(
+        (PACKAGED_DEFINITIONS / "sample.yaml")
+        .read_text()
+        .replace("name: sample", "name: fixable")
+        .replace("config.sample.algorithms:permuter", "fixable:permute")
+    )
+    with started_cluster(backend, request, PYTHONPATH=str(code)) as cluster:
+        cluster.cli("definitions", "import", definition)
+        worker = cluster.pid("worker1")
+        instance = int(cluster.json("submit", "fixable", "--end-node", "permuter")["id"])
+        assert cluster.wait(instance).returncode == 1
+        tasks = cluster.tasks(instance)
+        assert {(t["state"], t["counts"]) for t in tasks} == {
+            ("ERROR - ALGORITHM_COMPLETE", "3/4 (1)")
+        }
+        assert cluster.json("subtasks", tasks[0]["id"])[0]["error"] == (
+            "RuntimeError: bug in subtask 0"
+        )
+
+        (code / "fixable.py").write_text(FIXED_ALGORITHM)
+        outcomes = restart(cluster, "--instance", instance, "--mode", "resubmit")
+        assert [o["subtasks"] for o in outcomes] == [[0], [0]]
+        assert cluster.wait(instance).returncode == 0
+
+        assert cluster.pid("worker1") == worker, "the same worker ran the fixed code"
+        for task in tasks:
+            assert attempts(cluster, task["id"]) == [2, 1, 1, 1]
+        for set_number, set_name in enumerate(("set-1", "set-2"), start=1):
+            stored = cluster.datastore / set_name / "L1" / "nasa-logo-file-0-perm.png"
+            expected = pixels(set_number, 0)[..., CHANNEL_ORDER]
+            with Image.open(stored) as image:
+                np.testing.assert_array_equal(np.asarray(image.convert("RGB")), expected)
