@@ -64,6 +64,8 @@ AUTO_BATCH_MAX = 100
 #: The stages a worker runs itself, right after the stage of the same task that called for
 #: them, instead of sending their message (see ``continuing``).
 CONTINUED = frozenset({EXECUTE, MONITOR, STORE})
+#: A stage message to send: its name, its arguments and the task's execution settings.
+StageMessage = tuple[str, list[Any], dict[str, Any]]
 #: Retries of a publish before the broker counts as unreachable.
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
 
@@ -174,9 +176,7 @@ def arguments_label(name: str, args: list[Any]) -> str:
     )
 
 
-def send_stages(
-    messages: list[tuple[str, list[Any], dict[str, Any]]], direct: bool = False
-) -> None:
+def send_stages(messages: list[StageMessage], direct: bool = False) -> None:
     """Publish (stage, arguments, execution settings) messages: the chains a bulk restart
     rebuilds, each with its own task's settings.
 
@@ -195,24 +195,22 @@ def send_stages(
 
 
 #: The stages held back by the ``continuing`` block around the running stage, if any.
-_held: ContextVar[list[tuple[str, list[Any], dict[str, Any]]] | None] = ContextVar(
-    "held", default=None
-)
+_held: ContextVar[list[StageMessage] | None] = ContextVar("held", default=None)
 
 
 @contextmanager
-def continuing() -> Iterator[list[tuple[str, list[Any], dict[str, Any]]]]:
+def continuing() -> Iterator[list[StageMessage]]:
     """Within the block, a ``CONTINUED`` stage is held back, not sent: the worker runs it
     itself once the stage that called for it has returned.
 
-    Each message costs a publish and a hop through the broker (2 to 3 ms each on an idle
+    Each message costs a publish and a hop through the broker (about 2 ms on an idle
     machine, much more under load), and execute, monitor and store are short steps of the
     same task on the same queue: a one-subtask task's chain takes two messages, not five.
     The state changes stay what they were, one transaction each, so a worker that dies
     between two of them leaves the task waiting in its step, for the monitor to re-send
     its message as it does for any lost one.
     """
-    held: list[tuple[str, list[Any], dict[str, Any]]] = []
+    held: list[StageMessage] = []
     token = _held.set(held)
     try:
         yield held

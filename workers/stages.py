@@ -51,7 +51,7 @@ def _run_stage(stage: Callable[..., None], task_id: int, attempt: int, host: str
     _continue(held, host)
 
 
-def _continue(held: list[tuple[str, list[Any], dict[str, Any]]], host: str) -> None:
+def _continue(held: list[dispatch.StageMessage], host: str) -> None:
     """Run held stages here. One that meets an outage longer than the database retries goes
     to the broker as the message it would have been, for Celery to retry with backoff."""
     for name, args, execution in held:
