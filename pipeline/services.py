@@ -60,7 +60,7 @@ TASK_COLUMNS = (
 
 
 def _task_fields(
-    id: int,  # noqa: A002 - the field's name
+    task_id: int,
     instance_id: int,
     node: str,
     unit_of_work: str,
@@ -77,7 +77,7 @@ def _task_fields(
     updated_at: Any,
 ) -> dict[str, Any]:
     return {
-        "id": id,
+        "id": task_id,
         "instance_id": instance_id,
         "node": node,
         "unit_of_work": unit_of_work,
