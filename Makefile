@@ -1,5 +1,6 @@
 # make demo: set everything up and run the sample pipeline on a local cluster (SQLite).
 # make test: the whole test suite (real redis-server, Celery, PostgreSQL, Chromium); .ci/run calls it.
+# make test-fast: the tests that start no service, in seconds: run them while editing.
 VENV ?= .venv
 PYTHON ?= python3
 export PIPELINE_HOME ?= $(CURDIR)/.pipeline
@@ -7,7 +8,7 @@ export PIPELINE_HOME ?= $(CURDIR)/.pipeline
 TEST_PROCESSES ?= 3
 PIPELINE := $(VENV)/bin/pipeline
 
-.PHONY: demo test lint stop venv clean bench bench-quick
+.PHONY: demo test test-fast lint stop venv clean bench bench-quick
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,10 @@ demo: venv
 test: venv
 	bash tools/install-system-packages.sh redis-server postgresql chromium
 	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadgroup
+
+# No service, no process of the pipeline's: the stages run in the test's own process.
+test-fast: venv
+	$(VENV)/bin/pytest -n 2 -m "not e2e and not postgres and not slow"
 
 # make bench: the benchmark suite (minutes; not part of make test), see docs/benchmarks.md.
 bench: venv

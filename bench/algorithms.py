@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.algorithms import SubtaskContext
+from pipeline.domain.context import SubtaskContext
 
 
 def noop(ctx: SubtaskContext) -> None:

@@ -48,48 +48,50 @@ def stage_breakdown(base: Path, broker: str) -> dict[str, float]:
 def _run_chains(timed: Callable[..., Any]) -> None:
     from sqlalchemy import select
 
-    from pipeline import algorithms, dispatch, engine
     from pipeline.database import transaction
-    from pipeline.models import Task
-    from pipeline.submit import submit
+    from pipeline.domain.models import Task
+    from pipeline.engine import stages
+    from pipeline.engine.leases import Heartbeat
+    from pipeline.messaging import outbox
+    from pipeline.operations.submit import submit
 
-    publish = dispatch._publish
+    publish = outbox._publish
     # A stage publishes its successor: timed on its own, so left out of the stages' times.
-    dispatch._publish = list
-    beat = algorithms.Heartbeat(lambda: None, 60)
+    outbox._publish = list
+    beat = Heartbeat(lambda: None, 60)
     try:
         for _ in range(RUNS):
             timed(
                 "publish one stage message (and its task-sent event)",
                 publish,
-                [(dispatch.MONITOR, [0, 0], dispatch._options(dispatch.MONITOR, {}), None)],
+                [(outbox.MONITOR, [0, 0], outbox._options(outbox.MONITOR, {}), None)],
             )
             instance = timed("submit (broker check, one transaction)", submit, "bench-latency").id
             with transaction() as session:
                 task = session.scalars(select(Task).where(Task.instance_id == instance)).one()
-            timed("marshal (two transactions, the task directory)", engine.marshal, task.id, 1)
-            timed("execute (one transaction)", engine.execute, task.id, 1)
+            timed("marshal (two transactions, the task directory)", stages.marshal, task.id, 1)
+            timed("execute (one transaction)", stages.execute, task.id, 1)
             [run] = timed(
-                "claim the subtask (one transaction)", engine.begin_subtasks, task.id, 1, [(0, 1)]
+                "claim the subtask (one transaction)", stages.begin_subtasks, task.id, 1, [(0, 1)]
             )
             outcomes = timed("fork a child, run the no-op, read its outcome", _in_child, run, beat)
             timed(
                 "record the outcome (one transaction)",
-                engine.finish_subtasks,
+                stages.finish_subtasks,
                 task.id,
                 1,
                 [(0, 1, outcomes[0])],
             )
-            timed("monitor (one transaction)", engine.monitor, task.id, 1)
-            timed("store (two transactions, the instance's transition)", engine.store, task.id, 1)
+            timed("monitor (one transaction)", stages.monitor, task.id, 1)
+            timed("store (two transactions, the instance's transition)", stages.store, task.id, 1)
     finally:
-        dispatch._publish = publish
+        outbox._publish = publish
 
 
 def _in_child(run: Any, beat: Any) -> list[Any]:
-    from pipeline import algorithms
+    from pipeline.engine import runner
 
-    return list(algorithms.run_many(run.algorithm, [run.context], run.timeout, beat))
+    return list(runner.run_many(run.algorithm, [run.context], run.timeout, beat))
 
 
 def main() -> None:

@@ -116,7 +116,7 @@ class StateReader:
 
 def run_instance(reader: StateReader, pipeline: str, poll: float = STATE_POLL) -> tuple[int, float]:
     """Submit ``pipeline`` and wait for it to finish; returns its id and the seconds taken."""
-    from pipeline.submit import submit
+    from pipeline.operations.submit import submit
 
     started = time.perf_counter()
     instance = submit(pipeline).id
@@ -175,19 +175,19 @@ def pipeline_latency(cluster: harness.Cluster, runs: int) -> tuple[float, dict[s
 
 def restart_failed(cluster: harness.Cluster, tasks: int) -> list[Figure]:
     """An instance whose every task failed; restart them all (resubmit) and time it."""
-    from pipeline.restart import restart_failed as restart
+    from pipeline.operations.restart import restart_failed as restart
 
     for index in range(tasks):
         write_inputs(cluster.datastore / f"r{index:05d}" / "restart", 1)
     reader = StateReader()
-    from pipeline.submit import submit
+    from pipeline.operations.submit import submit
 
     instance = submit("bench-restart").id
     state = reader.wait_finished(instance, poll=0.1)
     if state != "ERRORS_STALLED":
         raise RuntimeError(f"bench-restart instance {instance} ended {state}")
     started = time.perf_counter()
-    outcomes = restart(instance, "resubmit")
+    report = restart(instance, "resubmit")
     returned = time.perf_counter() - started
     rerun_sql = (
         "SELECT count(*) FROM subtasks JOIN tasks ON tasks.id = subtasks.task_id"
@@ -197,7 +197,7 @@ def restart_failed(cluster: harness.Cluster, tasks: int) -> list[Figure]:
         lambda: reader.scalar(rerun_sql, i=instance) >= tasks, RUN_TIMEOUT, "rerun", 0.02
     )
     running = time.perf_counter() - started
-    details = {"tasks": tasks, "restarted": sum(o.ok for o in outcomes)}
+    details = {"tasks": tasks, "restarted": sum(o.ok for o in report.outcomes)}
     return [
         Figure("c. restart-failed: call returns", returned, "s", 1.0, "1 s", False, 1.0, details),
         Figure(
@@ -250,8 +250,9 @@ STATUS_RUNS = 5
 def status_at_scale(base: Path, sizes: Sizes) -> list[Figure]:
     """Status queries on PostgreSQL over an instance of ``status_tasks`` tasks and their
     subtask rows (bulk-inserted directly), and the rate marshaling creates subtask rows."""
-    from pipeline import engine, services
     from pipeline.database import transaction
+    from pipeline.engine import stages
+    from pipeline.operations import queries
 
     base.mkdir(parents=True)
     with harness.postgres_server(base) as url:
@@ -269,7 +270,7 @@ def status_at_scale(base: Path, sizes: Sizes) -> list[Figure]:
         found = [
             _held_to_300_ms(
                 f"d. tasks --json (in process), {rows} subtask rows",
-                _median_seconds(lambda: services.list_tasks(instance)),
+                _median_seconds(lambda: queries.list_tasks(instance)),
                 details,
             ),
             _held_to_300_ms(
@@ -279,7 +280,7 @@ def status_at_scale(base: Path, sizes: Sizes) -> list[Figure]:
             ),
             _held_to_300_ms(
                 "d. instance summary",
-                _median_seconds(lambda: services.get_instance(instance)),
+                _median_seconds(lambda: queries.get_instance(instance)),
                 details,
             ),
             _held_to_300_ms(
@@ -294,7 +295,7 @@ def status_at_scale(base: Path, sizes: Sizes) -> list[Figure]:
         with transaction() as session:
             task_id = session.scalar(text("SELECT min(id) FROM tasks"))
             started = time.perf_counter()
-            engine.create_subtasks(session, task_id, groups)
+            stages.create_subtasks(session, task_id, groups)
             session.flush()
         rate = sizes.marshal_rows / (time.perf_counter() - started)
         found.append(
@@ -327,7 +328,7 @@ def _import_only() -> None:
 
 def _status_over_http(cluster: harness.Cluster, instance: int, details: dict) -> list[Figure]:
     """The same two reads from the HTTP API, a process that stays up (no start-up to pay)."""
-    from pipeline.client import Client
+    from pipeline.interfaces.client import Client
 
     with harness.api_server(cluster), Client() as client:
         client.tasks(instance)  # the first request warms the server's connections up
@@ -382,7 +383,7 @@ def _worker_processes(main: int) -> list[int]:
 
 def memory(cluster: harness.Cluster, count: int) -> list[Figure]:
     """Peak RSS of each worker process, at warm-up and over the whole run of ``count`` subtasks."""
-    from pipeline.submit import submit
+    from pipeline.operations.submit import submit
 
     write_inputs(cluster.datastore / "memory" / "memory", count)
     reader = StateReader()

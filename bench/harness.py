@@ -139,7 +139,7 @@ class Cluster:
         """Point this process's settings, database and Celery app at the cluster."""
         from config.settings import reload_settings
         from pipeline.database import reset_engines
-        from workers.app import app, configure
+        from pipeline.messaging.celery_app import celery_app, configure
 
         for key in [key for key in os.environ if key.startswith("PIPELINE_")]:
             del os.environ[key]
@@ -147,7 +147,7 @@ class Cluster:
             if key.startswith("PIPELINE_"):
                 os.environ[key] = value
         reset_engines()
-        configure(app, reload_settings())
+        configure(celery_app(), reload_settings())
 
 
 @contextmanager
@@ -155,7 +155,7 @@ def api_server(cluster: Cluster) -> Iterator[str]:
     """The cluster's HTTP API (``pipeline api``) alone, for a cluster that was only initialised;
     yields its URL."""
     from config.settings import get_settings
-    from pipeline.client import healthy
+    from pipeline.interfaces.client import healthy
 
     url = get_settings().api_url
     log = (cluster.home / "api.log").open("ab")

@@ -32,6 +32,13 @@ PACKAGED_DEFINITIONS = Path(__file__).parent / "pipelines"
 #: Ports used when ``cluster init`` did not choose them (a home set up by hand, say).
 DEFAULT_API_PORT = 8000
 DEFAULT_FLOWER_PORT = 5555
+#: Where the HTTP API's routes live on its server, and its one route open without a token.
+API_PREFIX = "/api/v1"
+HEALTHZ = "/healthz"
+#: The Celery app of the workers (``celery -A``), and the modules holding their tasks:
+#: imported by every worker, and by Flower so its API can run the operator's operations.
+CELERY_APP = "workers.app"
+TASK_MODULES = ("workers.stages", "workers.operations")
 
 
 def pipeline_home() -> Path:

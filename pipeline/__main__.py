@@ -1,3 +1,3 @@
-from pipeline.cli import main
+from pipeline.interfaces.cli import main
 
 main()

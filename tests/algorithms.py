@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from pipeline.algorithms import SubtaskContext
+from pipeline.domain.context import SubtaskContext
 
 
 def echo(ctx: SubtaskContext) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, clean_env
+from tests.support import REPO, clean_env
 
 #: The figure groups ``python -m bench`` measures (see bench/__main__.py).
 GROUPS = ("a.", "b.", "c.", "d.", "e.")
@@ -23,6 +23,7 @@ QUICK_TIMEOUT = 300
 
 @pytest.mark.e2e
 @pytest.mark.postgres
+@pytest.mark.xdist_group("heavy")
 def test_bench_quick_produces_every_figure(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--output", str(tmp_path)],

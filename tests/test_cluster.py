@@ -1,24 +1,38 @@
-"""`pipeline cluster`: start only what is missing, stop only what it started, side by side homes."""
+"""`pipeline cluster`: start only what is missing, stop only what it started, homes side by
+side. One home serves the module, its tests in order."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.support import Cluster, make_cluster, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("cluster")]
 
 
-def by_name(cluster) -> dict[str, dict]:
+def by_name(cluster: Cluster) -> dict[str, dict]:
     return {row["name"]: row for row in cluster.json("cluster", "status")}
 
 
-@pytest.mark.e2e
-def test_start_status_restart_missing_and_stop(new_cluster) -> None:
-    cluster = new_cluster()
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """An initialised home; the tests start and stop it."""
+    made = make_cluster("sqlite", None)
+    try:
+        yield made
+    finally:
+        made.stop()
+        shutil.rmtree(made.home, ignore_errors=True)
+
+
+def test_start_starts_what_is_missing(cluster: Cluster) -> None:
     cluster.start(workers=2)
     status = by_name(cluster)
     assert set(status) == {"redis", "worker1", "worker2", "beat", "operations", "api", "flower"}
@@ -40,6 +54,22 @@ def test_start_status_restart_missing_and_stop(new_cluster) -> None:
     others = ("redis", "worker1", "beat", "operations", "api", "flower")
     assert {n: again[n]["pid"] for n in others} == {n: status[n]["pid"] for n in others}
 
+
+def test_two_homes_side_by_side(cluster: Cluster, new_cluster: Callable[..., Cluster]) -> None:
+    second = new_cluster()
+    second.start()
+    for service in ("redis", "api", "flower"):
+        urls = {by_name(c)[service]["url"] for c in (cluster, second)}
+        assert len(urls) == 2, f"each home has its own {service} port"
+    instances = [c.submit("--end-node", "permuter") for c in (cluster, second)]
+    for each, instance in zip((cluster, second), instances, strict=True):
+        each.wait(instance)
+        assert {t["state"] for t in each.tasks(instance)} == {"COMPLETE"}
+        assert len(list(each.datastore.glob("set-*/L1/*-perm.png"))) == 8
+
+
+def test_stop_stops_only_what_start_started(cluster: Cluster) -> None:
+    started = by_name(cluster)
     # A pid file naming a process the cluster did not start (a recycled pid) is not signalled.
     stranger = subprocess.Popen(["sleep", "300"])
     try:
@@ -52,22 +82,7 @@ def test_start_status_restart_missing_and_stop(new_cluster) -> None:
         stranger.kill()
         stranger.wait()
     assert not any(row["alive"] for row in by_name(cluster).values())
-    for row in again.values():
+    for row in started.values():
         wait_for(
             lambda pid=row["pid"]: not os.path.exists(f"/proc/{pid}"), what="the process to go"
         )
-
-
-@pytest.mark.e2e
-def test_two_homes_side_by_side(new_cluster) -> None:
-    first, second = new_cluster(), new_cluster()
-    first.start()
-    second.start()
-    for service in ("redis", "api"):
-        urls = {by_name(c)[service]["url"] for c in (first, second)}
-        assert len(urls) == 2, f"each home has its own {service} port"
-    instances = [c.submit() for c in (first, second)]
-    for cluster, instance in zip((first, second), instances, strict=True):
-        assert cluster.wait(instance).returncode == 0
-        assert {t["state"] for t in cluster.tasks(instance)} == {"COMPLETE"}
-        assert len(list(cluster.datastore.glob("set-*/L3/averaged-image.png"))) == 2

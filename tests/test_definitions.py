@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from config.settings import PACKAGED_DEFINITIONS
-from pipeline import definitions, services
 from pipeline.database import transaction
+from pipeline.domain import definitions
 from pipeline.errors import InvalidInput
+from pipeline.operations import facade
 
 SAMPLE = PACKAGED_DEFINITIONS / "sample.yaml"
 
@@ -35,7 +36,7 @@ def import_files(*paths: Path) -> list[tuple[str, int, bool]]:
 def test_sample_imports_and_reimport_is_unchanged(database: Path) -> None:
     assert import_files(SAMPLE) == [("sample", 1, True)]
     assert import_files(SAMPLE) == [("sample", 1, False)]
-    listed = services.list_definitions()
+    listed = facade.list_definitions()
     assert [(d["name"], d["version"], d["nodes"]) for d in listed] == [
         ("sample", 1, ["permuter", "flip", "averaging"])
     ]
@@ -46,7 +47,7 @@ def test_changed_definition_becomes_a_new_version(database: Path, tmp_path: Path
     spec = sample_spec()
     spec["nodes"][0]["execution"] = {"subtask_timeout": 5}
     assert import_files(write(tmp_path, "sample.yaml", spec)) == [("sample", 2, True)]
-    shown = services.show_definition("sample")
+    shown = facade.show_definition("sample")
     assert shown["version"] == 2 and shown["nodes"][0]["execution"]["subtask_timeout"] == 5
 
 
@@ -105,7 +106,7 @@ def test_bad_definition_is_rejected_naming_file_key_and_reason(
     assert str(raised.value).startswith(f"{path}: ")
     assert expected in str(raised.value)
     assert "\n" not in str(raised.value)
-    assert services.list_definitions() == []
+    assert facade.list_definitions() == []
 
 
 def test_import_is_all_or_nothing(database: Path, tmp_path: Path) -> None:
@@ -124,7 +125,7 @@ def test_import_is_all_or_nothing(database: Path, tmp_path: Path) -> None:
     ]
     with pytest.raises(InvalidInput, match="c.yaml: nodes: cycle"):
         import_files(*files)
-    assert [(d["name"], d["version"]) for d in services.list_definitions()] == [("sample", 1)]
+    assert [(d["name"], d["version"]) for d in facade.list_definitions()] == [("sample", 1)]
 
 
 def test_invalid_yaml_and_missing_file(database: Path, tmp_path: Path) -> None:
@@ -143,7 +144,7 @@ def test_several_roots_and_children_are_allowed(database: Path, tmp_path: Path) 
     spec["nodes"][2]["after"] = ["flip", "second_root"]
     spec["nodes"].append({**spec["nodes"][1], "name": "other_child", "after": ["permuter"]})
     assert import_files(write(tmp_path, "diamond.yaml", spec)) == [("diamond", 1, True)]
-    shown = services.show_definition("diamond")
+    shown = facade.show_definition("diamond")
     definition = definitions.parse(
         {k: v for k, v in shown.items() if k not in ("version", "source")}
     )
@@ -158,5 +159,5 @@ def test_executable_algorithm_path_is_resolved(database: Path, tmp_path: Path) -
     spec = sample_spec()
     spec["nodes"][0]["algorithm"] = {"executable": "bin/tool.sh", "args": ["--fast"]}
     import_files(write(tmp_path, "sample.yaml", spec))
-    shown = services.show_definition("sample")
+    shown = facade.show_definition("sample")
     assert shown["nodes"][0]["algorithm"] == {"executable": str(program), "args": ["--fast"]}

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from config.settings import Settings
-from tests.conftest import REPO
+from config.settings import CELERY_APP, Settings
+from tests.support import REPO
 
 #: Services that run once and exit.
 ONE_SHOT = {"init"}
@@ -68,3 +68,23 @@ def test_the_shared_mounts_are_at_the_same_paths_in_every_pipeline_service(
         assert environment["PIPELINE_TASK_ROOT"] == "/data/tasks", name
         mounts = compose["services"][name]["volumes"]
         assert any(m.endswith(":/data/datastore") for m in mounts), name
+
+
+def test_its_celery_commands_name_the_workers_app(compose: dict[str, Any]) -> None:
+    """Beat and the operations worker run ``celery -A`` on the app ``cluster start`` uses."""
+    for name in ("beat", "operations"):
+        assert f"celery -A {CELERY_APP} " in command(compose["services"][name]), name
+    for name in ("worker", "operations"):
+        probe = " ".join(compose["services"][name]["healthcheck"]["test"])
+        assert f"celery -A {CELERY_APP} inspect ping" in probe, name
+
+
+def test_the_image_holds_every_package_it_installs() -> None:
+    """The Dockerfile copies each top-level package that pyproject.toml installs."""
+    import tomllib
+
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for pattern in packages["packages"]["find"]["include"]:
+        package = pattern.rstrip("*")
+        assert f"COPY {package}/ {package}/" in dockerfile, package

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Cluster, make_cluster, wait_for
+from pipeline.operations import facade
+from tests.support import STOPPED_WITH_ERRORS, Cluster, make_cluster, unavailable, wait_for
 
 # One worker of a parallel run takes them all: they share one module-scoped cluster, in order.
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("flower")]
@@ -38,7 +39,6 @@ DEADLINE = 60
 FAILING = "throw_exception_subtask_0=true"
 #: Seconds each subtask of the halted instance sleeps: far longer than the test may take.
 PAUSE = 600
-MODES = "restart-from-beginning, resubmit, resume-current-step, resume-monitoring"
 
 
 @dataclass
@@ -119,7 +119,7 @@ def flower(cluster: Cluster) -> Flower:
 def failed_instance(cluster: Cluster) -> tuple[int, list[int]]:
     """An instance stopped with its permuter tasks at ERROR - ALGORITHM_COMPLETE, 3/4 (1)."""
     instance = cluster.submit("--end-node", "permuter")
-    assert cluster.wait(instance).returncode == 1
+    cluster.wait(instance, STOPPED_WITH_ERRORS)
     tasks = cluster.tasks(instance)
     assert {(t["state"], t["counts"]) for t in tasks} == {("ERROR - ALGORITHM_COMPLETE", "3/4 (1)")}
     return instance, [t["id"] for t in tasks]
@@ -142,6 +142,7 @@ def test_api_and_pages_answer_401_without_credentials(cluster: Cluster, flower: 
     assert flower.request("/metrics").status == 200
     assert flower.request("/healthcheck", auth=False).status == 200, "open, for readiness"
     assert flower.request("/pipeline/restart").status == 200
+    assert flower.async_apply("pipeline.nosuch").status == 404
     assert cluster.json("instances") == [], "nothing was submitted"
 
 
@@ -154,7 +155,7 @@ def test_submit_and_restart_through_flowers_api(cluster: Cluster, flower: Flower
         f"instance {instance} of sample submitted with 2 tasks ({state})"
         for state in ("INITIALIZED", "PROCESSING")
     ]
-    assert cluster.wait(instance).returncode == 1
+    cluster.wait(instance, STOPPED_WITH_ERRORS)
 
     restarted = flower.run("pipeline.restart", tasks, mode="resume-current-step")
     assert restarted["ok"], restarted
@@ -164,7 +165,7 @@ def test_submit_and_restart_through_flowers_api(cluster: Cluster, flower: Flower
     assert restarted["summary"].startswith(
         f"task {tasks[0]} resume-current-step: store the successful subtasks"
     )
-    assert cluster.wait(instance).returncode == 0
+    cluster.wait(instance)
     assert {(t["state"], t["counts"]) for t in cluster.tasks(instance)} == {("COMPLETE", "3/4 (1)")}
 
     # Flower's task list names the pipeline task and attempt of each stage message.
@@ -176,46 +177,10 @@ def test_submit_and_restart_through_flowers_api(cluster: Cluster, flower: Flower
     wait_for(lambda: expected <= marshal_args(), DEADLINE, "the stage arguments in Flower")
 
 
-def test_bad_input_gives_a_one_line_error_and_changes_nothing(
-    cluster: Cluster, flower: Flower
-) -> None:
-    instance, tasks = failed_instance(cluster)
-    before = cluster.tasks(instance)
-
-    assert flower.run("pipeline.restart", tasks, mode="sideways") == {
-        "ok": False,
-        "error": f"unknown restart mode 'sideways' (one of {MODES})",
-    }
-    assert flower.run("pipeline.restart", [f"{tasks[0]}:resubmit", "seven"]) == {
-        "ok": False,
-        "error": "'seven' is not TASK or TASK:MODE",
-    }
-    assert flower.run("pipeline.restart_failed", 9999, "resubmit") == {
-        "ok": False,
-        "error": "unknown instance 9999",
-    }
-    assert (
-        flower.run("pipeline.halt", "abc")["error"]
-        == "argument tasks: Input should be a valid list"
-    )
-    assert flower.run("pipeline.submit", "nosuch")["error"].startswith("unknown pipeline 'nosuch'")
-    refused = flower.run("pipeline.halt", [tasks[0]])
-    assert not refused["ok"]
-    stopped = f"task {tasks[0]} is already stopped (ERROR - ALGORITHM_COMPLETE)"
-    assert refused["summary"] == f"task {tasks[0]} refused: {stopped}"
-    assert flower.async_apply("pipeline.nosuch").status == 404
-    assert cluster.tasks(instance) == before
-
-    # A restart page form with no mode chosen is refused in one line, too.
-    page = flower.post_form("/pipeline/restart", {"instance": str(instance), "mode": ""})
-    assert page.status == 200 and "choose the restart mode" in page.body
-    assert cluster.tasks(instance) == before
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
+        unavailable(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -235,8 +200,11 @@ def test_restart_page_in_a_browser(cluster: Cluster, flower: Flower, browser: An
         assert page.url == flower.url + "/pipeline/restart"
         section = page.locator(f"#instance-{instance}")
         assert section.locator(".instance-state").inner_text() == "ERRORS_STALLED"
+        modes = [mode.name for mode in facade.restart_modes()]
         for task in tasks:
             row = section.locator(f"#task-{task}")
+            choices = row.get_by_label(f"Restart mode for task {task}").locator("option")
+            assert choices.all_inner_texts() == ["leave as it is", *modes]
             assert row.locator(".task-state").inner_text() == "ERROR - ALGORITHM_COMPLETE"
             assert row.locator(".task-counts").inner_text() == "3/4 (1)"
             assert "subtask 0: RuntimeError: subtask 0 failed on purpose" in row.inner_text()

@@ -1,5 +1,9 @@
 """Lost work: processes die mid-run (workers, Redis, PostgreSQL, beat, a marshal) and the
-instance still completes without a human, each output stored exactly once and right."""
+instance still completes without an operator, each output stored exactly once and right,
+within the recovery time the README promises ("When processes die").
+
+Chaos is what production meets, so these run on PostgreSQL, the production database.
+"""
 
 from __future__ import annotations
 
@@ -8,45 +12,50 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis
-import yaml
-from PIL import Image
 from sqlalchemy import select
-from typer.testing import CliRunner
 
-from config.sample.algorithms import CHANNEL_ORDER
-from config.sample.images import pixels
-from pipeline import cli, services
 from pipeline.database import transaction
-from pipeline.models import Subtask, utcnow
-from pipeline.states import SubtaskState
-from tests.conftest import Cluster, make_cluster, wait_for
+from pipeline.domain.models import Subtask, utcnow
+from pipeline.domain.states import SubtaskState
+from pipeline.operations import facade
+from tests.support import (
+    Cluster,
+    PostgresServer,
+    assert_sample_outputs,
+    make_cluster,
+    stores_per_attempt,
+    wait_for,
+)
 
-pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos, pytest.mark.postgres]
 
 #: The lease of the chaos clusters: a subtask whose worker is silent 3 s is lost.
 LEASE_SECONDS = 3
+#: README: lost work is back in flight within one lease and one monitor interval of the
+#: worker's last heartbeat; measured from the kill, through the monitor's own work on a
+#: busy machine, the tests hold it to three leases.
+RECOVERY_BOUND = 3 * LEASE_SECONDS
 #: A subtask running for less than this is far from its end (the runs pause 3-4 s).
 JUST_STARTED = 2.0
 
 
 @pytest.fixture
-def chaos_cluster(backend, request, monkeypatch):
-    """A factory of started clusters with short leases, stopped and removed afterwards;
-    this test process reads the newest one's database directly (see ``just_started``)."""
-    postgres = request.getfixturevalue("postgres_server") if backend == "postgres" else None
+def chaos_cluster(
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[int], Cluster]]:
+    """A factory of started PostgreSQL clusters with short leases, stopped and removed
+    afterwards; this test process reads the newest one's database directly."""
     made: list[Cluster] = []
 
     def start(workers: int) -> Cluster:
-        made.append(make_cluster(backend, postgres, PIPELINE_LEASE_SECONDS=str(LEASE_SECONDS)))
+        made.append(make_cluster("postgres", postgres, PIPELINE_LEASE_SECONDS=str(LEASE_SECONDS)))
         made[-1].start(workers=workers)
         made[-1].activate(monkeypatch)
         return made[-1]
@@ -58,7 +67,7 @@ def chaos_cluster(backend, request, monkeypatch):
 
 
 @pytest.fixture
-def two_workers(chaos_cluster) -> Cluster:
+def two_workers(chaos_cluster: Callable[[int], Cluster]) -> Cluster:
     return chaos_cluster(2)
 
 
@@ -94,38 +103,33 @@ def just_started(
 
 
 def assert_completed_exactly_once(cluster: Cluster, instance: int) -> None:
-    """COMPLETED, every count right, and each permuted image stored once with its pixels."""
-    result = cluster.wait(instance, timeout=180)
-    assert result.returncode == 0, result.stdout + result.stderr
+    """COMPLETED, every count right, each task stored once (its history says so), and each
+    permuted image in the datastore with its pixels."""
+    cluster.wait(instance, timeout=180)
     tasks = cluster.tasks(instance)
-    assert [(t["p_state"], t["error"]) for t in tasks] == [("COMPLETE", False)] * 2
-    assert all(
-        (t["total_subtasks"], t["completed_subtasks"], t["failed_subtasks"]) == (4, 4, 0)
-        for t in tasks
-    )
+    assert [(t["p_state"], t["error"], t["counts"]) for t in tasks] == [
+        ("COMPLETE", False, "4/4 (0)")
+    ] * 2
     for task in tasks:
         assert [s["state"] for s in cluster.json("subtasks", task["id"])] == ["COMPLETE"] * 4
-    for set_number, unit in ((1, "set-1"), (2, "set-2")):
-        stored = sorted((cluster.datastore / unit / "L1").iterdir())
-        assert [p.name for p in stored] == [f"nasa-logo-file-{i}-perm.png" for i in range(4)]
-        for image, path in enumerate(stored):
-            with Image.open(path) as png:
-                expected = pixels(set_number, image)[..., CHANNEL_ORDER]
-                np.testing.assert_array_equal(np.asarray(png), expected)
+        history = cluster.json("task", task["id"])["history"]
+        assert stores_per_attempt(history) == {task["attempt"]: 1}, "one store per attempt"
+    assert_sample_outputs(cluster.datastore, levels=("L1",))
 
 
-def back_in_flight(cluster: Cluster, lost: dict, since: float) -> float:
+def back_in_flight(lost: dict, since: float) -> float:
     """Wait until a lost subtask is dispatched again (queued, or run by another worker
-    process); returns the seconds it took."""
+    process); returns the seconds it took, held to the README's bound."""
     task_id, index = lost["task_id"], lost["index"]
 
     def dispatched_again() -> bool:
-        now = services.list_subtasks(task_id)[index]
+        now = facade.list_subtasks(task_id)[index]
         return now["state"] == "QUEUED" or now["attempts"] > lost["attempts"]
 
     wait_for(dispatched_again, what=f"subtask {task_id}/{index} dispatched again")
     detected = time.monotonic() - since
     print(f"lost subtask {task_id}/{index} back in flight after {detected:.1f} s")
+    assert detected <= RECOVERY_BOUND, f"back in flight after {detected:.1f} s"
     return detected
 
 
@@ -146,14 +150,14 @@ def test_worker_killed_mid_subtask_its_work_is_redone_elsewhere(two_workers) -> 
     # Every subtask worker1 was running dies with it, not only the one just started.
     on_worker1 = just_started(lambda s: s.worker_host.startswith("worker1@"), within=3600)
     # What an operator sees until the lease lapses: the subtask, its worker and heartbeat.
-    detail = services.get_task(lost[0]["task_id"])
+    detail = facade.get_task(lost[0]["task_id"])
     [shown] = [s for s in detail["running"] if s["index"] == lost[0]["index"]]
     assert shown["worker_host"].startswith("worker1@") and shown["worker_pid"] > 0
     assert shown["heartbeat_at"] >= shown["started_at"]
-    table = CliRunner().invoke(cli.app, ["task", str(detail["id"])]).stdout
+    table = cluster.cli("task", detail["id"]).stdout
     assert "running subtasks" in table and "last heartbeat" in table and "worker1@" in table
     cluster.kill("worker1")
-    back_in_flight(cluster, lost[0], since=killed_at)
+    back_in_flight(lost[0], since=killed_at)
     victims = [(s["task_id"], s["index"]) for s in on_worker1]
 
     assert_completed_exactly_once(cluster, instance)
@@ -199,7 +203,7 @@ def test_worker_killed_three_times_each_replacement_carries_on(chaos_cluster) ->
         killed_at = time.monotonic()
         victims.append((victim["task_id"], victim["index"], victim["attempts"]))
         cluster.start(workers=1)
-        back_in_flight(cluster, victim, since=killed_at)
+        back_in_flight(victim, since=killed_at)
 
     assert_completed_exactly_once(cluster, instance)
     for task_id, index, attempts in victims:
@@ -239,14 +243,13 @@ def test_broker_restarted_without_its_queue_is_recovered_by_the_monitor(chaos_cl
 # -- d: the database restarts ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["postgres"])
-def test_postgres_restarted_mid_run(two_workers, postgres_server) -> None:
+def test_postgres_restarted_mid_run(two_workers: Cluster, postgres: PostgresServer) -> None:
     """d: PostgreSQL stops and starts again while subtasks run and record their outcomes;
     workers and beat reconnect and the run finishes."""
     cluster = two_workers
     instance = permuter_run(cluster, pause=2)
     wait_for(lambda: len(just_started()) >= 2, what="two subtasks running")
-    postgres_server.restart()
+    postgres.restart()
 
     assert_completed_exactly_once(cluster, instance)
     assert cluster.process("worker1")["alive"] and cluster.process("worker2")["alive"]
@@ -277,7 +280,6 @@ def test_beat_killed_and_started_again_recovers_what_was_lost_meanwhile(chaos_cl
 # -- a marshal whose worker dies -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["sqlite"])
 def test_marshal_killed_mid_step_is_marshaled_again(chaos_cluster) -> None:
     """A worker dies while marshaling: the task sits in MARSHALING with nothing moving it.
     Its step lease lapses, and the monitor marshals it again under a new attempt."""
@@ -287,9 +289,9 @@ def test_marshal_killed_mid_step_is_marshaled_again(chaos_cluster) -> None:
     task = cluster.tasks(instance)[0]
     hanging = (
         "import sys, time\n"
-        "from pipeline import engine, marshal\n"
-        "marshal.marshal = lambda *args: time.sleep(3600)\n"
-        "engine.marshal(int(sys.argv[1]), 1)\n"
+        "from pipeline.engine import stages, taskdir\n"
+        "taskdir.marshal = lambda *args: time.sleep(3600)\n"
+        "stages.marshal(int(sys.argv[1]), 1)\n"
     )
     dying = subprocess.Popen([sys.executable, "-c", hanging, str(task["id"])], env=cluster.env)
     try:
@@ -307,70 +309,3 @@ def test_marshal_killed_mid_step_is_marshaled_again(chaos_cluster) -> None:
     assert detail["attempt"] == 2
     assert any("marshaling lost" in e["message"] for e in detail["history"])
     assert any("marshaling lost" in a["message"] for a in cluster.json("alerts"))
-
-
-# -- a subtask that hangs --------------------------------------------------------------------
-
-
-HANGING_PIPELINE = {
-    "name": "hanging",
-    "description": "Subtask 0 hangs past its timeout; the others finish.",
-    "data_file_types": {
-        "raw_image": {"location": "{dataset}/L0", "pattern": "*.png"},
-        "seen": {"location": "{dataset}/seen", "pattern": "*-seen.txt"},
-    },
-    "nodes": [
-        {
-            "name": "sometimes_hangs",
-            "algorithm": "tests.algorithms:hang_in_subtask_0",
-            "inputs": ["raw_image"],
-            "outputs": ["seen"],
-            "execution": {"subtask_timeout": 2, "max_failed_subtasks": 1},
-        }
-    ],
-}
-
-
-@pytest.mark.parametrize("backend", ["sqlite"])
-def test_hanging_subtask_fails_with_timeout_and_the_task_goes_on(chaos_cluster, tmp_path) -> None:
-    cluster = chaos_cluster(1)
-    definition = tmp_path / "hanging.yaml"
-    definition.write_text(yaml.safe_dump(HANGING_PIPELINE))
-    cluster.cli("definitions", "import", definition)
-    instance = int(cluster.json("submit", "hanging")["id"])
-
-    result = cluster.wait(instance, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    for task in cluster.tasks(instance):
-        assert (task["p_state"], task["completed_subtasks"], task["failed_subtasks"]) == (
-            "COMPLETE",
-            3,
-            1,
-        )
-        subtasks = cluster.json("subtasks", task["id"])
-        assert subtasks[0]["state"] == "FAILED" and subtasks[0]["error"].startswith("timeout")
-        assert [s["state"] for s in subtasks[1:]] == ["COMPLETE"] * 3
-        seen = sorted(p.name for p in (cluster.datastore / task["unit_of_work"] / "seen").iterdir())
-        assert seen == [f"nasa-logo-file-{i}-seen.txt" for i in (1, 2, 3)]
-
-
-# -- two beats -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("backend", ["sqlite"])
-def test_two_monitors_at_once_only_one_reconciles(chaos_cluster) -> None:
-    """A second beat started by mistake sends a second monitor each interval: the two runs
-    meet at the lock, and one of them does nothing."""
-    from pipeline import reconcile
-
-    cluster = chaos_cluster(1)
-    cluster.kill("beat")
-    broker = redis.Redis.from_url(cluster.process("redis")["url"])
-    wait_for(lambda: not broker.exists(reconcile.LOCK_KEY), what="the last monitor's lock")
-    results: list[dict[str, int]] = []
-    runs = [threading.Thread(target=lambda: results.append(reconcile.reconcile())) for _ in "ab"]
-    for run in runs:
-        run.start()
-    for run in runs:
-        run.join()
-    assert sorted("skipped" in result for result in results) == [False, True]

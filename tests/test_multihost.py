@@ -33,7 +33,7 @@ from PIL import Image
 from config.sample.algorithms import CHANNEL_ORDER
 from config.sample.images import pixels
 from config.settings import PACKAGED_DEFINITIONS
-from tests.conftest import PIPELINE, clean_env, wait_for
+from tests.support import PIPELINE, clean_env, unavailable, wait_for
 
 #: With test_concurrency, the heaviest tests: they take turns (one xdist group), since
 #: each alone keeps both cores busy.
@@ -59,13 +59,13 @@ READY_SECONDS = 60
 #: exits 1 if there is none before the deadline.
 WATCH_RUNNING = """
 import json, sys, time
-from pipeline import services
+from pipeline.operations import facade
 instance, host, deadline = int(sys.argv[1]), sys.argv[2], time.monotonic() + float(sys.argv[3])
 while time.monotonic() < deadline:
     running = [
         {**s, "task": t["id"]}
-        for t in services.list_tasks(instance)
-        for s in services.list_subtasks(t["id"])
+        for t in facade.list_tasks(instance)
+        for s in facade.list_subtasks(t["id"])
         if s["state"] == "RUNNING" and s["worker_host"] == host
     ]
     if running:
@@ -227,9 +227,9 @@ def network() -> Iterator[Network]:
     default); hostA and hostB with one worker each, for their own queues."""
     reason = namespaces_unavailable()
     if reason:
-        pytest.skip(f"multi-host test: {reason}")
+        unavailable(f"multi-host test: {reason}")
     if not postgres_bindir().is_dir() or not shutil.which("redis-server"):
-        pytest.skip("multi-host test: needs redis-server and PostgreSQL (make test installs them)")
+        unavailable("multi-host test: needs redis-server and PostgreSQL (make test installs them)")
     shared = Path(tempfile.mkdtemp(prefix="pipeline-multihost-", dir="/tmp"))
     shared.chmod(0o755)
     logs = shared / "logs"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PIPELINE, Cluster, clean_env, free_port, wait_for
-from tests.test_cli_errors import assert_one_line_error
+from tests.support import PIPELINE, Cluster, assert_one_line_error, clean_env, free_port, wait_for
+
+pytestmark = pytest.mark.e2e
 
 
 def worker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

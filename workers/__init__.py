@@ -1,1 +1,3 @@
-"""The Celery side of the pipeline: the app and the stage tasks that move work."""
+"""The Celery entry points: the tasks that move work (``stages``), the operator's operations
+run through Flower (``operations``), and the app that holds them (``app``). Everything they
+do is in ``pipeline``, which never imports them."""

@@ -1,10 +1,10 @@
 """An operator's operations as Celery tasks, so Flower's API can run them.
 
 ``POST /api/task/async-apply/pipeline.restart`` with ``{"args": [...], "kwargs": {...}}``
-runs the same service function as ``pipeline restart``; so do ``pipeline.restart_failed``,
+runs the same facade operation as ``pipeline restart``; so do ``pipeline.restart_failed``,
 ``pipeline.halt``, ``pipeline.halt_instance`` and ``pipeline.submit`` for their commands.
-Arguments are JSON values, checked against each function's annotations. The result is a
-JSON dict saying what happened: ``ok``, a one-line ``summary`` and the details (each task's
+Arguments are JSON values, checked against each task's annotations. The result is a JSON
+dict saying what happened: ``ok``, a one-line ``summary`` and the details (each task's
 outcome, the submitted instance). An operator's mistake (an unknown mode, task, instance or
 pipeline, a value of the wrong type) comes back as ``{"ok": false, "error": "<one line>"}``
 and changes nothing, rather than as a traceback.
@@ -24,15 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError, validate_call
-from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline import halt as halting
-from pipeline import restart as restarting
-from pipeline import services
-from pipeline.database import describe_database_error
-from pipeline.errors import InvalidInput, PipelineError
-from pipeline.restart import Outcome, describe
-from workers.app import OPERATIONS_QUEUE, app
+from pipeline.messaging.celery_app import OPERATIONS_QUEUE, celery_app
+from pipeline.operations import facade
+
+app = celery_app()
 
 #: Results are kept for the operator to read; argument checking is done here, by pydantic,
 #: so a wrong call becomes a result saying so instead of an error inside Flower.
@@ -56,7 +52,7 @@ def _validation_message(exc: ValidationError, names: list[str]) -> str:
 
 
 def operation(name: str) -> Callable[[Operation], Any]:
-    """Register ``function`` as the Celery task ``name``, its errors as one-line results."""
+    """Register ``function`` as the Celery task ``name``, its problems as one-line results."""
 
     def register(function: Operation) -> Any:
         checked = validate_call(function)
@@ -67,25 +63,21 @@ def operation(name: str) -> Callable[[Operation], Any]:
         def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
             try:
                 return checked(*args, **kwargs)
-            except ValidationError as exc:
-                return {"ok": False, "error": _validation_message(exc, names)}
-            except PipelineError as exc:
-                return {"ok": False, "error": str(exc)}
-            except SQLAlchemyError as exc:
-                return {"ok": False, "error": describe_database_error(exc)}
+            except Exception as exc:
+                if isinstance(exc, ValidationError) and exc.title == function.__name__:
+                    return {"ok": False, "error": _validation_message(exc, names)}
+                found = facade.problem(exc)
+                if found is None:
+                    raise
+                return {"ok": False, "error": found.message}
 
         return run
 
     return register
 
 
-def _outcomes(outcomes: list[Outcome], **extra: Any) -> dict[str, Any]:
-    return {
-        "ok": all(outcome.ok for outcome in outcomes),
-        "summary": describe(outcomes),
-        **extra,
-        "outcomes": [outcome.as_dict() for outcome in outcomes],
-    }
+def _report(report: facade.Report, **extra: Any) -> dict[str, Any]:
+    return {"ok": report.ok, "summary": report.summary, **extra, "outcomes": report.as_dicts()}
 
 
 @operation("pipeline.restart")
@@ -99,10 +91,7 @@ def restart(
 
     ``settings`` changes execution settings (queue, subtask_timeout, ...) with the restart.
     """
-    if not tasks:
-        raise InvalidInput("name the tasks to restart (pipeline.restart_failed takes an instance)")
-    requests = [restarting.parse_request(item, mode) for item in tasks]
-    return _outcomes(restarting.restart(requests, settings, dry_run), dry_run=dry_run)
+    return _report(facade.restart(tasks, mode, settings, dry_run), dry_run=dry_run)
 
 
 @operation("pipeline.restart_failed")
@@ -110,22 +99,20 @@ def restart_failed(
     instance: int, mode: str, settings: dict[str, Any] | None = None, dry_run: bool = False
 ) -> dict[str, Any]:
     """Restart every failed task of ``instance`` in one mode (or retry a failed transition)."""
-    outcomes = restarting.restart_failed(instance, mode, settings, dry_run)
-    return _outcomes(outcomes, instance=instance, dry_run=dry_run)
+    report = facade.restart_failed(instance, mode, settings, dry_run)
+    return _report(report, instance=instance, dry_run=dry_run)
 
 
 @operation("pipeline.halt")
 def halt(tasks: list[int]) -> dict[str, Any]:
     """Halt tasks: queued work dropped, running subtasks terminated, the error flag set."""
-    if not tasks:
-        raise InvalidInput("name the tasks to halt (pipeline.halt_instance takes an instance)")
-    return _outcomes(halting.halt(tasks))
+    return _report(facade.halt(tasks))
 
 
 @operation("pipeline.halt_instance")
 def halt_instance(instance: int) -> dict[str, Any]:
     """Halt every task of ``instance`` that is still running."""
-    return _outcomes(halting.halt_instance(instance), instance=instance)
+    return _report(facade.halt_instance(instance), instance=instance)
 
 
 @operation("pipeline.submit")
@@ -136,5 +123,5 @@ def submit(
     priority: int | None = None,
 ) -> dict[str, Any]:
     """Submit an instance of the newest version of ``pipeline``; the result names its id."""
-    submitted = services.submit_instance(pipeline, start_node, end_node, priority)
-    return {"ok": True, "summary": services.submitted_line(submitted), **submitted}
+    submitted = facade.submit(pipeline, start_node, end_node, priority)
+    return {"ok": True, "summary": facade.submitted_line(submitted), **submitted}

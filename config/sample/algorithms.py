@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.algorithms import SubtaskContext
+from pipeline.domain.context import SubtaskContext
 
 #: permuter's fixed shuffle of colour channels: new R, G, B = old B, R, G.
 CHANNEL_ORDER = [2, 0, 1]

@@ -3,7 +3,7 @@
 from alembic import context
 
 from pipeline.database import get_engine
-from pipeline.models import Base
+from pipeline.domain.models import Base
 
 engine = context.config.attributes.get("engine") or get_engine()
 

@@ -1,0 +1,462 @@
+"""A local cluster under PIPELINE_HOME: private redis-server, Celery workers, beat, the HTTP
+API, Flower, and the worker of the operations run through Flower.
+
+``start`` starts only what is not running, ``stop`` stops only what ``start`` started
+(found by the pid files under ``PIPELINE_HOME/run``, each checked against the process's
+command line so a recycled pid is never signalled).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+from config.settings import (
+    API_PREFIX,
+    CELERY_APP,
+    HEALTHZ,
+    Settings,
+    get_settings,
+    reload_settings,
+    write_settings_file,
+)
+from pipeline import database
+from pipeline.domain import definitions
+from pipeline.errors import PipelineError, Refused
+from pipeline.messaging.celery_app import DEFAULT_QUEUE, OPERATIONS_QUEUE, celery_app, configure
+
+#: Seconds a service gets to become ready after it is started.
+READY_TIMEOUT = 60.0
+#: Seconds a service gets to exit after SIGTERM before it is killed.
+STOP_TIMEOUT = 30.0
+POLL = 0.1
+#: The Celery command line of this installation, for workers and beat.
+CELERY = [sys.executable, "-m", "celery", "-A", CELERY_APP]
+
+
+@dataclass(frozen=True)
+class Service:
+    """One process of the cluster: how to start it and how to recognise it."""
+
+    name: str
+    argv: list[str]
+    #: Strings the process's command line contains, telling it from a recycled pid.
+    match: tuple[str, ...]
+    url: str = ""
+    #: A URL that answers once the service is ready (an HTTP service).
+    ready_url: str = ""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def redis_service(settings: Settings) -> Service:
+    port = settings.redis_port or 6379
+    redis_dir = settings.home / "redis"
+    return Service(
+        name="redis",
+        argv=[
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(redis_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(settings.log_dir / "redis.log"),
+        ],
+        # Redis retitles itself "redis-server 127.0.0.1:PORT" once it runs.
+        match=("redis-server", str(port)),
+        url=settings.broker,
+    )
+
+
+def worker_queues(settings: Settings) -> list[str]:
+    """The queues local workers consume: the setting, else every queue the definitions name."""
+    if settings.worker_queues:
+        return settings.worker_queues
+    queues = {DEFAULT_QUEUE}
+    try:
+        with database.transaction() as session:
+            for stored in definitions.list_latest(session):
+                queues.update(node["execution"]["queue"] for node in stored.spec["nodes"])
+    except PipelineError:
+        pass
+    return sorted(queues)
+
+
+def celery_worker_argv(node_name: str, queues: list[str], concurrency: int) -> list[str]:
+    """The Celery command line of one worker, for ``cluster start`` and ``pipeline worker``.
+
+    Task events (``-E``) feed Flower. No mingle or gossip: a worker learns nothing from the
+    others at start (the database holds the state), and on many hosts their chatter only
+    costs broker round trips.
+    """
+    return [
+        *CELERY,
+        "worker",
+        "-n",
+        node_name,
+        "-c",
+        str(concurrency),
+        "-Q",
+        ",".join(queues),
+        "-E",
+        "--without-mingle",
+        "--without-gossip",
+        "--loglevel",
+        "INFO",
+    ]
+
+
+def worker_service(settings: Settings, number: int, queues: list[str]) -> Service:
+    log = settings.log_dir / f"worker{number}.log"
+    argv = celery_worker_argv(f"worker{number}@%h", queues, settings.worker_concurrency)
+    return Service(name=f"worker{number}", argv=[*argv, "--logfile", str(log)], match=(str(log),))
+
+
+def beat_service(settings: Settings) -> Service:
+    log = settings.log_dir / "beat.log"
+    return Service(
+        name="beat",
+        argv=[
+            *CELERY,
+            "beat",
+            "-s",
+            str(settings.run_dir / "celerybeat-schedule"),
+            "--loglevel",
+            "INFO",
+            "--logfile",
+            str(log),
+        ],
+        match=(str(log),),
+    )
+
+
+def api_service(settings: Settings) -> Service:
+    """The HTTP API; its port, unique to the home, tells it from another home's."""
+    port = settings.api_listen_port
+    return Service(
+        name="api",
+        argv=[sys.executable, "-m", "pipeline", "api", "--port", str(port)],
+        # /proc/PID/cmdline ends each argument with a NUL, read as a space: the port is whole.
+        match=("-m pipeline api ", f"--port {port} "),
+        url=settings.api_url,
+        ready_url=f"{settings.api_url}{API_PREFIX}{HEALTHZ}",
+    )
+
+
+def operations_service(settings: Settings) -> Service:
+    """The worker of an operator's operations run through Flower (restart, halt, submit)."""
+    log = settings.log_dir / "operations.log"
+    return Service(
+        name="operations",
+        argv=[
+            *CELERY,
+            "worker",
+            "-n",
+            "operations@%h",
+            "--pool",
+            "solo",
+            "-Q",
+            OPERATIONS_QUEUE,
+            "-E",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
+            "--logfile",
+            str(log),
+        ],
+        match=(str(log),),
+    )
+
+
+def flower_service(settings: Settings) -> Service:
+    """Flower with the restart page (``pipeline flower``), behind basic auth."""
+    log = settings.log_dir / "flower.log"
+    return Service(
+        name="flower",
+        argv=[sys.executable, "-m", "pipeline", "flower", "--log-file", str(log)],
+        match=(str(log),),
+        url=settings.flower_url,
+        ready_url=f"{settings.flower_url}/healthcheck",
+    )
+
+
+def services(
+    settings: Settings, workers: int | None = None, queues: list[str] | None = None
+) -> list[Service]:
+    """The cluster's processes; ``queues`` (read from the database) only when starting them."""
+    count = workers or settings.workers
+    listed = [redis_service(settings)] if settings.uses_private_redis else []
+    listed += [worker_service(settings, n, queues or []) for n in range(1, count + 1)]
+    services = [beat_service(settings), operations_service(settings), api_service(settings)]
+    return [*listed, *services, flower_service(settings)]
+
+
+# -- pid files -------------------------------------------------------------------------------
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.pid"
+
+
+def _read_pid(settings: Settings, name: str) -> tuple[int, tuple[str, ...]] | None:
+    try:
+        data = json.loads(_pid_file(settings, name).read_text())
+        return int(data["pid"]), tuple(data["match"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def alive(pid: int, match: tuple[str, ...]) -> bool:
+    """Is ``pid`` a live (not zombie) process whose command line contains each of ``match``?"""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and all(word in cmdline for word in match)
+
+
+def _running_pid(settings: Settings, name: str) -> int | None:
+    found = _read_pid(settings, name)
+    return found[0] if found and alive(*found) else None
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def init(sample_data: bool = True) -> dict[str, Any]:
+    """Create PIPELINE_HOME, the database, and import every definition in the definitions dir."""
+    settings = get_settings()
+    for directory in (settings.home, settings.run_dir, settings.log_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    chosen: dict[str, object] = {}
+    if settings.uses_private_redis and settings.redis_port is None:
+        chosen["redis_port"] = free_port()
+    chosen.update(_chosen_credentials(settings))
+    write_settings_file(settings.settings_file, chosen)
+    settings = _reload()
+    database.upgrade()
+    files = definitions.definition_files(settings.definitions_dir)
+    with database.transaction() as session:
+        imported = definitions.import_files(session, files)
+    settings.datastore.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if sample_data and any(stored.name == "sample" for stored, _ in imported):
+        from config.sample.images import write_sample_datastore
+
+        written = write_sample_datastore(settings.datastore)
+    return {
+        "home": str(settings.home),
+        "database": database.masked(settings.db_url),
+        "broker": database.masked(settings.broker),
+        "datastore": str(settings.datastore),
+        "definitions": [
+            {"name": stored.name, "version": stored.version, "new": new} for stored, new in imported
+        ],
+        "sample_files_written": len(written),
+    }
+
+
+def _chosen_credentials(settings: Settings) -> dict[str, object]:
+    """Ports and secrets for the HTTP API and Flower that neither settings nor env provide."""
+    chosen: dict[str, object] = {}
+    if settings.api_port is None:
+        chosen["api_port"] = free_port()
+    if settings.flower_port is None:
+        chosen["flower_port"] = free_port()
+    if not settings.api_token:
+        chosen["api_token"] = secrets.token_urlsafe(32)
+    if not settings.flower_password:
+        chosen["flower_password"] = secrets.token_urlsafe(16)
+    return chosen
+
+
+def credentials() -> dict[str, Any]:
+    """The HTTP API's URL and token and Flower's URL and login, as the cluster's home holds them."""
+    settings = get_settings()
+    _require_init(settings)
+    return {
+        "api_url": settings.api_url,
+        "api_token": settings.api_token,
+        "flower_url": settings.flower_url,
+        "flower_user": settings.flower_user,
+        "flower_password": settings.flower_password,
+    }
+
+
+def _reload() -> Settings:
+    settings = reload_settings()
+    database.reset_engines()
+    configure(celery_app(), settings)
+    return settings
+
+
+def _require_init(settings: Settings) -> None:
+    if not settings.settings_file.exists():
+        raise Refused(f"no cluster under {settings.home}: run `pipeline cluster init` first")
+
+
+def start(
+    workers: int | None = None, progress: Callable[[str], None] = lambda _: None
+) -> list[dict[str, Any]]:
+    """Start every service that is not running, and wait until each is ready.
+
+    Redis is ready before the others start; those start side by side, since none needs
+    another (their start-up is mostly importing Python).
+    """
+    settings = get_settings()
+    _require_init(settings)
+    if settings.uses_private_redis and not shutil.which("redis-server"):
+        raise Refused("redis-server not found: install it (apt-get install redis-server)")
+    database.check_database()
+    (settings.home / "redis").mkdir(exist_ok=True)
+    started = []
+    for service in services(settings, workers, worker_queues(settings)):
+        if _running_pid(settings, service.name):
+            continue
+        progress(f"starting {service.name}")
+        started.append((service, _spawn(settings, service)))
+        if service.name == "redis":
+            _wait_ready(settings, *started.pop())
+    for service, process in started:
+        progress(f"waiting for {service.name}")
+        _wait_ready(settings, service, process)
+    return status(workers)
+
+
+def _spawn(settings: Settings, service: Service) -> subprocess.Popen[bytes]:
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    output = (settings.log_dir / f"{service.name}.out").open("ab")
+    env = {**os.environ, "PIPELINE_HOME": str(settings.home)}
+    process = subprocess.Popen(
+        service.argv,
+        cwd=settings.home,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    output.close()
+    _pid_file(settings, service.name).write_text(
+        json.dumps({"pid": process.pid, "match": service.match})
+    )
+    return process
+
+
+def _wait_ready(settings: Settings, service: Service, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise Refused(f"{service.name} exited at start: see {settings.log_dir}")
+        if _ready(settings, service):
+            return
+        time.sleep(POLL)
+    raise Refused(f"{service.name} not ready after {READY_TIMEOUT:g} s: see {settings.log_dir}")
+
+
+def _ready(settings: Settings, service: Service) -> bool:
+    if service.ready_url:
+        return _http_answers(service.ready_url)
+    if service.name == "redis":
+        return _redis_answers(settings.broker)
+    if service.name == "beat":
+        log = settings.log_dir / "beat.log"
+        return log.exists() and "beat: Starting" in log.read_text(errors="replace")
+    name = f"{service.name}@{socket.gethostname()}"
+    try:
+        replies = celery_app().control.ping(destination=[name], timeout=0.5)
+    except Exception:  # the broker is still starting
+        return False
+    return any(name in reply for reply in replies)
+
+
+def _http_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as response:
+            return bool(response.status == HTTPStatus.OK)
+    except OSError:  # refused, or not answering yet (URLError is an OSError)
+        return False
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def stop() -> list[str]:
+    """Stop the processes ``start`` started (workers, beat and Flower first, Redis last)."""
+    settings = get_settings()
+    stopped = []
+    names = [service.name for service in services(settings, _started_workers(settings))]
+    ordered = [n for n in names if n != "redis"] + [n for n in names if n == "redis"]
+    running = {n: found for n in ordered if (found := _read_pid(settings, n))}
+    for last in (False, True):  # Redis last: the others talk to it while they stop
+        targets = {n: f for n, f in running.items() if (n == "redis") == last}
+        for found in targets.values():
+            if alive(*found):
+                with suppress(ProcessLookupError):
+                    os.kill(found[0], signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for name, found in targets.items():
+            while alive(*found) and time.monotonic() < deadline:
+                time.sleep(POLL)
+            if alive(*found):
+                with suppress(ProcessLookupError):
+                    os.kill(found[0], signal.SIGKILL)
+            _pid_file(settings, name).unlink(missing_ok=True)
+            stopped.append(name)
+    return stopped
+
+
+def _started_workers(settings: Settings) -> int:
+    return len(list(settings.run_dir.glob("worker*.pid"))) or settings.workers
+
+
+def status(workers: int | None = None) -> list[dict[str, Any]]:
+    settings = get_settings()
+    count = max(workers or 0, _started_workers(settings))
+    rows = []
+    for service in services(settings, count):
+        found = _read_pid(settings, service.name)
+        rows.append(
+            {
+                "name": service.name,
+                "pid": found[0] if found else None,
+                "alive": bool(found and alive(*found)),
+                "url": database.masked(service.url) if service.url else None,
+            }
+        )
+    return rows

@@ -1,0 +1,349 @@
+"""Pipeline definitions: YAML files validated into a DAG of nodes, imported as versions.
+
+A file names its data file types, parameter sets and nodes::
+
+    name: sample
+    parameter_sets:
+      algorithm: {throw_exception_subtask_0: false}
+    data_file_types:
+      raw_image: {location: "{dataset}/L0", pattern: "*.png"}
+    nodes:
+      - name: permuter
+        algorithm: config.sample.algorithms:permuter
+        inputs: [raw_image]
+        outputs: [permuted_image]
+        parameter_sets: [algorithm]
+
+A location holds one ``{placeholder}`` path component: its values in the datastore are
+the units of work, one task each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import re
+import shutil
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pipeline.domain import parameters
+from pipeline.domain.models import ParameterSet, PipelineDefinition
+from pipeline.errors import InvalidInput, NotFound
+
+_PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+#: What a pipeline, node, parameter set or queue may be called.
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"
+#: Priorities of subtask messages: 0 runs first, 9 last.
+PRIORITY_FIRST, PRIORITY_LAST = 0, 9
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExecutionSettings(_Strict):
+    """Ziggy's remote execution parameters: the only values a restart may change."""
+
+    queue: str = Field(default="default", pattern=NAME_PATTERN)
+    subtask_timeout: float = Field(default=3600.0, gt=0, description="seconds per subtask")
+    max_failed_subtasks: int = Field(default=0, ge=0)
+    max_auto_resubmits: int = Field(default=0, ge=0)
+    priority: int = Field(
+        default=5, ge=PRIORITY_FIRST, le=PRIORITY_LAST, description="0 runs first, 9 last"
+    )
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="subtasks per message; unset: one each for small tasks, batches for big ones",
+    )
+
+
+class DataFileType(_Strict):
+    location: str
+    pattern: str = "*"
+
+    @field_validator("location")
+    @classmethod
+    def _one_placeholder(cls, location: str) -> str:
+        parts = Path(location).parts
+        placeholders = [p for p in parts if _PLACEHOLDER.match(p)]
+        if len(placeholders) != 1 or Path(location).is_absolute() or ".." in parts:
+            raise ValueError(
+                "must be a relative path with exactly one {placeholder} component, "
+                "e.g. '{dataset}/L0'"
+            )
+        return location
+
+    @property
+    def placeholder(self) -> str:
+        return next(p for p in Path(self.location).parts if _PLACEHOLDER.match(p))
+
+    def directory(self, unit_of_work: str) -> str:
+        return self.location.replace(self.placeholder, unit_of_work)
+
+
+class Executable(_Strict):
+    executable: str
+    args: list[str] = Field(default_factory=list)
+
+
+class Grouped(_Strict):
+    group_size: int = Field(gt=0)
+
+
+class Node(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    algorithm: str | Executable
+    after: list[str] = Field(default_factory=list)
+    inputs: list[str] = Field(min_length=1)
+    outputs: list[str] = Field(default_factory=list)
+    subtasks: Literal["per_file", "single"] | Grouped = "per_file"
+    parameter_sets: list[str] = Field(default_factory=list)
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+
+    @field_validator("algorithm")
+    @classmethod
+    def _callable_form(cls, algorithm: str | Executable) -> str | Executable:
+        if isinstance(algorithm, str) and not re.match(r"^[\w.]+:\w+$", algorithm):
+            raise ValueError("must be 'package.module:function' or {executable: PATH}")
+        return algorithm
+
+
+class Definition(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    parameter_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    data_file_types: dict[str, DataFileType]
+    nodes: Annotated[list[Node], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _references(self) -> Definition:
+        names = [node.name for node in self.nodes]
+        for i, node in enumerate(self.nodes):
+            if names.count(node.name) > 1:
+                raise _at(f"nodes.{i}.name", f"duplicate node {node.name!r}")
+            for parent in node.after:
+                if parent not in names:
+                    raise _at(f"nodes.{i}.after", f"unknown node {parent!r}")
+            for field in ("inputs", "outputs"):
+                for kind in getattr(node, field):
+                    if kind not in self.data_file_types:
+                        raise _at(f"nodes.{i}.{field}", f"unknown data file type {kind!r}")
+        try:
+            tuple(TopologicalSorter(self.graph()).static_order())
+        except CycleError as exc:
+            raise _at("nodes", f"cycle through {' -> '.join(exc.args[1])}") from None
+        return self
+
+    def graph(self) -> dict[str, set[str]]:
+        """Each node mapped to its parents."""
+        return {node.name: set(node.after) for node in self.nodes}
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise NotFound(f"pipeline {self.name!r} has no node {name!r}")
+
+    def children(self, name: str) -> list[str]:
+        return [node.name for node in self.nodes if name in node.after]
+
+    def order(self) -> list[str]:
+        return list(TopologicalSorter(self.graph()).static_order())
+
+
+class _Located(ValueError):
+    def __init__(self, loc: str, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def _at(loc: str, message: str) -> _Located:
+    return _Located(loc, message)
+
+
+def load(path: Path) -> Definition:
+    """Parse and validate one definition file; errors name the file, the key and the reason."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path}: not valid YAML ({_first_line(exc)})") from None
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{path}: expected a mapping with name, data_file_types and nodes")
+    try:
+        definition = Definition.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidInput(f"{path}: {_describe(exc)}") from None
+    except _Located as exc:
+        raise InvalidInput(f"{path}: {exc.loc}: {exc}") from None
+    _check_parameters(path, definition)
+    _resolve_algorithms(path, definition)
+    return definition
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, _Located):
+        return f"{cause.loc}: {cause}"
+    loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = str(cause) if cause else error["msg"]
+    return f"{loc}: {message}"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0]
+
+
+def _check_parameters(path: Path, definition: Definition) -> None:
+    for set_name, values in definition.parameter_sets.items():
+        for key, raw in values.items():
+            try:
+                definition.parameter_sets[set_name][key] = parameters.normalize_declaration(raw)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{path}: parameter_sets.{set_name}.{key}: {exc}") from None
+
+
+def _resolve_algorithms(path: Path, definition: Definition) -> None:
+    """Reject an algorithm that cannot be found; make an executable's path absolute."""
+    for i, node in enumerate(definition.nodes):
+        where = f"{path}: nodes.{i}.algorithm"
+        if isinstance(node.algorithm, str):
+            try:
+                resolve_callable(node.algorithm)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{where}: {exc}") from None
+            continue
+        program = node.algorithm.executable
+        candidate = (path.parent / program) if ("/" in program) else None
+        found = str(candidate.resolve()) if candidate else shutil.which(program)
+        if not found or not os.access(found, os.X_OK) or not Path(found).is_file():
+            raise InvalidInput(f"{where}: executable {program!r} not found or not executable")
+        node.algorithm.executable = found
+
+
+def resolve_callable(reference: str) -> Any:
+    module_name, _, attribute = reference.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidInput(f"cannot import {reference!r} ({exc})") from None
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise InvalidInput(f"cannot import {reference!r} (module has no function {attribute!r})")
+    return function
+
+
+def digest(definition: Definition) -> str:
+    canonical = json.dumps(definition.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def import_files(session: Session, paths: list[Path]) -> list[tuple[PipelineDefinition, bool]]:
+    """Import every file, all or nothing; returns each stored version and whether it is new.
+
+    Every file is validated, and every parameter set it names must be declared in it
+    or exist already, before anything is written.
+    """
+    loaded = [(path, load(path)) for path in paths]
+    seen: dict[str, Path] = {}
+    for path, definition in loaded:
+        if definition.name in seen:
+            raise InvalidInput(
+                f"{path}: name: pipeline {definition.name!r} also in {seen[definition.name]}"
+            )
+        seen[definition.name] = path
+        for i, node in enumerate(definition.nodes):
+            for set_name in node.parameter_sets:
+                if set_name not in definition.parameter_sets and not parameters.latest(
+                    session, set_name
+                ):
+                    raise InvalidInput(
+                        f"{path}: nodes.{i}.parameter_sets: unknown parameter set {set_name!r}"
+                    )
+    return [_store(session, path, definition) for path, definition in loaded]
+
+
+def _store(session: Session, path: Path, definition: Definition) -> tuple[PipelineDefinition, bool]:
+    for set_name, declared in definition.parameter_sets.items():
+        _merge_parameter_set(session, set_name, declared)
+    newest = latest(session, definition.name)
+    fingerprint = digest(definition)
+    if newest is not None and newest.digest == fingerprint:
+        return newest, False
+    stored = PipelineDefinition(
+        name=definition.name,
+        version=(newest.version + 1) if newest else 1,
+        digest=fingerprint,
+        spec=definition.model_dump(mode="json"),
+        source=str(path),
+    )
+    session.add(stored)
+    session.flush()
+    return stored, True
+
+
+def _merge_parameter_set(session: Session, name: str, declared: dict[str, Any]) -> None:
+    """Create a declared set; keep an existing one's values for keys whose type is unchanged."""
+    current = parameters.latest(session, name)
+    if current is None:
+        session.add(ParameterSet(name=name, version=1, values=declared))
+        return
+    kinds = {key: decl["type"] for key, decl in current.values.items()}
+    if kinds == {key: decl["type"] for key, decl in declared.items()}:
+        return
+    merged = {
+        key: current.values[key] if kinds.get(key) == decl["type"] else decl
+        for key, decl in declared.items()
+    }
+    session.add(ParameterSet(name=name, version=current.version + 1, values=merged))
+
+
+def latest(session: Session, name: str) -> PipelineDefinition | None:
+    return session.scalars(
+        select(PipelineDefinition)
+        .where(PipelineDefinition.name == name)
+        .order_by(PipelineDefinition.version.desc())
+    ).first()
+
+
+def get(session: Session, name: str) -> PipelineDefinition:
+    found = latest(session, name)
+    if found is None:
+        known = ", ".join(list_names(session)) or "none imported"
+        raise NotFound(f"unknown pipeline {name!r} (known: {known})")
+    return found
+
+
+def list_names(session: Session) -> list[str]:
+    return list(
+        session.scalars(
+            select(PipelineDefinition.name).distinct().order_by(PipelineDefinition.name)
+        )
+    )
+
+
+def list_latest(session: Session) -> list[PipelineDefinition]:
+    return [definition for name in list_names(session) if (definition := latest(session, name))]
+
+
+def parse(spec: dict[str, Any]) -> Definition:
+    """A stored (already validated) spec as a model."""
+    return Definition.model_validate(spec)
+
+
+def definition_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        raise InvalidInput(f"definitions directory {directory} does not exist")
+    return sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])

@@ -1,0 +1,187 @@
+"""SQLAlchemy models: the database is the source of truth for pipeline state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from pipeline.domain.states import InstanceState, NodeState, PState, SubtaskState
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite returns naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class PipelineDefinition(Base):
+    """One imported version of a pipeline definition file."""
+
+    __tablename__ = "pipeline_definitions"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int]
+    digest: Mapped[str] = mapped_column(String(64))
+    spec: Mapped[dict[str, Any]]
+    source: Mapped[str] = mapped_column(Text, default="")
+    imported_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ParameterSet(Base):
+    """One version of a parameter set; ``locked`` once an instance used it."""
+
+    __tablename__ = "parameter_sets"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int]
+    #: ``{key: {"type": "bool", "value": false}}``
+    values: Mapped[dict[str, Any]]
+    locked: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PipelineInstance(Base):
+    """One launch of a definition, with frozen copies of the definition and parameters."""
+
+    __tablename__ = "pipeline_instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    definition_id: Mapped[int] = mapped_column(ForeignKey("pipeline_definitions.id"))
+    pipeline: Mapped[str] = mapped_column(String(200))
+    definition_version: Mapped[int]
+    state: Mapped[str] = mapped_column(String(32), default=InstanceState.INITIALIZED)
+    start_node: Mapped[str | None] = mapped_column(String(200))
+    end_node: Mapped[str | None] = mapped_column(String(200))
+    priority: Mapped[int | None]
+    definition: Mapped[dict[str, Any]]
+    #: ``{set name: {"version": n, "values": {key: value}}}``
+    parameters: Mapped[dict[str, Any]]
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    nodes: Mapped[list[InstanceNode]] = relationship(back_populates="instance")
+
+
+class InstanceNode(Base):
+    """A node's progress within an instance; child tasks are created once, under its lock."""
+
+    __tablename__ = "instance_nodes"
+    __table_args__ = (UniqueConstraint("instance_id", "node"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("pipeline_instances.id"))
+    node: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16), default=NodeState.PENDING)
+
+    instance: Mapped[PipelineInstance] = relationship(back_populates="nodes")
+
+
+class Task(Base):
+    """One unit of work on one node: a P-state, an error flag and subtask counts."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("instance_id", "node", "unit_of_work"),
+        Index("ix_tasks_state", "p_state", "error"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("pipeline_instances.id"), index=True)
+    node: Mapped[str] = mapped_column(String(200))
+    unit_of_work: Mapped[str] = mapped_column(String(500))
+    p_state: Mapped[str] = mapped_column(String(32), default=PState.INITIALIZING)
+    error: Mapped[bool] = mapped_column(default=False)
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    halted: Mapped[bool] = mapped_column(default=False)
+    #: Fences every Celery message: a message carrying another attempt is stale.
+    attempt: Mapped[int] = mapped_column(default=1)
+    auto_resubmits: Mapped[int] = mapped_column(default=0)
+    total_subtasks: Mapped[int] = mapped_column(default=0)
+    completed_subtasks: Mapped[int] = mapped_column(default=0)
+    failed_subtasks: Mapped[int] = mapped_column(default=0)
+    #: Effective execution settings (the node's, as changed by restarts).
+    execution: Mapped[dict[str, Any]]
+    task_dir: Mapped[str] = mapped_column(Text, default="")
+    worker_host: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Subtask(Base):
+    """One piece of a task's work; its outcome survives restarts."""
+
+    __tablename__ = "subtasks"
+    __table_args__ = (
+        UniqueConstraint("task_id", "index"),
+        Index("ix_subtasks_task_state", "task_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    index: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=SubtaskState.NEW)
+    #: Times the algorithm was started on this subtask.
+    attempts: Mapped[int] = mapped_column(default=0)
+    #: Fences subtask messages: bumped at each dispatch.
+    dispatch: Mapped[int] = mapped_column(default=0)
+    #: The Celery message carrying its current dispatch (one message may carry a batch).
+    message_id: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    error: Mapped[str] = mapped_column(Text, default="")
+    inputs: Mapped[list[Any]]
+    worker_host: Mapped[str] = mapped_column(String(200), default="")
+    worker_pid: Mapped[int | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+
+
+class TaskEvent(Base):
+    """A task's history: every transition, restart and halt, with time and worker host."""
+
+    __tablename__ = "task_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    p_state: Mapped[str] = mapped_column(String(32))
+    error: Mapped[bool] = mapped_column(default=False)
+    attempt: Mapped[int]
+    host: Mapped[str] = mapped_column(String(200), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+
+
+class Alert(Base):
+    """Something an operator should know about that no command reported: lost work, say."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    severity: Mapped[str] = mapped_column(String(16))
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("pipeline_instances.id"))
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"))
+    message: Mapped[str] = mapped_column(Text)
+    acknowledged_at: Mapped[datetime | None]

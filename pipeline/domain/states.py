@@ -1,0 +1,82 @@
+"""Processing states of instances, tasks and subtasks, as Ziggy names them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class PState(StrEnum):
+    """A task's processing step. A failure does not change it: it sets the error flag."""
+
+    INITIALIZING = "INITIALIZING"
+    MARSHALING = "MARSHALING"
+    ALGORITHM_SUBMITTING = "ALGORITHM_SUBMITTING"
+    ALGORITHM_QUEUED = "ALGORITHM_QUEUED"
+    ALGORITHM_EXECUTING = "ALGORITHM_EXECUTING"
+    ALGORITHM_COMPLETE = "ALGORITHM_COMPLETE"
+    STORING = "STORING"
+    COMPLETE = "COMPLETE"
+
+
+#: Steps in which subtasks are out on the workers.
+EXECUTION_STEPS = frozenset({PState.ALGORITHM_QUEUED, PState.ALGORITHM_EXECUTING})
+
+
+class InstanceState(StrEnum):
+    INITIALIZED = "INITIALIZED"
+    PROCESSING = "PROCESSING"
+    ERRORS_RUNNING = "ERRORS_RUNNING"
+    ERRORS_STALLED = "ERRORS_STALLED"
+    TRANSITION_FAILED = "TRANSITION_FAILED"
+    COMPLETED = "COMPLETED"
+
+
+#: Instance states after which nothing moves without an operator.
+STOPPED_STATES = frozenset(
+    {InstanceState.COMPLETED, InstanceState.ERRORS_STALLED, InstanceState.TRANSITION_FAILED}
+)
+
+
+class SubtaskState(StrEnum):
+    NEW = "NEW"  # marshaled, never dispatched
+    QUEUED = "QUEUED"  # a message for it is on the broker
+    RUNNING = "RUNNING"
+    COMPLETE = "COMPLETE"
+    FAILED = "FAILED"
+
+
+#: Subtasks out on the broker or on a worker.
+IN_FLIGHT = frozenset({SubtaskState.QUEUED, SubtaskState.RUNNING})
+#: Subtasks that have not succeeded: what a resubmit runs again.
+UNFINISHED = frozenset(SubtaskState) - {SubtaskState.COMPLETE}
+
+
+class NodeState(StrEnum):
+    """Progress of one node within an instance; guards child-task creation."""
+
+    PENDING = "PENDING"  # its tasks do not exist yet
+    RUNNING = "RUNNING"  # its tasks exist
+    DONE = "DONE"  # every task COMPLETE; children may start
+
+
+def task_state_label(p_state: str, error: bool) -> str:
+    """The state as an operator reads it: ``ERROR - ALGORITHM_COMPLETE`` or ``STORING``."""
+    return f"ERROR - {p_state}" if error else str(p_state)
+
+
+def counts_label(total: int, completed: int, failed: int) -> str:
+    """Subtask counts as Ziggy shows them: ``3/4 (1)``."""
+    return f"{completed}/{total} ({failed})"
+
+
+def derive_instance_state(
+    *, all_nodes_done: bool, any_error: bool, any_active: bool, any_started: bool
+) -> InstanceState:
+    """The instance state implied by its tasks (TRANSITION_FAILED is set, never derived)."""
+    if any_error:
+        return InstanceState.ERRORS_RUNNING if any_active else InstanceState.ERRORS_STALLED
+    if all_nodes_done and not any_active:
+        return InstanceState.COMPLETED
+    if any_started:
+        return InstanceState.PROCESSING
+    return InstanceState.INITIALIZED

@@ -1,0 +1,136 @@
+"""Leases: how the monitor tells work that is slow from work whose worker is gone.
+
+A running subtask's lease is its ``heartbeat_at``, renewed by the supervising worker
+process (``Heartbeat``), never by the algorithm. A marshal or store, which runs in the
+worker itself and may take minutes on a large task, holds a lease on its task's step
+instead (``StepLease``): a thread renews the task's ``updated_at`` while the step works.
+A lease older than its limit lost its worker, and the monitor starts the work again
+(``pipeline.recovery.reclaim``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+
+from sqlalchemy import tuple_, update
+
+from config.settings import get_settings
+from pipeline.database import transaction
+from pipeline.domain.models import Subtask, Task, utcnow
+from pipeline.domain.states import PState, SubtaskState
+
+log = logging.getLogger(__name__)
+
+#: Renewals per lease period: two may be missed (a database hiccup) before the lease lapses.
+RENEWALS_PER_LEASE = 3
+
+
+def renewal_interval() -> float:
+    """Seconds between renewals of a step lease, well inside the monitor's staleness limit."""
+    settings = get_settings()
+    return min(settings.lease_seconds, settings.stale_after) / RENEWALS_PER_LEASE
+
+
+def renew_subtask_leases(task_id: int, pairs: Sequence[tuple[int, int]]) -> None:
+    """Renew the leases of the subtasks a worker claimed with one message, given as (index,
+    dispatch number) pairs, that are still running (one statement, no task lock)."""
+    with transaction() as session:
+        session.execute(
+            update(Subtask)
+            .where(
+                Subtask.task_id == task_id,
+                tuple_(Subtask.index, Subtask.dispatch).in_(pairs),
+                Subtask.state == SubtaskState.RUNNING,
+            )
+            .values(heartbeat_at=utcnow())
+        )
+
+
+class Heartbeat:
+    """Renews running subtasks' leases from the supervising process, never the algorithm.
+
+    Parameters:
+      renew: records the heartbeat (a database update); its errors are logged, not raised,
+        so a database hiccup never kills a running algorithm.
+      interval: seconds between renewals; the supervising loops wake at least this often.
+    """
+
+    def __init__(self, renew: Callable[[], None], interval: float) -> None:
+        self.renew = renew
+        self.interval = interval
+        self._next = time.monotonic() + interval
+
+    def tick(self) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.interval
+        try:
+            self.renew()
+        except Exception:  # noqa: BLE001 - see the class docstring
+            log.exception("heartbeat not recorded")
+
+
+#: A heartbeat that never renews anything (tests, one-off runs).
+NO_HEARTBEAT = Heartbeat(lambda: None, 3600.0)
+
+
+class StepLease:
+    """Keeps a task's claim on ``step`` fresh while a marshal or store works on it.
+
+    Parameters:
+      task_id: the task whose step is claimed.
+      attempt: the attempt that claimed it; a renewal that finds the task at another
+        attempt, step or with its error flag set changes nothing.
+      step: the P-state the claim is on (MARSHALING or STORING).
+      interval: seconds between renewals (``renewal_interval()`` when not given).
+
+    A failed renewal is logged, not raised: the step's own work goes on, and at worst the
+    monitor starts the step again under a fence that makes this one's result a no-op.
+    """
+
+    def __init__(
+        self, task_id: int, attempt: int, step: PState, interval: float | None = None
+    ) -> None:
+        self.task_id = task_id
+        self.attempt = attempt
+        self.step = step
+        self.interval = interval or renewal_interval()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew_until_stopped, daemon=True)
+
+    def __enter__(self) -> StepLease:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _renew_until_stopped(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.renew()
+            except Exception:  # noqa: BLE001 - see the class docstring
+                log.exception("task %s: lease on %s not renewed", self.task_id, self.step)
+
+    def renew(self) -> None:
+        with transaction() as session:
+            session.execute(
+                update(Task)
+                .where(
+                    Task.id == self.task_id,
+                    Task.attempt == self.attempt,
+                    Task.p_state == self.step,
+                    ~Task.error,
+                )
+                .values(updated_at=utcnow())
+            )

@@ -1,0 +1,404 @@
+"""The four stages of a task's chain: ``marshal -> execute (fan out subtasks) -> monitor
+-> store``.
+
+Each function here is one stage, called by its Celery task (``workers.stages``) with the
+task's attempt number: it checks that the message still applies (the fence), does its
+work, records the transition in one transaction, and only then sends the next stage's
+messages (``outbox.transaction``). A duplicate, late or stale message changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from config.settings import get_settings
+from pipeline.database import retrying, transaction
+from pipeline.domain.context import SubtaskContext
+from pipeline.domain.definitions import Definition, parse
+from pipeline.domain.models import PipelineInstance, Subtask, utcnow
+from pipeline.domain.states import EXECUTION_STEPS, UNFINISHED, PState, SubtaskState
+from pipeline.engine import datastore, runner, taskdir
+from pipeline.engine.leases import Heartbeat, StepLease, renew_subtask_leases
+from pipeline.engine.ledger import (
+    fail,
+    is_current,
+    lock_task,
+    lock_task_only,
+    record,
+    refresh_instance_state,
+    start_again,
+)
+from pipeline.engine.runner import SubtaskOutcome
+from pipeline.engine.transitions import advance_within
+from pipeline.errors import PipelineError
+from pipeline.messaging import outbox
+from pipeline.messaging.outbox import EXECUTE, MONITOR, RECORD_OUTCOME_FOR_SECONDS, STORE
+
+log = logging.getLogger(__name__)
+#: Parsed definitions a worker process keeps, by database and instance (an instance's
+#: definition is frozen, and a worker runs many subtasks of the same few instances).
+DEFINITION_CACHE_SIZE = 16
+_definitions: dict[tuple[str, int], Definition] = {}
+#: A batch records the outcomes of the subtasks it has run at least this often (seconds):
+#: short subtasks share one transaction, and a worker that dies loses little work.
+RECORD_EVERY_SECONDS = 1.0
+
+
+def node_parameters(
+    instance: PipelineInstance, definition: Definition, node: str
+) -> dict[str, Any]:
+    """The frozen values of every parameter set ``node`` uses, as one flat mapping."""
+    values: dict[str, Any] = {}
+    for set_name in definition.node(node).parameter_sets:
+        values.update(instance.parameters[set_name]["values"])
+    return values
+
+
+def _fail_step(task_id: int, attempt: int, step: PState, message: str, host: str) -> None:
+    with transaction() as session:
+        instance, task = lock_task(session, task_id)
+        if is_current(task, attempt, step):
+            fail(session, instance, task, message, host)
+
+
+# -- marshal ---------------------------------------------------------------------------------
+
+
+def marshal(task_id: int, attempt: int, host: str = "") -> None:
+    """Gather the task's inputs into subtask directories and create its subtasks."""
+    with transaction() as session:
+        instance, task = lock_task(session, task_id)
+        # Claims the step: one marshal per attempt.
+        if not is_current(task, attempt, PState.INITIALIZING):
+            return
+        record(session, task, PState.MARSHALING, host=host)
+        refresh_instance_state(session, instance)
+        definition = parse(instance.definition)
+        node, unit = task.node, task.unit_of_work
+        task_dir = taskdir.task_directory(instance.id, task)
+    try:
+        root = datastore.require(get_settings().datastore)
+        with StepLease(task_id, attempt, PState.MARSHALING):
+            groups = taskdir.marshal(root, definition, definition.node(node), unit, task_dir)
+    except (OSError, PipelineError) as exc:
+        _fail_step(task_id, attempt, PState.MARSHALING, f"marshaling failed: {exc}", host)
+        return
+    with outbox.transaction() as (session, messages):
+        instance, task = lock_task(session, task_id)
+        if not is_current(task, attempt, PState.MARSHALING):
+            return
+        create_subtasks(session, task.id, groups)
+        task.task_dir = str(task_dir)
+        task.total_subtasks, task.completed_subtasks, task.failed_subtasks = len(groups), 0, 0
+        record(session, task, PState.ALGORITHM_SUBMITTING, f"{len(groups)} subtasks", host)
+        messages.stage(EXECUTE, task_id, attempt, task.execution)
+
+
+def create_subtasks(session: Session, task_id: int, groups: list[list[str]]) -> None:
+    """Replace the task's subtask rows with one per group of input names, in bulk.
+
+    One DELETE, then PostgreSQL's COPY (or Core multi-row INSERTs elsewhere) rather than
+    an ORM object per row: a task of 100,000 subtasks gets its rows in about a second.
+    """
+    session.execute(delete(Subtask).where(Subtask.task_id == task_id))
+    if not groups:
+        return
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        _copy_subtasks(connection.connection.driver_connection, task_id, groups)
+        return
+    session.execute(
+        insert(Subtask.__table__),
+        [{"task_id": task_id, "index": i, "inputs": names} for i, names in enumerate(groups)],
+    )
+
+
+#: The columns COPY fills: every column without a NULL default.
+_COPY_SUBTASKS = (
+    'COPY subtasks (task_id, "index", state, attempts, dispatch, error, inputs, worker_host,'
+    " message_id) FROM STDIN"
+)
+
+
+def _copy_subtasks(driver_connection: Any, task_id: int, groups: list[list[str]]) -> None:
+    """New subtask rows through psycopg's COPY, in the session's own transaction."""
+    with driver_connection.cursor() as cursor, cursor.copy(_COPY_SUBTASKS) as copy:
+        for index, names in enumerate(groups):
+            row = (task_id, index, SubtaskState.NEW.value, 0, 0, "", json.dumps(names), "", "")
+            copy.write_row(row)
+
+
+# -- execute ---------------------------------------------------------------------------------
+
+
+def execute(task_id: int, attempt: int, host: str = "") -> None:
+    """Fan out the subtasks that have not run (NEW) on the node's queue: one message each,
+    or batches of them for a big task (see ``outbox.batch_size``)."""
+    with outbox.transaction() as (session, messages):
+        task = lock_task_only(session, task_id)
+        if not is_current(task, attempt, PState.ALGORITHM_SUBMITTING):
+            return
+        session.execute(
+            update(Subtask)
+            .where(Subtask.task_id == task_id, Subtask.state == SubtaskState.NEW)
+            .values(state=SubtaskState.QUEUED, dispatch=Subtask.dispatch + 1)
+        )
+        queued = session.execute(
+            select(Subtask.index, Subtask.dispatch)
+            .where(Subtask.task_id == task_id, Subtask.state == SubtaskState.QUEUED)
+            .order_by(Subtask.index)
+        ).all()
+        if not queued:
+            record(session, task, PState.ALGORITHM_COMPLETE, "no subtasks left to run", host)
+            messages.stage(MONITOR, task_id, attempt, task.execution)
+            return
+        sent = messages.subtasks(session, task, [tuple(pair) for pair in queued])
+        note = f"{len(queued)} subtasks queued in {sent} messages"
+        record(session, task, PState.ALGORITHM_QUEUED, note, host)
+
+
+# -- subtasks --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubtaskRun:
+    """Everything a worker needs to run one subtask, read in the transaction that claimed it."""
+
+    algorithm: str | dict[str, Any]
+    context: SubtaskContext
+    timeout: float
+    #: The dispatch number it was claimed under, which its outcome must carry.
+    number: int
+
+
+def run_subtasks(task_id: int, attempt: int, pairs: Sequence[tuple[int, int]], host: str) -> None:
+    """Run the subtasks of one message, given as (index, dispatch number) pairs: claim them,
+    run them one after another in a child process (one that crashes or hangs fails only its
+    subtask, see ``runner.run_many``) while renewing their leases, and record their outcomes
+    in groups; stop early when the task has moved on (halted, restarted)."""
+    runs = retrying()(begin_subtasks)(task_id, attempt, pairs, host=host)
+    if not runs:
+        return
+    claimed = [(run.context.index, run.number) for run in runs]
+    lease = get_settings().lease_seconds
+    beat = Heartbeat(lambda: renew_subtask_leases(task_id, claimed), lease / 3)
+    pending: list[tuple[int, int, SubtaskOutcome]] = []
+    recorded_at = time.monotonic()
+    first = runs[0]
+    outcomes = runner.run_many(first.algorithm, [r.context for r in runs], first.timeout, beat)
+    for run, outcome in zip(runs, outcomes, strict=True):
+        pending.append((run.context.index, run.number, outcome))
+        if time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
+            if not _record_outcomes(task_id, attempt, pending, host):
+                return
+            pending, recorded_at = [], time.monotonic()
+    if pending:
+        _record_outcomes(task_id, attempt, pending, host)
+
+
+@retrying(RECORD_OUTCOME_FOR_SECONDS)
+def _record_outcomes(
+    task_id: int, attempt: int, outcomes: list[tuple[int, int, SubtaskOutcome]], host: str
+) -> bool:
+    """Record outcomes, riding out a database restart: rerunning the subtasks costs more."""
+    return finish_subtasks(task_id, attempt, outcomes, host)
+
+
+def begin_subtasks(
+    task_id: int, attempt: int, pairs: Sequence[tuple[int, int]], host: str = ""
+) -> list[SubtaskRun]:
+    """Claim the queued subtasks of one message, given as (index, dispatch number) pairs,
+    in one transaction; those whose pair is stale or a duplicate are left out.
+
+    A batch's subtasks are all claimed (RUNNING, with a lease) at once and run one after
+    another; the worker renews the lease of every claimed subtask that has not finished,
+    so a batch that outlives the lease is not reclaimed while its worker lives, and the
+    unfinished rest of a dead worker's batch lapses and is reclaimed subtask by subtask.
+    """
+    with transaction() as session:
+        task = lock_task_only(session, task_id)
+        if not is_current(task, attempt, *EXECUTION_STEPS):
+            return []
+        wanted = dict(pairs)
+        rows = session.scalars(
+            select(Subtask)
+            .where(Subtask.task_id == task_id, Subtask.index.in_(wanted))
+            .order_by(Subtask.index)
+        ).all()
+        claimed = [
+            s for s in rows if (s.dispatch, s.state) == (wanted[s.index], SubtaskState.QUEUED)
+        ]
+        if len(claimed) < len(pairs):
+            log.info(
+                "task %s: %d subtask messages stale or duplicate",
+                task_id,
+                len(pairs) - len(claimed),
+            )
+        if not claimed:
+            return []
+        now, pid = utcnow(), os.getpid()
+        for subtask in claimed:
+            subtask.state = SubtaskState.RUNNING
+            subtask.attempts += 1
+            subtask.worker_host, subtask.worker_pid = host, pid
+            subtask.started_at, subtask.heartbeat_at, subtask.finished_at = now, now, None
+            subtask.error = ""
+        if task.p_state == PState.ALGORITHM_QUEUED:
+            record(session, task, PState.ALGORITHM_EXECUTING, host=host)
+        instance = session.get(PipelineInstance, task.instance_id)
+        definition = _definition(instance)
+        algorithm = definition.node(task.node).model_dump(mode="json")["algorithm"]
+        parameters = node_parameters(instance, definition, task.node)
+        timeout = float(task.execution.get("subtask_timeout", 3600))
+        runs = []
+        for subtask in claimed:
+            directory = taskdir.subtask_dir(Path(task.task_dir), subtask.index)
+            context = SubtaskContext(
+                directory=directory,
+                inputs=[directory / name for name in subtask.inputs],
+                parameters=parameters,
+                index=subtask.index,
+                unit_of_work=task.unit_of_work,
+                node=task.node,
+            )
+            runs.append(SubtaskRun(algorithm, context, timeout, subtask.dispatch))
+        return runs
+
+
+def _definition(instance: PipelineInstance) -> Definition:
+    """The instance's parsed definition, parsed once per worker process (see the cache)."""
+    key = (get_settings().db_url, instance.id)
+    if key not in _definitions:
+        if len(_definitions) >= DEFINITION_CACHE_SIZE:
+            del _definitions[next(iter(_definitions))]
+        _definitions[key] = parse(instance.definition)
+    return _definitions[key]
+
+
+def finish_subtasks(
+    task_id: int,
+    attempt: int,
+    outcomes: Sequence[tuple[int, int, SubtaskOutcome]],
+    host: str = "",
+) -> bool:
+    """Record outcomes, given as (index, dispatch number, outcome), with the task's counts
+    in one transaction; the last outcome of the task hands on to monitor.
+
+    Each subtask's outcome is still its own (a failed subtask of a batch is failed alone,
+    and a resubmit reruns only it); only the transaction is shared. Returns whether the
+    task is still at ``attempt``: when it is not, the rest of a batch need not run.
+    """
+    with outbox.transaction() as (session, messages):
+        task = lock_task_only(session, task_id)
+        if task.attempt != attempt:
+            log.info(
+                "task %s: ignoring %d outcomes from attempt %s", task_id, len(outcomes), attempt
+            )
+            return False
+        by_index = {index: (number, outcome) for index, number, outcome in outcomes}
+        rows = session.scalars(
+            select(Subtask).where(Subtask.task_id == task_id, Subtask.index.in_(by_index))
+        ).all()
+        now, recorded = utcnow(), 0
+        for subtask in rows:
+            number, outcome = by_index[subtask.index]
+            if subtask.dispatch != number or subtask.state != SubtaskState.RUNNING:
+                log.info(
+                    "subtask %s/%s: outcome of run %s is stale", task_id, subtask.index, number
+                )
+                continue
+            recorded += 1
+            subtask.finished_at = now
+            if outcome.ok:
+                subtask.state = SubtaskState.COMPLETE
+                task.completed_subtasks += 1
+            else:
+                subtask.state, subtask.error = SubtaskState.FAILED, outcome.error
+                task.failed_subtasks += 1
+        if not recorded:
+            return True
+        task.updated_at = now
+        done = task.completed_subtasks + task.failed_subtasks >= task.total_subtasks
+        if done and not task.error and task.p_state in EXECUTION_STEPS:
+            counts = f"{task.completed_subtasks} completed, {task.failed_subtasks} failed"
+            record(session, task, PState.ALGORITHM_COMPLETE, counts, host)
+            messages.stage(MONITOR, task_id, attempt, task.execution)
+    return True
+
+
+# -- monitor ---------------------------------------------------------------------------------
+
+
+def monitor(task_id: int, attempt: int, host: str = "") -> None:
+    """All subtasks have ended: store, resubmit automatically, or set the error flag."""
+    with outbox.transaction() as (session, messages):
+        instance, task = lock_task(session, task_id)
+        if not is_current(task, attempt, PState.ALGORITHM_COMPLETE):
+            return
+        allowed = int(task.execution.get("max_failed_subtasks", 0))
+        if task.failed_subtasks <= allowed:
+            record(session, task, PState.STORING, host=host)
+            messages.stage(STORE, task_id, attempt, task.execution)
+        elif task.auto_resubmits < int(task.execution.get("max_auto_resubmits", 0)):
+            note = f"automatic resubmit {task.auto_resubmits + 1}"
+            start_again(session, task, PState.ALGORITHM_SUBMITTING, UNFINISHED, note, host)
+            task.auto_resubmits += 1
+            messages.stage(EXECUTE, task_id, task.attempt, task.execution)
+        else:
+            message = (
+                f"{task.failed_subtasks} of {task.total_subtasks} subtasks failed"
+                f" (max_failed_subtasks = {allowed})"
+            )
+            fail(session, instance, task, message, host)
+
+
+# -- store -----------------------------------------------------------------------------------
+
+
+def store(task_id: int, attempt: int, host: str = "") -> None:
+    """Copy the outputs of the successful subtasks into the datastore; the task is COMPLETE."""
+    with transaction() as session:
+        instance, task = lock_task(session, task_id)
+        if not is_current(task, attempt, PState.STORING):
+            return
+        definition = parse(instance.definition)
+        node = definition.node(task.node)
+        unit, task_dir = task.unit_of_work, Path(task.task_dir)
+        succeeded = session.execute(
+            select(Subtask.index, Subtask.inputs).where(
+                Subtask.task_id == task_id, Subtask.state == SubtaskState.COMPLETE
+            )
+        ).all()
+    try:
+        root = datastore.require(get_settings().datastore)
+        stored = 0
+        with StepLease(task_id, attempt, PState.STORING):
+            for index, inputs in succeeded:
+                directory = taskdir.subtask_dir(task_dir, index)
+                for name in node.outputs:
+                    kind = definition.data_file_types[name]
+                    for output in sorted(directory.glob(kind.pattern)):
+                        if output.name in inputs:
+                            continue
+                        datastore.store_file(output, root / kind.directory(unit) / output.name)
+                        stored += 1
+    except (OSError, PipelineError) as exc:
+        _fail_step(task_id, attempt, PState.STORING, f"storing failed: {exc}", host)
+        return
+    with outbox.transaction() as (session, messages):
+        instance, task = lock_task(session, task_id)
+        if not is_current(task, attempt, PState.STORING):
+            return
+        record(session, task, PState.COMPLETE, f"stored {stored} files", host)
+        refresh_instance_state(session, instance)
+        advance_within(session, instance, messages)

@@ -1,0 +1,78 @@
+"""Task directories: where a task's subtasks run, and marshaling, which builds them.
+
+A task directory holds one directory per subtask (``st-0``, ``st-1``, ...), each with its
+inputs, the algorithm's outputs and its log. Each attempt that marshals gets a directory
+of its own, so a late marshal of an old attempt can never clear the one a newer attempt
+is using, and the logs of earlier attempts are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from config.settings import get_settings
+from pipeline.domain.definitions import Definition, Grouped, Node
+from pipeline.domain.models import Task
+from pipeline.engine import datastore
+from pipeline.errors import InvalidInput
+
+SUBTASK_DIR_FORMAT = "st-{index}"
+#: A subtask's log: the algorithm's stdout and stderr.
+LOG_NAME = "subtask.log"
+#: Files an executable algorithm finds in its subtask directory.
+PARAMETERS_FILE = "parameters.json"
+INPUTS_FILE = "inputs.json"
+
+
+def task_directory(instance_id: int, task: Task) -> Path:
+    """The directory of the task's current attempt, under the task root."""
+    return get_settings().tasks_dir / f"{instance_id}-{task.id}-{task.node}-attempt{task.attempt}"
+
+
+def subtask_dir(task_dir: Path, index: int) -> Path:
+    return task_dir / SUBTASK_DIR_FORMAT.format(index=index)
+
+
+def log_path(task_dir: Path, index: int) -> Path:
+    return subtask_dir(task_dir, index) / LOG_NAME
+
+
+def split(files: list[Path], node: Node) -> list[list[Path]]:
+    """Inputs as subtasks: one per file (default), one single subtask, or groups of N."""
+    if node.subtasks == "single":
+        return [files]
+    size = node.subtasks.group_size if isinstance(node.subtasks, Grouped) else 1
+    return [files[i : i + size] for i in range(0, len(files), size)]
+
+
+def marshal(
+    root: Path, definition: Definition, node: Node, unit: str, task_dir: Path
+) -> list[list[str]]:
+    """Build ``task_dir`` afresh from the datastore; returns each subtask's input file names.
+
+    Inputs are hard links where the file system allows (cheap for large files), copies
+    elsewhere; algorithms treat their inputs as read-only.
+    """
+    files = datastore.input_files(root, definition, node, unit)
+    if not files:
+        raise InvalidInput(
+            f"no {datastore.describe_inputs(definition, node)} for unit {unit!r} in {root}"
+        )
+    if task_dir.exists():
+        shutil.rmtree(task_dir)
+    groups = split(files, node)
+    for index, group in enumerate(groups):
+        directory = subtask_dir(task_dir, index)
+        directory.mkdir(parents=True)
+        for source in group:
+            _link_or_copy(source, directory / source.name)
+    return [[source.name for source in group] for group in groups]
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)

@@ -1,0 +1,134 @@
+"""Node transitions (Ziggy's doTransition): when every task of a node is COMPLETE, create
+its children's tasks.
+
+The instance row is locked while a transition runs and each node's state moves
+PENDING -> RUNNING -> DONE only once, so child tasks are created exactly once however
+many duplicate store messages finish at the same moment.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from config.settings import get_settings
+from pipeline.domain.definitions import Definition, parse
+from pipeline.domain.models import InstanceNode, PipelineInstance, Task, utcnow
+from pipeline.domain.states import InstanceState, NodeState, PState
+from pipeline.engine import datastore
+from pipeline.engine.ledger import lock_instance, refresh_instance_state
+from pipeline.errors import InvalidInput, PipelineError, Unreachable
+from pipeline.messaging import outbox
+from pipeline.messaging.outbox import MARSHAL, Outbox
+
+log = logging.getLogger(__name__)
+
+
+def create_node_tasks(
+    session: Session,
+    instance: PipelineInstance,
+    definition: Definition,
+    node_name: str,
+    root: Path,
+    messages: Outbox,
+) -> list[Task]:
+    """One task per unit of work the datastore holds for the node's inputs, each with its
+    marshal message in ``messages``."""
+    node = definition.node(node_name)
+    units = datastore.units_of_work(root, definition, node)
+    if not units:
+        raise InvalidInput(
+            f"node {node_name!r} finds no {datastore.describe_inputs(definition, node)} in {root}"
+        )
+    execution = node.execution.model_dump()
+    if instance.priority is not None:
+        execution["priority"] = instance.priority
+    tasks = [
+        Task(instance_id=instance.id, node=node_name, unit_of_work=unit, execution=execution)
+        for unit in units
+    ]
+    session.add_all(tasks)
+    state = session.scalars(
+        select(InstanceNode).where(
+            InstanceNode.instance_id == instance.id, InstanceNode.node == node_name
+        )
+    ).one()
+    state.state = NodeState.RUNNING
+    session.flush()
+    for task in tasks:
+        messages.stage(MARSHAL, task.id, task.attempt, task.execution)
+    return tasks
+
+
+def advance_within(session: Session, instance: PipelineInstance, messages: Outbox) -> None:
+    """In the caller's transaction, holding the instance row's lock: mark finished nodes
+    DONE and create the tasks of every node whose parents are all DONE.
+
+    A failure to create them (no inputs in the datastore, say) puts the instance in
+    TRANSITION_FAILED with the reason, in the same transaction, and sends nothing;
+    restarting the instance retries the transition.
+    """
+    if instance.state == InstanceState.TRANSITION_FAILED:
+        return
+    try:
+        with session.begin_nested(), messages.savepoint():
+            _advance(session, instance, messages)
+    except Unreachable:
+        raise
+    except (PipelineError, OSError) as exc:
+        log.warning("instance %s: transition failed: %s", instance.id, exc)
+        instance.state = InstanceState.TRANSITION_FAILED
+        instance.message = f"transition failed: {exc}"
+        instance.updated_at = utcnow()
+        return
+    refresh_instance_state(session, instance)
+
+
+def advance(instance_id: int) -> None:
+    """Run a transition in a transaction of its own (beat's monitor, a restart)."""
+    with outbox.transaction() as (session, messages):
+        advance_within(session, lock_instance(session, instance_id), messages)
+
+
+def _advance(session: Session, instance: PipelineInstance, messages: Outbox) -> None:
+    definition = parse(instance.definition)
+    nodes = {
+        row.node: row
+        for row in session.scalars(
+            select(InstanceNode).where(InstanceNode.instance_id == instance.id)
+        )
+    }
+    for name, row in nodes.items():
+        if row.state == NodeState.RUNNING and not _unfinished(session, instance.id, name):
+            row.state = NodeState.DONE
+    graph = definition.graph()
+    for name in definition.order():
+        row = nodes.get(name)
+        parents = graph[name] & nodes.keys()
+        if (
+            row
+            and row.state == NodeState.PENDING
+            and parents
+            and all(nodes[parent].state == NodeState.DONE for parent in parents)
+        ):
+            root = datastore.require(get_settings().datastore)
+            create_node_tasks(session, instance, definition, name, root, messages)
+
+
+def _unfinished(session: Session, instance_id: int, node: str) -> bool:
+    return bool(
+        session.scalar(
+            select(
+                exists(
+                    select(Task).where(
+                        Task.instance_id == instance_id,
+                        Task.node == node,
+                        (Task.p_state != PState.COMPLETE) | Task.error,
+                    )
+                )
+            )
+        )
+    )

@@ -1,0 +1,318 @@
+"""The HTTP API: FastAPI routes under ``/api/v1`` over the operations facade the CLI calls.
+
+Every route but ``/healthz`` needs the cluster's bearer token (``api_token`` in the home's
+settings; ``pipeline cluster credentials`` shows it). Every error answers
+``{"detail": "<one line>"}``: an operator's problem with the facade's status and line
+(404 unknown, 409 refused, 422 invalid, 503 database or broker unreachable), a malformed
+request 422, and anything unexpected a clean 500, with the traceback in the API's log.
+"""
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+
+from config.settings import API_PREFIX, HEALTHZ, get_settings
+from pipeline import __version__
+from pipeline.errors import InvalidInput, Refused
+from pipeline.interfaces import api_schemas as models
+from pipeline.operations import facade
+
+#: Seconds uvicorn gives requests in progress to finish when it is told to stop.
+GRACEFUL_SHUTDOWN_SECONDS = 5
+MISSING_TOKEN = (
+    "missing bearer token: send 'Authorization: Bearer TOKEN'"
+    " (`pipeline cluster credentials` shows it)"
+)
+WRONG_TOKEN = "wrong bearer token"
+
+#: The bearer scheme, as the OpenAPI schema declares it.
+BEARER = HTTPBearer(auto_error=False, description="`pipeline cluster credentials` shows it")
+
+log = logging.getLogger(__name__)
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": models.Error} for status in statuses}
+
+
+InstanceId = Annotated[int, Path(ge=1, le=models.MAX_ID)]
+TaskId = Annotated[int, Path(ge=1, le=models.MAX_ID)]
+AlertId = Annotated[int, Path(ge=1, le=models.MAX_ID)]
+
+health_router = APIRouter()
+router = APIRouter(responses=_errors(400, 401, 422, 500, 503))
+
+
+@health_router.get(HEALTHZ, response_model=models.Health)
+def healthz() -> dict[str, str]:
+    """Liveness, without the token: `cluster start` waits for this to answer."""
+    return {"status": "ok"}
+
+
+# -- instances -------------------------------------------------------------------------------
+
+
+@router.post(
+    "/instances",
+    status_code=201,
+    response_model=models.SubmittedInstance,
+    responses=_errors(404),
+)
+def submit(request: models.SubmitRequest, response: Response) -> dict[str, Any]:
+    """Submit an instance of the newest version of a pipeline (as `pipeline submit`)."""
+    instance = facade.submit(
+        request.pipeline, request.start_node, request.end_node, request.priority
+    )
+    response.headers["Location"] = f"{API_PREFIX}/instances/{instance['id']}"
+    return instance
+
+
+@router.get("/instances", response_model=list[models.Instance])
+def instances() -> list[dict[str, Any]]:
+    return facade.list_instances()
+
+
+@router.get(
+    "/instances/{instance_id}", response_model=models.InstanceDetail, responses=_errors(404)
+)
+def instance(instance_id: InstanceId) -> dict[str, Any]:
+    """An instance with its frozen parameters, node states and subtask totals."""
+    return facade.get_instance(instance_id)
+
+
+@router.get(
+    "/instances/{instance_id}/tasks", response_model=list[models.Task], responses=_errors(404)
+)
+def instance_tasks(instance_id: InstanceId) -> list[dict[str, Any]]:
+    return facade.list_tasks(instance_id)
+
+
+@router.post(
+    "/instances/{instance_id}/restart-failed",
+    response_model=list[models.Outcome],
+    responses=_errors(404, 409),
+)
+def restart_failed(instance_id: InstanceId, request: models.RestartFailedRequest) -> list[Any]:
+    """Restart every failed task of the instance in one mode (or retry a failed transition)."""
+    return _answer(
+        facade.restart_failed(instance_id, request.mode, _changes(request), request.dry_run)
+    )
+
+
+@router.post(
+    "/instances/{instance_id}/halt",
+    response_model=list[models.Outcome],
+    responses=_errors(404, 409),
+)
+def halt_instance(instance_id: InstanceId) -> list[Any]:
+    """Halt every running task of the instance."""
+    return _answer(facade.halt_instance(instance_id))
+
+
+# -- tasks -----------------------------------------------------------------------------------
+
+
+@router.get("/tasks/{task_id}", response_model=models.TaskDetail, responses=_errors(404))
+def task(task_id: TaskId) -> dict[str, Any]:
+    """A task with its history of transitions and its running subtasks."""
+    return facade.get_task(task_id)
+
+
+@router.get(
+    "/tasks/{task_id}/subtasks", response_model=list[models.Subtask], responses=_errors(404)
+)
+def subtasks(task_id: TaskId) -> list[dict[str, Any]]:
+    return facade.list_subtasks(task_id)
+
+
+@router.get("/tasks/{task_id}/logs", response_model=list[models.LogEntry], responses=_errors(404))
+def logs(
+    task_id: TaskId,
+    subtask: Annotated[
+        int | None, Query(ge=0, le=models.MAX_ID, description="only this subtask's log")
+    ] = None,
+) -> list[dict[str, Any]]:
+    return facade.logs(task_id, subtask)
+
+
+@router.post("/tasks/restart", response_model=list[models.Outcome], responses=_errors(404, 409))
+def restart_tasks(request: models.RestartRequest) -> list[Any]:
+    """Restart tasks, each in its own mode; refused ones are reported beside the others."""
+    requests = [(item.task_id, item.mode) for item in request.tasks]
+    return _answer(facade.restart(requests, None, _changes(request), request.dry_run))
+
+
+@router.post("/tasks/{task_id}/halt", response_model=models.Outcome, responses=_errors(404, 409))
+def halt_task(task_id: TaskId) -> Any:
+    """Halt a task: queued work dropped, running subtasks terminated, the error flag set."""
+    return _answer(facade.halt([task_id]))[0]
+
+
+# -- definitions, parameters, alerts ---------------------------------------------------------
+
+
+@router.get("/pipelines", response_model=list[models.Pipeline])
+def pipelines() -> list[dict[str, Any]]:
+    """The newest version of every pipeline definition."""
+    return facade.list_definitions()
+
+
+@router.get("/parameter-sets", response_model=list[models.ParameterSet])
+def parameter_sets() -> list[dict[str, Any]]:
+    """The newest version of every parameter set."""
+    return facade.list_parameter_sets()
+
+
+@router.get("/alerts", response_model=list[models.Alert])
+def list_alerts(
+    include_acknowledged: Annotated[
+        bool, Query(alias="all", description="acknowledged ones too")
+    ] = False,
+) -> list[dict[str, Any]]:
+    """What the monitor did without an operator: lost work dispatched again or failed."""
+    return facade.list_alerts(include_acknowledged)
+
+
+@router.post("/alerts/{alert_id}/ack", response_model=models.Alert, responses=_errors(404, 409))
+def acknowledge_alert(alert_id: AlertId) -> dict[str, Any]:
+    """Acknowledge an alert: it leaves the default list."""
+    return facade.acknowledge_alert(alert_id)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _changes(request: models.RestartRequest | models.RestartFailedRequest) -> dict[str, Any]:
+    """The execution settings the request changes, unknown keys included for the refusal."""
+    return request.execution.model_dump(exclude_none=True) if request.execution else {}
+
+
+def _answer(report: facade.Report) -> list[dict[str, Any]]:
+    """The outcomes; when every task was refused nothing changed, so answer with the refusal.
+
+    A batch in which some tasks went ahead answers 200 and reports the refused ones with
+    ``ok`` false, as the CLI prints them.
+    """
+    refusal = report.refusal()
+    if refusal is not None:
+        raise refusal
+    return report.as_dicts()
+
+
+def _known_query_parameters(request: Request) -> None:
+    """Refuse a query parameter the route does not take: a misspelt one would be ignored."""
+    # The routes' own parameters: the token dependency takes none from the query.
+    known = {param.alias for param in request.scope["route"].dependant.query_params}
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        accepted = ", ".join(sorted(known)) or "none"
+        raise InvalidInput(f"unknown query parameter {unknown[0]!r} (accepted: {accepted})")
+
+
+def _token_check(token: str) -> Callable[..., Awaitable[Response]]:
+    """Middleware refusing every request without ``token`` (compared in constant time) but
+    the health check's: before routing and body parsing, so an unknown path, the schema
+    and a malformed body all answer 401 to a caller without the token."""
+    expected = token.encode()
+    open_path = f"{API_PREFIX}{HEALTHZ}"
+
+    async def check(request: Request, call_next: Callable[..., Awaitable[Response]]) -> Response:
+        if request.url.path == open_path:
+            return await call_next(request)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return _unauthorized(MISSING_TOKEN)
+        if not secrets.compare_digest(given.strip().encode(), expected):
+            return _unauthorized(WRONG_TOKEN)
+        return await call_next(request)
+
+    return check
+
+
+def _unauthorized(message: str) -> JSONResponse:
+    return JSONResponse(
+        {"detail": message}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+async def _problem(request: Request, exc: Exception) -> JSONResponse:
+    """The facade's status and line for an operator's problem; a clean 500 for a bug."""
+    found = facade.problem(exc)
+    if found is None:
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        return _error(500, f"internal error ({type(exc).__name__}): see the HTTP API's log")
+    if found.status >= 500:
+        log.error("%s %s: %s", request.method, request.url.path, found.message)
+    return _error(found.status, found.message)
+
+
+async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each field and what was wrong with it: ``body.priority: Input should be...``."""
+    return _error(422, "; ".join(map(_describe_invalid, exc.errors())))
+
+
+def _describe_invalid(error: dict[str, Any]) -> str:
+    if error["type"] == "json_invalid":
+        return f"body is not valid JSON: {error['ctx']['error']} at character {error['loc'][-1]}"
+    return f"{'.'.join(map(str, error['loc']))}: {error['msg']}"
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+
+def create_app(token: str) -> FastAPI:
+    """The API app; every route but /healthz needs ``token``."""
+    app = FastAPI(
+        title="celery-pipeline",
+        version=__version__,
+        description="Submit pipeline instances, read their state, restart or halt tasks.",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        # The interactive page cannot send the token to load the schema: none.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.include_router(health_router, prefix=API_PREFIX)
+    app.include_router(
+        router,
+        prefix=API_PREFIX,
+        # The bearer scheme is declared for the schema; the middleware enforces it.
+        dependencies=[Security(BEARER), Depends(_known_query_parameters)],
+    )
+    app.middleware("http")(_token_check(token))
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    # Each kind the facade knows is handled where it is raised; anything else, a bug, at
+    # the outermost layer (which also logs it).
+    for kind in (*facade.PROBLEMS, Exception):
+        app.add_exception_handler(kind, _problem)
+    return app
+
+
+def serve(host: str | None = None, port: int | None = None) -> None:
+    """Run the API on uvicorn, on the host and port from settings unless given."""
+    import uvicorn
+
+    settings = get_settings()
+    if not settings.api_token:
+        raise Refused(
+            f"no api_token for {settings.home}: run `pipeline cluster init`"
+            " (or set PIPELINE_API_TOKEN)"
+        )
+    uvicorn.run(
+        create_app(settings.api_token),
+        host=host or settings.api_host,
+        port=port or settings.api_listen_port,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )

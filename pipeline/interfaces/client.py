@@ -1,0 +1,171 @@
+"""A Python client of the HTTP API, for scripts: the same operations as the CLI, over HTTP.
+
+    from pipeline.interfaces.client import Client
+
+    with Client() as api:  # the URL and token of the cluster under PIPELINE_HOME
+        instance = api.submit("sample")
+        print(api.tasks(instance["id"]))
+
+Every method returns the API's JSON (the fields of the CLI's ``--json`` output); an error
+answer raises ``ApiError`` with its status and one-line message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from config.settings import API_PREFIX, HEALTHZ, get_settings
+
+#: Seconds a request may take; a submit checks the broker, a restart may ask the workers.
+DEFAULT_TIMEOUT = 30.0
+#: Seconds a readiness probe waits for an answer.
+PROBE_TIMEOUT = 0.5
+#: The status reported when the API itself cannot be reached.
+UNREACHABLE = 503
+
+
+class ApiError(Exception):
+    """An error answer of the HTTP API (or no answer at all: status 503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def healthy(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Does the API at ``url`` answer its health check?"""
+    try:
+        return httpx.get(f"{url}{API_PREFIX}{HEALTHZ}", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Client:
+    """The HTTP API at ``url`` with bearer ``token``; by default the home's ``api_url`` and
+    ``api_token`` (what ``pipeline cluster credentials`` shows)."""
+
+    def __init__(
+        self, url: str | None = None, token: str | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        if url is None or token is None:
+            settings = get_settings()
+            url, token = url or settings.api_url, token or settings.api_token
+        self.url = url.rstrip("/")
+        # Without a token the API answers 401 and says where to find one.
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url + API_PREFIX, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **options: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **options)
+        except httpx.TransportError as exc:
+            raise ApiError(UNREACHABLE, f"HTTP API unreachable at {self.url}: {exc}") from None
+        if response.is_error:
+            raise ApiError(response.status_code, _detail(response))
+        return response.json()
+
+    # -- instances ---------------------------------------------------------------------------
+
+    def submit(
+        self,
+        pipeline: str,
+        start_node: str | None = None,
+        end_node: str | None = None,
+        priority: int | None = None,
+    ) -> dict[str, Any]:
+        """Submit an instance; the new instance with the ids of its first tasks."""
+        body = {"pipeline": pipeline, "start_node": start_node, "end_node": end_node}
+        return self._call("POST", "/instances", json={**body, "priority": priority})
+
+    def instances(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/instances")
+
+    def instance(self, instance_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/instances/{instance_id}")
+
+    def tasks(self, instance_id: int) -> list[dict[str, Any]]:
+        return self._call("GET", f"/instances/{instance_id}/tasks")
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/tasks/{task_id}")
+
+    def subtasks(self, task_id: int) -> list[dict[str, Any]]:
+        return self._call("GET", f"/tasks/{task_id}/subtasks")
+
+    def logs(self, task_id: int, subtask: int | None = None) -> list[dict[str, Any]]:
+        params = {} if subtask is None else {"subtask": subtask}
+        return self._call("GET", f"/tasks/{task_id}/logs", params=params)
+
+    def restart(
+        self,
+        modes: Mapping[int, str],
+        execution: Mapping[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Restart each task in its mode (``{task_id: "resubmit"}``); one outcome per task."""
+        body = {
+            "tasks": [{"task_id": task_id, "mode": mode} for task_id, mode in modes.items()],
+            "execution": dict(execution or {}),
+            "dry_run": dry_run,
+        }
+        return self._call("POST", "/tasks/restart", json=body)
+
+    def restart_failed(
+        self,
+        instance_id: int,
+        mode: str,
+        execution: Mapping[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Restart every failed task of an instance in one mode."""
+        body = {"mode": mode, "execution": dict(execution or {}), "dry_run": dry_run}
+        return self._call("POST", f"/instances/{instance_id}/restart-failed", json=body)
+
+    def halt(self, task_id: int) -> dict[str, Any]:
+        return self._call("POST", f"/tasks/{task_id}/halt")
+
+    def halt_instance(self, instance_id: int) -> list[dict[str, Any]]:
+        return self._call("POST", f"/instances/{instance_id}/halt")
+
+    # -- definitions, parameters, alerts -----------------------------------------------------
+
+    def pipelines(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/pipelines")
+
+    def parameter_sets(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/parameter-sets")
+
+    def alerts(self, include_acknowledged: bool = False) -> list[dict[str, Any]]:
+        return self._call("GET", "/alerts", params={"all": include_acknowledged})
+
+    def acknowledge_alert(self, alert_id: int) -> dict[str, Any]:
+        return self._call("POST", f"/alerts/{alert_id}/ack")
+
+
+def _detail(response: httpx.Response) -> str:
+    """The error's one-line ``detail``, or the start of whatever else came back."""
+    try:
+        return str(response.json()["detail"])
+    except (ValueError, KeyError, TypeError):
+        return response.text.strip()[:200] or response.reason_phrase

@@ -1,0 +1,92 @@
+"""The Celery app, made once per process and configured for reliability from the settings.
+
+JSON only (a pickled message is refused); a message is acknowledged after its task
+finishes and given back to the broker if the worker process dies (acks_late with
+reject-on-worker-lost); each worker process prefetches one message, since subtasks can
+be long. The database, not Celery's result backend, holds pipeline state: the backend
+(Redis, on the broker's own server) only keeps what an operator's operation run from
+Flower did; every other task ignores its result.
+
+The app's tasks are defined in ``workers`` (the Celery entry points, ``TASK_MODULES``),
+which import this module, never the other way round: publishing a message needs only the
+task's name. Celery itself is imported when the app is first made, so the commands that
+only read the database never load it.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING
+
+from config.settings import TASK_MODULES, Settings, get_settings
+from pipeline.database import reset_engines
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+#: Name of the queue used when a node's execution settings name none.
+DEFAULT_QUEUE = "default"
+MONITOR_TASK = "pipeline.monitor"
+#: The queue of an operator's operations (``workers.operations``), served by a worker of
+#: its own so a halt never waits behind the long subtasks filling every other worker.
+OPERATIONS_QUEUE = "pipeline.operations"
+#: Broker URL schemes whose server can also hold the results of operations.
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://")
+#: Seconds the result of an operation (a restart run from Flower, say) stays readable.
+RESULT_EXPIRES = 24 * 3600
+
+
+@cache
+def celery_app() -> Celery:
+    """This process's Celery app, configured from its settings (``configure`` re-points it)."""
+    from celery import Celery
+    from celery.signals import worker_process_init
+
+    app = Celery("pipeline", include=list(TASK_MODULES))
+    configure(app, get_settings())
+    worker_process_init.connect(_fresh_connections, weak=False)
+    return app
+
+
+def result_backend(broker: str) -> str | None:
+    """The broker's Redis server, else no backend (an operation's result is then not kept)."""
+    return broker if broker.startswith(REDIS_SCHEMES) else None
+
+
+def configure(app: Celery, settings: Settings) -> None:
+    """Apply ``settings``; a reconfigured app drops connections to its former broker."""
+    if app._pool is not None:  # Celery keeps no public way to forget its connection pool
+        app._pool.force_close_all()
+        app._pool = None
+        app.amqp._producer_pool = None
+    app._backend_cache = None  # nor to its former result backend (made again on first use)
+    app._local.__dict__.pop("backend", None)
+    app.conf.update(
+        broker_url=settings.broker,
+        result_backend=result_backend(settings.broker),
+        result_expires=RESULT_EXPIRES,
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_default_queue=DEFAULT_QUEUE,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        broker_connection_retry_on_startup=True,
+        # Ten priority levels in each queue; Redis serves priority 0 first.
+        broker_transport_options={"priority_steps": list(range(10))},
+        beat_schedule={
+            "monitor": {"task": MONITOR_TASK, "schedule": settings.monitor_interval},
+        },
+        worker_hijack_root_logger=True,
+        timezone="UTC",
+    )
+
+
+def _fresh_connections(**_: object) -> None:
+    """A forked pool process must not share its parent's database connections."""
+    reset_engines()

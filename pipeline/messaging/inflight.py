@@ -1,0 +1,73 @@
+"""Which subtask messages are in flight: waiting on the broker, or held by a live worker.
+
+Resume-monitoring compares this with the subtasks the database says are queued or
+running; a subtask whose message is in neither place was lost (a worker killed, a
+broker restarted without its queue) and is dispatched again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import redis
+from kombu.exceptions import OperationalError as BrokerError
+
+from config.settings import get_settings
+from pipeline.database import masked
+from pipeline.errors import Unreachable
+from pipeline.messaging.celery_app import celery_app
+
+#: kombu's Redis transport keeps priority N of queue Q in the list "Q\x06\x16N" (N > 0).
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_LEVELS = range(1, 10)
+#: Seconds to wait for the workers' replies.
+INSPECT_TIMEOUT = 1.0
+
+
+def queued_message_ids(queue: str) -> set[str]:
+    """Celery task ids of the messages waiting in ``queue`` on the Redis broker."""
+    client = redis.Redis.from_url(get_settings().broker)
+    keys = [queue, *(f"{queue}{PRIORITY_SEPARATOR}{level}" for level in PRIORITY_LEVELS)]
+    found = set()
+    for key in keys:
+        for raw in client.lrange(key, 0, -1):
+            try:
+                found.add(json.loads(raw)["headers"]["id"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return found
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """Message ids alive somewhere, and the workers that answered when asked."""
+
+    message_ids: set[str]
+    workers: set[str]
+
+
+def held_by_workers() -> tuple[set[str], set[str]]:
+    """Celery task ids that live workers are running or have reserved, and who answered."""
+    inspector = celery_app().control.inspect(timeout=INSPECT_TIMEOUT)
+    found, answered = set(), set()
+    for replies in (inspector.active() or {}, inspector.reserved() or {}):
+        for worker, held in replies.items():
+            answered.add(worker)
+            found.update(message["id"] for message in held)
+    return found, answered
+
+
+def in_flight(queue: str) -> InFlight:
+    """Every message of ``queue`` still somewhere alive.
+
+    The queue is read before the workers are asked: a message only moves from the queue
+    to a worker, so reading in this order never misses one in transit.
+    """
+    try:
+        queued = queued_message_ids(queue)
+        held, answered = held_by_workers()
+    except (redis.RedisError, BrokerError) as exc:
+        url = masked(get_settings().broker)
+        raise Unreachable(f"broker unreachable at {url}: {exc}") from None
+    return InFlight(queued | held, answered)

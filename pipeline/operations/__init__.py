@@ -1,0 +1,2 @@
+"""What an operator does (submit, restart, halt, read), behind one facade that every
+interface calls: ``pipeline.operations.facade``."""

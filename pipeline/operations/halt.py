@@ -1,0 +1,76 @@
+"""Halting tasks: queued work dropped, running subtasks revoked, the error flag set.
+
+Halting bumps the task's attempt, so every message of its chain already on the broker or
+on a worker becomes a no-op, and terminates the worker processes running its subtasks
+(their algorithms die with them). The task keeps its P-state, gets the error flag and the
+halted mark, and can be restarted in any mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+
+from pipeline.database import transaction
+from pipeline.domain.models import PipelineInstance, Task
+from pipeline.domain.states import PState, SubtaskState
+from pipeline.engine.ledger import RUNNING, fail, in_flight_subtasks, lock_task
+from pipeline.errors import NotFound, Refused, Unreachable
+from pipeline.messaging.outbox import Outbox, message_of
+from pipeline.operations.outcomes import Outcome, Report
+
+HALTED = "halted by operator"
+#: The outcome's mode for a halt.
+HALT = "halt"
+
+
+def halt(task_ids: Sequence[int]) -> Report:
+    """Halt each task; refusals (unknown, already stopped, complete) are reported."""
+    outcomes = []
+    for task_id in task_ids:
+        try:
+            outcomes.append(_halt_one(task_id))
+        except (Refused, NotFound) as exc:
+            outcomes.append(Outcome.refused(task_id, HALT, exc))
+    return Report(outcomes)
+
+
+def _halt_one(task_id: int) -> Outcome:
+    messages = Outbox()
+    with transaction() as session:
+        instance, task = lock_task(session, task_id)
+        if task.error:
+            raise Refused(f"task {task_id} is already stopped (ERROR - {task.p_state})")
+        if task.p_state == PState.COMPLETE:
+            raise Refused(f"task {task_id} is complete: nothing to halt")
+        in_flight = in_flight_subtasks(session, task_id)
+        # One id per message: a batch message carries many of these subtasks.
+        messages.revoke(sorted({message_of(task_id, task.attempt, s) for s in in_flight}))
+        for subtask in in_flight:
+            subtask.state = SubtaskState.NEW
+        task.attempt += 1
+        task.halted = True
+        fail(session, instance, task, HALTED)
+        step = task.p_state
+    message = f"halted at {step}"
+    try:
+        messages.publish()
+    except Unreachable as exc:  # the halt holds: every message of the old attempt is stale
+        message += f"; running subtasks not terminated ({exc})"
+    return Outcome(task_id, HALT, True, message, step, [s.index for s in in_flight])
+
+
+def halt_instance(instance_id: int) -> Report:
+    """Halt every task of the instance that is still running."""
+    with transaction() as session:
+        if session.get(PipelineInstance, instance_id) is None:
+            raise NotFound(f"unknown instance {instance_id}")
+        running = list(
+            session.scalars(
+                select(Task.id).where(Task.instance_id == instance_id, RUNNING).order_by(Task.id)
+            )
+        )
+    if not running:
+        raise Refused(f"instance {instance_id} has no running tasks")
+    return halt(running)

@@ -1,0 +1,231 @@
+"""Restarting failed tasks, each in one of the restart modes (``modes``), and restarting an
+instance whose transition failed.
+
+Every task of one request is decided and applied in one transaction, under the task rows'
+locks, and their messages are published together once it commits: restarting the 1,000
+failed tasks of an instance takes one transaction, not 1,000. Of two operators restarting
+the same task at once, the second finds it running and is refused, so one chain starts.
+
+A restart reruns with the instance's frozen parameter values; only execution settings may
+change with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pipeline.database import transaction
+from pipeline.domain.definitions import ExecutionSettings
+from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
+from pipeline.domain.states import InstanceState
+from pipeline.engine.ledger import RESTARTABLE, locked_instance, refresh_instance_state
+from pipeline.engine.transitions import advance
+from pipeline.errors import InvalidInput, NotFound, Refused
+from pipeline.messaging import outbox
+from pipeline.messaging.celery_app import DEFAULT_QUEUE
+from pipeline.messaging.outbox import Outbox
+from pipeline.operations.modes import RestartMode, parse_mode
+from pipeline.operations.outcomes import Outcome, Report
+
+if TYPE_CHECKING:
+    from pipeline.messaging.inflight import InFlight
+
+#: The outcome's mode when a restart retries an instance's failed transition.
+RETRY_TRANSITION = "retry-transition"
+
+
+def check_settings(changes: Mapping[str, Any], frozen_parameters: dict[str, Any]) -> None:
+    """Refuse an algorithm parameter among execution setting changes, or an unknown key."""
+    parameter_names = {key for values in frozen_parameters.values() for key in values["values"]}
+    allowed = set(ExecutionSettings.model_fields)
+    for key in changes:
+        if key in parameter_names:
+            raise Refused(
+                f"{key} is an algorithm parameter: a restart reruns with the instance's frozen"
+                " values; change the parameter set (pipeline params set) and submit a new instance"
+            )
+        if key not in allowed:
+            raise InvalidInput(
+                f"unknown execution setting {key!r} (one of {', '.join(sorted(allowed))})"
+            )
+
+
+def _merged_settings(current: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        return ExecutionSettings.model_validate({**current, **changes}).model_dump()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise InvalidInput(f"execution setting {error['loc'][0]}: {error['msg']}") from None
+
+
+def restart(
+    requests: Sequence[tuple[int, RestartMode | str]],
+    settings: Mapping[str, Any] | None = None,
+    dry_run: bool = False,
+) -> Report:
+    """Restart each (task, mode) pair; refusals are reported and the others go ahead.
+
+    What a mode that needs the broker (resume-monitoring) compares against is read first,
+    from the broker and the workers; then every task is decided and applied in one
+    transaction.
+    """
+    parsed = [(task_id, parse_mode(mode)) for task_id, mode in requests]
+    changes = dict(settings or {})
+    live = {} if dry_run else _in_flight_for([t for t, mode in parsed if mode.needs_broker])
+    with outbox.transaction() as (session, messages):
+        locked = _lock_tasks(session, [task_id for task_id, _ in parsed])
+        states = _subtask_states(session, list(locked))
+        # One flush at commit: the per-task subtask UPDATEs need none of the pending rows.
+        with session.no_autoflush:
+            outcomes = [
+                _guarded(
+                    task_id,
+                    mode,
+                    lambda t=task_id, m=mode: _restart_locked(
+                        session, locked, states, t, m, changes, dry_run, messages, live
+                    ),
+                )
+                for task_id, mode in parsed
+            ]
+        if dry_run:
+            session.rollback()
+            return Report(outcomes)
+        touched = {locked[o.task_id][0].id: locked[o.task_id][0] for o in outcomes if o.ok}
+        for instance in touched.values():
+            refresh_instance_state(session, instance)
+    return Report(outcomes)
+
+
+def _guarded(task_id: int, mode: RestartMode, call: Any) -> Outcome:
+    try:
+        return call()
+    except (Refused, NotFound, InvalidInput) as exc:
+        return Outcome.refused(task_id, mode.name, exc)
+
+
+def _in_flight_for(task_ids: list[int]) -> dict[str, InFlight]:
+    """What is in flight on the queue of each of these tasks, by queue."""
+    if not task_ids:
+        return {}
+    # Imported here: the broker's client loads only when a restart asks the broker.
+    from pipeline.messaging.inflight import in_flight
+
+    with transaction() as session:
+        settings = session.scalars(select(Task.execution).where(Task.id.in_(task_ids))).all()
+    queues = {execution.get("queue") or DEFAULT_QUEUE for execution in settings}
+    return {queue: in_flight(queue) for queue in sorted(queues)}
+
+
+def _lock_tasks(session: Session, task_ids: list[int]) -> dict[int, tuple[PipelineInstance, Task]]:
+    """Lock the tasks and their instances, instance rows first and each kind in id order
+    (the order every transaction takes them in, so none deadlock)."""
+    instance_ids = sorted(
+        set(session.scalars(select(Task.instance_id).where(Task.id.in_(task_ids))))
+    )
+    instances = {
+        instance.id: instance
+        for instance in session.scalars(
+            select(PipelineInstance)
+            .where(PipelineInstance.id.in_(instance_ids))
+            .order_by(PipelineInstance.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    }
+    tasks = session.scalars(
+        select(Task)
+        .where(Task.id.in_(task_ids))
+        .order_by(Task.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return {task.id: (instances[task.instance_id], task) for task in tasks}
+
+
+def _subtask_states(session: Session, task_ids: list[int]) -> dict[int, dict[int, str]]:
+    """Each task's subtask states, by index."""
+    states: dict[int, dict[int, str]] = {task_id: {} for task_id in task_ids}
+    for task_id, index, state in session.execute(
+        select(Subtask.task_id, Subtask.index, Subtask.state).where(Subtask.task_id.in_(task_ids))
+    ):
+        states[task_id][index] = state
+    return states
+
+
+def _restart_locked(
+    session: Session,
+    locked: dict[int, tuple[PipelineInstance, Task]],
+    states: dict[int, dict[int, str]],
+    task_id: int,
+    mode: RestartMode,
+    changes: dict[str, Any],
+    dry_run: bool,
+    messages: Outbox,
+    live: dict[str, InFlight],
+) -> Outcome:
+    """Decide and (unless ``dry_run``) apply one task's restart."""
+    if task_id not in locked:
+        raise NotFound(f"unknown task {task_id}")
+    instance, task = locked[task_id]
+    check_settings(changes, instance.parameters)
+    execution = _merged_settings(task.execution, changes)
+    plan = mode.plan(task, states[task_id])
+    mode.check_changes(changes)
+    if not dry_run:
+        note = f"restart: {mode.name}"
+        if changes:
+            note += " with " + ", ".join(f"{key}={value}" for key, value in changes.items())
+        queue = task.execution.get("queue") or DEFAULT_QUEUE
+        plan = mode.apply(
+            session,
+            task,
+            plan,
+            note=note,
+            execution=execution,
+            messages=messages,
+            live=live.get(queue),
+        )
+    return Outcome(task_id, mode.name, True, plan.message, plan.p_state.value, plan.rerun)
+
+
+def restart_failed(
+    instance_id: int,
+    mode: RestartMode | str,
+    settings: Mapping[str, Any] | None = None,
+    dry_run: bool = False,
+) -> Report:
+    """Restart every failed task of an instance with one mode; retry a failed transition."""
+    mode = parse_mode(mode)
+    with transaction() as session:
+        instance = session.get(PipelineInstance, instance_id)
+        if instance is None:
+            raise NotFound(f"unknown instance {instance_id}")
+        transition_failed = instance.state == InstanceState.TRANSITION_FAILED
+        failed = list(
+            session.scalars(
+                select(Task.id)
+                .where(Task.instance_id == instance_id, RESTARTABLE)
+                .order_by(Task.id)
+            )
+        )
+    if transition_failed:
+        return Report([_retry_transition(instance_id, dry_run)])
+    if not failed:
+        raise Refused(f"instance {instance_id} has no failed tasks")
+    return restart([(task_id, mode) for task_id in failed], settings, dry_run)
+
+
+def _retry_transition(instance_id: int, dry_run: bool) -> Outcome:
+    outcome = Outcome(0, RETRY_TRANSITION, True, "retry creating the next nodes' tasks")
+    if dry_run:
+        return outcome
+    with locked_instance(instance_id) as (_, instance):
+        instance.state, instance.message = InstanceState.PROCESSING, ""
+        instance.updated_at = utcnow()
+    advance(instance_id)
+    return outcome

@@ -1,0 +1,101 @@
+"""Submitting a pipeline instance: freeze definition and parameters, start the first nodes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from config.settings import get_settings
+from pipeline.domain import definitions, parameters
+from pipeline.domain.definitions import PRIORITY_FIRST, PRIORITY_LAST, Definition
+from pipeline.domain.models import InstanceNode, PipelineInstance
+from pipeline.engine import datastore
+from pipeline.engine.transitions import create_node_tasks
+from pipeline.errors import InvalidInput
+from pipeline.messaging import outbox
+
+
+@dataclass(frozen=True)
+class Submitted:
+    id: int
+    pipeline: str
+    state: str
+    tasks: list[int]
+
+
+def select_nodes(definition: Definition, start: str | None, end: str | None) -> list[str]:
+    """The nodes an instance runs: those downstream of ``start`` and upstream of ``end``."""
+    graph = definition.graph()
+    children = {name: set(definition.children(name)) for name in graph}
+    downstream = _closure(start, children) if start else set(graph)
+    upstream = _closure(end, graph) if end else set(graph)
+    if start:
+        definition.node(start)
+    if end:
+        definition.node(end)
+    chosen = downstream & upstream
+    if not chosen:
+        raise InvalidInput(f"node {end!r} is not downstream of node {start!r}")
+    return [name for name in definition.order() if name in chosen]
+
+
+def _closure(name: str, edges: dict[str, set[str]]) -> set[str]:
+    if name not in edges:
+        return set()
+    seen, todo = {name}, [name]
+    while todo:
+        for other in edges[todo.pop()]:
+            if other not in seen:
+                seen.add(other)
+                todo.append(other)
+    return seen
+
+
+def submit(
+    pipeline: str,
+    start_node: str | None = None,
+    end_node: str | None = None,
+    priority: int | None = None,
+) -> Submitted:
+    """Launch an instance of the newest version of ``pipeline``.
+
+    Checks everything first (pipeline, nodes, datastore inputs, broker) so that a refused
+    submission changes nothing; the parameter set versions it uses are locked.
+    """
+    if priority is not None and not PRIORITY_FIRST <= priority <= PRIORITY_LAST:
+        raise InvalidInput(
+            f"priority {priority} is out of range ({PRIORITY_FIRST} to {PRIORITY_LAST})"
+        )
+    root = datastore.require(get_settings().datastore)
+    with outbox.transaction() as (session, messages):
+        stored = definitions.get(session, pipeline)
+        definition = definitions.parse(stored.spec)
+        nodes = select_nodes(definition, start_node, end_node)
+        frozen = {}
+        for set_name in sorted({s for n in nodes for s in definition.node(n).parameter_sets}):
+            parameter_set = parameters.get(session, set_name)
+            parameter_set.locked = True
+            frozen[set_name] = {
+                "version": parameter_set.version,
+                "values": parameters.flat_values(parameter_set.values),
+            }
+        instance = PipelineInstance(
+            definition_id=stored.id,
+            pipeline=stored.name,
+            definition_version=stored.version,
+            start_node=start_node,
+            end_node=end_node,
+            priority=priority,
+            definition=stored.spec,
+            parameters=frozen,
+        )
+        session.add(instance)
+        session.flush()
+        session.add_all(InstanceNode(instance_id=instance.id, node=name) for name in nodes)
+        session.flush()
+        graph = definition.graph()
+        tasks = []
+        for name in nodes:
+            if not graph[name] & set(nodes):
+                tasks += create_node_tasks(session, instance, definition, name, root, messages)
+        outbox.check_broker()  # inside the transaction: a refused submission changes nothing
+        return Submitted(instance.id, instance.pipeline, instance.state, [t.id for t in tasks])

@@ -1,0 +1,89 @@
+"""Reattaching monitoring to an executing task: keep live work, dispatch lost work again.
+
+The database says which subtasks are queued or running; the broker and the workers say
+which of their messages still exist (``pipeline.messaging.inflight``). A subtask whose
+message is in neither place was lost (a broker restarted without its queue, a message
+dropped) and is dispatched again under a new dispatch number. Used on demand by the
+resume-monitoring restart mode and by beat's monitor for executing tasks gone quiet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
+
+from pipeline.domain.models import Subtask, Task
+from pipeline.domain.states import EXECUTION_STEPS, PState, SubtaskState
+from pipeline.engine.alerts import WARNING, raise_alert
+from pipeline.engine.ledger import in_flight_subtasks, lock_task_only, record
+from pipeline.errors import Refused
+from pipeline.messaging import outbox
+from pipeline.messaging.outbox import MONITOR, Outbox, message_of
+
+if TYPE_CHECKING:
+    from pipeline.messaging.inflight import InFlight
+
+
+@dataclass(frozen=True)
+class Reattached:
+    alive: int
+    lost: list[int]
+
+    @property
+    def summary(self) -> str:
+        return f"{self.alive} alive, {len(self.lost)} lost"
+
+
+def reattach(
+    task_id: int, attempt: int, live: InFlight, note: str, quiet: bool = False
+) -> Reattached:
+    """``reattach_locked`` in a transaction of its own; Refused if the task moved on."""
+    with outbox.transaction() as (session, messages):
+        task = lock_task_only(session, task_id)
+        if task.attempt != attempt or task.error or task.p_state not in EXECUTION_STEPS:
+            raise Refused(f"task {task_id} changed while monitoring was resumed: try again")
+        return reattach_locked(session, task, live, note, messages, quiet)
+
+
+def reattach_locked(
+    session: Session, task: Task, live: InFlight, note: str, messages: Outbox, quiet: bool = False
+) -> Reattached:
+    """Check every in-flight subtask of the locked, executing ``task`` against ``live`` (read
+    from its queue), and dispatch the lost ones again.
+
+    ``note`` prefixes the history entry; with ``quiet`` (beat's routine check) the history
+    is written only when something was lost.
+    """
+    in_flight = in_flight_subtasks(session, task.id)
+    lost = [s for s in in_flight if is_lost(message_of(task.id, task.attempt, s), s, live)]
+    for subtask in lost:
+        subtask.state, subtask.dispatch = SubtaskState.QUEUED, subtask.dispatch + 1
+    session.flush()
+    messages.subtasks(session, task, [(s.index, s.dispatch) for s in lost])
+    finished = (
+        not in_flight and task.completed_subtasks + task.failed_subtasks >= task.total_subtasks
+    )
+    result = Reattached(len(in_flight) - len(lost), [s.index for s in lost])
+    step = PState.ALGORITHM_COMPLETE if finished else PState(task.p_state)
+    if lost or finished or not quiet:
+        record(session, task, step, f"{note}, {result.summary}")
+    if lost:
+        alert = f"{len(lost)} subtask messages lost ({note}): dispatched again"
+        raise_alert(session, task, WARNING, alert)
+    if finished:
+        messages.stage(MONITOR, task.id, task.attempt, task.execution)
+    return result
+
+
+def is_lost(message_id: str, subtask: Subtask, live: InFlight) -> bool:
+    """Is the subtask's message, ``message_id``, nowhere alive?
+
+    A running subtask whose worker did not answer in time is given the benefit of the
+    doubt: dispatching it again could run it twice at once in the same directory (its
+    lease decides, see ``pipeline.recovery.reclaim``).
+    """
+    if message_id in live.message_ids:
+        return False
+    return subtask.state == SubtaskState.QUEUED or subtask.worker_host in live.workers

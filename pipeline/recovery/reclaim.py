@@ -1,0 +1,96 @@
+"""Reclaiming work whose lease lapsed: the worker (or its host) holding it is gone.
+
+A running subtask renews its lease while its algorithm runs, and a marshal renews its
+step's lease while it builds the task directory (``pipeline.engine.leases``). Beat's
+monitor finds the leases that lapsed and calls these, each under the task's lock and
+fence, so work that was only slow, not lost, is left alone.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+
+from config.settings import get_settings
+from pipeline.domain.models import Subtask
+from pipeline.domain.states import EXECUTION_STEPS, PState, SubtaskState
+from pipeline.engine.alerts import ERROR, WARNING, raise_alert
+from pipeline.engine.ledger import (
+    is_current,
+    lock_task,
+    lock_task_only,
+    record,
+    refresh_instance_state,
+)
+from pipeline.engine.runner import SubtaskOutcome
+from pipeline.engine.stages import finish_subtasks
+from pipeline.messaging import outbox
+from pipeline.messaging.outbox import MARSHAL
+
+#: The error of a subtask whose worker was lost more often than it may be dispatched again.
+WORKER_LOST = "worker lost"
+
+
+def reclaim_lost(task_id: int, index: int, number: int, lease_expired_before: datetime) -> str:
+    """A running subtask whose lease expired lost its worker: run it again, or fail it.
+
+    It is dispatched again while its automatic retries last (``lost_subtask_retries``),
+    under a new dispatch number so a late outcome from the lost run is ignored; then it
+    fails with reason 'worker lost'. Returns what was done.
+    """
+    with outbox.transaction() as (session, messages):
+        task = lock_task_only(session, task_id)
+        subtask = session.scalars(
+            select(Subtask).where(Subtask.task_id == task_id, Subtask.index == index)
+        ).one()
+        lost = (
+            not task.error
+            and task.p_state in EXECUTION_STEPS
+            and subtask.state == SubtaskState.RUNNING
+            and subtask.dispatch == number
+            and subtask.heartbeat_at is not None
+            and subtask.heartbeat_at < lease_expired_before
+        )
+        if not lost:
+            return "alive"
+        attempt = task.attempt
+        again = subtask.attempts <= get_settings().lost_subtask_retries
+        if again:
+            subtask.state, subtask.dispatch = SubtaskState.QUEUED, subtask.dispatch + 1
+            session.flush()
+            messages.subtasks(session, task, [(index, subtask.dispatch)])
+            note = f"subtask {index}: worker lost, dispatched again"
+            record(session, task, PState(task.p_state), note)
+            worker = subtask.worker_host or "?"
+            alert = f"subtask {index}: worker {worker} lost, dispatched again"
+            raise_alert(session, task, WARNING, alert)
+        else:
+            alert = f"subtask {index}: worker lost {subtask.attempts} times, failed"
+            raise_alert(session, task, ERROR, alert)
+    if again:
+        return "redispatched"
+    finish_subtasks(task_id, attempt, [(index, number, SubtaskOutcome(False, WORKER_LOST))])
+    return "failed"
+
+
+def marshal_again(task_id: int, attempt: int, lease_expired_before: datetime) -> bool:
+    """A marshal whose lease expired lost its worker mid-step: marshal under a new attempt.
+
+    The new attempt gets a task directory of its own, so a marshal that was only slow,
+    not dead, can neither clear the new one's files nor record its subtasks (its attempt
+    no longer matches). Returns whether the task was marshaled again.
+    """
+    with outbox.transaction() as (session, messages):
+        instance, task = lock_task(session, task_id)
+        if not (
+            is_current(task, attempt, PState.MARSHALING) and task.updated_at < lease_expired_before
+        ):
+            return False
+        task.attempt += 1
+        message = f"marshaling lost on {task.worker_host or '?'}, marshaling again"
+        record(session, task, PState.INITIALIZING, f"{message} (monitor)")
+        raise_alert(session, task, WARNING, message)
+        refresh_instance_state(session, instance)
+        messages.stage(MARSHAL, task_id, task.attempt, task.execution)
+    return True

@@ -1,0 +1,139 @@
+"""Reconciliation run by Celery beat: find work whose worker died or whose message was lost.
+
+A running subtask renews a lease (its heartbeat) while its algorithm runs; one whose
+lease expired lost its worker or host, and is dispatched again (``reclaim``). A marshal
+holds a lease on its task's step the same way; one whose lease lapsed is marshaled again
+under a new attempt.
+
+A stage's next message is sent after its transaction commits; a process that dies in
+between, or a broker that loses its queue, leaves a task waiting in a step that nothing
+will move. A task that has sat in such a step longer than ``stale_after`` seconds gets
+its message again. Every stage is fenced, so a message that was only slow, not lost,
+makes the re-sent one a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import suppress
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis
+from sqlalchemy import select, update
+
+from config.settings import get_settings
+from pipeline.database import transaction
+from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
+from pipeline.domain.states import EXECUTION_STEPS, STOPPED_STATES, PState, SubtaskState
+from pipeline.engine.ledger import HOST
+from pipeline.engine.transitions import advance
+from pipeline.errors import Refused
+from pipeline.messaging import inflight, outbox
+from pipeline.messaging.celery_app import DEFAULT_QUEUE
+from pipeline.messaging.outbox import STAGE_FOR_STEP
+from pipeline.recovery.reattach import reattach
+from pipeline.recovery.reclaim import marshal_again, reclaim_lost
+
+log = logging.getLogger(__name__)
+#: Redis key of the lock that keeps two beats from monitoring at once.
+LOCK_KEY = "pipeline:monitor-lock"
+
+
+def reconcile() -> dict[str, int]:
+    """Reclaim subtasks whose worker is gone, re-send lost stage messages, retry lost node
+    transitions; returns what it did. Only one runs at a time, however many beats run."""
+    settings = get_settings()
+    if not _lock(settings.monitor_interval):
+        return {"skipped": 1}
+    reclaimed = _reclaim_expired_leases(utcnow() - timedelta(seconds=settings.lease_seconds))
+    cutoff = utcnow() - timedelta(seconds=settings.stale_after)
+    remarshaled = _marshal_lost_marshals(cutoff)
+    with outbox.transaction() as (session, messages):
+        waiting = session.execute(
+            select(Task.id, Task.attempt, Task.p_state, Task.execution).where(
+                Task.p_state.in_(list(STAGE_FOR_STEP)),
+                ~Task.error,
+                Task.updated_at < cutoff,
+            )
+        ).all()
+        quiet = session.execute(
+            select(Task.id, Task.attempt, Task.execution).where(
+                Task.p_state.in_(list(EXECUTION_STEPS)), ~Task.error, Task.updated_at < cutoff
+            )
+        ).all()
+        # Touched, so a task that was only slow is not sent the message again every beat.
+        touched = [row.id for row in waiting] + [row.id for row in quiet]
+        session.execute(update(Task).where(Task.id.in_(touched)).values(updated_at=utcnow()))
+        active_instances = list(
+            session.scalars(
+                select(PipelineInstance.id).where(
+                    PipelineInstance.state.not_in(list(STOPPED_STATES)),
+                    PipelineInstance.updated_at < cutoff,
+                )
+            )
+        )
+        for task_id, attempt, p_state, execution in waiting:
+            messages.stage(STAGE_FOR_STEP[p_state], task_id, attempt, execution)
+    recovered = _reattach_quiet(quiet)
+    for instance_id in active_instances:
+        advance(instance_id)
+    return {
+        "reclaimed": reclaimed,
+        "remarshaled": remarshaled,
+        "resent": len(waiting),
+        "redispatched": recovered,
+        "instances_checked": len(active_instances),
+    }
+
+
+def _marshal_lost_marshals(expired_before: datetime) -> int:
+    """Tasks in MARSHALING whose step lease lapsed: the worker marshaling them is gone."""
+    with transaction() as session:
+        lost = session.execute(
+            select(Task.id, Task.attempt).where(
+                Task.p_state == PState.MARSHALING, ~Task.error, Task.updated_at < expired_before
+            )
+        ).all()
+    return sum(marshal_again(task_id, attempt, expired_before) for task_id, attempt in lost)
+
+
+def _reattach_quiet(quiet: list[Any]) -> int:
+    """Executing tasks with no news for a while: dispatch again what their queue lost."""
+    live_by_queue: dict[str, inflight.InFlight] = {}
+    redispatched = 0
+    for task_id, attempt, execution in quiet:
+        queue = execution.get("queue") or DEFAULT_QUEUE
+        if queue not in live_by_queue:
+            live_by_queue[queue] = inflight.in_flight(queue)
+        with suppress(Refused):  # it moved on meanwhile
+            redispatched += len(
+                reattach(task_id, attempt, live_by_queue[queue], "monitor", quiet=True).lost
+            )
+    return redispatched
+
+
+def _lock(seconds: float) -> bool:
+    """Hold the monitor lock for most of one interval: a second beat started by mistake
+    finds it taken and does nothing."""
+    client = redis.Redis.from_url(get_settings().broker)
+    return bool(client.set(LOCK_KEY, HOST, nx=True, px=int(seconds * 1000 * 0.9)))
+
+
+def _reclaim_expired_leases(expired_before: datetime) -> int:
+    """Running subtasks whose heartbeat stopped: their worker (or host) is gone."""
+    with transaction() as session:
+        expired = session.execute(
+            select(Subtask.task_id, Subtask.index, Subtask.dispatch)
+            .join(Task, Task.id == Subtask.task_id)
+            .where(
+                Subtask.state == SubtaskState.RUNNING,
+                Subtask.heartbeat_at < expired_before,
+                ~Task.error,
+                Task.p_state.in_(list(EXECUTION_STEPS)),
+            )
+        ).all()
+    for task_id, index, number in expired:
+        log.warning("subtask %s/%s: no heartbeat since before %s", task_id, index, expired_before)
+        reclaim_lost(task_id, index, number, expired_before)
+    return len(expired)

@@ -1,0 +1,579 @@
+"""Helpers of the tests: real processes (PostgreSQL, clusters driven through the ``pipeline``
+CLI), and a broker and a worker inside the test's own process for the fast tests.
+
+Fixtures live in ``conftest.py``; everything a test module imports lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PIPELINE = str(Path(sys.executable).parent / "pipeline")
+REPO = Path(__file__).resolve().parent.parent
+#: Settings that make a test cluster react quickly.
+FAST_SETTINGS = {"PIPELINE_MONITOR_INTERVAL": "1", "PIPELINE_STALE_AFTER": "5"}
+#: Exit statuses of ``pipeline wait``: COMPLETED, stopped with errors.
+COMPLETED, STOPPED_WITH_ERRORS = 0, 1
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    # The repository on the path, so workers can import the tests' own algorithms, after
+    # any directory a test adds.
+    path = os.pathsep.join(filter(None, [extra.pop("PYTHONPATH", ""), str(REPO)]))
+    env.update(COLUMNS="200", PYTHONPATH=path, **extra)
+    return env
+
+
+def unavailable(reason: str) -> None:
+    """Skip a test whose tools are missing here; in CI (``CI`` set), where ``make test``
+    installs every tool, fail it instead: a test that skips there proves nothing."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: nothing may be skipped)")
+    pytest.skip(reason)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+@dataclass
+class PostgresServer:
+    port: int
+    base: Path
+    pg_ctl: str
+
+    def restart(self) -> None:
+        """Stop the server (closing every connection) and start it again on the same port."""
+        subprocess.run(
+            as_postgres(
+                [self.pg_ctl, "-D", str(self.base / "data"), "-l", str(self.base / "server.log")]
+                + ["-m", "fast", "-w", "restart"]
+            ),
+            check=True,
+            capture_output=True,
+        )
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        import psycopg
+
+        name = f"pipeline_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
+        ) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+def postgres_bindir() -> Path:
+    """Debian's PostgreSQL programs (the newest version installed)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        pytest.fail("PostgreSQL is missing: `make test` installs it (apt-get install postgresql)")
+    return found[-1].parent
+
+
+def as_postgres(command: list[str]) -> list[str]:
+    """``initdb`` refuses to run as root: run PostgreSQL's programs as its own user."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server on a free loopback port, stopped afterwards."""
+    bindir = postgres_bindir()
+    base = Path(tempfile.mkdtemp(prefix="pipeline-pg-", dir="/tmp"))
+    base.chmod(0o755)
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+    data, port = base / "data", free_port()
+    initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
+    subprocess.run(
+        as_postgres([*initdb, "-E", "UTF8", "--no-sync"]), check=True, capture_output=True
+    )
+    options = (
+        f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={base}"
+        " -c fsync=off -c max_connections=200"
+    )
+    pg_ctl = str(bindir / "pg_ctl")
+    log = str(base / "server.log")
+    subprocess.run(
+        as_postgres([pg_ctl, "-D", str(data), "-w", "-l", log, "-o", options, "start"]),
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield PostgresServer(port, base, pg_ctl)
+    finally:
+        subprocess.run(
+            as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "stop"]), capture_output=True
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A private redis-server on a free loopback port, nothing persisted; its URL."""
+    import redis
+
+    port = free_port()
+    directory = tempfile.mkdtemp(prefix="pipeline-redis-")
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        + ["--appendonly", "no", "--dir", directory],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def answers() -> bool:
+        try:
+            return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_for(answers, what="redis-server")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- clusters --------------------------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    """A cluster under its own PIPELINE_HOME, driven through the ``pipeline`` CLI."""
+
+    home: Path
+    env: dict[str, str]
+    backend: str
+    started: bool = field(default=False)
+
+    def cli(
+        self, *args: Any, check: bool = True, timeout: float = 180
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [PIPELINE, *map(str, args)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"pipeline {' '.join(map(str, args))} exited {result.returncode}:\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def json(self, *args: Any) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    @property
+    def datastore(self) -> Path:
+        return self.home / "datastore"
+
+    def start(self, workers: int = 1) -> None:
+        self.cli("cluster", "start", "--workers", workers)
+        self.started = True
+
+    def stop(self) -> None:
+        self.cli("cluster", "stop", check=False)
+
+    def process(self, name: str) -> dict[str, Any]:
+        """The ``cluster status`` row of one process (worker1, beat, redis...)."""
+        return next(row for row in self.json("cluster", "status") if row["name"] == name)
+
+    def pid(self, name: str) -> int:
+        """The pid of a process ``cluster start`` started, from its pid file (no CLI call:
+        quick however busy the machine is)."""
+        return int(json.loads((self.home / "run" / f"{name}.pid").read_text())["pid"])
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process of the cluster with all of its children (a worker's pool), and
+        wait until it is gone."""
+        from pipeline.deploy.cluster import alive
+
+        pid = self.pid(name)
+        with suppress(ProcessLookupError):  # killed already, awaited here
+            os.killpg(pid, signal.SIGKILL)
+        wait_for(lambda: not alive(pid, ()), what=f"{name} to die")
+
+    def submit(self, *args: Any) -> int:
+        return int(self.json("submit", "sample", *args)["id"])
+
+    def wait(self, instance: int, expect: int = COMPLETED, timeout: float = 120) -> None:
+        """Wait for the instance to stop; ``pipeline wait`` must exit ``expect`` (0 COMPLETED,
+        1 stopped with errors), never time out."""
+        result = self.cli("wait", instance, "--timeout", timeout, check=False, timeout=timeout + 30)
+        assert result.returncode == expect, (
+            f"pipeline wait {instance} exited {result.returncode}, not {expect}:\n"
+            f"{result.stdout}{result.stderr}"
+        )
+
+    def tasks(self, instance: int) -> list[dict[str, Any]]:
+        return self.json("tasks", instance)
+
+    def attempts(self, task_id: int) -> list[int]:
+        return [s["attempts"] for s in self.json("subtasks", task_id)]
+
+    def restart(self, *args: Any, check: bool = True) -> list[dict[str, Any]]:
+        return json.loads(self.cli("restart", *args, "--json", check=check).stdout)
+
+    def failing_instance(self, *submit_args: str) -> tuple[int, list[dict[str, Any]]]:
+        """An instance whose permuter tasks end ERROR - ALGORITHM_COMPLETE, 3/4 (1)."""
+        self.cli("params", "set", "algorithm", "throw_exception_subtask_0=true")
+        instance = self.submit(*submit_args)
+        self.wait(instance, STOPPED_WITH_ERRORS)
+        tasks = self.tasks(instance)
+        assert {(t["state"], t["counts"]) for t in tasks} == {
+            ("ERROR - ALGORITHM_COMPLETE", "3/4 (1)")
+        }
+        return instance, tasks
+
+    def activate(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Point this test process's settings, database and Celery app at the cluster."""
+        for key, value in self.env.items():
+            if key.startswith("PIPELINE_"):
+                monkeypatch.setenv(key, value)
+        point_here()
+
+
+def point_here() -> None:
+    """Point this process's settings, database engines and Celery app at the environment."""
+    from config.settings import reload_settings
+    from pipeline.database import reset_engines
+    from pipeline.messaging.celery_app import celery_app, configure
+
+    reset_engines()
+    configure(celery_app(), reload_settings())
+
+
+def make_cluster(backend: str, postgres: PostgresServer | None, **settings: str) -> Cluster:
+    """A new home, initialised by ``pipeline cluster init`` (SQLite, or a new database on
+    ``postgres``); nothing started."""
+    home = Path(tempfile.mkdtemp(prefix="pipeline-home-"))
+    env = clean_env(PIPELINE_HOME=str(home), **{**FAST_SETTINGS, **settings})
+    if backend == "postgres":
+        assert postgres is not None
+        env["PIPELINE_DATABASE_URL"] = postgres.create_database()
+    cluster = Cluster(home=home, env=env, backend=backend)
+    cluster.cli("cluster", "init")
+    return cluster
+
+
+@contextmanager
+def started_cluster(
+    backend: str = "sqlite", postgres: PostgresServer | None = None, **settings: str
+) -> Iterator[Cluster]:
+    """An initialised and started cluster, stopped and removed afterwards."""
+    made = make_cluster(backend, postgres, **settings)
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
+        shutil.rmtree(made.home, ignore_errors=True)
+
+
+def algorithms_running_in(directories: list[Path]) -> bool:
+    """Does any process run with its working directory in one of ``directories``?"""
+    for proc in Path("/proc").iterdir():
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if any(cwd.startswith(str(d)) for d in directories):
+            return True
+    return False
+
+
+def race(call: Callable[[], object], threads: int = 8) -> None:
+    """Run ``call`` in several threads released at once."""
+    barrier = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def run_one() -> None:
+        barrier.wait()
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    started = [threading.Thread(target=run_one) for _ in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join()
+    assert not errors, errors
+
+
+def history(task_id: int) -> list[dict[str, Any]]:
+    """A task's history, read from the database this process points at."""
+    from pipeline.operations.facade import get_task
+
+    return get_task(task_id)["history"]
+
+
+def stores_per_attempt(events: list[dict[str, Any]]) -> dict[int, int]:
+    """How many times each attempt of a task finished storing, from its history: a store
+    reached COMPLETE once per attempt at most, however many times its message came."""
+    stored: dict[int, int] = {}
+    for event in events:
+        if event["p_state"] == "COMPLETE" and event["message"].startswith("stored "):
+            stored[event["attempt"]] = stored.get(event["attempt"], 0) + 1
+    return stored
+
+
+# -- in process: a broker and a worker inside the test ----------------------------------------
+
+#: The worker name the in-process worker records as a subtask's host.
+IN_PROCESS_HOST = "worker1@in-process"
+
+
+@dataclass
+class Message:
+    """A message the outbox published: its Celery task name, arguments, id and queue."""
+
+    name: str
+    args: list[Any]
+    id: str
+    queue: str
+
+
+class InProcessWorker:
+    """A broker and a worker in the test's own process, for the fast tests: no Redis.
+
+    What the outbox publishes is queued here (its arguments through JSON, as on the wire),
+    and ``drain`` runs each message through the same Celery task function a worker runs,
+    in the order published, algorithms in forked children as always. A revoked message
+    leaves the queue; ``lose`` drops messages as a broker losing its queue would.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import workers.app  # noqa: F401 - registers the Celery tasks this worker runs
+        from pipeline.messaging import inflight, outbox
+
+        self.queue: list[Message] = []
+        self.published: list[Message] = []
+        self.revoked: list[str] = []
+        monkeypatch.setattr(outbox, "_publish", self._publish)
+        monkeypatch.setattr(outbox, "_revoke", self._revoke)
+        monkeypatch.setattr(outbox, "check_broker", lambda: None)
+        monkeypatch.setattr(inflight, "in_flight", self.in_flight)
+
+    def _publish(self, publications: list[tuple[str, list[Any], dict[str, Any], str | None]]):
+        for name, args, options, message_id in publications:
+            wire = json.loads(json.dumps(args))
+            message = Message(name, wire, message_id or uuid.uuid4().hex, options["queue"])
+            self.queue.append(message)
+            self.published.append(message)
+
+    def _revoke(self, message_ids: list[str]) -> None:
+        self.revoked.extend(message_ids)
+        self.queue = [m for m in self.queue if m.id not in message_ids]
+
+    def in_flight(self, queue: str) -> Any:
+        from pipeline.messaging.inflight import InFlight
+
+        return InFlight({m.id for m in self.queue if m.queue == queue}, set())
+
+    def send(self, name: str, args: list[Any], queue: str = "default") -> None:
+        """Queue a message as if published: a duplicate, or one from an older chain."""
+        self._publish([(name, args, {"queue": queue}, None)])
+
+    def lose(self, keep: Callable[[Message], bool] = lambda _: False) -> list[Message]:
+        """Drop the queued messages ``keep`` does not keep, as a broker losing its queue."""
+        lost = [m for m in self.queue if not keep(m)]
+        self.queue = [m for m in self.queue if keep(m)]
+        return lost
+
+    def run_next(self) -> Message:
+        """Run the oldest queued message as a worker would."""
+        from pipeline.messaging.celery_app import celery_app
+
+        message = self.queue.pop(0)
+        task = celery_app().tasks[message.name]
+        task.push_request(id=message.id, hostname=IN_PROCESS_HOST, args=message.args)
+        try:
+            task.run(*message.args)
+        finally:
+            task.pop_request()
+        return message
+
+    def drain(self, limit: int = 10_000) -> list[Message]:
+        """Run messages until none is queued; the messages run, in order."""
+        ran = []
+        while self.queue:
+            assert len(ran) < limit, f"more than {limit} messages: a loop?"
+            ran.append(self.run_next())
+        return ran
+
+    def names(self) -> list[str]:
+        """The short names of the messages published so far (``marshal``, ``subtask``...)."""
+        return [m.name.rsplit(".", 1)[-1] for m in self.published]
+
+
+# -- the sample pipeline's outputs -----------------------------------------------------------
+
+
+def read_image(path: Path) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def expected_outputs(set_number: int) -> dict[str, Any]:
+    """Every output of one set of the sample, computed here, independently of the pipeline."""
+    import numpy as np
+
+    from config.sample.algorithms import CHANNEL_ORDER
+    from config.sample.images import IMAGES_PER_SET, pixels
+
+    outputs: dict[str, Any] = {}
+    flipped = []
+    for image in range(IMAGES_PER_SET):
+        permuted = pixels(set_number, image)[..., CHANNEL_ORDER]
+        stem = f"nasa-logo-file-{image}-perm"
+        outputs[f"L1/{stem}.png"] = permuted
+        outputs[f"L2/{stem}-lr.png"] = np.fliplr(permuted)
+        outputs[f"L2/{stem}-ud.png"] = np.flipud(permuted)
+        flipped += [np.fliplr(permuted), np.flipud(permuted)]
+    outputs["L3/averaged-image.png"] = np.rint(np.mean(np.stack(flipped).astype(float), axis=0))
+    return outputs
+
+
+def assert_sample_outputs(
+    datastore: Path,
+    images: dict[str, tuple[int, ...]] | None = None,
+    levels: tuple[str, ...] = ("L1", "L2", "L3"),
+) -> None:
+    """The datastore holds exactly the sample's outputs of each set at ``levels``, pixel for
+    pixel; with ``images`` (set -> image numbers), only those images' outputs and their
+    average."""
+    import numpy as np
+
+    from config.sample.images import IMAGES_PER_SET, SETS
+
+    for set_number, set_name in enumerate(SETS, start=1):
+        kept = (images or {}).get(set_name, tuple(range(IMAGES_PER_SET)))
+        expected = {
+            name: array
+            for name, array in expected_outputs(set_number).items()
+            if name.startswith("L3") or int(name.split("-")[3]) in kept
+        }
+        flipped = [expected[n] for n in sorted(expected) if n.startswith("L2")]
+        expected["L3/averaged-image.png"] = np.rint(
+            np.mean(np.stack(flipped).astype(float), axis=0)
+        )
+        expected = {name: a for name, a in expected.items() if name.split("/")[0] in levels}
+        stored = {
+            str(path.relative_to(datastore / set_name))
+            for level in levels
+            for path in (datastore / set_name / level).iterdir()
+        }
+        assert stored == set(expected), "exactly the outputs, no temporary files"
+        for name, array in expected.items():
+            np.testing.assert_array_equal(read_image(datastore / set_name / name), array)
+
+
+def snapshot(instance: int) -> list[Any]:
+    """Everything a stale message could change: the instance's tasks, every subtask, the
+    history's length."""
+    from sqlalchemy import func, select
+
+    from pipeline.database import transaction
+    from pipeline.domain.models import Subtask, Task, TaskEvent
+
+    with transaction() as session:
+        tasks = session.execute(
+            select(
+                Task.id,
+                Task.p_state,
+                Task.error,
+                Task.attempt,
+                Task.completed_subtasks,
+                Task.failed_subtasks,
+            )
+            .where(Task.instance_id == instance)
+            .order_by(Task.id)
+        ).all()
+        subtasks = session.execute(
+            select(Subtask.id, Subtask.state, Subtask.attempts, Subtask.dispatch).order_by(
+                Subtask.id
+            )
+        ).all()
+        events = session.scalar(select(func.count(TaskEvent.id)))
+    return [tasks, subtasks, events]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``pipeline ARGS`` in this process, through the command's own ``main``: its exit
+    status and what it printed."""
+    from config.settings import get_settings
+    from pipeline.interfaces.cli import main
+
+    get_settings.cache_clear()  # read afresh, as a new process would
+    capsys.readouterr()
+    argv = sys.argv
+    sys.argv = ["pipeline", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = argv
+    printed = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, printed.out, printed.err)

@@ -1,0 +1,226 @@
+"""Bad input at the command line: one line naming what was wrong, a non-zero exit, no
+traceback, nothing changed. Run through the command's own ``main`` in this process; the
+last tests run the installed ``pipeline`` program itself."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.operations import facade
+from tests.support import (
+    PIPELINE,
+    assert_one_line_error,
+    clean_env,
+    free_port,
+    point_here,
+    run_cli,
+)
+
+
+@pytest.fixture
+def cli(home: Path, capsys: pytest.CaptureFixture[str]) -> Any:
+    """``pipeline ARGS`` on this test's initialised home (no process started)."""
+    return lambda *args: run_cli(capsys, *args)
+
+
+def unchanged() -> tuple[Any, ...]:
+    return facade.show_parameter_set("algorithm"), facade.list_instances()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["submit", "nosuch"], ["unknown pipeline 'nosuch' (known: sample)"]),
+        (
+            ["submit", "sample", "--start-node", "nosuch"],
+            ["pipeline 'sample' has no node 'nosuch'"],
+        ),
+        (["submit", "sample", "--end-node", "nosuch"], ["pipeline 'sample' has no node 'nosuch'"]),
+        (
+            ["submit", "sample", "--start-node", "averaging", "--end-node", "permuter"],
+            ["node 'permuter' is not downstream of node 'averaging'"],
+        ),
+        (["submit", "sample", "--priority", "12"], ["priority 12 is out of range"]),
+        (
+            ["params", "set", "algorithm", "nosuch=1"],
+            ["parameter set 'algorithm' has no parameter 'nosuch'"],
+        ),
+        (
+            ["params", "set", "algorithm", "throw_exception_subtask_0=maybe"],
+            ["algorithm.throw_exception_subtask_0: 'maybe' is not a bool"],
+        ),
+        (
+            ["params", "set", "algorithm", "execution_pause_seconds=soon"],
+            ["algorithm.execution_pause_seconds: 'soon' is not an int"],
+        ),
+        (["params", "set", "algorithm", "justtext"], ["'justtext' is not key=value"]),
+        (["params", "set", "nosuch", "a=1"], ["unknown parameter set 'nosuch'"]),
+        (
+            ["params", "show", "algorithm", "--version", "7"],
+            ["unknown parameter set 'algorithm version 7'"],
+        ),
+        (["definitions", "show", "nosuch"], ["unknown pipeline 'nosuch'"]),
+        (["tasks", "999"], ["unknown instance 999"]),
+        (["task", "999"], ["unknown task 999"]),
+        (["subtasks", "999"], ["unknown task 999"]),
+        (["logs", "999"], ["unknown task 999"]),
+        (["wait", "999"], ["unknown instance 999"]),
+        (["restart", "999", "--mode", "sideways"], ["unknown restart mode 'sideways'"]),
+        (["restart", "--instance", "1"], ["--instance needs --mode"]),
+        (["restart", "4", "--instance", "1", "--mode", "resubmit"], ["not both"]),
+        (["restart", "--mode", "resubmit"], ["name the tasks to restart, or --instance ID"]),
+        (["restart", "--instance", "999", "--mode", "resubmit"], ["unknown instance 999"]),
+        (["halt"], ["name the tasks to halt, or --instance ID"]),
+        (["halt", "--instance", "999"], ["unknown instance 999"]),
+        (["alerts", "ack", "999"], ["unknown alert 999"]),
+        (
+            ["definitions", "import", "/nonexistent/pipeline.yaml"],
+            ["/nonexistent/pipeline.yaml: cannot read"],
+        ),
+    ],
+)
+def test_bad_input_names_the_problem_and_changes_nothing(cli, args, fragments) -> None:
+    before = unchanged()
+    assert_one_line_error(cli(*args), *fragments)
+    assert unchanged() == before
+
+
+def test_a_refused_restart_is_a_row_of_the_table_and_exit_1(cli) -> None:
+    result = cli("restart", "999", "--mode", "resubmit", "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == [
+        {
+            "task_id": 999,
+            "mode": "resubmit",
+            "ok": False,
+            "message": "unknown task 999",
+            "start_from": "",
+            "subtasks": [],
+        }
+    ]
+
+
+def test_restart_help_lists_every_mode(cli, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # wide enough that no mode is cut short
+    result = cli("restart", "--help")
+    assert result.returncode == 0
+    text = re.sub(r"[\s│]+", "", result.stdout)  # however the terminal's width wrapped it
+    for mode in facade.restart_modes():
+        assert mode.name in text
+
+
+def _settings(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    point_here()
+
+
+def test_an_unreachable_broker_is_named_without_its_password(cli, monkeypatch) -> None:
+    port = free_port()
+    _settings(monkeypatch, PIPELINE_BROKER_URL=f"redis://:secret@127.0.0.1:{port}/0")
+    result = cli("submit", "sample")
+    assert_one_line_error(result, f"broker unreachable at redis://:***@127.0.0.1:{port}/0")
+    assert "secret" not in result.stderr
+    assert facade.list_instances() == []
+    assert not facade.show_parameter_set("algorithm")["locked"]
+
+
+def test_the_private_broker_not_started(cli) -> None:
+    assert_one_line_error(cli("submit", "sample"), "broker unreachable at redis://")
+
+
+def test_an_unreachable_database_is_named_without_its_password(cli, monkeypatch) -> None:
+    port = free_port()
+    url = f"postgresql+psycopg://pipeline:secret@127.0.0.1:{port}/db"
+    _settings(monkeypatch, PIPELINE_DATABASE_URL=url)
+    result = cli("instances")
+    assert_one_line_error(
+        result, f"database unreachable at postgresql+psycopg://pipeline:***@127.0.0.1:{port}/db"
+    )
+    assert "secret" not in result.stderr
+
+
+def test_a_missing_or_empty_datastore(cli, home: Path, monkeypatch) -> None:
+    _settings(monkeypatch, PIPELINE_DATASTORE_ROOT="/nonexistent/datastore")
+    assert_one_line_error(
+        cli("submit", "sample"), "datastore /nonexistent/datastore does not exist"
+    )
+    empty = home / "empty"
+    empty.mkdir()
+    _settings(monkeypatch, PIPELINE_DATASTORE_ROOT=str(empty))
+    result = cli("submit", "sample")
+    assert_one_line_error(result, "node 'permuter' finds no raw_image files ({dataset}/L0/*.png)")
+    assert facade.list_instances() == []
+
+
+def test_an_uninitialised_home(cli, tmp_path: Path, monkeypatch) -> None:
+    _settings(monkeypatch, PIPELINE_HOME=str(tmp_path / "fresh"))
+    assert_one_line_error(cli("instances"), "run `pipeline cluster init`")
+    assert_one_line_error(cli("cluster", "start"), "no cluster under")
+    assert_one_line_error(cli("api"), "no api_token for", "cluster init")
+
+
+def test_a_bad_definition_file_is_named_with_its_key(cli, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ndata_file_types: {}\nnodes:\n  - name: a\n    algorithm: x\n")
+    before = facade.list_definitions()
+    assert_one_line_error(cli("definitions", "import", bad), f"{bad}: nodes.0.algorithm: ")
+    assert facade.list_definitions() == before
+
+
+def test_a_bad_setting_and_a_bad_settings_file(cli, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PIPELINE_WORKERS", "many")
+    assert_one_line_error(cli("instances"), "setting workers: ")
+    monkeypatch.delenv("PIPELINE_WORKERS")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "settings.toml").write_text("redis_port = = 1\n")
+    monkeypatch.setenv("PIPELINE_HOME", str(fresh))
+    assert_one_line_error(cli("instances"), "settings file is not valid TOML")
+
+
+def test_status_and_stop_of_an_uninitialised_home_touch_nothing(
+    cli, tmp_path: Path, monkeypatch
+) -> None:
+    _settings(monkeypatch, PIPELINE_HOME=str(tmp_path / "nothing-here"))
+    status = json.loads(cli("cluster", "status", "--json").stdout)
+    assert [(row["name"], row["alive"]) for row in status] == [
+        ("redis", False),
+        ("worker1", False),
+        ("beat", False),
+        ("operations", False),
+        ("api", False),
+        ("flower", False),
+    ]
+    assert "nothing was running" in cli("cluster", "stop").stdout
+    assert not (tmp_path / "nothing-here" / "pipeline.db").exists()
+
+
+# -- the installed program -------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_the_installed_program_reports_in_one_line(tmp_path: Path) -> None:
+    """``pipeline`` and ``python -m pipeline`` reach the same ``main``: one line, exit 1,
+    for an operator's error and for a bad settings file alike."""
+    env = clean_env(PIPELINE_HOME=str(tmp_path))
+    result = subprocess.run(
+        [PIPELINE, "tasks", "1"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert_one_line_error(result, "has no pipeline tables: run `pipeline cluster init`")
+    (tmp_path / "settings.toml").write_text("redis_port = = 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "instances"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert_one_line_error(result, "settings file is not valid TOML")

@@ -1,0 +1,215 @@
+"""Lost work found and started again by beat's monitor, driven in this process: a subtask
+whose worker died, a lost stage message, a quiet task whose messages were lost, a marshal
+whose worker died, a subtask that hangs. The processes really dying are the chaos tests'
+(``test_lost_work.py``); here the clock is moved instead."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import update
+
+from pipeline.database import transaction
+from pipeline.domain.models import Subtask, Task, utcnow
+from pipeline.domain.states import PState
+from pipeline.engine import stages
+from pipeline.engine.ledger import lock_task, record
+from pipeline.engine.runner import SubtaskOutcome
+from pipeline.operations import facade
+from pipeline.recovery import reconcile
+from tests.support import InProcessWorker, point_here, race, redis_server
+
+#: Longer than any lease or staleness limit of the settings.
+LONG_AGO = timedelta(hours=1)
+
+#: Every test runs over an initialised home of its own, in this process.
+pytestmark = pytest.mark.usefixtures("home")
+
+
+@pytest.fixture
+def monitor(worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch):
+    """Beat's monitor, run on demand (its Redis lock taken for granted)."""
+    monkeypatch.setattr(reconcile, "_lock", lambda seconds: True)
+    return reconcile.reconcile
+
+
+def age(task_id: int) -> None:
+    """Make the task's step lease and its subtasks' heartbeats an hour old."""
+    with transaction() as session:
+        session.execute(
+            update(Task).where(Task.id == task_id).values(updated_at=utcnow() - LONG_AGO)
+        )
+        session.execute(
+            update(Subtask)
+            .where(Subtask.task_id == task_id, Subtask.heartbeat_at.is_not(None))
+            .values(heartbeat_at=utcnow() - LONG_AGO)
+        )
+
+
+def taken_by_a_dying_worker(worker: InProcessWorker, task_id: int, index: int) -> None:
+    """A worker took the subtask's message, started it, and died: its message is gone and
+    its lease will lapse."""
+    [message] = [m for m in worker.queue if m.args[:3] == [task_id, 1, index]]
+    worker.queue.remove(message)
+    assert stages.begin_subtasks(task_id, 1, [(index, 1)], host="worker9@gone")
+
+
+def subtasks(task_id: int) -> list[tuple[str, int]]:
+    return [(s["state"], s["attempts"]) for s in facade.list_subtasks(task_id)]
+
+
+def test_a_subtask_whose_worker_died_is_dispatched_again(worker: InProcessWorker, monitor) -> None:
+    instance = facade.submit("sample", None, "permuter")["id"]
+    worker.run_next()  # task 1 marshaled
+    taken_by_a_dying_worker(worker, 1, 0)
+    age(1)
+
+    assert monitor()["reclaimed"] == 1
+    assert subtasks(1)[0] == ("QUEUED", 1)
+    history = [e["message"] for e in facade.get_task(1)["history"]]
+    assert "subtask 0: worker lost, dispatched again" in history
+    [alert] = facade.list_alerts()
+    assert (alert["severity"], alert["task_id"]) == ("warning", 1)
+    assert alert["message"] == "subtask 0: worker worker9@gone lost, dispatched again"
+    # The lost run reports after all: its dispatch number is stale, so nothing changes.
+    stages.finish_subtasks(1, 1, [(0, 1, SubtaskOutcome(False, "late"))])
+    assert subtasks(1)[0] == ("QUEUED", 1)
+
+    worker.drain()
+    assert facade.get_instance(instance)["state"] == "COMPLETED"
+    assert subtasks(1) == [("COMPLETE", 2), *[("COMPLETE", 1)] * 3]
+
+
+def test_a_subtask_lost_too_often_fails_as_worker_lost(
+    worker: InProcessWorker, monitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIPELINE_LOST_SUBTASK_RETRIES", "0")
+    point_here()
+    instance = facade.submit("sample", None, "permuter")["id"]
+    worker.run_next()
+    taken_by_a_dying_worker(worker, 1, 2)
+    age(1)
+
+    assert monitor()["reclaimed"] == 1
+    worker.drain()
+    assert subtasks(1)[2] == ("FAILED", 1)
+    assert facade.list_subtasks(1)[2]["error"] == "worker lost"
+    assert facade.get_task(1)["state"] == "ERROR - ALGORITHM_COMPLETE"
+    assert facade.get_instance(instance)["state"] == "ERRORS_STALLED"
+    assert [a["severity"] for a in facade.list_alerts()] == ["error"]
+
+
+def test_a_lost_stage_message_is_sent_again(worker: InProcessWorker, monitor) -> None:
+    instance = facade.submit("sample", None, "permuter")["id"]
+    assert len(worker.lose()) == 2  # both marshal messages
+    assert monitor()["resent"] == 0, "not before the task has waited stale_after"
+    age(1)
+    age(2)
+
+    assert monitor()["resent"] == 2
+    worker.drain()
+    assert facade.get_instance(instance)["state"] == "COMPLETED"
+
+
+def test_a_quiet_task_whose_messages_were_lost_is_reattached(
+    worker: InProcessWorker, monitor
+) -> None:
+    instance = facade.submit("sample", None, "permuter")["id"]
+    worker.run_next()
+    worker.run_next()
+    assert len(worker.lose(keep=lambda message: message.args[0] == 2)) == 4
+    age(1)
+    age(2)
+
+    assert monitor()["redispatched"] == 4
+    history = [e["message"] for e in facade.get_task(1)["history"]]
+    assert "monitor, 0 alive, 4 lost" in history
+    assert not any(
+        m.startswith("monitor, ") for m in (e["message"] for e in facade.get_task(2)["history"])
+    ), "nothing lost: nothing written"
+    worker.drain()
+    assert facade.get_instance(instance)["state"] == "COMPLETED"
+    assert subtasks(1) == [("COMPLETE", 1)] * 4, "each subtask ran once"
+    assert [a["message"] for a in facade.list_alerts()] == [
+        "4 subtask messages lost (monitor): dispatched again"
+    ]
+
+
+def test_a_marshal_whose_worker_died_is_marshaled_again(worker: InProcessWorker, monitor) -> None:
+    instance = facade.submit("sample", None, "permuter")["id"]
+    [message] = [m for m in worker.queue if m.args == [1, 1]]
+    worker.queue.remove(message)
+    with transaction() as session:  # a worker claimed the marshal, and died
+        _, task = lock_task(session, 1)
+        record(session, task, PState.MARSHALING, host="worker9@gone")
+    age(1)
+
+    assert monitor()["remarshaled"] == 1
+    task = facade.get_task(1)
+    assert (task["p_state"], task["attempt"]) == ("INITIALIZING", 2)
+    assert "marshaling lost on worker9@gone, marshaling again (monitor)" in [
+        e["message"] for e in task["history"]
+    ]
+    worker.drain()
+    assert facade.get_instance(instance)["state"] == "COMPLETED"
+    assert facade.get_task(1)["task_dir"].endswith("-attempt2")
+    assert [a["message"] for a in facade.list_alerts()] == [
+        "marshaling lost on worker9@gone, marshaling again"
+    ]
+
+
+HANGING = {
+    "name": "hanging",
+    "description": "Subtask 0 hangs past its timeout; the others finish.",
+    "data_file_types": {
+        "raw_image": {"location": "{dataset}/L0", "pattern": "*.png"},
+        "seen": {"location": "{dataset}/seen", "pattern": "*-seen.txt"},
+    },
+    "nodes": [
+        {
+            "name": "sometimes_hangs",
+            "algorithm": "tests.algorithms:hang_in_subtask_0",
+            "inputs": ["raw_image"],
+            "outputs": ["seen"],
+            "execution": {"subtask_timeout": 1, "max_failed_subtasks": 1},
+        }
+    ],
+}
+
+
+@pytest.mark.slow  # waits for a timeout
+def test_a_hanging_subtask_fails_at_its_timeout_and_the_task_goes_on(
+    worker: InProcessWorker, home: Path, tmp_path: Path
+) -> None:
+    definition = tmp_path / "hanging.yaml"
+    definition.write_text(yaml.safe_dump(HANGING))
+    facade.import_definitions([definition])
+    instance = facade.submit("hanging")["id"]
+    worker.drain()
+
+    assert facade.get_instance(instance)["state"] == "COMPLETED"
+    for task in facade.list_tasks(instance):
+        assert (task["state"], task["counts"]) == ("COMPLETE", "3/4 (1)")
+        listed = facade.list_subtasks(task["id"])
+        assert (listed[0]["state"], listed[0]["error"]) == ("FAILED", "timeout: killed after 1 s")
+        seen = sorted(
+            p.name for p in (home / "datastore" / task["unit_of_work"] / "seen").iterdir()
+        )
+        assert seen == [f"nasa-logo-file-{i}-seen.txt" for i in (1, 2, 3)]
+
+
+@pytest.mark.e2e
+def test_two_monitors_at_once_only_one_reconciles(
+    worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second beat started by mistake sends a second monitor each interval: the two runs
+    meet at the lock in Redis, and one of them does nothing."""
+    with redis_server() as url:
+        monkeypatch.setenv("PIPELINE_BROKER_URL", url)
+        point_here()
+        results: list[dict[str, int]] = []
+        race(lambda: results.append(reconcile.reconcile()), threads=2)
+    assert sorted("skipped" in result for result in results) == [False, True]

@@ -1,0 +1,128 @@
+"""The runner: algorithms run in their subtask directory, output captured, failures and
+timeouts recorded; a batch's crash or hang fails only its own subtask."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.domain.context import SubtaskContext
+from pipeline.engine.runner import run, run_many
+from pipeline.engine.taskdir import LOG_NAME
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> SubtaskContext:
+    directory = tmp_path / "st-0"
+    directory.mkdir()
+    (directory / "input.txt").write_text("data")
+    return SubtaskContext(
+        directory=directory,
+        inputs=[directory / "input.txt"],
+        parameters={"gain": 2},
+        index=0,
+        unit_of_work="set-1",
+        node="node",
+    )
+
+
+def log_of(ctx: SubtaskContext) -> str:
+    return (ctx.directory / LOG_NAME).read_text()
+
+
+def test_callable_runs_in_its_directory_with_output_captured(ctx: SubtaskContext) -> None:
+    outcome = run("tests.algorithms:echo", ctx, timeout=30)
+    assert outcome.ok, outcome.error
+    assert (ctx.directory / "input-echo.txt").read_text() == "{'gain': 2}"
+    log = log_of(ctx)
+    assert "stdout of subtask 0: ['input.txt']" in log
+    assert "stderr line" in log
+    assert "from a child process" in log
+
+
+def test_callable_exception_fails_the_subtask(ctx: SubtaskContext) -> None:
+    outcome = run("tests.algorithms:boom", ctx, timeout=30)
+    assert not outcome.ok and outcome.error == "ValueError: boom in subtask 0"
+    assert "Traceback" in log_of(ctx)
+
+
+@pytest.mark.slow  # waits for a timeout
+def test_callable_killed_at_timeout(ctx: SubtaskContext) -> None:
+    started = time.monotonic()
+    outcome = run("tests.algorithms:hang", ctx, timeout=1)
+    assert not outcome.ok and outcome.timed_out
+    assert outcome.error == "timeout: killed after 1 s"
+    assert time.monotonic() - started < 30
+    assert "hanging" in log_of(ctx)
+
+
+def test_callable_exiting_hard(ctx: SubtaskContext) -> None:
+    outcome = run("tests.algorithms:hard_exit", ctx, timeout=30)
+    assert not outcome.ok
+    assert outcome.error == "exit status 3: exiting hard"
+
+
+def script(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "algorithm.sh"
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_executable_gets_parameters_and_inputs(ctx: SubtaskContext, tmp_path: Path) -> None:
+    program = script(
+        tmp_path,
+        'echo "index $PIPELINE_SUBTASK_INDEX unit $PIPELINE_UNIT_OF_WORK"\n'
+        "cat parameters.json > out.json\ncat inputs.json\n",
+    )
+    outcome = run({"executable": program, "args": []}, ctx, timeout=30)
+    assert outcome.ok, outcome.error
+    assert json.loads((ctx.directory / "out.json").read_text()) == {"gain": 2}
+    assert "index 0 unit set-1" in log_of(ctx)
+    assert '["input.txt"]' in log_of(ctx)
+
+
+def test_executable_non_zero_exit(ctx: SubtaskContext, tmp_path: Path) -> None:
+    program = script(tmp_path, "echo 'cannot read input' >&2\nexit 4\n")
+    outcome = run({"executable": program, "args": []}, ctx, timeout=30)
+    assert not outcome.ok and outcome.error == "exit status 4: cannot read input"
+
+
+@pytest.mark.slow  # waits for a timeout
+def test_executable_timeout(ctx: SubtaskContext, tmp_path: Path) -> None:
+    program = script(tmp_path, "sleep 3600\n")
+    outcome = run({"executable": program, "args": []}, ctx, timeout=0.5)
+    assert outcome.timed_out and outcome.error == "timeout: killed after 0.5 s"
+
+
+def test_executable_missing(ctx: SubtaskContext) -> None:
+    outcome = run({"executable": "/nonexistent/program", "args": []}, ctx, timeout=5)
+    assert not outcome.ok and outcome.error.startswith("cannot start /nonexistent/program")
+
+
+def contexts(tmp_path: Path, count: int) -> list[SubtaskContext]:
+    made = []
+    for index in range(count):
+        directory = tmp_path / f"st-{index}"
+        directory.mkdir()
+        made.append(SubtaskContext(directory, [], {}, index, "set-1", "node"))
+    return made
+
+
+@pytest.mark.slow  # waits for a timeout
+def test_a_crash_or_hang_in_a_batch_fails_only_its_subtask(tmp_path: Path) -> None:
+    batch = contexts(tmp_path, 6)
+    outcomes = list(run_many("tests.algorithms:fail_by_index", batch, timeout=2))
+    assert [o.ok for o in outcomes] == [True, False, False, False, True, True]
+    assert outcomes[1].error.startswith("exit status 3")
+    assert outcomes[2].timed_out
+    assert outcomes[3].error == "ValueError: boom in subtask 3"
+    for ctx in batch:  # each subtask's output in its own log
+        assert (ctx.directory / LOG_NAME).read_text().startswith(f"subtask {ctx.index}\n")
+    # Subtasks 0 and 4 ran in different children: the crash of 1 and the hang of 2 were
+    # followed by new ones; 4 and 5 shared one.
+    pids = [(ctx.directory / "done.txt").read_text() for ctx in (batch[0], batch[4], batch[5])]
+    assert pids[0] != pids[1] == pids[2]

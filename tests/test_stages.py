@@ -1,0 +1,193 @@
+"""The stages driven in this process (no Redis, no worker processes): the sample pipeline
+end to end, the chain's messages, frozen parameters, node selection, fencing, and child
+tasks created once however many transitions race."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, select
+
+from config.sample.images import SETS
+from config.settings import PACKAGED_DEFINITIONS
+from pipeline.database import transaction
+from pipeline.domain.models import InstanceNode, Subtask, Task, TaskEvent
+from pipeline.engine import stages
+from pipeline.engine.runner import SubtaskOutcome
+from pipeline.engine.transitions import advance
+from pipeline.messaging import outbox
+from pipeline.operations import facade
+from tests.support import (
+    IN_PROCESS_HOST,
+    InProcessWorker,
+    assert_sample_outputs,
+    race,
+    snapshot,
+)
+
+PERMUTER_STEPS = [
+    "MARSHALING",
+    "ALGORITHM_SUBMITTING",
+    "ALGORITHM_QUEUED",
+    "ALGORITHM_EXECUTING",
+    "ALGORITHM_COMPLETE",
+    "STORING",
+    "COMPLETE",
+]
+
+#: Every test runs over an initialised home of its own, in this process.
+pytestmark = pytest.mark.usefixtures("home")
+
+
+def run(worker: InProcessWorker, *args: str | None) -> int:
+    """Submit the sample (from, to nodes) and run it to its end; the instance's id."""
+    instance = facade.submit("sample", *args)["id"]
+    worker.drain()
+    return instance
+
+
+def test_the_sample_runs_to_completion_with_the_right_pixels(
+    worker: InProcessWorker, home: Path
+) -> None:
+    instance = run(worker)
+
+    assert facade.get_instance(instance)["state"] == "COMPLETED"
+    tasks = facade.list_tasks(instance)
+    assert [(t["node"], t["unit_of_work"], t["state"], t["counts"]) for t in tasks] == [
+        ("permuter", "set-1", "COMPLETE", "4/4 (0)"),
+        ("permuter", "set-2", "COMPLETE", "4/4 (0)"),
+        ("flip", "set-1", "COMPLETE", "4/4 (0)"),
+        ("flip", "set-2", "COMPLETE", "4/4 (0)"),
+        ("averaging", "set-1", "COMPLETE", "1/1 (0)"),
+        ("averaging", "set-2", "COMPLETE", "1/1 (0)"),
+    ]
+    assert_sample_outputs(home / "datastore")
+    permuter = facade.get_task(tasks[0]["id"])
+    assert [e["p_state"] for e in permuter["history"]] == PERMUTER_STEPS
+    assert {e["host"] for e in permuter["history"]} == {IN_PROCESS_HOST}
+    subtasks = facade.list_subtasks(tasks[0]["id"])
+    assert [(s["index"], s["state"], s["attempts"]) for s in subtasks] == [
+        (i, "COMPLETE", 1) for i in range(4)
+    ]
+    # A message per marshal and per subtask: execute, monitor and store ran in the worker
+    # that finished the step before each.
+    assert Counter(worker.names()) == {"marshal": 6, "subtask": 18}
+
+
+def test_an_exception_in_subtask_0_stalls_the_instance(worker: InProcessWorker, home: Path) -> None:
+    facade.set_parameters("algorithm", ["throw_exception_subtask_0=true"])
+    instance = run(worker)
+
+    assert facade.get_instance(instance)["state"] == "ERRORS_STALLED"
+    tasks = facade.list_tasks(instance)
+    assert {t["node"] for t in tasks} == {"permuter"}, "no child tasks after a failed node"
+    for task in tasks:
+        assert (task["state"], task["counts"]) == ("ERROR - ALGORITHM_COMPLETE", "3/4 (1)")
+        assert task["error_message"] == "1 of 4 subtasks failed (max_failed_subtasks = 0)"
+        subtasks = facade.list_subtasks(task["id"])
+        assert [s["state"] for s in subtasks] == ["FAILED", "COMPLETE", "COMPLETE", "COMPLETE"]
+        assert subtasks[0]["error"] == (
+            "RuntimeError: subtask 0 failed on purpose (throw_exception_subtask_0 = true)"
+        )
+        [log] = facade.logs(task["id"], 0)
+        assert "Traceback" in log["text"] and "subtask 0 failed on purpose" in log["text"]
+    assert not list((home / "datastore").glob("set-*/L1/*")), "an error flag stores nothing"
+
+
+def test_parameters_are_frozen_at_submit(worker: InProcessWorker) -> None:
+    instance = facade.submit("sample", None, "permuter")["id"]
+    changed = facade.set_parameters("algorithm", {"throw_exception_subtask_0": True})
+    worker.drain()
+
+    assert facade.get_instance(instance)["state"] == "COMPLETED", "it ran with its own values"
+    assert (changed["version"], changed["locked"]) == (2, False)
+    assert facade.show_parameter_set("algorithm", 1)["locked"]
+    assert facade.get_instance(instance)["parameters"]["algorithm"]["version"] == 1
+
+
+def test_start_and_end_nodes_and_a_new_definition_version(
+    worker: InProcessWorker, home: Path, tmp_path: Path
+) -> None:
+    first = run(worker, None, "permuter")
+    assert not list((home / "datastore").glob("set-*/L2/*"))
+
+    # A changed definition is a new version; the next instance runs it, the first kept its own.
+    changed = tmp_path / "sample.yaml"
+    text = (PACKAGED_DEFINITIONS / "sample.yaml").read_text()
+    flip = "    algorithm: config.sample.algorithms:flip\n"
+    changed.write_text(text.replace(flip, flip + "    execution: {priority: 3}\n"))
+    assert facade.import_definitions([changed]) == [{"name": "sample", "version": 2, "new": True}]
+    second = run(worker, "flip")
+
+    tasks = facade.list_tasks(second)
+    assert sorted({t["node"] for t in tasks}) == ["averaging", "flip"]
+    assert all(t["state"] == "COMPLETE" for t in tasks)
+    assert {t["execution"]["priority"] for t in tasks if t["node"] == "flip"} == {3}
+    versions = {i["id"]: i["definition_version"] for i in facade.list_instances()}
+    assert versions == {first: 1, second: 2}
+    assert_sample_outputs(home / "datastore")
+
+
+# -- fencing ---------------------------------------------------------------------------------
+
+
+def test_stale_and_duplicate_stage_calls_are_no_ops(completed: Path) -> None:
+    [task] = [t for t in facade.list_tasks(1) if t["node"] == "permuter"][:1]
+    outputs = {p: p.stat().st_mtime_ns for p in (completed / "datastore").rglob("L1/*")}
+    before = snapshot(1)
+
+    for attempt in (0, 1, 2):
+        stages.marshal(task["id"], attempt)
+        stages.execute(task["id"], attempt)
+        assert stages.begin_subtasks(task["id"], attempt, [(0, 1)]) == []
+        late = [(0, 1, SubtaskOutcome(False, "late failure"))]
+        stages.finish_subtasks(task["id"], attempt, late)
+        stages.monitor(task["id"], attempt)
+        stages.store(task["id"], attempt)
+    advance(1)
+
+    assert snapshot(1) == before
+    assert {p: p.stat().st_mtime_ns for p in (completed / "datastore").rglob("L1/*")} == outputs
+
+
+def test_duplicate_messages_through_the_worker_change_nothing(
+    completed: Path, worker: InProcessWorker
+) -> None:
+    task = facade.list_tasks(1)[0]
+    before = snapshot(1)
+    for name in (outbox.MARSHAL, outbox.EXECUTE, outbox.MONITOR, outbox.STORE):
+        worker.send(name, [task["id"], 1])
+    worker.send(outbox.SUBTASK, [task["id"], 1, 0, 1])
+    worker.send(outbox.SUBTASKS, [task["id"], 1, [[1, 1], [2, 1]]])
+    assert len(worker.drain()) == 6
+    assert snapshot(1) == before
+
+
+def roll_back_to_permuter_done(instance: int) -> None:
+    """The instance as it was when its permuter tasks had just stored: later nodes pending."""
+    with transaction() as session:
+        later = select(Task.id).where(Task.instance_id == instance, Task.node != "permuter")
+        session.execute(delete(TaskEvent).where(TaskEvent.task_id.in_(later)))
+        session.execute(delete(Subtask).where(Subtask.task_id.in_(later)))
+        session.execute(delete(Task).where(Task.id.in_(later.scalar_subquery())))
+        for row in session.scalars(
+            select(InstanceNode).where(InstanceNode.instance_id == instance)
+        ):
+            row.state = "DONE" if row.node == "permuter" else "PENDING"
+
+
+def test_racing_transitions_create_the_child_tasks_once(
+    any_database: str, worker: InProcessWorker
+) -> None:
+    completed = run(worker)
+    roll_back_to_permuter_done(completed)
+    published = len(worker.published)
+    race(lambda: advance(completed))
+
+    children = [t for t in facade.list_tasks(completed) if t["node"] != "permuter"]
+    assert sorted((t["node"], t["unit_of_work"]) for t in children) == [
+        ("flip", unit) for unit in SETS
+    ]
+    assert worker.names()[published:] == ["marshal", "marshal"], "one for each new task"
