@@ -1,5 +1,5 @@
-"""``python -m bench [--quick] [--only a,b,...]``: run the benchmark figures, print them beside
-their baselines, and write them to ``bench/results/<timestamp>.json``."""
+"""``python -m bench [--quick | --smoke] [--only a,b,...]``: run the benchmark figures, print
+them beside their baselines, and write them to ``bench/results/<timestamp>.json``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ from bench.figures import Figure, Sizes
 RESULTS = Path(__file__).resolve().parent / "results"
 #: How much smaller ``--quick`` runs every figure.
 QUICK_FACTOR = 10
+#: How much smaller ``--smoke`` runs them: only to see that every figure still runs (the
+#: test suite's check), its values meaning nothing.
+SMOKE_FACTOR = 100
 #: Every figure group, in the order they run.
 GROUPS = ("a", "b", "c", "d", "e")
 
@@ -155,7 +158,11 @@ def markdown(results: dict[str, object]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help=f"every size / {QUICK_FACTOR}")
+    sizing = parser.add_mutually_exclusive_group()
+    sizing.add_argument("--quick", action="store_true", help=f"every size / {QUICK_FACTOR}")
+    sizing.add_argument(
+        "--smoke", action="store_true", help=f"every size / {SMOKE_FACTOR}: does each run?"
+    )
     parser.add_argument("--only", default=",".join(GROUPS), help="figure groups, e.g. a,b")
     parser.add_argument("--output", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--keep", action="store_true", help="keep the clusters' homes and logs")
@@ -167,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(json.loads(args.markdown.read_text())))
         return 0
     groups = set(args.only.split(","))
-    sizes = Sizes().smaller(QUICK_FACTOR) if args.quick else Sizes()
+    factor = QUICK_FACTOR if args.quick else SMOKE_FACTOR if args.smoke else 1
+    sizes = Sizes().smaller(factor)
+    label = "-quick" if args.quick else "-smoke" if args.smoke else ""
     started, begun = datetime.now(UTC), time.perf_counter()
     load_before = os.getloadavg()
     found: list[Figure] = []
@@ -185,13 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": started.isoformat(),
         "seconds": time.perf_counter() - begun,
         "quick": args.quick,
+        "smoke": args.smoke,
         "sizes": sizes.__dict__,
         "machine": {**machine(), "load_average_before": load_before},
         "step_seconds": STEP_SECONDS,
         "figures": [figure.as_dict() for figure in found],
     }
     args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"{started:%Y%m%dT%H%M%SZ}{'-quick' if args.quick else ''}.json"
+    path = args.output / f"{started:%Y%m%dT%H%M%SZ}{label}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     console = Console()
     console.print(table(found))

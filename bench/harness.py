@@ -176,13 +176,16 @@ def api_server(cluster: Cluster) -> Iterator[str]:
 
 def cluster_env(home: Path, broker: str, database_url: str | None = None) -> dict[str, str]:
     """The environment of a cluster under ``home``: this process's, without its own
-    PIPELINE_* settings, and the benchmark's definitions importable by the workers."""
+    PIPELINE_* settings, and the benchmark's definitions importable by the workers. Its
+    cluster runs no HTTP API and no Flower, as the raw Celery it is held against runs none:
+    Flower alone takes a share of the two cores, reading every task event."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
     env.update(
         PYTHONPATH=str(REPO),
         PIPELINE_HOME=str(home),
         PIPELINE_DEFINITIONS_DIR=str(DEFINITIONS),
         PIPELINE_WORKER_CONCURRENCY=str(WORKER_PROCESSES),
+        PIPELINE_CLUSTER_SERVICES="",
     )
     if broker:
         env["PIPELINE_BROKER_URL"] = broker

@@ -39,6 +39,9 @@ HEALTHZ = "/healthz"
 #: imported by every worker, and by Flower so its API can run the operator's operations.
 CELERY_APP = "workers.app"
 TASK_MODULES = ("workers.stages", "workers.operations")
+#: The services ``cluster start`` may run beside Redis, the workers and beat: the worker of
+#: the operations run through Flower, the HTTP API, and Flower.
+OPTIONAL_SERVICES = ("operations", "api", "flower")
 
 
 def pipeline_home() -> Path:
@@ -79,6 +82,10 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=2, ge=1, description="pool size of each worker")
     #: ``a,b`` in the environment (as ``--queues`` takes them), a list in settings.toml.
     worker_queues: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cluster_services: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(OPTIONAL_SERVICES),
+        description="which of operations, api, flower `cluster start` runs (all by default)",
+    )
     monitor_interval: float = Field(default=10.0, gt=0)
     stale_after: float = Field(default=30.0, gt=0)
     lease_seconds: float = Field(
@@ -95,11 +102,19 @@ class Settings(BaseSettings):
     flower_user: str = "operator"
     flower_password: str | None = Field(default=None, description="generated at `cluster init`")
 
-    @field_validator("worker_queues", mode="before")
+    @field_validator("worker_queues", "cluster_services", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("cluster_services")
+    @classmethod
+    def _known_services(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(OPTIONAL_SERVICES))
+        if unknown:
+            raise ValueError(f"unknown service {unknown[0]!r} (of {', '.join(OPTIONAL_SERVICES)})")
         return value
 
     @classmethod

@@ -17,11 +17,27 @@ from tests.support import (
     Cluster,
     InProcessWorker,
     PostgresServer,
+    chaos_cluster,
     make_cluster,
     point_here,
     postgres_server,
     started_cluster,
 )
+
+#: The monitor interval of the shared clusters, whose tests lose nothing for it to find:
+#: seconds, not one second, so it takes little of the machine the tests share.
+IDLE_MONITOR = "10"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Refuse to run a parallel test process whose ``xdist_group`` marks were dropped: each
+    test of a group would then set up its group's cluster again, and the suite would take
+    twice as long (pytest-xdist 3.8 under pytest 9.2, xdist issue 1386)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not session.config.getvalue("loadgroup"):
+        return
+    for item in session.items:
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+            raise pytest.UsageError(f"{item.nodeid}: its xdist_group was dropped")
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +59,55 @@ def cluster(backend: str, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     server = request.getfixturevalue("postgres") if backend == "postgres" else None
     with started_cluster(backend, server) as made:
         yield made
+
+
+@pytest.fixture(scope="session")
+def algorithms_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory on the shared cluster's path, for algorithms a test writes or changes."""
+    return tmp_path_factory.mktemp("algorithms")
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(algorithms_path: Path) -> Iterator[Cluster]:
+    """One started SQLite cluster for the modules in xdist group ``shared-cluster``, which
+    run one after another on one test process: redis-server, a worker and beat, no HTTP
+    API or Flower. Its monitor leaves quiet tasks alone for ten minutes, so what a test
+    loses stays lost until it resumes monitoring; ``algorithms_path`` is on its path."""
+    with started_cluster(
+        PIPELINE_STALE_AFTER="600",
+        PIPELINE_MONITOR_INTERVAL=IDLE_MONITOR,
+        PIPELINE_CLUSTER_SERVICES="",
+        PYTHONPATH=str(algorithms_path),
+    ) as made:
+        yield made
+
+
+@pytest.fixture(scope="session")
+def full_cluster() -> Iterator[Cluster]:
+    """One started SQLite cluster with every service (the HTTP API, Flower and the
+    operations worker too), for the modules in xdist group ``full-cluster``, which run one
+    after another on one test process."""
+    with started_cluster() as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def chaos_home(postgres: PostgresServer, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The chaos cluster of a module (its ``CHAOS_WORKERS`` workers, on PostgreSQL)."""
+    with chaos_cluster(postgres, workers=request.module.CHAOS_WORKERS) as made:
+        yield made
+
+
+@pytest.fixture
+def chaos(
+    chaos_home: Cluster, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Cluster:
+    """The module's chaos cluster with every process running (a test before may have
+    killed one), this test process reading its database directly. The module's tests
+    share it, in order, on one test process (give the module an xdist group)."""
+    chaos_home.start(workers=request.module.CHAOS_WORKERS)
+    chaos_home.activate(monkeypatch)
+    return chaos_home
 
 
 @pytest.fixture

@@ -263,22 +263,16 @@ class Cluster:
     def tasks(self, instance: int) -> list[dict[str, Any]]:
         return self.json("tasks", instance)
 
+    def set_parameters(self, **values: object) -> None:
+        """Set values of the sample's ``algorithm`` parameter set (as ``params set``)."""
+        assignments = [f"{key}={str(value).lower()}" for key, value in values.items()]
+        self.cli("params", "set", "algorithm", *assignments)
+
     def attempts(self, task_id: int) -> list[int]:
         return [s["attempts"] for s in self.json("subtasks", task_id)]
 
     def restart(self, *args: Any, check: bool = True) -> list[dict[str, Any]]:
         return json.loads(self.cli("restart", *args, "--json", check=check).stdout)
-
-    def failing_instance(self, *submit_args: str) -> tuple[int, list[dict[str, Any]]]:
-        """An instance whose permuter tasks end ERROR - ALGORITHM_COMPLETE, 3/4 (1)."""
-        self.cli("params", "set", "algorithm", "throw_exception_subtask_0=true")
-        instance = self.submit(*submit_args)
-        self.wait(instance, STOPPED_WITH_ERRORS)
-        tasks = self.tasks(instance)
-        assert {(t["state"], t["counts"]) for t in tasks} == {
-            ("ERROR - ALGORITHM_COMPLETE", "3/4 (1)")
-        }
-        return instance, tasks
 
     def activate(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Point this test process's settings, database and Celery app at the cluster."""
@@ -374,6 +368,125 @@ def stores_per_attempt(events: list[dict[str, Any]]) -> dict[int, int]:
     return stored
 
 
+# -- chaos: processes killed mid-run ------------------------------------------------------------
+
+#: The lease of the chaos clusters: a subtask whose worker is silent 3 s is lost.
+LEASE_SECONDS = 3
+#: README: lost work is back in flight within one lease and one monitor interval of the
+#: worker's last heartbeat; measured from the kill, through the monitor's own work on a
+#: busy machine, the tests hold it to three leases.
+RECOVERY_BOUND = 3 * LEASE_SECONDS
+#: A subtask running for less than this is far from its end (the runs pause 3-4 s).
+JUST_STARTED = 2.0
+
+
+@contextmanager
+def chaos_cluster(postgres: PostgresServer, workers: int) -> Iterator[Cluster]:
+    """A started PostgreSQL cluster for the chaos tests: short leases, no HTTP API or
+    Flower; stopped and removed afterwards."""
+    made = make_cluster(
+        "postgres",
+        postgres,
+        PIPELINE_LEASE_SECONDS=str(LEASE_SECONDS),
+        PIPELINE_CLUSTER_SERVICES="",
+        PIPELINE_WORKERS=str(workers),
+    )
+    try:
+        made.start(workers=workers)
+        yield made
+    finally:
+        made.stop()
+        shutil.rmtree(made.home, ignore_errors=True)
+
+
+def permuter_run(cluster: Cluster, pause: int) -> int:
+    """Submit the sample's permuter node alone (2 tasks of 4 subtasks), each subtask
+    taking ``pause`` seconds, so there is time to break things while it runs; into a
+    datastore without earlier runs' outputs."""
+    for old in cluster.datastore.glob("set-*/L1"):
+        shutil.rmtree(old)
+    cluster.set_parameters(execution_pause_seconds=pause)
+    return cluster.submit("--end-node", "permuter")
+
+
+def instance_alerts(cluster: Cluster, instance: int, *flags: str) -> list[dict[str, Any]]:
+    """The alerts about one instance (``pipeline alerts``, with ``flags``)."""
+    return [a for a in cluster.json("alerts", *flags) if a["instance_id"] == instance]
+
+
+def just_started(
+    worker: Callable[[Any], bool] = lambda _: True, within: float = JUST_STARTED
+) -> list[dict[str, Any]]:
+    """Subtasks running for less than ``within`` seconds (on ``worker``), newest first:
+    killed now, they are surely killed mid-run, not after they finished."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from pipeline.database import transaction
+    from pipeline.domain.models import Subtask, utcnow
+    from pipeline.domain.states import SubtaskState
+
+    since = utcnow() - timedelta(seconds=within)
+    with transaction() as session:
+        found = session.scalars(
+            select(Subtask)
+            .where(Subtask.state == SubtaskState.RUNNING, Subtask.started_at > since)
+            .order_by(Subtask.started_at.desc())
+        )
+        return [
+            {
+                "task_id": s.task_id,
+                "index": s.index,
+                "attempts": s.attempts,
+                "worker_host": s.worker_host,
+            }
+            for s in found
+            if worker(s)
+        ]
+
+
+def assert_completed_exactly_once(cluster: Cluster, instance: int) -> None:
+    """COMPLETED, every count right, each task stored once (its history says so), and each
+    permuted image in the datastore with its pixels. Read from the cluster's database,
+    which this process points at (``Cluster.activate``)."""
+    from pipeline.operations import facade
+
+    cluster.wait(instance, timeout=180)
+    tasks = facade.list_tasks(instance)
+    assert [(t["p_state"], t["error"], t["counts"]) for t in tasks] == [
+        ("COMPLETE", False, "4/4 (0)")
+    ] * 2
+    for task in tasks:
+        assert [s["state"] for s in facade.list_subtasks(task["id"])] == ["COMPLETE"] * 4
+        events = facade.get_task(task["id"])["history"]
+        assert stores_per_attempt(events) == {task["attempt"]: 1}, "one store per attempt"
+    assert_sample_outputs(cluster.datastore, levels=("L1",))
+
+
+def back_in_flight(lost: dict[str, Any], since: float) -> float:
+    """Wait until a lost subtask is dispatched again (queued, or run by another worker
+    process); returns the seconds it took, held to the README's bound."""
+    from pipeline.operations import facade
+
+    task_id, index = lost["task_id"], lost["index"]
+
+    def dispatched_again() -> bool:
+        now = facade.list_subtasks(task_id)[index]
+        return now["state"] == "QUEUED" or now["attempts"] > lost["attempts"]
+
+    wait_for(dispatched_again, what=f"subtask {task_id}/{index} dispatched again")
+    detected = time.monotonic() - since
+    print(f"lost subtask {task_id}/{index} back in flight after {detected:.1f} s")
+    assert detected <= RECOVERY_BOUND, f"back in flight after {detected:.1f} s"
+    return detected
+
+
+def queued_on_broker(broker: Any) -> int:
+    """Subtask messages waiting in the broker's queue lists (one list per priority)."""
+    return sum(broker.llen(key) for key in broker.keys("default*"))
+
+
 # -- in process: a broker and a worker inside the test ----------------------------------------
 
 #: The worker name the in-process worker records as a subtask's host.
@@ -464,6 +577,21 @@ class InProcessWorker:
 
 
 # -- the sample pipeline's outputs -----------------------------------------------------------
+
+#: The tasks of the sample as a clean run leaves them: node, unit of work, state, counts.
+SAMPLE_COMPLETED = [
+    ("permuter", "set-1", "COMPLETE", "4/4 (0)"),
+    ("permuter", "set-2", "COMPLETE", "4/4 (0)"),
+    ("flip", "set-1", "COMPLETE", "4/4 (0)"),
+    ("flip", "set-2", "COMPLETE", "4/4 (0)"),
+    ("averaging", "set-1", "COMPLETE", "1/1 (0)"),
+    ("averaging", "set-2", "COMPLETE", "1/1 (0)"),
+]
+
+
+def rows(tasks: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """Tasks as (node, unit of work, state, counts), as ``SAMPLE_COMPLETED`` lists them."""
+    return [(t["node"], t["unit_of_work"], t["state"], t["counts"]) for t in tasks]
 
 
 def read_image(path: Path) -> Any:

@@ -1,13 +1,12 @@
 """The HTTP API as ``pipeline cluster start`` runs it, against a real cluster, and the Python
 client that scripts use. (The routes, their errors and the schema are in ``test_api.py``.)
 
-One cluster serves the whole module (a cluster start costs seconds); its tests run in
-file order.
+The cluster is shared with the other modules of xdist group ``full-cluster``; the tests
+run in file order.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,10 +17,9 @@ import pytest
 
 from config.settings import API_PREFIX
 from pipeline.interfaces.client import ApiError, Client, healthy
-from tests.support import PIPELINE, Cluster, free_port, make_cluster, wait_for
+from tests.support import PIPELINE, SAMPLE_COMPLETED, Cluster, free_port, rows, wait_for
 
-# One worker of a parallel run takes them all: they share one module-scoped cluster, in order.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("api")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("full-cluster")]
 
 #: Seconds an instance of the sample pipeline gets to reach a stopped state.
 INSTANCE_TIMEOUT = 120
@@ -52,24 +50,19 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-def api() -> Iterator[Api]:
-    cluster = make_cluster("sqlite", None)
-    try:
-        cluster.start()
-        found = cluster.json("cluster", "credentials")
-        url, token = found["api_url"], found["api_token"]
-        headers = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=url + API_PREFIX, headers=headers, timeout=30) as http:
-            yield Api(cluster, url, token, http)
-    finally:
-        cluster.stop()
-        shutil.rmtree(cluster.home, ignore_errors=True)
+def api(full_cluster: Cluster) -> Iterator[Api]:
+    found = full_cluster.json("cluster", "credentials")
+    url, token = found["api_url"], found["api_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url + API_PREFIX, headers=headers, timeout=30) as http:
+        yield Api(full_cluster, url, token, http)
 
 
 @pytest.fixture(scope="module")
 def completed(api: Api) -> dict[str, Any]:
-    """An instance of the sample pipeline submitted over HTTP and run to COMPLETED."""
-    response = api.http.post("/instances", json={"pipeline": "sample"})
+    """An instance of the sample's permuter node submitted over HTTP and run to COMPLETED."""
+    api.cluster.set_parameters(throw_exception_subtask_0=False, execution_pause_seconds=0)
+    response = api.http.post("/instances", json={"pipeline": "sample", "end_node": "permuter"})
     assert response.status_code == 201, response.text
     submitted = response.json()
     api.wait_state(submitted["id"], "COMPLETED")
@@ -90,17 +83,10 @@ def test_submit_by_http_and_the_instance_completes(api: Api, completed: dict[str
     assert completed["state"] in {"INITIALIZED", "PROCESSING"}
 
     detail = api.http.get(f"/instances/{instance}").json()
-    assert detail["nodes"] == {"permuter": "DONE", "flip": "DONE", "averaging": "DONE"}
-    assert (detail["tasks"], detail["completed_subtasks"], detail["failed_subtasks"]) == (6, 18, 0)
+    assert detail["nodes"] == {"permuter": "DONE"}
+    assert (detail["tasks"], detail["completed_subtasks"], detail["failed_subtasks"]) == (2, 8, 0)
     tasks = api.http.get(f"/instances/{instance}/tasks").json()
-    assert [(t["node"], t["unit_of_work"], t["state"], t["counts"]) for t in tasks] == [
-        ("permuter", "set-1", "COMPLETE", "4/4 (0)"),
-        ("permuter", "set-2", "COMPLETE", "4/4 (0)"),
-        ("flip", "set-1", "COMPLETE", "4/4 (0)"),
-        ("flip", "set-2", "COMPLETE", "4/4 (0)"),
-        ("averaging", "set-1", "COMPLETE", "1/1 (0)"),
-        ("averaging", "set-2", "COMPLETE", "1/1 (0)"),
-    ]
+    assert rows(tasks) == SAMPLE_COMPLETED[:2]
     first = tasks[0]["id"]
     subtasks = api.http.get(f"/tasks/{first}/subtasks").json()
     assert [(s["index"], s["state"], s["attempts"], s["error"]) for s in subtasks] == [
@@ -110,7 +96,7 @@ def test_submit_by_http_and_the_instance_completes(api: Api, completed: dict[str
     assert "permuter: subtask 2 of set-1" in log["text"]
 
 
-def test_restart_of_a_failed_task_by_api_completes_the_instance(api: Api) -> None:
+def test_the_python_client_restarts_a_failed_task(api: Api) -> None:
     with Client(api.url, api.token) as client:
         instance = failing_instance(api, client)
         failed = client.tasks(instance)
@@ -138,18 +124,17 @@ def test_restart_of_a_failed_task_by_api_completes_the_instance(api: Api) -> Non
         for unit in ("set-1", "set-2"):
             permuter = final[("permuter", unit)]
             assert (permuter["state"], permuter["counts"]) == ("COMPLETE", "3/4 (1)")
-            assert final[("averaging", unit)]["counts"] == "1/1 (0)"
         history = [event["message"] for event in client.task(first)["history"]]
         assert "restart: resume-current-step" in history
 
 
 def failing_instance(api: Api, client: Client) -> int:
     """An instance whose permuter tasks end ERROR - ALGORITHM_COMPLETE, submitted by HTTP."""
-    api.cluster.cli("params", "set", "algorithm", "throw_exception_subtask_0=true")
+    api.cluster.set_parameters(throw_exception_subtask_0=True, execution_pause_seconds=0)
     try:
-        instance = client.submit("sample")["id"]
+        instance = client.submit("sample", end_node="permuter")["id"]
     finally:  # the instance froze the value: later submissions are left unaffected
-        api.cluster.cli("params", "set", "algorithm", "throw_exception_subtask_0=false")
+        api.cluster.set_parameters(throw_exception_subtask_0=False)
     api.wait_state(instance, "ERRORS_STALLED")
     return instance
 

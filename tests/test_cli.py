@@ -203,6 +203,20 @@ def test_status_and_stop_of_an_uninitialised_home_touch_nothing(
     assert not (tmp_path / "nothing-here" / "pipeline.db").exists()
 
 
+def test_a_cluster_of_fewer_services(cli, monkeypatch) -> None:
+    """``PIPELINE_CLUSTER_SERVICES`` names the services ``cluster start`` runs beside Redis,
+    the workers and beat; a service it does not know is refused by name."""
+    _settings(monkeypatch, PIPELINE_CLUSTER_SERVICES="api")
+    status = json.loads(cli("cluster", "status", "--json").stdout)
+    assert [row["name"] for row in status] == ["redis", "worker1", "beat", "api"]
+    monkeypatch.setenv("PIPELINE_CLUSTER_SERVICES", "api,grafana")
+    assert_one_line_error(
+        cli("cluster", "status"),
+        "setting cluster_services: Value error, unknown service 'grafana'",
+        "(of operations, api, flower)",
+    )
+
+
 # -- the installed program -------------------------------------------------------------------
 
 

@@ -56,11 +56,17 @@ def test_start_starts_what_is_missing(cluster: Cluster) -> None:
 
 
 def test_two_homes_side_by_side(cluster: Cluster, new_cluster: Callable[..., Cluster]) -> None:
-    second = new_cluster()
+    second = new_cluster(PIPELINE_CLUSTER_SERVICES="")  # Redis, a worker and beat
     second.start()
-    for service in ("redis", "api", "flower"):
-        urls = {by_name(c)[service]["url"] for c in (cluster, second)}
-        assert len(urls) == 2, f"each home has its own {service} port"
+    assert {row["name"] for row in second.json("cluster", "status")} == {
+        "redis",
+        "worker1",
+        "beat",
+    }
+    assert len({by_name(c)["redis"]["url"] for c in (cluster, second)}) == 2
+    for url in ("api_url", "flower_url"):
+        chosen = {c.json("cluster", "credentials")[url] for c in (cluster, second)}
+        assert len(chosen) == 2, f"each home has its own {url} port"
     instances = [c.submit("--end-node", "permuter") for c in (cluster, second)]
     for each, instance in zip((cluster, second), instances, strict=True):
         each.wait(instance)

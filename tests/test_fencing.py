@@ -1,28 +1,27 @@
 """Stale, duplicate and foreign messages reaching a real worker change nothing. (The same
-stage calls made in this process are in ``test_stages.py``.)"""
+stage calls made in this process are in ``test_stages.py``.) The cluster is shared with
+the other modules of xdist group ``shared-cluster``."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import pytest
 
 from pipeline.messaging import outbox
 from pipeline.messaging.celery_app import celery_app
-from tests.support import Cluster, snapshot, started_cluster, wait_for
+from tests.support import Cluster, snapshot, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("fencing")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("shared-cluster")]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with started_cluster() as made:
-        yield made
+@pytest.fixture
+def cluster(shared_cluster: Cluster) -> Cluster:
+    return shared_cluster
 
 
 @pytest.fixture
 def completed(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> int:
     """A COMPLETED instance of the permuter node, with this process pointed at the cluster."""
+    cluster.set_parameters(throw_exception_subtask_0=False, execution_pause_seconds=0)
     instance = cluster.submit("--end-node", "permuter")
     cluster.wait(instance)
     cluster.activate(monkeypatch)

@@ -1,15 +1,15 @@
 """Flower: the pipeline's operations through its API, and its restart page, behind basic auth.
 
-One cluster (with Flower, started by ``pipeline cluster start``) serves every test here;
-its sample pipeline fails subtask 0 of each permuter task, and the instances run the
-permuter node only, so a failed instance comes quickly.
+The cluster (with Flower, started by ``pipeline cluster start``) is shared with the other
+modules of xdist group ``full-cluster``; here its sample pipeline fails subtask 0 of each
+permuter task, and the instances run the permuter node only, so a failed instance comes
+quickly.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,10 +21,9 @@ from typing import Any
 import pytest
 
 from pipeline.operations import facade
-from tests.support import STOPPED_WITH_ERRORS, Cluster, make_cluster, unavailable, wait_for
+from tests.support import STOPPED_WITH_ERRORS, Cluster, unavailable, wait_for
 
-# One worker of a parallel run takes them all: they share one module-scoped cluster, in order.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("flower")]
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("full-cluster")]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -36,7 +35,6 @@ CHROMIUM_ARGS = [
 ]
 #: Seconds an operation run through Flower, or a page change, gets to show up.
 DEADLINE = 60
-FAILING = "throw_exception_subtask_0=true"
 #: Seconds each subtask of the halted instance sleeps: far longer than the test may take.
 PAUSE = 600
 
@@ -97,15 +95,9 @@ class Flower:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    made = make_cluster("sqlite", None)
-    try:
-        made.start()
-        made.cli("params", "set", "algorithm", FAILING)
-        yield made
-    finally:
-        made.stop()
-        shutil.rmtree(made.home, ignore_errors=True)
+def cluster(full_cluster: Cluster) -> Cluster:
+    full_cluster.set_parameters(throw_exception_subtask_0=True, execution_pause_seconds=0)
+    return full_cluster
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +122,7 @@ def instance_state(cluster: Cluster, instance: int) -> str:
 
 
 def test_api_and_pages_answer_401_without_credentials(cluster: Cluster, flower: Flower) -> None:
+    before = cluster.json("instances")
     assert flower.request("/api/workers", auth=False).status == 401
     assert flower.request("/pipeline/restart", auth=False).status == 401
     form = {"instance": "1", "mode": "resubmit"}
@@ -143,7 +136,7 @@ def test_api_and_pages_answer_401_without_credentials(cluster: Cluster, flower: 
     assert flower.request("/healthcheck", auth=False).status == 200, "open, for readiness"
     assert flower.request("/pipeline/restart").status == 200
     assert flower.async_apply("pipeline.nosuch").status == 404
-    assert cluster.json("instances") == [], "nothing was submitted"
+    assert cluster.json("instances") == before, "nothing was submitted"
 
 
 def test_submit_and_restart_through_flowers_api(cluster: Cluster, flower: Flower) -> None:
@@ -226,7 +219,7 @@ def test_restart_page_in_a_browser(cluster: Cluster, flower: Flower, browser: An
 def test_halt_through_flowers_api_and_the_restart_page(cluster: Cluster, flower: Flower) -> None:
     """Halted while their subtasks sleep and fill every slot of the pipeline's worker: the
     operations worker halts them all the same. The last test (later instances would sleep)."""
-    cluster.cli("params", "set", "algorithm", f"execution_pause_seconds={PAUSE}")
+    cluster.set_parameters(execution_pause_seconds=PAUSE)
     instance = cluster.submit("--end-node", "permuter")
 
     def running() -> list[int]:

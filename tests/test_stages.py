@@ -21,9 +21,11 @@ from pipeline.messaging import outbox
 from pipeline.operations import facade
 from tests.support import (
     IN_PROCESS_HOST,
+    SAMPLE_COMPLETED,
     InProcessWorker,
     assert_sample_outputs,
     race,
+    rows,
     snapshot,
 )
 
@@ -55,14 +57,7 @@ def test_the_sample_runs_to_completion_with_the_right_pixels(
 
     assert facade.get_instance(instance)["state"] == "COMPLETED"
     tasks = facade.list_tasks(instance)
-    assert [(t["node"], t["unit_of_work"], t["state"], t["counts"]) for t in tasks] == [
-        ("permuter", "set-1", "COMPLETE", "4/4 (0)"),
-        ("permuter", "set-2", "COMPLETE", "4/4 (0)"),
-        ("flip", "set-1", "COMPLETE", "4/4 (0)"),
-        ("flip", "set-2", "COMPLETE", "4/4 (0)"),
-        ("averaging", "set-1", "COMPLETE", "1/1 (0)"),
-        ("averaging", "set-2", "COMPLETE", "1/1 (0)"),
-    ]
+    assert rows(tasks) == SAMPLE_COMPLETED
     assert_sample_outputs(home / "datastore")
     permuter = facade.get_task(tasks[0]["id"])
     assert [e["p_state"] for e in permuter["history"]] == PERMUTER_STEPS

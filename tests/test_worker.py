@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import PIPELINE, Cluster, assert_one_line_error, clean_env, free_port, wait_for
+from tests.support import (
+    PIPELINE,
+    Cluster,
+    assert_one_line_error,
+    clean_env,
+    free_port,
+    redis_server,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -68,16 +76,19 @@ def test_it_consumes_every_queue_the_definitions_name_by_default(
         " execution: {queue: gpu}}\n"
     )
     cluster.cli("definitions", "import", routed)
-    cluster.start()
     log = tmp_path / "extra-worker.log"
-    with log.open("w") as output:
+    with redis_server() as broker, log.open("w") as output:
         process = subprocess.Popen(
             [PIPELINE, "worker", "--hostname", "extra", "--concurrency", "1"],
-            env=cluster.env,
+            env={**cluster.env, "PIPELINE_BROKER_URL": broker},
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        _banner_lists_every_queue(log, process)
+
+
+def _banner_lists_every_queue(log: Path, process: subprocess.Popen[bytes]) -> None:
     try:
         wait_for(lambda: "ready." in log.read_text() or process.poll() is not None, what="ready")
         banner = log.read_text()

@@ -208,15 +208,29 @@ def flower_service(settings: Settings) -> Service:
     )
 
 
+#: How each optional service is made, by its name in the ``cluster_services`` setting.
+OPTIONAL: dict[str, Callable[[Settings], Service]] = {
+    "operations": operations_service,
+    "api": api_service,
+    "flower": flower_service,
+}
+
+
 def services(
-    settings: Settings, workers: int | None = None, queues: list[str] | None = None
+    settings: Settings,
+    workers: int | None = None,
+    queues: list[str] | None = None,
+    every: bool = False,
 ) -> list[Service]:
-    """The cluster's processes; ``queues`` (read from the database) only when starting them."""
+    """The cluster's processes: Redis (unless the broker is elsewhere), the workers, beat,
+    and the optional services the settings name (``every``: all of them, wherever one
+    might have been started); ``queues`` (read from the database) only when starting."""
     count = workers or settings.workers
     listed = [redis_service(settings)] if settings.uses_private_redis else []
     listed += [worker_service(settings, n, queues or []) for n in range(1, count + 1)]
-    services = [beat_service(settings), operations_service(settings), api_service(settings)]
-    return [*listed, *services, flower_service(settings)]
+    listed.append(beat_service(settings))
+    chosen = OPTIONAL if every else settings.cluster_services
+    return listed + [make(settings) for name, make in OPTIONAL.items() if name in chosen]
 
 
 # -- pid files -------------------------------------------------------------------------------
@@ -420,7 +434,8 @@ def stop() -> list[str]:
     """Stop the processes ``start`` started (workers, beat and Flower first, Redis last)."""
     settings = get_settings()
     stopped = []
-    names = [service.name for service in services(settings, _started_workers(settings))]
+    listed = services(settings, _started_workers(settings), every=True)
+    names = [service.name for service in listed]
     ordered = [n for n in names if n != "redis"] + [n for n in names if n == "redis"]
     running = {n: found for n in ordered if (found := _read_pid(settings, n))}
     for last in (False, True):  # Redis last: the others talk to it while they stop
@@ -449,8 +464,10 @@ def status(workers: int | None = None) -> list[dict[str, Any]]:
     settings = get_settings()
     count = max(workers or 0, _started_workers(settings))
     rows = []
-    for service in services(settings, count):
+    for service in services(settings, count, every=True):
         found = _read_pid(settings, service.name)
+        if service.name in OPTIONAL and service.name not in settings.cluster_services and not found:
+            continue  # neither run by this home nor left running
         rows.append(
             {
                 "name": service.name,

@@ -54,13 +54,10 @@ def result_backend(broker: str) -> str | None:
 
 
 def configure(app: Celery, settings: Settings) -> None:
-    """Apply ``settings``; a reconfigured app drops connections to its former broker."""
-    if app._pool is not None:  # Celery keeps no public way to forget its connection pool
-        app._pool.force_close_all()
-        app._pool = None
-        app.amqp._producer_pool = None
-    app._backend_cache = None  # nor to its former result backend (made again on first use)
-    app._local.__dict__.pop("backend", None)
+    """Apply ``settings``; an app pointed at another broker drops its connections to the
+    former one."""
+    if app.conf.broker_url != settings.broker:
+        _forget_connections(app)
     app.conf.update(
         broker_url=settings.broker,
         result_backend=result_backend(settings.broker),
@@ -85,6 +82,16 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_hijack_root_logger=True,
         timezone="UTC",
     )
+
+
+def _forget_connections(app: Celery) -> None:
+    """Drop the app's connection pool and result backend (made again on first use)."""
+    if app._pool is not None:  # Celery keeps no public way to forget its connection pool
+        app._pool.force_close_all()
+        app._pool = None
+        app.amqp._producer_pool = None
+    app._backend_cache = None  # nor its result backend
+    app._local.__dict__.pop("backend", None)
 
 
 def _fresh_connections(**_: object) -> None:

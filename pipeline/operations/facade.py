@@ -22,8 +22,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from pipeline.database import describe_database_error, transaction
 from pipeline.domain import definitions, parameters
 from pipeline.domain.models import PipelineInstance
-from pipeline.engine.alerts import acknowledge as acknowledge_alert
-from pipeline.engine.alerts import list_alerts
 from pipeline.errors import InvalidInput, PipelineError
 from pipeline.operations import halt as halting
 from pipeline.operations import restart as restarting
@@ -44,6 +42,8 @@ from pipeline.operations.queries import (
     show_parameter_set,
     tasks_needing_attention,
 )
+from pipeline.recovery.alerts import acknowledge as acknowledge_alert
+from pipeline.recovery.alerts import list_alerts
 
 __all__ = [
     "PROBLEMS",

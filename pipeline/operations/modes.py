@@ -68,6 +68,25 @@ class Plan:
         return cls(p_state, rerun, message, reset)
 
 
+@dataclass(frozen=True)
+class Applying:
+    """What a restart is applied with, in the transaction that decided it.
+
+    Attributes:
+      session: the transaction, holding the task's row lock.
+      messages: its outbox.
+      note: the task's history entry (``restart: resubmit with priority=1``).
+      execution: the task's execution settings from now on.
+      live: what is in flight on the task's queue, for a mode that needs the broker.
+    """
+
+    session: Session
+    messages: Outbox
+    note: str
+    execution: dict[str, Any]
+    live: InFlight | None = None
+
+
 class RestartMode:
     """One way to restart a task.
 
@@ -91,25 +110,16 @@ class RestartMode:
     def check_changes(self, changes: Mapping[str, Any]) -> None:
         """Refuse execution setting changes the mode cannot make (it makes them all)."""
 
-    def apply(
-        self,
-        session: Session,
-        task: Task,
-        plan: Plan,
-        *,
-        note: str,
-        execution: dict[str, Any],
-        messages: Outbox,
-        live: InFlight | None,
-    ) -> Plan:
+    def apply(self, task: Task, plan: Plan, applying: Applying) -> Plan:
         """Rebuild the locked task's chain from ``plan.p_state`` under a new attempt, with
-        ``execution`` as its settings; the stage message that starts it goes to
-        ``messages``. Returns what was done (the plan)."""
-        task.execution = execution
+        its new execution settings; the stage message that starts it goes to the outbox.
+        Returns what was done (the plan)."""
+        task.execution = applying.execution
         task.halted = False
         task.auto_resubmits = 0
-        start_again(session, task, plan.p_state, plan.reset, note)
-        messages.stage(STAGE_FOR_STEP[plan.p_state], task.id, task.attempt, task.execution)
+        start_again(applying.session, task, plan.p_state, plan.reset, applying.note)
+        stage = STAGE_FOR_STEP[plan.p_state]
+        applying.messages.stage(stage, task.id, task.attempt, task.execution)
         return plan
 
     @staticmethod
@@ -207,22 +217,14 @@ class ResumeMonitoring(RestartMode):
         if changes:
             raise Refused(f"{self.name} reattaches running work: it changes no settings")
 
-    def apply(
-        self,
-        session: Session,
-        task: Task,
-        plan: Plan,
-        *,
-        note: str,
-        execution: dict[str, Any],
-        messages: Outbox,
-        live: InFlight | None,
-    ) -> Plan:
+    def apply(self, task: Task, plan: Plan, applying: Applying) -> Plan:
         """Keep the in-flight subtasks whose messages are alive; dispatch the lost ones
         again, at the task's current attempt."""
-        if live is None:
+        if applying.live is None:
             raise ValueError(f"{self.name} is applied with what is in flight")
-        result = reattach_locked(session, task, live, note, messages)
+        result = reattach_locked(
+            applying.session, task, applying.live, applying.note, applying.messages
+        )
         return Plan(plan.p_state, result.lost, result.summary)
 
 

@@ -29,7 +29,7 @@ from pipeline.errors import InvalidInput, NotFound, Refused
 from pipeline.messaging import outbox
 from pipeline.messaging.celery_app import DEFAULT_QUEUE
 from pipeline.messaging.outbox import Outbox
-from pipeline.operations.modes import RestartMode, parse_mode
+from pipeline.operations.modes import Applying, RestartMode, parse_mode
 from pipeline.operations.outcomes import Outcome, Report
 
 if TYPE_CHECKING:
@@ -181,15 +181,8 @@ def _restart_locked(
         if changes:
             note += " with " + ", ".join(f"{key}={value}" for key, value in changes.items())
         queue = task.execution.get("queue") or DEFAULT_QUEUE
-        plan = mode.apply(
-            session,
-            task,
-            plan,
-            note=note,
-            execution=execution,
-            messages=messages,
-            live=live.get(queue),
-        )
+        applying = Applying(session, messages, note, execution, live.get(queue))
+        plan = mode.apply(task, plan, applying)
     return Outcome(task_id, mode.name, True, plan.message, plan.p_state.value, plan.rerun)
 
 

@@ -1,0 +1,98 @@
+"""Lost work: the services die mid-run (Redis with its queues, PostgreSQL, beat) and the
+instance still completes without an operator, each subtask run once and each output stored
+once and right. Workers dying are in ``test_lost_work.py``.
+
+On PostgreSQL, the production database; the module's tests share one cluster (one worker),
+in order, each starting what the one before killed.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import redis
+
+from pipeline.operations import facade
+from tests.support import (
+    Cluster,
+    PostgresServer,
+    assert_completed_exactly_once,
+    instance_alerts,
+    just_started,
+    permuter_run,
+    queued_on_broker,
+    wait_for,
+)
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.chaos,
+    pytest.mark.postgres,
+    pytest.mark.xdist_group("chaos-services"),
+]
+
+
+#: The workers of the module's chaos cluster (see the ``chaos`` fixture).
+CHAOS_WORKERS = 1
+
+
+# -- c: the broker loses every message -------------------------------------------------------
+
+
+def test_broker_restarted_without_its_queue_is_recovered_by_the_monitor(chaos: Cluster) -> None:
+    """c: redis-server is killed and started again with nothing persisted, so every queued
+    message vanishes; beat's monitor dispatches the lost subtasks again, no operator
+    involved, and each subtask still runs exactly once."""
+    broker = redis.Redis.from_url(chaos.process("redis")["url"])
+    instance = permuter_run(chaos, pause=2)
+    wait_for(lambda: queued_on_broker(broker) >= 2, what="subtasks waiting on the broker")
+    chaos.kill("redis")
+    shutil.rmtree(chaos.home / "redis")  # nothing persisted: the queues are gone
+    chaos.start()
+
+    assert_completed_exactly_once(chaos, instance)
+    for task in facade.list_tasks(instance):
+        assert [s["attempts"] for s in facade.list_subtasks(task["id"])] == [1, 1, 1, 1]
+    histories = [
+        e["message"]
+        for t in facade.list_tasks(instance)
+        for e in facade.get_task(t["id"])["history"]
+    ]
+    assert any(m.startswith("monitor, ") and not m.endswith(" 0 lost") for m in histories)
+    assert any("messages lost (monitor)" in a["message"] for a in instance_alerts(chaos, instance))
+
+
+# -- d: the database restarts ----------------------------------------------------------------
+
+
+def test_postgres_restarted_mid_run(chaos: Cluster, postgres: PostgresServer) -> None:
+    """d: PostgreSQL stops and starts again while subtasks run and record their outcomes;
+    workers and beat reconnect and the run finishes."""
+    instance = permuter_run(chaos, pause=2)
+    wait_for(lambda: len(just_started()) >= 2, what="two subtasks running")
+    postgres.restart()
+
+    assert_completed_exactly_once(chaos, instance)
+    assert chaos.process("worker1")["alive"] and chaos.process("beat")["alive"]
+
+
+# -- e: beat dies ----------------------------------------------------------------------------
+
+
+def test_beat_killed_and_started_again_recovers_what_was_lost_meanwhile(chaos: Cluster) -> None:
+    """e: beat is killed; while it is down the broker loses the queued messages; a new
+    beat (``chaos start``) finds the quiet tasks and dispatches their work again."""
+    old_beat = chaos.pid("beat")
+    chaos.kill("beat")
+    broker = redis.Redis.from_url(chaos.process("redis")["url"])
+    instance = permuter_run(chaos, pause=2)
+    wait_for(lambda: queued_on_broker(broker) >= 2, what="subtasks waiting on the broker")
+    assert sum(broker.delete(key) for key in broker.keys("default*"))
+    chaos.start()
+    assert chaos.pid("beat") != old_beat
+
+    assert_completed_exactly_once(chaos, instance)
+    for task in facade.list_tasks(instance):
+        assert [s["attempts"] for s in facade.list_subtasks(task["id"])] == [1, 1, 1, 1]
+    assert any("messages lost (monitor)" in a["message"] for a in instance_alerts(chaos, instance))
