@@ -104,3 +104,17 @@ def test_the_restart_pages_forms(failed: Path, worker: InProcessWorker) -> None:
     assert ok and line.startswith(f"task {tasks[0]} resume-current-step: store the successful")
     worker.drain()
     assert facade.get_instance(instance)["state"] == "COMPLETED"
+
+
+def test_every_operation_goes_to_the_operations_queue() -> None:
+    """Flower's API applies an operation by its name; the app routes each to the queue of
+    the operations worker, so a halt never waits behind the subtasks it stops."""
+    from pipeline.messaging.celery_app import OPERATIONS, OPERATIONS_QUEUE
+
+    app = celery_app()
+    registered = {
+        name for name, task in app.tasks.items() if task.__module__ == "workers.operations"
+    }
+    assert registered == set(OPERATIONS)
+    for name in OPERATIONS:
+        assert app.amqp.router.route({}, name, (), {})["queue"].name == OPERATIONS_QUEUE

@@ -25,15 +25,15 @@ from typing import Any
 
 from pydantic import ValidationError, validate_call
 
-from pipeline.messaging.celery_app import OPERATIONS_QUEUE, celery_app
+from pipeline.messaging.celery_app import OPERATIONS, celery_app
 from pipeline.operations import facade
 
 app = celery_app()
 
 #: Results are kept for the operator to read; argument checking is done here, by pydantic,
-#: so a wrong call becomes a result saying so instead of an error inside Flower.
+#: so a wrong call becomes a result saying so instead of an error inside Flower. (The app
+#: routes them to the operations queue.)
 OPERATION_OPTIONS: dict[str, Any] = {
-    "queue": OPERATIONS_QUEUE,
     "ignore_result": False,
     "acks_late": False,
     "typing": False,
@@ -53,6 +53,9 @@ def _validation_message(exc: ValidationError, names: list[str]) -> str:
 
 def operation(name: str) -> Callable[[Operation], Any]:
     """Register ``function`` as the Celery task ``name``, its problems as one-line results."""
+
+    if name not in OPERATIONS:
+        raise ValueError(f"{name} is not routed to the operations queue (OPERATIONS)")
 
     def register(function: Operation) -> Any:
         checked = validate_call(function)

@@ -30,6 +30,14 @@ MONITOR_TASK = "pipeline.monitor"
 #: The queue of an operator's operations (``workers.operations``), served by a worker of
 #: its own so a halt never waits behind the long subtasks filling every other worker.
 OPERATIONS_QUEUE = "pipeline.operations"
+#: Those operations, by Celery task name (Flower's API applies them by these names).
+OPERATIONS = (
+    "pipeline.submit",
+    "pipeline.restart",
+    "pipeline.restart_failed",
+    "pipeline.halt",
+    "pipeline.halt_instance",
+)
 #: Broker URL schemes whose server can also hold the results of operations.
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://")
 #: Seconds the result of an operation (a restart run from Flower, say) stays readable.
@@ -71,6 +79,7 @@ def configure(app: Celery, settings: Settings) -> None:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         task_default_queue=DEFAULT_QUEUE,
+        task_routes={name: {"queue": OPERATIONS_QUEUE} for name in OPERATIONS},
         task_send_sent_event=True,
         worker_send_task_events=True,
         broker_connection_retry_on_startup=True,
