@@ -24,7 +24,7 @@ demo: venv
 
 test: venv
 	bash tools/install-system-packages.sh redis-server postgresql chromium
-	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadgroup
+	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadgroup --no-loadscope-reorder
 
 # No service, no process of the pipeline's: the stages run in the test's own process.
 test-fast: venv

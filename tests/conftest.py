@@ -29,6 +29,34 @@ from tests.support import (
 IDLE_MONITOR = "10"
 
 
+#: The test groups that take longest, longest first (``make test`` keeps this order with
+#: ``--no-loadscope-reorder``): none of them starts last, to run on alone at the end while
+#: the other test processes sit idle.
+LONGEST_FIRST = (
+    "multihost",
+    "chaos-workers",
+    "shared-cluster",
+    "cluster",
+    "full-cluster",
+    "chaos-services",
+    "bench",
+    "concurrency",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest groups first, then the other end-to-end tests, then the in-process ones;
+    each group in its own order (the sort is stable)."""
+
+    def rank(item: pytest.Item) -> int:
+        group = item.get_closest_marker("xdist_group")
+        if group and group.args[0] in LONGEST_FIRST:
+            return LONGEST_FIRST.index(group.args[0])
+        return len(LONGEST_FIRST) + (0 if item.get_closest_marker("e2e") else 1)
+
+    items.sort(key=rank)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Refuse to run a parallel test process whose ``xdist_group`` marks were dropped: each
     test of a group would then set up its group's cluster again, and the suite would take

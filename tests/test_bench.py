@@ -24,6 +24,7 @@ SMOKE_TIMEOUT = 300
 
 @pytest.mark.e2e
 @pytest.mark.postgres
+@pytest.mark.xdist_group("bench")
 def test_the_benchmarks_produce_every_figure(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--output", str(tmp_path)],

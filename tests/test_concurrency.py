@@ -15,7 +15,7 @@ from pipeline.database import transaction
 from pipeline.domain.models import Subtask
 from tests.support import Cluster, PostgresServer, make_cluster
 
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.xdist_group("concurrency")]
 
 #: Units of work, and input files (one subtask each) per unit and node.
 BATCHES, FILES_PER_BATCH = 2, 200

@@ -382,10 +382,10 @@ def assert_permuted_right(datastore: Path) -> None:
                 np.testing.assert_array_equal(np.asarray(png.convert("RGB")), expected)
 
 
-def assert_averages_right(datastore: Path) -> None:
+def assert_averages_right(datastore: Path, images: tuple[int, ...] = (0, 1, 2, 3)) -> None:
     for set_number, unit in ((1, "set-1"), (2, "set-2")):
         flipped = []
-        for image in range(4):
+        for image in images:
             permuted = pixels(set_number, image)[..., CHANNEL_ORDER]
             flipped += [np.fliplr(permuted), np.flipud(permuted)]
         expected = np.rint(np.mean(np.stack(flipped).astype(float), axis=0))
@@ -393,23 +393,14 @@ def assert_averages_right(datastore: Path) -> None:
             np.testing.assert_array_equal(np.asarray(png), expected)
 
 
-def test_each_node_runs_only_on_the_hosts_consuming_its_queue(network: Network) -> None:
-    instance = int(network.json("submit", "sample")["id"])
-    assert network.wait(instance) == 0
-    assert subtask_hosts(network, instance) == {
-        "permuter": {"worker@hostA"},
-        "flip": {"worker@hostB"},
-        "averaging": {"worker@hostA"},
-    }
-    for task in network.json("tasks", instance):
-        assert task["worker_host"] == f"worker@{QUEUES[task['node']]}", task
-    assert_averages_right(network.datastore)
-
-
-def test_a_restart_moves_a_task_and_its_stages_to_another_queue(network: Network) -> None:
+def test_each_node_runs_on_its_queue_and_a_restart_moves_a_task_to_another(
+    network: Network,
+) -> None:
+    """Each node's stages and subtasks run only on the hosts consuming its queue; a restart
+    with ``--queue`` moves a failed task, its stages following from then on."""
     network.cli("params", "set", "algorithm", "throw_exception_subtask_0=true")
     try:
-        instance = int(network.json("submit", "sample", "--end-node", "permuter")["id"])
+        instance = int(network.json("submit", "sample")["id"])
         assert network.wait(instance) == 1
         moved, stays = network.json("tasks", instance)
         network.cli("restart", moved["id"], "--mode", "resubmit", "--queue", "hostB")
@@ -423,6 +414,15 @@ def test_a_restart_moves_a_task_and_its_stages_to_another_queue(network: Network
         assert network.wait(instance) == 0
     finally:
         network.cli("params", "set", "algorithm", "throw_exception_subtask_0=false")
+    assert subtask_hosts(network, instance) == {
+        "permuter": {"worker@hostA", "worker@hostB"},
+        "flip": {"worker@hostB"},
+        "averaging": {"worker@hostA"},
+    }
+    for task in network.json("tasks", instance):
+        queue = "hostB" if task["id"] == moved["id"] else QUEUES[task["node"]]
+        assert task["worker_host"] == f"worker@{queue}", task
+    assert_averages_right(network.datastore, images=(1, 2, 3))  # subtask 0 abandoned
     detail = network.json("task", moved["id"])
     assert detail["execution"]["queue"] == "hostB"
     by_stages = [
