@@ -176,8 +176,17 @@ def _template(
         if not (template / MADE).exists():
             shutil.rmtree(template, ignore_errors=True)
             make(template)
+            _close_database(template)
             (template / MADE).touch()
     return template
+
+
+def _close_database(home: Path) -> None:
+    """Close this process's connections to the home's SQLite database, which folds its
+    write-ahead log into the file: copies of the home then need only the file."""
+    from pipeline.database import engine_for
+
+    engine_for(f"sqlite:///{home / 'pipeline.db'}").dispose()
 
 
 #: The mark of a template made whole.
@@ -186,7 +195,7 @@ MADE = ".made"
 
 def _copy_home(template: Path, copy: Path) -> None:
     """Copy a home, task directories included, its database naming them where they now are."""
-    shutil.copytree(template, copy, ignore=shutil.ignore_patterns(MADE))
+    shutil.copytree(template, copy, ignore=shutil.ignore_patterns(MADE, "*-wal", "*-shm"))
     database = copy / "pipeline.db"
     if database.exists():
         with sqlite3.connect(database) as connection:

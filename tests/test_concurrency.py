@@ -1,4 +1,4 @@
-"""Many workers racing on PostgreSQL: 8 worker processes on 2 queues finish 800 subtasks,
+"""Many workers racing on PostgreSQL: 8 worker processes on 2 queues finish 400 subtasks,
 and every count is exactly right (each outcome recorded once, under the task row's lock)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tests.support import Cluster, PostgresServer, make_cluster
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.xdist_group("concurrency")]
 
 #: Units of work, and input files (one subtask each) per unit and node.
-BATCHES, FILES_PER_BATCH = 2, 200
+BATCHES, FILES_PER_BATCH = 2, 100
 #: Two root nodes on queues of their own, each with one task per batch.
 NODES = {"left": "alpha", "right": "beta"}
 SUBTASKS = BATCHES * FILES_PER_BATCH * len(NODES)
@@ -78,7 +78,7 @@ def busy_cluster(
         shutil.rmtree(cluster.home, ignore_errors=True)
 
 
-def test_eight_worker_processes_finish_800_subtasks_with_exact_counts(
+def test_eight_worker_processes_finish_400_subtasks_with_exact_counts(
     busy_cluster: Cluster,
 ) -> None:
     started = time.monotonic()

@@ -18,12 +18,18 @@ def cluster(shared_cluster: Cluster) -> Cluster:
     return shared_cluster
 
 
+@pytest.fixture(scope="module")
+def instance(shared_cluster: Cluster) -> int:
+    """A COMPLETED instance of the permuter node."""
+    shared_cluster.set_parameters(throw_exception_subtask_0=False, execution_pause_seconds=0)
+    made = shared_cluster.submit("--end-node", "permuter")
+    shared_cluster.wait(made)
+    return made
+
+
 @pytest.fixture
-def completed(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> int:
-    """A COMPLETED instance of the permuter node, with this process pointed at the cluster."""
-    cluster.set_parameters(throw_exception_subtask_0=False, execution_pause_seconds=0)
-    instance = cluster.submit("--end-node", "permuter")
-    cluster.wait(instance)
+def completed(cluster: Cluster, instance: int, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The completed instance, with this process pointed at the cluster."""
     cluster.activate(monkeypatch)
     return instance
 
