@@ -33,13 +33,13 @@ IDLE_MONITOR = "10"
 #: ``--no-loadscope-reorder``): none of them starts last, to run on alone at the end while
 #: the other test processes sit idle.
 LONGEST_FIRST = (
-    "multihost",
     "chaos-workers",
     "shared-cluster",
-    "cluster",
-    "full-cluster",
+    "multihost",
     "chaos-services",
     "bench",
+    "cluster",
+    "full-cluster",
     "concurrency",
 )
 

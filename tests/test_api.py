@@ -20,7 +20,7 @@ from tests.support import InProcessWorker, free_port, point_here, run_cli
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 #: Hypothesis examples per API operation in the schema fuzzing: bounded to keep it quick.
-FUZZ_EXAMPLES = 10
+FUZZ_EXAMPLES = 6
 
 
 @pytest.fixture

@@ -99,7 +99,7 @@ def test_worker_killed_three_times_each_replacement_carries_on(chaos: Cluster) -
     """a: the only worker is killed mid-subtask three times in one run; each time a
     replacement is started (``chaos start`` starts what is not running)."""
     chaos.kill("worker2")  # worker1 alone: the run waits for each replacement
-    instance = permuter_run(chaos, pause=4)
+    instance = permuter_run(chaos, pause=3)
     victims = []
     for _ in range(3):
         worker = chaos.pid("worker1")

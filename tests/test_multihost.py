@@ -75,6 +75,19 @@ sys.exit(1)
 """
 
 
+#: Prints an instance's tasks, each with its subtasks and its history, as JSON: what the
+#: tests read, in one process on the central host rather than a CLI call per task.
+READ_INSTANCE = """
+import json, sys
+from pipeline.operations import facade
+tasks = facade.list_tasks(int(sys.argv[1]))
+for task in tasks:
+    task["subtasks"] = facade.list_subtasks(task["id"])
+    task["history"] = facade.get_task(task["id"])["history"]
+print(json.dumps(tasks, default=str))
+"""
+
+
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 
@@ -193,6 +206,15 @@ class Network:
 
     def json(self, *args: Any) -> Any:
         return json.loads(self.cli(*args, "--json").stdout)
+
+    def read(self, instance: int) -> list[dict[str, Any]]:
+        """The instance's tasks, each with its ``subtasks`` and ``history`` (READ_INSTANCE)."""
+        reader = [sys.executable, "-c", READ_INSTANCE, str(instance)]
+        found = subprocess.run(
+            self.central.command(reader), env=self.env, capture_output=True, text=True
+        )
+        assert found.returncode == 0, found.stderr
+        return json.loads(found.stdout)
 
     def running_on(self, instance: int, worker_host: str, timeout: float = 30) -> list[dict]:
         """The subtasks of ``instance`` running on ``worker_host``, as soon as there is one:
@@ -363,12 +385,11 @@ def tear_down(hosts: dict[str, Host], shared: Path) -> None:
 # -- the tests -------------------------------------------------------------------------------
 
 
-def subtask_hosts(network: Network, instance: int) -> dict[str, set[str]]:
-    """The worker hosts each node's subtasks ran on."""
+def subtask_hosts(tasks: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """The worker hosts each node's subtasks ran on (tasks as ``Network.read`` gives them)."""
     hosts: dict[str, set[str]] = {}
-    for task in network.json("tasks", instance):
-        ran_on = {s["worker_host"] for s in network.json("subtasks", task["id"])}
-        hosts.setdefault(task["node"], set()).update(ran_on)
+    for task in tasks:
+        hosts.setdefault(task["node"], set()).update(s["worker_host"] for s in task["subtasks"])
     return hosts
 
 
@@ -414,23 +435,24 @@ def test_each_node_runs_on_its_queue_and_a_restart_moves_a_task_to_another(
         assert network.wait(instance) == 0
     finally:
         network.cli("params", "set", "algorithm", "throw_exception_subtask_0=false")
-    assert subtask_hosts(network, instance) == {
+    tasks = network.read(instance)
+    assert subtask_hosts(tasks) == {
         "permuter": {"worker@hostA", "worker@hostB"},
         "flip": {"worker@hostB"},
         "averaging": {"worker@hostA"},
     }
-    for task in network.json("tasks", instance):
+    for task in tasks:
         queue = "hostB" if task["id"] == moved["id"] else QUEUES[task["node"]]
         assert task["worker_host"] == f"worker@{queue}", task
     assert_averages_right(network.datastore, images=(1, 2, 3))  # subtask 0 abandoned
-    detail = network.json("task", moved["id"])
+    [detail] = [t for t in tasks if t["id"] == moved["id"]]
     assert detail["execution"]["queue"] == "hostB"
     by_stages = [
         e for e in detail["history"] if e["attempt"] > 1 and not e["message"].startswith("restart")
     ]
     assert {e["p_state"] for e in by_stages} >= {"ALGORITHM_QUEUED", "COMPLETE"}
     assert {e["host"] for e in by_stages} == {"worker@hostB"}, "stages follow the task's queue"
-    other = network.json("task", stays["id"])
+    [other] = [t for t in tasks if t["id"] == stays["id"]]
     assert {e["host"] for e in other["history"] if e["p_state"] == "COMPLETE"} == {"worker@hostA"}
 
 
@@ -450,15 +472,11 @@ def test_a_worker_host_dies_mid_run_and_another_host_finishes_the_work(network: 
     recovered_after = time.monotonic() - killed_at
     # What hostA was running when it died ran again, on the spare worker of hostB (a subtask
     # seen running may have finished before the kill landed: then it ran once).
-    again = [
-        subtask
-        for task in network.json("tasks", instance)
-        for subtask in network.json("subtasks", task["id"])
-        if subtask["attempts"] > 1
-    ]
+    tasks = network.read(instance)
+    again = [subtask for task in tasks for subtask in task["subtasks"] if subtask["attempts"] > 1]
     assert again, "hostA died with work in flight"
     assert {s["worker_host"] for s in again} == {"spare@hostB"}, again
-    for task in network.json("tasks", instance):
+    for task in tasks:
         assert (task["p_state"], task["error"]) == ("COMPLETE", False)
         assert task["completed_subtasks"] == task["total_subtasks"] and not task["failed_subtasks"]
     assert_permuted_right(network.datastore)
