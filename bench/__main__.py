@@ -74,7 +74,9 @@ def run_cluster_groups(groups: set[str], sizes: Sizes, base: Path) -> list[Figur
                     raw["latency"] = figures.raw_latency(sizes.latency_runs)
         if "b" in groups:
             with step("b breakdown"):
-                stages = breakdown.stage_breakdown(base / "breakdown", f"{broker}/2")
+                stages = breakdown.stage_breakdown(
+                    base / "breakdown", f"{broker}/2", sizes.breakdown_runs
+                )
         if not groups & {"a", "b", "c", "e"}:
             return found
         with ExitStack() as stack:

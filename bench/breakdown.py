@@ -23,11 +23,13 @@ from rich.table import Table
 from bench import figures, harness
 
 #: Chains timed; the first few warm the caches and connections up and are left out.
-RUNS, WARM_UP = 30, 5
+#: Chains run before the timed ones, so connections and caches are warm.
+WARM_UP = 5
 
 
-def stage_breakdown(base: Path, broker: str) -> dict[str, float]:
-    """Median milliseconds of each step of a one-subtask chain, run in this process."""
+def stage_breakdown(base: Path, broker: str, runs: int) -> dict[str, float]:
+    """Median milliseconds of each step of a one-subtask chain, run in this process
+    (``runs`` chains, the first ``WARM_UP`` not counted)."""
     home = base / "home"
     cluster = harness.Cluster(home, harness.cluster_env(home, broker))
     cluster.cli("cluster", "init", "--no-sample-data")
@@ -41,11 +43,11 @@ def stage_breakdown(base: Path, broker: str) -> dict[str, float]:
         times.setdefault(step, []).append((time.perf_counter() - started) * 1000)
         return result
 
-    _run_chains(timed)
+    _run_chains(timed, WARM_UP + max(1, runs - WARM_UP))
     return {step: round(statistics.median(values[WARM_UP:]), 2) for step, values in times.items()}
 
 
-def _run_chains(timed: Callable[..., Any]) -> None:
+def _run_chains(timed: Callable[..., Any], runs: int) -> None:
     from sqlalchemy import select
 
     from pipeline.database import transaction
@@ -60,7 +62,7 @@ def _run_chains(timed: Callable[..., Any]) -> None:
     outbox._publish = list
     beat = Heartbeat(lambda: None, 60)
     try:
-        for _ in range(RUNS):
+        for _ in range(runs):
             timed(
                 "publish one stage message (and its task-sent event)",
                 publish,
@@ -99,7 +101,9 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="bench-breakdown-") as base,
         harness.redis_server(Path(base)) as port,
     ):
-        medians = stage_breakdown(Path(base), f"redis://127.0.0.1:{port}")
+        medians = stage_breakdown(
+            Path(base), f"redis://127.0.0.1:{port}", figures.Sizes().breakdown_runs
+        )
     table = Table(title="one-subtask pipeline, stage by stage in one process (median ms)")
     table.add_column("step")
     table.add_column("ms", justify="right")

@@ -44,6 +44,9 @@ class Sizes:
     status_subtasks_per_task: int = 100
     marshal_rows: int = 100_000
     memory_subtasks: int = 100_000
+    #: Times each status query runs (its median is the figure), and chains the breakdown runs.
+    status_runs: int = 5
+    breakdown_runs: int = 30
 
     def smaller(self, factor: int) -> Sizes:
         return Sizes(**{key: max(1, value // factor) for key, value in asdict(self).items()})
@@ -243,8 +246,6 @@ SCALE_ROWS_SQL = (
     FROM tasks CROSS JOIN generate_series(0, :per_task - 1) AS n
     """,
 )
-#: Times each status query runs; the median is the figure.
-STATUS_RUNS = 5
 
 
 def status_at_scale(base: Path, sizes: Sizes) -> list[Figure]:
@@ -270,27 +271,29 @@ def status_at_scale(base: Path, sizes: Sizes) -> list[Figure]:
         found = [
             _held_to_300_ms(
                 f"d. tasks --json (in process), {rows} subtask rows",
-                _median_seconds(lambda: queries.list_tasks(instance)),
+                _median_seconds(lambda: queries.list_tasks(instance), sizes.status_runs),
                 details,
             ),
             _held_to_300_ms(
                 "d. `pipeline tasks --json` command",
-                _median_seconds(lambda: cluster.cli("tasks", str(instance), "--json"), 3),
+                _median_seconds(
+                    lambda: cluster.cli("tasks", str(instance), "--json"), min(3, sizes.status_runs)
+                ),
                 {**details, "includes": "interpreter start"},
             ),
             _held_to_300_ms(
                 "d. instance summary",
-                _median_seconds(lambda: queries.get_instance(instance)),
+                _median_seconds(lambda: queries.get_instance(instance), sizes.status_runs),
                 details,
             ),
             _held_to_300_ms(
                 "d. floor: a process importing only the database libraries",
-                _median_seconds(_import_only, 3),
+                _median_seconds(_import_only, min(3, sizes.status_runs)),
                 {"imports": IMPORT_FLOOR},
                 target_ratio=None,
             ),
         ]
-        found += _status_over_http(cluster, instance, details)
+        found += _status_over_http(cluster, instance, details, sizes.status_runs)
         groups = [["0000000.in"]] * sizes.marshal_rows
         with transaction() as session:
             task_id = session.scalar(text("SELECT min(id) FROM tasks"))
@@ -326,14 +329,16 @@ def _import_only() -> None:
     subprocess.run([sys.executable, "-c", IMPORT_FLOOR], check=True)
 
 
-def _status_over_http(cluster: harness.Cluster, instance: int, details: dict) -> list[Figure]:
+def _status_over_http(
+    cluster: harness.Cluster, instance: int, details: dict, runs: int
+) -> list[Figure]:
     """The same two reads from the HTTP API, a process that stays up (no start-up to pay)."""
     from pipeline.interfaces.client import Client
 
     with harness.api_server(cluster), Client() as client:
         client.tasks(instance)  # the first request warms the server's connections up
         return [
-            _held_to_300_ms(f"d. {label} (HTTP API)", _median_seconds(call), details)
+            _held_to_300_ms(f"d. {label} (HTTP API)", _median_seconds(call, runs), details)
             for label, call in (
                 ("GET /instances/ID/tasks", lambda: client.tasks(instance)),
                 ("GET /instances/ID", lambda: client.instance(instance)),
@@ -348,7 +353,7 @@ def _held_to_300_ms(
     return Figure(name, seconds, "s", 0.3, "300 ms", False, target_ratio, details)
 
 
-def _median_seconds(call: Any, runs: int = STATUS_RUNS) -> float:
+def _median_seconds(call: Any, runs: int) -> float:
     times = []
     for _ in range(runs):
         started = time.perf_counter()
