@@ -112,6 +112,7 @@ def test_every_operation_goes_to_the_operations_queue() -> None:
     from pipeline.messaging.celery_app import OPERATIONS, OPERATIONS_QUEUE
 
     app = celery_app()
+    app.loader.import_default_modules()  # what a worker does at start: import TASK_MODULES
     registered = {
         name for name, task in app.tasks.items() if task.__module__ == "workers.operations"
     }
