@@ -13,7 +13,14 @@ from sqlalchemy import delete, select
 from config.sample.images import SETS
 from config.settings import PACKAGED_DEFINITIONS
 from pipeline.database import transaction
-from pipeline.domain.models import InstanceNode, Subtask, Task, TaskEvent
+from pipeline.domain.models import (
+    DatastoreFile,
+    FileConsumption,
+    InstanceNode,
+    Subtask,
+    Task,
+    TaskEvent,
+)
 from pipeline.engine import stages
 from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.transitions import advance
@@ -165,6 +172,8 @@ def roll_back_to_permuter_done(instance: int) -> None:
     with transaction() as session:
         later = select(Task.id).where(Task.instance_id == instance, Task.node != "permuter")
         session.execute(delete(TaskEvent).where(TaskEvent.task_id.in_(later)))
+        session.execute(delete(FileConsumption).where(FileConsumption.task_id.in_(later)))
+        session.execute(delete(DatastoreFile).where(DatastoreFile.task_id.in_(later)))
         session.execute(delete(Subtask).where(Subtask.task_id.in_(later)))
         session.execute(delete(Task).where(Task.id.in_(later.scalar_subquery())))
         for row in session.scalars(

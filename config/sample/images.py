@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 SETS = ("set-1", "set-2")
+#: The data file type of the sample's input images.
+RAW_IMAGE = "raw_image"
 IMAGES_PER_SET = 4
 #: Height, width, channels of every sample image.
 SHAPE = (12, 16, 3)
@@ -23,15 +26,14 @@ def raw_image_path(datastore: Path, set_name: str, image_number: int) -> Path:
     return datastore / set_name / "L0" / f"nasa-logo-file-{image_number}.png"
 
 
-def write_sample_datastore(datastore: Path) -> list[Path]:
-    """Write the sample's input images under ``datastore``; returns the files written."""
-    written = []
-    for set_number, set_name in enumerate(SETS, start=1):
-        for image_number in range(IMAGES_PER_SET):
-            path = raw_image_path(datastore, set_name, image_number)
-            if path.exists():
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels(set_number, image_number)).save(path)
-            written.append(path)
-    return written
+def write_sample_set(directory: Path, set_number: int) -> Path:
+    """Write one set's input images into ``directory`` with a manifest in ``sha256sum``
+    format, as a data provider would deliver them; the manifest's path."""
+    lines = []
+    for image_number in range(IMAGES_PER_SET):
+        path = directory / f"nasa-logo-file-{image_number}.png"
+        Image.fromarray(pixels(set_number, image_number)).save(path)
+        lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n")
+    manifest = directory / f"{SETS[set_number - 1]}.sha256"
+    manifest.write_text("".join(lines))
+    return manifest

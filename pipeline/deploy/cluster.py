@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -282,11 +283,9 @@ def init(sample_data: bool = True) -> dict[str, Any]:
     with database.transaction() as session:
         imported = definitions.import_files(session, files)
     settings.datastore.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
+    received = 0
     if sample_data and any(stored.name == "sample" for stored, _ in imported):
-        from config.sample.images import write_sample_datastore
-
-        written = write_sample_datastore(settings.datastore)
+        received = _receive_sample_data(settings)
     return {
         "home": str(settings.home),
         "database": database.masked(settings.db_url),
@@ -295,8 +294,25 @@ def init(sample_data: bool = True) -> dict[str, Any]:
         "definitions": [
             {"name": stored.name, "version": stored.version, "new": new} for stored, new in imported
         ],
-        "sample_files_written": len(written),
+        "sample_files_received": received,
     }
+
+
+def _receive_sample_data(settings: Settings) -> int:
+    """Receive the sample's input images into the datastore, as any data comes in, unless
+    they are there already; how many were received."""
+    from config.sample.images import RAW_IMAGE, SETS, raw_image_path, write_sample_set
+    from pipeline.operations.receipt import receive
+
+    received = 0
+    for number, name in enumerate(SETS, start=1):
+        if raw_image_path(settings.datastore, name, 0).exists():
+            continue
+        with tempfile.TemporaryDirectory(dir=settings.run_dir) as delivery:
+            manifest = write_sample_set(Path(delivery), number)
+            imported = receive(Path(delivery), RAW_IMAGE, name, manifest, pipeline="sample")
+            received += len(imported["files"])
+    return received
 
 
 def _chosen_credentials(settings: Settings) -> dict[str, object]:

@@ -65,6 +65,10 @@ class ExecutionSettings(_Strict):
         ge=1,
         description="subtasks per message; unset: one each for small tasks, batches for big ones",
     )
+    require_outputs: bool = Field(
+        default=False,
+        description="a subtask that leaves no file of the node's output types fails",
+    )
 
 
 class DataFileType(_Strict):
@@ -109,6 +113,10 @@ class Node(_Strict):
     subtasks: Literal["per_file", "single"] | Grouped = "per_file"
     parameter_sets: list[str] = Field(default_factory=list)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    #: Ziggy's "process all data" / "new data only", for inputs no parent node of the
+    #: instance produces: ``new`` leaves out files (same path and checksum) that this node
+    #: consumed in a completed task of an earlier instance.
+    reprocess: Literal["all", "new"] = "all"
 
     @field_validator("algorithm")
     @classmethod

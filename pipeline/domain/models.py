@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -151,6 +161,8 @@ class Subtask(Base):
     message_id: Mapped[str] = mapped_column(String(200), default="", server_default="")
     error: Mapped[str] = mapped_column(Text, default="")
     inputs: Mapped[list[Any]]
+    #: Files of the node's output types it left in its directory (set when it succeeds).
+    outputs: Mapped[int | None]
     worker_host: Mapped[str] = mapped_column(String(200), default="")
     worker_pid: Mapped[int | None]
     started_at: Mapped[datetime | None]
@@ -185,3 +197,57 @@ class Alert(Base):
     task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"))
     message: Mapped[str] = mapped_column(Text)
     acknowledged_at: Mapped[datetime | None]
+
+
+class DatastoreFile(Base):
+    """One stored version of a datastore file and who produced it: a task's subtask, or a
+    receipt (files imported by an operator, or found in the datastore unrecorded).
+
+    A later store of the same path supersedes the row rather than replacing it, so a file's
+    history is never lost; the current row (``superseded_at`` unset) describes the bytes on
+    disk.
+    """
+
+    __tablename__ = "datastore_files"
+    __table_args__ = (
+        Index("ix_datastore_files_path", "path", "superseded_at"),
+        Index("ix_datastore_files_instance", "instance_id", "unit_of_work", "data_file_type"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: Relative to the datastore root.
+    path: Mapped[str] = mapped_column(String(1000))
+    data_file_type: Mapped[str] = mapped_column(String(200))
+    unit_of_work: Mapped[str] = mapped_column(String(500))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    #: The file's modification time when recorded: a changed file is seen without reading it.
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    #: ``task`` (stored by a task), ``received`` (imported) or ``found`` (on disk, unrecorded).
+    origin: Mapped[str] = mapped_column(String(16))
+    #: The receipt's name (its manifest, or the directory imported), for received files.
+    receipt: Mapped[str] = mapped_column(Text, default="")
+    instance_id: Mapped[int | None] = mapped_column(ForeignKey("pipeline_instances.id"))
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"), index=True)
+    subtask_index: Mapped[int | None]
+    attempt: Mapped[int | None]
+    node: Mapped[str] = mapped_column(String(200), default="")
+    definition_version: Mapped[int | None]
+    #: ``{parameter set: version}`` of the sets the producing task used.
+    parameter_versions: Mapped[dict[str, Any]]
+    stored_at: Mapped[datetime] = mapped_column(default=utcnow)
+    superseded_at: Mapped[datetime | None]
+
+
+class FileConsumption(Base):
+    """A datastore file a subtask was given as input, recorded when its task marshaled."""
+
+    __tablename__ = "file_consumptions"
+    __table_args__ = (Index("ix_file_consumptions_task", "task_id", "attempt", "subtask_index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    #: The task attempt that marshaled: a new marshal records its inputs afresh.
+    attempt: Mapped[int]
+    subtask_index: Mapped[int]
+    file_id: Mapped[int] = mapped_column(ForeignKey("datastore_files.id"), index=True)

@@ -1,11 +1,14 @@
-"""The datastore: units of work and inputs found by data file type; outputs stored atomically."""
+"""The datastore on disk: units of work and files found by data file type; files stored
+atomically, hashed as they are written (the ledger of who stored them is
+``datastore_ledger``)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
 import uuid
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.domain.definitions import Definition, Node
@@ -13,6 +16,8 @@ from pipeline.errors import InvalidInput
 
 #: Where stored files are written before they are renamed into place.
 STAGING_DIR = ".pipeline-staging"
+#: Bytes read at a time when copying or hashing a file.
+CHUNK_BYTES = 1 << 20
 
 
 def require(root: Path) -> Path:
@@ -48,23 +53,61 @@ def describe_inputs(definition: Definition, node: Node) -> str:
     return f"{node.inputs[0]} files ({kind.location}/{kind.pattern})"
 
 
-def store_file(source: Path, destination: Path) -> None:
-    """Copy ``source`` to ``destination`` atomically: readers see the old file or the whole new one.
+@dataclass(frozen=True)
+class Staged:
+    """A file copied beside its destination in the datastore, not yet renamed into place;
+    its size and SHA-256 were computed as it was written."""
 
-    The copy is written in a staging directory beside the destination (on the same file
-    system, out of sight of any file-name pattern), flushed to disk, then renamed over it;
-    storing the same file twice leaves the same datastore.
+    temporary: Path
+    destination: Path
+    size: int
+    sha256: str
+
+
+def stage_file(source: Path, destination: Path) -> Staged:
+    """Copy ``source`` into the staging directory beside ``destination`` (same file system,
+    out of sight of any file-name pattern), hashing it as it is written, flushed to disk.
+    ``place`` renames it over the destination: readers see the old file or the whole new one.
     """
     staging = destination.parent / STAGING_DIR
     staging.mkdir(parents=True, exist_ok=True)
     temporary = staging / f"{destination.name}.{uuid.uuid4().hex}"
+    digest, size = hashlib.sha256(), 0
     try:
         with source.open("rb") as reader, temporary.open("wb") as writer:
-            shutil.copyfileobj(reader, writer)
+            while chunk := reader.read(CHUNK_BYTES):
+                digest.update(chunk)
+                writer.write(chunk)
+                size += len(chunk)
             writer.flush()
             os.fsync(writer.fileno())
-        os.replace(temporary, destination)
-    finally:
+    except BaseException:
         temporary.unlink(missing_ok=True)
-        with suppress(OSError):  # another store may be using it still
-            staging.rmdir()
+        raise
+    return Staged(temporary, destination, size, digest.hexdigest())
+
+
+def place(staged: Staged) -> int:
+    """Rename a staged file over its destination; the stored file's modification time (ns)."""
+    os.replace(staged.temporary, staged.destination)
+    with suppress(OSError):  # another store may be using the staging directory still
+        staged.temporary.parent.rmdir()
+    return staged.destination.stat().st_mtime_ns
+
+
+def discard(staged: list[Staged]) -> None:
+    """Remove staged files that will not be placed (the store turned out stale)."""
+    for file in staged:
+        file.temporary.unlink(missing_ok=True)
+        with suppress(OSError):
+            file.temporary.parent.rmdir()
+
+
+def fingerprint(path: Path) -> tuple[int, str, int]:
+    """Size, SHA-256 and modification time (ns) of a file the pipeline did not write."""
+    digest = hashlib.sha256()
+    with path.open("rb") as reader:
+        while chunk := reader.read(CHUNK_BYTES):
+            digest.update(chunk)
+    status = path.stat()
+    return status.st_size, digest.hexdigest(), status.st_mtime_ns

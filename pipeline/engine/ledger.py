@@ -126,10 +126,15 @@ def record(
     task.updated_at = utcnow()
     if host:
         task.worker_host = host
+    note(session, task, message, host)
+
+
+def note(session: Session, task: Task, message: str, host: str = "") -> None:
+    """Add a line to ``task``'s history without moving it."""
     session.add(
         TaskEvent(
             task_id=task.id,
-            p_state=p_state,
+            p_state=task.p_state,
             error=task.error,
             attempt=task.attempt,
             host=host or HOST,

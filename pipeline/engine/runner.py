@@ -49,6 +49,8 @@ class SubtaskOutcome:
     ok: bool
     error: str = ""
     timed_out: bool = False
+    #: Files of the node's output types it left (counted by the worker once it succeeded).
+    outputs: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +24,25 @@ from sqlalchemy.orm import Session
 from config.settings import get_settings
 from pipeline.database import retrying, transaction
 from pipeline.domain.context import SubtaskContext
-from pipeline.domain.definitions import Definition, parse
-from pipeline.domain.models import PipelineInstance, Subtask, utcnow
+from pipeline.domain.definitions import Definition, Node, parse
+from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import EXECUTION_STEPS, UNFINISHED, PState, SubtaskState
-from pipeline.engine import datastore, runner, taskdir
+from pipeline.engine import datastore, datastore_ledger, runner, taskdir
+from pipeline.engine.alerts import WARNING, raise_alert
 from pipeline.engine.leases import Heartbeat, StepLease, renew_subtask_leases
 from pipeline.engine.ledger import (
     fail,
     is_current,
     lock_task,
     lock_task_only,
+    note,
     record,
     refresh_instance_state,
     start_again,
 )
 from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.transitions import advance_within
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, Unreachable
 from pipeline.messaging import outbox
 from pipeline.messaging.outbox import EXECUTE, MONITOR, RECORD_OUTCOME_FOR_SECONDS, STORE
 
@@ -75,7 +77,8 @@ def _fail_step(task_id: int, attempt: int, step: PState, message: str, host: str
 
 
 def marshal(task_id: int, attempt: int, host: str = "") -> None:
-    """Gather the task's inputs into subtask directories and create its subtasks."""
+    """Choose the task's inputs from the ledger, gather them into subtask directories and
+    create its subtasks, each recorded with the files it consumes."""
     with transaction() as session:
         instance, task = lock_task(session, task_id)
         # Claims the step: one marshal per attempt.
@@ -83,13 +86,18 @@ def marshal(task_id: int, attempt: int, host: str = "") -> None:
             return
         record(session, task, PState.MARSHALING, host=host)
         refresh_instance_state(session, instance)
-        definition = parse(instance.definition)
-        node, unit = task.node, task.unit_of_work
         task_dir = taskdir.task_directory(instance.id, task)
     try:
         root = datastore.require(get_settings().datastore)
         with StepLease(task_id, attempt, PState.MARSHALING):
-            groups = taskdir.marshal(root, definition, definition.node(node), unit, task_dir)
+            selection, node = _choose_inputs(task_id, root)
+            fingerprints = {
+                c.path: datastore.fingerprint(root / c.path)
+                for c in selection.files
+                if c.file_id is None
+            }
+            groups = taskdir.split(selection.files, node)
+            names = taskdir.marshal(task_dir, [[root / c.path for c in g] for g in groups])
     except (OSError, PipelineError) as exc:
         _fail_step(task_id, attempt, PState.MARSHALING, f"marshaling failed: {exc}", host)
         return
@@ -97,11 +105,25 @@ def marshal(task_id: int, attempt: int, host: str = "") -> None:
         instance, task = lock_task(session, task_id)
         if not is_current(task, attempt, PState.MARSHALING):
             return
-        create_subtasks(session, task.id, groups)
+        ids = datastore_ledger.record_found(session, root, selection.files, fingerprints)
+        create_subtasks(session, task.id, names)
+        datastore_ledger.record_consumption(session, task.id, attempt, taskdir.split(ids, node))
         task.task_dir = str(task_dir)
-        task.total_subtasks, task.completed_subtasks, task.failed_subtasks = len(groups), 0, 0
-        record(session, task, PState.ALGORITHM_SUBMITTING, f"{len(groups)} subtasks", host)
+        task.total_subtasks, task.completed_subtasks, task.failed_subtasks = len(names), 0, 0
+        note = f"{len(names)} subtasks" + (f": {selection.nothing}" if selection.nothing else "")
+        record(session, task, PState.ALGORITHM_SUBMITTING, note, host)
         messages.stage(EXECUTE, task_id, attempt, task.execution)
+
+
+def _choose_inputs(task_id: int, root: Path) -> tuple[datastore_ledger.Selection, Node]:
+    """The task's inputs (see ``datastore_ledger.select_inputs``) and its node."""
+    with transaction() as session:
+        task = session.get(Task, task_id)
+        instance = session.get(PipelineInstance, task.instance_id)
+        definition = _definition(instance)
+        node = definition.node(task.node)
+        unit = task.unit_of_work
+        return datastore_ledger.select_inputs(session, root, instance, definition, node, unit), node
 
 
 def create_subtasks(session: Session, task_id: int, groups: list[list[str]]) -> None:
@@ -179,6 +201,27 @@ class SubtaskRun:
     timeout: float
     #: The dispatch number it was claimed under, which its outcome must carry.
     number: int
+    definition: Definition
+    node: Node
+    #: The names of its inputs, which are never taken for its outputs.
+    inputs: list[str]
+    #: The task's ``require_outputs`` execution setting.
+    require_outputs: bool
+
+
+#: The error of a subtask that succeeded without output where outputs are required.
+NO_OUTPUT_REQUIRED = "produced no output (require_outputs = true)"
+
+
+def checked_outputs(run: SubtaskRun, outcome: SubtaskOutcome) -> SubtaskOutcome:
+    """Count the outputs of a subtask that succeeded; with none where the task's execution
+    settings require them, it failed."""
+    if not outcome.ok or not run.node.outputs:
+        return outcome
+    found = outputs_of(run.definition, run.node, run.context.directory, run.inputs)
+    if not found and run.require_outputs:
+        return SubtaskOutcome(False, NO_OUTPUT_REQUIRED, outputs=0)
+    return replace(outcome, outputs=len(found))
 
 
 def run_subtasks(task_id: int, attempt: int, pairs: Sequence[tuple[int, int]], host: str) -> None:
@@ -197,7 +240,7 @@ def run_subtasks(task_id: int, attempt: int, pairs: Sequence[tuple[int, int]], h
     first = runs[0]
     outcomes = runner.run_many(first.algorithm, [r.context for r in runs], first.timeout, beat)
     for run, outcome in zip(runs, outcomes, strict=True):
-        pending.append((run.context.index, run.number, outcome))
+        pending.append((run.context.index, run.number, checked_outputs(run, outcome)))
         if time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
             if not _record_outcomes(task_id, attempt, pending, host):
                 return
@@ -260,6 +303,8 @@ def begin_subtasks(
         algorithm = definition.node(task.node).model_dump(mode="json")["algorithm"]
         parameters = node_parameters(instance, definition, task.node)
         timeout = float(task.execution.get("subtask_timeout", 3600))
+        require_outputs = bool(task.execution.get("require_outputs", False))
+        node = definition.node(task.node)
         runs = []
         for subtask in claimed:
             directory = taskdir.subtask_dir(Path(task.task_dir), subtask.index)
@@ -271,7 +316,18 @@ def begin_subtasks(
                 unit_of_work=task.unit_of_work,
                 node=task.node,
             )
-            runs.append(SubtaskRun(algorithm, context, timeout, subtask.dispatch))
+            runs.append(
+                SubtaskRun(
+                    algorithm,
+                    context,
+                    timeout,
+                    subtask.dispatch,
+                    definition,
+                    node,
+                    subtask.inputs,
+                    require_outputs,
+                )
+            )
         return runs
 
 
@@ -319,6 +375,9 @@ def finish_subtasks(
                 continue
             recorded += 1
             subtask.finished_at = now
+            subtask.outputs = outcome.outputs
+            if outcome.ok and outcome.outputs == 0:
+                _no_output(session, task, subtask.index, host)
             if outcome.ok:
                 subtask.state = SubtaskState.COMPLETE
                 task.completed_subtasks += 1
@@ -334,6 +393,13 @@ def finish_subtasks(
             record(session, task, PState.ALGORITHM_COMPLETE, counts, host)
             messages.stage(MONITOR, task_id, attempt, task.execution)
     return True
+
+
+def _no_output(session: Session, task: Task, index: int, host: str) -> None:
+    """Ziggy's warning for a subtask that succeeded but stored nothing: downstream, its
+    files are simply absent, and the operator hears of it."""
+    note(session, task, f"subtask {index} produced no output", host)
+    raise_alert(session, task, WARNING, f"task {task.id} subtask {index} produced no output")
 
 
 # -- monitor ---------------------------------------------------------------------------------
@@ -366,7 +432,13 @@ def monitor(task_id: int, attempt: int, host: str = "") -> None:
 
 
 def store(task_id: int, attempt: int, host: str = "") -> None:
-    """Copy the outputs of the successful subtasks into the datastore; the task is COMPLETE."""
+    """Copy the outputs of the successful subtasks into the datastore, each recorded with
+    its producer; the task is COMPLETE.
+
+    The copies are staged beside their destinations (and hashed) outside any transaction;
+    the transaction that records the task COMPLETE renames them into place and writes
+    their ledger rows, so a stale or duplicate store changes neither files nor ledger.
+    """
     with transaction() as session:
         instance, task = lock_task(session, task_id)
         if not is_current(task, attempt, PState.STORING):
@@ -379,26 +451,42 @@ def store(task_id: int, attempt: int, host: str = "") -> None:
                 Subtask.task_id == task_id, Subtask.state == SubtaskState.COMPLETE
             )
         ).all()
+    staged: list[datastore_ledger.StoredOutput] = []
     try:
         root = datastore.require(get_settings().datastore)
-        stored = 0
         with StepLease(task_id, attempt, PState.STORING):
             for index, inputs in succeeded:
                 directory = taskdir.subtask_dir(task_dir, index)
-                for name in node.outputs:
-                    kind = definition.data_file_types[name]
-                    for output in sorted(directory.glob(kind.pattern)):
-                        if output.name in inputs:
-                            continue
-                        datastore.store_file(output, root / kind.directory(unit) / output.name)
-                        stored += 1
+                for name, output in outputs_of(definition, node, directory, inputs):
+                    destination = root / definition.data_file_types[name].directory(unit)
+                    copy = datastore.stage_file(output, destination / output.name)
+                    staged.append(datastore_ledger.StoredOutput(index, name, copy))
+        with outbox.transaction() as (session, messages):
+            instance, task = lock_task(session, task_id)
+            if not is_current(task, attempt, PState.STORING):
+                datastore.discard([output.staged for output in staged])
+                return
+            datastore_ledger.record_stored(session, root, instance, task, node, staged)
+            record(session, task, PState.COMPLETE, f"stored {len(staged)} files", host)
+            refresh_instance_state(session, instance)
+            advance_within(session, instance, messages)
+    except Unreachable:
+        datastore.discard([output.staged for output in staged])
+        raise  # the database or broker is away: Celery retries the store, as any step
     except (OSError, PipelineError) as exc:
+        datastore.discard([output.staged for output in staged])
         _fail_step(task_id, attempt, PState.STORING, f"storing failed: {exc}", host)
-        return
-    with outbox.transaction() as (session, messages):
-        instance, task = lock_task(session, task_id)
-        if not is_current(task, attempt, PState.STORING):
-            return
-        record(session, task, PState.COMPLETE, f"stored {stored} files", host)
-        refresh_instance_state(session, instance)
-        advance_within(session, instance, messages)
+
+
+def outputs_of(
+    definition: Definition, node: Node, directory: Path, inputs: Sequence[str]
+) -> list[tuple[str, Path]]:
+    """The files of ``node``'s output types a subtask left in ``directory`` (its inputs
+    excepted), as (data file type, file)."""
+    found = []
+    for name in node.outputs:
+        pattern = definition.data_file_types[name].pattern
+        for output in sorted(directory.glob(pattern)):
+            if output.name not in inputs and output.is_file():
+                found.append((name, output))
+    return found

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TypeVar
 
 from config.settings import get_settings
-from pipeline.domain.definitions import Definition, Grouped, Node
+from pipeline.domain.definitions import Grouped, Node
 from pipeline.domain.models import Task
-from pipeline.engine import datastore
-from pipeline.errors import InvalidInput
+
+Item = TypeVar("Item")
 
 SUBTASK_DIR_FORMAT = "st-{index}"
 #: A subtask's log: the algorithm's stdout and stderr.
@@ -39,33 +40,29 @@ def log_path(task_dir: Path, index: int) -> Path:
     return subtask_dir(task_dir, index) / LOG_NAME
 
 
-def split(files: list[Path], node: Node) -> list[list[Path]]:
+def split(files: list[Item], node: Node) -> list[list[Item]]:
     """Inputs as subtasks: one per file (default), one single subtask, or groups of N."""
+    if not files:
+        return []
     if node.subtasks == "single":
         return [files]
     size = node.subtasks.group_size if isinstance(node.subtasks, Grouped) else 1
     return [files[i : i + size] for i in range(0, len(files), size)]
 
 
-def marshal(
-    root: Path, definition: Definition, node: Node, unit: str, task_dir: Path
-) -> list[list[str]]:
-    """Build ``task_dir`` afresh from the datastore; returns each subtask's input file names.
+def marshal(task_dir: Path, groups: list[list[Path]]) -> list[list[str]]:
+    """Build ``task_dir`` afresh, a subtask directory per group of input files; returns each
+    subtask's input file names.
 
     Inputs are hard links where the file system allows (cheap for large files), copies
     elsewhere; algorithms treat their inputs as read-only.
     """
-    files = datastore.input_files(root, definition, node, unit)
-    if not files:
-        raise InvalidInput(
-            f"no {datastore.describe_inputs(definition, node)} for unit {unit!r} in {root}"
-        )
     if task_dir.exists():
         shutil.rmtree(task_dir)
-    groups = split(files, node)
+    task_dir.mkdir(parents=True)
     for index, group in enumerate(groups):
         directory = subtask_dir(task_dir, index)
-        directory.mkdir(parents=True)
+        directory.mkdir()
         for source in group:
             _link_or_copy(source, directory / source.name)
     return [[source.name for source in group] for group in groups]

@@ -107,6 +107,10 @@ class Subtask(_Strict):
     attempts: int
     error: str
     inputs: list[str]
+    #: Files of the node's output types it left; unset until it succeeds.
+    outputs: int | None
+    #: The datastore paths its task's last marshal gave it.
+    consumed: list[str]
     worker_host: str
     worker_pid: int | None
     started_at: Time

@@ -90,8 +90,8 @@ def cluster_init(
     for item in summary["definitions"]:
         note = "imported" if item["new"] else "unchanged"
         console.print(f"definition    {item['name']} version {item['version']} ({note})")
-    if summary["sample_files_written"]:
-        console.print(f"sample data   {summary['sample_files_written']} images written")
+    if summary["sample_files_received"]:
+        console.print(f"sample data   {summary['sample_files_received']} images received")
 
 
 @cluster_app.command("start")

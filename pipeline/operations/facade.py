@@ -22,9 +22,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from pipeline.database import describe_database_error, transaction
 from pipeline.domain import definitions, parameters
 from pipeline.domain.models import PipelineInstance
+from pipeline.engine.alerts import acknowledge as acknowledge_alert
+from pipeline.engine.alerts import list_alerts
 from pipeline.errors import InvalidInput, PipelineError
 from pipeline.operations import halt as halting
 from pipeline.operations import restart as restarting
+from pipeline.operations.lineage import files, lineage
 from pipeline.operations.modes import MODES, RestartMode, parse_request
 from pipeline.operations.outcomes import Report
 from pipeline.operations.queries import (
@@ -42,14 +45,13 @@ from pipeline.operations.queries import (
     show_parameter_set,
     tasks_needing_attention,
 )
-from pipeline.recovery.alerts import acknowledge as acknowledge_alert
-from pipeline.recovery.alerts import list_alerts
 
 __all__ = [
     "PROBLEMS",
     "Problem",
     "Report",
     "acknowledge_alert",
+    "files",
     "get_instance",
     "get_task",
     "halt",
@@ -60,6 +62,7 @@ __all__ = [
     "list_instances",
     "list_parameter_sets",
     "list_subtasks",
+    "lineage",
     "list_tasks",
     "logs",
     "problem",

@@ -10,7 +10,15 @@ from sqlalchemy import func, or_, select
 
 from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
-from pipeline.domain.models import ParameterSet, PipelineInstance, Subtask, Task, TaskEvent
+from pipeline.domain.models import (
+    DatastoreFile,
+    FileConsumption,
+    ParameterSet,
+    PipelineInstance,
+    Subtask,
+    Task,
+    TaskEvent,
+)
 from pipeline.domain.states import InstanceState, SubtaskState, counts_label, task_state_label
 from pipeline.engine.ledger import RESTARTABLE, RUNNING
 from pipeline.engine.taskdir import log_path
@@ -108,6 +116,7 @@ def subtask_dict(subtask: Subtask) -> dict[str, Any]:
         "attempts": subtask.attempts,
         "error": subtask.error,
         "inputs": subtask.inputs,
+        "outputs": subtask.outputs,
         "worker_host": subtask.worker_host,
         "worker_pid": subtask.worker_pid,
         "started_at": _time(subtask.started_at),
@@ -237,12 +246,33 @@ def _attention_dict(session: Any, task: Task, restartable: bool) -> dict[str, An
 
 
 def list_subtasks(task_id: int) -> list[dict[str, Any]]:
+    """The task's subtasks, each with the datastore paths its last marshal gave it."""
     with transaction() as session:
         _task(session, task_id)
         rows = session.scalars(
             select(Subtask).where(Subtask.task_id == task_id).order_by(Subtask.index)
         )
-        return [subtask_dict(row) for row in rows]
+        subtasks = [subtask_dict(row) for row in rows]
+        consumed = _consumed(session, task_id)
+        for subtask in subtasks:
+            subtask["consumed"] = consumed.get(subtask["index"], [])
+        return subtasks
+
+
+def _consumed(session: Any, task_id: int) -> dict[int, list[str]]:
+    marshaled = select(func.max(FileConsumption.attempt)).where(FileConsumption.task_id == task_id)
+    consumed: dict[int, list[str]] = {}
+    for index, path in session.execute(
+        select(FileConsumption.subtask_index, DatastoreFile.path)
+        .join(DatastoreFile, DatastoreFile.id == FileConsumption.file_id)
+        .where(
+            FileConsumption.task_id == task_id,
+            FileConsumption.attempt == marshaled.scalar_subquery(),
+        )
+        .order_by(FileConsumption.id)
+    ):
+        consumed.setdefault(index, []).append(path)
+    return consumed
 
 
 def logs(task_id: int, index: int | None = None) -> list[dict[str, Any]]:

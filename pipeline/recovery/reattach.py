@@ -16,11 +16,11 @@ from sqlalchemy.orm import Session
 
 from pipeline.domain.models import Subtask, Task
 from pipeline.domain.states import EXECUTION_STEPS, PState, SubtaskState
+from pipeline.engine.alerts import WARNING, raise_alert
 from pipeline.engine.ledger import in_flight_subtasks, lock_task_only, record
 from pipeline.errors import Refused
 from pipeline.messaging import outbox
 from pipeline.messaging.outbox import MONITOR, Outbox, message_of
-from pipeline.recovery.alerts import WARNING, raise_alert
 
 if TYPE_CHECKING:
     from pipeline.messaging.inflight import InFlight

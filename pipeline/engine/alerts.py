@@ -1,5 +1,6 @@
-"""Alerts: what the monitor did without an operator (lost work dispatched again or failed),
-raised in the transaction that did it, listed and acknowledged by operators."""
+"""Alerts: what an operator should know that no command reported (lost work dispatched
+again or failed by the monitor, a subtask that stored no output), raised in the transaction
+that found it, listed and acknowledged by operators."""
 
 from __future__ import annotations
 

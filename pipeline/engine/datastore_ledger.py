@@ -1,0 +1,412 @@
+"""The datastore's ledger: a row for every stored version of a file, naming its producer,
+and a record of the files each subtask was given.
+
+Inputs are chosen from the ledger, never by whatever the datastore holds: an input type
+that a parent node of the same instance produces comes from that instance's parent tasks
+alone, so a file a parent did not store this time (a subtask abandoned by a restart, or one
+that wrote nothing) is absent downstream rather than replaced by an older instance's
+version. Other input types are the datastore's current files, recorded as ``found`` the
+first time a task consumes them unrecorded, and filtered by the node's ``reprocess``.
+
+A later store of a path supersedes its current row; the rows of a directory are written
+under a lock on it, taken by the transaction that also renames the files into place, so
+the current row always describes the bytes on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, select, text, update
+from sqlalchemy.orm import Session
+
+from pipeline.domain.definitions import Definition, Node
+from pipeline.domain.models import (
+    DatastoreFile,
+    FileConsumption,
+    InstanceNode,
+    PipelineInstance,
+    Subtask,
+    Task,
+    utcnow,
+)
+from pipeline.domain.states import PState, SubtaskState
+from pipeline.engine import datastore
+from pipeline.engine.datastore import Staged
+from pipeline.errors import InvalidInput
+
+#: Who produced a file: a task, an operator's receipt, or nobody on record (found on disk).
+TASK, RECEIVED, FOUND = "task", "received", "found"
+#: Paths per ``IN (...)`` list: well below every database's limit on bound parameters.
+PATHS_PER_QUERY = 500
+#: The class of PostgreSQL advisory locks taken on datastore directories.
+DIRECTORY_LOCK_CLASS = 4_802_114
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An input chosen at marshal: its path under the datastore root and its ledger row
+    (``None``: on disk but unrecorded, or changed since it was recorded)."""
+
+    path: str
+    data_file_type: str
+    unit_of_work: str
+    file_id: int | None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A task's inputs; when there are none and that is not an error, why."""
+
+    files: list[Candidate]
+    nothing: str = ""
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    """An output of a subtask staged for the datastore, with what the ledger records."""
+
+    subtask_index: int
+    data_file_type: str
+    staged: Staged
+
+
+def parameter_versions(instance: PipelineInstance, node: Node) -> dict[str, int]:
+    """The versions of the parameter sets ``node`` used in ``instance``."""
+    return {name: instance.parameters[name]["version"] for name in node.parameter_sets}
+
+
+def lock_directories(session: Session, directories: Iterable[str]) -> None:
+    """Serialise writers of the same datastore directories until the transaction ends.
+
+    SQLite transactions are serialised already (each begins IMMEDIATE); PostgreSQL takes a
+    transaction-scoped advisory lock per directory, in sorted order so two writers never
+    deadlock.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for directory in sorted(set(directories)):
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:class, hashtext(:directory))"),
+            {"class": DIRECTORY_LOCK_CLASS, "directory": directory},
+        )
+
+
+# -- choosing inputs -------------------------------------------------------------------------
+
+
+def producers(
+    session: Session, instance: PipelineInstance, definition: Definition, node: Node
+) -> dict[str, list[str]]:
+    """Each input type of ``node`` mapped to the parent nodes that produce it in this
+    instance (types no parent of this instance produces are left out)."""
+    running = set(
+        session.scalars(select(InstanceNode.node).where(InstanceNode.instance_id == instance.id))
+    )
+    parents = [definition.node(name) for name in node.after if name in running]
+    found: dict[str, list[str]] = {}
+    for kind in node.inputs:
+        made_by = [parent.name for parent in parents if kind in parent.outputs]
+        if made_by:
+            found[kind] = made_by
+    return found
+
+
+def child_units(
+    session: Session, instance: PipelineInstance, definition: Definition, node: Node
+) -> list[str] | None:
+    """The units of work of a child node whose first input type its parents produce in this
+    instance: those of the parents' tasks. ``None`` when the datastore decides."""
+    made_by = producers(session, instance, definition, node).get(node.inputs[0])
+    if not made_by:
+        return None
+    return sorted(
+        set(
+            session.scalars(
+                select(Task.unit_of_work).where(
+                    Task.instance_id == instance.id, Task.node.in_(made_by)
+                )
+            )
+        )
+    )
+
+
+def select_inputs(
+    session: Session,
+    root: Path,
+    instance: PipelineInstance,
+    definition: Definition,
+    node: Node,
+    unit: str,
+) -> Selection:
+    """The files a task of ``node`` on ``unit`` consumes, per input type in the node's order,
+    each type's files sorted by name."""
+    made_by = producers(session, instance, definition, node)
+    files: list[Candidate] = []
+    skipped = 0
+    for kind in node.inputs:
+        if kind in made_by:
+            files += _produced(session, instance, kind, made_by[kind], unit)
+            continue
+        current = _on_disk(session, root, definition, kind, unit)
+        if node.reprocess == "new":
+            fresh = _not_consumed_before(session, instance, node, unit, current)
+            skipped += len(current) - len(fresh)
+            current = fresh
+        files += current
+    if files:
+        return Selection(files)
+    if skipped:
+        return Selection([], f"no new inputs: node {node.name!r} consumed all {skipped} before")
+    if made_by:
+        parents = sorted({p for names in made_by.values() for p in names})
+        return Selection([], f"no inputs: this instance's {', '.join(parents)} tasks stored none")
+    raise InvalidInput(
+        f"no {datastore.describe_inputs(definition, node)} for unit {unit!r} in {root}"
+    )
+
+
+def _produced(
+    session: Session, instance: PipelineInstance, kind: str, parents: list[str], unit: str
+) -> list[Candidate]:
+    """The files of type ``kind`` this instance's ``parents`` stored for ``unit``; refused
+    if another store has overwritten one since (its bytes are no longer this instance's)."""
+    rows = session.scalars(
+        select(DatastoreFile)
+        .where(
+            DatastoreFile.instance_id == instance.id,
+            DatastoreFile.node.in_(parents),
+            DatastoreFile.data_file_type == kind,
+            DatastoreFile.unit_of_work == unit,
+        )
+        .order_by(DatastoreFile.path, DatastoreFile.id)
+    ).all()
+    latest = {row.path: row for row in rows}  # a path stored twice: its last store
+    for row in latest.values():
+        if row.superseded_at is not None:
+            raise InvalidInput(_overwritten(session, row))
+    return [Candidate(row.path, kind, unit, row.id) for row in latest.values()]
+
+
+def _overwritten(session: Session, row: DatastoreFile) -> str:
+    newer = current_rows(session, [row.path]).get(row.path)
+    by = f"instance {newer.instance_id} task {newer.task_id}" if newer else "a later store"
+    return (
+        f"input {row.path}, stored by task {row.task_id} of this instance, was overwritten"
+        f" by {by}: restart the {row.node} task from the beginning to store it again"
+    )
+
+
+def _on_disk(
+    session: Session, root: Path, definition: Definition, kind: str, unit: str
+) -> list[Candidate]:
+    """The current files of type ``kind`` for ``unit``, with their rows where the ledger
+    describes them as they are on disk."""
+    file_type = definition.data_file_types[kind]
+    directory = root / file_type.directory(unit)
+    paths = sorted(f for f in directory.glob(file_type.pattern) if f.is_file())
+    names = [str(p.relative_to(root)) for p in paths]
+    known = current_rows(session, names)
+    chosen = []
+    for path, name in zip(paths, names, strict=True):
+        row = known.get(name)
+        status = path.stat()
+        unchanged = row and (row.size, row.mtime_ns) == (status.st_size, status.st_mtime_ns)
+        chosen.append(Candidate(name, kind, unit, row.id if unchanged else None))
+    return chosen
+
+
+def _not_consumed_before(
+    session: Session,
+    instance: PipelineInstance,
+    node: Node,
+    unit: str,
+    candidates: list[Candidate],
+) -> list[Candidate]:
+    """``candidates`` less the files (same path, same checksum) that a completed task of
+    this node consumed, successfully, in an earlier instance of the pipeline."""
+    recorded = [c.file_id for c in candidates if c.file_id is not None]
+    if not recorded:
+        return candidates
+    done = set(
+        session.execute(
+            select(DatastoreFile.path, DatastoreFile.sha256)
+            .join(FileConsumption, FileConsumption.file_id == DatastoreFile.id)
+            .join(Task, Task.id == FileConsumption.task_id)
+            .join(PipelineInstance, PipelineInstance.id == Task.instance_id)
+            .join(
+                Subtask,
+                (Subtask.task_id == Task.id) & (Subtask.index == FileConsumption.subtask_index),
+            )
+            .where(
+                PipelineInstance.pipeline == instance.pipeline,
+                Task.instance_id != instance.id,
+                Task.node == node.name,
+                Task.unit_of_work == unit,
+                Task.p_state == PState.COMPLETE,
+                ~Task.error,
+                FileConsumption.attempt == Task.attempt,
+                Subtask.state == SubtaskState.COMPLETE,
+            )
+            .distinct()
+        ).all()
+    )
+    by_id = {
+        row.id: (row.path, row.sha256)
+        for row in session.scalars(select(DatastoreFile).where(DatastoreFile.id.in_(recorded)))
+    }
+    return [c for c in candidates if c.file_id is None or by_id[c.file_id] not in done]
+
+
+def current_rows(session: Session, paths: Sequence[str]) -> dict[str, DatastoreFile]:
+    """The current ledger row of each of ``paths`` that has one."""
+    found: dict[str, DatastoreFile] = {}
+    for start in range(0, len(paths), PATHS_PER_QUERY):
+        chunk = paths[start : start + PATHS_PER_QUERY]
+        for row in session.scalars(
+            select(DatastoreFile).where(
+                DatastoreFile.path.in_(chunk), DatastoreFile.superseded_at.is_(None)
+            )
+        ):
+            found[row.path] = row
+    return found
+
+
+# -- recording -------------------------------------------------------------------------------
+
+
+def record_found(
+    session: Session, root: Path, candidates: list[Candidate], fingerprints: dict[str, Any]
+) -> list[int]:
+    """The ledger row of every candidate, recording as ``found`` those that had none (given
+    their ``fingerprints``: path -> size, SHA-256, modification time) unless another task
+    recorded them meanwhile. In the caller's transaction."""
+    missing = [c for c in candidates if c.file_id is None]
+    ids = {c.path: c.file_id for c in candidates if c.file_id is not None}
+    if missing:
+        lock_directories(session, (str(Path(c.path).parent) for c in missing))
+        known = current_rows(session, [c.path for c in missing])
+        new_rows = []
+        for candidate in missing:
+            size, sha256, mtime_ns = fingerprints[candidate.path]
+            row = known.get(candidate.path)
+            if row and (row.size, row.sha256, row.mtime_ns) == (size, sha256, mtime_ns):
+                ids[candidate.path] = row.id
+                continue
+            new_rows.append(
+                _row(candidate.path, candidate.data_file_type, candidate.unit_of_work, FOUND)
+                | {"size": size, "sha256": sha256, "mtime_ns": mtime_ns}
+            )
+        ids.update(_insert(session, new_rows))
+    return [ids[c.path] for c in candidates]
+
+
+def record_consumption(
+    session: Session, task_id: int, attempt: int, groups: list[list[int]]
+) -> None:
+    """Record, per subtask, the ledger rows of the files its task's marshal gave it."""
+    rows = [
+        {"task_id": task_id, "attempt": attempt, "subtask_index": index, "file_id": file_id}
+        for index, file_ids in enumerate(groups)
+        for file_id in file_ids
+    ]
+    if rows:
+        session.execute(insert(FileConsumption), rows)
+
+
+def record_stored(
+    session: Session,
+    root: Path,
+    instance: PipelineInstance,
+    task: Task,
+    node: Node,
+    outputs: list[StoredOutput],
+) -> None:
+    """Rename a task's staged outputs into place and record them, superseding the rows of
+    the files they replace, in the caller's transaction (see the module docstring)."""
+    if not outputs:
+        return
+    lock_directories(session, (str(o.staged.destination.parent.relative_to(root)) for o in outputs))
+    versions = parameter_versions(instance, node)
+    now = utcnow()
+    rows = []
+    for output in outputs:
+        mtime_ns = datastore.place(output.staged)
+        path = str(output.staged.destination.relative_to(root))
+        rows.append(
+            _row(path, output.data_file_type, task.unit_of_work, TASK)
+            | {
+                "size": output.staged.size,
+                "sha256": output.staged.sha256,
+                "mtime_ns": mtime_ns,
+                "instance_id": instance.id,
+                "task_id": task.id,
+                "subtask_index": output.subtask_index,
+                "attempt": task.attempt,
+                "node": node.name,
+                "definition_version": instance.definition_version,
+                "parameter_versions": versions,
+                "stored_at": now,
+            }
+        )
+    _insert(session, rows, now)
+
+
+def record_received(session: Session, rows: list[dict[str, Any]], receipt: str) -> dict[str, int]:
+    """Record files an operator imported (each row: path, data_file_type, unit_of_work,
+    size, sha256, mtime_ns), superseding what they replace; their ids by path."""
+    return _insert(
+        session,
+        [
+            _row(r["path"], r["data_file_type"], r["unit_of_work"], RECEIVED)
+            | r
+            | {"receipt": receipt}
+            for r in rows
+        ],
+    )
+
+
+def _row(path: str, data_file_type: str, unit: str, origin: str) -> dict[str, Any]:
+    return {
+        "path": path,
+        "data_file_type": data_file_type,
+        "unit_of_work": unit,
+        "origin": origin,
+        "receipt": "",
+        "node": "",
+        "parameter_versions": {},
+    }
+
+
+def _insert(
+    session: Session, rows: list[dict[str, Any]], now: datetime | None = None
+) -> dict[str, int]:
+    """Supersede the current rows of ``rows``' paths, insert ``rows`` (a path listed twice:
+    the later one is current), in bulk; the new rows' ids by path."""
+    if not rows:
+        return {}
+    now = now or utcnow()
+    paths = sorted({row["path"] for row in rows})
+    for start in range(0, len(paths), PATHS_PER_QUERY):
+        session.execute(
+            update(DatastoreFile)
+            .where(
+                DatastoreFile.path.in_(paths[start : start + PATHS_PER_QUERY]),
+                DatastoreFile.superseded_at.is_(None),
+            )
+            .values(superseded_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    last = {row["path"]: i for i, row in enumerate(rows)}
+    for i, row in enumerate(rows):
+        row.setdefault("stored_at", now)
+        row["superseded_at"] = None if last[row["path"]] == i else now
+    ids = session.scalars(
+        insert(DatastoreFile).returning(DatastoreFile.id, sort_by_parameter_order=True), rows
+    ).all()
+    # A path listed twice maps to its later, current, row.
+    return {row["path"]: id_ for row, id_ in zip(rows, ids, strict=True)}

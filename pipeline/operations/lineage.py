@@ -1,0 +1,129 @@
+"""The datastore ledger as an operator reads it: which files there are and who produced
+each (``files``), and the chain of producers behind one file back to the data received
+(``lineage``), with each task's parameter values and definition version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from pipeline.database import transaction
+from pipeline.domain.models import DatastoreFile, FileConsumption, PipelineInstance
+from pipeline.engine.datastore_ledger import current_rows
+from pipeline.errors import NotFound
+
+#: Files a listing shows at most unless told otherwise: a datastore may hold millions.
+DEFAULT_LIMIT = 1000
+
+
+def file_dict(row: DatastoreFile) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "path": row.path,
+        "data_file_type": row.data_file_type,
+        "unit_of_work": row.unit_of_work,
+        "size": row.size,
+        "sha256": row.sha256,
+        "origin": row.origin,
+        "receipt": row.receipt,
+        "instance_id": row.instance_id,
+        "task_id": row.task_id,
+        "subtask_index": row.subtask_index,
+        "attempt": row.attempt,
+        "node": row.node,
+        "definition_version": row.definition_version,
+        "parameter_versions": row.parameter_versions,
+        "stored_at": row.stored_at.isoformat(timespec="seconds"),
+        "superseded_at": (
+            row.superseded_at.isoformat(timespec="seconds") if row.superseded_at else None
+        ),
+        "current": row.superseded_at is None,
+    }
+
+
+def files(
+    instance: int | None = None,
+    task: int | None = None,
+    unit: str | None = None,
+    path: str | None = None,
+    history: bool = False,
+    limit: int | None = DEFAULT_LIMIT,
+) -> list[dict[str, Any]]:
+    """Ledger rows, oldest first: the current version of each file, or with ``history``
+    the superseded ones too. The files of an instance or a task are listed whether a later
+    store has superseded them or not: what it produced is its history."""
+    query = select(DatastoreFile).order_by(DatastoreFile.id)
+    if instance is not None:
+        query = query.where(DatastoreFile.instance_id == instance)
+    if task is not None:
+        query = query.where(DatastoreFile.task_id == task)
+    if unit is not None:
+        query = query.where(DatastoreFile.unit_of_work == unit)
+    if path is not None:
+        query = query.where(DatastoreFile.path == path.strip("/"))
+    if not (history or instance is not None or task is not None):
+        query = query.where(DatastoreFile.superseded_at.is_(None))
+    if limit is not None:
+        query = query.limit(limit)
+    with transaction() as session:
+        return [file_dict(row) for row in session.scalars(query)]
+
+
+def lineage(path: str) -> dict[str, Any]:
+    """The producers behind the current version of ``path``: a step per file, breadth
+    first from ``path``, each with its producing task's parameter values and definition
+    version and the ids of the files that subtask consumed; received and found files end
+    the chain."""
+    with transaction() as session:
+        start = current_rows(session, [path.strip("/")]).get(path.strip("/"))
+        if start is None:
+            raise NotFound(f"no file {path!r} in the datastore ledger (see 'pipeline files')")
+        steps, seen, todo = [], {start.id}, [start]
+        while todo:
+            row = todo.pop(0)
+            inputs = _consumed_by_producer(session, row)
+            steps.append(_step(session, row, [r.id for r in inputs]))
+            for consumed in inputs:
+                if consumed.id not in seen:
+                    seen.add(consumed.id)
+                    todo.append(consumed)
+        return {"path": start.path, "steps": steps}
+
+
+def _consumed_by_producer(session: Session, row: DatastoreFile) -> list[DatastoreFile]:
+    """The files the subtask that produced ``row`` was given (by the marshal of its attempt
+    or, after resubmits, the last marshal before it)."""
+    if row.task_id is None:
+        return []
+    marshaled = session.scalar(
+        select(func.max(FileConsumption.attempt)).where(
+            FileConsumption.task_id == row.task_id, FileConsumption.attempt <= row.attempt
+        )
+    )
+    return list(
+        session.scalars(
+            select(DatastoreFile)
+            .join(FileConsumption, FileConsumption.file_id == DatastoreFile.id)
+            .where(
+                FileConsumption.task_id == row.task_id,
+                FileConsumption.attempt == marshaled,
+                FileConsumption.subtask_index == row.subtask_index,
+            )
+            .order_by(DatastoreFile.path)
+        )
+    )
+
+
+def _step(session: Session, row: DatastoreFile, inputs: list[int]) -> dict[str, Any]:
+    parameters: dict[str, Any] = {}
+    if row.instance_id is not None:
+        frozen = session.get(PipelineInstance, row.instance_id).parameters
+        parameters = {name: frozen[name] for name in row.parameter_versions if name in frozen}
+    return {
+        "file": file_dict(row),
+        "definition_version": row.definition_version,
+        "parameters": parameters,
+        "inputs": inputs,
+    }

@@ -1,0 +1,180 @@
+"""Data receipt: files an operator brings into the datastore, checked and recorded.
+
+``receive`` copies the files of one directory into the datastore as one data file type
+and unit of work. Everything is checked before anything is placed: names (no path out of
+the directory, every file matching the type's pattern) and, with a manifest in
+``sha256sum`` format (``HASH  NAME`` per line), every file's checksum against the bytes
+actually written, with no file missing and none extra. A refused receipt places nothing.
+Accepted, the files are renamed into place and recorded as ``received`` in one
+transaction, and an acknowledgement listing them is written beside the manifest.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from config.settings import get_settings
+from pipeline.database import transaction
+from pipeline.domain import definitions
+from pipeline.domain.definitions import DataFileType
+from pipeline.engine import datastore
+from pipeline.engine.datastore import Staged
+from pipeline.engine.datastore_ledger import lock_directories, record_received
+from pipeline.errors import InvalidInput, NotFound
+
+#: What a unit of work may be called: one path component.
+UNIT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+#: A ``sha256sum`` line: the checksum, a space, then a space (text) or ``*`` (binary) and
+#: the name.
+MANIFEST_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
+#: The acknowledgement's name: the manifest's, with this suffix.
+ACK_SUFFIX = ".ack"
+
+
+@dataclass(frozen=True)
+class Received:
+    """A file accepted into the datastore."""
+
+    name: str
+    staged: Staged
+
+
+def receive(
+    directory: Path,
+    data_file_type: str,
+    unit: str,
+    manifest: Path | None = None,
+    pipeline: str | None = None,
+) -> dict[str, Any]:
+    """Import the files of ``directory`` as ``data_file_type`` for ``unit`` (see the module
+    docstring); what was imported, and where the acknowledgement was written."""
+    kind = _data_file_type(data_file_type, pipeline)
+    if not UNIT_PATTERN.match(unit):
+        raise InvalidInput(f"unit of work {unit!r} must be one name of letters, digits, _.+=-")
+    if not directory.is_dir():
+        raise InvalidInput(f"{directory}: not a directory")
+    root = datastore.require(get_settings().datastore)
+    names = _names(directory, kind, data_file_type, manifest)
+    expected = _read_manifest(manifest, names) if manifest else {}
+    destination = root / kind.directory(unit)
+    staged: list[Received] = []
+    try:
+        for name in names:
+            copy = datastore.stage_file(directory / name, destination / name)
+            staged.append(Received(name, copy))
+            if expected and copy.sha256 != expected[name].lower():
+                raise InvalidInput(f"{name}: checksum differs from the manifest's")
+        receipt = manifest.name if manifest else str(directory)
+        rows = []
+        with transaction() as session:
+            lock_directories(session, [kind.directory(unit)])
+            for received in staged:
+                mtime_ns = datastore.place(received.staged)
+                rows.append(_ledger_row(root, received, data_file_type, unit, mtime_ns))
+            record_received(session, rows, receipt)
+    except BaseException:
+        datastore.discard([received.staged for received in staged])
+        raise
+    acknowledgement = _acknowledge(manifest, staged) if manifest else None
+    return {
+        "receipt": receipt,
+        "data_file_type": data_file_type,
+        "unit_of_work": unit,
+        "files": [{k: row[k] for k in ("path", "size", "sha256")} for row in rows],
+        "acknowledgement": str(acknowledgement) if acknowledgement else None,
+    }
+
+
+def _data_file_type(name: str, pipeline: str | None) -> DataFileType:
+    """The type called ``name`` in the newest definition of ``pipeline`` or, unnamed, of
+    every pipeline that declares it (they must agree on where it lives)."""
+    with transaction() as session:
+        stored = (
+            [definitions.get(session, pipeline)] if pipeline else definitions.list_latest(session)
+        )
+        declared = {
+            row.name: kind
+            for row in stored
+            if (kind := definitions.parse(row.spec).data_file_types.get(name)) is not None
+        }
+    if not declared:
+        where = f"pipeline {pipeline!r}" if pipeline else "any imported pipeline"
+        raise NotFound(f"no data file type {name!r} in {where}")
+    if len({(kind.location, kind.pattern) for kind in declared.values()}) > 1:
+        pipelines = ", ".join(sorted(declared))
+        raise InvalidInput(f"data file type {name!r} differs in {pipelines}: name --pipeline")
+    return next(iter(declared.values()))
+
+
+def _names(directory: Path, kind: DataFileType, type_name: str, manifest: Path | None) -> list[str]:
+    """The names of the files to import, each checked (see the module docstring)."""
+    inside = directory.resolve()
+    skip = set()
+    if manifest and manifest.resolve().parent == inside:
+        skip = {manifest.name, manifest.name + ACK_SUFFIX}
+    names = []
+    for entry in sorted(directory.iterdir()):
+        if entry.name in skip:
+            continue
+        if entry.is_symlink() and not entry.resolve().is_relative_to(inside):
+            raise InvalidInput(f"{entry}: a symbolic link out of {directory}")
+        if not entry.is_file():
+            raise InvalidInput(f"{entry}: not a file (an import takes one directory's files)")
+        if not fnmatch.fnmatchcase(entry.name, kind.pattern):
+            raise InvalidInput(
+                f"{entry.name}: does not match {type_name}'s pattern {kind.pattern!r}"
+            )
+        names.append(entry.name)
+    if not names:
+        raise InvalidInput(f"{directory}: no files to import")
+    return names
+
+
+def _read_manifest(manifest: Path, names: list[str]) -> dict[str, str]:
+    """The manifest's checksum of each file; refused unless it lists exactly ``names``."""
+    try:
+        lines = manifest.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{manifest}: cannot read ({exc})") from None
+    expected: dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        match = MANIFEST_LINE.match(line)
+        if not match:
+            raise InvalidInput(f"{manifest}:{number}: expected 'SHA256  NAME' (sha256sum format)")
+        checksum, name = match.groups()
+        if "/" in name or name in (".", ".."):
+            raise InvalidInput(f"{manifest}:{number}: {name}: names a file outside the directory")
+        expected[name] = checksum
+    missing = sorted(set(expected) - set(names))
+    if missing:
+        raise InvalidInput(f"{missing[0]}: in the manifest but not in the directory")
+    extra = sorted(set(names) - set(expected))
+    if extra:
+        raise InvalidInput(f"{extra[0]}: in the directory but not in the manifest")
+    return expected
+
+
+def _ledger_row(
+    root: Path, received: Received, type_name: str, unit: str, mtime_ns: int
+) -> dict[str, Any]:
+    return {
+        "path": str(received.staged.destination.relative_to(root)),
+        "data_file_type": type_name,
+        "unit_of_work": unit,
+        "size": received.staged.size,
+        "sha256": received.staged.sha256,
+        "mtime_ns": mtime_ns,
+    }
+
+
+def _acknowledge(manifest: Path, accepted: list[Received]) -> Path:
+    """Write, beside the manifest, the accepted files in the manifest's own format."""
+    path = manifest.with_name(manifest.name + ACK_SUFFIX)
+    path.write_text("".join(f"{r.staged.sha256}  {r.name}\n" for r in accepted))
+    return path
