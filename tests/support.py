@@ -686,6 +686,33 @@ def snapshot(instance: int) -> list[Any]:
     return [tasks, subtasks, events]
 
 
+def roll_back_to_permuter_done(instance: int) -> None:
+    """The instance as it was when its permuter tasks had just stored: later nodes pending."""
+    from sqlalchemy import delete, select
+
+    from pipeline.database import transaction
+    from pipeline.domain.models import (
+        DatastoreFile,
+        FileConsumption,
+        InstanceNode,
+        Subtask,
+        Task,
+        TaskEvent,
+    )
+
+    with transaction() as session:
+        later = select(Task.id).where(Task.instance_id == instance, Task.node != "permuter")
+        session.execute(delete(TaskEvent).where(TaskEvent.task_id.in_(later)))
+        session.execute(delete(FileConsumption).where(FileConsumption.task_id.in_(later)))
+        session.execute(delete(DatastoreFile).where(DatastoreFile.task_id.in_(later)))
+        session.execute(delete(Subtask).where(Subtask.task_id.in_(later)))
+        session.execute(delete(Task).where(Task.id.in_(later.scalar_subquery())))
+        for row in session.scalars(
+            select(InstanceNode).where(InstanceNode.instance_id == instance)
+        ):
+            row.state = "DONE" if row.node == "permuter" else "PENDING"
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *args: Any) -> subprocess.CompletedProcess[str]:
     """Run ``pipeline ARGS`` in this process, through the command's own ``main``: its exit
     status and what it printed."""

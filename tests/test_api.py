@@ -70,6 +70,8 @@ def test_the_api_answers_the_same_json_as_the_cli(
         ("/parameter-sets", ["params", "list"]),
         ("/alerts", ["alerts"]),
         ("/instances", ["instances"]),
+        ("/files?instance=1&unit=set-2", ["files", "--instance", 1, "--unit", "set-2"]),
+        ("/lineage?path=set-1/L3/averaged-image.png", ["lineage", "set-1/L3/averaged-image.png"]),
     ]:
         printed = json.loads(run_cli(capsys, *command, "--json").stdout)
         assert http.get(path).json() == printed, path
@@ -263,3 +265,47 @@ def test_schema_fuzzing_finds_no_server_error_and_no_answer_off_the_schema(
                 case.call_and_validate()
 
             call()
+
+
+def test_files_are_received_over_http_all_or_nothing(
+    http: TestClient, home: Path, tmp_path: Path
+) -> None:
+    import hashlib
+
+    delivery = tmp_path / "delivery"
+    delivery.mkdir()
+    (delivery / "a.png").write_bytes(b"first image")
+    (delivery / "b.png").write_bytes(b"second image")
+    manifest = delivery / "MANIFEST"
+    manifest.write_text(
+        "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in
+                sorted(delivery.glob("*.png")))
+    )  # fmt: skip
+    body = {
+        "directory": str(delivery),
+        "data_file_type": "raw_image",
+        "unit_of_work": "set-9",
+        "manifest": str(manifest),
+    }
+    (delivery / "b.png").write_bytes(b"changed in transit")
+    refused = http.post("/datastore/imports", json=body)
+    assert refused.status_code == 422
+    assert refused.json() == {"detail": "b.png: checksum differs from the manifest's"}
+    assert http.get("/files", params={"unit": "set-9"}).json() == []
+
+    (delivery / "b.png").write_bytes(b"second image")
+    received = http.post("/datastore/imports", json=body)
+    assert received.status_code == 201, received.text
+    assert [f["path"] for f in received.json()["files"]] == ["set-9/L0/a.png", "set-9/L0/b.png"]
+    listed = http.get("/files", params={"unit": "set-9"}).json()
+    assert [(f["origin"], f["receipt"]) for f in listed] == [("received", "MANIFEST")] * 2
+    nul = http.post("/datastore/imports", json={**body, "directory": "/tmp/a\x00b"})
+    assert (nul.status_code, nul.json()["detail"]) == (
+        422,
+        "'/tmp/a\\x00b': a file name cannot hold a NUL character",
+    )
+    unknown = http.post("/datastore/imports", json={**body, "data_file_type": "nope"})
+    assert (unknown.status_code, unknown.json()["detail"]) == (
+        404,
+        "no data file type 'nope' in any imported pipeline",
+    )

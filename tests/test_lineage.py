@@ -5,16 +5,19 @@ stores nothing is reported, data comes in by receipt, and lineage answers "who m
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from config.sample.algorithms import CHANNEL_ORDER
 from config.sample.images import IMAGES_PER_SET, SETS, pixels
 from config.settings import PACKAGED_DEFINITIONS
 from pipeline.operations import facade
-from tests.support import InProcessWorker, read_image
+from pipeline.operations.receipt import MANIFEST_FORMAT
+from tests.support import InProcessWorker, assert_one_line_error, read_image, run_cli
 
 #: The stored outputs of one clean sample run: 8 permuted, 16 flipped, 2 averaged images.
 SAMPLE_OUTPUTS = 26
@@ -173,3 +176,255 @@ def test_received_files_are_the_roots_of_lineage(completed: Path) -> None:
 
 def _walk(chain: dict[str, Any]) -> list[dict[str, Any]]:
     return [step["file"] for step in chain["steps"]]
+
+
+# -- reprocess: new ---------------------------------------------------------------------------
+
+
+def import_variant(tmp_path: Path, node: str, line: str) -> None:
+    """Import the sample with ``line`` added to ``node``'s entry: a new version."""
+    variant = tmp_path / "sample.yaml"
+    algorithm = f"    algorithm: config.sample.algorithms:{node}\n"
+    text = (PACKAGED_DEFINITIONS / "sample.yaml").read_text()
+    variant.write_text(text.replace(algorithm, algorithm + line))
+    facade.import_definitions([variant])
+
+
+def deliver(tmp_path: Path, name: str, images: dict[str, np.ndarray]) -> Path:
+    """A directory of new images, as a data provider delivers them."""
+    from PIL import Image
+
+    directory = tmp_path / name
+    directory.mkdir()
+    for file_name, array in images.items():
+        Image.fromarray(array).save(directory / file_name)
+    return directory
+
+
+def test_reprocess_new_runs_only_files_the_node_has_not_consumed(
+    home: Path, worker: InProcessWorker, tmp_path: Path
+) -> None:
+    import_variant(tmp_path, "permuter", "    reprocess: new\n")
+    first = facade.submit("sample")["id"]
+    worker.drain()
+    assert {t["counts"] for t in facade.list_tasks(first) if t["node"] == "permuter"} == {"4/4 (0)"}
+
+    second = facade.submit("sample")["id"]
+    worker.drain()
+    assert facade.get_instance(second)["state"] == "COMPLETED"
+    assert {(t["node"], t["counts"]) for t in facade.list_tasks(second)} == {
+        ("permuter", "0/0 (0)"),
+        ("flip", "0/0 (0)"),
+        ("averaging", "0/0 (0)"),
+    }
+    permuter = task_of(second, "permuter", "set-1")
+    history = [e["message"] for e in facade.get_task(permuter["id"])["history"]]
+    assert "0 subtasks: no new inputs: node 'permuter' consumed all 4 before" in history
+    flip = task_of(second, "flip", "set-1")
+    history = [e["message"] for e in facade.get_task(flip["id"])["history"]]
+    assert "0 subtasks: no inputs: this instance's permuter tasks stored none" in history
+
+    # A new file in set-1, and a changed one (same name, new bytes) in set-2.
+    new_image = pixels(7, 0)
+    facade.receive(deliver(tmp_path, "new", {"extra.png": new_image}), "raw_image", "set-1")
+    changed = deliver(tmp_path, "changed", {"nasa-logo-file-2.png": pixels(8, 1)})
+    facade.receive(changed, "raw_image", "set-2")
+    third = facade.submit("sample")["id"]
+    worker.drain()
+
+    assert consumed(task_of(third, "permuter", "set-1")["id"]) == [["set-1/L0/extra.png"]]
+    assert consumed(task_of(third, "permuter", "set-2")["id"]) == [
+        ["set-2/L0/nasa-logo-file-2.png"]
+    ]
+    assert consumed(task_of(third, "averaging", "set-1")["id"]) == [
+        ["set-1/L2/extra-perm-lr.png", "set-1/L2/extra-perm-ud.png"]
+    ]
+
+
+def test_an_input_overwritten_by_another_instance_is_refused_not_consumed(
+    completed: Path, worker: InProcessWorker
+) -> None:
+    """Instance 1's permuter stored set-1's permuted images; before its flip marshals,
+    instance 2's permuter stores them again: the bytes on disk are no longer instance 1's."""
+    from pipeline.engine.transitions import advance
+    from tests.support import roll_back_to_permuter_done
+
+    roll_back_to_permuter_done(1)
+    facade.submit("sample", None, "permuter")
+    worker.drain()
+    advance(1)
+    worker.drain()
+
+    for task in [t for t in facade.list_tasks(1) if t["node"] == "flip"]:
+        assert task["state"] == "ERROR - MARSHALING"
+        assert "was overwritten by instance 2 task" in task["error_message"]
+        assert "restart the permuter task from the beginning" in task["error_message"]
+        assert facade.list_subtasks(task["id"]) == [], "nothing consumed"
+
+
+# -- data receipt --------------------------------------------------------------------------------
+
+
+def manifest_for(directory: Path, name: str = "delivery.sha256") -> Path:
+    manifest = directory / name
+    manifest.write_text(
+        "".join(
+            f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.name}\n"
+            for f in sorted(directory.iterdir())
+            if f.is_file()
+        )
+    )
+    return manifest
+
+
+def test_received_files_are_recorded_and_acknowledged(home: Path, tmp_path: Path) -> None:
+    delivery = deliver(tmp_path, "delivery", {f"new-{i}.png": pixels(9, i) for i in range(3)})
+    manifest = manifest_for(delivery)
+
+    received = facade.receive(delivery, "raw_image", "set-3", manifest)
+
+    datastore = home / "datastore"
+    assert sorted(p.name for p in (datastore / "set-3" / "L0").iterdir()) == [
+        "new-0.png",
+        "new-1.png",
+        "new-2.png",
+    ]
+    rows = facade.files(unit="set-3")
+    assert [(r["path"], r["origin"], r["receipt"]) for r in rows] == [
+        (f"set-3/L0/new-{i}.png", "received", "delivery.sha256") for i in range(3)
+    ]
+    acknowledgement = Path(received["acknowledgement"])
+    assert acknowledgement == delivery / "delivery.sha256.ack"
+    assert acknowledgement.read_text() == manifest.read_text()
+
+
+def corrupt(delivery: Path, manifest: Path) -> str:
+    (delivery / "new-1.png").write_bytes(b"not the bytes the manifest names")
+    return "new-1.png: checksum differs from the manifest's"
+
+
+def missing(delivery: Path, manifest: Path) -> str:
+    (delivery / "new-2.png").unlink()
+    return "new-2.png: in the manifest but not in the directory"
+
+
+def extra(delivery: Path, manifest: Path) -> str:
+    (delivery / "new-3.png").write_bytes(b"unlisted")
+    return "new-3.png: in the directory but not in the manifest"
+
+
+def traversal(delivery: Path, manifest: Path) -> str:
+    manifest.write_text(manifest.read_text() + f"{'0' * 64}  ../outside.png\n")
+    return "../outside.png: names a file outside the directory"
+
+
+def symlink_out(delivery: Path, manifest: Path) -> str:
+    (delivery / "link.png").symlink_to("/etc/hostname")
+    return "link.png: a symbolic link out of"
+
+
+def subdirectory(delivery: Path, manifest: Path) -> str:
+    (delivery / "sub").mkdir()
+    return "sub: not a file (an import takes one directory's files)"
+
+
+def wrong_pattern(delivery: Path, manifest: Path) -> str:
+    (delivery / "notes.txt").write_text("x")
+    return "notes.txt: does not match raw_image's pattern '*.png'"
+
+
+def bad_line(delivery: Path, manifest: Path) -> str:
+    manifest.write_text("d41d8cd98f00b204e9800998ecf8427e  new-0.png\n")
+    return f"delivery.sha256:1: {MANIFEST_FORMAT}"
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [corrupt, missing, extra, traversal, symlink_out, subdirectory, wrong_pattern, bad_line],
+)
+def test_a_receipt_with_anything_wrong_imports_nothing(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], spoil: Any
+) -> None:
+    delivery = deliver(tmp_path, "delivery", {f"new-{i}.png": pixels(9, i) for i in range(3)})
+    manifest = manifest_for(delivery)
+    expected = spoil(delivery, manifest)
+    before = facade.files(history=True)
+
+    result = run_cli(
+        capsys, "datastore", "import", delivery, "--type", "raw_image", "--unit", "set-3",
+        "--manifest", manifest,
+    )  # fmt: skip
+
+    assert_one_line_error(result, expected)
+    assert not (home / "datastore" / "set-3").exists() or not any(
+        (home / "datastore" / "set-3").rglob("*.png")
+    ), "nothing placed"
+    assert facade.files(history=True) == before, "nothing recorded"
+    assert not (delivery / "delivery.sha256.ack").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--type", "no_such_type", "--unit", "set-3"], "no data file type 'no_such_type'"),
+        (["--type", "raw_image", "--unit", "../set-3"], "unit of work '../set-3' must be one"),
+        (["--type", "raw_image", "--unit", "set-3", "--pipeline", "nope"], "unknown pipeline"),
+    ],
+)
+def test_a_receipt_for_an_unknown_type_or_a_bad_unit_is_refused(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    delivery = deliver(tmp_path, "delivery", {"new-0.png": pixels(9, 0)})
+    assert_one_line_error(run_cli(capsys, "datastore", "import", delivery, *args), expected)
+    assert facade.files(unit="set-3") == []
+
+
+# -- the commands --------------------------------------------------------------------------------
+
+
+def test_files_and_lineage_answer_who_produced_a_file(
+    completed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listed = run_cli(capsys, "files", "--instance", 1, "--unit", "set-2", "--json")
+    assert listed.returncode == 0
+    [averaged] = [f for f in json.loads(listed.stdout) if f["data_file_type"] == "averaged_image"]
+    assert (averaged["path"], averaged["node"], averaged["subtask_index"]) == (
+        "set-2/L3/averaged-image.png",
+        "averaging",
+        0,
+    )
+    assert run_cli(capsys, "files").returncode == 0, "the table"
+
+    tree = run_cli(capsys, "lineage", "set-2/L3/averaged-image.png")
+    assert tree.returncode == 0
+    lines = tree.stdout.splitlines()
+    assert "set-2/L3/averaged-image.png" in lines[0] and "definition v1" in lines[0]
+    assert "throw_exception_subtask_0=False" in lines[0]
+    assert any(
+        "set-2/L0/nasa-logo-file-3.png" in line and "received set-2.sha256" in line
+        for line in lines
+    )
+
+    assert_one_line_error(run_cli(capsys, "lineage", "set-9/none.png"), "no file 'set-9/none.png'")
+
+
+def test_two_instances_storing_the_same_files_on_either_database(
+    any_database: str, worker: InProcessWorker
+) -> None:
+    """Bulk rows with their ids, the directory locks and superseding, as each database does
+    them (on PostgreSQL the raw images were not received: they are recorded as found)."""
+    first = facade.submit("sample", None, "permuter")["id"]
+    second = facade.submit("sample", None, "permuter")["id"]
+    worker.drain()
+
+    stores = [
+        t for i in (first, second) for t in facade.list_tasks(i) if t["state"] == "COMPLETE"
+    ]
+    assert len(stores) == 4
+    current = facade.files(unit="set-1")
+    permuted = [f for f in current if f["data_file_type"] == "permuted_image"]
+    assert len(permuted) == IMAGES_PER_SET, "one current row per path"
+    history = facade.files(unit="set-1", history=True)
+    assert len([f for f in history if f["data_file_type"] == "permuted_image"]) == 8
+    raw = consumed(task_of(first, "permuter", "set-1")["id"])
+    assert raw == [[f"set-1/L0/nasa-logo-file-{i}.png"] for i in range(IMAGES_PER_SET)]

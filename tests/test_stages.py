@@ -8,19 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, select
 
 from config.sample.images import SETS
 from config.settings import PACKAGED_DEFINITIONS
-from pipeline.database import transaction
-from pipeline.domain.models import (
-    DatastoreFile,
-    FileConsumption,
-    InstanceNode,
-    Subtask,
-    Task,
-    TaskEvent,
-)
 from pipeline.engine import stages
 from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.transitions import advance
@@ -32,6 +22,7 @@ from tests.support import (
     InProcessWorker,
     assert_sample_outputs,
     race,
+    roll_back_to_permuter_done,
     rows,
     snapshot,
 )
@@ -165,21 +156,6 @@ def test_duplicate_messages_through_the_worker_change_nothing(
     worker.send(outbox.SUBTASKS, [task["id"], 1, [[1, 1], [2, 1]]])
     assert len(worker.drain()) == 6
     assert snapshot(1) == before
-
-
-def roll_back_to_permuter_done(instance: int) -> None:
-    """The instance as it was when its permuter tasks had just stored: later nodes pending."""
-    with transaction() as session:
-        later = select(Task.id).where(Task.instance_id == instance, Task.node != "permuter")
-        session.execute(delete(TaskEvent).where(TaskEvent.task_id.in_(later)))
-        session.execute(delete(FileConsumption).where(FileConsumption.task_id.in_(later)))
-        session.execute(delete(DatastoreFile).where(DatastoreFile.task_id.in_(later)))
-        session.execute(delete(Subtask).where(Subtask.task_id.in_(later)))
-        session.execute(delete(Task).where(Task.id.in_(later.scalar_subquery())))
-        for row in session.scalars(
-            select(InstanceNode).where(InstanceNode.instance_id == instance)
-        ):
-            row.state = "DONE" if row.node == "permuter" else "PENDING"
 
 
 def test_racing_transitions_create_the_child_tasks_once(

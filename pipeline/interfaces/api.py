@@ -10,6 +10,7 @@ request 422, and anything unexpected a clean 500, with the traceback in the API'
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response, Security
@@ -22,7 +23,10 @@ from pipeline import __version__
 from pipeline.errors import InvalidInput, Refused
 from pipeline.interfaces import api_schemas as models
 from pipeline.operations import facade
+from pipeline.operations.lineage import DEFAULT_LIMIT
 
+#: The most files one listing answers with.
+MAX_FILES = 100_000
 #: Seconds uvicorn gives requests in progress to finish when it is told to stop.
 GRACEFUL_SHUTDOWN_SECONDS = 5
 MISSING_TOKEN = (
@@ -152,6 +156,46 @@ def restart_tasks(request: models.RestartRequest) -> list[Any]:
 def halt_task(task_id: TaskId) -> Any:
     """Halt a task: queued work dropped, running subtasks terminated, the error flag set."""
     return _answer(facade.halt([task_id]))[0]
+
+
+# -- the datastore ---------------------------------------------------------------------------
+
+
+@router.get("/files", response_model=list[models.DatastoreFile])
+def files(
+    instance: Annotated[int | None, Query(ge=1, le=models.MAX_ID)] = None,
+    task: Annotated[int | None, Query(ge=1, le=models.MAX_ID)] = None,
+    unit: Annotated[str | None, Query(max_length=500)] = None,
+    path: Annotated[str | None, Query(max_length=1000)] = None,
+    history: Annotated[bool, Query(description="superseded versions too")] = False,
+    limit: Annotated[int, Query(ge=1, le=MAX_FILES)] = DEFAULT_LIMIT,
+) -> list[dict[str, Any]]:
+    """Datastore files and who produced each (as `pipeline files`)."""
+    return facade.files(instance, task, unit, path, history, limit)
+
+
+@router.get("/lineage", response_model=models.Lineage, responses=_errors(404))
+def lineage(path: Annotated[str, Query(min_length=1, max_length=1000)]) -> dict[str, Any]:
+    """The producers behind a file, back to the data received (as `pipeline lineage`)."""
+    return facade.lineage(path)
+
+
+@router.post(
+    "/datastore/imports",
+    status_code=201,
+    response_model=models.Receipt,
+    responses=_errors(404),
+)
+def import_files(request: models.ImportRequest) -> dict[str, Any]:
+    """Receive a directory of files on the API's host (as `pipeline datastore import`)."""
+    manifest = FilePath(request.manifest) if request.manifest else None
+    return facade.receive(
+        FilePath(request.directory),
+        request.data_file_type,
+        request.unit_of_work,
+        manifest,
+        request.pipeline,
+    )
 
 
 # -- definitions, parameters, alerts ---------------------------------------------------------

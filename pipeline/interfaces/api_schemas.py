@@ -181,6 +181,55 @@ class Alert(_Strict):
     acknowledged: bool
 
 
+class DatastoreFile(_Strict):
+    """One stored version of a datastore file and its producer."""
+
+    id: int
+    path: str = Field(description="under the datastore root")
+    data_file_type: str
+    unit_of_work: str
+    size: int
+    sha256: str
+    origin: Literal["task", "received", "found"]
+    receipt: str = Field(description="the receipt's manifest or directory, for received files")
+    instance_id: int | None
+    task_id: int | None
+    subtask_index: int | None
+    attempt: int | None
+    node: str
+    definition_version: int | None
+    parameter_versions: dict[str, int]
+    stored_at: Time
+    superseded_at: Time
+    current: bool = Field(description="whether its bytes are the ones on disk")
+
+
+class LineageStep(_Strict):
+    file: DatastoreFile
+    definition_version: int | None
+    parameters: dict[str, FrozenParameterSet] = Field(description="the producing task's")
+    inputs: list[int] = Field(description="ids of the files its producing subtask consumed")
+
+
+class Lineage(_Strict):
+    path: str
+    steps: list[LineageStep] = Field(description="the file first, then its inputs' producers")
+
+
+class ReceivedFile(_Strict):
+    path: str
+    size: int
+    sha256: str
+
+
+class Receipt(_Strict):
+    receipt: str
+    data_file_type: str
+    unit_of_work: str
+    files: list[ReceivedFile]
+    acknowledgement: str | None = Field(description="written beside the manifest")
+
+
 # -- requests --------------------------------------------------------------------------------
 
 
@@ -224,6 +273,19 @@ class RestartRequest(_Strict):
     tasks: list[TaskRestart] = Field(min_length=1, description="each task with its own mode")
     execution: ExecutionChanges | None = None  # type: ignore[valid-type]
     dry_run: bool = Field(default=False, description="say what would run; change nothing")
+
+
+class ImportRequest(_Strict):
+    """Files already on the API's host, received into the datastore as ``pipeline
+    datastore import`` does."""
+
+    directory: str = Field(min_length=1, max_length=4096, description="on the API's host")
+    data_file_type: Name
+    unit_of_work: str = Field(min_length=1, max_length=500)
+    manifest: str | None = Field(
+        default=None, min_length=1, max_length=4096, description="sha256sum format"
+    )
+    pipeline: Name | None = None
 
 
 class RestartFailedRequest(_Strict):

@@ -23,6 +23,7 @@ from rich.table import Table
 from pipeline.domain.states import STOPPED_STATES, InstanceState
 from pipeline.errors import InvalidInput
 from pipeline.operations import facade
+from pipeline.operations.lineage import DEFAULT_LIMIT
 
 #: Exit statuses of ``pipeline wait``.
 EXIT_COMPLETED, EXIT_ERRORS, EXIT_TIMEOUT = 0, 1, 2
@@ -37,7 +38,9 @@ app = typer.Typer(
 cluster_app = typer.Typer(help="The local cluster under PIPELINE_HOME.", no_args_is_help=True)
 definitions_app = typer.Typer(help="Pipeline definitions.", no_args_is_help=True)
 params_app = typer.Typer(help="Parameter sets.", no_args_is_help=True)
+datastore_app = typer.Typer(help="Data into the datastore.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(datastore_app, name="datastore")
 app.add_typer(definitions_app, name="definitions")
 app.add_typer(params_app, name="params")
 
@@ -58,10 +61,13 @@ def _print_json(data: Any) -> None:
     sys.stdout.buffer.flush()
 
 
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+def _table(
+    title: str, columns: list[str], rows: list[list[Any]], whole: tuple[str, ...] = ()
+) -> None:
+    """Print rows as a table; the ``whole`` columns fold onto more lines rather than be cut."""
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold" if column in whole else "ellipsis")
     for row in rows:
         table.add_row(*("" if value is None else str(value) for value in row))
     console.print(table)
@@ -408,7 +414,7 @@ def subtasks(
         return _print_json(rows)
     _table(
         f"subtasks of task {task_id}",
-        ["index", "state", "attempts", "worker", "inputs", "error"],
+        ["index", "state", "attempts", "worker", "inputs", "outputs", "error"],
         [
             [
                 r["index"],
@@ -416,6 +422,7 @@ def subtasks(
                 r["attempts"],
                 r["worker_host"],
                 ", ".join(r["inputs"]),
+                r["outputs"],
                 r["error"],
             ]
             for r in rows
@@ -607,6 +614,114 @@ def _show_report(report: facade.Report, as_json: bool, title: str) -> None:
         )
     if not report.ok:
         raise typer.Exit(1)
+
+
+# -- the datastore ---------------------------------------------------------------------------
+
+
+@datastore_app.command("import")
+def datastore_import(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="The files to import.")],
+    data_file_type: Annotated[str, typer.Option("--type", help="Their data file type.")],
+    unit: Annotated[str, typer.Option(help="Their unit of work, e.g. set-1.")],
+    manifest: Annotated[
+        Path | None, typer.Option(help="Checksums to verify, as `sha256sum * > FILE` makes.")
+    ] = None,
+    pipeline: Annotated[
+        str | None, typer.Option(help="The pipeline whose data file type it is.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Receive files into the datastore, all or nothing, each recorded in the ledger."""
+    received = facade.receive(directory, data_file_type, unit, manifest, pipeline)
+    if as_json:
+        return _print_json(received)
+    total = sum(f["size"] for f in received["files"])
+    console.print(
+        f"received {len(received['files'])} {data_file_type} files ({total} bytes)"
+        f" for {unit} as {received['receipt']}",
+        highlight=False,
+    )
+    if received["acknowledgement"]:
+        console.print(f"acknowledgement written to {received['acknowledgement']}", highlight=False)
+
+
+@app.command()
+def files(
+    instance: Annotated[int | None, typer.Option(help="Produced by this instance.")] = None,
+    task: Annotated[int | None, typer.Option(help="Produced by this task.")] = None,
+    unit: Annotated[str | None, typer.Option(help="Of this unit of work.")] = None,
+    path: Annotated[str | None, typer.Option(help="This file, under the datastore.")] = None,
+    history: Annotated[bool, typer.Option(help="Superseded versions too.")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = DEFAULT_LIMIT,
+    as_json: JsonOption = False,
+) -> None:
+    """Datastore files and who produced each (the current versions, unless asked)."""
+    rows = facade.files(instance, task, unit, path, history, limit)
+    if as_json:
+        return _print_json(rows)
+    _table(
+        "datastore files",
+        ["path", "type", "size", "sha256", "producer", "stored", "current"],
+        [
+            [
+                r["path"],
+                r["data_file_type"],
+                r["size"],
+                r["sha256"][:12],
+                _producer(r),
+                r["stored_at"],
+                "yes" if r["current"] else "no",
+            ]
+            for r in rows
+        ],
+        whole=("path", "producer"),
+    )
+    if len(rows) == limit:
+        console.print(f"(the first {limit}: --limit shows more)")
+
+
+def _producer(file: dict[str, Any]) -> str:
+    if file["origin"] == "task":
+        return (
+            f"instance {file['instance_id']} task {file['task_id']} ({file['node']})"
+            f" subtask {file['subtask_index']} attempt {file['attempt']}"
+        )
+    return f"{file['origin']} {file['receipt']}".strip()
+
+
+@app.command()
+def lineage(
+    path: Annotated[str, typer.Argument(help="A file under the datastore, e.g. set-1/L3/x.png.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Who produced a file: each producer back to the data received, with its parameters."""
+    chain = facade.lineage(path)
+    if as_json:
+        return _print_json(chain)
+    steps = {step["file"]["id"]: step for step in chain["steps"]}
+
+    def show(step: dict[str, Any], depth: int) -> None:
+        # Whole lines, never cropped: a path or checksum cut short is useless.
+        prefix = "  " * (depth - 1) + "└─ " if depth else ""
+        console.print(prefix + _lineage_label(step), soft_wrap=True, highlight=False)
+        for file_id in step["inputs"]:
+            show(steps[file_id], depth + 1)
+
+    show(chain["steps"][0], 0)
+
+
+def _lineage_label(step: dict[str, Any]) -> str:
+    file = step["file"]
+    label = f"{file['path']}  sha256 {file['sha256'][:12]}  <- {_producer(file)}"
+    if step["definition_version"] is not None:
+        values = "; ".join(
+            f"{name} v{frozen['version']}: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(frozen["values"].items()))
+            for name, frozen in step["parameters"].items()
+        )
+        label += f", definition v{step['definition_version']}" + (f", {values}" if values else "")
+    return label
 
 
 # -- flower ----------------------------------------------------------------------------------

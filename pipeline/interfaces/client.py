@@ -148,6 +148,44 @@ class Client:
     def halt_instance(self, instance_id: int) -> list[dict[str, Any]]:
         return self._call("POST", f"/instances/{instance_id}/halt")
 
+    # -- the datastore -----------------------------------------------------------------------
+
+    def files(
+        self,
+        instance: int | None = None,
+        task: int | None = None,
+        unit: str | None = None,
+        path: str | None = None,
+        history: bool = False,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Datastore files and their producers: the current versions unless ``history``."""
+        given = {"instance": instance, "task": task, "unit": unit, "path": path, "limit": limit}
+        params = {key: value for key, value in given.items() if value is not None}
+        return self._call("GET", "/files", params={**params, "history": history})
+
+    def lineage(self, path: str) -> dict[str, Any]:
+        """The producers behind a datastore file, back to the data received."""
+        return self._call("GET", "/lineage", params={"path": path})
+
+    def import_files(
+        self,
+        directory: str,
+        data_file_type: str,
+        unit_of_work: str,
+        manifest: str | None = None,
+        pipeline: str | None = None,
+    ) -> dict[str, Any]:
+        """Receive a directory on the API's host into the datastore, all or nothing."""
+        body = {
+            "directory": directory,
+            "data_file_type": data_file_type,
+            "unit_of_work": unit_of_work,
+            "manifest": manifest,
+            "pipeline": pipeline,
+        }
+        return self._call("POST", "/datastore/imports", json=body)
+
     # -- definitions, parameters, alerts -----------------------------------------------------
 
     def pipelines(self) -> list[dict[str, Any]]:

@@ -45,6 +45,7 @@ from pipeline.operations.queries import (
     show_parameter_set,
     tasks_needing_attention,
 )
+from pipeline.operations.receipt import receive
 
 __all__ = [
     "PROBLEMS",
@@ -66,6 +67,7 @@ __all__ = [
     "list_tasks",
     "logs",
     "problem",
+    "receive",
     "restart",
     "restart_failed",
     "restart_modes",

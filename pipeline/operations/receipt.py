@@ -31,6 +31,7 @@ UNIT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 #: A ``sha256sum`` line: the checksum, a space, then a space (text) or ``*`` (binary) and
 #: the name.
 MANIFEST_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
+MANIFEST_FORMAT = "expected a SHA-256 checksum, two spaces and a name (sha256sum format)"
 #: The acknowledgement's name: the manifest's, with this suffix.
 ACK_SUFFIX = ".ack"
 
@@ -55,6 +56,9 @@ def receive(
     kind = _data_file_type(data_file_type, pipeline)
     if not UNIT_PATTERN.match(unit):
         raise InvalidInput(f"unit of work {unit!r} must be one name of letters, digits, _.+=-")
+    for given in (directory, manifest):
+        if given is not None and "\x00" in str(given):
+            raise InvalidInput(f"{str(given)[:80]!r}: a file name cannot hold a NUL character")
     if not directory.is_dir():
         raise InvalidInput(f"{directory}: not a directory")
     root = datastore.require(get_settings().datastore)
@@ -146,7 +150,7 @@ def _read_manifest(manifest: Path, names: list[str]) -> dict[str, str]:
             continue
         match = MANIFEST_LINE.match(line)
         if not match:
-            raise InvalidInput(f"{manifest}:{number}: expected 'SHA256  NAME' (sha256sum format)")
+            raise InvalidInput(f"{manifest}:{number}: {MANIFEST_FORMAT}")
         checksum, name = match.groups()
         if "/" in name or name in (".", ".."):
             raise InvalidInput(f"{manifest}:{number}: {name}: names a file outside the directory")
