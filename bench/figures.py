@@ -29,6 +29,8 @@ MEMORY_POLL = 0.25
 WARM_UP_SHARE = 0.1
 #: Peak RSS after warm-up may exceed the warm-up peak by this factor (allocator noise).
 MEMORY_GROWTH_ALLOWED = 1.05
+#: Recording outputs in the ledger may cost at most a tenth of the subtasks/s.
+LEDGER_TARGET = 0.9
 #: Pipeline instance states in which nothing more happens without an operator.
 FINISHED = ("COMPLETED", "ERRORS_STALLED", "TRANSITION_FAILED")
 
@@ -164,6 +166,32 @@ def pipeline_throughput(cluster: harness.Cluster, count: int) -> tuple[float, di
     reader = StateReader()
     instance, elapsed = run_instance(reader, "bench-throughput", poll=0.05)
     return count / elapsed, {"seconds": elapsed, "instance": instance}
+
+
+def ledger_cost(cluster: harness.Cluster, count: int) -> Figure:
+    """Subtasks/s of a node storing one file per subtask, recorded in the ledger, beside
+    the same subtasks whose file is not an output (nothing stored, nothing recorded)."""
+    reader = StateReader()
+    rates = {}
+    for pipeline in ("bench-unrecorded", "bench-recorded"):
+        write_inputs(cluster.datastore / "ledger" / pipeline.removeprefix("bench-"), count)
+        instance, elapsed = run_instance(reader, pipeline, poll=0.05)
+        rates[pipeline] = count / elapsed
+    recorded = reader.scalar(
+        "SELECT count(*) FROM datastore_files WHERE instance_id = :i", i=instance
+    )
+    if recorded != count:
+        raise RuntimeError(f"bench-recorded instance {instance} recorded {recorded} files")
+    return Figure(
+        f"a. ledger: {count} subtasks storing a file each, recorded",
+        rates["bench-recorded"],
+        "subtasks/s",
+        rates["bench-unrecorded"],
+        "the same, the file not an output",
+        True,
+        LEDGER_TARGET,
+        {"recorded": recorded},
+    )
 
 
 def pipeline_latency(cluster: harness.Cluster, runs: int) -> tuple[float, dict[str, Any]]:

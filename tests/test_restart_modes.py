@@ -53,9 +53,11 @@ def test_resubmit_reruns_only_the_failed_subtask_and_it_fails_again(
     good = outputs(first)
     assert sorted(good) == [f"st-{i}/nasa-logo-file-{i}-perm.png" for i in (1, 2, 3)]
 
+    consumed = [s["consumed"] for s in facade.list_subtasks(first)]
     [outcome] = facade.restart([first], "resubmit").outcomes
     assert (outcome.ok, outcome.start_from, outcome.subtasks) == (True, "ALGORITHM_SUBMITTING", [0])
     worker.drain()
+    assert [s["consumed"] for s in facade.list_subtasks(first)] == consumed, "the same inputs"
 
     assert attempts(first) == [2, 1, 1, 1], "only subtask 0 ran again"
     assert attempts(second) == [1, 1, 1, 1], "the other task was not restarted"
@@ -115,6 +117,11 @@ def test_restart_from_beginning_marshals_again_and_reruns_everything(
     assert (task["state"], task["counts"]) == ("ERROR - ALGORITHM_COMPLETE", "4/5 (1)")
     subtasks = facade.list_subtasks(first)
     assert subtasks[-1]["inputs"] == ["nasa-logo-file-4.png"], "inputs looked up again"
+    assert subtasks[-1]["consumed"] == ["set-1/L0/nasa-logo-file-4.png"]
+    found = facade.files(path="set-1/L0/nasa-logo-file-4.png")
+    assert [(f["origin"], f["sha256"]) for f in found] == [
+        ("found", facade.files(path="set-1/L0/nasa-logo-file-3.png")[0]["sha256"])
+    ], "a file put in the datastore by hand is recorded as found when first consumed"
     assert all(s["attempts"] == 1 for s in subtasks), "earlier outcomes forgotten"
     assert [e["p_state"] for e in task["history"]].count("MARSHALING") == 2
     assert task["task_dir"].endswith("-attempt2"), "a task directory per attempt"

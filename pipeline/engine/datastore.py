@@ -4,11 +4,14 @@ atomically, hashed as they are written (the ledger of who stored them is
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import shutil
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from pipeline.domain.definitions import Definition, Node
@@ -55,8 +58,8 @@ def describe_inputs(definition: Definition, node: Node) -> str:
 
 @dataclass(frozen=True)
 class Staged:
-    """A file copied beside its destination in the datastore, not yet renamed into place;
-    its size and SHA-256 were computed as it was written."""
+    """A file put beside its destination in the datastore, not yet renamed into place, with
+    its size and SHA-256 as read there."""
 
     temporary: Path
     destination: Path
@@ -64,27 +67,56 @@ class Staged:
     sha256: str
 
 
-def stage_file(source: Path, destination: Path) -> Staged:
-    """Copy ``source`` into the staging directory beside ``destination`` (same file system,
-    out of sight of any file-name pattern), hashing it as it is written, flushed to disk.
-    ``place`` renames it over the destination: readers see the old file or the whole new one.
+def stage_file(source: Path, destination: Path, link: bool = True) -> Staged:
+    """Put ``source`` in the staging directory beside ``destination`` (same file system,
+    out of sight of any file-name pattern) and hash it; ``place`` renames it over the
+    destination, so readers see the old file or the whole new one.
+
+    With ``link``, a hard link where the file system allows (a large output is not
+    copied: the task directory and the datastore share it, as marshaled inputs do), a copy
+    elsewhere. Not flushed to disk: ``flush`` does that once for all the files of a store.
     """
     staging = destination.parent / STAGING_DIR
     staging.mkdir(parents=True, exist_ok=True)
     temporary = staging / f"{destination.name}.{uuid.uuid4().hex}"
-    digest, size = hashlib.sha256(), 0
     try:
-        with source.open("rb") as reader, temporary.open("wb") as writer:
-            while chunk := reader.read(CHUNK_BYTES):
-                digest.update(chunk)
-                writer.write(chunk)
-                size += len(chunk)
-            writer.flush()
-            os.fsync(writer.fileno())
+        try:
+            if not link:
+                raise OSError("a copy was asked for")
+            os.link(source, temporary)
+        except OSError:  # another file system, or one without hard links
+            shutil.copyfile(source, temporary)
+        size, sha256 = _hash(temporary)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    return Staged(temporary, destination, size, digest.hexdigest())
+    return Staged(temporary, destination, size, sha256)
+
+
+def _hash(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as reader:
+        while chunk := reader.read(CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def flush(root: Path) -> None:
+    """Write every staged file under ``root`` to disk before the ledger records it: one
+    ``syncfs`` of the datastore's file system rather than an fsync per file (which cost
+    about 1.5 ms a file here, more than a short subtask)."""
+    descriptor = os.open(root, os.O_RDONLY)
+    try:
+        if _libc().syncfs(descriptor) != 0:
+            os.sync()
+    finally:
+        os.close(descriptor)
+
+
+@cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def place(staged: Staged) -> int:
@@ -105,9 +137,5 @@ def discard(staged: list[Staged]) -> None:
 
 def fingerprint(path: Path) -> tuple[int, str, int]:
     """Size, SHA-256 and modification time (ns) of a file the pipeline did not write."""
-    digest = hashlib.sha256()
-    with path.open("rb") as reader:
-        while chunk := reader.read(CHUNK_BYTES):
-            digest.update(chunk)
-    status = path.stat()
-    return status.st_size, digest.hexdigest(), status.st_mtime_ns
+    size, sha256 = _hash(path)
+    return size, sha256, path.stat().st_mtime_ns

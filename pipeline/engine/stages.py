@@ -461,6 +461,7 @@ def store(task_id: int, attempt: int, host: str = "") -> None:
                     destination = root / definition.data_file_types[name].directory(unit)
                     copy = datastore.stage_file(output, destination / output.name)
                     staged.append(datastore_ledger.StoredOutput(index, name, copy))
+            datastore.flush(root)
         with outbox.transaction() as (session, messages):
             instance, task = lock_task(session, task_id)
             if not is_current(task, attempt, PState.STORING):

@@ -68,10 +68,12 @@ def receive(
     staged: list[Received] = []
     try:
         for name in names:
-            copy = datastore.stage_file(directory / name, destination / name)
+            # A copy: the delivery stays the operator's to change or delete.
+            copy = datastore.stage_file(directory / name, destination / name, link=False)
             staged.append(Received(name, copy))
             if expected and copy.sha256 != expected[name].lower():
                 raise InvalidInput(f"{name}: checksum differs from the manifest's")
+        datastore.flush(root)
         receipt = manifest.name if manifest else str(directory)
         rows = []
         with transaction() as session:
