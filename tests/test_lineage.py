@@ -72,6 +72,15 @@ def test_resume_current_step_over_an_earlier_run_consumes_only_this_instances_fi
         )
         averaged = read_image(datastore / unit / "L3" / "averaged-image.png")
         np.testing.assert_array_equal(averaged, average_of(set_number, (1, 2, 3)))
+        chain = facade.lineage(f"{unit}/L3/averaged-image.png")
+        producers = {(f["instance_id"], f["node"], f["origin"]) for f in _walk(chain)}
+        assert producers == {
+            (instance, "averaging", "task"),
+            (instance, "flip", "task"),
+            (instance, "permuter", "task"),
+            (None, "", "received"),
+        }, "every file behind the average is this instance's, back to the data received"
+        assert not [f for f in _walk(chain) if "file-0" in f["path"]]
         # The earlier instance's file is still on disk, still its own, and was not consumed.
         [stale] = facade.files(path=f"{unit}/L1/nasa-logo-file-0-perm.png")
         assert (stale["instance_id"], stale["current"]) == (1, True)
