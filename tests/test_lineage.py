@@ -426,9 +426,7 @@ def test_two_instances_storing_the_same_files_on_either_database(
     second = facade.submit("sample", None, "permuter")["id"]
     worker.drain()
 
-    stores = [
-        t for i in (first, second) for t in facade.list_tasks(i) if t["state"] == "COMPLETE"
-    ]
+    stores = [t for i in (first, second) for t in facade.list_tasks(i) if t["state"] == "COMPLETE"]
     assert len(stores) == 4
     current = facade.files(unit="set-1")
     permuted = [f for f in current if f["data_file_type"] == "permuted_image"]
@@ -437,3 +435,31 @@ def test_two_instances_storing_the_same_files_on_either_database(
     assert len([f for f in history if f["data_file_type"] == "permuted_image"]) == 8
     raw = consumed(task_of(first, "permuter", "set-1")["id"])
     assert raw == [[f"set-1/L0/nasa-logo-file-{i}.png"] for i in range(IMAGES_PER_SET)]
+
+
+def test_an_input_replaced_while_its_task_marshals_fails_the_marshal(
+    home: Path, worker: InProcessWorker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between choosing the inputs and recording them, an operator receives a new version
+    of one: the task must not record the old row for the bytes it may have linked."""
+    from pipeline.engine import stages, taskdir
+
+    build = taskdir.marshal
+    redelivery = deliver(tmp_path, "again", {"nasa-logo-file-0.png": pixels(5, 5)})
+
+    def marshal_meanwhile(task_dir: Path, groups: list[list[Path]]) -> list[list[str]]:
+        if "set-1" in str(groups[0][0]):
+            facade.receive(redelivery, "raw_image", "set-1")
+        return build(task_dir, groups)
+
+    monkeypatch.setattr(stages.taskdir, "marshal", marshal_meanwhile)
+    instance = facade.submit("sample", None, "permuter")["id"]
+    worker.drain()
+
+    failed = task_of(instance, "permuter", "set-1")
+    assert failed["state"] == "ERROR - MARSHALING"
+    assert failed["error_message"] == (
+        "marshaling failed: input set-1/L0/nasa-logo-file-0.png was replaced by"
+        f" the receipt {redelivery} while this task marshaled: marshal again"
+    )
+    assert task_of(instance, "permuter", "set-2")["counts"] == "4/4 (0)"

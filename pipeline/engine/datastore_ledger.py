@@ -194,7 +194,9 @@ def _produced(
 
 def _overwritten(session: Session, row: DatastoreFile) -> str:
     newer = current_rows(session, [row.path]).get(row.path)
-    by = f"instance {newer.instance_id} task {newer.task_id}" if newer else "a later store"
+    by = producer(newer) if newer else "a later store"
+    if row.origin != TASK:
+        return f"input {row.path} was replaced by {by} while this task marshaled: marshal again"
     return (
         f"input {row.path}, stored by task {row.task_id} of this instance, was overwritten"
         f" by {by}: restart the {row.node} task from the beginning to store it again"
@@ -260,6 +262,30 @@ def _not_consumed_before(
         for row in session.scalars(select(DatastoreFile).where(DatastoreFile.id.in_(recorded)))
     }
     return [c for c in candidates if c.file_id is None or by_id[c.file_id] not in done]
+
+
+def overwritten_since(session: Session, file_ids: Sequence[int]) -> str:
+    """Why inputs chosen earlier can no longer be consumed: one of ``file_ids`` has been
+    superseded meanwhile, so the bytes linked may be another store's ("" when none has)."""
+    for start in range(0, len(file_ids), PATHS_PER_QUERY):
+        stale = session.scalars(
+            select(DatastoreFile).where(
+                DatastoreFile.id.in_(file_ids[start : start + PATHS_PER_QUERY]),
+                DatastoreFile.superseded_at.is_not(None),
+            )
+        ).first()
+        if stale is not None:
+            return _overwritten(session, stale)
+    return ""
+
+
+def producer(row: DatastoreFile) -> str:
+    """Who put a file version in the datastore, in a few words."""
+    if row.origin == TASK:
+        return f"instance {row.instance_id} task {row.task_id}"
+    if row.origin == RECEIVED:
+        return f"the receipt {row.receipt}"
+    return "a file found on disk"
 
 
 def current_rows(session: Session, paths: Sequence[str]) -> dict[str, DatastoreFile]:

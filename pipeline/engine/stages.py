@@ -106,6 +106,10 @@ def marshal(task_id: int, attempt: int, host: str = "") -> None:
         if not is_current(task, attempt, PState.MARSHALING):
             return
         ids = datastore_ledger.record_found(session, root, selection.files, fingerprints)
+        overwritten = datastore_ledger.overwritten_since(session, ids)
+        if overwritten:  # a store replaced an input while it was being linked
+            fail(session, instance, task, f"marshaling failed: {overwritten}", host)
+            return
         create_subtasks(session, task.id, names)
         datastore_ledger.record_consumption(session, task.id, attempt, taskdir.split(ids, node))
         task.task_dir = str(task_dir)
