@@ -358,6 +358,25 @@ def history(task_id: int) -> list[dict[str, Any]]:
     return get_task(task_id)["history"]
 
 
+#: Execution settings as a hand edit or an older version could have written them: ``Infinity``
+#: is not JSON, and no JSON reader reads it.
+UNREADABLE_EXECUTION = '{"queue": "default", "subtask_timeout": Infinity, "priority": 5}'
+
+
+def poison(task_id: int, stored: str = UNREADABLE_EXECUTION) -> None:
+    """Write ``stored`` into the task's execution settings column by hand, past every check,
+    in the database this process points at."""
+    from sqlalchemy import text
+
+    from pipeline.database import transaction
+
+    with transaction() as session:
+        session.execute(
+            text("UPDATE tasks SET execution = :stored WHERE id = :id"),
+            {"stored": stored, "id": task_id},
+        )
+
+
 def stores_per_attempt(events: list[dict[str, Any]]) -> dict[int, int]:
     """How many times each attempt of a task finished storing, from its history: a store
     reached COMPLETE once per attempt at most, however many times its message came."""

@@ -16,6 +16,7 @@ import pytest
 from pipeline.operations import facade
 from tests.support import (
     PIPELINE,
+    InProcessWorker,
     assert_one_line_error,
     clean_env,
     free_port,
@@ -48,6 +49,15 @@ def unchanged() -> tuple[Any, ...]:
             ["node 'permuter' is not downstream of node 'averaging'"],
         ),
         (["submit", "sample", "--priority", "12"], ["priority 12 is out of range"]),
+        (["submit", "sample", "--priority", str(2**63)], [f"priority {2**63} is out of range"]),
+        (
+            ["params", "set", "algorithm", f"execution_pause_seconds={2**63}"],
+            [f"algorithm.execution_pause_seconds: {2**63} is out of range"],
+        ),
+        (
+            ["params", "set", "algorithm", "dummy_array_parameter=[1, 1e400]"],
+            ["algorithm.dummy_array_parameter: inf is not an int"],
+        ),
         (
             ["params", "set", "algorithm", "nosuch=1"],
             ["parameter set 'algorithm' has no parameter 'nosuch'"],
@@ -90,6 +100,37 @@ def test_bad_input_names_the_problem_and_changes_nothing(cli, args, fragments) -
     before = unchanged()
     assert_one_line_error(cli(*args), *fragments)
     assert unchanged() == before
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--set", "subtask_timeout=inf"], "subtask_timeout: Input should be a finite number"),
+        (["--set", "subtask_timeout=NaN"], "subtask_timeout: Input should be a finite number"),
+        (["--timeout", "1e400"], "subtask_timeout: Input should be a finite number"),
+        (
+            ["--set", f"max_failed_subtasks={2**63}"],
+            "max_failed_subtasks: Input should be less than or equal to 2147483647",
+        ),
+        (["--max-auto-resubmits", "-1"], "max_auto_resubmits: Input should be greater than"),
+        (["--set", "batch_size=0"], "batch_size: Input should be greater than or equal to 1"),
+        (["--set", "priority=true"], "priority: Input should be a valid integer"),
+    ],
+)
+def test_restart_refuses_a_setting_out_of_range_in_one_line(
+    failed: Path,
+    worker: InProcessWorker,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    fragment: str,
+) -> None:
+    """However the value is typed, a restart changes no setting to an infinite, unreadable
+    or out-of-range value: one line naming the setting, nothing restarted."""
+    before = facade.list_tasks(1)
+    result = run_cli(capsys, "restart", "1", "--mode", "resubmit", *flags)
+    assert_one_line_error(result, f"execution setting {fragment}")
+    assert facade.list_tasks(1) == before
+    assert worker.published == []
 
 
 def test_a_refused_restart_is_a_row_of_the_table_and_exit_1(cli) -> None:

@@ -48,6 +48,31 @@ def test_halt_as_an_operation(home: Path, worker: InProcessWorker) -> None:
     assert run("pipeline.halt_instance", 1)["outcomes"][0]["task_id"] == 2
 
 
+def test_values_out_of_range_are_one_line_results_that_change_nothing(failed: Path) -> None:
+    before = facade.list_tasks(1), facade.list_instances()
+    for settings, error in [
+        ({"subtask_timeout": float("inf")}, "subtask_timeout: Input should be a finite number"),
+        (
+            {"max_failed_subtasks": 2**63},
+            "max_failed_subtasks: Input should be less than or equal to 2147483647",
+        ),
+        ({"priority": True}, "priority: Value error, true and false are not numbers"),
+    ]:
+        for name, args in [
+            ("pipeline.restart", [[1], "resubmit"]),
+            ("pipeline.restart_failed", [1, "resubmit"]),
+        ]:
+            assert run(name, *args, settings=settings) == {
+                "ok": False,
+                "error": f"execution setting {error}",
+            }, (name, settings)
+    assert run("pipeline.submit", "sample", priority=True) == {
+        "ok": False,
+        "error": "argument priority: Value error, true and false are not numbers",
+    }
+    assert (facade.list_tasks(1), facade.list_instances()) == before
+
+
 def test_mistakes_are_one_line_results_that_change_nothing(failed: Path) -> None:
     instance, tasks = 1, [1, 2]
     before = facade.list_tasks(instance)

@@ -36,14 +36,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.domain import parameters
+from pipeline.domain.limits import (
+    MAX_NAME_LENGTH,
+    Count,
+    PositiveCount,
+    Priority,
+    Seconds,
+)
 from pipeline.domain.models import ParameterSet, PipelineDefinition
 from pipeline.errors import InvalidInput, NotFound
 
 _PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 #: What a pipeline, node, parameter set or queue may be called.
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"
-#: Priorities of subtask messages: 0 runs first, 9 last.
-PRIORITY_FIRST, PRIORITY_LAST = 0, 9
 
 
 class _Strict(BaseModel):
@@ -51,18 +56,16 @@ class _Strict(BaseModel):
 
 
 class ExecutionSettings(_Strict):
-    """Ziggy's remote execution parameters: the only values a restart may change."""
+    """Ziggy's remote execution parameters: the only values a restart may change. Each is
+    finite and within its limit (``pipeline.domain.limits``)."""
 
-    queue: str = Field(default="default", pattern=NAME_PATTERN)
-    subtask_timeout: float = Field(default=3600.0, gt=0, description="seconds per subtask")
-    max_failed_subtasks: int = Field(default=0, ge=0)
-    max_auto_resubmits: int = Field(default=0, ge=0)
-    priority: int = Field(
-        default=5, ge=PRIORITY_FIRST, le=PRIORITY_LAST, description="0 runs first, 9 last"
-    )
-    batch_size: int | None = Field(
+    queue: str = Field(default="default", pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH)
+    subtask_timeout: Seconds = Field(default=3600.0, description="seconds per subtask")
+    max_failed_subtasks: Count = 0
+    max_auto_resubmits: Count = 0
+    priority: Priority = Field(default=5, description="0 runs first, 9 last")
+    batch_size: PositiveCount | None = Field(
         default=None,
-        ge=1,
         description="subtasks per message; unset: one each for small tasks, batches for big ones",
     )
 

@@ -19,6 +19,7 @@ from fastapi.security import HTTPBearer
 
 from config.settings import API_PREFIX, HEALTHZ, get_settings
 from pipeline import __version__
+from pipeline.domain.limits import MAX_ID
 from pipeline.errors import InvalidInput, Refused
 from pipeline.interfaces import api_schemas as models
 from pipeline.operations import facade
@@ -41,9 +42,9 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": models.Error} for status in statuses}
 
 
-InstanceId = Annotated[int, Path(ge=1, le=models.MAX_ID)]
-TaskId = Annotated[int, Path(ge=1, le=models.MAX_ID)]
-AlertId = Annotated[int, Path(ge=1, le=models.MAX_ID)]
+InstanceId = Annotated[int, Path(ge=1, le=MAX_ID)]
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID)]
+AlertId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 health_router = APIRouter()
 router = APIRouter(responses=_errors(400, 401, 422, 500, 503))
@@ -135,7 +136,7 @@ def subtasks(task_id: TaskId) -> list[dict[str, Any]]:
 def logs(
     task_id: TaskId,
     subtask: Annotated[
-        int | None, Query(ge=0, le=models.MAX_ID, description="only this subtask's log")
+        int | None, Query(ge=0, le=MAX_ID, description="only this subtask's log")
     ] = None,
 ) -> list[dict[str, Any]]:
     return facade.logs(task_id, subtask)

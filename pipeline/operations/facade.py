@@ -17,7 +17,7 @@ from tomllib import TOMLDecodeError
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError, StatementError
 
 from pipeline.database import describe_database_error, transaction
 from pipeline.domain import definitions, parameters
@@ -191,6 +191,8 @@ class Problem:
 def problem(exc: BaseException) -> Problem | None:
     """The one-line report of an error an operator can cause or meet; None for anything
     else (a bug: the interface logs it whole)."""
+    if isinstance(exc, StatementError) and isinstance(exc.orig, PipelineError):
+        exc = exc.orig  # raised writing a value (a JSON column refusing a non-finite number)
     if isinstance(exc, PipelineError):
         return Problem(exc.status, _one_line(str(exc)))
     if isinstance(exc, SQLAlchemyError):

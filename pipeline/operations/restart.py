@@ -55,6 +55,13 @@ def check_settings(changes: Mapping[str, Any], frozen_parameters: dict[str, Any]
             )
 
 
+def check_values(changes: Mapping[str, Any]) -> None:
+    """Refuse, before any task is looked at, a change of an execution setting to a value it
+    cannot take (infinite, out of range, a boolean for a number): one line naming it."""
+    known = {key: value for key, value in changes.items() if key in ExecutionSettings.model_fields}
+    _merged_settings(ExecutionSettings().model_dump(), known)
+
+
 def _merged_settings(current: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     try:
         return ExecutionSettings.model_validate({**current, **changes}).model_dump()
@@ -76,6 +83,7 @@ def restart(
     """
     parsed = [(task_id, parse_mode(mode)) for task_id, mode in requests]
     changes = dict(settings or {})
+    check_values(changes)
     live = {} if dry_run else _in_flight_for([t for t, mode in parsed if mode.needs_broker])
     with outbox.transaction() as (session, messages):
         locked = _lock_tasks(session, [task_id for task_id, _ in parsed])

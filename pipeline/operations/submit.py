@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from config.settings import get_settings
 from pipeline.domain import definitions, parameters
-from pipeline.domain.definitions import PRIORITY_FIRST, PRIORITY_LAST, Definition
+from pipeline.domain.definitions import Definition
+from pipeline.domain.limits import check_priority
 from pipeline.domain.models import InstanceNode, PipelineInstance
 from pipeline.engine import datastore
 from pipeline.engine.transitions import create_node_tasks
@@ -61,10 +62,7 @@ def submit(
     Checks everything first (pipeline, nodes, datastore inputs, broker) so that a refused
     submission changes nothing; the parameter set versions it uses are locked.
     """
-    if priority is not None and not PRIORITY_FIRST <= priority <= PRIORITY_LAST:
-        raise InvalidInput(
-            f"priority {priority} is out of range ({PRIORITY_FIRST} to {PRIORITY_LAST})"
-        )
+    check_priority(priority)
     root = datastore.require(get_settings().datastore)
     with outbox.transaction() as (session, messages):
         stored = definitions.get(session, pipeline)
