@@ -66,7 +66,7 @@ def submit(
     root = datastore.require(get_settings().datastore)
     with outbox.transaction() as (session, messages):
         stored = definitions.get(session, pipeline)
-        definition = definitions.parse(stored.spec)
+        definition = definitions.parse(stored.spec, stored.version)
         nodes = select_nodes(definition, start_node, end_node)
         frozen = {}
         for set_name in sorted({s for n in nodes for s in definition.node(n).parameter_sets}):
