@@ -37,6 +37,12 @@ class InvalidInput(PipelineError):
     status = 422
 
 
+class TooLarge(PipelineError):
+    """A request body past its documented size limit."""
+
+    status = 413
+
+
 class Refused(PipelineError):
     """A request that is well formed but not allowed in the current state."""
 

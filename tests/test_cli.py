@@ -102,6 +102,60 @@ def test_bad_input_names_the_problem_and_changes_nothing(cli, args, fragments) -
     assert unchanged() == before
 
 
+#: An id no database integer holds: every command taking an id says so in one line.
+HUGE = 2**63
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (["tasks", HUGE], "instance"),
+        (["wait", HUGE], "instance"),
+        (["task", HUGE], "task"),
+        (["subtasks", HUGE], "task"),
+        (["logs", HUGE], "task"),
+        (["logs", "1", "--subtask", HUGE], "subtask"),
+        (["restart", HUGE, "--mode", "resubmit"], "task"),
+        (["restart", f"{HUGE}:resubmit"], "task"),
+        (["restart", "--instance", HUGE, "--mode", "resubmit"], "instance"),
+        (["halt", HUGE], "task"),
+        (["halt", "--instance", HUGE], "instance"),
+        (["alerts", "ack", HUGE], "alert"),
+    ],
+)
+def test_an_id_out_of_range_is_one_line(cli, args: list[Any], what: str) -> None:
+    before = unchanged()
+    first, kind = (0, "index") if what == "subtask" else (1, "id")
+    expected = f"{what} {kind} {HUGE} is out of range ({first} to {2**31 - 1})"
+    assert_one_line_error(cli(*args), expected)
+    assert unchanged() == before
+
+
+def test_no_error_quotes_more_than_a_short_prefix_of_its_input(cli) -> None:
+    long = "x" * 100_000
+    for args in (
+        ["submit", long],
+        ["params", "set", "algorithm", f"{long}=1"],
+        ["params", "set", "algorithm", f"execution_pause_seconds={long}"],
+        ["restart", f"1:{long}"],
+        ["definitions", "show", long],
+    ):
+        result = cli(*args)
+        assert_one_line_error(result)
+        assert len(result.stderr) < 400, result.stderr[:400]
+
+
+def test_too_many_tasks_in_one_request(home: Path) -> None:
+    """However they come (CLI, API, Flower), at most ``MAX_TASKS_PER_REQUEST`` tasks."""
+    many = list(range(1, 250_002))
+    for call in (lambda: facade.restart(many, "resubmit"), lambda: facade.halt(many)):
+        with pytest.raises(facade.PROBLEMS) as error:
+            call()
+        found = facade.problem(error.value)
+        assert found is not None and found.status == 422
+        assert found.message == "250001 tasks in one request: at most 10000"
+
+
 @pytest.mark.parametrize(
     ("flags", "fragment"),
     [

@@ -144,3 +144,18 @@ def test_every_operation_goes_to_the_operations_queue() -> None:
     assert registered == set(OPERATIONS)
     for name in OPERATIONS:
         assert app.amqp.router.route({}, name, (), {})["queue"].name == OPERATIONS_QUEUE
+
+
+def test_the_restart_page_quotes_no_more_than_a_short_prefix_of_a_form(failed: Path) -> None:
+    from pipeline.interfaces.flower import halt_from_form, restart_from_form
+
+    long = "9" * 100_000
+    for ok, message in (
+        restart_from_form({"mode-1": long}),
+        restart_from_form({f"mode-{long}": "resubmit"}),
+        restart_from_form({"instance": long, "mode": "resubmit"}),
+        restart_from_form({"instance": "1", "mode": long}),
+        halt_from_form({"task": long}),
+        halt_from_form({"task": "x" + long}),
+    ):
+        assert not ok and len(message) < 400, message[:400]

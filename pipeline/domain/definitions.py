@@ -176,7 +176,7 @@ class Definition(_Strict):
         for node in self.nodes:
             if node.name == name:
                 return node
-        raise NotFound(f"pipeline {self.name!r} has no node {name!r}")
+        raise NotFound(f"pipeline {self.name!r} has no node {shown(name)}")
 
     def children(self, name: str) -> list[str]:
         return [node.name for node in self.nodes if name in node.after]
@@ -346,7 +346,7 @@ def get(session: Session, name: str) -> PipelineDefinition:
     found = latest(session, name)
     if found is None:
         known = ", ".join(list_names(session)) or "none imported"
-        raise NotFound(f"unknown pipeline {name!r} (known: {known})")
+        raise NotFound(f"unknown pipeline {shown(name)} (known: {known})")
     return found
 
 

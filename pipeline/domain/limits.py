@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
 
-from pipeline.errors import InvalidInput, shown
+from pipeline.errors import SHOWN_CHARACTERS, InvalidInput, shown
 
 #: Ids (instances, tasks, alerts) are 1 to this: the largest a SQL INTEGER column holds.
 MAX_ID = 2**31 - 1
@@ -59,6 +59,27 @@ def check_id(value: Any, what: str) -> int:
     integer before it could be found missing)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
         raise InvalidInput(f"{what} id {shown(value)} is out of range (1 to {MAX_ID})")
+    return value
+
+
+def parse_id(text: str, what: str) -> int:
+    """The id of a ``what`` typed as ``text`` (a form field, ``TASK:MODE``); ``InvalidInput``
+    for anything but digits naming an id in range (read without converting a thousand
+    digits: Python refuses to)."""
+    text = text.strip()
+    if not text.isdigit():
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise InvalidInput(f"{shown(text)} is not {article} {what} id")
+    if len(text) > len(str(MAX_ID)):
+        digits = text[:SHOWN_CHARACTERS] + ("..." if len(text) > SHOWN_CHARACTERS else "")
+        raise InvalidInput(f"{what} id {digits} is out of range (1 to {MAX_ID})")
+    return check_id(int(text), what)
+
+
+def check_index(value: Any, what: str) -> int:
+    """``value`` as the index of a ``what`` (subtask): an integer from 0 to ``MAX_ID``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+        raise InvalidInput(f"{what} index {shown(value)} is out of range (0 to {MAX_ID})")
     return value
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError, StatementError
 
 from pipeline.database import describe_database_error, transaction
 from pipeline.domain import definitions, parameters
+from pipeline.domain.limits import check_count, check_id
 from pipeline.domain.models import PipelineInstance
 from pipeline.errors import InvalidInput, PipelineError
 from pipeline.operations import halt as halting
@@ -151,6 +152,7 @@ def restart(
     ``settings`` changes execution settings with the restart."""
     if not tasks:
         raise InvalidInput("name the tasks to restart, or restart the failed tasks of an instance")
+    check_count(tasks, "tasks")
     requests = [parse_request(item, mode) for item in tasks]
     return restarting.restart(requests, settings, dry_run)
 
@@ -169,12 +171,13 @@ def halt(tasks: Sequence[int]) -> Report:
     """Halt tasks: queued work dropped, running subtasks terminated, the error flag set."""
     if not tasks:
         raise InvalidInput("name the tasks to halt, or halt the running tasks of an instance")
-    return halting.halt(tasks)
+    check_count(tasks, "tasks")
+    return halting.halt([check_id(task, "task") for task in tasks])
 
 
 def halt_instance(instance: int) -> Report:
     """Halt every task of ``instance`` that is still running."""
-    return halting.halt_instance(instance)
+    return halting.halt_instance(check_id(instance, "instance"))
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -207,5 +210,12 @@ def problem(exc: BaseException) -> Problem | None:
     return None
 
 
+#: Characters of a one-line report, at most: whatever an error quotes, an answer stays short.
+MAX_MESSAGE_CHARACTERS = 1000
+
+
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    line = " ".join(text.split())
+    if len(line) <= MAX_MESSAGE_CHARACTERS:
+        return line
+    return f"{line[:MAX_MESSAGE_CHARACTERS]}... (cut short)"

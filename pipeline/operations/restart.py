@@ -21,11 +21,12 @@ from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
 from pipeline.domain.definitions import ExecutionSettings
+from pipeline.domain.limits import check_id
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import InstanceState
 from pipeline.engine.ledger import RESTARTABLE, locked_instance, refresh_instance_state
 from pipeline.engine.transitions import advance
-from pipeline.errors import InvalidInput, NotFound, Refused
+from pipeline.errors import InvalidInput, NotFound, Refused, shown
 from pipeline.messaging import outbox
 from pipeline.messaging.celery_app import DEFAULT_QUEUE
 from pipeline.messaging.outbox import Outbox
@@ -51,7 +52,7 @@ def check_settings(changes: Mapping[str, Any], frozen_parameters: dict[str, Any]
             )
         if key not in allowed:
             raise InvalidInput(
-                f"unknown execution setting {key!r} (one of {', '.join(sorted(allowed))})"
+                f"unknown execution setting {shown(key)} (one of {', '.join(sorted(allowed))})"
             )
 
 
@@ -202,6 +203,7 @@ def restart_failed(
 ) -> Report:
     """Restart every failed task of an instance with one mode; retry a failed transition."""
     mode = parse_mode(mode)
+    check_id(instance_id, "instance")
     with transaction() as session:
         instance = session.get(PipelineInstance, instance_id)
         if instance is None:

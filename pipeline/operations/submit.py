@@ -11,7 +11,7 @@ from pipeline.domain.limits import check_priority
 from pipeline.domain.models import InstanceNode, PipelineInstance
 from pipeline.engine import datastore
 from pipeline.engine.transitions import create_node_tasks
-from pipeline.errors import InvalidInput
+from pipeline.errors import InvalidInput, shown
 from pipeline.messaging import outbox
 
 
@@ -35,7 +35,7 @@ def select_nodes(definition: Definition, start: str | None, end: str | None) -> 
         definition.node(end)
     chosen = downstream & upstream
     if not chosen:
-        raise InvalidInput(f"node {end!r} is not downstream of node {start!r}")
+        raise InvalidInput(f"node {shown(end)} is not downstream of node {shown(start)}")
     return [name for name in definition.order() if name in chosen]
 
 
