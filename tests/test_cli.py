@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,8 @@ from tests.support import (
     free_port,
     point_here,
     run_cli,
+    silent_host,
+    wait_for,
 )
 
 
@@ -227,6 +232,51 @@ def test_an_unreachable_broker_is_named_without_its_password(cli, monkeypatch) -
     assert not facade.show_parameter_set("algorithm")["locked"]
 
 
+#: The broker deadline of the silent-broker test (seconds), and how long its submit may take:
+#: a connection, a ping and one retry, each within the deadline, on a busy machine.
+BROKER_TIMEOUT = 1.0
+SUBMIT_BOUND = 6 * BROKER_TIMEOUT
+
+
+def test_a_silent_broker_fails_submit_within_its_deadline_and_locks_nothing(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broker that accepts the connection and never answers: ``submit`` gives up within
+    its deadline with one line, and never holds the database meanwhile (the broker is
+    asked before the transaction, the messages published after it)."""
+    with silent_host() as (url, accepted):
+        _settings(monkeypatch, PIPELINE_BROKER_URL=url, PIPELINE_BROKER_TIMEOUT=str(BROKER_TIMEOUT))
+        outcome: list[BaseException] = []
+
+        def submit() -> None:
+            try:
+                facade.submit("sample")
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                outcome.append(exc)
+
+        started = time.monotonic()
+        thread = threading.Thread(target=submit, daemon=True)
+        thread.start()
+        wait_for(accepted.is_set, timeout=SUBMIT_BOUND, what="submit to reach the broker")
+        # Another writer gets the database at once while submit waits on the broker.
+        with sqlite3.connect(home / "pipeline.db", timeout=0.5) as other:
+            other.execute("BEGIN IMMEDIATE")
+            other.rollback()
+        thread.join(timeout=SUBMIT_BOUND)
+        assert not thread.is_alive(), f"submit still waiting after {SUBMIT_BOUND} s"
+        assert time.monotonic() - started < SUBMIT_BOUND
+        [error] = outcome
+        found = facade.problem(error)
+        assert found is not None and found.status == 503
+        assert found.message.startswith(f"broker unreachable at {url}: ")
+
+        started = time.monotonic()
+        assert_one_line_error(run_cli(capsys, "submit", "sample"), "broker unreachable at")
+        assert time.monotonic() - started < SUBMIT_BOUND
+    assert facade.list_instances() == []
+    assert not facade.show_parameter_set("algorithm")["locked"]
+
+
 def test_the_private_broker_not_started(cli) -> None:
     assert_one_line_error(cli("submit", "sample"), "broker unreachable at redis://")
 
@@ -242,7 +292,9 @@ def test_an_unreachable_database_is_named_without_its_password(cli, monkeypatch)
     assert "secret" not in result.stderr
 
 
-def test_a_missing_or_empty_datastore(cli, home: Path, monkeypatch) -> None:
+def test_a_missing_or_empty_datastore(
+    cli, home: Path, worker: InProcessWorker, monkeypatch
+) -> None:
     _settings(monkeypatch, PIPELINE_DATASTORE_ROOT="/nonexistent/datastore")
     assert_one_line_error(
         cli("submit", "sample"), "datastore /nonexistent/datastore does not exist"

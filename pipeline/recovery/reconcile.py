@@ -19,7 +19,6 @@ from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any
 
-import redis
 from sqlalchemy import Text, cast, select, update
 
 from config.settings import get_settings
@@ -30,7 +29,7 @@ from pipeline.engine.ledger import HOST
 from pipeline.engine.transitions import advance
 from pipeline.errors import Refused, Unreadable
 from pipeline.messaging import inflight, outbox
-from pipeline.messaging.celery_app import DEFAULT_QUEUE
+from pipeline.messaging.celery_app import DEFAULT_QUEUE, broker_client
 from pipeline.messaging.outbox import STAGE_FOR_STEP
 from pipeline.recovery.isolation import Isolation, decode_execution
 from pipeline.recovery.reattach import reattach
@@ -160,7 +159,7 @@ def _reattach_quiet(quiet: list[Any], isolation: Isolation) -> int:
 def _lock(seconds: float) -> bool:
     """Hold the monitor lock for most of one interval: a second beat started by mistake
     finds it taken and does nothing."""
-    client = redis.Redis.from_url(get_settings().broker)
+    client = broker_client()
     return bool(client.set(LOCK_KEY, HOST, nx=True, px=int(seconds * 1000 * 0.9)))
 
 
