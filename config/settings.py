@@ -74,6 +74,14 @@ class Settings(BaseSettings):
         " is run again for this long",
     )
     broker_url: str | None = None
+    broker_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="seconds a broker connect, publish or ping may take before the broker"
+        " counts as unreachable (keep it above 1 s: a worker waits up to 1 s on its queue)",
+    )
     redis_port: int | None = None
     datastore_root: Path | None = None
     task_root: Path | None = None

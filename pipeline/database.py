@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-import orjson
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -38,6 +37,7 @@ from tenacity import (
 )
 
 from config.settings import Settings, get_settings
+from pipeline import jsoncodec
 from pipeline.errors import Unreachable
 
 #: Milliseconds a SQLite writer waits for the lock before giving up.
@@ -50,6 +50,11 @@ CONNECT_TIMEOUT_SECONDS = 10
 RACE_SQLSTATES = frozenset({"40001", "40P01"})
 #: Backoff between reruns of a transaction (seconds): random, so racers do not meet again.
 RETRY_WAIT_MULTIPLIER, RETRY_WAIT_MAX = 0.05, 5.0
+
+#: Every JSON column is written and read by one encoder pair, which cannot disagree: a value
+#: that would not read back is refused when written (orjson reads: listing tasks reads one
+#: column per task).
+JSON_CODEC = {"json_serializer": jsoncodec.dumps, "json_deserializer": jsoncodec.loads}
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -90,7 +95,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-            json_deserializer=orjson.loads,
+            **JSON_CODEC,
         )
         _configure_sqlite(engine)
         return engine
@@ -100,9 +105,9 @@ def make_engine(url: str) -> Engine:
 
 def pool_options(settings: Settings) -> dict[str, object]:
     """Connection pool of a server database (PostgreSQL), from the ``database_pool_*`` settings;
-    JSON columns read with orjson (listing tasks reads one per task)."""
+    JSON columns read and written by ``jsoncodec``."""
     return {
-        "json_deserializer": orjson.loads,
+        **JSON_CODEC,
         "pool_pre_ping": True,
         "pool_size": settings.database_pool_size,
         "max_overflow": settings.database_max_overflow,

@@ -1,4 +1,21 @@
-"""The errors an operator can cause or meet; each prints as one line, never a traceback."""
+"""The errors an operator can cause or meet; each prints as one line, never a traceback.
+
+An error quotes what it was given through ``shown``: a short prefix, never a whole input
+(a 10 MB name stays out of the answer and the logs).
+"""
+
+from typing import Any
+
+#: Characters of an input an error message quotes at most.
+SHOWN_CHARACTERS = 60
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to its first ``SHOWN_CHARACTERS`` characters."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARACTERS:
+        return text
+    return f"{text[:SHOWN_CHARACTERS]}... ({len(text)} characters)"
 
 
 class PipelineError(Exception):
@@ -20,6 +37,12 @@ class InvalidInput(PipelineError):
     status = 422
 
 
+class TooLarge(PipelineError):
+    """A request body past its documented size limit."""
+
+    status = 413
+
+
 class Refused(PipelineError):
     """A request that is well formed but not allowed in the current state."""
 
@@ -30,3 +53,15 @@ class Unreachable(PipelineError):
     """The database or the broker cannot be reached."""
 
     status = 503
+
+
+class Unreadable(PipelineError):
+    """A stored value that cannot be read back (written by hand, or by an older version):
+    the server's state, not the request, is at fault."""
+
+    status = 500
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"a stored value cannot be read: {reason}")
+        #: What the reader said, in one line.
+        self.reason = reason

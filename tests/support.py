@@ -186,6 +186,40 @@ def redis_server() -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@contextmanager
+def silent_host() -> Iterator[tuple[str, threading.Event]]:
+    """A broker URL whose host accepts connections and never answers (a hung Redis, a
+    firewall swallowing replies), and an event set once it accepted one."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted = threading.Event()
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(connection)
+            accepted.set()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0", accepted
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for connection in [*held, listener]:
+            connection.close()
+
+
 # -- clusters --------------------------------------------------------------------------------
 
 
@@ -356,6 +390,25 @@ def history(task_id: int) -> list[dict[str, Any]]:
     from pipeline.operations.facade import get_task
 
     return get_task(task_id)["history"]
+
+
+#: Execution settings as a hand edit or an older version could have written them: ``Infinity``
+#: is not JSON, and no JSON reader reads it.
+UNREADABLE_EXECUTION = '{"queue": "default", "subtask_timeout": Infinity, "priority": 5}'
+
+
+def poison(task_id: int, stored: str = UNREADABLE_EXECUTION) -> None:
+    """Write ``stored`` into the task's execution settings column by hand, past every check,
+    in the database this process points at."""
+    from sqlalchemy import text
+
+    from pipeline.database import transaction
+
+    with transaction() as session:
+        session.execute(
+            text("UPDATE tasks SET execution = :stored WHERE id = :id"),
+            {"stored": stored, "id": task_id},
+        )
 
 
 def stores_per_attempt(events: list[dict[str, Any]]) -> dict[int, int]:

@@ -6,6 +6,7 @@ and the schema fuzzed. (The API process that `cluster start` runs is in
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from config.settings import API_PREFIX, HEALTHZ
-from pipeline.interfaces.api import create_app
+from pipeline.interfaces.api import MAX_BODY_BYTES, create_app
 from tests.support import InProcessWorker, free_port, point_here, run_cli
 
 TOKEN = "test-token"
@@ -177,6 +178,15 @@ ERRORS = [
     ("POST", "/tasks/restart", {"tasks": []}, 422, "body.tasks: List should have at least 1"),
     ("POST", "/tasks/restart", {"tasks": [{"task_id": "{task}", "mode": "resubmit"}], "execution": {"priority": 10}}, 422, "body.execution.priority: Input should be less than or equal to 9"),
     ("POST", "/tasks/restart", {"tasks": [{"task_id": "{task}", "mode": "resubmit"}], "execution": {"color": "red"}}, 422, "unknown execution setting 'color'"),
+    ("POST", "/tasks/restart", {"tasks": [{"task_id": "{task}", "mode": "resubmit"}], "execution": {"subtask_timeout": float("inf")}}, 422, "body.execution.subtask_timeout: Input should be a finite number"),
+    ("POST", "/tasks/restart", {"tasks": [{"task_id": "{task}", "mode": "resubmit"}], "execution": {"subtask_timeout": float("nan")}}, 422, "body.execution.subtask_timeout: Input should be a finite number"),
+    ("POST", "/tasks/restart", '{"tasks": [{"task_id": 1, "mode": "resubmit"}], "execution": {"subtask_timeout": 1e400}}', 422, "body.execution.subtask_timeout: Input should be a finite number"),
+    ("POST", "/tasks/restart", {"tasks": [{"task_id": "{task}", "mode": "resubmit"}], "execution": {"max_failed_subtasks": 2**63}}, 422, "body.execution.max_failed_subtasks: Input should be less than or equal to 2147483647"),
+    ("POST", "/tasks/restart", {"tasks": [{"task_id": "{task}", "mode": "resubmit"}], "execution": {"priority": True}}, 422, "body.execution.priority: Value error, true and false are not numbers"),
+    ("POST", "/tasks/restart", {"tasks": [{"task_id": "{task}", "mode": "resubmit"}], "execution": {"subtask_timeout": True}}, 422, "body.execution.subtask_timeout: Value error, true and false are not numbers"),
+    ("POST", "/tasks/restart", {"tasks": [{"task_id": True, "mode": "resubmit"}]}, 422, "body.tasks.0.task_id: Value error, true and false are not numbers"),
+    ("POST", "/instances", {"pipeline": "sample", "priority": True}, 422, "body.priority: Value error, true and false are not numbers"),
+    ("POST", "/instances/{instance}/restart-failed", {"mode": "resubmit", "execution": {"subtask_timeout": -1e400}}, 422, "body.execution.subtask_timeout: Input should be a finite number"),
     ("POST", "/instances/999/restart-failed", {"mode": "resubmit"}, 404, "unknown instance 999"),
     ("POST", "/instances/{instance}/restart-failed", {"mode": "resubmit"}, 409, "instance {instance} has no failed tasks"),
     ("POST", "/tasks/999/halt", None, 404, "unknown task 999"),
@@ -208,6 +218,83 @@ def test_bad_requests_name_the_problem_and_change_nothing(
     [line] = answer.json()["detail"].splitlines()
     assert line.startswith(detail.format(**names)), line
     assert (http.get("/instances").json(), http.get("/parameter-sets").json()) == before
+
+
+#: An input far longer than any answer may quote (under the body limit, so it is read; a
+#: URL holds a tenth of it).
+LONG = "x" * 500_000
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/instances", {"pipeline": LONG}, 422),
+        ("POST", "/instances", {"pipeline": "sample", "start_node": LONG}, 422),
+        ("GET", f"/instances?{LONG[:50_000]}=1", None, 422),
+        ("POST", "/tasks/restart", {"tasks": [{"task_id": 1, "mode": LONG}]}, 422),
+        ("POST", "/tasks/restart", {"tasks": [{"task_id": 1, "mode": "resubmit"}], "execution": {LONG: 1}}, 422),
+        ("POST", "/tasks/restart", {"tasks": [{"task_id": 1, "mode": "resubmit"}], "execution": {"queue": LONG}}, 422),
+        ("GET", f"/tasks/{LONG[:50_000]}", None, 422),
+        ("POST", "/instances", LONG, 422),
+        ("POST", "/instances", {"pipeline": "x" * 10_000_000}, 413),
+    ],
+)  # fmt: skip
+def test_an_answer_quotes_no_more_than_a_short_prefix_of_its_input(
+    completed: Path, http: TestClient, method: str, path: str, body: Any, status: int
+) -> None:
+    content = body if isinstance(body, str) else None if body is None else json.dumps(body)
+    answer = http.request(
+        method, path, content=content, headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == status, answer.text[:300]
+    [line] = answer.json()["detail"].splitlines()
+    assert len(line) < 400, line[:400]
+
+
+def test_too_many_tasks_in_one_request_is_refused_with_the_limit(
+    completed: Path, http: TestClient
+) -> None:
+    tasks = [{"task_id": 1, "mode": "resubmit"}]
+    answer = http.post("/tasks/restart", json={"tasks": tasks * 10_001})
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith("body.tasks: List should have at most 10000 items")
+    answer = http.post("/tasks/restart", json={"tasks": tasks * 250_001})
+    assert answer.status_code == 413
+    assert answer.json()["detail"].startswith("request body of ")
+    assert answer.json()["detail"].endswith(f"bytes: at most {MAX_BODY_BYTES} bytes")
+
+
+def test_a_token_in_the_query_string_is_never_logged(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API's access log shows the path, never the query string: a token sent there
+    (refused, since it goes in the header) does not reach the log."""
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from pipeline.interfaces.api import server_config
+    from tests.support import wait_for
+
+    port = free_port()
+    server = uvicorn.Server(server_config(create_app(TOKEN), "127.0.0.1", port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    access = logging.getLogger("uvicorn.access")  # which does not propagate to the root
+    access.addHandler(caplog.handler)
+    with caplog.at_level("INFO", logger="uvicorn.access"):
+        thread.start()
+        try:
+            wait_for(lambda: server.started, timeout=30, what="the API to start")
+            url = f"http://127.0.0.1:{port}{API_PREFIX}/instances?token=s3cret&access_token=s3cret"
+            assert httpx.get(url, timeout=10).status_code == 401
+            wait_for(lambda: "/instances" in caplog.text, timeout=10, what="the access log")
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+            access.removeHandler(caplog.handler)
+    assert f"{API_PREFIX}/instances" in caplog.text
+    assert "s3cret" not in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +19,14 @@ import pytest
 from pipeline.operations import facade
 from tests.support import (
     PIPELINE,
+    InProcessWorker,
     assert_one_line_error,
     clean_env,
     free_port,
     point_here,
     run_cli,
+    silent_host,
+    wait_for,
 )
 
 
@@ -48,6 +54,15 @@ def unchanged() -> tuple[Any, ...]:
             ["node 'permuter' is not downstream of node 'averaging'"],
         ),
         (["submit", "sample", "--priority", "12"], ["priority 12 is out of range"]),
+        (["submit", "sample", "--priority", str(2**63)], [f"priority {2**63} is out of range"]),
+        (
+            ["params", "set", "algorithm", f"execution_pause_seconds={2**63}"],
+            [f"algorithm.execution_pause_seconds: {2**63} is out of range"],
+        ),
+        (
+            ["params", "set", "algorithm", "dummy_array_parameter=[1, 1e400]"],
+            ["algorithm.dummy_array_parameter: inf is not an int"],
+        ),
         (
             ["params", "set", "algorithm", "nosuch=1"],
             ["parameter set 'algorithm' has no parameter 'nosuch'"],
@@ -92,6 +107,91 @@ def test_bad_input_names_the_problem_and_changes_nothing(cli, args, fragments) -
     assert unchanged() == before
 
 
+#: An id no database integer holds: every command taking an id says so in one line.
+HUGE = 2**63
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (["tasks", HUGE], "instance"),
+        (["wait", HUGE], "instance"),
+        (["task", HUGE], "task"),
+        (["subtasks", HUGE], "task"),
+        (["logs", HUGE], "task"),
+        (["logs", "1", "--subtask", HUGE], "subtask"),
+        (["restart", HUGE, "--mode", "resubmit"], "task"),
+        (["restart", f"{HUGE}:resubmit"], "task"),
+        (["restart", "--instance", HUGE, "--mode", "resubmit"], "instance"),
+        (["halt", HUGE], "task"),
+        (["halt", "--instance", HUGE], "instance"),
+        (["alerts", "ack", HUGE], "alert"),
+    ],
+)
+def test_an_id_out_of_range_is_one_line(cli, args: list[Any], what: str) -> None:
+    before = unchanged()
+    first, kind = (0, "index") if what == "subtask" else (1, "id")
+    expected = f"{what} {kind} {HUGE} is out of range ({first} to {2**31 - 1})"
+    assert_one_line_error(cli(*args), expected)
+    assert unchanged() == before
+
+
+def test_no_error_quotes_more_than_a_short_prefix_of_its_input(cli) -> None:
+    long = "x" * 100_000
+    for args in (
+        ["submit", long],
+        ["params", "set", "algorithm", f"{long}=1"],
+        ["params", "set", "algorithm", f"execution_pause_seconds={long}"],
+        ["restart", f"1:{long}"],
+        ["definitions", "show", long],
+    ):
+        result = cli(*args)
+        assert_one_line_error(result)
+        assert len(result.stderr) < 400, result.stderr[:400]
+
+
+def test_too_many_tasks_in_one_request(home: Path) -> None:
+    """However they come (CLI, API, Flower), at most ``MAX_TASKS_PER_REQUEST`` tasks."""
+    many = list(range(1, 250_002))
+    for call in (lambda: facade.restart(many, "resubmit"), lambda: facade.halt(many)):
+        with pytest.raises(facade.PROBLEMS) as error:
+            call()
+        found = facade.problem(error.value)
+        assert found is not None and found.status == 422
+        assert found.message == "250001 tasks in one request: at most 10000"
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--set", "subtask_timeout=inf"], "subtask_timeout: Input should be a finite number"),
+        (["--set", "subtask_timeout=NaN"], "subtask_timeout: Input should be a finite number"),
+        (["--timeout", "1e400"], "subtask_timeout: Input should be a finite number"),
+        (
+            ["--set", f"max_failed_subtasks={2**63}"],
+            "max_failed_subtasks: Input should be less than or equal to 2147483647",
+        ),
+        (["--max-auto-resubmits", "-1"], "max_auto_resubmits: Input should be greater than"),
+        (["--set", "batch_size=0"], "batch_size: Input should be greater than or equal to 1"),
+        (["--set", "priority=true"], "priority: Input should be a valid integer"),
+    ],
+)
+def test_restart_refuses_a_setting_out_of_range_in_one_line(
+    failed: Path,
+    worker: InProcessWorker,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    fragment: str,
+) -> None:
+    """However the value is typed, a restart changes no setting to an infinite, unreadable
+    or out-of-range value: one line naming the setting, nothing restarted."""
+    before = facade.list_tasks(1)
+    result = run_cli(capsys, "restart", "1", "--mode", "resubmit", *flags)
+    assert_one_line_error(result, f"execution setting {fragment}")
+    assert facade.list_tasks(1) == before
+    assert worker.published == []
+
+
 def test_a_refused_restart_is_a_row_of_the_table_and_exit_1(cli) -> None:
     result = cli("restart", "999", "--mode", "resubmit", "--json")
     assert result.returncode == 1
@@ -132,6 +232,51 @@ def test_an_unreachable_broker_is_named_without_its_password(cli, monkeypatch) -
     assert not facade.show_parameter_set("algorithm")["locked"]
 
 
+#: The broker deadline of the silent-broker test (seconds), and how long its submit may take:
+#: a connection, a ping and one retry, each within the deadline, on a busy machine.
+BROKER_TIMEOUT = 1.0
+SUBMIT_BOUND = 6 * BROKER_TIMEOUT
+
+
+def test_a_silent_broker_fails_submit_within_its_deadline_and_locks_nothing(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broker that accepts the connection and never answers: ``submit`` gives up within
+    its deadline with one line, and never holds the database meanwhile (the broker is
+    asked before the transaction, the messages published after it)."""
+    with silent_host() as (url, accepted):
+        _settings(monkeypatch, PIPELINE_BROKER_URL=url, PIPELINE_BROKER_TIMEOUT=str(BROKER_TIMEOUT))
+        outcome: list[BaseException] = []
+
+        def submit() -> None:
+            try:
+                facade.submit("sample")
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                outcome.append(exc)
+
+        started = time.monotonic()
+        thread = threading.Thread(target=submit, daemon=True)
+        thread.start()
+        wait_for(accepted.is_set, timeout=SUBMIT_BOUND, what="submit to reach the broker")
+        # Another writer gets the database at once while submit waits on the broker.
+        with sqlite3.connect(home / "pipeline.db", timeout=0.5) as other:
+            other.execute("BEGIN IMMEDIATE")
+            other.rollback()
+        thread.join(timeout=SUBMIT_BOUND)
+        assert not thread.is_alive(), f"submit still waiting after {SUBMIT_BOUND} s"
+        assert time.monotonic() - started < SUBMIT_BOUND
+        [error] = outcome
+        found = facade.problem(error)
+        assert found is not None and found.status == 503
+        assert found.message.startswith(f"broker unreachable at {url}: ")
+
+        started = time.monotonic()
+        assert_one_line_error(run_cli(capsys, "submit", "sample"), "broker unreachable at")
+        assert time.monotonic() - started < SUBMIT_BOUND
+    assert facade.list_instances() == []
+    assert not facade.show_parameter_set("algorithm")["locked"]
+
+
 def test_the_private_broker_not_started(cli) -> None:
     assert_one_line_error(cli("submit", "sample"), "broker unreachable at redis://")
 
@@ -147,7 +292,9 @@ def test_an_unreachable_database_is_named_without_its_password(cli, monkeypatch)
     assert "secret" not in result.stderr
 
 
-def test_a_missing_or_empty_datastore(cli, home: Path, monkeypatch) -> None:
+def test_a_missing_or_empty_datastore(
+    cli, home: Path, worker: InProcessWorker, monkeypatch
+) -> None:
     _settings(monkeypatch, PIPELINE_DATASTORE_ROOT="/nonexistent/datastore")
     assert_one_line_error(
         cli("submit", "sample"), "datastore /nonexistent/datastore does not exist"

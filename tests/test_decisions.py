@@ -3,7 +3,8 @@ parameter values, lost messages, batches, and errors as operators read them."""
 
 from __future__ import annotations
 
-from tomllib import TOMLDecodeError, loads
+import tomllib
+from tomllib import TOMLDecodeError
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from config.settings import PACKAGED_DEFINITIONS, Settings
 from pipeline.domain.definitions import load
+from pipeline.domain.limits import MAX_ARRAY_LENGTH, MAX_TEXT_LENGTH
 from pipeline.domain.models import Subtask, Task
 from pipeline.domain.parameters import coerce
 from pipeline.domain.states import (
@@ -20,7 +22,15 @@ from pipeline.domain.states import (
     derive_instance_state,
     task_state_label,
 )
-from pipeline.errors import InvalidInput, NotFound, PipelineError, Refused, Unreachable
+from pipeline.errors import (
+    InvalidInput,
+    NotFound,
+    PipelineError,
+    Refused,
+    Unreachable,
+    Unreadable,
+)
+from pipeline.jsoncodec import dumps, loads
 from pipeline.messaging import outbox
 from pipeline.messaging.inflight import InFlight
 from pipeline.operations import facade
@@ -215,10 +225,22 @@ def test_start_and_end_nodes_choose_the_nodes(start: Any, end: Any, expected: An
         ("float[]", "[1, oops]", "is not an array of float"),
         ("bool[]", "true,no", [True, False]),
         ("str[]", 5, "5 is not an array of str"),
+        ("float", "inf", "'inf' is not a finite float"),
+        ("float", "-Infinity", "'-Infinity' is not a finite float"),
+        ("float", "nan", "'nan' is not a finite float"),
+        ("float", "1e400", "'1e400' is not a finite float"),
+        ("float", float("inf"), "inf is not a finite float"),
+        ("float[]", "[1, Infinity]", "inf is not a finite float"),
+        ("int", str(2**63), f"{2**63} is out of range ({-(2**63)} to {2**63 - 1})"),
+        ("int", -(2**63) - 1, "is out of range"),
+        ("int", 2**63 - 1, 2**63 - 1),
+        ("int[]", [1, 2**64], "is out of range"),
+        ("str", "x" * (MAX_TEXT_LENGTH + 1), f"longer than {MAX_TEXT_LENGTH} characters"),
+        ("int[]", [0] * (MAX_ARRAY_LENGTH + 1), f"more than {MAX_ARRAY_LENGTH} items"),
     ],
 )
 def test_values_are_coerced_to_their_declared_type(kind: str, value: Any, expected: Any) -> None:
-    if isinstance(expected, str) and kind != "str":
+    if isinstance(expected, str) and (kind != "str" or len(str(value)) > MAX_TEXT_LENGTH):
         with pytest.raises(InvalidInput) as error:
             coerce(kind, value)
         assert expected in str(error.value)
@@ -297,7 +319,7 @@ def settings_error() -> ValidationError:
 
 def toml_error() -> TOMLDecodeError:
     try:
-        loads("port = = 1")
+        tomllib.loads("port = = 1")
     except TOMLDecodeError as exc:
         return exc
     raise AssertionError("bad TOML was accepted")
@@ -339,3 +361,44 @@ def test_a_report_stands_for_its_refusals_only_when_nothing_went_ahead() -> None
     assert Report([ok, no]).summary == (
         "task 1 resubmit: run failed and never-run subtasks; task 2 refused: task 2 is running"
     )
+
+
+# -- JSON columns ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"queue": "default", "subtask_timeout": 3600.0, "batch_size": None},
+        [1, -(2**63), 2**64 - 1, 0.5, "text", True, None, {"nested": [[]]}],
+        {"é": "ünïcode"},
+    ],
+)
+def test_json_columns_read_back_what_they_wrote(value: Any) -> None:
+    assert loads(dumps(value)) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ({"subtask_timeout": float("inf")}, "inf is not a finite number"),
+        ([1, [float("nan")]], "nan is not a finite number"),
+        ({"n": -float("inf")}, "-inf is not a finite number"),
+        ({"n": 2**64}, "Integer exceeds 64-bit range"),
+    ],
+)
+def test_json_columns_refuse_what_they_could_not_read_back(value: Any, reason: str) -> None:
+    """The writer refuses a value its reader would reject or read back changed (a JSON
+    writer would write ``Infinity``, which no JSON reader reads; a faster one, null)."""
+    with pytest.raises(InvalidInput) as error:
+        dumps(value)
+    assert str(error.value).startswith("cannot store ") and reason in str(error.value)
+
+
+@pytest.mark.parametrize("stored", ['{"subtask_timeout": Infinity}', '{"a": NaN}', "[1e400]", "{"])
+def test_a_stored_value_that_cannot_be_read_is_one_line(stored: str) -> None:
+    with pytest.raises(Unreadable) as error:
+        loads(stored)
+    found = facade.problem(error.value)
+    assert found is not None and "\n" not in found.message
+    assert found.message.startswith("a stored value cannot be read: ")

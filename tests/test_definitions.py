@@ -12,6 +12,7 @@ from pipeline.database import transaction
 from pipeline.domain import definitions
 from pipeline.errors import InvalidInput
 from pipeline.operations import facade
+from tests.support import assert_one_line_error, run_cli
 
 SAMPLE = PACKAGED_DEFINITIONS / "sample.yaml"
 
@@ -85,8 +86,38 @@ def test_changed_definition_becomes_a_new_version(database: Path, tmp_path: Path
             "nodes.0.colour: Extra inputs are not permitted",
         ),
         (
-            lambda s: s["data_file_types"]["raw_image"].update(location="/abs/L0"),
+            lambda s: s["data_file_types"]["raw_image"].update(location="/abs/{dataset}/L0"),
+            "data_file_types.raw_image.location: '/abs/{dataset}/L0' is absolute: a location is"
+            " a path inside the datastore",
+        ),
+        (
+            lambda s: s["data_file_types"]["raw_image"].update(location="{dataset}/../../etc"),
+            "data_file_types.raw_image.location: '{dataset}/../../etc' contains '..': it would"
+            " reach outside the datastore",
+        ),
+        (
+            lambda s: s["data_file_types"]["raw_image"].update(location="L0"),
             "data_file_types.raw_image.location: must be a relative path with exactly one",
+        ),
+        (
+            lambda s: s["data_file_types"]["raw_image"].update(
+                pattern="../../../../../../../etc/pass*"
+            ),
+            "data_file_types.raw_image.pattern: '../../../../../../../etc/pass*' contains '..':"
+            " it would reach outside its location",
+        ),
+        (
+            lambda s: s["data_file_types"]["raw_image"].update(pattern="*/../*.png"),
+            "data_file_types.raw_image.pattern: '*/../*.png' contains '..'",
+        ),
+        (
+            lambda s: s["data_file_types"]["raw_image"].update(pattern="/etc/pass*"),
+            "data_file_types.raw_image.pattern: '/etc/pass*' is absolute: a pattern matches"
+            " files inside its location",
+        ),
+        (
+            lambda s: s["data_file_types"]["raw_image"].update(pattern=""),
+            "data_file_types.raw_image.pattern: empty: give a file-name pattern, e.g. '*.png'",
         ),
         (
             lambda s: s["parameter_sets"]["algorithm"].update(dummy_array_parameter=[]),
@@ -161,3 +192,44 @@ def test_executable_algorithm_path_is_resolved(database: Path, tmp_path: Path) -
     import_files(write(tmp_path, "sample.yaml", spec))
     shown = facade.show_definition("sample")
     assert shown["nodes"][0]["algorithm"] == {"executable": str(program), "args": ["--fast"]}
+
+
+def test_a_bad_pattern_is_refused_by_the_command_in_one_line(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = sample_spec()
+    spec["data_file_types"]["raw_image"]["pattern"] = "/etc/pass*"
+    path = write(tmp_path, "sample.yaml", spec)
+    before = facade.list_definitions()
+    result = run_cli(capsys, "definitions", "import", path)
+    assert_one_line_error(result, f"{path}: data_file_types.raw_image.pattern: '/etc/pass*'")
+    assert facade.list_definitions() == before
+
+
+def test_a_stored_definition_no_longer_valid_is_refused_at_submit_in_one_line(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A definition stored before patterns were checked (or edited by hand) cannot copy a
+    file from outside the datastore: the submit is refused, in one line (CLI) or a 422."""
+    from fastapi.testclient import TestClient
+
+    from pipeline.domain.models import PipelineDefinition
+    from pipeline.interfaces.api import create_app
+
+    with transaction() as session:
+        stored = session.query(PipelineDefinition).one()
+        spec = dict(stored.spec)
+        spec["data_file_types"] = {
+            **spec["data_file_types"],
+            "raw_image": {"location": "{dataset}/L0", "pattern": "../../../../etc/pass*"},
+        }
+        stored.spec = spec
+    expected = (
+        "pipeline 'sample' version 1 is no longer valid: data_file_types.raw_image.pattern:"
+        " '../../../../etc/pass*' contains '..'"
+    )
+    assert_one_line_error(run_cli(capsys, "submit", "sample"), expected)
+    http = TestClient(create_app("t"), headers={"Authorization": "Bearer t"})
+    answer = http.post("/api/v1/instances", json={"pipeline": "sample"})
+    assert answer.status_code == 422 and answer.json()["detail"].startswith(expected)
+    assert facade.list_instances() == []

@@ -48,6 +48,31 @@ def test_halt_as_an_operation(home: Path, worker: InProcessWorker) -> None:
     assert run("pipeline.halt_instance", 1)["outcomes"][0]["task_id"] == 2
 
 
+def test_values_out_of_range_are_one_line_results_that_change_nothing(failed: Path) -> None:
+    before = facade.list_tasks(1), facade.list_instances()
+    for settings, error in [
+        ({"subtask_timeout": float("inf")}, "subtask_timeout: Input should be a finite number"),
+        (
+            {"max_failed_subtasks": 2**63},
+            "max_failed_subtasks: Input should be less than or equal to 2147483647",
+        ),
+        ({"priority": True}, "priority: Value error, true and false are not numbers"),
+    ]:
+        for name, args in [
+            ("pipeline.restart", [[1], "resubmit"]),
+            ("pipeline.restart_failed", [1, "resubmit"]),
+        ]:
+            assert run(name, *args, settings=settings) == {
+                "ok": False,
+                "error": f"execution setting {error}",
+            }, (name, settings)
+    assert run("pipeline.submit", "sample", priority=True) == {
+        "ok": False,
+        "error": "argument priority: Value error, true and false are not numbers",
+    }
+    assert (facade.list_tasks(1), facade.list_instances()) == before
+
+
 def test_mistakes_are_one_line_results_that_change_nothing(failed: Path) -> None:
     instance, tasks = 1, [1, 2]
     before = facade.list_tasks(instance)
@@ -119,3 +144,18 @@ def test_every_operation_goes_to_the_operations_queue() -> None:
     assert registered == set(OPERATIONS)
     for name in OPERATIONS:
         assert app.amqp.router.route({}, name, (), {})["queue"].name == OPERATIONS_QUEUE
+
+
+def test_the_restart_page_quotes_no_more_than_a_short_prefix_of_a_form(failed: Path) -> None:
+    from pipeline.interfaces.flower import halt_from_form, restart_from_form
+
+    long = "9" * 100_000
+    for ok, message in (
+        restart_from_form({"mode-1": long}),
+        restart_from_form({f"mode-{long}": "resubmit"}),
+        restart_from_form({"instance": long, "mode": "resubmit"}),
+        restart_from_form({"instance": "1", "mode": long}),
+        halt_from_form({"task": long}),
+        halt_from_form({"task": "x" + long}),
+    ):
+        assert not ok and len(message) < 400, message[:400]

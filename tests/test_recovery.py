@@ -20,7 +20,15 @@ from pipeline.engine.ledger import lock_task, record
 from pipeline.engine.runner import SubtaskOutcome
 from pipeline.operations import facade
 from pipeline.recovery import reconcile
-from tests.support import InProcessWorker, point_here, race, redis_server
+from tests.support import (
+    InProcessWorker,
+    assert_one_line_error,
+    point_here,
+    poison,
+    race,
+    redis_server,
+    run_cli,
+)
 
 #: Longer than any lease or staleness limit of the settings.
 LONG_AGO = timedelta(hours=1)
@@ -159,6 +167,85 @@ def test_a_marshal_whose_worker_died_is_marshaled_again(worker: InProcessWorker,
     assert [a["message"] for a in facade.list_alerts()] == [
         "marshaling lost on worker9@gone, marshaling again"
     ]
+
+
+#: What the monitor says of a task whose execution settings cannot be read.
+UNREADABLE = "stored execution settings cannot be read"
+
+
+def stale_with_one_unreadable(poisoned: int) -> None:
+    """Both permuter tasks stale (their leases and steps an hour old), and the execution
+    settings of one of them, ``poisoned``, written by hand as no reader can read them."""
+    age(1)
+    age(2)
+    poison(poisoned)
+
+
+def assert_failed_alone(task_id: int) -> None:
+    """The poisoned task failed with one line and an alert, and reads again: its settings
+    are its node's, so an operator can show and restart it."""
+    task = facade.get_task(task_id)
+    assert task["error"], task["state"]
+    assert task["error_message"].startswith(UNREADABLE), task["error_message"]
+    assert "\n" not in task["error_message"]
+    assert task["execution"]["subtask_timeout"] == 3600.0, "the node's settings again"
+    alerts = [a for a in facade.list_alerts() if a["task_id"] == task_id]
+    assert [(a["severity"], a["message"]) for a in alerts] == [("error", task["error_message"])]
+
+
+def test_one_unreadable_row_fails_its_task_and_the_monitor_recovers_the_others(
+    worker: InProcessWorker, monitor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A task whose execution settings hold ``Infinity`` (written by hand) cannot stop the
+    monitor: the other task's lost message is sent again, the bad one fails alone."""
+    instance = facade.submit("sample", None, "permuter")["id"]
+    assert len(worker.lose()) == 2  # both marshal messages
+    stale_with_one_unreadable(poisoned=2)
+    assert_one_line_error(run_cli(capsys, "task", "2"), "a stored value cannot be read")
+
+    done = monitor()
+    assert (done["resent"], done["failed"]) == (1, 1)
+    assert_failed_alone(2)
+    worker.drain()
+    assert facade.get_task(1)["state"] == "COMPLETE"
+    assert facade.get_instance(instance)["state"] == "ERRORS_STALLED"
+    assert monitor()["failed"] == 0, "failed once, not at every run"
+
+    facade.restart([2], "restart-from-beginning")
+    worker.drain()
+    assert facade.get_instance(instance)["state"] == "COMPLETED"
+
+
+def test_an_unreadable_row_cannot_stop_lost_subtasks_being_reclaimed(
+    worker: InProcessWorker, monitor
+) -> None:
+    facade.submit("sample", None, "permuter")
+    worker.run_next()  # task 1 marshaled
+    worker.run_next()  # task 2 marshaled
+    taken_by_a_dying_worker(worker, 1, 0)
+    taken_by_a_dying_worker(worker, 2, 0)
+    stale_with_one_unreadable(poisoned=1)
+
+    done = monitor()
+    assert (done["reclaimed"], done["failed"]) == (1, 1)
+    assert_failed_alone(1)
+    assert subtasks(2)[0] == ("QUEUED", 1)
+
+
+def test_an_unreadable_row_cannot_stop_quiet_tasks_being_reattached(
+    worker: InProcessWorker, monitor
+) -> None:
+    facade.submit("sample", None, "permuter")
+    worker.run_next()
+    worker.run_next()
+    assert len(worker.lose()) == 8
+    stale_with_one_unreadable(poisoned=1)
+
+    done = monitor()
+    assert (done["redispatched"], done["failed"]) == (4, 1)
+    assert_failed_alone(1)
+    worker.drain()
+    assert facade.get_task(2)["state"] == "COMPLETE"
 
 
 HANGING = {

@@ -191,8 +191,9 @@ def test_refusals_are_reported_and_change_nothing_while_the_valid_restarts_go_ah
     )
     [unknown] = facade.restart([second], "resubmit", {"color": "red"}).outcomes
     assert unknown.message.startswith("unknown execution setting 'color' (one of batch_size,")
-    [bad] = facade.restart([second], "resubmit", {"priority": 12}).outcomes
-    assert bad.message == "execution setting priority: Input should be less than or equal to 9"
+    # A value no task could take is refused for the whole request, before any task.
+    with pytest.raises(facade.PROBLEMS, match="execution setting priority: Input should be less"):
+        facade.restart([second], "resubmit", {"priority": 12})
     assert facade.get_task(second) == before, "a refused restart changes nothing"
     with pytest.raises(facade.PROBLEMS, match="unknown restart mode 'sideways'"):
         facade.restart([second], "sideways")

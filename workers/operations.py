@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError, validate_call
 
+from pipeline.domain.limits import Priority
 from pipeline.messaging.celery_app import OPERATIONS, celery_app
 from pipeline.operations import facade
 
@@ -123,7 +124,7 @@ def submit(
     pipeline: str,
     start_node: str | None = None,
     end_node: str | None = None,
-    priority: int | None = None,
+    priority: Priority | None = None,
 ) -> dict[str, Any]:
     """Submit an instance of the newest version of ``pipeline``; the result names its id."""
     submitted = facade.submit(pipeline, start_node, end_node, priority)

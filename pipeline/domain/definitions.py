@@ -36,14 +36,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.domain import parameters
+from pipeline.domain.limits import (
+    MAX_NAME_LENGTH,
+    Count,
+    PositiveCount,
+    Priority,
+    Seconds,
+)
 from pipeline.domain.models import ParameterSet, PipelineDefinition
-from pipeline.errors import InvalidInput, NotFound
+from pipeline.errors import InvalidInput, NotFound, shown
 
 _PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 #: What a pipeline, node, parameter set or queue may be called.
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"
-#: Priorities of subtask messages: 0 runs first, 9 last.
-PRIORITY_FIRST, PRIORITY_LAST = 0, 9
 
 
 class _Strict(BaseModel):
@@ -51,18 +56,16 @@ class _Strict(BaseModel):
 
 
 class ExecutionSettings(_Strict):
-    """Ziggy's remote execution parameters: the only values a restart may change."""
+    """Ziggy's remote execution parameters: the only values a restart may change. Each is
+    finite and within its limit (``pipeline.domain.limits``)."""
 
-    queue: str = Field(default="default", pattern=NAME_PATTERN)
-    subtask_timeout: float = Field(default=3600.0, gt=0, description="seconds per subtask")
-    max_failed_subtasks: int = Field(default=0, ge=0)
-    max_auto_resubmits: int = Field(default=0, ge=0)
-    priority: int = Field(
-        default=5, ge=PRIORITY_FIRST, le=PRIORITY_LAST, description="0 runs first, 9 last"
-    )
-    batch_size: int | None = Field(
+    queue: str = Field(default="default", pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH)
+    subtask_timeout: Seconds = Field(default=3600.0, description="seconds per subtask")
+    max_failed_subtasks: Count = 0
+    max_auto_resubmits: Count = 0
+    priority: Priority = Field(default=5, description="0 runs first, 9 last")
+    batch_size: PositiveCount | None = Field(
         default=None,
-        ge=1,
         description="subtasks per message; unset: one each for small tasks, batches for big ones",
     )
     require_outputs: bool = Field(
@@ -72,20 +75,32 @@ class ExecutionSettings(_Strict):
 
 
 class DataFileType(_Strict):
+    """Where files of one type live in the datastore: ``location`` (a relative path with
+    one ``{placeholder}``, the unit of work) and the file-name ``pattern`` matched there.
+    Neither can reach outside: an absolute path or a ``..`` is refused, naming itself."""
+
     location: str
     pattern: str = "*"
 
     @field_validator("location")
     @classmethod
-    def _one_placeholder(cls, location: str) -> str:
-        parts = Path(location).parts
-        placeholders = [p for p in parts if _PLACEHOLDER.match(p)]
-        if len(placeholders) != 1 or Path(location).is_absolute() or ".." in parts:
+    def _inside_the_datastore(cls, location: str) -> str:
+        _refuse_escape(location, "a location is a path inside the datastore", "the datastore")
+        placeholders = [p for p in Path(location).parts if _PLACEHOLDER.match(p)]
+        if len(placeholders) != 1:
             raise ValueError(
                 "must be a relative path with exactly one {placeholder} component, "
                 "e.g. '{dataset}/L0'"
             )
         return location
+
+    @field_validator("pattern")
+    @classmethod
+    def _inside_the_location(cls, pattern: str) -> str:
+        if not pattern.strip():
+            raise ValueError("empty: give a file-name pattern, e.g. '*.png'")
+        _refuse_escape(pattern, "a pattern matches files inside its location", "its location")
+        return pattern
 
     @property
     def placeholder(self) -> str:
@@ -93,6 +108,15 @@ class DataFileType(_Strict):
 
     def directory(self, unit_of_work: str) -> str:
         return self.location.replace(self.placeholder, unit_of_work)
+
+
+def _refuse_escape(path: str, rule: str, inside: str) -> None:
+    """Refuse a ``path`` that is absolute or holds a ``..`` component: it could name files
+    outside ``inside``."""
+    if Path(path).is_absolute():
+        raise ValueError(f"{shown(path)} is absolute: {rule}")
+    if ".." in Path(path).parts:
+        raise ValueError(f"{shown(path)} contains '..': it would reach outside {inside}")
 
 
 class Executable(_Strict):
@@ -160,7 +184,7 @@ class Definition(_Strict):
         for node in self.nodes:
             if node.name == name:
                 return node
-        raise NotFound(f"pipeline {self.name!r} has no node {name!r}")
+        raise NotFound(f"pipeline {self.name!r} has no node {shown(name)}")
 
     def children(self, name: str) -> list[str]:
         return [node.name for node in self.nodes if name in node.after]
@@ -330,7 +354,7 @@ def get(session: Session, name: str) -> PipelineDefinition:
     found = latest(session, name)
     if found is None:
         known = ", ".join(list_names(session)) or "none imported"
-        raise NotFound(f"unknown pipeline {name!r} (known: {known})")
+        raise NotFound(f"unknown pipeline {shown(name)} (known: {known})")
     return found
 
 
@@ -346,9 +370,15 @@ def list_latest(session: Session) -> list[PipelineDefinition]:
     return [definition for name in list_names(session) if (definition := latest(session, name))]
 
 
-def parse(spec: dict[str, Any]) -> Definition:
-    """A stored (already validated) spec as a model."""
-    return Definition.model_validate(spec)
+def parse(spec: dict[str, Any], version: int | None = None) -> Definition:
+    """A stored spec as a model; ``InvalidInput`` naming the pipeline (and ``version``) if
+    it is no longer valid (stored before a rule was added, or edited by hand)."""
+    try:
+        return Definition.model_validate(spec)
+    except (ValidationError, _Located) as exc:
+        detail = _describe(exc) if isinstance(exc, ValidationError) else f"{exc.loc}: {exc}"
+        label = f"pipeline {shown(spec.get('name'))}" + (f" version {version}" if version else "")
+        raise InvalidInput(f"{label} is no longer valid: {detail}") from None
 
 
 def definition_files(directory: Path) -> list[Path]:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from pipeline.domain.limits import INT_MAX, INT_MIN, MAX_ARRAY_LENGTH, MAX_TEXT_LENGTH
 from pipeline.domain.models import ParameterSet
-from pipeline.errors import InvalidInput, NotFound
+from pipeline.errors import InvalidInput, NotFound, shown
 
 #: Parameter types an operator can declare; ``[]`` marks an array of that type.
 SCALAR_TYPES = ("bool", "int", "float", "str")
@@ -29,11 +31,14 @@ def infer_type(value: Any) -> str:
     for name, python_type in (("bool", bool), ("int", int), ("float", float), ("str", str)):
         if isinstance(value, python_type):
             return name
-    raise InvalidInput(f"unsupported value {value!r} (use bool, int, float, str or an array)")
+    raise InvalidInput(f"unsupported value {shown(value)} (use bool, int, float, str or an array)")
 
 
 def coerce(kind: str, value: Any) -> Any:
-    """``value`` (a native value or the text an operator typed) as type ``kind``."""
+    """``value`` (a native value or the text an operator typed) as type ``kind``, within
+    the limits of ``pipeline.domain.limits``: a float is finite, an int fits in 64 bits, a
+    text or an array is not longer than its maximum. ``InvalidInput`` says which it is not.
+    """
     if kind.endswith("[]"):
         return _coerce_array(kind[:-2], value)
     if kind == "bool":
@@ -42,16 +47,24 @@ def coerce(kind: str, value: Any) -> Any:
         text = str(value).strip().lower()
         if text in _TRUE or text in _FALSE:
             return text in _TRUE
-        raise InvalidInput(f"{value!r} is not a bool (use true or false)")
+        raise InvalidInput(f"{shown(value)} is not a bool (use true or false)")
     if kind == "str":
-        return str(value)
+        text = str(value)
+        if len(text) > MAX_TEXT_LENGTH:
+            raise InvalidInput(f"{len(text)} characters: longer than {MAX_TEXT_LENGTH} characters")
+        return text
     try:
         if isinstance(value, bool) or (kind == "int" and isinstance(value, float)):
             raise ValueError
-        return int(value) if kind == "int" else float(value)
+        number = int(value) if kind == "int" else float(value)
     except (TypeError, ValueError):
         article = "an" if kind == "int" else "a"
-        raise InvalidInput(f"{value!r} is not {article} {kind}") from None
+        raise InvalidInput(f"{shown(value)} is not {article} {kind}") from None
+    if kind == "float" and not math.isfinite(number):
+        raise InvalidInput(f"{shown(value)} is not a finite float")
+    if kind == "int" and not INT_MIN <= number <= INT_MAX:
+        raise InvalidInput(f"{number} is out of range ({INT_MIN} to {INT_MAX})")
+    return number
 
 
 def _coerce_array(kind: str, value: Any) -> list[Any]:
@@ -60,9 +73,11 @@ def _coerce_array(kind: str, value: Any) -> list[Any]:
         try:
             value = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v]
         except json.JSONDecodeError as exc:
-            raise InvalidInput(f"{value!r} is not an array of {kind}: {exc.msg}") from exc
+            raise InvalidInput(f"{shown(value)} is not an array of {kind}: {exc.msg}") from exc
     if not isinstance(value, list):
-        raise InvalidInput(f"{value!r} is not an array of {kind}")
+        raise InvalidInput(f"{shown(value)} is not an array of {kind}")
+    if len(value) > MAX_ARRAY_LENGTH:
+        raise InvalidInput(f"{len(value)} items: more than {MAX_ARRAY_LENGTH} items")
     return [coerce(kind, item) for item in value]
 
 
@@ -71,10 +86,10 @@ def normalize_declaration(raw: Any) -> dict[str, Any]:
     if isinstance(raw, dict) and set(raw) == {"type", "value"}:
         kind = raw["type"]
         if kind not in TYPES:
-            raise InvalidInput(f"unknown type {kind!r} (one of {', '.join(TYPES)})")
+            raise InvalidInput(f"unknown type {shown(kind)} (one of {', '.join(TYPES)})")
         return {"type": kind, "value": coerce(kind, raw["value"])}
     kind = infer_type(raw)
-    return {"type": kind, "value": raw}
+    return {"type": kind, "value": coerce(kind, raw)}
 
 
 def latest(session: Session, name: str) -> ParameterSet | None:
@@ -92,7 +107,7 @@ def get(session: Session, name: str, version: int | None = None) -> ParameterSet
         ).first()
     if found is None:
         label = name if version is None else f"{name} version {version}"
-        raise NotFound(f"unknown parameter set {label!r}")
+        raise NotFound(f"unknown parameter set {shown(label)}")
     return found
 
 
@@ -120,7 +135,7 @@ def parse_assignments(assignments: list[str]) -> dict[str, str]:
     for item in assignments:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise InvalidInput(f"{item!r} is not key=value")
+            raise InvalidInput(f"{shown(item)} is not key=value")
         parsed[key.strip()] = value
     return parsed
 
@@ -135,7 +150,9 @@ def set_values(session: Session, name: str, changes: dict[str, Any]) -> Paramete
     for key, raw in changes.items():
         if key not in values:
             known = ", ".join(sorted(values))
-            raise InvalidInput(f"parameter set {name!r} has no parameter {key!r} (has: {known})")
+            raise InvalidInput(
+                f"parameter set {name!r} has no parameter {shown(key)} (has: {known})"
+            )
         try:
             values[key]["value"] = coerce(values[key]["type"], raw)
         except InvalidInput as exc:

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
+from pipeline.domain.limits import check_id
 from pipeline.domain.models import Alert, Task, utcnow
 from pipeline.errors import NotFound, Refused
 
@@ -47,7 +48,7 @@ def alert_dict(alert: Alert) -> dict[str, Any]:
 def acknowledge(alert_id: int) -> dict[str, Any]:
     """Mark the alert seen (it leaves the default list); the acknowledged alert."""
     with transaction() as session:
-        alert = session.get(Alert, alert_id)
+        alert = session.get(Alert, check_id(alert_id, "alert"))
         if alert is None:
             raise NotFound(f"unknown alert {alert_id}")
         if alert.acknowledged_at is not None:

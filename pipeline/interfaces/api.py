@@ -17,10 +17,12 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response,
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from config.settings import API_PREFIX, HEALTHZ, get_settings
 from pipeline import __version__
-from pipeline.errors import InvalidInput, Refused
+from pipeline.domain.limits import MAX_ID
+from pipeline.errors import InvalidInput, Refused, TooLarge, shown
 from pipeline.interfaces import api_schemas as models
 from pipeline.operations import facade
 from pipeline.operations.lineage import DEFAULT_LIMIT
@@ -29,6 +31,10 @@ from pipeline.operations.lineage import DEFAULT_LIMIT
 MAX_FILES = 100_000
 #: Seconds uvicorn gives requests in progress to finish when it is told to stop.
 GRACEFUL_SHUTDOWN_SECONDS = 5
+#: Bytes of a request body, at most (README, Limits): a restart of 10,000 tasks fits.
+MAX_BODY_BYTES = 1024 * 1024
+#: The logger of uvicorn's access log, whose records carry the path with its query string.
+ACCESS_LOGGER = "uvicorn.access"
 MISSING_TOKEN = (
     "missing bearer token: send 'Authorization: Bearer TOKEN'"
     " (`pipeline cluster credentials` shows it)"
@@ -45,9 +51,9 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": models.Error} for status in statuses}
 
 
-InstanceId = Annotated[int, Path(ge=1, le=models.MAX_ID)]
-TaskId = Annotated[int, Path(ge=1, le=models.MAX_ID)]
-AlertId = Annotated[int, Path(ge=1, le=models.MAX_ID)]
+InstanceId = Annotated[int, Path(ge=1, le=MAX_ID)]
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID)]
+AlertId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 health_router = APIRouter()
 router = APIRouter(responses=_errors(400, 401, 422, 500, 503))
@@ -139,7 +145,7 @@ def subtasks(task_id: TaskId) -> list[dict[str, Any]]:
 def logs(
     task_id: TaskId,
     subtask: Annotated[
-        int | None, Query(ge=0, le=models.MAX_ID, description="only this subtask's log")
+        int | None, Query(ge=0, le=MAX_ID, description="only this subtask's log")
     ] = None,
 ) -> list[dict[str, Any]]:
     return facade.logs(task_id, subtask)
@@ -163,8 +169,8 @@ def halt_task(task_id: TaskId) -> Any:
 
 @router.get("/files", response_model=list[models.DatastoreFile])
 def files(
-    instance: Annotated[int | None, Query(ge=1, le=models.MAX_ID)] = None,
-    task: Annotated[int | None, Query(ge=1, le=models.MAX_ID)] = None,
+    instance: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    task: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     unit: Annotated[str | None, Query(max_length=500)] = None,
     path: Annotated[str | None, Query(max_length=1000)] = None,
     history: Annotated[bool, Query(description="superseded versions too")] = False,
@@ -256,7 +262,7 @@ def _known_query_parameters(request: Request) -> None:
     unknown = sorted(set(request.query_params) - known)
     if unknown:
         accepted = ", ".join(sorted(known)) or "none"
-        raise InvalidInput(f"unknown query parameter {unknown[0]!r} (accepted: {accepted})")
+        raise InvalidInput(f"unknown query parameter {shown(unknown[0])} (accepted: {accepted})")
 
 
 def _token_check(token: str) -> Callable[..., Awaitable[Response]]:
@@ -277,6 +283,49 @@ def _token_check(token: str) -> Callable[..., Awaitable[Response]]:
         return await call_next(request)
 
     return check
+
+
+def _too_large(size: str) -> str:
+    return f"request body of {size} bytes: at most {MAX_BODY_BYTES} bytes"
+
+
+class BodyLimit:
+    """ASGI middleware refusing a body past ``MAX_BODY_BYTES`` with a 413: at once when its
+    Content-Length says so, else as soon as more than that has arrived (a chunked body)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+            size = declared.decode() if declared.isdigit() else "unknown size"
+            return await _error(413, _too_large(size))(scope, receive, send)
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY_BYTES:  # handled as the facade's problems are: one line
+                raise TooLarge(_too_large(f"more than {MAX_BODY_BYTES}"))
+            return message
+
+        await self.app(scope, limited, send)
+
+
+class PathOnly(logging.Filter):
+    """Show the path of a request in the access log, never its query string: a token sent
+    there (refused: it goes in the header) must not be written to the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn's access record: (client, method, path with query, HTTP version, status).
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (args[0], args[1], args[2].partition("?")[0], args[3], args[4])
+        return True
 
 
 def _unauthorized(message: str) -> JSONResponse:
@@ -335,7 +384,8 @@ def create_app(token: str) -> FastAPI:
         # The bearer scheme is declared for the schema; the middleware enforces it.
         dependencies=[Security(BEARER), Depends(_known_query_parameters)],
     )
-    app.middleware("http")(_token_check(token))
+    app.add_middleware(BodyLimit)
+    app.middleware("http")(_token_check(token))  # added last: runs first
     app.add_exception_handler(RequestValidationError, _invalid_request)
     # Each kind the facade knows is handled where it is raised; anything else, a bug, at
     # the outermost layer (which also logs it).
@@ -354,9 +404,22 @@ def serve(host: str | None = None, port: int | None = None) -> None:
             f"no api_token for {settings.home}: run `pipeline cluster init`"
             " (or set PIPELINE_API_TOKEN)"
         )
-    uvicorn.run(
+    config = server_config(
         create_app(settings.api_token),
-        host=host or settings.api_host,
-        port=port or settings.api_listen_port,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        host or settings.api_host,
+        port or settings.api_listen_port,
     )
+    uvicorn.Server(config).run()
+
+
+def server_config(app: FastAPI, host: str, port: int) -> Any:
+    """uvicorn's configuration of the API, its access log showing paths without queries."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, host=host, port=port, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS
+    )
+    access = logging.getLogger(ACCESS_LOGGER)  # configured by uvicorn.Config just now
+    if not any(isinstance(existing, PathOnly) for existing in access.filters):
+        access.addFilter(PathOnly())
+    return config

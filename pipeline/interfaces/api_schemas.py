@@ -12,19 +12,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.fields import FieldInfo
 
-from pipeline.domain.definitions import (
-    NAME_PATTERN,
-    PRIORITY_FIRST,
-    PRIORITY_LAST,
-    ExecutionSettings,
-)
+from pipeline.domain.definitions import NAME_PATTERN, ExecutionSettings
+from pipeline.domain.limits import MAX_NAME_LENGTH, MAX_TASKS_PER_REQUEST, Id, Priority
 from pipeline.domain.states import InstanceState, NodeState, PState, SubtaskState
 from pipeline.operations.facade import restart_modes
 
-#: The largest id a SQL INTEGER column holds: the ids the API accepts are 1 to this.
-MAX_ID = 2**31 - 1
-
-Name = Annotated[str, Field(pattern=NAME_PATTERN, examples=["sample"])]
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH, examples=["sample"])]
 #: A restart mode by name: the schema lists every mode there is.
 ModeName = Annotated[
     Literal[*(mode.name for mode in restart_modes())],  # type: ignore[valid-type]
@@ -237,9 +230,7 @@ class SubmitRequest(_Strict):
     pipeline: Name
     start_node: Name | None = Field(default=None, description="first node to run")
     end_node: Name | None = Field(default=None, description="last node to run")
-    priority: int | None = Field(
-        default=None, ge=PRIORITY_FIRST, le=PRIORITY_LAST, description="0 runs first, 9 last"
-    )
+    priority: Priority | None = Field(default=None, description="0 runs first, 9 last")
 
 
 def _all_optional(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
@@ -265,12 +256,14 @@ ExecutionChanges = _all_optional(
 
 
 class TaskRestart(_Strict):
-    task_id: int = Field(ge=1, le=MAX_ID)
+    task_id: Id
     mode: ModeName
 
 
 class RestartRequest(_Strict):
-    tasks: list[TaskRestart] = Field(min_length=1, description="each task with its own mode")
+    tasks: list[TaskRestart] = Field(
+        min_length=1, max_length=MAX_TASKS_PER_REQUEST, description="each task with its own mode"
+    )
     execution: ExecutionChanges | None = None  # type: ignore[valid-type]
     dry_run: bool = Field(default=False, description="say what would run; change nothing")
 

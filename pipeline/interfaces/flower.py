@@ -30,6 +30,7 @@ from tornado import template
 from tornado.web import decode_signed_value
 
 from config.settings import DEFAULT_FLOWER_PORT, Settings, get_settings
+from pipeline.domain.limits import parse_id
 from pipeline.errors import InvalidInput, Refused
 from pipeline.messaging.celery_app import celery_app
 from pipeline.operations import facade
@@ -102,11 +103,10 @@ def restart_from_form(fields: dict[str, str]) -> tuple[bool, str]:
 
     def act() -> facade.Report:
         if fields.get("instance"):
-            if not fields["instance"].isdigit():
-                raise InvalidInput(f"{fields['instance']!r} is not an instance id")
+            instance = parse_id(fields["instance"], "instance")
             if not fields.get("mode"):
                 raise InvalidInput("choose the restart mode for the instance's failed tasks")
-            return facade.restart_failed(int(fields["instance"]), fields["mode"])
+            return facade.restart_failed(instance, fields["mode"])
         chosen = [
             f"{name.removeprefix(TASK_MODE_FIELD)}:{mode}"
             for name, mode in fields.items()
@@ -123,10 +123,7 @@ def halt_from_form(fields: dict[str, str]) -> tuple[bool, str]:
     """Halt the task the pressed button names."""
 
     def act() -> facade.Report:
-        task = fields.get("task") or ""
-        if not task.isdigit():
-            raise InvalidInput(f"{task!r} is not a task id")
-        return facade.halt([int(task)])
+        return facade.halt([parse_id(fields.get("task") or "", "task")])
 
     return _acting(act)
 

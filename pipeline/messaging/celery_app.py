@@ -23,6 +23,7 @@ from pipeline.database import reset_engines
 
 if TYPE_CHECKING:
     from celery import Celery
+    from redis import Redis
 
 #: Name of the queue used when a node's execution settings name none.
 DEFAULT_QUEUE = "default"
@@ -83,13 +84,33 @@ def configure(app: Celery, settings: Settings) -> None:
         task_send_sent_event=True,
         worker_send_task_events=True,
         broker_connection_retry_on_startup=True,
-        # Ten priority levels in each queue; Redis serves priority 0 first.
-        broker_transport_options={"priority_steps": list(range(10))},
+        # Every broker call has a deadline: a host that accepts the connection and never
+        # answers makes it fail, not hang (connect, publish, ping; the result backend too).
+        broker_connection_timeout=settings.broker_timeout,
+        redis_socket_timeout=settings.broker_timeout,
+        redis_socket_connect_timeout=settings.broker_timeout,
+        broker_transport_options={
+            # Ten priority levels in each queue; Redis serves priority 0 first.
+            "priority_steps": list(range(10)),
+            "socket_timeout": settings.broker_timeout,
+            "socket_connect_timeout": settings.broker_timeout,
+        },
         beat_schedule={
             "monitor": {"task": MONITOR_TASK, "schedule": settings.monitor_interval},
         },
         worker_hijack_root_logger=True,
         timezone="UTC",
+    )
+
+
+def broker_client() -> Redis:
+    """A client of the broker's Redis server (the monitor's lock, the queues' contents),
+    every call within ``broker_timeout``."""
+    import redis
+
+    timeout = get_settings().broker_timeout
+    return redis.Redis.from_url(
+        get_settings().broker, socket_timeout=timeout, socket_connect_timeout=timeout
     )
 
 

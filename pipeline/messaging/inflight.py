@@ -16,7 +16,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from config.settings import get_settings
 from pipeline.database import masked
 from pipeline.errors import Unreachable
-from pipeline.messaging.celery_app import celery_app
+from pipeline.messaging.celery_app import broker_client, celery_app
 
 #: kombu's Redis transport keeps priority N of queue Q in the list "Q\x06\x16N" (N > 0).
 PRIORITY_SEPARATOR = "\x06\x16"
@@ -27,7 +27,7 @@ INSPECT_TIMEOUT = 1.0
 
 def queued_message_ids(queue: str) -> set[str]:
     """Celery task ids of the messages waiting in ``queue`` on the Redis broker."""
-    client = redis.Redis.from_url(get_settings().broker)
+    client = broker_client()
     keys = [queue, *(f"{queue}{PRIORITY_SEPARATOR}{level}" for level in PRIORITY_LEVELS)]
     found = set()
     for key in keys:

@@ -353,14 +353,16 @@ def _unreachable(exc: Exception) -> Unreachable:
 
 
 def check_broker() -> None:
-    """Raise ``Unreachable`` unless the broker answers.
+    """Raise ``Unreachable`` unless the broker answers within ``broker_timeout`` (a host that
+    accepts the connection and never answers included). Call it outside any transaction.
 
     Checked on a connection of the pool the messages are then published on: a warm one
     costs one round trip, where a new connection costs several (about 4 ms a submit).
     """
+    timeout = get_settings().broker_timeout
     try:
-        with celery_app().pool.acquire(block=True, timeout=3) as connection:
-            connection.ensure_connection(max_retries=1, interval_start=0.2, timeout=3)
+        with celery_app().pool.acquire(block=True, timeout=timeout) as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0.2, timeout=timeout)
             # A pooled connection may have outlived a broker restart: ask, do not assume.
             client = getattr(connection.default_channel, "client", None)
             if client is not None:  # Redis; other transports answered ensure_connection

@@ -17,10 +17,11 @@ from tomllib import TOMLDecodeError
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError, StatementError
 
 from pipeline.database import describe_database_error, transaction
 from pipeline.domain import definitions, parameters
+from pipeline.domain.limits import check_count, check_id
 from pipeline.domain.models import PipelineInstance
 from pipeline.engine.alerts import acknowledge as acknowledge_alert
 from pipeline.engine.alerts import list_alerts
@@ -156,6 +157,7 @@ def restart(
     ``settings`` changes execution settings with the restart."""
     if not tasks:
         raise InvalidInput("name the tasks to restart, or restart the failed tasks of an instance")
+    check_count(tasks, "tasks")
     requests = [parse_request(item, mode) for item in tasks]
     return restarting.restart(requests, settings, dry_run)
 
@@ -174,12 +176,13 @@ def halt(tasks: Sequence[int]) -> Report:
     """Halt tasks: queued work dropped, running subtasks terminated, the error flag set."""
     if not tasks:
         raise InvalidInput("name the tasks to halt, or halt the running tasks of an instance")
-    return halting.halt(tasks)
+    check_count(tasks, "tasks")
+    return halting.halt([check_id(task, "task") for task in tasks])
 
 
 def halt_instance(instance: int) -> Report:
     """Halt every task of ``instance`` that is still running."""
-    return halting.halt_instance(instance)
+    return halting.halt_instance(check_id(instance, "instance"))
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -196,6 +199,8 @@ class Problem:
 def problem(exc: BaseException) -> Problem | None:
     """The one-line report of an error an operator can cause or meet; None for anything
     else (a bug: the interface logs it whole)."""
+    if isinstance(exc, StatementError) and isinstance(exc.orig, PipelineError):
+        exc = exc.orig  # raised writing a value (a JSON column refusing a non-finite number)
     if isinstance(exc, PipelineError):
         return Problem(exc.status, _one_line(str(exc)))
     if isinstance(exc, SQLAlchemyError):
@@ -210,5 +215,12 @@ def problem(exc: BaseException) -> Problem | None:
     return None
 
 
+#: Characters of a one-line report, at most: whatever an error quotes, an answer stays short.
+MAX_MESSAGE_CHARACTERS = 1000
+
+
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    line = " ".join(text.split())
+    if len(line) <= MAX_MESSAGE_CHARACTERS:
+        return line
+    return f"{line[:MAX_MESSAGE_CHARACTERS]}... (cut short)"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy.orm import Session
 
+from pipeline.domain.limits import parse_id
 from pipeline.domain.models import Task
 from pipeline.domain.states import (
     EXECUTION_STEPS,
@@ -29,7 +30,7 @@ from pipeline.domain.states import (
     task_state_label,
 )
 from pipeline.engine.ledger import start_again
-from pipeline.errors import InvalidInput, Refused
+from pipeline.errors import InvalidInput, Refused, shown
 from pipeline.messaging.outbox import STAGE_FOR_STEP, Outbox
 from pipeline.recovery.reattach import reattach_locked
 
@@ -241,7 +242,9 @@ def parse_mode(text: str | RestartMode) -> RestartMode:
     try:
         return MODES[text]
     except KeyError:
-        raise InvalidInput(f"unknown restart mode {text!r} (one of {', '.join(MODES)})") from None
+        raise InvalidInput(
+            f"unknown restart mode {shown(text)} (one of {', '.join(MODES)})"
+        ) from None
 
 
 def parse_request(
@@ -253,8 +256,8 @@ def parse_request(
         task, mode = str(item[0]), item[1]
     else:
         task, _, mode = str(item).strip().partition(":")
-    if not task.isdigit():
-        raise InvalidInput(f"{item!r} is not TASK or TASK:MODE")
+    if not task.strip().isdigit():
+        raise InvalidInput(f"{shown(item)} is not TASK or TASK:MODE")
     if not (mode or default_mode):
         raise InvalidInput(f"no mode for task {task}: give a mode for all tasks or {task}:MODE")
-    return int(task), parse_mode(mode or str(default_mode))
+    return parse_id(task, "task"), parse_mode(mode or str(default_mode))

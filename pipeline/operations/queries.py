@@ -10,6 +10,7 @@ from sqlalchemy import func, or_, select
 
 from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
+from pipeline.domain.limits import check_id, check_index
 from pipeline.domain.models import (
     DatastoreFile,
     FileConsumption,
@@ -132,6 +133,7 @@ def list_instances() -> list[dict[str, Any]]:
 
 
 def get_instance(instance_id: int) -> dict[str, Any]:
+    check_id(instance_id, "instance")
     with transaction() as session:
         instance = session.get(PipelineInstance, instance_id)
         if instance is None:
@@ -153,6 +155,7 @@ def get_instance(instance_id: int) -> dict[str, Any]:
 
 
 def list_tasks(instance_id: int) -> list[dict[str, Any]]:
+    check_id(instance_id, "instance")
     with transaction() as session:
         if session.get(PipelineInstance, instance_id) is None:
             raise NotFound(f"unknown instance {instance_id}")
@@ -166,7 +169,7 @@ def list_tasks(instance_id: int) -> list[dict[str, Any]]:
 
 
 def _task(session: Any, task_id: int) -> Task:
-    task = session.get(Task, task_id)
+    task = session.get(Task, check_id(task_id, "task"))
     if task is None:
         raise NotFound(f"unknown task {task_id}")
     return task
@@ -277,6 +280,8 @@ def _consumed(session: Any, task_id: int) -> dict[int, list[str]]:
 
 def logs(task_id: int, index: int | None = None) -> list[dict[str, Any]]:
     """Each subtask's log (or just subtask ``index``'s): ``[{index, path, text}]``."""
+    if index is not None:
+        check_index(index, "subtask")
     with transaction() as session:
         task = _task(session, task_id)
         indexes = list(

@@ -21,11 +21,12 @@ from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
 from pipeline.domain.definitions import ExecutionSettings
+from pipeline.domain.limits import check_id
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import InstanceState
 from pipeline.engine.ledger import RESTARTABLE, locked_instance, refresh_instance_state
 from pipeline.engine.transitions import advance
-from pipeline.errors import InvalidInput, NotFound, Refused
+from pipeline.errors import InvalidInput, NotFound, Refused, shown
 from pipeline.messaging import outbox
 from pipeline.messaging.celery_app import DEFAULT_QUEUE
 from pipeline.messaging.outbox import Outbox
@@ -51,8 +52,15 @@ def check_settings(changes: Mapping[str, Any], frozen_parameters: dict[str, Any]
             )
         if key not in allowed:
             raise InvalidInput(
-                f"unknown execution setting {key!r} (one of {', '.join(sorted(allowed))})"
+                f"unknown execution setting {shown(key)} (one of {', '.join(sorted(allowed))})"
             )
+
+
+def check_values(changes: Mapping[str, Any]) -> None:
+    """Refuse, before any task is looked at, a change of an execution setting to a value it
+    cannot take (infinite, out of range, a boolean for a number): one line naming it."""
+    known = {key: value for key, value in changes.items() if key in ExecutionSettings.model_fields}
+    _merged_settings(ExecutionSettings().model_dump(), known)
 
 
 def _merged_settings(current: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -76,6 +84,7 @@ def restart(
     """
     parsed = [(task_id, parse_mode(mode)) for task_id, mode in requests]
     changes = dict(settings or {})
+    check_values(changes)
     live = {} if dry_run else _in_flight_for([t for t, mode in parsed if mode.needs_broker])
     with outbox.transaction() as (session, messages):
         locked = _lock_tasks(session, [task_id for task_id, _ in parsed])
@@ -194,6 +203,7 @@ def restart_failed(
 ) -> Report:
     """Restart every failed task of an instance with one mode; retry a failed transition."""
     mode = parse_mode(mode)
+    check_id(instance_id, "instance")
     with transaction() as session:
         instance = session.get(PipelineInstance, instance_id)
         if instance is None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from config.settings import get_settings
+from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
-from pipeline.domain.definitions import PRIORITY_FIRST, PRIORITY_LAST, Definition
-from pipeline.domain.models import InstanceNode, PipelineInstance
+from pipeline.domain.definitions import Definition
+from pipeline.domain.limits import check_priority
+from pipeline.domain.models import InstanceNode, PipelineDefinition, PipelineInstance
 from pipeline.engine import datastore
 from pipeline.engine.transitions import create_node_tasks
-from pipeline.errors import InvalidInput
+from pipeline.errors import InvalidInput, shown
 from pipeline.messaging import outbox
 
 
@@ -34,8 +36,12 @@ def select_nodes(definition: Definition, start: str | None, end: str | None) -> 
         definition.node(end)
     chosen = downstream & upstream
     if not chosen:
-        raise InvalidInput(f"node {end!r} is not downstream of node {start!r}")
+        raise InvalidInput(f"node {shown(end)} is not downstream of node {shown(start)}")
     return [name for name in definition.order() if name in chosen]
+
+
+def _parse(stored: PipelineDefinition) -> Definition:
+    return definitions.parse(stored.spec, stored.version)
 
 
 def _closure(name: str, edges: dict[str, set[str]]) -> set[str]:
@@ -58,17 +64,21 @@ def submit(
 ) -> Submitted:
     """Launch an instance of the newest version of ``pipeline``.
 
-    Checks everything first (pipeline, nodes, datastore inputs, broker) so that a refused
-    submission changes nothing; the parameter set versions it uses are locked.
+    Checks everything first (pipeline and nodes, then the broker, then the datastore's
+    inputs) so that a refused submission changes nothing; the parameter set versions it
+    uses are locked. The broker is asked between transactions, never inside one: a broker
+    that hangs (up to ``broker_timeout``) holds no database lock meanwhile; the messages
+    are published after commit.
     """
-    if priority is not None and not PRIORITY_FIRST <= priority <= PRIORITY_LAST:
-        raise InvalidInput(
-            f"priority {priority} is out of range ({PRIORITY_FIRST} to {PRIORITY_LAST})"
-        )
+    check_priority(priority)
     root = datastore.require(get_settings().datastore)
+    with transaction() as session:
+        definition_id = definitions.get(session, pipeline).id
+        select_nodes(_parse(session.get(PipelineDefinition, definition_id)), start_node, end_node)
+    outbox.check_broker()
     with outbox.transaction() as (session, messages):
-        stored = definitions.get(session, pipeline)
-        definition = definitions.parse(stored.spec)
+        stored = session.get(PipelineDefinition, definition_id)
+        definition = _parse(stored)
         nodes = select_nodes(definition, start_node, end_node)
         frozen = {}
         for set_name in sorted({s for n in nodes for s in definition.node(n).parameter_sets}):
@@ -97,5 +107,4 @@ def submit(
         for name in nodes:
             if not graph[name] & set(nodes):
                 tasks += create_node_tasks(session, instance, definition, name, root, messages)
-        outbox.check_broker()  # inside the transaction: a refused submission changes nothing
         return Submitted(instance.id, instance.pipeline, instance.state, [t.id for t in tasks])

@@ -19,8 +19,7 @@ from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any
 
-import redis
-from sqlalchemy import select, update
+from sqlalchemy import Text, cast, select, update
 
 from config.settings import get_settings
 from pipeline.database import transaction
@@ -28,10 +27,11 @@ from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import EXECUTION_STEPS, STOPPED_STATES, PState, SubtaskState
 from pipeline.engine.ledger import HOST
 from pipeline.engine.transitions import advance
-from pipeline.errors import Refused
+from pipeline.errors import Refused, Unreadable
 from pipeline.messaging import inflight, outbox
-from pipeline.messaging.celery_app import DEFAULT_QUEUE
+from pipeline.messaging.celery_app import DEFAULT_QUEUE, broker_client
 from pipeline.messaging.outbox import STAGE_FOR_STEP
+from pipeline.recovery.isolation import Isolation, decode_execution
 from pipeline.recovery.reattach import reattach
 from pipeline.recovery.reclaim import marshal_again, reclaim_lost
 
@@ -42,28 +42,45 @@ LOCK_KEY = "pipeline:monitor-lock"
 
 def reconcile() -> dict[str, int]:
     """Reclaim subtasks whose worker is gone, re-send lost stage messages, retry lost node
-    transitions; returns what it did. Only one runs at a time, however many beats run."""
+    transitions; returns what it did. Only one runs at a time, however many beats run.
+
+    Each task is isolated (``pipeline.recovery.isolation``): one whose row cannot be read
+    fails alone (``failed`` counts them) and the others are recovered all the same.
+    """
     settings = get_settings()
     if not _lock(settings.monitor_interval):
         return {"skipped": 1}
-    reclaimed = _reclaim_expired_leases(utcnow() - timedelta(seconds=settings.lease_seconds))
+    isolation = Isolation()
+    reclaimed = _reclaim_expired_leases(
+        utcnow() - timedelta(seconds=settings.lease_seconds), isolation
+    )
     cutoff = utcnow() - timedelta(seconds=settings.stale_after)
-    remarshaled = _marshal_lost_marshals(cutoff)
+    remarshaled = _marshal_lost_marshals(cutoff, isolation)
+    unreadable: dict[int, str] = {}
     with outbox.transaction() as (session, messages):
-        waiting = session.execute(
-            select(Task.id, Task.attempt, Task.p_state, Task.execution).where(
-                Task.p_state.in_(list(STAGE_FOR_STEP)),
-                ~Task.error,
-                Task.updated_at < cutoff,
-            )
-        ).all()
-        quiet = session.execute(
-            select(Task.id, Task.attempt, Task.execution).where(
-                Task.p_state.in_(list(EXECUTION_STEPS)), ~Task.error, Task.updated_at < cutoff
-            )
-        ).all()
+        # The settings as text, decoded row by row: one that cannot be read fails its task,
+        # not this query.
+        execution = cast(Task.execution, Text)
+        waiting = _readable(
+            session.execute(
+                select(Task.id, Task.attempt, Task.p_state, execution).where(
+                    Task.p_state.in_(list(STAGE_FOR_STEP)),
+                    ~Task.error,
+                    Task.updated_at < cutoff,
+                )
+            ).all(),
+            unreadable,
+        )
+        quiet = _readable(
+            session.execute(
+                select(Task.id, Task.attempt, execution).where(
+                    Task.p_state.in_(list(EXECUTION_STEPS)), ~Task.error, Task.updated_at < cutoff
+                )
+            ).all(),
+            unreadable,
+        )
         # Touched, so a task that was only slow is not sent the message again every beat.
-        touched = [row.id for row in waiting] + [row.id for row in quiet]
+        touched = [row[0] for row in waiting] + [row[0] for row in quiet]
         session.execute(update(Task).where(Task.id.in_(touched)).values(updated_at=utcnow()))
         active_instances = list(
             session.scalars(
@@ -73,21 +90,36 @@ def reconcile() -> dict[str, int]:
                 )
             )
         )
-        for task_id, attempt, p_state, execution in waiting:
-            messages.stage(STAGE_FOR_STEP[p_state], task_id, attempt, execution)
-    recovered = _reattach_quiet(quiet)
+        for task_id, attempt, p_state, task_execution in waiting:
+            messages.stage(STAGE_FOR_STEP[p_state], task_id, attempt, task_execution)
+    for task_id, reason in unreadable.items():
+        isolation.unreadable(task_id, reason)
+    recovered = _reattach_quiet(quiet, isolation)
     for instance_id in active_instances:
-        advance(instance_id)
+        isolation.instance(instance_id, lambda i=instance_id: advance(i))
     return {
         "reclaimed": reclaimed,
         "remarshaled": remarshaled,
         "resent": len(waiting),
         "redispatched": recovered,
         "instances_checked": len(active_instances),
+        "failed": isolation.failed,
     }
 
 
-def _marshal_lost_marshals(expired_before: datetime) -> int:
+def _readable(rows: list[Any], unreadable: dict[int, str]) -> list[tuple[Any, ...]]:
+    """The rows (id first, stored execution settings last) with their settings decoded;
+    the id and reason of each whose settings cannot be read go to ``unreadable``."""
+    readable = []
+    for *fields, stored in rows:
+        try:
+            readable.append((*fields, decode_execution(stored)))
+        except Unreadable as exc:
+            unreadable[fields[0]] = exc.reason
+    return readable
+
+
+def _marshal_lost_marshals(expired_before: datetime, isolation: Isolation) -> int:
     """Tasks in MARSHALING whose step lease lapsed: the worker marshaling them is gone."""
     with transaction() as session:
         lost = session.execute(
@@ -95,10 +127,17 @@ def _marshal_lost_marshals(expired_before: datetime) -> int:
                 Task.p_state == PState.MARSHALING, ~Task.error, Task.updated_at < expired_before
             )
         ).all()
-    return sum(marshal_again(task_id, attempt, expired_before) for task_id, attempt in lost)
+    return sum(
+        bool(
+            isolation.task(
+                task_id, lambda t=task_id, a=attempt: marshal_again(t, a, expired_before)
+            )
+        )
+        for task_id, attempt in lost
+    )
 
 
-def _reattach_quiet(quiet: list[Any]) -> int:
+def _reattach_quiet(quiet: list[Any], isolation: Isolation) -> int:
     """Executing tasks with no news for a while: dispatch again what their queue lost."""
     live_by_queue: dict[str, inflight.InFlight] = {}
     redispatched = 0
@@ -106,21 +145,25 @@ def _reattach_quiet(quiet: list[Any]) -> int:
         queue = execution.get("queue") or DEFAULT_QUEUE
         if queue not in live_by_queue:
             live_by_queue[queue] = inflight.in_flight(queue)
-        with suppress(Refused):  # it moved on meanwhile
-            redispatched += len(
-                reattach(task_id, attempt, live_by_queue[queue], "monitor", quiet=True).lost
-            )
+
+        def again(task_id: int = task_id, attempt: int = attempt, queue: str = queue) -> int:
+            with suppress(Refused):  # it moved on meanwhile
+                found = reattach(task_id, attempt, live_by_queue[queue], "monitor", quiet=True)
+                return len(found.lost)
+            return 0
+
+        redispatched += isolation.task(task_id, again) or 0
     return redispatched
 
 
 def _lock(seconds: float) -> bool:
     """Hold the monitor lock for most of one interval: a second beat started by mistake
     finds it taken and does nothing."""
-    client = redis.Redis.from_url(get_settings().broker)
+    client = broker_client()
     return bool(client.set(LOCK_KEY, HOST, nx=True, px=int(seconds * 1000 * 0.9)))
 
 
-def _reclaim_expired_leases(expired_before: datetime) -> int:
+def _reclaim_expired_leases(expired_before: datetime, isolation: Isolation) -> int:
     """Running subtasks whose heartbeat stopped: their worker (or host) is gone."""
     with transaction() as session:
         expired = session.execute(
@@ -133,7 +176,11 @@ def _reclaim_expired_leases(expired_before: datetime) -> int:
                 Task.p_state.in_(list(EXECUTION_STEPS)),
             )
         ).all()
+    reclaimed = 0
     for task_id, index, number in expired:
         log.warning("subtask %s/%s: no heartbeat since before %s", task_id, index, expired_before)
-        reclaim_lost(task_id, index, number, expired_before)
-    return len(expired)
+        done = isolation.task(
+            task_id, lambda t=task_id, i=index, n=number: reclaim_lost(t, i, n, expired_before)
+        )
+        reclaimed += done is not None
+    return reclaimed
