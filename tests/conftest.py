@@ -298,6 +298,22 @@ def completed(completed_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     return _own_copy(completed_home, tmp_path / "completed", monkeypatch)
 
 
+@pytest.fixture(scope="module")
+def untouched_home(completed_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One copy of the completed home for a module's tests that must change nothing."""
+    copy = tmp_path_factory.mktemp("untouched") / "home"
+    _copy_home(completed_home, copy)
+    return copy
+
+
+@pytest.fixture
+def untouched(untouched_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A completed home shared by a module's refused requests, each of which asserts that it
+    changed nothing: a copy per test costs more than all their requests."""
+    _point_at(untouched_home, monkeypatch)
+    return untouched_home
+
+
 @pytest.fixture
 def failed(failed_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A home of this test's own whose instance 1 of the sample, its subtask 0 failing on

@@ -5,13 +5,16 @@ and the schema fuzzed. (The API process that `cluster start` runs is in
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from config.settings import API_PREFIX, HEALTHZ
@@ -24,10 +27,18 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FUZZ_EXAMPLES = 6
 
 
+@functools.cache
+def app() -> FastAPI:
+    """The API app: made once, since it reads the home from the settings at each request."""
+    return create_app(TOKEN)
+
+
 @pytest.fixture
-def http() -> TestClient:
-    """The API app over the home this test points at, called with the token."""
-    return TestClient(create_app(TOKEN), base_url=f"http://api{API_PREFIX}", headers=AUTH)
+def http() -> Iterator[TestClient]:
+    """The API app over the home this test points at, called with the token. Entered, the
+    client keeps one event loop for every request (not one per request: 30 ms each)."""
+    with TestClient(app(), base_url=f"http://api{API_PREFIX}", headers=AUTH) as client:
+        yield client
 
 
 @pytest.fixture
@@ -134,7 +145,7 @@ def test_every_route_but_healthz_needs_the_token(home: Path, http: TestClient) -
         ("POST", f"{API_PREFIX}/tasks/restart"),
         ("POST", f"{API_PREFIX}/alerts/{{alert_id}}/ack"),
     } <= set(operations), "the schema lists the routes"
-    anonymous = TestClient(create_app(TOKEN), base_url="http://api")
+    anonymous = TestClient(app(), base_url="http://api")
     malformed = anonymous.post(
         f"{API_PREFIX}/instances",
         content=b"{not json",
@@ -200,7 +211,7 @@ ERRORS = [
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "detail"), ERRORS)
 def test_bad_requests_name_the_problem_and_change_nothing(
-    completed: Path, http: TestClient, method: str, path: str, body: Any, status: int, detail: str
+    untouched: Path, http: TestClient, method: str, path: str, body: Any, status: int, detail: str
 ) -> None:
     names = {"instance": 1, "task": 1}
     if isinstance(body, dict):  # "{task}" in a body stands for the completed task's id

@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import orjson
 import typer
+import typer.main
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -740,10 +743,17 @@ def flower(
 # -- entry point -----------------------------------------------------------------------------
 
 
+@cache
+def _command() -> click.Command:
+    """The click command Typer builds from ``app``: building it reads the signature of every
+    command, so a process that runs the CLI several times (the tests) builds it once."""
+    return typer.main.get_command(app)
+
+
 def main() -> None:
     """Run the CLI; an operator's error becomes one line on stderr and exit status 1."""
     try:
-        app()
+        _command()()
     except Exception as exc:
         found = facade.problem(exc)
         if found is None:
