@@ -22,6 +22,8 @@ The cluster is still running (PIPELINE_HOME=${PIPELINE_HOME}). Try next:
   $pipeline params set algorithm throw_exception_subtask_0=true
   $pipeline submit sample           # ends ERRORS_STALLED with each permuter task at 3/4 (1)
   $pipeline restart --instance <ID> --mode resume-current-step   # stores the 3 good ones, goes on
+  $pipeline files --instance <ID>   # what that instance stored, each file with its producer
+  $pipeline lineage set-1/L3/averaged-image.png   # who made it, back to the data received
   $pipeline cluster status          # the HTTP API's and Flower's URLs
   $pipeline cluster credentials     # their token and login; Flower's Restart tab restarts tasks
 Stop the cluster with:
