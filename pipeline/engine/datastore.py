@@ -80,17 +80,22 @@ def stage_file(source: Path, destination: Path, link: bool = True) -> Staged:
     staging.mkdir(parents=True, exist_ok=True)
     temporary = staging / f"{destination.name}.{uuid.uuid4().hex}"
     try:
-        try:
-            if not link:
-                raise OSError("a copy was asked for")
-            os.link(source, temporary)
-        except OSError:  # another file system, or one without hard links
+        if not (link and _linked(source, temporary)):
             shutil.copyfile(source, temporary)
         size, sha256 = _hash(temporary)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     return Staged(temporary, destination, size, sha256)
+
+
+def _linked(source: Path, link: Path) -> bool:
+    """Hard-link ``link`` to ``source``; False on another file system or one without links."""
+    try:
+        os.link(source, link)
+    except OSError:
+        return False
+    return True
 
 
 def _hash(path: Path) -> tuple[int, str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -306,7 +305,7 @@ def current_rows(session: Session, paths: Sequence[str]) -> dict[str, DatastoreF
 
 
 def record_found(
-    session: Session, root: Path, candidates: list[Candidate], fingerprints: dict[str, Any]
+    session: Session, candidates: list[Candidate], fingerprints: dict[str, Any]
 ) -> list[int]:
     """The ledger row of every candidate, recording as ``found`` those that had none (given
     their ``fingerprints``: path -> size, SHA-256, modification time) unless another task
@@ -354,46 +353,57 @@ def record_stored(
 ) -> None:
     """Rename a task's staged outputs into place and record them, superseding the rows of
     the files they replace, in the caller's transaction (see the module docstring)."""
-    if not outputs:
-        return
-    lock_directories(session, (str(o.staged.destination.parent.relative_to(root)) for o in outputs))
-    versions = parameter_versions(instance, node)
-    now = utcnow()
-    rows = []
-    for output in outputs:
-        mtime_ns = datastore.place(output.staged)
-        path = str(output.staged.destination.relative_to(root))
-        rows.append(
-            _row(path, output.data_file_type, task.unit_of_work, TASK)
-            | {
-                "size": output.staged.size,
-                "sha256": output.staged.sha256,
-                "mtime_ns": mtime_ns,
-                "instance_id": instance.id,
-                "task_id": task.id,
-                "subtask_index": output.subtask_index,
-                "attempt": task.attempt,
-                "node": node.name,
-                "definition_version": instance.definition_version,
-                "parameter_versions": versions,
-                "stored_at": now,
-            }
-        )
-    _insert(session, rows, now)
-
-
-def record_received(session: Session, rows: list[dict[str, Any]], receipt: str) -> dict[str, int]:
-    """Record files an operator imported (each row: path, data_file_type, unit_of_work,
-    size, sha256, mtime_ns), superseding what they replace; their ids by path."""
-    return _insert(
+    producer = {
+        "instance_id": instance.id,
+        "task_id": task.id,
+        "attempt": task.attempt,
+        "node": node.name,
+        "definition_version": instance.definition_version,
+        "parameter_versions": parameter_versions(instance, node),
+    }
+    rows = _place(
         session,
+        root,
         [
-            _row(r["path"], r["data_file_type"], r["unit_of_work"], RECEIVED)
-            | r
-            | {"receipt": receipt}
-            for r in rows
+            (o.staged, o.data_file_type, TASK, {**producer, "subtask_index": o.subtask_index})
+            for o in outputs
         ],
+        task.unit_of_work,
     )
+    _insert(session, rows)
+
+
+def record_received(
+    session: Session, root: Path, staged: list[Staged], data_file_type: str, unit: str, receipt: str
+) -> list[dict[str, Any]]:
+    """Rename files an operator imported into place and record them as ``received``,
+    superseding what they replace, in the caller's transaction; their rows."""
+    rows = _place(
+        session, root, [(s, data_file_type, RECEIVED, {"receipt": receipt}) for s in staged], unit
+    )
+    _insert(session, rows)
+    return rows
+
+
+def _place(
+    session: Session,
+    root: Path,
+    files: list[tuple[Staged, str, str, dict[str, Any]]],
+    unit: str,
+) -> list[dict[str, Any]]:
+    """Under the lock of their directories, rename staged files (each with its data file
+    type, origin and producer's fields) into place; their ledger rows."""
+    lock_directories(session, (str(f[0].destination.parent.relative_to(root)) for f in files))
+    rows = []
+    for staged, data_file_type, origin, producer in files:
+        mtime_ns = datastore.place(staged)
+        path = str(staged.destination.relative_to(root))
+        rows.append(
+            _row(path, data_file_type, unit, origin)
+            | {"size": staged.size, "sha256": staged.sha256, "mtime_ns": mtime_ns}
+            | producer
+        )
+    return rows
 
 
 def _row(path: str, data_file_type: str, unit: str, origin: str) -> dict[str, Any]:
@@ -408,14 +418,12 @@ def _row(path: str, data_file_type: str, unit: str, origin: str) -> dict[str, An
     }
 
 
-def _insert(
-    session: Session, rows: list[dict[str, Any]], now: datetime | None = None
-) -> dict[str, int]:
+def _insert(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
     """Supersede the current rows of ``rows``' paths, insert ``rows`` (a path listed twice:
     the later one is current), in bulk; the new rows' ids by path."""
     if not rows:
         return {}
-    now = now or utcnow()
+    now = utcnow()
     paths = sorted({row["path"] for row in rows})
     for start in range(0, len(paths), PATHS_PER_QUERY):
         session.execute(

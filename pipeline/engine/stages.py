@@ -105,7 +105,7 @@ def marshal(task_id: int, attempt: int, host: str = "") -> None:
         instance, task = lock_task(session, task_id)
         if not is_current(task, attempt, PState.MARSHALING):
             return
-        ids = datastore_ledger.record_found(session, root, selection.files, fingerprints)
+        ids = datastore_ledger.record_found(session, selection.files, fingerprints)
         overwritten = datastore_ledger.overwritten_since(session, ids)
         if overwritten:  # a store replaced an input while it was being linked
             fail(session, instance, task, f"marshaling failed: {overwritten}", host)
@@ -114,8 +114,8 @@ def marshal(task_id: int, attempt: int, host: str = "") -> None:
         datastore_ledger.record_consumption(session, task.id, attempt, taskdir.split(ids, node))
         task.task_dir = str(task_dir)
         task.total_subtasks, task.completed_subtasks, task.failed_subtasks = len(names), 0, 0
-        note = f"{len(names)} subtasks" + (f": {selection.nothing}" if selection.nothing else "")
-        record(session, task, PState.ALGORITHM_SUBMITTING, note, host)
+        message = f"{len(names)} subtasks" + (f": {selection.nothing}" if selection.nothing else "")
+        record(session, task, PState.ALGORITHM_SUBMITTING, message, host)
         messages.stage(EXECUTE, task_id, attempt, task.execution)
 
 
@@ -304,11 +304,11 @@ def begin_subtasks(
             record(session, task, PState.ALGORITHM_EXECUTING, host=host)
         instance = session.get(PipelineInstance, task.instance_id)
         definition = _definition(instance)
-        algorithm = definition.node(task.node).model_dump(mode="json")["algorithm"]
+        node = definition.node(task.node)
+        algorithm = node.model_dump(mode="json")["algorithm"]
         parameters = node_parameters(instance, definition, task.node)
         timeout = float(task.execution.get("subtask_timeout", 3600))
         require_outputs = bool(task.execution.get("require_outputs", False))
-        node = definition.node(task.node)
         runs = []
         for subtask in claimed:
             directory = taskdir.subtask_dir(Path(task.task_dir), subtask.index)

@@ -13,6 +13,7 @@ from pipeline.database import transaction
 from pipeline.domain.models import DatastoreFile, FileConsumption, PipelineInstance
 from pipeline.engine.datastore_ledger import current_rows
 from pipeline.errors import NotFound
+from pipeline.operations.queries import iso_time
 
 #: Files a listing shows at most unless told otherwise: a datastore may hold millions.
 DEFAULT_LIMIT = 1000
@@ -35,10 +36,8 @@ def file_dict(row: DatastoreFile) -> dict[str, Any]:
         "node": row.node,
         "definition_version": row.definition_version,
         "parameter_versions": row.parameter_versions,
-        "stored_at": row.stored_at.isoformat(timespec="seconds"),
-        "superseded_at": (
-            row.superseded_at.isoformat(timespec="seconds") if row.superseded_at else None
-        ),
+        "stored_at": iso_time(row.stored_at),
+        "superseded_at": iso_time(row.superseded_at),
         "current": row.superseded_at is None,
     }
 

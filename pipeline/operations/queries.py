@@ -29,7 +29,8 @@ from pipeline.errors import NotFound
 ATTENTION_INSTANCES = 50
 
 
-def _time(value: Any) -> str | None:
+def iso_time(value: Any) -> str | None:
+    """A stored time as ISO 8601 to the second; None unset."""
     return value.isoformat(timespec="seconds") if value else None
 
 
@@ -43,8 +44,8 @@ def instance_dict(instance: PipelineInstance) -> dict[str, Any]:
         "end_node": instance.end_node,
         "priority": instance.priority,
         "message": instance.message,
-        "created_at": _time(instance.created_at),
-        "updated_at": _time(instance.updated_at),
+        "created_at": iso_time(instance.created_at),
+        "updated_at": iso_time(instance.updated_at),
     }
 
 
@@ -102,7 +103,7 @@ def _task_fields(
         "counts": counts_label(total_subtasks, completed_subtasks, failed_subtasks),
         "worker_host": worker_host,
         "execution": execution,
-        "updated_at": _time(updated_at),
+        "updated_at": iso_time(updated_at),
     }
 
 
@@ -120,9 +121,9 @@ def subtask_dict(subtask: Subtask) -> dict[str, Any]:
         "outputs": subtask.outputs,
         "worker_host": subtask.worker_host,
         "worker_pid": subtask.worker_pid,
-        "started_at": _time(subtask.started_at),
-        "finished_at": _time(subtask.finished_at),
-        "heartbeat_at": _time(subtask.heartbeat_at),
+        "started_at": iso_time(subtask.started_at),
+        "finished_at": iso_time(subtask.finished_at),
+        "heartbeat_at": iso_time(subtask.heartbeat_at),
     }
 
 
@@ -186,7 +187,7 @@ def get_task(task_id: int) -> dict[str, Any]:
         )
         detail["history"] = [
             {
-                "at": _time(event.at),
+                "at": iso_time(event.at),
                 "p_state": event.p_state,
                 "error": event.error,
                 "attempt": event.attempt,
@@ -310,7 +311,7 @@ def list_definitions() -> list[dict[str, Any]]:
                 "version": stored.version,
                 "nodes": [node["name"] for node in stored.spec["nodes"]],
                 "description": stored.spec.get("description", ""),
-                "imported_at": _time(stored.imported_at),
+                "imported_at": iso_time(stored.imported_at),
             }
             for stored in definitions.list_latest(session)
         ]

@@ -23,7 +23,7 @@ from pipeline.domain import definitions
 from pipeline.domain.definitions import DataFileType
 from pipeline.engine import datastore
 from pipeline.engine.datastore import Staged
-from pipeline.engine.datastore_ledger import lock_directories, record_received
+from pipeline.engine.datastore_ledger import record_received
 from pipeline.errors import InvalidInput, NotFound
 
 #: What a unit of work may be called: one path component.
@@ -75,13 +75,9 @@ def receive(
                 raise InvalidInput(f"{name}: checksum differs from the manifest's")
         datastore.flush(root)
         receipt = manifest.name if manifest else str(directory)
-        rows = []
         with transaction() as session:
-            lock_directories(session, [kind.directory(unit)])
-            for received in staged:
-                mtime_ns = datastore.place(received.staged)
-                rows.append(_ledger_row(root, received, data_file_type, unit, mtime_ns))
-            record_received(session, rows, receipt)
+            copies = [received.staged for received in staged]
+            rows = record_received(session, root, copies, data_file_type, unit, receipt)
     except BaseException:
         datastore.discard([received.staged for received in staged])
         raise
@@ -164,19 +160,6 @@ def _read_manifest(manifest: Path, names: list[str]) -> dict[str, str]:
     if extra:
         raise InvalidInput(f"{extra[0]}: in the directory but not in the manifest")
     return expected
-
-
-def _ledger_row(
-    root: Path, received: Received, type_name: str, unit: str, mtime_ns: int
-) -> dict[str, Any]:
-    return {
-        "path": str(received.staged.destination.relative_to(root)),
-        "data_file_type": type_name,
-        "unit_of_work": unit,
-        "size": received.staged.size,
-        "sha256": received.staged.sha256,
-        "mtime_ns": mtime_ns,
-    }
 
 
 def _acknowledge(manifest: Path, accepted: list[Received]) -> Path:
