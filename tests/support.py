@@ -353,6 +353,41 @@ def started_cluster(
         shutil.rmtree(made.home, ignore_errors=True)
 
 
+def home_processes(home: Path) -> dict[int, str]:
+    """Every live process started for ``home`` (its environment names it, or it runs in
+    the home: Redis overwrites its environment with its title), by pid, with its command
+    line: what must be gone once the cluster is stopped."""
+    wanted = f"PIPELINE_HOME={home}".encode()
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            if wanted not in environ and not Path(os.readlink(proc / "cwd")).is_relative_to(home):
+                continue
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if state != "Z":
+            found[int(proc.name)] = cmdline
+    return found
+
+
+def session_leaders(home: Path) -> list[str]:
+    """The command lines of the home's processes that lead their own session: one per
+    service ``cluster start`` started (a worker's pool children share their parent's)."""
+    return [cmdline for pid, cmdline in home_processes(home).items() if _session(pid) == pid]
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def algorithms_running_in(directories: list[Path]) -> bool:
     """Does any process run with its working directory in one of ``directories``?"""
     for proc in Path("/proc").iterdir():

@@ -3,11 +3,14 @@ API, Flower, and the worker of the operations run through Flower.
 
 ``start`` starts only what is not running, ``stop`` stops only what ``start`` started
 (found by the pid files under ``PIPELINE_HOME/run``, each checked against the process's
-command line so a recycled pid is never signalled).
+command line so a recycled pid is never signalled). Each service leads a process group of
+its own, so stopping it ends its children too (a worker's pool, an algorithm's process).
+Both hold the home's lock: two starts at once would otherwise each start every service.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -19,8 +22,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -45,6 +48,8 @@ READY_TIMEOUT = 60.0
 #: Seconds a service gets to exit after SIGTERM before it is killed.
 STOP_TIMEOUT = 30.0
 POLL = 0.1
+#: Seconds a start or stop waits for another one of the same home to finish.
+LOCK_TIMEOUT = 3 * READY_TIMEOUT
 #: The Celery command line of this installation, for workers and beat.
 CELERY = [sys.executable, "-m", "celery", "-A", CELERY_APP]
 
@@ -360,26 +365,87 @@ def start(
     """Start every service that is not running, and wait until each is ready.
 
     Redis is ready before the others start; those start side by side, since none needs
-    another (their start-up is mostly importing Python).
+    another (their start-up is mostly importing Python). A start that fails stops what it
+    started, so a second try begins from nothing.
     """
     settings = get_settings()
     _require_init(settings)
     if settings.uses_private_redis and not shutil.which("redis-server"):
         raise Refused("redis-server not found: install it (apt-get install redis-server)")
     database.check_database()
+    if not settings.uses_private_redis:
+        _require_broker(settings)
     (settings.home / "redis").mkdir(exist_ok=True)
-    started = []
+    with _home_lock(settings):
+        started: list[Service] = []
+        try:
+            _start_missing(settings, workers, progress, started)
+        except BaseException:
+            _stop_services(settings, started)
+            raise
+    return status(workers)
+
+
+def _start_missing(
+    settings: Settings,
+    workers: int | None,
+    progress: Callable[[str], None],
+    started: list[Service],
+) -> None:
+    """Start the services not running, adding each to ``started`` as it is spawned."""
+    waiting = []
     for service in services(settings, workers, worker_queues(settings)):
         if _running_pid(settings, service.name):
             continue
         progress(f"starting {service.name}")
-        started.append((service, _spawn(settings, service)))
+        process = _spawn(settings, service)
+        started.append(service)
         if service.name == "redis":
-            _wait_ready(settings, *started.pop())
-    for service, process in started:
+            _wait_ready(settings, service, process)
+        else:
+            waiting.append((service, process))
+    for service, process in waiting:
         progress(f"waiting for {service.name}")
         _wait_ready(settings, service, process)
-    return status(workers)
+
+
+def _require_broker(settings: Settings) -> None:
+    """A broker elsewhere must answer before anything is started that would wait on it."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(
+            settings.broker,
+            socket_connect_timeout=settings.broker_timeout,
+            socket_timeout=settings.broker_timeout,
+        )
+        client.ping()
+    except redis.RedisError as exc:
+        raise Refused(f"broker unreachable at {database.masked(settings.broker)}: {exc}") from None
+
+
+@contextmanager
+def _home_lock(settings: Settings) -> Iterator[None]:
+    """Hold the home's lock (a ``flock`` on ``run/cluster.lock``, released if this process
+    dies) while starting or stopping its services."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.run_dir / "cluster.lock").open("a") as lock:
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise Refused(
+                        f"another `pipeline cluster start` or `stop` of {settings.home}"
+                        f" is still running after {LOCK_TIMEOUT:g} s"
+                    ) from None
+                time.sleep(POLL)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _spawn(settings: Settings, service: Service) -> subprocess.Popen[bytes]:
@@ -449,12 +515,20 @@ def _redis_answers(url: str) -> bool:
 def stop() -> list[str]:
     """Stop the processes ``start`` started (workers, beat and Flower first, Redis last)."""
     settings = get_settings()
+    with _home_lock(settings):
+        return _stop_services(settings, services(settings, _started_workers(settings), every=True))
+
+
+def _stop_services(settings: Settings, listed: list[Service]) -> list[str]:
+    """Ask each listed service to stop (SIGTERM: a worker finishes its running subtasks), kill
+    it after ``STOP_TIMEOUT``, then kill what is left of its process group (children orphaned
+    by a killed parent); Redis last, since the others talk to it while they stop. The names
+    of those that had a pid file."""
     stopped = []
-    listed = services(settings, _started_workers(settings), every=True)
     names = [service.name for service in listed]
     ordered = [n for n in names if n != "redis"] + [n for n in names if n == "redis"]
     running = {n: found for n in ordered if (found := _read_pid(settings, n))}
-    for last in (False, True):  # Redis last: the others talk to it while they stop
+    for last in (False, True):
         targets = {n: f for n, f in running.items() if (n == "redis") == last}
         for found in targets.values():
             if alive(*found):
@@ -464,12 +538,32 @@ def stop() -> list[str]:
         for name, found in targets.items():
             while alive(*found) and time.monotonic() < deadline:
                 time.sleep(POLL)
-            if alive(*found):
+            for pid in [found[0], *_group(found[0], settings.home)]:
+                if pid == found[0] and not alive(*found):
+                    continue
                 with suppress(ProcessLookupError):
-                    os.kill(found[0], signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
             _pid_file(settings, name).unlink(missing_ok=True)
             stopped.append(name)
     return stopped
+
+
+def _group(pgid: int, home: Path) -> list[int]:
+    """The live processes of process group ``pgid`` that belong to ``home`` (its
+    environment names it, or they run inside it): a recycled group id is never signalled."""
+    wanted = f"PIPELINE_HOME={home}".encode()
+    members = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with suppress(OSError, IndexError, ValueError):
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid or fields[0] == "Z":
+                continue
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            if wanted in environ or Path(os.readlink(proc / "cwd")).is_relative_to(home):
+                members.append(int(proc.name))
+    return members
 
 
 def _started_workers(settings: Settings) -> int:
