@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -610,7 +610,7 @@ class InProcessWorker:
         monkeypatch.setattr(outbox, "_publish", self._publish)
         monkeypatch.setattr(outbox, "_revoke", self._revoke)
         monkeypatch.setattr(outbox, "check_broker", lambda: None)
-        monkeypatch.setattr(inflight, "in_flight", self.in_flight)
+        monkeypatch.setattr(inflight, "in_flight_of", self.in_flight_of)
 
     def _publish(self, publications: list[tuple[str, list[Any], dict[str, Any], str | None]]):
         for name, args, options, message_id in publications:
@@ -623,10 +623,11 @@ class InProcessWorker:
         self.revoked.extend(message_ids)
         self.queue = [m for m in self.queue if m.id not in message_ids]
 
-    def in_flight(self, queue: str) -> Any:
+    def in_flight_of(self, queues: Iterable[str]) -> Any:
         from pipeline.messaging.inflight import InFlight
 
-        return InFlight({m.id for m in self.queue if m.queue == queue}, set())
+        wanted = set(queues)
+        return InFlight({m.id for m in self.queue if m.queue in wanted}, set())
 
     def send(self, name: str, args: list[Any], queue: str = "default") -> None:
         """Queue a message as if published: a duplicate, or one from an older chain."""

@@ -164,7 +164,11 @@ def test_every_route_but_healthz_needs_the_token(home: Path, http: TestClient) -
             assert answer.status_code == 401, (method, path, headers)
             assert answer.headers["www-authenticate"] == "Bearer"
             assert answer.json()["detail"].startswith(detail), (method, path)
-    assert anonymous.get(f"{API_PREFIX}{HEALTHZ}").json() == {"status": "ok"}
+    assert anonymous.get(f"{API_PREFIX}{HEALTHZ}").json() == {
+        "status": "ok",
+        "monitor_running": False,
+        "monitor": "monitor has not run yet: is beat running?",
+    }
 
 
 ERRORS = [

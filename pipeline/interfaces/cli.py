@@ -128,10 +128,12 @@ def cluster_stop() -> None:
 
 @cluster_app.command("status")
 def cluster_status(as_json: JsonOption = False) -> None:
-    """Which of the cluster's processes are alive."""
+    """Which of the cluster's processes are alive, and whether beat's monitor runs."""
     from pipeline.deploy import cluster
 
     _show_status(cluster.status(), as_json)
+    if not as_json:
+        console.print(facade.monitor_health()["message"], markup=False)
 
 
 @cluster_app.command("credentials")
