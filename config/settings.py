@@ -64,6 +64,14 @@ class Settings(BaseSettings):
     database_pool_timeout: float = Field(
         default=30.0, gt=0, description="seconds to wait for a free connection"
     )
+    database_connect_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="seconds a connection to a server database (PostgreSQL) may take before"
+        " the database counts as unreachable",
+    )
     database_pool_recycle: float = Field(
         default=1800.0, description="seconds before a connection is replaced (-1: never)"
     )
