@@ -13,6 +13,7 @@ import os
 from functools import cache
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -91,6 +92,18 @@ class Settings(BaseSettings):
         " counts as unreachable (keep it above 1 s: a worker waits up to 1 s on its queue)",
     )
     redis_port: int | None = None
+    redis_password: str | None = Field(
+        default=None, description="of the private redis-server; generated at `cluster init`"
+    )
+    group: str | None = Field(
+        default=None,
+        description="a Unix group that shares the home (0750 / 0640); unset: the owner only",
+    )
+    allow_insecure_network: bool = Field(
+        default=False,
+        description="let `pipeline worker` use a broker or database on another host without a"
+        " password (a private network only)",
+    )
     datastore_root: Path | None = None
     task_root: Path | None = None
     definitions_dir: Path = PACKAGED_DEFINITIONS
@@ -165,7 +178,13 @@ class Settings(BaseSettings):
     def broker(self) -> str:
         if self.broker_url:
             return self.broker_url
-        return f"redis://127.0.0.1:{self.redis_port or 6379}/0"
+        password = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{password}127.0.0.1:{self.redis_port or 6379}/0"
+
+    @property
+    def umask(self) -> int:
+        """What the cluster's processes create is private to the owner, or to the group."""
+        return 0o027 if self.group else 0o077
 
     @property
     def uses_private_redis(self) -> bool:

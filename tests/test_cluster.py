@@ -49,7 +49,7 @@ def test_start_starts_what_is_missing(cluster: Cluster) -> None:
     status = by_name(cluster)
     assert set(status) == {"redis", "worker1", "worker2", "beat", "operations", "api", "flower"}
     assert all(row["alive"] and row["pid"] for row in status.values())
-    assert status["redis"]["url"].startswith("redis://127.0.0.1:")
+    assert status["redis"]["url"].startswith("redis://:***@127.0.0.1:"), "password hidden"
     credentials = cluster.json("cluster", "credentials")
     assert status["api"]["url"] == credentials["api_url"]
     assert status["flower"]["url"] == credentials["flower_url"]

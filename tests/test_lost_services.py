@@ -51,7 +51,7 @@ def test_broker_restarted_without_its_queue_is_recovered_by_the_monitor(chaos: C
     """c: redis-server is killed and started again with nothing persisted, so every queued
     message vanishes; beat's monitor dispatches the lost subtasks again, no operator
     involved, and each subtask still runs exactly once."""
-    broker = redis.Redis.from_url(chaos.process("redis")["url"])
+    broker = redis.Redis.from_url(chaos.json("cluster", "credentials")["broker_url"])
     instance = permuter_run(chaos, pause=2)
     wait_for(lambda: queued_on_broker(broker) >= 2, what="subtasks waiting on the broker")
     chaos.kill("redis")
@@ -95,7 +95,7 @@ def test_beat_killed_and_started_again_recovers_what_was_lost_meanwhile(chaos: C
     old_beat = chaos.pid("beat")
     wait_for(lambda: monitor_says(chaos)[0], what="the monitor to have run")
     chaos.kill("beat")
-    broker = redis.Redis.from_url(chaos.process("redis")["url"])
+    broker = redis.Redis.from_url(chaos.json("cluster", "credentials")["broker_url"])
     instance = permuter_run(chaos, pause=2)
     wait_for(lambda: queued_on_broker(broker) >= 2, what="subtasks waiting on the broker")
     assert sum(broker.delete(key) for key in broker.keys("default*"))

@@ -50,6 +50,9 @@ STOP_TIMEOUT = 30.0
 POLL = 0.1
 #: Seconds a start or stop waits for another one of the same home to finish.
 LOCK_TIMEOUT = 3 * READY_TIMEOUT
+#: Commands of the private Redis that no client needs, and that another user of the host
+#: must not run.
+REFUSED_REDIS_COMMANDS = ("CONFIG", "DEBUG", "FLUSHALL", "FLUSHDB", "SHUTDOWN")
 #: The Celery command line of this installation, for workers and beat.
 CELERY = [sys.executable, "-m", "celery", "-A", CELERY_APP]
 
@@ -74,12 +77,16 @@ def free_port() -> int:
 
 
 def redis_service(settings: Settings) -> Service:
+    """The private redis-server: its password and the commands it refuses are in its
+    configuration file (``run/redis.conf``, the owner's only), never on its command line,
+    which every user of the host can read."""
     port = settings.redis_port or 6379
     redis_dir = settings.home / "redis"
     return Service(
         name="redis",
         argv=[
             shutil.which("redis-server") or "redis-server",
+            str(_redis_config(settings)),
             "--port",
             str(port),
             "--bind",
@@ -99,6 +106,22 @@ def redis_service(settings: Settings) -> Service:
         match=("redis-server", str(port)),
         url=settings.broker,
     )
+
+
+def _redis_config(settings: Settings) -> Path:
+    return settings.run_dir / "redis.conf"
+
+
+def _write_redis_config(settings: Settings) -> None:
+    """The private Redis's password, and the commands no client of it needs renamed away:
+    another user of the host who finds its port can neither read nor flush its queues, nor
+    reconfigure or stop it (the cluster stops it by pid)."""
+    lines = [f"requirepass {settings.redis_password}"] if settings.redis_password else []
+    lines += [f'rename-command {command} ""' for command in REFUSED_REDIS_COMMANDS]
+    path = _redis_config(settings)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text("\n".join(lines) + "\n")
 
 
 def worker_queues(settings: Settings) -> list[str]:
@@ -275,7 +298,8 @@ def _running_pid(settings: Settings, name: str) -> int | None:
 def init(sample_data: bool = True) -> dict[str, Any]:
     """Create PIPELINE_HOME, the database, and import every definition in the definitions dir."""
     settings = get_settings()
-    for directory in (settings.home, settings.run_dir, settings.log_dir):
+    make_private(settings)
+    for directory in (settings.run_dir, settings.log_dir):
         directory.mkdir(parents=True, exist_ok=True)
     chosen: dict[str, object] = {}
     if settings.uses_private_redis and settings.redis_port is None:
@@ -331,7 +355,47 @@ def _chosen_credentials(settings: Settings) -> dict[str, object]:
         chosen["api_token"] = secrets.token_urlsafe(32)
     if not settings.flower_password:
         chosen["flower_password"] = secrets.token_urlsafe(16)
+    if settings.uses_private_redis and not settings.redis_password:
+        chosen["redis_password"] = secrets.token_urlsafe(24)
     return chosen
+
+
+def make_private(settings: Settings) -> None:
+    """Make the home, and all it holds, the owner's (or the ``group``'s) alone.
+
+    This process creates what follows with the cluster's umask. A home that other users
+    could read (made by an older version, or by hand) is put right, every file in it; one
+    already private is not walked again.
+    """
+    os.umask(settings.umask)
+    home = settings.home
+    home.mkdir(parents=True, exist_ok=True)
+    directory_mode = 0o2750 if settings.group else 0o700
+    if settings.group:
+        shutil.chown(home, group=settings.group)
+    opened = home.stat().st_mode & 0o7777 != directory_mode
+    home.chmod(directory_mode)
+    if opened:
+        _restrict_tree(settings, directory_mode)
+
+
+def _restrict_tree(settings: Settings, directory_mode: int) -> None:
+    for root, directories, files in os.walk(settings.home):
+        for name in directories:
+            path = Path(root) / name
+            if not path.is_symlink():
+                _restrict(path, directory_mode, settings.group)
+        for name in files:
+            path = Path(root) / name
+            if not path.is_symlink():
+                _restrict(path, path.stat().st_mode & 0o777 & ~settings.umask, settings.group)
+
+
+def _restrict(path: Path, mode: int, group: str | None) -> None:
+    with suppress(FileNotFoundError):  # a file that went meanwhile
+        if group:
+            shutil.chown(path, group=group)
+        path.chmod(mode)
 
 
 def credentials() -> dict[str, Any]:
@@ -339,6 +403,7 @@ def credentials() -> dict[str, Any]:
     settings = get_settings()
     _require_init(settings)
     return {
+        "broker_url": settings.broker,
         "api_url": settings.api_url,
         "api_token": settings.api_token,
         "flower_url": settings.flower_url,
@@ -375,8 +440,11 @@ def start(
     database.check_database()
     if not settings.uses_private_redis:
         _require_broker(settings)
-    (settings.home / "redis").mkdir(exist_ok=True)
     with _home_lock(settings):
+        settings = _upgrade(settings)
+        (settings.home / "redis").mkdir(exist_ok=True)
+        if settings.uses_private_redis:
+            _write_redis_config(settings)
         started: list[Service] = []
         try:
             _start_missing(settings, workers, progress, started)
@@ -384,6 +452,19 @@ def start(
             _stop_services(settings, started)
             raise
     return status(workers)
+
+
+def _upgrade(settings: Settings) -> Settings:
+    """Bring a home made by an older version up to this one's safety: a password on its
+    private Redis (a Redis running without one is stopped with the rest of the cluster
+    first, its queues kept on disk) and private files. The settings to start with."""
+    make_private(settings)
+    if not settings.uses_private_redis or settings.redis_password:
+        return settings
+    if _running_pid(settings, "redis"):
+        _stop_services(settings, services(settings, _started_workers(settings), every=True))
+    write_settings_file(settings.settings_file, {"redis_password": secrets.token_urlsafe(24)})
+    return _reload()
 
 
 def _start_missing(
@@ -460,6 +541,7 @@ def _spawn(settings: Settings, service: Service) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
         env=env,
         start_new_session=True,
+        umask=settings.umask,
     )
     output.close()
     _pid_file(settings, service.name).write_text(
