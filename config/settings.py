@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from functools import cache
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -91,6 +92,16 @@ class Settings(BaseSettings):
         description="seconds a broker connect, publish or ping may take before the broker"
         " counts as unreachable (keep it above 1 s: a worker waits up to 1 s on its queue)",
     )
+    broker_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificate that signed a rediss:// broker's certificate (verified,"
+        " host name included); unset: the system's CAs",
+    )
+    database_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificate of a PostgreSQL server: when set, connections use TLS"
+        " with sslmode=verify-full",
+    )
     redis_port: int | None = None
     redis_password: str | None = Field(
         default=None, description="of the private redis-server; generated at `cluster init`"
@@ -128,6 +139,17 @@ class Settings(BaseSettings):
     api_token: str | None = Field(default=None, description="bearer token of the HTTP API")
     flower_host: str = Field(default="127.0.0.1", description="address Flower listens on")
     flower_port: int | None = Field(default=None, description="chosen free at `cluster init`")
+    tls_certfile: Path | None = Field(
+        default=None,
+        description="certificate the HTTP API and Flower serve HTTPS with (with tls_keyfile);"
+        " unset: plain HTTP",
+    )
+    tls_keyfile: Path | None = Field(default=None, description="the certificate's private key")
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="CA the CLI and the Python client trust for the HTTP API's and Flower's"
+        " certificate; unset: the system's CAs",
+    )
     flower_user: str = "operator"
     flower_password: str | None = Field(default=None, description="generated at `cluster init`")
 
@@ -196,13 +218,30 @@ class Settings(BaseSettings):
         """The port the HTTP API listens on: the chosen one, else the default."""
         return self.api_port or DEFAULT_API_PORT
 
+    @model_validator(mode="after")
+    def _certificate_with_key(self) -> Settings:
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise ValueError("tls_certfile and tls_keyfile are set together, or neither")
+        return self
+
+    @property
+    def web_scheme(self) -> str:
+        """How the HTTP API and Flower are served: https once they have a certificate."""
+        return "https" if self.tls_certfile else "http"
+
+    def web_tls(self) -> ssl.SSLContext:
+        """What a client of the HTTP API or Flower trusts: ``tls_ca_file``, else the
+        system's CAs (the certificate's host name checked either way)."""
+        cafile = str(self.tls_ca_file) if self.tls_ca_file else None
+        return ssl.create_default_context(cafile=cafile)
+
     @property
     def api_url(self) -> str:
-        return f"http://{self.api_host}:{self.api_listen_port}"
+        return f"{self.web_scheme}://{self.api_host}:{self.api_listen_port}"
 
     @property
     def flower_url(self) -> str:
-        return f"http://{self.flower_host}:{self.flower_port or DEFAULT_FLOWER_PORT}"
+        return f"{self.web_scheme}://{self.flower_host}:{self.flower_port or DEFAULT_FLOWER_PORT}"
 
     @property
     def datastore(self) -> Path:

@@ -112,9 +112,20 @@ def pool_options(settings: Settings) -> dict[str, object]:
         "max_overflow": settings.database_max_overflow,
         "pool_timeout": settings.database_pool_timeout,
         "pool_recycle": settings.database_pool_recycle,
-        # libpq counts whole seconds, at least 2: round up, never below what was asked.
-        "connect_args": {"connect_timeout": max(2, math.ceil(settings.database_connect_timeout))},
+        "connect_args": _connect_args(settings),
     }
+
+
+def _connect_args(settings: Settings) -> dict[str, object]:
+    # libpq counts whole seconds, at least 2: round up, never below what was asked.
+    options: dict[str, object] = {
+        "connect_timeout": max(2, math.ceil(settings.database_connect_timeout))
+    }
+    if settings.database_ca_file:  # TLS, the server's certificate and host name verified
+        options["sslrootcert"] = str(settings.database_ca_file)
+        if "sslmode" not in make_url(settings.db_url).query:  # the URL's own says otherwise
+            options["sslmode"] = "verify-full"
+    return options
 
 
 _engines: dict[str, Engine] = {}

@@ -220,6 +220,38 @@ def silent_host() -> Iterator[tuple[str, threading.Event]]:
             connection.close()
 
 
+# -- TLS ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A throwaway CA, and a server's certificate and key signed by it."""
+
+    ca: Path
+    certificate: Path
+    key: Path
+
+
+def make_certificates(directory: Path, address: str = "127.0.0.1") -> Certificates:
+    """A throwaway CA and a certificate for a server at ``address`` (its subject
+    alternative name, which clients verify), made with ``openssl``."""
+    directory.mkdir()
+    made = Certificates(directory / "ca.crt", directory / "server.crt", directory / "server.key")
+    ca_key, request = directory / "ca.key", directory / "server.csr"
+    extensions = directory / "server.ext"
+    extensions.write_text(f"subjectAltName=IP:{address}\n")
+    for command in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", made.ca],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", made.key, "-out", request],
+        ["x509", "-req", "-in", request, "-CA", made.ca, "-CAkey", ca_key, "-CAcreateserial"],
+    ):
+        subject = ["-subj", f"/CN={address}", "-days", "2"] if command[0] == "req" else []
+        extra = ["-out", made.certificate, "-days", "2", "-extfile", extensions]
+        arguments = [*command, *(extra if command[0] == "x509" else subject)]
+        subprocess.run(["openssl", *map(str, arguments)], check=True, capture_output=True)
+    return made
+
+
 # -- clusters --------------------------------------------------------------------------------
 
 

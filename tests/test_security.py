@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import stat
 import subprocess
 import tempfile
@@ -16,10 +17,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
-from tests.support import PIPELINE, Cluster, assert_one_line_error, clean_env
+from config.settings import API_PREFIX, HEALTHZ
+from pipeline.interfaces.client import Client
+from tests.support import PIPELINE, Cluster, assert_one_line_error, clean_env, make_certificates
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("security")]
 
@@ -208,3 +212,62 @@ def test_a_worker_refuses_a_broker_or_database_elsewhere_without_a_password(
             timeout=60,
         )
         assert_one_line_error(result, f"{what} at {url} has no password")
+
+
+def test_the_api_and_flower_serve_https_once_given_a_certificate(
+    new_cluster: Callable[..., Cluster], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a certificate and key set, the HTTP API and Flower answer over HTTPS only; a
+    client that trusts the CA (the CLI's settings, the Python client) gets through, one
+    that does not is refused the certificate."""
+    tls = make_certificates(tmp_path / "tls")
+    cluster = new_cluster(
+        PIPELINE_TLS_CERTFILE=str(tls.certificate),
+        PIPELINE_TLS_KEYFILE=str(tls.key),
+        PIPELINE_TLS_CA_FILE=str(tls.ca),
+    )
+    cluster.start()
+    credentials = cluster.json("cluster", "credentials")
+    api, flower = credentials["api_url"], credentials["flower_url"]
+    assert api.startswith("https://127.0.0.1:") and flower.startswith("https://127.0.0.1:")
+    trusted = ssl.create_default_context(cafile=str(tls.ca))
+    assert httpx.get(f"{api}{API_PREFIX}{HEALTHZ}", verify=trusted).status_code == 200
+    assert httpx.get(f"{flower}/healthcheck", verify=trusted).status_code == 200
+    login = (credentials["flower_user"], credentials["flower_password"])
+    assert httpx.get(f"{flower}/api/workers", verify=trusted).status_code == 401
+    assert httpx.get(f"{flower}/api/workers", verify=trusted, auth=login).status_code == 200
+    for url in (api, flower):
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(url, verify=ssl.create_default_context())  # the system's CAs only
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url.replace("https://", "http://"), timeout=5)  # no plain HTTP
+
+    cluster.activate(monkeypatch)
+    with Client() as client:
+        assert client.instances() == []
+
+
+@pytest.fixture
+def team() -> Iterator[str]:
+    """A Unix group of this machine, removed afterwards."""
+    name = f"pl{uuid.uuid4().hex[:8]}"
+    subprocess.run(["groupadd", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["groupdel", name], check=False)
+
+
+def test_a_home_shared_with_a_group_is_the_groups_to_read(
+    new_cluster: Callable[..., Cluster], team: str
+) -> None:
+    """``group`` shares the home with a team: its files the group's to read, no one
+    else's; the settings, with the cluster's secrets, the owner's alone."""
+    cluster = new_cluster(PIPELINE_GROUP=team)
+    home = cluster.home
+    assert stat.S_IMODE(home.stat().st_mode) == 0o2750 and home.group() == team
+    image = next(cluster.datastore.glob("set-1/**/*.png"))
+    for path in (image, image.parent, cluster.home / "logs"):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert path.group() == team and mode & 0o040 and not mode & 0o007, (oct(mode), path)
+    assert stat.S_IMODE((home / "settings.toml").stat().st_mode) == 0o600

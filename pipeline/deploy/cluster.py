@@ -41,7 +41,13 @@ from config.settings import (
 from pipeline import database
 from pipeline.domain import definitions
 from pipeline.errors import PipelineError, Refused
-from pipeline.messaging.celery_app import DEFAULT_QUEUE, OPERATIONS_QUEUE, celery_app, configure
+from pipeline.messaging.celery_app import (
+    DEFAULT_QUEUE,
+    OPERATIONS_QUEUE,
+    broker_client,
+    celery_app,
+    configure,
+)
 
 #: Seconds a service gets to become ready after it is started.
 READY_TIMEOUT = 60.0
@@ -495,12 +501,7 @@ def _require_broker(settings: Settings) -> None:
     import redis
 
     try:
-        client = redis.Redis.from_url(
-            settings.broker,
-            socket_connect_timeout=settings.broker_timeout,
-            socket_timeout=settings.broker_timeout,
-        )
-        client.ping()
+        broker_client().ping()
     except redis.RedisError as exc:
         raise Refused(f"broker unreachable at {database.masked(settings.broker)}: {exc}") from None
 
@@ -563,7 +564,7 @@ def _wait_ready(settings: Settings, service: Service, process: subprocess.Popen[
 
 def _ready(settings: Settings, service: Service) -> bool:
     if service.ready_url:
-        return _http_answers(service.ready_url)
+        return _http_answers(service.ready_url, settings)
     if service.name == "redis":
         return _redis_answers(settings.broker)
     if service.name == "beat":
@@ -577,9 +578,10 @@ def _ready(settings: Settings, service: Service) -> bool:
     return any(name in reply for reply in replies)
 
 
-def _http_answers(url: str) -> bool:
+def _http_answers(url: str, settings: Settings) -> bool:
+    context = settings.web_tls() if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(url, timeout=0.5) as response:
+        with urllib.request.urlopen(url, timeout=0.5, context=context) as response:
             return bool(response.status == HTTPStatus.OK)
     except OSError:  # refused, or not answering yet (URLError is an OSError)
         return False

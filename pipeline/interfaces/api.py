@@ -421,11 +421,18 @@ def serve(host: str | None = None, port: int | None = None) -> None:
 
 
 def server_config(app: FastAPI, host: str, port: int) -> Any:
-    """uvicorn's configuration of the API, its access log showing paths without queries."""
+    """uvicorn's configuration of the API, its access log showing paths without queries,
+    served over HTTPS when the settings name a certificate."""
     import uvicorn
 
+    settings = get_settings()
     config = uvicorn.Config(
-        app, host=host, port=port, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS
+        app,
+        host=host,
+        port=port,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        ssl_certfile=settings.tls_certfile,
+        ssl_keyfile=settings.tls_keyfile,
     )
     access = logging.getLogger(ACCESS_LOGGER)  # configured by uvicorn.Config just now
     if not any(isinstance(existing, PathOnly) for existing in access.filters):
