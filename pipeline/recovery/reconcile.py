@@ -219,6 +219,10 @@ def _exclusive(interval: float) -> Iterator[Callable[[], None] | None]:
     started by mistake sends a second monitor each interval: one of them is enough)."""
     lock = MonitorLock(interval)
     if not lock.acquire():
+        # Beat is alive and another run works on (its lock lapses within LOCK_INTERVALS if
+        # it hangs): a sign of life all the same, so a long run raises no false alarm.
+        with transaction() as session:
+            heartbeat.record(session, HOST)
         yield None
         return
     try:
