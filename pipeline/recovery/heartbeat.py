@@ -63,12 +63,6 @@ def record(session: Session, host: str) -> None:
         session.add(Heartbeat(name=MONITOR, at=utcnow(), host=host))
 
 
-def last_run(session: Session) -> datetime | None:
-    """When the monitor last ran (None: never, as far as the database knows)."""
-    heartbeat = session.get(Heartbeat, MONITOR)
-    return heartbeat.at if heartbeat and heartbeat.host else None
-
-
 def silent_after() -> timedelta:
     return timedelta(seconds=SILENT_INTERVALS * get_settings().monitor_interval)
 

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 LOCK_KEY = "pipeline:monitor-lock"
 #: The lock lapses after this many intervals unless its holder extends it.
 LOCK_INTERVALS = 3
+#: Redis key set for half an interval after a run ends: a second beat's run then skips.
+RAN_KEY = "pipeline:monitor-ran"
 
 
 def reconcile() -> dict[str, int]:
@@ -186,7 +188,8 @@ class MonitorLock:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.lock = broker_client().lock(
+        self.client = broker_client()
+        self.lock = self.client.lock(
             LOCK_KEY, timeout=LOCK_INTERVALS * interval, blocking=False, thread_local=False
         )
         self.kept_at = 0.0
@@ -215,7 +218,7 @@ class MonitorLock:
 @contextmanager
 def _exclusive(interval: float) -> Iterator[Callable[[], None] | None]:
     """Yield the run's ``keep`` (extend the lock) when this run may go ahead; None when
-    another run holds the lock, or ran less than half an interval ago (a second beat
+    another run holds the lock, or one ended less than half an interval ago (a second beat
     started by mistake sends a second monitor each interval: one of them is enough)."""
     lock = MonitorLock(interval)
     if not lock.acquire():
@@ -226,12 +229,13 @@ def _exclusive(interval: float) -> Iterator[Callable[[], None] | None]:
         yield None
         return
     try:
+        if lock.client.exists(RAN_KEY):
+            yield None
+            return
         with transaction() as session:
-            previous = heartbeat.last_run(session)
-            recent = previous is not None and utcnow() - previous < timedelta(seconds=interval / 2)
-            if not recent:
-                heartbeat.record(session, HOST)
-        yield None if recent else lock.keep
+            heartbeat.record(session, HOST)
+        yield lock.keep
+        lock.client.set(RAN_KEY, HOST, px=max(1, int(interval * 1000 / 2)))
     finally:
         lock.release()
 
