@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from pipeline.messaging.celery_app import MONITOR_TASK
+from pipeline.messaging.outbox import SUBTASK
 from pipeline.operations import facade
 from tests.support import STOPPED_WITH_ERRORS, Cluster, unavailable, wait_for
 
@@ -137,6 +140,48 @@ def test_api_and_pages_answer_401_without_credentials(cluster: Cluster, flower: 
     assert flower.request("/pipeline/restart").status == 200
     assert flower.async_apply("pipeline.nosuch").status == 404
     assert cluster.json("instances") == before, "nothing was submitted"
+
+
+def flower_tasks(flower: Flower, **query: str) -> dict[str, dict[str, Any]]:
+    """Flower's task list (``/api/tasks``), by Celery task id."""
+    return flower.request("/api/tasks?" + urllib.parse.urlencode(query)).json()
+
+
+def test_flower_shows_failed_subtasks_as_failures(cluster: Cluster, flower: Flower) -> None:
+    """Each failed subtask is a FAILURE in Flower with the algorithm's error, not retried;
+    the successful ones SUCCESS; the pipeline's own state is what it always was."""
+    instance, tasks = failed_instance(cluster)
+
+    def subtask_messages(state: str) -> list[dict[str, Any]]:
+        found = flower_tasks(flower, taskname=SUBTASK, state=state).values()
+        return [t for t in found if any(t["args"].startswith(f"task={task},") for task in tasks)]
+
+    def all_reported() -> bool:
+        return len(subtask_messages("FAILURE")) == 2 and len(subtask_messages("SUCCESS")) == 6
+
+    wait_for(all_reported, DEADLINE, "Flower to report every subtask of the failed tasks")
+    for failed in subtask_messages("FAILURE"):
+        assert ", subtask=0, " in failed["args"], failed
+        assert "RuntimeError: subtask 0 failed on purpose" in failed["exception"], failed
+        assert failed["retries"] == 0, failed
+    assert not subtask_messages("RETRY")
+    assert instance_state(cluster, instance) == "ERRORS_STALLED"
+
+
+def test_the_monitor_stays_out_of_flowers_task_list(
+    cluster: Cluster, flower: Flower, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beat's monitor runs every few seconds; Flower's task list does not show it, and its
+    last run is on ``/metrics`` instead."""
+    started = time.time()
+
+    def monitored_since() -> bool:
+        return (facade.monitor_last_run() or 0) > started
+
+    cluster.activate(monkeypatch)
+    wait_for(monitored_since, DEADLINE, "the monitor to run")
+    assert flower_tasks(flower, taskname=MONITOR_TASK) == {}
+    assert "pipeline_monitor_last_run_age_seconds" in flower.request("/metrics").body
 
 
 def test_submit_and_restart_through_flowers_api(cluster: Cluster, flower: Flower) -> None:

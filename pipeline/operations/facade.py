@@ -26,8 +26,22 @@ from pipeline.domain.models import PipelineInstance
 from pipeline.engine.alerts import acknowledge as acknowledge_alert
 from pipeline.engine.alerts import list_alerts
 from pipeline.errors import InvalidInput, PipelineError
+from pipeline.messaging import monitor_clock
 from pipeline.operations import halt as halting
 from pipeline.operations import restart as restarting
+from pipeline.operations.console import (
+    alerts_page,
+    instance_overview,
+    instances_page,
+    log_tail,
+    metrics,
+    parameter_diff,
+    parameter_versions,
+    subtask_log_path,
+    subtask_state_counts,
+    subtasks_page,
+    tasks_page,
+)
 from pipeline.operations.lineage import files, lineage
 from pipeline.operations.modes import MODES, RestartMode, parse_request
 from pipeline.operations.outcomes import Report
@@ -53,6 +67,17 @@ __all__ = [
     "Problem",
     "Report",
     "acknowledge_alert",
+    "alerts_page",
+    "instance_overview",
+    "instances_page",
+    "log_tail",
+    "metrics",
+    "parameter_diff",
+    "parameter_versions",
+    "subtask_log_path",
+    "subtask_state_counts",
+    "subtasks_page",
+    "tasks_page",
     "files",
     "get_instance",
     "get_task",
@@ -67,6 +92,7 @@ __all__ = [
     "lineage",
     "list_tasks",
     "logs",
+    "monitor_last_run",
     "problem",
     "receive",
     "restart",
@@ -183,6 +209,14 @@ def halt(tasks: Sequence[int]) -> Report:
 def halt_instance(instance: int) -> Report:
     """Halt every task of ``instance`` that is still running."""
     return halting.halt_instance(check_id(instance, "instance"))
+
+
+# -- the monitor -----------------------------------------------------------------------------
+
+
+def monitor_last_run() -> float | None:
+    """Unix time of beat's monitor's last run; None if it never ran (or the broker is away)."""
+    return monitor_clock.last_run()
 
 
 # -- errors ----------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from pipeline.errors import NotFound
 
 #: Instances the restart page lists at most, newest first.
 ATTENTION_INSTANCES = 50
+#: Failed subtasks whose errors the restart page shows per task, at most.
+FAILED_ERRORS_SHOWN = 3
 
 
 def iso_time(value: Any) -> str | None:
@@ -237,10 +239,13 @@ def tasks_needing_attention(limit: int = ATTENTION_INSTANCES) -> list[dict[str, 
 
 
 def _attention_dict(session: Any, task: Task, restartable: bool) -> dict[str, Any]:
+    """The task, with the errors of its first few failed subtasks (the task's count says
+    how many there are: a task of 500 failures lists ``FAILED_ERRORS_SHOWN``)."""
     failed = session.execute(
         select(Subtask.index, Subtask.error)
         .where(Subtask.task_id == task.id, Subtask.state == SubtaskState.FAILED)
         .order_by(Subtask.index)
+        .limit(FAILED_ERRORS_SHOWN)
     )
     return {
         **task_dict(task),

@@ -1,0 +1,119 @@
+"""The pipeline's figures for Prometheus, on Flower's ``/metrics`` beside Celery's.
+
+A collector registered once in ``prometheus_client``'s default registry (the one Flower
+exports) reads the figures from the database through the facade at every scrape, so
+every Flower process reports the same numbers, those of the database. A database that
+cannot be read makes the scrape report ``pipeline_up 0`` rather than fail Celery's
+figures too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import prometheus_client
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from pipeline.operations import facade
+from pipeline.operations.console import DURATION_BUCKETS
+
+log = logging.getLogger(__name__)
+
+
+class PipelineCollector(Collector):
+    """Instances by state, tasks by P-state and error flag, subtasks by state, redispatches,
+    restarts by mode, lost-work recoveries, subtask run times per node, and the age of the
+    monitor's last run."""
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: registering must not query the database."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("pipeline_up", "1 when the pipeline's database could be read")
+        try:
+            figures = facade.metrics()
+        except Exception as exc:
+            found = facade.problem(exc)
+            if found is None:
+                raise
+            log.warning("pipeline metrics: %s", found.message)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        instances = GaugeMetricFamily(
+            "pipeline_instances", "Pipeline instances by state", labels=["state"]
+        )
+        for state, count in figures["instances"].items():
+            instances.add_metric([state], count)
+        yield instances
+        tasks = GaugeMetricFamily(
+            "pipeline_tasks", "Tasks by P-state and error flag", labels=["p_state", "error"]
+        )
+        for (p_state, error), count in sorted(figures["tasks"].items()):
+            tasks.add_metric([p_state, str(error).lower()], count)
+        yield tasks
+        subtasks = GaugeMetricFamily("pipeline_subtasks", "Subtasks by state", labels=["state"])
+        for state, count in sorted(figures["subtasks"].items()):
+            subtasks.add_metric([state], count)
+        yield subtasks
+        yield CounterMetricFamily(
+            "pipeline_subtasks_redispatched",
+            "Subtask dispatches after the first (lost work, resubmits)",
+            value=figures["redispatched"],
+        )
+        restarts = CounterMetricFamily(
+            "pipeline_restarts", "Task restarts by mode", labels=["mode"]
+        )
+        for mode, count in sorted(figures["restarts"].items()):
+            restarts.add_metric([mode], count)
+        yield restarts
+        yield CounterMetricFamily(
+            "pipeline_lost_work_recoveries",
+            "Lost subtasks dispatched again and lost marshals redone by the monitor",
+            value=figures["lost_work_recoveries"],
+        )
+        durations = HistogramMetricFamily(
+            "pipeline_subtask_duration_seconds", "Run time of finished subtasks", labels=["node"]
+        )
+        for node, found in sorted(figures["durations"].items()):
+            buckets = [
+                (str(bound), count)
+                for bound, count in zip(DURATION_BUCKETS, found["buckets"], strict=True)
+            ]
+            buckets.append(("+Inf", found["count"]))
+            durations.add_metric([node], buckets, found["sum"])
+        yield durations
+        last = facade.monitor_last_run()
+        if last is not None:
+            yield GaugeMetricFamily(
+                "pipeline_monitor_last_run_age_seconds",
+                "Seconds since beat's monitor last finished a run",
+                value=max(0.0, time.time() - last),
+            )
+
+
+_registered: list[PipelineCollector] = []
+
+
+def register() -> None:
+    """Add the collector to the default registry, once per process."""
+    if not _registered:
+        collector = PipelineCollector()
+        prometheus_client.REGISTRY.register(collector)
+        _registered.append(collector)
+
+
+def latest() -> bytes:
+    """Every metric of the default registry, Celery's and the pipeline's, in text format."""
+    return prometheus_client.generate_latest()
