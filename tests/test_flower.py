@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -24,11 +25,13 @@ import pytest
 from pipeline.messaging.celery_app import MONITOR_TASK
 from pipeline.messaging.outbox import SUBTASK
 from pipeline.operations import facade
-from tests.support import STOPPED_WITH_ERRORS, Cluster, unavailable, wait_for
+from tests.support import STOPPED_WITH_ERRORS, Cluster, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("full-cluster")]
 
 CHROMIUM = Path("/usr/bin/chromium")
+#: Where the browser tests save their screenshots unless PIPELINE_SCREENSHOTS says.
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "console"
 CHROMIUM_ARGS = [
     "--disable-gpu",
     "--disable-background-networking",
@@ -217,14 +220,121 @@ def test_submit_and_restart_through_flowers_api(cluster: Cluster, flower: Flower
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Debian's Chromium, driven by Playwright. One that is missing or cannot start fails
+    the browser tests rather than skipping them: they are the proof the console works."""
     if not CHROMIUM.exists():
-        unavailable(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        except Exception as exc:
+            pytest.fail(f"Chromium cannot start: {str(exc).splitlines()[0]}")
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots() -> Path:
+    """Where the browser tests save a screenshot of each page (README: Console)."""
+    found = Path(os.environ.get("PIPELINE_SCREENSHOTS", SCREENSHOTS))
+    found.mkdir(parents=True, exist_ok=True)
+    return found
+
+
+def test_the_seed_scenario_from_the_console(
+    cluster: Cluster, flower: Flower, browser: Any, screenshots: Path
+) -> None:
+    """A newcomer's run of the seed from the browser alone: a failing instance (submitted
+    through Flower's API), found on Instances, its failed task opened, subtask 0's log
+    read, resume-current-step previewed then applied, the instance COMPLETED."""
+    submitted = flower.run("pipeline.submit", "sample", end_node="permuter")
+    instance, tasks = submitted["id"], submitted["tasks"]
+    credentials = {"username": flower.user, "password": flower.password}
+    context = browser.new_context(
+        http_credentials=credentials, viewport={"width": 1200, "height": 800}
+    )
+    try:
+        page = context.new_page()
+
+        def shot(name: str) -> None:
+            page.screenshot(path=str(screenshots / f"{name}.png"), full_page=False)
+
+        page.goto(flower.url + "/workers")
+        page.get_by_role("link", name="Pipeline", exact=True).click()
+        assert page.url == flower.url + "/pipeline/instances"
+        row = page.locator(f"#instance-{instance}")
+
+        def stalled() -> bool:
+            page.reload()
+            return row.locator(".instance-state").inner_text() == "ERRORS_STALLED"
+
+        wait_for(stalled, DEADLINE, "Instances to show the instance ERRORS_STALLED")
+        assert "6 / 2 / 8" in row.inner_text(), "completed / failed / total subtasks"
+        shot("instances")
+
+        row.get_by_role("link", name=str(instance), exact=True).click()
+        assert page.url == f"{flower.url}/pipeline/instances/{instance}"
+        node = page.locator('.dag-node[data-node="permuter"]')
+        assert node.get_attribute("data-state") == "error"
+        assert page.locator(f"#task-{tasks[0]} .task-state").inner_text() == (
+            "ERROR - ALGORITHM_COMPLETE"
+        )
+        shot("instance")
+
+        page.get_by_role("link", name=str(tasks[0]), exact=True).click()
+        assert page.url == f"{flower.url}/pipeline/tasks/{tasks[0]}"
+        assert page.locator("#task-counts").inner_text() == "3/4 (1)"
+        page.get_by_label("State").select_option("FAILED")
+        page.get_by_role("button", name="Filter").click()
+        assert page.locator("#subtasks tbody tr").count() == 1
+        shot("task")
+
+        page.get_by_role("link", name="Log of subtask 0").click()
+        assert "subtask 0 failed on purpose" in page.locator("#log").inner_text()
+        shot("log")
+        page.go_back()
+
+        # Keyboard: the restart form's controls are labelled and reached in order by Tab.
+        mode = page.get_by_label("Restart mode")
+        mode.focus()
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "setting-queue"
+        mode.select_option("resume-current-step")
+        page.get_by_role("button", name="Preview restart").click()
+        preview = page.locator("#preview")
+        assert "store the successful subtasks" in preview.inner_text()
+        assert cluster.json("task", tasks[0])["error"], "a preview changes nothing"
+        shot("preview")
+        page.get_by_role("button", name="Confirm restart").click()
+        assert f"task {tasks[0]} resume-current-step" in page.locator("#result").inner_text()
+
+        # The other failed task: every failed task of the instance, from its page.
+        page.goto(f"{flower.url}/pipeline/instances/{instance}")
+        wait_for(
+            lambda: cluster.json("task", tasks[0])["p_state"] == "COMPLETE", DEADLINE, "the store"
+        )
+        page.reload()
+        page.get_by_label("Restart all 1 failed tasks in mode").select_option("resume-current-step")
+        page.get_by_role("button", name="Preview restart").click()
+        assert page.locator(".preview-outcome").count() == 1
+        page.get_by_role("button", name="Confirm restart").click()
+
+        def completed() -> bool:
+            page.reload()
+            return page.locator("#instance-state").inner_text() == "COMPLETED"
+
+        wait_for(completed, DEADLINE, "the instance page to show COMPLETED")
+        assert node.get_attribute("data-state") == "complete"
+        shot("instance-completed")
+        for name in ("alerts", "definitions", "parameters"):
+            page.goto(f"{flower.url}/pipeline/{name}")
+            assert page.locator("#problem").count() == 0
+            shot(name)
+        assert instance_state(cluster, instance) == "COMPLETED"
+    finally:
+        context.close()
 
 
 def test_restart_page_in_a_browser(cluster: Cluster, flower: Flower, browser: Any) -> None:

@@ -234,7 +234,11 @@ class PipelineHandler(BaseHandler):
         return f"{self.request.path}?{urlencode(arguments)}"
 
     def render_page(self, template: str, **values: Any) -> None:
+        """Render a console page with the result of the action that led here; a page
+        showing work under way (``refresh``) reloads itself every few seconds."""
         ok, message = self.result()
+        if values.get("refresh"):
+            self.set_header("Refresh", str(REFRESH_SECONDS))
         self.render(
             template,
             ok=values.pop("ok", ok),
@@ -242,8 +246,6 @@ class PipelineHandler(BaseHandler):
             modes=facade.restart_modes(),
             page_url=self.page_url,
             duration=duration,
-            refresh=values.pop("refresh", False),
-            refresh_seconds=REFRESH_SECONDS,
             **values,
         )
 
