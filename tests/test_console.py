@@ -102,6 +102,7 @@ def test_the_pages_show_a_failed_instance(console: Console) -> None:
     assert instance.status == 200
     assert 'data-node="permuter" data-state="error"' in instance.body
     assert 'data-node="flip" data-state="pending"' in instance.body
+    assert 'data-node="averaging" data-state="pending"' in instance.body
     assert "2 tasks, 6/8 (2)" in instance.body
     rows = re.findall(r'<tr id="task-(\d+)">(.*?)</tr>', instance.body, re.S)
     assert [int(task) for task, _ in rows] == list(TASKS)

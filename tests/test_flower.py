@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,6 +243,38 @@ def screenshots() -> Path:
     return found
 
 
+def restart_from_the_task_page(
+    page: Any, cluster: Cluster, task: int, shot: Callable[[str], None] | None
+) -> None:
+    """On the failed task's page: its failed subtask, subtask 0's log, then
+    resume-current-step previewed and applied (each page photographed by ``shot``)."""
+    assert page.locator("#task-counts").inner_text() == "3/4 (1)"
+    page.get_by_label("State").select_option("FAILED")
+    page.get_by_role("button", name="Filter").click()
+    assert page.locator("#subtasks tbody tr").count() == 1
+    if shot:
+        shot("task")
+    page.get_by_role("link", name="Log of subtask 0").click()
+    assert "subtask 0 failed on purpose" in page.locator("#log").inner_text()
+    if shot:
+        shot("log")
+    page.go_back()
+
+    # Keyboard: the restart form's controls are labelled and reached in order by Tab.
+    mode = page.get_by_label("Restart mode")
+    mode.focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "setting-queue"
+    mode.select_option("resume-current-step")
+    page.get_by_role("button", name="Preview restart").click()
+    assert "store the successful subtasks" in page.locator("#preview").inner_text()
+    assert cluster.json("task", task)["error"], "a preview changes nothing"
+    if shot:
+        shot("preview")
+    page.get_by_role("button", name="Confirm restart").click()
+    assert f"task {task} resume-current-step" in page.locator("#result").inner_text()
+
+
 def test_the_seed_scenario_from_the_console(
     cluster: Cluster, flower: Flower, browser: Any, screenshots: Path
 ) -> None:
@@ -283,43 +315,12 @@ def test_the_seed_scenario_from_the_console(
         )
         shot("instance")
 
-        page.get_by_role("link", name=str(tasks[0]), exact=True).click()
-        assert page.url == f"{flower.url}/pipeline/tasks/{tasks[0]}"
-        assert page.locator("#task-counts").inner_text() == "3/4 (1)"
-        page.get_by_label("State").select_option("FAILED")
-        page.get_by_role("button", name="Filter").click()
-        assert page.locator("#subtasks tbody tr").count() == 1
-        shot("task")
+        for task in tasks:
+            page.goto(f"{flower.url}/pipeline/instances/{instance}")
+            page.get_by_role("link", name=str(task), exact=True).click()
+            restart_from_the_task_page(page, cluster, task, shot if task == tasks[0] else None)
 
-        page.get_by_role("link", name="Log of subtask 0").click()
-        assert "subtask 0 failed on purpose" in page.locator("#log").inner_text()
-        shot("log")
-        page.go_back()
-
-        # Keyboard: the restart form's controls are labelled and reached in order by Tab.
-        mode = page.get_by_label("Restart mode")
-        mode.focus()
-        page.keyboard.press("Tab")
-        assert page.evaluate("document.activeElement.id") == "setting-queue"
-        mode.select_option("resume-current-step")
-        page.get_by_role("button", name="Preview restart").click()
-        preview = page.locator("#preview")
-        assert "store the successful subtasks" in preview.inner_text()
-        assert cluster.json("task", tasks[0])["error"], "a preview changes nothing"
-        shot("preview")
-        page.get_by_role("button", name="Confirm restart").click()
-        assert f"task {tasks[0]} resume-current-step" in page.locator("#result").inner_text()
-
-        # The other failed task: every failed task of the instance, from its page.
         page.goto(f"{flower.url}/pipeline/instances/{instance}")
-        wait_for(
-            lambda: cluster.json("task", tasks[0])["p_state"] == "COMPLETE", DEADLINE, "the store"
-        )
-        page.reload()
-        page.get_by_label("Restart all 1 failed tasks in mode").select_option("resume-current-step")
-        page.get_by_role("button", name="Preview restart").click()
-        assert page.locator(".preview-outcome").count() == 1
-        page.get_by_role("button", name="Confirm restart").click()
 
         def completed() -> bool:
             page.reload()
