@@ -177,37 +177,13 @@ def api_server(cluster: Cluster) -> Iterator[str]:
 @contextmanager
 def console_server() -> Iterator[tuple[str, tuple[str, str]]]:
     """Flower with the pipeline console, in a thread of this process, for a cluster that
-    was only initialised (no broker events are read); yields its URL and login."""
-    import asyncio
-    import threading
-
+    was only initialised; yields its URL and login."""
     from config.settings import get_settings
     from pipeline.interfaces import flower
 
     settings = get_settings()
-    ready = threading.Event()
-    loops: list[Any] = []
-
-    def serve() -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        app = flower.build(settings)
-        app.start_http_server()
-        loops.append(loop)
-        ready.set()
-        loop.run_forever()
-        app.stop()
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    if not ready.wait(READY_TIMEOUT):
-        raise RuntimeError("the console did not start")
-    try:
-        yield settings.flower_url, (settings.flower_user, settings.flower_password or "")
-    finally:
-        loops[0].call_soon_threadsafe(loops[0].stop)
-        thread.join(READY_TIMEOUT)
+    with flower.in_thread(settings) as url:
+        yield url, (settings.flower_user, settings.flower_password or "")
 
 
 def cluster_env(home: Path, broker: str, database_url: str | None = None) -> dict[str, str]:

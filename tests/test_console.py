@@ -4,11 +4,9 @@ restart calls for is run by the in-process worker. The browser test is in test_f
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import html
 import re
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -63,26 +61,8 @@ def console(failed: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Console]:
     from config.settings import get_settings
     from pipeline.interfaces import flower
 
-    ready = threading.Event()
-    loops: list[asyncio.AbstractEventLoop] = []
-
-    def serve() -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        app = flower.build(get_settings())
-        app.start_http_server()
-        loops.append(loop)
-        ready.set()
-        loop.run_forever()
-        app.stop()
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert ready.wait(30), "Flower did not start"
-    yield Console(f"http://127.0.0.1:{port}")
-    loops[0].call_soon_threadsafe(loops[0].stop)
-    thread.join(10)
+    with flower.in_thread(get_settings()) as url:
+        yield Console(url)
 
 
 def text(page: str) -> str:

@@ -294,9 +294,45 @@ class InstancesPage(PipelineHandler):
         )
 
 
-class InstancePage(PipelineHandler):
-    async def show(self, instance_id: str, **values: Any) -> None:
-        number = parse_id(instance_id, "instance")
+class RestartingPage(PipelineHandler):
+    """A page of one instance or task whose form restarts it: ``preview`` re-renders the
+    page with the dry run and a form to confirm it; anything else restarts, then returns
+    to the page with the result."""
+
+    #: The form field naming what the page shows: ``instance`` or ``task``.
+    subject = ""
+
+    async def show(self, shown_id: str, **values: Any) -> None:
+        raise NotImplementedError
+
+    @tornado.web.authenticated
+    async def get(self, shown_id: str) -> None:
+        await self.show(shown_id)
+
+    @tornado.web.authenticated
+    async def post(self, shown_id: str) -> None:
+        fields = {**self.form_fields(), self.subject: shown_id}
+        if fields.get("action") != PREVIEW:
+            await self.act_and_return(restart_from_form, fields, self.request.path)
+            return
+        report, why_not = await self.preview(fields)
+        await self.show(
+            shown_id,
+            preview=report,
+            fields=fields,
+            ok=report is not None,
+            message=why_not,
+            refresh=False,
+        )
+
+
+class InstancePage(RestartingPage):
+    """An instance: its DAG, tasks, figures and frozen values; restart all failed tasks."""
+
+    subject = "instance"
+
+    async def show(self, shown_id: str, **values: Any) -> None:
+        number = parse_id(shown_id, "instance")
         page, per_page = self.page_argument()
         overview = await self.read(facade.instance_overview, number)
         tasks = await self.read(facade.tasks_page, number, page, per_page)
@@ -318,31 +354,14 @@ class InstancePage(PipelineHandler):
             **values,
         )
 
-    @tornado.web.authenticated
-    async def get(self, instance_id: str) -> None:
-        await self.show(instance_id)
 
-    @tornado.web.authenticated
-    async def post(self, instance_id: str) -> None:
-        """Restart all failed tasks: a preview re-renders the page with the dry run."""
-        fields = {**self.form_fields(), "instance": instance_id}
-        if fields.get("action") == PREVIEW:
-            report, why_not = await self.preview(fields)
-            await self.show(
-                instance_id,
-                preview=report,
-                fields=fields,
-                ok=report is not None,
-                message=why_not,
-                refresh=False,
-            )
-            return
-        await self.act_and_return(restart_from_form, fields, self.request.path)
+class TaskPage(RestartingPage):
+    """A task: its history and subtasks; restart it with its settings changed."""
 
+    subject = "task"
 
-class TaskPage(PipelineHandler):
-    async def show(self, task_id: str, **values: Any) -> None:
-        number = parse_id(task_id, "task")
+    async def show(self, shown_id: str, **values: Any) -> None:
+        number = parse_id(shown_id, "task")
         page, per_page = self.page_argument()
         state = self.get_argument("state", "") or None
         task = await self.read(facade.get_task, number)
@@ -360,27 +379,6 @@ class TaskPage(PipelineHandler):
             refresh=values.pop("refresh", not task["error"] and task["p_state"] != "COMPLETE"),
             **values,
         )
-
-    @tornado.web.authenticated
-    async def get(self, task_id: str) -> None:
-        await self.show(task_id)
-
-    @tornado.web.authenticated
-    async def post(self, task_id: str) -> None:
-        """Restart the task (with its settings changed): a preview re-renders the page."""
-        fields = {**self.form_fields(), "task": task_id}
-        if fields.get("action") == PREVIEW:
-            report, why_not = await self.preview(fields)
-            await self.show(
-                task_id,
-                preview=report,
-                fields=fields,
-                ok=report is not None,
-                message=why_not,
-                refresh=False,
-            )
-            return
-        await self.act_and_return(restart_from_form, fields, self.request.path)
 
 
 class LogPage(PipelineHandler):

@@ -14,7 +14,9 @@ import asyncio
 import atexit
 import logging
 import signal
-from contextlib import suppress
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import tornado.web
@@ -68,6 +70,8 @@ NAV_ITEMS = "".join(
 #: Columns of Flower's task list unless FLOWER_TASKS_COLUMNS or flowerconfig.py say
 #: otherwise: the arguments name each stage's pipeline task and attempt.
 TASKS_COLUMNS = "name,uuid,state,args,received,runtime,worker"
+#: Seconds Flower run in a thread (``in_thread``) gets to start, and to stop.
+IN_THREAD_START_SECONDS = 30
 #: How ``celery flower`` names itself to Tornado's option parser.
 PROG = "flower"
 
@@ -142,6 +146,36 @@ def build(settings: Settings, log_file: Path | None = None) -> Flower:
     flower_app.add_handlers(r".*", routes(options.url_prefix))
     prometheus.register()
     return flower_app
+
+
+@contextmanager
+def in_thread(settings: Settings) -> Iterator[str]:
+    """Flower serving in a thread of this process, reading no broker events (its pages and
+    metrics only), until the block ends; yields its URL. For the benchmark and the tests
+    that read the console without a cluster."""
+    ready = threading.Event()
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        flower_app = build(settings)
+        flower_app.start_http_server()
+        loops.append(loop)
+        ready.set()
+        loop.run_forever()
+        flower_app.stop()
+        loop.close()
+
+    thread = threading.Thread(target=run, name="flower", daemon=True)
+    thread.start()
+    if not ready.wait(IN_THREAD_START_SECONDS):
+        raise Refused(f"Flower did not start within {IN_THREAD_START_SECONDS} s")
+    try:
+        yield settings.flower_url
+    finally:
+        loops[0].call_soon_threadsafe(loops[0].stop)
+        thread.join(IN_THREAD_START_SECONDS)
 
 
 def serve(log_file: Path | None = None) -> None:

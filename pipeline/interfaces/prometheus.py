@@ -51,33 +51,39 @@ class PipelineCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        instances = GaugeMetricFamily(
-            "pipeline_instances", "Pipeline instances by state", labels=["state"]
+        yield labelled(
+            GaugeMetricFamily,
+            "pipeline_instances",
+            "Pipeline instances by state",
+            {(state,): count for state, count in figures["instances"].items()},
+            ["state"],
         )
-        for state, count in figures["instances"].items():
-            instances.add_metric([state], count)
-        yield instances
-        tasks = GaugeMetricFamily(
-            "pipeline_tasks", "Tasks by P-state and error flag", labels=["p_state", "error"]
+        yield labelled(
+            GaugeMetricFamily,
+            "pipeline_tasks",
+            "Tasks by P-state and error flag",
+            {(p_state, str(error).lower()): n for (p_state, error), n in figures["tasks"].items()},
+            ["p_state", "error"],
         )
-        for (p_state, error), count in sorted(figures["tasks"].items()):
-            tasks.add_metric([p_state, str(error).lower()], count)
-        yield tasks
-        subtasks = GaugeMetricFamily("pipeline_subtasks", "Subtasks by state", labels=["state"])
-        for state, count in sorted(figures["subtasks"].items()):
-            subtasks.add_metric([state], count)
-        yield subtasks
+        yield labelled(
+            GaugeMetricFamily,
+            "pipeline_subtasks",
+            "Subtasks by state",
+            {(state,): count for state, count in figures["subtasks"].items()},
+            ["state"],
+        )
         yield CounterMetricFamily(
             "pipeline_subtasks_redispatched",
             "Subtask dispatches after the first (lost work, resubmits)",
             value=figures["redispatched"],
         )
-        restarts = CounterMetricFamily(
-            "pipeline_restarts", "Task restarts by mode", labels=["mode"]
+        yield labelled(
+            CounterMetricFamily,
+            "pipeline_restarts",
+            "Task restarts by mode",
+            {(mode,): count for mode, count in figures["restarts"].items()},
+            ["mode"],
         )
-        for mode, count in sorted(figures["restarts"].items()):
-            restarts.add_metric([mode], count)
-        yield restarts
         yield CounterMetricFamily(
             "pipeline_lost_work_recoveries",
             "Lost subtasks dispatched again and lost marshals redone by the monitor",
@@ -101,6 +107,20 @@ class PipelineCollector(Collector):
                 "Seconds since beat's monitor last finished a run",
                 value=max(0.0, time.time() - last),
             )
+
+
+def labelled(
+    kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
+    name: str,
+    documentation: str,
+    values: dict[tuple[str, ...], int],
+    labels: list[str],
+) -> Metric:
+    """A metric family with one sample per label values, in a stable order."""
+    family = kind(name, documentation, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(list(key), value)
+    return family
 
 
 _registered: list[PipelineCollector] = []

@@ -27,6 +27,8 @@ from pipeline.errors import NotFound
 
 #: Instances the restart page lists at most, newest first.
 ATTENTION_INSTANCES = 50
+#: Tasks the restart page lists per instance, at most (the instance's page has them all).
+ATTENTION_TASKS = 50
 #: Failed subtasks whose errors the restart page shows per task, at most.
 FAILED_ERRORS_SHOWN = 3
 
@@ -210,9 +212,11 @@ def get_task(task_id: int) -> dict[str, Any]:
 def tasks_needing_attention(limit: int = ATTENTION_INSTANCES) -> list[dict[str, Any]]:
     """Failed tasks (and running ones, which may be halted), grouped by instance, newest first.
 
-    Each task carries ``restartable`` and the errors of its failed subtasks; an instance in
-    TRANSITION_FAILED is listed even without failed tasks, since restarting it retries the
-    transition. What Flower's restart page shows.
+    Each task carries ``restartable`` and the errors of its first failed subtasks; an
+    instance in TRANSITION_FAILED is listed even without failed tasks, since restarting it
+    retries the transition. An instance lists its first ``ATTENTION_TASKS`` such tasks,
+    and ``more`` says how many others it has (its own page shows them all, a page at a
+    time). What Flower's restart page shows.
     """
     with transaction() as session:
         wanted = or_(RESTARTABLE, RUNNING)
@@ -227,14 +231,31 @@ def tasks_needing_attention(limit: int = ATTENTION_INSTANCES) -> list[dict[str, 
                 .limit(limit)
             )
         )
+        ids = [i.id for i in instances]
+        place = func.row_number().over(partition_by=Task.instance_id, order_by=Task.id)
+        numbered = (
+            select(Task.id, place.label("place"))
+            .where(Task.instance_id.in_(ids), wanted)
+            .subquery()
+        )
         rows = session.execute(
             select(Task, RESTARTABLE.label("restartable"))
-            .where(Task.instance_id.in_([i.id for i in instances]), wanted)
+            .join(numbered, numbered.c.id == Task.id)
+            .where(numbered.c.place <= ATTENTION_TASKS)
             .order_by(Task.id)
         )
-        groups = {i.id: {"instance": instance_dict(i), "tasks": []} for i in instances}
+        counts = dict(
+            session.execute(
+                select(Task.instance_id, func.count(Task.id))
+                .where(Task.instance_id.in_(ids), wanted)
+                .group_by(Task.instance_id)
+            ).all()
+        )
+        groups = {i.id: {"instance": instance_dict(i), "tasks": [], "more": 0} for i in instances}
         for task, restartable in rows:
             groups[task.instance_id]["tasks"].append(_attention_dict(session, task, restartable))
+        for instance_id, group in groups.items():
+            group["more"] = counts.get(instance_id, 0) - len(group["tasks"])
         return list(groups.values())
 
 
