@@ -190,3 +190,35 @@ def test_metrics_carry_the_pipelines_figures(console: Console) -> None:
     assert 'pipeline_subtasks{state="FAILED"} 2.0' in metrics
     assert 'pipeline_subtask_duration_seconds_count{node="permuter"} 8.0' in metrics
     assert "pipeline_up 1.0" in metrics
+
+
+def test_pages_show_one_page_of_many_rows(console: Console) -> None:
+    """An instance of 120 tasks and a task of 130 subtasks: each page carries 50 rows and
+    the pager, never every row (the figures at 10,000 tasks are in ``make bench``)."""
+    from sqlalchemy import insert
+
+    from pipeline.domain.models import Task
+
+    with transaction() as session:
+        session.execute(
+            insert(Task),
+            [
+                {"instance_id": 1, "node": "flip", "unit_of_work": f"u{n}", "execution": {}}
+                for n in range(118)
+            ],
+        )
+        session.execute(
+            insert(Subtask),
+            [{"task_id": TASKS[0], "index": n, "inputs": []} for n in range(4, 130)],
+        )
+    first = console.request("/pipeline/instances/1")
+    assert len(re.findall(r'<tr id="task-\d+">', first.body)) == 50
+    assert "120 in all, page 1 of 3" in text(first.body)
+    last = console.request("/pipeline/instances/1?page=3")
+    assert len(re.findall(r'<tr id="task-\d+">', last.body)) == 20
+    assert 'rel="next"' not in last.body and 'rel="prev"' in last.body
+    subtasks = console.request(f"/pipeline/tasks/{TASKS[0]}?per_page=100")
+    assert len(re.findall(r'<tr id="subtask-\d+">', subtasks.body)) == 100
+    assert "130 in all, page 1 of 2" in text(subtasks.body)
+    new = console.request(f"/pipeline/tasks/{TASKS[0]}?state=NEW")
+    assert "126 in all" in text(new.body)
