@@ -222,3 +222,51 @@ def test_pages_show_one_page_of_many_rows(console: Console) -> None:
     assert "130 in all, page 1 of 2" in text(subtasks.body)
     new = console.request(f"/pipeline/tasks/{TASKS[0]}?state=NEW")
     assert "126 in all" in text(new.body)
+
+
+def test_alerts_are_listed_filtered_and_acknowledged(console: Console) -> None:
+    from pipeline.domain.models import Alert
+
+    with transaction() as session:
+        session.add_all(
+            [
+                Alert(severity="warning", instance_id=1, task_id=1, message="worker w1 lost"),
+                Alert(severity="error", instance_id=1, task_id=2, message="lost 4 times"),
+            ]
+        )
+    listed = console.request("/pipeline/alerts")
+    ids = [int(found) for found in re.findall(r'<tr id="alert-(\d+)">', listed.body)]
+    assert len(ids) == 2 and "worker w1 lost" in listed.body
+    errors = console.request("/pipeline/alerts?severity=error")
+    assert re.findall(r'<tr id="alert-(\d+)">', errors.body) == [str(max(ids))]
+    done = console.request(f"/pipeline/alerts/{max(ids)}/acknowledge", {})
+    assert f"alert {max(ids)} acknowledged" in done.body
+    assert [a["id"] for a in facade.list_alerts()] == [min(ids)]
+    again = console.request(f"/pipeline/alerts/{max(ids)}/acknowledge", {})
+    assert f"alert {max(ids)} is already acknowledged" in again.body
+    everything = console.request("/pipeline/alerts?acknowledged=1")
+    assert len(re.findall(r'<tr id="alert-(\d+)">', everything.body)) == 2
+
+
+def test_pages_live_under_flowers_url_prefix(failed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flower.options import options
+
+    monkeypatch.setenv("PIPELINE_FLOWER_PASSWORD", PASSWORD)
+    monkeypatch.setenv("PIPELINE_FLOWER_PORT", str(free_port()))
+    monkeypatch.setenv("FLOWER_URL_PREFIX", "flower")
+    point_here()
+    from config.settings import get_settings
+    from pipeline.interfaces import flower
+
+    try:
+        with flower.in_thread(get_settings()) as url:
+            console = Console(url)
+            page = console.request("/flower/pipeline/instances")
+            assert page.status == 200
+            assert 'href="/flower/pipeline/instances/1"' in page.body
+            assert 'href="/flower/pipeline/alerts"' in page.body, "the navbar's links"
+            assert console.request("/pipeline/instances").status == 404
+            task = console.request(f"/flower/pipeline/tasks/{TASKS[0]}")
+            assert f'href="/flower/pipeline/tasks/{TASKS[0]}/subtasks/0/log"' in task.body
+    finally:
+        options.url_prefix = ""  # Tornado's options are the process's
