@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, union_all
 
 from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
@@ -252,27 +252,41 @@ def tasks_needing_attention(limit: int = ATTENTION_INSTANCES) -> list[dict[str, 
             ).all()
         )
         groups = {i.id: {"instance": instance_dict(i), "tasks": [], "more": 0} for i in instances}
-        for task, restartable in rows:
-            groups[task.instance_id]["tasks"].append(_attention_dict(session, task, restartable))
+        listed = list(rows)
+        errors = _first_failed(session, [task.id for task, _ in listed])
+        for task, restartable in listed:
+            groups[task.instance_id]["tasks"].append(
+                {
+                    **task_dict(task),
+                    "restartable": bool(restartable),
+                    "failed_subtask_errors": errors.get(task.id, []),
+                }
+            )
         for instance_id, group in groups.items():
             group["more"] = counts.get(instance_id, 0) - len(group["tasks"])
         return list(groups.values())
 
 
-def _attention_dict(session: Any, task: Task, restartable: bool) -> dict[str, Any]:
-    """The task, with the errors of its first few failed subtasks (the task's count says
-    how many there are: a task of 500 failures lists ``FAILED_ERRORS_SHOWN``)."""
-    failed = session.execute(
-        select(Subtask.index, Subtask.error)
-        .where(Subtask.task_id == task.id, Subtask.state == SubtaskState.FAILED)
+def _first_failed(session: Any, task_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """The first ``FAILED_ERRORS_SHOWN`` failed subtasks of each task, with their errors,
+    in one query (each task's part reads its failed subtasks by index, then stops)."""
+    if not task_ids:
+        return {}
+    parts = [
+        select(Subtask.task_id, Subtask.index, Subtask.error)
+        .where(Subtask.task_id == task_id, Subtask.state == SubtaskState.FAILED)
         .order_by(Subtask.index)
         .limit(FAILED_ERRORS_SHOWN)
-    )
-    return {
-        **task_dict(task),
-        "restartable": bool(restartable),
-        "failed_subtask_errors": [{"index": index, "error": error} for index, error in failed],
-    }
+        .subquery()
+        .select()
+        for task_id in task_ids
+    ]
+    found: dict[int, list[dict[str, Any]]] = {}
+    for task_id, index, error in session.execute(union_all(*parts)):
+        found.setdefault(task_id, []).append({"index": index, "error": error})
+    for errors in found.values():
+        errors.sort(key=lambda failed: failed["index"])
+    return found
 
 
 def list_subtasks(task_id: int) -> list[dict[str, Any]]:
