@@ -248,17 +248,22 @@ def restart_from_the_task_page(
 ) -> None:
     """On the failed task's page: its failed subtask, subtask 0's log, then
     resume-current-step previewed and applied (each page photographed by ``shot``)."""
+    from playwright.sync_api import expect
+
     assert page.locator("#task-counts").inner_text() == "3/4 (1)"
     page.get_by_label("State").select_option("FAILED")
     page.get_by_role("button", name="Filter").click()
-    assert page.locator("#subtasks tbody tr").count() == 1
+    page.wait_for_url("**state=FAILED")
+    expect(page.locator("#subtasks tbody tr")).to_have_count(1)
     if shot:
         shot("task")
     page.get_by_role("link", name="Log of subtask 0").click()
+    page.wait_for_url("**/subtasks/0/log")
     assert "subtask 0 failed on purpose" in page.locator("#log").inner_text()
     if shot:
         shot("log")
     page.go_back()
+    page.wait_for_url("**state=FAILED")
 
     # Keyboard: the restart form's controls are labelled and reached in order by Tab.
     mode = page.get_by_label("Restart mode")
@@ -295,7 +300,7 @@ def test_the_seed_scenario_from_the_console(
 
         page.goto(flower.url + "/workers")
         page.get_by_role("link", name="Pipeline", exact=True).click()
-        assert page.url == flower.url + "/pipeline/instances"
+        page.wait_for_url(flower.url + "/pipeline/instances")
         row = page.locator(f"#instance-{instance}")
 
         def stalled() -> bool:
@@ -307,7 +312,7 @@ def test_the_seed_scenario_from_the_console(
         shot("instances")
 
         row.get_by_role("link", name=str(instance), exact=True).click()
-        assert page.url == f"{flower.url}/pipeline/instances/{instance}"
+        page.wait_for_url(f"{flower.url}/pipeline/instances/{instance}")
         node = page.locator('.dag-node[data-node="permuter"]')
         assert node.get_attribute("data-state") == "error"
         assert page.locator(f"#task-{tasks[0]} .task-state").inner_text() == (
@@ -318,6 +323,7 @@ def test_the_seed_scenario_from_the_console(
         for task in tasks:
             page.goto(f"{flower.url}/pipeline/instances/{instance}")
             page.get_by_role("link", name=str(task), exact=True).click()
+            page.wait_for_url(f"{flower.url}/pipeline/tasks/{task}")
             restart_from_the_task_page(page, cluster, task, shot if task == tasks[0] else None)
 
         page.goto(f"{flower.url}/pipeline/instances/{instance}")
