@@ -16,6 +16,7 @@ import json
 import logging
 from collections.abc import Callable
 from functools import partial
+from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -461,8 +462,6 @@ class DefinitionsPage(PipelineHandler):
 
 def _topological(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Nodes ordered parents first (as ``dag.draw`` expects)."""
-    from graphlib import TopologicalSorter
-
     by_name = {node["name"]: node for node in nodes}
     order = TopologicalSorter({n["name"]: set(n["after"]) for n in nodes}).static_order()
     return [by_name[name] for name in order if name in by_name]

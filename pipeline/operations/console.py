@@ -13,6 +13,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, case, func, select
@@ -22,22 +23,25 @@ from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
 from pipeline.domain.limits import check_id, check_index
 from pipeline.domain.models import (
+    Alert,
     ParameterSet,
     PipelineInstance,
     Subtask,
     Task,
     TaskEvent,
+    utcnow,
 )
 from pipeline.domain.states import STOPPED_STATES, InstanceState, PState, SubtaskState
 from pipeline.engine.alerts import alert_dict
 from pipeline.engine.ledger import RESTARTABLE
+from pipeline.engine.taskdir import log_path
 from pipeline.errors import InvalidInput, NotFound
 from pipeline.operations.queries import (
     TASK_COLUMNS,
-    _task_fields,
     instance_dict,
     iso_time,
     subtask_dict,
+    task_fields,
 )
 
 #: Rows a console page shows unless asked for fewer (and never more than ``MAX_PER_PAGE``).
@@ -171,8 +175,6 @@ def _duration(start: datetime | None, end: datetime | None, state: str) -> float
     """Seconds from start to the last change (to now while still under way)."""
     if start is None:
         return None
-    from pipeline.domain.models import utcnow
-
     finish = end if state in STOPPED_STATES and end else utcnow()
     return max(0.0, (finish - start).total_seconds())
 
@@ -336,7 +338,7 @@ def tasks_page(instance_id: int, page: int = 1, per_page: int = PER_PAGE) -> Pag
         )
         listed = []
         for row in rows:
-            task = _task_fields(*row[: len(TASK_COLUMNS)])
+            task = task_fields(*row[: len(TASK_COLUMNS)])
             task["restartable"] = bool(row.restartable)
             task["duration"] = _seconds_between(row.created_at, row.updated_at)
             listed.append(task)
@@ -395,8 +397,6 @@ def subtask_state_counts(task_id: int) -> dict[str, int]:
 def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> tuple[str, bool]:
     """The last ``lines`` lines of the log at ``path`` (read from its end), and whether
     there was more before them."""
-    from pathlib import Path
-
     found = Path(path)
     if not path or not found.is_file():
         return "", False
@@ -411,10 +411,6 @@ def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> tuple[str, bool]:
 
 def subtask_log_path(task_id: int, index: int) -> str:
     """Where subtask ``index`` of the task writes its log (which may not exist yet)."""
-    from pathlib import Path
-
-    from pipeline.engine.taskdir import log_path
-
     check_index(index, "subtask")
     with transaction() as session:
         task = session.get(Task, check_id(task_id, "task"))
@@ -440,8 +436,6 @@ def alerts_page(
     per_page: int = PER_PAGE,
 ) -> Page:
     """Alerts newest first, filtered by severity and acknowledgement, one page."""
-    from pipeline.domain.models import Alert
-
     page, per_page = page_bounds(page, per_page)
     with transaction() as session:
         query = select(Alert)

@@ -53,7 +53,7 @@ def instance_dict(instance: PipelineInstance) -> dict[str, Any]:
     }
 
 
-#: The stored fields of a task that its dict shows, in the order ``_task_fields`` takes them.
+#: The stored fields of a task that its dict shows, in the order ``task_fields`` takes them.
 TASK_COLUMNS = (
     "id",
     "instance_id",
@@ -73,7 +73,7 @@ TASK_COLUMNS = (
 )
 
 
-def _task_fields(
+def task_fields(
     task_id: int,
     instance_id: int,
     node: str,
@@ -112,7 +112,7 @@ def _task_fields(
 
 
 def task_dict(task: Task) -> dict[str, Any]:
-    return _task_fields(*(getattr(task, name) for name in TASK_COLUMNS))
+    return task_fields(*(getattr(task, name) for name in TASK_COLUMNS))
 
 
 def subtask_dict(subtask: Subtask) -> dict[str, Any]:
@@ -170,7 +170,7 @@ def list_tasks(instance_id: int) -> list[dict[str, Any]]:
         rows = session.execute(
             select(*columns).where(Task.instance_id == instance_id).order_by(Task.id)
         )
-        return [_task_fields(*row) for row in rows]
+        return [task_fields(*row) for row in rows]
 
 
 def _task(session: Any, task_id: int) -> Task:
