@@ -17,6 +17,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +180,8 @@ def test_the_monitor_stays_out_of_flowers_task_list(
     started = time.time()
 
     def monitored_since() -> bool:
-        return (facade.monitor_last_run() or 0) > started
+        last = facade.monitor_health()["last_run"]
+        return last is not None and datetime.fromisoformat(last).timestamp() > started
 
     cluster.activate(monkeypatch)
     wait_for(monitored_since, DEADLINE, "the monitor to run")

@@ -29,7 +29,7 @@ from sqlalchemy.exc import DBAPIError
 from pipeline.database import retrying
 from pipeline.engine import stages
 from pipeline.errors import Unreachable
-from pipeline.messaging import monitor_clock, outbox
+from pipeline.messaging import outbox
 from pipeline.messaging.celery_app import MONITOR_TASK, celery_app
 from pipeline.recovery.reconcile import reconcile
 
@@ -150,10 +150,8 @@ def monitor_pipelines() -> dict[str, int]:
     lost one, retry lost transitions.
 
     It sends no task events (nor does beat send its ``task-sent``, see ``celery_app``):
-    run every few seconds, it would fill Flower's task list. Its last run is recorded
-    for the console and ``/metrics`` instead.
+    run every few seconds, it would fill Flower's task list. Each run records the
+    monitor's heartbeat instead (``pipeline.recovery.heartbeat``), which ``cluster
+    status``, the console and ``/metrics`` show.
     """
-    done = reconcile()
-    if not done.get("skipped"):
-        monitor_clock.record_run()
-    return done
+    return reconcile()

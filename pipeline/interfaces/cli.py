@@ -9,6 +9,7 @@ as one line on stderr with a non-zero exit status; listing and detail commands t
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from functools import cache
@@ -23,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from config.settings import get_settings
 from pipeline.domain.states import STOPPED_STATES, InstanceState
 from pipeline.errors import InvalidInput
 from pipeline.operations import facade
@@ -128,10 +130,12 @@ def cluster_stop() -> None:
 
 @cluster_app.command("status")
 def cluster_status(as_json: JsonOption = False) -> None:
-    """Which of the cluster's processes are alive."""
+    """Which of the cluster's processes are alive, and whether beat's monitor runs."""
     from pipeline.deploy import cluster
 
     _show_status(cluster.status(), as_json)
+    if not as_json:
+        console.print(facade.monitor_health()["message"], markup=False)
 
 
 @cluster_app.command("credentials")
@@ -753,6 +757,8 @@ def _command() -> click.Command:
 def main() -> None:
     """Run the CLI; an operator's error becomes one line on stderr and exit status 1."""
     try:
+        # What the CLI writes (a home, received files) is as private as the cluster's own.
+        os.umask(get_settings().umask)
         _command()()
     except Exception as exc:
         found = facade.problem(exc)

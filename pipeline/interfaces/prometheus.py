@@ -10,8 +10,8 @@ figures too.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import prometheus_client
 from prometheus_client.core import (
@@ -100,12 +100,13 @@ class PipelineCollector(Collector):
             buckets.append(("+Inf", found["count"]))
             durations.add_metric([node], buckets, found["sum"])
         yield durations
-        last = facade.monitor_last_run()
+        last = facade.monitor_health()["last_run"]
         if last is not None:
+            age = datetime.now(UTC) - datetime.fromisoformat(last)
             yield GaugeMetricFamily(
                 "pipeline_monitor_last_run_age_seconds",
-                "Seconds since beat's monitor last finished a run",
-                value=max(0.0, time.time() - last),
+                "Seconds since beat's monitor last ran (its heartbeat)",
+                value=max(0.0, age.total_seconds()),
             )
 
 

@@ -26,7 +26,6 @@ from pipeline.domain.models import PipelineInstance
 from pipeline.engine.alerts import acknowledge as acknowledge_alert
 from pipeline.engine.alerts import list_alerts
 from pipeline.errors import InvalidInput, PipelineError
-from pipeline.messaging import monitor_clock
 from pipeline.operations import halt as halting
 from pipeline.operations import restart as restarting
 from pipeline.operations.console import (
@@ -49,6 +48,7 @@ from pipeline.operations.queries import (
     get_instance,
     get_task,
     instance_dict,
+    iso_time,
     list_definitions,
     list_instances,
     list_parameter_sets,
@@ -61,6 +61,7 @@ from pipeline.operations.queries import (
     tasks_needing_attention,
 )
 from pipeline.operations.receipt import receive
+from pipeline.recovery import heartbeat
 
 __all__ = [
     "PROBLEMS",
@@ -92,7 +93,7 @@ __all__ = [
     "lineage",
     "list_tasks",
     "logs",
-    "monitor_last_run",
+    "monitor_health",
     "problem",
     "receive",
     "restart",
@@ -112,6 +113,24 @@ PROBLEMS = (PipelineError, SQLAlchemyError, ValidationError, TOMLDecodeError)
 SETTINGS_STATUS = 500
 #: The status of a database error that is not the request's (a missing schema, say).
 DATABASE_STATUS = 503
+
+
+def monitor_health() -> dict[str, Any]:
+    """Whether beat's monitor runs (``pipeline.recovery.heartbeat``): what ``cluster
+    status``, the health route and the console say of it; never an error, since they
+    answer when the database does not."""
+    try:
+        health = heartbeat.monitor_health()
+    except PROBLEMS as exc:
+        reported = problem(exc)
+        unknown = reported.message if reported else type(exc).__name__
+        return {"running": False, "last_run": None, "host": None, "message": f"monitor: {unknown}"}
+    return {
+        "running": health.running,
+        "last_run": iso_time(health.last_run),
+        "host": health.host or None,
+        "message": health.message,
+    }
 
 
 def restart_modes() -> list[RestartMode]:
@@ -209,14 +228,6 @@ def halt(tasks: Sequence[int]) -> Report:
 def halt_instance(instance: int) -> Report:
     """Halt every task of ``instance`` that is still running."""
     return halting.halt_instance(check_id(instance, "instance"))
-
-
-# -- the monitor -----------------------------------------------------------------------------
-
-
-def monitor_last_run() -> float | None:
-    """Unix time of beat's monitor's last run; None if it never ran (or the broker is away)."""
-    return monitor_clock.last_run()
 
 
 # -- errors ----------------------------------------------------------------------------------
