@@ -341,6 +341,7 @@ def status_at_scale(base: Path, sizes: Sizes) -> list[Figure]:
                 {"rows": sizes.marshal_rows},
             )
         )
+        found += _console_pages(instance, task_id, details, sizes.status_runs)
         from pipeline.database import reset_engines
 
         reset_engines()  # before the server stops
@@ -372,6 +373,60 @@ def _status_over_http(
                 ("GET /instances/ID", lambda: client.instance(instance)),
             )
         ]
+
+
+#: The console's pages timed at scale: (figure name, path; INSTANCE and TASK replaced).
+CONSOLE_PAGES = (
+    ("instances", "/pipeline/instances"),
+    ("instance (DAG, tasks, run-time figures)", "/pipeline/instances/INSTANCE"),
+    ("task (history, subtasks)", "/pipeline/tasks/TASK"),
+    ("task, failed subtasks only", "/pipeline/tasks/TASK?state=FAILED"),
+    ("subtask log", "/pipeline/tasks/TASK/subtasks/0/log"),
+    ("restart page", "/pipeline/restart"),
+    ("alerts", "/pipeline/alerts"),
+    ("metrics", "/metrics"),
+)
+
+
+def _console_pages(instance: int, task: int, details: dict, runs: int) -> list[Figure]:
+    """Each console page rendered by Flower over the same instance (and the task whose
+    subtask rows marshaling just created): the time from request to the last byte."""
+    import base64
+    import urllib.request
+
+    subtasks = _subtask_rows(task)
+    with harness.console_server() as (url, login):
+        token = base64.b64encode(":".join(login).encode()).decode()
+
+        def get(path: str) -> None:
+            request = urllib.request.Request(url + path)
+            request.add_header("Authorization", f"Basic {token}")
+            with urllib.request.urlopen(request, timeout=60) as response:
+                response.read()
+
+        found = []
+        for label, path in CONSOLE_PAGES:
+            path = path.replace("INSTANCE", str(instance)).replace("TASK", str(task))
+            get(path)  # warm: the first request loads the page's template
+            seconds = _median_seconds(lambda path=path: get(path), runs)
+            found.append(
+                _held_to_300_ms(
+                    f"d. console: {label}",
+                    seconds,
+                    {**details, "path": path, "task_subtasks": subtasks},
+                )
+            )
+        return found
+
+
+def _subtask_rows(task: int) -> int:
+    from pipeline.database import transaction
+
+    with transaction() as session:
+        found = session.scalar(
+            text("SELECT count(*) FROM subtasks WHERE task_id = :t"), {"t": task}
+        )
+    return int(found or 0)
 
 
 def _held_to_300_ms(

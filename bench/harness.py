@@ -174,6 +174,18 @@ def api_server(cluster: Cluster) -> Iterator[str]:
         _stop(process)
 
 
+@contextmanager
+def console_server() -> Iterator[tuple[str, tuple[str, str]]]:
+    """Flower with the pipeline console, in a thread of this process, for a cluster that
+    was only initialised; yields its URL and login."""
+    from config.settings import get_settings
+    from pipeline.interfaces import flower
+
+    settings = get_settings()
+    with flower.in_thread(settings) as url:
+        yield url, (settings.flower_user, settings.flower_password or "")
+
+
 def cluster_env(home: Path, broker: str, database_url: str | None = None) -> dict[str, str]:
     """The environment of a cluster under ``home``: this process's, without its own
     PIPELINE_* settings, and the benchmark's definitions importable by the workers. Its

@@ -639,6 +639,8 @@ class InProcessWorker:
         self.queue: list[Message] = []
         self.published: list[Message] = []
         self.revoked: list[str] = []
+        #: The messages that ended as a Celery failure, with their exception text.
+        self.failed: dict[str, str] = {}
         monkeypatch.setattr(outbox, "_publish", self._publish)
         monkeypatch.setattr(outbox, "_revoke", self._revoke)
         monkeypatch.setattr(outbox, "check_broker", lambda: None)
@@ -674,12 +676,15 @@ class InProcessWorker:
     def run_next(self) -> Message:
         """Run the oldest queued message as a worker would."""
         from pipeline.messaging.celery_app import celery_app
+        from workers.stages import RecordedFailure
 
         message = self.queue.pop(0)
         task = celery_app().tasks[message.name]
         task.push_request(id=message.id, hostname=IN_PROCESS_HOST, args=message.args)
         try:
             task.run(*message.args)
+        except RecordedFailure as exc:  # a worker marks the message FAILURE and acks it
+            self.failed[message.id] = str(exc)
         finally:
             task.pop_request()
         return message

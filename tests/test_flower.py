@@ -10,22 +10,29 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pipeline.messaging.celery_app import MONITOR_TASK
+from pipeline.messaging.outbox import SUBTASK
 from pipeline.operations import facade
-from tests.support import STOPPED_WITH_ERRORS, Cluster, unavailable, wait_for
+from tests.support import STOPPED_WITH_ERRORS, Cluster, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("full-cluster")]
 
 CHROMIUM = Path("/usr/bin/chromium")
+#: Where the browser tests save their screenshots unless PIPELINE_SCREENSHOTS says.
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "console"
 CHROMIUM_ARGS = [
     "--disable-gpu",
     "--disable-background-networking",
@@ -139,6 +146,49 @@ def test_api_and_pages_answer_401_without_credentials(cluster: Cluster, flower: 
     assert cluster.json("instances") == before, "nothing was submitted"
 
 
+def flower_tasks(flower: Flower, **query: str) -> dict[str, dict[str, Any]]:
+    """Flower's task list (``/api/tasks``), by Celery task id."""
+    return flower.request("/api/tasks?" + urllib.parse.urlencode(query)).json()
+
+
+def test_flower_shows_failed_subtasks_as_failures(cluster: Cluster, flower: Flower) -> None:
+    """Each failed subtask is a FAILURE in Flower with the algorithm's error, not retried;
+    the successful ones SUCCESS; the pipeline's own state is what it always was."""
+    instance, tasks = failed_instance(cluster)
+
+    def subtask_messages(state: str) -> list[dict[str, Any]]:
+        found = flower_tasks(flower, taskname=SUBTASK, state=state).values()
+        return [t for t in found if any(t["args"].startswith(f"task={task},") for task in tasks)]
+
+    def all_reported() -> bool:
+        return len(subtask_messages("FAILURE")) == 2 and len(subtask_messages("SUCCESS")) == 6
+
+    wait_for(all_reported, DEADLINE, "Flower to report every subtask of the failed tasks")
+    for failed in subtask_messages("FAILURE"):
+        assert ", subtask=0, " in failed["args"], failed
+        assert "RuntimeError: subtask 0 failed on purpose" in failed["exception"], failed
+        assert failed["retries"] == 0, failed
+    assert not subtask_messages("RETRY")
+    assert instance_state(cluster, instance) == "ERRORS_STALLED"
+
+
+def test_the_monitor_stays_out_of_flowers_task_list(
+    cluster: Cluster, flower: Flower, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beat's monitor runs every few seconds; Flower's task list does not show it, and its
+    last run is on ``/metrics`` instead."""
+    started = time.time()
+
+    def monitored_since() -> bool:
+        last = facade.monitor_health()["last_run"]
+        return last is not None and datetime.fromisoformat(last).timestamp() > started
+
+    cluster.activate(monkeypatch)
+    wait_for(monitored_since, DEADLINE, "the monitor to run")
+    assert flower_tasks(flower, taskname=MONITOR_TASK) == {}
+    assert "pipeline_monitor_last_run_age_seconds" in flower.request("/metrics").body
+
+
 def test_submit_and_restart_through_flowers_api(cluster: Cluster, flower: Flower) -> None:
     submitted = flower.run("pipeline.submit", "sample", end_node="permuter")
     assert submitted["ok"] and submitted["pipeline"] == "sample" and len(submitted["tasks"]) == 2
@@ -172,14 +222,128 @@ def test_submit_and_restart_through_flowers_api(cluster: Cluster, flower: Flower
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Debian's Chromium, driven by Playwright. One that is missing or cannot start fails
+    the browser tests rather than skipping them: they are the proof the console works."""
     if not CHROMIUM.exists():
-        unavailable(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        except Exception as exc:
+            pytest.fail(f"Chromium cannot start: {str(exc).splitlines()[0]}")
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots() -> Path:
+    """Where the browser tests save a screenshot of each page (README: Console)."""
+    found = Path(os.environ.get("PIPELINE_SCREENSHOTS", SCREENSHOTS))
+    found.mkdir(parents=True, exist_ok=True)
+    return found
+
+
+def restart_from_the_task_page(
+    page: Any, cluster: Cluster, task: int, shot: Callable[[str], None] | None
+) -> None:
+    """On the failed task's page: its failed subtask, subtask 0's log, then
+    resume-current-step previewed and applied (each page photographed by ``shot``)."""
+    from playwright.sync_api import expect
+
+    assert page.locator("#task-counts").inner_text() == "3/4 (1)"
+    page.get_by_label("State").select_option("FAILED")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_url("**state=FAILED")
+    expect(page.locator("#subtasks tbody tr")).to_have_count(1)
+    if shot:
+        shot("task")
+    page.get_by_role("link", name="Log of subtask 0").click()
+    page.wait_for_url("**/subtasks/0/log")
+    assert "subtask 0 failed on purpose" in page.locator("#log").inner_text()
+    if shot:
+        shot("log")
+    page.go_back()
+    page.wait_for_url("**state=FAILED")
+
+    # Keyboard: the restart form's controls are labelled and reached in order by Tab.
+    mode = page.get_by_label("Restart mode")
+    mode.focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "setting-queue"
+    mode.select_option("resume-current-step")
+    page.get_by_role("button", name="Preview restart").click()
+    assert "store the successful subtasks" in page.locator("#preview").inner_text()
+    assert cluster.json("task", task)["error"], "a preview changes nothing"
+    if shot:
+        shot("preview")
+    page.get_by_role("button", name="Confirm restart").click()
+    assert f"task {task} resume-current-step" in page.locator("#result").inner_text()
+
+
+def test_the_seed_scenario_from_the_console(
+    cluster: Cluster, flower: Flower, browser: Any, screenshots: Path
+) -> None:
+    """A newcomer's run of the seed from the browser alone: a failing instance (submitted
+    through Flower's API), found on Instances, its failed task opened, subtask 0's log
+    read, resume-current-step previewed then applied, the instance COMPLETED."""
+    submitted = flower.run("pipeline.submit", "sample", end_node="permuter")
+    instance, tasks = submitted["id"], submitted["tasks"]
+    credentials = {"username": flower.user, "password": flower.password}
+    context = browser.new_context(
+        http_credentials=credentials, viewport={"width": 1200, "height": 800}
+    )
+    try:
+        page = context.new_page()
+
+        def shot(name: str) -> None:
+            page.screenshot(path=str(screenshots / f"{name}.png"), full_page=False)
+
+        page.goto(flower.url + "/workers")
+        page.get_by_role("link", name="Pipeline", exact=True).click()
+        page.wait_for_url(flower.url + "/pipeline/instances")
+        row = page.locator(f"#instance-{instance}")
+
+        def stalled() -> bool:
+            page.reload()
+            return row.locator(".instance-state").inner_text() == "ERRORS_STALLED"
+
+        wait_for(stalled, DEADLINE, "Instances to show the instance ERRORS_STALLED")
+        assert "6 / 2 / 8" in row.inner_text(), "completed / failed / total subtasks"
+        shot("instances")
+
+        row.get_by_role("link", name=str(instance), exact=True).click()
+        page.wait_for_url(f"{flower.url}/pipeline/instances/{instance}")
+        node = page.locator('.dag-node[data-node="permuter"]')
+        assert node.get_attribute("data-state") == "error"
+        assert page.locator(f"#task-{tasks[0]} .task-state").inner_text() == (
+            "ERROR - ALGORITHM_COMPLETE"
+        )
+        shot("instance")
+
+        for task in tasks:
+            page.goto(f"{flower.url}/pipeline/instances/{instance}")
+            page.get_by_role("link", name=str(task), exact=True).click()
+            page.wait_for_url(f"{flower.url}/pipeline/tasks/{task}")
+            restart_from_the_task_page(page, cluster, task, shot if task == tasks[0] else None)
+
+        page.goto(f"{flower.url}/pipeline/instances/{instance}")
+
+        def completed() -> bool:
+            page.reload()
+            return page.locator("#instance-state").inner_text() == "COMPLETED"
+
+        wait_for(completed, DEADLINE, "the instance page to show COMPLETED")
+        assert node.get_attribute("data-state") == "complete"
+        shot("instance-completed")
+        for name in ("alerts", "definitions", "parameters"):
+            page.goto(f"{flower.url}/pipeline/{name}")
+            assert page.locator("#problem").count() == 0
+            shot(name)
+        assert instance_state(cluster, instance) == "COMPLETED"
+    finally:
+        context.close()
 
 
 def test_restart_page_in_a_browser(cluster: Cluster, flower: Flower, browser: Any) -> None:

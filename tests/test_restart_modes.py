@@ -137,6 +137,10 @@ def test_a_failed_store_is_resumed_and_a_resubmit_of_all_good_subtasks_refused(
     [task] = [t for t in facade.list_tasks(instance) if t["error"]]
     assert (task["state"], task["counts"]) == ("ERROR - STORING", "4/4 (0)")
     assert "storing failed" in task["error_message"]
+    # The Celery task that ran the store (after the last subtask) ended as a failure.
+    assert [f"task {task['id']}: storing failed" in text for text in worker.failed.values()] == [
+        True
+    ]
 
     [refused] = facade.restart([task["id"]], "resubmit").outcomes
     assert not refused.ok and refused.message == (
@@ -161,6 +165,9 @@ def test_a_failed_marshal_is_resumed_by_marshaling_again(
     worker.drain()
     task = facade.get_task(1)
     assert task["state"] == "ERROR - MARSHALING" and "marshaling failed" in task["error_message"]
+    [(message_id, text)] = worker.failed.items()
+    assert text.startswith("task 1: marshaling failed")
+    assert next(m.name for m in worker.published if m.id == message_id) == "pipeline.stage.marshal"
     [refused] = facade.restart([1], "resubmit").outcomes
     assert "failed while marshaling" in refused.message
 

@@ -87,6 +87,16 @@ def test_an_exception_in_subtask_0_stalls_the_instance(worker: InProcessWorker, 
         [log] = facade.logs(task["id"], 0)
         assert "Traceback" in log["text"] and "subtask 0 failed on purpose" in log["text"]
     assert not list((home / "datastore").glob("set-*/L1/*")), "an error flag stores nothing"
+    # Each failed subtask's Celery task ended as a failure, with the algorithm's error, once
+    # its outcome was recorded; the others succeeded.
+    failed = {m.id: m.args for m in worker.published if m.id in worker.failed}
+    assert sorted(args[0] for args in failed.values()) == [t["id"] for t in tasks]
+    assert {tuple(args[2:3]) for args in failed.values()} == {(0,)}
+    for message_id, args in failed.items():
+        assert worker.failed[message_id] == (
+            f"task {args[0]} subtask 0: RuntimeError: subtask 0 failed on purpose"
+            " (throw_exception_subtask_0 = true)"
+        )
 
 
 def test_parameters_are_frozen_at_submit(worker: InProcessWorker) -> None:

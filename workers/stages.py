@@ -10,6 +10,13 @@ goes back to the broker and is retried by Celery with backoff, freeing the worke
 The short stages a stage calls for (execute after marshal, monitor after the last
 subtask, store after monitor) run right after it in the same Celery task rather than
 through the broker (see ``outbox.continuing``).
+
+A Celery task whose subtask failed (or whose stage failed: marshaling, storing) ends as a
+FAILURE with the error as its exception text, so Flower's Failed filter, its counts and
+``celery events`` show the pipeline's failures. It raises only after the outcome is
+recorded and the next stage is under way: the database stays the record and the chain
+goes on, and the exception is an expected one (``throws``), neither retried nor logged
+with a traceback.
 """
 
 from __future__ import annotations
@@ -29,8 +36,24 @@ from pipeline.recovery.reconcile import reconcile
 app = celery_app()
 
 TRANSIENT = (Unreachable, DBAPIError)
+#: Failures a Celery task names in its exception text at most; the rest are counted.
+FAILURES_NAMED = 5
+
+
+class RecordedFailure(Exception):
+    """A subtask or stage failed, and the pipeline has recorded it: the Celery task ends as
+    a failure so Flower reports it; there is nothing to retry."""
+
+    @classmethod
+    def of(cls, failures: list[str]) -> RecordedFailure:
+        named = failures[:FAILURES_NAMED]
+        more = len(failures) - len(named)
+        return cls("; ".join(named) + (f"; and {more} more" if more else ""))
+
+
 STAGE_OPTIONS: dict[str, Any] = {
     "bind": True,
+    "throws": (RecordedFailure,),
     "autoretry_for": TRANSIENT,
     "retry_backoff": True,
     "retry_backoff_max": 30,
@@ -44,37 +67,53 @@ CONTINUED_STAGES: dict[str, Callable[..., None]] = {
 }
 
 
-def _run_stage(stage: Callable[..., None], task_id: int, attempt: int, host: str) -> None:
-    """Run one stage, then the stages it called for that this worker continues with."""
+def _run_stage(
+    stage: Callable[..., str | None], task_id: int, attempt: int, host: str
+) -> list[str]:
+    """Run one stage, then the stages it called for that this worker continues with; the
+    failures they recorded, each naming its task."""
     with outbox.continuing() as held:
-        retrying()(stage)(task_id, attempt, host=host)
-    _continue(held, host)
+        failure = retrying()(stage)(task_id, attempt, host=host)
+    own = [f"task {task_id}: {failure}"] if failure else []
+    return own + _continue(held, host)
 
 
-def _continue(held: list[outbox.StageMessage], host: str) -> None:
-    """Run held stages here. One that meets an outage longer than the database retries goes
-    to the broker as the message it would have been, for Celery to retry with backoff."""
+def _continue(held: list[outbox.StageMessage], host: str) -> list[str]:
+    """Run held stages here; the failures they recorded. One that meets an outage longer
+    than the database retries goes to the broker as the message it would have been, for
+    Celery to retry with backoff."""
+    failures: list[str] = []
     for name, args, execution in held:
         try:
-            _run_stage(CONTINUED_STAGES[name], *args, host)
+            failures += _run_stage(CONTINUED_STAGES[name], *args, host)
         except TRANSIENT:
             outbox.publish_stages([(name, args, execution)])
+    return failures
 
 
 def _run_subtasks(task_id: int, attempt: int, pairs: list[tuple[int, int]], host: str) -> None:
     with outbox.continuing() as held:  # the last subtask of a task goes on to monitor
-        stages.run_subtasks(task_id, attempt, pairs, host)
-    _continue(held, host)
+        failed = stages.run_subtasks(task_id, attempt, pairs, host)
+    failures = [f"task {task_id} {line}" for line in failed] + _continue(held, host)
+    if failures:
+        raise RecordedFailure.of(failures)
+
+
+def _stage_task(stage: Callable[..., str | None], task_id: int, attempt: int, host: str) -> None:
+    """A stage's Celery task: a failure the stage recorded ends it as a Celery failure."""
+    failures = _run_stage(stage, task_id, attempt, host)
+    if failures:
+        raise RecordedFailure.of(failures)
 
 
 @app.task(name=outbox.MARSHAL, **STAGE_OPTIONS)
 def marshal(self: Any, task_id: int, attempt: int) -> None:
-    _run_stage(stages.marshal, task_id, attempt, self.request.hostname)
+    _stage_task(stages.marshal, task_id, attempt, self.request.hostname)
 
 
 @app.task(name=outbox.EXECUTE, **STAGE_OPTIONS)
 def execute(self: Any, task_id: int, attempt: int) -> None:
-    _run_stage(stages.execute, task_id, attempt, self.request.hostname)
+    _stage_task(stages.execute, task_id, attempt, self.request.hostname)
 
 
 @app.task(name=outbox.SUBTASK, **STAGE_OPTIONS)
@@ -91,12 +130,12 @@ def run_subtasks(self: Any, task_id: int, attempt: int, pairs: list[list[int]]) 
 
 @app.task(name=outbox.MONITOR, **STAGE_OPTIONS)
 def monitor(self: Any, task_id: int, attempt: int) -> None:
-    _run_stage(stages.monitor, task_id, attempt, self.request.hostname)
+    _stage_task(stages.monitor, task_id, attempt, self.request.hostname)
 
 
 @app.task(name=outbox.STORE, **STAGE_OPTIONS)
 def store(self: Any, task_id: int, attempt: int) -> None:
-    _run_stage(stages.store, task_id, attempt, self.request.hostname)
+    _stage_task(stages.store, task_id, attempt, self.request.hostname)
 
 
 @app.task(name=outbox.FAN_OUT, **STAGE_OPTIONS)
@@ -105,8 +144,14 @@ def fan_out(self: Any, messages: list[list[Any]]) -> None:
     outbox.publish_stages([(name, args, execution) for name, args, execution in messages], True)
 
 
-@app.task(name=MONITOR_TASK, ignore_result=True)
+@app.task(name=MONITOR_TASK, ignore_result=True, send_events=False)
 def monitor_pipelines() -> dict[str, int]:
     """Run by Celery beat: reclaim lost work, re-send the messages of tasks waiting on a
-    lost one, retry lost transitions."""
+    lost one, retry lost transitions.
+
+    It sends no task events (nor does beat send its ``task-sent``, see ``celery_app``):
+    run every few seconds, it would fill Flower's task list. Each run records the
+    monitor's heartbeat instead (``pipeline.recovery.heartbeat``), which ``cluster
+    status``, the console and ``/metrics`` show.
+    """
     return reconcile()

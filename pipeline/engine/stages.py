@@ -66,24 +66,32 @@ def node_parameters(
     return values
 
 
-def _fail_step(task_id: int, attempt: int, step: PState, message: str, host: str) -> None:
+#: What a stage returns: the failure it recorded (the task's error message), else None.
+Failure = str | None
+
+
+def _fail_step(task_id: int, attempt: int, step: PState, message: str, host: str) -> Failure:
+    """Set the error flag if the step is still this attempt's; the failure, once recorded."""
     with transaction() as session:
         instance, task = lock_task(session, task_id)
-        if is_current(task, attempt, step):
-            fail(session, instance, task, message, host)
+        if not is_current(task, attempt, step):
+            return None
+        fail(session, instance, task, message, host)
+        return message
 
 
 # -- marshal ---------------------------------------------------------------------------------
 
 
-def marshal(task_id: int, attempt: int, host: str = "") -> None:
+def marshal(task_id: int, attempt: int, host: str = "") -> Failure:
     """Choose the task's inputs from the ledger, gather them into subtask directories and
-    create its subtasks, each recorded with the files it consumes."""
+    create its subtasks, each recorded with the files it consumes; the failure recorded,
+    if marshaling failed."""
     with transaction() as session:
         instance, task = lock_task(session, task_id)
         # Claims the step: one marshal per attempt.
         if not is_current(task, attempt, PState.INITIALIZING):
-            return
+            return None
         record(session, task, PState.MARSHALING, host=host)
         refresh_instance_state(session, instance)
         task_dir = taskdir.task_directory(instance.id, task)
@@ -99,17 +107,17 @@ def marshal(task_id: int, attempt: int, host: str = "") -> None:
             groups = taskdir.split(selection.files, node)
             names = taskdir.marshal(task_dir, [[root / c.path for c in g] for g in groups])
     except (OSError, PipelineError) as exc:
-        _fail_step(task_id, attempt, PState.MARSHALING, f"marshaling failed: {exc}", host)
-        return
+        return _fail_step(task_id, attempt, PState.MARSHALING, f"marshaling failed: {exc}", host)
     with outbox.transaction() as (session, messages):
         instance, task = lock_task(session, task_id)
         if not is_current(task, attempt, PState.MARSHALING):
-            return
+            return None
         ids = datastore_ledger.record_found(session, selection.files, fingerprints)
         overwritten = datastore_ledger.overwritten_since(session, ids)
         if overwritten:  # a store replaced an input while it was being linked
-            fail(session, instance, task, f"marshaling failed: {overwritten}", host)
-            return
+            failure = f"marshaling failed: {overwritten}"
+            fail(session, instance, task, failure, host)
+            return failure
         create_subtasks(session, task.id, names)
         datastore_ledger.record_consumption(session, task.id, attempt, taskdir.split(ids, node))
         task.task_dir = str(task_dir)
@@ -117,6 +125,7 @@ def marshal(task_id: int, attempt: int, host: str = "") -> None:
         message = f"{len(names)} subtasks" + (f": {selection.nothing}" if selection.nothing else "")
         record(session, task, PState.ALGORITHM_SUBMITTING, message, host)
         messages.stage(EXECUTE, task_id, attempt, task.execution)
+    return None
 
 
 def _choose_inputs(task_id: int, root: Path) -> tuple[datastore_ledger.Selection, Node]:
@@ -228,14 +237,20 @@ def checked_outputs(run: SubtaskRun, outcome: SubtaskOutcome) -> SubtaskOutcome:
     return replace(outcome, outputs=len(found))
 
 
-def run_subtasks(task_id: int, attempt: int, pairs: Sequence[tuple[int, int]], host: str) -> None:
+def run_subtasks(
+    task_id: int, attempt: int, pairs: Sequence[tuple[int, int]], host: str
+) -> list[str]:
     """Run the subtasks of one message, given as (index, dispatch number) pairs: claim them,
     run them one after another in a child process (one that crashes or hangs fails only its
     subtask, see ``runner.run_many``) while renewing their leases, and record their outcomes
-    in groups; stop early when the task has moved on (halted, restarted)."""
+    in groups; stop early when the task has moved on (halted, restarted).
+
+    Returns the failures recorded, ``subtask N: <the algorithm's error>``, so the Celery
+    task can end as a failure once they are safely in the database.
+    """
     runs = retrying()(begin_subtasks)(task_id, attempt, pairs, host=host)
     if not runs:
-        return
+        return []
     claimed = [(run.context.index, run.number) for run in runs]
     lease = get_settings().lease_seconds
     beat = Heartbeat(lambda: renew_subtask_leases(task_id, claimed), lease / 3)
@@ -243,14 +258,22 @@ def run_subtasks(task_id: int, attempt: int, pairs: Sequence[tuple[int, int]], h
     recorded_at = time.monotonic()
     first = runs[0]
     outcomes = runner.run_many(first.algorithm, [r.context for r in runs], first.timeout, beat)
+    failures: list[str] = []
     for run, outcome in zip(runs, outcomes, strict=True):
         pending.append((run.context.index, run.number, checked_outputs(run, outcome)))
         if time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
             if not _record_outcomes(task_id, attempt, pending, host):
-                return
+                return failures
+            failures += failed_lines(pending)
             pending, recorded_at = [], time.monotonic()
-    if pending:
-        _record_outcomes(task_id, attempt, pending, host)
+    if pending and _record_outcomes(task_id, attempt, pending, host):
+        failures += failed_lines(pending)
+    return failures
+
+
+def failed_lines(outcomes: Sequence[tuple[int, int, SubtaskOutcome]]) -> list[str]:
+    """``subtask N: <error>`` for each failed outcome."""
+    return [f"subtask {index}: {outcome.error}" for index, _, outcome in outcomes if not outcome.ok]
 
 
 @retrying(RECORD_OUTCOME_FOR_SECONDS)
@@ -435,18 +458,19 @@ def monitor(task_id: int, attempt: int, host: str = "") -> None:
 # -- store -----------------------------------------------------------------------------------
 
 
-def store(task_id: int, attempt: int, host: str = "") -> None:
+def store(task_id: int, attempt: int, host: str = "") -> Failure:
     """Copy the outputs of the successful subtasks into the datastore, each recorded with
     its producer; the task is COMPLETE.
 
     The copies are staged beside their destinations (and hashed) outside any transaction;
     the transaction that records the task COMPLETE renames them into place and writes
     their ledger rows, so a stale or duplicate store changes neither files nor ledger.
+    Returns the failure recorded, if storing failed.
     """
     with transaction() as session:
         instance, task = lock_task(session, task_id)
         if not is_current(task, attempt, PState.STORING):
-            return
+            return None
         definition = parse(instance.definition)
         node = definition.node(task.node)
         unit, task_dir = task.unit_of_work, Path(task.task_dir)
@@ -470,7 +494,7 @@ def store(task_id: int, attempt: int, host: str = "") -> None:
             instance, task = lock_task(session, task_id)
             if not is_current(task, attempt, PState.STORING):
                 datastore.discard([output.staged for output in staged])
-                return
+                return None
             datastore_ledger.record_stored(session, root, instance, task, node, staged)
             record(session, task, PState.COMPLETE, f"stored {len(staged)} files", host)
             refresh_instance_state(session, instance)
@@ -480,7 +504,8 @@ def store(task_id: int, attempt: int, host: str = "") -> None:
         raise  # the database or broker is away: Celery retries the store, as any step
     except (OSError, PipelineError) as exc:
         datastore.discard([output.staged for output in staged])
-        _fail_step(task_id, attempt, PState.STORING, f"storing failed: {exc}", host)
+        return _fail_step(task_id, attempt, PState.STORING, f"storing failed: {exc}", host)
+    return None
 
 
 def outputs_of(

@@ -738,7 +738,7 @@ def _lineage_label(step: dict[str, Any]) -> str:
 def flower(
     log_file: Annotated[Path | None, typer.Option(help="Write Flower's log to this file.")] = None,
 ) -> None:
-    """Run Flower with the restart page, behind basic auth (`pipeline cluster credentials`)."""
+    """Run Flower with the pipeline console, behind basic auth (`pipeline cluster credentials`)."""
     from pipeline.interfaces.flower import serve
 
     serve(log_file)

@@ -1,66 +1,77 @@
-"""Flower for the pipeline: Celery's monitor, behind basic auth, with a restart page.
+"""Flower for the pipeline: Celery's monitor, behind basic auth, with the pipeline console.
 
 The app is built as ``celery flower`` builds it (Flower's environment variables and
 ``flowerconfig.py`` apply), on the host and port of the settings, with basic auth from
 ``flower_user`` and ``flower_password`` (``pipeline cluster credentials`` prints them).
-The restart page is mounted in Flower's own Tornado application and sits behind the same
-auth: it lists failed pipeline tasks by instance and restarts or halts them through the
-operations facade the CLI calls, so a rule lives in one place. Its forms post, the
-handler acts, then redirects back to the page with a one-line result.
+The console's pages (``pipeline.interfaces.console``) are mounted in Flower's own Tornado
+application, behind the same auth, under its ``url_prefix``, with a Pipeline section in
+its navbar; the pipeline's figures join Celery's on ``/metrics`` (``prometheus``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import json
 import logging
 import signal
-from collections.abc import Callable
-from contextlib import suppress
-from functools import partial
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from urllib.parse import urlencode
 
 import tornado.web
 from flower.app import Flower
-from flower.views import BaseHandler
 from flower.views.monitor import Metrics
 from tornado import template
-from tornado.web import decode_signed_value
 
 from config.settings import DEFAULT_FLOWER_PORT, Settings, get_settings
-from pipeline.domain.limits import parse_id
-from pipeline.errors import InvalidInput, Refused
+from pipeline.errors import Refused
+from pipeline.interfaces import console, prometheus
+from pipeline.interfaces.console import TEMPLATES, halt_from_form, restart_from_form
 from pipeline.messaging.celery_app import celery_app
-from pipeline.operations import facade
 
 log = logging.getLogger(__name__)
 
-#: Where the pipeline's pages live in Flower, under its ``url_prefix`` if it has one.
-RESTART_PATH = "/pipeline/restart"
-HALT_PATH = "/pipeline/halt"
+__all__ = ["build", "halt_from_form", "restart_from_form", "routes", "serve"]
+
+#: The console's pages: (path under Flower's ``url_prefix``, handler, route name for
+#: ``reverse_url``).
+PAGES = (
+    ("/pipeline/instances", console.InstancesPage, "pipeline-instances"),
+    (r"/pipeline/instances/([^/]+)", console.InstancePage, "pipeline-instance"),
+    (r"/pipeline/tasks/([^/]+)", console.TaskPage, "pipeline-task"),
+    (r"/pipeline/tasks/([^/]+)/subtasks/([^/]+)/log", console.LogPage, "pipeline-log"),
+    ("/pipeline/alerts", console.AlertsPage, "pipeline-alerts"),
+    (r"/pipeline/alerts/([^/]+)/acknowledge", console.AcknowledgeHandler, "pipeline-acknowledge"),
+    ("/pipeline/definitions", console.DefinitionsPage, "pipeline-definitions"),
+    ("/pipeline/parameters", console.ParametersPage, "pipeline-parameters"),
+    ("/pipeline/restart", console.RestartPage, "pipeline-restart"),
+    ("/pipeline/halt", console.HaltHandler, "pipeline-halt"),
+)
 METRICS_PATH = "/metrics"
-#: Route names, for ``reverse_url`` in templates.
-RESTART_ROUTE, HALT_ROUTE = "pipeline-restart", "pipeline-halt"
-TEMPLATES = Path(__file__).parent / "templates"
-RESTART_TEMPLATE = "restart.html"
 NAVBAR_TEMPLATE = "navbar.html"
-#: The link added to Flower's navbar, after its own tabs.
+#: The console's tabs, added to Flower's navbar after its own: (label, route, active_tab).
+NAV_TABS = (
+    ("Pipeline", "pipeline-instances", "pipeline"),
+    ("Restart", "pipeline-restart", "pipeline-restart"),
+    ("Alerts", "pipeline-alerts", "pipeline-alerts"),
+    ("Definitions", "pipeline-definitions", "pipeline-definitions"),
+    ("Parameters", "pipeline-parameters", "pipeline-parameters"),
+)
 NAV_ITEM = """        <li class="nav-item">
-          <a class="nav-link{% if active_tab == 'pipeline' %} active{% end %}"
-            href="{{ reverse_url('pipeline-restart') }}"
-            {% if active_tab == 'pipeline' %}aria-current="page"{% end %}>Restart</a>
+          <a class="nav-link{{% if active_tab == '{tab}' %}} active{{% end %}}"
+            href="{{{{ reverse_url('{route}') }}}}"
+            {{% if active_tab == '{tab}' %}}aria-current="page"{{% end %}}>{label}</a>
         </li>
 """
-#: The query argument carrying an action's signed result back to the page, and its life.
-RESULT_ARGUMENT = "result"
-RESULT_MAX_AGE_DAYS = 1
-#: A form field choosing a task's restart mode is named ``mode-<task id>``.
-TASK_MODE_FIELD = "mode-"
+NAV_ITEMS = "".join(
+    NAV_ITEM.format(label=label, route=route, tab=tab) for label, route, tab in NAV_TABS
+)
 #: Columns of Flower's task list unless FLOWER_TASKS_COLUMNS or flowerconfig.py say
 #: otherwise: the arguments name each stage's pipeline task and attempt.
 TASKS_COLUMNS = "name,uuid,state,args,received,runtime,worker"
+#: Seconds Flower run in a thread (``in_thread``) gets to start, and to stop.
+IN_THREAD_START_SECONDS = 30
 #: How ``celery flower`` names itself to Tornado's option parser.
 PROG = "flower"
 
@@ -80,119 +91,31 @@ class PipelineTemplates(template.Loader):
             navbar = (Path(self.root) / name).read_text()
             head, end_of_tabs, tail = navbar.partition("</ul>")
             if end_of_tabs:
-                navbar = head + NAV_ITEM + end_of_tabs + tail
+                navbar = head + NAV_ITEMS + end_of_tabs + tail
             return template.Template(navbar, name=name, loader=self)
         return super()._create_template(name)
 
 
-def _acting(action: Callable[[], facade.Report]) -> tuple[bool, str]:
-    """Run ``action``: (all went ahead, one line); an operator's error is the line instead."""
-    try:
-        report = action()
-    except Exception as exc:
-        found = facade.problem(exc)
-        if found is None:
-            raise
-        return False, found.message
-    return report.ok, report.summary
-
-
-def restart_from_form(fields: dict[str, str]) -> tuple[bool, str]:
-    """Restart what the form asks: every failed task of ``instance`` in ``mode``, or each
-    task whose ``mode-<id>`` field names a mode. Returns (all went ahead, one line)."""
-
-    def act() -> facade.Report:
-        if fields.get("instance"):
-            instance = parse_id(fields["instance"], "instance")
-            if not fields.get("mode"):
-                raise InvalidInput("choose the restart mode for the instance's failed tasks")
-            return facade.restart_failed(instance, fields["mode"])
-        chosen = [
-            f"{name.removeprefix(TASK_MODE_FIELD)}:{mode}"
-            for name, mode in fields.items()
-            if name.startswith(TASK_MODE_FIELD) and mode
-        ]
-        if not chosen:
-            raise InvalidInput("choose a restart mode for at least one task")
-        return facade.restart(chosen)
-
-    return _acting(act)
-
-
-def halt_from_form(fields: dict[str, str]) -> tuple[bool, str]:
-    """Halt the task the pressed button names."""
-
-    def act() -> facade.Report:
-        return facade.halt([parse_id(fields.get("task") or "", "task")])
-
-    return _acting(act)
-
-
-class PipelineHandler(BaseHandler):
-    """A page of Flower's (its auth, its templates) whose forms act through the facade."""
-
-    def form_fields(self) -> dict[str, str]:
-        return {name: self.get_body_argument(name) for name in self.request.body_arguments}
-
-    async def act_and_return(self, action: Callable[[dict[str, str]], tuple[bool, str]]) -> None:
-        """Run ``action`` off the I/O loop, then back to the restart page with its result."""
-        loop = asyncio.get_running_loop()
-        ok, message = await loop.run_in_executor(None, partial(action, self.form_fields()))
-        log.info("%s %s", self.request.path, message)
-        # Signed, so a link made elsewhere cannot show an operator a result of its own.
-        signed = self.create_signed_value(RESULT_ARGUMENT, json.dumps([ok, message]))
-        query = urlencode({RESULT_ARGUMENT: signed})
-        self.redirect(f"{self.reverse_url(RESTART_ROUTE)}?{query}", status=303)
-
-    def result(self) -> tuple[bool, str]:
-        """The (ok, one line) of the action that redirected here, else (True, "")."""
-        signed = self.get_argument(RESULT_ARGUMENT, "", escape=False)
-        secret = self.application.settings["cookie_secret"]
-        value = decode_signed_value(secret, RESULT_ARGUMENT, signed, RESULT_MAX_AGE_DAYS)
-        if not value:
-            return True, ""
-        ok, message = json.loads(value)
-        return bool(ok), str(message)
-
-
-class RestartPage(PipelineHandler):
-    @tornado.web.authenticated
-    async def get(self) -> None:
-        loop = asyncio.get_running_loop()
-        groups = await loop.run_in_executor(None, facade.tasks_needing_attention)
-        ok, message = self.result()
-        modes = facade.restart_modes()
-        self.render(RESTART_TEMPLATE, groups=groups, modes=modes, message=message, ok=ok)
-
-    @tornado.web.authenticated
-    async def post(self) -> None:
-        await self.act_and_return(restart_from_form)
-
-
-class HaltHandler(PipelineHandler):
-    @tornado.web.authenticated
-    async def post(self) -> None:
-        await self.act_and_return(halt_from_form)
-
-
 class ProtectedMetrics(Metrics):
-    """Flower's Prometheus metrics (worker and task names), which Flower leaves open, behind
-    the same login as everything else; only ``/healthcheck`` stays open, for readiness."""
+    """Flower's Prometheus metrics (workers and Celery tasks) and the pipeline's, which
+    Flower leaves open, behind the same login as everything else; only ``/healthcheck``
+    stays open, for readiness. Scraped off the I/O loop: the pipeline's figures are
+    database queries."""
 
     @tornado.web.authenticated
     async def get(self) -> None:
-        await super().get()
+        self.application.purge_offline_worker_metrics()
+        loop = asyncio.get_running_loop()
+        self.write(await loop.run_in_executor(None, prometheus.latest))
+        self.set_header("Content-Type", "text/plain")
 
 
 def routes(url_prefix: str | None) -> list[tornado.web.URLSpec]:
     """The pipeline's pages, and the metrics behind auth; these come before Flower's own
     routes. Flower's ``url_prefix`` rewrites only its own routes, so they get it here."""
     prefix = f"/{url_prefix.strip('/')}" if url_prefix else ""
-    return [
-        tornado.web.url(prefix + RESTART_PATH, RestartPage, name=RESTART_ROUTE),
-        tornado.web.url(prefix + HALT_PATH, HaltHandler, name=HALT_ROUTE),
-        tornado.web.url(prefix + METRICS_PATH, ProtectedMetrics),
-    ]
+    found = [tornado.web.url(prefix + path, page, name=name) for path, page, name in PAGES]
+    return [*found, tornado.web.url(prefix + METRICS_PATH, ProtectedMetrics)]
 
 
 def build(settings: Settings, log_file: Path | None = None) -> Flower:
@@ -223,7 +146,38 @@ def build(settings: Settings, log_file: Path | None = None) -> Flower:
         capp=celery_app(), options=options, template_loader=loader, **flower_settings
     )
     flower_app.add_handlers(r".*", routes(options.url_prefix))
+    prometheus.register()
     return flower_app
+
+
+@contextmanager
+def in_thread(settings: Settings) -> Iterator[str]:
+    """Flower serving in a thread of this process, reading no broker events (its pages and
+    metrics only), until the block ends; yields its URL. For the benchmark and the tests
+    that read the console without a cluster."""
+    ready = threading.Event()
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        flower_app = build(settings)
+        flower_app.start_http_server()
+        loops.append(loop)
+        ready.set()
+        loop.run_forever()
+        flower_app.stop()
+        loop.close()
+
+    thread = threading.Thread(target=run, name="flower", daemon=True)
+    thread.start()
+    if not ready.wait(IN_THREAD_START_SECONDS):
+        raise Refused(f"Flower did not start within {IN_THREAD_START_SECONDS} s")
+    try:
+        yield settings.flower_url
+    finally:
+        loops[0].call_soon_threadsafe(loops[0].stop)
+        thread.join(IN_THREAD_START_SECONDS)
 
 
 def serve(log_file: Path | None = None) -> None:

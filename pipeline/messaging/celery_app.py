@@ -52,11 +52,12 @@ RESULT_EXPIRES = 24 * 3600
 def celery_app() -> Celery:
     """This process's Celery app, configured from its settings (``configure`` re-points it)."""
     from celery import Celery
-    from celery.signals import worker_process_init
+    from celery.signals import beat_init, worker_process_init
 
     app = Celery("pipeline", include=list(TASK_MODULES))
     configure(app, get_settings())
     worker_process_init.connect(_fresh_connections, weak=False)
+    beat_init.connect(_quiet_beat, weak=False)
     return app
 
 
@@ -143,6 +144,13 @@ def _forget_connections(app: Celery) -> None:
         app.amqp._producer_pool = None
     app._backend_cache = None  # nor its result backend
     app._local.__dict__.pop("backend", None)
+
+
+def _quiet_beat(sender: object = None, **_: object) -> None:
+    """Beat sends only the monitor's messages: no ``task-sent`` event for them, so the
+    monitor, run every few seconds, does not fill Flower's task list (its task sends no
+    events either)."""
+    celery_app().conf.task_send_sent_event = False
 
 
 def _fresh_connections(**_: object) -> None:

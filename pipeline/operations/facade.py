@@ -28,6 +28,19 @@ from pipeline.engine.alerts import list_alerts
 from pipeline.errors import InvalidInput, PipelineError
 from pipeline.operations import halt as halting
 from pipeline.operations import restart as restarting
+from pipeline.operations.console import (
+    alerts_page,
+    instance_overview,
+    instances_page,
+    log_tail,
+    metrics,
+    parameter_diff,
+    parameter_versions,
+    subtask_log_path,
+    subtask_state_counts,
+    subtasks_page,
+    tasks_page,
+)
 from pipeline.operations.lineage import files, lineage
 from pipeline.operations.modes import MODES, RestartMode, parse_request
 from pipeline.operations.outcomes import Report
@@ -55,6 +68,17 @@ __all__ = [
     "Problem",
     "Report",
     "acknowledge_alert",
+    "alerts_page",
+    "instance_overview",
+    "instances_page",
+    "log_tail",
+    "metrics",
+    "parameter_diff",
+    "parameter_versions",
+    "subtask_log_path",
+    "subtask_state_counts",
+    "subtasks_page",
+    "tasks_page",
     "files",
     "get_instance",
     "get_task",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, union_all
 
 from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
@@ -27,6 +27,10 @@ from pipeline.errors import NotFound
 
 #: Instances the restart page lists at most, newest first.
 ATTENTION_INSTANCES = 50
+#: Tasks the restart page lists per instance, at most (the instance's page has them all).
+ATTENTION_TASKS = 50
+#: Failed subtasks whose errors the restart page shows per task, at most.
+FAILED_ERRORS_SHOWN = 3
 
 
 def iso_time(value: Any) -> str | None:
@@ -49,7 +53,7 @@ def instance_dict(instance: PipelineInstance) -> dict[str, Any]:
     }
 
 
-#: The stored fields of a task that its dict shows, in the order ``_task_fields`` takes them.
+#: The stored fields of a task that its dict shows, in the order ``task_fields`` takes them.
 TASK_COLUMNS = (
     "id",
     "instance_id",
@@ -69,7 +73,7 @@ TASK_COLUMNS = (
 )
 
 
-def _task_fields(
+def task_fields(
     task_id: int,
     instance_id: int,
     node: str,
@@ -108,7 +112,7 @@ def _task_fields(
 
 
 def task_dict(task: Task) -> dict[str, Any]:
-    return _task_fields(*(getattr(task, name) for name in TASK_COLUMNS))
+    return task_fields(*(getattr(task, name) for name in TASK_COLUMNS))
 
 
 def subtask_dict(subtask: Subtask) -> dict[str, Any]:
@@ -166,7 +170,7 @@ def list_tasks(instance_id: int) -> list[dict[str, Any]]:
         rows = session.execute(
             select(*columns).where(Task.instance_id == instance_id).order_by(Task.id)
         )
-        return [_task_fields(*row) for row in rows]
+        return [task_fields(*row) for row in rows]
 
 
 def _task(session: Any, task_id: int) -> Task:
@@ -208,9 +212,11 @@ def get_task(task_id: int) -> dict[str, Any]:
 def tasks_needing_attention(limit: int = ATTENTION_INSTANCES) -> list[dict[str, Any]]:
     """Failed tasks (and running ones, which may be halted), grouped by instance, newest first.
 
-    Each task carries ``restartable`` and the errors of its failed subtasks; an instance in
-    TRANSITION_FAILED is listed even without failed tasks, since restarting it retries the
-    transition. What Flower's restart page shows.
+    Each task carries ``restartable`` and the errors of its first failed subtasks; an
+    instance in TRANSITION_FAILED is listed even without failed tasks, since restarting it
+    retries the transition. An instance lists its first ``ATTENTION_TASKS`` such tasks,
+    and ``more`` says how many others it has (its own page shows them all, a page at a
+    time). What Flower's restart page shows.
     """
     with transaction() as session:
         wanted = or_(RESTARTABLE, RUNNING)
@@ -225,28 +231,62 @@ def tasks_needing_attention(limit: int = ATTENTION_INSTANCES) -> list[dict[str, 
                 .limit(limit)
             )
         )
+        ids = [i.id for i in instances]
+        place = func.row_number().over(partition_by=Task.instance_id, order_by=Task.id)
+        numbered = (
+            select(Task.id, place.label("place"))
+            .where(Task.instance_id.in_(ids), wanted)
+            .subquery()
+        )
         rows = session.execute(
             select(Task, RESTARTABLE.label("restartable"))
-            .where(Task.instance_id.in_([i.id for i in instances]), wanted)
+            .join(numbered, numbered.c.id == Task.id)
+            .where(numbered.c.place <= ATTENTION_TASKS)
             .order_by(Task.id)
         )
-        groups = {i.id: {"instance": instance_dict(i), "tasks": []} for i in instances}
-        for task, restartable in rows:
-            groups[task.instance_id]["tasks"].append(_attention_dict(session, task, restartable))
+        counts = dict(
+            session.execute(
+                select(Task.instance_id, func.count(Task.id))
+                .where(Task.instance_id.in_(ids), wanted)
+                .group_by(Task.instance_id)
+            ).all()
+        )
+        groups = {i.id: {"instance": instance_dict(i), "tasks": [], "more": 0} for i in instances}
+        listed = list(rows)
+        errors = _first_failed(session, [task.id for task, _ in listed])
+        for task, restartable in listed:
+            groups[task.instance_id]["tasks"].append(
+                {
+                    **task_dict(task),
+                    "restartable": bool(restartable),
+                    "failed_subtask_errors": errors.get(task.id, []),
+                }
+            )
+        for instance_id, group in groups.items():
+            group["more"] = counts.get(instance_id, 0) - len(group["tasks"])
         return list(groups.values())
 
 
-def _attention_dict(session: Any, task: Task, restartable: bool) -> dict[str, Any]:
-    failed = session.execute(
-        select(Subtask.index, Subtask.error)
-        .where(Subtask.task_id == task.id, Subtask.state == SubtaskState.FAILED)
+def _first_failed(session: Any, task_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """The first ``FAILED_ERRORS_SHOWN`` failed subtasks of each task, with their errors,
+    in one query (each task's part reads its failed subtasks by index, then stops)."""
+    if not task_ids:
+        return {}
+    parts = [
+        select(Subtask.task_id, Subtask.index, Subtask.error)
+        .where(Subtask.task_id == task_id, Subtask.state == SubtaskState.FAILED)
         .order_by(Subtask.index)
-    )
-    return {
-        **task_dict(task),
-        "restartable": bool(restartable),
-        "failed_subtask_errors": [{"index": index, "error": error} for index, error in failed],
-    }
+        .limit(FAILED_ERRORS_SHOWN)
+        .subquery()
+        .select()
+        for task_id in task_ids
+    ]
+    found: dict[int, list[dict[str, Any]]] = {}
+    for task_id, index, error in session.execute(union_all(*parts)):
+        found.setdefault(task_id, []).append({"index": index, "error": error})
+    for errors in found.values():
+        errors.sort(key=lambda failed: failed["index"])
+    return found
 
 
 def list_subtasks(task_id: int) -> list[dict[str, Any]]:

@@ -1,0 +1,517 @@
+"""The pipeline console: Flower pages for instances, tasks, subtasks, logs, alerts,
+definitions and parameter sets, with restart (a dry-run preview first) and halt.
+
+Every page is rendered on the server with Flower's own templates and Bootstrap, behind
+Flower's auth (``@tornado.web.authenticated`` on each method), and reads and acts only
+through the operations facade, off Tornado's I/O loop. An operator's error (an unknown
+id, a refused restart, a bad page number) is one line: on the page that was acted on, or
+as a 4xx page of its own; never a traceback. Forms post with Flower's XSRF field, act,
+then redirect back to their page with a signed one-line result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from functools import partial
+from graphlib import TopologicalSorter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import tornado.web
+from flower.views import BaseHandler
+from tornado.web import decode_signed_value
+
+from pipeline.domain.limits import parse_id
+from pipeline.errors import InvalidInput
+from pipeline.interfaces import dag
+from pipeline.operations import facade
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates"
+#: The query argument carrying an action's signed result back to the page, and its life.
+RESULT_ARGUMENT = "result"
+RESULT_MAX_AGE_DAYS = 1
+#: A form field choosing a task's restart mode is named ``mode-<task id>``; an execution
+#: setting changed with a restart ``setting-<name>``.
+TASK_MODE_FIELD = "mode-"
+SETTING_FIELD = "setting-"
+#: The execution settings a restart form offers (any other goes through the CLI's --set).
+EDITABLE_SETTINGS = (
+    "queue",
+    "subtask_timeout",
+    "max_failed_subtasks",
+    "max_auto_resubmits",
+    "priority",
+    "batch_size",
+)
+#: The button that asks for a dry run rather than the restart itself.
+PREVIEW = "preview"
+#: Seconds between refreshes of a page showing work under way.
+REFRESH_SECONDS = 5
+
+
+# -- acting through the facade ---------------------------------------------------------------
+
+
+def acting(action: Callable[[], facade.Report]) -> tuple[bool, str]:
+    """Run ``action``: (all went ahead, one line); an operator's error is the line instead."""
+    try:
+        report = action()
+    except Exception as exc:
+        found = facade.problem(exc)
+        if found is None:
+            raise
+        return False, found.message
+    return report.ok, report.summary
+
+
+def settings_from(fields: dict[str, str]) -> dict[str, str]:
+    """The execution settings a form changes: its non-empty ``setting-<name>`` fields."""
+    return {
+        name.removeprefix(SETTING_FIELD): value.strip()
+        for name, value in fields.items()
+        if name.startswith(SETTING_FIELD) and value.strip()
+    }
+
+
+def restart_report(fields: dict[str, str], dry_run: bool = False) -> facade.Report:
+    """The restart a form asks for: every failed task of ``instance`` in ``mode``, the
+    ``task`` in ``mode``, or each task whose ``mode-<id>`` field names a mode; with the
+    execution settings it changes."""
+    settings = settings_from(fields)
+    if fields.get("instance"):
+        instance = parse_id(fields["instance"], "instance")
+        if not fields.get("mode"):
+            raise InvalidInput("choose the restart mode for the instance's failed tasks")
+        return facade.restart_failed(instance, fields["mode"], settings, dry_run)
+    if fields.get("task"):
+        if not fields.get("mode"):
+            raise InvalidInput("choose a restart mode")
+        task = parse_id(fields["task"], "task")
+        return facade.restart([task], fields["mode"], settings, dry_run)
+    chosen = [
+        f"{name.removeprefix(TASK_MODE_FIELD)}:{mode}"
+        for name, mode in fields.items()
+        if name.startswith(TASK_MODE_FIELD) and mode
+    ]
+    if not chosen:
+        raise InvalidInput("choose a restart mode for at least one task")
+    return facade.restart(chosen, None, settings, dry_run)
+
+
+def halt_report(fields: dict[str, str]) -> facade.Report:
+    """Halt the task the pressed button names, or every running task of ``instance``."""
+    if fields.get("instance"):
+        return facade.halt_instance(parse_id(fields["instance"], "instance"))
+    return facade.halt([parse_id(fields.get("task") or "", "task")])
+
+
+def restart_from_form(fields: dict[str, str]) -> tuple[bool, str]:
+    """Restart what the form asks (see ``restart_report``): (all went ahead, one line)."""
+    return acting(partial(restart_report, fields))
+
+
+def halt_from_form(fields: dict[str, str]) -> tuple[bool, str]:
+    """Halt what the form asks (see ``halt_report``): (all went ahead, one line)."""
+    return acting(partial(halt_report, fields))
+
+
+def whole_number(text: str, name: str) -> int:
+    """A query argument that must be a whole number, or a one-line error naming it."""
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a whole number, not {text[:40]!r}") from None
+
+
+# -- the handlers ----------------------------------------------------------------------------
+
+
+class PipelineHandler(BaseHandler):
+    """A page of Flower's (its auth, its templates) that reads and acts through the facade."""
+
+    def form_fields(self) -> dict[str, str]:
+        return {
+            name: self.get_body_argument(name, strip=False)
+            for name in self.request.body_arguments
+            if name != "_xsrf"
+        }
+
+    async def off_loop(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a facade call in a thread: the database never blocks Flower's I/O loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, partial(call, *args, **kwargs))
+
+    async def read(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A facade read; an operator's error ends the request as a one-line 4xx page."""
+        try:
+            return await self.off_loop(call, *args, **kwargs)
+        except Exception as exc:
+            found = facade.problem(exc)
+            if found is None:
+                raise
+            raise Problem(found.status, found.message) from None
+
+    def page_argument(self) -> tuple[int, int]:
+        page = whole_number(self.get_argument("page", "1"), "page")
+        per_page = whole_number(self.get_argument("per_page", "50"), "per_page")
+        return page, per_page
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """An operator's error as a one-line page with its status; anything else as Flower
+        shows it (a bug)."""
+        found = _operators_problem(kwargs.get("exc_info", (None, None))[1])
+        if found is None:
+            super().write_error(status_code, **kwargs)
+            return
+        self.set_status(found.status)
+        self.render("problem.html", message=found.message, status=found.status)
+
+    def log_exception(self, kind: Any, value: Any, traceback: Any) -> None:
+        """An operator's error is one line in the log, not a traceback."""
+        found = _operators_problem(value)
+        if found is None:
+            super().log_exception(kind, value, traceback)
+            return
+        log.info("%s %s: %s", self.request.method, self.request.path, found.message)
+
+    async def act_and_return(
+        self,
+        action: Callable[[dict[str, str]], tuple[bool, str]],
+        fields: dict[str, str] | None = None,
+        back: str | None = None,
+    ) -> None:
+        """Run ``action`` on the form's fields off the I/O loop, then go ``back`` (else to
+        the page the form names, see ``back``) with the one-line result."""
+        fields = self.form_fields() if fields is None else fields
+        ok, message = await self.off_loop(action, fields)
+        self.return_with(ok, message, back or self.back(fields))
+
+    def return_with(self, ok: bool, message: str, target: str) -> None:
+        log.info("%s %s", self.request.path, message)
+        # Signed, so a link made elsewhere cannot show an operator a result of its own.
+        signed = self.create_signed_value(RESULT_ARGUMENT, json.dumps([ok, message]))
+        self.redirect(f"{target}?{urlencode({RESULT_ARGUMENT: signed})}", status=303)
+
+    def back(self, fields: dict[str, str]) -> str:
+        """Where a form returns: its ``back`` path when it is one of this app's pipeline
+        pages (never another site), else the restart page."""
+        back = fields.get("back", "")
+        prefix = self.reverse_url("pipeline-instances").rsplit("/pipeline/", 1)[0]
+        if back.startswith(f"{prefix}/pipeline/") and "//" not in back and "?" not in back:
+            return back
+        return self.reverse_url("pipeline-restart")
+
+    def result(self) -> tuple[bool, str]:
+        """The (ok, one line) of the action that redirected here, else (True, "")."""
+        signed = self.get_argument(RESULT_ARGUMENT, "", escape=False)
+        secret = self.application.settings["cookie_secret"]
+        value = decode_signed_value(secret, RESULT_ARGUMENT, signed, RESULT_MAX_AGE_DAYS)
+        if not value:
+            return True, ""
+        ok, message = json.loads(value)
+        return bool(ok), str(message)
+
+    async def preview(self, fields: dict[str, str]) -> tuple[facade.Report | None, str]:
+        """The dry run of the restart a form asks for: (its report, "") or (None, why not)."""
+        try:
+            return await self.off_loop(restart_report, fields, True), ""
+        except Exception as exc:
+            found = facade.problem(exc)
+            if found is None:
+                raise
+            return None, found.message
+
+    def page_url(self, **query: Any) -> str:
+        """This page with ``query`` changed (the pager's and filters' links)."""
+        arguments = {name: self.get_argument(name) for name in self.request.arguments}
+        arguments.pop(RESULT_ARGUMENT, None)
+        arguments.update({key: value for key, value in query.items() if value is not None})
+        return f"{self.request.path}?{urlencode(arguments)}"
+
+    def render_page(self, template: str, **values: Any) -> None:
+        """Render a console page with the result of the action that led here; a page
+        showing work under way (``refresh``) reloads itself every few seconds."""
+        ok, message = self.result()
+        if values.get("refresh"):
+            self.set_header("Refresh", str(REFRESH_SECONDS))
+        self.render(
+            template,
+            ok=values.pop("ok", ok),
+            message=values.pop("message", message),
+            modes=facade.restart_modes(),
+            page_url=self.page_url,
+            duration=duration,
+            **values,
+        )
+
+
+class Problem(tornado.web.HTTPError):
+    """An operator's error met reading a page: its status and one line."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, reason=message.encode("ascii", "replace").decode()[:200])
+        self.status, self.message = status, message
+
+
+def _operators_problem(exc: BaseException | None) -> facade.Problem | None:
+    """The status and one line of an error an operator caused (see ``facade.problem``)."""
+    if isinstance(exc, Problem):
+        return facade.Problem(exc.status, exc.message)
+    return facade.problem(exc) if exc is not None else None
+
+
+def duration(seconds: float | None) -> str:
+    """``1 h 02 min``, ``3 min 05 s``, ``4.2 s``; blank when unknown."""
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class InstancesPage(PipelineHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        page, per_page = self.page_argument()
+        state = self.get_argument("state", "") or None
+        pipeline = self.get_argument("pipeline", "") or None
+        found = await self.read(facade.instances_page, state, pipeline, page, per_page)
+        monitor = await self.off_loop(facade.monitor_health)
+        self.render_page(
+            "instances.html",
+            found=found,
+            monitor=monitor,
+            state=state or "",
+            pipeline=pipeline or "",
+            refresh=found["running"],
+        )
+
+
+class RestartingPage(PipelineHandler):
+    """A page of one instance or task whose form restarts it: ``preview`` re-renders the
+    page with the dry run and a form to confirm it; anything else restarts, then returns
+    to the page with the result."""
+
+    #: The form field naming what the page shows: ``instance`` or ``task``.
+    subject = ""
+
+    async def show(self, shown_id: str, **values: Any) -> None:
+        raise NotImplementedError
+
+    @tornado.web.authenticated
+    async def get(self, shown_id: str) -> None:
+        await self.show(shown_id)
+
+    @tornado.web.authenticated
+    async def post(self, shown_id: str) -> None:
+        fields = {**self.form_fields(), self.subject: shown_id}
+        if fields.get("action") != PREVIEW:
+            await self.act_and_return(restart_from_form, fields, self.request.path)
+            return
+        report, why_not = await self.preview(fields)
+        await self.show(
+            shown_id,
+            preview=report,
+            fields=fields,
+            ok=report is not None,
+            message=why_not,
+            refresh=False,
+        )
+
+
+class InstancePage(RestartingPage):
+    """An instance: its DAG, tasks, figures and frozen values; restart all failed tasks."""
+
+    subject = "instance"
+
+    async def show(self, shown_id: str, **values: Any) -> None:
+        number = parse_id(shown_id, "instance")
+        page, per_page = self.page_argument()
+        overview = await self.read(facade.instance_overview, number)
+        tasks = await self.read(facade.tasks_page, number, page, per_page)
+        pictured = [
+            {**node, "label": f"{node['tasks']} tasks, {node['counts']}"}
+            for node in overview["nodes"]
+        ]
+        title = f"Pipeline {overview['pipeline']} of instance {number}"
+        values.setdefault("refresh", overview["running_tasks"] > 0 and "preview" not in values)
+        self.render_page(
+            "instance.html",
+            instance=overview,
+            tasks=tasks,
+            svg=dag.draw(pictured, title),
+            legend=dag.MEANINGS,
+            fills=dag.FILLS,
+            preview=values.pop("preview", None),
+            fields=values.pop("fields", {}),
+            **values,
+        )
+
+
+class TaskPage(RestartingPage):
+    """A task: its history and subtasks; restart it with its settings changed."""
+
+    subject = "task"
+
+    async def show(self, shown_id: str, **values: Any) -> None:
+        number = parse_id(shown_id, "task")
+        page, per_page = self.page_argument()
+        state = self.get_argument("state", "") or None
+        task = await self.read(facade.get_task, number)
+        subtasks = await self.read(facade.subtasks_page, number, state, page, per_page)
+        counts = await self.read(facade.subtask_state_counts, number)
+        self.render_page(
+            "task.html",
+            task=task,
+            subtasks=subtasks,
+            counts=counts,
+            state=state or "",
+            settings=EDITABLE_SETTINGS,
+            preview=values.pop("preview", None),
+            fields=values.pop("fields", {}),
+            refresh=values.pop("refresh", not task["error"] and task["p_state"] != "COMPLETE"),
+            **values,
+        )
+
+
+class LogPage(PipelineHandler):
+    """A subtask's log: its tail (default), all of it, or as a file to download."""
+
+    @tornado.web.authenticated
+    async def get(self, task_id: str, index: str) -> None:
+        number, subtask = parse_id(task_id, "task"), whole_number(index, "subtask")
+        view = self.get_argument("view", "tail")
+        if view not in ("tail", "full", "download"):
+            raise Problem(422, f"unknown log view {view[:40]!r} (tail, full or download)")
+        path = await self.read(facade.subtask_log_path, number, subtask)
+        if view == "tail":
+            text, cut = await self.read(facade.log_tail, path)
+        else:
+            [found] = await self.read(facade.logs, number, subtask)
+            text, cut = found["text"], False
+        if view == "download":
+            name = f"task-{number}-subtask-{subtask}.log"
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+            self.write(text)
+            return
+        self.render_page(
+            "log.html", task_id=number, index=subtask, text=text, cut=cut, view=view, path=path
+        )
+
+
+class AlertsPage(PipelineHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        page, per_page = self.page_argument()
+        severity = self.get_argument("severity", "") or None
+        include = self.get_argument("acknowledged", "") == "1"
+        found = await self.read(facade.alerts_page, severity, include, page, per_page)
+        self.render_page("alerts.html", found=found, severity=severity or "", acknowledged=include)
+
+
+class AcknowledgeHandler(PipelineHandler):
+    @tornado.web.authenticated
+    async def post(self, alert_id: str) -> None:
+        fields = self.form_fields()
+
+        def acknowledge() -> tuple[bool, str]:
+            try:
+                facade.acknowledge_alert(parse_id(alert_id, "alert"))
+            except Exception as exc:
+                found = facade.problem(exc)
+                if found is None:
+                    raise
+                return False, found.message
+            return True, f"alert {alert_id} acknowledged"
+
+        ok, message = await self.off_loop(acknowledge)
+        target = self.back(fields) if fields.get("back") else self.reverse_url("pipeline-alerts")
+        self.return_with(ok, message, target)
+
+
+class DefinitionsPage(PipelineHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        listed = await self.read(facade.list_definitions)
+        shown = []
+        for summary in listed:
+            definition = await self.read(facade.show_definition, summary["name"])
+            nodes = [
+                {
+                    "name": node["name"],
+                    "after": node.get("after", []),
+                    "colour": "pending",
+                    "label": str(node.get("algorithm", ""))[:26],
+                }
+                for node in definition["nodes"]
+            ]
+            ordered = _topological(nodes)
+            svg = dag.draw(ordered, f"Pipeline {summary['name']}")
+            shown.append({**summary, "definition": definition, "svg": svg})
+        self.render_page("definitions.html", definitions=shown)
+
+
+def _topological(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Nodes ordered parents first (as ``dag.draw`` expects)."""
+    by_name = {node["name"]: node for node in nodes}
+    order = TopologicalSorter({n["name"]: set(n["after"]) for n in nodes}).static_order()
+    return [by_name[name] for name in order if name in by_name]
+
+
+class ParametersPage(PipelineHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        sets = await self.read(facade.list_parameter_sets)
+        name = self.get_argument("name", "") or (sets[0]["name"] if sets else "")
+        versions, shown, diff = [], None, None
+        older = newer = None
+        if name:
+            versions = await self.read(facade.parameter_versions, name)
+            version_text = self.get_argument("version", "")
+            version = whole_number(version_text, "version") if version_text else None
+            shown = await self.read(facade.show_parameter_set, name, version)
+            older_text, newer_text = self.get_argument("older", ""), self.get_argument("newer", "")
+            if older_text and newer_text:
+                older = whole_number(older_text, "older")
+                newer = whole_number(newer_text, "newer")
+                diff = await self.read(facade.parameter_diff, name, older, newer)
+        self.render_page(
+            "parameters.html",
+            sets=sets,
+            name=name,
+            versions=versions,
+            shown=shown,
+            diff=diff,
+            older=older,
+            newer=newer,
+        )
+
+
+class RestartPage(PipelineHandler):
+    """Every failed task by instance, for bulk restarts (each task in a mode of its own)."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        groups = await self.read(facade.tasks_needing_attention)
+        self.render_page("restart.html", groups=groups)
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        await self.act_and_return(restart_from_form)
+
+
+class HaltHandler(PipelineHandler):
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        await self.act_and_return(halt_from_form)

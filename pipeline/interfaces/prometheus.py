@@ -1,0 +1,140 @@
+"""The pipeline's figures for Prometheus, on Flower's ``/metrics`` beside Celery's.
+
+A collector registered once in ``prometheus_client``'s default registry (the one Flower
+exports) reads the figures from the database through the facade at every scrape, so
+every Flower process reports the same numbers, those of the database. A database that
+cannot be read makes the scrape report ``pipeline_up 0`` rather than fail Celery's
+figures too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import prometheus_client
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from pipeline.operations import facade
+from pipeline.operations.console import DURATION_BUCKETS
+
+log = logging.getLogger(__name__)
+
+
+class PipelineCollector(Collector):
+    """Instances by state, tasks by P-state and error flag, subtasks by state, redispatches,
+    restarts by mode, lost-work recoveries, subtask run times per node, and the age of the
+    monitor's last run."""
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: registering must not query the database."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("pipeline_up", "1 when the pipeline's database could be read")
+        try:
+            figures = facade.metrics()
+        except Exception as exc:
+            found = facade.problem(exc)
+            if found is None:
+                raise
+            log.warning("pipeline metrics: %s", found.message)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield labelled(
+            GaugeMetricFamily,
+            "pipeline_instances",
+            "Pipeline instances by state",
+            {(state,): count for state, count in figures["instances"].items()},
+            ["state"],
+        )
+        yield labelled(
+            GaugeMetricFamily,
+            "pipeline_tasks",
+            "Tasks by P-state and error flag",
+            {(p_state, str(error).lower()): n for (p_state, error), n in figures["tasks"].items()},
+            ["p_state", "error"],
+        )
+        yield labelled(
+            GaugeMetricFamily,
+            "pipeline_subtasks",
+            "Subtasks by state",
+            {(state,): count for state, count in figures["subtasks"].items()},
+            ["state"],
+        )
+        yield CounterMetricFamily(
+            "pipeline_subtasks_redispatched",
+            "Subtask dispatches after the first (lost work, resubmits)",
+            value=figures["redispatched"],
+        )
+        yield labelled(
+            CounterMetricFamily,
+            "pipeline_restarts",
+            "Task restarts by mode",
+            {(mode,): count for mode, count in figures["restarts"].items()},
+            ["mode"],
+        )
+        yield CounterMetricFamily(
+            "pipeline_lost_work_recoveries",
+            "Lost subtasks dispatched again and lost marshals redone by the monitor",
+            value=figures["lost_work_recoveries"],
+        )
+        durations = HistogramMetricFamily(
+            "pipeline_subtask_duration_seconds", "Run time of finished subtasks", labels=["node"]
+        )
+        for node, found in sorted(figures["durations"].items()):
+            buckets = [
+                (str(bound), count)
+                for bound, count in zip(DURATION_BUCKETS, found["buckets"], strict=True)
+            ]
+            buckets.append(("+Inf", found["count"]))
+            durations.add_metric([node], buckets, found["sum"])
+        yield durations
+        last = facade.monitor_health()["last_run"]
+        if last is not None:
+            age = datetime.now(UTC) - datetime.fromisoformat(last)
+            yield GaugeMetricFamily(
+                "pipeline_monitor_last_run_age_seconds",
+                "Seconds since beat's monitor last ran (its heartbeat)",
+                value=max(0.0, age.total_seconds()),
+            )
+
+
+def labelled(
+    kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
+    name: str,
+    documentation: str,
+    values: dict[tuple[str, ...], int],
+    labels: list[str],
+) -> Metric:
+    """A metric family with one sample per label values, in a stable order."""
+    family = kind(name, documentation, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(list(key), value)
+    return family
+
+
+_registered: list[PipelineCollector] = []
+
+
+def register() -> None:
+    """Add the collector to the default registry, once per process."""
+    if not _registered:
+        collector = PipelineCollector()
+        prometheus_client.REGISTRY.register(collector)
+        _registered.append(collector)
+
+
+def latest() -> bytes:
+    """Every metric of the default registry, Celery's and the pipeline's, in text format."""
+    return prometheus_client.generate_latest()

@@ -1,0 +1,272 @@
+"""The pipeline console's pages, served by a real Flower (its Tornado app, its basic auth)
+in this test's process over a home whose instance 1 failed on purpose; the work a
+restart calls for is run by the in-process worker. The browser test is in test_flower."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from pipeline.database import transaction
+from pipeline.domain.models import Subtask
+from pipeline.operations import facade
+from tests.support import InProcessWorker, free_port, point_here
+
+PASSWORD = "console-test-password"
+#: The permuter tasks of the failed home's instance 1.
+TASKS = (1, 2)
+
+
+@dataclass
+class Answer:
+    status: int
+    body: str
+    headers: dict[str, str]
+
+
+@dataclass
+class Console:
+    url: str
+
+    def request(self, path: str, fields: dict[str, str] | None = None, auth: bool = True) -> Answer:
+        data = urllib.parse.urlencode(fields).encode() if fields is not None else None
+        request = urllib.request.Request(self.url + path, data=data)
+        if auth:
+            token = base64.b64encode(f"operator:{PASSWORD}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return Answer(response.status, response.read().decode(), dict(response.headers))
+        except urllib.error.HTTPError as exc:
+            return Answer(exc.code, exc.read().decode(), dict(exc.headers))
+
+
+@pytest.fixture
+def console(failed: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Console]:
+    """Flower with the console on a free port, in a thread of its own."""
+    port = free_port()
+    monkeypatch.setenv("PIPELINE_FLOWER_PASSWORD", PASSWORD)
+    monkeypatch.setenv("PIPELINE_FLOWER_PORT", str(port))
+    point_here()
+    from config.settings import get_settings
+    from pipeline.interfaces import flower
+
+    with flower.in_thread(get_settings()) as url:
+        yield Console(url)
+
+
+def text(page: str) -> str:
+    """A page's words, tags removed and spaces collapsed."""
+    return " ".join(re.sub(r"<[^>]+>", " ", page).split())
+
+
+def test_the_pages_show_a_failed_instance(console: Console) -> None:
+    instances = console.request("/pipeline/instances")
+    assert instances.status == 200
+    assert 'id="instance-1"' in instances.body and "ERRORS_STALLED" in instances.body
+    assert "6 / 2 / 8" in text(instances.body), "completed / failed / total subtasks"
+    assert "0 of 2" in text(instances.body), "tasks done of total"
+    assert "Refresh" not in instances.headers, "nothing runs: no refresh"
+
+    instance = console.request("/pipeline/instances/1")
+    assert instance.status == 200
+    assert 'data-node="permuter" data-state="error"' in instance.body
+    assert 'data-node="flip" data-state="pending"' in instance.body
+    assert 'data-node="averaging" data-state="pending"' in instance.body
+    assert "2 tasks, 6/8 (2)" in instance.body
+    rows = re.findall(r'<tr id="task-(\d+)">(.*?)</tr>', instance.body, re.S)
+    assert [int(task) for task, _ in rows] == list(TASKS)
+    for _, row in rows:
+        assert "ERROR - ALGORITHM_COMPLETE" in row and "3/4 (1)" in row
+    assert "throw_exception_subtask_0" in instance.body, "the frozen parameter values"
+    assert 'data-node="permuter"' in instance.body.split('id="figures"')[1], "run-time figures"
+    assert 'name="_xsrf"' in instance.body
+
+    task = console.request(f"/pipeline/tasks/{TASKS[0]}")
+    assert task.status == 200
+    words = text(task.body)
+    assert "ERROR - ALGORITHM_COMPLETE" in words and "1 of 4 subtasks failed" in words
+    assert "ALGORITHM_QUEUED" in words.split("History")[1], "the history"
+    failed = console.request(f"/pipeline/tasks/{TASKS[0]}?state=FAILED")
+    assert re.findall(r'<tr id="subtask-(\d+)">', failed.body) == ["0"]
+    assert "RuntimeError: subtask 0 failed on purpose" in failed.body
+
+    log = console.request(f"/pipeline/tasks/{TASKS[0]}/subtasks/0/log")
+    assert log.status == 200 and "subtask 0 failed on purpose" in log.body
+    download = console.request(f"/pipeline/tasks/{TASKS[0]}/subtasks/0/log?view=download")
+    assert "attachment" in download.headers["Content-Disposition"]
+    assert "Traceback" in download.body and "<html" not in download.body
+
+    for page in ("/pipeline/alerts", "/pipeline/definitions", "/pipeline/parameters"):
+        assert console.request(page).status == 200, page
+    definitions = console.request("/pipeline/definitions").body
+    assert 'data-node="averaging"' in definitions
+
+
+def test_preview_then_restart_from_the_task_page(console: Console, worker: InProcessWorker) -> None:
+    before = facade.list_tasks(1)
+    fields = {"mode": "resume-current-step", "setting-subtask_timeout": "600"}
+    preview = console.request(f"/pipeline/tasks/{TASKS[0]}", {**fields, "action": "preview"})
+    assert preview.status == 200
+    assert 'id="preview"' in preview.body and "store the successful subtasks" in preview.body
+    assert facade.list_tasks(1) == before, "a preview changes nothing"
+
+    refused = console.request(
+        f"/pipeline/tasks/{TASKS[0]}", {"mode": "resubmit", "setting-queue": "bad queue!"}
+    )
+    assert refused.status == 200
+    [line] = re.findall(r'<div id="result"[^>]*>(.*?)</div>', refused.body, re.S)
+    assert "queue" in line and "\n" not in line.strip()
+    assert facade.list_tasks(1) == before, "a refused restart changes nothing"
+
+    applied = console.request(f"/pipeline/tasks/{TASKS[0]}", {**fields, "action": "apply"})
+    assert applied.status == 200
+    assert "task 1 resume-current-step: store the successful subtasks" in applied.body
+    worker.drain()
+    task = facade.get_task(TASKS[0])
+    assert task["state"] == "COMPLETE" and task["execution"]["subtask_timeout"] == 600
+
+
+def test_restart_all_failed_from_the_instance_page(
+    console: Console, worker: InProcessWorker
+) -> None:
+    preview = console.request(
+        "/pipeline/instances/1", {"mode": "resume-current-step", "action": "preview"}
+    )
+    assert len(re.findall('class="preview-outcome"', preview.body)) == 2
+    assert 'id="confirm-restart"' in preview.body
+    console.request("/pipeline/instances/1", {"mode": "resume-current-step", "action": "apply"})
+    worker.drain()
+    assert facade.get_instance(1)["state"] == "COMPLETED"
+
+
+def test_bad_addresses_and_arguments_are_one_line_4xx(console: Console) -> None:
+    for path, status, line in [
+        ("/pipeline/instances/999", 404, "unknown instance 999"),
+        ("/pipeline/instances/abc", 422, "'abc' is not an instance id"),
+        ("/pipeline/tasks/999", 404, "unknown task 999"),
+        ("/pipeline/tasks/1/subtasks/9/log", 404, "task 1 has no subtask 9"),
+        ("/pipeline/instances?page=0", 422, "page 0 is out of range: pages start at 1"),
+        ("/pipeline/instances?page=x", 422, "page must be a whole number, not 'x'"),
+        ("/pipeline/instances?state=NOPE", 422, "unknown instance state 'NOPE'"),
+        ("/pipeline/tasks/1?state=NOPE", 422, "unknown subtask state 'NOPE'"),
+    ]:
+        answer = console.request(path)
+        assert answer.status == status, (path, answer.status)
+        [shown] = re.findall(r'<div id="problem"[^>]*>(.*?)</div>', answer.body, re.S)
+        assert html.unescape(shown.strip()) == line, path
+    for path in ("/pipeline/instances", "/pipeline/tasks/1", "/pipeline/alerts", "/metrics"):
+        assert console.request(path, auth=False).status == 401, path
+
+
+def test_the_restart_page_shows_a_few_errors_of_many(console: Console) -> None:
+    with transaction() as session:  # every subtask of task 1 failed
+        session.execute(
+            update(Subtask).where(Subtask.task_id == TASKS[0]).values(state="FAILED", error="boom")
+        )
+        from pipeline.domain.models import Task
+
+        session.execute(update(Task).where(Task.id == TASKS[0]).values(failed_subtasks=4))
+    page = console.request("/pipeline/restart").body
+    row = re.search(rf'<tr id="task-{TASKS[0]}">(.*?)</tr>', page, re.S).group(1)
+    assert len(re.findall(r"subtask \d+: ", row)) == 3
+    assert f'/pipeline/tasks/{TASKS[0]}?state=FAILED">all 4 failed subtasks' in row
+
+
+def test_metrics_carry_the_pipelines_figures(console: Console) -> None:
+    metrics = console.request("/metrics").body
+    assert 'pipeline_instances{state="ERRORS_STALLED"} 1.0' in metrics
+    assert 'pipeline_tasks{error="true",p_state="ALGORITHM_COMPLETE"} 2.0' in metrics
+    assert 'pipeline_subtasks{state="FAILED"} 2.0' in metrics
+    assert 'pipeline_subtask_duration_seconds_count{node="permuter"} 8.0' in metrics
+    assert "pipeline_up 1.0" in metrics
+
+
+def test_pages_show_one_page_of_many_rows(console: Console) -> None:
+    """An instance of 120 tasks and a task of 130 subtasks: each page carries 50 rows and
+    the pager, never every row (the figures at 10,000 tasks are in ``make bench``)."""
+    from sqlalchemy import insert
+
+    from pipeline.domain.models import Task
+
+    with transaction() as session:
+        session.execute(
+            insert(Task),
+            [
+                {"instance_id": 1, "node": "flip", "unit_of_work": f"u{n}", "execution": {}}
+                for n in range(118)
+            ],
+        )
+        session.execute(
+            insert(Subtask),
+            [{"task_id": TASKS[0], "index": n, "inputs": []} for n in range(4, 130)],
+        )
+    first = console.request("/pipeline/instances/1")
+    assert len(re.findall(r'<tr id="task-\d+">', first.body)) == 50
+    assert "120 in all, page 1 of 3" in text(first.body)
+    last = console.request("/pipeline/instances/1?page=3")
+    assert len(re.findall(r'<tr id="task-\d+">', last.body)) == 20
+    assert 'rel="next"' not in last.body and 'rel="prev"' in last.body
+    subtasks = console.request(f"/pipeline/tasks/{TASKS[0]}?per_page=100")
+    assert len(re.findall(r'<tr id="subtask-\d+">', subtasks.body)) == 100
+    assert "130 in all, page 1 of 2" in text(subtasks.body)
+    new = console.request(f"/pipeline/tasks/{TASKS[0]}?state=NEW")
+    assert "126 in all" in text(new.body)
+
+
+def test_alerts_are_listed_filtered_and_acknowledged(console: Console) -> None:
+    from pipeline.domain.models import Alert
+
+    with transaction() as session:
+        session.add_all(
+            [
+                Alert(severity="warning", instance_id=1, task_id=1, message="worker w1 lost"),
+                Alert(severity="error", instance_id=1, task_id=2, message="lost 4 times"),
+            ]
+        )
+    listed = console.request("/pipeline/alerts")
+    ids = [int(found) for found in re.findall(r'<tr id="alert-(\d+)">', listed.body)]
+    assert len(ids) == 2 and "worker w1 lost" in listed.body
+    errors = console.request("/pipeline/alerts?severity=error")
+    assert re.findall(r'<tr id="alert-(\d+)">', errors.body) == [str(max(ids))]
+    done = console.request(f"/pipeline/alerts/{max(ids)}/acknowledge", {})
+    assert f"alert {max(ids)} acknowledged" in done.body
+    assert [a["id"] for a in facade.list_alerts()] == [min(ids)]
+    again = console.request(f"/pipeline/alerts/{max(ids)}/acknowledge", {})
+    assert f"alert {max(ids)} is already acknowledged" in again.body
+    everything = console.request("/pipeline/alerts?acknowledged=1")
+    assert len(re.findall(r'<tr id="alert-(\d+)">', everything.body)) == 2
+
+
+def test_pages_live_under_flowers_url_prefix(failed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flower.options import options
+
+    monkeypatch.setenv("PIPELINE_FLOWER_PASSWORD", PASSWORD)
+    monkeypatch.setenv("PIPELINE_FLOWER_PORT", str(free_port()))
+    monkeypatch.setenv("FLOWER_URL_PREFIX", "flower")
+    point_here()
+    from config.settings import get_settings
+    from pipeline.interfaces import flower
+
+    try:
+        with flower.in_thread(get_settings()) as url:
+            console = Console(url)
+            page = console.request("/flower/pipeline/instances")
+            assert page.status == 200
+            assert 'href="/flower/pipeline/instances/1"' in page.body
+            assert 'href="/flower/pipeline/alerts"' in page.body, "the navbar's links"
+            assert console.request("/pipeline/instances").status == 404
+            task = console.request(f"/flower/pipeline/tasks/{TASKS[0]}")
+            assert f'href="/flower/pipeline/tasks/{TASKS[0]}/subtasks/0/log"' in task.body
+    finally:
+        options.url_prefix = ""  # Tornado's options are the process's
