@@ -218,6 +218,8 @@ def definitions_show(name: str, as_json: JsonOption = False) -> None:
     console.print(
         f"[bold]{spec['name']}[/] version {spec['version']}  {spec.get('description', '')}"
     )
+    console.print(f"from {spec['source']}; Python algorithms imported from", end=" ")
+    console.print(", ".join(spec.get("python_path") or []) or "the installed packages")
     _table(
         "nodes",
         ["node", "after", "algorithm", "inputs", "outputs", "subtasks", "parameter sets", "queue"],
