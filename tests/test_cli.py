@@ -385,3 +385,46 @@ def test_the_installed_program_reports_in_one_line(tmp_path: Path) -> None:
         timeout=60,
     )
     assert_one_line_error(result, "settings file is not valid TOML")
+
+
+# -- exit statuses ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["wait", "1", "--timout", "5"], "No such option: --timout"),
+        (["nosuchcommand"], "No such command 'nosuchcommand'"),
+        (["wait", "soon"], "Invalid value for 'instance'"),
+        (["wait"], "Missing argument 'instance'"),
+        (["restart", "--instance", "1"], "--instance needs --mode"),
+        (["restart", "4", "--instance", "1", "--mode", "resubmit"], "not both"),
+        (["halt"], "name the tasks to halt, or --instance ID"),
+    ],
+)
+def test_a_usage_error_exits_2_in_one_line_naming_the_help(cli, args, fragment) -> None:
+    result = cli(*args)
+    assert result.returncode == 2, result
+    assert_one_line_error(result, fragment, "--help")
+
+
+def test_exit_statuses_tell_success_refusal_usage_and_timeout_apart(
+    cli, worker: InProcessWorker
+) -> None:
+    """0 success, 1 refused or errors in the run, 2 a usage error, 3 a timeout: a script
+    can tell a wait that timed out from a mistyped option."""
+    assert cli("instances").returncode == 0
+    assert cli("wait", "999").returncode == 1
+    assert cli("wait", "1", "--timout", "1").returncode == 2
+    instance = json.loads(cli("submit", "sample", "--json").stdout)["id"]
+    timed_out = cli("wait", instance, "--timeout", "0.1")
+    assert timed_out.returncode == 3, timed_out
+    assert f"instance {instance} still" in timed_out.stdout
+    worker.drain()
+    assert cli("wait", instance, "--timeout", "5").returncode == 0
+
+
+def test_help_exits_0_and_no_arguments_shows_the_help(cli) -> None:
+    assert cli("--help").returncode == 0
+    bare = cli("cluster")
+    assert "Usage:" in bare.stdout + bare.stderr and "start" in bare.stdout + bare.stderr

@@ -67,21 +67,32 @@ def write_pipeline(directory: Path, name: str) -> Path:
     return definition
 
 
+def imported(
+    cluster: Cluster, tmp_path: Path, definition: Path, unit: str, values: list[int]
+) -> str:
+    """Import the definition and deliver ``values`` as number files of ``unit``; its name."""
+    name = definition.stem
+    incoming = tmp_path / f"incoming-{unit}"
+    incoming.mkdir()
+    for number, value in enumerate(values):
+        (incoming / f"n{number}.txt").write_text(f"{value}\n")
+    cluster.cli("definitions", "import", definition)
+    cluster.cli(
+        "datastore", "import", incoming, "--type", "numbers", "--unit", unit, "--pipeline", name
+    )
+    return name
+
+
 def test_a_pipeline_outside_the_repository_runs_on_the_running_workers(
     shared_cluster: Cluster, tmp_path: Path
 ) -> None:
-    name = "userpipe"
-    definition = write_pipeline(tmp_path / "mywork", name)
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
-    for number, value in enumerate([1, 2, 4]):
-        (incoming / f"n{number}.txt").write_text(f"{value}\n")
-
-    shared_cluster.cli("definitions", "import", definition)
-    shared_cluster.cli(
-        "datastore", "import", incoming, "--type", "numbers", "--unit", "run-1",
-        "--pipeline", name,
-    )  # fmt: skip
+    name = imported(
+        shared_cluster,
+        tmp_path,
+        write_pipeline(tmp_path / "mywork", "userpipe"),
+        "run-1",
+        [1, 2, 4],
+    )
     instance = int(shared_cluster.json("submit", name)["id"])
     shared_cluster.wait(instance)
 
@@ -134,18 +145,10 @@ def test_a_fixed_module_runs_at_the_next_submit_without_restarting_workers(
     shared_cluster: Cluster, tmp_path: Path
 ) -> None:
     """The workers import the user's module afresh for each task: a changed module runs."""
-    name = "fixpipe"
-    definition = write_pipeline(tmp_path / "work", name)
+    definition = write_pipeline(tmp_path / "work", "fixpipe")
     module = definition.parent / "userscale.py"
     module.write_text("def scale(ctx):\n    raise ValueError('not written yet')\n")
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
-    (incoming / "n.txt").write_text("3\n")
-    shared_cluster.cli("definitions", "import", definition)
-    shared_cluster.cli(
-        "datastore", "import", incoming, "--type", "numbers", "--unit", "run-2",
-        "--pipeline", name,
-    )  # fmt: skip
+    name = imported(shared_cluster, tmp_path, definition, "run-2", [3])
     first = int(shared_cluster.json("submit", name)["id"])
     shared_cluster.wait(first, expect=1)
     [failed] = shared_cluster.tasks(first)

@@ -15,7 +15,6 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import orjson
 import typer
 import typer.main
@@ -23,13 +22,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+# The click that Typer runs on: its own copy since Typer 0.24, whose exceptions are not
+# the installed click's.
+try:
+    from typer._click import core, exceptions, globals
+except ImportError:  # an older Typer, on click itself
+    from click import core, exceptions, globals  # type: ignore[no-redef]
+
 from pipeline.domain.states import STOPPED_STATES, InstanceState
-from pipeline.errors import InvalidInput
 from pipeline.operations import facade
 from pipeline.operations.lineage import DEFAULT_LIMIT
 
-#: Exit statuses of ``pipeline wait``.
-EXIT_COMPLETED, EXIT_ERRORS, EXIT_TIMEOUT = 0, 1, 2
+#: Exit statuses of every command (README: Exit statuses): success; refused, or errors in
+#: the run; the command line itself is wrong; a deadline passed (``wait --timeout``).
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+#: What ``pipeline wait`` exits with for an instance that stopped.
+EXIT_COMPLETED, EXIT_ERRORS = EXIT_OK, EXIT_REFUSED
 WAIT_POLL_SECONDS = 0.5
 
 app = typer.Typer(
@@ -456,7 +464,7 @@ def wait(
     instance: int,
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
 ) -> None:
-    """Wait for an instance: exit 0 when COMPLETED, 1 when it stops with errors, 2 on timeout."""
+    """Wait for an instance: exit 0 when COMPLETED, 1 when it stops with errors, 3 on timeout."""
     deadline = time.monotonic() + timeout if timeout else None
     columns = [
         TextColumn("instance {task.fields[id]} {task.description}"),
@@ -570,13 +578,13 @@ def restart(
             changes[key] = value
     if instance is not None:
         if tasks:
-            raise InvalidInput("give tasks or --instance, not both")
+            raise _usage("give tasks or --instance, not both")
         if not mode:
-            raise InvalidInput("--instance needs --mode")
+            raise _usage("--instance needs --mode")
         report = facade.restart_failed(instance, mode, changes, dry_run)
     else:
         if not tasks:
-            raise InvalidInput("name the tasks to restart, or --instance ID")
+            raise _usage("name the tasks to restart, or --instance ID")
         report = facade.restart(tasks, mode, changes, dry_run)
     _show_report(report, as_json, "restart (dry run)" if dry_run else "restart")
 
@@ -593,7 +601,7 @@ def halt(
     elif tasks:
         report = facade.halt(tasks)
     else:
-        raise InvalidInput("name the tasks to halt, or --instance ID")
+        raise _usage("name the tasks to halt, or --instance ID")
     _show_report(report, as_json, "halt")
 
 
@@ -746,21 +754,42 @@ def flower(
 
 
 @cache
-def _command() -> click.Command:
+def _command() -> core.Command:
     """The click command Typer builds from ``app``: building it reads the signature of every
     command, so a process that runs the CLI several times (the tests) builds it once."""
     return typer.main.get_command(app)
 
 
+def _usage(message: str) -> exceptions.UsageError:
+    """A command line whose arguments do not go together: exit status 2, as for click's."""
+    return exceptions.UsageError(message, globals.get_current_context())
+
+
 def main() -> None:
-    """Run the CLI; an operator's error becomes one line on stderr and exit status 1."""
+    """Run the CLI: every error is one line on stderr. Exit statuses: 0 success, 1 refused
+    or errors in the run, 2 a usage error (the command line itself), 3 a timeout."""
     try:
-        _command()()
+        status = _command().main(standalone_mode=False)
+    except exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        raise SystemExit(EXIT_USAGE) from None
+    except exceptions.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "pipeline"
+        _error(f"{exc.format_message()} (see '{where} --help')")
+        raise SystemExit(EXIT_USAGE) from None
+    except exceptions.ClickException as exc:
+        _error(exc.format_message())
+        raise SystemExit(EXIT_REFUSED) from None
+    except typer.Abort:
+        raise SystemExit(EXIT_REFUSED) from None
     except Exception as exc:
         found = facade.problem(exc)
         if found is None:
             raise
-        Console(stderr=True).print(
-            f"[red]error:[/] {found.message}", highlight=False, soft_wrap=True
-        )
-        raise SystemExit(1) from None
+        _error(found.message)
+        raise SystemExit(EXIT_REFUSED) from None
+    raise SystemExit(status if isinstance(status, int) else EXIT_OK)
+
+
+def _error(message: str) -> None:
+    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
