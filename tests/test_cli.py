@@ -310,7 +310,8 @@ def test_a_missing_or_empty_datastore(
 def test_an_uninitialised_home(cli, tmp_path: Path, monkeypatch) -> None:
     _settings(monkeypatch, PIPELINE_HOME=str(tmp_path / "fresh"))
     assert_one_line_error(cli("instances"), "run `pipeline cluster init`")
-    assert_one_line_error(cli("cluster", "start"), "no cluster under")
+    assert_one_line_error(cli("cluster", "start"), f"no cluster at {tmp_path / 'fresh'}")
+    assert not (tmp_path / "fresh").exists()
     assert_one_line_error(cli("api"), "no api_token for", "cluster init")
 
 

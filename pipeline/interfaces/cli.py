@@ -136,10 +136,15 @@ def cluster_stop() -> None:
 
 @cluster_app.command("status")
 def cluster_status(as_json: JsonOption = False) -> None:
-    """Which of the cluster's processes are alive."""
+    """Which home this shell uses, and which of its cluster's processes are alive."""
+    from config.settings import find_home
     from pipeline.deploy import cluster
 
-    _show_status(cluster.status(), as_json)
+    rows = cluster.status()
+    if not as_json:
+        home = find_home()
+        console.print(f"home {home.path} ({home.reason})", highlight=False, soft_wrap=True)
+    _show_status(rows, as_json)
 
 
 @cluster_app.command("credentials")
