@@ -9,6 +9,7 @@ as one line on stderr with a non-zero exit status; listing and detail commands t
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from functools import cache
@@ -55,7 +56,10 @@ app.add_typer(datastore_app, name="datastore")
 app.add_typer(definitions_app, name="definitions")
 app.add_typer(params_app, name="params")
 
-console = Console()
+#: The width of what goes to a pipe or a file (COLUMNS unset): wide enough that no column
+#: of a table is cut and no line is folded, as a script or ``grep`` needs it.
+PIPED_WIDTH = 1000
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
 #: The restart modes' names, for the help.
 _MODES = [mode.name for mode in facade.restart_modes()]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
