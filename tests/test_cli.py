@@ -429,3 +429,19 @@ def test_help_exits_0_and_no_arguments_shows_the_help(cli) -> None:
     assert cli("--help").returncode == 0
     bare = cli("cluster")
     assert "Usage:" in bare.stdout + bare.stderr and "start" in bare.stdout + bare.stderr
+
+
+def test_a_table_piped_keeps_every_column_whole(failed: Path) -> None:
+    """Piped (no terminal, COLUMNS unset) a table is as wide as its content: a script or
+    grep sees each state and error whole, on one line."""
+    env = clean_env(PIPELINE_HOME=str(failed))
+    env.pop("COLUMNS")
+    result = subprocess.run(
+        [PIPELINE, "subtasks", "1"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    [failed_row] = [line for line in result.stdout.splitlines() if "FAILED" in line]
+    assert "RuntimeError: subtask 0 failed on purpose (throw_exception_subtask_0 = true)" in (
+        failed_row
+    )
+    assert "…" not in result.stdout
