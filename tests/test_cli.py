@@ -445,3 +445,17 @@ def test_a_table_piped_keeps_every_column_whole(failed: Path) -> None:
         failed_row
     )
     assert "…" not in result.stdout
+
+
+def test_every_command_has_an_example_in_its_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.interfaces.cli import EXAMPLES, _command
+
+    def paths(command: Any, path: str = "") -> list[str]:
+        subs = getattr(command, "commands", {})
+        return [path, *(p for n, s in subs.items() for p in paths(s, f"{path} {n}".strip()))]
+
+    assert sorted(paths(_command())) == sorted(EXAMPLES)
+    for path, example in EXAMPLES.items():
+        shown = run_cli(capsys, *path.split(), "--help")
+        assert shown.returncode == 0, (path, shown.stderr)
+        assert "Example:" in shown.stdout and example.split()[1] in shown.stdout, path

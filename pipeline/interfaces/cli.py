@@ -762,11 +762,61 @@ def flower(
 # -- entry point -----------------------------------------------------------------------------
 
 
+#: An example of each command, by its path, shown at the end of its ``--help``.
+EXAMPLES: dict[str, str] = {
+    "": "pipeline cluster init; pipeline cluster start; pipeline submit sample; pipeline wait 1",
+    "api": "pipeline api --host 0.0.0.0 --port 8000",
+    "worker": "pipeline worker --queues gpu,default --concurrency 8 --hostname gpu-01",
+    "submit": "pipeline submit sample --end-node flip --json",
+    "instances": "pipeline instances --json",
+    "tasks": "pipeline tasks 2",
+    "task": "pipeline task 7",
+    "subtasks": "pipeline subtasks 7",
+    "logs": "pipeline logs 7 --subtask 0",
+    "wait": "pipeline wait 2 --timeout 600  (exit 0 COMPLETED, 1 errors, 3 timeout)",
+    "restart": "pipeline restart 7 --mode resubmit; pipeline restart --instance 2 --mode "
+    "resume-current-step --dry-run",
+    "halt": "pipeline halt --instance 2",
+    "files": "pipeline files --instance 2 --unit set-1",
+    "lineage": "pipeline lineage set-1/L3/averaged-image.png",
+    "flower": "pipeline flower --log-file flower.log",
+    "cluster": "pipeline cluster status",
+    "cluster init": "mkdir .pipeline && pipeline cluster init",
+    "cluster start": "pipeline cluster start --workers 2",
+    "cluster stop": "pipeline cluster stop",
+    "cluster status": "pipeline cluster status --json",
+    "cluster credentials": "pipeline cluster credentials --json",
+    "datastore": "pipeline datastore import deliveries/night-1 --type stars --unit night-1",
+    "datastore import": "pipeline datastore import deliveries/night-1 --type stars --unit "
+    "night-1 --manifest deliveries/night-1.sha256",
+    "definitions": "pipeline definitions import my-pipeline.yaml",
+    "definitions import": "pipeline definitions import my-pipeline.yaml",
+    "definitions list": "pipeline definitions list --json",
+    "definitions show": "pipeline definitions show sample",
+    "params": "pipeline params set algorithm throw_exception_subtask_0=true",
+    "params list": "pipeline params list",
+    "params show": "pipeline params show algorithm --version 1",
+    "params set": "pipeline params set algorithm gain=1.5 dummy_array_parameter='[1, 2]'",
+    "alerts": "pipeline alerts --all",
+    "alerts ack": "pipeline alerts ack 3",
+}
+
+
+def _add_examples(command: core.Command, path: str = "") -> None:
+    """End each command's help with its example (a ``KeyError`` for a command without)."""
+    command.epilog = f"Example: {EXAMPLES[path]}"
+    for name, sub in getattr(command, "commands", {}).items():
+        _add_examples(sub, f"{path} {name}".strip())
+
+
 @cache
 def _command() -> core.Command:
-    """The click command Typer builds from ``app``: building it reads the signature of every
-    command, so a process that runs the CLI several times (the tests) builds it once."""
-    return typer.main.get_command(app)
+    """The click command Typer builds from ``app``, with examples: building it reads the
+    signature of every command, so a process that runs the CLI several times (the tests)
+    builds it once."""
+    command = typer.main.get_command(app)
+    _add_examples(command)
+    return command
 
 
 def _usage(message: str) -> exceptions.UsageError:
