@@ -376,7 +376,7 @@ def test_the_installed_program_reports_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [PIPELINE, "tasks", "1"], env=env, capture_output=True, text=True, timeout=60
     )
-    assert_one_line_error(result, "has no pipeline tables: run `pipeline cluster init`")
+    assert_one_line_error(result, f"no cluster at {tmp_path}", "run `pipeline cluster init`")
     (tmp_path / "settings.toml").write_text("redis_port = = 1\n")
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "instances"],
@@ -431,6 +431,7 @@ def test_help_exits_0_and_no_arguments_shows_the_help(cli) -> None:
     assert "Usage:" in bare.stdout + bare.stderr and "start" in bare.stdout + bare.stderr
 
 
+@pytest.mark.e2e
 def test_a_table_piped_keeps_every_column_whole(failed: Path) -> None:
     """Piped (no terminal, COLUMNS unset) a table is as wide as its content: a script or
     grep sees each state and error whole, on one line."""

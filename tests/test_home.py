@@ -62,6 +62,7 @@ def env_without_home(user: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.e2e
 def test_status_says_which_home_and_why(home: Path, no_home_set: Path, tmp_path: Path) -> None:
     """The home ``make demo`` leaves in the repository, found from a new shell below it."""
     project = tmp_path / "project"
@@ -79,6 +80,7 @@ def test_status_says_which_home_and_why(home: Path, no_home_set: Path, tmp_path:
     assert f"home {project / '.pipeline'} (.pipeline found in {project})" in result.stdout
 
 
+@pytest.mark.e2e
 def test_a_missing_home_is_named_with_where_it_looked_and_how_to_point_elsewhere(
     no_home_set: Path, tmp_path: Path
 ) -> None:

@@ -16,8 +16,6 @@ import pytest
 
 from tests.support import REPO, clean_env
 
-pytestmark = pytest.mark.e2e
-
 TUTORIAL = REPO / "docs" / "tutorial.md"
 #: A fenced block: its info string and its text.
 FENCE = re.compile(r"^```([^\n]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
@@ -87,6 +85,7 @@ def test_the_tutorial_blocks_recognised() -> None:
     assert "star-a: mean 6.00 electrons, 1.00 x reference" in expected_lines(found)
 
 
+@pytest.mark.e2e
 def test_the_tutorial_runs_as_written(tmp_path: Path) -> None:
     found = blocks(TUTORIAL.read_text())
     (tmp_path / "script.sh").write_text(script(found))
