@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -99,6 +101,14 @@ class Settings(BaseSettings):
     database_pool_timeout: float = Field(
         default=30.0, gt=0, description="seconds to wait for a free connection"
     )
+    database_connect_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="seconds a connection to a server database (PostgreSQL) may take before"
+        " the database counts as unreachable",
+    )
     database_pool_recycle: float = Field(
         default=1800.0, description="seconds before a connection is replaced (-1: never)"
     )
@@ -117,7 +127,29 @@ class Settings(BaseSettings):
         description="seconds a broker connect, publish or ping may take before the broker"
         " counts as unreachable (keep it above 1 s: a worker waits up to 1 s on its queue)",
     )
+    broker_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificate that signed a rediss:// broker's certificate (verified,"
+        " host name included); unset: the system's CAs",
+    )
+    database_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificate of a PostgreSQL server: when set, connections use TLS"
+        " with sslmode=verify-full",
+    )
     redis_port: int | None = None
+    redis_password: str | None = Field(
+        default=None, description="of the private redis-server; generated at `cluster init`"
+    )
+    group: str | None = Field(
+        default=None,
+        description="a Unix group that shares the home (0750 / 0640); unset: the owner only",
+    )
+    allow_insecure_network: bool = Field(
+        default=False,
+        description="let `pipeline worker` use a broker or database on another host without a"
+        " password (a private network only)",
+    )
     datastore_root: Path | None = None
     task_root: Path | None = None
     definitions_dir: Path = PACKAGED_DEFINITIONS
@@ -142,6 +174,17 @@ class Settings(BaseSettings):
     api_token: str | None = Field(default=None, description="bearer token of the HTTP API")
     flower_host: str = Field(default="127.0.0.1", description="address Flower listens on")
     flower_port: int | None = Field(default=None, description="chosen free at `cluster init`")
+    tls_certfile: Path | None = Field(
+        default=None,
+        description="certificate the HTTP API and Flower serve HTTPS with (with tls_keyfile);"
+        " unset: plain HTTP",
+    )
+    tls_keyfile: Path | None = Field(default=None, description="the certificate's private key")
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="CA the CLI and the Python client trust for the HTTP API's and Flower's"
+        " certificate; unset: the system's CAs",
+    )
     flower_user: str = "operator"
     flower_password: str | None = Field(default=None, description="generated at `cluster init`")
 
@@ -192,7 +235,13 @@ class Settings(BaseSettings):
     def broker(self) -> str:
         if self.broker_url:
             return self.broker_url
-        return f"redis://127.0.0.1:{self.redis_port or 6379}/0"
+        password = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{password}127.0.0.1:{self.redis_port or 6379}/0"
+
+    @property
+    def umask(self) -> int:
+        """What the cluster's processes create is private to the owner, or to the group."""
+        return 0o027 if self.group else 0o077
 
     @property
     def uses_private_redis(self) -> bool:
@@ -204,13 +253,30 @@ class Settings(BaseSettings):
         """The port the HTTP API listens on: the chosen one, else the default."""
         return self.api_port or DEFAULT_API_PORT
 
+    @model_validator(mode="after")
+    def _certificate_with_key(self) -> Settings:
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise ValueError("tls_certfile and tls_keyfile are set together, or neither")
+        return self
+
+    @property
+    def web_scheme(self) -> str:
+        """How the HTTP API and Flower are served: https once they have a certificate."""
+        return "https" if self.tls_certfile else "http"
+
+    def web_tls(self) -> ssl.SSLContext:
+        """What a client of the HTTP API or Flower trusts: ``tls_ca_file``, else the
+        system's CAs (the certificate's host name checked either way)."""
+        cafile = str(self.tls_ca_file) if self.tls_ca_file else None
+        return ssl.create_default_context(cafile=cafile)
+
     @property
     def api_url(self) -> str:
-        return f"http://{self.api_host}:{self.api_listen_port}"
+        return f"{self.web_scheme}://{self.api_host}:{self.api_listen_port}"
 
     @property
     def flower_url(self) -> str:
-        return f"http://{self.flower_host}:{self.flower_port or DEFAULT_FLOWER_PORT}"
+        return f"{self.web_scheme}://{self.flower_host}:{self.flower_port or DEFAULT_FLOWER_PORT}"
 
     @property
     def datastore(self) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,8 +44,6 @@ from pipeline.errors import Unreachable
 #: Milliseconds a SQLite writer waits for the lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 MIGRATIONS = Path(__file__).parent / "migrations"
-#: Seconds PostgreSQL gets to accept a connection before it counts as unreachable.
-CONNECT_TIMEOUT_SECONDS = 10
 #: PostgreSQL's SQLSTATEs for a transaction that lost a race: serialization_failure and
 #: deadlock_detected. The server rolled it back; run again, it will most likely pass.
 RACE_SQLSTATES = frozenset({"40001", "40P01"})
@@ -112,8 +111,20 @@ def pool_options(settings: Settings) -> dict[str, object]:
         "max_overflow": settings.database_max_overflow,
         "pool_timeout": settings.database_pool_timeout,
         "pool_recycle": settings.database_pool_recycle,
-        "connect_args": {"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+        "connect_args": _connect_args(settings),
     }
+
+
+def _connect_args(settings: Settings) -> dict[str, object]:
+    # libpq counts whole seconds, at least 2: round up, never below what was asked.
+    options: dict[str, object] = {
+        "connect_timeout": max(2, math.ceil(settings.database_connect_timeout))
+    }
+    if settings.database_ca_file:  # TLS, the server's certificate and host name verified
+        options["sslrootcert"] = str(settings.database_ca_file)
+        if "sslmode" not in make_url(settings.db_url).query:  # the URL's own says otherwise
+            options["sslmode"] = "verify-full"
+    return options
 
 
 _engines: dict[str, Engine] = {}

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,6 +220,38 @@ def silent_host() -> Iterator[tuple[str, threading.Event]]:
             connection.close()
 
 
+# -- TLS ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A throwaway CA, and a server's certificate and key signed by it."""
+
+    ca: Path
+    certificate: Path
+    key: Path
+
+
+def make_certificates(directory: Path, address: str = "127.0.0.1") -> Certificates:
+    """A throwaway CA and a certificate for a server at ``address`` (its subject
+    alternative name, which clients verify), made with ``openssl``."""
+    directory.mkdir()
+    made = Certificates(directory / "ca.crt", directory / "server.crt", directory / "server.key")
+    ca_key, request = directory / "ca.key", directory / "server.csr"
+    extensions = directory / "server.ext"
+    extensions.write_text(f"subjectAltName=IP:{address}\n")
+    for command in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", made.ca],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", made.key, "-out", request],
+        ["x509", "-req", "-in", request, "-CA", made.ca, "-CAkey", ca_key, "-CAcreateserial"],
+    ):
+        subject = ["-subj", f"/CN={address}", "-days", "2"] if command[0] == "req" else []
+        extra = ["-out", made.certificate, "-days", "2", "-extfile", extensions]
+        arguments = [*command, *(extra if command[0] == "x509" else subject)]
+        subprocess.run(["openssl", *map(str, arguments)], check=True, capture_output=True)
+    return made
+
+
 # -- clusters --------------------------------------------------------------------------------
 
 
@@ -351,6 +383,41 @@ def started_cluster(
     finally:
         made.stop()
         shutil.rmtree(made.home, ignore_errors=True)
+
+
+def home_processes(home: Path) -> dict[int, str]:
+    """Every live process started for ``home`` (its environment names it, or it runs in
+    the home: Redis overwrites its environment with its title), by pid, with its command
+    line: what must be gone once the cluster is stopped."""
+    wanted = f"PIPELINE_HOME={home}".encode()
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            if wanted not in environ and not Path(os.readlink(proc / "cwd")).is_relative_to(home):
+                continue
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if state != "Z":
+            found[int(proc.name)] = cmdline
+    return found
+
+
+def session_leaders(home: Path) -> list[str]:
+    """The command lines of the home's processes that lead their own session: one per
+    service ``cluster start`` started (a worker's pool children share their parent's)."""
+    return [cmdline for pid, cmdline in home_processes(home).items() if _session(pid) == pid]
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def algorithms_running_in(directories: list[Path]) -> bool:
@@ -575,7 +642,7 @@ class InProcessWorker:
         monkeypatch.setattr(outbox, "_publish", self._publish)
         monkeypatch.setattr(outbox, "_revoke", self._revoke)
         monkeypatch.setattr(outbox, "check_broker", lambda: None)
-        monkeypatch.setattr(inflight, "in_flight", self.in_flight)
+        monkeypatch.setattr(inflight, "in_flight_of", self.in_flight_of)
 
     def _publish(self, publications: list[tuple[str, list[Any], dict[str, Any], str | None]]):
         for name, args, options, message_id in publications:
@@ -588,10 +655,11 @@ class InProcessWorker:
         self.revoked.extend(message_ids)
         self.queue = [m for m in self.queue if m.id not in message_ids]
 
-    def in_flight(self, queue: str) -> Any:
+    def in_flight_of(self, queues: Iterable[str]) -> Any:
         from pipeline.messaging.inflight import InFlight
 
-        return InFlight({m.id for m in self.queue if m.queue == queue}, set())
+        wanted = set(queues)
+        return InFlight({m.id for m in self.queue if m.queue in wanted}, set())
 
     def send(self, name: str, args: list[Any], queue: str = "default") -> None:
         """Queue a message as if published: a duplicate, or one from an older chain."""

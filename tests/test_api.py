@@ -164,7 +164,11 @@ def test_every_route_but_healthz_needs_the_token(home: Path, http: TestClient) -
             assert answer.status_code == 401, (method, path, headers)
             assert answer.headers["www-authenticate"] == "Bearer"
             assert answer.json()["detail"].startswith(detail), (method, path)
-    assert anonymous.get(f"{API_PREFIX}{HEALTHZ}").json() == {"status": "ok"}
+    assert anonymous.get(f"{API_PREFIX}{HEALTHZ}").json() == {
+        "status": "ok",
+        "monitor_running": False,
+        "monitor": "monitor has not run yet: is beat running?",
+    }
 
 
 ERRORS = [
@@ -407,3 +411,118 @@ def test_files_are_received_over_http_all_or_nothing(
         404,
         "no data file type 'nope' in any imported pipeline",
     )
+
+
+#: JSON values at and past every limit a number, a flag or a string may meet.
+EXTREMES = [
+    "Infinity",
+    "-Infinity",
+    "NaN",
+    "1e400",
+    "-1e400",
+    str(2**63),
+    str(-(2**63) - 1),
+    "true",
+    "false",
+    json.dumps("x" * 20_000),
+]
+#: The same in a path or a query string.
+EXTREME_TEXTS = ["inf", "nan", "1e400", str(2**63), str(-(2**63) - 1), "true", "-1", "x" * 5_000]
+#: A valid request body of each operation that takes one: dry runs and refusals, so that a
+#: value which slipped through would show as a changed answer, never a changed home.
+VALID_BODIES = {
+    "/instances": {"pipeline": "sample", "end_node": "permuter", "priority": 1},
+    "/instances/{instance_id}/restart-failed": {
+        "mode": "resubmit",
+        "execution": {"subtask_timeout": 60, "max_failed_subtasks": 1, "priority": 1},
+        "dry_run": True,
+    },
+    "/tasks/restart": {
+        "tasks": [{"task_id": 1, "mode": "resubmit"}],
+        "execution": {"max_auto_resubmits": 1, "queue": "default"},
+        "dry_run": True,
+    },
+    "/datastore/imports": {
+        "directory": "/nonexistent/delivery",
+        "data_file_type": "raw_image",
+        "unit_of_work": "set-9",
+        "manifest": None,
+        "pipeline": "sample",
+    },
+}
+#: Query parameters that take an integer.
+INTEGER_QUERIES = {"subtask", "instance", "task", "limit"}
+
+
+def leaves(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """The path of each leaf value in a JSON body (and of each key left unset as null)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from leaves(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from leaves(item, (*path, index))
+    else:
+        yield path
+
+
+def with_raw(body: Any, path: tuple[Any, ...], raw: str) -> str:
+    """``body`` as JSON text with the value at ``path`` replaced by the raw JSON ``raw``."""
+    marker = "__EXTREME__"
+    copy = json.loads(json.dumps(body))
+    target = copy
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = marker
+    return json.dumps(copy).replace(json.dumps(marker), raw)
+
+
+def test_every_value_at_its_limits_is_refused_in_one_line_and_changes_nothing(
+    failed: Path, http: TestClient
+) -> None:
+    """Each field of each request body, each path id and each integer query, set in turn
+    to a number past its limits (inf, nan, 1e400, 2**63), a flag for a number, or a string
+    far too long: a 4xx naming it in one short line, never a 5xx, and nothing changed."""
+    schema = http.app.openapi()
+    before = (http.get("/instances").json(), http.get("/instances/1/tasks").json())
+    operations = [
+        (path.removeprefix(API_PREFIX), method, operation)
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+    ]
+    tried = 0
+    for path, method, operation in operations:
+        for parameter in operation.get("parameters", []):
+            name, where = parameter["name"], parameter["in"]
+            if where == "query" and name not in INTEGER_QUERIES:
+                continue
+            for text in EXTREME_TEXTS:
+                url = path.replace(f"{{{name}}}", text) if where == "path" else path
+                url = re.sub(r"\{[a-z_]+\}", "1", url)
+                params = {name: text} if where == "query" else {}
+                body = VALID_BODIES.get(path) if method == "post" else None
+                answer = http.request(method, url, params=params, json=body)
+                assert_refused(answer, f"{method} {url} {name}={text[:20]}")
+                tried += 1
+        if method != "post" or path not in VALID_BODIES:
+            continue
+        url = re.sub(r"\{[a-z_]+\}", "1", path)
+        for leaf in leaves(VALID_BODIES[path]):
+            for raw in EXTREMES:
+                if leaf[-1] == "dry_run" and raw in ("true", "false"):
+                    continue  # a flag's own values
+                content = with_raw(VALID_BODIES[path], leaf, raw)
+                headers = {"Content-Type": "application/json"}
+                answer = http.post(url, content=content, headers=headers)
+                assert_refused(answer, f"POST {url} {'.'.join(map(str, leaf))}={raw[:20]}")
+                tried += 1
+        too_large = http.post(url, content=b" " * (MAX_BODY_BYTES + 1), headers=headers)
+        assert too_large.status_code == 413, url
+    assert tried > 250
+    assert (http.get("/instances").json(), http.get("/instances/1/tasks").json()) == before
+
+
+def assert_refused(answer: Any, what: str) -> None:
+    assert 400 <= answer.status_code < 500, f"{what}: {answer.status_code} {answer.text[:300]}"
+    detail = answer.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and len(detail) <= 1000, what

@@ -73,7 +73,12 @@ def test_cluster_start_runs_the_api_and_status_shows_its_url(api: Api) -> None:
     status = {row["name"]: row for row in api.cluster.json("cluster", "status")}
     assert status["api"]["alive"] and status["api"]["url"] == api.url
     answer = httpx.get(f"{api.url}{API_PREFIX}/healthz")
-    assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
+    assert (answer.status_code, answer.json()["status"]) == (200, "ok")
+    running = wait_for(
+        lambda: httpx.get(f"{api.url}{API_PREFIX}/healthz").json()["monitor_running"],
+        what="the health route to see beat's monitor run",
+    )
+    assert running is True
 
 
 def test_submit_by_http_and_the_instance_completes(api: Api, completed: dict[str, Any]) -> None:

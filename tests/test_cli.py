@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.interfaces.client import ApiError, Client
 from pipeline.operations import facade
 from tests.support import (
     PIPELINE,
@@ -386,6 +387,48 @@ def test_the_installed_program_reports_in_one_line(tmp_path: Path) -> None:
         timeout=60,
     )
     assert_one_line_error(result, "settings file is not valid TOML")
+
+
+#: The deadlines of the silent-database and silent-API tests (seconds), and how long a
+#: command may take: a connection attempt and its retry, each within the deadline.
+SILENT_DEADLINE = 1.0
+SILENT_BOUND = 6 * SILENT_DEADLINE
+
+
+def test_a_silent_database_fails_a_command_within_its_deadline(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A PostgreSQL host that accepts the connection and never answers: a command gives
+    up within ``database_connect_timeout`` with one line naming the database."""
+    with silent_host() as (broker_url, accepted):
+        url = broker_url.replace("redis://", "postgresql+psycopg://postgres@").rsplit("/", 1)[0]
+        _settings(
+            monkeypatch,
+            PIPELINE_DATABASE_URL=f"{url}/pipeline",
+            PIPELINE_DATABASE_CONNECT_TIMEOUT=str(SILENT_DEADLINE),
+        )
+        started = time.monotonic()
+        result = run_cli(capsys, "instances")
+        assert time.monotonic() - started < SILENT_BOUND
+        assert accepted.is_set()
+        assert_one_line_error(result, "database unreachable at")
+
+
+def test_a_silent_api_fails_a_client_call_within_its_deadline() -> None:
+    """An HTTP API that accepts the connection and never answers: the Python client gives
+    up within its timeout with one line."""
+    with silent_host() as (broker_url, accepted):
+        url = broker_url.replace("redis://", "http://").rsplit("/", 1)[0]
+        started = time.monotonic()
+        with (
+            Client(url, "token", timeout=SILENT_DEADLINE) as client,
+            pytest.raises(ApiError) as raised,
+        ):
+            client.instances()
+        assert time.monotonic() - started < SILENT_BOUND
+        assert accepted.is_set()
+    assert raised.value.message.startswith(f"HTTP API unreachable at {url}: ")
+    assert "\n" not in raised.value.message
 
 
 # -- exit statuses ----------------------------------------------------------------------------

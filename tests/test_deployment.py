@@ -3,6 +3,7 @@ README's "Running on several hosts" describes, and every long-running service is
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -88,3 +89,18 @@ def test_the_image_holds_every_package_it_installs() -> None:
     for pattern in packages["packages"]["find"]["include"]:
         package = pattern.rstrip("*")
         assert f"COPY {package}/ {package}/" in dockerfile, package
+
+
+def test_its_workers_would_accept_its_broker_and_database(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pipeline worker`` refuses a broker or database on another host without a
+    password: the containers reach theirs by name, with one."""
+    from pipeline.deploy.worker_command import require_safe_network
+
+    environment = compose["services"]["worker"]["environment"]
+    for variable, value in environment.items():
+        # ${NAME:-default} as compose fills it in with nothing set in the shell
+        filled = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+        monkeypatch.setenv(variable, filled)
+    require_safe_network(Settings())

@@ -33,6 +33,13 @@ pytestmark = [
 ]
 
 
+def monitor_says(cluster: Cluster) -> tuple[bool, str]:
+    """What the interfaces say of beat's monitor (the cluster's API, not run here, says
+    the same): running, and its line."""
+    health = facade.monitor_health()
+    return health["running"], health["message"]
+
+
 #: The workers of the module's chaos cluster (see the ``chaos`` fixture).
 CHAOS_WORKERS = 1
 
@@ -44,7 +51,7 @@ def test_broker_restarted_without_its_queue_is_recovered_by_the_monitor(chaos: C
     """c: redis-server is killed and started again with nothing persisted, so every queued
     message vanishes; beat's monitor dispatches the lost subtasks again, no operator
     involved, and each subtask still runs exactly once."""
-    broker = redis.Redis.from_url(chaos.process("redis")["url"])
+    broker = redis.Redis.from_url(chaos.json("cluster", "credentials")["broker_url"])
     instance = permuter_run(chaos, pause=2)
     wait_for(lambda: queued_on_broker(broker) >= 2, what="subtasks waiting on the broker")
     chaos.kill("redis")
@@ -81,16 +88,30 @@ def test_postgres_restarted_mid_run(chaos: Cluster, postgres: PostgresServer) ->
 
 
 def test_beat_killed_and_started_again_recovers_what_was_lost_meanwhile(chaos: Cluster) -> None:
-    """e: beat is killed; while it is down the broker loses the queued messages; a new
-    beat (``chaos start``) finds the quiet tasks and dispatches their work again."""
+    """e: beat is killed; while it is down the broker loses the queued messages, and the
+    cluster says that nothing recovers them (an alert, raised by a worker since this
+    cluster runs no API; ``cluster status``; what the health route says); a new beat
+    (``chaos start``) finds the quiet tasks and dispatches their work again."""
     old_beat = chaos.pid("beat")
+    wait_for(lambda: monitor_says(chaos)[0], what="the monitor to have run")
     chaos.kill("beat")
-    broker = redis.Redis.from_url(chaos.process("redis")["url"])
+    broker = redis.Redis.from_url(chaos.json("cluster", "credentials")["broker_url"])
     instance = permuter_run(chaos, pause=2)
     wait_for(lambda: queued_on_broker(broker) >= 2, what="subtasks waiting on the broker")
     assert sum(broker.delete(key) for key in broker.keys("default*"))
+
+    silent = wait_for(
+        lambda: [a for a in chaos.json("alerts") if a["message"].startswith("monitor not")],
+        what="the alert of a silent monitor",
+    )
+    assert len(silent) == 1 and "is beat running?" in silent[0]["message"]
+    since = silent[0]["message"].split("since ", 1)[1].split(":", 1)[0]
+    assert monitor_says(chaos) == (False, silent[0]["message"])
+    assert f"monitor not running since {since}" in chaos.cli("cluster", "status").stdout
+
     chaos.start()
     assert chaos.pid("beat") != old_beat
+    wait_for(lambda: monitor_says(chaos)[0], what="the monitor to run again")
 
     assert_completed_exactly_once(chaos, instance)
     for task in facade.list_tasks(instance):

@@ -1,7 +1,8 @@
 """Several hosts on a real network: a central host and two worker hosts in network namespaces.
 
 The central host (its own network namespace) runs Redis and PostgreSQL (each listening only
-on its address on the bridge), `pipeline cluster start` (beat, the HTTP API, a worker for
+on its address on the bridge, over TLS only, with a password: certificates from a throwaway
+CA the test makes with ``openssl``), `pipeline cluster start` (beat, the HTTP API, a worker for
 queue default) and the operator's CLI. Each worker host (a namespace of
 its own, joined to the central one by a veth link) runs ``pipeline worker`` with settings
 from the environment alone, consuming its own queue. The sample pipeline's nodes are
@@ -33,7 +34,14 @@ from PIL import Image
 from config.sample.algorithms import CHANNEL_ORDER
 from config.sample.images import pixels
 from config.settings import PACKAGED_DEFINITIONS
-from tests.support import PIPELINE, clean_env, unavailable, wait_for
+from tests.support import (
+    PIPELINE,
+    Certificates,
+    clean_env,
+    make_certificates,
+    unavailable,
+    wait_for,
+)
 
 # One test process takes them all: they share one module-scoped network, in order.
 pytestmark = [pytest.mark.multihost, pytest.mark.e2e, pytest.mark.xdist_group("multihost")]
@@ -52,6 +60,8 @@ FAST = {
 }
 #: Seconds a service gets to come up.
 READY_SECONDS = 60
+#: The passwords of the central host's Redis and PostgreSQL.
+REDIS_PASSWORD, POSTGRES_PASSWORD = "redis-secret-for-the-test", "postgres-secret-for-the-test"
 
 
 #: Prints the subtasks of an instance running on a worker host as soon as there is one;
@@ -263,9 +273,10 @@ def network() -> Iterator[Network]:
     try:
         link_hosts(list(hosts.values()))
         central = hosts["central"]
-        start_postgres(central, postgres_bindir(), shared)
-        env = shared_env(shared)
-        redis_log = central.start("redis", redis_argv(shared), env)
+        tls = make_certificates(shared / "tls", CENTRAL_ADDRESS)
+        start_postgres(central, postgres_bindir(), shared, tls)
+        env = shared_env(shared, tls)
+        redis_log = central.start("redis", redis_argv(shared, tls), env)
         wait_for(lambda: "Ready to accept" in redis_log.read_text(), READY_SECONDS, "redis")
         network = Network(central, hosts, shared, env)
         network.cli("cluster", "init")
@@ -307,22 +318,41 @@ def link_hosts(hosts: list[Host]) -> None:
         ip("-n", host.netns, "link", "set", "eth0", "up")
 
 
-def start_postgres(central: Host, bindir: Path, shared: Path) -> None:
-    """PostgreSQL as the postgres user, listening on the central host's address only."""
+def start_postgres(central: Host, bindir: Path, shared: Path, tls: Certificates) -> None:
+    """PostgreSQL as the postgres user, listening on the central host's address only, over
+    TLS only, with a password."""
     base = shared / "postgres"
     base.mkdir()
     shutil.chown(base, "postgres", "postgres")
+    password = base / "password"
+    password.write_text(POSTGRES_PASSWORD)
+    key = base / "server.key"  # the server's key: the postgres user's own, 0600
+    shutil.copy(tls.key, key)
+    key.chmod(0o600)
+    for path in (password, key):
+        shutil.chown(path, "postgres", "postgres")
     initdb = [str(bindir / "initdb"), "-D", str(base / "data"), "-U", "postgres", "-A", "trust"]
     subprocess.run(
-        ["runuser", "-u", "postgres", "--", *initdb, "-E", "UTF8", "--no-sync"],
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            *initdb,
+            "-E",
+            "UTF8",
+            "--no-sync",
+            f"--pwfile={password}",
+        ],
         check=True,
         capture_output=True,
     )
     with (base / "data" / "pg_hba.conf").open("a") as rules:  # the hosts on the bridge
-        rules.write(f"host all all {NETWORK}.0/24 trust\n")
+        rules.write(f"hostssl all all {NETWORK}.0/24 scram-sha-256\n")
     options = (
         f"-p {POSTGRES_PORT} -c listen_addresses={CENTRAL_ADDRESS}"
         f" -c unix_socket_directories={base} -c fsync=off -c max_connections=100"
+        f" -c ssl=on -c ssl_cert_file={tls.certificate} -c ssl_key_file={key}"
     )
     pg_ctl = [str(bindir / "pg_ctl"), "-D", str(base / "data"), "-l", str(base / "server.log")]
     subprocess.run(
@@ -332,15 +362,26 @@ def start_postgres(central: Host, bindir: Path, shared: Path) -> None:
     )
 
 
-def redis_argv(shared: Path) -> list[str]:
+def redis_argv(shared: Path, tls: Certificates) -> list[str]:
+    """Redis on the central host's address, over TLS only (no plain port), with a password."""
     return [
         "redis-server",
         "--port",
+        "0",
+        "--tls-port",
         str(REDIS_PORT),
+        "--tls-cert-file",
+        str(tls.certificate),
+        "--tls-key-file",
+        str(tls.key),
+        "--tls-ca-cert-file",
+        str(tls.ca),
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        REDIS_PASSWORD,
         "--bind",
         CENTRAL_ADDRESS,
-        "--protected-mode",
-        "no",  # no password: the bridge is private to the test (see README for a real one)
         "--save",
         "",
         "--appendonly",
@@ -350,7 +391,7 @@ def redis_argv(shared: Path) -> list[str]:
     ]
 
 
-def shared_env(shared: Path) -> dict[str, str]:
+def shared_env(shared: Path, tls: Certificates) -> dict[str, str]:
     """The settings every host shares, and the central host's home (where `init` writes)."""
     definitions = shared / "definitions"
     definitions.mkdir()
@@ -358,10 +399,13 @@ def shared_env(shared: Path) -> dict[str, str]:
     for node in sample["nodes"]:
         node["execution"] = {"queue": QUEUES[node["name"]]}
     (definitions / "sample.yaml").write_text(yaml.safe_dump(sample, sort_keys=False))
+    central = f"{CENTRAL_ADDRESS}:{POSTGRES_PORT}"
     return clean_env(
         PIPELINE_HOME=str(shared / "homes" / "central"),
-        PIPELINE_BROKER_URL=f"redis://{CENTRAL_ADDRESS}:{REDIS_PORT}/0",
-        PIPELINE_DATABASE_URL=f"postgresql+psycopg://postgres@{CENTRAL_ADDRESS}:{POSTGRES_PORT}/postgres",
+        PIPELINE_BROKER_URL=f"rediss://:{REDIS_PASSWORD}@{CENTRAL_ADDRESS}:{REDIS_PORT}/0",
+        PIPELINE_BROKER_CA_FILE=str(tls.ca),
+        PIPELINE_DATABASE_URL=f"postgresql+psycopg://postgres:{POSTGRES_PASSWORD}@{central}/postgres",
+        PIPELINE_DATABASE_CA_FILE=str(tls.ca),
         PIPELINE_DATASTORE_ROOT=str(shared / "datastore"),
         PIPELINE_TASK_ROOT=str(shared / "tasks"),
         PIPELINE_DEFINITIONS_DIR=str(definitions),
@@ -481,3 +525,26 @@ def test_a_worker_host_dies_mid_run_and_another_host_finishes_the_work(network: 
         assert task["completed_subtasks"] == task["total_subtasks"] and not task["failed_subtasks"]
     assert_permuted_right(network.datastore)
     print(f"instance completed {recovered_after:.1f} s after hostA was killed")
+
+
+def test_the_broker_and_the_database_are_reached_over_verified_tls_only(
+    network: Network,
+) -> None:
+    """Plain connections are refused by the central host, and a certificate from another
+    CA is refused by the client: each a one-line error naming the broker or database."""
+    other = make_certificates(network.shared / "other-ca", CENTRAL_ADDRESS)
+    plain_broker = f"redis://:{REDIS_PASSWORD}@{CENTRAL_ADDRESS}:{REDIS_PORT}/0"
+    plain_database = f"{network.env['PIPELINE_DATABASE_URL']}?sslmode=disable"
+    attempts = [
+        (("instances",), {"PIPELINE_DATABASE_CA_FILE": str(other.ca)}, "database unreachable"),
+        (("instances",), {"PIPELINE_DATABASE_URL": plain_database}, "no encryption"),
+        (("submit", "sample"), {"PIPELINE_BROKER_CA_FILE": str(other.ca)}, "broker unreachable"),
+        (("submit", "sample"), {"PIPELINE_BROKER_URL": plain_broker}, "broker unreachable"),
+    ]
+    before = network.json("instances")
+    for args, env, expected in attempts:
+        result = network.cli(*args, check=False, **env)
+        assert result.returncode == 1, (env, result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], (env, result.stderr)
+    assert network.json("instances") == before

@@ -5,10 +5,15 @@ whose worker died, a subtask that hangs. The processes really dying are the chao
 
 from __future__ import annotations
 
+import threading
+import time
+from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 import yaml
 from sqlalchemy import update
 
@@ -18,6 +23,7 @@ from pipeline.domain.states import PState
 from pipeline.engine import stages
 from pipeline.engine.ledger import lock_task, record
 from pipeline.engine.runner import SubtaskOutcome
+from pipeline.messaging import inflight
 from pipeline.operations import facade
 from pipeline.recovery import reconcile
 from tests.support import (
@@ -28,7 +34,11 @@ from tests.support import (
     race,
     redis_server,
     run_cli,
+    wait_for,
 )
+
+#: The real reading of queues and workers (the in-process worker replaces it).
+ORIGINAL_IN_FLIGHT_OF = inflight.in_flight_of
 
 #: Longer than any lease or staleness limit of the settings.
 LONG_AGO = timedelta(hours=1)
@@ -40,7 +50,7 @@ pytestmark = pytest.mark.usefixtures("home")
 @pytest.fixture
 def monitor(worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch):
     """Beat's monitor, run on demand (its Redis lock taken for granted)."""
-    monkeypatch.setattr(reconcile, "_lock", lambda seconds: True)
+    monkeypatch.setattr(reconcile, "_exclusive", lambda interval: nullcontext(lambda: None))
     return reconcile.reconcile
 
 
@@ -300,3 +310,76 @@ def test_two_monitors_at_once_only_one_reconciles(
         results: list[dict[str, int]] = []
         race(lambda: results.append(reconcile.reconcile()), threads=2)
     assert sorted("skipped" in result for result in results) == [False, True]
+
+
+def test_the_workers_are_asked_once_per_run_whatever_the_queues(
+    worker: InProcessWorker, monitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asking the workers what they hold waits a second for the slowest: once per queue
+    would make a run grow with the number of queues."""
+    facade.submit("sample", None, "permuter")
+    worker.run_next()
+    worker.run_next()
+    worker.lose()
+    with transaction() as session:  # each task on a queue of its own
+        for task_id, queue in ((1, "default"), (2, "big-memory")):
+            task = session.get(Task, task_id)
+            task.execution = {**task.execution, "queue": queue}
+    age(1)
+    age(2)
+    asked: list[int] = []
+
+    def held_by_workers() -> tuple[set[str], set[str]]:
+        asked.append(1)
+        return set(), set()
+
+    monkeypatch.setattr(inflight, "in_flight_of", ORIGINAL_IN_FLIGHT_OF)
+    monkeypatch.setattr(inflight, "queued_message_ids", lambda queue: set())
+    monkeypatch.setattr(inflight, "held_by_workers", held_by_workers)
+
+    assert monitor()["redispatched"] == 8
+    assert asked == [1]
+
+
+@pytest.mark.e2e
+def test_a_run_that_outlasts_the_interval_keeps_the_lock_until_it_ends(
+    worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The monitor's lock is a mutex, not a rate limit: while one run works on (here, a
+    long line of tasks to recover) for many intervals, every other run is skipped; when it
+    ends the lock is released and the next run goes ahead."""
+    interval = 0.2
+    with redis_server() as url:
+        monkeypatch.setenv("PIPELINE_BROKER_URL", url)
+        monkeypatch.setenv("PIPELINE_MONITOR_INTERVAL", str(interval))
+        point_here()
+        working, finish = threading.Event(), threading.Event()
+        long_run = threading.current_thread()  # replaced by the run's thread below
+
+        def many_tasks(expired_before: Any, isolation: Any) -> int:
+            if threading.current_thread() is not long_run:
+                return 0
+            working.set()
+            while not finish.is_set():
+                isolation.task(1, lambda: finish.wait(interval / 4))
+            return 0
+
+        monkeypatch.setattr(reconcile, "_reclaim_expired_leases", many_tasks)
+        results: list[dict[str, int]] = []
+        long_run = threading.Thread(target=lambda: results.append(reconcile.reconcile()))
+        long_run.start()
+        assert working.wait(30)
+        others = []
+        deadline = time.monotonic() + 5 * reconcile.LOCK_INTERVALS * interval
+        while time.monotonic() < deadline:
+            others.append(reconcile.reconcile())
+        finish.set()
+        long_run.join(30)
+        assert results and "skipped" not in results[0]
+        assert others and all(other == {"skipped": 1} for other in others), others
+        assert not redis.Redis.from_url(url).exists(reconcile.LOCK_KEY), "released at its end"
+        after = wait_for(
+            lambda: (ran := reconcile.reconcile()) != {"skipped": 1} and ran,
+            what="a run after the long one",
+        )
+        assert "reclaimed" in after

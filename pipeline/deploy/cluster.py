@@ -3,11 +3,14 @@ API, Flower, and the worker of the operations run through Flower.
 
 ``start`` starts only what is not running, ``stop`` stops only what ``start`` started
 (found by the pid files under ``PIPELINE_HOME/run``, each checked against the process's
-command line so a recycled pid is never signalled).
+command line so a recycled pid is never signalled). Each service leads a process group of
+its own, so stopping it ends its children too (a worker's pool, an algorithm's process).
+Both hold the home's lock: two starts at once would otherwise each start every service.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -19,8 +22,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -38,13 +41,24 @@ from config.settings import (
 from pipeline import database
 from pipeline.domain import definitions
 from pipeline.errors import PipelineError, Refused
-from pipeline.messaging.celery_app import DEFAULT_QUEUE, OPERATIONS_QUEUE, celery_app, configure
+from pipeline.messaging.celery_app import (
+    DEFAULT_QUEUE,
+    OPERATIONS_QUEUE,
+    broker_client,
+    celery_app,
+    configure,
+)
 
 #: Seconds a service gets to become ready after it is started.
 READY_TIMEOUT = 60.0
 #: Seconds a service gets to exit after SIGTERM before it is killed.
 STOP_TIMEOUT = 30.0
 POLL = 0.1
+#: Seconds a start or stop waits for another one of the same home to finish.
+LOCK_TIMEOUT = 3 * READY_TIMEOUT
+#: Commands of the private Redis that no client needs, and that another user of the host
+#: must not run.
+REFUSED_REDIS_COMMANDS = ("CONFIG", "DEBUG", "FLUSHALL", "FLUSHDB", "SHUTDOWN")
 #: The Celery command line of this installation, for workers and beat.
 CELERY = [sys.executable, "-m", "celery", "-A", CELERY_APP]
 
@@ -69,12 +83,16 @@ def free_port() -> int:
 
 
 def redis_service(settings: Settings) -> Service:
+    """The private redis-server: its password and the commands it refuses are in its
+    configuration file (``run/redis.conf``, the owner's only), never on its command line,
+    which every user of the host can read."""
     port = settings.redis_port or 6379
     redis_dir = settings.home / "redis"
     return Service(
         name="redis",
         argv=[
             shutil.which("redis-server") or "redis-server",
+            str(_redis_config(settings)),
             "--port",
             str(port),
             "--bind",
@@ -94,6 +112,22 @@ def redis_service(settings: Settings) -> Service:
         match=("redis-server", str(port)),
         url=settings.broker,
     )
+
+
+def _redis_config(settings: Settings) -> Path:
+    return settings.run_dir / "redis.conf"
+
+
+def _write_redis_config(settings: Settings) -> None:
+    """The private Redis's password, and the commands no client of it needs renamed away:
+    another user of the host who finds its port can neither read nor flush its queues, nor
+    reconfigure or stop it (the cluster stops it by pid)."""
+    lines = [f"requirepass {settings.redis_password}"] if settings.redis_password else []
+    lines += [f'rename-command {command} ""' for command in REFUSED_REDIS_COMMANDS]
+    path = _redis_config(settings)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text("\n".join(lines) + "\n")
 
 
 def worker_queues(settings: Settings) -> list[str]:
@@ -270,7 +304,8 @@ def _running_pid(settings: Settings, name: str) -> int | None:
 def init(sample_data: bool = True) -> dict[str, Any]:
     """Create PIPELINE_HOME, the database, and import every definition in the definitions dir."""
     settings = get_settings()
-    for directory in (settings.home, settings.run_dir, settings.log_dir):
+    make_private(settings)
+    for directory in (settings.run_dir, settings.log_dir):
         directory.mkdir(parents=True, exist_ok=True)
     chosen: dict[str, object] = {}
     if settings.uses_private_redis and settings.redis_port is None:
@@ -326,7 +361,47 @@ def _chosen_credentials(settings: Settings) -> dict[str, object]:
         chosen["api_token"] = secrets.token_urlsafe(32)
     if not settings.flower_password:
         chosen["flower_password"] = secrets.token_urlsafe(16)
+    if settings.uses_private_redis and not settings.redis_password:
+        chosen["redis_password"] = secrets.token_urlsafe(24)
     return chosen
+
+
+def make_private(settings: Settings) -> None:
+    """Make the home, and all it holds, the owner's (or the ``group``'s) alone.
+
+    This process creates what follows with the cluster's umask. A home that other users
+    could read (made by an older version, or by hand) is put right, every file in it; one
+    already private is not walked again.
+    """
+    os.umask(settings.umask)
+    home = settings.home
+    home.mkdir(parents=True, exist_ok=True)
+    directory_mode = 0o2750 if settings.group else 0o700
+    if settings.group:
+        shutil.chown(home, group=settings.group)
+    opened = home.stat().st_mode & 0o7777 != directory_mode
+    home.chmod(directory_mode)
+    if opened:
+        _restrict_tree(settings, directory_mode)
+
+
+def _restrict_tree(settings: Settings, directory_mode: int) -> None:
+    for root, directories, files in os.walk(settings.home):
+        for name in directories:
+            path = Path(root) / name
+            if not path.is_symlink():
+                _restrict(path, directory_mode, settings.group)
+        for name in files:
+            path = Path(root) / name
+            if not path.is_symlink():
+                _restrict(path, path.stat().st_mode & 0o777 & ~settings.umask, settings.group)
+
+
+def _restrict(path: Path, mode: int, group: str | None) -> None:
+    with suppress(FileNotFoundError):  # a file that went meanwhile
+        if group:
+            shutil.chown(path, group=group)
+        path.chmod(mode)
 
 
 def credentials() -> dict[str, Any]:
@@ -334,6 +409,7 @@ def credentials() -> dict[str, Any]:
     settings = get_settings()
     _require_init(settings)
     return {
+        "broker_url": settings.broker,
         "api_url": settings.api_url,
         "api_token": settings.api_token,
         "flower_url": settings.flower_url,
@@ -360,26 +436,98 @@ def start(
     """Start every service that is not running, and wait until each is ready.
 
     Redis is ready before the others start; those start side by side, since none needs
-    another (their start-up is mostly importing Python).
+    another (their start-up is mostly importing Python). A start that fails stops what it
+    started, so a second try begins from nothing.
     """
     settings = get_settings()
     _require_init(settings)
     if settings.uses_private_redis and not shutil.which("redis-server"):
         raise Refused("redis-server not found: install it (apt-get install redis-server)")
     database.check_database()
-    (settings.home / "redis").mkdir(exist_ok=True)
-    started = []
+    if not settings.uses_private_redis:
+        _require_broker(settings)
+    with _home_lock(settings):
+        settings = _upgrade(settings)
+        (settings.home / "redis").mkdir(exist_ok=True)
+        if settings.uses_private_redis:
+            _write_redis_config(settings)
+        started: list[Service] = []
+        try:
+            _start_missing(settings, workers, progress, started)
+        except BaseException:
+            _stop_services(settings, started)
+            raise
+    return status(workers)
+
+
+def _upgrade(settings: Settings) -> Settings:
+    """Bring a home made by an older version up to this one's safety: a password on its
+    private Redis (a Redis running without one is stopped with the rest of the cluster
+    first, its queues kept on disk) and private files. The settings to start with."""
+    make_private(settings)
+    if not settings.uses_private_redis or settings.redis_password:
+        return settings
+    if _running_pid(settings, "redis"):
+        _stop_services(settings, services(settings, _started_workers(settings), every=True))
+    write_settings_file(settings.settings_file, {"redis_password": secrets.token_urlsafe(24)})
+    return _reload()
+
+
+def _start_missing(
+    settings: Settings,
+    workers: int | None,
+    progress: Callable[[str], None],
+    started: list[Service],
+) -> None:
+    """Start the services not running, adding each to ``started`` as it is spawned."""
+    waiting = []
     for service in services(settings, workers, worker_queues(settings)):
         if _running_pid(settings, service.name):
             continue
         progress(f"starting {service.name}")
-        started.append((service, _spawn(settings, service)))
+        process = _spawn(settings, service)
+        started.append(service)
         if service.name == "redis":
-            _wait_ready(settings, *started.pop())
-    for service, process in started:
+            _wait_ready(settings, service, process)
+        else:
+            waiting.append((service, process))
+    for service, process in waiting:
         progress(f"waiting for {service.name}")
         _wait_ready(settings, service, process)
-    return status(workers)
+
+
+def _require_broker(settings: Settings) -> None:
+    """A broker elsewhere must answer before anything is started that would wait on it."""
+    import redis
+
+    try:
+        broker_client().ping()
+    except redis.RedisError as exc:
+        raise Refused(f"broker unreachable at {database.masked(settings.broker)}: {exc}") from None
+
+
+@contextmanager
+def _home_lock(settings: Settings) -> Iterator[None]:
+    """Hold the home's lock (a ``flock`` on ``run/cluster.lock``, released if this process
+    dies) while starting or stopping its services."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.run_dir / "cluster.lock").open("a") as lock:
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise Refused(
+                        f"another `pipeline cluster start` or `stop` of {settings.home}"
+                        f" is still running after {LOCK_TIMEOUT:g} s"
+                    ) from None
+                time.sleep(POLL)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _spawn(settings: Settings, service: Service) -> subprocess.Popen[bytes]:
@@ -394,6 +542,7 @@ def _spawn(settings: Settings, service: Service) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
         env=env,
         start_new_session=True,
+        umask=settings.umask,
     )
     output.close()
     _pid_file(settings, service.name).write_text(
@@ -415,7 +564,7 @@ def _wait_ready(settings: Settings, service: Service, process: subprocess.Popen[
 
 def _ready(settings: Settings, service: Service) -> bool:
     if service.ready_url:
-        return _http_answers(service.ready_url)
+        return _http_answers(service.ready_url, settings)
     if service.name == "redis":
         return _redis_answers(settings.broker)
     if service.name == "beat":
@@ -429,9 +578,10 @@ def _ready(settings: Settings, service: Service) -> bool:
     return any(name in reply for reply in replies)
 
 
-def _http_answers(url: str) -> bool:
+def _http_answers(url: str, settings: Settings) -> bool:
+    context = settings.web_tls() if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(url, timeout=0.5) as response:
+        with urllib.request.urlopen(url, timeout=0.5, context=context) as response:
             return bool(response.status == HTTPStatus.OK)
     except OSError:  # refused, or not answering yet (URLError is an OSError)
         return False
@@ -449,12 +599,20 @@ def _redis_answers(url: str) -> bool:
 def stop() -> list[str]:
     """Stop the processes ``start`` started (workers, beat and Flower first, Redis last)."""
     settings = get_settings()
+    with _home_lock(settings):
+        return _stop_services(settings, services(settings, _started_workers(settings), every=True))
+
+
+def _stop_services(settings: Settings, listed: list[Service]) -> list[str]:
+    """Ask each listed service to stop (SIGTERM: a worker finishes its running subtasks), kill
+    it after ``STOP_TIMEOUT``, then kill what is left of its process group (children orphaned
+    by a killed parent); Redis last, since the others talk to it while they stop. The names
+    of those that had a pid file."""
     stopped = []
-    listed = services(settings, _started_workers(settings), every=True)
     names = [service.name for service in listed]
     ordered = [n for n in names if n != "redis"] + [n for n in names if n == "redis"]
     running = {n: found for n in ordered if (found := _read_pid(settings, n))}
-    for last in (False, True):  # Redis last: the others talk to it while they stop
+    for last in (False, True):
         targets = {n: f for n, f in running.items() if (n == "redis") == last}
         for found in targets.values():
             if alive(*found):
@@ -464,12 +622,32 @@ def stop() -> list[str]:
         for name, found in targets.items():
             while alive(*found) and time.monotonic() < deadline:
                 time.sleep(POLL)
-            if alive(*found):
+            for pid in [found[0], *_group(found[0], settings.home)]:
+                if pid == found[0] and not alive(*found):
+                    continue
                 with suppress(ProcessLookupError):
-                    os.kill(found[0], signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
             _pid_file(settings, name).unlink(missing_ok=True)
             stopped.append(name)
     return stopped
+
+
+def _group(pgid: int, home: Path) -> list[int]:
+    """The live processes of process group ``pgid`` that belong to ``home`` (its
+    environment names it, or they run inside it): a recycled group id is never signalled."""
+    wanted = f"PIPELINE_HOME={home}".encode()
+    members = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with suppress(OSError, IndexError, ValueError):
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid or fields[0] == "Z":
+                continue
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            if wanted in environ or Path(os.readlink(proc / "cwd")).is_relative_to(home):
+                members.append(int(proc.name))
+    return members
 
 
 def _started_workers(settings: Settings) -> int:

@@ -9,10 +9,13 @@ connection forever or failing each task it takes.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from config.settings import Settings, get_settings
 from pipeline import database
@@ -72,6 +75,40 @@ def require_shared_settings(settings: Settings) -> None:
         )
 
 
+def require_safe_network(settings: Settings) -> None:
+    """Refuse a broker or database on another host that takes no password: anyone on the
+    network could read or rewrite the pipeline's work there. ``allow_insecure_network``
+    lets a private network go without."""
+    if settings.allow_insecure_network:
+        return
+    broker = urlsplit(settings.broker)
+    if not _loopback(broker.hostname) and not broker.password:
+        raise Refused(_open_door("broker", settings.broker))
+    if settings.database_url and not settings.database_url.startswith("sqlite"):
+        url = make_url(settings.database_url)
+        client_certificate = "sslcert" in url.query
+        if not _loopback(url.host) and not url.password and not client_certificate:
+            raise Refused(_open_door("database", settings.database_url))
+
+
+def _open_door(what: str, url: str) -> str:
+    return (
+        f"{what} at {database.masked(url)} has no password: anyone on the network could use"
+        f" it (set one in the URL, or PIPELINE_ALLOW_INSECURE_NETWORK=true on a private"
+        f" network)"
+    )
+
+
+def _loopback(host: str | None) -> bool:
+    """A unix socket (no host) or this host's loopback address."""
+    if not host or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: another host
+
+
 def check_reachable(settings: Settings) -> None:
     """Datastore and task root (the shared mount), database with the pipeline's tables, and
     broker, in that order, or one error naming the first that fails."""
@@ -90,6 +127,7 @@ def argv(queues: str | None, concurrency: int | None, hostname: str | None) -> l
     """The checked Celery command line of this host's worker."""
     settings = get_settings()
     require_shared_settings(settings)
+    require_safe_network(settings)
     chosen = parse_queues(queues) if queues is not None else None
     check_reachable(settings)
     return cluster.celery_worker_argv(

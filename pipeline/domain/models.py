@@ -199,6 +199,18 @@ class Alert(Base):
     acknowledged_at: Mapped[datetime | None]
 
 
+class Heartbeat(Base):
+    """The last sign of life of a process that must always run somewhere (beat's monitor):
+    when it last ran, where, and when its silence was last reported as an alert."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[datetime]
+    host: Mapped[str] = mapped_column(String(255))
+    alerted_at: Mapped[datetime | None]
+
+
 class DatastoreFile(Base):
     """One stored version of a datastore file and who produced it: a task's subtask, or a
     receipt (files imported by an operator, or found in the datastore unrecorded).

@@ -26,6 +26,7 @@ from pipeline.errors import InvalidInput, Refused, TooLarge, shown
 from pipeline.interfaces import api_schemas as models
 from pipeline.operations import facade
 from pipeline.operations.lineage import DEFAULT_LIMIT
+from pipeline.recovery.heartbeat import SilenceWatch
 
 #: The most files one listing answers with.
 MAX_FILES = 100_000
@@ -60,9 +61,11 @@ router = APIRouter(responses=_errors(400, 401, 422, 500, 503))
 
 
 @health_router.get(HEALTHZ, response_model=models.Health)
-def healthz() -> dict[str, str]:
-    """Liveness, without the token: `cluster start` waits for this to answer."""
-    return {"status": "ok"}
+def healthz() -> dict[str, Any]:
+    """Liveness, without the token (`cluster start` waits for this to answer), and whether
+    beat's monitor runs: the API answers even when the database does not."""
+    health = facade.monitor_health()
+    return {"monitor_running": health["running"], "monitor": health["message"]}
 
 
 # -- instances -------------------------------------------------------------------------------
@@ -409,15 +412,27 @@ def serve(host: str | None = None, port: int | None = None) -> None:
         host or settings.api_host,
         port or settings.api_listen_port,
     )
-    uvicorn.Server(config).run()
+    watch = SilenceWatch()  # the API raises the alert of a silent monitor
+    watch.start()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        watch.stop()
 
 
 def server_config(app: FastAPI, host: str, port: int) -> Any:
-    """uvicorn's configuration of the API, its access log showing paths without queries."""
+    """uvicorn's configuration of the API, its access log showing paths without queries,
+    served over HTTPS when the settings name a certificate."""
     import uvicorn
 
+    settings = get_settings()
     config = uvicorn.Config(
-        app, host=host, port=port, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS
+        app,
+        host=host,
+        port=port,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        ssl_certfile=settings.tls_certfile,
+        ssl_keyfile=settings.tls_keyfile,
     )
     access = logging.getLogger(ACCESS_LOGGER)  # configured by uvicorn.Config just now
     if not any(isinstance(existing, PathOnly) for existing in access.filters):

@@ -30,6 +30,7 @@ try:
 except ImportError:  # an older Typer, on click itself
     from click import core, exceptions, globals  # type: ignore[no-redef]
 
+from config.settings import get_settings
 from pipeline.domain.states import STOPPED_STATES, InstanceState
 from pipeline.operations import facade
 from pipeline.operations.lineage import DEFAULT_LIMIT
@@ -140,7 +141,8 @@ def cluster_stop() -> None:
 
 @cluster_app.command("status")
 def cluster_status(as_json: JsonOption = False) -> None:
-    """Which home this shell uses, and which of its cluster's processes are alive."""
+    """Which home this shell uses, which of its cluster's processes are alive, and whether
+    beat's monitor runs."""
     from config.settings import find_home
     from pipeline.deploy import cluster
 
@@ -149,6 +151,8 @@ def cluster_status(as_json: JsonOption = False) -> None:
         home = find_home()
         console.print(f"home {home.path} ({home.reason})", highlight=False, soft_wrap=True)
     _show_status(rows, as_json)
+    if not as_json:
+        console.print(facade.monitor_health()["message"], markup=False)
 
 
 @cluster_app.command("credentials")
@@ -828,6 +832,8 @@ def main() -> None:
     """Run the CLI: every error is one line on stderr. Exit statuses: 0 success, 1 refused
     or errors in the run, 2 a usage error (the command line itself), 3 a timeout."""
     try:
+        # What the CLI writes (a home, received files) is as private as the cluster's own.
+        os.umask(get_settings().umask)
         status = _command().main(standalone_mode=False)
     except exceptions.NoArgsIsHelpError as exc:
         exc.show()

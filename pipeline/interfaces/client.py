@@ -12,6 +12,7 @@ answer raises ``ApiError`` with its status and one-line message.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -40,9 +41,16 @@ class ApiError(Exception):
 def healthy(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
     """Does the API at ``url`` answer its health check?"""
     try:
-        return httpx.get(f"{url}{API_PREFIX}{HEALTHZ}", timeout=timeout).status_code == 200
+        answer = httpx.get(f"{url}{API_PREFIX}{HEALTHZ}", timeout=timeout, verify=_verify(url))
+        return answer.status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _verify(url: str) -> ssl.SSLContext | bool:
+    """An HTTPS API's certificate is checked against the settings' ``tls_ca_file`` (else
+    the system's CAs)."""
+    return get_settings().web_tls() if url.startswith("https:") else True
 
 
 class Client:
@@ -58,7 +66,12 @@ class Client:
         self.url = url.rstrip("/")
         # Without a token the API answers 401 and says where to find one.
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.url + API_PREFIX, headers=headers, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.url + API_PREFIX,
+            headers=headers,
+            timeout=timeout,
+            verify=_verify(self.url),
+        )
 
     def __enter__(self) -> Client:
         return self

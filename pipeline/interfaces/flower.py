@@ -209,6 +209,8 @@ def build(settings: Settings, log_file: Path | None = None) -> Flower:
     argv = [f"--port={port}", f"--address={settings.flower_host}"]
     if log_file:
         argv.append(f"--log_file_prefix={log_file}")
+    if settings.tls_certfile:
+        argv += [f"--certfile={settings.tls_certfile}", f"--keyfile={settings.tls_keyfile}"]
     options.tasks_columns = TASKS_COLUMNS
     command.apply_env_options()
     command.apply_options(PROG, argv)

@@ -15,8 +15,9 @@ only read the database never load it.
 
 from __future__ import annotations
 
+import ssl
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from config.settings import TASK_MODULES, Settings, get_settings
 from pipeline.database import reset_engines
@@ -41,6 +42,8 @@ OPERATIONS = (
 )
 #: Broker URL schemes whose server can also hold the results of operations.
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://")
+#: The scheme of a broker reached over TLS.
+TLS_SCHEME = "rediss://"
 #: Seconds the result of an operation (a restart run from Flower, say) stays readable.
 RESULT_EXPIRES = 24 * 3600
 
@@ -62,6 +65,18 @@ def result_backend(broker: str) -> str | None:
     return broker if broker.startswith(REDIS_SCHEMES) else None
 
 
+def broker_tls(settings: Settings) -> dict[str, Any] | None:
+    """The TLS options of a ``rediss://`` broker (None for plain ``redis://``): its
+    certificate verified against ``broker_ca_file`` (else the system's CAs), host name
+    included."""
+    if not settings.broker.startswith(TLS_SCHEME):
+        return None
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.broker_ca_file:
+        options["ssl_ca_certs"] = str(settings.broker_ca_file)
+    return options
+
+
 def configure(app: Celery, settings: Settings) -> None:
     """Apply ``settings``; an app pointed at another broker drops its connections to the
     former one."""
@@ -69,6 +84,8 @@ def configure(app: Celery, settings: Settings) -> None:
         _forget_connections(app)
     app.conf.update(
         broker_url=settings.broker,
+        broker_use_ssl=broker_tls(settings),
+        redis_backend_use_ssl=broker_tls(settings),
         result_backend=result_backend(settings.broker),
         result_expires=RESULT_EXPIRES,
         task_serializer="json",
@@ -108,9 +125,13 @@ def broker_client() -> Redis:
     every call within ``broker_timeout``."""
     import redis
 
-    timeout = get_settings().broker_timeout
+    settings = get_settings()
+    timeout = settings.broker_timeout
     return redis.Redis.from_url(
-        get_settings().broker, socket_timeout=timeout, socket_connect_timeout=timeout
+        settings.broker,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        **(broker_tls(settings) or {}),
     )
 
 

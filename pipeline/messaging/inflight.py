@@ -8,6 +8,7 @@ broker restarted without its queue) and is dispatched again.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
@@ -59,13 +60,19 @@ def held_by_workers() -> tuple[set[str], set[str]]:
 
 
 def in_flight(queue: str) -> InFlight:
-    """Every message of ``queue`` still somewhere alive.
+    """Every message of ``queue`` still somewhere alive."""
+    return in_flight_of([queue])
 
-    The queue is read before the workers are asked: a message only moves from the queue
+
+def in_flight_of(queues: Iterable[str]) -> InFlight:
+    """Every message of ``queues`` still somewhere alive, the workers asked once whatever
+    the number of queues (each question waits ``INSPECT_TIMEOUT`` for the slowest worker).
+
+    The queues are read before the workers are asked: a message only moves from a queue
     to a worker, so reading in this order never misses one in transit.
     """
     try:
-        queued = queued_message_ids(queue)
+        queued = set().union(*(queued_message_ids(queue) for queue in queues))
         held, answered = held_by_workers()
     except (redis.RedisError, BrokerError) as exc:
         url = masked(get_settings().broker)

@@ -35,6 +35,7 @@ from pipeline.operations.queries import (
     get_instance,
     get_task,
     instance_dict,
+    iso_time,
     list_definitions,
     list_instances,
     list_parameter_sets,
@@ -47,6 +48,7 @@ from pipeline.operations.queries import (
     tasks_needing_attention,
 )
 from pipeline.operations.receipt import receive
+from pipeline.recovery import heartbeat
 
 __all__ = [
     "PROBLEMS",
@@ -67,6 +69,7 @@ __all__ = [
     "lineage",
     "list_tasks",
     "logs",
+    "monitor_health",
     "problem",
     "receive",
     "restart",
@@ -86,6 +89,24 @@ PROBLEMS = (PipelineError, SQLAlchemyError, ValidationError, TOMLDecodeError)
 SETTINGS_STATUS = 500
 #: The status of a database error that is not the request's (a missing schema, say).
 DATABASE_STATUS = 503
+
+
+def monitor_health() -> dict[str, Any]:
+    """Whether beat's monitor runs (``pipeline.recovery.heartbeat``): what ``cluster
+    status``, the health route and the console say of it; never an error, since they
+    answer when the database does not."""
+    try:
+        health = heartbeat.monitor_health()
+    except PROBLEMS as exc:
+        reported = problem(exc)
+        unknown = reported.message if reported else type(exc).__name__
+        return {"running": False, "last_run": None, "host": None, "message": f"monitor: {unknown}"}
+    return {
+        "running": health.running,
+        "last_run": iso_time(health.last_run),
+        "host": health.host or None,
+        "message": health.message,
+    }
 
 
 def restart_modes() -> list[RestartMode]:

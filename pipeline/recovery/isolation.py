@@ -50,12 +50,15 @@ class Isolation:
     """The guard around each task (or instance) of one monitor run, counting the tasks it
     failed as unreadable."""
 
-    def __init__(self) -> None:
+    def __init__(self, before_each: Callable[[], None] = lambda: None) -> None:
+        #: Called before each task's and instance's work (the monitor extends its lock).
+        self.before_each = before_each
         self.failed = 0
 
     def task(self, task_id: int, call: Callable[[], R]) -> R | None:
         """``call()``, the task's work; a row it cannot read fails the task, any other
         error is logged; None then."""
+        self.before_each()
         try:
             return call()
         except Unreachable:
@@ -72,6 +75,7 @@ class Isolation:
 
     def instance(self, instance_id: int, call: Callable[[], Any]) -> None:
         """``call()``, the instance's work; a row it cannot read stops the instance."""
+        self.before_each()
         try:
             call()
         except Unreachable:

@@ -15,13 +15,16 @@ makes the re-sent one a no-op.
 from __future__ import annotations
 
 import logging
-from contextlib import suppress
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any
 
+from redis.exceptions import LockError
 from sqlalchemy import Text, cast, select, update
 
-from config.settings import get_settings
+from config.settings import Settings, get_settings
 from pipeline.database import transaction
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import EXECUTION_STEPS, STOPPED_STATES, PState, SubtaskState
@@ -31,26 +34,38 @@ from pipeline.errors import Refused, Unreadable
 from pipeline.messaging import inflight, outbox
 from pipeline.messaging.celery_app import DEFAULT_QUEUE, broker_client
 from pipeline.messaging.outbox import STAGE_FOR_STEP
+from pipeline.recovery import heartbeat
 from pipeline.recovery.isolation import Isolation, decode_execution
 from pipeline.recovery.reattach import reattach
 from pipeline.recovery.reclaim import marshal_again, reclaim_lost
 
 log = logging.getLogger(__name__)
-#: Redis key of the lock that keeps two beats from monitoring at once.
+#: Redis key of the lock that keeps two monitor runs from reconciling at once.
 LOCK_KEY = "pipeline:monitor-lock"
+#: The lock lapses after this many intervals unless its holder extends it.
+LOCK_INTERVALS = 3
 
 
 def reconcile() -> dict[str, int]:
     """Reclaim subtasks whose worker is gone, re-send lost stage messages, retry lost node
-    transitions; returns what it did. Only one runs at a time, however many beats run.
+    transitions; returns what it did. Only one runs at a time, however many beats run and
+    however long a run takes (``MonitorLock``); each run records the monitor's heartbeat.
 
     Each task is isolated (``pipeline.recovery.isolation``): one whose row cannot be read
     fails alone (``failed`` counts them) and the others are recovered all the same.
     """
     settings = get_settings()
-    if not _lock(settings.monitor_interval):
-        return {"skipped": 1}
-    isolation = Isolation()
+    with _exclusive(settings.monitor_interval) as keep:
+        if keep is None:
+            return {"skipped": 1}
+        try:
+            return _reconcile(settings, Isolation(before_each=keep))
+        except LockError:
+            log.warning("monitor: its lock lapsed mid-run; the next run takes over")
+            return {"lapsed": 1}
+
+
+def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
     reclaimed = _reclaim_expired_leases(
         utcnow() - timedelta(seconds=settings.lease_seconds), isolation
     )
@@ -139,16 +154,17 @@ def _marshal_lost_marshals(expired_before: datetime, isolation: Isolation) -> in
 
 def _reattach_quiet(quiet: list[Any], isolation: Isolation) -> int:
     """Executing tasks with no news for a while: dispatch again what their queue lost."""
-    live_by_queue: dict[str, inflight.InFlight] = {}
+    if not quiet:
+        return 0
+    live = inflight.in_flight_of(
+        sorted({execution.get("queue") or DEFAULT_QUEUE for _, _, execution in quiet})
+    )
     redispatched = 0
-    for task_id, attempt, execution in quiet:
-        queue = execution.get("queue") or DEFAULT_QUEUE
-        if queue not in live_by_queue:
-            live_by_queue[queue] = inflight.in_flight(queue)
+    for task_id, attempt, _ in quiet:
 
-        def again(task_id: int = task_id, attempt: int = attempt, queue: str = queue) -> int:
+        def again(task_id: int = task_id, attempt: int = attempt) -> int:
             with suppress(Refused):  # it moved on meanwhile
-                found = reattach(task_id, attempt, live_by_queue[queue], "monitor", quiet=True)
+                found = reattach(task_id, attempt, live, "monitor", quiet=True)
                 return len(found.lost)
             return 0
 
@@ -156,11 +172,64 @@ def _reattach_quiet(quiet: list[Any], isolation: Isolation) -> int:
     return redispatched
 
 
-def _lock(seconds: float) -> bool:
-    """Hold the monitor lock for most of one interval: a second beat started by mistake
-    finds it taken and does nothing."""
-    client = broker_client()
-    return bool(client.set(LOCK_KEY, HOST, nx=True, px=int(seconds * 1000 * 0.9)))
+class MonitorLock:
+    """The monitor's mutex: a redis-py ``Lock`` whose token only its holder can extend or
+    release, so two beats (or one run outlasting its interval) never reconcile at once.
+
+    A holder that dies leaves the lock to lapse after ``LOCK_INTERVALS`` intervals; a
+    live one extends it (``keep``) while it works, and records the monitor's heartbeat
+    as it does.
+
+    Parameters:
+      interval: the monitor's interval, in seconds.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.lock = broker_client().lock(
+            LOCK_KEY, timeout=LOCK_INTERVALS * interval, blocking=False, thread_local=False
+        )
+        self.kept_at = 0.0
+
+    def acquire(self) -> bool:
+        if not self.lock.acquire():
+            return False
+        self.kept_at = time.monotonic()
+        return True
+
+    def keep(self) -> None:
+        """Extend the lock (at most twice an interval: each costs a broker round trip);
+        ``LockError`` if it lapsed meanwhile, and another run may hold it."""
+        if time.monotonic() - self.kept_at < self.interval / 2:
+            return
+        self.lock.reacquire()
+        self.kept_at = time.monotonic()
+        with transaction() as session:
+            heartbeat.record(session, HOST)
+
+    def release(self) -> None:
+        with suppress(LockError):  # lapsed: nothing of ours to release
+            self.lock.release()
+
+
+@contextmanager
+def _exclusive(interval: float) -> Iterator[Callable[[], None] | None]:
+    """Yield the run's ``keep`` (extend the lock) when this run may go ahead; None when
+    another run holds the lock, or ran less than half an interval ago (a second beat
+    started by mistake sends a second monitor each interval: one of them is enough)."""
+    lock = MonitorLock(interval)
+    if not lock.acquire():
+        yield None
+        return
+    try:
+        with transaction() as session:
+            previous = heartbeat.last_run(session)
+            recent = previous is not None and utcnow() - previous < timedelta(seconds=interval / 2)
+            if not recent:
+                heartbeat.record(session, HOST)
+        yield None if recent else lock.keep
+    finally:
+        lock.release()
 
 
 def _reclaim_expired_leases(expired_before: datetime, isolation: Isolation) -> int:

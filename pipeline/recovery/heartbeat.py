@@ -1,0 +1,170 @@
+"""Beat's liveness: the monitor records a heartbeat at each run, and any process notices
+when it stops.
+
+Beat's monitor is all that recovers lost work (a killed worker's subtasks, a message a
+broker lost). When beat dies, or was never started on any host, nothing fails: work just
+sits, and no command said why. So each monitor run records when and where it ran, and the
+processes that are always up (the HTTP API, every worker) look at that record once an
+interval: one whose monitor is silent for ``SILENT_INTERVALS`` intervals raises one alert
+per silence ("monitor not running since T"), and ``cluster status``, the API's health
+route and the console show the same sentence.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import bootsteps
+from sqlalchemy import or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from config.settings import get_settings
+from pipeline.database import transaction
+from pipeline.domain.models import Alert, Heartbeat, utcnow
+from pipeline.engine.alerts import ERROR
+
+log = logging.getLogger(__name__)
+#: The heartbeat's name for beat's monitor.
+MONITOR = "monitor"
+#: A monitor silent for this many of its intervals is not running.
+SILENT_INTERVALS = 3
+
+
+@dataclass(frozen=True)
+class MonitorHealth:
+    """When the monitor last ran and where; ``running`` unless it is silent too long."""
+
+    running: bool
+    last_run: datetime | None
+    host: str
+
+    @property
+    def message(self) -> str:
+        if self.last_run is None:
+            return "monitor has not run yet: is beat running?"
+        at = self.last_run.isoformat(timespec="seconds")
+        if not self.running:
+            return f"monitor not running since {at}: lost work is not recovered; is beat running?"
+        return f"monitor ran at {at} on {self.host}"
+
+
+def record(session: Session, host: str) -> None:
+    """Record, in the caller's transaction, that the monitor runs now on ``host``."""
+    updated = session.execute(
+        update(Heartbeat).where(Heartbeat.name == MONITOR).values(at=utcnow(), host=host)
+    )
+    if not updated.rowcount:
+        session.add(Heartbeat(name=MONITOR, at=utcnow(), host=host))
+
+
+def last_run(session: Session) -> datetime | None:
+    """When the monitor last ran (None: never, as far as the database knows)."""
+    heartbeat = session.get(Heartbeat, MONITOR)
+    return heartbeat.at if heartbeat and heartbeat.host else None
+
+
+def silent_after() -> timedelta:
+    return timedelta(seconds=SILENT_INTERVALS * get_settings().monitor_interval)
+
+
+def monitor_health() -> MonitorHealth:
+    with transaction() as session:
+        heartbeat = session.get(Heartbeat, MONITOR)
+        if heartbeat is None or not heartbeat.host:
+            return MonitorHealth(False, None, "")
+        running = heartbeat.at > utcnow() - silent_after()
+        return MonitorHealth(running, heartbeat.at, heartbeat.host)
+
+
+def report_silence(watching_since: datetime) -> bool:
+    """Raise the alert of a silent monitor unless one was raised for this silence already
+    (by this process or another: the claim on the heartbeat row is one conditional
+    update); whether this call raised it.
+
+    A monitor that never ran has no row: the watcher's own start stands in for its last
+    run, so a cluster whose beat was never started is reported too.
+    """
+    cutoff = utcnow() - silent_after()
+    if watching_since > cutoff:
+        return False  # not watched long enough to tell
+    _claim_never_run(watching_since)
+    with transaction() as session:
+        claimed = session.execute(
+            update(Heartbeat)
+            .where(
+                Heartbeat.name == MONITOR,
+                Heartbeat.at < cutoff,
+                or_(Heartbeat.alerted_at.is_(None), Heartbeat.alerted_at < Heartbeat.at),
+            )
+            .values(alerted_at=utcnow())
+            .returning(Heartbeat.at)
+        ).scalar_one_or_none()
+        if claimed is None:
+            return False
+        session.add(Alert(severity=ERROR, message=MonitorHealth(False, claimed, "").message))
+        return True
+
+
+def _claim_never_run(watching_since: datetime) -> None:
+    """The row of a monitor that never ran, dated from when this process began watching
+    (another process may have made it meanwhile: then theirs stands)."""
+    with suppress(IntegrityError), transaction() as session:
+        if session.get(Heartbeat, MONITOR) is None:
+            session.add(Heartbeat(name=MONITOR, at=watching_since, host=""))
+
+
+class WorkerWatch(bootsteps.StartStopStep):
+    """A worker's look at the monitor's heartbeat once an interval, on the worker's own
+    timer (no thread: the pool forks new children from this process)."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker: Any, **options: Any) -> None:
+        super().__init__(worker, **options)
+        self.timer_entry: Any = None
+
+    def start(self, worker: Any) -> None:
+        self.timer_entry = worker.timer.call_repeatedly(
+            get_settings().monitor_interval, look, (utcnow(),)
+        )
+
+    def stop(self, worker: Any) -> None:
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+
+
+class SilenceWatch(threading.Thread):
+    """A daemon thread that reports a silent monitor once an interval (the HTTP API runs
+    one; a worker has ``WorkerWatch``).
+
+    Parameters:
+      interval: seconds between looks (the monitor's interval by default).
+    """
+
+    def __init__(self, interval: float | None = None) -> None:
+        super().__init__(name="monitor-silence-watch", daemon=True)
+        self.interval = interval or get_settings().monitor_interval
+        self.since = utcnow()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            look(self.since)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def look(watching_since: datetime) -> None:
+    """One look, logged rather than raised: a watcher must outlive a database outage."""
+    try:
+        if report_silence(watching_since):
+            log.error("beat's monitor is silent: alert raised")
+    except Exception:
+        log.exception("could not check beat's monitor heartbeat")
