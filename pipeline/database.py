@@ -37,7 +37,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from config.settings import Settings, get_settings
+from config.settings import Settings, find_home, get_settings
 from pipeline import jsoncodec
 from pipeline.errors import Unreachable
 
@@ -88,9 +88,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        path = make_url(url).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # No directory is made for the file: a command run in the wrong shell must not
+        # leave an empty home behind (``cluster init`` makes the home first).
         engine = create_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
@@ -156,8 +155,15 @@ def transaction() -> Iterator[Session]:
             yield session
     except OperationalError as exc:
         if _is_connection_error(exc):
-            raise Unreachable(f"database unreachable at {masked(url)}: {_first_line(exc)}") from exc
+            raise Unreachable(_unreachable_message(url, exc)) from exc
         raise
+
+
+def _unreachable_message(url: str, exc: Exception) -> str:
+    """The home's own SQLite file that cannot be opened is a home with no cluster yet."""
+    if get_settings().database_url is None and "unable to open" in _first_line(exc):
+        return no_cluster_message()
+    return f"database unreachable at {masked(url)}: {_first_line(exc)}"
 
 
 def _is_connection_error(exc: OperationalError) -> bool:
@@ -221,6 +227,9 @@ def upgrade() -> None:
     from alembic import command
     from alembic.config import Config
 
+    url = make_url(get_settings().db_url)
+    if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)  # made here, and only here
     check_database()
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -238,10 +247,22 @@ def reset_engines() -> None:
 
 def describe_database_error(exc: Exception) -> str:
     """One line for a database error the CLI did not expect (a missing schema, most often)."""
-    url = masked(get_settings().db_url)
-    detail = _first_line(exc)
-    if any(
-        word in detail.lower() for word in ("no such table", "does not exist", "undefinedtable")
-    ):
+    settings = get_settings()
+    url = masked(settings.db_url)
+    detail = _first_line(exc).lower()
+    if any(word in detail for word in ("no such table", "does not exist", "undefinedtable")):
+        if settings.database_url is None:
+            return no_cluster_message()
         return f"database at {url} has no pipeline tables: run `pipeline cluster init`"
-    return f"database error at {url}: {detail}"
+    return f"database error at {url}: {_first_line(exc)}"
+
+
+def no_cluster_message() -> str:
+    """A home with no cluster in it: where it is, why this one, and how to make one there
+    or point at another (a new shell, without the PIPELINE_HOME of the one that made it)."""
+    found = find_home()
+    return (
+        f"no cluster at {found.path} ({found.reason}): run `pipeline cluster init` to make "
+        "one there, or point at another with PIPELINE_HOME=DIR (or run from the directory "
+        "holding its .pipeline, or below)"
+    )

@@ -311,7 +311,8 @@ def test_a_missing_or_empty_datastore(
 def test_an_uninitialised_home(cli, tmp_path: Path, monkeypatch) -> None:
     _settings(monkeypatch, PIPELINE_HOME=str(tmp_path / "fresh"))
     assert_one_line_error(cli("instances"), "run `pipeline cluster init`")
-    assert_one_line_error(cli("cluster", "start"), "no cluster under")
+    assert_one_line_error(cli("cluster", "start"), f"no cluster at {tmp_path / 'fresh'}")
+    assert not (tmp_path / "fresh").exists()
     assert_one_line_error(cli("api"), "no api_token for", "cluster init")
 
 
@@ -376,7 +377,7 @@ def test_the_installed_program_reports_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [PIPELINE, "tasks", "1"], env=env, capture_output=True, text=True, timeout=60
     )
-    assert_one_line_error(result, "has no pipeline tables: run `pipeline cluster init`")
+    assert_one_line_error(result, f"no cluster at {tmp_path}", "run `pipeline cluster init`")
     (tmp_path / "settings.toml").write_text("redis_port = = 1\n")
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "instances"],
@@ -428,3 +429,77 @@ def test_a_silent_api_fails_a_client_call_within_its_deadline() -> None:
         assert accepted.is_set()
     assert raised.value.message.startswith(f"HTTP API unreachable at {url}: ")
     assert "\n" not in raised.value.message
+
+
+# -- exit statuses ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["wait", "1", "--timout", "5"], "No such option: --timout"),
+        (["nosuchcommand"], "No such command 'nosuchcommand'"),
+        (["wait", "soon"], "Invalid value for 'instance'"),
+        (["wait"], "Missing argument 'instance'"),
+        (["restart", "--instance", "1"], "--instance needs --mode"),
+        (["restart", "4", "--instance", "1", "--mode", "resubmit"], "not both"),
+        (["halt"], "name the tasks to halt, or --instance ID"),
+    ],
+)
+def test_a_usage_error_exits_2_in_one_line_naming_the_help(cli, args, fragment) -> None:
+    result = cli(*args)
+    assert result.returncode == 2, result
+    assert_one_line_error(result, fragment, "--help")
+
+
+def test_exit_statuses_tell_success_refusal_usage_and_timeout_apart(
+    cli, worker: InProcessWorker
+) -> None:
+    """0 success, 1 refused or errors in the run, 2 a usage error, 3 a timeout: a script
+    can tell a wait that timed out from a mistyped option."""
+    assert cli("instances").returncode == 0
+    assert cli("wait", "999").returncode == 1
+    assert cli("wait", "1", "--timout", "1").returncode == 2
+    instance = json.loads(cli("submit", "sample", "--json").stdout)["id"]
+    timed_out = cli("wait", instance, "--timeout", "0.1")
+    assert timed_out.returncode == 3, timed_out
+    assert f"instance {instance} still" in timed_out.stdout
+    worker.drain()
+    assert cli("wait", instance, "--timeout", "5").returncode == 0
+
+
+def test_help_exits_0_and_no_arguments_shows_the_help(cli) -> None:
+    assert cli("--help").returncode == 0
+    bare = cli("cluster")
+    assert "Usage:" in bare.stdout + bare.stderr and "start" in bare.stdout + bare.stderr
+
+
+@pytest.mark.e2e
+def test_a_table_piped_keeps_every_column_whole(failed: Path) -> None:
+    """Piped (no terminal, COLUMNS unset) a table is as wide as its content: a script or
+    grep sees each state and error whole, on one line."""
+    env = clean_env(PIPELINE_HOME=str(failed))
+    env.pop("COLUMNS")
+    result = subprocess.run(
+        [PIPELINE, "subtasks", "1"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    [failed_row] = [line for line in result.stdout.splitlines() if "FAILED" in line]
+    assert "RuntimeError: subtask 0 failed on purpose (throw_exception_subtask_0 = true)" in (
+        failed_row
+    )
+    assert "…" not in result.stdout
+
+
+def test_every_command_has_an_example_in_its_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.interfaces.cli import EXAMPLES, _command
+
+    def paths(command: Any, path: str = "") -> list[str]:
+        subs = getattr(command, "commands", {})
+        return [path, *(p for n, s in subs.items() for p in paths(s, f"{path} {n}".strip()))]
+
+    assert sorted(paths(_command())) == sorted(EXAMPLES)
+    for path, example in EXAMPLES.items():
+        shown = run_cli(capsys, *path.split(), "--help")
+        assert shown.returncode == 0, (path, shown.stderr)
+        assert "Example:" in shown.stdout and example.split()[1] in shown.stdout, path

@@ -332,7 +332,7 @@ def toml_error() -> TOMLDecodeError:
         (Refused("task 9 is\n  running"), 409, "task 9 is running"),
         (InvalidInput("bad"), 422, "bad"),
         (Unreachable("broker unreachable at redis://..."), 503, "broker unreachable at"),
-        (OperationalError("SELECT", {}, Exception("no such table: tasks")), 503, "has no pipeline tables"),
+        (OperationalError("SELECT", {}, Exception("no such table: tasks")), 503, "run `pipeline cluster init`"),
         (settings_error(), 500, "setting workers: Input should be a valid integer"),
         (toml_error(), 500, "settings file is not valid TOML"),
     ],

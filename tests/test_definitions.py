@@ -233,3 +233,50 @@ def test_a_stored_definition_no_longer_valid_is_refused_at_submit_in_one_line(
     answer = http.post("/api/v1/instances", json={"pipeline": "sample"})
     assert answer.status_code == 422 and answer.json()["detail"].startswith(expected)
     assert facade.list_instances() == []
+
+
+def user_module(directory: Path, module: str, body: str = "def run(ctx):\n    pass\n") -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{module}.py").write_text(body)
+
+
+def one_node(name: str, algorithm: str, **extra: object) -> dict:
+    return {
+        "name": name,
+        **extra,
+        "data_file_types": {"raw": {"location": "{unit}/in", "pattern": "*"}},
+        "nodes": [{"name": "one", "algorithm": algorithm, "inputs": ["raw"]}],
+    }
+
+
+def test_python_path_is_recorded_absolute_relative_to_the_file(
+    database: Path, tmp_path: Path
+) -> None:
+    user_module(tmp_path / "defs", "beside")
+    user_module(tmp_path / "defs" / "src", "deeper")
+    import_files(write(tmp_path / "defs", "a.yaml", one_node("a", "beside:run")))
+    import_files(
+        write(tmp_path / "defs", "b.yaml", one_node("b", "deeper:run", python_path=["src"]))
+    )
+    assert facade.show_definition("a")["python_path"] == [str(tmp_path / "defs")]
+    assert facade.show_definition("b")["python_path"] == [str(tmp_path / "defs" / "src")]
+
+
+def test_two_definitions_may_each_have_a_module_of_the_same_name(
+    database: Path, tmp_path: Path
+) -> None:
+    """The check forgets the modules it imported: the second file's own module is looked
+    at, not the first one's left in this process."""
+    user_module(tmp_path / "one", "steps", "def first(ctx):\n    pass\n")
+    user_module(tmp_path / "two", "steps", "def second(ctx):\n    pass\n")
+    import_files(
+        write(tmp_path / "one", "one.yaml", one_node("one", "steps:first")),
+        write(tmp_path / "two", "two.yaml", one_node("two", "steps:second")),
+    )
+    assert [n["name"] for n in facade.list_definitions()] == ["one", "two"]
+
+
+def test_a_module_shadowed_by_the_workers_own_is_refused(database: Path, tmp_path: Path) -> None:
+    user_module(tmp_path, "config")  # the workers import their own ``config`` first
+    with pytest.raises(InvalidInput, match=r"module 'config' .* is shadowed .* rename yours"):
+        import_files(write(tmp_path, "c.yaml", one_node("c", "config:run")))

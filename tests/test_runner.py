@@ -4,6 +4,7 @@ timeouts recorded; a batch's crash or hang fails only its own subtask."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -126,3 +127,20 @@ def test_a_crash_or_hang_in_a_batch_fails_only_its_subtask(tmp_path: Path) -> No
     # followed by new ones; 4 and 5 shared one.
     pids = [(ctx.directory / "done.txt").read_text() for ctx in (batch[0], batch[4], batch[5])]
     assert pids[0] != pids[1] == pids[2]
+
+
+def test_a_callable_is_imported_from_the_definitions_python_path(
+    ctx: SubtaskContext, tmp_path: Path
+) -> None:
+    """The module is on the child's path only, never on the worker's."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "usermod_only_here.py").write_text(
+        "def run(ctx):\n    (ctx.directory / 'out.txt').write_text(str(ctx.index))\n"
+    )
+    outcome = run("usermod_only_here:run", ctx, timeout=30, python_path=[str(code)])
+    assert outcome.ok, outcome.error
+    assert (ctx.directory / "out.txt").read_text() == "0"
+    assert str(code) not in sys.path and "usermod_only_here" not in sys.modules
+    missing = run("usermod_only_here:run", ctx, timeout=30)
+    assert not missing.ok and "No module named 'usermod_only_here'" in missing.error

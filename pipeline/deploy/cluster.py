@@ -427,7 +427,7 @@ def _reload() -> Settings:
 
 def _require_init(settings: Settings) -> None:
     if not settings.settings_file.exists():
-        raise Refused(f"no cluster under {settings.home}: run `pipeline cluster init` first")
+        raise Refused(database.no_cluster_message())
 
 
 def start(

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.machinery
 import json
 import os
 import re
 import shutil
+import sys
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -153,6 +155,11 @@ class Node(_Strict):
 class Definition(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
+    #: Directories put first on the import path of the children that run the nodes' Python
+    #: algorithms, relative to the definition file (unset: the file's own directory).
+    #: Recorded absolute at import, so every worker on a host that mounts them at the same
+    #: path imports the user's modules without being restarted.
+    python_path: list[str] | None = None
     parameter_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)
     data_file_types: dict[str, DataFileType]
     nodes: Annotated[list[Node], Field(min_length=1)]
@@ -220,8 +227,15 @@ def load(path: Path) -> Definition:
     except _Located as exc:
         raise InvalidInput(f"{path}: {exc.loc}: {exc}") from None
     _check_parameters(path, definition)
+    definition.python_path = _python_path(path, definition.python_path)
     _resolve_algorithms(path, definition)
     return definition
+
+
+def _python_path(path: Path, given: list[str] | None) -> list[str]:
+    """The definition's code directories made absolute, relative to its file's directory."""
+    here = path.absolute().parent
+    return [str((here / entry).resolve()) for entry in (given if given is not None else ["."])]
 
 
 def _describe(exc: ValidationError) -> str:
@@ -248,21 +262,66 @@ def _check_parameters(path: Path, definition: Definition) -> None:
 
 
 def _resolve_algorithms(path: Path, definition: Definition) -> None:
-    """Reject an algorithm that cannot be found; make an executable's path absolute."""
+    """Reject an algorithm that the workers could not find; make an executable's path
+    absolute (a path with a ``/`` is relative to the definition file, a bare name is looked
+    up on ``PATH``)."""
     for i, node in enumerate(definition.nodes):
         where = f"{path}: nodes.{i}.algorithm"
         if isinstance(node.algorithm, str):
             try:
-                resolve_callable(node.algorithm)
+                check_callable(node.algorithm, definition.python_path or [])
             except InvalidInput as exc:
                 raise InvalidInput(f"{where}: {exc}") from None
             continue
         program = node.algorithm.executable
-        candidate = (path.parent / program) if ("/" in program) else None
-        found = str(candidate.resolve()) if candidate else shutil.which(program)
+        if "/" in program:
+            found: str | None = str((path.absolute().parent / program).resolve())
+            looked = f"at {found} (relative to the definition file)"
+        else:
+            found, looked = shutil.which(program), "on PATH"
         if not found or not os.access(found, os.X_OK) or not Path(found).is_file():
-            raise InvalidInput(f"{where}: executable {program!r} not found or not executable")
+            raise InvalidInput(
+                f"{where}: executable {program!r} not found {looked}, or not executable"
+            )
         node.algorithm.executable = found
+
+
+def check_callable(reference: str, python_path: list[str]) -> None:
+    """Import ``reference`` from where a worker's algorithm child looks: ``python_path``
+    first, then this process's import path without its working directory (a worker does
+    not share the importing shell's directory). The user's modules imported for the check
+    are forgotten again, so two definitions may each have a module of the same name."""
+    module_name = reference.partition(":")[0]
+    top = module_name.split(".")[0]
+    shadowed = getattr(sys.modules.get(top), "__file__", None)
+    if (
+        shadowed
+        and not _inside(shadowed, python_path)
+        and importlib.machinery.PathFinder.find_spec(top, python_path)
+    ):
+        raise InvalidInput(
+            f"cannot import {reference!r}: module {top!r} of {', '.join(python_path)} is "
+            f"shadowed by the workers' own {top!r} ({shadowed}): "
+            "rename yours"
+        )
+    here = {"", os.getcwd()}
+    saved_path, before = sys.path[:], set(sys.modules)
+    sys.path[:] = [*python_path, *(entry for entry in sys.path if entry not in here)]
+    importlib.invalidate_caches()
+    try:
+        resolve_callable(reference)
+    except InvalidInput as exc:
+        looked = f"{', '.join(python_path)} (python_path) and" if python_path else ""
+        raise InvalidInput(f"{exc}; workers look in {looked} their installed packages") from None
+    finally:
+        sys.path[:] = saved_path
+        for name in set(sys.modules) - before:
+            if _inside(getattr(sys.modules[name], "__file__", None), python_path):
+                del sys.modules[name]
+
+
+def _inside(file: str | None, directories: list[str]) -> bool:
+    return file is not None and any(Path(file).is_relative_to(d) for d in directories)
 
 
 def resolve_callable(reference: str) -> Any:
@@ -319,7 +378,7 @@ def _store(session: Session, path: Path, definition: Definition) -> tuple[Pipeli
         version=(newest.version + 1) if newest else 1,
         digest=fingerprint,
         spec=definition.model_dump(mode="json"),
-        source=str(path),
+        source=str(path.absolute()),
     )
     session.add(stored)
     session.flush()

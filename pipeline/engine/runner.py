@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cache
@@ -59,12 +59,13 @@ def run(
     ctx: SubtaskContext,
     timeout: float,
     heartbeat: Heartbeat = NO_HEARTBEAT,
+    python_path: Sequence[str] = (),
 ) -> SubtaskOutcome:
     """Run ``algorithm`` on the subtask ``ctx``, killing it after ``timeout`` seconds.
 
     Never raises: a failure to even start the algorithm is the subtask's outcome too.
     """
-    return next(run_many(algorithm, [ctx], timeout, heartbeat))
+    return next(run_many(algorithm, [ctx], timeout, heartbeat, python_path))
 
 
 def run_many(
@@ -72,17 +73,19 @@ def run_many(
     contexts: list[SubtaskContext],
     timeout: float,
     heartbeat: Heartbeat = NO_HEARTBEAT,
+    python_path: Sequence[str] = (),
 ) -> Iterator[SubtaskOutcome]:
     """Run ``algorithm`` on each subtask in turn, yielding each outcome as it ends; each
     subtask gets ``timeout`` seconds. Never raises (see ``run``).
 
     A callable's subtasks share a forked child until one crashes or times out (see the
-    module docstring); an executable runs as a process per subtask. Closing the iterator
-    early kills the child.
+    module docstring), which imports it with ``python_path`` (the definition's code
+    directories) first on its path; an executable runs as a process per subtask. Closing
+    the iterator early kills the child.
     """
     with _group_dies_with_us():
         if isinstance(algorithm, str):
-            yield from _run_callables(algorithm, contexts, timeout, heartbeat)
+            yield from _run_callables(algorithm, contexts, timeout, heartbeat, python_path)
             return
         for ctx in contexts:
             try:
@@ -205,7 +208,11 @@ def _left(deadline: float) -> float:
 
 
 def _run_callables(
-    reference: str, contexts: list[SubtaskContext], timeout: float, heartbeat: Heartbeat
+    reference: str,
+    contexts: list[SubtaskContext],
+    timeout: float,
+    heartbeat: Heartbeat,
+    python_path: Sequence[str],
 ) -> Iterator[SubtaskOutcome]:
     """Fork a child that runs the subtasks in turn and reports each outcome on a pipe as a
     line of JSON; a subtask that crashes the child or outlives ``timeout`` fails alone,
@@ -213,7 +220,7 @@ def _run_callables(
     todo = list(contexts)
     while todo:
         try:
-            child = _ChildRunner(reference, todo)
+            child = _ChildRunner(reference, todo, python_path)
         except Exception as exc:  # noqa: BLE001 - fork or pipe errors on the worker's side
             yield SubtaskOutcome(False, f"could not run the algorithm: {exc}")
             todo.pop(0)
@@ -245,7 +252,9 @@ def _reap_exited() -> None:
 class _ChildRunner:
     """One forked child running ``contexts`` in turn, as seen from the supervising process."""
 
-    def __init__(self, reference: str, contexts: list[SubtaskContext]) -> None:
+    def __init__(
+        self, reference: str, contexts: list[SubtaskContext], python_path: Sequence[str]
+    ) -> None:
         _reap_exited()
         read_end, write_end = os.pipe()
         sys.stdout.flush()
@@ -254,7 +263,7 @@ class _ChildRunner:
         self.pid = os.fork()
         if self.pid == 0:  # the child: never returns
             os.close(read_end)
-            _child(reference, contexts, write_end)
+            _child(reference, contexts, write_end, python_path)
         os.close(write_end)
         _started(self.pid)
         self.fd, self.alive, self._buffer = read_end, True, b""
@@ -317,9 +326,15 @@ class _ChildRunner:
         os.waitpid(self.pid, 0)
 
 
-def _child(reference: str, contexts: list[SubtaskContext], report_fd: int) -> None:
-    """In the forked child: run each subtask with output to its log, report, and exit."""
+def _child(
+    reference: str, contexts: list[SubtaskContext], report_fd: int, python_path: Sequence[str]
+) -> None:
+    """In the forked child: run each subtask with output to its log, report, and exit.
+
+    The definition's code directories go first on the child's path only: the worker's own
+    path stays as it was, so two pipelines may each have a module of the same name."""
     try:
+        sys.path[:0] = python_path
         os.setpgid(0, 0)  # its own process group, so a timeout or halt kills its children too
         die_with_parent()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

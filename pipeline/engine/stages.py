@@ -257,7 +257,8 @@ def run_subtasks(
     pending: list[tuple[int, int, SubtaskOutcome]] = []
     recorded_at = time.monotonic()
     first = runs[0]
-    outcomes = runner.run_many(first.algorithm, [r.context for r in runs], first.timeout, beat)
+    contexts, code = [r.context for r in runs], first.definition.python_path or ()
+    outcomes = runner.run_many(first.algorithm, contexts, first.timeout, beat, code)
     failures: list[str] = []
     for run, outcome in zip(runs, outcomes, strict=True):
         pending.append((run.context.index, run.number, checked_outputs(run, outcome)))

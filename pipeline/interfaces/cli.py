@@ -16,7 +16,6 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import orjson
 import typer
 import typer.main
@@ -24,14 +23,23 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+# The click that Typer runs on: its own copy since Typer 0.24, whose exceptions are not
+# the installed click's.
+try:
+    from typer._click import core, exceptions, globals
+except ImportError:  # an older Typer, on click itself
+    from click import core, exceptions, globals  # type: ignore[no-redef]
+
 from config.settings import get_settings
 from pipeline.domain.states import STOPPED_STATES, InstanceState
-from pipeline.errors import InvalidInput
 from pipeline.operations import facade
 from pipeline.operations.lineage import DEFAULT_LIMIT
 
-#: Exit statuses of ``pipeline wait``.
-EXIT_COMPLETED, EXIT_ERRORS, EXIT_TIMEOUT = 0, 1, 2
+#: Exit statuses of every command (README: Exit statuses): success; refused, or errors in
+#: the run; the command line itself is wrong; a deadline passed (``wait --timeout``).
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+#: What ``pipeline wait`` exits with for an instance that stopped.
+EXIT_COMPLETED, EXIT_ERRORS = EXIT_OK, EXIT_REFUSED
 WAIT_POLL_SECONDS = 0.5
 
 app = typer.Typer(
@@ -49,7 +57,10 @@ app.add_typer(datastore_app, name="datastore")
 app.add_typer(definitions_app, name="definitions")
 app.add_typer(params_app, name="params")
 
-console = Console()
+#: The width of what goes to a pipe or a file (COLUMNS unset): wide enough that no column
+#: of a table is cut and no line is folded, as a script or ``grep`` needs it.
+PIPED_WIDTH = 1000
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
 #: The restart modes' names, for the help.
 _MODES = [mode.name for mode in facade.restart_modes()]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -130,10 +141,16 @@ def cluster_stop() -> None:
 
 @cluster_app.command("status")
 def cluster_status(as_json: JsonOption = False) -> None:
-    """Which of the cluster's processes are alive, and whether beat's monitor runs."""
+    """Which home this shell uses, which of its cluster's processes are alive, and whether
+    beat's monitor runs."""
+    from config.settings import find_home
     from pipeline.deploy import cluster
 
-    _show_status(cluster.status(), as_json)
+    rows = cluster.status()
+    if not as_json:
+        home = find_home()
+        console.print(f"home {home.path} ({home.reason})", highlight=False, soft_wrap=True)
+    _show_status(rows, as_json)
     if not as_json:
         console.print(facade.monitor_health()["message"], markup=False)
 
@@ -222,6 +239,8 @@ def definitions_show(name: str, as_json: JsonOption = False) -> None:
     console.print(
         f"[bold]{spec['name']}[/] version {spec['version']}  {spec.get('description', '')}"
     )
+    console.print(f"from {spec['source']}; Python algorithms imported from", end=" ")
+    console.print(", ".join(spec.get("python_path") or []) or "the installed packages")
     _table(
         "nodes",
         ["node", "after", "algorithm", "inputs", "outputs", "subtasks", "parameter sets", "queue"],
@@ -458,7 +477,7 @@ def wait(
     instance: int,
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
 ) -> None:
-    """Wait for an instance: exit 0 when COMPLETED, 1 when it stops with errors, 2 on timeout."""
+    """Wait for an instance: exit 0 when COMPLETED, 1 when it stops with errors, 3 on timeout."""
     deadline = time.monotonic() + timeout if timeout else None
     columns = [
         TextColumn("instance {task.fields[id]} {task.description}"),
@@ -572,13 +591,13 @@ def restart(
             changes[key] = value
     if instance is not None:
         if tasks:
-            raise InvalidInput("give tasks or --instance, not both")
+            raise _usage("give tasks or --instance, not both")
         if not mode:
-            raise InvalidInput("--instance needs --mode")
+            raise _usage("--instance needs --mode")
         report = facade.restart_failed(instance, mode, changes, dry_run)
     else:
         if not tasks:
-            raise InvalidInput("name the tasks to restart, or --instance ID")
+            raise _usage("name the tasks to restart, or --instance ID")
         report = facade.restart(tasks, mode, changes, dry_run)
     _show_report(report, as_json, "restart (dry run)" if dry_run else "restart")
 
@@ -595,7 +614,7 @@ def halt(
     elif tasks:
         report = facade.halt(tasks)
     else:
-        raise InvalidInput("name the tasks to halt, or --instance ID")
+        raise _usage("name the tasks to halt, or --instance ID")
     _show_report(report, as_json, "halt")
 
 
@@ -747,24 +766,95 @@ def flower(
 # -- entry point -----------------------------------------------------------------------------
 
 
+#: An example of each command, by its path, shown at the end of its ``--help``.
+EXAMPLES: dict[str, str] = {
+    "": "pipeline cluster init; pipeline cluster start; pipeline submit sample; pipeline wait 1",
+    "api": "pipeline api --host 0.0.0.0 --port 8000",
+    "worker": "pipeline worker --queues gpu,default --concurrency 8 --hostname gpu-01",
+    "submit": "pipeline submit sample --end-node flip --json",
+    "instances": "pipeline instances --json",
+    "tasks": "pipeline tasks 2",
+    "task": "pipeline task 7",
+    "subtasks": "pipeline subtasks 7",
+    "logs": "pipeline logs 7 --subtask 0",
+    "wait": "pipeline wait 2 --timeout 600  (exit 0 COMPLETED, 1 errors, 3 timeout)",
+    "restart": "pipeline restart 7 --mode resubmit; pipeline restart --instance 2 --mode "
+    "resume-current-step --dry-run",
+    "halt": "pipeline halt --instance 2",
+    "files": "pipeline files --instance 2 --unit set-1",
+    "lineage": "pipeline lineage set-1/L3/averaged-image.png",
+    "flower": "pipeline flower --log-file flower.log",
+    "cluster": "pipeline cluster status",
+    "cluster init": "mkdir .pipeline && pipeline cluster init",
+    "cluster start": "pipeline cluster start --workers 2",
+    "cluster stop": "pipeline cluster stop",
+    "cluster status": "pipeline cluster status --json",
+    "cluster credentials": "pipeline cluster credentials --json",
+    "datastore": "pipeline datastore import deliveries/night-1 --type stars --unit night-1",
+    "datastore import": "pipeline datastore import deliveries/night-1 --type stars --unit "
+    "night-1 --manifest deliveries/night-1.sha256",
+    "definitions": "pipeline definitions import my-pipeline.yaml",
+    "definitions import": "pipeline definitions import my-pipeline.yaml",
+    "definitions list": "pipeline definitions list --json",
+    "definitions show": "pipeline definitions show sample",
+    "params": "pipeline params set algorithm throw_exception_subtask_0=true",
+    "params list": "pipeline params list",
+    "params show": "pipeline params show algorithm --version 1",
+    "params set": "pipeline params set algorithm gain=1.5 dummy_array_parameter='[1, 2]'",
+    "alerts": "pipeline alerts --all",
+    "alerts ack": "pipeline alerts ack 3",
+}
+
+
+def _add_examples(command: core.Command, path: str = "") -> None:
+    """End each command's help with its example (a ``KeyError`` for a command without)."""
+    command.epilog = f"Example: {EXAMPLES[path]}"
+    for name, sub in getattr(command, "commands", {}).items():
+        _add_examples(sub, f"{path} {name}".strip())
+
+
 @cache
-def _command() -> click.Command:
-    """The click command Typer builds from ``app``: building it reads the signature of every
-    command, so a process that runs the CLI several times (the tests) builds it once."""
-    return typer.main.get_command(app)
+def _command() -> core.Command:
+    """The click command Typer builds from ``app``, with examples: building it reads the
+    signature of every command, so a process that runs the CLI several times (the tests)
+    builds it once."""
+    command = typer.main.get_command(app)
+    _add_examples(command)
+    return command
+
+
+def _usage(message: str) -> exceptions.UsageError:
+    """A command line whose arguments do not go together: exit status 2, as for click's."""
+    return exceptions.UsageError(message, globals.get_current_context())
 
 
 def main() -> None:
-    """Run the CLI; an operator's error becomes one line on stderr and exit status 1."""
+    """Run the CLI: every error is one line on stderr. Exit statuses: 0 success, 1 refused
+    or errors in the run, 2 a usage error (the command line itself), 3 a timeout."""
     try:
         # What the CLI writes (a home, received files) is as private as the cluster's own.
         os.umask(get_settings().umask)
-        _command()()
+        status = _command().main(standalone_mode=False)
+    except exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        raise SystemExit(EXIT_USAGE) from None
+    except exceptions.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "pipeline"
+        _error(f"{exc.format_message()} (see '{where} --help')")
+        raise SystemExit(EXIT_USAGE) from None
+    except exceptions.ClickException as exc:
+        _error(exc.format_message())
+        raise SystemExit(EXIT_REFUSED) from None
+    except typer.Abort:
+        raise SystemExit(EXIT_REFUSED) from None
     except Exception as exc:
         found = facade.problem(exc)
         if found is None:
             raise
-        Console(stderr=True).print(
-            f"[red]error:[/] {found.message}", highlight=False, soft_wrap=True
-        )
-        raise SystemExit(1) from None
+        _error(found.message)
+        raise SystemExit(EXIT_REFUSED) from None
+    raise SystemExit(status if isinstance(status, int) else EXIT_OK)
+
+
+def _error(message: str) -> None:
+    Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)

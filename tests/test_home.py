@@ -1,0 +1,104 @@
+"""One home per shell: the CLI finds the cluster a newcomer made (PIPELINE_HOME, else a
+``.pipeline`` in the working directory or a parent, else ``~/.pipeline``), says which home
+it uses, and an error about a missing home names where it looked and how to point
+elsewhere."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from config.settings import find_home
+from tests.support import PIPELINE, assert_one_line_error, clean_env
+
+
+@pytest.fixture
+def no_home_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No PIPELINE_HOME, and a user's home directory of the test's own; returns it."""
+    user = tmp_path / "user"
+    user.mkdir()
+    monkeypatch.delenv("PIPELINE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(user))
+    return user
+
+
+def test_pipeline_home_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".pipeline").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path / "elsewhere"))
+    found = find_home()
+    assert found.path == tmp_path / "elsewhere"
+    assert "PIPELINE_HOME" in found.reason
+
+
+def test_a_pipeline_directory_here_or_above_is_found(
+    no_home_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    (project / ".pipeline").mkdir(parents=True)
+    (project / "analysis" / "deeper").mkdir(parents=True)
+    monkeypatch.chdir(project / "analysis" / "deeper")
+    found = find_home()
+    assert found.path == project / ".pipeline"
+    assert f".pipeline found in {project}" in found.reason
+
+
+def test_else_the_users_own(
+    no_home_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "nowhere").mkdir()
+    monkeypatch.chdir(tmp_path / "nowhere")
+    found = find_home()
+    assert found.path == no_home_set / ".pipeline"
+    assert str(tmp_path / "nowhere") in found.reason
+
+
+def env_without_home(user: Path) -> dict[str, str]:
+    env = clean_env(HOME=str(user))
+    env.pop("PIPELINE_HOME", None)
+    return env
+
+
+@pytest.mark.e2e
+def test_status_says_which_home_and_why(home: Path, no_home_set: Path, tmp_path: Path) -> None:
+    """The home ``make demo`` leaves in the repository, found from a new shell below it."""
+    project = tmp_path / "project"
+    shutil.copytree(home, project / ".pipeline")
+    (project / "src").mkdir()
+    result = subprocess.run(
+        [PIPELINE, "cluster", "status"],
+        env=env_without_home(no_home_set),
+        cwd=project / "src",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"home {project / '.pipeline'} (.pipeline found in {project})" in result.stdout
+
+
+@pytest.mark.e2e
+def test_a_missing_home_is_named_with_where_it_looked_and_how_to_point_elsewhere(
+    no_home_set: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "fresh").mkdir()
+    result = subprocess.run(
+        [PIPELINE, "instances"],
+        env=env_without_home(no_home_set),
+        cwd=tmp_path / "fresh",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert_one_line_error(
+        result,
+        f"no cluster at {no_home_set / '.pipeline'}",
+        str(tmp_path / "fresh"),
+        "pipeline cluster init",
+        "PIPELINE_HOME",
+    )
+    assert not (no_home_set / ".pipeline").exists()
