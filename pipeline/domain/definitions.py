@@ -289,8 +289,9 @@ def _resolve_algorithms(path: Path, definition: Definition) -> None:
 def check_callable(reference: str, python_path: list[str]) -> None:
     """Import ``reference`` from where a worker's algorithm child looks: ``python_path``
     first, then this process's import path without its working directory (a worker does
-    not share the importing shell's directory). The user's modules imported for the check
-    are forgotten again, so two definitions may each have a module of the same name."""
+    not share the importing shell's directory, unless PYTHONPATH names it). The user's
+    modules imported for the check are forgotten again, so two definitions may each have a
+    module of the same name."""
     module_name = reference.partition(":")[0]
     top = module_name.split(".")[0]
     shadowed = getattr(sys.modules.get(top), "__file__", None)
@@ -304,7 +305,9 @@ def check_callable(reference: str, python_path: list[str]) -> None:
             f"shadowed by the workers' own {top!r} ({shadowed}): "
             "rename yours"
         )
-    here = {"", os.getcwd()}
+    # The shell's directory, unless PYTHONPATH names it: the workers have PYTHONPATH too.
+    named = {os.path.abspath(e) for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e}
+    here = {"", os.getcwd()} - named
     saved_path, before = sys.path[:], set(sys.modules)
     sys.path[:] = [*python_path, *(entry for entry in sys.path if entry not in here)]
     importlib.invalidate_caches()
