@@ -104,3 +104,14 @@ def test_its_workers_would_accept_its_broker_and_database(
         filled = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
         monkeypatch.setenv(variable, filled)
     require_safe_network(Settings())
+
+
+def test_a_homes_ports_are_chosen_below_the_ephemeral_range() -> None:
+    """A port chosen at `init` stays the home's: one in the kernel's ephemeral range could
+    be taken as the local port of any outgoing connection before the service starts."""
+    from pipeline.deploy import cluster
+
+    first_ephemeral = cluster._first_ephemeral_port()
+    chosen = {cluster.free_port() for _ in range(20)}
+    assert all(cluster.LOWEST_CHOSEN_PORT <= port < first_ephemeral for port in chosen)
+    assert len(chosen) > 1, "chosen at random, so two homes rarely meet"

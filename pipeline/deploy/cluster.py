@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -54,6 +55,11 @@ READY_TIMEOUT = 60.0
 #: Seconds a service gets to exit after SIGTERM before it is killed.
 STOP_TIMEOUT = 30.0
 POLL = 0.1
+#: Ports chosen for a home lie from here up to the kernel's first ephemeral port.
+LOWEST_CHOSEN_PORT = 10000
+EPHEMERAL_PORTS = "/proc/sys/net/ipv4/ip_local_port_range"
+DEFAULT_FIRST_EPHEMERAL_PORT = 32768
+PORT_TRIES = 100
 #: Seconds a start or stop waits for another one of the same home to finish.
 LOCK_TIMEOUT = 3 * READY_TIMEOUT
 #: Commands of the private Redis that no client needs, and that another user of the host
@@ -77,9 +83,23 @@ class Service:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port free now, below the kernel's range of ephemeral ports: a home keeps its ports
+    from `init` on, and one in that range could be taken meanwhile as the local port of any
+    outgoing connection (a worker's to Redis, say), so the service could not start."""
+    first_ephemeral = _first_ephemeral_port()
+    for port in random.sample(range(LOWEST_CHOSEN_PORT, first_ephemeral), PORT_TRIES):
+        with socket.socket() as probe, suppress(OSError):
+            probe.bind(("127.0.0.1", port))
+            return port
+    raise Refused(f"no free port from {LOWEST_CHOSEN_PORT} to {first_ephemeral - 1}")
+
+
+def _first_ephemeral_port() -> int:
+    try:
+        low = int(Path(EPHEMERAL_PORTS).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return DEFAULT_FIRST_EPHEMERAL_PORT
+    return low if low > LOWEST_CHOSEN_PORT + PORT_TRIES else DEFAULT_FIRST_EPHEMERAL_PORT
 
 
 def redis_service(settings: Settings) -> Service:
