@@ -504,7 +504,7 @@ def test_a_worker_host_dies_mid_run_and_another_host_finishes_the_work(network: 
     """hostA loses power mid-permuter; a worker on hostB also consuming queue hostA goes on."""
     network.start_workers(("hostB", "hostA", "spare@hostB", 2))
     # Long enough that hostA dies with subtasks in flight, however busy the machine.
-    network.cli("params", "set", "algorithm", "execution_pause_seconds=3")
+    network.cli("params", "set", "algorithm", "execution_pause_seconds=8")
     for old in network.datastore.glob("set-*/L1"):  # what this run stores, alone
         shutil.rmtree(old)
     instance = int(network.json("submit", "sample", "--end-node", "permuter")["id"])
