@@ -45,10 +45,10 @@ from pipeline.errors import PipelineError, Refused
 from pipeline.messaging.celery_app import (
     DEFAULT_QUEUE,
     OPERATIONS_QUEUE,
-    broker_client,
     celery_app,
     configure,
 )
+from pipeline.messaging.outbox import check_broker
 
 #: Seconds a service gets to become ready after it is started.
 READY_TIMEOUT = 60.0
@@ -465,7 +465,7 @@ def start(
         raise Refused("redis-server not found: install it (apt-get install redis-server)")
     database.check_database()
     if not settings.uses_private_redis:
-        _require_broker(settings)
+        check_broker()  # a broker elsewhere answers before anything that would wait on it
     with _home_lock(settings):
         settings = _upgrade(settings)
         (settings.home / "redis").mkdir(exist_ok=True)
@@ -514,16 +514,6 @@ def _start_missing(
     for service, process in waiting:
         progress(f"waiting for {service.name}")
         _wait_ready(settings, service, process)
-
-
-def _require_broker(settings: Settings) -> None:
-    """A broker elsewhere must answer before anything is started that would wait on it."""
-    import redis
-
-    try:
-        broker_client().ping()
-    except redis.RedisError as exc:
-        raise Refused(f"broker unreachable at {database.masked(settings.broker)}: {exc}") from None
 
 
 @contextmanager
