@@ -140,8 +140,8 @@ def store(self: Any, task_id: int, attempt: int) -> None:
 
 @app.task(name=outbox.FAN_OUT, **STAGE_OPTIONS)
 def fan_out(self: Any, messages: list[list[Any]]) -> None:
-    """Publish the stage messages a caller handed on (see ``outbox.publish_stages``)."""
-    outbox.publish_stages([(name, args, execution) for name, args, execution in messages], True)
+    """Publish the messages a caller handed on (see ``outbox._handed_on``)."""
+    outbox.publish_handed_on(messages)
 
 
 @app.task(name=MONITOR_TASK, ignore_result=True, send_events=False)

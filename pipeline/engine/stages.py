@@ -33,6 +33,7 @@ from pipeline.engine.leases import Heartbeat, StepLease, renew_subtask_leases
 from pipeline.engine.ledger import (
     fail,
     is_current,
+    lock_instance,
     lock_task,
     lock_task_only,
     note,
@@ -44,7 +45,7 @@ from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.transitions import advance_within
 from pipeline.errors import PipelineError, Unreachable
 from pipeline.messaging import outbox
-from pipeline.messaging.outbox import EXECUTE, MONITOR, RECORD_OUTCOME_FOR_SECONDS, STORE
+from pipeline.messaging.outbox import MONITOR, RECORD_OUTCOME_FOR_SECONDS, STORE
 
 log = logging.getLogger(__name__)
 #: Parsed definitions a worker process keeps, by database and instance (an instance's
@@ -124,7 +125,7 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Failure:
         task.total_subtasks, task.completed_subtasks, task.failed_subtasks = len(names), 0, 0
         message = f"{len(names)} subtasks" + (f": {selection.nothing}" if selection.nothing else "")
         record(session, task, PState.ALGORITHM_SUBMITTING, message, host)
-        messages.stage(EXECUTE, task_id, attempt, task.execution)
+        queue_subtasks(session, [task], messages, host)
     return None
 
 
@@ -177,29 +178,57 @@ def _copy_subtasks(driver_connection: Any, task_id: int, groups: list[list[str]]
 
 
 def execute(task_id: int, attempt: int, host: str = "") -> None:
-    """Fan out the subtasks that have not run (NEW) on the node's queue: one message each,
-    or batches of them for a big task (see ``outbox.batch_size``)."""
+    """Fan out the subtasks that have not run (see ``queue_subtasks``): the message of a
+    task left waiting in ALGORITHM_SUBMITTING (the monitor re-sends it)."""
     with outbox.transaction() as (session, messages):
         task = lock_task_only(session, task_id)
         if not is_current(task, attempt, PState.ALGORITHM_SUBMITTING):
             return
+        queue_subtasks(session, [task], messages, host)
+
+
+#: Task ids per statement when queueing many tasks' subtasks (SQLite's limit on a
+#: statement's parameters is far above it).
+QUEUE_CHUNK = 500
+
+
+def queue_subtasks(
+    session: Session, tasks: Sequence[Task], messages: outbox.Outbox, host: str = ""
+) -> None:
+    """Queue the subtasks that have not run (NEW) of these locked tasks, each in
+    ALGORITHM_SUBMITTING at its attempt, on the node's queue: one message each, or batches
+    of them for a big task (see ``outbox.batch_size``). Each task goes to ALGORITHM_QUEUED,
+    or, with nothing left to run, to ALGORITHM_COMPLETE and monitor.
+
+    Done in the transaction that put the tasks in ALGORITHM_SUBMITTING (marshaling, a
+    restart, an automatic resubmit), for all its tasks in a few statements: a restart of
+    1,000 tasks queues their subtasks in one transaction rather than in 1,000 messages'.
+    """
+    queued: dict[int, list[tuple[int, int]]] = {task.id: [] for task in tasks}
+    ids = list(queued)
+    for start in range(0, len(ids), QUEUE_CHUNK):
+        chunk = ids[start : start + QUEUE_CHUNK]
         session.execute(
             update(Subtask)
-            .where(Subtask.task_id == task_id, Subtask.state == SubtaskState.NEW)
+            .where(Subtask.task_id.in_(chunk), Subtask.state == SubtaskState.NEW)
             .values(state=SubtaskState.QUEUED, dispatch=Subtask.dispatch + 1)
+            .execution_options(synchronize_session=False)
         )
-        queued = session.execute(
-            select(Subtask.index, Subtask.dispatch)
-            .where(Subtask.task_id == task_id, Subtask.state == SubtaskState.QUEUED)
-            .order_by(Subtask.index)
-        ).all()
-        if not queued:
-            record(session, task, PState.ALGORITHM_COMPLETE, "no subtasks left to run", host)
-            messages.stage(MONITOR, task_id, attempt, task.execution)
-            return
-        sent = messages.subtasks(session, task, [tuple(pair) for pair in queued])
-        note = f"{len(queued)} subtasks queued in {sent} messages"
+        for task_id, index, number in session.execute(
+            select(Subtask.task_id, Subtask.index, Subtask.dispatch)
+            .where(Subtask.task_id.in_(chunk), Subtask.state == SubtaskState.QUEUED)
+            .order_by(Subtask.task_id, Subtask.index)
+        ):
+            queued[task_id].append((index, number))
+    waiting = [task for task in tasks if queued[task.id]]
+    sent = messages.subtasks_of(session, [(task, queued[task.id]) for task in waiting])
+    for task, count in zip(waiting, sent, strict=True):
+        note = f"{len(queued[task.id])} subtasks queued in {count} messages"
         record(session, task, PState.ALGORITHM_QUEUED, note, host)
+    for task in tasks:
+        if not queued[task.id]:
+            record(session, task, PState.ALGORITHM_COMPLETE, "no subtasks left to run", host)
+            messages.stage(MONITOR, task.id, task.attempt, task.execution)
 
 
 # -- subtasks --------------------------------------------------------------------------------
@@ -376,13 +405,15 @@ def finish_subtasks(
     host: str = "",
 ) -> bool:
     """Record outcomes, given as (index, dispatch number, outcome), with the task's counts
-    in one transaction; the last outcome of the task hands on to monitor.
+    in one transaction; with the task's last outcome, monitor's decision is taken in it too
+    (ALGORITHM_COMPLETE, then STORING or the error flag, each in the task's history).
 
     Each subtask's outcome is still its own (a failed subtask of a batch is failed alone,
     and a resubmit reruns only it); only the transaction is shared. Returns whether the
     task is still at ``attempt``: when it is not, the rest of a batch need not run.
     """
     with outbox.transaction() as (session, messages):
+        instance = _instance_if_last(session, task_id, len(outcomes))
         task = lock_task_only(session, task_id)
         if task.attempt != attempt:
             log.info(
@@ -419,8 +450,29 @@ def finish_subtasks(
         if done and not task.error and task.p_state in EXECUTION_STEPS:
             counts = f"{task.completed_subtasks} completed, {task.failed_subtasks} failed"
             record(session, task, PState.ALGORITHM_COMPLETE, counts, host)
-            messages.stage(MONITOR, task_id, attempt, task.execution)
+            if instance is None:  # the peek missed: monitor decides in a transaction of its own
+                messages.stage(MONITOR, task_id, attempt, task.execution)
+            else:
+                _decide(session, instance, task, messages, host)
     return True
+
+
+def _instance_if_last(session: Session, task_id: int, outcomes: int) -> PipelineInstance | None:
+    """The task's instance, locked, if these outcomes look like its last (read unlocked):
+    then monitor's decision is taken in the same transaction, saving one per task.
+
+    Instance rows are locked before task rows, in every transaction, so the instance must
+    be locked before the task is; a peek that misses (another worker's outcomes came in
+    meanwhile) only leaves the decision to a monitor stage of its own, as before.
+    """
+    instance_id, total, ended = session.execute(
+        select(
+            Task.instance_id,
+            Task.total_subtasks,
+            Task.completed_subtasks + Task.failed_subtasks,
+        ).where(Task.id == task_id)
+    ).one()
+    return lock_instance(session, instance_id) if ended + outcomes >= total else None
 
 
 def _no_output(session: Session, task: Task, index: int, host: str) -> None:
@@ -439,21 +491,29 @@ def monitor(task_id: int, attempt: int, host: str = "") -> None:
         instance, task = lock_task(session, task_id)
         if not is_current(task, attempt, PState.ALGORITHM_COMPLETE):
             return
-        allowed = int(task.execution.get("max_failed_subtasks", 0))
-        if task.failed_subtasks <= allowed:
-            record(session, task, PState.STORING, host=host)
-            messages.stage(STORE, task_id, attempt, task.execution)
-        elif task.auto_resubmits < int(task.execution.get("max_auto_resubmits", 0)):
-            note = f"automatic resubmit {task.auto_resubmits + 1}"
-            start_again(session, task, PState.ALGORITHM_SUBMITTING, UNFINISHED, note, host)
-            task.auto_resubmits += 1
-            messages.stage(EXECUTE, task_id, task.attempt, task.execution)
-        else:
-            message = (
-                f"{task.failed_subtasks} of {task.total_subtasks} subtasks failed"
-                f" (max_failed_subtasks = {allowed})"
-            )
-            fail(session, instance, task, message, host)
+        _decide(session, instance, task, messages, host)
+
+
+def _decide(
+    session: Session, instance: PipelineInstance, task: Task, messages: outbox.Outbox, host: str
+) -> None:
+    """Monitor's decision for a locked task whose subtasks have all ended: store, resubmit
+    automatically, or set the error flag."""
+    allowed = int(task.execution.get("max_failed_subtasks", 0))
+    if task.failed_subtasks <= allowed:
+        record(session, task, PState.STORING, host=host)
+        messages.stage(STORE, task.id, task.attempt, task.execution)
+    elif task.auto_resubmits < int(task.execution.get("max_auto_resubmits", 0)):
+        note = f"automatic resubmit {task.auto_resubmits + 1}"
+        start_again(session, task, PState.ALGORITHM_SUBMITTING, UNFINISHED, note, host)
+        task.auto_resubmits += 1
+        queue_subtasks(session, [task], messages, host)
+    else:
+        message = (
+            f"{task.failed_subtasks} of {task.total_subtasks} subtasks failed"
+            f" (max_failed_subtasks = {allowed})"
+        )
+        fail(session, instance, task, message, host)
 
 
 # -- store -----------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ SUBTASK = "pipeline.stage.subtask"
 SUBTASKS = "pipeline.stage.subtasks"
 MONITOR = "pipeline.stage.monitor"
 STORE = "pipeline.stage.store"
-#: One message carrying the stage messages of many tasks, published on by a worker.
+#: One message carrying the messages of many tasks, published on by a worker.
 FAN_OUT = "pipeline.stage.fan_out"
 #: The stage message that moves a task waiting in each P-state: what a restart sends to
 #: start a rebuilt chain, and what the monitor re-sends when the first one was lost.
@@ -49,8 +49,10 @@ STAGE_FOR_STEP = {
 #: The stages a worker runs itself, right after the stage of the same task that called for
 #: them, instead of publishing their message (see ``continuing``).
 CONTINUED = frozenset({EXECUTE, MONITOR, STORE})
-#: Stage messages a caller publishes itself; more go through a worker (see ``publish_stages``).
+#: Messages a caller publishes itself; more are handed to workers (see ``_handed_on``) ...
 DIRECT_SEND_LIMIT = 20
+#: ... in fan-out messages of at most this many each.
+FAN_OUT_SIZE = 200
 #: What each argument of a message is, so Flower's task list reads ``task=4, attempt=2``
 #: rather than ``[4, 2]``.
 ARGUMENT_NAMES = {
@@ -160,27 +162,42 @@ class Outbox:
         self._stages.append((name, [task_id, attempt], dict(execution)))
 
     def subtasks(self, session: Session, task: Task, queued: Sequence[tuple[int, int]]) -> int:
-        """Messages for the task's queued (index, dispatch number) pairs, at its attempt:
+        """Messages for the task's queued (index, dispatch number) pairs (see ``subtasks_of``);
+        returns how many."""
+        return self.subtasks_of(session, [(task, queued)])[0]
+
+    def subtasks_of(
+        self, session: Session, queued: Sequence[tuple[Task, Sequence[tuple[int, int]]]]
+    ) -> list[int]:
+        """Messages for each task's queued (index, dispatch number) pairs, at its attempt:
         grouped as ``batch_size`` says (from the task's subtask count, so lost subtasks go
         again in batches like those that first carried them), each subtask's row recording
-        the id of the message that carries it. Returns how many messages."""
-        size = batch_size(task.execution, task.total_subtasks)
-        planned = plan_messages(task.id, task.attempt, queued, size)
-        if not planned:  # an executemany of no rows would run once, with no values
-            return 0
-        table = Subtask.__table__
-        session.execute(
-            update(table)
-            .where(table.c.task_id == task.id, table.c.index == bindparam("row_index"))
-            .values(message_id=bindparam("row_message")),
-            [
-                {"row_index": index, "row_message": message_id}
-                for message_id, pairs in planned
-                for index, _ in pairs
-            ],
-        )
-        self._subtasks.append((task.id, task.attempt, planned, dict(task.execution)))
-        return len(planned)
+        the id of the message that carries it, for every task in one statement. Returns how
+        many messages each task gets."""
+        rows, counts = [], []
+        for task, pairs in queued:
+            size = batch_size(task.execution, task.total_subtasks)
+            planned = plan_messages(task.id, task.attempt, pairs, size)
+            counts.append(len(planned))
+            if planned:
+                self._subtasks.append((task.id, task.attempt, planned, dict(task.execution)))
+            rows += [
+                {"row_task": task.id, "row_index": index, "row_message": message_id}
+                for message_id, batch in planned
+                for index, _ in batch
+            ]
+        if rows:  # an executemany of no rows would run once, with no values
+            table = Subtask.__table__
+            session.execute(
+                update(table)
+                .where(
+                    table.c.task_id == bindparam("row_task"),
+                    table.c.index == bindparam("row_index"),
+                )
+                .values(message_id=bindparam("row_message")),
+                rows,
+            )
+        return counts
 
     def revoke(self, message_ids: Sequence[str]) -> None:
         """Drop these messages from the queues and terminate the worker processes running
@@ -210,7 +227,7 @@ class Outbox:
                 stages.append(message)
         publications = [*_subtask_publications(self._subtasks), *_stage_publications(stages)]
         if publications:
-            _publish(publications)
+            _publish(_handed_on(publications))
         if self._revoked:
             _revoke(self._revoked)
 
@@ -249,33 +266,48 @@ def continuing() -> Iterator[list[StageMessage]]:
         _held.reset(token)
 
 
-def publish_stages(messages: Sequence[StageMessage], direct: bool = False) -> None:
+def publish_stages(messages: Sequence[StageMessage]) -> None:
     """Publish stage messages now (each with its own task's settings), outside any
     transaction: a worker continuing a stage hands one back to the broker this way."""
-    publications = _stage_publications(messages, direct)
+    publications = _stage_publications(messages)
     if publications:
-        _publish(publications)
+        _publish(_handed_on(publications))
+
+
+def publish_handed_on(publications: Sequence[Sequence[Any]]) -> None:
+    """Publish what a ``FAN_OUT`` message carries (run by the worker that received it)."""
+    _publish(
+        [(name, args, options, message_id) for name, args, options, message_id in publications]
+    )
 
 
 # -- publishing ------------------------------------------------------------------------------
 
 
-def _stage_publications(
-    messages: Sequence[StageMessage], direct: bool = False
-) -> list[_Publication]:
-    """Stage messages as publications; more than ``DIRECT_SEND_LIMIT`` are handed to a worker
-    in ``FAN_OUT`` messages, one per queue, unless ``direct``.
-
-    Each publish is a broker round trip (a few milliseconds), so the caller (an operator's
-    restart of 1,000 tasks) returns at once. Should a fan-out message be lost, the tasks
-    wait in their step and the monitor re-sends their messages, as for any lost one.
-    """
-    if not direct and len(messages) > DIRECT_SEND_LIMIT:
-        by_queue: dict[str, list[StageMessage]] = {}
-        for message in messages:
-            by_queue.setdefault(message[2].get("queue") or DEFAULT_QUEUE, []).append(message)
-        messages = [(FAN_OUT, [group], {"queue": queue}) for queue, group in by_queue.items()]
+def _stage_publications(messages: Sequence[StageMessage]) -> list[_Publication]:
     return [(name, args, _options(name, execution), None) for name, args, execution in messages]
+
+
+def _handed_on(publications: list[_Publication]) -> list[_Publication]:
+    """More than ``DIRECT_SEND_LIMIT`` publications are handed to workers in ``FAN_OUT``
+    messages of at most ``FAN_OUT_SIZE``, by queue, each published on by the worker that
+    takes it.
+
+    Each publish is a broker round trip (a few milliseconds under load): an operator's
+    restart of 1,000 tasks returns at once, and several workers share the publishing.
+    Should a fan-out message be lost, its tasks wait in their step, or their subtasks
+    wait queued, and the monitor sends their messages again, as for any lost one.
+    """
+    if len(publications) <= DIRECT_SEND_LIMIT:
+        return publications
+    by_queue: dict[str, list[_Publication]] = {}
+    for publication in publications:
+        by_queue.setdefault(publication[2]["queue"], []).append(publication)
+    return [
+        (FAN_OUT, [group[start : start + FAN_OUT_SIZE]], _options(FAN_OUT, {"queue": queue}), None)
+        for queue, group in by_queue.items()
+        for start in range(0, len(group), FAN_OUT_SIZE)
+    ]
 
 
 def _subtask_publications(

@@ -79,6 +79,8 @@ class Applying:
       note: the task's history entry (``restart: resubmit with priority=1``).
       execution: the task's execution settings from now on.
       live: what is in flight on the task's queue, for a mode that needs the broker.
+      submitting: the restarted tasks back in ALGORITHM_SUBMITTING, whose subtasks the
+        restart queues together once every task is decided (``stages.queue_subtasks``).
     """
 
     session: Session
@@ -86,6 +88,7 @@ class Applying:
     note: str
     execution: dict[str, Any]
     live: InFlight | None = None
+    submitting: list[Task] = field(default_factory=list)
 
 
 class RestartMode:
@@ -113,12 +116,16 @@ class RestartMode:
 
     def apply(self, task: Task, plan: Plan, applying: Applying) -> Plan:
         """Rebuild the locked task's chain from ``plan.p_state`` under a new attempt, with
-        its new execution settings; the stage message that starts it goes to the outbox.
-        Returns what was done (the plan)."""
+        its new execution settings; the stage message that starts it goes to the outbox
+        (or, back in ALGORITHM_SUBMITTING, the task to ``applying.submitting``). Returns
+        what was done (the plan)."""
         task.execution = applying.execution
         task.halted = False
         task.auto_resubmits = 0
         start_again(applying.session, task, plan.p_state, plan.reset, applying.note)
+        if plan.p_state == PState.ALGORITHM_SUBMITTING:
+            applying.submitting.append(task)
+            return plan
         stage = STAGE_FOR_STEP[plan.p_state]
         applying.messages.stage(stage, task.id, task.attempt, task.execution)
         return plan

@@ -2,9 +2,11 @@
 instance whose transition failed.
 
 Every task of one request is decided and applied in one transaction, under the task rows'
-locks, and their messages are published together once it commits: restarting the 1,000
-failed tasks of an instance takes one transaction, not 1,000. Of two operators restarting
-the same task at once, the second finds it running and is refused, so one chain starts.
+locks, the subtasks of those that run again queued together in it, and their messages
+are published together once it commits: restarting the 1,000 failed tasks of an instance
+takes one transaction, not 1,000, and its subtasks' messages go out at once. Of two
+operators restarting the same task at once, the second finds it running and is refused, so
+one chain starts.
 
 A restart reruns with the instance's frozen parameter values; only execution settings may
 change with it.
@@ -25,6 +27,7 @@ from pipeline.domain.limits import check_id
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import InstanceState
 from pipeline.engine.ledger import RESTARTABLE, locked_instance, refresh_instance_state
+from pipeline.engine.stages import queue_subtasks
 from pipeline.engine.transitions import advance
 from pipeline.errors import InvalidInput, NotFound, Refused, shown
 from pipeline.messaging import outbox
@@ -89,6 +92,7 @@ def restart(
     with outbox.transaction() as (session, messages):
         locked = _lock_tasks(session, [task_id for task_id, _ in parsed])
         states = _subtask_states(session, list(locked))
+        submitting: list[Task] = []
         # One flush at commit: the per-task subtask UPDATEs need none of the pending rows.
         with session.no_autoflush:
             outcomes = [
@@ -96,7 +100,7 @@ def restart(
                     task_id,
                     mode,
                     lambda t=task_id, m=mode: _restart_locked(
-                        session, locked, states, t, m, changes, dry_run, messages, live
+                        session, locked, states, t, m, changes, dry_run, messages, live, submitting
                     ),
                 )
                 for task_id, mode in parsed
@@ -104,6 +108,7 @@ def restart(
         if dry_run:
             session.rollback()
             return Report(outcomes)
+        queue_subtasks(session, submitting, messages)
         touched = {locked[o.task_id][0].id: locked[o.task_id][0] for o in outcomes if o.ok}
         for instance in touched.values():
             refresh_instance_state(session, instance)
@@ -176,6 +181,7 @@ def _restart_locked(
     dry_run: bool,
     messages: Outbox,
     live: dict[str, InFlight],
+    submitting: list[Task],
 ) -> Outcome:
     """Decide and (unless ``dry_run``) apply one task's restart."""
     if task_id not in locked:
@@ -190,7 +196,7 @@ def _restart_locked(
         if changes:
             note += " with " + ", ".join(f"{key}={value}" for key, value in changes.items())
         queue = task.execution.get("queue") or DEFAULT_QUEUE
-        applying = Applying(session, messages, note, execution, live.get(queue))
+        applying = Applying(session, messages, note, execution, live.get(queue), submitting)
         plan = mode.apply(task, plan, applying)
     return Outcome(task_id, mode.name, True, plan.message, plan.p_state.value, plan.rerun)
 
