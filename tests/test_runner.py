@@ -144,3 +144,83 @@ def test_a_callable_is_imported_from_the_definitions_python_path(
     assert str(code) not in sys.path and "usermod_only_here" not in sys.modules
     missing = run("usermod_only_here:run", ctx, timeout=30)
     assert not missing.ok and "No module named 'usermod_only_here'" in missing.error
+
+
+# -- kept and spare children -----------------------------------------------------------------
+
+PID_ALGORITHM = (
+    "import os\ndef run(ctx):\n    (ctx.directory / 'pid').write_text(str(os.getpid()) + ' {}')\n"
+)
+
+
+@pytest.fixture
+def pid_code(tmp_path: Path) -> Path:
+    """A module whose algorithm writes its process id and its version beside its outputs."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "whoami_mod.py").write_text(PID_ALGORITHM.format("v1"))
+    return code
+
+
+def ran(code: Path, tmp_path: Path, name: str, scope: object) -> list[str]:
+    """Run two subtasks of ``scope``; what each wrote (process id and version)."""
+    (tmp_path / name).mkdir()
+    batch = contexts(tmp_path / name, 2)
+    outcomes = list(run_many("whoami_mod:run", batch, 30, python_path=[str(code)], scope=scope))
+    assert all(o.ok for o in outcomes), outcomes
+    return [(ctx.directory / "pid").read_text() for ctx in batch]
+
+
+def test_a_scopes_next_subtasks_run_in_the_child_it_kept(pid_code: Path, tmp_path: Path) -> None:
+    """Forking a worker costs milliseconds: the same instance's node keeps its child."""
+    first = ran(pid_code, tmp_path, "a", ("db", 1, "node"))
+    again = ran(pid_code, tmp_path, "b", ("db", 1, "node"))
+    assert len(set(first + again)) == 1, "one child ran both messages' subtasks"
+
+
+def test_a_child_never_runs_two_scopes_or_unscoped_subtasks(pid_code: Path, tmp_path: Path) -> None:
+    """The subtasks of two instances never share a process's memory."""
+    one = ran(pid_code, tmp_path, "a", ("db", 1, "node"))
+    other = ran(pid_code, tmp_path, "b", ("db", 2, "node"))
+    back = ran(pid_code, tmp_path, "c", ("db", 1, "node"))
+    unscoped = ran(pid_code, tmp_path, "d", None)
+    unscoped_again = ran(pid_code, tmp_path, "e", None)
+    pids = [one[0], other[0], back[0], unscoped[0], unscoped_again[0]]
+    assert len(set(pids)) == 5, pids
+
+
+def test_a_fixed_algorithm_runs_at_the_next_subtask_in_a_new_child(
+    pid_code: Path, tmp_path: Path
+) -> None:
+    """Fix, then resubmit: a kept child whose algorithm's code changed is not reused."""
+    before = ran(pid_code, tmp_path, "a", ("db", 1, "node"))
+    module = pid_code / "whoami_mod.py"
+    module.write_text(PID_ALGORITHM.format("v2 fixed"))
+    after = ran(pid_code, tmp_path, "b", ("db", 1, "node"))
+    assert before[0].endswith(" v1") and after[0].endswith(" v2 fixed")
+    assert before[0].split()[0] != after[0].split()[0]
+
+
+def test_a_spare_child_forked_while_idle_runs_the_next_subtasks(
+    pid_code: Path, tmp_path: Path
+) -> None:
+    from pipeline.engine import runner
+
+    ran(pid_code, tmp_path, "a", None)  # this process has run an algorithm
+    runner.prepare_spare()
+    assert runner._spare is not None
+    spare = runner._spare.pid
+    assert ran(pid_code, tmp_path, "b", ("db", 3, "node"))[0].split()[0] == str(spare)
+    assert runner._spare is None
+
+
+def test_a_child_holds_none_of_the_workers_open_files(ctx: SubtaskContext, tmp_path: Path) -> None:
+    """A database or broker connection of the worker is not kept open by its algorithm."""
+    held = (tmp_path / "held.txt").open("w")
+    try:
+        outcome = run("tests.algorithms:list_open_files", ctx, timeout=30)
+    finally:
+        held.close()
+    assert outcome.ok, outcome.error
+    open_files = json.loads((ctx.directory / "open-files.json").read_text())
+    assert str(tmp_path / "held.txt") not in open_files

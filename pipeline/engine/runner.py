@@ -9,7 +9,9 @@ hung or crashing algorithm fails its subtask and never takes the worker down wit
 The subtasks of one batch message (``run_many``) share a forked child, which runs them
 one after another: a fork costs several milliseconds in a worker process, more than a
 short algorithm. A child that crashes or hangs fails only the subtask it was running;
-the rest of the batch goes on in a new child.
+the rest of the batch goes on in a new child. A child is also kept for the next
+messages of the same instance's same node, and one is forked in advance while the
+worker is idle (see ``_Child``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import select
 import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cache
@@ -74,18 +77,20 @@ def run_many(
     timeout: float,
     heartbeat: Heartbeat = NO_HEARTBEAT,
     python_path: Sequence[str] = (),
+    scope: Hashable | None = None,
 ) -> Iterator[SubtaskOutcome]:
     """Run ``algorithm`` on each subtask in turn, yielding each outcome as it ends; each
     subtask gets ``timeout`` seconds. Never raises (see ``run``).
 
     A callable's subtasks share a forked child until one crashes or times out (see the
     module docstring), which imports it with ``python_path`` (the definition's code
-    directories) first on its path; an executable runs as a process per subtask. Closing
-    the iterator early kills the child.
+    directories) first on its path; the child is kept for the next subtasks of the same
+    ``scope`` (None: none). An executable runs as a process per subtask. Closing the
+    iterator early kills a child still running a subtask.
     """
     with _group_dies_with_us():
         if isinstance(algorithm, str):
-            yield from _run_callables(algorithm, contexts, timeout, heartbeat, python_path)
+            yield from _run_callables(algorithm, contexts, timeout, heartbeat, python_path, scope)
             return
         for ctx in contexts:
             try:
@@ -213,35 +218,96 @@ def _run_callables(
     timeout: float,
     heartbeat: Heartbeat,
     python_path: Sequence[str],
+    scope: Hashable | None,
 ) -> Iterator[SubtaskOutcome]:
-    """Fork a child that runs the subtasks in turn and reports each outcome on a pipe as a
-    line of JSON; a subtask that crashes the child or outlives ``timeout`` fails alone,
-    and a new child takes on the rest."""
+    """Run the subtasks in turn in a child (see ``_Child``), each reported on a pipe; a
+    subtask that crashes the child or outlives ``timeout`` fails alone, and a new child
+    takes on the rest. The child is kept for the scope's next subtasks if it is still up."""
+    key = None if scope is None else (scope, reference, tuple(python_path))
     todo = list(contexts)
     while todo:
         try:
-            child = _ChildRunner(reference, todo, python_path)
+            child = _take_child(key)
         except Exception as exc:  # noqa: BLE001 - fork or pipe errors on the worker's side
             yield SubtaskOutcome(False, f"could not run the algorithm: {exc}")
             todo.pop(0)
             continue
         try:
-            for ctx in list(todo):
-                outcome = child.next_outcome(ctx, timeout, heartbeat)
-                todo.pop(0)
-                yield outcome
-                if not child.alive:
+            while todo and child.alive:
+                ctx = todo.pop(0)
+                try:
+                    child.send(reference, python_path, ctx)
+                except OSError as exc:  # it died idle, between two looks
+                    child.alive = False
+                    yield SubtaskOutcome(False, f"could not run the algorithm: {exc}")
                     break
+                yield child.next_outcome(ctx, timeout, heartbeat)
         finally:
-            child.close(all_reported=not todo)
+            _release(child, key)
 
 
-#: Children that reported every outcome but had not exited yet when last looked at.
+#: A child that has run this many subtasks is retired for a fresh one, so what an
+#: algorithm leaks stays bounded (as Celery's ``max_tasks_per_child`` does for workers).
+CHILD_RECYCLE_AFTER = 1000
+#: This process's idle children: the one kept after running a scope's subtasks, for the
+#: scope's next ones, and a fresh one forked in advance while the process had nothing to do.
+_kept: _Child | None = None
+_spare: _Child | None = None
+#: Whether this process has run an algorithm: only such a process forks a spare.
+_ran_any = False
+#: Children that were told to exit (or reported every outcome) but were not reaped yet.
 _exiting: list[int] = []
+#: Where the interpreter's own and installed modules live: the code a kept child checks for
+#: changes is the rest, the pipeline's algorithms.
+_LIBRARY_PATHS = tuple(
+    {sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+)
+
+
+def prepare_spare() -> None:
+    """Fork a fresh child now, while this process is idle, for its next subtasks to start
+    in without waiting for a fork (several milliseconds in a worker process). Only in a
+    process that has run algorithms already (a worker's pool process, between tasks)."""
+    global _spare
+    _reap_exited()
+    if _spare is None and _ran_any:
+        _spare = _Child()
+
+
+def _take_child(key: Hashable | None) -> _Child:
+    """The kept child if it ran this scope (same algorithm, same code), else the spare,
+    else a new one. A kept child never runs another scope's subtasks: the subtasks of two
+    instances never share a process's memory."""
+    global _kept, _spare, _ran_any
+    _ran_any = True
+    _reap_exited()
+    if _kept is not None:
+        kept, _kept = _kept, None
+        if key is not None and kept.key == key and kept.usable():
+            return kept
+        kept.retire()
+    child, _spare = _spare, None
+    if child is None or not child.usable():
+        if child is not None:
+            child.retire()
+        child = _Child()
+    child.key = key
+    return child
+
+
+def _release(child: _Child, key: Hashable | None) -> None:
+    """Keep an idle child that is still up for the scope's next subtasks; retire the rest."""
+    global _kept
+    if key is not None and child.alive and not child.busy and child.ran < CHILD_RECYCLE_AFTER:
+        if _kept is not None:
+            _kept.retire()
+        _kept = child
+        return
+    child.retire()
 
 
 def _reap_exited() -> None:
-    """Reap children left exiting by ``_ChildRunner.close`` (zombies hold no memory)."""
+    """Reap children that were told to exit (zombies hold no memory)."""
     for pid in list(_exiting):
         with suppress(ChildProcessError):
             if os.waitpid(pid, os.WNOHANG)[0] == 0:
@@ -249,24 +315,60 @@ def _reap_exited() -> None:
         _exiting.remove(pid)
 
 
-class _ChildRunner:
-    """One forked child running ``contexts`` in turn, as seen from the supervising process."""
+class _Child:
+    """A forked child that runs the subtasks sent to it, one at a time, as seen from the
+    supervising process.
 
-    def __init__(
-        self, reference: str, contexts: list[SubtaskContext], python_path: Sequence[str]
-    ) -> None:
-        _reap_exited()
-        read_end, write_end = os.pipe()
+    Each subtask goes to the child as a line of JSON on one pipe and its outcome comes back
+    as a line on another. Forking a worker process costs several milliseconds (more under
+    load), more than a short algorithm, so a child is forked in advance (``prepare_spare``)
+    and kept for the next subtasks of the same scope: the same instance's same node, the
+    same algorithm and code directories (``_take_child``). The algorithm is imported in the
+    child, never in the worker; the child reports the files of the code it imported, and
+    is not reused once one has changed, so a fix runs at the next subtask without
+    restarting any worker.
+    """
+
+    def __init__(self) -> None:
+        commands_read, commands = os.pipe()
+        reports, reports_write = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
         _libc()  # loaded here, so each child need not load it
         self.pid = os.fork()
         if self.pid == 0:  # the child: never returns
-            os.close(read_end)
-            _child(reference, contexts, write_end, python_path)
-        os.close(write_end)
+            os.close(commands)
+            os.close(reports)
+            _serve(commands_read, reports_write)
+        os.close(commands_read)
+        os.close(reports_write)
+        self.commands, self.fd = commands, reports
+        self.alive, self.busy, self._buffer = True, False, b""
+        #: The scope it runs (see ``_take_child``), and how many subtasks it was sent.
+        self.key: Hashable | None = None
+        self.ran = 0
+        #: The algorithm's own code it imported: file, and (modification time, size).
+        self.code: dict[str, tuple[int, int]] = {}
+
+    def send(self, reference: str, python_path: Sequence[str], ctx: SubtaskContext) -> None:
+        request = {
+            "reference": reference,
+            "python_path": list(python_path),
+            "context": {**ctx.__dict__, "directory": str(ctx.directory)},
+        }
+        request["context"]["inputs"] = [str(path) for path in ctx.inputs]
+        os.write(self.commands, json.dumps(request).encode() + b"\n")
         _started(self.pid)
-        self.fd, self.alive, self._buffer = read_end, True, b""
+        self.busy, self.ran = True, self.ran + 1
+
+    def usable(self) -> bool:
+        """Up, not due to be recycled, and its algorithm's code unchanged since imported."""
+        if not self.alive or self.ran >= CHILD_RECYCLE_AFTER:
+            return False
+        if os.waitpid(self.pid, os.WNOHANG)[0] != 0:
+            self.alive = False
+            return False
+        return all(_stamp(path) == stamp for path, stamp in self.code.items())
 
     def next_outcome(
         self, ctx: SubtaskContext, timeout: float, heartbeat: Heartbeat
@@ -275,8 +377,11 @@ class _ChildRunner:
         the child ended without one (killed at the timeout, crashed)."""
         line, finished = self._read_line(timeout, heartbeat)
         if line:
-            return SubtaskOutcome(**json.loads(line))
-        self.alive = False
+            self.busy = False
+            report = json.loads(line)
+            self.code.update({path: tuple(stamp) for path, stamp in report["code"]})
+            return SubtaskOutcome(**report["outcome"])
+        self.alive = self.busy = False
         if not finished:
             self._kill()
             os.waitpid(self.pid, 0)
@@ -309,45 +414,90 @@ class _ChildRunner:
             os.killpg(self.pid, signal.SIGKILL)
             os.kill(self.pid, signal.SIGKILL)  # in case it had not made its own group yet
 
-    def close(self, all_reported: bool) -> None:
-        """Reap the child; one still running (the caller stopped early) is killed first.
-
-        A child that reported every outcome is exiting on its own: it is reaped later
-        rather than waited for, since a big process takes milliseconds to exit.
-        """
+    def retire(self) -> None:
+        """Let the child go: an idle one exits once its pipe closes and is reaped later
+        (a big process takes milliseconds to exit); one still running a subtask (the
+        caller stopped early) is killed."""
+        os.close(self.commands)
         os.close(self.fd)
         if not self.alive:
             return
-        if all_reported:
-            _exiting.append(self.pid)
-            _reap_exited()
+        self.alive = False
+        if self.busy:
+            self._kill()
+            os.waitpid(self.pid, 0)
             return
-        self._kill()
-        os.waitpid(self.pid, 0)
+        _exiting.append(self.pid)
 
 
-def _child(
-    reference: str, contexts: list[SubtaskContext], report_fd: int, python_path: Sequence[str]
-) -> None:
-    """In the forked child: run each subtask with output to its log, report, and exit.
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size
+
+
+def _serve(commands: int, reports: int) -> None:
+    """In the forked child: run each subtask sent, with output to its log, report its
+    outcome and the algorithm code it imported, until the pipe closes; then exit.
 
     The definition's code directories go first on the child's path only: the worker's own
     path stays as it was, so two pipelines may each have a module of the same name."""
     try:
-        sys.path[:0] = python_path
         os.setpgid(0, 0)  # its own process group, so a timeout or halt kills its children too
         die_with_parent()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # The worker's connections (database, broker) are not the algorithm's to hold open.
+        _close_inherited_files(commands, reports)
         sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         logging.root.handlers = [logging.StreamHandler(sys.stderr)]
-        for ctx in contexts:
-            outcome = _run_one(reference, ctx)
+        known = set(sys.modules)
+        first = True
+        for line in os.fdopen(commands, "rb"):
+            request = json.loads(line)
+            if first:
+                sys.path[:0] = request["python_path"]
+                first = False
+            outcome = _run_one(request["reference"], _context(request["context"]))
             sys.stdout.flush()
             sys.stderr.flush()
-            os.write(report_fd, json.dumps(outcome.__dict__).encode() + b"\n")
+            report = {"outcome": outcome.__dict__, "code": _new_code(known)}
+            os.write(reports, json.dumps(report).encode() + b"\n")
     finally:
         os._exit(0)
+
+
+def _close_inherited_files(*keep: int) -> None:
+    """Close every file descriptor above stderr but ``keep``."""
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+def _context(fields: dict[str, Any]) -> SubtaskContext:
+    return SubtaskContext(
+        **{
+            **fields,
+            "directory": Path(fields["directory"]),
+            "inputs": [Path(path) for path in fields["inputs"]],
+        }
+    )
+
+
+def _new_code(known: set[str]) -> list[tuple[str, tuple[int, int] | None]]:
+    """The source files of the modules imported since last looked at, outside the
+    interpreter's and the installed packages' (``known`` is updated)."""
+    found = []
+    for name in set(sys.modules) - known:
+        known.add(name)
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path and not path.startswith(_LIBRARY_PATHS):
+            found.append((path, _stamp(path)))
+    return found
 
 
 def _run_one(reference: str, ctx: SubtaskContext) -> SubtaskOutcome:
@@ -360,7 +510,7 @@ def _run_one(reference: str, ctx: SubtaskContext) -> SubtaskOutcome:
         os.chdir(ctx.directory)
         # Imported in the child, never in the worker: a fix to the algorithm's code runs at
         # its next subtask (fix, then resubmit) without restarting any worker. The import
-        # is paid once per child, so once per batch for a big task.
+        # is paid once per child (see ``_Child`` for when one is reused).
         resolve_callable(reference)(ctx)
         return SubtaskOutcome(True)
     except BaseException as exc:  # noqa: BLE001 - every failure is the subtask's outcome

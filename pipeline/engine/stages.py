@@ -249,6 +249,9 @@ class SubtaskRun:
     inputs: list[str]
     #: The task's ``require_outputs`` execution setting.
     require_outputs: bool
+    #: Whose subtasks may share its algorithm's process (see ``runner.run_many``): the
+    #: same instance's same node, in the same database.
+    scope: tuple[str, int, str]
 
 
 #: The error of a subtask that succeeded without output where outputs are required.
@@ -287,7 +290,7 @@ def run_subtasks(
     recorded_at = time.monotonic()
     first = runs[0]
     contexts, code = [r.context for r in runs], first.definition.python_path or ()
-    outcomes = runner.run_many(first.algorithm, contexts, first.timeout, beat, code)
+    outcomes = runner.run_many(first.algorithm, contexts, first.timeout, beat, code, first.scope)
     failures: list[str] = []
     for run, outcome in zip(runs, outcomes, strict=True):
         pending.append((run.context.index, run.number, checked_outputs(run, outcome)))
@@ -362,6 +365,7 @@ def begin_subtasks(
         parameters = node_parameters(instance, definition, task.node)
         timeout = float(task.execution.get("subtask_timeout", 3600))
         require_outputs = bool(task.execution.get("require_outputs", False))
+        scope = (get_settings().db_url, instance.id, task.node)
         runs = []
         for subtask in claimed:
             directory = taskdir.subtask_dir(Path(task.task_dir), subtask.index)
@@ -383,6 +387,7 @@ def begin_subtasks(
                     node,
                     subtask.inputs,
                     require_outputs,
+                    scope,
                 )
             )
         return runs
