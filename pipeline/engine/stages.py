@@ -537,7 +537,7 @@ def store(task_id: int, attempt: int, host: str = "") -> Failure:
         instance, task = lock_task(session, task_id)
         if not is_current(task, attempt, PState.STORING):
             return None
-        definition = parse(instance.definition)
+        definition = _definition(instance)
         node = definition.node(task.node)
         unit, task_dir = task.unit_of_work, Path(task.task_dir)
         succeeded = session.execute(
@@ -555,7 +555,8 @@ def store(task_id: int, attempt: int, host: str = "") -> Failure:
                     destination = root / definition.data_file_types[name].directory(unit)
                     copy = datastore.stage_file(output, destination / output.name)
                     staged.append(datastore_ledger.StoredOutput(index, name, copy))
-            datastore.flush(root)
+            if staged:  # a file system's sync waits for every writer's dirty pages on it
+                datastore.flush(root)
         with outbox.transaction() as (session, messages):
             instance, task = lock_task(session, task_id)
             if not is_current(task, attempt, PState.STORING):
