@@ -12,15 +12,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any
 
-import orjson
 import typer
 import typer.main
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 # The click that Typer runs on: its own copy since Typer 0.24, whose exceptions are not
@@ -30,10 +30,12 @@ try:
 except ImportError:  # an older Typer, on click itself
     from click import core, exceptions, globals  # type: ignore[no-redef]
 
-from config.settings import get_settings
+from pipeline.domain.listing import FILES_SHOWN, TABLE_ROWS
 from pipeline.domain.states import STOPPED_STATES, InstanceState
-from pipeline.operations import facade
-from pipeline.operations.lineage import DEFAULT_LIMIT
+from pipeline.interfaces import local_api
+
+if TYPE_CHECKING:
+    from pipeline.operations.facade import Report
 
 #: Exit statuses of every command (README: Exit statuses): success; refused, or errors in
 #: the run; the command line itself is wrong; a deadline passed (``wait --timeout``).
@@ -61,20 +63,92 @@ app.add_typer(params_app, name="params")
 #: of a table is cut and no line is folded, as a script or ``grep`` needs it.
 PIPED_WIDTH = 1000
 console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
-#: The restart modes' names, for the help.
-_MODES = [mode.name for mode in facade.restart_modes()]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-#: orjson, not the json module: with an indent, json falls back to its pure-Python encoder,
-#: which took 0.12 s of the 0.82 s ``tasks --json`` took for 10,000 tasks.
-JSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
+LimitOption = Annotated[
+    int | None,
+    typer.Option(
+        "--limit",
+        min=1,
+        metavar="N",
+        help=f"Show N rows (default {TABLE_ROWS}; with --json, every row unless given).",
+    ),
+]
+AllOption = Annotated[bool, typer.Option("--all", help="Show every row.")]
+#: The help of ``restart --mode`` until the help is shown, which names every mode.
+MODES_HELP = "The restart mode."
 
 
 def _print_json(data: Any) -> None:
+    # orjson, not the json module: with an indent, json falls back to its pure-Python
+    # encoder, which took 0.12 s of the 0.82 s ``tasks --json`` took for 10,000 tasks.
+    import orjson
+
+    options = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
     sys.stdout.flush()
-    sys.stdout.buffer.write(orjson.dumps(data, default=str, option=JSON_OPTIONS))
+    sys.stdout.buffer.write(orjson.dumps(data, default=str, option=options))
     sys.stdout.buffer.flush()
+
+
+@cache
+def _private() -> None:
+    """Make what the CLI writes from now on (a home, received files, logs) as private as
+    the cluster's own: the settings say to whom."""
+    from config.settings import get_settings
+
+    os.umask(get_settings().umask)
+
+
+def _facade() -> ModuleType:
+    """The operations facade, imported when a command first needs it: with SQLAlchemy, the
+    settings and the models it costs half a second, more than a whole read through the
+    home's HTTP API takes (``local_api``)."""
+    _private()
+    from pipeline.operations import facade
+
+    return facade
+
+
+def _read(path: str, in_process: Callable[[ModuleType], Any], **params: Any) -> Any:
+    """What a read command shows: the home's HTTP API's answer when it runs with this
+    shell's settings, else ``in_process(facade)`` (the same dicts, as the API serves the
+    facade's). An unknown id is refused with the facade's message either way."""
+    record = local_api.find()
+    answer = local_api.get(record, path, **params) if record else None
+    if answer is None:
+        return in_process(_facade())
+    if answer.status == local_api.NOT_FOUND:
+        raise exceptions.ClickException(answer.data)
+    return answer.data if answer.total is None else (answer.data, answer.total)
+
+
+def _listing(
+    path: str,
+    in_process: Callable[[ModuleType, int | None], Any],
+    limit: int | None,
+    every: bool,
+    as_json: bool,
+) -> tuple[list[dict[str, Any]], int]:
+    """A listing's rows and how many it has in all: ``--limit`` N rows, every one for
+    ``--all`` (and for ``--json`` unless ``--limit`` is given: the stable contract of
+    scripts), else a screenful, ``TABLE_ROWS``. The database does the limiting."""
+    if every and limit is not None:
+        raise _usage("give --limit or --all, not both")
+    wanted = None if every or (as_json and limit is None) else limit or TABLE_ROWS
+
+    def read(facade: ModuleType) -> tuple[list[dict[str, Any]], int]:
+        found = in_process(facade, wanted)
+        return found.rows, found.total
+
+    return _read(path, read, **({} if wanted is None else {"limit": wanted}))
+
+
+def _footer(shown: int, total: int, what: str, which: str = "") -> None:
+    """Say how many rows a table left out, and how to see them: ``showing 50 of 10,000
+    tasks (--all for every one)``."""
+    if shown < total:
+        console.print(
+            f"showing {which}{shown:,} of {total:,} {what} (--all for every one)", highlight=False
+        )
 
 
 def _table(
@@ -100,6 +174,7 @@ def cluster_init(
     as_json: JsonOption = False,
 ) -> None:
     """Create PIPELINE_HOME and its database, and import every definition."""
+    _private()
     from pipeline.deploy import cluster
 
     summary = cluster.init(sample_data=sample_data)
@@ -122,6 +197,7 @@ def cluster_start(
     as_json: JsonOption = False,
 ) -> None:
     """Start Redis, workers, beat, the HTTP API and Flower: only those not already running."""
+    _private()
     from pipeline.deploy import cluster
 
     with console.status("starting the cluster") as spinner:
@@ -132,6 +208,7 @@ def cluster_start(
 @cluster_app.command("stop")
 def cluster_stop() -> None:
     """Stop the processes `cluster start` started."""
+    _private()
     from pipeline.deploy import cluster
 
     with console.status("stopping the cluster"):
@@ -143,8 +220,10 @@ def cluster_stop() -> None:
 def cluster_status(as_json: JsonOption = False) -> None:
     """Which home this shell uses, which of its cluster's processes are alive, and whether
     beat's monitor runs."""
-    from config.settings import find_home
+    from config.home import find_home
     from pipeline.deploy import cluster
+
+    _private()
 
     rows = cluster.status()
     if not as_json:
@@ -152,12 +231,13 @@ def cluster_status(as_json: JsonOption = False) -> None:
         console.print(f"home {home.path} ({home.reason})", highlight=False, soft_wrap=True)
     _show_status(rows, as_json)
     if not as_json:
-        console.print(facade.monitor_health()["message"], markup=False)
+        console.print(_facade().monitor_health()["message"], markup=False)
 
 
 @cluster_app.command("credentials")
 def cluster_credentials(as_json: JsonOption = False) -> None:
     """The HTTP API's URL and bearer token, and Flower's URL and login."""
+    _private()
     from pipeline.deploy import cluster
 
     found = cluster.credentials()
@@ -172,6 +252,7 @@ def api(
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port to listen on.")] = None,
 ) -> None:
     """Serve the HTTP API alone (FastAPI on uvicorn; host and port from settings)."""
+    _private()
     from pipeline.interfaces.api import serve
 
     serve(host, port)
@@ -191,6 +272,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker in the foreground, on any host, pointed at the central host."""
+    _private()
     from pipeline.deploy import worker_command
 
     worker_command.run(queues, concurrency, hostname)
@@ -212,7 +294,7 @@ def _show_status(rows: list[dict[str, Any]], as_json: bool) -> None:
 @definitions_app.command("import")
 def definitions_import(files: Annotated[list[Path], typer.Argument(help="YAML files.")]) -> None:
     """Import definition files, all or nothing; a changed file becomes a new version."""
-    for item in facade.import_definitions(files):
+    for item in _facade().import_definitions(files):
         note = "imported" if item["new"] else "unchanged"
         console.print(f"{item['name']} version {item['version']} ({note})")
 
@@ -220,7 +302,7 @@ def definitions_import(files: Annotated[list[Path], typer.Argument(help="YAML fi
 @definitions_app.command("list")
 def definitions_list(as_json: JsonOption = False) -> None:
     """The newest version of every pipeline definition."""
-    rows = facade.list_definitions()
+    rows = _facade().list_definitions()
     if as_json:
         return _print_json(rows)
     _table(
@@ -233,7 +315,7 @@ def definitions_list(as_json: JsonOption = False) -> None:
 @definitions_app.command("show")
 def definitions_show(name: str, as_json: JsonOption = False) -> None:
     """A pipeline's nodes, their algorithms, inputs, outputs and execution settings."""
-    spec = facade.show_definition(name)
+    spec = _facade().show_definition(name)
     if as_json:
         return _print_json(spec)
     console.print(
@@ -271,7 +353,7 @@ def _subtasks_label(subtasks: Any) -> str:
 @params_app.command("list")
 def params_list(as_json: JsonOption = False) -> None:
     """The newest version of every parameter set."""
-    rows = facade.list_parameter_sets()
+    rows = _facade().list_parameter_sets()
     if as_json:
         return _print_json(rows)
     _table(
@@ -288,7 +370,7 @@ def params_show(
     as_json: JsonOption = False,
 ) -> None:
     """A parameter set's values and types."""
-    found = facade.show_parameter_set(name, version)
+    found = _facade().show_parameter_set(name, version)
     if as_json:
         return _print_json(found)
     _show_parameter_set(found)
@@ -310,7 +392,7 @@ def params_set(
     as_json: JsonOption = False,
 ) -> None:
     """Change values; a locked version (used by an instance) gets a new version instead."""
-    found = facade.set_parameters(name, assignments)
+    found = _facade().set_parameters(name, assignments)
     if as_json:
         return _print_json(found)
     _show_parameter_set(found)
@@ -328,6 +410,7 @@ def submit(
     as_json: JsonOption = False,
 ) -> None:
     """Submit a pipeline instance."""
+    facade = _facade()
     data = facade.submit(pipeline, start_node, end_node, priority)
     if as_json:
         return _print_json(data)
@@ -335,9 +418,11 @@ def submit(
 
 
 @app.command()
-def instances(as_json: JsonOption = False) -> None:
-    """Every pipeline instance and its state."""
-    rows = facade.list_instances()
+def instances(
+    limit: LimitOption = None, every: AllOption = False, as_json: JsonOption = False
+) -> None:
+    """Pipeline instances and their states: the newest, in id order."""
+    rows, total = _listing("/instances", lambda f, n: f.instances_listing(n), limit, every, as_json)
     if as_json:
         return _print_json(rows)
     _table(
@@ -356,6 +441,7 @@ def instances(as_json: JsonOption = False) -> None:
             for r in rows
         ],
     )
+    _footer(len(rows), total, "instances", "the newest ")
 
 
 def _node_range(instance: dict[str, Any]) -> str:
@@ -365,9 +451,20 @@ def _node_range(instance: dict[str, Any]) -> str:
 
 
 @app.command()
-def tasks(instance: int, as_json: JsonOption = False) -> None:
-    """The tasks of an instance: P-state, error flag and subtask counts."""
-    rows = facade.list_tasks(instance)
+def tasks(
+    instance: int,
+    limit: LimitOption = None,
+    every: AllOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """The tasks of an instance in id order: P-state, error flag and subtask counts."""
+    rows, total = _listing(
+        f"/instances/{instance}/tasks",
+        lambda f, n: f.tasks_listing(instance, n),
+        limit,
+        every,
+        as_json,
+    )
     if as_json:
         return _print_json(rows)
     _table(
@@ -386,6 +483,7 @@ def tasks(instance: int, as_json: JsonOption = False) -> None:
             for r in rows
         ],
     )
+    _footer(len(rows), total, "tasks")
 
 
 @app.command()
@@ -393,7 +491,7 @@ def task(
     task_id: Annotated[int, typer.Argument(metavar="TASK")], as_json: JsonOption = False
 ) -> None:
     """A task's details and its history of transitions."""
-    detail = facade.get_task(task_id)
+    detail = _read(f"/tasks/{task_id}", lambda f: f.get_task(task_id))
     if as_json:
         return _print_json(detail)
     console.print(
@@ -432,10 +530,19 @@ def task(
 
 @app.command()
 def subtasks(
-    task_id: Annotated[int, typer.Argument(metavar="TASK")], as_json: JsonOption = False
+    task_id: Annotated[int, typer.Argument(metavar="TASK")],
+    limit: LimitOption = None,
+    every: AllOption = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """A task's subtasks: state, attempts and error."""
-    rows = facade.list_subtasks(task_id)
+    """A task's subtasks in index order: state, attempts and error."""
+    rows, total = _listing(
+        f"/tasks/{task_id}/subtasks",
+        lambda f, n: f.subtasks_listing(task_id, n),
+        limit,
+        every,
+        as_json,
+    )
     if as_json:
         return _print_json(rows)
     _table(
@@ -454,6 +561,7 @@ def subtasks(
             for r in rows
         ],
     )
+    _footer(len(rows), total, "subtasks")
 
 
 @app.command()
@@ -463,7 +571,7 @@ def logs(
     as_json: JsonOption = False,
 ) -> None:
     """The algorithm's output (stdout and stderr) of each subtask of a task."""
-    found = facade.logs(task_id, subtask)
+    found = _facade().logs(task_id, subtask)
     if as_json:
         return _print_json(found)
     for entry in found:
@@ -478,6 +586,15 @@ def wait(
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
 ) -> None:
     """Wait for an instance: exit 0 when COMPLETED, 1 when it stops with errors, 3 on timeout."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    facade = _facade()
     deadline = time.monotonic() + timeout if timeout else None
     columns = [
         TextColumn("instance {task.fields[id]} {task.description}"),
@@ -525,7 +642,7 @@ def alerts_list(
     """List unacknowledged alerts (time, severity, instance, task, message)."""
     if ctx.invoked_subcommand:
         return
-    rows = facade.list_alerts(all_)
+    rows = _facade().list_alerts(all_)
     if as_json:
         return _print_json(rows)
     _table(
@@ -549,7 +666,7 @@ def alerts_list(
 @alerts_app.command("ack")
 def alerts_ack(alert_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
     """Acknowledge an alert: it leaves the default list."""
-    facade.acknowledge_alert(alert_id)
+    _facade().acknowledge_alert(alert_id)
     console.print(f"alert {alert_id} acknowledged")
 
 
@@ -561,7 +678,7 @@ def restart(
     tasks: Annotated[
         list[str] | None, typer.Argument(help="TASK or TASK:MODE, one mode per task.")
     ] = None,
-    mode: Annotated[str | None, typer.Option(help=f"{', '.join(_MODES)}.")] = None,
+    mode: Annotated[str | None, typer.Option(help=MODES_HELP)] = None,
     instance: Annotated[
         int | None, typer.Option(help="Restart every failed task of this instance.")
     ] = None,
@@ -594,11 +711,11 @@ def restart(
             raise _usage("give tasks or --instance, not both")
         if not mode:
             raise _usage("--instance needs --mode")
-        report = facade.restart_failed(instance, mode, changes, dry_run)
+        report = _facade().restart_failed(instance, mode, changes, dry_run)
     else:
         if not tasks:
             raise _usage("name the tasks to restart, or --instance ID")
-        report = facade.restart(tasks, mode, changes, dry_run)
+        report = _facade().restart(tasks, mode, changes, dry_run)
     _show_report(report, as_json, "restart (dry run)" if dry_run else "restart")
 
 
@@ -610,15 +727,15 @@ def halt(
 ) -> None:
     """Halt tasks: queued work dropped, running subtasks revoked, the error flag set."""
     if instance is not None:
-        report = facade.halt_instance(instance)
+        report = _facade().halt_instance(instance)
     elif tasks:
-        report = facade.halt(tasks)
+        report = _facade().halt(tasks)
     else:
         raise _usage("name the tasks to halt, or --instance ID")
     _show_report(report, as_json, "halt")
 
 
-def _show_report(report: facade.Report, as_json: bool, title: str) -> None:
+def _show_report(report: Report, as_json: bool, title: str) -> None:
     """Print what happened to each task; exit 1 when any was refused."""
     if as_json:
         _print_json(report.as_dicts())
@@ -659,7 +776,7 @@ def datastore_import(
     as_json: JsonOption = False,
 ) -> None:
     """Receive files into the datastore, all or nothing, each recorded in the ledger."""
-    received = facade.receive(directory, data_file_type, unit, manifest, pipeline)
+    received = _facade().receive(directory, data_file_type, unit, manifest, pipeline)
     if as_json:
         return _print_json(received)
     total = sum(f["size"] for f in received["files"])
@@ -679,11 +796,11 @@ def files(
     unit: Annotated[str | None, typer.Option(help="Of this unit of work.")] = None,
     path: Annotated[str | None, typer.Option(help="This file, under the datastore.")] = None,
     history: Annotated[bool, typer.Option(help="Superseded versions too.")] = False,
-    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = DEFAULT_LIMIT,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = FILES_SHOWN,
     as_json: JsonOption = False,
 ) -> None:
     """Datastore files and who produced each (the current versions, unless asked)."""
-    rows = facade.files(instance, task, unit, path, history, limit)
+    rows = _facade().files(instance, task, unit, path, history, limit)
     if as_json:
         return _print_json(rows)
     _table(
@@ -722,7 +839,7 @@ def lineage(
     as_json: JsonOption = False,
 ) -> None:
     """Who produced a file: each producer back to the data received, with its parameters."""
-    chain = facade.lineage(path)
+    chain = _facade().lineage(path)
     if as_json:
         return _print_json(chain)
     steps = {step["file"]["id"]: step for step in chain["steps"]}
@@ -758,6 +875,7 @@ def flower(
     log_file: Annotated[Path | None, typer.Option(help="Write Flower's log to this file.")] = None,
 ) -> None:
     """Run Flower with the pipeline console, behind basic auth (`pipeline cluster credentials`)."""
+    _private()
     from pipeline.interfaces.flower import serve
 
     serve(log_file)
@@ -820,7 +938,22 @@ def _command() -> core.Command:
     builds it once."""
     command = typer.main.get_command(app)
     _add_examples(command)
+    _name_the_modes(command.commands["restart"])  # type: ignore[attr-defined]
     return command
+
+
+def _name_the_modes(restart: core.Command) -> None:
+    """List the restart modes in ``restart --help`` as it is shown: the modes' module loads
+    the database libraries, which no other command line should wait for."""
+    [mode] = [param for param in restart.params if param.name == "mode"]
+    show = restart.format_help
+
+    def format_help(ctx: core.Context, formatter: Any) -> None:
+        modes = ", ".join(m.name for m in _facade().restart_modes())
+        mode.help = f"{MODES_HELP[:-1]}: {modes}."  # type: ignore[attr-defined]
+        show(ctx, formatter)
+
+    restart.format_help = format_help  # type: ignore[method-assign]
 
 
 def _usage(message: str) -> exceptions.UsageError:
@@ -832,8 +965,6 @@ def main() -> None:
     """Run the CLI: every error is one line on stderr. Exit statuses: 0 success, 1 refused
     or errors in the run, 2 a usage error (the command line itself), 3 a timeout."""
     try:
-        # What the CLI writes (a home, received files) is as private as the cluster's own.
-        os.umask(get_settings().umask)
         status = _command().main(standalone_mode=False)
     except exceptions.NoArgsIsHelpError as exc:
         exc.show()
@@ -848,7 +979,9 @@ def main() -> None:
     except typer.Abort:
         raise SystemExit(EXIT_REFUSED) from None
     except Exception as exc:
-        found = facade.problem(exc)
+        from pipeline.operations.facade import problem
+
+        found = problem(exc)
         if found is None:
             raise
         _error(found.message)
