@@ -121,6 +121,43 @@ def test_a_bad_limit_is_a_usage_error(cli: Any, args: list[str], fragment: str) 
     assert_one_line_error(result, fragment, "--help")
 
 
+@pytest.mark.parametrize(
+    ("plain", "parsed_by_typer"),
+    [
+        (["subtasks", "1", "--limit", "2"], ["subtasks", "--limit=2", "1"]),
+        (["tasks", "1", "--json"], ["tasks", "1", "--json", "--json"]),
+        (["task", "1"], ["task", "--", "1"]),
+        (["instances", "--all"], ["instances", "--all", "--all"]),
+    ],
+)
+def test_a_plain_read_runs_without_typer_and_prints_what_typer_would(
+    cli: Any, plain: list[str], parsed_by_typer: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.interfaces import cli as module
+
+    assert module._plain_read(plain) is not None
+    assert module._plain_read(parsed_by_typer) is None
+    assert cli(*plain).stdout == cli(*parsed_by_typer).stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["task", "1", "--limit", "2"],
+        ["tasks"],
+        ["tasks", "1", "2"],
+        ["instances", "3"],
+        ["tasks", "١"],  # an Arabic-Indic one: a digit to str.isdigit, not to Typer
+        ["tasks", "1", "--limit"],
+    ],
+)
+def test_anything_else_is_left_to_typer(cli: Any, args: list[str]) -> None:
+    from pipeline.interfaces import cli as module
+
+    assert module._plain_read(args) is None
+    assert cli(*args).returncode == 2
+
+
 # -- the same output through the home's HTTP API ---------------------------------------------
 
 
