@@ -9,7 +9,8 @@ request 422, and anything unexpected a clean 500, with the traceback in the API'
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -17,7 +18,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response,
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from config.settings import API_PREFIX, HEALTHZ, get_settings
 from pipeline import __version__
@@ -389,9 +390,11 @@ def _describe_invalid(error: dict[str, Any]) -> str:
 # -- the app ---------------------------------------------------------------------------------
 
 
-def create_app(token: str) -> FastAPI:
-    """The API app; every route but /healthz needs ``token``."""
+def create_app(token: str, lifespan: Lifespan | None = None) -> FastAPI:
+    """The API app; every route but /healthz needs ``token``. ``lifespan`` is entered when
+    the server starts and left when it stops."""
     app = FastAPI(
+        lifespan=lifespan,
         title="celery-pipeline",
         version=__version__,
         description="Submit pipeline instances, read their state, restart or halt tasks.",
@@ -428,17 +431,27 @@ def serve(host: str | None = None, port: int | None = None) -> None:
             " (or set PIPELINE_API_TOKEN)"
         )
     host, port = host or settings.api_host, port or settings.api_listen_port
-    config = server_config(create_app(settings.api_token), host, port)
-    watch = SilenceWatch()  # the API raises the alert of a silent monitor
-    watch.start()
-    # The CLI of this home reads through this process from now on (``local_api``).
+    token, home = settings.api_token, settings.home
     ca_file = str(settings.tls_ca_file) if settings.tls_ca_file else None
     url = f"{settings.web_scheme}://{_reachable(host)}:{port}{API_PREFIX}"
-    local_api.publish(settings.home, url, settings.api_token, ca_file)
+
+    @asynccontextmanager
+    async def named(_: FastAPI) -> AsyncIterator[None]:
+        """Name this API in the home's run file while it serves, so the CLI of this home
+        reads through it (``local_api``). In the app's lifespan: uvicorn ends a process
+        stopped by a signal as soon as the app has shut down, before any ``finally``."""
+        local_api.publish(home, url, token, ca_file)
+        try:
+            yield
+        finally:
+            local_api.withdraw(home)
+
+    config = server_config(create_app(token, named), host, port)
+    watch = SilenceWatch()  # the API raises the alert of a silent monitor
+    watch.start()
     try:
         uvicorn.Server(config).run()
     finally:
-        local_api.withdraw(settings.home)
         watch.stop()
 
 
