@@ -891,7 +891,7 @@ EXAMPLES: dict[str, str] = {
     "worker": "pipeline worker --queues gpu,default --concurrency 8 --hostname gpu-01",
     "submit": "pipeline submit sample --end-node flip --json",
     "instances": "pipeline instances --json",
-    "tasks": "pipeline tasks 2",
+    "tasks": "pipeline tasks 2 --limit 200; pipeline tasks 2 --all",
     "task": "pipeline task 7",
     "subtasks": "pipeline subtasks 7",
     "logs": "pipeline logs 7 --subtask 0",
