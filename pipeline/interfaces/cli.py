@@ -1,7 +1,10 @@
 """The ``pipeline`` command: cluster, definitions, parameters, instances, tasks.
 
 Every command goes through the operations facade (``pipeline.operations.facade``) or,
-for the cluster's processes, ``pipeline.deploy``. Every error an operator can cause prints
+for the cluster's processes, ``pipeline.deploy``; the read commands (``instances``,
+``tasks``, ``subtasks``, ``task``) ask the home's HTTP API instead when it runs with this
+shell's settings (``local_api``), which answers the facade's dicts without the half
+second of imports the facade costs a new process. Every error an operator can cause prints
 as one line on stderr with a non-zero exit status; listing and detail commands take
 ``--json``, a stable contract for scripts.
 """
@@ -108,17 +111,20 @@ def _facade() -> ModuleType:
     return facade
 
 
-def _read(path: str, in_process: Callable[[ModuleType], Any], **params: Any) -> Any:
-    """What a read command shows: the home's HTTP API's answer when it runs with this
-    shell's settings, else ``in_process(facade)`` (the same dicts, as the API serves the
-    facade's). An unknown id is refused with the facade's message either way."""
+def _read(
+    path: str, in_process: Callable[[ModuleType], tuple[Any, int | None]], **params: Any
+) -> tuple[Any, int | None]:
+    """What a read command shows, and how many rows there are in all when it is a listing:
+    the home's HTTP API's answer when it runs with this shell's settings, else
+    ``in_process(facade)`` (the same dicts: the API serves the facade's). An unknown id is
+    refused with the facade's message either way."""
     record = local_api.find()
     answer = local_api.get(record, path, **params) if record else None
     if answer is None:
         return in_process(_facade())
     if answer.status == local_api.NOT_FOUND:
         raise exceptions.ClickException(answer.data)
-    return answer.data if answer.total is None else (answer.data, answer.total)
+    return answer.data, answer.total
 
 
 def _listing(
@@ -139,7 +145,8 @@ def _listing(
         found = in_process(facade, wanted)
         return found.rows, found.total
 
-    return _read(path, read, **({} if wanted is None else {"limit": wanted}))
+    rows, total = _read(path, read, **({} if wanted is None else {"limit": wanted}))
+    return rows, len(rows) if total is None else total
 
 
 def _footer(shown: int, total: int, what: str, which: str = "") -> None:
@@ -491,7 +498,7 @@ def task(
     task_id: Annotated[int, typer.Argument(metavar="TASK")], as_json: JsonOption = False
 ) -> None:
     """A task's details and its history of transitions."""
-    detail = _read(f"/tasks/{task_id}", lambda f: f.get_task(task_id))
+    detail, _ = _read(f"/tasks/{task_id}", lambda f: (f.get_task(task_id), None))
     if as_json:
         return _print_json(detail)
     console.print(
