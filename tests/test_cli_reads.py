@@ -133,10 +133,10 @@ def test_a_bad_limit_is_a_usage_error(cli: Any, args: list[str], fragment: str) 
 def test_a_plain_read_runs_without_typer_and_prints_what_typer_would(
     cli: Any, plain: list[str], parsed_by_typer: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline.interfaces import cli as module
+    from pipeline.interfaces import reads
 
-    assert module._plain_read(plain) is not None
-    assert module._plain_read(parsed_by_typer) is None
+    assert reads.plain_read(plain) is not None
+    assert reads.plain_read(parsed_by_typer) is None
     assert cli(*plain).stdout == cli(*parsed_by_typer).stdout
 
 
@@ -152,9 +152,9 @@ def test_a_plain_read_runs_without_typer_and_prints_what_typer_would(
     ],
 )
 def test_anything_else_is_left_to_typer(cli: Any, args: list[str]) -> None:
-    from pipeline.interfaces import cli as module
+    from pipeline.interfaces import reads
 
-    assert module._plain_read(args) is None
+    assert reads.plain_read(args) is None
     assert cli(*args).returncode == 2
 
 

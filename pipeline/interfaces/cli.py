@@ -12,19 +12,15 @@ as one line on stderr with a non-zero exit status; listing and detail commands t
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 import typer.main
 from rich.console import Console
-from rich.table import Table
 
 # The click that Typer runs on: its own copy since Typer 0.24, whose exceptions are not
 # the installed click's.
@@ -35,7 +31,8 @@ except ImportError:  # an older Typer, on click itself
 
 from pipeline.domain.listing import FILES_SHOWN, TABLE_ROWS
 from pipeline.domain.states import STOPPED_STATES, InstanceState
-from pipeline.interfaces import local_api
+from pipeline.interfaces import reads
+from pipeline.interfaces.reads import console, print_json, private, table
 
 if TYPE_CHECKING:
     from pipeline.operations.facade import Report
@@ -62,10 +59,6 @@ app.add_typer(datastore_app, name="datastore")
 app.add_typer(definitions_app, name="definitions")
 app.add_typer(params_app, name="params")
 
-#: The width of what goes to a pipe or a file (COLUMNS unset): wide enough that no column
-#: of a table is cut and no line is folded, as a script or ``grep`` needs it.
-PIPED_WIDTH = 1000
-console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 LimitOption = Annotated[
     int | None,
@@ -81,95 +74,6 @@ AllOption = Annotated[bool, typer.Option("--all", help="Show every row.")]
 MODES_HELP = "The restart mode."
 
 
-def _print_json(data: Any) -> None:
-    # orjson, not the json module: with an indent, json falls back to its pure-Python
-    # encoder, which took 0.12 s of the 0.82 s ``tasks --json`` took for 10,000 tasks.
-    import orjson
-
-    options = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
-    sys.stdout.flush()
-    sys.stdout.buffer.write(orjson.dumps(data, default=str, option=options))
-    sys.stdout.buffer.flush()
-
-
-@cache
-def _private() -> None:
-    """Make what the CLI writes from now on (a home, received files, logs) as private as
-    the cluster's own: the settings say to whom."""
-    from config.settings import get_settings
-
-    os.umask(get_settings().umask)
-
-
-def _facade() -> ModuleType:
-    """The operations facade, imported when a command first needs it: with SQLAlchemy, the
-    settings and the models it costs half a second, more than a whole read through the
-    home's HTTP API takes (``local_api``)."""
-    _private()
-    from pipeline.operations import facade
-
-    return facade
-
-
-def _read(
-    path: str, in_process: Callable[[ModuleType], tuple[Any, int | None]], **params: Any
-) -> tuple[Any, int | None]:
-    """What a read command shows, and how many rows there are in all when it is a listing:
-    the home's HTTP API's answer when it runs with this shell's settings, else
-    ``in_process(facade)`` (the same dicts: the API serves the facade's). An unknown id is
-    refused with the facade's message either way."""
-    record = local_api.find()
-    answer = local_api.get(record, path, **params) if record else None
-    if answer is None:
-        return in_process(_facade())
-    if answer.status == local_api.NOT_FOUND:
-        raise exceptions.ClickException(answer.data)
-    return answer.data, answer.total
-
-
-def _listing(
-    path: str,
-    in_process: Callable[[ModuleType, int | None], Any],
-    limit: int | None,
-    every: bool,
-    as_json: bool,
-) -> tuple[list[dict[str, Any]], int]:
-    """A listing's rows and how many it has in all: ``--limit`` N rows, every one for
-    ``--all`` (and for ``--json`` unless ``--limit`` is given: the stable contract of
-    scripts), else a screenful, ``TABLE_ROWS``. The database does the limiting."""
-    if every and limit is not None:
-        raise _usage("give --limit or --all, not both")
-    wanted = None if every or (as_json and limit is None) else limit or TABLE_ROWS
-
-    def read(facade: ModuleType) -> tuple[list[dict[str, Any]], int]:
-        found = in_process(facade, wanted)
-        return found.rows, found.total
-
-    rows, total = _read(path, read, **({} if wanted is None else {"limit": wanted}))
-    return rows, len(rows) if total is None else total
-
-
-def _footer(shown: int, total: int, what: str, which: str = "") -> None:
-    """Say how many rows a table left out, and how to see them: ``showing 50 of 10,000
-    tasks (--all for every one)``."""
-    if shown < total:
-        console.print(
-            f"showing {which}{shown:,} of {total:,} {what} (--all for every one)", highlight=False
-        )
-
-
-def _table(
-    title: str, columns: list[str], rows: list[list[Any]], whole: tuple[str, ...] = ()
-) -> None:
-    """Print rows as a table; the ``whole`` columns fold onto more lines rather than be cut."""
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, overflow="fold" if column in whole else "ellipsis")
-    for row in rows:
-        table.add_row(*("" if value is None else str(value) for value in row))
-    console.print(table)
-
-
 # -- cluster ---------------------------------------------------------------------------------
 
 
@@ -181,12 +85,12 @@ def cluster_init(
     as_json: JsonOption = False,
 ) -> None:
     """Create PIPELINE_HOME and its database, and import every definition."""
-    _private()
+    private()
     from pipeline.deploy import cluster
 
     summary = cluster.init(sample_data=sample_data)
     if as_json:
-        return _print_json(summary)
+        return print_json(summary)
     console.print(f"cluster home  {summary['home']}")
     console.print(f"database      {summary['database']}")
     console.print(f"broker        {summary['broker']}")
@@ -204,7 +108,7 @@ def cluster_start(
     as_json: JsonOption = False,
 ) -> None:
     """Start Redis, workers, beat, the HTTP API and Flower: only those not already running."""
-    _private()
+    private()
     from pipeline.deploy import cluster
 
     with console.status("starting the cluster") as spinner:
@@ -215,7 +119,7 @@ def cluster_start(
 @cluster_app.command("stop")
 def cluster_stop() -> None:
     """Stop the processes `cluster start` started."""
-    _private()
+    private()
     from pipeline.deploy import cluster
 
     with console.status("stopping the cluster"):
@@ -230,7 +134,7 @@ def cluster_status(as_json: JsonOption = False) -> None:
     from config.home import find_home
     from pipeline.deploy import cluster
 
-    _private()
+    private()
 
     rows = cluster.status()
     if not as_json:
@@ -238,19 +142,19 @@ def cluster_status(as_json: JsonOption = False) -> None:
         console.print(f"home {home.path} ({home.reason})", highlight=False, soft_wrap=True)
     _show_status(rows, as_json)
     if not as_json:
-        console.print(_facade().monitor_health()["message"], markup=False)
+        console.print(reads.facade().monitor_health()["message"], markup=False)
 
 
 @cluster_app.command("credentials")
 def cluster_credentials(as_json: JsonOption = False) -> None:
     """The HTTP API's URL and bearer token, and Flower's URL and login."""
-    _private()
+    private()
     from pipeline.deploy import cluster
 
     found = cluster.credentials()
     if as_json:
-        return _print_json(found)
-    _table("credentials", ["what", "value"], [[key, value] for key, value in found.items()])
+        return print_json(found)
+    table("credentials", ["what", "value"], [[key, value] for key, value in found.items()])
 
 
 @app.command("api")
@@ -259,7 +163,7 @@ def api(
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port to listen on.")] = None,
 ) -> None:
     """Serve the HTTP API alone (FastAPI on uvicorn; host and port from settings)."""
-    _private()
+    private()
     from pipeline.interfaces.api import serve
 
     serve(host, port)
@@ -279,7 +183,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker in the foreground, on any host, pointed at the central host."""
-    _private()
+    private()
     from pipeline.deploy import worker_command
 
     worker_command.run(queues, concurrency, hostname)
@@ -287,8 +191,8 @@ def worker(
 
 def _show_status(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
-        return _print_json(rows)
-    _table(
+        return print_json(rows)
+    table(
         "cluster",
         ["name", "pid", "alive", "url"],
         [[r["name"], r["pid"], "yes" if r["alive"] else "no", r["url"]] for r in rows],
@@ -301,7 +205,7 @@ def _show_status(rows: list[dict[str, Any]], as_json: bool) -> None:
 @definitions_app.command("import")
 def definitions_import(files: Annotated[list[Path], typer.Argument(help="YAML files.")]) -> None:
     """Import definition files, all or nothing; a changed file becomes a new version."""
-    for item in _facade().import_definitions(files):
+    for item in reads.facade().import_definitions(files):
         note = "imported" if item["new"] else "unchanged"
         console.print(f"{item['name']} version {item['version']} ({note})")
 
@@ -309,10 +213,10 @@ def definitions_import(files: Annotated[list[Path], typer.Argument(help="YAML fi
 @definitions_app.command("list")
 def definitions_list(as_json: JsonOption = False) -> None:
     """The newest version of every pipeline definition."""
-    rows = _facade().list_definitions()
+    rows = reads.facade().list_definitions()
     if as_json:
-        return _print_json(rows)
-    _table(
+        return print_json(rows)
+    table(
         "pipelines",
         ["name", "version", "nodes", "imported"],
         [[r["name"], r["version"], " -> ".join(r["nodes"]), r["imported_at"]] for r in rows],
@@ -322,15 +226,15 @@ def definitions_list(as_json: JsonOption = False) -> None:
 @definitions_app.command("show")
 def definitions_show(name: str, as_json: JsonOption = False) -> None:
     """A pipeline's nodes, their algorithms, inputs, outputs and execution settings."""
-    spec = _facade().show_definition(name)
+    spec = reads.facade().show_definition(name)
     if as_json:
-        return _print_json(spec)
+        return print_json(spec)
     console.print(
         f"[bold]{spec['name']}[/] version {spec['version']}  {spec.get('description', '')}"
     )
     console.print(f"from {spec['source']}; Python algorithms imported from", end=" ")
     console.print(", ".join(spec.get("python_path") or []) or "the installed packages")
-    _table(
+    table(
         "nodes",
         ["node", "after", "algorithm", "inputs", "outputs", "subtasks", "parameter sets", "queue"],
         [
@@ -360,10 +264,10 @@ def _subtasks_label(subtasks: Any) -> str:
 @params_app.command("list")
 def params_list(as_json: JsonOption = False) -> None:
     """The newest version of every parameter set."""
-    rows = _facade().list_parameter_sets()
+    rows = reads.facade().list_parameter_sets()
     if as_json:
-        return _print_json(rows)
-    _table(
+        return print_json(rows)
+    table(
         "parameter sets",
         ["name", "version", "locked", "parameters"],
         [[r["name"], r["version"], r["locked"], len(r["parameters"])] for r in rows],
@@ -377,15 +281,15 @@ def params_show(
     as_json: JsonOption = False,
 ) -> None:
     """A parameter set's values and types."""
-    found = _facade().show_parameter_set(name, version)
+    found = reads.facade().show_parameter_set(name, version)
     if as_json:
-        return _print_json(found)
+        return print_json(found)
     _show_parameter_set(found)
 
 
 def _show_parameter_set(found: dict[str, Any]) -> None:
     lock = "locked" if found["locked"] else "unlocked"
-    _table(
+    table(
         f"{found['name']} version {found['version']} ({lock})",
         ["parameter", "type", "value"],
         [[p["name"], p["type"], json.dumps(p["value"])] for p in found["parameters"]],
@@ -399,9 +303,9 @@ def params_set(
     as_json: JsonOption = False,
 ) -> None:
     """Change values; a locked version (used by an instance) gets a new version instead."""
-    found = _facade().set_parameters(name, assignments)
+    found = reads.facade().set_parameters(name, assignments)
     if as_json:
-        return _print_json(found)
+        return print_json(found)
     _show_parameter_set(found)
 
 
@@ -417,10 +321,10 @@ def submit(
     as_json: JsonOption = False,
 ) -> None:
     """Submit a pipeline instance."""
-    facade = _facade()
+    facade = reads.facade()
     data = facade.submit(pipeline, start_node, end_node, priority)
     if as_json:
-        return _print_json(data)
+        return print_json(data)
     console.print(f"{facade.submitted_line(data)}; follow it with: pipeline wait {data['id']}")
 
 
@@ -429,32 +333,7 @@ def instances(
     limit: LimitOption = None, every: AllOption = False, as_json: JsonOption = False
 ) -> None:
     """Pipeline instances and their states: the newest, in id order."""
-    rows, total = _listing("/instances", lambda f, n: f.instances_listing(n), limit, every, as_json)
-    if as_json:
-        return _print_json(rows)
-    _table(
-        "instances",
-        ["id", "pipeline", "version", "state", "nodes", "created", "message"],
-        [
-            [
-                r["id"],
-                r["pipeline"],
-                r["definition_version"],
-                r["state"],
-                _node_range(r),
-                r["created_at"],
-                r["message"],
-            ]
-            for r in rows
-        ],
-    )
-    _footer(len(rows), total, "instances", "the newest ")
-
-
-def _node_range(instance: dict[str, Any]) -> str:
-    if not instance["start_node"] and not instance["end_node"]:
-        return "all"
-    return f"{instance['start_node'] or 'first'} .. {instance['end_node'] or 'last'}"
+    reads.show_instances(_limit(limit, every), every, as_json)
 
 
 @app.command()
@@ -465,32 +344,7 @@ def tasks(
     as_json: JsonOption = False,
 ) -> None:
     """The tasks of an instance in id order: P-state, error flag and subtask counts."""
-    rows, total = _listing(
-        f"/instances/{instance}/tasks",
-        lambda f, n: f.tasks_listing(instance, n),
-        limit,
-        every,
-        as_json,
-    )
-    if as_json:
-        return _print_json(rows)
-    _table(
-        f"tasks of instance {instance}",
-        ["id", "node", "unit of work", "state", "subtasks", "worker", "error"],
-        [
-            [
-                r["id"],
-                r["node"],
-                r["unit_of_work"],
-                r["state"],
-                r["counts"],
-                r["worker_host"],
-                r["error_message"],
-            ]
-            for r in rows
-        ],
-    )
-    _footer(len(rows), total, "tasks")
+    reads.show_tasks(instance, _limit(limit, every), every, as_json)
 
 
 @app.command()
@@ -498,41 +352,7 @@ def task(
     task_id: Annotated[int, typer.Argument(metavar="TASK")], as_json: JsonOption = False
 ) -> None:
     """A task's details and its history of transitions."""
-    detail, _ = _read(f"/tasks/{task_id}", lambda f: (f.get_task(task_id), None))
-    if as_json:
-        return _print_json(detail)
-    console.print(
-        f"[bold]task {detail['id']}[/]  instance {detail['instance_id']}  node {detail['node']}"
-        f"  unit {detail['unit_of_work']}\nstate {detail['state']}  subtasks {detail['counts']}"
-        f"  attempt {detail['attempt']}  queue {detail['execution'].get('queue')}"
-        f"\ndirectory {detail['task_dir'] or '-'}"
-    )
-    if detail["error_message"]:
-        halted = " (halted)" if detail["halted"] else ""
-        console.print(f"[red]error{halted}[/] {detail['error_message']}")
-    if detail["running"]:
-        _table(
-            "running subtasks",
-            ["index", "worker", "pid", "started", "last heartbeat"],
-            [
-                [s["index"], s["worker_host"], s["worker_pid"], s["started_at"], s["heartbeat_at"]]
-                for s in detail["running"]
-            ],
-        )
-    _table(
-        "history",
-        ["time", "p-state", "attempt", "host", "message"],
-        [
-            [
-                e["at"],
-                ("ERROR - " if e["error"] else "") + e["p_state"],
-                e["attempt"],
-                e["host"],
-                e["message"],
-            ]
-            for e in detail["history"]
-        ],
-    )
+    reads.show_task(task_id, as_json)
 
 
 @app.command()
@@ -543,32 +363,14 @@ def subtasks(
     as_json: JsonOption = False,
 ) -> None:
     """A task's subtasks in index order: state, attempts and error."""
-    rows, total = _listing(
-        f"/tasks/{task_id}/subtasks",
-        lambda f, n: f.subtasks_listing(task_id, n),
-        limit,
-        every,
-        as_json,
-    )
-    if as_json:
-        return _print_json(rows)
-    _table(
-        f"subtasks of task {task_id}",
-        ["index", "state", "attempts", "worker", "inputs", "outputs", "error"],
-        [
-            [
-                r["index"],
-                r["state"],
-                r["attempts"],
-                r["worker_host"],
-                ", ".join(r["inputs"]),
-                r["outputs"],
-                r["error"],
-            ]
-            for r in rows
-        ],
-    )
-    _footer(len(rows), total, "subtasks")
+    reads.show_subtasks(task_id, _limit(limit, every), every, as_json)
+
+
+def _limit(limit: int | None, every: bool) -> int | None:
+    """``--limit``, refused beside ``--all``."""
+    if every and limit is not None:
+        raise _usage("give --limit or --all, not both")
+    return limit
 
 
 @app.command()
@@ -578,9 +380,9 @@ def logs(
     as_json: JsonOption = False,
 ) -> None:
     """The algorithm's output (stdout and stderr) of each subtask of a task."""
-    found = _facade().logs(task_id, subtask)
+    found = reads.facade().logs(task_id, subtask)
     if as_json:
-        return _print_json(found)
+        return print_json(found)
     for entry in found:
         console.rule(f"subtask {entry['index']}  {entry['path']}")
         sys.stdout.write(entry["text"] or "(no output)\n")
@@ -601,7 +403,7 @@ def wait(
         TimeElapsedColumn,
     )
 
-    facade = _facade()
+    facade = reads.facade()
     deadline = time.monotonic() + timeout if timeout else None
     columns = [
         TextColumn("instance {task.fields[id]} {task.description}"),
@@ -649,10 +451,10 @@ def alerts_list(
     """List unacknowledged alerts (time, severity, instance, task, message)."""
     if ctx.invoked_subcommand:
         return
-    rows = _facade().list_alerts(all_)
+    rows = reads.facade().list_alerts(all_)
     if as_json:
-        return _print_json(rows)
-    _table(
+        return print_json(rows)
+    table(
         "alerts",
         ["id", "time", "severity", "instance", "task", "message", "acknowledged"],
         [
@@ -673,7 +475,7 @@ def alerts_list(
 @alerts_app.command("ack")
 def alerts_ack(alert_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
     """Acknowledge an alert: it leaves the default list."""
-    _facade().acknowledge_alert(alert_id)
+    reads.facade().acknowledge_alert(alert_id)
     console.print(f"alert {alert_id} acknowledged")
 
 
@@ -718,11 +520,11 @@ def restart(
             raise _usage("give tasks or --instance, not both")
         if not mode:
             raise _usage("--instance needs --mode")
-        report = _facade().restart_failed(instance, mode, changes, dry_run)
+        report = reads.facade().restart_failed(instance, mode, changes, dry_run)
     else:
         if not tasks:
             raise _usage("name the tasks to restart, or --instance ID")
-        report = _facade().restart(tasks, mode, changes, dry_run)
+        report = reads.facade().restart(tasks, mode, changes, dry_run)
     _show_report(report, as_json, "restart (dry run)" if dry_run else "restart")
 
 
@@ -734,9 +536,9 @@ def halt(
 ) -> None:
     """Halt tasks: queued work dropped, running subtasks revoked, the error flag set."""
     if instance is not None:
-        report = _facade().halt_instance(instance)
+        report = reads.facade().halt_instance(instance)
     elif tasks:
-        report = _facade().halt(tasks)
+        report = reads.facade().halt(tasks)
     else:
         raise _usage("name the tasks to halt, or --instance ID")
     _show_report(report, as_json, "halt")
@@ -745,9 +547,9 @@ def halt(
 def _show_report(report: Report, as_json: bool, title: str) -> None:
     """Print what happened to each task; exit 1 when any was refused."""
     if as_json:
-        _print_json(report.as_dicts())
+        print_json(report.as_dicts())
     else:
-        _table(
+        table(
             title,
             ["task", "mode", "result", "from", "subtasks", "message"],
             [
@@ -783,9 +585,9 @@ def datastore_import(
     as_json: JsonOption = False,
 ) -> None:
     """Receive files into the datastore, all or nothing, each recorded in the ledger."""
-    received = _facade().receive(directory, data_file_type, unit, manifest, pipeline)
+    received = reads.facade().receive(directory, data_file_type, unit, manifest, pipeline)
     if as_json:
-        return _print_json(received)
+        return print_json(received)
     total = sum(f["size"] for f in received["files"])
     console.print(
         f"received {len(received['files'])} {data_file_type} files ({total} bytes)"
@@ -807,10 +609,10 @@ def files(
     as_json: JsonOption = False,
 ) -> None:
     """Datastore files and who produced each (the current versions, unless asked)."""
-    rows = _facade().files(instance, task, unit, path, history, limit)
+    rows = reads.facade().files(instance, task, unit, path, history, limit)
     if as_json:
-        return _print_json(rows)
-    _table(
+        return print_json(rows)
+    table(
         "datastore files",
         ["path", "type", "size", "sha256", "producer", "stored", "current"],
         [
@@ -846,9 +648,9 @@ def lineage(
     as_json: JsonOption = False,
 ) -> None:
     """Who produced a file: each producer back to the data received, with its parameters."""
-    chain = _facade().lineage(path)
+    chain = reads.facade().lineage(path)
     if as_json:
-        return _print_json(chain)
+        return print_json(chain)
     steps = {step["file"]["id"]: step for step in chain["steps"]}
 
     def show(step: dict[str, Any], depth: int) -> None:
@@ -882,7 +684,7 @@ def flower(
     log_file: Annotated[Path | None, typer.Option(help="Write Flower's log to this file.")] = None,
 ) -> None:
     """Run Flower with the pipeline console, behind basic auth (`pipeline cluster credentials`)."""
-    _private()
+    private()
     from pipeline.interfaces.flower import serve
 
     serve(log_file)
@@ -956,7 +758,7 @@ def _name_the_modes(restart: core.Command) -> None:
     show = restart.format_help
 
     def format_help(ctx: core.Context, formatter: Any) -> None:
-        modes = ", ".join(m.name for m in _facade().restart_modes())
+        modes = ", ".join(m.name for m in reads.facade().restart_modes())
         mode.help = f"{MODES_HELP[:-1]}: {modes}."  # type: ignore[attr-defined]
         show(ctx, formatter)
 
@@ -972,8 +774,7 @@ def main() -> None:
     """Run the CLI: every error is one line on stderr. Exit statuses: 0 success, 1 refused
     or errors in the run, 2 a usage error (the command line itself), 3 a timeout."""
     try:
-        read = _plain_read(sys.argv[1:])
-        status = read() if read else _command().main(standalone_mode=False)
+        status = _command().main(standalone_mode=False)
     except exceptions.NoArgsIsHelpError as exc:
         exc.show()
         raise SystemExit(EXIT_USAGE) from None
@@ -986,66 +787,21 @@ def main() -> None:
         raise SystemExit(EXIT_REFUSED) from None
     except typer.Abort:
         raise SystemExit(EXIT_REFUSED) from None
-    except Exception as exc:
-        from pipeline.operations.facade import problem
-
-        found = problem(exc)
-        if found is None:
-            raise
-        _error(found.message)
-        raise SystemExit(EXIT_REFUSED) from None
+    except Exception as exc:  # noqa: BLE001 - reported, or raised again
+        fail(exc)
     raise SystemExit(status if isinstance(status, int) else EXIT_OK)
 
 
-def _plain_read(argv: list[str]) -> Callable[[], None] | None:
-    """The read command ``argv`` names when it is written plainly, to run without Typer:
-    ``instances``, ``tasks INSTANCE``, ``subtasks TASK`` or ``task TASK``, with each of
-    ``--json``, ``--all`` and ``--limit N`` (N from 1) at most once and not ``--all`` with
-    ``--limit``. None for any other command line, which Typer parses (and explains when it
-    is wrong): Typer converts every value it parses through a pydantic ``TypeAdapter``, and
-    importing pydantic costs 0.1 s of the 0.35 s an operator should wait for a read."""
-    if not argv or argv[0] not in PLAIN_READS:
-        return None
-    numbers: list[int] = []
-    flags: dict[str, int | bool] = {}
-    words = iter(argv[1:])
-    for word in words:
-        if word in flags:
-            return None
-        if word in ("--json", "--all"):
-            flags[word] = True
-        elif word == "--limit":
-            value = next(words, "")
-            if not _digits(value) or int(value) < 1:
-                return None
-            flags[word] = int(value)
-        elif _digits(word):
-            numbers.append(int(word))
-        else:
-            return None
-    command, takes_id, pages = PLAIN_READS[argv[0]]
-    if len(numbers) != takes_id or ("--all" in flags and "--limit" in flags):
-        return None
-    if not pages and set(flags) - {"--json"}:
-        return None
-    options: dict[str, Any] = {"as_json": flags.get("--json", False)}
-    if pages:
-        options.update(limit=flags.get("--limit"), every=flags.get("--all", False))
-    return lambda: command(*numbers, **options)
+def fail(exc: Exception) -> NoReturn:
+    """Report an error an operator can cause or meet in one line and exit 1; raise anything
+    else (a bug, with its traceback)."""
+    from pipeline.operations.facade import problem
 
-
-def _digits(word: str) -> bool:
-    return word.isascii() and word.isdigit()
-
-
-#: The reads ``_plain_read`` runs: each one's function, whether it takes an id, and
-#: whether it takes ``--limit`` and ``--all``.
-PLAIN_READS: dict[str, tuple[Callable[..., None], int, bool]] = {
-    "instances": (instances, 0, True),
-    "tasks": (tasks, 1, True),
-    "subtasks": (subtasks, 1, True),
-    "task": (task, 1, False),
-}
+    found = problem(exc)
+    if found is None:
+        raise exc
+    _error(found.message)
+    raise SystemExit(EXIT_REFUSED) from None
 
 
 def _error(message: str) -> None:
