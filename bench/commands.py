@@ -9,7 +9,7 @@ HTTP API (the CLI reads in process), then with the home's ``pipeline api`` runni
 CLI reads through it, ``pipeline.interfaces.local_api``; the API's access log must show
 each read, else the figure fails). Beside them, for reference, the import floors: a
 process importing only the database libraries (figure d's), and one importing only the
-CLI's module.
+program's entry module (``pipeline.interfaces.reads``).
 
 ``python -m bench.commands [--quick | --smoke] [--before TREE]`` runs this group alone;
 ``--before`` times the same commands run by the code of another source tree (a checkout
@@ -45,8 +45,8 @@ FAILED_EVERY, RUNNING = 10, 4
 HISTORY = 12
 #: Seconds the API's access log may lag behind its answers.
 READ_LOG_SECONDS = 10.0
-#: What a process that runs nothing of ours but the CLI's module imports.
-CLI_FLOOR = "import pipeline.interfaces.cli"
+#: What a plain read command imports before it asks the API: the program's entry module.
+ENTRY_FLOOR = "import pipeline.interfaces.reads"
 
 ROWS_SQL = (
     """
@@ -209,7 +209,7 @@ def command_times(base: Path, sizes: Sizes, before: Path | None = None) -> list[
                 found.append(_figure(f"f. {label} (HTTP API)", seconds, {**details, "path": path}))
         for label, imports in (
             ("database libraries", IMPORT_FLOOR),
-            ("the CLI's module", CLI_FLOOR),
+            ("the program's entry module", ENTRY_FLOOR),
         ):
             seconds = _median_seconds([sys.executable, "-c", imports], cluster.env, runs)
             found.append(
