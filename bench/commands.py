@@ -137,12 +137,14 @@ def commands(instance: int, task: int) -> list[tuple[str, list[str], str]]:
     ]
 
 
-def _median_seconds(argv: list[str], env: dict[str, str], runs: int) -> float:
+def _median_seconds(
+    argv: list[str], env: dict[str, str], runs: int, cwd: Path | None = None
+) -> float:
     """The median wall time of ``runs`` new processes running ``argv``; each must exit 0."""
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(argv, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -187,9 +189,11 @@ def command_times(base: Path, sizes: Sizes, before: Path | None = None) -> list[
         found = []
         listed = commands(instance, task)
         if before is not None:
+            # `python -m pipeline` in the tree: its own entry point, first on the path.
             env = {**cluster.env, "PYTHONPATH": f"{before}{os.pathsep}{harness.REPO}"}
+            program = [sys.executable, "-m", "pipeline"]
             for label, args, _ in listed:
-                seconds = _median_seconds([harness.PIPELINE, *args], env, runs)
+                seconds = _median_seconds([*program, *args], env, runs, before)
                 found.append(
                     _figure(f"f. before: {label}", seconds, {**details, "tree": str(before)})
                 )
