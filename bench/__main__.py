@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import breakdown, figures, harness
+from bench import breakdown, commands, figures, harness
 from bench.figures import Figure, Sizes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -30,7 +30,7 @@ QUICK_FACTOR = 10
 #: test suite's check), its values meaning nothing.
 SMOKE_FACTOR = 100
 #: Every figure group, in the order they run.
-GROUPS = ("a", "b", "c", "d", "e")
+GROUPS = ("a", "b", "c", "d", "e", "f")
 
 
 def machine() -> dict[str, object]:
@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         if "d" in groups:
             with step("d"):
                 found += figures.status_at_scale(base / "status", sizes)
+        if "f" in groups:
+            with step("f"):
+                found += commands.command_times(base / "commands", sizes)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)

@@ -1,3 +1,3 @@
-from pipeline.interfaces.cli import main
+from pipeline.interfaces.reads import main
 
 main()

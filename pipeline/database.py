@@ -37,7 +37,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from config.settings import Settings, find_home, get_settings
+from config.home import find_home
+from config.settings import Settings, get_settings
 from pipeline import jsoncodec
 from pipeline.errors import Unreachable
 

@@ -17,7 +17,7 @@ import pytest
 from tests.support import REPO, clean_env
 
 #: The figure groups ``python -m bench`` measures (see bench/__main__.py).
-GROUPS = ("a.", "b.", "c.", "d.", "e.")
+GROUPS = ("a.", "b.", "c.", "d.", "e.", "f.")
 #: Seconds the smoke run gets on a busy two-core machine.
 SMOKE_TIMEOUT = 300
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import find_home
+from config.home import find_home
 from tests.support import PIPELINE, assert_one_line_error, clean_env
 
 

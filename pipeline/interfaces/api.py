@@ -9,7 +9,8 @@ request 422, and anything unexpected a clean 500, with the traceback in the API'
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -17,13 +18,15 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response,
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from config.settings import API_PREFIX, HEALTHZ, get_settings
 from pipeline import __version__
 from pipeline.domain.limits import MAX_ID
+from pipeline.domain.listing import TOTAL_HEADER
 from pipeline.errors import InvalidInput, Refused, TooLarge, shown
 from pipeline.interfaces import api_schemas as models
+from pipeline.interfaces import local_api
 from pipeline.operations import facade
 from pipeline.operations.lineage import DEFAULT_LIMIT
 from pipeline.recovery.heartbeat import SilenceWatch
@@ -34,6 +37,8 @@ MAX_FILES = 100_000
 GRACEFUL_SHUTDOWN_SECONDS = 5
 #: Bytes of a request body, at most (README, Limits): a restart of 10,000 tasks fits.
 MAX_BODY_BYTES = 1024 * 1024
+#: What a client on this host connects to for a server listening on every address.
+EVERY_ADDRESS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}
 #: The logger of uvicorn's access log, whose records carry the path with its query string.
 ACCESS_LOGGER = "uvicorn.access"
 MISSING_TOKEN = (
@@ -55,6 +60,11 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 InstanceId = Annotated[int, Path(ge=1, le=MAX_ID)]
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID)]
 AlertId = Annotated[int, Path(ge=1, le=MAX_ID)]
+#: Rows a listing answers with at most (unset: all); its header says how many there are.
+Limit = Annotated[
+    int | None,
+    Query(ge=1, le=MAX_ID, description=f"at most this many rows; {TOTAL_HEADER} says how many"),
+]
 
 health_router = APIRouter()
 router = APIRouter(responses=_errors(400, 401, 422, 500, 503))
@@ -87,8 +97,9 @@ def submit(request: models.SubmitRequest, response: Response) -> dict[str, Any]:
 
 
 @router.get("/instances", response_model=list[models.Instance])
-def instances() -> list[dict[str, Any]]:
-    return facade.list_instances()
+def instances(response: Response, limit: Limit = None) -> list[dict[str, Any]]:
+    """Every instance in id order, or the newest ``limit``; the header says how many in all."""
+    return _listing(response, facade.instances_listing(limit))
 
 
 @router.get(
@@ -102,8 +113,11 @@ def instance(instance_id: InstanceId) -> dict[str, Any]:
 @router.get(
     "/instances/{instance_id}/tasks", response_model=list[models.Task], responses=_errors(404)
 )
-def instance_tasks(instance_id: InstanceId) -> list[dict[str, Any]]:
-    return facade.list_tasks(instance_id)
+def instance_tasks(
+    instance_id: InstanceId, response: Response, limit: Limit = None
+) -> list[dict[str, Any]]:
+    """The instance's tasks in id order, or the first ``limit``."""
+    return _listing(response, facade.tasks_listing(instance_id, limit))
 
 
 @router.post(
@@ -140,8 +154,9 @@ def task(task_id: TaskId) -> dict[str, Any]:
 @router.get(
     "/tasks/{task_id}/subtasks", response_model=list[models.Subtask], responses=_errors(404)
 )
-def subtasks(task_id: TaskId) -> list[dict[str, Any]]:
-    return facade.list_subtasks(task_id)
+def subtasks(task_id: TaskId, response: Response, limit: Limit = None) -> list[dict[str, Any]]:
+    """The task's subtasks in index order, or the first ``limit``."""
+    return _listing(response, facade.subtasks_listing(task_id, limit))
 
 
 @router.get("/tasks/{task_id}/logs", response_model=list[models.LogEntry], responses=_errors(404))
@@ -239,6 +254,12 @@ def acknowledge_alert(alert_id: AlertId) -> dict[str, Any]:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _listing(response: Response, found: facade.Listing) -> list[dict[str, Any]]:
+    """A listing's rows, with how many there are in all in the ``TOTAL_HEADER``."""
+    response.headers[TOTAL_HEADER] = str(found.total)
+    return found.rows
 
 
 def _changes(request: models.RestartRequest | models.RestartFailedRequest) -> dict[str, Any]:
@@ -369,9 +390,11 @@ def _describe_invalid(error: dict[str, Any]) -> str:
 # -- the app ---------------------------------------------------------------------------------
 
 
-def create_app(token: str) -> FastAPI:
-    """The API app; every route but /healthz needs ``token``."""
+def create_app(token: str, lifespan: Lifespan | None = None) -> FastAPI:
+    """The API app; every route but /healthz needs ``token``. ``lifespan`` is entered when
+    the server starts and left when it stops."""
     app = FastAPI(
+        lifespan=lifespan,
         title="celery-pipeline",
         version=__version__,
         description="Submit pipeline instances, read their state, restart or halt tasks.",
@@ -407,17 +430,36 @@ def serve(host: str | None = None, port: int | None = None) -> None:
             f"no api_token for {settings.home}: run `pipeline cluster init`"
             " (or set PIPELINE_API_TOKEN)"
         )
-    config = server_config(
-        create_app(settings.api_token),
-        host or settings.api_host,
-        port or settings.api_listen_port,
-    )
+    host, port = host or settings.api_host, port or settings.api_listen_port
+    token, home = settings.api_token, settings.home
+    ca_file = str(settings.tls_ca_file) if settings.tls_ca_file else None
+    url = f"{settings.web_scheme}://{_reachable(host)}:{port}{API_PREFIX}"
+
+    @asynccontextmanager
+    async def named(_: FastAPI) -> AsyncIterator[None]:
+        """Name this API in the home's run file while it serves, so the CLI of this home
+        reads through it (``local_api``). In the app's lifespan: uvicorn ends a process
+        stopped by a signal as soon as the app has shut down, before any ``finally``."""
+        local_api.publish(home, url, token, ca_file)
+        try:
+            yield
+        finally:
+            local_api.withdraw(home)
+
+    config = server_config(create_app(token, named), host, port)
     watch = SilenceWatch()  # the API raises the alert of a silent monitor
     watch.start()
     try:
         uvicorn.Server(config).run()
     finally:
         watch.stop()
+
+
+def _reachable(host: str) -> str:
+    """The address this host reaches a server listening on ``host`` at."""
+    if host in EVERY_ADDRESS:
+        return EVERY_ADDRESS[host]
+    return f"[{host}]" if ":" in host else host
 
 
 def server_config(app: FastAPI, host: str, port: int) -> Any:

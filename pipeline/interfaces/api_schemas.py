@@ -98,7 +98,9 @@ class Task(_Strict):
     updated_at: Time
 
 
-class Subtask(_Strict):
+class RunningSubtask(_Strict):
+    """A subtask as its task's detail lists it among those running."""
+
     index: int
     state: SubtaskState
     attempts: int
@@ -106,13 +108,19 @@ class Subtask(_Strict):
     inputs: list[str]
     #: Files of the node's output types it left; unset until it succeeds.
     outputs: int | None
-    #: The datastore paths its task's last marshal gave it.
-    consumed: list[str]
     worker_host: str
     worker_pid: int | None
     started_at: Time
     finished_at: Time
     heartbeat_at: Time
+
+
+class Subtask(RunningSubtask):
+    """A subtask as its task's listing shows it (its fields in the order of the CLI's
+    ``--json``, which prints what the API answers when it reads through the API)."""
+
+    #: The datastore paths its task's last marshal gave it.
+    consumed: list[str]
 
 
 class TaskEvent(_Strict):
@@ -127,7 +135,9 @@ class TaskEvent(_Strict):
 class TaskDetail(Task):
     task_dir: str
     history: list[TaskEvent]
-    running: list[Subtask] = Field(description="subtasks running now, with worker and heartbeat")
+    running: list[RunningSubtask] = Field(
+        description="subtasks running now, with worker and heartbeat"
+    )
 
 
 class LogEntry(_Strict):

@@ -1,7 +1,10 @@
 """The ``pipeline`` command: cluster, definitions, parameters, instances, tasks.
 
 Every command goes through the operations facade (``pipeline.operations.facade``) or,
-for the cluster's processes, ``pipeline.deploy``. Every error an operator can cause prints
+for the cluster's processes, ``pipeline.deploy``; the read commands (``instances``,
+``tasks``, ``subtasks``, ``task``) ask the home's HTTP API instead when it runs with this
+shell's settings (``local_api``), which answers the facade's dicts without the half
+second of imports the facade costs a new process. Every error an operator can cause prints
 as one line on stderr with a non-zero exit status; listing and detail commands take
 ``--json``, a stable contract for scripts.
 """
@@ -9,19 +12,15 @@ as one line on stderr with a non-zero exit status; listing and detail commands t
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import orjson
 import typer
 import typer.main
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 # The click that Typer runs on: its own copy since Typer 0.24, whose exceptions are not
 # the installed click's.
@@ -30,10 +29,13 @@ try:
 except ImportError:  # an older Typer, on click itself
     from click import core, exceptions, globals  # type: ignore[no-redef]
 
-from config.settings import get_settings
+from pipeline.domain.listing import FILES_SHOWN, TABLE_ROWS
 from pipeline.domain.states import STOPPED_STATES, InstanceState
-from pipeline.operations import facade
-from pipeline.operations.lineage import DEFAULT_LIMIT
+from pipeline.interfaces import reads
+from pipeline.interfaces.reads import console, print_json, private, table
+
+if TYPE_CHECKING:
+    from pipeline.operations.facade import Report
 
 #: Exit statuses of every command (README: Exit statuses): success; refused, or errors in
 #: the run; the command line itself is wrong; a deadline passed (``wait --timeout``).
@@ -57,36 +59,19 @@ app.add_typer(datastore_app, name="datastore")
 app.add_typer(definitions_app, name="definitions")
 app.add_typer(params_app, name="params")
 
-#: The width of what goes to a pipe or a file (COLUMNS unset): wide enough that no column
-#: of a table is cut and no line is folded, as a script or ``grep`` needs it.
-PIPED_WIDTH = 1000
-console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
-#: The restart modes' names, for the help.
-_MODES = [mode.name for mode in facade.restart_modes()]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-#: orjson, not the json module: with an indent, json falls back to its pure-Python encoder,
-#: which took 0.12 s of the 0.82 s ``tasks --json`` took for 10,000 tasks.
-JSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.flush()
-    sys.stdout.buffer.write(orjson.dumps(data, default=str, option=JSON_OPTIONS))
-    sys.stdout.buffer.flush()
-
-
-def _table(
-    title: str, columns: list[str], rows: list[list[Any]], whole: tuple[str, ...] = ()
-) -> None:
-    """Print rows as a table; the ``whole`` columns fold onto more lines rather than be cut."""
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, overflow="fold" if column in whole else "ellipsis")
-    for row in rows:
-        table.add_row(*("" if value is None else str(value) for value in row))
-    console.print(table)
+LimitOption = Annotated[
+    int | None,
+    typer.Option(
+        "--limit",
+        min=1,
+        metavar="N",
+        help=f"Show N rows (default {TABLE_ROWS}; with --json, every row unless given).",
+    ),
+]
+AllOption = Annotated[bool, typer.Option("--all", help="Show every row.")]
+#: The help of ``restart --mode`` until the help is shown, which names every mode.
+MODES_HELP = "The restart mode."
 
 
 # -- cluster ---------------------------------------------------------------------------------
@@ -100,11 +85,12 @@ def cluster_init(
     as_json: JsonOption = False,
 ) -> None:
     """Create PIPELINE_HOME and its database, and import every definition."""
+    private()
     from pipeline.deploy import cluster
 
     summary = cluster.init(sample_data=sample_data)
     if as_json:
-        return _print_json(summary)
+        return print_json(summary)
     console.print(f"cluster home  {summary['home']}")
     console.print(f"database      {summary['database']}")
     console.print(f"broker        {summary['broker']}")
@@ -122,6 +108,7 @@ def cluster_start(
     as_json: JsonOption = False,
 ) -> None:
     """Start Redis, workers, beat, the HTTP API and Flower: only those not already running."""
+    private()
     from pipeline.deploy import cluster
 
     with console.status("starting the cluster") as spinner:
@@ -132,6 +119,7 @@ def cluster_start(
 @cluster_app.command("stop")
 def cluster_stop() -> None:
     """Stop the processes `cluster start` started."""
+    private()
     from pipeline.deploy import cluster
 
     with console.status("stopping the cluster"):
@@ -143,8 +131,10 @@ def cluster_stop() -> None:
 def cluster_status(as_json: JsonOption = False) -> None:
     """Which home this shell uses, which of its cluster's processes are alive, and whether
     beat's monitor runs."""
-    from config.settings import find_home
+    from config.home import find_home
     from pipeline.deploy import cluster
+
+    private()
 
     rows = cluster.status()
     if not as_json:
@@ -152,18 +142,19 @@ def cluster_status(as_json: JsonOption = False) -> None:
         console.print(f"home {home.path} ({home.reason})", highlight=False, soft_wrap=True)
     _show_status(rows, as_json)
     if not as_json:
-        console.print(facade.monitor_health()["message"], markup=False)
+        console.print(reads.facade().monitor_health()["message"], markup=False)
 
 
 @cluster_app.command("credentials")
 def cluster_credentials(as_json: JsonOption = False) -> None:
     """The HTTP API's URL and bearer token, and Flower's URL and login."""
+    private()
     from pipeline.deploy import cluster
 
     found = cluster.credentials()
     if as_json:
-        return _print_json(found)
-    _table("credentials", ["what", "value"], [[key, value] for key, value in found.items()])
+        return print_json(found)
+    table("credentials", ["what", "value"], [[key, value] for key, value in found.items()])
 
 
 @app.command("api")
@@ -172,6 +163,7 @@ def api(
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port to listen on.")] = None,
 ) -> None:
     """Serve the HTTP API alone (FastAPI on uvicorn; host and port from settings)."""
+    private()
     from pipeline.interfaces.api import serve
 
     serve(host, port)
@@ -191,6 +183,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker in the foreground, on any host, pointed at the central host."""
+    private()
     from pipeline.deploy import worker_command
 
     worker_command.run(queues, concurrency, hostname)
@@ -198,8 +191,8 @@ def worker(
 
 def _show_status(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
-        return _print_json(rows)
-    _table(
+        return print_json(rows)
+    table(
         "cluster",
         ["name", "pid", "alive", "url"],
         [[r["name"], r["pid"], "yes" if r["alive"] else "no", r["url"]] for r in rows],
@@ -212,7 +205,7 @@ def _show_status(rows: list[dict[str, Any]], as_json: bool) -> None:
 @definitions_app.command("import")
 def definitions_import(files: Annotated[list[Path], typer.Argument(help="YAML files.")]) -> None:
     """Import definition files, all or nothing; a changed file becomes a new version."""
-    for item in facade.import_definitions(files):
+    for item in reads.facade().import_definitions(files):
         note = "imported" if item["new"] else "unchanged"
         console.print(f"{item['name']} version {item['version']} ({note})")
 
@@ -220,10 +213,10 @@ def definitions_import(files: Annotated[list[Path], typer.Argument(help="YAML fi
 @definitions_app.command("list")
 def definitions_list(as_json: JsonOption = False) -> None:
     """The newest version of every pipeline definition."""
-    rows = facade.list_definitions()
+    rows = reads.facade().list_definitions()
     if as_json:
-        return _print_json(rows)
-    _table(
+        return print_json(rows)
+    table(
         "pipelines",
         ["name", "version", "nodes", "imported"],
         [[r["name"], r["version"], " -> ".join(r["nodes"]), r["imported_at"]] for r in rows],
@@ -233,15 +226,15 @@ def definitions_list(as_json: JsonOption = False) -> None:
 @definitions_app.command("show")
 def definitions_show(name: str, as_json: JsonOption = False) -> None:
     """A pipeline's nodes, their algorithms, inputs, outputs and execution settings."""
-    spec = facade.show_definition(name)
+    spec = reads.facade().show_definition(name)
     if as_json:
-        return _print_json(spec)
+        return print_json(spec)
     console.print(
         f"[bold]{spec['name']}[/] version {spec['version']}  {spec.get('description', '')}"
     )
     console.print(f"from {spec['source']}; Python algorithms imported from", end=" ")
     console.print(", ".join(spec.get("python_path") or []) or "the installed packages")
-    _table(
+    table(
         "nodes",
         ["node", "after", "algorithm", "inputs", "outputs", "subtasks", "parameter sets", "queue"],
         [
@@ -271,10 +264,10 @@ def _subtasks_label(subtasks: Any) -> str:
 @params_app.command("list")
 def params_list(as_json: JsonOption = False) -> None:
     """The newest version of every parameter set."""
-    rows = facade.list_parameter_sets()
+    rows = reads.facade().list_parameter_sets()
     if as_json:
-        return _print_json(rows)
-    _table(
+        return print_json(rows)
+    table(
         "parameter sets",
         ["name", "version", "locked", "parameters"],
         [[r["name"], r["version"], r["locked"], len(r["parameters"])] for r in rows],
@@ -288,15 +281,15 @@ def params_show(
     as_json: JsonOption = False,
 ) -> None:
     """A parameter set's values and types."""
-    found = facade.show_parameter_set(name, version)
+    found = reads.facade().show_parameter_set(name, version)
     if as_json:
-        return _print_json(found)
+        return print_json(found)
     _show_parameter_set(found)
 
 
 def _show_parameter_set(found: dict[str, Any]) -> None:
     lock = "locked" if found["locked"] else "unlocked"
-    _table(
+    table(
         f"{found['name']} version {found['version']} ({lock})",
         ["parameter", "type", "value"],
         [[p["name"], p["type"], json.dumps(p["value"])] for p in found["parameters"]],
@@ -310,9 +303,9 @@ def params_set(
     as_json: JsonOption = False,
 ) -> None:
     """Change values; a locked version (used by an instance) gets a new version instead."""
-    found = facade.set_parameters(name, assignments)
+    found = reads.facade().set_parameters(name, assignments)
     if as_json:
-        return _print_json(found)
+        return print_json(found)
     _show_parameter_set(found)
 
 
@@ -328,64 +321,30 @@ def submit(
     as_json: JsonOption = False,
 ) -> None:
     """Submit a pipeline instance."""
+    facade = reads.facade()
     data = facade.submit(pipeline, start_node, end_node, priority)
     if as_json:
-        return _print_json(data)
+        return print_json(data)
     console.print(f"{facade.submitted_line(data)}; follow it with: pipeline wait {data['id']}")
 
 
 @app.command()
-def instances(as_json: JsonOption = False) -> None:
-    """Every pipeline instance and its state."""
-    rows = facade.list_instances()
-    if as_json:
-        return _print_json(rows)
-    _table(
-        "instances",
-        ["id", "pipeline", "version", "state", "nodes", "created", "message"],
-        [
-            [
-                r["id"],
-                r["pipeline"],
-                r["definition_version"],
-                r["state"],
-                _node_range(r),
-                r["created_at"],
-                r["message"],
-            ]
-            for r in rows
-        ],
-    )
-
-
-def _node_range(instance: dict[str, Any]) -> str:
-    if not instance["start_node"] and not instance["end_node"]:
-        return "all"
-    return f"{instance['start_node'] or 'first'} .. {instance['end_node'] or 'last'}"
+def instances(
+    limit: LimitOption = None, every: AllOption = False, as_json: JsonOption = False
+) -> None:
+    """Pipeline instances and their states: the newest, in id order."""
+    reads.show_instances(_limit(limit, every), every, as_json)
 
 
 @app.command()
-def tasks(instance: int, as_json: JsonOption = False) -> None:
-    """The tasks of an instance: P-state, error flag and subtask counts."""
-    rows = facade.list_tasks(instance)
-    if as_json:
-        return _print_json(rows)
-    _table(
-        f"tasks of instance {instance}",
-        ["id", "node", "unit of work", "state", "subtasks", "worker", "error"],
-        [
-            [
-                r["id"],
-                r["node"],
-                r["unit_of_work"],
-                r["state"],
-                r["counts"],
-                r["worker_host"],
-                r["error_message"],
-            ]
-            for r in rows
-        ],
-    )
+def tasks(
+    instance: int,
+    limit: LimitOption = None,
+    every: AllOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """The tasks of an instance in id order: P-state, error flag and subtask counts."""
+    reads.show_tasks(instance, _limit(limit, every), every, as_json)
 
 
 @app.command()
@@ -393,67 +352,25 @@ def task(
     task_id: Annotated[int, typer.Argument(metavar="TASK")], as_json: JsonOption = False
 ) -> None:
     """A task's details and its history of transitions."""
-    detail = facade.get_task(task_id)
-    if as_json:
-        return _print_json(detail)
-    console.print(
-        f"[bold]task {detail['id']}[/]  instance {detail['instance_id']}  node {detail['node']}"
-        f"  unit {detail['unit_of_work']}\nstate {detail['state']}  subtasks {detail['counts']}"
-        f"  attempt {detail['attempt']}  queue {detail['execution'].get('queue')}"
-        f"\ndirectory {detail['task_dir'] or '-'}"
-    )
-    if detail["error_message"]:
-        halted = " (halted)" if detail["halted"] else ""
-        console.print(f"[red]error{halted}[/] {detail['error_message']}")
-    if detail["running"]:
-        _table(
-            "running subtasks",
-            ["index", "worker", "pid", "started", "last heartbeat"],
-            [
-                [s["index"], s["worker_host"], s["worker_pid"], s["started_at"], s["heartbeat_at"]]
-                for s in detail["running"]
-            ],
-        )
-    _table(
-        "history",
-        ["time", "p-state", "attempt", "host", "message"],
-        [
-            [
-                e["at"],
-                ("ERROR - " if e["error"] else "") + e["p_state"],
-                e["attempt"],
-                e["host"],
-                e["message"],
-            ]
-            for e in detail["history"]
-        ],
-    )
+    reads.show_task(task_id, as_json)
 
 
 @app.command()
 def subtasks(
-    task_id: Annotated[int, typer.Argument(metavar="TASK")], as_json: JsonOption = False
+    task_id: Annotated[int, typer.Argument(metavar="TASK")],
+    limit: LimitOption = None,
+    every: AllOption = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """A task's subtasks: state, attempts and error."""
-    rows = facade.list_subtasks(task_id)
-    if as_json:
-        return _print_json(rows)
-    _table(
-        f"subtasks of task {task_id}",
-        ["index", "state", "attempts", "worker", "inputs", "outputs", "error"],
-        [
-            [
-                r["index"],
-                r["state"],
-                r["attempts"],
-                r["worker_host"],
-                ", ".join(r["inputs"]),
-                r["outputs"],
-                r["error"],
-            ]
-            for r in rows
-        ],
-    )
+    """A task's subtasks in index order: state, attempts and error."""
+    reads.show_subtasks(task_id, _limit(limit, every), every, as_json)
+
+
+def _limit(limit: int | None, every: bool) -> int | None:
+    """``--limit``, refused beside ``--all``."""
+    if every and limit is not None:
+        raise _usage("give --limit or --all, not both")
+    return limit
 
 
 @app.command()
@@ -463,9 +380,9 @@ def logs(
     as_json: JsonOption = False,
 ) -> None:
     """The algorithm's output (stdout and stderr) of each subtask of a task."""
-    found = facade.logs(task_id, subtask)
+    found = reads.facade().logs(task_id, subtask)
     if as_json:
-        return _print_json(found)
+        return print_json(found)
     for entry in found:
         console.rule(f"subtask {entry['index']}  {entry['path']}")
         sys.stdout.write(entry["text"] or "(no output)\n")
@@ -478,6 +395,15 @@ def wait(
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
 ) -> None:
     """Wait for an instance: exit 0 when COMPLETED, 1 when it stops with errors, 3 on timeout."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    facade = reads.facade()
     deadline = time.monotonic() + timeout if timeout else None
     columns = [
         TextColumn("instance {task.fields[id]} {task.description}"),
@@ -525,10 +451,10 @@ def alerts_list(
     """List unacknowledged alerts (time, severity, instance, task, message)."""
     if ctx.invoked_subcommand:
         return
-    rows = facade.list_alerts(all_)
+    rows = reads.facade().list_alerts(all_)
     if as_json:
-        return _print_json(rows)
-    _table(
+        return print_json(rows)
+    table(
         "alerts",
         ["id", "time", "severity", "instance", "task", "message", "acknowledged"],
         [
@@ -549,7 +475,7 @@ def alerts_list(
 @alerts_app.command("ack")
 def alerts_ack(alert_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
     """Acknowledge an alert: it leaves the default list."""
-    facade.acknowledge_alert(alert_id)
+    reads.facade().acknowledge_alert(alert_id)
     console.print(f"alert {alert_id} acknowledged")
 
 
@@ -561,7 +487,7 @@ def restart(
     tasks: Annotated[
         list[str] | None, typer.Argument(help="TASK or TASK:MODE, one mode per task.")
     ] = None,
-    mode: Annotated[str | None, typer.Option(help=f"{', '.join(_MODES)}.")] = None,
+    mode: Annotated[str | None, typer.Option(help=MODES_HELP)] = None,
     instance: Annotated[
         int | None, typer.Option(help="Restart every failed task of this instance.")
     ] = None,
@@ -594,11 +520,11 @@ def restart(
             raise _usage("give tasks or --instance, not both")
         if not mode:
             raise _usage("--instance needs --mode")
-        report = facade.restart_failed(instance, mode, changes, dry_run)
+        report = reads.facade().restart_failed(instance, mode, changes, dry_run)
     else:
         if not tasks:
             raise _usage("name the tasks to restart, or --instance ID")
-        report = facade.restart(tasks, mode, changes, dry_run)
+        report = reads.facade().restart(tasks, mode, changes, dry_run)
     _show_report(report, as_json, "restart (dry run)" if dry_run else "restart")
 
 
@@ -610,20 +536,20 @@ def halt(
 ) -> None:
     """Halt tasks: queued work dropped, running subtasks revoked, the error flag set."""
     if instance is not None:
-        report = facade.halt_instance(instance)
+        report = reads.facade().halt_instance(instance)
     elif tasks:
-        report = facade.halt(tasks)
+        report = reads.facade().halt(tasks)
     else:
         raise _usage("name the tasks to halt, or --instance ID")
     _show_report(report, as_json, "halt")
 
 
-def _show_report(report: facade.Report, as_json: bool, title: str) -> None:
+def _show_report(report: Report, as_json: bool, title: str) -> None:
     """Print what happened to each task; exit 1 when any was refused."""
     if as_json:
-        _print_json(report.as_dicts())
+        print_json(report.as_dicts())
     else:
-        _table(
+        table(
             title,
             ["task", "mode", "result", "from", "subtasks", "message"],
             [
@@ -659,9 +585,9 @@ def datastore_import(
     as_json: JsonOption = False,
 ) -> None:
     """Receive files into the datastore, all or nothing, each recorded in the ledger."""
-    received = facade.receive(directory, data_file_type, unit, manifest, pipeline)
+    received = reads.facade().receive(directory, data_file_type, unit, manifest, pipeline)
     if as_json:
-        return _print_json(received)
+        return print_json(received)
     total = sum(f["size"] for f in received["files"])
     console.print(
         f"received {len(received['files'])} {data_file_type} files ({total} bytes)"
@@ -679,14 +605,14 @@ def files(
     unit: Annotated[str | None, typer.Option(help="Of this unit of work.")] = None,
     path: Annotated[str | None, typer.Option(help="This file, under the datastore.")] = None,
     history: Annotated[bool, typer.Option(help="Superseded versions too.")] = False,
-    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = DEFAULT_LIMIT,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = FILES_SHOWN,
     as_json: JsonOption = False,
 ) -> None:
     """Datastore files and who produced each (the current versions, unless asked)."""
-    rows = facade.files(instance, task, unit, path, history, limit)
+    rows = reads.facade().files(instance, task, unit, path, history, limit)
     if as_json:
-        return _print_json(rows)
-    _table(
+        return print_json(rows)
+    table(
         "datastore files",
         ["path", "type", "size", "sha256", "producer", "stored", "current"],
         [
@@ -722,9 +648,9 @@ def lineage(
     as_json: JsonOption = False,
 ) -> None:
     """Who produced a file: each producer back to the data received, with its parameters."""
-    chain = facade.lineage(path)
+    chain = reads.facade().lineage(path)
     if as_json:
-        return _print_json(chain)
+        return print_json(chain)
     steps = {step["file"]["id"]: step for step in chain["steps"]}
 
     def show(step: dict[str, Any], depth: int) -> None:
@@ -758,6 +684,7 @@ def flower(
     log_file: Annotated[Path | None, typer.Option(help="Write Flower's log to this file.")] = None,
 ) -> None:
     """Run Flower with the pipeline console, behind basic auth (`pipeline cluster credentials`)."""
+    private()
     from pipeline.interfaces.flower import serve
 
     serve(log_file)
@@ -773,7 +700,7 @@ EXAMPLES: dict[str, str] = {
     "worker": "pipeline worker --queues gpu,default --concurrency 8 --hostname gpu-01",
     "submit": "pipeline submit sample --end-node flip --json",
     "instances": "pipeline instances --json",
-    "tasks": "pipeline tasks 2",
+    "tasks": "pipeline tasks 2 --limit 200; pipeline tasks 2 --all",
     "task": "pipeline task 7",
     "subtasks": "pipeline subtasks 7",
     "logs": "pipeline logs 7 --subtask 0",
@@ -820,7 +747,22 @@ def _command() -> core.Command:
     builds it once."""
     command = typer.main.get_command(app)
     _add_examples(command)
+    _name_the_modes(command.commands["restart"])  # type: ignore[attr-defined]
     return command
+
+
+def _name_the_modes(restart: core.Command) -> None:
+    """List the restart modes in ``restart --help`` as it is shown: the modes' module loads
+    the database libraries, which no other command line should wait for."""
+    [mode] = [param for param in restart.params if param.name == "mode"]
+    show = restart.format_help
+
+    def format_help(ctx: core.Context, formatter: Any) -> None:
+        modes = ", ".join(m.name for m in reads.facade().restart_modes())
+        mode.help = f"{MODES_HELP[:-1]}: {modes}."  # type: ignore[attr-defined]
+        show(ctx, formatter)
+
+    restart.format_help = format_help  # type: ignore[method-assign]
 
 
 def _usage(message: str) -> exceptions.UsageError:
@@ -832,8 +774,6 @@ def main() -> None:
     """Run the CLI: every error is one line on stderr. Exit statuses: 0 success, 1 refused
     or errors in the run, 2 a usage error (the command line itself), 3 a timeout."""
     try:
-        # What the CLI writes (a home, received files) is as private as the cluster's own.
-        os.umask(get_settings().umask)
         status = _command().main(standalone_mode=False)
     except exceptions.NoArgsIsHelpError as exc:
         exc.show()
@@ -847,13 +787,21 @@ def main() -> None:
         raise SystemExit(EXIT_REFUSED) from None
     except typer.Abort:
         raise SystemExit(EXIT_REFUSED) from None
-    except Exception as exc:
-        found = facade.problem(exc)
-        if found is None:
-            raise
-        _error(found.message)
-        raise SystemExit(EXIT_REFUSED) from None
+    except Exception as exc:  # noqa: BLE001 - reported, or raised again
+        fail(exc)
     raise SystemExit(status if isinstance(status, int) else EXIT_OK)
+
+
+def fail(exc: Exception) -> NoReturn:
+    """Report an error an operator can cause or meet in one line and exit 1; raise anything
+    else (a bug, with its traceback)."""
+    from pipeline.operations.facade import problem
+
+    found = problem(exc)
+    if found is None:
+        raise exc
+    _error(found.message)
+    raise SystemExit(EXIT_REFUSED) from None
 
 
 def _error(message: str) -> None:

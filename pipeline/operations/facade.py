@@ -45,9 +45,11 @@ from pipeline.operations.lineage import files, lineage
 from pipeline.operations.modes import MODES, RestartMode, parse_request
 from pipeline.operations.outcomes import Report
 from pipeline.operations.queries import (
+    Listing,
     get_instance,
     get_task,
     instance_dict,
+    instances_listing,
     iso_time,
     list_definitions,
     list_instances,
@@ -58,6 +60,8 @@ from pipeline.operations.queries import (
     parameter_set_dict,
     show_definition,
     show_parameter_set,
+    subtasks_listing,
+    tasks_listing,
     tasks_needing_attention,
 )
 from pipeline.operations.receipt import receive
@@ -65,11 +69,13 @@ from pipeline.recovery import heartbeat
 
 __all__ = [
     "PROBLEMS",
+    "Listing",
     "Problem",
     "Report",
     "acknowledge_alert",
     "alerts_page",
     "instance_overview",
+    "instances_listing",
     "instances_page",
     "log_tail",
     "metrics",
@@ -77,7 +83,9 @@ __all__ = [
     "parameter_versions",
     "subtask_log_path",
     "subtask_state_counts",
+    "subtasks_listing",
     "subtasks_page",
+    "tasks_listing",
     "tasks_page",
     "files",
     "get_instance",

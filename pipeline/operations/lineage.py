@@ -10,13 +10,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
+from pipeline.domain.listing import FILES_SHOWN as DEFAULT_LIMIT
 from pipeline.domain.models import DatastoreFile, FileConsumption, PipelineInstance
 from pipeline.engine.datastore_ledger import current_rows
 from pipeline.errors import NotFound
 from pipeline.operations.queries import iso_time
-
-#: Files a listing shows at most unless told otherwise: a datastore may hold millions.
-DEFAULT_LIMIT = 1000
 
 
 def file_dict(row: DatastoreFile) -> dict[str, Any]:

@@ -3,6 +3,7 @@ sets, as plain dicts (the JSON contract of the CLI's ``--json`` and the HTTP API
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from sqlalchemy import func, or_, select, union_all
 
 from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
-from pipeline.domain.limits import check_id, check_index
+from pipeline.domain.limits import MAX_ID, check_id, check_index
 from pipeline.domain.models import (
     DatastoreFile,
     FileConsumption,
@@ -23,7 +24,7 @@ from pipeline.domain.models import (
 from pipeline.domain.states import InstanceState, SubtaskState, counts_label, task_state_label
 from pipeline.engine.ledger import RESTARTABLE, RUNNING
 from pipeline.engine.taskdir import log_path
-from pipeline.errors import NotFound
+from pipeline.errors import InvalidInput, NotFound, shown
 
 #: Instances the restart page lists at most, newest first.
 ATTENTION_INSTANCES = 50
@@ -131,10 +132,44 @@ def subtask_dict(subtask: Subtask) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Listing:
+    """Some rows of a listing (all of them without a limit), and how many it has in all."""
+
+    rows: list[dict[str, Any]]
+    total: int
+
+
+def _checked(limit: int) -> int:
+    """``limit`` rows, refused unless 1 to ``MAX_ID``."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_ID:
+        raise InvalidInput(f"limit {shown(limit)} is out of range (1 to {MAX_ID})")
+    return limit
+
+
+def _total(session: Any, rows: list[Any], limit: int | None, query: Any) -> int:
+    """How many rows ``query`` counts, asked only when ``limit`` may have kept some back."""
+    if limit is None or len(rows) < limit:
+        return len(rows)
+    return session.scalar(select(func.count()).select_from(query.subquery())) or 0
+
+
 def list_instances() -> list[dict[str, Any]]:
+    return instances_listing().rows
+
+
+def instances_listing(limit: int | None = None) -> Listing:
+    """The instances in id order: every one, or the newest ``limit`` (what an operator
+    looks for first) still in id order."""
     with transaction() as session:
-        rows = session.scalars(select(PipelineInstance).order_by(PipelineInstance.id))
-        return [instance_dict(row) for row in rows]
+        query = select(PipelineInstance)
+        if limit is None:
+            rows = list(session.scalars(query.order_by(PipelineInstance.id)))
+        else:
+            newest = query.order_by(PipelineInstance.id.desc()).limit(_checked(limit))
+            rows = list(session.scalars(newest))[::-1]
+        total = _total(session, rows, limit, query)
+        return Listing([instance_dict(row) for row in rows], total)
 
 
 def get_instance(instance_id: int) -> dict[str, Any]:
@@ -160,6 +195,11 @@ def get_instance(instance_id: int) -> dict[str, Any]:
 
 
 def list_tasks(instance_id: int) -> list[dict[str, Any]]:
+    return tasks_listing(instance_id).rows
+
+
+def tasks_listing(instance_id: int, limit: int | None = None) -> Listing:
+    """An instance's tasks in id order: every one, or the first ``limit``."""
     check_id(instance_id, "instance")
     with transaction() as session:
         if session.get(PipelineInstance, instance_id) is None:
@@ -167,10 +207,12 @@ def list_tasks(instance_id: int) -> list[dict[str, Any]]:
         # Plain tuples, not ORM objects nor rows read by name: 10,000 tasks list in a
         # third of the time.
         columns = [Task.__table__.c[name] for name in TASK_COLUMNS]
-        rows = session.execute(
-            select(*columns).where(Task.instance_id == instance_id).order_by(Task.id)
-        )
-        return [task_fields(*row) for row in rows]
+        query = select(*columns).where(Task.instance_id == instance_id)
+        ordered = query.order_by(Task.id)
+        if limit is not None:
+            ordered = ordered.limit(_checked(limit))
+        rows = [task_fields(*row) for row in session.execute(ordered)]
+        return Listing(rows, _total(session, rows, limit, query))
 
 
 def _task(session: Any, task_id: int) -> Task:
@@ -290,20 +332,28 @@ def _first_failed(session: Any, task_ids: list[int]) -> dict[int, list[dict[str,
 
 
 def list_subtasks(task_id: int) -> list[dict[str, Any]]:
-    """The task's subtasks, each with the datastore paths its last marshal gave it."""
+    return subtasks_listing(task_id).rows
+
+
+def subtasks_listing(task_id: int, limit: int | None = None) -> Listing:
+    """The task's subtasks in index order (every one, or the first ``limit``), each with
+    the datastore paths its last marshal gave it."""
     with transaction() as session:
         _task(session, task_id)
-        rows = session.scalars(
-            select(Subtask).where(Subtask.task_id == task_id).order_by(Subtask.index)
-        )
+        query = select(Subtask).where(Subtask.task_id == task_id)
+        ordered = query.order_by(Subtask.index)
+        if limit is not None:
+            ordered = ordered.limit(_checked(limit))
+        rows = list(session.scalars(ordered))
         subtasks = [subtask_dict(row) for row in rows]
-        consumed = _consumed(session, task_id)
+        consumed = _consumed(session, task_id, rows[-1].index if rows else -1)
         for subtask in subtasks:
             subtask["consumed"] = consumed.get(subtask["index"], [])
-        return subtasks
+        return Listing(subtasks, _total(session, rows, limit, query))
 
 
-def _consumed(session: Any, task_id: int) -> dict[int, list[str]]:
+def _consumed(session: Any, task_id: int, last: int) -> dict[int, list[str]]:
+    """The paths each subtask up to index ``last`` consumed at the task's last marshal."""
     marshaled = select(func.max(FileConsumption.attempt)).where(FileConsumption.task_id == task_id)
     consumed: dict[int, list[str]] = {}
     for index, path in session.execute(
@@ -312,6 +362,7 @@ def _consumed(session: Any, task_id: int) -> dict[int, list[str]]:
         .where(
             FileConsumption.task_id == task_id,
             FileConsumption.attempt == marshaled.scalar_subquery(),
+            FileConsumption.subtask_index <= last,
         )
         .order_by(FileConsumption.id)
     ):

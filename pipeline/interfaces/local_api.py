@@ -1,0 +1,160 @@
+"""The home's own HTTP API, as the CLI's read commands ask it: found through a run file the
+API writes when it starts, asked with the standard library alone.
+
+A read command that loads SQLAlchemy, the settings and the pipeline's models spends half a
+second importing them, above the 0.35 s an operator should wait for ``pipeline tasks``;
+the HTTP API of a started cluster has them loaded and its connections open. So the API
+writes ``run/api.json`` (private: it holds the token) as it starts, naming its URL, token,
+process and what its settings were made from, and removes it as it stops; the CLI asks
+the API only when that file names a live API process whose settings were made from the
+same settings file and ``PIPELINE_*`` environment as the CLI's own would be. Otherwise (no
+file, a process gone or another one's pid, other settings, no connection within
+``CONNECT_SECONDS``, an answer other than rows or an unknown id) the CLI reads in process,
+as it would without an API: the API only ever makes a read faster, never different.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from config.home import SETTINGS_FILE, find_home
+from pipeline.domain.listing import TOTAL_HEADER
+
+#: The run file under the home's ``run`` directory.
+RUN_FILE = "api.json"
+#: Seconds the CLI waits for a connection to the API before reading in process (a stale
+#: run file names a port nobody listens on, or a firewalled one).
+CONNECT_SECONDS = 0.5
+#: Seconds the API may take to answer once connected (as the Python client allows).
+ANSWER_SECONDS = 30.0
+#: The statuses whose answers the CLI prints as the API gives them: rows or a detail, and
+#: an unknown instance or task (the facade's message). Any other is read again in process,
+#: whose message is the one the CLI has always printed.
+OK, NOT_FOUND = 200, 404
+#: The environment variables that make a process's settings (``PIPELINE_HOME`` only
+#: names the home, whose run file is read).
+ENV_PREFIX, HOME_VARIABLE = "PIPELINE_", "PIPELINE_HOME"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the API answered: its status, its JSON (or an error's one-line detail), and how
+    many rows the listing has in all when it said so."""
+
+    status: int
+    data: Any
+    total: int | None
+
+
+def settings_fingerprint(home: Path) -> str:
+    """A digest of what a process's settings are made from beside the defaults: the home's
+    settings file and the ``PIPELINE_*`` environment variables but ``PIPELINE_HOME``."""
+    digest = hashlib.sha256()
+    with suppress(FileNotFoundError):
+        digest.update((home / SETTINGS_FILE).read_bytes())
+    for key in sorted(os.environ):
+        if key.startswith(ENV_PREFIX) and key != HOME_VARIABLE:
+            digest.update(f"\0{key}={os.environ[key]}".encode())
+    return digest.hexdigest()
+
+
+def publish(home: Path, url: str, token: str, ca_file: str | None) -> None:
+    """Name this process's API in the home's run file (owner only, replaced whole)."""
+    run = home / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    record = {
+        "url": url,
+        "token": token,
+        "ca_file": ca_file,
+        "pid": os.getpid(),
+        "settings": settings_fingerprint(home),
+    }
+    written = run / f".{RUN_FILE}.{os.getpid()}"
+    with os.fdopen(os.open(written, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+        json.dump(record, file)
+    os.replace(written, run / RUN_FILE)
+
+
+def withdraw(home: Path) -> None:
+    """Remove the run file if it still names this process (another API may have taken it)."""
+    path = home / "run" / RUN_FILE
+    with suppress(OSError, ValueError, KeyError, TypeError):
+        if json.loads(path.read_text())["pid"] == os.getpid():
+            path.unlink()
+
+
+def find() -> dict[str, Any] | None:
+    """The run file of this shell's home, when it names a live API whose settings are made
+    as this process's would be; None otherwise."""
+    home = find_home().path
+    try:
+        record = json.loads((home / "run" / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("settings") != settings_fingerprint(home):
+        return None
+    return record if _serving(record.get("pid")) else None
+
+
+def _serving(pid: Any) -> bool:
+    """Is ``pid`` a live ``pipeline api`` process (not a pid recycled since a crash)?"""
+    try:
+        arguments = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0")
+    except (OSError, TypeError, ValueError):
+        return False
+    return b"api" in arguments
+
+
+def get(record: dict[str, Any], path: str, **params: Any) -> Answer | None:
+    """``GET path`` from the API the run file names: rows, a detail, or an unknown id's
+    one-line message; None when it could not be asked or answered anything else."""
+    import http.client
+
+    try:
+        url = urlsplit(record["url"])
+        connection = _connection(url.scheme, url.hostname or "", url.port, record.get("ca_file"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    query = f"?{urlencode(params)}" if params else ""
+    try:
+        connection.connect()
+        connection.sock.settimeout(ANSWER_SECONDS)
+        connection.request(
+            "GET",
+            f"{url.path}{path}{query}",
+            headers={"Authorization": f"Bearer {record['token']}"},
+        )
+        response = connection.getresponse()
+        body = json.loads(response.read())
+        if response.status == OK:
+            total = response.getheader(TOTAL_HEADER)
+            return Answer(OK, body, int(total) if total is not None else None)
+        if response.status == NOT_FOUND and isinstance(body.get("detail"), str):
+            return Answer(NOT_FOUND, body["detail"], None)
+        return None
+    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    finally:
+        connection.close()
+
+
+def _connection(scheme: str, host: str, port: int | None, ca_file: str | None) -> Any:
+    """An HTTP connection, or an HTTPS one checking the certificate against ``ca_file``
+    (else the system's CAs), as the Python client does."""
+    import http.client
+
+    if scheme == "https":
+        import ssl
+
+        context = ssl.create_default_context(cafile=ca_file)
+        return http.client.HTTPSConnection(host, port, timeout=CONNECT_SECONDS, context=context)
+    if scheme != "http":
+        raise ValueError(f"not an HTTP URL: {scheme}")
+    return http.client.HTTPConnection(host, port, timeout=CONNECT_SECONDS)

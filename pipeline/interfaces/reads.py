@@ -1,0 +1,306 @@
+"""The ``pipeline`` program's entry, and the operators' read commands (``instances``,
+``tasks``, ``subtasks``, ``task``) as they print, without Typer.
+
+An operator waits for these reads, so they must answer within 0.35 s, process start
+included. Typer alone costs 0.07 s to import, and its parsing imports pydantic (0.1 s);
+SQLAlchemy, the settings and the facade half a second more. So ``main`` runs a read
+written plainly (``pipeline tasks 7 --limit 200 --json``) here, from ``plain_read``, and
+hands every other command line to ``cli`` (Typer), whose read commands call the same
+``show_*`` functions. A read asks the home's HTTP API when it runs with this shell's
+settings (``local_api``), which answers the facade's dicts, and otherwise imports the
+facade and reads the database: the same bytes either way.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.domain.listing import TABLE_ROWS
+from pipeline.errors import NotFound
+from pipeline.interfaces import local_api
+
+#: The width of what goes to a pipe or a file (COLUMNS unset): wide enough that no column
+#: of a table is cut and no line is folded, as a script or ``grep`` needs it.
+PIPED_WIDTH = 1000
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
+
+
+def print_json(data: Any) -> None:
+    # orjson, not the json module: with an indent, json falls back to its pure-Python
+    # encoder, which took 0.12 s of the 0.82 s ``tasks --json`` took for 10,000 tasks.
+    import orjson
+
+    options = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
+    sys.stdout.flush()
+    sys.stdout.buffer.write(orjson.dumps(data, default=str, option=options))
+    sys.stdout.buffer.flush()
+
+
+@cache
+def private() -> None:
+    """Make what the CLI writes from now on (a home, received files, logs) as private as
+    the cluster's own: the settings say to whom."""
+    from config.settings import get_settings
+
+    os.umask(get_settings().umask)
+
+
+def facade() -> ModuleType:
+    """The operations facade, imported when a command first needs it: with SQLAlchemy, the
+    settings and the models it costs half a second, more than a whole read through the
+    home's HTTP API takes (``local_api``)."""
+    private()
+    from pipeline.operations import facade as operations
+
+    return operations
+
+
+def _read(
+    path: str, in_process: Callable[[ModuleType], tuple[Any, int | None]], **params: Any
+) -> tuple[Any, int | None]:
+    """What a read command shows, and how many rows there are in all when it is a listing:
+    the home's HTTP API's answer when it runs with this shell's settings, else
+    ``in_process(facade)`` (the same dicts: the API serves the facade's). An unknown id is
+    refused with the facade's message either way."""
+    record = local_api.find()
+    answer = local_api.get(record, path, **params) if record else None
+    if answer is None:
+        return in_process(facade())
+    if answer.status == local_api.NOT_FOUND:
+        raise NotFound(answer.data)
+    return answer.data, answer.total
+
+
+def _listing(
+    path: str,
+    in_process: Callable[[ModuleType, int | None], Any],
+    limit: int | None,
+    every: bool,
+    as_json: bool,
+) -> tuple[list[dict[str, Any]], int]:
+    """A listing's rows and how many it has in all: ``--limit`` N rows, every one for
+    ``--all`` (and for ``--json`` unless ``--limit`` is given: the stable contract of
+    scripts), else a screenful, ``TABLE_ROWS``; not both (``cli`` refuses that). The
+    database does the limiting."""
+    wanted = None if every or (as_json and limit is None) else limit or TABLE_ROWS
+
+    def read(operations: ModuleType) -> tuple[list[dict[str, Any]], int]:
+        found = in_process(operations, wanted)
+        return found.rows, found.total
+
+    rows, total = _read(path, read, **({} if wanted is None else {"limit": wanted}))
+    return rows, len(rows) if total is None else total
+
+
+def _footer(shown: int, total: int, what: str, which: str = "") -> None:
+    """Say how many rows a table left out, and how to see them: ``showing 50 of 10,000
+    tasks (--all for every one)``."""
+    if shown < total:
+        console.print(
+            f"showing {which}{shown:,} of {total:,} {what} (--all for every one)", highlight=False
+        )
+
+
+def table(
+    title: str, columns: list[str], rows: list[list[Any]], whole: tuple[str, ...] = ()
+) -> None:
+    """Print rows as a table; the ``whole`` columns fold onto more lines rather than be cut."""
+    shown = Table(title=title, title_justify="left")
+    for column in columns:
+        shown.add_column(column, overflow="fold" if column in whole else "ellipsis")
+    for row in rows:
+        shown.add_row(*("" if value is None else str(value) for value in row))
+    console.print(shown)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A listing as a read command shows it: what its rows are, where the HTTP API and the
+    facade give them, and each row's cells in its table."""
+
+    what: str
+    title: str
+    path: str
+    in_process: Callable[[ModuleType, int | None], Any]
+    columns: list[str]
+    cells: Callable[[dict[str, Any]], list[Any]]
+    #: Which rows a table of some of them shows: "the newest " of the instances.
+    which: str = ""
+
+
+def _show(shown: Shown, limit: int | None, every: bool, as_json: bool) -> None:
+    """Print a listing as JSON, or as a table and a footer counting the rows left out."""
+    rows, total = _listing(shown.path, shown.in_process, limit, every, as_json)
+    if as_json:
+        return print_json(rows)
+    table(shown.title, shown.columns, [shown.cells(row) for row in rows])
+    _footer(len(rows), total, shown.what, shown.which)
+
+
+def show_instances(limit: int | None, every: bool, as_json: bool) -> None:
+    """Pipeline instances and their states: the newest, in id order."""
+    columns = ["id", "pipeline", "version", "state", "nodes", "created", "message"]
+    keys = ("id", "pipeline", "definition_version", "state", "", "created_at", "message")
+    listed = Shown(
+        "instances",
+        "instances",
+        "/instances",
+        lambda f, n: f.instances_listing(n),
+        columns,
+        lambda r: [r[key] if key else _node_range(r) for key in keys],
+        "the newest ",
+    )
+    _show(listed, limit, every, as_json)
+
+
+def _node_range(instance: dict[str, Any]) -> str:
+    if not instance["start_node"] and not instance["end_node"]:
+        return "all"
+    return f"{instance['start_node'] or 'first'} .. {instance['end_node'] or 'last'}"
+
+
+def show_tasks(instance: int, limit: int | None, every: bool, as_json: bool) -> None:
+    """The tasks of an instance in id order: P-state, error flag and subtask counts."""
+    columns = ["id", "node", "unit of work", "state", "subtasks", "worker", "error"]
+    keys = ("id", "node", "unit_of_work", "state", "counts", "worker_host", "error_message")
+    listed = Shown(
+        "tasks",
+        f"tasks of instance {instance}",
+        f"/instances/{instance}/tasks",
+        lambda f, n: f.tasks_listing(instance, n),
+        columns,
+        lambda r: [r[key] for key in keys],
+    )
+    _show(listed, limit, every, as_json)
+
+
+def show_subtasks(task_id: int, limit: int | None, every: bool, as_json: bool) -> None:
+    """A task's subtasks in index order: state, attempts and error."""
+    columns = ["index", "state", "attempts", "worker", "inputs", "outputs", "error"]
+    keys = ("index", "state", "attempts", "worker_host", "inputs", "outputs", "error")
+    listed = Shown(
+        "subtasks",
+        f"subtasks of task {task_id}",
+        f"/tasks/{task_id}/subtasks",
+        lambda f, n: f.subtasks_listing(task_id, n),
+        columns,
+        lambda r: [", ".join(r[key]) if key == "inputs" else r[key] for key in keys],
+    )
+    _show(listed, limit, every, as_json)
+
+
+def show_task(task_id: int, as_json: bool) -> None:
+    """A task's details and its history of transitions."""
+    detail, _ = _read(f"/tasks/{task_id}", lambda f: (f.get_task(task_id), None))
+    if as_json:
+        return print_json(detail)
+    console.print(
+        f"[bold]task {detail['id']}[/]  instance {detail['instance_id']}  node {detail['node']}"
+        f"  unit {detail['unit_of_work']}\nstate {detail['state']}  subtasks {detail['counts']}"
+        f"  attempt {detail['attempt']}  queue {detail['execution'].get('queue')}"
+        f"\ndirectory {detail['task_dir'] or '-'}"
+    )
+    if detail["error_message"]:
+        halted = " (halted)" if detail["halted"] else ""
+        console.print(f"[red]error{halted}[/] {detail['error_message']}")
+    if detail["running"]:
+        table(
+            "running subtasks",
+            ["index", "worker", "pid", "started", "last heartbeat"],
+            [
+                [s["index"], s["worker_host"], s["worker_pid"], s["started_at"], s["heartbeat_at"]]
+                for s in detail["running"]
+            ],
+        )
+    table(
+        "history",
+        ["time", "p-state", "attempt", "host", "message"],
+        [
+            [
+                e["at"],
+                ("ERROR - " if e["error"] else "") + e["p_state"],
+                e["attempt"],
+                e["host"],
+                e["message"],
+            ]
+            for e in detail["history"]
+        ],
+    )
+
+
+def plain_read(argv: list[str]) -> Callable[[], None] | None:
+    """The read command ``argv`` names when it is written plainly, to run without Typer:
+    ``instances``, ``tasks INSTANCE``, ``subtasks TASK`` or ``task TASK``, with each of
+    ``--json``, ``--all`` and ``--limit N`` (N from 1) at most once and not ``--all`` with
+    ``--limit``. None for any other command line, which Typer parses (and explains when it
+    is wrong): Typer converts every value it parses through a pydantic ``TypeAdapter``, and
+    importing pydantic costs 0.1 s of the 0.35 s an operator should wait for a read."""
+    if not argv or argv[0] not in PLAIN_READS:
+        return None
+    numbers: list[int] = []
+    flags: dict[str, int | bool] = {}
+    words = iter(argv[1:])
+    for word in words:
+        if word in flags:
+            return None
+        if word in ("--json", "--all"):
+            flags[word] = True
+        elif word == "--limit":
+            value = next(words, "")
+            if not _digits(value) or int(value) < 1:
+                return None
+            flags[word] = int(value)
+        elif _digits(word):
+            numbers.append(int(word))
+        else:
+            return None
+    command, takes_id, pages = PLAIN_READS[argv[0]]
+    if len(numbers) != takes_id or ("--all" in flags and "--limit" in flags):
+        return None
+    if not pages and set(flags) - {"--json"}:
+        return None
+    options: dict[str, Any] = {"as_json": flags.get("--json", False)}
+    if pages:
+        options.update(limit=flags.get("--limit"), every=flags.get("--all", False))
+    return lambda: command(*numbers, **options)
+
+
+def _digits(word: str) -> bool:
+    return word.isascii() and word.isdigit()
+
+
+#: The reads ``plain_read`` runs: each one's function, whether it takes an id, and
+#: whether it takes ``--limit`` and ``--all``.
+PLAIN_READS: dict[str, tuple[Callable[..., None], int, bool]] = {
+    "instances": (show_instances, 0, True),
+    "tasks": (show_tasks, 1, True),
+    "subtasks": (show_subtasks, 1, True),
+    "task": (show_task, 1, False),
+}
+
+
+def main() -> None:
+    """Run the ``pipeline`` program: a plain read here, anything else through ``cli``
+    (whose errors, one line each, this shares)."""
+    read = plain_read(sys.argv[1:])
+    if read is None:
+        from pipeline.interfaces.cli import main as parsed_by_typer
+
+        parsed_by_typer()
+        return
+    try:
+        read()
+    except Exception as exc:  # noqa: BLE001 - reported as cli reports it, or raised
+        from pipeline.interfaces.cli import fail
+
+        fail(exc)
+    raise SystemExit(0)

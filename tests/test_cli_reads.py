@@ -1,0 +1,293 @@
+"""The operators' read commands (``instances``, ``tasks``, ``subtasks``, ``task``): a table is
+a screenful of rows with a counted footer (``--limit N``, ``--all``), ``--json`` every row;
+and the output is the same, byte for byte, whether the home's HTTP API answers the read
+(``pipeline.interfaces.local_api``) or the CLI reads the database in process.
+
+The API runs in a thread of this process over the test's own home; the real API process
+that ``cluster start`` runs is in ``test_cli_api_cluster.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.interfaces import local_api
+from tests.support import (
+    InProcessWorker,
+    assert_one_line_error,
+    free_port,
+    run_cli,
+    wait_for,
+)
+
+#: Every read, as a table, as JSON, a page of it, and of an unknown id.
+READS = [
+    ["instances"],
+    ["instances", "--json"],
+    ["instances", "--limit", "1"],
+    ["tasks", "1"],
+    ["tasks", "1", "--json"],
+    ["tasks", "1", "--limit", "1"],
+    ["tasks", "1", "--all"],
+    ["subtasks", "1"],
+    ["subtasks", "1", "--json"],
+    ["subtasks", "1", "--limit", "2"],
+    ["subtasks", "1", "--json", "--limit", "2"],
+    ["task", "1"],
+    ["task", "1", "--json"],
+    ["tasks", "999"],
+    ["subtasks", "999"],
+    ["task", "999"],
+]
+
+
+@pytest.fixture
+def cli(failed: Path, capsys: pytest.CaptureFixture[str]) -> Any:
+    """``pipeline ARGS`` on this test's failed home: instance 1, tasks 1 and 2 with four
+    subtasks each, subtask 0 failed."""
+    return lambda *args: run_cli(capsys, *args)
+
+
+def first_column(table: str) -> list[str]:
+    """The first cell of each row of a printed table (not its header's, nor the empty
+    ones of a row folded onto more lines)."""
+    cells = [line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│")]
+    return [cell for cell in cells if cell]
+
+
+def test_a_table_shows_its_first_rows_and_counts_the_others(cli: Any) -> None:
+    page = cli("subtasks", 1, "--limit", 2)
+    assert page.returncode == 0, page
+    assert first_column(page.stdout) == ["0", "1"]
+    assert page.stdout.endswith("showing 2 of 4 subtasks (--all for every one)\n")
+
+    for every in (cli("subtasks", 1, "--all"), cli("subtasks", 1)):  # 4 rows fit the default
+        assert first_column(every.stdout) == ["0", "1", "2", "3"]
+        assert "showing" not in every.stdout
+
+    tasks = cli("tasks", 1, "--limit", 1)
+    assert first_column(tasks.stdout) == ["1"]
+    assert "showing 1 of 2 tasks (--all for every one)" in tasks.stdout
+
+
+def test_instances_shows_the_newest_in_id_order(cli: Any, worker: InProcessWorker) -> None:
+    for _ in range(2):
+        assert cli("submit", "sample").returncode == 0
+    page = cli("instances", "--limit", 2)
+    assert first_column(page.stdout) == ["2", "3"]
+    assert "showing the newest 2 of 3 instances (--all for every one)" in page.stdout
+    assert first_column(cli("instances", "--all").stdout) == ["1", "2", "3"]
+
+
+def test_json_has_every_row_unless_limited(cli: Any) -> None:
+    assert [s["index"] for s in json.loads(cli("subtasks", 1, "--json").stdout)] == [0, 1, 2, 3]
+    limited = json.loads(cli("subtasks", 1, "--json", "--limit", 3).stdout)
+    assert [s["index"] for s in limited] == [0, 1, 2]
+    assert [t["id"] for t in json.loads(cli("tasks", 1, "--json").stdout)] == [1, 2]
+
+
+def test_the_listings_limit_in_the_database(failed: Path) -> None:
+    from pipeline.operations import facade
+
+    found = facade.subtasks_listing(1, 3)
+    assert ([s["index"] for s in found.rows], found.total) == ([0, 1, 2], 4)
+    assert [s["consumed"] for s in found.rows] == [
+        s["consumed"] for s in facade.list_subtasks(1)[:3]
+    ]
+    assert (len(facade.tasks_listing(1, 5).rows), facade.tasks_listing(1, 5).total) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["tasks", "1", "--limit", "0"], "Invalid value for '--limit'"),
+        (["subtasks", "1", "--limit", "-1"], "Invalid value for '--limit'"),
+        (["instances", "--limit", "x"], "Input should be a valid integer"),
+        (["subtasks", "1", "--limit", "2", "--all"], "give --limit or --all, not both"),
+    ],
+)
+def test_a_bad_limit_is_a_usage_error(cli: Any, args: list[str], fragment: str) -> None:
+    result = cli(*args)
+    assert result.returncode == 2, result
+    assert_one_line_error(result, fragment, "--help")
+
+
+@pytest.mark.parametrize(
+    ("plain", "parsed_by_typer"),
+    [
+        (["subtasks", "1", "--limit", "2"], ["subtasks", "--limit=2", "1"]),
+        (["tasks", "1", "--json"], ["tasks", "1", "--json", "--json"]),
+        (["task", "1"], ["task", "--", "1"]),
+        (["instances", "--all"], ["instances", "--all", "--all"]),
+    ],
+)
+def test_a_plain_read_runs_without_typer_and_prints_what_typer_would(
+    cli: Any, plain: list[str], parsed_by_typer: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.interfaces import reads
+
+    assert reads.plain_read(plain) is not None
+    assert reads.plain_read(parsed_by_typer) is None
+    assert cli(*plain).stdout == cli(*parsed_by_typer).stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["task", "1", "--limit", "2"],
+        ["tasks"],
+        ["tasks", "1", "2"],
+        ["instances", "3"],
+        ["tasks", "١"],  # an Arabic-Indic one: a digit to str.isdigit, not to Typer
+        ["tasks", "1", "--limit"],
+    ],
+)
+def test_anything_else_is_left_to_typer(cli: Any, args: list[str]) -> None:
+    from pipeline.interfaces import reads
+
+    assert reads.plain_read(args) is None
+    assert cli(*args).returncode == 2
+
+
+# -- the same output through the home's HTTP API ---------------------------------------------
+
+
+class Reads:
+    """How the CLI read: each answer ``local_api.get`` gave (None: it read in process)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.answers: list[local_api.Answer | None] = []
+        ask = local_api.get
+
+        def get(record: dict[str, Any], path: str, **params: Any) -> local_api.Answer | None:
+            self.answers.append(ask(record, path, **params))
+            return self.answers[-1]
+
+        monkeypatch.setattr(local_api, "get", get)
+
+    def served(self) -> bool:
+        """Did the API answer the last read (and nothing ask it since the last check)?"""
+        answers, self.answers = self.answers, []
+        return len(answers) == 1 and answers[0] is not None
+
+
+@pytest.fixture
+def api(failed: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """The home's HTTP API in a thread of this process, named in the home's run file as
+    ``pipeline api`` names itself (this process stands for the API's)."""
+    import uvicorn
+
+    from config.settings import API_PREFIX, get_settings
+    from pipeline.interfaces.api import create_app, server_config
+
+    settings = get_settings()
+    port = free_port()
+    server = uvicorn.Server(server_config(create_app(settings.api_token), "127.0.0.1", port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    monkeypatch.setattr(local_api, "_serving", lambda pid: pid == os.getpid())
+    try:
+        wait_for(lambda: server.started, timeout=30, what="the API to start")
+        url = f"http://127.0.0.1:{port}{API_PREFIX}"
+        local_api.publish(failed, url, settings.api_token or "", None)
+        yield {"url": url, "token": settings.api_token}
+    finally:
+        local_api.withdraw(failed)
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def running(task: int, index: int) -> None:
+    """Mark a subtask of the task running on a worker, as the task's detail lists it."""
+    from pipeline.database import transaction
+    from pipeline.domain.models import Subtask
+
+    with transaction() as session:
+        subtask = session.query(Subtask).filter_by(task_id=task, index=index).one()
+        subtask.state, subtask.worker_host, subtask.worker_pid = "RUNNING", "worker1@host", 4242
+
+
+def test_the_api_and_the_database_print_the_same_bytes(
+    api: dict[str, Any], cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running(1, 2)
+    reads = Reads(monkeypatch)
+    through_api = {}
+    for args in READS:
+        through_api[tuple(args)] = cli(*args)
+        assert reads.served(), f"the API did not answer pipeline {' '.join(args)}"
+    # Another setting in this shell's environment than the API's: read in process.
+    monkeypatch.setenv("PIPELINE_WORKERS", "1")
+    for args in READS:
+        in_process = cli(*args)
+        assert not reads.served()
+        served = through_api[tuple(args)]
+        assert (served.returncode, served.stdout, served.stderr) == (
+            in_process.returncode,
+            in_process.stdout,
+            in_process.stderr,
+        ), args
+    assert through_api[("task", "999")].returncode == 1
+    assert through_api[("task", "999")].stderr == "error: unknown task 999\n"
+
+
+def test_what_the_api_does_not_answer_is_read_in_process(
+    api: dict[str, Any], cli: Any, failed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An id out of range (refused by the API's own validation), a wrong token: the CLI
+    reads in process and prints what it always printed."""
+    reads = Reads(monkeypatch)
+    huge = cli("task", 2**63)
+    assert reads.answers == [None] and huge.returncode == 1
+    assert "task id 9223372036854775808 is out of range" in huge.stderr
+
+    reads.answers.clear()
+    local_api.publish(failed, api["url"], "wrong-token", None)
+    assert first_column(cli("tasks", 1).stdout) == ["1", "2"]
+    assert reads.answers == [None]
+
+
+def test_a_stale_run_file_is_passed_over(
+    failed: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a crash the run file stays: a pid that is gone, or reused by another process,
+    is never asked; one that looks like an API at a port nobody listens on is refused at
+    once. Each time the CLI reads in process."""
+    reads = Reads(monkeypatch)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True, check=True)  # fmt: skip
+    url = f"http://127.0.0.1:{free_port()}/api/v1"
+    monkeypatch.setattr(os, "getpid", lambda: int(gone.stdout))
+    local_api.publish(failed, url, "token", None)
+    assert first_column(cli("tasks", 1).stdout) == ["1", "2"]
+    assert reads.answers == [], "a pid that is gone is never asked"
+
+    looks_like_an_api = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "api"]
+    )
+    try:
+        monkeypatch.setattr(os, "getpid", lambda: looks_like_an_api.pid)
+        local_api.publish(failed, url, "token", None)
+        assert first_column(cli("tasks", 1).stdout) == ["1", "2"]
+        assert reads.answers == [None], "asked, refused, read in process"
+    finally:
+        looks_like_an_api.kill()
+        looks_like_an_api.wait()
+
+
+def test_the_run_file_is_the_owners_alone_and_names_its_own_process(failed: Path) -> None:
+    local_api.publish(failed, "http://127.0.0.1:1/api/v1", "secret", None)
+    path = failed / "run" / local_api.RUN_FILE
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    local_api.withdraw(failed)
+    assert not path.exists()
