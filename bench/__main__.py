@@ -227,7 +227,7 @@ def report(result: dict[str, Any], found: list[Figure], path: Path, lines: list[
     console = Console()
     console.print(table(found))
     for line in lines:
-        console.print(line)
+        console.print(line, markup=False)
     before = result["machine"]["load_average_before"]
     console.print(f"load average {before} before, {os.getloadavg()} after; written {path}")
 
