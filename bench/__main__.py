@@ -16,11 +16,12 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from bench import breakdown, commands, figures, harness
+from bench import breakdown, commands, figures, harness, peers
 from bench.figures import Figure, Sizes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -37,6 +38,7 @@ def machine() -> dict[str, object]:
     """Where the figures were measured: they mean little without it."""
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     packages = ("celery", "kombu", "redis", "SQLAlchemy", "psycopg")
+    packages += ("dramatiq",) if peers.available() else ()
     return {
         "cores": os.cpu_count(),
         "memory_gb": round(pages / 2**30, 1),
@@ -49,6 +51,8 @@ def machine() -> dict[str, object]:
 
 #: Seconds each step of the run took, for keeping the suite within its time budget.
 STEP_SECONDS: dict[str, float] = {}
+#: What the run could not measure, and why: printed under the table and written with it.
+NOTES: list[str] = []
 
 
 @contextmanager
@@ -71,7 +75,15 @@ def run_cluster_groups(groups: set[str], sizes: Sizes, base: Path) -> list[Figur
                 if "a" in groups:
                     raw["throughput"] = figures.raw_throughput(sizes.throughput_subtasks)
                 if "b" in groups:
-                    raw["latency"] = figures.raw_latency(sizes.latency_runs)
+                    raw["latency"], raw["latency_p95"] = figures.raw_latency(sizes.latency_runs)
+        if "a" in groups and not peers.available():
+            NOTES.append("a: Dramatiq is not installed, no ratio to it (pip install -e '.[bench]')")
+        elif "a" in groups:
+            with (
+                step("Dramatiq"),
+                harness.dramatiq_worker(f"{broker}/3", base / "dramatiq.log") as actor,
+            ):
+                raw["dramatiq"] = figures.dramatiq_throughput(actor, sizes.throughput_subtasks)
         if "b" in groups:
             with step("b breakdown"):
                 stages = breakdown.stage_breakdown(
@@ -87,18 +99,8 @@ def run_cluster_groups(groups: set[str], sizes: Sizes, base: Path) -> list[Figur
             if "a" in groups:
                 with step("a"):
                     value, details = figures.pipeline_throughput(cluster, sizes.throughput_subtasks)
-                found.append(
-                    Figure(
-                        f"a. throughput, {sizes.throughput_subtasks} no-op subtasks",
-                        value,
-                        "subtasks/s",
-                        raw["throughput"],
-                        "raw Celery tasks/s",
-                        True,
-                        1.0,
-                        details,
-                    )
-                )
+                name = f"a. throughput, {sizes.throughput_subtasks} no-op subtasks"
+                found += figures.beside_peers(name, value, details, raw)
                 with step("a ledger"):
                     found.append(figures.ledger_cost(cluster, sizes.throughput_subtasks))
             if "b" in groups:
@@ -117,12 +119,18 @@ def run_cluster_groups(groups: set[str], sizes: Sizes, base: Path) -> list[Figur
                         details,
                     )
                 )
+                found.append(figures.latency_p95(details, raw["latency_p95"]))
             if "c" in groups:
                 with step("c"):
                     found += figures.restart_failed(cluster, sizes.restart_tasks)
             if "e" in groups:
                 with step("e"):
                     found += figures.memory(cluster, sizes.memory_subtasks)
+        if "a" in groups:
+            with step("a PostgreSQL"):
+                found += figures.postgres_throughput(
+                    base / "postgres", f"{broker}/4", sizes.throughput_subtasks, raw
+                )
     return found
 
 
@@ -205,17 +213,26 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": sizes.__dict__,
         "machine": {**machine(), "load_average_before": load_before},
         "step_seconds": STEP_SECONDS,
+        "notes": NOTES,
         "figures": [figure.as_dict() for figure in found],
     }
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"{started:%Y%m%dT%H%M%SZ}{label}.json"
+    lines = [f"not measured: {note}" for note in NOTES]
+    report(result, found, args.output / f"{started:%Y%m%dT%H%M%SZ}{label}.json", lines)
+    if args.keep:
+        print(f"homes and logs kept in {base}")
+    return 0
+
+
+def report(result: dict[str, Any], found: list[Figure], path: Path, lines: list[str]) -> None:
+    """Write a run's results to ``path`` and print them: the table, ``lines``, the load."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     console = Console()
     console.print(table(found))
-    console.print(f"load average {load_before} before, {os.getloadavg()} after; written {path}")
-    if args.keep:
-        console.print(f"homes and logs kept in {base}")
-    return 0
+    for line in lines:
+        console.print(line, markup=False)
+    before = result["machine"]["load_average_before"]
+    console.print(f"load average {before} before, {os.getloadavg()} after; written {path}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ tenth of it for ``--quick``.
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,10 @@ WARM_UP_SHARE = 0.1
 MEMORY_GROWTH_ALLOWED = 1.05
 #: Recording outputs in the ledger may cost at most a tenth of the subtasks/s.
 LEDGER_TARGET = 0.9
+#: Figure a against Dramatiq: the pipeline, with all its bookkeeping, at least twice as fast.
+DRAMATIQ_TARGET = 2.0
+#: Celery workers of the PostgreSQL cluster of figure a (each of ``WORKER_PROCESSES``).
+POSTGRES_WORKERS = 2
 #: Pipeline instance states in which nothing more happens without an operator.
 FINISHED = ("COMPLETED", "ERRORS_STALLED", "TRANSITION_FAILED")
 
@@ -88,10 +93,12 @@ class Figure:
 
 
 def write_inputs(directory: Path, count: int) -> None:
-    """``count`` empty input files: the algorithm ignores them, marshaling links them."""
+    """``count`` empty input files: the algorithm ignores them, marshaling links them.
+    (``os.open``, not ``Path.touch``, which first tries to set the times of a file that
+    is not there: three times as slow, minutes for ``make bench-large``'s million.)"""
     directory.mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        (directory / f"{index:07d}.in").touch()
+        os.close(os.open(directory / f"{index:07d}.in", os.O_CREAT | os.O_WRONLY, 0o644))
 
 
 class StateReader:
@@ -147,8 +154,19 @@ def raw_throughput(count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def raw_latency(runs: int) -> float:
-    """Median seconds of a raw Celery chain of 4 no-op tasks, sent and awaited."""
+def dramatiq_throughput(actor: Any, count: int) -> float:
+    """Dramatiq no-op messages per second, sent and every result awaited (a blocking pop
+    on each message's result key)."""
+    started = time.perf_counter()
+    messages = [actor.send() for _ in range(count)]
+    for message in messages:
+        message.get_result(block=True, timeout=int(RUN_TIMEOUT * 1000))
+    return count / (time.perf_counter() - started)
+
+
+def raw_latency(runs: int) -> tuple[float, float]:
+    """Median and 95th percentile seconds of a raw Celery chain of 4 no-op tasks, sent and
+    awaited."""
     from celery import chain
 
     from bench import raw
@@ -158,7 +176,14 @@ def raw_latency(runs: int) -> float:
         started = time.perf_counter()
         chain(*(raw.noop.si() for _ in range(4))).apply_async().get(timeout=RUN_TIMEOUT)
         times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
+    return statistics.median(times[1:]), p95(times[1:])
+
+
+def p95(times: list[float]) -> float:
+    """The 95th percentile of ``times``: with 20 runs, between the slowest two."""
+    if len(times) < 2:
+        return max(times)
+    return statistics.quantiles(times, n=20, method="inclusive")[-1]
 
 
 def pipeline_throughput(cluster: harness.Cluster, count: int) -> tuple[float, dict[str, Any]]:
@@ -166,6 +191,52 @@ def pipeline_throughput(cluster: harness.Cluster, count: int) -> tuple[float, di
     reader = StateReader()
     instance, elapsed = run_instance(reader, "bench-throughput", poll=0.05)
     return count / elapsed, {"seconds": elapsed, "instance": instance}
+
+
+def beside_peers(
+    name: str, value: float, details: dict[str, Any], peers: dict[str, float]
+) -> list[Figure]:
+    """Figure a's subtasks/s as a row against raw Celery (at least as fast) and, when
+    Dramatiq was measured (``peers["dramatiq"]``), a row against it (twice as fast)."""
+    found = [
+        Figure(
+            name, value, "subtasks/s", peers["throughput"], "raw Celery tasks/s", True, 1.0, details
+        )
+    ]
+    if "dramatiq" in peers:
+        found.append(
+            Figure(
+                name.replace("throughput", "throughput beside Dramatiq", 1),
+                value,
+                "subtasks/s",
+                peers["dramatiq"],
+                f"Dramatiq tasks/s, {harness.DRAMATIQ_THREADS} threads a process",
+                True,
+                DRAMATIQ_TARGET,
+                details,
+            )
+        )
+    return found
+
+
+def postgres_throughput(
+    base: Path, broker: str, count: int, peers: dict[str, float]
+) -> list[Figure]:
+    """Figure a on PostgreSQL, with ``POSTGRES_WORKERS`` workers of ``WORKER_PROCESSES``
+    processes each: the production shape, on the same two cores."""
+    from pipeline.database import reset_engines
+
+    base.mkdir(parents=True)
+    with (
+        harness.postgres_server(base) as url,
+        harness.pipeline_cluster(base, broker, url, POSTGRES_WORKERS) as cluster,
+    ):
+        value, details = pipeline_throughput(cluster, count)
+        reset_engines()  # before the server stops
+    processes = POSTGRES_WORKERS * harness.WORKER_PROCESSES
+    name = f"a. throughput on PostgreSQL, {POSTGRES_WORKERS} workers x {harness.WORKER_PROCESSES}"
+    details = {**details, "worker_processes": processes}
+    return beside_peers(f"{name}, {count} no-op subtasks", value, details, peers)
 
 
 def ledger_cost(cluster: harness.Cluster, count: int) -> Figure:
@@ -198,7 +269,23 @@ def pipeline_latency(cluster: harness.Cluster, runs: int) -> tuple[float, dict[s
     write_inputs(cluster.datastore / "latency" / "one", 1)
     reader = StateReader()
     times = [run_instance(reader, "bench-latency")[1] for _ in range(runs + 1)]
-    return statistics.median(times[1:]), {"runs": runs, "min": min(times[1:])}
+    details = {"runs": runs, "min": min(times[1:]), "p95": p95(times[1:])}
+    return statistics.median(times[1:]), details
+
+
+def latency_p95(pipeline: dict[str, Any], raw_p95: float) -> Figure:
+    """Figure b's 95th percentiles, the pipeline's against the raw chain's: for reference
+    beside the medians, which hold the target."""
+    return Figure(
+        "b. latency p95, one-subtask pipeline",
+        pipeline["p95"],
+        "s",
+        raw_p95,
+        "raw Celery chain of 4, p95",
+        False,
+        None,
+        pipeline,
+    )
 
 
 # -- c. restart ------------------------------------------------------------------------------
@@ -448,7 +535,7 @@ def _median_seconds(call: Any, runs: int) -> float:
 # -- e. memory -------------------------------------------------------------------------------
 
 
-def _rss_kib(pid: int) -> int:
+def rss_kib(pid: int) -> int:
     """Resident set size of ``pid`` in KiB (0 once it is gone)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -459,7 +546,7 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def _worker_processes(main: int) -> list[int]:
+def worker_processes(main: int) -> list[int]:
     """The Celery worker's main process and its pool processes (not the algorithms' children,
     which are the pool processes' children)."""
     try:
@@ -482,8 +569,8 @@ def memory(cluster: harness.Cluster, count: int) -> list[Figure]:
     warm: dict[int, int] = {}
     peak: dict[int, int] = {}
     while reader.state(instance) not in FINISHED:
-        for pid in _worker_processes(main):
-            peak[pid] = max(peak.get(pid, 0), _rss_kib(pid))
+        for pid in worker_processes(main):
+            peak[pid] = max(peak.get(pid, 0), rss_kib(pid))
         if not warm and (reader.scalar(progress_sql, i=instance) or 0) >= count * WARM_UP_SHARE:
             warm = dict(peak)
         if time.perf_counter() - started > RUN_TIMEOUT:

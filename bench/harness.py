@@ -110,6 +110,38 @@ def raw_worker(broker: str, log: Path) -> Iterator[None]:
         _stop(process)
 
 
+#: Threads of each Dramatiq worker process: Dramatiq's default, and its best here. A no-op
+#: actor mostly waits on Redis (fetch, store its result, ack), which threads overlap: one
+#: thread a process, as in Celery's prefork pool, measured a fifth of the rate, and 16 or
+#: 32 less than 8 (docs/benchmarks.md). The peer is measured at its best.
+DRAMATIQ_THREADS = 8
+
+
+@contextmanager
+def dramatiq_worker(broker: str, log: Path) -> Iterator[Any]:
+    """A ``dramatiq`` command of ``WORKER_PROCESSES`` processes of ``DRAMATIQ_THREADS``
+    threads on ``broker``; yields the no-op actor (declared in this process too) once the
+    worker has answered a first message."""
+    from bench import peers
+
+    actor = peers.setup(broker)
+    env = {**os.environ, peers.BROKER_ENV: broker, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "dramatiq", "bench.peers:setup", "--queues", peers.QUEUE]
+    argv += ["--processes", str(WORKER_PROCESSES), "--threads", str(DRAMATIQ_THREADS)]
+    argv += ["--log-file", str(log)]
+    output = log.with_suffix(".out").open("ab")
+    process = subprocess.Popen(
+        argv, env=env, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    output.close()
+    try:
+        message = actor.send()
+        message.get_result(block=True, timeout=int(READY_TIMEOUT * 1000))
+        yield actor
+    finally:
+        _stop(process)
+
+
 @dataclass
 class Cluster:
     """A pipeline cluster under its own home, run by ``pipeline cluster`` commands."""
@@ -130,10 +162,19 @@ class Cluster:
         return self.home / "datastore"
 
     def worker_pid(self) -> int:
+        return self.worker_pids()[0]
+
+    def worker_pids(self) -> list[int]:
+        """The main process of each Celery worker (worker1, worker2, ...), in that order."""
         import json
 
         rows = json.loads(self.cli("cluster", "status", "--json"))
-        return int(next(row["pid"] for row in rows if row["name"] == "worker1"))
+        workers = sorted(
+            (int(row["name"].removeprefix("worker")), int(row["pid"]))
+            for row in rows
+            if row["name"].removeprefix("worker").isdigit()
+        )
+        return [pid for _, pid in workers]
 
     def activate(self) -> None:
         """Point this process's settings, database and Celery app at the cluster."""
@@ -207,13 +248,16 @@ def cluster_env(home: Path, broker: str, database_url: str | None = None) -> dic
 
 
 @contextmanager
-def pipeline_cluster(base: Path, broker: str, database_url: str | None = None) -> Iterator[Cluster]:
-    """An initialised and started cluster with one worker of ``WORKER_PROCESSES`` processes."""
+def pipeline_cluster(
+    base: Path, broker: str, database_url: str | None = None, workers: int = 1
+) -> Iterator[Cluster]:
+    """An initialised and started cluster with ``workers`` Celery workers of
+    ``WORKER_PROCESSES`` processes each."""
     home = base / "home"
     cluster = Cluster(home, cluster_env(home, broker, database_url))
     cluster.cli("cluster", "init", "--no-sample-data")
     try:
-        cluster.cli("cluster", "start", "--workers", "1")
+        cluster.cli("cluster", "start", "--workers", str(workers))
         cluster.activate()
         yield cluster
     finally:
