@@ -275,6 +275,11 @@ def test_a_stale_run_file_is_passed_over(
         [sys.executable, "-c", "import time; time.sleep(60)", "api"]
     )
     try:
+        # Until it has exec'd, the new process still shows this one's command line.
+        wait_for(
+            lambda: b"api" in Path(f"/proc/{looks_like_an_api.pid}/cmdline").read_bytes(),
+            what="the sleeping process to name itself api",
+        )
         monkeypatch.setattr(os, "getpid", lambda: looks_like_an_api.pid)
         local_api.publish(failed, url, "token", None)
         assert first_column(cli("tasks", 1).stdout) == ["1", "2"]
