@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from config.sample.images import raw_image_path
+from pipeline.messaging import outbox
 from pipeline.operations import facade
 from tests.support import InProcessWorker, assert_sample_outputs, race, snapshot
 
@@ -407,3 +408,53 @@ def test_a_failed_subtask_of_a_batch_is_recorded_alone_and_resubmitted_alone(
     worker.drain()
     assert attempts(first) == [2, 1, 1, 1], "the failed one alone ran again"
     assert snapshot(instance) != before
+
+
+def test_a_restart_of_many_small_tasks_sends_their_subtasks_together(
+    worker: InProcessWorker, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks that each run one subtask again share messages, each subtask claimed, run and
+    recorded as its own task's (a restart of 1,000 such tasks sends about 100 messages)."""
+    instance, tasks = failing(worker)
+    monkeypatch.setattr(outbox, "AUTO_BATCH_MESSAGES", 1)  # two tasks count as many
+    published = len(worker.published)
+    assert facade.restart_failed(instance, "resubmit").ok
+    [group] = worker.published[published:]
+    assert group.name == outbox.GROUP
+    assert sorted(entry[0] for entry in group.args[0]) == [t["id"] for t in tasks]
+    worker.drain()
+    assert [attempts(t["id"]) for t in tasks] == [[2, 1, 1, 1]] * 2
+    assert failed_tasks(instance)  # subtask 0 failed again: its parameters are frozen
+
+
+def test_halting_a_task_leaves_the_message_it_shares_to_the_others(
+    worker: InProcessWorker, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared message is not revoked: the halted task's subtask in it is skipped."""
+    instance, tasks = failing(worker)
+    monkeypatch.setattr(outbox, "AUTO_BATCH_MESSAGES", 1)
+    assert facade.restart_failed(instance, "resubmit").ok
+    halted, other = (t["id"] for t in tasks)
+    assert facade.halt([halted]).ok
+    assert worker.revoked == []
+    worker.drain()
+    assert attempts(halted) == [1, 1, 1, 1] and attempts(other) == [2, 1, 1, 1]
+    assert facade.get_task(halted)["state"] == "ERROR - ALGORITHM_QUEUED"
+
+
+def test_a_halted_tasks_running_subtask_is_no_longer_its_workers_at_renewal(
+    worker: InProcessWorker, home: Path
+) -> None:
+    """What stops a subtask running inside a shared message once its task is halted."""
+    from pipeline.engine import stages
+    from pipeline.engine.leases import renew_subtask_leases
+
+    _, tasks = failing(worker)
+    task = tasks[0]["id"]
+    assert facade.restart([task], "resubmit").ok
+    [message] = worker.queue
+    claimed = [(0, message.args[-1])]
+    assert stages.begin_subtasks(task, 2, claimed)
+    assert renew_subtask_leases(task, claimed) is True
+    assert facade.halt([task]).ok
+    assert renew_subtask_leases(task, claimed) is False

@@ -224,3 +224,18 @@ def test_a_child_holds_none_of_the_workers_open_files(ctx: SubtaskContext, tmp_p
     assert outcome.ok, outcome.error
     open_files = json.loads((ctx.directory / "open-files.json").read_text())
     assert str(tmp_path / "held.txt") not in open_files
+
+
+def test_a_subtask_whose_task_moved_on_is_stopped_at_its_lease_renewal(
+    tmp_path: Path,
+) -> None:
+    """A halt cannot terminate a message other tasks share: the renewal that finds the
+    subtask no longer its worker's (it returns False) stops it, and the rest of the batch."""
+    from pipeline.engine.leases import Heartbeat
+    from pipeline.engine.runner import STOPPED
+
+    batch = contexts(tmp_path, 2)
+    beat = Heartbeat(lambda: False, 0.05)  # every renewal finds the subtask no longer ours
+    outcomes = list(run_many("tests.algorithms:hang", batch, 20, beat))
+    assert [(o.ok, o.error, o.timed_out) for o in outcomes] == [(False, STOPPED, False)]
+    assert "hanging" in log_of(batch[0]) and not (batch[1].directory / LOG_NAME).exists()

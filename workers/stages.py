@@ -91,10 +91,16 @@ def _continue(held: list[outbox.StageMessage], host: str) -> list[str]:
     return failures
 
 
-def _run_subtasks(task_id: int, attempt: int, pairs: list[tuple[int, int]], host: str) -> None:
-    with outbox.continuing() as held:  # the last subtask of a task goes on to monitor
+def _subtask_failures(
+    task_id: int, attempt: int, pairs: list[tuple[int, int]], host: str
+) -> list[str]:
+    with outbox.continuing() as held:  # the last subtask of a task goes on to store
         failed = stages.run_subtasks(task_id, attempt, pairs, host)
-    failures = [f"task {task_id} {line}" for line in failed] + _continue(held, host)
+    return [f"task {task_id} {line}" for line in failed] + _continue(held, host)
+
+
+def _run_subtasks(task_id: int, attempt: int, pairs: list[tuple[int, int]], host: str) -> None:
+    failures = _subtask_failures(task_id, attempt, pairs, host)
     if failures:
         raise RecordedFailure.of(failures)
 
@@ -126,6 +132,19 @@ def run_subtasks(self: Any, task_id: int, attempt: int, pairs: list[list[int]]) 
     """A batch: one message, one claim, outcomes recorded together (see outbox.batch_size)."""
     claimed = [(index, number) for index, number in pairs]
     _run_subtasks(task_id, attempt, claimed, self.request.hostname)
+
+
+@app.task(name=outbox.GROUP, **STAGE_OPTIONS)
+def run_subtask_group(self: Any, entries: list[list[int]]) -> None:
+    """The one subtask each of several tasks (see ``outbox.GROUP``): each claimed, run and
+    recorded as its task's own message would, one after another; a halted task's is
+    skipped (its attempt moved on), and one halted while running is stopped at its next
+    lease renewal."""
+    failures: list[str] = []
+    for task_id, attempt, index, number in entries:
+        failures += _subtask_failures(task_id, attempt, [(index, number)], self.request.hostname)
+    if failures:
+        raise RecordedFailure.of(failures)
 
 
 @app.task(name=outbox.MONITOR, **STAGE_OPTIONS)

@@ -35,11 +35,12 @@ def renewal_interval() -> float:
     return min(settings.lease_seconds, settings.stale_after) / RENEWALS_PER_LEASE
 
 
-def renew_subtask_leases(task_id: int, pairs: Sequence[tuple[int, int]]) -> None:
+def renew_subtask_leases(task_id: int, pairs: Sequence[tuple[int, int]]) -> bool:
     """Renew the leases of the subtasks a worker claimed with one message, given as (index,
-    dispatch number) pairs, that are still running (one statement, no task lock)."""
+    dispatch number) pairs, that are still running (one statement, no task lock); False
+    when none is any more (halted, restarted or reclaimed meanwhile): stop running them."""
     with transaction() as session:
-        session.execute(
+        renewed = session.execute(
             update(Subtask)
             .where(
                 Subtask.task_id == task_id,
@@ -48,6 +49,7 @@ def renew_subtask_leases(task_id: int, pairs: Sequence[tuple[int, int]]) -> None
             )
             .values(heartbeat_at=utcnow())
         )
+    return bool(renewed.rowcount)
 
 
 class Heartbeat:
@@ -55,13 +57,16 @@ class Heartbeat:
 
     Parameters:
       renew: records the heartbeat (a database update); its errors are logged, not raised,
-        so a database hiccup never kills a running algorithm.
+        so a database hiccup never kills a running algorithm. It returns False when the
+        work is no longer this worker's (``stopped``): a halt could not terminate it, since
+        its message carries other tasks' subtasks too (``outbox.GROUP``).
       interval: seconds between renewals; the supervising loops wake at least this often.
     """
 
-    def __init__(self, renew: Callable[[], None], interval: float) -> None:
+    def __init__(self, renew: Callable[[], bool | None], interval: float) -> None:
         self.renew = renew
         self.interval = interval
+        self.stopped = False
         self._next = time.monotonic() + interval
 
     def tick(self) -> None:
@@ -69,7 +74,7 @@ class Heartbeat:
             return
         self._next = time.monotonic() + self.interval
         try:
-            self.renew()
+            self.stopped = self.renew() is False
         except Exception:  # noqa: BLE001 - see the class docstring
             log.exception("heartbeat not recorded")
 

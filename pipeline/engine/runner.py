@@ -170,6 +170,10 @@ def _run_executable(
                     if _left(deadline) <= 0:
                         raise
                     heartbeat.tick()
+                    if heartbeat.stopped:
+                        os.killpg(process.pid, signal.SIGKILL)
+                        process.wait()
+                        return SubtaskOutcome(False, STOPPED)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -242,10 +246,14 @@ def _run_callables(
                     yield SubtaskOutcome(False, f"could not run the algorithm: {exc}")
                     break
                 yield child.next_outcome(ctx, timeout, heartbeat)
+                if heartbeat.stopped:
+                    return
         finally:
             _release(child, key)
 
 
+#: The outcome of a subtask stopped because its task moved on (halted, restarted).
+STOPPED = "stopped: its task was halted or restarted while it ran"
 #: A child that has run this many subtasks is retired for a fresh one, so what an
 #: algorithm leaks stays bounded (as Celery's ``max_tasks_per_child`` does for workers).
 CHILD_RECYCLE_AFTER = 1000
@@ -385,6 +393,8 @@ class _Child:
         if not finished:
             self._kill()
             os.waitpid(self.pid, 0)
+            if heartbeat.stopped:
+                return SubtaskOutcome(False, STOPPED)
             return SubtaskOutcome(False, f"timeout: killed after {timeout:g} s", timed_out=True)
         _, status = os.waitpid(self.pid, 0)
         return SubtaskOutcome(
@@ -400,6 +410,8 @@ class _Child:
             if remaining <= 0:
                 return b"", False
             heartbeat.tick()
+            if heartbeat.stopped:
+                return b"", False
             readable, _, _ = select.select([self.fd], [], [], min(remaining, heartbeat.interval))
             if readable:
                 chunk = os.read(self.fd, 65536)

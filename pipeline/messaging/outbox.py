@@ -14,6 +14,7 @@ each subtask it carries, so a halt can revoke it and the in-flight scan can look
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -34,6 +35,10 @@ EXECUTE = "pipeline.stage.execute"
 SUBTASK = "pipeline.stage.subtask"
 #: One message carrying a batch of a task's subtasks (see ``batch_size``).
 SUBTASKS = "pipeline.stage.subtasks"
+#: One message carrying the one subtask each of several tasks of one instance's node: how
+#: a restart of many small tasks sends their subtasks (see ``Outbox.subtasks_of``).
+GROUP = "pipeline.stage.subtask_group"
+GROUP_PREFIX = "group-"
 MONITOR = "pipeline.stage.monitor"
 STORE = "pipeline.stage.store"
 #: One message carrying the messages of many tasks, published on by a worker.
@@ -58,6 +63,7 @@ FAN_OUT_SIZE = 200
 ARGUMENT_NAMES = {
     SUBTASK: ("task", "attempt", "subtask", "dispatch"),
     SUBTASKS: ("task", "attempt", "subtasks"),
+    GROUP: ("subtasks",),
     FAN_OUT: ("messages",),
 }
 STAGE_ARGUMENT_NAMES = ("task", "attempt")
@@ -102,6 +108,16 @@ def batch_message_id(task_id: int, attempt: int, index: int, number: int) -> str
     """The Celery id of a batch message, named after its first subtask's dispatch (unique
     for the same reasons as ``subtask_message_id``)."""
     return f"subtasks-{task_id}-{attempt}-{index}-{number}"
+
+
+def group_message_id(task_id: int, attempt: int, index: int, number: int) -> str:
+    """The Celery id of a ``GROUP`` message, named after its first subtask's dispatch."""
+    return f"{GROUP_PREFIX}{task_id}-{attempt}-{index}-{number}"
+
+
+def is_shared(message_id: str) -> bool:
+    """Does this message carry other tasks' subtasks too (a ``GROUP``)?"""
+    return message_id.startswith(GROUP_PREFIX)
 
 
 def message_of(task_id: int, attempt: int, subtask: Subtask) -> str:
@@ -155,6 +171,7 @@ class Outbox:
     def __init__(self) -> None:
         self._stages: list[StageMessage] = []
         self._subtasks: list[tuple[int, int, list[Message], dict[str, Any]]] = []
+        self._groups: list[tuple[str, list[list[int]], dict[str, Any]]] = []
         self._revoked: list[str] = []
 
     def stage(self, name: str, task_id: int, attempt: int, execution: Mapping[str, Any]) -> None:
@@ -175,10 +192,15 @@ class Outbox:
         the id of the message that carries it, for every task in one statement. Returns how
         many messages each task gets."""
         rows, counts = [], []
+        lone: dict[str, list[list[int]]] = {}
         for task, pairs in queued:
             size = batch_size(task.execution, task.total_subtasks)
             planned = plan_messages(task.id, task.attempt, pairs, size)
             counts.append(len(planned))
+            if len(pairs) == 1 and not task.execution.get("batch_size"):
+                key = json.dumps([task.instance_id, task.node, task.execution], sort_keys=True)
+                lone.setdefault(key, []).append([task.id, task.attempt, *pairs[0]])
+                continue
             if planned:
                 self._subtasks.append((task.id, task.attempt, planned, dict(task.execution)))
             rows += [
@@ -186,6 +208,8 @@ class Outbox:
                 for message_id, batch in planned
                 for index, _ in batch
             ]
+        for key, entries in lone.items():
+            rows += self._group(entries, json.loads(key)[2])
         if rows:  # an executemany of no rows would run once, with no values
             table = Subtask.__table__
             session.execute(
@@ -199,6 +223,28 @@ class Outbox:
             )
         return counts
 
+    def _group(self, entries: list[list[int]], execution: dict[str, Any]) -> list[dict[str, Any]]:
+        """Plan the messages of tasks that each queue one subtask, of one instance's node:
+        together in ``GROUP`` messages when they are many (``batch_size`` of their count),
+        else one each. Returns their subtask rows' message ids."""
+        size = batch_size({}, len(entries))
+        rows = []
+        for start in range(0, len(entries), size):
+            group = entries[start : start + size]
+            if len(group) == 1:
+                task_id, attempt, index, number = group[0]
+                message_id = subtask_message_id(task_id, attempt, index, number)
+                self._subtasks.append(
+                    (task_id, attempt, [(message_id, [(index, number)])], execution)
+                )
+            else:
+                message_id = group_message_id(*group[0])
+                self._groups.append((message_id, group, execution))
+            rows += [
+                {"row_task": e[0], "row_index": e[2], "row_message": message_id} for e in group
+            ]
+        return rows
+
     def revoke(self, message_ids: Sequence[str]) -> None:
         """Drop these messages from the queues and terminate the worker processes running
         them (a halt)."""
@@ -208,11 +254,12 @@ class Outbox:
     def savepoint(self) -> Iterator[None]:
         """Drop the messages called for within the block if it raises, as a savepoint
         rolled back drops its rows (``with session.begin_nested(), outbox.savepoint()``)."""
-        marks = len(self._stages), len(self._subtasks), len(self._revoked)
+        marks = len(self._stages), len(self._subtasks), len(self._groups), len(self._revoked)
         try:
             yield
         except BaseException:
-            del self._stages[marks[0] :], self._subtasks[marks[1] :], self._revoked[marks[2] :]
+            del self._stages[marks[0] :], self._subtasks[marks[1] :], self._groups[marks[2] :]
+            del self._revoked[marks[3] :]
             raise
 
     def publish(self) -> None:
@@ -225,7 +272,11 @@ class Outbox:
                 held.append(message)
             else:
                 stages.append(message)
-        publications = [*_subtask_publications(self._subtasks), *_stage_publications(stages)]
+        publications = [
+            *_subtask_publications(self._subtasks),
+            *_group_publications(self._groups),
+            *_stage_publications(stages),
+        ]
         if publications:
             _publish(_handed_on(publications))
         if self._revoked:
@@ -326,6 +377,19 @@ def _subtask_publications(
             limit = {**options, "time_limit": timeout * len(pairs) + HARD_LIMIT_GRACE}
             args = [task_id, attempt, [list(pair) for pair in pairs]]
             publications.append((SUBTASKS, args, limit, message_id))
+    return publications
+
+
+def _group_publications(
+    groups: list[tuple[str, list[list[int]], dict[str, Any]]],
+) -> list[_Publication]:
+    """``GROUP`` messages, whose hard time limit allows for every subtask they carry."""
+    publications: list[_Publication] = []
+    for message_id, entries, execution in groups:
+        options = _options(SUBTASK, execution)
+        timeout = float(execution.get("subtask_timeout", 3600))
+        limit = {**options, "time_limit": timeout * len(entries) + HARD_LIMIT_GRACE}
+        publications.append((GROUP, [entries], limit, message_id))
     return publications
 
 

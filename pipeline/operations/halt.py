@@ -2,8 +2,10 @@
 
 Halting bumps the task's attempt, so every message of its chain already on the broker or
 on a worker becomes a no-op, and terminates the worker processes running its subtasks
-(their algorithms die with them). The task keeps its P-state, gets the error flag and the
-halted mark, and can be restarted in any mode.
+(their algorithms die with them). A message that carries other tasks' subtasks too
+(``outbox.GROUP``) is not terminated: the worker running it stops this task's subtask at
+its next lease renewal (``leases.Heartbeat``). The task keeps its P-state, gets the error
+flag and the halted mark, and can be restarted in any mode.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pipeline.domain.models import PipelineInstance, Task
 from pipeline.domain.states import PState, SubtaskState
 from pipeline.engine.ledger import RUNNING, fail, in_flight_subtasks, lock_task
 from pipeline.errors import NotFound, Refused, Unreachable
-from pipeline.messaging.outbox import Outbox, message_of
+from pipeline.messaging.outbox import Outbox, is_shared, message_of
 from pipeline.operations.outcomes import Outcome, Report
 
 HALTED = "halted by operator"
@@ -45,8 +47,11 @@ def _halt_one(task_id: int) -> Outcome:
         if task.p_state == PState.COMPLETE:
             raise Refused(f"task {task_id} is complete: nothing to halt")
         in_flight = in_flight_subtasks(session, task_id)
-        # One id per message: a batch message carries many of these subtasks.
-        messages.revoke(sorted({message_of(task_id, task.attempt, s) for s in in_flight}))
+        # One id per message: a batch message carries many of these subtasks. A message
+        # other tasks share is left to run: this task's subtask in it is skipped (stale),
+        # or stopped at its next lease renewal if running.
+        carrying = {message_of(task_id, task.attempt, s) for s in in_flight}
+        messages.revoke(sorted(m for m in carrying if not is_shared(m)))
         for subtask in in_flight:
             subtask.state = SubtaskState.NEW
         task.attempt += 1
