@@ -296,3 +296,26 @@ def test_the_run_file_is_the_owners_alone_and_names_its_own_process(failed: Path
     assert json.loads(path.read_text())["pid"] == os.getpid()
     local_api.withdraw(failed)
     assert not path.exists()
+
+
+def test_an_api_started_beside_a_serving_one_leaves_it_the_run_file(
+    failed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second API of the same home (another port, other settings), stopped again, must not
+    take the reads away from the first."""
+    first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "api"])
+    try:
+        wait_for(
+            lambda: b"api" in Path(f"/proc/{first.pid}/cmdline").read_bytes(),
+            what="the first API's process to name itself api",
+        )
+        with monkeypatch.context() as patched:
+            patched.setattr(os, "getpid", lambda: first.pid)
+            local_api.publish(failed, "http://127.0.0.1:1/api/v1", "first", None)
+        local_api.publish(failed, "http://127.0.0.1:2/api/v1", "second", None)
+        local_api.withdraw(failed)
+        record = json.loads((failed / "run" / local_api.RUN_FILE).read_text())
+        assert (record["pid"], record["token"]) == (first.pid, "first")
+    finally:
+        first.kill()
+        first.wait()

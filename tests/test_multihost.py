@@ -491,10 +491,16 @@ def test_each_node_runs_on_its_queue_and_a_restart_moves_a_task_to_another(
     assert_averages_right(network.datastore, images=(1, 2, 3))  # subtask 0 abandoned
     [detail] = [t for t in tasks if t["id"] == moved["id"]]
     assert detail["execution"]["queue"] == "hostB"
+    # A restart's own transaction (on the operator's host) puts the task back and, for a
+    # resubmit, queues its subtask; every step after that is a worker's.
     by_stages = [
-        e for e in detail["history"] if e["attempt"] > 1 and not e["message"].startswith("restart")
+        e
+        for e in detail["history"]
+        if e["attempt"] > 1
+        and not e["message"].startswith("restart")
+        and not e["message"].endswith("queued in 1 messages")
     ]
-    assert {e["p_state"] for e in by_stages} >= {"ALGORITHM_QUEUED", "COMPLETE"}
+    assert {e["p_state"] for e in by_stages} >= {"ALGORITHM_EXECUTING", "COMPLETE"}
     assert {e["host"] for e in by_stages} == {"worker@hostB"}, "stages follow the task's queue"
     [other] = [t for t in tasks if t["id"] == stays["id"]]
     assert {e["host"] for e in other["history"] if e["p_state"] == "COMPLETE"} == {"worker@hostA"}

@@ -66,7 +66,13 @@ def settings_fingerprint(home: Path) -> str:
 
 
 def publish(home: Path, url: str, token: str, ca_file: str | None) -> None:
-    """Name this process's API in the home's run file (owner only, replaced whole)."""
+    """Name this process's API in the home's run file (owner only, replaced whole), unless
+    it names another API that is still serving: the home's first API keeps the name, so one
+    started beside it (other settings, another port) and stopped again takes nothing away."""
+    with suppress(OSError, ValueError, KeyError, TypeError):
+        named = json.loads((home / "run" / RUN_FILE).read_text())["pid"]
+        if named != os.getpid() and _serving(named):
+            return
     run = home / "run"
     run.mkdir(parents=True, exist_ok=True)
     record = {
