@@ -19,17 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from bench import breakdown, commands, figures, harness, peers
-from bench.figures import Figure, Sizes
+from bench.figures import QUICK_FACTOR, SMOKE_FACTOR, Figure, Sizes, table
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: How much smaller ``--quick`` runs every figure.
-QUICK_FACTOR = 10
-#: How much smaller ``--smoke`` runs them: only to see that every figure still runs (the
-#: test suite's check), its values meaning nothing.
-SMOKE_FACTOR = 100
 #: Every figure group, in the order they run.
 GROUPS = ("a", "b", "c", "d", "e", "f")
 
@@ -132,25 +126,6 @@ def run_cluster_groups(groups: set[str], sizes: Sizes, base: Path) -> list[Figur
                     base / "postgres", f"{broker}/4", sizes.throughput_subtasks, raw
                 )
     return found
-
-
-def table(found: list[Figure]) -> Table:
-    view = Table(title="Benchmarks: the pipeline beside its baselines")
-    for column in ("figure", "value", "baseline", "ratio", "target", "met"):
-        view.add_column(column)
-    for figure in found:
-        sign = ">=" if figure.higher_is_better else "<="
-        target = "-" if figure.target_ratio is None else f"{sign} {figure.target_ratio:g}"
-        met = {None: "-", True: "[green]yes", False: "[red]no"}[figure.met]
-        view.add_row(
-            figure.name,
-            f"{figure.value:.4g} {figure.unit}",
-            f"{figure.baseline:.4g} ({figure.baseline_label})",
-            f"{figure.ratio:.3g}",
-            target,
-            met,
-        )
-    return view
 
 
 def markdown(results: dict[str, object]) -> str:

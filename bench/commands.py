@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import text
 
 from bench import harness
-from bench.figures import IMPORT_FLOOR, Figure, Sizes
+from bench.figures import IMPORT_FLOOR, QUICK_FACTOR, SMOKE_FACTOR, Figure, Sizes, table
 
 #: The issue's target for each command, process start included (seconds).
 TARGET_SECONDS = 0.35
@@ -230,8 +230,6 @@ def command_times(base: Path, sizes: Sizes, before: Path | None = None) -> list[
 def main(argv: list[str] | None = None) -> int:
     """Run figure f alone and print it (``python -m bench`` runs it with the others)."""
     from rich.console import Console
-
-    from bench.__main__ import QUICK_FACTOR, SMOKE_FACTOR, table
 
     parser = argparse.ArgumentParser(prog="python -m bench.commands", description=__doc__)
     sizing = parser.add_mutually_exclusive_group()

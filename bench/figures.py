@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
 from sqlalchemy import create_engine, text
 
 from bench import harness
@@ -38,6 +39,13 @@ DRAMATIQ_TARGET = 2.0
 POSTGRES_WORKERS = 2
 #: Pipeline instance states in which nothing more happens without an operator.
 FINISHED = ("COMPLETED", "ERRORS_STALLED", "TRANSITION_FAILED")
+
+
+#: How much smaller ``--quick`` runs every figure.
+QUICK_FACTOR = 10
+#: How much smaller ``--smoke`` runs them: only to see that every figure still runs (the
+#: test suite's check), its values meaning nothing.
+SMOKE_FACTOR = 100
 
 
 @dataclass(frozen=True)
@@ -596,3 +604,22 @@ def memory(cluster: harness.Cluster, count: int) -> list[Figure]:
             details,
         )
     ]
+
+
+def table(found: list[Figure]) -> Table:
+    view = Table(title="Benchmarks: the pipeline beside its baselines")
+    for column in ("figure", "value", "baseline", "ratio", "target", "met"):
+        view.add_column(column)
+    for figure in found:
+        sign = ">=" if figure.higher_is_better else "<="
+        target = "-" if figure.target_ratio is None else f"{sign} {figure.target_ratio:g}"
+        met = {None: "-", True: "[green]yes", False: "[red]no"}[figure.met]
+        view.add_row(
+            figure.name,
+            f"{figure.value:.4g} {figure.unit}",
+            f"{figure.baseline:.4g} ({figure.baseline_label})",
+            f"{figure.ratio:.3g}",
+            target,
+            met,
+        )
+    return view

@@ -1,3 +1,3 @@
-from pipeline.interfaces.reads import main
+from pipeline.interfaces.program import main
 
 main()

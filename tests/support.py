@@ -843,7 +843,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: Any) -> subprocess.Comple
     """Run ``pipeline ARGS`` in this process, through the command's own ``main``: its exit
     status and what it printed."""
     from config.settings import get_settings
-    from pipeline.interfaces.reads import main
+    from pipeline.interfaces.program import main
 
     get_settings.cache_clear()  # read afresh, as a new process would
     capsys.readouterr()

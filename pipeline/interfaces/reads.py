@@ -1,14 +1,14 @@
-"""The ``pipeline`` program's entry, and the operators' read commands (``instances``,
-``tasks``, ``subtasks``, ``task``) as they print, without Typer.
+"""The operators' read commands (``instances``, ``tasks``, ``subtasks``, ``task``) as they
+print, without Typer.
 
 An operator waits for these reads, so they must answer within 0.35 s, process start
 included. Typer alone costs 0.07 s to import, and its parsing imports pydantic (0.1 s);
-SQLAlchemy, the settings and the facade half a second more. So ``main`` runs a read
-written plainly (``pipeline tasks 7 --limit 200 --json``) here, from ``plain_read``, and
-hands every other command line to ``cli`` (Typer), whose read commands call the same
-``show_*`` functions. A read asks the home's HTTP API when it runs with this shell's
-settings (``local_api``), which answers the facade's dicts, and otherwise imports the
-facade and reads the database: the same bytes either way.
+SQLAlchemy, the settings and the facade half a second more. So the program
+(``program.main``) runs a read written plainly (``pipeline tasks 7 --limit 200 --json``)
+from ``plain_read`` here, and hands every other command line to ``cli`` (Typer), whose
+read commands call the same ``show_*`` functions. A read asks the home's HTTP API when
+it runs with this shell's settings (``local_api``), which answers the facade's dicts,
+and otherwise imports the facade and reads the database: the same bytes either way.
 """
 
 from __future__ import annotations
@@ -286,21 +286,3 @@ PLAIN_READS: dict[str, tuple[Callable[..., None], int, bool]] = {
     "subtasks": (show_subtasks, 1, True),
     "task": (show_task, 1, False),
 }
-
-
-def main() -> None:
-    """Run the ``pipeline`` program: a plain read here, anything else through ``cli``
-    (whose errors, one line each, this shares)."""
-    read = plain_read(sys.argv[1:])
-    if read is None:
-        from pipeline.interfaces.cli import main as parsed_by_typer
-
-        parsed_by_typer()
-        return
-    try:
-        read()
-    except Exception as exc:  # noqa: BLE001 - reported as cli reports it, or raised
-        from pipeline.interfaces.cli import fail
-
-        fail(exc)
-    raise SystemExit(0)
