@@ -263,7 +263,7 @@ _kept: _Child | None = None
 _spare: _Child | None = None
 #: Whether this process has run an algorithm: only such a process forks a spare.
 _ran_any = False
-#: Children that were told to exit (or reported every outcome) but were not reaped yet.
+#: Children that were told to exit but were not reaped yet.
 _exiting: list[int] = []
 #: Where the interpreter's own and installed modules live: the code a kept child checks for
 #: changes is the rest, the pipeline's algorithms.
@@ -359,12 +359,12 @@ class _Child:
         self.code: dict[str, tuple[int, int]] = {}
 
     def send(self, reference: str, python_path: Sequence[str], ctx: SubtaskContext) -> None:
-        request = {
-            "reference": reference,
-            "python_path": list(python_path),
-            "context": {**ctx.__dict__, "directory": str(ctx.directory)},
+        context = {
+            **ctx.__dict__,
+            "directory": str(ctx.directory),
+            "inputs": [str(path) for path in ctx.inputs],
         }
-        request["context"]["inputs"] = [str(path) for path in ctx.inputs]
+        request = {"reference": reference, "python_path": list(python_path), "context": context}
         os.write(self.commands, json.dumps(request).encode() + b"\n")
         _started(self.pid)
         self.busy, self.ran = True, self.ran + 1

@@ -192,14 +192,16 @@ class Outbox:
         the id of the message that carries it, for every task in one statement. Returns how
         many messages each task gets."""
         rows, counts = [], []
-        lone: dict[str, list[list[int]]] = {}
+        # Tasks that each queue one subtask, by instance, node and execution settings.
+        lone: dict[tuple[int, str, str], tuple[dict[str, Any], list[list[int]]]] = {}
         for task, pairs in queued:
             size = batch_size(task.execution, task.total_subtasks)
             planned = plan_messages(task.id, task.attempt, pairs, size)
             counts.append(len(planned))
             if len(pairs) == 1 and not task.execution.get("batch_size"):
-                key = json.dumps([task.instance_id, task.node, task.execution], sort_keys=True)
-                lone.setdefault(key, []).append([task.id, task.attempt, *pairs[0]])
+                key = (task.instance_id, task.node, json.dumps(task.execution, sort_keys=True))
+                entries = lone.setdefault(key, (dict(task.execution), []))[1]
+                entries.append([task.id, task.attempt, *pairs[0]])
                 continue
             if planned:
                 self._subtasks.append((task.id, task.attempt, planned, dict(task.execution)))
@@ -208,8 +210,8 @@ class Outbox:
                 for message_id, batch in planned
                 for index, _ in batch
             ]
-        for key, entries in lone.items():
-            rows += self._group(entries, json.loads(key)[2])
+        for execution, entries in lone.values():
+            rows += self._group(entries, execution)
         if rows:  # an executemany of no rows would run once, with no values
             table = Subtask.__table__
             session.execute(
@@ -233,10 +235,9 @@ class Outbox:
             group = entries[start : start + size]
             if len(group) == 1:
                 task_id, attempt, index, number = group[0]
-                message_id = subtask_message_id(task_id, attempt, index, number)
-                self._subtasks.append(
-                    (task_id, attempt, [(message_id, [(index, number)])], execution)
-                )
+                planned = plan_messages(task_id, attempt, [(index, number)], 1)
+                self._subtasks.append((task_id, attempt, planned, execution))
+                message_id = planned[0][0]
             else:
                 message_id = group_message_id(*group[0])
                 self._groups.append((message_id, group, execution))
@@ -327,9 +328,7 @@ def publish_stages(messages: Sequence[StageMessage]) -> None:
 
 def publish_handed_on(publications: Sequence[Sequence[Any]]) -> None:
     """Publish what a ``FAN_OUT`` message carries (run by the worker that received it)."""
-    _publish(
-        [(name, args, options, message_id) for name, args, options, message_id in publications]
-    )
+    _publish([tuple(publication) for publication in publications])  # type: ignore[misc]
 
 
 # -- publishing ------------------------------------------------------------------------------
@@ -368,15 +367,13 @@ def _subtask_publications(
     allows for every subtask they carry), each under its planned id."""
     publications: list[_Publication] = []
     for task_id, attempt, messages, execution in planned:
-        options = _options(SUBTASK, execution)
-        timeout = float(execution.get("subtask_timeout", 3600))
         for message_id, pairs in messages:
+            options = _carrying(execution, len(pairs))
             if len(pairs) == 1:
                 publications.append((SUBTASK, [task_id, attempt, *pairs[0]], options, message_id))
                 continue
-            limit = {**options, "time_limit": timeout * len(pairs) + HARD_LIMIT_GRACE}
             args = [task_id, attempt, [list(pair) for pair in pairs]]
-            publications.append((SUBTASKS, args, limit, message_id))
+            publications.append((SUBTASKS, args, options, message_id))
     return publications
 
 
@@ -384,13 +381,17 @@ def _group_publications(
     groups: list[tuple[str, list[list[int]], dict[str, Any]]],
 ) -> list[_Publication]:
     """``GROUP`` messages, whose hard time limit allows for every subtask they carry."""
-    publications: list[_Publication] = []
-    for message_id, entries, execution in groups:
-        options = _options(SUBTASK, execution)
-        timeout = float(execution.get("subtask_timeout", 3600))
-        limit = {**options, "time_limit": timeout * len(entries) + HARD_LIMIT_GRACE}
-        publications.append((GROUP, [entries], limit, message_id))
-    return publications
+    return [
+        (GROUP, [entries], _carrying(execution, len(entries)), message_id)
+        for message_id, entries, execution in groups
+    ]
+
+
+def _carrying(execution: Mapping[str, Any], subtasks: int) -> dict[str, Any]:
+    """The options of a message carrying ``subtasks`` subtasks: its hard time limit allows
+    each its timeout, and the outcomes time to be recorded."""
+    timeout = float(execution.get("subtask_timeout", 3600))
+    return {**_options(SUBTASK, execution), "time_limit": timeout * subtasks + HARD_LIMIT_GRACE}
 
 
 def _publish(publications: Sequence[_Publication]) -> None:
@@ -413,7 +414,7 @@ def _publish(publications: Sequence[_Publication]) -> None:
 
 
 def _options(name: str, execution: Mapping[str, Any]) -> dict[str, Any]:
-    options: dict[str, Any] = {
+    return {
         "queue": execution.get("queue") or DEFAULT_QUEUE,
         # A stage's bookkeeping must not wait behind the subtasks already queued.
         "priority": execution.get("priority", DEFAULT_PRIORITY) if name == SUBTASK else 0,
@@ -422,10 +423,6 @@ def _options(name: str, execution: Mapping[str, Any]) -> dict[str, Any]:
         # Stage results are never read: do not subscribe to them on the result backend.
         "ignore_result": True,
     }
-    if name == SUBTASK:
-        timeout = float(execution.get("subtask_timeout", 3600))
-        options["time_limit"] = timeout + HARD_LIMIT_GRACE
-    return options
 
 
 def _revoke(message_ids: list[str]) -> None:
