@@ -53,7 +53,7 @@ def _run_chains(timed: Callable[..., Any], runs: int) -> None:
     from pipeline.database import transaction
     from pipeline.domain.models import Task
     from pipeline.engine import runner, stages
-    from pipeline.engine.leases import Heartbeat
+    from pipeline.engine.leases import Claim, Heartbeat
     from pipeline.messaging import outbox
     from pipeline.operations.submit import submit
 
@@ -77,9 +77,8 @@ def _run_chains(timed: Callable[..., Any], runs: int) -> None:
                 task.id,
                 1,
             )
-            [run] = timed(
-                "claim the subtask (one transaction)", stages.begin_subtasks, task.id, 1, [(0, 1)]
-            )
+            claim = Claim(task.id, 1, 0, 1)
+            [run] = timed("claim the subtask (one transaction)", stages.begin_subtasks, [claim])
             runner.prepare_spare()  # as a worker does between two Celery tasks
             outcomes = timed(
                 "run the no-op in the spare child, read its outcome", _in_child, run, beat
@@ -87,9 +86,7 @@ def _run_chains(timed: Callable[..., Any], runs: int) -> None:
             timed(
                 "record the outcome and monitor's decision (one transaction)",
                 stages.finish_subtasks,
-                task.id,
-                1,
-                [(0, 1, outcomes[0])],
+                [(claim, outcomes[0])],
             )
             timed("store (two transactions, the instance's transition)", stages.store, task.id, 1)
     finally:

@@ -21,6 +21,7 @@ from pipeline.database import transaction
 from pipeline.domain.models import Subtask, Task, utcnow
 from pipeline.domain.states import PState
 from pipeline.engine import stages
+from pipeline.engine.leases import Claim
 from pipeline.engine.ledger import lock_task, record
 from pipeline.engine.runner import SubtaskOutcome
 from pipeline.messaging import inflight
@@ -72,7 +73,7 @@ def taken_by_a_dying_worker(worker: InProcessWorker, task_id: int, index: int) -
     its lease will lapse."""
     [message] = [m for m in worker.queue if m.args[:3] == [task_id, 1, index]]
     worker.queue.remove(message)
-    assert stages.begin_subtasks(task_id, 1, [(index, 1)], host="worker9@gone")
+    assert stages.begin_subtasks([Claim(task_id, 1, index, 1)], host="worker9@gone")
 
 
 def subtasks(task_id: int) -> list[tuple[str, int]]:
@@ -93,7 +94,7 @@ def test_a_subtask_whose_worker_died_is_dispatched_again(worker: InProcessWorker
     assert (alert["severity"], alert["task_id"]) == ("warning", 1)
     assert alert["message"] == "subtask 0: worker worker9@gone lost, dispatched again"
     # The lost run reports after all: its dispatch number is stale, so nothing changes.
-    stages.finish_subtasks(1, 1, [(0, 1, SubtaskOutcome(False, "late"))])
+    stages.finish_subtasks([(Claim(1, 1, 0, 1), SubtaskOutcome(False, "late"))])
     assert subtasks(1)[0] == ("QUEUED", 1)
 
     worker.drain()

@@ -447,14 +447,80 @@ def test_a_halted_tasks_running_subtask_is_no_longer_its_workers_at_renewal(
 ) -> None:
     """What stops a subtask running inside a shared message once its task is halted."""
     from pipeline.engine import stages
-    from pipeline.engine.leases import renew_subtask_leases
+    from pipeline.engine.leases import Claim, renew_subtask_leases
 
     _, tasks = failing(worker)
     task = tasks[0]["id"]
     assert facade.restart([task], "resubmit").ok
     [message] = worker.queue
-    claimed = [(0, message.args[-1])]
-    assert stages.begin_subtasks(task, 2, claimed)
-    assert renew_subtask_leases(task, claimed) is True
+    claims = [Claim(task, 2, 0, message.args[-1])]
+    assert stages.begin_subtasks(claims)
+    assert renew_subtask_leases(claims) == {(task, 0)}
     assert facade.halt([task]).ok
-    assert renew_subtask_leases(task, claimed) is False
+    assert renew_subtask_leases(claims) == set()
+
+
+def test_a_shared_message_takes_one_transaction_to_claim_and_one_to_record(
+    worker: InProcessWorker, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What makes a restart of many small tasks quick: a shared message's subtasks are
+    claimed together and their outcomes recorded together (with each task's decision and
+    the instance state), each outcome still its own task's."""
+    from sqlalchemy import event
+
+    from config.settings import get_settings
+    from pipeline.database import engine_for
+    from pipeline.engine import stages
+
+    instance, tasks = failing(worker)
+    monkeypatch.setattr(outbox, "AUTO_BATCH_MESSAGES", 1)
+    monkeypatch.setattr(stages, "RECORD_EVERY_SECONDS", 3600.0)  # none recorded mid-message
+    assert facade.restart_failed(instance, "resubmit").ok
+    [group] = worker.queue
+    commits: list[object] = []
+    engine, counted = engine_for(get_settings().db_url), commits.append
+    event.listen(engine, "commit", counted)
+    try:
+        worker.run_next()
+    finally:
+        event.remove(engine, "commit", counted)
+    assert len(commits) == 2, "one claim and one record for the whole message"
+    assert [attempts(t["id"]) for t in tasks] == [[2, 1, 1, 1]] * 2
+    assert failed_tasks(instance)  # each failed again, the instance ERRORS_STALLED again
+    for task in tasks:
+        assert f"task {task['id']} subtask 0: RuntimeError" in worker.failed[group.id]
+
+
+def test_a_batch_halted_while_it_runs_stops_at_its_next_renewal(
+    worker: InProcessWorker, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The renewal that finds a running batch's subtasks no longer its worker's stops the
+    one running and runs none of the rest; the message ends without an error of its own."""
+    import threading
+
+    from tests.support import point_here, wait_for
+
+    monkeypatch.setenv("PIPELINE_LEASE_SECONDS", "0.3")  # a renewal every 0.1 s
+    point_here()
+    monkeypatch.setattr(outbox, "AUTO_BATCH_MESSAGES", 1)  # the task's 4 subtasks in 1 message
+    facade.set_parameters("algorithm", ["execution_pause_seconds=600"])
+    facade.submit("sample", None, "permuter")
+    worker.run_next()
+    [batch] = [m for m in worker.queue if m.name == outbox.SUBTASKS]
+    worker.queue = [batch]
+    task = batch.args[0]
+
+    def halt_once_running() -> None:
+        wait_for(lambda: facade.get_task(task)["state"] == "ALGORITHM_EXECUTING", 60, "running")
+        assert facade.halt([task]).ok
+
+    halting = threading.Thread(target=halt_once_running)
+    halting.start()
+    worker.run_next()
+    halting.join()
+    assert facade.get_task(task)["state"] == "ERROR - ALGORITHM_EXECUTING"
+    assert [s["state"] for s in facade.list_subtasks(task)] == ["NEW"] * 4
+    task_dir = Path(facade.get_task(task)["task_dir"])
+    assert [p.parent.name for p in sorted(task_dir.glob("st-*/*.log"))] == ["st-0"], (
+        "only the subtask running at the halt started"
+    )

@@ -12,6 +12,7 @@ import pytest
 from config.sample.images import SETS
 from config.settings import PACKAGED_DEFINITIONS
 from pipeline.engine import stages
+from pipeline.engine.leases import Claim
 from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.transitions import advance
 from pipeline.messaging import outbox
@@ -144,9 +145,9 @@ def test_stale_and_duplicate_stage_calls_are_no_ops(completed: Path) -> None:
     for attempt in (0, 1, 2):
         stages.marshal(task["id"], attempt)
         stages.execute(task["id"], attempt)
-        assert stages.begin_subtasks(task["id"], attempt, [(0, 1)]) == []
-        late = [(0, 1, SubtaskOutcome(False, "late failure"))]
-        stages.finish_subtasks(task["id"], attempt, late)
+        claim = Claim(task["id"], attempt, 0, 1)
+        assert stages.begin_subtasks([claim]) == []
+        stages.finish_subtasks([(claim, SubtaskOutcome(False, "late failure"))])
         stages.monitor(task["id"], attempt)
         stages.store(task["id"], attempt)
     advance(1)

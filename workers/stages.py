@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from pipeline.database import retrying
 from pipeline.engine import stages
+from pipeline.engine.leases import Claim
 from pipeline.errors import Unreachable
 from pipeline.messaging import outbox
 from pipeline.messaging.celery_app import MONITOR_TASK, celery_app
@@ -91,16 +92,13 @@ def _continue(held: list[outbox.StageMessage], host: str) -> list[str]:
     return failures
 
 
-def _subtask_failures(
-    task_id: int, attempt: int, pairs: list[tuple[int, int]], host: str
-) -> list[str]:
-    with outbox.continuing() as held:  # the last subtask of a task goes on to store
-        failed = stages.run_subtasks(task_id, attempt, pairs, host)
-    return [f"task {task_id} {line}" for line in failed] + _continue(held, host)
-
-
-def _run_subtasks(task_id: int, attempt: int, pairs: list[tuple[int, int]], host: str) -> None:
-    failures = _subtask_failures(task_id, attempt, pairs, host)
+def _run_subtasks(claims: list[Claim], host: str) -> None:
+    """Run one message's subtasks (see ``stages.run_subtasks``), then the stages they called
+    for (a task whose last subtask ended goes on to store); a failure recorded ends the
+    Celery task as a failure."""
+    with outbox.continuing() as held:
+        failures = stages.run_subtasks(claims, host)
+    failures += _continue(held, host)
     if failures:
         raise RecordedFailure.of(failures)
 
@@ -124,27 +122,23 @@ def execute(self: Any, task_id: int, attempt: int) -> None:
 
 @app.task(name=outbox.SUBTASK, **STAGE_OPTIONS)
 def run_subtask(self: Any, task_id: int, attempt: int, index: int, number: int) -> None:
-    _run_subtasks(task_id, attempt, [(index, number)], self.request.hostname)
+    _run_subtasks([Claim(task_id, attempt, index, number)], self.request.hostname)
 
 
 @app.task(name=outbox.SUBTASKS, **STAGE_OPTIONS)
 def run_subtasks(self: Any, task_id: int, attempt: int, pairs: list[list[int]]) -> None:
     """A batch: one message, one claim, outcomes recorded together (see outbox.batch_size)."""
-    claimed = [(index, number) for index, number in pairs]
-    _run_subtasks(task_id, attempt, claimed, self.request.hostname)
+    claims = [Claim(task_id, attempt, index, number) for index, number in pairs]
+    _run_subtasks(claims, self.request.hostname)
 
 
 @app.task(name=outbox.GROUP, **STAGE_OPTIONS)
 def run_subtask_group(self: Any, entries: list[list[int]]) -> None:
-    """The one subtask each of several tasks (see ``outbox.GROUP``): each claimed, run and
-    recorded as its task's own message would, one after another; a halted task's is
-    skipped (its attempt moved on), and one halted while running is stopped at its next
-    lease renewal."""
-    failures: list[str] = []
-    for task_id, attempt, index, number in entries:
-        failures += _subtask_failures(task_id, attempt, [(index, number)], self.request.hostname)
-    if failures:
-        raise RecordedFailure.of(failures)
+    """The one subtask each of several tasks (see ``outbox.GROUP``), claimed together, run
+    one after another and recorded together, each outcome its own task's; a halted task's
+    is not run (its attempt moved on), and one halted while running is stopped at its
+    next lease renewal."""
+    _run_subtasks([Claim(*entry) for entry in entries], self.request.hostname)
 
 
 @app.task(name=outbox.MONITOR, **STAGE_OPTIONS)

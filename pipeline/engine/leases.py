@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
+from typing import NamedTuple
 
 from sqlalchemy import tuple_, update
 
@@ -35,21 +36,38 @@ def renewal_interval() -> float:
     return min(settings.lease_seconds, settings.stale_after) / RENEWALS_PER_LEASE
 
 
-def renew_subtask_leases(task_id: int, pairs: Sequence[tuple[int, int]]) -> bool:
-    """Renew the leases of the subtasks a worker claimed with one message, given as (index,
-    dispatch number) pairs, that are still running (one statement, no task lock); False
-    when none is any more (halted, restarted or reclaimed meanwhile): stop running them."""
+class Claim(NamedTuple):
+    """One dispatch of a subtask, as its message carries it and a worker claims it: the
+    task, the task's attempt, the subtask's index and its dispatch number."""
+
+    task_id: int
+    attempt: int
+    index: int
+    number: int
+
+    @property
+    def subtask(self) -> tuple[int, int]:
+        """The subtask it claims: (task, index)."""
+        return self.task_id, self.index
+
+
+def renew_subtask_leases(claims: Sequence[Claim]) -> set[tuple[int, int]]:
+    """Renew the leases of the subtasks a worker claimed with one message (one statement,
+    no task lock); the (task, index) of those still running: the others are no longer
+    this worker's (halted, restarted or reclaimed meanwhile), and need not run."""
     with transaction() as session:
         renewed = session.execute(
             update(Subtask)
             .where(
-                Subtask.task_id == task_id,
-                tuple_(Subtask.index, Subtask.dispatch).in_(pairs),
+                tuple_(Subtask.task_id, Subtask.index, Subtask.dispatch).in_(
+                    [(c.task_id, c.index, c.number) for c in claims]
+                ),
                 Subtask.state == SubtaskState.RUNNING,
             )
             .values(heartbeat_at=utcnow())
+            .returning(Subtask.task_id, Subtask.index)
         )
-    return bool(renewed.rowcount)
+        return {(task_id, index) for task_id, index in renewed}
 
 
 class Heartbeat:

@@ -55,6 +55,19 @@ def _locked(session: Session, model: Any, row_id: int) -> Any:
     ).first()
 
 
+def lock_rows(session: Session, model: Any, row_ids: Collection[int]) -> dict[int, Any]:
+    """Lock these rows of ``model`` (instances or tasks) in one statement, in id order: the
+    order every transaction takes rows of one kind in, so two never deadlock."""
+    rows = session.scalars(
+        select(model)
+        .where(model.id.in_(sorted(row_ids)))
+        .order_by(model.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return {row.id: row for row in rows}
+
+
 def lock_instance(session: Session, instance_id: int) -> PipelineInstance:
     instance = _locked(session, PipelineInstance, instance_id)
     if instance is None:
@@ -173,13 +186,20 @@ def start_again(
 
 
 def fail(
-    session: Session, instance: PipelineInstance, task: Task, message: str, host: str = ""
+    session: Session,
+    instance: PipelineInstance,
+    task: Task,
+    message: str,
+    host: str = "",
+    refresh: bool = True,
 ) -> None:
-    """Set the error flag, P-state frozen where it failed, and update the instance state."""
+    """Set the error flag, P-state frozen where it failed, and update the instance state
+    (unless ``refresh`` is False: a caller failing many tasks of it refreshes it once)."""
     task.error = True
     task.error_message = message
     record(session, task, PState(task.p_state), f"error: {message}", host)
-    refresh_instance_state(session, instance)
+    if refresh:
+        refresh_instance_state(session, instance)
 
 
 def refresh_instance_state(session: Session, instance: PipelineInstance) -> InstanceState:

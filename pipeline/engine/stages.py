@@ -29,11 +29,11 @@ from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import EXECUTION_STEPS, UNFINISHED, PState, SubtaskState
 from pipeline.engine import datastore, datastore_ledger, runner, taskdir
 from pipeline.engine.alerts import WARNING, raise_alert
-from pipeline.engine.leases import Heartbeat, StepLease, renew_subtask_leases
+from pipeline.engine.leases import Claim, Heartbeat, StepLease, renew_subtask_leases
 from pipeline.engine.ledger import (
     fail,
     is_current,
-    lock_instance,
+    lock_rows,
     lock_task,
     lock_task_only,
     note,
@@ -241,8 +241,8 @@ class SubtaskRun:
     algorithm: str | dict[str, Any]
     context: SubtaskContext
     timeout: float
-    #: The dispatch number it was claimed under, which its outcome must carry.
-    number: int
+    #: The dispatch it was claimed under, which its outcome must carry.
+    claim: Claim
     definition: Definition
     node: Node
     #: The names of its inputs, which are never taken for its outputs.
@@ -256,6 +256,8 @@ class SubtaskRun:
 
 #: The error of a subtask that succeeded without output where outputs are required.
 NO_OUTPUT_REQUIRED = "produced no output (require_outputs = true)"
+#: A subtask's run that ended, to be recorded: the dispatch it ran under, and its outcome.
+Ended = tuple[Claim, SubtaskOutcome]
 
 
 def checked_outputs(run: SubtaskRun, outcome: SubtaskOutcome) -> SubtaskOutcome:
@@ -269,128 +271,153 @@ def checked_outputs(run: SubtaskRun, outcome: SubtaskOutcome) -> SubtaskOutcome:
     return replace(outcome, outputs=len(found))
 
 
-def run_subtasks(
-    task_id: int, attempt: int, pairs: Sequence[tuple[int, int]], host: str
-) -> list[str]:
-    """Run the subtasks of one message, given as (index, dispatch number) pairs: claim them,
-    run them one after another in a child process (one that crashes or hangs fails only its
-    subtask, see ``runner.run_many``) while renewing their leases, and record their outcomes
-    in groups; stop early when the task has moved on (halted, restarted).
+def run_subtasks(claims: Sequence[Claim], host: str) -> list[str]:
+    """Run the subtasks of one message: a batch of one task's, or the one subtask each of
+    several tasks of one instance's node (``outbox.GROUP``). They are claimed together,
+    run one after another in a child process (one that crashes or hangs fails only its
+    subtask, see ``runner.run_many``) while their leases are renewed, and their outcomes
+    recorded in groups; each transaction serves the whole message, each outcome stays its
+    own subtask's. A subtask whose task moved on meanwhile (halted, restarted) is not run.
 
-    Returns the failures recorded, ``subtask N: <the algorithm's error>``, so the Celery
-    task can end as a failure once they are safely in the database.
+    Returns the failures recorded, ``task T subtask N: <the algorithm's error>``, so the
+    Celery task can end as a failure once they are safely in the database.
     """
-    runs = retrying()(begin_subtasks)(task_id, attempt, pairs, host=host)
-    if not runs:
-        return []
-    claimed = [(run.context.index, run.number) for run in runs]
-    lease = get_settings().lease_seconds
-    beat = Heartbeat(lambda: renew_subtask_leases(task_id, claimed), lease / 3)
-    pending: list[tuple[int, int, SubtaskOutcome]] = []
-    recorded_at = time.monotonic()
-    first = runs[0]
-    contexts, code = [r.context for r in runs], first.definition.python_path or ()
-    outcomes = runner.run_many(first.algorithm, contexts, first.timeout, beat, code, first.scope)
+    runs = retrying()(begin_subtasks)(claims, host=host)
     failures: list[str] = []
-    for run, outcome in zip(runs, outcomes, strict=True):
-        pending.append((run.context.index, run.number, checked_outputs(run, outcome)))
-        if time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
-            if not _record_outcomes(task_id, attempt, pending, host):
-                return failures
-            failures += failed_lines(pending)
-            pending, recorded_at = [], time.monotonic()
-    if pending and _record_outcomes(task_id, attempt, pending, host):
-        failures += failed_lines(pending)
+    while runs:
+        runs = _run_in_turn(runs, host, failures)
     return failures
 
 
-def failed_lines(outcomes: Sequence[tuple[int, int, SubtaskOutcome]]) -> list[str]:
-    """``subtask N: <error>`` for each failed outcome."""
-    return [f"subtask {index}: {outcome.error}" for index, _, outcome in outcomes if not outcome.ok]
+def _run_in_turn(runs: list[SubtaskRun], host: str, failures: list[str]) -> list[SubtaskRun]:
+    """Run these claimed subtasks in turn in one child, until they are done or a renewal
+    or a record finds some of those left no longer this worker's; those still to run then.
+    Adds the failures recorded to ``failures``."""
+    ran, ours = 0, set[tuple[int, int]]()
+
+    def renew() -> bool:  # is the subtask running now still this worker's?
+        nonlocal ours
+        ours = renew_subtask_leases([run.claim for run in runs])
+        return runs[ran].claim.subtask in ours
+
+    beat = Heartbeat(renew, get_settings().lease_seconds / 3)
+    first = runs[0]
+    contexts, code = [run.context for run in runs], first.definition.python_path or ()
+    outcomes = runner.run_many(first.algorithm, contexts, first.timeout, beat, code, first.scope)
+    pending: list[Ended] = []
+    moved: set[int] = set()
+    recorded_at = time.monotonic()
+    for run, outcome in zip(runs, outcomes, strict=False):  # a stopped child ends it early
+        ran += 1
+        pending.append((run.claim, checked_outputs(run, outcome)))
+        if beat.stopped or time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
+            moved |= _record_outcomes(pending, host, failures)
+            pending, recorded_at = [], time.monotonic()
+            if any(later.claim.task_id in moved for later in runs[ran:]):
+                outcomes.close()
+                break
+    if pending:
+        moved |= _record_outcomes(pending, host, failures)
+    left = [run for run in runs[ran:] if run.claim.task_id not in moved]
+    return [run for run in left if run.claim.subtask in ours] if beat.stopped else left
+
+
+def _record_outcomes(ended: list[Ended], host: str, failures: list[str]) -> set[int]:
+    """Record outcomes (see ``finish_subtasks``), adding the failures recorded, ``task T
+    subtask N: <error>``, to ``failures``; the tasks that moved on."""
+    moved = _finish_retrying(ended, host)
+    failures += [
+        f"task {claim.task_id} subtask {claim.index}: {outcome.error}"
+        for claim, outcome in ended
+        if not outcome.ok and claim.task_id not in moved
+    ]
+    return moved
 
 
 @retrying(RECORD_OUTCOME_FOR_SECONDS)
-def _record_outcomes(
-    task_id: int, attempt: int, outcomes: list[tuple[int, int, SubtaskOutcome]], host: str
-) -> bool:
+def _finish_retrying(ended: list[Ended], host: str) -> set[int]:
     """Record outcomes, riding out a database restart: rerunning the subtasks costs more."""
-    return finish_subtasks(task_id, attempt, outcomes, host)
+    return finish_subtasks(ended, host)
 
 
-def begin_subtasks(
-    task_id: int, attempt: int, pairs: Sequence[tuple[int, int]], host: str = ""
-) -> list[SubtaskRun]:
-    """Claim the queued subtasks of one message, given as (index, dispatch number) pairs,
-    in one transaction; those whose pair is stale or a duplicate are left out.
+def begin_subtasks(claims: Sequence[Claim], host: str = "") -> list[SubtaskRun]:
+    """Claim the queued subtasks of one message in one transaction, in the message's order;
+    those whose dispatch is stale or a duplicate, or whose task moved on, are left out.
 
-    A batch's subtasks are all claimed (RUNNING, with a lease) at once and run one after
+    A message's subtasks are all claimed (RUNNING, with a lease) at once and run one after
     another; the worker renews the lease of every claimed subtask that has not finished,
-    so a batch that outlives the lease is not reclaimed while its worker lives, and the
-    unfinished rest of a dead worker's batch lapses and is reclaimed subtask by subtask.
+    so a message that outlives the lease is not reclaimed while its worker lives, and the
+    unfinished rest of a dead worker's message lapses and is reclaimed subtask by subtask.
     """
     with transaction() as session:
-        task = lock_task_only(session, task_id)
-        if not is_current(task, attempt, *EXECUTION_STEPS):
-            return []
-        wanted = dict(pairs)
+        attempts = {claim.task_id: claim.attempt for claim in claims}
+        tasks = {
+            task.id: task
+            for task in lock_rows(session, Task, attempts).values()
+            if is_current(task, attempts[task.id], *EXECUTION_STEPS)
+        }
+        wanted = {claim.subtask: claim for claim in claims if claim.task_id in tasks}
         rows = session.scalars(
-            select(Subtask)
-            .where(Subtask.task_id == task_id, Subtask.index.in_(wanted))
-            .order_by(Subtask.index)
-        ).all()
-        claimed = [
-            s for s in rows if (s.dispatch, s.state) == (wanted[s.index], SubtaskState.QUEUED)
-        ]
-        if len(claimed) < len(pairs):
-            log.info(
-                "task %s: %d subtask messages stale or duplicate",
-                task_id,
-                len(pairs) - len(claimed),
+            select(Subtask).where(
+                Subtask.task_id.in_(tasks),
+                Subtask.index.in_(sorted({index for _, index in wanted})),
             )
-        if not claimed:
-            return []
+        ).all()
+        claimed = {
+            (s.task_id, s.index): s
+            for s in rows
+            if (s.task_id, s.index) in wanted
+            and (s.dispatch, s.state) == (wanted[s.task_id, s.index].number, SubtaskState.QUEUED)
+        }
+        if len(claimed) < len(claims):
+            log.info(
+                "%d of %d subtask dispatches stale or duplicate (tasks %s)",
+                len(claims) - len(claimed),
+                len(claims),
+                sorted(attempts),
+            )
         now, pid = utcnow(), os.getpid()
-        for subtask in claimed:
+        for subtask in claimed.values():
             subtask.state = SubtaskState.RUNNING
             subtask.attempts += 1
             subtask.worker_host, subtask.worker_pid = host, pid
             subtask.started_at, subtask.heartbeat_at, subtask.finished_at = now, now, None
             subtask.error = ""
-        if task.p_state == PState.ALGORITHM_QUEUED:
-            record(session, task, PState.ALGORITHM_EXECUTING, host=host)
-        instance = session.get(PipelineInstance, task.instance_id)
-        definition = _definition(instance)
-        node = definition.node(task.node)
-        algorithm = node.model_dump(mode="json")["algorithm"]
-        parameters = node_parameters(instance, definition, task.node)
-        timeout = float(task.execution.get("subtask_timeout", 3600))
-        require_outputs = bool(task.execution.get("require_outputs", False))
-        scope = (get_settings().db_url, instance.id, task.node)
         runs = []
-        for subtask in claimed:
-            directory = taskdir.subtask_dir(Path(task.task_dir), subtask.index)
-            context = SubtaskContext(
-                directory=directory,
-                inputs=[directory / name for name in subtask.inputs],
-                parameters=parameters,
-                index=subtask.index,
-                unit_of_work=task.unit_of_work,
-                node=task.node,
-            )
-            runs.append(
-                SubtaskRun(
-                    algorithm,
-                    context,
-                    timeout,
-                    subtask.dispatch,
-                    definition,
-                    node,
-                    subtask.inputs,
-                    require_outputs,
-                    scope,
-                )
-            )
+        for key, claim in wanted.items():
+            if key not in claimed:
+                continue
+            task = tasks[claim.task_id]
+            if task.p_state == PState.ALGORITHM_QUEUED:
+                record(session, task, PState.ALGORITHM_EXECUTING, host=host)
+            runs.append(_subtask_run(session, task, claimed[key], claim))
         return runs
+
+
+def _subtask_run(session: Session, task: Task, subtask: Subtask, claim: Claim) -> SubtaskRun:
+    instance = session.get(PipelineInstance, task.instance_id)
+    definition = _definition(instance)
+    node = definition.node(task.node)
+    directory = taskdir.subtask_dir(Path(task.task_dir), subtask.index)
+    context = SubtaskContext(
+        directory=directory,
+        inputs=[directory / name for name in subtask.inputs],
+        parameters=node_parameters(instance, definition, task.node),
+        index=subtask.index,
+        unit_of_work=task.unit_of_work,
+        node=task.node,
+    )
+    return SubtaskRun(
+        algorithm=node.model_dump(mode="json")["algorithm"],
+        context=context,
+        timeout=float(task.execution.get("subtask_timeout", 3600)),
+        claim=claim,
+        definition=definition,
+        node=node,
+        inputs=subtask.inputs,
+        require_outputs=bool(task.execution.get("require_outputs", False)),
+        scope=(get_settings().db_url, instance.id, task.node),
+    )
 
 
 def _definition(instance: PipelineInstance) -> Definition:
@@ -403,81 +430,114 @@ def _definition(instance: PipelineInstance) -> Definition:
     return _definitions[key]
 
 
-def finish_subtasks(
-    task_id: int,
-    attempt: int,
-    outcomes: Sequence[tuple[int, int, SubtaskOutcome]],
-    host: str = "",
-) -> bool:
-    """Record outcomes, given as (index, dispatch number, outcome), with the task's counts
-    in one transaction; with the task's last outcome, monitor's decision is taken in it too
-    (ALGORITHM_COMPLETE, then STORING or the error flag, each in the task's history).
+def finish_subtasks(ended: Sequence[Ended], host: str = "") -> set[int]:
+    """Record outcomes with their tasks' counts in one transaction; with a task's last
+    outcome, monitor's decision is taken in it too (ALGORITHM_COMPLETE, then STORING or the
+    error flag, each in the task's history), and the instance state refreshed once.
 
     Each subtask's outcome is still its own (a failed subtask of a batch is failed alone,
-    and a resubmit reruns only it); only the transaction is shared. Returns whether the
-    task is still at ``attempt``: when it is not, the rest of a batch need not run.
+    and a resubmit reruns only it); only the transaction is shared, by a batch's subtasks
+    or by the tasks of a shared message. Returns the tasks that moved on (another
+    attempt): the rest of their subtasks in the message need not run.
     """
+    by_task: dict[int, list[Ended]] = {}
+    for claim, outcome in ended:
+        by_task.setdefault(claim.task_id, []).append((claim, outcome))
     with outbox.transaction() as (session, messages):
-        instance = _instance_if_last(session, task_id, len(outcomes))
-        task = lock_task_only(session, task_id)
-        if task.attempt != attempt:
-            log.info(
-                "task %s: ignoring %d outcomes from attempt %s", task_id, len(outcomes), attempt
-            )
-            return False
-        by_index = {index: (number, outcome) for index, number, outcome in outcomes}
+        instances = _instances_if_last(session, {t: len(e) for t, e in by_task.items()})
+        tasks = lock_rows(session, Task, by_task)
         rows = session.scalars(
-            select(Subtask).where(Subtask.task_id == task_id, Subtask.index.in_(by_index))
+            select(Subtask).where(
+                Subtask.task_id.in_(by_task), Subtask.index.in_(sorted({c.index for c, _ in ended}))
+            )
         ).all()
-        now, recorded = utcnow(), 0
-        for subtask in rows:
-            number, outcome = by_index[subtask.index]
-            if subtask.dispatch != number or subtask.state != SubtaskState.RUNNING:
+        subtasks = {(s.task_id, s.index): s for s in rows}
+        moved: set[int] = set()
+        failed: dict[int, PipelineInstance] = {}
+        for task_id in sorted(by_task):
+            task, attempt = tasks[task_id], by_task[task_id][0][0].attempt
+            if task.attempt != attempt:
                 log.info(
-                    "subtask %s/%s: outcome of run %s is stale", task_id, subtask.index, number
+                    "task %s: ignoring %d outcomes from attempt %s",
+                    task_id,
+                    len(by_task[task_id]),
+                    attempt,
                 )
+                moved.add(task_id)
                 continue
-            recorded += 1
-            subtask.finished_at = now
-            subtask.outputs = outcome.outputs
-            if outcome.ok and outcome.outputs == 0:
-                _no_output(session, task, subtask.index, host)
-            if outcome.ok:
-                subtask.state = SubtaskState.COMPLETE
-                task.completed_subtasks += 1
-            else:
-                subtask.state, subtask.error = SubtaskState.FAILED, outcome.error
-                task.failed_subtasks += 1
-        if not recorded:
-            return True
+            if not _count_outcomes(session, task, by_task[task_id], subtasks, host):
+                continue
+            done = task.completed_subtasks + task.failed_subtasks >= task.total_subtasks
+            if done and not task.error and task.p_state in EXECUTION_STEPS:
+                counts = f"{task.completed_subtasks} completed, {task.failed_subtasks} failed"
+                record(session, task, PState.ALGORITHM_COMPLETE, counts, host)
+                instance = instances.get(task.instance_id)
+                if instance is None:  # the peek missed: monitor decides in its own transaction
+                    messages.stage(MONITOR, task_id, attempt, task.execution)
+                    continue
+                _decide(session, instance, task, messages, host, refresh=False)
+                if task.error:
+                    failed[instance.id] = instance
+        for instance in failed.values():
+            refresh_instance_state(session, instance)
+    return moved
+
+
+def _count_outcomes(
+    session: Session,
+    task: Task,
+    ended: list[Ended],
+    subtasks: dict[tuple[int, int], Subtask],
+    host: str,
+) -> int:
+    """Record one locked task's outcomes on its subtasks and counts; how many were still
+    awaited (an outcome of another dispatch, or of a subtask no longer running, is stale)."""
+    now, recorded = utcnow(), 0
+    for claim, outcome in ended:
+        subtask = subtasks[claim.subtask]
+        if subtask.dispatch != claim.number or subtask.state != SubtaskState.RUNNING:
+            log.info(
+                "subtask %s/%s: outcome of run %s is stale", task.id, subtask.index, claim.number
+            )
+            continue
+        recorded += 1
+        subtask.finished_at = now
+        subtask.outputs = outcome.outputs
+        if outcome.ok and outcome.outputs == 0:
+            _no_output(session, task, subtask.index, host)
+        if outcome.ok:
+            subtask.state = SubtaskState.COMPLETE
+            task.completed_subtasks += 1
+        else:
+            subtask.state, subtask.error = SubtaskState.FAILED, outcome.error
+            task.failed_subtasks += 1
+    if recorded:
         task.updated_at = now
-        done = task.completed_subtasks + task.failed_subtasks >= task.total_subtasks
-        if done and not task.error and task.p_state in EXECUTION_STEPS:
-            counts = f"{task.completed_subtasks} completed, {task.failed_subtasks} failed"
-            record(session, task, PState.ALGORITHM_COMPLETE, counts, host)
-            if instance is None:  # the peek missed: monitor decides in a transaction of its own
-                messages.stage(MONITOR, task_id, attempt, task.execution)
-            else:
-                _decide(session, instance, task, messages, host)
-    return True
+    return recorded
 
 
-def _instance_if_last(session: Session, task_id: int, outcomes: int) -> PipelineInstance | None:
-    """The task's instance, locked, if these outcomes look like its last (read unlocked):
-    then monitor's decision is taken in the same transaction, saving one per task.
+def _instances_if_last(session: Session, outcomes: dict[int, int]) -> dict[int, PipelineInstance]:
+    """The instances, locked, of the tasks these outcomes (a count per task) look like the
+    last of (read unlocked): then monitor's decision is taken in the same transaction,
+    saving one per task.
 
-    Instance rows are locked before task rows, in every transaction, so the instance must
-    be locked before the task is; a peek that misses (another worker's outcomes came in
+    Instance rows are locked before task rows, in every transaction, so they must be
+    locked before the tasks are; a peek that misses (another worker's outcomes came in
     meanwhile) only leaves the decision to a monitor stage of its own, as before.
     """
-    instance_id, total, ended = session.execute(
-        select(
-            Task.instance_id,
-            Task.total_subtasks,
-            Task.completed_subtasks + Task.failed_subtasks,
-        ).where(Task.id == task_id)
-    ).one()
-    return lock_instance(session, instance_id) if ended + outcomes >= total else None
+    ending = {
+        instance_id
+        for task_id, instance_id, total, ended in session.execute(
+            select(
+                Task.id,
+                Task.instance_id,
+                Task.total_subtasks,
+                Task.completed_subtasks + Task.failed_subtasks,
+            ).where(Task.id.in_(outcomes))
+        )
+        if ended + outcomes[task_id] >= total
+    }
+    return lock_rows(session, PipelineInstance, ending) if ending else {}
 
 
 def _no_output(session: Session, task: Task, index: int, host: str) -> None:
@@ -500,10 +560,16 @@ def monitor(task_id: int, attempt: int, host: str = "") -> None:
 
 
 def _decide(
-    session: Session, instance: PipelineInstance, task: Task, messages: outbox.Outbox, host: str
+    session: Session,
+    instance: PipelineInstance,
+    task: Task,
+    messages: outbox.Outbox,
+    host: str,
+    refresh: bool = True,
 ) -> None:
     """Monitor's decision for a locked task whose subtasks have all ended: store, resubmit
-    automatically, or set the error flag."""
+    automatically, or set the error flag (and refresh the instance state, unless the
+    caller does it once for many tasks)."""
     allowed = int(task.execution.get("max_failed_subtasks", 0))
     if task.failed_subtasks <= allowed:
         record(session, task, PState.STORING, host=host)
@@ -518,7 +584,7 @@ def _decide(
             f"{task.failed_subtasks} of {task.total_subtasks} subtasks failed"
             f" (max_failed_subtasks = {allowed})"
         )
-        fail(session, instance, task, message, host)
+        fail(session, instance, task, message, host, refresh)
 
 
 # -- store -----------------------------------------------------------------------------------

@@ -26,7 +26,12 @@ from pipeline.domain.definitions import ExecutionSettings
 from pipeline.domain.limits import check_id
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import InstanceState
-from pipeline.engine.ledger import RESTARTABLE, locked_instance, refresh_instance_state
+from pipeline.engine.ledger import (
+    RESTARTABLE,
+    lock_rows,
+    locked_instance,
+    refresh_instance_state,
+)
 from pipeline.engine.stages import queue_subtasks
 from pipeline.engine.transitions import advance
 from pipeline.errors import InvalidInput, NotFound, Refused, shown
@@ -136,29 +141,12 @@ def _in_flight_for(task_ids: list[int]) -> dict[str, InFlight]:
 
 
 def _lock_tasks(session: Session, task_ids: list[int]) -> dict[int, tuple[PipelineInstance, Task]]:
-    """Lock the tasks and their instances, instance rows first and each kind in id order
-    (the order every transaction takes them in, so none deadlock)."""
-    instance_ids = sorted(
-        set(session.scalars(select(Task.instance_id).where(Task.id.in_(task_ids))))
-    )
-    instances = {
-        instance.id: instance
-        for instance in session.scalars(
-            select(PipelineInstance)
-            .where(PipelineInstance.id.in_(instance_ids))
-            .order_by(PipelineInstance.id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    }
-    tasks = session.scalars(
-        select(Task)
-        .where(Task.id.in_(task_ids))
-        .order_by(Task.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    return {task.id: (instances[task.instance_id], task) for task in tasks}
+    """Lock the tasks and their instances, instance rows first (the order every transaction
+    takes them in, so none deadlock)."""
+    instance_ids = set(session.scalars(select(Task.instance_id).where(Task.id.in_(task_ids))))
+    instances = lock_rows(session, PipelineInstance, instance_ids)
+    tasks = lock_rows(session, Task, task_ids)
+    return {task.id: (instances[task.instance_id], task) for task in tasks.values()}
 
 
 def _subtask_states(session: Session, task_ids: list[int]) -> dict[int, dict[int, str]]:

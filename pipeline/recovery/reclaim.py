@@ -16,6 +16,7 @@ from config.settings import get_settings
 from pipeline.domain.models import Subtask
 from pipeline.domain.states import EXECUTION_STEPS, PState, SubtaskState
 from pipeline.engine.alerts import ERROR, WARNING, raise_alert
+from pipeline.engine.leases import Claim
 from pipeline.engine.ledger import (
     is_current,
     lock_task,
@@ -70,7 +71,7 @@ def reclaim_lost(task_id: int, index: int, number: int, lease_expired_before: da
             raise_alert(session, task, ERROR, alert)
     if again:
         return "redispatched"
-    finish_subtasks(task_id, attempt, [(index, number, SubtaskOutcome(False, WORKER_LOST))])
+    finish_subtasks([(Claim(task_id, attempt, index, number), SubtaskOutcome(False, WORKER_LOST))])
     return "failed"
 
 
