@@ -3,8 +3,9 @@
 Halting bumps the task's attempt, so every message of its chain already on the broker or
 on a worker becomes a no-op, and terminates the worker processes running its subtasks
 (their algorithms die with them). A message that carries other tasks' subtasks too
-(``outbox.GROUP``) is not terminated: the worker running it stops this task's subtask at
-its next lease renewal (``leases.Heartbeat``). The task keeps its P-state, gets the error
+(``outbox.GROUP``) is not terminated: the worker running it skips this task's subtask
+once a record of outcomes or a lease renewal shows it the halt, or stops it at its next
+lease renewal if it is running (``stages.run_subtasks``). The task keeps its P-state, gets the error
 flag and the halted mark, and can be restarted in any mode.
 """
 
