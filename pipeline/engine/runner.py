@@ -503,6 +503,8 @@ def _context(fields: dict[str, Any]) -> SubtaskContext:
 def _new_code(known: set[str]) -> list[tuple[str, tuple[int, int] | None]]:
     """The source files of the modules imported since last looked at, outside the
     interpreter's and the installed packages' (``known`` is updated)."""
+    if len(sys.modules) == len(known):  # nothing imported since (or as many removed)
+        return []
     found = []
     for name in set(sys.modules) - known:
         known.add(name)

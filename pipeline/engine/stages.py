@@ -15,10 +15,11 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Row, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from config.settings import get_settings
@@ -340,6 +341,10 @@ def _finish_retrying(ended: list[Ended], host: str) -> set[int]:
     return finish_subtasks(ended, host)
 
 
+#: What claiming a subtask and recording its outcome read of its row.
+CLAIMED_COLUMNS = (Subtask.id, Subtask.task_id, Subtask.index, Subtask.dispatch, Subtask.state)
+
+
 def begin_subtasks(claims: Sequence[Claim], host: str = "") -> list[SubtaskRun]:
     """Claim the queued subtasks of one message in one transaction, in the message's order;
     those whose dispatch is stale or a duplicate, or whose task moved on, are left out.
@@ -357,8 +362,8 @@ def begin_subtasks(claims: Sequence[Claim], host: str = "") -> list[SubtaskRun]:
             if is_current(task, attempts[task.id], *EXECUTION_STEPS)
         }
         wanted = {claim.subtask: claim for claim in claims if claim.task_id in tasks}
-        rows = session.scalars(
-            select(Subtask).where(
+        rows = session.execute(
+            select(*CLAIMED_COLUMNS, Subtask.inputs).where(
                 Subtask.task_id.in_(tasks),
                 Subtask.index.in_(sorted({index for _, index in wanted})),
             )
@@ -376,48 +381,68 @@ def begin_subtasks(claims: Sequence[Claim], host: str = "") -> list[SubtaskRun]:
                 len(claims),
                 sorted(attempts),
             )
-        now, pid = utcnow(), os.getpid()
-        for subtask in claimed.values():
-            subtask.state = SubtaskState.RUNNING
-            subtask.attempts += 1
-            subtask.worker_host, subtask.worker_pid = host, pid
-            subtask.started_at, subtask.heartbeat_at, subtask.finished_at = now, now, None
-            subtask.error = ""
-        runs = []
+        if claimed:  # one statement: the rows are not loaded as objects (a batch is 100)
+            now = utcnow()
+            session.execute(
+                update(Subtask)
+                .where(Subtask.id.in_([row.id for row in claimed.values()]))
+                .values(
+                    state=SubtaskState.RUNNING,
+                    attempts=Subtask.attempts + 1,
+                    worker_host=host,
+                    worker_pid=os.getpid(),
+                    started_at=now,
+                    heartbeat_at=now,
+                    finished_at=None,
+                    error="",
+                )
+                .execution_options(synchronize_session=False)
+            )
+        by_task: dict[int, list[tuple[Row[Any], Claim]]] = {}  # in the message's order
         for key, claim in wanted.items():
-            if key not in claimed:
-                continue
-            task = tasks[claim.task_id]
+            if key in claimed:
+                by_task.setdefault(claim.task_id, []).append((claimed[key], claim))
+        instances: dict[int, PipelineInstance] = {}  # held: the session keeps rows weakly
+        runs = []
+        for task_id, subtasks in by_task.items():
+            task = tasks[task_id]
             if task.p_state == PState.ALGORITHM_QUEUED:
                 record(session, task, PState.ALGORITHM_EXECUTING, host=host)
-            runs.append(_subtask_run(session, task, claimed[key], claim))
+            if task.instance_id not in instances:
+                instances[task.instance_id] = session.get(PipelineInstance, task.instance_id)
+            runs += _subtask_runs(instances[task.instance_id], task, subtasks)
         return runs
 
 
-def _subtask_run(session: Session, task: Task, subtask: Subtask, claim: Claim) -> SubtaskRun:
-    instance = session.get(PipelineInstance, task.instance_id)
+def _subtask_runs(
+    instance: PipelineInstance, task: Task, subtasks: list[tuple[Row[Any], Claim]]
+) -> list[SubtaskRun]:
+    """What a worker needs to run each of a task's claimed subtasks."""
     definition = _definition(instance)
     node = definition.node(task.node)
-    directory = taskdir.subtask_dir(Path(task.task_dir), subtask.index)
-    context = SubtaskContext(
-        directory=directory,
-        inputs=[directory / name for name in subtask.inputs],
-        parameters=node_parameters(instance, definition, task.node),
-        index=subtask.index,
-        unit_of_work=task.unit_of_work,
-        node=task.node,
-    )
-    return SubtaskRun(
+    parameters = node_parameters(instance, definition, task.node)
+    run = partial(
+        SubtaskRun,
         algorithm=node.model_dump(mode="json")["algorithm"],
-        context=context,
         timeout=float(task.execution.get("subtask_timeout", 3600)),
-        claim=claim,
         definition=definition,
         node=node,
-        inputs=subtask.inputs,
         require_outputs=bool(task.execution.get("require_outputs", False)),
         scope=(get_settings().db_url, instance.id, task.node),
     )
+    runs = []
+    for subtask, claim in subtasks:
+        directory = taskdir.subtask_dir(Path(task.task_dir), subtask.index)
+        context = SubtaskContext(
+            directory=directory,
+            inputs=[directory / name for name in subtask.inputs],
+            parameters=parameters,
+            index=subtask.index,
+            unit_of_work=task.unit_of_work,
+            node=task.node,
+        )
+        runs.append(run(context=context, claim=claim, inputs=subtask.inputs))
+    return runs
 
 
 def _definition(instance: PipelineInstance) -> Definition:
@@ -446,14 +471,15 @@ def finish_subtasks(ended: Sequence[Ended], host: str = "") -> set[int]:
     with outbox.transaction() as (session, messages):
         instances = _instances_if_last(session, {t: len(e) for t, e in by_task.items()})
         tasks = lock_rows(session, Task, by_task)
-        rows = session.scalars(
-            select(Subtask).where(
+        rows = session.execute(
+            select(*CLAIMED_COLUMNS).where(
                 Subtask.task_id.in_(by_task), Subtask.index.in_(sorted({c.index for c, _ in ended}))
             )
         ).all()
-        subtasks = {(s.task_id, s.index): s for s in rows}
+        subtasks = {(row.task_id, row.index): row for row in rows}
+        changes: list[dict[str, Any]] = []
         moved: set[int] = set()
-        failed: dict[int, PipelineInstance] = {}
+        counted: list[Task] = []
         for task_id in sorted(by_task):
             task, attempt = tasks[task_id], by_task[task_id][0][0].attempt
             if task.attempt != attempt:
@@ -464,20 +490,24 @@ def finish_subtasks(ended: Sequence[Ended], host: str = "") -> set[int]:
                     attempt,
                 )
                 moved.add(task_id)
-                continue
-            if not _count_outcomes(session, task, by_task[task_id], subtasks, host):
-                continue
+            elif _count_outcomes(session, task, by_task[task_id], subtasks, changes, host):
+                counted.append(task)
+        # Written before any decision: an automatic resubmit requeues the failed subtasks.
+        _write_outcomes(session, changes)
+        failed: dict[int, PipelineInstance] = {}
+        for task in counted:
             done = task.completed_subtasks + task.failed_subtasks >= task.total_subtasks
-            if done and not task.error and task.p_state in EXECUTION_STEPS:
-                counts = f"{task.completed_subtasks} completed, {task.failed_subtasks} failed"
-                record(session, task, PState.ALGORITHM_COMPLETE, counts, host)
-                instance = instances.get(task.instance_id)
-                if instance is None:  # the peek missed: monitor decides in its own transaction
-                    messages.stage(MONITOR, task_id, attempt, task.execution)
-                    continue
-                _decide(session, instance, task, messages, host, refresh=False)
-                if task.error:
-                    failed[instance.id] = instance
+            if not done or task.error or task.p_state not in EXECUTION_STEPS:
+                continue
+            counts = f"{task.completed_subtasks} completed, {task.failed_subtasks} failed"
+            record(session, task, PState.ALGORITHM_COMPLETE, counts, host)
+            instance = instances.get(task.instance_id)
+            if instance is None:  # the peek missed: monitor decides in its own transaction
+                messages.stage(MONITOR, task.id, task.attempt, task.execution)
+                continue
+            _decide(session, instance, task, messages, host, refresh=False)
+            if task.error:
+                failed[instance.id] = instance
         for instance in failed.values():
             refresh_instance_state(session, instance)
     return moved
@@ -487,11 +517,13 @@ def _count_outcomes(
     session: Session,
     task: Task,
     ended: list[Ended],
-    subtasks: dict[tuple[int, int], Subtask],
+    subtasks: dict[tuple[int, int], Row[Any]],
+    changes: list[dict[str, Any]],
     host: str,
 ) -> int:
-    """Record one locked task's outcomes on its subtasks and counts; how many were still
-    awaited (an outcome of another dispatch, or of a subtask no longer running, is stale)."""
+    """Count one locked task's outcomes on it, adding the changes of its subtasks' rows to
+    ``changes`` (written together, see ``_write_outcomes``); how many were still awaited
+    (an outcome of another dispatch, or of a subtask no longer running, is stale)."""
     now, recorded = utcnow(), 0
     for claim, outcome in ended:
         subtask = subtasks[claim.subtask]
@@ -501,19 +533,42 @@ def _count_outcomes(
             )
             continue
         recorded += 1
-        subtask.finished_at = now
-        subtask.outputs = outcome.outputs
         if outcome.ok and outcome.outputs == 0:
             _no_output(session, task, subtask.index, host)
         if outcome.ok:
-            subtask.state = SubtaskState.COMPLETE
             task.completed_subtasks += 1
         else:
-            subtask.state, subtask.error = SubtaskState.FAILED, outcome.error
             task.failed_subtasks += 1
+        changes.append(
+            {
+                "row_id": subtask.id,
+                "row_state": SubtaskState.COMPLETE if outcome.ok else SubtaskState.FAILED,
+                "row_error": outcome.error,
+                "row_outputs": outcome.outputs,
+                "row_finished": now,
+            }
+        )
     if recorded:
         task.updated_at = now
     return recorded
+
+
+def _write_outcomes(session: Session, changes: list[dict[str, Any]]) -> None:
+    """The subtasks' rows of the outcomes recorded, in one statement."""
+    if not changes:  # an executemany of no rows would run once, with no values
+        return
+    table = Subtask.__table__
+    session.execute(
+        update(table)
+        .where(table.c.id == bindparam("row_id"))
+        .values(
+            state=bindparam("row_state"),
+            error=bindparam("row_error"),
+            outputs=bindparam("row_outputs"),
+            finished_at=bindparam("row_finished"),
+        ),
+        changes,
+    )
 
 
 def _instances_if_last(session: Session, outcomes: dict[int, int]) -> dict[int, PipelineInstance]:
