@@ -15,9 +15,12 @@ the current row always describes the bytes on disk.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from sqlalchemy import insert, select, text, update
@@ -208,14 +211,18 @@ def _on_disk(
     """The current files of type ``kind`` for ``unit``, with their rows where the ledger
     describes them as they are on disk."""
     file_type = definition.data_file_types[kind]
-    directory = root / file_type.directory(unit)
-    paths = sorted(f for f in directory.glob(file_type.pattern) if f.is_file())
-    names = [str(p.relative_to(root)) for p in paths]
-    known = current_rows(session, names)
+    prefix = len(str(root)) + 1
+    found = []
+    for path in (root / file_type.directory(unit)).glob(file_type.pattern):
+        with suppress(FileNotFoundError):  # gone meanwhile
+            status = os.stat(path)
+            if S_ISREG(status.st_mode):
+                found.append((str(path)[prefix:], status))
+    found.sort(key=lambda item: item[0].split("/"))  # as paths sort: part by part
+    known = current_rows(session, [name for name, _ in found], FINGERPRINT)
     chosen = []
-    for path, name in zip(paths, names, strict=True):
+    for name, status in found:
         row = known.get(name)
-        status = path.stat()
         unchanged = row and (row.size, row.mtime_ns) == (status.st_size, status.st_mtime_ns)
         chosen.append(Candidate(name, kind, unit, row.id if unchanged else None))
     return chosen
@@ -287,16 +294,26 @@ def producer(row: DatastoreFile) -> str:
     return "a file found on disk"
 
 
-def current_rows(session: Session, paths: Sequence[str]) -> dict[str, DatastoreFile]:
-    """The current ledger row of each of ``paths`` that has one."""
-    found: dict[str, DatastoreFile] = {}
+#: The columns of a ledger row that tell whether it describes a file as it is on disk.
+FINGERPRINT = (DatastoreFile.id, DatastoreFile.size, DatastoreFile.sha256, DatastoreFile.mtime_ns)
+
+
+def current_rows(
+    session: Session, paths: Sequence[str], columns: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """The current ledger row of each of ``paths`` that has one: the whole row, or only
+    its ``columns`` (and path) when given, which is cheaper for thousands of paths."""
+    found: dict[str, Any] = {}
     for start in range(0, len(paths), PATHS_PER_QUERY):
-        chunk = paths[start : start + PATHS_PER_QUERY]
-        for row in session.scalars(
-            select(DatastoreFile).where(
-                DatastoreFile.path.in_(chunk), DatastoreFile.superseded_at.is_(None)
-            )
-        ):
+        current = (
+            DatastoreFile.path.in_(paths[start : start + PATHS_PER_QUERY]),
+            DatastoreFile.superseded_at.is_(None),
+        )
+        if columns:
+            rows = session.execute(select(DatastoreFile.path, *columns).where(*current))
+        else:
+            rows = session.scalars(select(DatastoreFile).where(*current))
+        for row in rows:
             found[row.path] = row
     return found
 
@@ -314,7 +331,7 @@ def record_found(
     ids = {c.path: c.file_id for c in candidates if c.file_id is not None}
     if missing:
         lock_directories(session, (str(Path(c.path).parent) for c in missing))
-        known = current_rows(session, [c.path for c in missing])
+        known = current_rows(session, [c.path for c in missing], FINGERPRINT)
         new_rows = []
         for candidate in missing:
             size, sha256, mtime_ns = fingerprints[candidate.path]

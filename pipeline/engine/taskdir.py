@@ -60,15 +60,15 @@ def marshal(task_dir: Path, groups: list[list[Path]]) -> list[list[str]]:
     if task_dir.exists():
         shutil.rmtree(task_dir)
     task_dir.mkdir(parents=True)
-    for index, group in enumerate(groups):
-        directory = subtask_dir(task_dir, index)
-        directory.mkdir()
+    for index, group in enumerate(groups):  # plain strings: thousands of subtasks
+        directory = str(subtask_dir(task_dir, index))
+        os.mkdir(directory)
         for source in group:
-            _link_or_copy(source, directory / source.name)
+            _link_or_copy(source, os.path.join(directory, source.name))
     return [[source.name for source in group] for group in groups]
 
 
-def _link_or_copy(source: Path, destination: Path) -> None:
+def _link_or_copy(source: Path, destination: str) -> None:
     try:
         os.link(source, destination)
     except OSError:
