@@ -11,9 +11,11 @@ of 4, whose every hop is a publish and a worker's receipt and nothing else.
 from __future__ import annotations
 
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,23 @@ from rich.table import Table
 
 from bench import figures, harness
 
+#: The prototype of a design that forks nothing on the chain's path (``--fork-free``):
+#: every chain's subtask runs in the one child kept from the first, whatever its instance,
+#: as a child forked ahead by a small separate process would be ready for it, and the
+#: worker pays no copy-on-write faults after a fork. It measures what such a design could
+#: save at most; the product does not share a child between instances.
+FORK_FREE_SCOPE = ("prototype", 0, "every instance")
 #: Chains timed; the first few warm the caches and connections up and are left out.
 #: Chains run before the timed ones, so connections and caches are warm.
 WARM_UP = 5
 
 
-def stage_breakdown(base: Path, broker: str, runs: int) -> dict[str, float]:
+def stage_breakdown(
+    base: Path, broker: str, runs: int, fork_free: bool = False
+) -> dict[str, float]:
     """Median milliseconds of each step of a one-subtask chain, run in this process
-    (``runs`` chains, the first ``WARM_UP`` not counted)."""
+    (``runs`` chains, the first ``WARM_UP`` not counted); ``fork_free``: see
+    ``FORK_FREE_SCOPE``."""
     home = base / "home"
     cluster = harness.Cluster(home, harness.cluster_env(home, broker))
     cluster.cli("cluster", "init", "--no-sample-data")
@@ -43,11 +54,11 @@ def stage_breakdown(base: Path, broker: str, runs: int) -> dict[str, float]:
         times.setdefault(step, []).append((time.perf_counter() - started) * 1000)
         return result
 
-    _run_chains(timed, WARM_UP + max(1, runs - WARM_UP))
+    _run_chains(timed, WARM_UP + max(1, runs - WARM_UP), fork_free)
     return {step: round(statistics.median(values[WARM_UP:]), 2) for step, values in times.items()}
 
 
-def _run_chains(timed: Callable[..., Any], runs: int) -> None:
+def _run_chains(timed: Callable[..., Any], runs: int, fork_free: bool = False) -> None:
     from sqlalchemy import select
 
     from pipeline.database import transaction
@@ -79,7 +90,10 @@ def _run_chains(timed: Callable[..., Any], runs: int) -> None:
             )
             claim = Claim(task.id, 1, 0, 1)
             [run] = timed("claim the subtask (one transaction)", stages.begin_subtasks, [claim])
-            runner.prepare_spare()  # as a worker does between two Celery tasks
+            if fork_free:
+                run = replace(run, scope=FORK_FREE_SCOPE)
+            else:
+                runner.prepare_spare()  # as a worker does between two Celery tasks
             outcomes = timed(
                 "run the no-op in the spare child, read its outcome", _in_child, run, beat
             )
@@ -100,14 +114,16 @@ def _in_child(run: Any, beat: Any) -> list[Any]:
 
 
 def main() -> None:
+    fork_free = "--fork-free" in sys.argv[1:]
     with (
         tempfile.TemporaryDirectory(prefix="bench-breakdown-") as base,
         harness.redis_server(Path(base)) as port,
     ):
         medians = stage_breakdown(
-            Path(base), f"redis://127.0.0.1:{port}", figures.Sizes().breakdown_runs
+            Path(base), f"redis://127.0.0.1:{port}", figures.Sizes().breakdown_runs, fork_free
         )
-    table = Table(title="one-subtask pipeline, stage by stage in one process (median ms)")
+    title = "one-subtask pipeline, stage by stage in one process (median ms)"
+    table = Table(title=title + (", the fork-free prototype" if fork_free else ""))
     table.add_column("step")
     table.add_column("ms", justify="right")
     for step, value in medians.items():
