@@ -349,7 +349,9 @@ def test_a_run_that_outlasts_the_interval_keeps_the_lock_until_it_ends(
     """The monitor's lock is a mutex, not a rate limit: while one run works on (here, a
     long line of tasks to recover) for many intervals, every other run is skipped; when it
     ends the lock is released and the next run goes ahead."""
-    interval = 0.2
+    # Long enough that a busy machine does not stall the holder past the lock's lapse
+    # (LOCK_INTERVALS intervals): at 0.2 s it lapsed under a full parallel test run.
+    interval = 0.5
     with redis_server() as url:
         monkeypatch.setenv("PIPELINE_BROKER_URL", url)
         monkeypatch.setenv("PIPELINE_MONITOR_INTERVAL", str(interval))

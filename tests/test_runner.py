@@ -239,3 +239,69 @@ def test_a_subtask_whose_task_moved_on_is_stopped_at_its_lease_renewal(
     outcomes = list(run_many("tests.algorithms:hang", batch, 20, beat))
     assert [(o.ok, o.error, o.timed_out) for o in outcomes] == [(False, STOPPED, False)]
     assert "hanging" in log_of(batch[0]) and not (batch[1].directory / LOG_NAME).exists()
+
+
+PARENT_ALGORITHM = """import os, time
+def run(ctx):
+    (ctx.directory / 'parents').write_text(f'{os.getpid()} {os.getppid()}')
+    time.sleep(float(ctx.parameters.get('sleep', 0)))
+"""
+
+
+def process_state(pid: int) -> str:
+    """The state letter of a process (Z: a zombie), or '' when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
+def test_children_are_forked_by_the_fork_server_not_by_the_worker(
+    ctx: SubtaskContext, tmp_path: Path
+) -> None:
+    """A child that shares the worker's memory makes the worker copy every page it writes
+    afterwards (milliseconds on each next transaction): children come from the worker's
+    fork server, a child of its own forked once."""
+    import os
+
+    (tmp_path / "parents_mod.py").write_text(PARENT_ALGORITHM)
+    outcome = run("parents_mod:run", ctx, timeout=30, python_path=[str(tmp_path)])
+    assert outcome.ok, outcome.error
+    child, parent = (int(pid) for pid in (ctx.directory / "parents").read_text().split())
+    assert parent != os.getpid()
+    status = Path(f"/proc/{parent}/status").read_text()
+    assert f"PPid:\t{os.getpid()}\n" in status, "the fork server is the worker's own child"
+
+
+def test_an_algorithm_dies_with_its_worker(tmp_path: Path) -> None:
+    """A killed worker leaves no algorithm running on in a subtask directory that a
+    restart may reuse: its fork server dies with it, and the algorithm with the server."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.support import wait_for
+
+    (tmp_path / "parents_mod.py").write_text(PARENT_ALGORITHM)
+    directory = tmp_path / "st-0"
+    directory.mkdir()
+    worker = (
+        "import sys\nfrom pathlib import Path\n"
+        "from pipeline.domain.context import SubtaskContext\n"
+        "from pipeline.engine.runner import run\n"
+        "ctx = SubtaskContext(directory=Path(sys.argv[1]), inputs=[], "
+        "parameters={'sleep': 600}, index=0, unit_of_work='u', node='n')\n"
+        "run('parents_mod:run', ctx, timeout=900, python_path=[sys.argv[2]])\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", worker, str(directory), str(tmp_path)])
+    try:
+        found = wait_for(lambda: (directory / "parents").exists(), 60, "the algorithm")
+        assert found
+        child, server = (int(pid) for pid in (directory / "parents").read_text().split())
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        for pid in (server, child):
+            wait_for(lambda pid=pid: process_state(pid) in ("", "Z"), 30, f"process {pid} gone")
+    finally:
+        process.kill()
+        process.wait()

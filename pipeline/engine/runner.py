@@ -1,17 +1,17 @@
 """The runner: an algorithm run on subtasks, a Python callable or an external executable.
 
 Either runs in a child process with the subtask directory as working directory and
-stdout and stderr going to the subtask's log. A Python callable runs in a forked child
-of the worker (no interpreter start-up per subtask); an executable runs as a child
-process. The supervising process enforces the subtask timeout by killing the child, so a
+stdout and stderr going to the subtask's log. A Python callable runs in a child forked
+by the worker's fork server (no interpreter start-up per subtask, and no copy of the
+worker's pages to pay for, see ``pipeline.engine.forkserver``); an executable runs as a
+child process. The supervising process enforces the subtask timeout by killing the child, so a
 hung or crashing algorithm fails its subtask and never takes the worker down with it.
 
 The subtasks of one batch message (``run_many``) share a forked child, which runs them
-one after another: a fork costs several milliseconds in a worker process, more than a
-short algorithm. A child that crashes or hangs fails only the subtask it was running;
-the rest of the batch goes on in a new child. A child is also kept for the next
-messages of the same instance's same node, and one is forked in advance while the
-worker is idle (see ``_Child``).
+one after another: a new child costs milliseconds, more than a short algorithm. A child
+that crashes or hangs fails only the subtask it was running; the rest of the batch goes
+on in a new child. A child is also kept for the next messages of the same instance's
+same node, and one is forked in advance while the worker is idle (see ``_Child``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from typing import Any
 
 from pipeline.domain.context import SubtaskContext
 from pipeline.domain.definitions import resolve_callable
+from pipeline.engine.forkserver import ForkServer, exit_status
 from pipeline.engine.leases import NO_HEARTBEAT, Heartbeat
 from pipeline.engine.taskdir import INPUTS_FILE, LOG_NAME, PARAMETERS_FILE
 
@@ -263,8 +264,10 @@ _kept: _Child | None = None
 _spare: _Child | None = None
 #: Whether this process has run an algorithm: only such a process forks a spare.
 _ran_any = False
-#: Children that were told to exit but were not reaped yet.
-_exiting: list[int] = []
+#: This process's fork server (see ``pipeline.engine.forkserver``), once it needed a child.
+_server: ForkServer | None = None
+#: Seconds to wait for a killed child's exit to be reported: it is dying already.
+KILLED_EXIT_WAIT = 30.0
 #: Where the interpreter's own and installed modules live: the code a kept child checks for
 #: changes is the rest, the pipeline's algorithms.
 _LIBRARY_PATHS = tuple(
@@ -273,11 +276,10 @@ _LIBRARY_PATHS = tuple(
 
 
 def prepare_spare() -> None:
-    """Fork a fresh child now, while this process is idle, for its next subtasks to start
-    in without waiting for a fork (several milliseconds in a worker process). Only in a
+    """Have a fresh child forked now, while this process is idle, for its next subtasks to
+    start in without waiting for a fork (milliseconds, more under load). Only in a
     process that has run algorithms already (a worker's pool process, between tasks)."""
     global _spare
-    _reap_exited()
     if _spare is None and _ran_any:
         _spare = _Child()
 
@@ -288,7 +290,6 @@ def _take_child(key: Hashable | None) -> _Child:
     instances never share a process's memory."""
     global _kept, _spare, _ran_any
     _ran_any = True
-    _reap_exited()
     if _kept is not None:
         kept, _kept = _kept, None
         if key is not None and kept.key == key and kept.usable():
@@ -314,13 +315,23 @@ def _release(child: _Child, key: Hashable | None) -> None:
     child.retire()
 
 
-def _reap_exited() -> None:
-    """Reap children that were told to exit (zombies hold no memory)."""
-    for pid in list(_exiting):
-        with suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == 0:
-                continue
-        _exiting.remove(pid)
+def _fork_server() -> ForkServer:
+    """This process's fork server, started at its first child (a worker's pool process
+    starts its own: one inherited from the process that forked it is not its to use)."""
+    global _server
+    if _server is not None and (_server.owner != os.getpid() or not _server.usable()):
+        _server.close()
+        _server = None
+    if _server is None:
+        _server = ForkServer(_serve, _prepare_server)
+    return _server
+
+
+def _prepare_server(keep: int) -> None:
+    """In the fork server: die with the worker, and hold none of its files but ``keep``
+    (its socket) and the standard streams its children start with."""
+    die_with_parent()
+    _close_inherited_files(keep)
 
 
 class _Child:
@@ -328,8 +339,10 @@ class _Child:
     supervising process.
 
     Each subtask goes to the child as a line of JSON on one pipe and its outcome comes back
-    as a line on another. Forking a worker process costs several milliseconds (more under
-    load), more than a short algorithm, so a child is forked in advance (``prepare_spare``)
+    as a line on another. Its outcome, or, when it ends without one, its exit status (which
+    the fork server writes there, see ``pipeline.engine.forkserver``). A new child costs
+    milliseconds (more under load), more than a short algorithm, so one is forked in
+    advance (``prepare_spare``)
     and kept for the next subtasks of the same scope: the same instance's same node, the
     same algorithm and code directories (``_take_child``). The algorithm is imported in the
     child, never in the worker; the child reports the files of the code it imported, and
@@ -338,18 +351,18 @@ class _Child:
     """
 
     def __init__(self) -> None:
+        _libc()  # loaded before the fork server forks, so each child need not load it
         commands_read, commands = os.pipe()
         reports, reports_write = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        _libc()  # loaded here, so each child need not load it
-        self.pid = os.fork()
-        if self.pid == 0:  # the child: never returns
-            os.close(commands)
-            os.close(reports)
-            _serve(commands_read, reports_write)
-        os.close(commands_read)
-        os.close(reports_write)
+        try:
+            self.pid = _fork_server().fork(commands_read, reports_write)
+        except BaseException:
+            for fd in (commands, reports):
+                os.close(fd)
+            raise
+        finally:
+            os.close(commands_read)
+            os.close(reports_write)
         self.commands, self.fd = commands, reports
         self.alive, self.busy, self._buffer = True, False, b""
         #: The scope it runs (see ``_take_child``), and how many subtasks it was sent.
@@ -373,7 +386,7 @@ class _Child:
         """Up, not due to be recycled, and its algorithm's code unchanged since imported."""
         if not self.alive or self.ran >= CHILD_RECYCLE_AFTER:
             return False
-        if os.waitpid(self.pid, os.WNOHANG)[0] != 0:
+        if select.select([self.fd], [], [], 0)[0]:  # idle, yet it wrote: it has exited
             self.alive = False
             return False
         return all(_stamp(path) == stamp for path, stamp in self.code.items())
@@ -384,7 +397,8 @@ class _Child:
         """The outcome of the subtask the child is running now: its report, or the reason
         the child ended without one (killed at the timeout, crashed)."""
         line, finished = self._read_line(timeout, heartbeat)
-        if line:
+        status = exit_status(line)
+        if line and status is None:
             self.busy = False
             report = json.loads(line)
             self.code.update({path: tuple(stamp) for path, stamp in report["code"]})
@@ -392,14 +406,24 @@ class _Child:
         self.alive = self.busy = False
         if not finished:
             self._kill()
-            os.waitpid(self.pid, 0)
+            self._await_exit()
             if heartbeat.stopped:
                 return SubtaskOutcome(False, STOPPED)
             return SubtaskOutcome(False, f"timeout: killed after {timeout:g} s", timed_out=True)
-        _, status = os.waitpid(self.pid, 0)
+        if status is None:  # the fork server went first: the worker is going down
+            return SubtaskOutcome(False, "the algorithm's process ended without an outcome")
         return SubtaskOutcome(
             False, _exit_message(os.waitstatus_to_exitcode(status), ctx.directory / LOG_NAME)
         )
+
+    def _await_exit(self) -> None:
+        """Wait until the fork server reports the killed child gone (or goes itself): its
+        algorithm writes nothing more into a subtask directory a restart may reuse."""
+        deadline = time.monotonic() + KILLED_EXIT_WAIT
+        while True:
+            line, finished = self._read_line(_left(deadline), NO_HEARTBEAT)
+            if not finished or not line or exit_status(line) is not None:
+                return
 
     def _read_line(self, timeout: float, heartbeat: Heartbeat) -> tuple[bytes, bool]:
         """The next report line; ``finished`` is False at the deadline, and the line empty
@@ -427,19 +451,14 @@ class _Child:
             os.kill(self.pid, signal.SIGKILL)  # in case it had not made its own group yet
 
     def retire(self) -> None:
-        """Let the child go: an idle one exits once its pipe closes and is reaped later
-        (a big process takes milliseconds to exit); one still running a subtask (the
-        caller stopped early) is killed."""
+        """Let the child go: an idle one exits once its pipe closes (the fork server reaps
+        it); one still running a subtask (the caller stopped early) is killed first."""
+        if self.alive and self.busy:
+            self._kill()
+            self._await_exit()
+        self.alive = False
         os.close(self.commands)
         os.close(self.fd)
-        if not self.alive:
-            return
-        self.alive = False
-        if self.busy:
-            self._kill()
-            os.waitpid(self.pid, 0)
-            return
-        _exiting.append(self.pid)
 
 
 def _stamp(path: str) -> tuple[int, int] | None:
