@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,19 @@ def test_a_crash_or_hang_in_a_batch_fails_only_its_subtask(tmp_path: Path) -> No
     # followed by new ones; 4 and 5 shared one.
     pids = [(ctx.directory / "done.txt").read_text() for ctx in (batch[0], batch[4], batch[5])]
     assert pids[0] != pids[1] == pids[2]
+
+
+@pytest.mark.slow  # waits for a timeout
+def test_a_hang_is_timed_out_whatever_the_size_of_the_subtasks_sent_after_it(
+    tmp_path: Path,
+) -> None:
+    """A child is sent the next subtasks while it runs one, never so many that the worker
+    would wait on a full pipe instead of watching the clock: subtasks whose parameters
+    are larger than a pipe holds still run, and a hang among them still times out."""
+    batch = [replace(ctx, parameters={"blob": "x" * 100_000}) for ctx in contexts(tmp_path, 6)]
+    outcomes = list(run_many("tests.algorithms:fail_by_index", batch, timeout=2))
+    assert [o.ok for o in outcomes] == [True, False, False, False, True, True]
+    assert outcomes[2].timed_out
 
 
 def test_a_callable_is_imported_from_the_definitions_python_path(

@@ -28,6 +28,7 @@ import sysconfig
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -229,23 +230,28 @@ def _run_callables(
     subtask that crashes the child or outlives ``timeout`` fails alone, and a new child
     takes on the rest. The child is kept for the scope's next subtasks if it is still up."""
     key = None if scope is None else (scope, reference, tuple(python_path))
-    todo = list(contexts)
+    todo = deque(contexts)
     while todo:
         try:
             child = _take_child(key)
         except Exception as exc:  # noqa: BLE001 - fork or pipe errors on the worker's side
             yield SubtaskOutcome(False, f"could not run the algorithm: {exc}")
-            todo.pop(0)
+            todo.popleft()
             continue
         try:
+            sent = 0  # of the subtasks first in line, sent to this child, outcome not read
             while todo and child.alive:
-                ctx = todo.pop(0)
                 try:
-                    child.send(reference, python_path, ctx)
+                    while sent < len(todo) and child.send(reference, python_path, todo[sent]):
+                        sent += 1
                 except OSError as exc:  # it died idle, between two looks
                     child.alive = False
-                    yield SubtaskOutcome(False, f"could not run the algorithm: {exc}")
-                    break
+                    if not sent:
+                        yield SubtaskOutcome(False, f"could not run the algorithm: {exc}")
+                        todo.popleft()
+                        break
+                ctx = todo.popleft()
+                sent -= 1
                 yield child.next_outcome(ctx, timeout, heartbeat)
                 if heartbeat.stopped:
                     return
@@ -255,6 +261,9 @@ def _run_callables(
 
 #: The outcome of a subtask stopped because its task moved on (halted, restarted).
 STOPPED = "stopped: its task was halted or restarted while it ran"
+#: Bytes of requests a busy child may be sent ahead of its outcomes: well under a pipe's
+#: capacity (64 KiB on Linux), so sending never waits for the child.
+SEND_AHEAD_BYTES = 16 * 1024
 #: A child that has run this many subtasks is retired for a fresh one, so what an
 #: algorithm leaks stays bounded (as Celery's ``max_tasks_per_child`` does for workers).
 CHILD_RECYCLE_AFTER = 1000
@@ -364,23 +373,39 @@ class _Child:
             os.close(commands_read)
             os.close(reports_write)
         self.commands, self.fd = commands, reports
-        self.alive, self.busy, self._buffer = True, False, b""
+        self.alive, self._buffer = True, b""
+        #: The sizes of the requests sent whose outcomes were not read yet, oldest first.
+        self._unanswered: deque[int] = deque()
         #: The scope it runs (see ``_take_child``), and how many subtasks it was sent.
         self.key: Hashable | None = None
         self.ran = 0
         #: The algorithm's own code it imported: file, and (modification time, size).
         self.code: dict[str, tuple[int, int]] = {}
 
-    def send(self, reference: str, python_path: Sequence[str], ctx: SubtaskContext) -> None:
+    @property
+    def busy(self) -> bool:
+        """Sent subtasks whose outcomes were not read yet."""
+        return bool(self._unanswered)
+
+    def send(self, reference: str, python_path: Sequence[str], ctx: SubtaskContext) -> bool:
+        """Send a subtask, unless the child is running others already and the requests
+        unanswered would fill more than ``SEND_AHEAD_BYTES`` of its pipe; whether it was
+        sent. Sending ahead spares the child a wait for the worker between two subtasks,
+        and never blocks the worker: the pipe always has room for what it holds."""
         context = {
             **ctx.__dict__,
             "directory": str(ctx.directory),
             "inputs": [str(path) for path in ctx.inputs],
         }
         request = {"reference": reference, "python_path": list(python_path), "context": context}
-        os.write(self.commands, json.dumps(request).encode() + b"\n")
+        line = json.dumps(request).encode() + b"\n"
+        if self._unanswered and sum(self._unanswered) + len(line) > SEND_AHEAD_BYTES:
+            return False
+        os.write(self.commands, line)
         _started(self.pid)
-        self.busy, self.ran = True, self.ran + 1
+        self._unanswered.append(len(line))
+        self.ran += 1
+        return True
 
     def usable(self) -> bool:
         """Up, not due to be recycled, and its algorithm's code unchanged since imported."""
@@ -399,17 +424,19 @@ class _Child:
         line, finished = self._read_line(timeout, heartbeat)
         status = exit_status(line)
         if line and status is None:
-            self.busy = False
+            self._unanswered.popleft()
             report = json.loads(line)
             self.code.update({path: tuple(stamp) for path, stamp in report["code"]})
             return SubtaskOutcome(**report["outcome"])
-        self.alive = self.busy = False
+        self.alive = False
         if not finished:
             self._kill()
             self._await_exit()
+            self._unanswered.clear()
             if heartbeat.stopped:
                 return SubtaskOutcome(False, STOPPED)
             return SubtaskOutcome(False, f"timeout: killed after {timeout:g} s", timed_out=True)
+        self._unanswered.clear()
         if status is None:  # the fork server went first: the worker is going down
             return SubtaskOutcome(False, "the algorithm's process ended without an outcome")
         return SubtaskOutcome(
@@ -456,6 +483,7 @@ class _Child:
         if self.alive and self.busy:
             self._kill()
             self._await_exit()
+            self._unanswered.clear()
         self.alive = False
         os.close(self.commands)
         os.close(self.fd)
