@@ -524,3 +524,59 @@ def test_a_batch_halted_while_it_runs_stops_at_its_next_renewal(
     assert [p.parent.name for p in sorted(task_dir.glob("st-*/*.log"))] == ["st-0"], (
         "only the subtask running at the halt started"
     )
+
+
+def test_a_task_done_inside_a_shared_message_goes_on_before_the_message_ends(
+    worker: InProcessWorker, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its store goes to the broker once its outcome is recorded, for any worker to run,
+    rather than waiting behind the other tasks' subtasks in the message."""
+    from pipeline.engine import stages
+
+    instance, tasks = failing(worker)
+    monkeypatch.setattr(outbox, "AUTO_BATCH_MESSAGES", 1)
+    monkeypatch.setattr(stages, "RECORD_EVERY_SECONDS", 0.0)  # each outcome recorded at once
+    assert facade.restart_failed(instance, "resubmit", {"max_failed_subtasks": 1}).ok
+    first, second = (t["id"] for t in tasks)
+    stores: list[tuple[int, str]] = []  # (task stored, the other task's subtask 0 then)
+    publish = outbox._publish
+
+    def watching(publications: list) -> None:
+        for name, args, *_ in publications:
+            if name == outbox.STORE:
+                stores.append((args[0], facade.list_subtasks(second)[0]["state"]))
+        publish(publications)
+
+    monkeypatch.setattr(outbox, "_publish", watching)
+    worker.run_next()
+    assert stores == [(first, "RUNNING")], "the first task's store left before the second ran"
+    worker.drain()
+    assert [facade.get_task(t)["state"] for t in (first, second)] == ["COMPLETE"] * 2
+
+
+def test_a_task_halted_while_a_shared_message_runs_does_not_start_there(
+    worker: InProcessWorker, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The message's subtasks were claimed together; the halted task's is not started
+    once the worker has seen the halt (here: at the record of the task before it)."""
+    from pipeline.engine import stages
+
+    instance, tasks = failing(worker)
+    monkeypatch.setattr(outbox, "AUTO_BATCH_MESSAGES", 1)
+    monkeypatch.setattr(stages, "RECORD_EVERY_SECONDS", 0.0)
+    assert facade.restart_failed(instance, "resubmit").ok
+    first, second = (t["id"] for t in tasks)
+    log = Path(facade.get_task(second)["task_dir"]) / "st-0" / "subtask.log"
+    logged = log.read_text()
+    finish = stages.finish_subtasks
+
+    def halting_first(ended: list, *args: object) -> set[int]:
+        if [claim.task_id for claim, _ in ended] == [first]:
+            assert facade.halt([second]).ok  # while the first task's outcome is recorded
+        return finish(ended, *args)
+
+    monkeypatch.setattr(stages, "finish_subtasks", halting_first)
+    worker.run_next()
+    assert log.read_text() == logged, "the halted task's algorithm did not run again"
+    assert facade.get_task(second)["state"] == "ERROR - ALGORITHM_EXECUTING"
+    assert attempts(first) == [2, 1, 1, 1]

@@ -319,3 +319,13 @@ def test_an_algorithm_dies_with_its_worker(tmp_path: Path) -> None:
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_report_cut_short_by_the_childs_death_reads_as_its_exit() -> None:
+    """The fork server's exit line follows whatever a killed child left of its report;
+    an algorithm's error text that looks like one is still the algorithm's error."""
+    from pipeline.engine.forkserver import exit_status
+
+    assert exit_status(b'{"outcome": {"ok": tr{"exit": 9}') == 9
+    error_like_an_exit = json.dumps({"outcome": {"ok": False, "error": '{"exit": 3}'}})
+    assert exit_status(error_like_an_exit.encode()) is None

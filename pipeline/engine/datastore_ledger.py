@@ -211,7 +211,7 @@ def _on_disk(
     """The current files of type ``kind`` for ``unit``, with their rows where the ledger
     describes them as they are on disk."""
     file_type = definition.data_file_types[kind]
-    prefix = len(str(root)) + 1
+    prefix = len(str(root).rstrip("/")) + 1  # a root of "/" has no separator of its own
     found = []
     for path in (root / file_type.directory(unit)).glob(file_type.pattern):
         with suppress(FileNotFoundError):  # gone meanwhile

@@ -31,6 +31,7 @@ from contextlib import suppress
 MESSAGE_SIZE = 64
 #: The last line the server writes into a child's reports pipe: its wait status.
 EXIT_KEY = "exit"
+EXIT_MARK = b'{"' + EXIT_KEY.encode() + b'": '  # unescaped: never inside a JSON string
 
 
 class ForkServer:
@@ -83,10 +84,12 @@ class ForkServer:
 
 
 def exit_status(line: bytes) -> int | None:
-    """The wait status in a report line the server wrote for an exited child, else None."""
-    if not line.startswith(b'{"' + EXIT_KEY.encode()):
+    """The wait status the server wrote for an exited child, if ``line`` ends with it
+    (after what a child killed while writing its report left of that), else None."""
+    start = line.rfind(EXIT_MARK)
+    if start < 0:
         return None
-    return int(json.loads(line)[EXIT_KEY])
+    return int(json.loads(line[start:])[EXIT_KEY])
 
 
 def _serve_forks(
@@ -98,6 +101,13 @@ def _serve_forks(
         prepare(requests.fileno())
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         reports: dict[int, int] = {}  # child pid -> the server's copy of its reports pipe
+        exited: dict[int, int] = {}  # pid -> wait status of a child reaped before it was filed
+
+        def report(pid: int, status: int) -> None:
+            fd = reports.pop(pid)
+            with suppress(OSError):  # the worker may have stopped reading
+                os.write(fd, json.dumps({EXIT_KEY: status}).encode() + b"\n")
+            os.close(fd)
 
         def reap(*_: object) -> None:
             while True:
@@ -107,30 +117,30 @@ def _serve_forks(
                     return
                 if pid == 0:
                     return
-                fd = reports.pop(pid, None)
-                if fd is None:
-                    continue
-                with suppress(OSError):  # the worker may have stopped reading
-                    os.write(fd, json.dumps({EXIT_KEY: status}).encode() + b"\n")
-                os.close(fd)
+                if pid in reports:
+                    report(pid, status)
+                else:
+                    exited[pid] = status
 
         signal.signal(signal.SIGCHLD, reap)
         while True:
             message, fds, _, _ = socket.recv_fds(requests, MESSAGE_SIZE, 2)
             if not message:
                 return
-            commands, report = fds
+            commands, reports_write = fds
             signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
             pid = os.fork()
             if pid == 0:  # the child: never returns
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
                 requests.close()
                 for fd in reports.values():
                     os.close(fd)
-                serve(commands, report)
+                serve(commands, reports_write)
             os.close(commands)
-            reports[pid] = report
+            reports[pid] = reports_write
+            if pid in exited:  # a handler that was due ran between the fork and now
+                report(pid, exited.pop(pid))
             signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
             requests.send(str(pid).encode())
     finally:

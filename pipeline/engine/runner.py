@@ -17,6 +17,7 @@ same node, and one is forked in advance while the worker is idle (see ``_Child``
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import logging
 import os
@@ -242,7 +243,9 @@ def _run_callables(
             sent = 0  # of the subtasks first in line, sent to this child, outcome not read
             while todo and child.alive:
                 try:
-                    while sent < len(todo) and child.send(reference, python_path, todo[sent]):
+                    while sent < len(todo) and _may_send(todo, sent):
+                        if not child.send(reference, python_path, todo[sent]):
+                            break
                         sent += 1
                 except OSError as exc:  # it died idle, between two looks
                     child.alive = False
@@ -259,10 +262,18 @@ def _run_callables(
             _release(child, key)
 
 
+def _may_send(todo: deque[SubtaskContext], position: int) -> bool:
+    """May the subtask at ``position`` in line be sent now? The first always; the next
+    ones ahead only if they are the same task's (the same unit of work of the scope's
+    node): the caller sees another task's outcome first, and whether that task is still
+    its worker's (a halt) before its subtask starts."""
+    return position == 0 or todo[position].unit_of_work == todo[0].unit_of_work
+
+
 #: The outcome of a subtask stopped because its task moved on (halted, restarted).
 STOPPED = "stopped: its task was halted or restarted while it ran"
-#: Bytes of requests a busy child may be sent ahead of its outcomes: well under a pipe's
-#: capacity (64 KiB on Linux), so sending never waits for the child.
+#: Bytes of requests a busy child may be sent ahead of its outcomes: at most its pipe's
+#: capacity (64 KiB on Linux, unless shrunk), so sending never waits for the child.
 SEND_AHEAD_BYTES = 16 * 1024
 #: A child that has run this many subtasks is retired for a fresh one, so what an
 #: algorithm leaks stays bounded (as Celery's ``max_tasks_per_child`` does for workers).
@@ -376,6 +387,10 @@ class _Child:
         self.alive, self._buffer = True, b""
         #: The sizes of the requests sent whose outcomes were not read yet, oldest first.
         self._unanswered: deque[int] = deque()
+        # A pipe holds less than usual once its user has many (fs.pipe-user-pages-soft).
+        self._ahead_limit = min(SEND_AHEAD_BYTES, fcntl.fcntl(commands, fcntl.F_GETPIPE_SZ))
+        #: The process that made it: a process forked from that one must not use it.
+        self.owner = os.getpid()
         #: The scope it runs (see ``_take_child``), and how many subtasks it was sent.
         self.key: Hashable | None = None
         self.ran = 0
@@ -399,7 +414,7 @@ class _Child:
         }
         request = {"reference": reference, "python_path": list(python_path), "context": context}
         line = json.dumps(request).encode() + b"\n"
-        if self._unanswered and sum(self._unanswered) + len(line) > SEND_AHEAD_BYTES:
+        if self._unanswered and sum(self._unanswered) + len(line) > self._ahead_limit:
             return False
         os.write(self.commands, line)
         _started(self.pid)
@@ -408,8 +423,9 @@ class _Child:
         return True
 
     def usable(self) -> bool:
-        """Up, not due to be recycled, and its algorithm's code unchanged since imported."""
-        if not self.alive or self.ran >= CHILD_RECYCLE_AFTER:
+        """This process's, up, not due to be recycled, and its algorithm's code unchanged
+        since imported."""
+        if self.owner != os.getpid() or not self.alive or self.ran >= CHILD_RECYCLE_AFTER:
             return False
         if select.select([self.fd], [], [], 0)[0]:  # idle, yet it wrote: it has exited
             self.alive = False
@@ -479,8 +495,9 @@ class _Child:
 
     def retire(self) -> None:
         """Let the child go: an idle one exits once its pipe closes (the fork server reaps
-        it); one still running a subtask (the caller stopped early) is killed first."""
-        if self.alive and self.busy:
+        it); one still running a subtask (the caller stopped early) is killed first. A
+        process forked from its owner only closes its copies of the pipes."""
+        if self.owner == os.getpid() and self.alive and self.busy:
             self._kill()
             self._await_exit()
             self._unanswered.clear()
@@ -513,6 +530,7 @@ def _serve(commands: int, reports: int) -> None:
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         logging.root.handlers = [logging.StreamHandler(sys.stderr)]
         known = set(sys.modules)
+        looked = len(known)  # modules then: new code is looked for only when that changes
         first = True
         for line in os.fdopen(commands, "rb"):
             request = json.loads(line)
@@ -522,7 +540,9 @@ def _serve(commands: int, reports: int) -> None:
             outcome = _run_one(request["reference"], _context(request["context"]))
             sys.stdout.flush()
             sys.stderr.flush()
-            report = {"outcome": outcome.__dict__, "code": _new_code(known)}
+            code = _new_code(known) if len(sys.modules) != looked else []
+            looked = len(sys.modules)
+            report = {"outcome": outcome.__dict__, "code": code}
             os.write(reports, json.dumps(report).encode() + b"\n")
     finally:
         os._exit(0)
@@ -550,8 +570,6 @@ def _context(fields: dict[str, Any]) -> SubtaskContext:
 def _new_code(known: set[str]) -> list[tuple[str, tuple[int, int] | None]]:
     """The source files of the modules imported since last looked at, outside the
     interpreter's and the installed packages' (``known`` is updated)."""
-    if len(sys.modules) == len(known):  # nothing imported since (or as many removed)
-        return []
     found = []
     for name in set(sys.modules) - known:
         known.add(name)

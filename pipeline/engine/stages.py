@@ -291,42 +291,55 @@ def run_subtasks(claims: Sequence[Claim], host: str) -> list[str]:
 
 
 def _run_in_turn(runs: list[SubtaskRun], host: str, failures: list[str]) -> list[SubtaskRun]:
-    """Run these claimed subtasks in turn in one child, until they are done or a renewal
-    or a record finds some of those left no longer this worker's; those still to run then.
-    Adds the failures recorded to ``failures``."""
-    ran, ours = 0, set[tuple[int, int]]()
+    """Run these claimed subtasks in turn in one child, until they are done or a record
+    or a lease renewal shows some of those left no longer this worker's (their task was
+    halted or restarted: they are not started); those still to run then. Adds the
+    failures recorded to ``failures``."""
+    ran, moved = 0, set[int]()
+    #: The subtasks still this worker's at the last lease renewal (None: none renewed yet).
+    renewed: set[tuple[int, int]] | None = None
 
     def renew() -> bool:  # is the subtask running now still this worker's?
-        nonlocal ours
-        ours = renew_subtask_leases([run.claim for run in runs])
-        return runs[ran].claim.subtask in ours
+        nonlocal renewed
+        renewed = renew_subtask_leases([run.claim for run in runs[ran:]])
+        return runs[ran].claim.subtask in renewed
+
+    def gone(run: SubtaskRun) -> bool:
+        return run.claim.task_id in moved or (
+            renewed is not None and run.claim.subtask not in renewed
+        )
 
     beat = Heartbeat(renew, get_settings().lease_seconds / 3)
     first = runs[0]
     contexts, code = [run.context for run in runs], first.definition.python_path or ()
     outcomes = runner.run_many(first.algorithm, contexts, first.timeout, beat, code, first.scope)
     pending: list[Ended] = []
-    moved: set[int] = set()
     recorded_at = time.monotonic()
-    for run, outcome in zip(runs, outcomes, strict=False):  # a stopped child ends it early
-        ran += 1
-        pending.append((run.claim, checked_outputs(run, outcome)))
-        if beat.stopped or time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
-            moved |= _record_outcomes(pending, host, failures)
-            pending, recorded_at = [], time.monotonic()
-            if any(later.claim.task_id in moved for later in runs[ran:]):
-                outcomes.close()
+    try:
+        for run, outcome in zip(runs, outcomes, strict=False):  # a stopped child ends it early
+            ran += 1
+            pending.append((run.claim, checked_outputs(run, outcome)))
+            if beat.stopped or time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
+                moved |= _record_outcomes(pending, host, failures, runs[ran:])
+                pending, recorded_at = [], time.monotonic()
+                if ran < len(runs):  # a finished task's store need not wait for the others
+                    outbox.hand_over_held()
+            if (moved or renewed is not None) and any(gone(later) for later in runs[ran:]):
                 break
+    finally:
+        outcomes.close()  # a child still running what was sent ahead is not kept
     if pending:
-        moved |= _record_outcomes(pending, host, failures)
-    left = [run for run in runs[ran:] if run.claim.task_id not in moved]
-    return [run for run in left if run.claim.subtask in ours] if beat.stopped else left
+        moved |= _record_outcomes(pending, host, failures, runs[ran:])
+    return [run for run in runs[ran:] if not gone(run)]
 
 
-def _record_outcomes(ended: list[Ended], host: str, failures: list[str]) -> set[int]:
+def _record_outcomes(
+    ended: list[Ended], host: str, failures: list[str], rest: Sequence[SubtaskRun]
+) -> set[int]:
     """Record outcomes (see ``finish_subtasks``), adding the failures recorded, ``task T
-    subtask N: <error>``, to ``failures``; the tasks that moved on."""
-    moved = _finish_retrying(ended, host)
+    subtask N: <error>``, to ``failures``; the tasks that moved on, of these outcomes and
+    of the ``rest`` of the message."""
+    moved = _finish_retrying(ended, host, [run.claim for run in rest])
     failures += [
         f"task {claim.task_id} subtask {claim.index}: {outcome.error}"
         for claim, outcome in ended
@@ -336,9 +349,9 @@ def _record_outcomes(ended: list[Ended], host: str, failures: list[str]) -> set[
 
 
 @retrying(RECORD_OUTCOME_FOR_SECONDS)
-def _finish_retrying(ended: list[Ended], host: str) -> set[int]:
+def _finish_retrying(ended: list[Ended], host: str, rest: list[Claim]) -> set[int]:
     """Record outcomes, riding out a database restart: rerunning the subtasks costs more."""
-    return finish_subtasks(ended, host)
+    return finish_subtasks(ended, host, rest)
 
 
 #: What claiming a subtask and recording its outcome read of its row.
@@ -403,15 +416,18 @@ def begin_subtasks(claims: Sequence[Claim], host: str = "") -> list[SubtaskRun]:
             if key in claimed:
                 by_task.setdefault(claim.task_id, []).append((claimed[key], claim))
         instances: dict[int, PipelineInstance] = {}  # held: the session keeps rows weakly
-        runs = []
-        for task_id, subtasks in by_task.items():
+        for task_id in by_task:
             task = tasks[task_id]
             if task.p_state == PState.ALGORITHM_QUEUED:
                 record(session, task, PState.ALGORITHM_EXECUTING, host=host)
             if task.instance_id not in instances:
                 instances[task.instance_id] = session.get(PipelineInstance, task.instance_id)
-            runs += _subtask_runs(instances[task.instance_id], task, subtasks)
-        return runs
+    # Read from the rows once the transaction ends: its locks are held no longer than needed.
+    runs = []
+    for task_id, subtasks in by_task.items():
+        task = tasks[task_id]
+        runs += _subtask_runs(instances[task.instance_id], task, subtasks)
+    return runs
 
 
 def _subtask_runs(
@@ -455,7 +471,7 @@ def _definition(instance: PipelineInstance) -> Definition:
     return _definitions[key]
 
 
-def finish_subtasks(ended: Sequence[Ended], host: str = "") -> set[int]:
+def finish_subtasks(ended: Sequence[Ended], host: str = "", rest: Sequence[Claim] = ()) -> set[int]:
     """Record outcomes with their tasks' counts in one transaction; with a task's last
     outcome, monitor's decision is taken in it too (ALGORITHM_COMPLETE, then STORING or the
     error flag, each in the task's history), and the instance state refreshed once.
@@ -463,7 +479,8 @@ def finish_subtasks(ended: Sequence[Ended], host: str = "") -> set[int]:
     Each subtask's outcome is still its own (a failed subtask of a batch is failed alone,
     and a resubmit reruns only it); only the transaction is shared, by a batch's subtasks
     or by the tasks of a shared message. Returns the tasks that moved on (another
-    attempt): the rest of their subtasks in the message need not run.
+    attempt), of these outcomes and of the ``rest`` of the message (claims not run yet):
+    the rest of their subtasks in the message must not start.
     """
     by_task: dict[int, list[Ended]] = {}
     for claim, outcome in ended:
@@ -510,7 +527,17 @@ def finish_subtasks(ended: Sequence[Ended], host: str = "") -> set[int]:
                 failed[instance.id] = instance
         for instance in failed.values():
             refresh_instance_state(session, instance)
+        moved |= _moved_on(session, [claim for claim in rest if claim.task_id not in by_task])
     return moved
+
+
+def _moved_on(session: Session, claims: Sequence[Claim]) -> set[int]:
+    """The tasks of these claims that are at another attempt now (halted, restarted)."""
+    if not claims:
+        return set()
+    attempts = {claim.task_id: claim.attempt for claim in claims}
+    current = session.execute(select(Task.id, Task.attempt).where(Task.id.in_(attempts)))
+    return {task_id for task_id, attempt in current if attempt != attempts[task_id]}
 
 
 def _count_outcomes(

@@ -318,6 +318,22 @@ def continuing() -> Iterator[list[StageMessage]]:
         _held.reset(token)
 
 
+def hand_over_held() -> None:
+    """Publish the stages held so far by the ``continuing`` block around the running stage,
+    for any worker to run: a message that still has other tasks' subtasks to run would
+    otherwise hold a finished task's store until its end. With the broker out of reach
+    they stay held, and this worker runs them at the end."""
+    held = _held.get()
+    if not held:
+        return
+    waiting = list(held)
+    held.clear()
+    try:
+        publish_stages(waiting)
+    except Unreachable:
+        held[:0] = waiting
+
+
 def publish_stages(messages: Sequence[StageMessage]) -> None:
     """Publish stage messages now (each with its own task's settings), outside any
     transaction: a worker continuing a stage hands one back to the broker this way."""
