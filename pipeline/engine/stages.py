@@ -486,7 +486,10 @@ def finish_subtasks(ended: Sequence[Ended], host: str = "", rest: Sequence[Claim
     for claim, outcome in ended:
         by_task.setdefault(claim.task_id, []).append((claim, outcome))
     with outbox.transaction() as (session, messages):
-        instances = _instances_if_last(session, {t: len(e) for t, e in by_task.items()})
+        alerting = {
+            claim.task_id for claim, outcome in ended if outcome.ok and outcome.outputs == 0
+        }
+        instances = _instances_to_lock(session, {t: len(e) for t, e in by_task.items()}, alerting)
         tasks = lock_rows(session, Task, by_task)
         rows = session.execute(
             select(*CLAIMED_COLUMNS).where(
@@ -598,10 +601,13 @@ def _write_outcomes(session: Session, changes: list[dict[str, Any]]) -> None:
     )
 
 
-def _instances_if_last(session: Session, outcomes: dict[int, int]) -> dict[int, PipelineInstance]:
+def _instances_to_lock(
+    session: Session, outcomes: dict[int, int], alerting: set[int]
+) -> dict[int, PipelineInstance]:
     """The instances, locked, of the tasks these outcomes (a count per task) look like the
-    last of (read unlocked): then monitor's decision is taken in the same transaction,
-    saving one per task.
+    last of (read unlocked), and of the ``alerting`` tasks: then monitor's decision is
+    taken in the same transaction, saving one per task, and an alert (whose row refers to
+    its instance, a lock on PostgreSQL) takes no instance lock after the task rows.
 
     Instance rows are locked before task rows, in every transaction, so they must be
     locked before the tasks are; a peek that misses (another worker's outcomes came in
@@ -617,7 +623,7 @@ def _instances_if_last(session: Session, outcomes: dict[int, int]) -> dict[int, 
                 Task.completed_subtasks + Task.failed_subtasks,
             ).where(Task.id.in_(outcomes))
         )
-        if ended + outcomes[task_id] >= total
+        if ended + outcomes[task_id] >= total or task_id in alerting
     }
     return lock_rows(session, PipelineInstance, ending) if ending else {}
 
