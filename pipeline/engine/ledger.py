@@ -46,15 +46,6 @@ RESTARTABLE = Task.error | ((Task.p_state == PState.COMPLETE) & (Task.failed_sub
 RUNNING = ~Task.error & (Task.p_state != PState.COMPLETE)
 
 
-def _locked(session: Session, model: Any, row_id: int) -> Any:
-    return session.scalars(
-        select(model)
-        .where(model.id == row_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).first()
-
-
 def lock_rows(session: Session, model: Any, row_ids: Collection[int]) -> dict[int, Any]:
     """Lock these rows of ``model`` (instances or tasks) in one statement, in id order: the
     order every transaction takes rows of one kind in, so two never deadlock."""
@@ -66,6 +57,10 @@ def lock_rows(session: Session, model: Any, row_ids: Collection[int]) -> dict[in
         .execution_options(populate_existing=True)
     )
     return {row.id: row for row in rows}
+
+
+def _locked(session: Session, model: Any, row_id: int) -> Any:
+    return lock_rows(session, model, [row_id]).get(row_id)
 
 
 def lock_instance(session: Session, instance_id: int) -> PipelineInstance:

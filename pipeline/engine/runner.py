@@ -389,6 +389,8 @@ class _Child:
         self._unanswered: deque[int] = deque()
         # A pipe holds less than usual once its user has many (fs.pipe-user-pages-soft).
         self._ahead_limit = min(SEND_AHEAD_BYTES, fcntl.fcntl(commands, fcntl.F_GETPIPE_SZ))
+        #: The subtask last refused for want of room, with its request already encoded.
+        self._refused: tuple[SubtaskContext, bytes] | None = None
         #: The process that made it: a process forked from that one must not use it.
         self.owner = os.getpid()
         #: The scope it runs (see ``_take_child``), and how many subtasks it was sent.
@@ -407,14 +409,12 @@ class _Child:
         unanswered would fill more than ``SEND_AHEAD_BYTES`` of its pipe; whether it was
         sent. Sending ahead spares the child a wait for the worker between two subtasks,
         and never blocks the worker: the pipe always has room for what it holds."""
-        context = {
-            **ctx.__dict__,
-            "directory": str(ctx.directory),
-            "inputs": [str(path) for path in ctx.inputs],
-        }
-        request = {"reference": reference, "python_path": list(python_path), "context": context}
-        line = json.dumps(request).encode() + b"\n"
+        if self._refused is not None and self._refused[0] is ctx:
+            line, self._refused = self._refused[1], None
+        else:
+            line = _request(reference, python_path, ctx)
         if self._unanswered and sum(self._unanswered) + len(line) > self._ahead_limit:
+            self._refused = (ctx, line)  # offered again once there is room: not encoded twice
             return False
         os.write(self.commands, line)
         _started(self.pid)
@@ -504,6 +504,17 @@ class _Child:
         self.alive = False
         os.close(self.commands)
         os.close(self.fd)
+
+
+def _request(reference: str, python_path: Sequence[str], ctx: SubtaskContext) -> bytes:
+    """A subtask as the child reads it: a line of JSON."""
+    context = {
+        **ctx.__dict__,
+        "directory": str(ctx.directory),
+        "inputs": [str(path) for path in ctx.inputs],
+    }
+    request = {"reference": reference, "python_path": list(python_path), "context": context}
+    return json.dumps(request).encode() + b"\n"
 
 
 def _stamp(path: str) -> tuple[int, int] | None:

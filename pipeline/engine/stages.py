@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -354,8 +354,22 @@ def _finish_retrying(ended: list[Ended], host: str, rest: list[Claim]) -> set[in
     return finish_subtasks(ended, host, rest)
 
 
-#: What claiming a subtask and recording its outcome read of its row.
-CLAIMED_COLUMNS = (Subtask.id, Subtask.task_id, Subtask.index, Subtask.dispatch, Subtask.state)
+def _claimed_rows(
+    session: Session, claims: Iterable[Claim], *more: Any
+) -> dict[tuple[int, int], Row[Any]]:
+    """The rows of the subtasks these claims name, by (task, index), as plain columns (the
+    id, dispatch and state that claiming and recording check, and ``more``)."""
+    claims = list(claims)
+    rows = session.execute(
+        select(
+            Subtask.id, Subtask.task_id, Subtask.index, Subtask.dispatch, Subtask.state, *more
+        ).where(
+            Subtask.task_id.in_(sorted({claim.task_id for claim in claims})),
+            Subtask.index.in_(sorted({claim.index for claim in claims})),
+        )
+    )
+    named = {claim.subtask for claim in claims}
+    return {(row.task_id, row.index): row for row in rows if (row.task_id, row.index) in named}
 
 
 def begin_subtasks(claims: Sequence[Claim], host: str = "") -> list[SubtaskRun]:
@@ -375,17 +389,11 @@ def begin_subtasks(claims: Sequence[Claim], host: str = "") -> list[SubtaskRun]:
             if is_current(task, attempts[task.id], *EXECUTION_STEPS)
         }
         wanted = {claim.subtask: claim for claim in claims if claim.task_id in tasks}
-        rows = session.execute(
-            select(*CLAIMED_COLUMNS, Subtask.inputs).where(
-                Subtask.task_id.in_(tasks),
-                Subtask.index.in_(sorted({index for _, index in wanted})),
-            )
-        ).all()
+        rows = _claimed_rows(session, wanted.values(), Subtask.inputs)
         claimed = {
-            (s.task_id, s.index): s
-            for s in rows
-            if (s.task_id, s.index) in wanted
-            and (s.dispatch, s.state) == (wanted[s.task_id, s.index].number, SubtaskState.QUEUED)
+            key: row
+            for key, row in rows.items()
+            if (row.dispatch, row.state) == (wanted[key].number, SubtaskState.QUEUED)
         }
         if len(claimed) < len(claims):
             log.info(
@@ -446,9 +454,9 @@ def _subtask_runs(
         require_outputs=bool(task.execution.get("require_outputs", False)),
         scope=(get_settings().db_url, instance.id, task.node),
     )
-    runs = []
+    runs, task_dir = [], Path(task.task_dir)
     for subtask, claim in subtasks:
-        directory = taskdir.subtask_dir(Path(task.task_dir), subtask.index)
+        directory = taskdir.subtask_dir(task_dir, subtask.index)
         context = SubtaskContext(
             directory=directory,
             inputs=[directory / name for name in subtask.inputs],
@@ -491,12 +499,7 @@ def finish_subtasks(ended: Sequence[Ended], host: str = "", rest: Sequence[Claim
         }
         instances = _instances_to_lock(session, {t: len(e) for t, e in by_task.items()}, alerting)
         tasks = lock_rows(session, Task, by_task)
-        rows = session.execute(
-            select(*CLAIMED_COLUMNS).where(
-                Subtask.task_id.in_(by_task), Subtask.index.in_(sorted({c.index for c, _ in ended}))
-            )
-        ).all()
-        subtasks = {(row.task_id, row.index): row for row in rows}
+        subtasks = _claimed_rows(session, [claim for claim, _ in ended])
         changes: list[dict[str, Any]] = []
         moved: set[int] = set()
         counted: list[Task] = []
