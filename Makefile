@@ -14,6 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
+	# An editable install leaves the project's own modules uncompiled (a wheel's install
+	# compiles them), and where PYTHONDONTWRITEBYTECODE is set, as on CI, every command and
+	# every algorithm's child would compile them again: about 45 ms of each command's start.
+	$(VENV)/bin/python -m compileall -q pipeline workers config bench
 	touch $@
 
 venv: $(VENV)/.installed

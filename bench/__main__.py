@@ -91,10 +91,20 @@ def run_cluster_groups(groups: set[str], sizes: Sizes, base: Path) -> list[Figur
                     harness.pipeline_cluster(base / "sqlite", f"{broker}/1")
                 )
             if "a" in groups:
+                with step("a floor"):
+                    floor = figures.directories_floor(base / "floor", sizes.throughput_subtasks)
                 with step("a"):
                     value, details = figures.pipeline_throughput(cluster, sizes.throughput_subtasks)
                 name = f"a. throughput, {sizes.throughput_subtasks} no-op subtasks"
                 found += figures.beside_peers(name, value, details, raw)
+                found.append(
+                    figures.floor_beside(
+                        f"a. floor: {sizes.throughput_subtasks} subtask directories made and"
+                        " linked by a plain loop",
+                        floor,
+                        details["seconds"],
+                    )
+                )
                 with step("a ledger"):
                     found.append(figures.ledger_cost(cluster, sizes.throughput_subtasks))
             if "b" in groups:

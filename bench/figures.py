@@ -249,6 +249,30 @@ def postgres_throughput(
     return beside_peers(f"{name}, {count} no-op subtasks", value, details, peers)
 
 
+def directories_floor(directory: Path, count: int) -> float:
+    """Seconds a plain loop takes to make ``count`` subtask directories and link an input
+    file into each: the filesystem's part of marshaling figure a's instance, which no code
+    of the pipeline's can remove. Nothing is deleted before the run ends: on ext4 without a
+    journal (these machines' disk), making an inode skips every inode freed in the last
+    minute or more, one by one, so a large removal slows every later mkdir for a while."""
+    directory.mkdir(parents=True)
+    source = directory / "input"
+    source.touch()
+    started = time.perf_counter()
+    for index in range(count):
+        subtask = f"{directory}/st-{index}"
+        os.mkdir(subtask)
+        os.link(source, f"{subtask}/input")
+    return time.perf_counter() - started
+
+
+def floor_beside(name: str, floor: float, instance_seconds: float) -> Figure:
+    """The directories' floor as a share of figure a's instance (for information)."""
+    return Figure(
+        name, floor, "s", instance_seconds, "figure a's instance, seconds", False, None, {}
+    )
+
+
 def ledger_cost(cluster: harness.Cluster, count: int) -> Figure:
     """Subtasks/s of a node storing one file per subtask, recorded in the ledger, beside
     the same subtasks whose file is not an output (nothing stored, nothing recorded)."""
