@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from config.settings import API_PREFIX, HEALTHZ
+from pipeline.domain.listing import TOTAL_HEADER
 from pipeline.interfaces.api import MAX_BODY_BYTES, create_app
 from tests.support import InProcessWorker, free_port, point_here, run_cli
 
@@ -87,6 +88,31 @@ def test_the_api_answers_the_same_json_as_the_cli(
     ]:
         printed = json.loads(run_cli(capsys, *command, "--json").stdout)
         assert http.get(path).json() == printed, path
+
+
+@pytest.mark.parametrize(
+    ("path", "model"),
+    [("/instances", "Instance"), ("/instances/1/tasks", "Task"), ("/tasks/1/subtasks", "Subtask")],
+)
+def test_a_listing_answers_its_models_rows_and_how_many_in_all(
+    http: TestClient, completed: Path, path: str, model: str
+) -> None:
+    """Listings are answered as the facade lists them (10,000 tasks are not validated one by
+    one at every request): each row is exactly what its model makes of it, no field more."""
+    from pydantic import TypeAdapter
+
+    from pipeline.interfaces import api_schemas
+
+    response = http.get(path)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    rows = response.json()
+    assert rows, path
+    shape = TypeAdapter(list[getattr(api_schemas, model)])
+    assert shape.dump_python(shape.validate_python(rows), mode="json") == rows
+    assert int(response.headers[TOTAL_HEADER]) == len(rows)
+    limited = http.get(path, params={"limit": 1})
+    assert (limited.json(), limited.headers[TOTAL_HEADER]) == (rows[:1], str(len(rows)))
 
 
 def test_a_failed_task_restarted_over_http(

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -97,9 +98,9 @@ def submit(request: models.SubmitRequest, response: Response) -> dict[str, Any]:
 
 
 @router.get("/instances", response_model=list[models.Instance])
-def instances(response: Response, limit: Limit = None) -> list[dict[str, Any]]:
+def instances(limit: Limit = None) -> Response:
     """Every instance in id order, or the newest ``limit``; the header says how many in all."""
-    return _listing(response, facade.instances_listing(limit))
+    return _listing(facade.instances_listing(limit))
 
 
 @router.get(
@@ -113,11 +114,9 @@ def instance(instance_id: InstanceId) -> dict[str, Any]:
 @router.get(
     "/instances/{instance_id}/tasks", response_model=list[models.Task], responses=_errors(404)
 )
-def instance_tasks(
-    instance_id: InstanceId, response: Response, limit: Limit = None
-) -> list[dict[str, Any]]:
+def instance_tasks(instance_id: InstanceId, limit: Limit = None) -> Response:
     """The instance's tasks in id order, or the first ``limit``."""
-    return _listing(response, facade.tasks_listing(instance_id, limit))
+    return _listing(facade.tasks_listing(instance_id, limit))
 
 
 @router.post(
@@ -154,9 +153,9 @@ def task(task_id: TaskId) -> dict[str, Any]:
 @router.get(
     "/tasks/{task_id}/subtasks", response_model=list[models.Subtask], responses=_errors(404)
 )
-def subtasks(task_id: TaskId, response: Response, limit: Limit = None) -> list[dict[str, Any]]:
+def subtasks(task_id: TaskId, limit: Limit = None) -> Response:
     """The task's subtasks in index order, or the first ``limit``."""
-    return _listing(response, facade.subtasks_listing(task_id, limit))
+    return _listing(facade.subtasks_listing(task_id, limit))
 
 
 @router.get("/tasks/{task_id}/logs", response_model=list[models.LogEntry], responses=_errors(404))
@@ -256,10 +255,19 @@ def acknowledge_alert(alert_id: AlertId) -> dict[str, Any]:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _listing(response: Response, found: facade.Listing) -> list[dict[str, Any]]:
-    """A listing's rows, with how many there are in all in the ``TOTAL_HEADER``."""
-    response.headers[TOTAL_HEADER] = str(found.total)
-    return found.rows
+def _listing(found: facade.Listing) -> Response:
+    """A listing's rows as JSON, with how many there are in all in the ``TOTAL_HEADER``.
+
+    The rows are encoded as the facade lists them, not checked against the route's model
+    at each request: pydantic's check of 10,000 tasks took 0.12 s of the 0.36 s the whole
+    request took, for an answer it left unchanged. The model stays the schema, and the
+    tests hold every listing to it (``test_api``: the schema fuzzing, and each listing's
+    rows against its model)."""
+    return Response(
+        orjson.dumps(found.rows),
+        media_type="application/json",
+        headers={TOTAL_HEADER: str(found.total)},
+    )
 
 
 def _changes(request: models.RestartRequest | models.RestartFailedRequest) -> dict[str, Any]:
