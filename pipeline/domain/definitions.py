@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Mapping
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -74,6 +75,17 @@ class ExecutionSettings(_Strict):
         default=False,
         description="a subtask that leaves no file of the node's output types fails",
     )
+
+
+#: Every execution setting at its default (see ``with_execution_defaults``).
+_EXECUTION_DEFAULTS = ExecutionSettings().model_dump()
+
+
+def with_execution_defaults(execution: Mapping[str, Any]) -> dict[str, Any]:
+    """Stored execution settings with those they lack at their defaults, as a new dict: a
+    task stored before a setting existed has no value for it (its migration adds none);
+    ``{}`` gives the defaults."""
+    return {**_EXECUTION_DEFAULTS, **execution}
 
 
 class DataFileType(_Strict):

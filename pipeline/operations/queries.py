@@ -32,8 +32,6 @@ ATTENTION_INSTANCES = 50
 ATTENTION_TASKS = 50
 #: Failed subtasks whose errors the restart page shows per task, at most.
 FAILED_ERRORS_SHOWN = 3
-#: Every execution setting at its default.
-EXECUTION_DEFAULTS = definitions.ExecutionSettings().model_dump()
 
 
 def iso_time(value: Any) -> str | None:
@@ -109,9 +107,7 @@ def task_fields(
         "failed_subtasks": failed_subtasks,
         "counts": counts_label(total_subtasks, completed_subtasks, failed_subtasks),
         "worker_host": worker_host,
-        # A task stored before a setting existed (its migration adds no value) has it at
-        # its default, as the task's detail and the HTTP API's schema say.
-        "execution": {**EXECUTION_DEFAULTS, **execution},
+        "execution": definitions.with_execution_defaults(execution),
         "updated_at": iso_time(updated_at),
     }
 

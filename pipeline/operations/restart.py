@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
-from pipeline.domain.definitions import ExecutionSettings
+from pipeline.domain.definitions import ExecutionSettings, with_execution_defaults
 from pipeline.domain.limits import check_id
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import InstanceState
@@ -68,7 +68,7 @@ def check_values(changes: Mapping[str, Any]) -> None:
     """Refuse, before any task is looked at, a change of an execution setting to a value it
     cannot take (infinite, out of range, a boolean for a number): one line naming it."""
     known = {key: value for key, value in changes.items() if key in ExecutionSettings.model_fields}
-    _merged_settings(ExecutionSettings().model_dump(), known)
+    _merged_settings(with_execution_defaults({}), known)
 
 
 def _merged_settings(current: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from sqlalchemy import Text, cast, select, update
 from sqlalchemy.orm import load_only
 
 from pipeline.database import transaction
-from pipeline.domain.definitions import ExecutionSettings, parse
+from pipeline.domain.definitions import parse, with_execution_defaults
 from pipeline.domain.models import Alert, PipelineInstance, Task, utcnow
 from pipeline.domain.states import InstanceState
 from pipeline.engine.alerts import ERROR, raise_alert
@@ -153,7 +153,7 @@ def _node_settings(session: Any, instance_id: int, node: str) -> tuple[dict[str,
     try:
         execution = parse(loads(stored)).node(node).execution
     except Exception:  # the definition is unreadable too: nothing better than the defaults
-        return ExecutionSettings().model_dump(), "the default settings"
+        return with_execution_defaults({}), "the default settings"
     return execution.model_dump(), f"node {node}'s settings"
 
 
