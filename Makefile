@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	# An editable install leaves the project's own modules uncompiled (a wheel's install
 	# compiles them), and where PYTHONDONTWRITEBYTECODE is set, as on CI, every command and
 	# every algorithm's child would compile them again: about 45 ms of each command's start.
-	$(VENV)/bin/python -m compileall -q pipeline workers config bench
+	$(VENV)/bin/python -m compileall -q pipeline workers bench
 	touch $@
 
 venv: $(VENV)/.installed

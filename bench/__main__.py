@@ -91,7 +91,7 @@ def run_cluster_groups(groups: set[str], sizes: Sizes, base: Path) -> list[Figur
                     harness.pipeline_cluster(base / "sqlite", f"{broker}/1")
                 )
             if "a" in groups:
-                from config.settings import get_settings
+                from pipeline.settings import get_settings
 
                 with step("a floor"):
                     # Beside the task directories the instance makes: ext4 places a new

@@ -116,7 +116,7 @@ class StateReader:
     transactions (SQLite's BEGIN IMMEDIATE would make every poll take the write lock)."""
 
     def __init__(self) -> None:
-        from config.settings import get_settings
+        from pipeline.settings import get_settings
 
         self.engine = create_engine(get_settings().db_url)
 

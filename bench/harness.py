@@ -178,7 +178,7 @@ class Cluster:
 
     def activate(self) -> None:
         """Point this process's settings, database and Celery app at the cluster."""
-        from config.settings import reload_settings
+        from pipeline.settings import reload_settings
         from pipeline.database import reset_engines
         from pipeline.messaging.celery_app import celery_app, configure
 
@@ -195,7 +195,7 @@ class Cluster:
 def api_server(cluster: Cluster) -> Iterator[str]:
     """The cluster's HTTP API (``pipeline api``) alone, for a cluster that was only initialised;
     yields its URL."""
-    from config.settings import get_settings
+    from pipeline.settings import get_settings
     from pipeline.interfaces.client import healthy
 
     url = get_settings().api_url
@@ -219,7 +219,7 @@ def api_server(cluster: Cluster) -> Iterator[str]:
 def console_server() -> Iterator[tuple[str, tuple[str, str]]]:
     """Flower with the pipeline console, in a thread of this process, for a cluster that
     was only initialised; yields its URL and login."""
-    from config.settings import get_settings
+    from pipeline.settings import get_settings
     from pipeline.interfaces import flower
 
     settings = get_settings()

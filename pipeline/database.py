@@ -37,10 +37,10 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from config.home import find_home
-from config.settings import Settings, get_settings
 from pipeline import jsoncodec
 from pipeline.errors import Unreachable
+from pipeline.home import find_home
+from pipeline.settings import Settings, get_settings
 
 #: Milliseconds a SQLite writer waits for the lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 60_000

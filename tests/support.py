@@ -350,9 +350,9 @@ class Cluster:
 
 def point_here() -> None:
     """Point this process's settings, database engines and Celery app at the environment."""
-    from config.settings import reload_settings
     from pipeline.database import reset_engines
     from pipeline.messaging.celery_app import celery_app, configure
+    from pipeline.settings import reload_settings
 
     reset_engines()
     configure(celery_app(), reload_settings())
@@ -732,8 +732,8 @@ def expected_outputs(set_number: int) -> dict[str, Any]:
     """Every output of one set of the sample, computed here, independently of the pipeline."""
     import numpy as np
 
-    from config.sample.algorithms import CHANNEL_ORDER
-    from config.sample.images import IMAGES_PER_SET, pixels
+    from pipeline.sample.algorithms import CHANNEL_ORDER
+    from pipeline.sample.images import IMAGES_PER_SET, pixels
 
     outputs: dict[str, Any] = {}
     flipped = []
@@ -758,7 +758,7 @@ def assert_sample_outputs(
     average."""
     import numpy as np
 
-    from config.sample.images import IMAGES_PER_SET, SETS
+    from pipeline.sample.images import IMAGES_PER_SET, SETS
 
     for set_number, set_name in enumerate(SETS, start=1):
         kept = (images or {}).get(set_name, tuple(range(IMAGES_PER_SET)))
@@ -842,8 +842,8 @@ def roll_back_to_permuter_done(instance: int) -> None:
 def run_cli(capsys: pytest.CaptureFixture[str], *args: Any) -> subprocess.CompletedProcess[str]:
     """Run ``pipeline ARGS`` in this process, through the command's own ``main``: its exit
     status and what it printed."""
-    from config.settings import get_settings
     from pipeline.interfaces.program import main
+    from pipeline.settings import get_settings
 
     get_settings.cache_clear()  # read afresh, as a new process would
     capsys.readouterr()

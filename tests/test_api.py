@@ -17,9 +17,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from config.settings import API_PREFIX, HEALTHZ
 from pipeline.domain.listing import TOTAL_HEADER
 from pipeline.interfaces.api import MAX_BODY_BYTES, create_app
+from pipeline.settings import API_PREFIX, HEALTHZ
 from tests.support import InProcessWorker, free_port, point_here, run_cli
 
 TOKEN = "test-token"

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from config.settings import API_PREFIX
 from pipeline.interfaces.client import ApiError, Client, healthy
+from pipeline.settings import API_PREFIX
 from tests.support import PIPELINE, SAMPLE_COMPLETED, Cluster, free_port, rows, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("full-cluster")]

@@ -186,8 +186,8 @@ def api(failed: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any
     ``pipeline api`` names itself (this process stands for the API's)."""
     import uvicorn
 
-    from config.settings import API_PREFIX, get_settings
     from pipeline.interfaces.api import create_app, server_config
+    from pipeline.settings import API_PREFIX, get_settings
 
     settings = get_settings()
     port = free_port()

@@ -58,8 +58,8 @@ def console(failed: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Console]:
     monkeypatch.setenv("PIPELINE_FLOWER_PASSWORD", PASSWORD)
     monkeypatch.setenv("PIPELINE_FLOWER_PORT", str(port))
     point_here()
-    from config.settings import get_settings
     from pipeline.interfaces import flower
+    from pipeline.settings import get_settings
 
     with flower.in_thread(get_settings()) as url:
         yield Console(url)
@@ -255,8 +255,8 @@ def test_pages_live_under_flowers_url_prefix(failed: Path, monkeypatch: pytest.M
     monkeypatch.setenv("PIPELINE_FLOWER_PORT", str(free_port()))
     monkeypatch.setenv("FLOWER_URL_PREFIX", "flower")
     point_here()
-    from config.settings import get_settings
     from pipeline.interfaces import flower
+    from pipeline.settings import get_settings
 
     try:
         with flower.in_thread(get_settings()) as url:

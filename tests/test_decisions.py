@@ -11,7 +11,6 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
-from config.settings import PACKAGED_DEFINITIONS, Settings
 from pipeline.domain.definitions import load
 from pipeline.domain.limits import MAX_ARRAY_LENGTH, MAX_TEXT_LENGTH
 from pipeline.domain.models import Subtask, Task
@@ -38,6 +37,7 @@ from pipeline.operations.modes import MODES, parse_mode, parse_request
 from pipeline.operations.outcomes import Outcome, Report
 from pipeline.operations.submit import select_nodes
 from pipeline.recovery.reattach import is_lost
+from pipeline.settings import PACKAGED_DEFINITIONS, Settings
 
 # -- restart plans ---------------------------------------------------------------------------
 

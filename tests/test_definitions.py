@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from config.settings import PACKAGED_DEFINITIONS
 from pipeline.database import transaction
 from pipeline.domain import definitions
 from pipeline.errors import InvalidInput
 from pipeline.operations import facade
+from pipeline.settings import PACKAGED_DEFINITIONS
 from tests.support import assert_one_line_error, run_cli
 
 SAMPLE = PACKAGED_DEFINITIONS / "sample.yaml"
@@ -57,8 +57,8 @@ def test_changed_definition_becomes_a_new_version(database: Path, tmp_path: Path
     [
         (lambda s: s["nodes"][0].update(after=["averaging"]), "nodes: cycle through"),
         (
-            lambda s: s["nodes"][0].update(algorithm="config.sample.algorithms:no_such"),
-            "nodes.0.algorithm: cannot import 'config.sample.algorithms:no_such'",
+            lambda s: s["nodes"][0].update(algorithm="pipeline.sample.algorithms:no_such"),
+            "nodes.0.algorithm: cannot import 'pipeline.sample.algorithms:no_such'",
         ),
         (
             lambda s: s["nodes"][0].update(algorithm="no_such_package.module:run"),
@@ -277,6 +277,17 @@ def test_two_definitions_may_each_have_a_module_of_the_same_name(
 
 
 def test_a_module_shadowed_by_the_workers_own_is_refused(database: Path, tmp_path: Path) -> None:
-    user_module(tmp_path, "config")  # the workers import their own ``config`` first
-    with pytest.raises(InvalidInput, match=r"module 'config' .* is shadowed .* rename yours"):
-        import_files(write(tmp_path, "c.yaml", one_node("c", "config:run")))
+    user_module(tmp_path, "pipeline")  # the workers import their own ``pipeline`` first
+    with pytest.raises(InvalidInput, match=r"module 'pipeline' .* is shadowed .* rename yours"):
+        import_files(write(tmp_path, "c.yaml", one_node("c", "pipeline:run")))
+
+
+@pytest.mark.parametrize("module", ["config", "settings"])
+def test_a_user_module_named_like_a_generic_package_is_accepted(
+    database: Path, tmp_path: Path, module: str
+) -> None:
+    """The product installs no top-level ``config`` or ``settings``: a user's own imports."""
+    user_module(tmp_path, module)
+    assert import_files(write(tmp_path, "c.yaml", one_node("c", f"{module}:run"))) == [
+        ("c", 1, True)
+    ]

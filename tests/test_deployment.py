@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from config.settings import CELERY_APP, Settings
+from pipeline.settings import CELERY_APP, Settings
 from tests.support import REPO
 
 #: Services that run once and exit.

@@ -5,13 +5,14 @@ elsewhere."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from config.home import find_home
+from pipeline.home import find_home
 from tests.support import PIPELINE, assert_one_line_error, clean_env
 
 
@@ -102,3 +103,26 @@ def test_a_missing_home_is_named_with_where_it_looked_and_how_to_point_elsewhere
         "PIPELINE_HOME",
     )
     assert not (no_home_set / ".pipeline").exists()
+
+
+def test_the_example_settings_file_holds_only_real_settings_at_their_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``config/settings.example.toml`` is read as a home's settings file would be: every key
+    it sets is a setting, at the default it documents."""
+    import tomllib
+
+    from pipeline.settings import Settings
+
+    example = Path(__file__).parents[1] / "config" / "settings.example.toml"
+    values = tomllib.loads(example.read_text())
+    assert set(values) <= set(Settings.model_fields), set(values) - set(Settings.model_fields)
+    shutil.copy(example, tmp_path / "settings.toml")
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path))
+    for key in list(os.environ):
+        if key.startswith("PIPELINE_") and key != "PIPELINE_HOME":
+            monkeypatch.delenv(key)
+    read = Settings()
+    for key, value in values.items():
+        default = Settings.model_fields[key].get_default(call_default_factory=True)
+        assert getattr(read, key) == value == default, key

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from config.sample.algorithms import CHANNEL_ORDER
-from config.sample.images import IMAGES_PER_SET, SETS, pixels
-from config.settings import PACKAGED_DEFINITIONS
 from pipeline.operations import facade
 from pipeline.operations.receipt import MANIFEST_FORMAT
+from pipeline.sample.algorithms import CHANNEL_ORDER
+from pipeline.sample.images import IMAGES_PER_SET, SETS, pixels
+from pipeline.settings import PACKAGED_DEFINITIONS
 from tests.support import InProcessWorker, assert_one_line_error, read_image, run_cli
 
 #: The stored outputs of one clean sample run: 8 permuted, 16 flipped, 2 averaged images.
@@ -111,7 +111,7 @@ def test_require_outputs_fails_a_subtask_that_stores_nothing(
 ) -> None:
     facade.set_parameters("algorithm", ["produce_output_subtask_1=false"])
     strict = tmp_path / "sample.yaml"
-    permuter = "    algorithm: config.sample.algorithms:permuter\n"
+    permuter = "    algorithm: pipeline.sample.algorithms:permuter\n"
     text = (PACKAGED_DEFINITIONS / "sample.yaml").read_text()
     strict.write_text(text.replace(permuter, permuter + "    execution: {require_outputs: true}\n"))
     facade.import_definitions([strict])
@@ -193,7 +193,7 @@ def _walk(chain: dict[str, Any]) -> list[dict[str, Any]]:
 def import_variant(tmp_path: Path, node: str, line: str) -> None:
     """Import the sample with ``line`` added to ``node``'s entry: a new version."""
     variant = tmp_path / "sample.yaml"
-    algorithm = f"    algorithm: config.sample.algorithms:{node}\n"
+    algorithm = f"    algorithm: pipeline.sample.algorithms:{node}\n"
     text = (PACKAGED_DEFINITIONS / "sample.yaml").read_text()
     variant.write_text(text.replace(algorithm, algorithm + line))
     facade.import_definitions([variant])

@@ -13,7 +13,7 @@ from pipeline.domain.models import Base
 
 
 def test_the_migrated_schema_matches_the_models(database: Path) -> None:
-    from config.settings import get_settings
+    from pipeline.settings import get_settings
 
     engine = create_engine(get_settings().db_url)
     with engine.connect() as connection:

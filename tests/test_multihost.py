@@ -31,9 +31,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from config.sample.algorithms import CHANNEL_ORDER
-from config.sample.images import pixels
-from config.settings import PACKAGED_DEFINITIONS
+from pipeline.sample.algorithms import CHANNEL_ORDER
+from pipeline.sample.images import pixels
+from pipeline.settings import PACKAGED_DEFINITIONS
 from tests.support import (
     PIPELINE,
     Certificates,

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from config.sample.algorithms import CHANNEL_ORDER
-from config.sample.images import pixels
-from config.settings import PACKAGED_DEFINITIONS
 from pipeline.operations import facade
+from pipeline.sample.algorithms import CHANNEL_ORDER
+from pipeline.sample.images import pixels
+from pipeline.settings import PACKAGED_DEFINITIONS
 from tests.support import (
     STOPPED_WITH_ERRORS,
     Cluster,
@@ -85,7 +85,7 @@ def test_a_halt_terminates_a_running_batch_and_each_task_resumes_where_it_stoppe
 
 #: An algorithm with a bug in subtask 0, and the same module once the bug is fixed.
 BROKEN_ALGORITHM = """
-from config.sample.algorithms import permuter
+from pipeline.sample.algorithms import permuter
 
 
 def permute(ctx):
@@ -93,7 +93,7 @@ def permute(ctx):
         raise RuntimeError("bug in subtask 0")
     permuter(ctx)
 """
-FIXED_ALGORITHM = "from config.sample.algorithms import permuter as permute\n"
+FIXED_ALGORITHM = "from pipeline.sample.algorithms import permuter as permute\n"
 
 
 def test_resubmit_after_a_code_fix_runs_the_fixed_code(
@@ -109,7 +109,7 @@ def test_resubmit_after_a_code_fix_runs_the_fixed_code(
         (PACKAGED_DEFINITIONS / "sample.yaml")
         .read_text()
         .replace("name: sample", "name: fixable")
-        .replace("config.sample.algorithms:permuter", "fixable:permute")
+        .replace("pipeline.sample.algorithms:permuter", "fixable:permute")
     )
     cluster.cli("definitions", "import", definition)
     worker = cluster.pid("worker1")

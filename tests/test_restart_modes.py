@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from config.sample.images import raw_image_path
 from pipeline.messaging import outbox
 from pipeline.operations import facade
+from pipeline.sample.images import raw_image_path
 from tests.support import InProcessWorker, assert_sample_outputs, race, snapshot
 
 
@@ -357,7 +357,7 @@ def test_transition_failed_is_restarted_by_retrying_the_transition(
     worker: InProcessWorker, home: Path, tmp_path: Path
 ) -> None:
     """flip reads a data file type nothing produces: creating its tasks fails until it exists."""
-    from config.settings import PACKAGED_DEFINITIONS
+    from pipeline.settings import PACKAGED_DEFINITIONS
 
     text = (PACKAGED_DEFINITIONS / "sample.yaml").read_text()
     chain = tmp_path / "chain.yaml"
@@ -468,9 +468,9 @@ def test_a_shared_message_takes_one_transaction_to_claim_and_one_to_record(
     the instance state), each outcome still its own task's."""
     from sqlalchemy import event
 
-    from config.settings import get_settings
     from pipeline.database import engine_for
     from pipeline.engine import stages
+    from pipeline.settings import get_settings
 
     instance, tasks = failing(worker)
     monkeypatch.setattr(outbox, "AUTO_BATCH_MESSAGES", 1)

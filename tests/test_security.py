@@ -21,8 +21,8 @@ import httpx
 import pytest
 import redis
 
-from config.settings import API_PREFIX, HEALTHZ
 from pipeline.interfaces.client import Client
+from pipeline.settings import API_PREFIX, HEALTHZ
 from tests.support import PIPELINE, Cluster, assert_one_line_error, clean_env, make_certificates
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("security")]

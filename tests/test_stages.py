@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from config.sample.images import SETS
-from config.settings import PACKAGED_DEFINITIONS
 from pipeline.engine import stages
 from pipeline.engine.leases import Claim
 from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.transitions import advance
 from pipeline.messaging import outbox
 from pipeline.operations import facade
+from pipeline.sample.images import SETS
+from pipeline.settings import PACKAGED_DEFINITIONS
 from tests.support import (
     IN_PROCESS_HOST,
     SAMPLE_COMPLETED,
@@ -120,7 +120,7 @@ def test_start_and_end_nodes_and_a_new_definition_version(
     # A changed definition is a new version; the next instance runs it, the first kept its own.
     changed = tmp_path / "sample.yaml"
     text = (PACKAGED_DEFINITIONS / "sample.yaml").read_text()
-    flip = "    algorithm: config.sample.algorithms:flip\n"
+    flip = "    algorithm: pipeline.sample.algorithms:flip\n"
     changed.write_text(text.replace(flip, flip + "    execution: {priority: 3}\n"))
     assert facade.import_definitions([changed]) == [{"name": "sample", "version": 2, "new": True}]
     second = run(worker, "flip")

@@ -105,6 +105,58 @@ def test_a_pipeline_outside_the_repository_runs_on_the_running_workers(
     assert float(total.read_text()) == pytest.approx(2.5 * (1 + 2 + 4))
 
 
+GENERIC_NAMES = """\
+name: generic
+data_file_types:
+  numbers: {location: "{run}/generic/in", pattern: "*.txt"}
+  copied: {location: "{run}/generic/copied", pattern: "*-copy.txt"}
+  summed: {location: "{run}/generic/summed", pattern: "sum.txt"}
+nodes:
+  - name: copy
+    algorithm: config:copy
+    inputs: [numbers]
+    outputs: [copied]
+  - name: sum
+    after: [copy]
+    algorithm: settings:total
+    inputs: [copied]
+    outputs: [summed]
+    subtasks: single
+"""
+
+
+def test_user_modules_named_config_and_settings_run_on_the_workers(
+    shared_cluster: Cluster, tmp_path: Path
+) -> None:
+    """Modules with the generic names a science team picks for its own code import on a
+    worker as the user's, not as something of the product's."""
+    work = tmp_path / "generic"
+    work.mkdir()
+    (work / "config.py").write_text(
+        "def copy(ctx):\n"
+        "    for path in ctx.inputs:\n"
+        "        (ctx.directory / f'{path.stem}-copy.txt').write_text(path.read_text())\n"
+    )
+    (work / "settings.py").write_text(
+        "def total(ctx):\n"
+        "    values = [float(p.read_text()) for p in ctx.inputs]\n"
+        "    (ctx.directory / 'sum.txt').write_text(f'{sum(values)}\\n')\n"
+    )
+    definition = work / "generic.yaml"
+    definition.write_text(GENERIC_NAMES)
+    name = imported(shared_cluster, tmp_path, definition, "run-g", [3, 4])
+    instance = int(shared_cluster.json("submit", name)["id"])
+    shared_cluster.wait(instance)
+
+    tasks = shared_cluster.tasks(instance)
+    assert {(t["node"], t["state"], t["counts"]) for t in tasks} == {
+        ("copy", "COMPLETE", "2/2 (0)"),
+        ("sum", "COMPLETE", "1/1 (0)"),
+    }
+    total = shared_cluster.datastore / "run-g" / "generic" / "summed" / "sum.txt"
+    assert float(total.read_text()) == 7.0
+
+
 def test_import_refuses_a_module_the_workers_cannot_find(
     shared_cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -104,7 +104,7 @@ def _banner_lists_every_queue(log: Path, process: subprocess.Popen[bytes]) -> No
 def test_the_worker_queues_setting_is_comma_separated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from config.settings import Settings
+    from pipeline.settings import Settings
 
     monkeypatch.setenv("PIPELINE_HOME", str(tmp_path))
     monkeypatch.setenv("PIPELINE_WORKER_QUEUES", "gpu, default")

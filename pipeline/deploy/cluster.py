@@ -30,15 +30,6 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from config.settings import (
-    API_PREFIX,
-    CELERY_APP,
-    HEALTHZ,
-    Settings,
-    get_settings,
-    reload_settings,
-    write_settings_file,
-)
 from pipeline import database
 from pipeline.domain import definitions
 from pipeline.errors import PipelineError, Refused
@@ -49,6 +40,15 @@ from pipeline.messaging.celery_app import (
     configure,
 )
 from pipeline.messaging.outbox import check_broker
+from pipeline.settings import (
+    API_PREFIX,
+    CELERY_APP,
+    HEALTHZ,
+    Settings,
+    get_settings,
+    reload_settings,
+    write_settings_file,
+)
 
 #: Seconds a service gets to become ready after it is started.
 READY_TIMEOUT = 60.0
@@ -356,8 +356,8 @@ def init(sample_data: bool = True) -> dict[str, Any]:
 def _receive_sample_data(settings: Settings) -> int:
     """Receive the sample's input images into the datastore, as any data comes in, unless
     they are there already; how many were received."""
-    from config.sample.images import RAW_IMAGE, SETS, raw_image_path, write_sample_set
     from pipeline.operations.receipt import receive
+    from pipeline.sample.images import RAW_IMAGE, SETS, raw_image_path, write_sample_set
 
     received = 0
     for number, name in enumerate(SETS, start=1):

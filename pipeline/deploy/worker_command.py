@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from config.settings import Settings, get_settings
 from pipeline import database
 from pipeline.deploy import cluster
 from pipeline.domain.definitions import NAME_PATTERN
@@ -25,6 +24,7 @@ from pipeline.domain.models import PipelineDefinition
 from pipeline.engine import datastore
 from pipeline.errors import InvalidInput, Refused
 from pipeline.messaging.outbox import check_broker
+from pipeline.settings import Settings, get_settings
 
 #: The worker's node name unless ``--hostname`` is given; Celery puts the host name for %h.
 DEFAULT_NODE_NAME = "worker@%h"

@@ -9,7 +9,7 @@ A file names its data file types, parameter sets and nodes::
       raw_image: {location: "{dataset}/L0", pattern: "*.png"}
     nodes:
       - name: permuter
-        algorithm: config.sample.algorithms:permuter
+        algorithm: pipeline.sample.algorithms:permuter
         inputs: [raw_image]
         outputs: [permuted_image]
         parameter_sets: [algorithm]

@@ -19,10 +19,10 @@ from typing import NamedTuple
 
 from sqlalchemy import tuple_, update
 
-from config.settings import get_settings
 from pipeline.database import transaction
 from pipeline.domain.models import Subtask, Task, utcnow
 from pipeline.domain.states import PState, SubtaskState
+from pipeline.settings import get_settings
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from typing import Any
 from sqlalchemy import Row, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from config.settings import get_settings
 from pipeline.database import retrying, transaction
 from pipeline.domain.context import SubtaskContext
 from pipeline.domain.definitions import Definition, Node, parse
@@ -47,6 +46,7 @@ from pipeline.engine.transitions import advance_within
 from pipeline.errors import PipelineError, Unreachable
 from pipeline.messaging import outbox
 from pipeline.messaging.outbox import MONITOR, RECORD_OUTCOME_FOR_SECONDS, STORE
+from pipeline.settings import get_settings
 
 log = logging.getLogger(__name__)
 #: Parsed definitions a worker process keeps, by database and instance (an instance's

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 from typing import TypeVar
 
-from config.settings import get_settings
 from pipeline.domain.definitions import Grouped, Node
 from pipeline.domain.models import Task
+from pipeline.settings import get_settings
 
 Item = TypeVar("Item")
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from config.settings import get_settings
 from pipeline.domain.definitions import Definition, parse
 from pipeline.domain.models import InstanceNode, PipelineInstance, Task, utcnow
 from pipeline.domain.states import InstanceState, NodeState, PState
@@ -23,6 +22,7 @@ from pipeline.engine.ledger import lock_instance, refresh_instance_state
 from pipeline.errors import InvalidInput, PipelineError, Unreachable
 from pipeline.messaging import outbox
 from pipeline.messaging.outbox import MARSHAL, Outbox
+from pipeline.settings import get_settings
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
-from config.settings import API_PREFIX, HEALTHZ, get_settings
 from pipeline import __version__
 from pipeline.domain.limits import MAX_ID
 from pipeline.domain.listing import TOTAL_HEADER
@@ -31,6 +30,7 @@ from pipeline.interfaces import local_api
 from pipeline.operations import facade
 from pipeline.operations.lineage import DEFAULT_LIMIT
 from pipeline.recovery.heartbeat import SilenceWatch
+from pipeline.settings import API_PREFIX, HEALTHZ, get_settings
 
 #: The most files one listing answers with.
 MAX_FILES = 100_000

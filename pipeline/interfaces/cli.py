@@ -131,8 +131,8 @@ def cluster_stop() -> None:
 def cluster_status(as_json: JsonOption = False) -> None:
     """Which home this shell uses, which of its cluster's processes are alive, and whether
     beat's monitor runs."""
-    from config.home import find_home
     from pipeline.deploy import cluster
+    from pipeline.home import find_home
 
     private()
 

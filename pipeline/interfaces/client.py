@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from config.settings import API_PREFIX, HEALTHZ, get_settings
+from pipeline.settings import API_PREFIX, HEALTHZ, get_settings
 
 #: Seconds a request may take; a submit checks the broker, a restart may ask the workers.
 DEFAULT_TIMEOUT = 30.0

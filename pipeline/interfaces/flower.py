@@ -24,11 +24,11 @@ from flower.app import Flower
 from flower.views.monitor import Metrics
 from tornado import template
 
-from config.settings import DEFAULT_FLOWER_PORT, Settings, get_settings
 from pipeline.errors import Refused
 from pipeline.interfaces import console, prometheus
 from pipeline.interfaces.console import TEMPLATES, halt_from_form, restart_from_form
 from pipeline.messaging.celery_app import celery_app
+from pipeline.settings import DEFAULT_FLOWER_PORT, Settings, get_settings
 
 log = logging.getLogger(__name__)
 

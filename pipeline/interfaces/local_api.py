@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from config.home import SETTINGS_FILE, find_home
 from pipeline.domain.listing import TOTAL_HEADER
+from pipeline.home import SETTINGS_FILE, find_home
 
 #: The run file under the home's ``run`` directory.
 RUN_FILE = "api.json"

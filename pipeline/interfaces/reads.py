@@ -49,7 +49,7 @@ def print_json(data: Any) -> None:
 def private() -> None:
     """Make what the CLI writes from now on (a home, received files, logs) as private as
     the cluster's own: the settings say to whom."""
-    from config.settings import get_settings
+    from pipeline.settings import get_settings
 
     os.umask(get_settings().umask)
 

@@ -19,8 +19,8 @@ import ssl
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from config.settings import TASK_MODULES, Settings, get_settings
 from pipeline.database import reset_engines
+from pipeline.settings import TASK_MODULES, Settings, get_settings
 
 if TYPE_CHECKING:
     from celery import Celery

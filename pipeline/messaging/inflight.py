@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import redis
 from kombu.exceptions import OperationalError as BrokerError
 
-from config.settings import get_settings
 from pipeline.database import masked
 from pipeline.errors import Unreachable
 from pipeline.messaging.celery_app import broker_client, celery_app
+from pipeline.settings import get_settings
 
 #: kombu's Redis transport keeps priority N of queue Q in the list "Q\x06\x16N" (N > 0).
 PRIORITY_SEPARATOR = "\x06\x16"

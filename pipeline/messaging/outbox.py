@@ -23,12 +23,12 @@ from typing import Any
 from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
-from config.settings import get_settings
 from pipeline.database import masked
 from pipeline.database import transaction as database_transaction
 from pipeline.domain.models import Subtask, Task
 from pipeline.errors import Unreachable
 from pipeline.messaging.celery_app import DEFAULT_QUEUE, celery_app
+from pipeline.settings import get_settings
 
 MARSHAL = "pipeline.stage.marshal"
 EXECUTE = "pipeline.stage.execute"

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config.settings import get_settings
 from pipeline.database import transaction
 from pipeline.domain import definitions
 from pipeline.domain.definitions import DataFileType
@@ -25,6 +24,7 @@ from pipeline.engine import datastore
 from pipeline.engine.datastore import Staged
 from pipeline.engine.datastore_ledger import record_received
 from pipeline.errors import InvalidInput, NotFound
+from pipeline.settings import get_settings
 
 #: What a unit of work may be called: one path component.
 UNIT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from config.settings import get_settings
 from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
 from pipeline.domain.definitions import Definition
@@ -14,6 +13,7 @@ from pipeline.engine import datastore
 from pipeline.engine.transitions import create_node_tasks
 from pipeline.errors import InvalidInput, shown
 from pipeline.messaging import outbox
+from pipeline.settings import get_settings
 
 
 @dataclass(frozen=True)

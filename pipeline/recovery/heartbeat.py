@@ -24,10 +24,10 @@ from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from config.settings import get_settings
 from pipeline.database import transaction
 from pipeline.domain.models import Alert, Heartbeat, utcnow
 from pipeline.engine.alerts import ERROR
+from pipeline.settings import get_settings
 
 log = logging.getLogger(__name__)
 #: The heartbeat's name for beat's monitor.

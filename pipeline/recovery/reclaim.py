@@ -12,7 +12,6 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from config.settings import get_settings
 from pipeline.domain.models import Subtask
 from pipeline.domain.states import EXECUTION_STEPS, PState, SubtaskState
 from pipeline.engine.alerts import ERROR, WARNING, raise_alert
@@ -28,6 +27,7 @@ from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.stages import finish_subtasks
 from pipeline.messaging import outbox
 from pipeline.messaging.outbox import MARSHAL
+from pipeline.settings import get_settings
 
 #: The error of a subtask whose worker was lost more often than it may be dispatched again.
 WORKER_LOST = "worker lost"

@@ -24,7 +24,6 @@ from typing import Any
 from redis.exceptions import LockError
 from sqlalchemy import Text, cast, select, update
 
-from config.settings import Settings, get_settings
 from pipeline.database import transaction
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import EXECUTION_STEPS, STOPPED_STATES, PState, SubtaskState
@@ -38,6 +37,7 @@ from pipeline.recovery import heartbeat
 from pipeline.recovery.isolation import Isolation, decode_execution
 from pipeline.recovery.reattach import reattach
 from pipeline.recovery.reclaim import marshal_again, reclaim_lost
+from pipeline.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 #: Redis key of the lock that keeps two monitor runs from reconciling at once.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Annotated
@@ -24,10 +25,20 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from config.home import SETTINGS_FILE, pipeline_home
+from pipeline.home import SETTINGS_FILE, pipeline_home
 
-#: The definitions shipped with the product (the sample pipeline).
-PACKAGED_DEFINITIONS = Path(__file__).parent / "pipelines"
+
+def _packaged_definitions() -> Path:
+    """The definitions shipped with the product (the sample pipeline): ``config/pipelines``
+    of the checkout the package runs from (an editable install, ``make demo``), else the
+    copy a wheel installs under ``<prefix>/share/celery-pipeline/pipelines``."""
+    checkout = Path(__file__).resolve().parents[1] / "config" / "pipelines"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "celery-pipeline" / "pipelines"
+
+
+PACKAGED_DEFINITIONS = _packaged_definitions()
 #: Ports used when ``cluster init`` did not choose them (a home set up by hand, say).
 DEFAULT_API_PORT = 8000
 DEFAULT_FLOWER_PORT = 5555
