@@ -95,7 +95,7 @@ ROWS_SQL = (
 
 def _execution() -> str:
     """A task's execution settings as the pipeline stores them (every field)."""
-    from pipeline.domain.definitions import ExecutionSettings
+    from pipeline.domain.execution import ExecutionSettings
 
     return json.dumps(ExecutionSettings().model_dump())
 

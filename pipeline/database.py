@@ -4,7 +4,7 @@ SQLite runs in WAL mode with a busy timeout, and every transaction begins IMMEDI
 several worker processes write to the same file, and a deferred transaction that
 upgrades from reading to writing fails at once with "database is locked" instead of
 waiting. On PostgreSQL the rows that two workers could race for are locked with
-``SELECT ... FOR UPDATE`` (see ``pipeline.engine.ledger.lock_task``).
+``SELECT ... FOR UPDATE`` (see ``pipeline.engine.locks.lock_task``).
 
 PostgreSQL connections come from a pool per process, sized by the ``database_pool_*``
 settings, each checked with a ping before use (a server restart leaves dead connections

@@ -12,15 +12,11 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
 from pipeline.domain.definitions import load
+from pipeline.domain.lifecycle import counts_label, state_label
 from pipeline.domain.limits import MAX_ARRAY_LENGTH, MAX_TEXT_LENGTH
 from pipeline.domain.models import Subtask, Task
 from pipeline.domain.parameters import coerce
-from pipeline.domain.states import (
-    InstanceState,
-    counts_label,
-    derive_instance_state,
-    task_state_label,
-)
+from pipeline.domain.states import InstanceState, derive_instance_state
 from pipeline.errors import (
     InvalidInput,
     NotFound,
@@ -172,8 +168,8 @@ def test_the_instance_state_follows_from_its_tasks(
 
 
 def test_states_read_as_ziggy_shows_them() -> None:
-    assert task_state_label("ALGORITHM_COMPLETE", True) == "ERROR - ALGORITHM_COMPLETE"
-    assert task_state_label("STORING", False) == "STORING"
+    assert state_label("ALGORITHM_COMPLETE", True) == "ERROR - ALGORITHM_COMPLETE"
+    assert state_label("STORING", False) == "STORING"
     assert counts_label(4, 3, 1) == "3/4 (1)"
 
 

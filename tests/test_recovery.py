@@ -18,12 +18,13 @@ import yaml
 from sqlalchemy import update
 
 from pipeline.database import transaction
+from pipeline.domain.lifecycle import Event
 from pipeline.domain.models import Subtask, Task, utcnow
-from pipeline.domain.states import PState
 from pipeline.engine import stages
 from pipeline.engine.leases import Claim
-from pipeline.engine.ledger import lock_task, record
+from pipeline.engine.locks import lock_task
 from pipeline.engine.runner import SubtaskOutcome
+from pipeline.engine.task_state import move
 from pipeline.messaging import inflight
 from pipeline.operations import facade
 from pipeline.recovery import reconcile
@@ -162,8 +163,8 @@ def test_a_marshal_whose_worker_died_is_marshaled_again(worker: InProcessWorker,
     [message] = [m for m in worker.queue if m.args == [1, 1]]
     worker.queue.remove(message)
     with transaction() as session:  # a worker claimed the marshal, and died
-        _, task = lock_task(session, 1)
-        record(session, task, PState.MARSHALING, host="worker9@gone")
+        instance_row, task = lock_task(session, 1)
+        move(session, task, Event.MARSHAL, host="worker9@gone", instance=instance_row)
     age(1)
 
     assert monitor()["remarshaled"] == 1

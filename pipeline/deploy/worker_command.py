@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 
 from pipeline import database
 from pipeline.deploy import cluster
-from pipeline.domain.definitions import NAME_PATTERN
+from pipeline.domain.execution import NAME_PATTERN
 from pipeline.domain.models import PipelineDefinition
 from pipeline.engine import datastore
 from pipeline.errors import InvalidInput, Refused

@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Mapping
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,53 +38,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.domain import parameters
-from pipeline.domain.limits import (
-    MAX_NAME_LENGTH,
-    Count,
-    PositiveCount,
-    Priority,
-    Seconds,
-)
+from pipeline.domain.execution import NAME_PATTERN, ExecutionSettings
 from pipeline.domain.models import ParameterSet, PipelineDefinition
 from pipeline.errors import InvalidInput, NotFound, shown
 
 _PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
-#: What a pipeline, node, parameter set or queue may be called.
-NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ExecutionSettings(_Strict):
-    """Ziggy's remote execution parameters: the only values a restart may change. Each is
-    finite and within its limit (``pipeline.domain.limits``)."""
-
-    queue: str = Field(default="default", pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH)
-    subtask_timeout: Seconds = Field(default=3600.0, description="seconds per subtask")
-    max_failed_subtasks: Count = 0
-    max_auto_resubmits: Count = 0
-    priority: Priority = Field(default=5, description="0 runs first, 9 last")
-    batch_size: PositiveCount | None = Field(
-        default=None,
-        description="subtasks per message; unset: one each for small tasks, batches for big ones",
-    )
-    require_outputs: bool = Field(
-        default=False,
-        description="a subtask that leaves no file of the node's output types fails",
-    )
-
-
-#: Every execution setting at its default (see ``with_execution_defaults``).
-_EXECUTION_DEFAULTS = ExecutionSettings().model_dump()
-
-
-def with_execution_defaults(execution: Mapping[str, Any]) -> dict[str, Any]:
-    """Stored execution settings with those they lack at their defaults, as a new dict: a
-    task stored before a setting existed has no value for it (its migration adds none);
-    ``{}`` gives the defaults."""
-    return {**_EXECUTION_DEFAULTS, **execution}
 
 
 class DataFileType(_Strict):

@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -16,10 +17,14 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from pipeline.domain.states import InstanceState, NodeState, PState, SubtaskState
+from pipeline.domain import lifecycle
+from pipeline.domain.execution import ExecutionSettings
+from pipeline.domain.lifecycle import PState
+from pipeline.domain.states import InstanceState, NodeState, SubtaskState
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -36,6 +41,17 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+#: A P-state column: the enum in Python, its name as text in the database (no native enum
+#: type and no CHECK constraint, so a new P-state needs no migration).
+PStateColumn = Enum(
+    PState,
+    native_enum=False,
+    create_constraint=False,
+    length=32,
+    values_callable=lambda states: [state.value for state in states],
+)
 
 
 class Base(DeclarativeBase):
@@ -122,7 +138,7 @@ class Task(Base):
     instance_id: Mapped[int] = mapped_column(ForeignKey("pipeline_instances.id"), index=True)
     node: Mapped[str] = mapped_column(String(200))
     unit_of_work: Mapped[str] = mapped_column(String(500))
-    p_state: Mapped[str] = mapped_column(String(32), default=PState.INITIALIZING)
+    p_state: Mapped[PState] = mapped_column(PStateColumn, default=PState.INITIALIZING)
     error: Mapped[bool] = mapped_column(default=False)
     error_message: Mapped[str] = mapped_column(Text, default="")
     halted: Mapped[bool] = mapped_column(default=False)
@@ -138,6 +154,22 @@ class Task(Base):
     worker_host: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @hybrid_property
+    def restartable(self) -> bool:
+        """A restart may take it (``lifecycle.restartable``; a SQL condition on the class)."""
+        return lifecycle.restartable(self)  # type: ignore[no-any-return]
+
+    @hybrid_property
+    def running(self) -> bool:
+        """It still moves through its steps (``lifecycle.running``; SQL on the class)."""
+        return lifecycle.running(self)  # type: ignore[no-any-return]
+
+    @property
+    def settings(self) -> ExecutionSettings:
+        """Its execution settings, typed, those stored before a setting existed at its
+        default."""
+        return ExecutionSettings.stored(self.execution)
 
 
 class Subtask(Base):
@@ -178,7 +210,7 @@ class TaskEvent(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
     at: Mapped[datetime] = mapped_column(default=utcnow)
-    p_state: Mapped[str] = mapped_column(String(32))
+    p_state: Mapped[PState] = mapped_column(PStateColumn)
     error: Mapped[bool] = mapped_column(default=False)
     attempt: Mapped[int]
     host: Mapped[str] = mapped_column(String(200), default="")

@@ -1,25 +1,9 @@
-"""Processing states of instances, tasks and subtasks, as Ziggy names them."""
+"""States of instances, subtasks and nodes, as Ziggy names them (a task's are its
+lifecycle's, ``pipeline.domain.lifecycle``)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
-
-
-class PState(StrEnum):
-    """A task's processing step. A failure does not change it: it sets the error flag."""
-
-    INITIALIZING = "INITIALIZING"
-    MARSHALING = "MARSHALING"
-    ALGORITHM_SUBMITTING = "ALGORITHM_SUBMITTING"
-    ALGORITHM_QUEUED = "ALGORITHM_QUEUED"
-    ALGORITHM_EXECUTING = "ALGORITHM_EXECUTING"
-    ALGORITHM_COMPLETE = "ALGORITHM_COMPLETE"
-    STORING = "STORING"
-    COMPLETE = "COMPLETE"
-
-
-#: Steps in which subtasks are out on the workers.
-EXECUTION_STEPS = frozenset({PState.ALGORITHM_QUEUED, PState.ALGORITHM_EXECUTING})
 
 
 class InstanceState(StrEnum):
@@ -57,16 +41,6 @@ class NodeState(StrEnum):
     PENDING = "PENDING"  # its tasks do not exist yet
     RUNNING = "RUNNING"  # its tasks exist
     DONE = "DONE"  # every task COMPLETE; children may start
-
-
-def task_state_label(p_state: str, error: bool) -> str:
-    """The state as an operator reads it: ``ERROR - ALGORITHM_COMPLETE`` or ``STORING``."""
-    return f"ERROR - {p_state}" if error else str(p_state)
-
-
-def counts_label(total: int, completed: int, failed: int) -> str:
-    """Subtask counts as Ziggy shows them: ``3/4 (1)``."""
-    return f"{completed}/{total} ({failed})"
 
 
 def derive_instance_state(

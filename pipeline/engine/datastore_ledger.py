@@ -27,6 +27,7 @@ from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session
 
 from pipeline.domain.definitions import Definition, Node
+from pipeline.domain.lifecycle import PState
 from pipeline.domain.models import (
     DatastoreFile,
     FileConsumption,
@@ -36,7 +37,7 @@ from pipeline.domain.models import (
     Task,
     utcnow,
 )
-from pipeline.domain.states import PState, SubtaskState
+from pipeline.domain.states import SubtaskState
 from pipeline.engine import datastore
 from pipeline.engine.datastore import Staged
 from pipeline.errors import InvalidInput

@@ -20,8 +20,9 @@ from typing import NamedTuple
 from sqlalchemy import tuple_, update
 
 from pipeline.database import transaction
+from pipeline.domain.lifecycle import PState
 from pipeline.domain.models import Subtask, Task, utcnow
-from pipeline.domain.states import PState, SubtaskState
+from pipeline.domain.states import SubtaskState
 from pipeline.settings import get_settings
 
 log = logging.getLogger(__name__)

@@ -25,23 +25,21 @@ from sqlalchemy.orm import Session
 from pipeline.database import retrying, transaction
 from pipeline.domain.context import SubtaskContext
 from pipeline.domain.definitions import Definition, Node, parse
+from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
-from pipeline.domain.states import EXECUTION_STEPS, UNFINISHED, PState, SubtaskState
+from pipeline.domain.states import UNFINISHED, SubtaskState
 from pipeline.engine import datastore, datastore_ledger, runner, taskdir
 from pipeline.engine.alerts import WARNING, raise_alert
 from pipeline.engine.leases import Claim, Heartbeat, StepLease, renew_subtask_leases
-from pipeline.engine.ledger import (
-    fail,
-    is_current,
-    lock_rows,
-    lock_task,
-    lock_task_only,
-    note,
-    record,
-    refresh_instance_state,
-    start_again,
-)
+from pipeline.engine.locks import lock_rows, lock_task, lock_task_only
 from pipeline.engine.runner import SubtaskOutcome
+from pipeline.engine.task_state import (
+    is_current,
+    move,
+    note,
+    refresh_instance_state,
+    reset_subtasks,
+)
 from pipeline.engine.transitions import advance_within
 from pipeline.errors import PipelineError, Unreachable
 from pipeline.messaging import outbox
@@ -78,7 +76,7 @@ def _fail_step(task_id: int, attempt: int, step: PState, message: str, host: str
         instance, task = lock_task(session, task_id)
         if not is_current(task, attempt, step):
             return None
-        fail(session, instance, task, message, host)
+        move(session, task, Event.FAILED, message, host, instance=instance)
         return message
 
 
@@ -94,8 +92,7 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Failure:
         # Claims the step: one marshal per attempt.
         if not is_current(task, attempt, PState.INITIALIZING):
             return None
-        record(session, task, PState.MARSHALING, host=host)
-        refresh_instance_state(session, instance)
+        move(session, task, Event.MARSHAL, host=host, instance=instance)
         task_dir = taskdir.task_directory(instance.id, task)
     try:
         root = datastore.require(get_settings().datastore)
@@ -118,14 +115,14 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Failure:
         overwritten = datastore_ledger.overwritten_since(session, ids)
         if overwritten:  # a store replaced an input while it was being linked
             failure = f"marshaling failed: {overwritten}"
-            fail(session, instance, task, failure, host)
+            move(session, task, Event.FAILED, failure, host, instance=instance)
             return failure
         create_subtasks(session, task.id, names)
         datastore_ledger.record_consumption(session, task.id, attempt, taskdir.split(ids, node))
         task.task_dir = str(task_dir)
         task.total_subtasks, task.completed_subtasks, task.failed_subtasks = len(names), 0, 0
         message = f"{len(names)} subtasks" + (f": {selection.nothing}" if selection.nothing else "")
-        record(session, task, PState.ALGORITHM_SUBMITTING, message, host)
+        move(session, task, Event.MARSHALED, message, host)
         queue_subtasks(session, [task], messages, host)
     return None
 
@@ -225,10 +222,10 @@ def queue_subtasks(
     sent = messages.subtasks_of(session, [(task, queued[task.id]) for task in waiting])
     for task, count in zip(waiting, sent, strict=True):
         note = f"{len(queued[task.id])} subtasks queued in {count} messages"
-        record(session, task, PState.ALGORITHM_QUEUED, note, host)
+        move(session, task, Event.QUEUED, note, host)
     for task in tasks:
         if not queued[task.id]:
-            record(session, task, PState.ALGORITHM_COMPLETE, "no subtasks left to run", host)
+            move(session, task, Event.ENDED, "no subtasks left to run", host)
             messages.stage(MONITOR, task.id, task.attempt, task.execution)
 
 
@@ -427,7 +424,7 @@ def begin_subtasks(claims: Sequence[Claim], host: str = "") -> list[SubtaskRun]:
         for task_id in by_task:
             task = tasks[task_id]
             if task.p_state == PState.ALGORITHM_QUEUED:
-                record(session, task, PState.ALGORITHM_EXECUTING, host=host)
+                move(session, task, Event.STARTED, host=host)
             if task.instance_id not in instances:
                 instances[task.instance_id] = session.get(PipelineInstance, task.instance_id)
     # Read from the rows once the transaction ends: its locks are held no longer than needed.
@@ -448,10 +445,10 @@ def _subtask_runs(
     run = partial(
         SubtaskRun,
         algorithm=node.model_dump(mode="json")["algorithm"],
-        timeout=float(task.execution.get("subtask_timeout", 3600)),
+        timeout=task.settings.subtask_timeout,
         definition=definition,
         node=node,
-        require_outputs=bool(task.execution.get("require_outputs", False)),
+        require_outputs=task.settings.require_outputs,
         scope=(get_settings().db_url, instance.id, task.node),
     )
     runs, task_dir = [], Path(task.task_dir)
@@ -523,7 +520,7 @@ def finish_subtasks(ended: Sequence[Ended], host: str = "", rest: Sequence[Claim
             if not done or task.error or task.p_state not in EXECUTION_STEPS:
                 continue
             counts = f"{task.completed_subtasks} completed, {task.failed_subtasks} failed"
-            record(session, task, PState.ALGORITHM_COMPLETE, counts, host)
+            move(session, task, Event.ENDED, counts, host)
             instance = instances.get(task.instance_id)
             if instance is None:  # the peek missed: monitor decides in its own transaction
                 messages.stage(MONITOR, task.id, task.attempt, task.execution)
@@ -661,21 +658,22 @@ def _decide(
     """Monitor's decision for a locked task whose subtasks have all ended: store, resubmit
     automatically, or set the error flag (and refresh the instance state, unless the
     caller does it once for many tasks)."""
-    allowed = int(task.execution.get("max_failed_subtasks", 0))
-    if task.failed_subtasks <= allowed:
-        record(session, task, PState.STORING, host=host)
+    settings = task.settings
+    if task.failed_subtasks <= settings.max_failed_subtasks:
+        move(session, task, Event.ACCEPTED, host=host)
         messages.stage(STORE, task.id, task.attempt, task.execution)
-    elif task.auto_resubmits < int(task.execution.get("max_auto_resubmits", 0)):
+    elif task.auto_resubmits < settings.max_auto_resubmits:
         note = f"automatic resubmit {task.auto_resubmits + 1}"
-        start_again(session, task, PState.ALGORITHM_SUBMITTING, UNFINISHED, note, host)
+        reset_subtasks(session, task, UNFINISHED)
+        move(session, task, Event.RESUBMITTED, note, host)
         task.auto_resubmits += 1
         queue_subtasks(session, [task], messages, host)
     else:
         message = (
             f"{task.failed_subtasks} of {task.total_subtasks} subtasks failed"
-            f" (max_failed_subtasks = {allowed})"
+            f" (max_failed_subtasks = {settings.max_failed_subtasks})"
         )
-        fail(session, instance, task, message, host, refresh)
+        move(session, task, Event.FAILED, message, host, instance=instance, refresh=refresh)
 
 
 # -- store -----------------------------------------------------------------------------------
@@ -720,8 +718,9 @@ def store(task_id: int, attempt: int, host: str = "") -> Failure:
                 datastore.discard([output.staged for output in staged])
                 return None
             datastore_ledger.record_stored(session, root, instance, task, node, staged)
-            record(session, task, PState.COMPLETE, f"stored {len(staged)} files", host)
-            refresh_instance_state(session, instance)
+            move(
+                session, task, Event.STORED, f"stored {len(staged)} files", host, instance=instance
+            )
             advance_within(session, instance, messages)
     except Unreachable:
         datastore.discard([output.staged for output in staged])

@@ -15,10 +15,12 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from pipeline.domain.definitions import Definition, parse
+from pipeline.domain.lifecycle import PState
 from pipeline.domain.models import InstanceNode, PipelineInstance, Task, utcnow
-from pipeline.domain.states import InstanceState, NodeState, PState
+from pipeline.domain.states import InstanceState, NodeState
 from pipeline.engine import datastore
-from pipeline.engine.ledger import lock_instance, refresh_instance_state
+from pipeline.engine.locks import lock_instance
+from pipeline.engine.task_state import refresh_instance_state
 from pipeline.errors import InvalidInput, PipelineError, Unreachable
 from pipeline.messaging import outbox
 from pipeline.messaging.outbox import MARSHAL, Outbox

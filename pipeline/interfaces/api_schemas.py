@@ -13,9 +13,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.fields import FieldInfo
 
-from pipeline.domain.definitions import NAME_PATTERN, ExecutionSettings
+from pipeline.domain.execution import NAME_PATTERN, ExecutionSettings
+from pipeline.domain.lifecycle import PState
 from pipeline.domain.limits import MAX_NAME_LENGTH, MAX_TASKS_PER_REQUEST, Id, Priority
-from pipeline.domain.states import InstanceState, NodeState, PState, SubtaskState
+from pipeline.domain.states import InstanceState, NodeState, SubtaskState
 from pipeline.operations.facade import restart_modes
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH, examples=["sample"])]

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.database import masked
 from pipeline.database import transaction as database_transaction
+from pipeline.domain.lifecycle import Stage
 from pipeline.domain.models import Subtask, Task
 from pipeline.errors import Unreachable
 from pipeline.messaging.celery_app import DEFAULT_QUEUE, celery_app
@@ -43,13 +44,12 @@ MONITOR = "pipeline.stage.monitor"
 STORE = "pipeline.stage.store"
 #: One message carrying the messages of many tasks, published on by a worker.
 FAN_OUT = "pipeline.stage.fan_out"
-#: The stage message that moves a task waiting in each P-state: what a restart sends to
-#: start a rebuilt chain, and what the monitor re-sends when the first one was lost.
-STAGE_FOR_STEP = {
-    "INITIALIZING": MARSHAL,
-    "ALGORITHM_SUBMITTING": EXECUTE,
-    "ALGORITHM_COMPLETE": MONITOR,
-    "STORING": STORE,
+#: The message of each stage of the chain.
+STAGE_MESSAGES = {
+    Stage.MARSHAL: MARSHAL,
+    Stage.EXECUTE: EXECUTE,
+    Stage.MONITOR: MONITOR,
+    Stage.STORE: STORE,
 }
 #: The stages a worker runs itself, right after the stage of the same task that called for
 #: them, instead of publishing their message (see ``continuing``).

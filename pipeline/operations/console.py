@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
+from pipeline.domain.lifecycle import PState
 from pipeline.domain.limits import check_id, check_index
 from pipeline.domain.models import (
     Alert,
@@ -31,9 +32,8 @@ from pipeline.domain.models import (
     TaskEvent,
     utcnow,
 )
-from pipeline.domain.states import STOPPED_STATES, InstanceState, PState, SubtaskState
+from pipeline.domain.states import STOPPED_STATES, InstanceState, SubtaskState
 from pipeline.engine.alerts import alert_dict
-from pipeline.engine.ledger import RESTARTABLE
 from pipeline.engine.taskdir import log_path
 from pipeline.errors import InvalidInput, NotFound
 from pipeline.operations.queries import (
@@ -194,7 +194,7 @@ def instance_overview(instance_id: int) -> dict[str, Any]:
         described["duration"] = _duration(instance.created_at, instance.updated_at, instance.state)
         described["parameters"] = instance.parameters
         described["restartable_tasks"] = session.scalar(
-            select(func.count(Task.id)).where(Task.instance_id == instance_id, RESTARTABLE)
+            select(func.count(Task.id)).where(Task.instance_id == instance_id, Task.restartable)
         )
         described["running_tasks"] = session.scalar(
             select(func.count(Task.id)).where(
@@ -330,7 +330,7 @@ def tasks_page(instance_id: int, page: int = 1, per_page: int = PER_PAGE) -> Pag
         )
         columns = [Task.__table__.c[name] for name in TASK_COLUMNS]
         rows = session.execute(
-            select(*columns, RESTARTABLE.label("restartable"), Task.created_at)
+            select(*columns, Task.restartable.label("restartable"), Task.created_at)
             .where(Task.instance_id == instance_id)
             .order_by(Task.id)
             .limit(per_page)

@@ -16,9 +16,12 @@ from collections.abc import Sequence
 from sqlalchemy import select
 
 from pipeline.database import transaction
+from pipeline.domain.lifecycle import Event, PState, state_label
 from pipeline.domain.models import PipelineInstance, Task
-from pipeline.domain.states import PState, SubtaskState
-from pipeline.engine.ledger import RUNNING, fail, in_flight_subtasks, lock_task
+from pipeline.domain.states import SubtaskState
+from pipeline.engine.dispatch import in_flight_subtasks
+from pipeline.engine.locks import lock_task
+from pipeline.engine.task_state import move
 from pipeline.errors import NotFound, Refused, Unreachable
 from pipeline.messaging.outbox import Outbox, is_shared, message_of
 from pipeline.operations.outcomes import Outcome, Report
@@ -44,7 +47,8 @@ def _halt_one(task_id: int) -> Outcome:
     with transaction() as session:
         instance, task = lock_task(session, task_id)
         if task.error:
-            raise Refused(f"task {task_id} is already stopped (ERROR - {task.p_state})")
+            label = state_label(task.p_state, task.error)
+            raise Refused(f"task {task_id} is already stopped ({label})")
         if task.p_state == PState.COMPLETE:
             raise Refused(f"task {task_id} is complete: nothing to halt")
         in_flight = in_flight_subtasks(session, task_id)
@@ -55,9 +59,8 @@ def _halt_one(task_id: int) -> Outcome:
         messages.revoke(sorted(m for m in carrying if not is_shared(m)))
         for subtask in in_flight:
             subtask.state = SubtaskState.NEW
-        task.attempt += 1
         task.halted = True
-        fail(session, instance, task, HALTED)
+        move(session, task, Event.HALTED, HALTED, instance=instance)
         step = task.p_state
     message = f"halted at {step}"
     try:
@@ -74,7 +77,9 @@ def halt_instance(instance_id: int) -> Report:
             raise NotFound(f"unknown instance {instance_id}")
         running = list(
             session.scalars(
-                select(Task.id).where(Task.instance_id == instance_id, RUNNING).order_by(Task.id)
+                select(Task.id)
+                .where(Task.instance_id == instance_id, Task.running)
+                .order_by(Task.id)
             )
         )
     if not running:

@@ -19,24 +19,24 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy.orm import Session
 
+from pipeline.domain.lifecycle import EXECUTION_STEPS, WAITING, Event, PState, state_label
 from pipeline.domain.limits import parse_id
 from pipeline.domain.models import Task
-from pipeline.domain.states import (
-    EXECUTION_STEPS,
-    IN_FLIGHT,
-    UNFINISHED,
-    PState,
-    SubtaskState,
-    task_state_label,
-)
-from pipeline.engine.ledger import start_again
+from pipeline.domain.states import IN_FLIGHT, UNFINISHED, SubtaskState
+from pipeline.engine.task_state import move, reset_subtasks
 from pipeline.errors import InvalidInput, Refused, shown
-from pipeline.messaging.outbox import STAGE_FOR_STEP, Outbox
+from pipeline.messaging.outbox import STAGE_MESSAGES, Outbox
 from pipeline.recovery.reattach import reattach_locked
 
 if TYPE_CHECKING:
     from pipeline.messaging.inflight import InFlight
 
+#: The event of a restart back to each step a plan may name.
+RESTART_EVENTS = {
+    PState.INITIALIZING: Event.RESTART_MARSHALING,
+    PState.ALGORITHM_SUBMITTING: Event.RESTART_SUBMITTING,
+    PState.STORING: Event.RESTART_STORING,
+}
 #: Every subtask: what marshaling again runs.
 EVERY_STATE = frozenset(SubtaskState)
 #: Subtasks that have not ended, neither succeeded nor failed: what continuing runs.
@@ -122,20 +122,20 @@ class RestartMode:
         task.execution = applying.execution
         task.halted = False
         task.auto_resubmits = 0
-        start_again(applying.session, task, plan.p_state, plan.reset, applying.note)
+        reset_subtasks(applying.session, task, plan.reset)
+        move(applying.session, task, RESTART_EVENTS[plan.p_state], applying.note, refresh=False)
         if plan.p_state == PState.ALGORITHM_SUBMITTING:
             applying.submitting.append(task)
             return plan
-        stage = STAGE_FOR_STEP[plan.p_state]
+        stage = STAGE_MESSAGES[WAITING[plan.p_state]]
         applying.messages.stage(stage, task.id, task.attempt, task.execution)
         return plan
 
     @staticmethod
     def require_failed(task: Task) -> PState:
-        """The task's step, if a restart may take it: its error flag is set, or it is
-        COMPLETE with failed subtasks."""
-        step = PState(task.p_state)
-        if task.error or (step == PState.COMPLETE and task.failed_subtasks > 0):
+        """The task's step, if a restart may take it (``lifecycle.restartable``)."""
+        step = task.p_state
+        if task.restartable:
             return step
         reason = "complete without failures" if step == PState.COMPLETE else f"running ({step})"
         raise Refused(f"task {task.id} is {reason}: only failed tasks can be restarted")
@@ -211,9 +211,9 @@ class ResumeMonitoring(RestartMode):
     needs_broker = True
 
     def plan(self, task: Task, states: Mapping[int, str]) -> Plan:
-        step = PState(task.p_state)
+        step = task.p_state
         if step not in EXECUTION_STEPS or task.error:
-            label = task_state_label(task.p_state, task.error)
+            label = state_label(task.p_state, task.error)
             raise Refused(
                 f"task {task.id} is not executing ({label}): nothing to monitor"
                 " (resume-current-step continues a failed step)"

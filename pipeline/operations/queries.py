@@ -11,6 +11,8 @@ from sqlalchemy import func, or_, select, union_all
 
 from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
+from pipeline.domain.execution import with_execution_defaults
+from pipeline.domain.lifecycle import counts_label, state_label
 from pipeline.domain.limits import MAX_ID, check_id, check_index
 from pipeline.domain.models import (
     DatastoreFile,
@@ -21,8 +23,7 @@ from pipeline.domain.models import (
     Task,
     TaskEvent,
 )
-from pipeline.domain.states import InstanceState, SubtaskState, counts_label, task_state_label
-from pipeline.engine.ledger import RESTARTABLE, RUNNING
+from pipeline.domain.states import InstanceState, SubtaskState
 from pipeline.engine.taskdir import log_path
 from pipeline.errors import InvalidInput, NotFound, shown
 
@@ -98,7 +99,7 @@ def task_fields(
         "unit_of_work": unit_of_work,
         "p_state": p_state,
         "error": error,
-        "state": task_state_label(p_state, error),
+        "state": state_label(p_state, error),
         "error_message": error_message,
         "halted": halted,
         "attempt": attempt,
@@ -107,7 +108,7 @@ def task_fields(
         "failed_subtasks": failed_subtasks,
         "counts": counts_label(total_subtasks, completed_subtasks, failed_subtasks),
         "worker_host": worker_host,
-        "execution": definitions.with_execution_defaults(execution),
+        "execution": with_execution_defaults(execution),
         "updated_at": iso_time(updated_at),
     }
 
@@ -261,7 +262,7 @@ def tasks_needing_attention(limit: int = ATTENTION_INSTANCES) -> list[dict[str, 
     time). What Flower's restart page shows.
     """
     with transaction() as session:
-        wanted = or_(RESTARTABLE, RUNNING)
+        wanted = or_(Task.restartable, Task.running)
         instances = list(
             session.scalars(
                 select(PipelineInstance)
@@ -281,7 +282,7 @@ def tasks_needing_attention(limit: int = ATTENTION_INSTANCES) -> list[dict[str, 
             .subquery()
         )
         rows = session.execute(
-            select(Task, RESTARTABLE.label("restartable"))
+            select(Task, Task.restartable.label("restartable"))
             .join(numbered, numbered.c.id == Task.id)
             .where(numbered.c.place <= ATTENTION_TASKS)
             .order_by(Task.id)

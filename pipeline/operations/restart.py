@@ -22,17 +22,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
-from pipeline.domain.definitions import ExecutionSettings, with_execution_defaults
+from pipeline.domain.execution import ExecutionSettings, with_execution_defaults
 from pipeline.domain.limits import check_id
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import InstanceState
-from pipeline.engine.ledger import (
-    RESTARTABLE,
-    lock_rows,
-    locked_instance,
-    refresh_instance_state,
-)
+from pipeline.engine.locks import lock_rows, locked_instance
 from pipeline.engine.stages import queue_subtasks
+from pipeline.engine.task_state import refresh_instance_state
 from pipeline.engine.transitions import advance
 from pipeline.errors import InvalidInput, NotFound, Refused, shown
 from pipeline.messaging import outbox
@@ -206,7 +202,7 @@ def restart_failed(
         failed = list(
             session.scalars(
                 select(Task.id)
-                .where(Task.instance_id == instance_id, RESTARTABLE)
+                .where(Task.instance_id == instance_id, Task.restartable)
                 .order_by(Task.id)
             )
         )

@@ -20,11 +20,13 @@ from sqlalchemy import Text, cast, select, update
 from sqlalchemy.orm import load_only
 
 from pipeline.database import transaction
-from pipeline.domain.definitions import parse, with_execution_defaults
+from pipeline.domain.definitions import parse
+from pipeline.domain.execution import with_execution_defaults
+from pipeline.domain.lifecycle import Event
 from pipeline.domain.models import Alert, PipelineInstance, Task, utcnow
 from pipeline.domain.states import InstanceState
 from pipeline.engine.alerts import ERROR, raise_alert
-from pipeline.engine.ledger import fail
+from pipeline.engine.task_state import move
 from pipeline.errors import Unreachable, Unreadable
 from pipeline.jsoncodec import loads
 
@@ -139,7 +141,7 @@ def fail_unreadable(task_id: int, reason: str) -> None:
                 f"stored execution settings cannot be read ({exc.reason}): reset to {whose};"
                 " restart the task"
             )
-        fail(session, instance, task, message)
+        move(session, task, Event.FAILED, message, instance=instance)
         raise_alert(session, task, ERROR, message)
     log.error("task %s: %s", task_id, message)
 

@@ -14,10 +14,14 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from pipeline.domain.lifecycle import EXECUTION_STEPS, Event
 from pipeline.domain.models import Subtask, Task
-from pipeline.domain.states import EXECUTION_STEPS, PState, SubtaskState
+from pipeline.domain.states import SubtaskState
 from pipeline.engine.alerts import WARNING, raise_alert
-from pipeline.engine.ledger import in_flight_subtasks, lock_task_only, record
+from pipeline.engine.dispatch import in_flight_subtasks
+from pipeline.engine.locks import lock_task_only
+from pipeline.engine.task_state import move
+from pipeline.engine.task_state import note as add_note
 from pipeline.errors import Refused
 from pipeline.messaging import outbox
 from pipeline.messaging.outbox import MONITOR, Outbox, message_of
@@ -66,9 +70,10 @@ def reattach_locked(
         not in_flight and task.completed_subtasks + task.failed_subtasks >= task.total_subtasks
     )
     result = Reattached(len(in_flight) - len(lost), [s.index for s in lost])
-    step = PState.ALGORITHM_COMPLETE if finished else PState(task.p_state)
-    if lost or finished or not quiet:
-        record(session, task, step, f"{note}, {result.summary}")
+    if finished:
+        move(session, task, Event.ENDED, f"{note}, {result.summary}")
+    elif lost or not quiet:
+        add_note(session, task, f"{note}, {result.summary}")
     if lost:
         alert = f"{len(lost)} subtask messages lost ({note}): dispatched again"
         raise_alert(session, task, WARNING, alert)

@@ -12,19 +12,16 @@ from datetime import datetime
 
 from sqlalchemy import select
 
+from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState
 from pipeline.domain.models import Subtask
-from pipeline.domain.states import EXECUTION_STEPS, PState, SubtaskState
+from pipeline.domain.states import SubtaskState
 from pipeline.engine.alerts import ERROR, WARNING, raise_alert
 from pipeline.engine.leases import Claim
-from pipeline.engine.ledger import (
-    is_current,
-    lock_task,
-    lock_task_only,
-    record,
-    refresh_instance_state,
-)
+from pipeline.engine.locks import lock_task, lock_task_only
 from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.stages import finish_subtasks
+from pipeline.engine.task_state import is_current, move
+from pipeline.engine.task_state import note as add_note
 from pipeline.messaging import outbox
 from pipeline.messaging.outbox import MARSHAL
 from pipeline.settings import get_settings
@@ -62,7 +59,7 @@ def reclaim_lost(task_id: int, index: int, number: int, lease_expired_before: da
             session.flush()
             messages.subtasks(session, task, [(index, subtask.dispatch)])
             note = f"subtask {index}: worker lost, dispatched again"
-            record(session, task, PState(task.p_state), note)
+            add_note(session, task, note)
             worker = subtask.worker_host or "?"
             alert = f"subtask {index}: worker {worker} lost, dispatched again"
             raise_alert(session, task, WARNING, alert)
@@ -88,10 +85,8 @@ def marshal_again(task_id: int, attempt: int, lease_expired_before: datetime) ->
             is_current(task, attempt, PState.MARSHALING) and task.updated_at < lease_expired_before
         ):
             return False
-        task.attempt += 1
         message = f"marshaling lost on {task.worker_host or '?'}, marshaling again"
-        record(session, task, PState.INITIALIZING, f"{message} (monitor)")
+        move(session, task, Event.MARSHAL_LOST, f"{message} (monitor)", instance=instance)
         raise_alert(session, task, WARNING, message)
-        refresh_instance_state(session, instance)
         messages.stage(MARSHAL, task_id, task.attempt, task.execution)
     return True

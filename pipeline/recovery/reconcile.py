@@ -25,14 +25,15 @@ from redis.exceptions import LockError
 from sqlalchemy import Text, cast, select, update
 
 from pipeline.database import transaction
+from pipeline.domain.lifecycle import EXECUTION_STEPS, WAITING, PState
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
-from pipeline.domain.states import EXECUTION_STEPS, STOPPED_STATES, PState, SubtaskState
-from pipeline.engine.ledger import HOST
+from pipeline.domain.states import STOPPED_STATES, SubtaskState
+from pipeline.engine.task_state import HOST
 from pipeline.engine.transitions import advance
 from pipeline.errors import Refused, Unreadable
 from pipeline.messaging import inflight, outbox
 from pipeline.messaging.celery_app import DEFAULT_QUEUE, broker_client
-from pipeline.messaging.outbox import STAGE_FOR_STEP
+from pipeline.messaging.outbox import STAGE_MESSAGES
 from pipeline.recovery import heartbeat
 from pipeline.recovery.isolation import Isolation, decode_execution
 from pipeline.recovery.reattach import reattach
@@ -81,7 +82,7 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
         waiting = _readable(
             session.execute(
                 select(Task.id, Task.attempt, Task.p_state, execution).where(
-                    Task.p_state.in_(list(STAGE_FOR_STEP)),
+                    Task.p_state.in_(list(WAITING)),
                     ~Task.error,
                     Task.updated_at < cutoff,
                 )
@@ -108,7 +109,7 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
             )
         )
         for task_id, attempt, p_state, task_execution in waiting:
-            messages.stage(STAGE_FOR_STEP[p_state], task_id, attempt, task_execution)
+            messages.stage(STAGE_MESSAGES[WAITING[p_state]], task_id, attempt, task_execution)
     for task_id, reason in unreadable.items():
         isolation.unreadable(task_id, reason)
     recovered = _reattach_quiet(quiet, isolation)

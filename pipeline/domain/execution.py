@@ -1,0 +1,57 @@
+"""Execution settings (Ziggy's remote execution parameters): where and how a node's
+subtasks run, the only values a restart may change. One typed object with its defaults,
+here: a node declares them, a task keeps its own copy (changed by restarts), and every
+reader takes them through ``ExecutionSettings.stored``, so no default is written twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.domain.limits import MAX_NAME_LENGTH, Count, PositiveCount, Priority, Seconds
+
+#: What a pipeline, node, parameter set or queue may be called.
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"
+#: The queue of a node whose settings name none.
+DEFAULT_QUEUE = "default"
+
+
+class ExecutionSettings(BaseModel):
+    """Ziggy's remote execution parameters: the only values a restart may change. Each is
+    finite and within its limit (``pipeline.domain.limits``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    queue: str = Field(default=DEFAULT_QUEUE, pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH)
+    subtask_timeout: Seconds = Field(default=3600.0, description="seconds per subtask")
+    max_failed_subtasks: Count = 0
+    max_auto_resubmits: Count = 0
+    priority: Priority = Field(default=5, description="0 runs first, 9 last")
+    batch_size: PositiveCount | None = Field(
+        default=None,
+        description="subtasks per message; unset: one each for small tasks, batches for big ones",
+    )
+    require_outputs: bool = Field(
+        default=False,
+        description="a subtask that leaves no file of the node's output types fails",
+    )
+
+    @classmethod
+    def stored(cls, execution: Mapping[str, Any]) -> ExecutionSettings:
+        """A task's stored settings as read back, those it lacks at their defaults, without
+        validating them again (they were when stored; a task is read at every message)."""
+        return cls.model_construct(**with_execution_defaults(execution))
+
+
+#: Every execution setting at its default (see ``with_execution_defaults``).
+_EXECUTION_DEFAULTS = ExecutionSettings().model_dump()
+
+
+def with_execution_defaults(execution: Mapping[str, Any]) -> dict[str, Any]:
+    """Stored execution settings with those they lack at their defaults, as a new dict: a
+    task stored before a setting existed has no value for it (its migration adds none);
+    ``{}`` gives the defaults."""
+    return {**_EXECUTION_DEFAULTS, **execution}

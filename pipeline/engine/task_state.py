@@ -1,0 +1,155 @@
+"""The one mutator of a task's state: ``move`` applies an event of the lifecycle's table
+(``pipeline.domain.lifecycle``) to a locked task, in the caller's transaction, with its
+history row and, when the move can change it, the instance state its tasks imply.
+
+Beside it: the fence every message passes (``is_current``), a history line that moves
+nothing (``note``), and the subtasks a restart or resubmit runs again
+(``reset_subtasks``). Every change of a task's P-state, error flag or attempt happens
+here, inside one transaction together with its subtask counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Collection
+
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session
+
+from pipeline.domain import lifecycle
+from pipeline.domain.lifecycle import Event, IllegalTransition, PState
+from pipeline.domain.models import (
+    InstanceNode,
+    PipelineInstance,
+    Subtask,
+    Task,
+    TaskEvent,
+    utcnow,
+)
+from pipeline.domain.states import InstanceState, NodeState, SubtaskState, derive_instance_state
+
+log = logging.getLogger(__name__)
+
+HOST = socket.gethostname()
+
+
+def is_current(task: Task, attempt: int, *steps: PState, allow_error: bool = False) -> bool:
+    """The fence: does a message for ``attempt`` expecting ``steps`` still apply to ``task``?"""
+    current = (
+        task.attempt == attempt
+        and (allow_error or not task.error)
+        and (not steps or task.p_state in steps)
+    )
+    if not current:
+        log.info(
+            "stale message for task %s (attempt %s, expected %s): task is at attempt %s, %s",
+            task.id,
+            attempt,
+            "/".join(steps) or "any step",
+            task.attempt,
+            lifecycle.state_label(task.p_state, task.error),
+        )
+    return current
+
+
+def move(
+    session: Session,
+    task: Task,
+    event: Event,
+    message: str = "",
+    host: str = "",
+    *,
+    instance: PipelineInstance | None = None,
+    refresh: bool = True,
+) -> PState:
+    """Apply ``event`` to the locked ``task``: its new step, attempt and error flag as the
+    lifecycle says, and a line in its history. A move that can change the instance state
+    refreshes ``instance`` (locked by the caller), unless ``refresh`` is False: a caller
+    moving many tasks of it refreshes it once. Returns the new step; raises
+    ``IllegalTransition`` for an event the table does not allow."""
+    rule = lifecycle.RULES[event]
+    source, error = task.p_state, task.error
+    target = lifecycle.next_state(task, event)
+    if rule.new_attempt:
+        task.attempt += 1
+    if rule.error is True:
+        task.error, task.error_message = True, message
+        message = f"error: {message}"
+    elif rule.error is False:
+        task.error, task.error_message = False, ""
+    task.p_state = target
+    task.updated_at = utcnow()
+    if host:
+        task.worker_host = host
+    note(session, task, message, host)
+    if refresh and lifecycle.changes_instance(source, target, rule, error):
+        if instance is None:
+            raise IllegalTransition(f"{event.value!r} of task {task.id} needs its instance locked")
+        refresh_instance_state(session, instance)
+    return target
+
+
+def note(session: Session, task: Task, message: str, host: str = "") -> None:
+    """Add a line to ``task``'s history without moving it."""
+    session.add(
+        TaskEvent(
+            task_id=task.id,
+            p_state=task.p_state,
+            error=task.error,
+            attempt=task.attempt,
+            host=host or HOST,
+            message=message,
+        )
+    )
+
+
+def reset_subtasks(session: Session, task: Task, states: Collection[SubtaskState]) -> None:
+    """Put the task's subtasks in ``states`` back to NEW, to run again, with the counts of
+    those states (before a restart or a resubmit moves the task)."""
+    if not states:
+        return
+    session.execute(
+        update(Subtask)
+        .where(Subtask.task_id == task.id, Subtask.state.in_(list(states)))
+        .values(state=SubtaskState.NEW)
+        # No subtask objects are loaded alongside: matching them costs more than the update.
+        .execution_options(synchronize_session=False)
+    )
+    if SubtaskState.COMPLETE in states:
+        task.completed_subtasks = 0
+    if SubtaskState.FAILED in states:
+        task.failed_subtasks = 0
+
+
+def refresh_instance_state(session: Session, instance: PipelineInstance) -> InstanceState:
+    """Set the instance state its nodes and tasks imply (a TRANSITION_FAILED state stays)."""
+    session.flush()
+    if instance.state == InstanceState.TRANSITION_FAILED:
+        return InstanceState.TRANSITION_FAILED
+    tasks = select(Task).where(Task.instance_id == instance.id)
+    # One query, not four: this runs in every transaction that moves a task's step.
+    any_error, any_active, any_started, any_node_left = session.execute(
+        select(
+            exists(tasks.where(Task.error)),
+            exists(tasks.where(Task.running)),
+            exists(tasks.where(Task.p_state != PState.INITIALIZING)),
+            exists(
+                select(InstanceNode).where(
+                    InstanceNode.instance_id == instance.id, InstanceNode.state != NodeState.DONE
+                )
+            ),
+        )
+    ).one()
+    state = derive_instance_state(
+        all_nodes_done=not any_node_left,
+        any_error=bool(any_error),
+        any_active=bool(any_active),
+        any_started=bool(any_started),
+    )
+    if state == InstanceState.INITIALIZED and instance.state != InstanceState.INITIALIZED:
+        state = InstanceState.PROCESSING  # restarted back to its first step: still under way
+    if instance.state != state:
+        instance.state = state
+        instance.updated_at = utcnow()
+    return state
