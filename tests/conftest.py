@@ -218,7 +218,8 @@ def _made_by_running(base: Path, run: Callable[[InProcessWorker], None]) -> Call
         _copy_home(base, template)
         with pytest.MonkeyPatch.context() as monkeypatch:
             _point_at(template, monkeypatch)
-            run(InProcessWorker(monkeypatch))
+            with InProcessWorker() as worker:
+                run(worker)
 
     return make
 
@@ -323,9 +324,10 @@ def failed(failed_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.fixture
-def worker(monkeypatch: pytest.MonkeyPatch) -> InProcessWorker:
+def worker() -> Iterator[InProcessWorker]:
     """The broker and a worker inside this test's process, over the home it points at."""
-    return InProcessWorker(monkeypatch)
+    with InProcessWorker() as worker:
+        yield worker
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -17,13 +17,15 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from pipeline.messaging.messages import Message
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
 REPO = Path(__file__).resolve().parent.parent
@@ -613,64 +615,59 @@ def queued_on_broker(broker: Any) -> int:
 IN_PROCESS_HOST = "worker1@in-process"
 
 
-@dataclass
-class Message:
-    """A message the outbox published: its Celery task name, arguments, id and queue."""
-
-    name: str
-    args: list[Any]
-    id: str
-    queue: str
-
-
 class InProcessWorker:
     """A broker and a worker in the test's own process, for the fast tests: no Redis.
 
-    What the outbox publishes is queued here (its arguments through JSON, as on the wire),
-    and ``drain`` runs each message through the same Celery task function a worker runs,
-    in the order published, algorithms in forked children as always. A revoked message
-    leaves the queue; ``lose`` drops messages as a broker losing its queue would.
+    The broker is the product's own in-memory publisher (``MemoryPublisher``), installed
+    as this process's publisher while the worker is in use (``with InProcessWorker() as
+    worker``): what the pipeline publishes is queued there, its arguments through JSON as
+    on the wire, and ``drain`` runs each message through the same Celery task function a
+    worker runs, in the order published, algorithms in forked children as always. A
+    revoked message leaves the queue; ``lose`` drops messages as a broker losing its
+    queue would.
     """
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self) -> None:
         import workers.app  # noqa: F401 - registers the Celery tasks this worker runs
-        from pipeline.messaging import inflight, outbox
+        from pipeline.messaging.memory import MemoryPublisher
 
-        self.queue: list[Message] = []
-        self.published: list[Message] = []
-        self.revoked: list[str] = []
+        self.broker = MemoryPublisher()
         #: The messages that ended as a Celery failure, with their exception text.
         self.failed: dict[str, str] = {}
-        monkeypatch.setattr(outbox, "_publish", self._publish)
-        monkeypatch.setattr(outbox, "_revoke", self._revoke)
-        monkeypatch.setattr(outbox, "check_broker", lambda: None)
-        monkeypatch.setattr(inflight, "in_flight_of", self.in_flight_of)
+        self._replaced: Any = None
 
-    def _publish(self, publications: list[tuple[str, list[Any], dict[str, Any], str | None]]):
-        for name, args, options, message_id in publications:
-            wire = json.loads(json.dumps(args))
-            message = Message(name, wire, message_id or uuid.uuid4().hex, options["queue"])
-            self.queue.append(message)
-            self.published.append(message)
+    def __enter__(self) -> InProcessWorker:
+        from pipeline.messaging.publisher import use_publisher
 
-    def _revoke(self, message_ids: list[str]) -> None:
-        self.revoked.extend(message_ids)
-        self.queue = [m for m in self.queue if m.id not in message_ids]
+        self._replaced = use_publisher(self.broker)
+        return self
 
-    def in_flight_of(self, queues: Iterable[str]) -> Any:
-        from pipeline.messaging.inflight import InFlight
+    def __exit__(self, *_: object) -> None:
+        from pipeline.messaging.publisher import use_publisher
 
-        wanted = set(queues)
-        return InFlight({m.id for m in self.queue if m.queue in wanted}, set())
+        use_publisher(self._replaced)
+
+    @property
+    def queue(self) -> list[Message]:
+        """The messages waiting, oldest first (the list itself: a test may take one)."""
+        return self.broker.queue
+
+    @property
+    def published(self) -> list[Message]:
+        return self.broker.published
+
+    @property
+    def revoked(self) -> list[str]:
+        return self.broker.revoked
 
     def send(self, name: str, args: list[Any], queue: str = "default") -> None:
         """Queue a message as if published: a duplicate, or one from an older chain."""
-        self._publish([(name, args, {"queue": queue}, None)])
+        self.broker.publish([Message(name, args, queue)])
 
     def lose(self, keep: Callable[[Message], bool] = lambda _: False) -> list[Message]:
         """Drop the queued messages ``keep`` does not keep, as a broker losing its queue."""
         lost = [m for m in self.queue if not keep(m)]
-        self.queue = [m for m in self.queue if keep(m)]
+        self.broker.queue[:] = [m for m in self.queue if keep(m)]
         return lost
 
     def run_next(self) -> Message:
@@ -684,7 +681,7 @@ class InProcessWorker:
         try:
             task.run(*message.args)
         except RecordedFailure as exc:  # a worker marks the message FAILURE and acks it
-            self.failed[message.id] = str(exc)
+            self.failed[str(message.id)] = str(exc)
         finally:
             task.pop_request()
         return message

@@ -12,11 +12,13 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
 from pipeline.domain.definitions import load
-from pipeline.domain.lifecycle import counts_label, state_label
+from pipeline.domain.execution import ExecutionSettings
+from pipeline.domain.lifecycle import Stage, counts_label, state_label
 from pipeline.domain.limits import MAX_ARRAY_LENGTH, MAX_TEXT_LENGTH
 from pipeline.domain.models import Subtask, Task
 from pipeline.domain.parameters import coerce
 from pipeline.domain.states import InstanceState, derive_instance_state
+from pipeline.engine import dispatch
 from pipeline.errors import (
     InvalidInput,
     NotFound,
@@ -26,8 +28,9 @@ from pipeline.errors import (
     Unreadable,
 )
 from pipeline.jsoncodec import dumps, loads
-from pipeline.messaging import outbox
-from pipeline.messaging.inflight import InFlight
+from pipeline.messaging import messages as sent
+from pipeline.messaging.broker import handed_on
+from pipeline.messaging.messages import InFlight
 from pipeline.operations import facade
 from pipeline.operations.modes import MODES, parse_mode, parse_request
 from pipeline.operations.outcomes import Outcome, Report
@@ -273,16 +276,16 @@ def test_a_message_is_lost_when_it_is_nowhere_alive(
     [({}, 4, 1), ({}, 199, 1), ({}, 200, 2), ({}, 10_000, 100), ({"batch_size": 3}, 4, 3)],
 )
 def test_big_tasks_batch_their_subtasks(execution: dict, subtasks: int, size: int) -> None:
-    assert outbox.batch_size(execution, subtasks) == size
+    assert dispatch.batch_size(ExecutionSettings.stored(execution), subtasks) == size
 
 
 def test_a_batch_is_named_after_its_first_subtask_and_a_single_keeps_its_own_id() -> None:
-    messages = outbox.plan_messages(7, 2, [(0, 1), (1, 1), (2, 1)], 2)
-    assert messages == [
+    planned = dispatch.plan_messages(7, 2, [(0, 1), (1, 1), (2, 1)], 2)
+    assert planned == [
         ("subtasks-7-2-0-1", [(0, 1), (1, 1)]),
-        (outbox.subtask_message_id(7, 2, 2, 1), [(2, 1)]),
+        (sent.subtask_message_id(7, 2, 2, 1), [(2, 1)]),
     ]
-    assert outbox.message_of(7, 2, Subtask(index=5, dispatch=3, message_id="")) == (
+    assert dispatch.message_of(7, 2, Subtask(index=5, dispatch=3, message_id="")) == (
         "subtask-7-2-5-3"
     )
 
@@ -290,16 +293,34 @@ def test_a_batch_is_named_after_its_first_subtask_and_a_single_keeps_its_own_id(
 @pytest.mark.parametrize(
     ("name", "args", "label"),
     [
-        (outbox.MARSHAL, [4, 2], "task=4, attempt=2"),
-        (outbox.SUBTASK, [4, 2, 0, 1], "task=4, attempt=2, subtask=0, dispatch=1"),
-        (outbox.SUBTASKS, [4, 2, [[0, 1], [1, 1]]], "task=4, attempt=2, subtasks=2"),
-        (outbox.FAN_OUT, [[["m", [1, 1], {}]] * 3], "messages=3"),
+        (sent.MARSHAL, [4, 2], "task=4, attempt=2"),
+        (sent.SUBTASK, [4, 2, 0, 1], "task=4, attempt=2, subtask=0, dispatch=1"),
+        (sent.SUBTASKS, [4, 2, [[0, 1], [1, 1]]], "task=4, attempt=2, subtasks=2"),
+        (sent.FAN_OUT, [[["m", [1, 1], "q", 0, None, None]] * 3], "messages=3"),
     ],
 )
 def test_flower_shows_each_message_by_its_task_and_attempt(
     name: str, args: list, label: str
 ) -> None:
-    assert outbox.arguments_label(name, args) == label
+    assert sent.Message(name, args, "q").label == label
+
+
+def test_many_messages_are_handed_on_to_workers_in_fan_outs_by_queue() -> None:
+    """Past ``DIRECT_SEND_LIMIT`` a caller publishes one fan-out message per queue and
+    ``FAN_OUT_SIZE`` messages, which a worker publishes on; fewer go out as they are."""
+    few = [sent.stage_message(Stage.STORE, task, 1, "default") for task in range(20)]
+    assert handed_on(few) == few
+    many = [sent.stage_message(Stage.STORE, task, 1, "default") for task in range(450)]
+    many += [sent.stage_message(Stage.MARSHAL, 1000, 1, "gpu")]
+    fan_outs = handed_on(many)
+    assert [(m.name, m.queue, len(m.args[0])) for m in fan_outs] == [
+        (sent.FAN_OUT, "default", 200),
+        (sent.FAN_OUT, "default", 200),
+        (sent.FAN_OUT, "default", 50),
+        (sent.FAN_OUT, "gpu", 1),
+    ]
+    carried = [sent.Message.from_list(fields) for m in fan_outs for fields in m.args[0]]
+    assert carried == many, "each message carried whole, in order within its queue"
 
 
 # -- what operators read ---------------------------------------------------------------------

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.messaging import outbox
+from pipeline.domain.lifecycle import Stage
+from pipeline.messaging.broker import publish_now
 from pipeline.messaging.celery_app import celery_app
+from pipeline.messaging.messages import MARSHAL, stage_message
 from tests.support import Cluster, snapshot, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("shared-cluster")]
@@ -44,10 +46,10 @@ def test_duplicate_messages_through_a_real_worker_change_nothing(
     task = cluster.tasks(completed)[0]
     before = snapshot(completed)
     stale = worker_log(cluster).count(f"stale message for task {task['id']} ")
-    outbox.publish_stages(
+    publish_now(
         [
-            (name, [task["id"], 1], task["execution"])
-            for name in (outbox.MARSHAL, outbox.EXECUTE, outbox.STORE)
+            stage_message(stage, task["id"], 1, task["execution"]["queue"])
+            for stage in (Stage.MARSHAL, Stage.EXECUTE, Stage.STORE)
         ]
     )
     wait_for(
@@ -60,9 +62,7 @@ def test_duplicate_messages_through_a_real_worker_change_nothing(
 def test_a_pickled_message_is_refused(cluster: Cluster, completed: int) -> None:
     task = cluster.tasks(completed)[0]
     before = snapshot(completed)
-    celery_app().send_task(
-        outbox.MARSHAL, args=[task["id"], 1], serializer="pickle", queue="default"
-    )
+    celery_app().send_task(MARSHAL, args=[task["id"], 1], serializer="pickle", queue="default")
     wait_for(
         lambda: "untrusted content of type pickle" in worker_log(cluster),
         what="the worker to refuse a pickled message",

@@ -23,8 +23,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.messaging.celery_app import MONITOR_TASK
-from pipeline.messaging.outbox import SUBTASK
+from pipeline.messaging.messages import RECONCILE, SUBTASK
 from pipeline.operations import facade
 from tests.support import STOPPED_WITH_ERRORS, Cluster, wait_for
 
@@ -185,7 +184,7 @@ def test_the_monitor_stays_out_of_flowers_task_list(
 
     cluster.activate(monkeypatch)
     wait_for(monitored_since, DEADLINE, "the monitor to run")
-    assert flower_tasks(flower, taskname=MONITOR_TASK) == {}
+    assert flower_tasks(flower, taskname=RECONCILE) == {}
     assert "pipeline_monitor_last_run_age_seconds" in flower.request("/metrics").body
 
 

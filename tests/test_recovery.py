@@ -25,7 +25,8 @@ from pipeline.engine.leases import Claim
 from pipeline.engine.locks import lock_task
 from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.task_state import move
-from pipeline.messaging import inflight
+from pipeline.messaging.broker import CeleryPublisher
+from pipeline.messaging.publisher import use_publisher
 from pipeline.operations import facade
 from pipeline.recovery import reconcile
 from tests.support import (
@@ -40,7 +41,6 @@ from tests.support import (
 )
 
 #: The real reading of queues and workers (the in-process worker replaces it).
-ORIGINAL_IN_FLIGHT_OF = inflight.in_flight_of
 
 #: Longer than any lease or staleness limit of the settings.
 LONG_AGO = timedelta(hours=1)
@@ -335,11 +335,25 @@ def test_the_workers_are_asked_once_per_run_whatever_the_queues(
         asked.append(1)
         return set(), set()
 
-    monkeypatch.setattr(inflight, "in_flight_of", ORIGINAL_IN_FLIGHT_OF)
-    monkeypatch.setattr(inflight, "queued_message_ids", lambda queue: set())
-    monkeypatch.setattr(inflight, "held_by_workers", held_by_workers)
+    class Inspected(CeleryPublisher):
+        """Celery's way of finding what is in flight, over a broker with empty queues;
+        what it publishes goes to the in-process worker."""
 
-    assert monitor()["redispatched"] == 8
+        def publish(self, messages: Any) -> None:
+            worker.broker.publish(messages)
+
+        def queued_ids(self, queue: str) -> set[str]:
+            return set()
+
+        def held_by_workers(self) -> tuple[set[str], set[str]]:
+            asked.append(1)
+            return set(), set()
+
+    use_publisher(Inspected())
+    try:
+        assert monitor()["redispatched"] == 8
+    finally:
+        use_publisher(worker.broker)
     assert asked == [1]
 
 

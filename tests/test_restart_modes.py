@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.messaging import outbox
+from pipeline.engine import dispatch
+from pipeline.messaging import messages as sent
 from pipeline.operations import facade
 from pipeline.sample.images import raw_image_path
 from tests.support import InProcessWorker, assert_sample_outputs, race, snapshot
@@ -326,11 +327,12 @@ def test_resume_monitoring_dispatches_only_what_the_broker_lost(
 
 
 @pytest.mark.slow  # runs 22 tasks
-def test_a_restart_of_many_tasks_hands_their_messages_to_a_worker(
+def test_a_restart_of_many_tasks_sends_every_stage_message_at_once(
     worker: InProcessWorker, home: Path
 ) -> None:
-    """More than 20 stage messages go out in one fan-out message per queue, which a worker
-    publishes on: the operator's call returns at once."""
+    """One transaction restarts them all, and their 22 stage messages go out together once
+    it commits (over Redis, handed on to a worker in one fan-out message: see
+    ``test_decisions``)."""
     datastore = home / "datastore"
     image = raw_image_path(datastore, "set-1", 0).read_bytes()
     shutil.rmtree(datastore)
@@ -346,9 +348,8 @@ def test_a_restart_of_many_tasks_hands_their_messages_to_a_worker(
     published = len(worker.published)
     report = facade.restart_failed(instance, "resume-current-step")
     assert report.ok and len(report.outcomes) == 22
-    assert worker.names()[published:] == ["fan_out"]
+    assert worker.names()[published:] == ["store"] * 22
     worker.drain()
-    assert worker.names()[published:] == ["fan_out", *["store"] * 22]
     assert facade.get_instance(instance)["state"] == "COMPLETED"
     assert {t["counts"] for t in facade.list_tasks(instance)} == {"0/1 (1)"}
 
@@ -416,11 +417,11 @@ def test_a_restart_of_many_small_tasks_sends_their_subtasks_together(
     """Tasks that each run one subtask again share messages, each subtask claimed, run and
     recorded as its own task's (a restart of 1,000 such tasks sends about 100 messages)."""
     instance, tasks = failing(worker)
-    monkeypatch.setattr(outbox, "AUTO_BATCH_MESSAGES", 1)  # two tasks count as many
+    monkeypatch.setattr(dispatch, "AUTO_BATCH_MESSAGES", 1)  # two tasks count as many
     published = len(worker.published)
     assert facade.restart_failed(instance, "resubmit").ok
     [group] = worker.published[published:]
-    assert group.name == outbox.GROUP
+    assert group.name == sent.GROUP
     assert sorted(entry[0] for entry in group.args[0]) == [t["id"] for t in tasks]
     worker.drain()
     assert [attempts(t["id"]) for t in tasks] == [[2, 1, 1, 1]] * 2
@@ -432,7 +433,7 @@ def test_halting_a_task_leaves_the_message_it_shares_to_the_others(
 ) -> None:
     """The shared message is not revoked: the halted task's subtask in it is skipped."""
     instance, tasks = failing(worker)
-    monkeypatch.setattr(outbox, "AUTO_BATCH_MESSAGES", 1)
+    monkeypatch.setattr(dispatch, "AUTO_BATCH_MESSAGES", 1)
     assert facade.restart_failed(instance, "resubmit").ok
     halted, other = (t["id"] for t in tasks)
     assert facade.halt([halted]).ok
@@ -473,7 +474,7 @@ def test_a_shared_message_takes_one_transaction_to_claim_and_one_to_record(
     from pipeline.settings import get_settings
 
     instance, tasks = failing(worker)
-    monkeypatch.setattr(outbox, "AUTO_BATCH_MESSAGES", 1)
+    monkeypatch.setattr(dispatch, "AUTO_BATCH_MESSAGES", 1)
     monkeypatch.setattr(stages, "RECORD_EVERY_SECONDS", 3600.0)  # none recorded mid-message
     assert facade.restart_failed(instance, "resubmit").ok
     [group] = worker.queue
@@ -502,12 +503,12 @@ def test_a_batch_halted_while_it_runs_stops_at_its_next_renewal(
 
     monkeypatch.setenv("PIPELINE_LEASE_SECONDS", "0.3")  # a renewal every 0.1 s
     point_here()
-    monkeypatch.setattr(outbox, "AUTO_BATCH_MESSAGES", 1)  # the task's 4 subtasks in 1 message
+    monkeypatch.setattr(dispatch, "AUTO_BATCH_MESSAGES", 1)  # the task's 4 subtasks in 1 message
     facade.set_parameters("algorithm", ["execution_pause_seconds=600"])
     facade.submit("sample", None, "permuter")
     worker.run_next()
-    [batch] = [m for m in worker.queue if m.name == outbox.SUBTASKS]
-    worker.queue = [batch]
+    [batch] = [m for m in worker.queue if m.name == sent.SUBTASKS]
+    worker.lose(keep=lambda message: message is batch)
     task = batch.args[0]
 
     def halt_once_running() -> None:
@@ -534,20 +535,20 @@ def test_a_task_done_inside_a_shared_message_goes_on_before_the_message_ends(
     from pipeline.engine import stages
 
     instance, tasks = failing(worker)
-    monkeypatch.setattr(outbox, "AUTO_BATCH_MESSAGES", 1)
+    monkeypatch.setattr(dispatch, "AUTO_BATCH_MESSAGES", 1)
     monkeypatch.setattr(stages, "RECORD_EVERY_SECONDS", 0.0)  # each outcome recorded at once
     assert facade.restart_failed(instance, "resubmit", {"max_failed_subtasks": 1}).ok
     first, second = (t["id"] for t in tasks)
     stores: list[tuple[int, str]] = []  # (task stored, the other task's subtask 0 then)
-    publish = outbox._publish
+    publish = worker.broker.publish
 
-    def watching(publications: list) -> None:
-        for name, args, *_ in publications:
-            if name == outbox.STORE:
-                stores.append((args[0], facade.list_subtasks(second)[0]["state"]))
-        publish(publications)
+    def watching(published: list) -> None:
+        for message in published:
+            if message.name == sent.STORE:
+                stores.append((message.args[0], facade.list_subtasks(second)[0]["state"]))
+        publish(published)
 
-    monkeypatch.setattr(outbox, "_publish", watching)
+    monkeypatch.setattr(worker.broker, "publish", watching)
     worker.run_next()
     assert stores == [(first, "RUNNING")], "the first task's store left before the second ran"
     worker.drain()
@@ -562,7 +563,7 @@ def test_a_task_halted_while_a_shared_message_runs_does_not_start_there(
     from pipeline.engine import stages
 
     instance, tasks = failing(worker)
-    monkeypatch.setattr(outbox, "AUTO_BATCH_MESSAGES", 1)
+    monkeypatch.setattr(dispatch, "AUTO_BATCH_MESSAGES", 1)
     monkeypatch.setattr(stages, "RECORD_EVERY_SECONDS", 0.0)
     assert facade.restart_failed(instance, "resubmit").ok
     first, second = (t["id"] for t in tasks)

@@ -245,11 +245,11 @@ def test_a_subtask_whose_task_moved_on_is_stopped_at_its_lease_renewal(
 ) -> None:
     """A halt cannot terminate a message other tasks share: the renewal that finds the
     subtask no longer its worker's (it returns False) stops it, and the rest of the batch."""
-    from pipeline.engine.leases import Heartbeat
+    from pipeline.engine.leases import LeaseRenewal
     from pipeline.engine.runner import STOPPED
 
     batch = contexts(tmp_path, 2)
-    beat = Heartbeat(lambda: False, 0.05)  # every renewal finds the subtask no longer ours
+    beat = LeaseRenewal(lambda: False, 0.05)  # every renewal finds the subtask no longer ours
     outcomes = list(run_many("tests.algorithms:hang", batch, 20, beat))
     assert [(o.ok, o.error, o.timed_out) for o in outcomes] == [(False, STOPPED, False)]
     assert "hanging" in log_of(batch[0]) and not (batch[1].directory / LOG_NAME).exists()

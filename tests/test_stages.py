@@ -13,7 +13,7 @@ from pipeline.engine import stages
 from pipeline.engine.leases import Claim
 from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.transitions import advance
-from pipeline.messaging import outbox
+from pipeline.messaging import messages
 from pipeline.operations import facade
 from pipeline.sample.images import SETS
 from pipeline.settings import PACKAGED_DEFINITIONS
@@ -161,10 +161,10 @@ def test_duplicate_messages_through_the_worker_change_nothing(
 ) -> None:
     task = facade.list_tasks(1)[0]
     before = snapshot(1)
-    for name in (outbox.MARSHAL, outbox.EXECUTE, outbox.MONITOR, outbox.STORE):
+    for name in (messages.MARSHAL, messages.EXECUTE, messages.MONITOR, messages.STORE):
         worker.send(name, [task["id"], 1])
-    worker.send(outbox.SUBTASK, [task["id"], 1, 0, 1])
-    worker.send(outbox.SUBTASKS, [task["id"], 1, [[1, 1], [2, 1]]])
+    worker.send(messages.SUBTASK, [task["id"], 1, 0, 1])
+    worker.send(messages.SUBTASKS, [task["id"], 1, [[1, 1], [2, 1]]])
     assert len(worker.drain()) == 6
     assert snapshot(1) == before
 

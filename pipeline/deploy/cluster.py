@@ -32,14 +32,10 @@ from typing import Any
 
 from pipeline import database
 from pipeline.domain import definitions
+from pipeline.domain.execution import DEFAULT_QUEUE
 from pipeline.errors import PipelineError, Refused
-from pipeline.messaging.celery_app import (
-    DEFAULT_QUEUE,
-    OPERATIONS_QUEUE,
-    celery_app,
-    configure,
-)
-from pipeline.messaging.outbox import check_broker
+from pipeline.messaging.broker import check_broker
+from pipeline.messaging.celery_app import OPERATIONS_QUEUE, celery_app, configure
 from pipeline.settings import (
     API_PREFIX,
     CELERY_APP,

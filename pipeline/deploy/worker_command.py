@@ -23,7 +23,7 @@ from pipeline.domain.execution import NAME_PATTERN
 from pipeline.domain.models import PipelineDefinition
 from pipeline.engine import datastore
 from pipeline.errors import InvalidInput, Refused
-from pipeline.messaging.outbox import check_broker
+from pipeline.messaging.broker import check_broker
 from pipeline.settings import Settings, get_settings
 
 #: The worker's node name unless ``--hostname`` is given; Celery puts the host name for %h.

@@ -1,12 +1,92 @@
-"""Dispatching subtasks: which are out on the broker or a worker."""
+"""Dispatching subtasks: which subtasks go in which message, each message planned with its
+id before it is sent and that id written on every subtask it carries (so a halt can
+revoke it and the in-flight scan can look for it), in the transaction that queues them.
+
+A small task sends a message per subtask; a big one sends batches (``batch_size``); many
+tasks of one instance's node that each queue one subtask (a restart of many small
+tasks) share ``GROUP`` messages. Which messages these are is decided here, from the
+database's rows; ``pipeline.messaging`` only names and publishes them.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
-from pipeline.domain.models import Subtask
-from pipeline.domain.states import IN_FLIGHT
+from pipeline.domain.execution import ExecutionSettings
+from pipeline.domain.lifecycle import Event, Stage
+from pipeline.domain.models import Subtask, Task
+from pipeline.domain.states import IN_FLIGHT, SubtaskState
+from pipeline.engine.task_state import move
+from pipeline.messaging.messages import (
+    GROUP,
+    SUBTASK,
+    SUBTASKS,
+    Message,
+    batch_message_id,
+    group_message_id,
+    stage_message,
+    subtask_message_id,
+)
+from pipeline.messaging.outbox import Outbox
+
+#: Without a ``batch_size`` setting, a task sends about this many subtask messages, so that
+#: up to this many worker processes share it and each message's cost is spread over many
+#: subtasks ...
+AUTO_BATCH_MESSAGES = 100
+#: ... with at most this many subtasks per message, so a batch whose worker dies costs
+#: little to redo; a task of fewer than 2 x AUTO_BATCH_MESSAGES subtasks sends one each.
+AUTO_BATCH_MAX = 100
+#: How long a finished subtask keeps trying to record its outcome (a database restart).
+RECORD_OUTCOME_FOR_SECONDS = 300.0
+#: Extra seconds past the subtask timeout before Celery itself kills a stuck worker process:
+#: longer than the outcome may take to record, so Celery never cuts that short.
+HARD_LIMIT_GRACE = RECORD_OUTCOME_FOR_SECONDS + 60.0
+#: Task ids per statement when queueing many tasks' subtasks (SQLite's limit on a
+#: statement's parameters is far above it).
+QUEUE_CHUNK = 500
+#: A planned subtask message: its id and the (index, dispatch number) pairs it carries.
+Planned = tuple[str, list[tuple[int, int]]]
+
+
+def send_stage(messages: Outbox, stage: Stage, task: Task) -> None:
+    """The message of ``stage`` for the task's current attempt, on its queue."""
+    messages.add(stage_message(stage, task.id, task.attempt, task.settings.queue))
+
+
+def batch_size(settings: ExecutionSettings, subtasks: int) -> int:
+    """Subtasks per message: the setting, else one each for small tasks and up to
+    ``AUTO_BATCH_MAX`` for big ones (per-message overhead dominates a short subtask)."""
+    if settings.batch_size:
+        return settings.batch_size
+    return max(1, min(AUTO_BATCH_MAX, subtasks // AUTO_BATCH_MESSAGES))
+
+
+def plan_messages(
+    task_id: int, attempt: int, queued: Sequence[tuple[int, int]], size: int
+) -> list[Planned]:
+    """Group queued (index, dispatch number) pairs into messages of ``size`` subtasks.
+
+    A message of one subtask keeps the one-subtask message and id it always had.
+    """
+    planned = []
+    for start in range(0, len(queued), size):
+        pairs = [(int(index), int(number)) for index, number in queued[start : start + size]]
+        make_id = subtask_message_id if len(pairs) == 1 else batch_message_id
+        planned.append((make_id(task_id, attempt, *pairs[0]), pairs))
+    return planned
+
+
+def message_of(task_id: int, attempt: int, subtask: Subtask) -> str:
+    """The id of the message carrying an in-flight subtask: the one recorded when it was
+    dispatched (a batch message carries many), else its one-subtask message's id."""
+    return subtask.message_id or subtask_message_id(
+        task_id, attempt, subtask.index, subtask.dispatch
+    )
 
 
 def in_flight_subtasks(session: Session, task_id: int) -> list[Subtask]:
@@ -16,3 +96,130 @@ def in_flight_subtasks(session: Session, task_id: int) -> list[Subtask]:
             select(Subtask).where(Subtask.task_id == task_id, Subtask.state.in_(list(IN_FLIGHT)))
         )
     )
+
+
+def queue_subtasks(
+    session: Session, tasks: Sequence[Task], messages: Outbox, host: str = ""
+) -> None:
+    """Queue the subtasks that have not run (NEW) of these locked tasks, each in
+    ALGORITHM_SUBMITTING at its attempt, on the task's queue (see ``subtask_messages``).
+    Each task goes to ALGORITHM_QUEUED, or, with nothing left to run, to
+    ALGORITHM_COMPLETE and monitor.
+
+    Done in the transaction that put the tasks in ALGORITHM_SUBMITTING (marshaling, a
+    restart, an automatic resubmit), for all its tasks in a few statements: a restart of
+    1,000 tasks queues their subtasks in one transaction rather than in 1,000 messages'.
+    """
+    queued: dict[int, list[tuple[int, int]]] = {task.id: [] for task in tasks}
+    ids = list(queued)
+    for start in range(0, len(ids), QUEUE_CHUNK):
+        chunk = ids[start : start + QUEUE_CHUNK]
+        session.execute(
+            update(Subtask)
+            .where(Subtask.task_id.in_(chunk), Subtask.state == SubtaskState.NEW)
+            .values(state=SubtaskState.QUEUED, dispatch=Subtask.dispatch + 1)
+            .execution_options(synchronize_session=False)
+        )
+        for task_id, index, number in session.execute(
+            select(Subtask.task_id, Subtask.index, Subtask.dispatch)
+            .where(Subtask.task_id.in_(chunk), Subtask.state == SubtaskState.QUEUED)
+            .order_by(Subtask.task_id, Subtask.index)
+        ):
+            queued[task_id].append((index, number))
+    waiting = [task for task in tasks if queued[task.id]]
+    sent = subtask_messages(session, [(task, queued[task.id]) for task in waiting], messages)
+    for task, count in zip(waiting, sent, strict=True):
+        note = f"{len(queued[task.id])} subtasks queued in {count} messages"
+        move(session, task, Event.QUEUED, note, host)
+    for task in tasks:
+        if not queued[task.id]:
+            move(session, task, Event.ENDED, "no subtasks left to run", host)
+            send_stage(messages, Stage.MONITOR, task)
+
+
+def subtask_messages(
+    session: Session, queued: Sequence[tuple[Task, Sequence[tuple[int, int]]]], messages: Outbox
+) -> list[int]:
+    """Messages for each task's queued (index, dispatch number) pairs, at its attempt:
+    grouped as ``batch_size`` says (from the task's subtask count, so lost subtasks go
+    again in batches like those that first carried them), each subtask's row recording
+    the id of the message that carries it, for every task in one statement. Returns how
+    many messages each task gets."""
+    rows, counts = [], []
+    # Tasks that each queue one subtask, by instance, node and execution settings.
+    lone: dict[tuple[int, str, str], tuple[ExecutionSettings, list[list[int]]]] = {}
+    for task, pairs in queued:
+        settings = task.settings
+        planned = plan_messages(
+            task.id, task.attempt, pairs, batch_size(settings, task.total_subtasks)
+        )
+        counts.append(len(planned))
+        if len(pairs) == 1 and not settings.batch_size:
+            key = (task.instance_id, task.node, json.dumps(task.execution, sort_keys=True))
+            lone.setdefault(key, (settings, []))[1].append([task.id, task.attempt, *pairs[0]])
+            continue
+        messages.add(*_subtask_messages(task.id, task.attempt, planned, settings))
+        rows += [
+            {"row_task": task.id, "row_index": index, "row_message": message_id}
+            for message_id, batch in planned
+            for index, _ in batch
+        ]
+    for settings, entries in lone.values():
+        rows += _group(entries, settings, messages)
+    if rows:  # an executemany of no rows would run once, with no values
+        table = Subtask.__table__
+        session.execute(
+            update(table)
+            .where(
+                table.c.task_id == bindparam("row_task"), table.c.index == bindparam("row_index")
+            )
+            .values(message_id=bindparam("row_message")),
+            rows,
+        )
+    return counts
+
+
+def _group(
+    entries: list[list[int]], settings: ExecutionSettings, messages: Outbox
+) -> list[dict[str, Any]]:
+    """Plan the messages of tasks that each queue one subtask, of one instance's node:
+    together in ``GROUP`` messages when they are many (``batch_size`` of their count),
+    else one each. Returns their subtask rows' message ids."""
+    size = batch_size(ExecutionSettings.stored({}), len(entries))
+    rows = []
+    for start in range(0, len(entries), size):
+        group = entries[start : start + size]
+        if len(group) == 1:
+            task_id, attempt, index, number = group[0]
+            planned = plan_messages(task_id, attempt, [(index, number)], 1)
+            messages.add(*_subtask_messages(task_id, attempt, planned, settings))
+            message_id = planned[0][0]
+        else:
+            message_id = group_message_id(*group[0])
+            messages.add(_carrying(GROUP, [group], settings, len(group), message_id))
+        rows += [{"row_task": e[0], "row_index": e[2], "row_message": message_id} for e in group]
+    return rows
+
+
+def _subtask_messages(
+    task_id: int, attempt: int, planned: list[Planned], settings: ExecutionSettings
+) -> list[Message]:
+    """One-subtask messages as ``SUBTASK``, batches as ``SUBTASKS``, each under its id."""
+    found = []
+    for message_id, pairs in planned:
+        if len(pairs) == 1:
+            args: list[Any] = [task_id, attempt, *pairs[0]]
+            found.append(_carrying(SUBTASK, args, settings, 1, message_id))
+        else:
+            args = [task_id, attempt, [list(pair) for pair in pairs]]
+            found.append(_carrying(SUBTASKS, args, settings, len(pairs), message_id))
+    return found
+
+
+def _carrying(
+    name: str, args: list[Any], settings: ExecutionSettings, subtasks: int, message_id: str
+) -> Message:
+    """A message carrying ``subtasks`` subtasks, at the task's priority: its hard time limit
+    allows each its timeout, and the outcomes time to be recorded."""
+    time_limit = settings.subtask_timeout * subtasks + HARD_LIMIT_GRACE
+    return Message(name, args, settings.queue, settings.priority, message_id, time_limit)

@@ -1,7 +1,7 @@
 """Leases: how the monitor tells work that is slow from work whose worker is gone.
 
 A running subtask's lease is its ``heartbeat_at``, renewed by the supervising worker
-process (``Heartbeat``), never by the algorithm. A marshal or store, which runs in the
+process (``LeaseRenewal``), never by the algorithm. A marshal or store, which runs in the
 worker itself and may take minutes on a large task, holds a lease on its task's step
 instead (``StepLease``): a thread renews the task's ``updated_at`` while the step works.
 A lease older than its limit lost its worker, and the monitor starts the work again
@@ -71,14 +71,14 @@ def renew_subtask_leases(claims: Sequence[Claim]) -> set[tuple[int, int]]:
         return {(task_id, index) for task_id, index in renewed}
 
 
-class Heartbeat:
+class LeaseRenewal:
     """Renews running subtasks' leases from the supervising process, never the algorithm.
 
     Parameters:
       renew: records the heartbeat (a database update); its errors are logged, not raised,
         so a database hiccup never kills a running algorithm. It returns False when the
         work is no longer this worker's (``stopped``): a halt could not terminate it, since
-        its message carries other tasks' subtasks too (``outbox.GROUP``).
+        its message carries other tasks' subtasks too (a ``GROUP``).
       interval: seconds between renewals; the supervising loops wake at least this often.
     """
 
@@ -99,7 +99,7 @@ class Heartbeat:
 
 
 #: A heartbeat that never renews anything (tests, one-off runs).
-NO_HEARTBEAT = Heartbeat(lambda: None, 3600.0)
+NO_RENEWAL = LeaseRenewal(lambda: None, 3600.0)
 
 
 class StepLease:

@@ -40,7 +40,7 @@ from typing import Any
 from pipeline.domain.context import SubtaskContext
 from pipeline.domain.definitions import resolve_callable
 from pipeline.engine.forkserver import ForkServer, exit_status
-from pipeline.engine.leases import NO_HEARTBEAT, Heartbeat
+from pipeline.engine.leases import NO_RENEWAL, LeaseRenewal
 from pipeline.engine.taskdir import INPUTS_FILE, LOG_NAME, PARAMETERS_FILE
 
 #: prctl option: the signal a process gets when its parent dies (Linux).
@@ -64,7 +64,7 @@ def run(
     algorithm: str | dict[str, Any],
     ctx: SubtaskContext,
     timeout: float,
-    heartbeat: Heartbeat = NO_HEARTBEAT,
+    heartbeat: LeaseRenewal = NO_RENEWAL,
     python_path: Sequence[str] = (),
 ) -> SubtaskOutcome:
     """Run ``algorithm`` on the subtask ``ctx``, killing it after ``timeout`` seconds.
@@ -78,7 +78,7 @@ def run_many(
     algorithm: str | dict[str, Any],
     contexts: list[SubtaskContext],
     timeout: float,
-    heartbeat: Heartbeat = NO_HEARTBEAT,
+    heartbeat: LeaseRenewal = NO_RENEWAL,
     python_path: Sequence[str] = (),
     scope: Hashable | None = None,
 ) -> Iterator[SubtaskOutcome]:
@@ -139,7 +139,7 @@ def _run_executable(
     ctx: SubtaskContext,
     log_path: Path,
     timeout: float,
-    heartbeat: Heartbeat,
+    heartbeat: LeaseRenewal,
 ) -> SubtaskOutcome:
     (ctx.directory / PARAMETERS_FILE).write_text(json.dumps(ctx.parameters))
     (ctx.directory / INPUTS_FILE).write_text(json.dumps([p.name for p in ctx.inputs]))
@@ -223,7 +223,7 @@ def _run_callables(
     reference: str,
     contexts: list[SubtaskContext],
     timeout: float,
-    heartbeat: Heartbeat,
+    heartbeat: LeaseRenewal,
     python_path: Sequence[str],
     scope: Hashable | None,
 ) -> Iterator[SubtaskOutcome]:
@@ -433,7 +433,7 @@ class _Child:
         return all(_stamp(path) == stamp for path, stamp in self.code.items())
 
     def next_outcome(
-        self, ctx: SubtaskContext, timeout: float, heartbeat: Heartbeat
+        self, ctx: SubtaskContext, timeout: float, heartbeat: LeaseRenewal
     ) -> SubtaskOutcome:
         """The outcome of the subtask the child is running now: its report, or the reason
         the child ended without one (killed at the timeout, crashed)."""
@@ -464,11 +464,11 @@ class _Child:
         algorithm writes nothing more into a subtask directory a restart may reuse."""
         deadline = time.monotonic() + KILLED_EXIT_WAIT
         while True:
-            line, finished = self._read_line(_left(deadline), NO_HEARTBEAT)
+            line, finished = self._read_line(_left(deadline), NO_RENEWAL)
             if not finished or not line or exit_status(line) is not None:
                 return
 
-    def _read_line(self, timeout: float, heartbeat: Heartbeat) -> tuple[bytes, bool]:
+    def _read_line(self, timeout: float, heartbeat: LeaseRenewal) -> tuple[bytes, bool]:
         """The next report line; ``finished`` is False at the deadline, and the line empty
         when the child closed the pipe without one."""
         deadline = time.monotonic() + timeout

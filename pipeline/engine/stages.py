@@ -3,8 +3,10 @@
 
 Each function here is one stage, called by its Celery task (``workers.stages``) with the
 task's attempt number: it checks that the message still applies (the fence), does its
-work, records the transition in one transaction, and only then sends the next stage's
-messages (``outbox.transaction``). A duplicate, late or stale message changes nothing.
+work, records the transition in one transaction, and returns what it recorded (a
+``Step``): the failure, if any, and the messages it calls for, committed. Its Celery task
+decides which of them to publish and which to run itself. A duplicate, late or stale
+message changes nothing.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Row, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
@@ -25,12 +27,13 @@ from sqlalchemy.orm import Session
 from pipeline.database import retrying, transaction
 from pipeline.domain.context import SubtaskContext
 from pipeline.domain.definitions import Definition, Node, parse
-from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState
+from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState, Stage
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import UNFINISHED, SubtaskState
 from pipeline.engine import datastore, datastore_ledger, runner, taskdir
 from pipeline.engine.alerts import WARNING, raise_alert
-from pipeline.engine.leases import Claim, Heartbeat, StepLease, renew_subtask_leases
+from pipeline.engine.dispatch import RECORD_OUTCOME_FOR_SECONDS, queue_subtasks, send_stage
+from pipeline.engine.leases import Claim, LeaseRenewal, StepLease, renew_subtask_leases
 from pipeline.engine.locks import lock_rows, lock_task, lock_task_only
 from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.task_state import (
@@ -43,7 +46,8 @@ from pipeline.engine.task_state import (
 from pipeline.engine.transitions import advance_within
 from pipeline.errors import PipelineError, Unreachable
 from pipeline.messaging import outbox
-from pipeline.messaging.outbox import MONITOR, RECORD_OUTCOME_FOR_SECONDS, STORE
+from pipeline.messaging.messages import Message
+from pipeline.messaging.outbox import Outbox
 from pipeline.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -66,32 +70,43 @@ def node_parameters(
     return values
 
 
-#: What a stage returns: the failure it recorded (the task's error message), else None.
-Failure = str | None
+@dataclass
+class Step:
+    """What a stage recorded: the failures (``task T: <error>``, ``task T subtask N:
+    <error>``) and the messages it calls for, committed, in the order called for."""
+
+    failures: list[str] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+
+    def transaction(self) -> Any:
+        """A transaction whose messages, once it commits, are this step's to return."""
+        return outbox.transaction(deliver=self.take)
+
+    def take(self, committed: Outbox) -> None:
+        self.messages += committed.messages
 
 
-def _fail_step(task_id: int, attempt: int, step: PState, message: str, host: str) -> Failure:
+def _fail_step(task_id: int, attempt: int, step: PState, message: str, host: str) -> Step:
     """Set the error flag if the step is still this attempt's; the failure, once recorded."""
     with transaction() as session:
         instance, task = lock_task(session, task_id)
         if not is_current(task, attempt, step):
-            return None
+            return Step()
         move(session, task, Event.FAILED, message, host, instance=instance)
-        return message
+        return Step([f"task {task_id}: {message}"])
 
 
 # -- marshal ---------------------------------------------------------------------------------
 
 
-def marshal(task_id: int, attempt: int, host: str = "") -> Failure:
+def marshal(task_id: int, attempt: int, host: str = "") -> Step:
     """Choose the task's inputs from the ledger, gather them into subtask directories and
-    create its subtasks, each recorded with the files it consumes; the failure recorded,
-    if marshaling failed."""
+    create its subtasks, each recorded with the files it consumes, and queue them."""
     with transaction() as session:
         instance, task = lock_task(session, task_id)
         # Claims the step: one marshal per attempt.
         if not is_current(task, attempt, PState.INITIALIZING):
-            return None
+            return Step()
         move(session, task, Event.MARSHAL, host=host, instance=instance)
         task_dir = taskdir.task_directory(instance.id, task)
     try:
@@ -107,16 +122,18 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Failure:
             names = taskdir.marshal(task_dir, [[root / c.path for c in g] for g in groups])
     except (OSError, PipelineError) as exc:
         return _fail_step(task_id, attempt, PState.MARSHALING, f"marshaling failed: {exc}", host)
-    with outbox.transaction() as (session, messages):
+    step = Step()
+    with step.transaction() as (session, messages):
         instance, task = lock_task(session, task_id)
         if not is_current(task, attempt, PState.MARSHALING):
-            return None
+            return step
         ids = datastore_ledger.record_found(session, selection.files, fingerprints)
         overwritten = datastore_ledger.overwritten_since(session, ids)
         if overwritten:  # a store replaced an input while it was being linked
             failure = f"marshaling failed: {overwritten}"
             move(session, task, Event.FAILED, failure, host, instance=instance)
-            return failure
+            step.failures.append(f"task {task_id}: {failure}")
+            return step
         create_subtasks(session, task.id, names)
         datastore_ledger.record_consumption(session, task.id, attempt, taskdir.split(ids, node))
         task.task_dir = str(task_dir)
@@ -124,7 +141,7 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Failure:
         message = f"{len(names)} subtasks" + (f": {selection.nothing}" if selection.nothing else "")
         move(session, task, Event.MARSHALED, message, host)
         queue_subtasks(session, [task], messages, host)
-    return None
+    return step
 
 
 def _choose_inputs(task_id: int, root: Path) -> tuple[datastore_ledger.Selection, Node]:
@@ -175,58 +192,15 @@ def _copy_subtasks(driver_connection: Any, task_id: int, groups: list[list[str]]
 # -- execute ---------------------------------------------------------------------------------
 
 
-def execute(task_id: int, attempt: int, host: str = "") -> None:
-    """Fan out the subtasks that have not run (see ``queue_subtasks``): the message of a
-    task left waiting in ALGORITHM_SUBMITTING (the monitor re-sends it)."""
-    with outbox.transaction() as (session, messages):
+def execute(task_id: int, attempt: int, host: str = "") -> Step:
+    """Fan out the subtasks that have not run (see ``dispatch.queue_subtasks``): the
+    message of a task left waiting in ALGORITHM_SUBMITTING (the reconciler re-sends it)."""
+    step = Step()
+    with step.transaction() as (session, messages):
         task = lock_task_only(session, task_id)
-        if not is_current(task, attempt, PState.ALGORITHM_SUBMITTING):
-            return
-        queue_subtasks(session, [task], messages, host)
-
-
-#: Task ids per statement when queueing many tasks' subtasks (SQLite's limit on a
-#: statement's parameters is far above it).
-QUEUE_CHUNK = 500
-
-
-def queue_subtasks(
-    session: Session, tasks: Sequence[Task], messages: outbox.Outbox, host: str = ""
-) -> None:
-    """Queue the subtasks that have not run (NEW) of these locked tasks, each in
-    ALGORITHM_SUBMITTING at its attempt, on the node's queue: one message each, or batches
-    of them for a big task (see ``outbox.batch_size``). Each task goes to ALGORITHM_QUEUED,
-    or, with nothing left to run, to ALGORITHM_COMPLETE and monitor.
-
-    Done in the transaction that put the tasks in ALGORITHM_SUBMITTING (marshaling, a
-    restart, an automatic resubmit), for all its tasks in a few statements: a restart of
-    1,000 tasks queues their subtasks in one transaction rather than in 1,000 messages'.
-    """
-    queued: dict[int, list[tuple[int, int]]] = {task.id: [] for task in tasks}
-    ids = list(queued)
-    for start in range(0, len(ids), QUEUE_CHUNK):
-        chunk = ids[start : start + QUEUE_CHUNK]
-        session.execute(
-            update(Subtask)
-            .where(Subtask.task_id.in_(chunk), Subtask.state == SubtaskState.NEW)
-            .values(state=SubtaskState.QUEUED, dispatch=Subtask.dispatch + 1)
-            .execution_options(synchronize_session=False)
-        )
-        for task_id, index, number in session.execute(
-            select(Subtask.task_id, Subtask.index, Subtask.dispatch)
-            .where(Subtask.task_id.in_(chunk), Subtask.state == SubtaskState.QUEUED)
-            .order_by(Subtask.task_id, Subtask.index)
-        ):
-            queued[task_id].append((index, number))
-    waiting = [task for task in tasks if queued[task.id]]
-    sent = messages.subtasks_of(session, [(task, queued[task.id]) for task in waiting])
-    for task, count in zip(waiting, sent, strict=True):
-        note = f"{len(queued[task.id])} subtasks queued in {count} messages"
-        move(session, task, Event.QUEUED, note, host)
-    for task in tasks:
-        if not queued[task.id]:
-            move(session, task, Event.ENDED, "no subtasks left to run", host)
-            messages.stage(MONITOR, task.id, task.attempt, task.execution)
+        if is_current(task, attempt, PState.ALGORITHM_SUBMITTING):
+            queue_subtasks(session, [task], messages, host)
+    return step
 
 
 # -- subtasks --------------------------------------------------------------------------------
@@ -252,6 +226,19 @@ class SubtaskRun:
     scope: tuple[str, int, str]
 
 
+#: Where a worker running a message's subtasks hands the messages of records made while
+#: others still wait to run.
+HandOver = Callable[[list[Message]], None]
+
+
+class Finished(NamedTuple):
+    """What recording outcomes did: the tasks that moved on (another attempt), and the
+    messages called for, committed."""
+
+    moved: set[int]
+    messages: list[Message]
+
+
 #: The error of a subtask that succeeded without output where outputs are required.
 NO_OUTPUT_REQUIRED = "produced no output (require_outputs = true)"
 #: A subtask's run that ended, to be recorded: the dispatch it ran under, and its outcome.
@@ -269,29 +256,34 @@ def checked_outputs(run: SubtaskRun, outcome: SubtaskOutcome) -> SubtaskOutcome:
     return replace(outcome, outputs=len(found))
 
 
-def run_subtasks(claims: Sequence[Claim], host: str) -> list[str]:
+def run_subtasks(claims: Sequence[Claim], host: str, hand_over: HandOver) -> Step:
     """Run the subtasks of one message: a batch of one task's, or the one subtask each of
-    several tasks of one instance's node (``outbox.GROUP``). They are claimed together,
-    run one after another in a child process (one that crashes or hangs fails only its
+    several tasks of one instance's node (a ``GROUP``). They are claimed together, run
+    one after another in a child process (one that crashes or hangs fails only its
     subtask, see ``runner.run_many``) while their leases are renewed, and their outcomes
     recorded in groups; each transaction serves the whole message, each outcome stays its
     own subtask's. A subtask whose task moved on meanwhile (halted, restarted) is not run.
 
-    Returns the failures recorded, ``task T subtask N: <the algorithm's error>``, so the
-    Celery task can end as a failure once they are safely in the database.
+    The messages a record calls for while others of the message still wait to run go to
+    ``hand_over`` at once (a finished task's store need not wait for the rest); those of
+    the last record are returned, with every failure recorded, ``task T subtask N:
+    <the algorithm's error>``, so the Celery task can end as a failure once they are
+    safely in the database.
     """
     runs = retrying()(begin_subtasks)(claims, host=host)
-    failures: list[str] = []
+    step = Step()
     while runs:
-        runs = _run_in_turn(runs, host, failures)
-    return failures
+        runs = _run_in_turn(runs, host, step, hand_over)
+    return step
 
 
-def _run_in_turn(runs: list[SubtaskRun], host: str, failures: list[str]) -> list[SubtaskRun]:
+def _run_in_turn(
+    runs: list[SubtaskRun], host: str, step: Step, hand_over: HandOver
+) -> list[SubtaskRun]:
     """Run these claimed subtasks in turn in one child, until they are done or a record
     or a lease renewal shows some of those left no longer this worker's (their task was
-    halted or restarted: they are not started); those still to run then. Adds the
-    failures recorded to ``failures``."""
+    halted or restarted: they are not started); those still to run then. Adds what each
+    record recorded to ``step``."""
     ran, moved = 0, set[int]()
     #: The subtasks still this worker's at the last lease renewal (None: none renewed yet).
     renewed: set[tuple[int, int]] | None = None
@@ -306,7 +298,7 @@ def _run_in_turn(runs: list[SubtaskRun], host: str, failures: list[str]) -> list
             renewed is not None and run.claim.subtask not in renewed
         )
 
-    beat = Heartbeat(renew, get_settings().lease_seconds / 3)
+    beat = LeaseRenewal(renew, get_settings().lease_seconds / 3)
     first = runs[0]
     contexts, code = [run.context for run in runs], first.definition.python_path or ()
     outcomes = runner.run_many(first.algorithm, contexts, first.timeout, beat, code, first.scope)
@@ -317,27 +309,29 @@ def _run_in_turn(runs: list[SubtaskRun], host: str, failures: list[str]) -> list
             ran += 1
             pending.append((run.claim, checked_outputs(run, outcome)))
             if beat.stopped or time.monotonic() - recorded_at >= RECORD_EVERY_SECONDS:
-                moved |= _record_outcomes(pending, host, failures, runs[ran:])
+                moved |= _record_outcomes(pending, host, step, runs[ran:])
                 pending, recorded_at = [], time.monotonic()
-                if ran < len(runs):  # a finished task's store need not wait for the others
-                    outbox.hand_over_held()
+                if ran < len(runs) and step.messages:  # the others are not waited for
+                    hand_over(step.messages)
+                    step.messages = []
             if (moved or renewed is not None) and any(gone(later) for later in runs[ran:]):
                 break
     finally:
         outcomes.close()  # a child still running what was sent ahead is not kept
     if pending:
-        moved |= _record_outcomes(pending, host, failures, runs[ran:])
+        moved |= _record_outcomes(pending, host, step, runs[ran:])
     return [run for run in runs[ran:] if not gone(run)]
 
 
 def _record_outcomes(
-    ended: list[Ended], host: str, failures: list[str], rest: Sequence[SubtaskRun]
+    ended: list[Ended], host: str, step: Step, rest: Sequence[SubtaskRun]
 ) -> set[int]:
     """Record outcomes (see ``finish_subtasks``), adding the failures recorded, ``task T
-    subtask N: <error>``, to ``failures``; the tasks that moved on, of these outcomes and
-    of the ``rest`` of the message."""
-    moved = _finish_retrying(ended, host, [run.claim for run in rest])
-    failures += [
+    subtask N: <error>``, and the messages called for to ``step``; the tasks that moved
+    on, of these outcomes and of the ``rest`` of the message."""
+    moved, messages = _finish_retrying(ended, host, [run.claim for run in rest])
+    step.messages += messages
+    step.failures += [
         f"task {claim.task_id} subtask {claim.index}: {outcome.error}"
         for claim, outcome in ended
         if not outcome.ok and claim.task_id not in moved
@@ -346,7 +340,7 @@ def _record_outcomes(
 
 
 @retrying(RECORD_OUTCOME_FOR_SECONDS)
-def _finish_retrying(ended: list[Ended], host: str, rest: list[Claim]) -> set[int]:
+def _finish_retrying(ended: list[Ended], host: str, rest: list[Claim]) -> Finished:
     """Record outcomes, riding out a database restart: rerunning the subtasks costs more."""
     return finish_subtasks(ended, host, rest)
 
@@ -476,7 +470,7 @@ def _definition(instance: PipelineInstance) -> Definition:
     return _definitions[key]
 
 
-def finish_subtasks(ended: Sequence[Ended], host: str = "", rest: Sequence[Claim] = ()) -> set[int]:
+def finish_subtasks(ended: Sequence[Ended], host: str = "", rest: Sequence[Claim] = ()) -> Finished:
     """Record outcomes with their tasks' counts in one transaction; with a task's last
     outcome, monitor's decision is taken in it too (ALGORITHM_COMPLETE, then STORING or the
     error flag, each in the task's history), and the instance state refreshed once.
@@ -485,12 +479,14 @@ def finish_subtasks(ended: Sequence[Ended], host: str = "", rest: Sequence[Claim
     and a resubmit reruns only it); only the transaction is shared, by a batch's subtasks
     or by the tasks of a shared message. Returns the tasks that moved on (another
     attempt), of these outcomes and of the ``rest`` of the message (claims not run yet):
-    the rest of their subtasks in the message must not start.
+    the rest of their subtasks in the message must not start; and the messages called
+    for.
     """
     by_task: dict[int, list[Ended]] = {}
     for claim, outcome in ended:
         by_task.setdefault(claim.task_id, []).append((claim, outcome))
-    with outbox.transaction() as (session, messages):
+    step = Step()
+    with step.transaction() as (session, messages):
         alerting = {
             claim.task_id for claim, outcome in ended if outcome.ok and outcome.outputs == 0
         }
@@ -523,7 +519,7 @@ def finish_subtasks(ended: Sequence[Ended], host: str = "", rest: Sequence[Claim
             move(session, task, Event.ENDED, counts, host)
             instance = instances.get(task.instance_id)
             if instance is None:  # the peek missed: monitor decides in its own transaction
-                messages.stage(MONITOR, task.id, task.attempt, task.execution)
+                send_stage(messages, Stage.MONITOR, task)
                 continue
             _decide(session, instance, task, messages, host, refresh=False)
             if task.error:
@@ -531,7 +527,7 @@ def finish_subtasks(ended: Sequence[Ended], host: str = "", rest: Sequence[Claim
         for instance in failed.values():
             refresh_instance_state(session, instance)
         moved |= _moved_on(session, [claim for claim in rest if claim.task_id not in by_task])
-    return moved
+    return Finished(moved, step.messages)
 
 
 def _moved_on(session: Session, claims: Sequence[Claim]) -> set[int]:
@@ -638,20 +634,21 @@ def _no_output(session: Session, task: Task, index: int, host: str) -> None:
 # -- monitor ---------------------------------------------------------------------------------
 
 
-def monitor(task_id: int, attempt: int, host: str = "") -> None:
+def monitor(task_id: int, attempt: int, host: str = "") -> Step:
     """All subtasks have ended: store, resubmit automatically, or set the error flag."""
-    with outbox.transaction() as (session, messages):
+    step = Step()
+    with step.transaction() as (session, messages):
         instance, task = lock_task(session, task_id)
-        if not is_current(task, attempt, PState.ALGORITHM_COMPLETE):
-            return
-        _decide(session, instance, task, messages, host)
+        if is_current(task, attempt, PState.ALGORITHM_COMPLETE):
+            _decide(session, instance, task, messages, host)
+    return step
 
 
 def _decide(
     session: Session,
     instance: PipelineInstance,
     task: Task,
-    messages: outbox.Outbox,
+    messages: Outbox,
     host: str,
     refresh: bool = True,
 ) -> None:
@@ -661,7 +658,7 @@ def _decide(
     settings = task.settings
     if task.failed_subtasks <= settings.max_failed_subtasks:
         move(session, task, Event.ACCEPTED, host=host)
-        messages.stage(STORE, task.id, task.attempt, task.execution)
+        send_stage(messages, Stage.STORE, task)
     elif task.auto_resubmits < settings.max_auto_resubmits:
         note = f"automatic resubmit {task.auto_resubmits + 1}"
         reset_subtasks(session, task, UNFINISHED)
@@ -679,19 +676,18 @@ def _decide(
 # -- store -----------------------------------------------------------------------------------
 
 
-def store(task_id: int, attempt: int, host: str = "") -> Failure:
+def store(task_id: int, attempt: int, host: str = "") -> Step:
     """Copy the outputs of the successful subtasks into the datastore, each recorded with
     its producer; the task is COMPLETE.
 
     The copies are staged beside their destinations (and hashed) outside any transaction;
     the transaction that records the task COMPLETE renames them into place and writes
     their ledger rows, so a stale or duplicate store changes neither files nor ledger.
-    Returns the failure recorded, if storing failed.
     """
     with transaction() as session:
         instance, task = lock_task(session, task_id)
         if not is_current(task, attempt, PState.STORING):
-            return None
+            return Step()
         definition = _definition(instance)
         node = definition.node(task.node)
         unit, task_dir = task.unit_of_work, Path(task.task_dir)
@@ -712,11 +708,12 @@ def store(task_id: int, attempt: int, host: str = "") -> Failure:
                     staged.append(datastore_ledger.StoredOutput(index, name, copy))
             if staged:  # a file system's sync waits for every writer's dirty pages on it
                 datastore.flush(root)
-        with outbox.transaction() as (session, messages):
+        step = Step()
+        with step.transaction() as (session, messages):
             instance, task = lock_task(session, task_id)
             if not is_current(task, attempt, PState.STORING):
                 datastore.discard([output.staged for output in staged])
-                return None
+                return step
             datastore_ledger.record_stored(session, root, instance, task, node, staged)
             move(
                 session, task, Event.STORED, f"stored {len(staged)} files", host, instance=instance
@@ -728,7 +725,7 @@ def store(task_id: int, attempt: int, host: str = "") -> Failure:
     except (OSError, PipelineError) as exc:
         datastore.discard([output.staged for output in staged])
         return _fail_step(task_id, attempt, PState.STORING, f"storing failed: {exc}", host)
-    return None
+    return step
 
 
 def outputs_of(

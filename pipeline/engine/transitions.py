@@ -15,15 +15,16 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from pipeline.domain.definitions import Definition, parse
-from pipeline.domain.lifecycle import PState
+from pipeline.domain.lifecycle import PState, Stage
 from pipeline.domain.models import InstanceNode, PipelineInstance, Task, utcnow
 from pipeline.domain.states import InstanceState, NodeState
 from pipeline.engine import datastore
+from pipeline.engine.dispatch import send_stage
 from pipeline.engine.locks import lock_instance
 from pipeline.engine.task_state import refresh_instance_state
 from pipeline.errors import InvalidInput, PipelineError, Unreachable
 from pipeline.messaging import outbox
-from pipeline.messaging.outbox import MARSHAL, Outbox
+from pipeline.messaging.outbox import Outbox
 from pipeline.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def create_node_tasks(
     state.state = NodeState.RUNNING
     session.flush()
     for task in tasks:
-        messages.stage(MARSHAL, task.id, task.attempt, task.execution)
+        send_stage(messages, Stage.MARSHAL, task)
     return tasks
 
 

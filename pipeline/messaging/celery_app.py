@@ -20,15 +20,13 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from pipeline.database import reset_engines
+from pipeline.domain.execution import DEFAULT_QUEUE
+from pipeline.messaging.messages import RECONCILE
 from pipeline.settings import TASK_MODULES, Settings, get_settings
 
 if TYPE_CHECKING:
     from celery import Celery
-    from redis import Redis
 
-#: Name of the queue used when a node's execution settings name none.
-DEFAULT_QUEUE = "default"
-MONITOR_TASK = "pipeline.monitor"
 #: The queue of an operator's operations (``workers.operations``), served by a worker of
 #: its own so a halt never waits behind the long subtasks filling every other worker.
 OPERATIONS_QUEUE = "pipeline.operations"
@@ -114,25 +112,10 @@ def configure(app: Celery, settings: Settings) -> None:
             "socket_connect_timeout": settings.broker_timeout,
         },
         beat_schedule={
-            "monitor": {"task": MONITOR_TASK, "schedule": settings.monitor_interval},
+            "reconcile": {"task": RECONCILE, "schedule": settings.monitor_interval},
         },
         worker_hijack_root_logger=True,
         timezone="UTC",
-    )
-
-
-def broker_client() -> Redis:
-    """A client of the broker's Redis server (the monitor's lock, the queues' contents),
-    every call within ``broker_timeout``."""
-    import redis
-
-    settings = get_settings()
-    timeout = settings.broker_timeout
-    return redis.Redis.from_url(
-        settings.broker,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        **(broker_tls(settings) or {}),
     )
 
 
@@ -147,9 +130,9 @@ def _forget_connections(app: Celery) -> None:
 
 
 def _quiet_beat(sender: object = None, **_: object) -> None:
-    """Beat sends only the monitor's messages: no ``task-sent`` event for them, so the
-    monitor, run every few seconds, does not fill Flower's task list (its task sends no
-    events either)."""
+    """Beat sends only the reconciler's messages: no ``task-sent`` event for them, so the
+    reconciler, run every few seconds, does not fill Flower's task list (its task sends
+    no events either)."""
     celery_app().conf.task_send_sent_event = False
 
 

@@ -3,7 +3,7 @@
 Halting bumps the task's attempt, so every message of its chain already on the broker or
 on a worker becomes a no-op, and terminates the worker processes running its subtasks
 (their algorithms die with them). A message that carries other tasks' subtasks too
-(``outbox.GROUP``) is not terminated: the worker running it skips this task's subtask
+(a ``GROUP``) is not terminated: the worker running it skips this task's subtask
 once a record of outcomes or a lease renewal shows it the halt, or stops it at its next
 lease renewal if it is running (``stages.run_subtasks``). The task keeps its P-state, gets the error
 flag and the halted mark, and can be restarted in any mode.
@@ -19,11 +19,12 @@ from pipeline.database import transaction
 from pipeline.domain.lifecycle import Event, PState, state_label
 from pipeline.domain.models import PipelineInstance, Task
 from pipeline.domain.states import SubtaskState
-from pipeline.engine.dispatch import in_flight_subtasks
+from pipeline.engine.dispatch import in_flight_subtasks, message_of
 from pipeline.engine.locks import lock_task
 from pipeline.engine.task_state import move
 from pipeline.errors import NotFound, Refused, Unreachable
-from pipeline.messaging.outbox import Outbox, is_shared, message_of
+from pipeline.messaging.messages import is_shared
+from pipeline.messaging.outbox import Outbox, send
 from pipeline.operations.outcomes import Outcome, Report
 
 HALTED = "halted by operator"
@@ -64,7 +65,7 @@ def _halt_one(task_id: int) -> Outcome:
         step = task.p_state
     message = f"halted at {step}"
     try:
-        messages.publish()
+        send(messages)
     except Unreachable as exc:  # the halt holds: every message of the old attempt is stale
         message += f"; running subtasks not terminated ({exc})"
     return Outcome(task_id, HALT, True, message, step, [s.index for s in in_flight])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from sqlalchemy.orm import Session
 
@@ -23,13 +23,12 @@ from pipeline.domain.lifecycle import EXECUTION_STEPS, WAITING, Event, PState, s
 from pipeline.domain.limits import parse_id
 from pipeline.domain.models import Task
 from pipeline.domain.states import IN_FLIGHT, UNFINISHED, SubtaskState
+from pipeline.engine.dispatch import send_stage
 from pipeline.engine.task_state import move, reset_subtasks
 from pipeline.errors import InvalidInput, Refused, shown
-from pipeline.messaging.outbox import STAGE_MESSAGES, Outbox
+from pipeline.messaging.messages import InFlight
+from pipeline.messaging.outbox import Outbox
 from pipeline.recovery.reattach import reattach_locked
-
-if TYPE_CHECKING:
-    from pipeline.messaging.inflight import InFlight
 
 #: The event of a restart back to each step a plan may name.
 RESTART_EVENTS = {
@@ -80,7 +79,7 @@ class Applying:
       execution: the task's execution settings from now on.
       live: what is in flight on the task's queue, for a mode that needs the broker.
       submitting: the restarted tasks back in ALGORITHM_SUBMITTING, whose subtasks the
-        restart queues together once every task is decided (``stages.queue_subtasks``).
+        restart queues together once every task is decided (``dispatch.queue_subtasks``).
     """
 
     session: Session
@@ -127,8 +126,7 @@ class RestartMode:
         if plan.p_state == PState.ALGORITHM_SUBMITTING:
             applying.submitting.append(task)
             return plan
-        stage = STAGE_MESSAGES[WAITING[plan.p_state]]
-        applying.messages.stage(stage, task.id, task.attempt, task.execution)
+        send_stage(applying.messages, WAITING[plan.p_state], task)
         return plan
 
     @staticmethod

@@ -15,7 +15,7 @@ change with it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -26,19 +26,17 @@ from pipeline.domain.execution import ExecutionSettings, with_execution_defaults
 from pipeline.domain.limits import check_id
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import InstanceState
+from pipeline.engine.dispatch import queue_subtasks
 from pipeline.engine.locks import lock_rows, locked_instance
-from pipeline.engine.stages import queue_subtasks
 from pipeline.engine.task_state import refresh_instance_state
 from pipeline.engine.transitions import advance
 from pipeline.errors import InvalidInput, NotFound, Refused, shown
 from pipeline.messaging import outbox
-from pipeline.messaging.celery_app import DEFAULT_QUEUE
+from pipeline.messaging.messages import InFlight
 from pipeline.messaging.outbox import Outbox
+from pipeline.messaging.publisher import publisher
 from pipeline.operations.modes import Applying, RestartMode, parse_mode
 from pipeline.operations.outcomes import Outcome, Report
-
-if TYPE_CHECKING:
-    from pipeline.messaging.inflight import InFlight
 
 #: The outcome's mode when a restart retries an instance's failed transition.
 RETRY_TRANSITION = "retry-transition"
@@ -127,13 +125,10 @@ def _in_flight_for(task_ids: list[int]) -> dict[str, InFlight]:
     """What is in flight on the queue of each of these tasks, by queue."""
     if not task_ids:
         return {}
-    # Imported here: the broker's client loads only when a restart asks the broker.
-    from pipeline.messaging.inflight import in_flight
-
     with transaction() as session:
         settings = session.scalars(select(Task.execution).where(Task.id.in_(task_ids))).all()
-    queues = {execution.get("queue") or DEFAULT_QUEUE for execution in settings}
-    return {queue: in_flight(queue) for queue in sorted(queues)}
+    queues = {ExecutionSettings.stored(execution).queue for execution in settings}
+    return {queue: publisher().in_flight([queue]) for queue in sorted(queues)}
 
 
 def _lock_tasks(session: Session, task_ids: list[int]) -> dict[int, tuple[PipelineInstance, Task]]:
@@ -179,7 +174,7 @@ def _restart_locked(
         note = f"restart: {mode.name}"
         if changes:
             note += " with " + ", ".join(f"{key}={value}" for key, value in changes.items())
-        queue = task.execution.get("queue") or DEFAULT_QUEUE
+        queue = task.settings.queue
         applying = Applying(session, messages, note, execution, live.get(queue), submitting)
         plan = mode.apply(task, plan, applying)
     return Outcome(task_id, mode.name, True, plan.message, plan.p_state.value, plan.rerun)

@@ -13,6 +13,7 @@ from pipeline.engine import datastore
 from pipeline.engine.transitions import create_node_tasks
 from pipeline.errors import InvalidInput, shown
 from pipeline.messaging import outbox
+from pipeline.messaging.publisher import publisher
 from pipeline.settings import get_settings
 
 
@@ -75,7 +76,7 @@ def submit(
     with transaction() as session:
         definition_id = definitions.get(session, pipeline).id
         select_nodes(_parse(session.get(PipelineDefinition, definition_id)), start_node, end_node)
-    outbox.check_broker()
+    publisher().check()
     with outbox.transaction() as (session, messages):
         stored = session.get(PipelineDefinition, definition_id)
         definition = _parse(stored)

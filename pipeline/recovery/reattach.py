@@ -1,33 +1,35 @@
 """Reattaching monitoring to an executing task: keep live work, dispatch lost work again.
 
 The database says which subtasks are queued or running; the broker and the workers say
-which of their messages still exist (``pipeline.messaging.inflight``). A subtask whose
+which of their messages still exist (``Publisher.in_flight``). A subtask whose
 message is in neither place was lost (a broker restarted without its queue, a message
 dropped) and is dispatched again under a new dispatch number. Used on demand by the
-resume-monitoring restart mode and by beat's monitor for executing tasks gone quiet.
+resume-monitoring restart mode and by beat's reconciler for executing tasks gone quiet.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from pipeline.domain.lifecycle import EXECUTION_STEPS, Event
+from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, Stage
 from pipeline.domain.models import Subtask, Task
 from pipeline.domain.states import SubtaskState
 from pipeline.engine.alerts import WARNING, raise_alert
-from pipeline.engine.dispatch import in_flight_subtasks
+from pipeline.engine.dispatch import (
+    in_flight_subtasks,
+    message_of,
+    send_stage,
+    subtask_messages,
+)
 from pipeline.engine.locks import lock_task_only
 from pipeline.engine.task_state import move
 from pipeline.engine.task_state import note as add_note
 from pipeline.errors import Refused
 from pipeline.messaging import outbox
-from pipeline.messaging.outbox import MONITOR, Outbox, message_of
-
-if TYPE_CHECKING:
-    from pipeline.messaging.inflight import InFlight
+from pipeline.messaging.messages import InFlight
+from pipeline.messaging.outbox import Outbox
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ def reattach_locked(
     for subtask in lost:
         subtask.state, subtask.dispatch = SubtaskState.QUEUED, subtask.dispatch + 1
     session.flush()
-    messages.subtasks(session, task, [(s.index, s.dispatch) for s in lost])
+    if lost:
+        subtask_messages(session, [(task, [(s.index, s.dispatch) for s in lost])], messages)
     finished = (
         not in_flight and task.completed_subtasks + task.failed_subtasks >= task.total_subtasks
     )
@@ -78,7 +81,7 @@ def reattach_locked(
         alert = f"{len(lost)} subtask messages lost ({note}): dispatched again"
         raise_alert(session, task, WARNING, alert)
     if finished:
-        messages.stage(MONITOR, task.id, task.attempt, task.execution)
+        send_stage(messages, Stage.MONITOR, task)
     return result
 
 

@@ -12,10 +12,11 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState
+from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState, Stage
 from pipeline.domain.models import Subtask
 from pipeline.domain.states import SubtaskState
 from pipeline.engine.alerts import ERROR, WARNING, raise_alert
+from pipeline.engine.dispatch import send_stage, subtask_messages
 from pipeline.engine.leases import Claim
 from pipeline.engine.locks import lock_task, lock_task_only
 from pipeline.engine.runner import SubtaskOutcome
@@ -23,7 +24,7 @@ from pipeline.engine.stages import finish_subtasks
 from pipeline.engine.task_state import is_current, move
 from pipeline.engine.task_state import note as add_note
 from pipeline.messaging import outbox
-from pipeline.messaging.outbox import MARSHAL
+from pipeline.messaging.publisher import publisher
 from pipeline.settings import get_settings
 
 #: The error of a subtask whose worker was lost more often than it may be dispatched again.
@@ -57,7 +58,7 @@ def reclaim_lost(task_id: int, index: int, number: int, lease_expired_before: da
         if again:
             subtask.state, subtask.dispatch = SubtaskState.QUEUED, subtask.dispatch + 1
             session.flush()
-            messages.subtasks(session, task, [(index, subtask.dispatch)])
+            subtask_messages(session, [(task, [(index, subtask.dispatch)])], messages)
             note = f"subtask {index}: worker lost, dispatched again"
             add_note(session, task, note)
             worker = subtask.worker_host or "?"
@@ -68,7 +69,9 @@ def reclaim_lost(task_id: int, index: int, number: int, lease_expired_before: da
             raise_alert(session, task, ERROR, alert)
     if again:
         return "redispatched"
-    finish_subtasks([(Claim(task_id, attempt, index, number), SubtaskOutcome(False, WORKER_LOST))])
+    lost_run = Claim(task_id, attempt, index, number)
+    finished = finish_subtasks([(lost_run, SubtaskOutcome(False, WORKER_LOST))])
+    publisher().publish(finished.messages)
     return "failed"
 
 
@@ -88,5 +91,5 @@ def marshal_again(task_id: int, attempt: int, lease_expired_before: datetime) ->
         message = f"marshaling lost on {task.worker_host or '?'}, marshaling again"
         move(session, task, Event.MARSHAL_LOST, f"{message} (monitor)", instance=instance)
         raise_alert(session, task, WARNING, message)
-        messages.stage(MARSHAL, task_id, task.attempt, task.execution)
+        send_stage(messages, Stage.MARSHAL, task)
     return True

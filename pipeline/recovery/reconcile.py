@@ -25,15 +25,17 @@ from redis.exceptions import LockError
 from sqlalchemy import Text, cast, select, update
 
 from pipeline.database import transaction
+from pipeline.domain.execution import ExecutionSettings
 from pipeline.domain.lifecycle import EXECUTION_STEPS, WAITING, PState
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import STOPPED_STATES, SubtaskState
 from pipeline.engine.task_state import HOST
 from pipeline.engine.transitions import advance
 from pipeline.errors import Refused, Unreadable
-from pipeline.messaging import inflight, outbox
-from pipeline.messaging.celery_app import DEFAULT_QUEUE, broker_client
-from pipeline.messaging.outbox import STAGE_MESSAGES
+from pipeline.messaging import outbox
+from pipeline.messaging.broker import broker_client
+from pipeline.messaging.messages import stage_message
+from pipeline.messaging.publisher import publisher
 from pipeline.recovery import heartbeat
 from pipeline.recovery.isolation import Isolation, decode_execution
 from pipeline.recovery.reattach import reattach
@@ -108,8 +110,8 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
                 )
             )
         )
-        for task_id, attempt, p_state, task_execution in waiting:
-            messages.stage(STAGE_MESSAGES[WAITING[p_state]], task_id, attempt, task_execution)
+        for task_id, attempt, p_state, settings in waiting:
+            messages.add(stage_message(WAITING[p_state], task_id, attempt, settings.queue))
     for task_id, reason in unreadable.items():
         isolation.unreadable(task_id, reason)
     recovered = _reattach_quiet(quiet, isolation)
@@ -131,7 +133,7 @@ def _readable(rows: list[Any], unreadable: dict[int, str]) -> list[tuple[Any, ..
     readable = []
     for *fields, stored in rows:
         try:
-            readable.append((*fields, decode_execution(stored)))
+            readable.append((*fields, ExecutionSettings.stored(decode_execution(stored))))
         except Unreadable as exc:
             unreadable[fields[0]] = exc.reason
     return readable
@@ -159,9 +161,7 @@ def _reattach_quiet(quiet: list[Any], isolation: Isolation) -> int:
     """Executing tasks with no news for a while: dispatch again what their queue lost."""
     if not quiet:
         return 0
-    live = inflight.in_flight_of(
-        sorted({execution.get("queue") or DEFAULT_QUEUE for _, _, execution in quiet})
-    )
+    live = publisher().in_flight(sorted({settings.queue for _, _, settings in quiet}))
     redispatched = 0
     for task_id, attempt, _ in quiet:
 
