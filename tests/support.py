@@ -494,9 +494,9 @@ def stores_per_attempt(events: list[dict[str, Any]]) -> dict[int, int]:
 
 #: The lease of the chaos clusters: a subtask whose worker is silent 3 s is lost.
 LEASE_SECONDS = 3
-#: README: lost work is back in flight within one lease and one monitor interval of the
-#: worker's last heartbeat; measured from the kill, through the monitor's own work on a
-#: busy machine, the tests hold it to three leases.
+#: docs/operator-guide.md: lost work is back in flight within one lease and one monitor
+#: interval of the worker's last heartbeat; measured from the kill, through the monitor's
+#: own work on a busy machine, the tests hold it to three leases.
 RECOVERY_BOUND = 3 * LEASE_SECONDS
 #: A subtask running for less than this is far from its end (the runs pause 3-4 s).
 JUST_STARTED = 2.0
@@ -588,7 +588,7 @@ def assert_completed_exactly_once(cluster: Cluster, instance: int) -> None:
 
 def back_in_flight(lost: dict[str, Any], since: float) -> float:
     """Wait until a lost subtask is dispatched again (queued, or run by another worker
-    process); returns the seconds it took, held to the README's bound."""
+    process); returns the seconds it took, held to the operator guide's bound."""
     from pipeline.operations import facade
 
     task_id, index = lost["task_id"], lost["index"]

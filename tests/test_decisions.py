@@ -133,12 +133,13 @@ def test_a_restart_request_names_a_task_and_its_mode(
     assert parse_mode(mode) is mode
 
 
-def test_the_readme_table_describes_every_mode() -> None:
-    """The README's table of restart modes is the modes' own description, row by row."""
+def test_the_operator_guides_table_describes_every_mode() -> None:
+    """The operator guide's table of restart modes is the modes' own description, row by
+    row."""
     from tests.support import REPO
 
-    readme = (REPO / "README.md").read_text()
-    table = readme.split("### Restart modes", 1)[1].split("\n\n", 2)[1]
+    guide = (REPO / "docs" / "operator-guide.md").read_text()
+    table = guide.split("\n## Restart modes\n\n", 1)[1].split("\n\n", 1)[0]
     rows = [
         [cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]
     ]

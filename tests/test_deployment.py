@@ -1,5 +1,6 @@
-"""docker-compose.yml, checked without a Docker engine: it parses, it is the topology the
-README's "Running on several hosts" describes, and every long-running service is watched."""
+"""docker-compose.yml, checked without a Docker engine: it parses, it is the topology that
+docs/deployment.md's "Running on several hosts" describes, and every long-running service
+is watched."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tests.support import REPO
 
 #: Services that run once and exit.
 ONE_SHOT = {"init"}
-#: The topology of the README: central services, and the scalable workers.
+#: The topology of docs/deployment.md: central services, and the scalable workers.
 TOPOLOGY = {"redis", "postgres", "init", "worker", "beat", "api", "flower"}
 
 
@@ -28,16 +29,16 @@ def command(service: dict[str, Any]) -> str:
     return given if isinstance(given, str) else " ".join(given)
 
 
-def test_it_has_the_topology_of_the_readme(compose: dict[str, Any]) -> None:
+def test_it_has_the_topology_of_the_deployment_page(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert set(services) >= TOPOLOGY
     assert command(services["worker"]) == "pipeline worker"
     assert "container_name" not in services["worker"] and "ports" not in services["worker"]
     assert command(services["api"]) == "pipeline api"
     assert " beat " in command(services["beat"])
-    readme = (REPO / "README.md").read_text()
-    assert "## Running on several hosts" in readme
-    assert "docker compose up -d --build --scale worker=4" in readme
+    page = (REPO / "docs" / "deployment.md").read_text()
+    assert "## Running on several hosts" in page
+    assert "docker compose up -d --build --scale worker=4" in page
 
 
 def test_every_long_running_service_has_a_health_check_and_a_restart_policy(

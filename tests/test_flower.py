@@ -238,7 +238,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def screenshots() -> Path:
-    """Where the browser tests save a screenshot of each page (README: Console)."""
+    """Where the browser tests save a screenshot of each page (docs/operator-guide.md: Console)."""
     found = Path(os.environ.get("PIPELINE_SCREENSHOTS", SCREENSHOTS))
     found.mkdir(parents=True, exist_ok=True)
     return found

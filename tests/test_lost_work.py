@@ -1,7 +1,7 @@
 """Lost work: workers die mid-run (mid-subtask, three times over, mid-marshal) and the
 instance still completes without an operator, each output stored exactly once and right,
-within the recovery time the README promises ("When processes die"). Redis, PostgreSQL and
-beat dying are in ``test_lost_services.py``.
+within the recovery time docs/operator-guide.md promises ("When processes die"). Redis,
+PostgreSQL and beat dying are in ``test_lost_services.py``.
 
 Chaos is what production meets, so these run on PostgreSQL, the production database; the
 module's tests share one cluster, in order, each starting what the one before killed.

@@ -52,7 +52,8 @@ CENTRAL_ADDRESS = f"{NETWORK}.1"
 REDIS_PORT, POSTGRES_PORT = 6379, 5432
 #: Where each node of the sample runs: the queue its execution settings name.
 QUEUES = {"permuter": "hostA", "flip": "hostB", "averaging": "hostA"}
-#: Settings that make lost work come back within seconds (see README, "When processes die").
+#: Settings that make lost work come back within seconds (see docs/operator-guide.md, "When
+#: processes die").
 FAST = {
     "PIPELINE_LEASE_SECONDS": "3",
     "PIPELINE_MONITOR_INTERVAL": "1",
@@ -280,8 +281,8 @@ def network() -> Iterator[Network]:
         wait_for(lambda: "Ready to accept" in redis_log.read_text(), READY_SECONDS, "redis")
         network = Network(central, hosts, shared, env)
         network.cli("cluster", "init")
-        # As the README says: beat, the HTTP API, and a worker for queue default (where beat's
-        # monitor task goes), on the central host.
+        # As docs/deployment.md says: beat, the HTTP API, and a worker for queue default (where
+        # beat's monitor task goes), on the central host.
         network.cli("cluster", "start", "--workers", 1, PIPELINE_WORKER_QUEUES="default")
         network.start_workers(("hostA", "hostA", "hostA", 2), ("hostB", "hostB", "hostB", 2))
         yield network
