@@ -21,45 +21,30 @@ def shown(value: Any) -> str:
 class PipelineError(Exception):
     """Base of every error the CLI and the API report as a one-line message."""
 
-    #: HTTP status the API answers with.
-    status = 400
-
 
 class NotFound(PipelineError):
     """An instance, task, pipeline, node or parameter set that does not exist."""
-
-    status = 404
 
 
 class InvalidInput(PipelineError):
     """A value of the wrong type, an unknown key, a malformed file."""
 
-    status = 422
-
 
 class TooLarge(PipelineError):
     """A request body past its documented size limit."""
-
-    status = 413
 
 
 class Refused(PipelineError):
     """A request that is well formed but not allowed in the current state."""
 
-    status = 409
-
 
 class Unreachable(PipelineError):
     """The database or the broker cannot be reached."""
-
-    status = 503
 
 
 class Unreadable(PipelineError):
     """A stored value that cannot be read back (written by hand, or by an older version):
     the server's state, not the request, is at fault."""
-
-    status = 500
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"a stored value cannot be read: {reason}")

@@ -265,20 +265,20 @@ def home(initialised_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def _complete(worker: InProcessWorker) -> None:
-    from pipeline.operations import facade
+    from pipeline.operations import facade, queries
 
     assert facade.submit("sample")["id"] == 1
     worker.drain()
-    assert facade.get_instance(1)["state"] == "COMPLETED"
+    assert queries.get_instance(1)["state"] == "COMPLETED"
 
 
 def _fail(worker: InProcessWorker) -> None:
-    from pipeline.operations import facade
+    from pipeline.operations import facade, queries
 
     facade.set_parameters("algorithm", ["throw_exception_subtask_0=true"])
     assert facade.submit("sample")["id"] == 1
     worker.drain()
-    assert facade.get_instance(1)["state"] == "ERRORS_STALLED"
+    assert queries.get_instance(1)["state"] == "ERRORS_STALLED"
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from pipeline.messaging.messages import Message
+from pipeline.operations import queries
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
 REPO = Path(__file__).resolve().parent.parent
@@ -572,16 +573,15 @@ def assert_completed_exactly_once(cluster: Cluster, instance: int) -> None:
     """COMPLETED, every count right, each task stored once (its history says so), and each
     permuted image in the datastore with its pixels. Read from the cluster's database,
     which this process points at (``Cluster.activate``)."""
-    from pipeline.operations import facade
 
     cluster.wait(instance, timeout=180)
-    tasks = facade.list_tasks(instance)
+    tasks = queries.list_tasks(instance)
     assert [(t["p_state"], t["error"], t["counts"]) for t in tasks] == [
         ("COMPLETE", False, "4/4 (0)")
     ] * 2
     for task in tasks:
-        assert [s["state"] for s in facade.list_subtasks(task["id"])] == ["COMPLETE"] * 4
-        events = facade.get_task(task["id"])["history"]
+        assert [s["state"] for s in queries.list_subtasks(task["id"])] == ["COMPLETE"] * 4
+        events = queries.get_task(task["id"])["history"]
         assert stores_per_attempt(events) == {task["attempt"]: 1}, "one store per attempt"
     assert_sample_outputs(cluster.datastore, levels=("L1",))
 
@@ -589,12 +589,11 @@ def assert_completed_exactly_once(cluster: Cluster, instance: int) -> None:
 def back_in_flight(lost: dict[str, Any], since: float) -> float:
     """Wait until a lost subtask is dispatched again (queued, or run by another worker
     process); returns the seconds it took, held to the operator guide's bound."""
-    from pipeline.operations import facade
 
     task_id, index = lost["task_id"], lost["index"]
 
     def dispatched_again() -> bool:
-        now = facade.list_subtasks(task_id)[index]
+        now = queries.list_subtasks(task_id)[index]
         return now["state"] == "QUEUED" or now["attempts"] > lost["attempts"]
 
     wait_for(dispatched_again, what=f"subtask {task_id}/{index} dispatched again")

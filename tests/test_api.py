@@ -92,16 +92,20 @@ def test_the_api_answers_the_same_json_as_the_cli(
 
 @pytest.mark.parametrize(
     ("path", "model"),
-    [("/instances", "Instance"), ("/instances/1/tasks", "Task"), ("/tasks/1/subtasks", "Subtask")],
+    [
+        ("/instances", "InstanceView"),
+        ("/instances/1/tasks", "TaskView"),
+        ("/tasks/1/subtasks", "ListedSubtask"),
+    ],
 )
 def test_a_listing_answers_its_models_rows_and_how_many_in_all(
     http: TestClient, completed: Path, path: str, model: str
 ) -> None:
-    """Listings are answered as the facade lists them (10,000 tasks are not validated one by
-    one at every request): each row is exactly what its model makes of it, no field more."""
+    """Listings are answered as the queries list them (10,000 tasks are not validated one by
+    one at every request): each row is exactly what its view makes of it, no field more."""
     from pydantic import TypeAdapter
 
-    from pipeline.interfaces import api_schemas
+    from pipeline.operations import views
 
     http.post("/instances", json={"pipeline": "sample"})  # a second, newer instance
     response = http.get(path)
@@ -109,7 +113,7 @@ def test_a_listing_answers_its_models_rows_and_how_many_in_all(
     assert response.headers["content-type"] == "application/json"
     rows = response.json()
     assert rows, path
-    shape = TypeAdapter(list[getattr(api_schemas, model)])
+    shape = TypeAdapter(list[getattr(views, model)])
     as_modelled = shape.dump_python(shape.validate_python(rows), mode="json")
     # Compared as text: to a client 3600 is not 3600.0, nor 1 true.
     assert json.dumps(as_modelled, sort_keys=True) == json.dumps(rows, sort_keys=True)
@@ -585,3 +589,19 @@ def assert_refused(answer: Any, what: str) -> None:
     assert 400 <= answer.status_code < 500, f"{what}: {answer.status_code} {answer.text[:300]}"
     detail = answer.json()["detail"]
     assert isinstance(detail, str) and "\n" not in detail and len(detail) <= 1000, what
+
+
+def test_the_apis_request_models_and_the_views_load_no_celery() -> None:
+    """The HTTP API's schema (its requests and the operations' views) is read without the
+    broker's libraries: a client or a docs build needs no Celery."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, pipeline.interfaces.api_schemas, pipeline.operations.views;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('celery', 'kombu')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "[]"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from pipeline.interfaces.client import ApiError, Client
-from pipeline.operations import facade
+from pipeline.operations import facade, problems, queries
 from tests.support import (
     PIPELINE,
     InProcessWorker,
@@ -38,7 +38,7 @@ def cli(home: Path, capsys: pytest.CaptureFixture[str]) -> Any:
 
 
 def unchanged() -> tuple[Any, ...]:
-    return facade.show_parameter_set("algorithm"), facade.list_instances()
+    return queries.show_parameter_set("algorithm"), queries.list_instances()
 
 
 @pytest.mark.parametrize(
@@ -155,9 +155,9 @@ def test_too_many_tasks_in_one_request(home: Path) -> None:
     """However they come (CLI, API, Flower), at most ``MAX_TASKS_PER_REQUEST`` tasks."""
     many = list(range(1, 250_002))
     for call in (lambda: facade.restart(many, "resubmit"), lambda: facade.halt(many)):
-        with pytest.raises(facade.PROBLEMS) as error:
+        with pytest.raises(problems.PROBLEMS) as error:
             call()
-        found = facade.problem(error.value)
+        found = problems.problem(error.value)
         assert found is not None and found.status == 422
         assert found.message == "250001 tasks in one request: at most 10000"
 
@@ -186,10 +186,10 @@ def test_restart_refuses_a_setting_out_of_range_in_one_line(
 ) -> None:
     """However the value is typed, a restart changes no setting to an infinite, unreadable
     or out-of-range value: one line naming the setting, nothing restarted."""
-    before = facade.list_tasks(1)
+    before = queries.list_tasks(1)
     result = run_cli(capsys, "restart", "1", "--mode", "resubmit", *flags)
     assert_one_line_error(result, f"execution setting {fragment}")
-    assert facade.list_tasks(1) == before
+    assert queries.list_tasks(1) == before
     assert worker.published == []
 
 
@@ -229,8 +229,8 @@ def test_an_unreachable_broker_is_named_without_its_password(cli, monkeypatch) -
     result = cli("submit", "sample")
     assert_one_line_error(result, f"broker unreachable at redis://:***@127.0.0.1:{port}/0")
     assert "secret" not in result.stderr
-    assert facade.list_instances() == []
-    assert not facade.show_parameter_set("algorithm")["locked"]
+    assert queries.list_instances() == []
+    assert not queries.show_parameter_set("algorithm")["locked"]
 
 
 #: The broker deadline of the silent-broker test (seconds), and how long its submit may take:
@@ -267,15 +267,15 @@ def test_a_silent_broker_fails_submit_within_its_deadline_and_locks_nothing(
         assert not thread.is_alive(), f"submit still waiting after {SUBMIT_BOUND} s"
         assert time.monotonic() - started < SUBMIT_BOUND
         [error] = outcome
-        found = facade.problem(error)
+        found = problems.problem(error)
         assert found is not None and found.status == 503
         assert found.message.startswith(f"broker unreachable at {url}: ")
 
         started = time.monotonic()
         assert_one_line_error(run_cli(capsys, "submit", "sample"), "broker unreachable at")
         assert time.monotonic() - started < SUBMIT_BOUND
-    assert facade.list_instances() == []
-    assert not facade.show_parameter_set("algorithm")["locked"]
+    assert queries.list_instances() == []
+    assert not queries.show_parameter_set("algorithm")["locked"]
 
 
 def test_the_private_broker_not_started(cli) -> None:
@@ -305,7 +305,7 @@ def test_a_missing_or_empty_datastore(
     _settings(monkeypatch, PIPELINE_DATASTORE_ROOT=str(empty))
     result = cli("submit", "sample")
     assert_one_line_error(result, "node 'permuter' finds no raw_image files ({dataset}/L0/*.png)")
-    assert facade.list_instances() == []
+    assert queries.list_instances() == []
 
 
 def test_an_uninitialised_home(cli, tmp_path: Path, monkeypatch) -> None:
@@ -319,9 +319,9 @@ def test_an_uninitialised_home(cli, tmp_path: Path, monkeypatch) -> None:
 def test_a_bad_definition_file_is_named_with_its_key(cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\ndata_file_types: {}\nnodes:\n  - name: a\n    algorithm: x\n")
-    before = facade.list_definitions()
+    before = queries.list_definitions()
     assert_one_line_error(cli("definitions", "import", bad), f"{bad}: nodes.0.algorithm: ")
-    assert facade.list_definitions() == before
+    assert queries.list_definitions() == before
 
 
 def test_a_bad_setting_and_a_bad_settings_file(cli, tmp_path: Path, monkeypatch) -> None:

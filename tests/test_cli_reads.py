@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from pipeline.interfaces import local_api
+from pipeline.operations import queries
 from tests.support import (
     InProcessWorker,
     assert_one_line_error,
@@ -96,14 +97,13 @@ def test_json_has_every_row_unless_limited(cli: Any) -> None:
 
 
 def test_the_listings_limit_in_the_database(failed: Path) -> None:
-    from pipeline.operations import facade
 
-    found = facade.subtasks_listing(1, 3)
+    found = queries.subtasks_listing(1, 3)
     assert ([s["index"] for s in found.rows], found.total) == ([0, 1, 2], 4)
     assert [s["consumed"] for s in found.rows] == [
-        s["consumed"] for s in facade.list_subtasks(1)[:3]
+        s["consumed"] for s in queries.list_subtasks(1)[:3]
     ]
-    assert (len(facade.tasks_listing(1, 5).rows), facade.tasks_listing(1, 5).total) == (2, 2)
+    assert (len(queries.tasks_listing(1, 5).rows), queries.tasks_listing(1, 5).total) == (2, 2)
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from sqlalchemy import update
 
 from pipeline.database import transaction
 from pipeline.domain.models import Subtask
-from pipeline.operations import facade
+from pipeline.operations import queries
 from tests.support import InProcessWorker, free_port, point_here
 
 PASSWORD = "console-test-password"
@@ -114,12 +114,12 @@ def test_the_pages_show_a_failed_instance(console: Console) -> None:
 
 
 def test_preview_then_restart_from_the_task_page(console: Console, worker: InProcessWorker) -> None:
-    before = facade.list_tasks(1)
+    before = queries.list_tasks(1)
     fields = {"mode": "resume-current-step", "setting-subtask_timeout": "600"}
     preview = console.request(f"/pipeline/tasks/{TASKS[0]}", {**fields, "action": "preview"})
     assert preview.status == 200
     assert 'id="preview"' in preview.body and "store the successful subtasks" in preview.body
-    assert facade.list_tasks(1) == before, "a preview changes nothing"
+    assert queries.list_tasks(1) == before, "a preview changes nothing"
 
     refused = console.request(
         f"/pipeline/tasks/{TASKS[0]}", {"mode": "resubmit", "setting-queue": "bad queue!"}
@@ -127,13 +127,13 @@ def test_preview_then_restart_from_the_task_page(console: Console, worker: InPro
     assert refused.status == 200
     [line] = re.findall(r'<div id="result"[^>]*>(.*?)</div>', refused.body, re.S)
     assert "queue" in line and "\n" not in line.strip()
-    assert facade.list_tasks(1) == before, "a refused restart changes nothing"
+    assert queries.list_tasks(1) == before, "a refused restart changes nothing"
 
     applied = console.request(f"/pipeline/tasks/{TASKS[0]}", {**fields, "action": "apply"})
     assert applied.status == 200
     assert "task 1 resume-current-step: store the successful subtasks" in applied.body
     worker.drain()
-    task = facade.get_task(TASKS[0])
+    task = queries.get_task(TASKS[0])
     assert task["state"] == "COMPLETE" and task["execution"]["subtask_timeout"] == 600
 
 
@@ -147,7 +147,7 @@ def test_restart_all_failed_from_the_instance_page(
     assert 'id="confirm-restart"' in preview.body
     console.request("/pipeline/instances/1", {"mode": "resume-current-step", "action": "apply"})
     worker.drain()
-    assert facade.get_instance(1)["state"] == "COMPLETED"
+    assert queries.get_instance(1)["state"] == "COMPLETED"
 
 
 def test_bad_addresses_and_arguments_are_one_line_4xx(console: Console) -> None:
@@ -241,7 +241,7 @@ def test_alerts_are_listed_filtered_and_acknowledged(console: Console) -> None:
     assert re.findall(r'<tr id="alert-(\d+)">', errors.body) == [str(max(ids))]
     done = console.request(f"/pipeline/alerts/{max(ids)}/acknowledge", {})
     assert f"alert {max(ids)} acknowledged" in done.body
-    assert [a["id"] for a in facade.list_alerts()] == [min(ids)]
+    assert [a["id"] for a in queries.list_alerts()] == [min(ids)]
     again = console.request(f"/pipeline/alerts/{max(ids)}/acknowledge", {})
     assert f"alert {max(ids)} is already acknowledged" in again.body
     everything = console.request("/pipeline/alerts?acknowledged=1")

@@ -31,7 +31,7 @@ from pipeline.jsoncodec import dumps, loads
 from pipeline.messaging import messages as sent
 from pipeline.messaging.broker import handed_on
 from pipeline.messaging.messages import InFlight
-from pipeline.operations import facade
+from pipeline.operations import problems
 from pipeline.operations.modes import MODES, parse_mode, parse_request
 from pipeline.operations.outcomes import Outcome, Report
 from pipeline.operations.submit import select_nodes
@@ -358,13 +358,13 @@ def toml_error() -> TOMLDecodeError:
 def test_every_interface_reports_an_error_in_one_line(
     error: Exception, status: int, message: str, database: Any
 ) -> None:
-    found = facade.problem(error)
+    found = problems.problem(error)
     assert found is not None and found.status == status
     assert message in found.message and "\n" not in found.message
 
 
 def test_a_bug_is_no_operators_problem() -> None:
-    assert facade.problem(KeyError("oops")) is None
+    assert problems.problem(KeyError("oops")) is None
 
 
 def test_a_report_stands_for_its_refusals_only_when_nothing_went_ahead() -> None:
@@ -417,6 +417,6 @@ def test_json_columns_refuse_what_they_could_not_read_back(value: Any, reason: s
 def test_a_stored_value_that_cannot_be_read_is_one_line(stored: str) -> None:
     with pytest.raises(Unreadable) as error:
         loads(stored)
-    found = facade.problem(error.value)
+    found = problems.problem(error.value)
     assert found is not None and "\n" not in found.message
     assert found.message.startswith("a stored value cannot be read: ")

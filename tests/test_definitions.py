@@ -10,7 +10,7 @@ import yaml
 from pipeline.database import transaction
 from pipeline.domain import definitions
 from pipeline.errors import InvalidInput
-from pipeline.operations import facade
+from pipeline.operations import queries
 from pipeline.settings import PACKAGED_DEFINITIONS
 from tests.support import assert_one_line_error, run_cli
 
@@ -37,7 +37,7 @@ def import_files(*paths: Path) -> list[tuple[str, int, bool]]:
 def test_sample_imports_and_reimport_is_unchanged(database: Path) -> None:
     assert import_files(SAMPLE) == [("sample", 1, True)]
     assert import_files(SAMPLE) == [("sample", 1, False)]
-    listed = facade.list_definitions()
+    listed = queries.list_definitions()
     assert [(d["name"], d["version"], d["nodes"]) for d in listed] == [
         ("sample", 1, ["permuter", "flip", "averaging"])
     ]
@@ -48,7 +48,7 @@ def test_changed_definition_becomes_a_new_version(database: Path, tmp_path: Path
     spec = sample_spec()
     spec["nodes"][0]["execution"] = {"subtask_timeout": 5}
     assert import_files(write(tmp_path, "sample.yaml", spec)) == [("sample", 2, True)]
-    shown = facade.show_definition("sample")
+    shown = queries.show_definition("sample")
     assert shown["version"] == 2 and shown["nodes"][0]["execution"]["subtask_timeout"] == 5
 
 
@@ -137,7 +137,7 @@ def test_bad_definition_is_rejected_naming_file_key_and_reason(
     assert str(raised.value).startswith(f"{path}: ")
     assert expected in str(raised.value)
     assert "\n" not in str(raised.value)
-    assert facade.list_definitions() == []
+    assert queries.list_definitions() == []
 
 
 def test_import_is_all_or_nothing(database: Path, tmp_path: Path) -> None:
@@ -156,7 +156,7 @@ def test_import_is_all_or_nothing(database: Path, tmp_path: Path) -> None:
     ]
     with pytest.raises(InvalidInput, match="c.yaml: nodes: cycle"):
         import_files(*files)
-    assert [(d["name"], d["version"]) for d in facade.list_definitions()] == [("sample", 1)]
+    assert [(d["name"], d["version"]) for d in queries.list_definitions()] == [("sample", 1)]
 
 
 def test_invalid_yaml_and_missing_file(database: Path, tmp_path: Path) -> None:
@@ -175,7 +175,7 @@ def test_several_roots_and_children_are_allowed(database: Path, tmp_path: Path) 
     spec["nodes"][2]["after"] = ["flip", "second_root"]
     spec["nodes"].append({**spec["nodes"][1], "name": "other_child", "after": ["permuter"]})
     assert import_files(write(tmp_path, "diamond.yaml", spec)) == [("diamond", 1, True)]
-    shown = facade.show_definition("diamond")
+    shown = queries.show_definition("diamond")
     definition = definitions.parse(
         {k: v for k, v in shown.items() if k not in ("version", "source")}
     )
@@ -190,7 +190,7 @@ def test_executable_algorithm_path_is_resolved(database: Path, tmp_path: Path) -
     spec = sample_spec()
     spec["nodes"][0]["algorithm"] = {"executable": "bin/tool.sh", "args": ["--fast"]}
     import_files(write(tmp_path, "sample.yaml", spec))
-    shown = facade.show_definition("sample")
+    shown = queries.show_definition("sample")
     assert shown["nodes"][0]["algorithm"] == {"executable": str(program), "args": ["--fast"]}
 
 
@@ -200,10 +200,10 @@ def test_a_bad_pattern_is_refused_by_the_command_in_one_line(
     spec = sample_spec()
     spec["data_file_types"]["raw_image"]["pattern"] = "/etc/pass*"
     path = write(tmp_path, "sample.yaml", spec)
-    before = facade.list_definitions()
+    before = queries.list_definitions()
     result = run_cli(capsys, "definitions", "import", path)
     assert_one_line_error(result, f"{path}: data_file_types.raw_image.pattern: '/etc/pass*'")
-    assert facade.list_definitions() == before
+    assert queries.list_definitions() == before
 
 
 def test_a_stored_definition_no_longer_valid_is_refused_at_submit_in_one_line(
@@ -232,7 +232,7 @@ def test_a_stored_definition_no_longer_valid_is_refused_at_submit_in_one_line(
     http = TestClient(create_app("t"), headers={"Authorization": "Bearer t"})
     answer = http.post("/api/v1/instances", json={"pipeline": "sample"})
     assert answer.status_code == 422 and answer.json()["detail"].startswith(expected)
-    assert facade.list_instances() == []
+    assert queries.list_instances() == []
 
 
 def user_module(directory: Path, module: str, body: str = "def run(ctx):\n    pass\n") -> None:
@@ -258,8 +258,8 @@ def test_python_path_is_recorded_absolute_relative_to_the_file(
     import_files(
         write(tmp_path / "defs", "b.yaml", one_node("b", "deeper:run", python_path=["src"]))
     )
-    assert facade.show_definition("a")["python_path"] == [str(tmp_path / "defs")]
-    assert facade.show_definition("b")["python_path"] == [str(tmp_path / "defs" / "src")]
+    assert queries.show_definition("a")["python_path"] == [str(tmp_path / "defs")]
+    assert queries.show_definition("b")["python_path"] == [str(tmp_path / "defs" / "src")]
 
 
 def test_two_definitions_may_each_have_a_module_of_the_same_name(
@@ -273,7 +273,7 @@ def test_two_definitions_may_each_have_a_module_of_the_same_name(
         write(tmp_path / "one", "one.yaml", one_node("one", "steps:first")),
         write(tmp_path / "two", "two.yaml", one_node("two", "steps:second")),
     )
-    assert [n["name"] for n in facade.list_definitions()] == ["one", "two"]
+    assert [n["name"] for n in queries.list_definitions()] == ["one", "two"]
 
 
 def test_a_module_shadowed_by_the_workers_own_is_refused(database: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy import update
 
 from pipeline.database import transaction
 from pipeline.domain.models import Heartbeat, utcnow
-from pipeline.operations import facade
+from pipeline.operations import facade, queries
 from pipeline.recovery import heartbeat
 from tests.support import race
 
@@ -28,7 +28,7 @@ def monitor_ran(at: datetime, host: str = "beat-host") -> None:
 
 
 def silence_alerts() -> list[str]:
-    return [a["message"] for a in facade.list_alerts() if a["message"].startswith("monitor not")]
+    return [a["message"] for a in queries.list_alerts() if a["message"].startswith("monitor not")]
 
 
 def test_a_monitor_that_ran_lately_is_running() -> None:

@@ -15,7 +15,7 @@ from pipeline.domain.lifecycle import Event, IllegalTransition, PState
 from pipeline.domain.models import Task, TaskEvent
 from pipeline.engine.locks import lock_task
 from pipeline.engine.task_state import move
-from pipeline.operations import facade
+from pipeline.operations import facade, queries
 from tests.support import InProcessWorker
 
 S = PState
@@ -154,18 +154,18 @@ def test_a_move_writes_its_history_and_an_illegal_one_changes_nothing(
         with pytest.raises(IllegalTransition, match="needs its instance locked"):
             move(session, task, Event.FAILED, "boom")  # the instance state would change
         session.rollback()
-    detail = facade.get_task(1)
+    detail = queries.get_task(1)
     assert (detail["p_state"], detail["error"], detail["attempt"]) == ("MARSHALING", False, 1)
     assert [(e["p_state"], e["message"], e["host"]) for e in detail["history"]] == [
         ("MARSHALING", "claimed", "w1")
     ]
-    assert facade.get_instance(1)["state"] == "PROCESSING"
+    assert queries.get_instance(1)["state"] == "PROCESSING"
     with transaction() as session:
         instance, task = lock_task(session, 1)
         move(session, task, Event.HALTED, "halted by operator", instance=instance)
-    detail = facade.get_task(1)
+    detail = queries.get_task(1)
     assert (detail["state"], detail["attempt"]) == ("ERROR - MARSHALING", 2)
     assert detail["history"][-1]["message"] == "error: halted by operator"
-    assert facade.get_instance(1)["state"] == "ERRORS_RUNNING"  # permuter set-2 still runs
+    assert queries.get_instance(1)["state"] == "ERRORS_RUNNING"  # permuter set-2 still runs
     with transaction() as session:
         assert session.scalar(select(func.count()).select_from(TaskEvent)) == 2

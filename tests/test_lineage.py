@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.operations import facade
+from pipeline.operations import facade, lineage, queries, receipt
 from pipeline.operations.receipt import MANIFEST_FORMAT
 from pipeline.sample.algorithms import CHANNEL_ORDER
 from pipeline.sample.images import IMAGES_PER_SET, SETS, pixels
@@ -25,12 +25,12 @@ SAMPLE_OUTPUTS = 26
 
 def consumed(task_id: int) -> list[list[str]]:
     """Each subtask's input paths as the ledger recorded them at marshal."""
-    return [sorted(s["consumed"]) for s in facade.list_subtasks(task_id)]
+    return [sorted(s["consumed"]) for s in queries.list_subtasks(task_id)]
 
 
 def task_of(instance: int, node: str, unit: str) -> dict[str, Any]:
     [task] = [
-        t for t in facade.list_tasks(instance) if (t["node"], t["unit_of_work"]) == (node, unit)
+        t for t in queries.list_tasks(instance) if (t["node"], t["unit_of_work"]) == (node, unit)
     ]
     return task
 
@@ -55,7 +55,7 @@ def test_resume_current_step_over_an_earlier_run_consumes_only_this_instances_fi
     facade.restart_failed(instance, "resume-current-step")
     worker.drain()
 
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
     datastore = completed / "datastore"
     for set_number, unit in enumerate(SETS, start=1):
         flip = task_of(instance, "flip", unit)
@@ -72,7 +72,7 @@ def test_resume_current_step_over_an_earlier_run_consumes_only_this_instances_fi
         )
         averaged = read_image(datastore / unit / "L3" / "averaged-image.png")
         np.testing.assert_array_equal(averaged, average_of(set_number, (1, 2, 3)))
-        chain = facade.lineage(f"{unit}/L3/averaged-image.png")
+        chain = lineage.lineage(f"{unit}/L3/averaged-image.png")
         producers = {(f["instance_id"], f["node"], f["origin"]) for f in _walk(chain)}
         assert producers == {
             (instance, "averaging", "task"),
@@ -82,7 +82,7 @@ def test_resume_current_step_over_an_earlier_run_consumes_only_this_instances_fi
         }, "every file behind the average is this instance's, back to the data received"
         assert not [f for f in _walk(chain) if "file-0" in f["path"]]
         # The earlier instance's file is still on disk, still its own, and was not consumed.
-        [stale] = facade.files(path=f"{unit}/L1/nasa-logo-file-0-perm.png")
+        [stale] = lineage.files(path=f"{unit}/L1/nasa-logo-file-0-perm.png")
         assert (stale["instance_id"], stale["current"]) == (1, True)
 
 
@@ -93,17 +93,19 @@ def test_a_subtask_that_stores_nothing_is_reported_and_nothing_stale_replaces_it
     instance = facade.submit("sample")["id"]
     worker.drain()
 
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
     for unit in SETS:
         permuter = task_of(instance, "permuter", unit)
         assert permuter["counts"] == "4/4 (0)"
-        subtasks = facade.list_subtasks(permuter["id"])
+        subtasks = queries.list_subtasks(permuter["id"])
         assert [s["outputs"] for s in subtasks] == [1, 0, 1, 1]
-        history = [e["message"] for e in facade.get_task(permuter["id"])["history"]]
+        history = [e["message"] for e in queries.get_task(permuter["id"])["history"]]
         assert "subtask 1 produced no output" in history
         assert task_of(instance, "flip", unit)["counts"] == "3/3 (0)"
         alert = f"task {permuter['id']} subtask 1 produced no output"
-        assert alert in [(a["message"]) for a in facade.list_alerts() if a["severity"] == "warning"]
+        assert alert in [
+            (a["message"]) for a in queries.list_alerts() if a["severity"] == "warning"
+        ]
 
 
 def test_require_outputs_fails_a_subtask_that_stores_nothing(
@@ -118,22 +120,22 @@ def test_require_outputs_fails_a_subtask_that_stores_nothing(
     instance = facade.submit("sample", None, "permuter")["id"]
     worker.drain()
 
-    for task in facade.list_tasks(instance):
+    for task in queries.list_tasks(instance):
         assert (task["state"], task["counts"]) == ("ERROR - ALGORITHM_COMPLETE", "3/4 (1)")
-        subtasks = facade.list_subtasks(task["id"])
+        subtasks = queries.list_subtasks(task["id"])
         assert [(s["state"], s["outputs"]) for s in subtasks][1] == ("FAILED", 0)
         assert subtasks[1]["error"] == "produced no output (require_outputs = true)"
 
     # Changed with a restart, like any execution setting: the outputs are optional again.
     facade.restart_failed(instance, "resubmit", {"require_outputs": False})
     worker.drain()
-    assert {t["counts"] for t in facade.list_tasks(instance)} == {"4/4 (0)"}
+    assert {t["counts"] for t in queries.list_tasks(instance)} == {"4/4 (0)"}
 
 
 def test_every_stored_file_records_its_producer_and_a_later_store_supersedes_it(
     completed: Path, worker: InProcessWorker
 ) -> None:
-    first = facade.files(instance=1)
+    first = lineage.files(instance=1)
     assert len(first) == SAMPLE_OUTPUTS and all(f["current"] for f in first)
     datastore = completed / "datastore"
     for row in first:
@@ -156,14 +158,14 @@ def test_every_stored_file_records_its_producer_and_a_later_store_supersedes_it(
     second = facade.submit("sample", None, "permuter")["id"]
     worker.drain()
 
-    history = facade.files(path="set-1/L1/nasa-logo-file-2-perm.png", history=True)
+    history = lineage.files(path="set-1/L1/nasa-logo-file-2-perm.png", history=True)
     assert [(f["instance_id"], f["current"]) for f in history] == [(1, False), (second, True)]
     assert history[1]["parameter_versions"] == {"algorithm": 2}
-    assert len(facade.files(instance=1)) == SAMPLE_OUTPUTS, "history is never lost"
+    assert len(lineage.files(instance=1)) == SAMPLE_OUTPUTS, "history is never lost"
 
 
 def test_received_files_are_the_roots_of_lineage(completed: Path) -> None:
-    chain = facade.lineage("set-1/L3/averaged-image.png")
+    chain = lineage.lineage("set-1/L3/averaged-image.png")
     producers = [(step["file"]["node"], step["file"]["origin"]) for step in chain["steps"]]
     assert producers[0] == ("averaging", "task")
     origins = {(f["node"], f["origin"]) for f in _walk(chain)}
@@ -216,28 +218,30 @@ def test_reprocess_new_runs_only_files_the_node_has_not_consumed(
     import_variant(tmp_path, "permuter", "    reprocess: new\n")
     first = facade.submit("sample")["id"]
     worker.drain()
-    assert {t["counts"] for t in facade.list_tasks(first) if t["node"] == "permuter"} == {"4/4 (0)"}
+    assert {t["counts"] for t in queries.list_tasks(first) if t["node"] == "permuter"} == {
+        "4/4 (0)"
+    }
 
     second = facade.submit("sample")["id"]
     worker.drain()
-    assert facade.get_instance(second)["state"] == "COMPLETED"
-    assert {(t["node"], t["counts"]) for t in facade.list_tasks(second)} == {
+    assert queries.get_instance(second)["state"] == "COMPLETED"
+    assert {(t["node"], t["counts"]) for t in queries.list_tasks(second)} == {
         ("permuter", "0/0 (0)"),
         ("flip", "0/0 (0)"),
         ("averaging", "0/0 (0)"),
     }
     permuter = task_of(second, "permuter", "set-1")
-    history = [e["message"] for e in facade.get_task(permuter["id"])["history"]]
+    history = [e["message"] for e in queries.get_task(permuter["id"])["history"]]
     assert "0 subtasks: no new inputs: node 'permuter' consumed all 4 before" in history
     flip = task_of(second, "flip", "set-1")
-    history = [e["message"] for e in facade.get_task(flip["id"])["history"]]
+    history = [e["message"] for e in queries.get_task(flip["id"])["history"]]
     assert "0 subtasks: no inputs: this instance's permuter tasks stored none" in history
 
     # A new file in set-1, and a changed one (same name, new bytes) in set-2.
     new_image = pixels(7, 0)
-    facade.receive(deliver(tmp_path, "new", {"extra.png": new_image}), "raw_image", "set-1")
+    receipt.receive(deliver(tmp_path, "new", {"extra.png": new_image}), "raw_image", "set-1")
     changed = deliver(tmp_path, "changed", {"nasa-logo-file-2.png": pixels(8, 1)})
-    facade.receive(changed, "raw_image", "set-2")
+    receipt.receive(changed, "raw_image", "set-2")
     third = facade.submit("sample")["id"]
     worker.drain()
 
@@ -264,11 +268,11 @@ def test_an_input_overwritten_by_another_instance_is_refused_not_consumed(
     advance(1)
     worker.drain()
 
-    for task in [t for t in facade.list_tasks(1) if t["node"] == "flip"]:
+    for task in [t for t in queries.list_tasks(1) if t["node"] == "flip"]:
         assert task["state"] == "ERROR - MARSHALING"
         assert "was overwritten by instance 2 task" in task["error_message"]
         assert "restart the permuter task from the beginning" in task["error_message"]
-        assert facade.list_subtasks(task["id"]) == [], "nothing consumed"
+        assert queries.list_subtasks(task["id"]) == [], "nothing consumed"
 
 
 # -- data receipt --------------------------------------------------------------------------------
@@ -290,7 +294,7 @@ def test_received_files_are_recorded_and_acknowledged(home: Path, tmp_path: Path
     delivery = deliver(tmp_path, "delivery", {f"new-{i}.png": pixels(9, i) for i in range(3)})
     manifest = manifest_for(delivery)
 
-    received = facade.receive(delivery, "raw_image", "set-3", manifest)
+    received = receipt.receive(delivery, "raw_image", "set-3", manifest)
 
     datastore = home / "datastore"
     assert sorted(p.name for p in (datastore / "set-3" / "L0").iterdir()) == [
@@ -298,7 +302,7 @@ def test_received_files_are_recorded_and_acknowledged(home: Path, tmp_path: Path
         "new-1.png",
         "new-2.png",
     ]
-    rows = facade.files(unit="set-3")
+    rows = lineage.files(unit="set-3")
     assert [(r["path"], r["origin"], r["receipt"]) for r in rows] == [
         (f"set-3/L0/new-{i}.png", "received", "delivery.sha256") for i in range(3)
     ]
@@ -357,7 +361,7 @@ def test_a_receipt_with_anything_wrong_imports_nothing(
     delivery = deliver(tmp_path, "delivery", {f"new-{i}.png": pixels(9, i) for i in range(3)})
     manifest = manifest_for(delivery)
     expected = spoil(delivery, manifest)
-    before = facade.files(history=True)
+    before = lineage.files(history=True)
 
     result = run_cli(
         capsys, "datastore", "import", delivery, "--type", "raw_image", "--unit", "set-3",
@@ -368,7 +372,7 @@ def test_a_receipt_with_anything_wrong_imports_nothing(
     assert not (home / "datastore" / "set-3").exists() or not any(
         (home / "datastore" / "set-3").rglob("*.png")
     ), "nothing placed"
-    assert facade.files(history=True) == before, "nothing recorded"
+    assert lineage.files(history=True) == before, "nothing recorded"
     assert not (delivery / "delivery.sha256.ack").exists()
 
 
@@ -385,7 +389,7 @@ def test_a_receipt_for_an_unknown_type_or_a_bad_unit_is_refused(
 ) -> None:
     delivery = deliver(tmp_path, "delivery", {"new-0.png": pixels(9, 0)})
     assert_one_line_error(run_cli(capsys, "datastore", "import", delivery, *args), expected)
-    assert facade.files(unit="set-3") == []
+    assert lineage.files(unit="set-3") == []
 
 
 # -- the commands --------------------------------------------------------------------------------
@@ -426,12 +430,12 @@ def test_two_instances_storing_the_same_files_on_either_database(
     second = facade.submit("sample", None, "permuter")["id"]
     worker.drain()
 
-    stores = [t for i in (first, second) for t in facade.list_tasks(i) if t["state"] == "COMPLETE"]
+    stores = [t for i in (first, second) for t in queries.list_tasks(i) if t["state"] == "COMPLETE"]
     assert len(stores) == 4
-    current = facade.files(unit="set-1")
+    current = lineage.files(unit="set-1")
     permuted = [f for f in current if f["data_file_type"] == "permuted_image"]
     assert len(permuted) == IMAGES_PER_SET, "one current row per path"
-    history = facade.files(unit="set-1", history=True)
+    history = lineage.files(unit="set-1", history=True)
     assert len([f for f in history if f["data_file_type"] == "permuted_image"]) == 8
     raw = consumed(task_of(first, "permuter", "set-1")["id"])
     assert raw == [[f"set-1/L0/nasa-logo-file-{i}.png"] for i in range(IMAGES_PER_SET)]
@@ -449,7 +453,7 @@ def test_an_input_replaced_while_its_task_marshals_fails_the_marshal(
 
     def marshal_meanwhile(task_dir: Path, groups: list[list[Path]]) -> list[list[str]]:
         if "set-1" in str(groups[0][0]):
-            facade.receive(redelivery, "raw_image", "set-1")
+            receipt.receive(redelivery, "raw_image", "set-1")
         return build(task_dir, groups)
 
     monkeypatch.setattr(stages.taskdir, "marshal", marshal_meanwhile)

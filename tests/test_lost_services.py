@@ -13,7 +13,7 @@ import shutil
 import pytest
 import redis
 
-from pipeline.operations import facade
+from pipeline.operations import facade, queries
 from tests.support import (
     Cluster,
     PostgresServer,
@@ -59,12 +59,12 @@ def test_broker_restarted_without_its_queue_is_recovered_by_the_monitor(chaos: C
     chaos.start()
 
     assert_completed_exactly_once(chaos, instance)
-    for task in facade.list_tasks(instance):
-        assert [s["attempts"] for s in facade.list_subtasks(task["id"])] == [1, 1, 1, 1]
+    for task in queries.list_tasks(instance):
+        assert [s["attempts"] for s in queries.list_subtasks(task["id"])] == [1, 1, 1, 1]
     histories = [
         e["message"]
-        for t in facade.list_tasks(instance)
-        for e in facade.get_task(t["id"])["history"]
+        for t in queries.list_tasks(instance)
+        for e in queries.get_task(t["id"])["history"]
     ]
     assert any(m.startswith("monitor, ") and not m.endswith(" 0 lost") for m in histories)
     assert any("messages lost (monitor)" in a["message"] for a in instance_alerts(chaos, instance))
@@ -120,6 +120,6 @@ def test_beat_killed_and_started_again_recovers_what_was_lost_meanwhile(chaos: C
     wait_for(lambda: monitor_says(chaos)[0], what="the monitor to run again")
 
     assert_completed_exactly_once(chaos, instance)
-    for task in facade.list_tasks(instance):
-        assert [s["attempts"] for s in facade.list_subtasks(task["id"])] == [1, 1, 1, 1]
+    for task in queries.list_tasks(instance):
+        assert [s["attempts"] for s in queries.list_subtasks(task["id"])] == [1, 1, 1, 1]
     assert any("messages lost (monitor)" in a["message"] for a in instance_alerts(chaos, instance))

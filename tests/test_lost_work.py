@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.operations import facade
+from pipeline.operations import facade, queries
 from tests.support import (
     Cluster,
     assert_completed_exactly_once,
@@ -60,7 +60,7 @@ def test_worker_killed_mid_subtask_its_work_is_redone_elsewhere(
     # Every subtask worker1 was running dies with it, not only the one just started.
     on_worker1 = just_started(lambda s: s.worker_host.startswith("worker1@"), within=3600)
     # What an operator sees until the lease lapses: the subtask, its worker and heartbeat.
-    detail = facade.get_task(lost[0]["task_id"])
+    detail = queries.get_task(lost[0]["task_id"])
     [shown] = [s for s in detail["running"] if s["index"] == lost[0]["index"]]
     assert shown["worker_host"].startswith("worker1@") and shown["worker_pid"] > 0
     assert shown["heartbeat_at"] >= shown["started_at"]
@@ -74,9 +74,9 @@ def test_worker_killed_mid_subtask_its_work_is_redone_elsewhere(
     assert_completed_exactly_once(chaos, instance)
     assert not chaos.process("worker1")["alive"]
     for task_id, index in victims:
-        subtask = facade.list_subtasks(task_id)[index]
+        subtask = queries.list_subtasks(task_id)[index]
         assert subtask["attempts"] == 2 and subtask["worker_host"].startswith("worker2@")
-        history = [e["message"] for e in facade.get_task(task_id)["history"]]
+        history = [e["message"] for e in queries.get_task(task_id)["history"]]
         assert f"subtask {index}: worker lost, dispatched again" in history
 
     raised = instance_alerts(chaos, instance)
@@ -119,7 +119,7 @@ def test_worker_killed_three_times_each_replacement_carries_on(chaos: Cluster) -
 
     assert_completed_exactly_once(chaos, instance)
     for task_id, index, attempts in victims:
-        assert facade.list_subtasks(task_id)[index]["attempts"] > attempts
+        assert queries.list_subtasks(task_id)[index]["attempts"] > attempts
     lost = [a for a in instance_alerts(chaos, instance) if "lost, dispatched again" in a["message"]]
     assert len(lost) >= 3
 
@@ -133,7 +133,7 @@ def test_marshal_killed_mid_step_is_marshaled_again(chaos: Cluster) -> None:
     chaos.kill("worker1")  # the test's own process plays the worker that will die
     chaos.kill("worker2")
     instance = permuter_run(chaos, pause=0)
-    task = facade.list_tasks(instance)[0]
+    task = queries.list_tasks(instance)[0]
     hanging = (
         "import sys, time\n"
         "from pipeline.engine import stages, taskdir\n"
@@ -143,7 +143,7 @@ def test_marshal_killed_mid_step_is_marshaled_again(chaos: Cluster) -> None:
     dying = subprocess.Popen([sys.executable, "-c", hanging, str(task["id"])], env=chaos.env)
     try:
         wait_for(
-            lambda: facade.get_task(task["id"])["p_state"] == "MARSHALING",
+            lambda: queries.get_task(task["id"])["p_state"] == "MARSHALING",
             what="the task claimed by the doomed marshal",
         )
     finally:
@@ -152,7 +152,7 @@ def test_marshal_killed_mid_step_is_marshaled_again(chaos: Cluster) -> None:
     chaos.start(workers=2)
 
     assert_completed_exactly_once(chaos, instance)
-    detail = facade.get_task(task["id"])
+    detail = queries.get_task(task["id"])
     assert detail["attempt"] == 2
     assert any("marshaling lost" in e["message"] for e in detail["history"])
     assert any("marshaling lost" in a["message"] for a in instance_alerts(chaos, instance))

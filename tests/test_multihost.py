@@ -69,13 +69,13 @@ REDIS_PASSWORD, POSTGRES_PASSWORD = "redis-secret-for-the-test", "postgres-secre
 #: exits 1 if there is none before the deadline.
 WATCH_RUNNING = """
 import json, sys, time
-from pipeline.operations import facade
+from pipeline.operations import queries
 instance, host, deadline = int(sys.argv[1]), sys.argv[2], time.monotonic() + float(sys.argv[3])
 while time.monotonic() < deadline:
     running = [
         {**s, "task": t["id"]}
-        for t in facade.list_tasks(instance)
-        for s in facade.list_subtasks(t["id"])
+        for t in queries.list_tasks(instance)
+        for s in queries.list_subtasks(t["id"])
         if s["state"] == "RUNNING" and s["worker_host"] == host
     ]
     if running:
@@ -90,11 +90,10 @@ sys.exit(1)
 #: tests read, in one process on the central host rather than a CLI call per task.
 READ_INSTANCE = """
 import json, sys
-from pipeline.operations import facade
-tasks = facade.list_tasks(int(sys.argv[1]))
+tasks = queries.list_tasks(int(sys.argv[1]))
 for task in tasks:
-    task["subtasks"] = facade.list_subtasks(task["id"])
-    task["history"] = facade.get_task(task["id"])["history"]
+    task["subtasks"] = queries.list_subtasks(task["id"])
+    task["history"] = queries.get_task(task["id"])["history"]
 print(json.dumps(tasks, default=str))
 """
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.messaging.celery_app import celery_app
-from pipeline.operations import facade
+from pipeline.operations import facade, queries
 from tests.support import InProcessWorker
 
 
@@ -35,7 +35,7 @@ def test_submit_and_restart_as_operations(home: Path, worker: InProcessWorker) -
     ]
     assert restarted["summary"].startswith("task 1 resume-current-step: store the successful")
     worker.drain()
-    assert facade.get_instance(1)["state"] == "COMPLETED"
+    assert queries.get_instance(1)["state"] == "COMPLETED"
 
 
 def test_halt_as_an_operation(home: Path, worker: InProcessWorker) -> None:
@@ -49,7 +49,7 @@ def test_halt_as_an_operation(home: Path, worker: InProcessWorker) -> None:
 
 
 def test_values_out_of_range_are_one_line_results_that_change_nothing(failed: Path) -> None:
-    before = facade.list_tasks(1), facade.list_instances()
+    before = queries.list_tasks(1), queries.list_instances()
     for settings, error in [
         ({"subtask_timeout": float("inf")}, "subtask_timeout: Input should be a finite number"),
         (
@@ -70,12 +70,12 @@ def test_values_out_of_range_are_one_line_results_that_change_nothing(failed: Pa
         "ok": False,
         "error": "argument priority: Value error, true and false are not numbers",
     }
-    assert (facade.list_tasks(1), facade.list_instances()) == before
+    assert (queries.list_tasks(1), queries.list_instances()) == before
 
 
 def test_mistakes_are_one_line_results_that_change_nothing(failed: Path) -> None:
     instance, tasks = 1, [1, 2]
-    before = facade.list_tasks(instance)
+    before = queries.list_tasks(instance)
     modes = ", ".join(mode.name for mode in facade.restart_modes())
 
     assert run("pipeline.restart", tasks, mode="sideways") == {
@@ -102,14 +102,14 @@ def test_mistakes_are_one_line_results_that_change_nothing(failed: Path) -> None
     refused = run("pipeline.halt", [tasks[0]])
     stopped = f"task {tasks[0]} is already stopped (ERROR - ALGORITHM_COMPLETE)"
     assert (refused["ok"], refused["summary"]) == (False, f"task {tasks[0]} refused: {stopped}")
-    assert facade.list_tasks(instance) == before
+    assert queries.list_tasks(instance) == before
 
 
 def test_the_restart_pages_forms(failed: Path, worker: InProcessWorker) -> None:
     from pipeline.interfaces.flower import halt_from_form, restart_from_form  # loads Flower
 
     instance, tasks = 1, [1, 2]
-    before = facade.list_tasks(instance)
+    before = queries.list_tasks(instance)
     assert restart_from_form({"instance": str(instance), "mode": ""}) == (
         False,
         "choose the restart mode for the instance's failed tasks",
@@ -123,12 +123,12 @@ def test_the_restart_pages_forms(failed: Path, worker: InProcessWorker) -> None:
         "choose a restart mode for at least one task",
     )
     assert halt_from_form({"task": "abc"}) == (False, "'abc' is not a task id")
-    assert facade.list_tasks(instance) == before
+    assert queries.list_tasks(instance) == before
 
     ok, line = restart_from_form({f"mode-{t}": "resume-current-step" for t in tasks})
     assert ok and line.startswith(f"task {tasks[0]} resume-current-step: store the successful")
     worker.drain()
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
 
 
 def test_every_operation_goes_to_the_operations_queue() -> None:

@@ -27,7 +27,7 @@ from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.task_state import move
 from pipeline.messaging.broker import CeleryPublisher
 from pipeline.messaging.publisher import use_publisher
-from pipeline.operations import facade
+from pipeline.operations import facade, queries
 from pipeline.recovery import reconcile
 from tests.support import (
     InProcessWorker,
@@ -78,7 +78,7 @@ def taken_by_a_dying_worker(worker: InProcessWorker, task_id: int, index: int) -
 
 
 def subtasks(task_id: int) -> list[tuple[str, int]]:
-    return [(s["state"], s["attempts"]) for s in facade.list_subtasks(task_id)]
+    return [(s["state"], s["attempts"]) for s in queries.list_subtasks(task_id)]
 
 
 def test_a_subtask_whose_worker_died_is_dispatched_again(worker: InProcessWorker, monitor) -> None:
@@ -89,9 +89,9 @@ def test_a_subtask_whose_worker_died_is_dispatched_again(worker: InProcessWorker
 
     assert monitor()["reclaimed"] == 1
     assert subtasks(1)[0] == ("QUEUED", 1)
-    history = [e["message"] for e in facade.get_task(1)["history"]]
+    history = [e["message"] for e in queries.get_task(1)["history"]]
     assert "subtask 0: worker lost, dispatched again" in history
-    [alert] = facade.list_alerts()
+    [alert] = queries.list_alerts()
     assert (alert["severity"], alert["task_id"]) == ("warning", 1)
     assert alert["message"] == "subtask 0: worker worker9@gone lost, dispatched again"
     # The lost run reports after all: its dispatch number is stale, so nothing changes.
@@ -99,7 +99,7 @@ def test_a_subtask_whose_worker_died_is_dispatched_again(worker: InProcessWorker
     assert subtasks(1)[0] == ("QUEUED", 1)
 
     worker.drain()
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
     assert subtasks(1) == [("COMPLETE", 2), *[("COMPLETE", 1)] * 3]
 
 
@@ -116,10 +116,10 @@ def test_a_subtask_lost_too_often_fails_as_worker_lost(
     assert monitor()["reclaimed"] == 1
     worker.drain()
     assert subtasks(1)[2] == ("FAILED", 1)
-    assert facade.list_subtasks(1)[2]["error"] == "worker lost"
-    assert facade.get_task(1)["state"] == "ERROR - ALGORITHM_COMPLETE"
-    assert facade.get_instance(instance)["state"] == "ERRORS_STALLED"
-    assert [a["severity"] for a in facade.list_alerts()] == ["error"]
+    assert queries.list_subtasks(1)[2]["error"] == "worker lost"
+    assert queries.get_task(1)["state"] == "ERROR - ALGORITHM_COMPLETE"
+    assert queries.get_instance(instance)["state"] == "ERRORS_STALLED"
+    assert [a["severity"] for a in queries.list_alerts()] == ["error"]
 
 
 def test_a_lost_stage_message_is_sent_again(worker: InProcessWorker, monitor) -> None:
@@ -131,7 +131,7 @@ def test_a_lost_stage_message_is_sent_again(worker: InProcessWorker, monitor) ->
 
     assert monitor()["resent"] == 2
     worker.drain()
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
 
 
 def test_a_quiet_task_whose_messages_were_lost_is_reattached(
@@ -145,15 +145,15 @@ def test_a_quiet_task_whose_messages_were_lost_is_reattached(
     age(2)
 
     assert monitor()["redispatched"] == 4
-    history = [e["message"] for e in facade.get_task(1)["history"]]
+    history = [e["message"] for e in queries.get_task(1)["history"]]
     assert "monitor, 0 alive, 4 lost" in history
     assert not any(
-        m.startswith("monitor, ") for m in (e["message"] for e in facade.get_task(2)["history"])
+        m.startswith("monitor, ") for m in (e["message"] for e in queries.get_task(2)["history"])
     ), "nothing lost: nothing written"
     worker.drain()
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
     assert subtasks(1) == [("COMPLETE", 1)] * 4, "each subtask ran once"
-    assert [a["message"] for a in facade.list_alerts()] == [
+    assert [a["message"] for a in queries.list_alerts()] == [
         "4 subtask messages lost (monitor): dispatched again"
     ]
 
@@ -168,15 +168,15 @@ def test_a_marshal_whose_worker_died_is_marshaled_again(worker: InProcessWorker,
     age(1)
 
     assert monitor()["remarshaled"] == 1
-    task = facade.get_task(1)
+    task = queries.get_task(1)
     assert (task["p_state"], task["attempt"]) == ("INITIALIZING", 2)
     assert "marshaling lost on worker9@gone, marshaling again (monitor)" in [
         e["message"] for e in task["history"]
     ]
     worker.drain()
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
-    assert facade.get_task(1)["task_dir"].endswith("-attempt2")
-    assert [a["message"] for a in facade.list_alerts()] == [
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
+    assert queries.get_task(1)["task_dir"].endswith("-attempt2")
+    assert [a["message"] for a in queries.list_alerts()] == [
         "marshaling lost on worker9@gone, marshaling again"
     ]
 
@@ -196,12 +196,12 @@ def stale_with_one_unreadable(poisoned: int) -> None:
 def assert_failed_alone(task_id: int) -> None:
     """The poisoned task failed with one line and an alert, and reads again: its settings
     are its node's, so an operator can show and restart it."""
-    task = facade.get_task(task_id)
+    task = queries.get_task(task_id)
     assert task["error"], task["state"]
     assert task["error_message"].startswith(UNREADABLE), task["error_message"]
     assert "\n" not in task["error_message"]
     assert task["execution"]["subtask_timeout"] == 3600.0, "the node's settings again"
-    alerts = [a for a in facade.list_alerts() if a["task_id"] == task_id]
+    alerts = [a for a in queries.list_alerts() if a["task_id"] == task_id]
     assert [(a["severity"], a["message"]) for a in alerts] == [("error", task["error_message"])]
 
 
@@ -219,13 +219,13 @@ def test_one_unreadable_row_fails_its_task_and_the_monitor_recovers_the_others(
     assert (done["resent"], done["failed"]) == (1, 1)
     assert_failed_alone(2)
     worker.drain()
-    assert facade.get_task(1)["state"] == "COMPLETE"
-    assert facade.get_instance(instance)["state"] == "ERRORS_STALLED"
+    assert queries.get_task(1)["state"] == "COMPLETE"
+    assert queries.get_instance(instance)["state"] == "ERRORS_STALLED"
     assert monitor()["failed"] == 0, "failed once, not at every run"
 
     facade.restart([2], "restart-from-beginning")
     worker.drain()
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
 
 
 def test_an_unreadable_row_cannot_stop_lost_subtasks_being_reclaimed(
@@ -257,7 +257,7 @@ def test_an_unreadable_row_cannot_stop_quiet_tasks_being_reattached(
     assert (done["redispatched"], done["failed"]) == (4, 1)
     assert_failed_alone(1)
     worker.drain()
-    assert facade.get_task(2)["state"] == "COMPLETE"
+    assert queries.get_task(2)["state"] == "COMPLETE"
 
 
 HANGING = {
@@ -289,10 +289,10 @@ def test_a_hanging_subtask_fails_at_its_timeout_and_the_task_goes_on(
     instance = facade.submit("hanging")["id"]
     worker.drain()
 
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
-    for task in facade.list_tasks(instance):
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
+    for task in queries.list_tasks(instance):
         assert (task["state"], task["counts"]) == ("COMPLETE", "3/4 (1)")
-        listed = facade.list_subtasks(task["id"])
+        listed = queries.list_subtasks(task["id"])
         assert (listed[0]["state"], listed[0]["error"]) == ("FAILED", "timeout: killed after 1 s")
         seen = sorted(
             p.name for p in (home / "datastore" / task["unit_of_work"] / "seen").iterdir()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.operations import facade
+from pipeline.operations import queries
 from pipeline.sample.algorithms import CHANNEL_ORDER
 from pipeline.sample.images import pixels
 from pipeline.settings import PACKAGED_DEFINITIONS
@@ -40,11 +40,11 @@ def cluster(shared_cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Cluster
 
 
 def attempts(task_id: int) -> list[int]:
-    return [s["attempts"] for s in facade.list_subtasks(task_id)]
+    return [s["attempts"] for s in queries.list_subtasks(task_id)]
 
 
 def running(task_id: int) -> bool:
-    return any(s["state"] == "RUNNING" for s in facade.list_subtasks(task_id))
+    return any(s["state"] == "RUNNING" for s in queries.list_subtasks(task_id))
 
 
 def test_a_halt_terminates_a_running_batch_and_each_task_resumes_where_it_stopped(
@@ -59,24 +59,24 @@ def test_a_halt_terminates_a_running_batch_and_each_task_resumes_where_it_stoppe
     cluster.restart(
         "--instance", instance, "--mode", "restart-from-beginning", "--set", "batch_size=4"
     )
-    tasks = [t["id"] for t in facade.list_tasks(instance)]
+    tasks = [t["id"] for t in queries.list_tasks(instance)]
     wait_for(lambda: any(running(t) for t in tasks), what="a batch to run")
 
     outcomes = json.loads(cluster.cli("halt", "--instance", instance, "--json").stdout)
     assert {o["task_id"] for o in outcomes if o["ok"]} == set(tasks), outcomes
     assert any(3 in o["subtasks"] for o in outcomes), "the end of a batch was in flight"
-    for task in facade.list_tasks(instance):
+    for task in queries.list_tasks(instance):
         assert task["error"] and task["halted"] and task["error_message"] == "halted by operator"
-    task_dirs = [Path(d) for t in tasks if (d := facade.get_task(t)["task_dir"])]
+    task_dirs = [Path(d) for t in tasks if (d := queries.get_task(t)["task_dir"])]
     wait_for(lambda: not algorithms_running_in(task_dirs), what="halted algorithms to stop")
-    halted = {t: facade.list_subtasks(t) for t in tasks}
+    halted = {t: queries.list_subtasks(t) for t in tasks}
     assert not any(s["state"] in ("QUEUED", "RUNNING") for subs in halted.values() for s in subs)
 
     cluster.restart("--instance", instance, "--mode", "resume-current-step")
     cluster.wait(instance)
     for task_id, subtasks in halted.items():
         old = {s["index"]: s for s in subtasks}
-        for new in facade.list_subtasks(task_id):
+        for new in queries.list_subtasks(task_id):
             before = old.get(new["index"], {"state": "NEW", "attempts": 0})
             assert new["state"] == "COMPLETE"
             rerun = 0 if before["state"] == "COMPLETE" else 1
@@ -115,9 +115,9 @@ def test_resubmit_after_a_code_fix_runs_the_fixed_code(
     worker = cluster.pid("worker1")
     instance = int(cluster.json("submit", "fixable", "--end-node", "permuter")["id"])
     cluster.wait(instance, STOPPED_WITH_ERRORS)
-    tasks = facade.list_tasks(instance)
+    tasks = queries.list_tasks(instance)
     assert {(t["state"], t["counts"]) for t in tasks} == {("ERROR - ALGORITHM_COMPLETE", "3/4 (1)")}
-    assert facade.list_subtasks(tasks[0]["id"])[0]["error"] == "RuntimeError: bug in subtask 0"
+    assert queries.list_subtasks(tasks[0]["id"])[0]["error"] == "RuntimeError: bug in subtask 0"
 
     (code / "fixable.py").write_text(FIXED_ALGORITHM)
     outcomes = cluster.restart("--instance", instance, "--mode", "resubmit")
@@ -128,9 +128,9 @@ def test_resubmit_after_a_code_fix_runs_the_fixed_code(
     for task in tasks:
         assert attempts(task["id"]) == [2, 1, 1, 1]
         # What the fixed code wrote (the buggy run wrote nothing), and what was stored.
-        task_dir = Path(facade.get_task(task["id"])["task_dir"])
+        task_dir = Path(queries.get_task(task["id"])["task_dir"])
         output = task_dir / "st-0" / "nasa-logo-file-0-perm.png"
         set_number = int(task["unit_of_work"].split("-")[1])
         np.testing.assert_array_equal(read_image(output), pixels(set_number, 0)[..., CHANNEL_ORDER])
-        history = [e["message"] for e in facade.get_task(task["id"])["history"]]
+        history = [e["message"] for e in queries.get_task(task["id"])["history"]]
         assert "stored 4 files" in history

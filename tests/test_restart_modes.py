@@ -10,17 +10,17 @@ import pytest
 
 from pipeline.engine import dispatch
 from pipeline.messaging import messages as sent
-from pipeline.operations import facade
+from pipeline.operations import facade, lineage, outcomes, problems, queries
 from pipeline.sample.images import raw_image_path
 from tests.support import InProcessWorker, assert_sample_outputs, race, snapshot
 
 
 def attempts(task_id: int) -> list[int]:
-    return [s["attempts"] for s in facade.list_subtasks(task_id)]
+    return [s["attempts"] for s in queries.list_subtasks(task_id)]
 
 
 def messages(task_id: int) -> list[str]:
-    return [e["message"] for e in facade.get_task(task_id)["history"]]
+    return [e["message"] for e in queries.get_task(task_id)["history"]]
 
 
 def failing(worker: InProcessWorker) -> tuple[int, list[dict]]:
@@ -34,14 +34,14 @@ def failing(worker: InProcessWorker) -> tuple[int, list[dict]]:
 
 def failed_tasks(instance: int = 1) -> list[dict]:
     """The instance's failed permuter tasks."""
-    tasks = facade.list_tasks(instance)
+    tasks = queries.list_tasks(instance)
     assert {(t["state"], t["counts"]) for t in tasks} == {("ERROR - ALGORITHM_COMPLETE", "3/4 (1)")}
-    assert facade.get_instance(instance)["state"] == "ERRORS_STALLED"
+    assert queries.get_instance(instance)["state"] == "ERRORS_STALLED"
     return tasks
 
 
 def outputs(task_id: int) -> dict[str, int]:
-    task_dir = Path(facade.get_task(task_id)["task_dir"])
+    task_dir = Path(queries.get_task(task_id)["task_dir"])
     return {
         str(p.relative_to(task_dir)): p.stat().st_mtime_ns for p in task_dir.glob("st-*/*-perm.png")
     }
@@ -55,16 +55,16 @@ def test_resubmit_reruns_only_the_failed_subtask_and_it_fails_again(
     good = outputs(first)
     assert sorted(good) == [f"st-{i}/nasa-logo-file-{i}-perm.png" for i in (1, 2, 3)]
 
-    consumed = [s["consumed"] for s in facade.list_subtasks(first)]
+    consumed = [s["consumed"] for s in queries.list_subtasks(first)]
     [outcome] = facade.restart([first], "resubmit").outcomes
     assert (outcome.ok, outcome.start_from, outcome.subtasks) == (True, "ALGORITHM_SUBMITTING", [0])
     worker.drain()
-    assert [s["consumed"] for s in facade.list_subtasks(first)] == consumed, "the same inputs"
+    assert [s["consumed"] for s in queries.list_subtasks(first)] == consumed, "the same inputs"
 
     assert attempts(first) == [2, 1, 1, 1], "only subtask 0 ran again"
     assert attempts(second) == [1, 1, 1, 1], "the other task was not restarted"
     assert outputs(first) == good, "successful subtasks untouched"
-    task = facade.get_task(first)
+    task = queries.get_task(first)
     assert (task["state"], task["counts"], task["attempt"]) == (
         "ERROR - ALGORITHM_COMPLETE",
         "3/4 (1)",
@@ -74,7 +74,7 @@ def test_resubmit_reruns_only_the_failed_subtask_and_it_fails_again(
     assert not list((failed / "datastore").glob("set-*/L1/*")), (
         "parameters are frozen: it fails again"
     )
-    assert facade.get_instance(instance)["state"] == "ERRORS_STALLED"
+    assert queries.get_instance(instance)["state"] == "ERRORS_STALLED"
 
 
 def test_resume_current_step_stores_the_good_subtasks_and_the_instance_goes_on(
@@ -85,13 +85,13 @@ def test_resume_current_step_stores_the_good_subtasks_and_the_instance_goes_on(
     assert [(o.task_id, o.start_from) for o in dry.outcomes] == [
         (t["id"], "STORING") for t in tasks
     ]
-    assert facade.list_tasks(instance) == tasks and not worker.queue, "a dry run changes nothing"
+    assert queries.list_tasks(instance) == tasks and not worker.queue, "a dry run changes nothing"
 
     facade.restart_failed(instance, "resume-current-step")
     worker.drain()
 
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
-    final = {(t["node"], t["unit_of_work"]): t for t in facade.list_tasks(instance)}
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
+    final = {(t["node"], t["unit_of_work"]): t for t in queries.list_tasks(instance)}
     for unit in ("set-1", "set-2"):
         assert (final[("permuter", unit)]["state"], final[("permuter", unit)]["counts"]) == (
             "COMPLETE",
@@ -115,14 +115,14 @@ def test_restart_from_beginning_marshals_again_and_reruns_everything(
     assert (outcome.start_from, outcome.subtasks) == ("INITIALIZING", [0, 1, 2, 3])
     worker.drain()
 
-    task = facade.get_task(first)
+    task = queries.get_task(first)
     assert (task["state"], task["counts"]) == ("ERROR - ALGORITHM_COMPLETE", "4/5 (1)")
-    subtasks = facade.list_subtasks(first)
+    subtasks = queries.list_subtasks(first)
     assert subtasks[-1]["inputs"] == ["nasa-logo-file-4.png"], "inputs looked up again"
     assert subtasks[-1]["consumed"] == ["set-1/L0/nasa-logo-file-4.png"]
-    found = facade.files(path="set-1/L0/nasa-logo-file-4.png")
+    found = lineage.files(path="set-1/L0/nasa-logo-file-4.png")
     assert [(f["origin"], f["sha256"]) for f in found] == [
-        ("found", facade.files(path="set-1/L0/nasa-logo-file-3.png")[0]["sha256"])
+        ("found", lineage.files(path="set-1/L0/nasa-logo-file-3.png")[0]["sha256"])
     ], "a file put in the datastore by hand is recorded as found when first consumed"
     assert all(s["attempts"] == 1 for s in subtasks), "earlier outcomes forgotten"
     assert [e["p_state"] for e in task["history"]].count("MARSHALING") == 2
@@ -136,7 +136,7 @@ def test_a_failed_store_is_resumed_and_a_resubmit_of_all_good_subtasks_refused(
     blocker.write_text("not a directory")  # storing into set-1/L1 fails
     instance = facade.submit("sample", None, "permuter")["id"]
     worker.drain()
-    [task] = [t for t in facade.list_tasks(instance) if t["error"]]
+    [task] = [t for t in queries.list_tasks(instance) if t["error"]]
     assert (task["state"], task["counts"]) == ("ERROR - STORING", "4/4 (0)")
     assert "storing failed" in task["error_message"]
     # The Celery task that ran the store (after the last subtask) ended as a failure.
@@ -152,7 +152,7 @@ def test_a_failed_store_is_resumed_and_a_resubmit_of_all_good_subtasks_refused(
     blocker.unlink()
     facade.restart([task["id"]], "resume-current-step")
     worker.drain()
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
     assert attempts(task["id"]) == [1, 1, 1, 1]
     assert len(list(blocker.iterdir())) == 4
 
@@ -165,7 +165,7 @@ def test_a_failed_marshal_is_resumed_by_marshaling_again(
     blocker.write_text("in the way")
     instance = facade.submit("sample", None, "permuter")["id"]
     worker.drain()
-    task = facade.get_task(1)
+    task = queries.get_task(1)
     assert task["state"] == "ERROR - MARSHALING" and "marshaling failed" in task["error_message"]
     [(message_id, text)] = worker.failed.items()
     assert text.startswith("task 1: marshaling failed")
@@ -176,8 +176,8 @@ def test_a_failed_marshal_is_resumed_by_marshaling_again(
     [outcome] = facade.restart([1], "resume-current-step").outcomes
     assert outcome.start_from == "INITIALIZING"
     worker.drain()
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
-    assert facade.get_task(1)["counts"] == "4/4 (0)"
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
+    assert queries.get_task(1)["counts"] == "4/4 (0)"
 
 
 def test_refusals_are_reported_and_change_nothing_while_the_valid_restarts_go_ahead(
@@ -185,7 +185,7 @@ def test_refusals_are_reported_and_change_nothing_while_the_valid_restarts_go_ah
 ) -> None:
     tasks = failed_tasks()
     first, second = tasks[0]["id"], tasks[1]["id"]
-    before = facade.get_task(second)
+    before = queries.get_task(second)
 
     report = facade.restart([f"{first}:resubmit", "999"], "resume-current-step")
     assert not report.ok
@@ -201,10 +201,10 @@ def test_refusals_are_reported_and_change_nothing_while_the_valid_restarts_go_ah
     [unknown] = facade.restart([second], "resubmit", {"color": "red"}).outcomes
     assert unknown.message.startswith("unknown execution setting 'color' (one of batch_size,")
     # A value no task could take is refused for the whole request, before any task.
-    with pytest.raises(facade.PROBLEMS, match="execution setting priority: Input should be less"):
+    with pytest.raises(problems.PROBLEMS, match="execution setting priority: Input should be less"):
         facade.restart([second], "resubmit", {"priority": 12})
-    assert facade.get_task(second) == before, "a refused restart changes nothing"
-    with pytest.raises(facade.PROBLEMS, match="unknown restart mode 'sideways'"):
+    assert queries.get_task(second) == before, "a refused restart changes nothing"
+    with pytest.raises(problems.PROBLEMS, match="unknown restart mode 'sideways'"):
         facade.restart([second], "sideways")
 
     worker.drain()
@@ -219,9 +219,9 @@ def test_max_failed_subtasks_given_with_a_restart_lets_the_tasks_complete(
     facade.restart_failed(instance, "resubmit", {"max_failed_subtasks": 1})
     worker.drain()
 
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
     for task in tasks:
-        detail = facade.get_task(task["id"])
+        detail = queries.get_task(task["id"])
         assert (detail["state"], detail["counts"]) == ("COMPLETE", "3/4 (1)")
         assert detail["execution"]["max_failed_subtasks"] == 1
         assert "restart: resubmit with max_failed_subtasks=1" in messages(task["id"])
@@ -236,7 +236,7 @@ def test_automatic_resubmits_rerun_the_failed_subtask_before_the_error_flag(
     facade.restart([first], "resubmit", {"max_auto_resubmits": 2})
     worker.drain()
 
-    detail = facade.get_task(first)
+    detail = queries.get_task(first)
     assert (detail["state"], detail["attempt"]) == ("ERROR - ALGORITHM_COMPLETE", 4)
     assert {"automatic resubmit 1", "automatic resubmit 2"} <= set(messages(first))
     assert attempts(first) == [4, 1, 1, 1]
@@ -259,10 +259,10 @@ def test_halted_tasks_drop_their_queued_work_and_resume_where_they_stopped(
         "halted at ALGORITHM_QUEUED",
     ]
     assert set(worker.revoked) == queued and not worker.queue, "every queued message revoked"
-    for task in facade.list_tasks(instance):
+    for task in queries.list_tasks(instance):
         assert task["error"] and task["halted"] and task["error_message"] == "halted by operator"
-        assert {s["state"] for s in facade.list_subtasks(task["id"])} <= {"NEW", "COMPLETE"}
-    assert facade.get_instance(instance)["state"] == "ERRORS_STALLED"
+        assert {s["state"] for s in queries.list_subtasks(task["id"])} <= {"NEW", "COMPLETE"}
+    assert queries.get_instance(instance)["state"] == "ERRORS_STALLED"
     [again] = facade.halt([1]).outcomes
     assert (
         not again.ok and again.message == "task 1 is already stopped (ERROR - ALGORITHM_EXECUTING)"
@@ -270,7 +270,7 @@ def test_halted_tasks_drop_their_queued_work_and_resume_where_they_stopped(
 
     facade.restart_failed(instance, "resume-current-step")
     worker.drain()
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
     assert attempts(1) == [1, 1, 1, 1] and attempts(2) == [1, 1, 1, 1], "each subtask ran once"
     assert "error: halted by operator" in messages(
         1
@@ -282,7 +282,7 @@ def test_of_ten_operators_restarting_a_task_at_once_one_starts_its_chain(
 ) -> None:
     _, tasks = failing(worker)
     first = tasks[0]["id"]
-    reports: list[facade.Report] = []
+    reports: list[outcomes.Report] = []
     race(lambda: reports.append(facade.restart([first], "resubmit")), threads=10)
 
     outcomes = [report.outcomes[0] for report in reports]
@@ -293,7 +293,7 @@ def test_of_ten_operators_restarting_a_task_at_once_one_starts_its_chain(
     rerun = [m.args for m in worker.published if m.args[:2] == [first, 2]]
     assert rerun == [[first, 2, 0, 2]], "one chain: subtask 0 dispatched once more"
     worker.drain()
-    assert facade.get_task(first)["attempt"] == 2
+    assert queries.get_task(first)["attempt"] == 2
     assert messages(first).count("restart: resubmit") == 1
     assert attempts(first) == [2, 1, 1, 1]
 
@@ -316,10 +316,10 @@ def test_resume_monitoring_dispatches_only_what_the_broker_lost(
     assert len(lost) == 4 and len(worker.queue) == 8
     worker.drain()
 
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
     assert attempts(1) == [1, 1, 1, 1] and attempts(2) == [1, 1, 1, 1], "each subtask ran once"
     assert "restart: resume-monitoring, 0 alive, 4 lost" in messages(1)
-    assert [a["message"] for a in facade.list_alerts()] == [
+    assert [a["message"] for a in queries.list_alerts()] == [
         "4 subtask messages lost (restart: resume-monitoring): dispatched again"
     ]
     [refused] = facade.restart([1], "resume-monitoring").outcomes
@@ -343,15 +343,15 @@ def test_a_restart_of_many_tasks_sends_every_stage_message_at_once(
     facade.set_parameters("algorithm", ["throw_exception_subtask_0=true"])
     instance = facade.submit("sample", None, "permuter")["id"]
     worker.drain()
-    assert facade.get_instance(instance)["state"] == "ERRORS_STALLED"
+    assert queries.get_instance(instance)["state"] == "ERRORS_STALLED"
 
     published = len(worker.published)
     report = facade.restart_failed(instance, "resume-current-step")
     assert report.ok and len(report.outcomes) == 22
     assert worker.names()[published:] == ["store"] * 22
     worker.drain()
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
-    assert {t["counts"] for t in facade.list_tasks(instance)} == {"0/1 (1)"}
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
+    assert {t["counts"] for t in queries.list_tasks(instance)} == {"0/1 (1)"}
 
 
 def test_transition_failed_is_restarted_by_retrying_the_transition(
@@ -373,7 +373,7 @@ def test_transition_failed_is_restarted_by_retrying_the_transition(
     facade.import_definitions([chain])
     instance = facade.submit("chain")["id"]
     worker.drain()
-    summary = facade.get_instance(instance)
+    summary = queries.get_instance(instance)
     assert summary["state"] == "TRANSITION_FAILED"
     assert "node 'flip' finds no extra_image files" in summary["message"]
 
@@ -383,8 +383,8 @@ def test_transition_failed_is_restarted_by_retrying_the_transition(
     [outcome] = facade.restart_failed(instance, "resubmit").outcomes
     assert (outcome.mode, outcome.ok) == ("retry-transition", True)
     worker.drain()
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
-    nodes = sorted((t["node"], t["unit_of_work"]) for t in facade.list_tasks(instance))
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
+    nodes = sorted((t["node"], t["unit_of_work"]) for t in queries.list_tasks(instance))
     assert ("flip", "set-1") in nodes and ("flip", "set-2") not in nodes
 
 
@@ -397,13 +397,13 @@ def test_a_failed_subtask_of_a_batch_is_recorded_alone_and_resubmitted_alone(
     facade.restart([first], "restart-from-beginning", {"batch_size": 4})
     worker.drain()
     assert "4 subtasks queued in 1 messages" in messages(first)
-    assert [s["state"] for s in facade.list_subtasks(first)] == [
+    assert [s["state"] for s in queries.list_subtasks(first)] == [
         "FAILED",
         "COMPLETE",
         "COMPLETE",
         "COMPLETE",
     ]
-    assert facade.get_task(first)["counts"] == "3/4 (1)"
+    assert queries.get_task(first)["counts"] == "3/4 (1)"
 
     facade.restart([first], "resubmit")
     worker.drain()
@@ -440,7 +440,7 @@ def test_halting_a_task_leaves_the_message_it_shares_to_the_others(
     assert worker.revoked == []
     worker.drain()
     assert attempts(halted) == [1, 1, 1, 1] and attempts(other) == [2, 1, 1, 1]
-    assert facade.get_task(halted)["state"] == "ERROR - ALGORITHM_QUEUED"
+    assert queries.get_task(halted)["state"] == "ERROR - ALGORITHM_QUEUED"
 
 
 def test_a_halted_tasks_running_subtask_is_no_longer_its_workers_at_renewal(
@@ -512,16 +512,16 @@ def test_a_batch_halted_while_it_runs_stops_at_its_next_renewal(
     task = batch.args[0]
 
     def halt_once_running() -> None:
-        wait_for(lambda: facade.get_task(task)["state"] == "ALGORITHM_EXECUTING", 60, "running")
+        wait_for(lambda: queries.get_task(task)["state"] == "ALGORITHM_EXECUTING", 60, "running")
         assert facade.halt([task]).ok
 
     halting = threading.Thread(target=halt_once_running)
     halting.start()
     worker.run_next()
     halting.join()
-    assert facade.get_task(task)["state"] == "ERROR - ALGORITHM_EXECUTING"
-    assert [s["state"] for s in facade.list_subtasks(task)] == ["NEW"] * 4
-    task_dir = Path(facade.get_task(task)["task_dir"])
+    assert queries.get_task(task)["state"] == "ERROR - ALGORITHM_EXECUTING"
+    assert [s["state"] for s in queries.list_subtasks(task)] == ["NEW"] * 4
+    task_dir = Path(queries.get_task(task)["task_dir"])
     assert [p.parent.name for p in sorted(task_dir.glob("st-*/*.log"))] == ["st-0"], (
         "only the subtask running at the halt started"
     )
@@ -545,14 +545,14 @@ def test_a_task_done_inside_a_shared_message_goes_on_before_the_message_ends(
     def watching(published: list) -> None:
         for message in published:
             if message.name == sent.STORE:
-                stores.append((message.args[0], facade.list_subtasks(second)[0]["state"]))
+                stores.append((message.args[0], queries.list_subtasks(second)[0]["state"]))
         publish(published)
 
     monkeypatch.setattr(worker.broker, "publish", watching)
     worker.run_next()
     assert stores == [(first, "RUNNING")], "the first task's store left before the second ran"
     worker.drain()
-    assert [facade.get_task(t)["state"] for t in (first, second)] == ["COMPLETE"] * 2
+    assert [queries.get_task(t)["state"] for t in (first, second)] == ["COMPLETE"] * 2
 
 
 def test_a_task_halted_while_a_shared_message_runs_does_not_start_there(
@@ -567,7 +567,7 @@ def test_a_task_halted_while_a_shared_message_runs_does_not_start_there(
     monkeypatch.setattr(stages, "RECORD_EVERY_SECONDS", 0.0)
     assert facade.restart_failed(instance, "resubmit").ok
     first, second = (t["id"] for t in tasks)
-    log = Path(facade.get_task(second)["task_dir"]) / "st-0" / "subtask.log"
+    log = Path(queries.get_task(second)["task_dir"]) / "st-0" / "subtask.log"
     logged = log.read_text()
     finish = stages.finish_subtasks
 
@@ -579,5 +579,5 @@ def test_a_task_halted_while_a_shared_message_runs_does_not_start_there(
     monkeypatch.setattr(stages, "finish_subtasks", halting_first)
     worker.run_next()
     assert log.read_text() == logged, "the halted task's algorithm did not run again"
-    assert facade.get_task(second)["state"] == "ERROR - ALGORITHM_EXECUTING"
+    assert queries.get_task(second)["state"] == "ERROR - ALGORITHM_EXECUTING"
     assert attempts(first) == [2, 1, 1, 1]

@@ -14,7 +14,7 @@ from pipeline.engine.leases import Claim
 from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.transitions import advance
 from pipeline.messaging import messages
-from pipeline.operations import facade
+from pipeline.operations import facade, queries
 from pipeline.sample.images import SETS
 from pipeline.settings import PACKAGED_DEFINITIONS
 from tests.support import (
@@ -54,14 +54,14 @@ def test_the_sample_runs_to_completion_with_the_right_pixels(
 ) -> None:
     instance = run(worker)
 
-    assert facade.get_instance(instance)["state"] == "COMPLETED"
-    tasks = facade.list_tasks(instance)
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
+    tasks = queries.list_tasks(instance)
     assert rows(tasks) == SAMPLE_COMPLETED
     assert_sample_outputs(home / "datastore")
-    permuter = facade.get_task(tasks[0]["id"])
+    permuter = queries.get_task(tasks[0]["id"])
     assert [e["p_state"] for e in permuter["history"]] == PERMUTER_STEPS
     assert {e["host"] for e in permuter["history"]} == {IN_PROCESS_HOST}
-    subtasks = facade.list_subtasks(tasks[0]["id"])
+    subtasks = queries.list_subtasks(tasks[0]["id"])
     assert [(s["index"], s["state"], s["attempts"]) for s in subtasks] == [
         (i, "COMPLETE", 1) for i in range(4)
     ]
@@ -74,18 +74,18 @@ def test_an_exception_in_subtask_0_stalls_the_instance(worker: InProcessWorker, 
     facade.set_parameters("algorithm", ["throw_exception_subtask_0=true"])
     instance = run(worker)
 
-    assert facade.get_instance(instance)["state"] == "ERRORS_STALLED"
-    tasks = facade.list_tasks(instance)
+    assert queries.get_instance(instance)["state"] == "ERRORS_STALLED"
+    tasks = queries.list_tasks(instance)
     assert {t["node"] for t in tasks} == {"permuter"}, "no child tasks after a failed node"
     for task in tasks:
         assert (task["state"], task["counts"]) == ("ERROR - ALGORITHM_COMPLETE", "3/4 (1)")
         assert task["error_message"] == "1 of 4 subtasks failed (max_failed_subtasks = 0)"
-        subtasks = facade.list_subtasks(task["id"])
+        subtasks = queries.list_subtasks(task["id"])
         assert [s["state"] for s in subtasks] == ["FAILED", "COMPLETE", "COMPLETE", "COMPLETE"]
         assert subtasks[0]["error"] == (
             "RuntimeError: subtask 0 failed on purpose (throw_exception_subtask_0 = true)"
         )
-        [log] = facade.logs(task["id"], 0)
+        [log] = queries.logs(task["id"], 0)
         assert "Traceback" in log["text"] and "subtask 0 failed on purpose" in log["text"]
     assert not list((home / "datastore").glob("set-*/L1/*")), "an error flag stores nothing"
     # Each failed subtask's Celery task ended as a failure, with the algorithm's error, once
@@ -105,10 +105,10 @@ def test_parameters_are_frozen_at_submit(worker: InProcessWorker) -> None:
     changed = facade.set_parameters("algorithm", {"throw_exception_subtask_0": True})
     worker.drain()
 
-    assert facade.get_instance(instance)["state"] == "COMPLETED", "it ran with its own values"
+    assert queries.get_instance(instance)["state"] == "COMPLETED", "it ran with its own values"
     assert (changed["version"], changed["locked"]) == (2, False)
-    assert facade.show_parameter_set("algorithm", 1)["locked"]
-    assert facade.get_instance(instance)["parameters"]["algorithm"]["version"] == 1
+    assert queries.show_parameter_set("algorithm", 1)["locked"]
+    assert queries.get_instance(instance)["parameters"]["algorithm"]["version"] == 1
 
 
 def test_start_and_end_nodes_and_a_new_definition_version(
@@ -125,11 +125,11 @@ def test_start_and_end_nodes_and_a_new_definition_version(
     assert facade.import_definitions([changed]) == [{"name": "sample", "version": 2, "new": True}]
     second = run(worker, "flip")
 
-    tasks = facade.list_tasks(second)
+    tasks = queries.list_tasks(second)
     assert sorted({t["node"] for t in tasks}) == ["averaging", "flip"]
     assert all(t["state"] == "COMPLETE" for t in tasks)
     assert {t["execution"]["priority"] for t in tasks if t["node"] == "flip"} == {3}
-    versions = {i["id"]: i["definition_version"] for i in facade.list_instances()}
+    versions = {i["id"]: i["definition_version"] for i in queries.list_instances()}
     assert versions == {first: 1, second: 2}
     assert_sample_outputs(home / "datastore")
 
@@ -138,7 +138,7 @@ def test_start_and_end_nodes_and_a_new_definition_version(
 
 
 def test_stale_and_duplicate_stage_calls_are_no_ops(completed: Path) -> None:
-    [task] = [t for t in facade.list_tasks(1) if t["node"] == "permuter"][:1]
+    [task] = [t for t in queries.list_tasks(1) if t["node"] == "permuter"][:1]
     outputs = {p: p.stat().st_mtime_ns for p in (completed / "datastore").rglob("L1/*")}
     before = snapshot(1)
 
@@ -159,7 +159,7 @@ def test_stale_and_duplicate_stage_calls_are_no_ops(completed: Path) -> None:
 def test_duplicate_messages_through_the_worker_change_nothing(
     completed: Path, worker: InProcessWorker
 ) -> None:
-    task = facade.list_tasks(1)[0]
+    task = queries.list_tasks(1)[0]
     before = snapshot(1)
     for name in (messages.MARSHAL, messages.EXECUTE, messages.MONITOR, messages.STORE):
         worker.send(name, [task["id"], 1])
@@ -177,7 +177,7 @@ def test_racing_transitions_create_the_child_tasks_once(
     published = len(worker.published)
     race(lambda: advance(completed))
 
-    children = [t for t in facade.list_tasks(completed) if t["node"] != "permuter"]
+    children = [t for t in queries.list_tasks(completed) if t["node"] != "permuter"]
     assert sorted((t["node"], t["unit_of_work"]) for t in children) == [
         ("flip", unit) for unit in SETS
     ]

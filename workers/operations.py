@@ -28,6 +28,9 @@ from pydantic import ValidationError, validate_call
 from pipeline.domain.limits import Priority
 from pipeline.messaging.celery_app import OPERATIONS, celery_app
 from pipeline.operations import facade
+from pipeline.operations.outcomes import Report
+from pipeline.operations.problems import problem
+from pipeline.operations.views import submitted_line
 
 app = celery_app()
 
@@ -70,7 +73,7 @@ def operation(name: str) -> Callable[[Operation], Any]:
             except Exception as exc:
                 if isinstance(exc, ValidationError) and exc.title == function.__name__:
                     return {"ok": False, "error": _validation_message(exc, names)}
-                found = facade.problem(exc)
+                found = problem(exc)
                 if found is None:
                     raise
                 return {"ok": False, "error": found.message}
@@ -80,7 +83,7 @@ def operation(name: str) -> Callable[[Operation], Any]:
     return register
 
 
-def _report(report: facade.Report, **extra: Any) -> dict[str, Any]:
+def _report(report: Report, **extra: Any) -> dict[str, Any]:
     return {"ok": report.ok, "summary": report.summary, **extra, "outcomes": report.as_dicts()}
 
 
@@ -128,4 +131,4 @@ def submit(
 ) -> dict[str, Any]:
     """Submit an instance of the newest version of ``pipeline``; the result names its id."""
     submitted = facade.submit(pipeline, start_node, end_node, priority)
-    return {"ok": True, "summary": facade.submitted_line(submitted), **submitted}
+    return {"ok": True, "summary": submitted_line(submitted), **submitted}

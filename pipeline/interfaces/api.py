@@ -27,8 +27,12 @@ from pipeline.domain.listing import TOTAL_HEADER
 from pipeline.errors import InvalidInput, Refused, TooLarge, shown
 from pipeline.interfaces import api_schemas as models
 from pipeline.interfaces import local_api
-from pipeline.operations import facade
+from pipeline.interfaces.statuses import status as http_status
+from pipeline.operations import facade, queries, receipt, views
+from pipeline.operations import lineage as lineage_reads
 from pipeline.operations.lineage import DEFAULT_LIMIT
+from pipeline.operations.outcomes import Report
+from pipeline.operations.problems import PROBLEMS, problem
 from pipeline.recovery.heartbeat import SilenceWatch
 from pipeline.settings import API_PREFIX, HEALTHZ, get_settings
 
@@ -85,10 +89,10 @@ def healthz() -> dict[str, Any]:
 @router.post(
     "/instances",
     status_code=201,
-    response_model=models.SubmittedInstance,
+    response_model=views.SubmittedInstance,
     responses=_errors(404),
 )
-def submit(request: models.SubmitRequest, response: Response) -> dict[str, Any]:
+def submit(request: models.SubmitRequest, response: Response) -> views.SubmittedInstance:
     """Submit an instance of the newest version of a pipeline (as `pipeline submit`)."""
     instance = facade.submit(
         request.pipeline, request.start_node, request.end_node, request.priority
@@ -97,31 +101,29 @@ def submit(request: models.SubmitRequest, response: Response) -> dict[str, Any]:
     return instance
 
 
-@router.get("/instances", response_model=list[models.Instance])
+@router.get("/instances", response_model=list[views.InstanceView])
 def instances(limit: Limit = None) -> Response:
     """Every instance in id order, or the newest ``limit``; the header says how many in all."""
-    return _listing(facade.instances_listing(limit))
+    return _listing(queries.instances_listing(limit))
 
 
-@router.get(
-    "/instances/{instance_id}", response_model=models.InstanceDetail, responses=_errors(404)
-)
+@router.get("/instances/{instance_id}", response_model=views.InstanceDetail, responses=_errors(404))
 def instance(instance_id: InstanceId) -> dict[str, Any]:
     """An instance with its frozen parameters, node states and subtask totals."""
-    return facade.get_instance(instance_id)
+    return queries.get_instance(instance_id)
 
 
 @router.get(
-    "/instances/{instance_id}/tasks", response_model=list[models.Task], responses=_errors(404)
+    "/instances/{instance_id}/tasks", response_model=list[views.TaskView], responses=_errors(404)
 )
 def instance_tasks(instance_id: InstanceId, limit: Limit = None) -> Response:
     """The instance's tasks in id order, or the first ``limit``."""
-    return _listing(facade.tasks_listing(instance_id, limit))
+    return _listing(queries.tasks_listing(instance_id, limit))
 
 
 @router.post(
     "/instances/{instance_id}/restart-failed",
-    response_model=list[models.Outcome],
+    response_model=list[views.OutcomeView],
     responses=_errors(404, 409),
 )
 def restart_failed(instance_id: InstanceId, request: models.RestartFailedRequest) -> list[Any]:
@@ -133,7 +135,7 @@ def restart_failed(instance_id: InstanceId, request: models.RestartFailedRequest
 
 @router.post(
     "/instances/{instance_id}/halt",
-    response_model=list[models.Outcome],
+    response_model=list[views.OutcomeView],
     responses=_errors(404, 409),
 )
 def halt_instance(instance_id: InstanceId) -> list[Any]:
@@ -144,38 +146,38 @@ def halt_instance(instance_id: InstanceId) -> list[Any]:
 # -- tasks -----------------------------------------------------------------------------------
 
 
-@router.get("/tasks/{task_id}", response_model=models.TaskDetail, responses=_errors(404))
+@router.get("/tasks/{task_id}", response_model=views.TaskDetail, responses=_errors(404))
 def task(task_id: TaskId) -> dict[str, Any]:
     """A task with its history of transitions and its running subtasks."""
-    return facade.get_task(task_id)
+    return queries.get_task(task_id)
 
 
 @router.get(
-    "/tasks/{task_id}/subtasks", response_model=list[models.Subtask], responses=_errors(404)
+    "/tasks/{task_id}/subtasks", response_model=list[views.ListedSubtask], responses=_errors(404)
 )
 def subtasks(task_id: TaskId, limit: Limit = None) -> Response:
     """The task's subtasks in index order, or the first ``limit``."""
-    return _listing(facade.subtasks_listing(task_id, limit))
+    return _listing(queries.subtasks_listing(task_id, limit))
 
 
-@router.get("/tasks/{task_id}/logs", response_model=list[models.LogEntry], responses=_errors(404))
+@router.get("/tasks/{task_id}/logs", response_model=list[views.LogEntry], responses=_errors(404))
 def logs(
     task_id: TaskId,
     subtask: Annotated[
         int | None, Query(ge=0, le=MAX_ID, description="only this subtask's log")
     ] = None,
 ) -> list[dict[str, Any]]:
-    return facade.logs(task_id, subtask)
+    return queries.logs(task_id, subtask)
 
 
-@router.post("/tasks/restart", response_model=list[models.Outcome], responses=_errors(404, 409))
+@router.post("/tasks/restart", response_model=list[views.OutcomeView], responses=_errors(404, 409))
 def restart_tasks(request: models.RestartRequest) -> list[Any]:
     """Restart tasks, each in its own mode; refused ones are reported beside the others."""
     requests = [(item.task_id, item.mode) for item in request.tasks]
     return _answer(facade.restart(requests, None, _changes(request), request.dry_run))
 
 
-@router.post("/tasks/{task_id}/halt", response_model=models.Outcome, responses=_errors(404, 409))
+@router.post("/tasks/{task_id}/halt", response_model=views.OutcomeView, responses=_errors(404, 409))
 def halt_task(task_id: TaskId) -> Any:
     """Halt a task: queued work dropped, running subtasks terminated, the error flag set."""
     return _answer(facade.halt([task_id]))[0]
@@ -184,7 +186,7 @@ def halt_task(task_id: TaskId) -> Any:
 # -- the datastore ---------------------------------------------------------------------------
 
 
-@router.get("/files", response_model=list[models.DatastoreFile])
+@router.get("/files", response_model=list[views.FileView])
 def files(
     instance: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     task: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
@@ -194,25 +196,25 @@ def files(
     limit: Annotated[int, Query(ge=1, le=MAX_FILES)] = DEFAULT_LIMIT,
 ) -> list[dict[str, Any]]:
     """Datastore files and who produced each (as `pipeline files`)."""
-    return facade.files(instance, task, unit, path, history, limit)
+    return lineage_reads.files(instance, task, unit, path, history, limit)
 
 
-@router.get("/lineage", response_model=models.Lineage, responses=_errors(404))
-def lineage(path: Annotated[str, Query(min_length=1, max_length=1000)]) -> dict[str, Any]:
+@router.get("/lineage", response_model=views.LineageView, responses=_errors(404))
+def lineage(path: Annotated[str, Query(min_length=1, max_length=1000)]) -> views.LineageView:
     """The producers behind a file, back to the data received (as `pipeline lineage`)."""
-    return facade.lineage(path)
+    return lineage_reads.lineage(path)
 
 
 @router.post(
     "/datastore/imports",
     status_code=201,
-    response_model=models.Receipt,
+    response_model=views.ReceiptView,
     responses=_errors(404),
 )
-def import_files(request: models.ImportRequest) -> dict[str, Any]:
+def import_files(request: models.ImportRequest) -> views.ReceiptView:
     """Receive a directory of files on the API's host (as `pipeline datastore import`)."""
     manifest = FilePath(request.manifest) if request.manifest else None
-    return facade.receive(
+    return receipt.receive(
         FilePath(request.directory),
         request.data_file_type,
         request.unit_of_work,
@@ -224,30 +226,30 @@ def import_files(request: models.ImportRequest) -> dict[str, Any]:
 # -- definitions, parameters, alerts ---------------------------------------------------------
 
 
-@router.get("/pipelines", response_model=list[models.Pipeline])
-def pipelines() -> list[dict[str, Any]]:
+@router.get("/pipelines", response_model=list[views.PipelineView])
+def pipelines() -> list[views.PipelineView]:
     """The newest version of every pipeline definition."""
-    return facade.list_definitions()
+    return queries.list_definitions()
 
 
-@router.get("/parameter-sets", response_model=list[models.ParameterSet])
-def parameter_sets() -> list[dict[str, Any]]:
+@router.get("/parameter-sets", response_model=list[views.ParameterSetView])
+def parameter_sets() -> list[views.ParameterSetView]:
     """The newest version of every parameter set."""
-    return facade.list_parameter_sets()
+    return queries.list_parameter_sets()
 
 
-@router.get("/alerts", response_model=list[models.Alert])
+@router.get("/alerts", response_model=list[views.AlertView])
 def list_alerts(
     include_acknowledged: Annotated[
         bool, Query(alias="all", description="acknowledged ones too")
     ] = False,
 ) -> list[dict[str, Any]]:
     """What the monitor did without an operator: lost work dispatched again or failed."""
-    return facade.list_alerts(include_acknowledged)
+    return queries.list_alerts(include_acknowledged)
 
 
-@router.post("/alerts/{alert_id}/ack", response_model=models.Alert, responses=_errors(404, 409))
-def acknowledge_alert(alert_id: AlertId) -> dict[str, Any]:
+@router.post("/alerts/{alert_id}/ack", response_model=views.AlertView, responses=_errors(404, 409))
+def acknowledge_alert(alert_id: AlertId) -> views.AlertView:
     """Acknowledge an alert: it leaves the default list."""
     return facade.acknowledge_alert(alert_id)
 
@@ -255,7 +257,7 @@ def acknowledge_alert(alert_id: AlertId) -> dict[str, Any]:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _listing(found: facade.Listing) -> Response:
+def _listing(found: queries.Listing) -> Response:
     """A listing's rows as JSON, with how many there are in all in the ``TOTAL_HEADER``.
 
     The rows are encoded as the facade lists them, not checked against the route's model
@@ -274,7 +276,7 @@ def _changes(request: models.RestartRequest | models.RestartFailedRequest) -> di
     return request.execution.model_dump(exclude_none=True) if request.execution else {}
 
 
-def _answer(report: facade.Report) -> list[dict[str, Any]]:
+def _answer(report: Report) -> list[views.OutcomeView]:
     """The outcomes; when every task was refused nothing changed, so answer with the refusal.
 
     A batch in which some tasks went ahead answers 200 and reports the refused ones with
@@ -374,13 +376,14 @@ def _error(status: int, message: str) -> JSONResponse:
 
 async def _problem(request: Request, exc: Exception) -> JSONResponse:
     """The facade's status and line for an operator's problem; a clean 500 for a bug."""
-    found = facade.problem(exc)
+    found = problem(exc)
     if found is None:
         log.exception("unexpected error in %s %s", request.method, request.url.path)
         return _error(500, f"internal error ({type(exc).__name__}): see the HTTP API's log")
-    if found.status >= 500:
+    code = http_status(found)
+    if code >= 500:
         log.error("%s %s: %s", request.method, request.url.path, found.message)
-    return _error(found.status, found.message)
+    return _error(code, found.message)
 
 
 async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -422,7 +425,7 @@ def create_app(token: str, lifespan: Lifespan | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     # Each kind the facade knows is handled where it is raised; anything else, a bug, at
     # the outermost layer (which also logs it).
-    for kind in (*facade.PROBLEMS, Exception):
+    for kind in (*PROBLEMS, Exception):
         app.add_exception_handler(kind, _problem)
     return app
 

@@ -3,7 +3,8 @@ definitions and parameter sets, with restart (a dry-run preview first) and halt.
 
 Every page is rendered on the server with Flower's own templates and Bootstrap, behind
 Flower's auth (``@tornado.web.authenticated`` on each method), and reads and acts only
-through the operations facade, off Tornado's I/O loop. An operator's error (an unknown
+through the operations (the facade's commands, the queries and pages), off Tornado's
+I/O loop. An operator's error (an unknown
 id, a refused restart, a bad page number) is one line: on the page that was acted on, or
 as a 4xx page of its own; never a traceback. Forms post with Flower's XSRF field, act,
 then redirect back to their page with a signed one-line result.
@@ -28,7 +29,10 @@ from tornado.web import decode_signed_value
 from pipeline.domain.limits import parse_id
 from pipeline.errors import InvalidInput
 from pipeline.interfaces import dag
-from pipeline.operations import facade
+from pipeline.interfaces.statuses import status as http_status
+from pipeline.operations import facade, pages, queries
+from pipeline.operations.outcomes import Report
+from pipeline.operations.problems import problem
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +62,12 @@ REFRESH_SECONDS = 5
 # -- acting through the facade ---------------------------------------------------------------
 
 
-def acting(action: Callable[[], facade.Report]) -> tuple[bool, str]:
+def acting(action: Callable[[], Report]) -> tuple[bool, str]:
     """Run ``action``: (all went ahead, one line); an operator's error is the line instead."""
     try:
         report = action()
     except Exception as exc:
-        found = facade.problem(exc)
+        found = problem(exc)
         if found is None:
             raise
         return False, found.message
@@ -79,7 +83,7 @@ def settings_from(fields: dict[str, str]) -> dict[str, str]:
     }
 
 
-def restart_report(fields: dict[str, str], dry_run: bool = False) -> facade.Report:
+def restart_report(fields: dict[str, str], dry_run: bool = False) -> Report:
     """The restart a form asks for: every failed task of ``instance`` in ``mode``, the
     ``task`` in ``mode``, or each task whose ``mode-<id>`` field names a mode; with the
     execution settings it changes."""
@@ -104,7 +108,7 @@ def restart_report(fields: dict[str, str], dry_run: bool = False) -> facade.Repo
     return facade.restart(chosen, None, settings, dry_run)
 
 
-def halt_report(fields: dict[str, str]) -> facade.Report:
+def halt_report(fields: dict[str, str]) -> Report:
     """Halt the task the pressed button names, or every running task of ``instance``."""
     if fields.get("instance"):
         return facade.halt_instance(parse_id(fields["instance"], "instance"))
@@ -152,10 +156,10 @@ class PipelineHandler(BaseHandler):
         try:
             return await self.off_loop(call, *args, **kwargs)
         except Exception as exc:
-            found = facade.problem(exc)
+            found = problem(exc)
             if found is None:
                 raise
-            raise Problem(found.status, found.message) from None
+            raise Problem(http_status(found), found.message) from None
 
     def page_argument(self) -> tuple[int, int]:
         page = whole_number(self.get_argument("page", "1"), "page")
@@ -217,12 +221,12 @@ class PipelineHandler(BaseHandler):
         ok, message = json.loads(value)
         return bool(ok), str(message)
 
-    async def preview(self, fields: dict[str, str]) -> tuple[facade.Report | None, str]:
+    async def preview(self, fields: dict[str, str]) -> tuple[Report | None, str]:
         """The dry run of the restart a form asks for: (its report, "") or (None, why not)."""
         try:
             return await self.off_loop(restart_report, fields, True), ""
         except Exception as exc:
-            found = facade.problem(exc)
+            found = problem(exc)
             if found is None:
                 raise
             return None, found.message
@@ -259,11 +263,12 @@ class Problem(tornado.web.HTTPError):
         self.status, self.message = status, message
 
 
-def _operators_problem(exc: BaseException | None) -> facade.Problem | None:
-    """The status and one line of an error an operator caused (see ``facade.problem``)."""
+def _operators_problem(exc: BaseException | None) -> Problem | None:
+    """The status and one line of an error an operator caused (see ``problems.problem``)."""
     if isinstance(exc, Problem):
-        return facade.Problem(exc.status, exc.message)
-    return facade.problem(exc) if exc is not None else None
+        return exc
+    found = problem(exc) if exc is not None else None
+    return Problem(http_status(found), found.message) if found else None
 
 
 def duration(seconds: float | None) -> str:
@@ -285,7 +290,7 @@ class InstancesPage(PipelineHandler):
         page, per_page = self.page_argument()
         state = self.get_argument("state", "") or None
         pipeline = self.get_argument("pipeline", "") or None
-        found = await self.read(facade.instances_page, state, pipeline, page, per_page)
+        found = await self.read(pages.instances_page, state, pipeline, page, per_page)
         monitor = await self.off_loop(facade.monitor_health)
         self.render_page(
             "instances.html",
@@ -337,8 +342,8 @@ class InstancePage(RestartingPage):
     async def show(self, shown_id: str, **values: Any) -> None:
         number = parse_id(shown_id, "instance")
         page, per_page = self.page_argument()
-        overview = await self.read(facade.instance_overview, number)
-        tasks = await self.read(facade.tasks_page, number, page, per_page)
+        overview = await self.read(pages.instance_overview, number)
+        tasks = await self.read(pages.tasks_page, number, page, per_page)
         pictured = [
             {**node, "label": f"{node['tasks']} tasks, {node['counts']}"}
             for node in overview["nodes"]
@@ -367,9 +372,9 @@ class TaskPage(RestartingPage):
         number = parse_id(shown_id, "task")
         page, per_page = self.page_argument()
         state = self.get_argument("state", "") or None
-        task = await self.read(facade.get_task, number)
-        subtasks = await self.read(facade.subtasks_page, number, state, page, per_page)
-        counts = await self.read(facade.subtask_state_counts, number)
+        task = await self.read(queries.get_task, number)
+        subtasks = await self.read(pages.subtasks_page, number, state, page, per_page)
+        counts = await self.read(pages.subtask_state_counts, number)
         self.render_page(
             "task.html",
             task=task,
@@ -393,11 +398,11 @@ class LogPage(PipelineHandler):
         view = self.get_argument("view", "tail")
         if view not in ("tail", "full", "download"):
             raise Problem(422, f"unknown log view {view[:40]!r} (tail, full or download)")
-        path = await self.read(facade.subtask_log_path, number, subtask)
+        path = await self.read(pages.subtask_log_path, number, subtask)
         if view == "tail":
-            text, cut = await self.read(facade.log_tail, path)
+            text, cut = await self.read(pages.log_tail, path)
         else:
-            [found] = await self.read(facade.logs, number, subtask)
+            [found] = await self.read(queries.logs, number, subtask)
             text, cut = found["text"], False
         if view == "download":
             name = f"task-{number}-subtask-{subtask}.log"
@@ -416,7 +421,7 @@ class AlertsPage(PipelineHandler):
         page, per_page = self.page_argument()
         severity = self.get_argument("severity", "") or None
         include = self.get_argument("acknowledged", "") == "1"
-        found = await self.read(facade.alerts_page, severity, include, page, per_page)
+        found = await self.read(pages.alerts_page, severity, include, page, per_page)
         self.render_page("alerts.html", found=found, severity=severity or "", acknowledged=include)
 
 
@@ -429,7 +434,7 @@ class AcknowledgeHandler(PipelineHandler):
             try:
                 facade.acknowledge_alert(parse_id(alert_id, "alert"))
             except Exception as exc:
-                found = facade.problem(exc)
+                found = problem(exc)
                 if found is None:
                     raise
                 return False, found.message
@@ -443,10 +448,10 @@ class AcknowledgeHandler(PipelineHandler):
 class DefinitionsPage(PipelineHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
-        listed = await self.read(facade.list_definitions)
+        listed = await self.read(queries.list_definitions)
         shown = []
         for summary in listed:
-            definition = await self.read(facade.show_definition, summary["name"])
+            definition = await self.read(queries.show_definition, summary["name"])
             nodes = [
                 {
                     "name": node["name"],
@@ -472,20 +477,20 @@ def _topological(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class ParametersPage(PipelineHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
-        sets = await self.read(facade.list_parameter_sets)
+        sets = await self.read(queries.list_parameter_sets)
         name = self.get_argument("name", "") or (sets[0]["name"] if sets else "")
         versions, shown, diff = [], None, None
         older = newer = None
         if name:
-            versions = await self.read(facade.parameter_versions, name)
+            versions = await self.read(pages.parameter_versions, name)
             version_text = self.get_argument("version", "")
             version = whole_number(version_text, "version") if version_text else None
-            shown = await self.read(facade.show_parameter_set, name, version)
+            shown = await self.read(queries.show_parameter_set, name, version)
             older_text, newer_text = self.get_argument("older", ""), self.get_argument("newer", "")
             if older_text and newer_text:
                 older = whole_number(older_text, "older")
                 newer = whole_number(newer_text, "newer")
-                diff = await self.read(facade.parameter_diff, name, older, newer)
+                diff = await self.read(pages.parameter_diff, name, older, newer)
         self.render_page(
             "parameters.html",
             sets=sets,
@@ -503,7 +508,7 @@ class RestartPage(PipelineHandler):
 
     @tornado.web.authenticated
     async def get(self) -> None:
-        groups = await self.read(facade.tasks_needing_attention)
+        groups = await self.read(queries.tasks_needing_attention)
         self.render_page("restart.html", groups=groups)
 
     @tornado.web.authenticated

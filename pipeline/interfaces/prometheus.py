@@ -22,8 +22,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from pipeline.operations import facade
-from pipeline.operations.console import DURATION_BUCKETS
+from pipeline.operations import facade, pages
+from pipeline.operations.pages import DURATION_BUCKETS
+from pipeline.operations.problems import problem
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,9 @@ class PipelineCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("pipeline_up", "1 when the pipeline's database could be read")
         try:
-            figures = facade.metrics()
+            figures = pages.metrics()
         except Exception as exc:
-            found = facade.problem(exc)
+            found = problem(exc)
             if found is None:
                 raise
             log.warning("pipeline metrics: %s", found.message)

@@ -1,126 +1,39 @@
-"""The operations facade: what every interface calls (the CLI, the HTTP API, Flower's pages
-and the Celery operations Flower's API runs), so every rule and every message lives once.
+"""The operations facade: the commands every interface runs (the CLI, the HTTP API, Flower's
+pages and the Celery operations Flower's API runs), each with the rules it adds (checked
+ids and counts, parsed assignments, one transaction), so every rule and every message
+lives once. What an operator reads is in ``queries``, ``pages`` and ``lineage``, each
+answering its views (``views``); ``problems`` turns an error into its one line.
 
-Reads return plain dicts, the JSON contract of the CLI's ``--json`` and the HTTP API.
 Restarts and halts return a ``Report`` of each task's outcome, which each interface shows
-in its own form. ``problem`` turns an error an operator can cause or meet (a refusal, an
-unknown id, an unreachable database, a bad setting) into one line and a status; anything
-else is a bug, for the interface to log as one.
+in its own form.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from tomllib import TOMLDecodeError
 from typing import Any
 
-from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError, StatementError
-
-from pipeline.database import describe_database_error, transaction
+from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
 from pipeline.domain.limits import check_count, check_id
-from pipeline.domain.models import PipelineInstance
-from pipeline.engine.alerts import acknowledge as acknowledge_alert
-from pipeline.engine.alerts import list_alerts
-from pipeline.errors import InvalidInput, PipelineError
+from pipeline.domain.models import Alert, PipelineInstance, utcnow
+from pipeline.errors import InvalidInput, NotFound, Refused
 from pipeline.operations import halt as halting
 from pipeline.operations import restart as restarting
-from pipeline.operations.console import (
-    alerts_page,
-    instance_overview,
-    instances_page,
-    log_tail,
-    metrics,
-    parameter_diff,
-    parameter_versions,
-    subtask_log_path,
-    subtask_state_counts,
-    subtasks_page,
-    tasks_page,
-)
-from pipeline.operations.lineage import files, lineage
 from pipeline.operations.modes import MODES, RestartMode, parse_request
 from pipeline.operations.outcomes import Report
-from pipeline.operations.queries import (
-    Listing,
-    get_instance,
-    get_task,
-    instance_dict,
-    instances_listing,
+from pipeline.operations.problems import PROBLEMS, problem
+from pipeline.operations.views import (
+    AlertView,
+    ParameterSetView,
+    SubmittedInstance,
+    alert_view,
+    instance_view,
     iso_time,
-    list_definitions,
-    list_instances,
-    list_parameter_sets,
-    list_subtasks,
-    list_tasks,
-    logs,
-    parameter_set_dict,
-    show_definition,
-    show_parameter_set,
-    subtasks_listing,
-    tasks_listing,
-    tasks_needing_attention,
+    parameter_set_view,
 )
-from pipeline.operations.receipt import receive
 from pipeline.recovery import heartbeat
-
-__all__ = [
-    "PROBLEMS",
-    "Listing",
-    "Problem",
-    "Report",
-    "acknowledge_alert",
-    "alerts_page",
-    "instance_overview",
-    "instances_listing",
-    "instances_page",
-    "log_tail",
-    "metrics",
-    "parameter_diff",
-    "parameter_versions",
-    "subtask_log_path",
-    "subtask_state_counts",
-    "subtasks_listing",
-    "subtasks_page",
-    "tasks_listing",
-    "tasks_page",
-    "files",
-    "get_instance",
-    "get_task",
-    "halt",
-    "halt_instance",
-    "import_definitions",
-    "list_alerts",
-    "list_definitions",
-    "list_instances",
-    "list_parameter_sets",
-    "list_subtasks",
-    "lineage",
-    "list_tasks",
-    "logs",
-    "monitor_health",
-    "problem",
-    "receive",
-    "restart",
-    "restart_failed",
-    "restart_modes",
-    "set_parameters",
-    "show_definition",
-    "show_parameter_set",
-    "submit",
-    "submitted_line",
-    "tasks_needing_attention",
-]
-
-#: The kinds of error ``problem`` reports as an operator's problem.
-PROBLEMS = (PipelineError, SQLAlchemyError, ValidationError, TOMLDecodeError)
-#: The status of a problem with the settings: the server's, not the request's.
-SETTINGS_STATUS = 500
-#: The status of a database error that is not the request's (a missing schema, say).
-DATABASE_STATUS = 503
 
 
 def monitor_health() -> dict[str, Any]:
@@ -158,7 +71,7 @@ def import_definitions(paths: Sequence[Path]) -> list[dict[str, Any]]:
         ]
 
 
-def set_parameters(name: str, assignments: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+def set_parameters(name: str, assignments: Sequence[str] | Mapping[str, Any]) -> ParameterSetView:
     """Change values of a parameter set, given as ``key=value`` texts or a mapping; a locked
     version (used by an instance) gets a new version instead."""
     changes = (
@@ -167,7 +80,7 @@ def set_parameters(name: str, assignments: Sequence[str] | Mapping[str, Any]) ->
         else parameters.parse_assignments(list(assignments))
     )
     with transaction() as session:
-        return parameter_set_dict(parameters.set_values(session, name, changes))
+        return parameter_set_view(parameters.set_values(session, name, changes))
 
 
 # -- instances -------------------------------------------------------------------------------
@@ -178,7 +91,7 @@ def submit(
     start_node: str | None = None,
     end_node: str | None = None,
     priority: int | None = None,
-) -> dict[str, Any]:
+) -> SubmittedInstance:
     """Launch an instance; described as ``instances`` does, with the ids of its first tasks."""
     # Submitting loads the Celery app: only the operations that send messages pay for it.
     from pipeline.operations.submit import submit as submitting
@@ -186,15 +99,7 @@ def submit(
     submitted = submitting(pipeline, start_node, end_node, priority)
     with transaction() as session:
         instance = session.get(PipelineInstance, submitted.id)
-        return {**instance_dict(instance), "tasks": submitted.tasks}
-
-
-def submitted_line(submitted: Mapping[str, Any]) -> str:
-    """One line about a submitted instance."""
-    return (
-        f"instance {submitted['id']} of {submitted['pipeline']} submitted with"
-        f" {len(submitted['tasks'])} tasks ({submitted['state']})"
-    )
+        return SubmittedInstance(**instance_view(instance), tasks=submitted.tasks)
 
 
 # -- restart and halt ------------------------------------------------------------------------
@@ -238,42 +143,16 @@ def halt_instance(instance: int) -> Report:
     return halting.halt_instance(check_id(instance, "instance"))
 
 
-# -- errors ----------------------------------------------------------------------------------
+# -- alerts ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Problem:
-    """An error as every interface reports it: one line, and the HTTP status it stands for."""
-
-    status: int
-    message: str
-
-
-def problem(exc: BaseException) -> Problem | None:
-    """The one-line report of an error an operator can cause or meet; None for anything
-    else (a bug: the interface logs it whole)."""
-    if isinstance(exc, StatementError) and isinstance(exc.orig, PipelineError):
-        exc = exc.orig  # raised writing a value (a JSON column refusing a non-finite number)
-    if isinstance(exc, PipelineError):
-        return Problem(exc.status, _one_line(str(exc)))
-    if isinstance(exc, SQLAlchemyError):
-        return Problem(DATABASE_STATUS, describe_database_error(exc))
-    if isinstance(exc, ValidationError) and exc.title == "Settings":
-        error = exc.errors()[0]
-        name = ".".join(map(str, error["loc"]))
-        message = f"setting {name}: {error['msg']} (from PIPELINE_* or settings.toml)"
-        return Problem(SETTINGS_STATUS, message)
-    if isinstance(exc, TOMLDecodeError):
-        return Problem(SETTINGS_STATUS, f"settings file is not valid TOML: {exc}")
-    return None
-
-
-#: Characters of a one-line report, at most: whatever an error quotes, an answer stays short.
-MAX_MESSAGE_CHARACTERS = 1000
-
-
-def _one_line(text: str) -> str:
-    line = " ".join(text.split())
-    if len(line) <= MAX_MESSAGE_CHARACTERS:
-        return line
-    return f"{line[:MAX_MESSAGE_CHARACTERS]}... (cut short)"
+def acknowledge_alert(alert_id: int) -> AlertView:
+    """Mark the alert seen (it leaves the default list); the acknowledged alert."""
+    with transaction() as session:
+        alert = session.get(Alert, check_id(alert_id, "alert"))
+        if alert is None:
+            raise NotFound(f"unknown alert {alert_id}")
+        if alert.acknowledged_at is not None:
+            raise Refused(f"alert {alert_id} is already acknowledged")
+        alert.acknowledged_at = utcnow()
+        return alert_view(alert)

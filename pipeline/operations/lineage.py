@@ -14,30 +14,7 @@ from pipeline.domain.listing import FILES_SHOWN as DEFAULT_LIMIT
 from pipeline.domain.models import DatastoreFile, FileConsumption, PipelineInstance
 from pipeline.engine.datastore_ledger import current_rows
 from pipeline.errors import NotFound
-from pipeline.operations.queries import iso_time
-
-
-def file_dict(row: DatastoreFile) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "path": row.path,
-        "data_file_type": row.data_file_type,
-        "unit_of_work": row.unit_of_work,
-        "size": row.size,
-        "sha256": row.sha256,
-        "origin": row.origin,
-        "receipt": row.receipt,
-        "instance_id": row.instance_id,
-        "task_id": row.task_id,
-        "subtask_index": row.subtask_index,
-        "attempt": row.attempt,
-        "node": row.node,
-        "definition_version": row.definition_version,
-        "parameter_versions": row.parameter_versions,
-        "stored_at": iso_time(row.stored_at),
-        "superseded_at": iso_time(row.superseded_at),
-        "current": row.superseded_at is None,
-    }
+from pipeline.operations.views import FileView, LineageStep, LineageView, file_view
 
 
 def files(
@@ -47,7 +24,7 @@ def files(
     path: str | None = None,
     history: bool = False,
     limit: int | None = DEFAULT_LIMIT,
-) -> list[dict[str, Any]]:
+) -> list[FileView]:
     """Ledger rows, oldest first: the current version of each file, or with ``history``
     the superseded ones too. The files of an instance or a task are listed whether a later
     store has superseded them or not: what it produced is its history."""
@@ -65,10 +42,10 @@ def files(
     if limit is not None:
         query = query.limit(limit)
     with transaction() as session:
-        return [file_dict(row) for row in session.scalars(query)]
+        return [file_view(row) for row in session.scalars(query)]
 
 
-def lineage(path: str) -> dict[str, Any]:
+def lineage(path: str) -> LineageView:
     """The producers behind the current version of ``path``: a step per file, breadth
     first from ``path``, each with its producing task's parameter values and definition
     version and the ids of the files that subtask consumed; received and found files end
@@ -77,7 +54,8 @@ def lineage(path: str) -> dict[str, Any]:
         start = current_rows(session, [path.strip("/")]).get(path.strip("/"))
         if start is None:
             raise NotFound(f"no file {path!r} in the datastore ledger (see 'pipeline files')")
-        steps, seen, todo = [], {start.id}, [start]
+        steps: list[LineageStep] = []
+        seen, todo = {start.id}, [start]
         while todo:
             row = todo.pop(0)
             inputs = _consumed_by_producer(session, row)
@@ -86,7 +64,7 @@ def lineage(path: str) -> dict[str, Any]:
                 if consumed.id not in seen:
                     seen.add(consumed.id)
                     todo.append(consumed)
-        return {"path": start.path, "steps": steps}
+        return LineageView(path=start.path, steps=steps)
 
 
 def _consumed_by_producer(session: Session, row: DatastoreFile) -> list[DatastoreFile]:
@@ -113,14 +91,14 @@ def _consumed_by_producer(session: Session, row: DatastoreFile) -> list[Datastor
     )
 
 
-def _step(session: Session, row: DatastoreFile, inputs: list[int]) -> dict[str, Any]:
+def _step(session: Session, row: DatastoreFile, inputs: list[int]) -> LineageStep:
     parameters: dict[str, Any] = {}
     if row.instance_id is not None:
         frozen = session.get(PipelineInstance, row.instance_id).parameters
         parameters = {name: frozen[name] for name in row.parameter_versions if name in frozen}
-    return {
-        "file": file_dict(row),
-        "definition_version": row.definition_version,
-        "parameters": parameters,
-        "inputs": inputs,
-    }
+    return LineageStep(
+        file=file_view(row),
+        definition_version=row.definition_version,
+        parameters=parameters,
+        inputs=inputs,
+    )

@@ -5,9 +5,9 @@ one-line result on Flower's page, an HTTP answer)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.operations.views import OutcomeView
 
 
 @dataclass
@@ -35,8 +35,15 @@ class Outcome:
     def refused(cls, task_id: int, mode: str, error: PipelineError) -> Outcome:
         return cls(task_id, mode, False, str(error), refusal=error)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in self.__dict__.items() if key != "refusal"}
+    def as_dict(self) -> OutcomeView:
+        return OutcomeView(
+            task_id=self.task_id,
+            mode=self.mode,
+            ok=self.ok,
+            message=self.message,
+            start_from=self.start_from,
+            subtasks=self.subtasks,
+        )
 
     def line(self) -> str:
         """One line for an operator: ``task 5 resume-current-step: retry storing``."""
@@ -70,5 +77,5 @@ class Report:
             return refusals[0]
         return type(refusals[0])("; ".join(map(str, refusals)))
 
-    def as_dicts(self) -> list[dict[str, Any]]:
+    def as_dicts(self) -> list[OutcomeView]:
         return [outcome.as_dict() for outcome in self.outcomes]

@@ -1,5 +1,6 @@
-"""What an operator reads: instances, tasks, subtasks, logs, definitions and parameter
-sets, as plain dicts (the JSON contract of the CLI's ``--json`` and the HTTP API)."""
+"""What an operator reads: instances, tasks, subtasks, logs, definitions, parameter sets
+and alerts, each as its view (``pipeline.operations.views``): the JSON contract of the
+CLI's ``--json`` and the HTTP API."""
 
 from __future__ import annotations
 
@@ -11,13 +12,11 @@ from sqlalchemy import func, or_, select, union_all
 
 from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
-from pipeline.domain.execution import with_execution_defaults
-from pipeline.domain.lifecycle import counts_label, state_label
 from pipeline.domain.limits import MAX_ID, check_id, check_index
 from pipeline.domain.models import (
+    Alert,
     DatastoreFile,
     FileConsumption,
-    ParameterSet,
     PipelineInstance,
     Subtask,
     Task,
@@ -26,6 +25,20 @@ from pipeline.domain.models import (
 from pipeline.domain.states import InstanceState, SubtaskState
 from pipeline.engine.taskdir import log_path
 from pipeline.errors import InvalidInput, NotFound, shown
+from pipeline.operations.views import (
+    TASK_COLUMNS,
+    AlertView,
+    PipelineView,
+    TaskNeedingAttention,
+    alert_view,
+    event_view,
+    instance_view,
+    iso_time,
+    parameter_set_view,
+    subtask_view,
+    task_from_columns,
+    task_view,
+)
 
 #: Instances the restart page lists at most, newest first.
 ATTENTION_INSTANCES = 50
@@ -35,109 +48,11 @@ ATTENTION_TASKS = 50
 FAILED_ERRORS_SHOWN = 3
 
 
-def iso_time(value: Any) -> str | None:
-    """A stored time as ISO 8601 to the second; None unset."""
-    return value.isoformat(timespec="seconds") if value else None
-
-
-def instance_dict(instance: PipelineInstance) -> dict[str, Any]:
-    return {
-        "id": instance.id,
-        "pipeline": instance.pipeline,
-        "definition_version": instance.definition_version,
-        "state": instance.state,
-        "start_node": instance.start_node,
-        "end_node": instance.end_node,
-        "priority": instance.priority,
-        "message": instance.message,
-        "created_at": iso_time(instance.created_at),
-        "updated_at": iso_time(instance.updated_at),
-    }
-
-
-#: The stored fields of a task that its dict shows, in the order ``task_fields`` takes them.
-TASK_COLUMNS = (
-    "id",
-    "instance_id",
-    "node",
-    "unit_of_work",
-    "p_state",
-    "error",
-    "error_message",
-    "halted",
-    "attempt",
-    "total_subtasks",
-    "completed_subtasks",
-    "failed_subtasks",
-    "worker_host",
-    "execution",
-    "updated_at",
-)
-
-
-def task_fields(
-    task_id: int,
-    instance_id: int,
-    node: str,
-    unit_of_work: str,
-    p_state: str,
-    error: bool,
-    error_message: str,
-    halted: bool,
-    attempt: int,
-    total_subtasks: int,
-    completed_subtasks: int,
-    failed_subtasks: int,
-    worker_host: str,
-    execution: dict[str, Any],
-    updated_at: Any,
-) -> dict[str, Any]:
-    return {
-        "id": task_id,
-        "instance_id": instance_id,
-        "node": node,
-        "unit_of_work": unit_of_work,
-        "p_state": p_state,
-        "error": error,
-        "state": state_label(p_state, error),
-        "error_message": error_message,
-        "halted": halted,
-        "attempt": attempt,
-        "total_subtasks": total_subtasks,
-        "completed_subtasks": completed_subtasks,
-        "failed_subtasks": failed_subtasks,
-        "counts": counts_label(total_subtasks, completed_subtasks, failed_subtasks),
-        "worker_host": worker_host,
-        "execution": with_execution_defaults(execution),
-        "updated_at": iso_time(updated_at),
-    }
-
-
-def task_dict(task: Task) -> dict[str, Any]:
-    return task_fields(*(getattr(task, name) for name in TASK_COLUMNS))
-
-
-def subtask_dict(subtask: Subtask) -> dict[str, Any]:
-    return {
-        "index": subtask.index,
-        "state": subtask.state,
-        "attempts": subtask.attempts,
-        "error": subtask.error,
-        "inputs": subtask.inputs,
-        "outputs": subtask.outputs,
-        "worker_host": subtask.worker_host,
-        "worker_pid": subtask.worker_pid,
-        "started_at": iso_time(subtask.started_at),
-        "finished_at": iso_time(subtask.finished_at),
-        "heartbeat_at": iso_time(subtask.heartbeat_at),
-    }
-
-
 @dataclass(frozen=True)
 class Listing:
     """Some rows of a listing (all of them without a limit), and how many it has in all."""
 
-    rows: list[dict[str, Any]]
+    rows: list[Any]
     total: int
 
 
@@ -170,7 +85,7 @@ def instances_listing(limit: int | None = None) -> Listing:
             newest = query.order_by(PipelineInstance.id.desc()).limit(_checked(limit))
             rows = list(session.scalars(newest))[::-1]
         total = _total(session, rows, limit, query)
-        return Listing([instance_dict(row) for row in rows], total)
+        return Listing([instance_view(row) for row in rows], total)
 
 
 def get_instance(instance_id: int) -> dict[str, Any]:
@@ -179,7 +94,7 @@ def get_instance(instance_id: int) -> dict[str, Any]:
         instance = session.get(PipelineInstance, instance_id)
         if instance is None:
             raise NotFound(f"unknown instance {instance_id}")
-        summary = instance_dict(instance)
+        summary: dict[str, Any] = dict(instance_view(instance))
         summary["parameters"] = instance.parameters
         totals = session.execute(
             select(
@@ -212,7 +127,7 @@ def tasks_listing(instance_id: int, limit: int | None = None) -> Listing:
         ordered = query.order_by(Task.id)
         if limit is not None:
             ordered = ordered.limit(_checked(limit))
-        rows = [task_fields(*row) for row in session.execute(ordered)]
+        rows = [task_from_columns(row) for row in session.execute(ordered)]
         return Listing(rows, _total(session, rows, limit, query))
 
 
@@ -227,28 +142,18 @@ def get_task(task_id: int) -> dict[str, Any]:
     """A task's details with its history of transitions and its running subtasks."""
     with transaction() as session:
         task = _task(session, task_id)
-        detail = task_dict(task)
+        detail: dict[str, Any] = dict(task_view(task))
         detail["task_dir"] = task.task_dir
         events = session.scalars(
             select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(TaskEvent.id)
         )
-        detail["history"] = [
-            {
-                "at": iso_time(event.at),
-                "p_state": event.p_state,
-                "error": event.error,
-                "attempt": event.attempt,
-                "host": event.host,
-                "message": event.message,
-            }
-            for event in events
-        ]
+        detail["history"] = [event_view(event) for event in events]
         running = session.scalars(
             select(Subtask)
             .where(Subtask.task_id == task_id, Subtask.state == SubtaskState.RUNNING)
             .order_by(Subtask.index)
         )
-        detail["running"] = [subtask_dict(subtask) for subtask in running]
+        detail["running"] = [subtask_view(subtask) for subtask in running]
         return detail
 
 
@@ -294,16 +199,16 @@ def tasks_needing_attention(limit: int = ATTENTION_INSTANCES) -> list[dict[str, 
                 .group_by(Task.instance_id)
             ).all()
         )
-        groups = {i.id: {"instance": instance_dict(i), "tasks": [], "more": 0} for i in instances}
+        groups = {i.id: {"instance": instance_view(i), "tasks": [], "more": 0} for i in instances}
         listed = list(rows)
         errors = _first_failed(session, [task.id for task, _ in listed])
         for task, restartable in listed:
             groups[task.instance_id]["tasks"].append(
-                {
-                    **task_dict(task),
-                    "restartable": bool(restartable),
-                    "failed_subtask_errors": errors.get(task.id, []),
-                }
+                TaskNeedingAttention(
+                    **task_view(task),
+                    restartable=bool(restartable),
+                    failed_subtask_errors=errors.get(task.id, []),
+                )
             )
         for instance_id, group in groups.items():
             group["more"] = counts.get(instance_id, 0) - len(group["tasks"])
@@ -346,7 +251,7 @@ def subtasks_listing(task_id: int, limit: int | None = None) -> Listing:
         if limit is not None:
             ordered = ordered.limit(_checked(limit))
         rows = list(session.scalars(ordered))
-        subtasks = [subtask_dict(row) for row in rows]
+        subtasks: list[Any] = [subtask_view(row) for row in rows]
         consumed = _consumed(session, task_id, rows[-1].index if rows else -1)
         for subtask in subtasks:
             subtask["consumed"] = consumed.get(subtask["index"], [])
@@ -395,16 +300,16 @@ def logs(task_id: int, index: int | None = None) -> list[dict[str, Any]]:
     return found
 
 
-def list_definitions() -> list[dict[str, Any]]:
+def list_definitions() -> list[PipelineView]:
     with transaction() as session:
         return [
-            {
-                "name": stored.name,
-                "version": stored.version,
-                "nodes": [node["name"] for node in stored.spec["nodes"]],
-                "description": stored.spec.get("description", ""),
-                "imported_at": iso_time(stored.imported_at),
-            }
+            PipelineView(
+                name=stored.name,
+                version=stored.version,
+                nodes=[node["name"] for node in stored.spec["nodes"]],
+                description=stored.spec.get("description", ""),
+                imported_at=iso_time(stored.imported_at),
+            )
             for stored in definitions.list_latest(session)
         ]
 
@@ -422,21 +327,18 @@ def show_definition(name: str) -> dict[str, Any]:
 
 def list_parameter_sets() -> list[dict[str, Any]]:
     with transaction() as session:
-        return [parameter_set_dict(found) for found in parameters.list_latest(session)]
+        return [parameter_set_view(found) for found in parameters.list_latest(session)]
 
 
 def show_parameter_set(name: str, version: int | None = None) -> dict[str, Any]:
     with transaction() as session:
-        return parameter_set_dict(parameters.get(session, name, version))
+        return parameter_set_view(parameters.get(session, name, version))
 
 
-def parameter_set_dict(found: ParameterSet) -> dict[str, Any]:
-    return {
-        "name": found.name,
-        "version": found.version,
-        "locked": found.locked,
-        "parameters": [
-            {"name": key, "type": decl["type"], "value": decl["value"]}
-            for key, decl in sorted(found.values.items())
-        ],
-    }
+def list_alerts(include_acknowledged: bool = False) -> list[AlertView]:
+    """Alerts oldest first: the unacknowledged ones, or every one."""
+    with transaction() as session:
+        query = select(Alert).order_by(Alert.id)
+        if not include_acknowledged:
+            query = query.where(Alert.acknowledged_at.is_(None))
+        return [alert_view(alert) for alert in session.scalars(query)]

@@ -15,7 +15,6 @@ import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pipeline.database import transaction
 from pipeline.domain import definitions
@@ -24,6 +23,7 @@ from pipeline.engine import datastore
 from pipeline.engine.datastore import Staged
 from pipeline.engine.datastore_ledger import record_received
 from pipeline.errors import InvalidInput, NotFound
+from pipeline.operations.views import ReceiptView, ReceivedFile
 from pipeline.settings import get_settings
 
 #: What a unit of work may be called: one path component.
@@ -50,7 +50,7 @@ def receive(
     unit: str,
     manifest: Path | None = None,
     pipeline: str | None = None,
-) -> dict[str, Any]:
+) -> ReceiptView:
     """Import the files of ``directory`` as ``data_file_type`` for ``unit`` (see the module
     docstring); what was imported, and where the acknowledgement was written."""
     kind = _data_file_type(data_file_type, pipeline)
@@ -82,13 +82,15 @@ def receive(
         datastore.discard([received.staged for received in staged])
         raise
     acknowledgement = _acknowledge(manifest, staged) if manifest else None
-    return {
-        "receipt": receipt,
-        "data_file_type": data_file_type,
-        "unit_of_work": unit,
-        "files": [{k: row[k] for k in ("path", "size", "sha256")} for row in rows],
-        "acknowledgement": str(acknowledgement) if acknowledgement else None,
-    }
+    return ReceiptView(
+        receipt=receipt,
+        data_file_type=data_file_type,
+        unit_of_work=unit,
+        files=[
+            ReceivedFile(path=row["path"], size=row["size"], sha256=row["sha256"]) for row in rows
+        ],
+        acknowledgement=str(acknowledgement) if acknowledgement else None,
+    )
 
 
 def _data_file_type(name: str, pipeline: str | None) -> DataFileType:

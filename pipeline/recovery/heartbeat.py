@@ -17,9 +17,7 @@ import threading
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from celery import bootsteps
 from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -113,29 +111,9 @@ def _claim_never_run(watching_since: datetime) -> None:
             session.add(Heartbeat(name=MONITOR, at=watching_since, host=""))
 
 
-class WorkerWatch(bootsteps.StartStopStep):
-    """A worker's look at the monitor's heartbeat once an interval, on the worker's own
-    timer (no thread: the pool forks new children from this process)."""
-
-    requires = {"celery.worker.components:Timer"}
-
-    def __init__(self, worker: Any, **options: Any) -> None:
-        super().__init__(worker, **options)
-        self.timer_entry: Any = None
-
-    def start(self, worker: Any) -> None:
-        self.timer_entry = worker.timer.call_repeatedly(
-            get_settings().monitor_interval, look, (utcnow(),)
-        )
-
-    def stop(self, worker: Any) -> None:
-        if self.timer_entry is not None:
-            self.timer_entry.cancel()
-
-
 class SilenceWatch(threading.Thread):
     """A daemon thread that reports a silent monitor once an interval (the HTTP API runs
-    one; a worker has ``WorkerWatch``).
+    one; a worker looks on its own timer, ``workers.app.WorkerWatch``).
 
     Parameters:
       interval: seconds between looks (the monitor's interval by default).

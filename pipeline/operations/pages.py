@@ -4,7 +4,7 @@ rows at a time, and figures computed by the database.
 Every read here is bounded: a page is ``LIMIT``/``OFFSET`` over an indexed order, and
 anything summed over all rows (progress, a DAG's node states, metrics) is an aggregate
 query, so an instance of 10,000 tasks or a task of 5,000 subtasks renders as fast as a
-small one (``bench/console.py`` measures it).
+small one (``make bench`` measures the pages over a million subtask rows).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
-from pipeline.domain.lifecycle import PState
+from pipeline.domain.lifecycle import PState, counts_label
 from pipeline.domain.limits import check_id, check_index
 from pipeline.domain.models import (
     Alert,
@@ -33,15 +33,18 @@ from pipeline.domain.models import (
     utcnow,
 )
 from pipeline.domain.states import STOPPED_STATES, InstanceState, SubtaskState
-from pipeline.engine.alerts import alert_dict
 from pipeline.engine.taskdir import log_path
 from pipeline.errors import InvalidInput, NotFound
-from pipeline.operations.queries import (
+from pipeline.operations.views import (
     TASK_COLUMNS,
-    instance_dict,
+    InstanceProgress,
+    SubtaskRow,
+    TaskRow,
+    alert_view,
+    instance_view,
     iso_time,
-    subtask_dict,
-    task_fields,
+    subtask_view,
+    task_from_columns,
 )
 
 #: Rows a console page shows unless asked for fewer (and never more than ``MAX_PER_PAGE``).
@@ -60,15 +63,13 @@ FIGURES_TASKS = 200
 #: found again by the monitor.
 RESTART_NOTE = "restart: "
 LOST_WORK_NOTES = ("%worker lost, dispatched again%", "marshaling lost on %")
-#: How a node of the DAG is coloured, from its tasks' states, worst first.
-NODE_COLOURS = ("error", "running", "complete", "pending")
 
 
 @dataclass(frozen=True)
 class Page:
     """One page of rows and where it sits among all of them."""
 
-    rows: list[dict[str, Any]]
+    rows: list[Any]
     total: int
     page: int
     per_page: int
@@ -124,11 +125,14 @@ def instances_page(
             )
         )
         progress = _progress(session, [row.id for row in rows])
-        listed = []
-        for row in rows:
-            described = {**instance_dict(row), **progress.get(row.id, _NO_PROGRESS)}
-            described["duration"] = _duration(row.created_at, row.updated_at, row.state)
-            listed.append(described)
+        listed = [
+            InstanceProgress(
+                **instance_view(row),
+                **progress.get(row.id, _NO_PROGRESS),  # type: ignore[typeddict-item]
+                duration=_duration(row.created_at, row.updated_at, row.state),
+            )
+            for row in rows
+        ]
         pipelines = list(
             session.scalars(select(PipelineInstance.pipeline).distinct().order_by("pipeline"))
         )
@@ -187,8 +191,8 @@ def instance_overview(instance_id: int) -> dict[str, Any]:
         instance = session.get(PipelineInstance, instance_id)
         if instance is None:
             raise NotFound(f"unknown instance {instance_id}")
-        described = {
-            **instance_dict(instance),
+        described: dict[str, Any] = {
+            **instance_view(instance),
             **_progress(session, [instance_id]).get(instance_id, _NO_PROGRESS),
         }
         described["duration"] = _duration(instance.created_at, instance.updated_at, instance.state)
@@ -197,9 +201,7 @@ def instance_overview(instance_id: int) -> dict[str, Any]:
             select(func.count(Task.id)).where(Task.instance_id == instance_id, Task.restartable)
         )
         described["running_tasks"] = session.scalar(
-            select(func.count(Task.id)).where(
-                Task.instance_id == instance_id, ~Task.error, Task.p_state != PState.COMPLETE
-            )
+            select(func.count(Task.id)).where(Task.instance_id == instance_id, Task.running)
         )
         definition = definitions.parse(instance.definition)
         described["nodes"] = _node_states(session, instance_id, definition)
@@ -250,7 +252,7 @@ def _node_states(
                 "tasks": tasks,
                 "error_tasks": errors,
                 "complete_tasks": complete_,
-                "counts": f"{completed}/{total} ({failed})",
+                "counts": counts_label(total, completed, failed),
                 "colour": colour,
             }
         )
@@ -336,12 +338,14 @@ def tasks_page(instance_id: int, page: int = 1, per_page: int = PER_PAGE) -> Pag
             .limit(per_page)
             .offset((page - 1) * per_page)
         )
-        listed = []
-        for row in rows:
-            task = task_fields(*row[: len(TASK_COLUMNS)])
-            task["restartable"] = bool(row.restartable)
-            task["duration"] = _seconds_between(row.created_at, row.updated_at)
-            listed.append(task)
+        listed = [
+            TaskRow(
+                **task_from_columns(row[: len(TASK_COLUMNS)]),
+                restartable=bool(row.restartable),
+                duration=_seconds_between(row.created_at, row.updated_at),
+            )
+            for row in rows
+        ]
         return Page(listed, total, page, per_page)
 
 
@@ -373,13 +377,15 @@ def subtasks_page(
         rows = session.scalars(
             query.order_by(Subtask.index).limit(per_page).offset((page - 1) * per_page)
         )
-        listed = []
-        for row in rows:
-            found = subtask_dict(row)
-            found["duration"] = _seconds_between(row.started_at, row.finished_at)
-            found["error_line"] = (row.error or "").splitlines()[0] if row.error else ""
-            found["input_count"] = len(row.inputs or [])
-            listed.append(found)
+        listed = [
+            SubtaskRow(
+                **subtask_view(row),
+                duration=_seconds_between(row.started_at, row.finished_at),
+                error_line=(row.error or "").splitlines()[0] if row.error else "",
+                input_count=len(row.inputs or []),
+            )
+            for row in rows
+        ]
         return Page(listed, total, page, per_page)
 
 
@@ -447,7 +453,7 @@ def alerts_page(
         rows = session.scalars(
             query.order_by(Alert.id.desc()).limit(per_page).offset((page - 1) * per_page)
         )
-        return Page([alert_dict(row) for row in rows], total, page, per_page)
+        return Page([alert_view(row) for row in rows], total, page, per_page)
 
 
 # -- parameter sets --------------------------------------------------------------------------

@@ -1,0 +1,409 @@
+"""What an operator reads, one view per thing: an instance, a task, a subtask, a history
+line, a log, a file, an alert, a pipeline, a parameter set, a restart's outcome.
+
+Each view is a ``TypedDict``: at run time the plain dict every interface shows (the CLI's
+``--json``, the HTTP API's body, the console's page, Flower's operation results), and for
+the HTTP API its response model (its fields, types and descriptions are the OpenAPI
+schema; an answer with a field the view lacks is refused). A view is built from a row by
+its field names (``build``), or, where a listing of 10,000 rows needs the speed, from
+column tuples in the view's own order (``Builder``); the labels an operator reads
+(``ERROR - ALGORITHM_COMPLETE``, ``3/4 (1)``) come from the lifecycle, nowhere else.
+A field added to a view is one line here (and its column, if it is stored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, with_config
+from typing_extensions import TypedDict
+
+from pipeline.domain.execution import ExecutionSettings, with_execution_defaults
+from pipeline.domain.lifecycle import PState, counts_label, state_label
+from pipeline.domain.states import InstanceState, NodeState, SubtaskState
+
+Time = Annotated[str | None, Field(description="ISO 8601, UTC, to the second")]
+_CLOSED = ConfigDict(extra="forbid")
+
+
+def iso_time(value: datetime | None) -> str | None:
+    """A stored time as ISO 8601 to the second; None unset."""
+    return value.isoformat(timespec="seconds") if value else None
+
+
+def fields(view: type) -> list[str]:
+    """A view's fields, in the order it shows them (a base view's first)."""
+    return list(view.__annotations__)
+
+
+def build(view: type, row: Any, **computed: Any) -> Any:
+    """The view of ``row`` (an ORM object, or a result row with labelled columns): each
+    field from the row's attribute of that name, unless given in ``computed``."""
+    return {
+        name: computed[name] if name in computed else getattr(row, name) for name in fields(view)
+    }
+
+
+class Builder:
+    """Builds views from column tuples: ``columns`` names what each position of a tuple
+    holds, ``computed`` makes each other field from the tuple (by column name)."""
+
+    def __init__(
+        self,
+        view: type,
+        columns: Sequence[str],
+        **computed: Callable[[dict[str, Any]], Any],
+    ) -> None:
+        self.columns = list(columns)
+        missing = set(fields(view)) - set(columns) - set(computed)
+        if missing:
+            raise TypeError(f"{view.__name__}: nothing gives {sorted(missing)}")
+        self._plan = [(name, computed.get(name)) for name in fields(view)]
+
+    def __call__(self, values: Sequence[Any]) -> Any:
+        row = dict(zip(self.columns, values, strict=True))
+        return {name: row[name] if make is None else make(row) for name, make in self._plan}
+
+
+# -- instances -------------------------------------------------------------------------------
+
+
+@with_config(_CLOSED)
+class InstanceView(TypedDict):
+    id: int
+    pipeline: str
+    definition_version: int
+    state: InstanceState
+    start_node: str | None
+    end_node: str | None
+    priority: int | None
+    message: str
+    created_at: Time
+    updated_at: Time
+
+
+class SubmittedInstance(InstanceView):
+    tasks: Annotated[list[int], Field(description="ids of the tasks of the first nodes")]
+
+
+class FrozenParameterSet(TypedDict):
+    version: int
+    values: dict[str, Any]
+
+
+class InstanceDetail(InstanceView):
+    parameters: Annotated[dict[str, FrozenParameterSet], Field(description="frozen at submission")]
+    tasks: Annotated[int, Field(description="how many tasks the instance has so far")]
+    total_subtasks: int
+    completed_subtasks: int
+    failed_subtasks: int
+    nodes: dict[str, NodeState]
+
+
+class InstanceProgress(InstanceView):
+    """An instance as the console's list shows it: with its progress and duration."""
+
+    tasks: int
+    tasks_done: int
+    total_subtasks: int
+    completed_subtasks: int
+    failed_subtasks: int
+    duration: Annotated[float | None, Field(description="seconds, to now while under way")]
+
+
+def instance_view(row: Any) -> InstanceView:
+    return build(  # type: ignore[no-any-return]
+        InstanceView,
+        row,
+        created_at=iso_time(row.created_at),
+        updated_at=iso_time(row.updated_at),
+    )
+
+
+# -- tasks -----------------------------------------------------------------------------------
+
+
+@with_config(_CLOSED)
+class TaskView(TypedDict):
+    id: int
+    instance_id: int
+    node: str
+    unit_of_work: str
+    p_state: PState
+    error: bool
+    state: Annotated[
+        str, Field(description="the P-state, or ERROR - P-state when the error flag is set")
+    ]
+    error_message: str
+    halted: bool
+    attempt: int
+    total_subtasks: int
+    completed_subtasks: int
+    failed_subtasks: int
+    counts: Annotated[str, Field(description="completed/total (failed), e.g. 3/4 (1)")]
+    worker_host: str
+    execution: ExecutionSettings
+    updated_at: Time
+
+
+#: The labels and settings of a task view, made from its stored fields (a row's columns by
+#: name): the state as operators read it, its counts, and every execution setting (those
+#: stored before a setting existed at its default).
+TASK_COMPUTED: dict[str, Callable[[Any], Any]] = {
+    "state": lambda t: state_label(t["p_state"], t["error"]),
+    "counts": lambda t: counts_label(
+        t["total_subtasks"], t["completed_subtasks"], t["failed_subtasks"]
+    ),
+    "execution": lambda t: with_execution_defaults(t["execution"]),
+    "updated_at": lambda t: iso_time(t["updated_at"]),
+}
+#: The stored fields of a task view: the columns a listing selects.
+TASK_COLUMNS = [name for name in fields(TaskView) if name not in ("state", "counts")]
+task_from_columns = Builder(TaskView, TASK_COLUMNS, **TASK_COMPUTED)
+
+
+def task_view(row: Any) -> TaskView:
+    """The view of a task row (an ORM object)."""
+    return task_from_columns([getattr(row, name) for name in TASK_COLUMNS])  # type: ignore[no-any-return]
+
+
+class TaskEventView(TypedDict):
+    at: Time
+    p_state: PState
+    error: bool
+    attempt: int
+    host: str
+    message: str
+
+
+def event_view(row: Any) -> TaskEventView:
+    return build(TaskEventView, row, at=iso_time(row.at))  # type: ignore[no-any-return]
+
+
+@with_config(_CLOSED)
+class SubtaskView(TypedDict):
+    """A subtask as its task's detail lists it among those running."""
+
+    index: int
+    state: SubtaskState
+    attempts: int
+    error: str
+    inputs: list[str]
+    outputs: Annotated[
+        int | None,
+        Field(description="files of the node's output types it left; unset until it succeeds"),
+    ]
+    worker_host: str
+    worker_pid: int | None
+    started_at: Time
+    finished_at: Time
+    heartbeat_at: Time
+
+
+def subtask_view(row: Any) -> SubtaskView:
+    return build(  # type: ignore[no-any-return]
+        SubtaskView,
+        row,
+        started_at=iso_time(row.started_at),
+        finished_at=iso_time(row.finished_at),
+        heartbeat_at=iso_time(row.heartbeat_at),
+    )
+
+
+class ListedSubtask(SubtaskView):
+    """A subtask as its task's listing shows it."""
+
+    consumed: Annotated[
+        list[str], Field(description="the datastore paths its last marshal gave it")
+    ]
+
+
+class TaskDetail(TaskView):
+    task_dir: str
+    history: list[TaskEventView]
+    running: Annotated[
+        list[SubtaskView], Field(description="subtasks running now, with worker and heartbeat")
+    ]
+
+
+class TaskRow(TaskView):
+    """A task as the console's pages list it."""
+
+    restartable: bool
+    duration: Annotated[float | None, Field(description="seconds since it was created")]
+
+
+class FailedSubtask(TypedDict):
+    index: int
+    error: str
+
+
+class TaskNeedingAttention(TaskView):
+    """A task on the console's restart page: failed, or running (which may be halted)."""
+
+    restartable: bool
+    failed_subtask_errors: list[FailedSubtask]
+
+
+class SubtaskRow(SubtaskView):
+    """A subtask as the console's task page lists it."""
+
+    duration: float | None
+    error_line: Annotated[str, Field(description="the first line of its error")]
+    input_count: int
+
+
+class LogEntry(TypedDict):
+    index: int
+    path: str
+    text: Annotated[str, Field(description="the algorithm's stdout and stderr")]
+
+
+# -- what an operation did -------------------------------------------------------------------
+
+
+@with_config(_CLOSED)
+class OutcomeView(TypedDict):
+    """What a restart or halt did (or, in a dry run, would do) to one task."""
+
+    task_id: int
+    mode: str
+    ok: bool
+    message: str
+    start_from: str
+    subtasks: list[int]
+
+
+# -- definitions, parameters, alerts ---------------------------------------------------------
+
+
+@with_config(_CLOSED)
+class PipelineView(TypedDict):
+    name: str
+    version: int
+    nodes: list[str]
+    description: str
+    imported_at: Time
+
+
+class ParameterView(TypedDict):
+    name: str
+    type: str
+    value: Any
+
+
+@with_config(_CLOSED)
+class ParameterSetView(TypedDict):
+    name: str
+    version: int
+    locked: bool
+    parameters: list[ParameterView]
+
+
+def parameter_set_view(row: Any) -> ParameterSetView:
+    return build(  # type: ignore[no-any-return]
+        ParameterSetView,
+        row,
+        parameters=[
+            {"name": key, "type": declared["type"], "value": declared["value"]}
+            for key, declared in sorted(row.values.items())
+        ],
+    )
+
+
+@with_config(_CLOSED)
+class AlertView(TypedDict):
+    id: int
+    at: str
+    severity: str
+    instance_id: int | None
+    task_id: int | None
+    message: str
+    acknowledged: bool
+
+
+def alert_view(row: Any) -> AlertView:
+    return build(  # type: ignore[no-any-return]
+        AlertView, row, at=iso_time(row.at), acknowledged=row.acknowledged_at is not None
+    )
+
+
+# -- the datastore ---------------------------------------------------------------------------
+
+
+@with_config(_CLOSED)
+class FileView(TypedDict):
+    """One stored version of a datastore file and its producer."""
+
+    id: int
+    path: Annotated[str, Field(description="under the datastore root")]
+    data_file_type: str
+    unit_of_work: str
+    size: int
+    sha256: str
+    origin: Literal["task", "received", "found"]
+    receipt: Annotated[
+        str, Field(description="the receipt's manifest or directory, for received files")
+    ]
+    instance_id: int | None
+    task_id: int | None
+    subtask_index: int | None
+    attempt: int | None
+    node: str
+    definition_version: int | None
+    parameter_versions: dict[str, int]
+    stored_at: Time
+    superseded_at: Time
+    current: Annotated[bool, Field(description="whether its bytes are the ones on disk")]
+
+
+def file_view(row: Any) -> FileView:
+    return build(  # type: ignore[no-any-return]
+        FileView,
+        row,
+        stored_at=iso_time(row.stored_at),
+        superseded_at=iso_time(row.superseded_at),
+        current=row.superseded_at is None,
+    )
+
+
+class LineageStep(TypedDict):
+    file: FileView
+    definition_version: int | None
+    parameters: Annotated[dict[str, FrozenParameterSet], Field(description="the producing task's")]
+    inputs: Annotated[
+        list[int], Field(description="ids of the files its producing subtask consumed")
+    ]
+
+
+@with_config(_CLOSED)
+class LineageView(TypedDict):
+    path: str
+    steps: Annotated[
+        list[LineageStep], Field(description="the file first, then its inputs' producers")
+    ]
+
+
+class ReceivedFile(TypedDict):
+    path: str
+    size: int
+    sha256: str
+
+
+@with_config(_CLOSED)
+class ReceiptView(TypedDict):
+    receipt: str
+    data_file_type: str
+    unit_of_work: str
+    files: list[ReceivedFile]
+    acknowledgement: Annotated[str | None, Field(description="written beside the manifest")]
+
+
+def submitted_line(submitted: SubmittedInstance) -> str:
+    """One line about a submitted instance (the CLI's and Flower's operation's answer)."""
+    return (
+        f"instance {submitted['id']} of {submitted['pipeline']} submitted with"
+        f" {len(submitted['tasks'])} tasks ({submitted['state']})"
+    )
