@@ -178,9 +178,9 @@ class Cluster:
 
     def activate(self) -> None:
         """Point this process's settings, database and Celery app at the cluster."""
-        from pipeline.settings import reload_settings
         from pipeline.database import reset_engines
         from pipeline.messaging.celery_app import celery_app, configure
+        from pipeline.settings import reload_settings
 
         for key in [key for key in os.environ if key.startswith("PIPELINE_")]:
             del os.environ[key]
@@ -195,8 +195,8 @@ class Cluster:
 def api_server(cluster: Cluster) -> Iterator[str]:
     """The cluster's HTTP API (``pipeline api``) alone, for a cluster that was only initialised;
     yields its URL."""
-    from pipeline.settings import get_settings
     from pipeline.interfaces.client import healthy
+    from pipeline.settings import get_settings
 
     url = get_settings().api_url
     log = (cluster.home / "api.log").open("ab")
@@ -219,8 +219,8 @@ def api_server(cluster: Cluster) -> Iterator[str]:
 def console_server() -> Iterator[tuple[str, tuple[str, str]]]:
     """Flower with the pipeline console, in a thread of this process, for a cluster that
     was only initialised; yields its URL and login."""
-    from pipeline.settings import get_settings
     from pipeline.interfaces import flower
+    from pipeline.settings import get_settings
 
     settings = get_settings()
     with flower.in_thread(settings) as url:
