@@ -1,7 +1,8 @@
 """The operators' read commands (``instances``, ``tasks``, ``subtasks``, ``task``): a table is
 a screenful of rows with a counted footer (``--limit N``, ``--all``), ``--json`` every row;
-and the output is the same, byte for byte, whether the home's HTTP API answers the read
-(``pipeline.interfaces.local_api``) or the CLI reads the database in process.
+a read written wrong is a usage error; and the output is the same, byte for byte, whether
+the home's HTTP API answers the read (``pipeline.interfaces.local_api``) or the CLI reads
+the database in process; the Python client reads the same rows from the same API.
 
 The API runs in a thread of this process over the test's own home; the real API process
 that ``cluster start`` runs is in ``test_cli_api_cluster.py``.
@@ -227,6 +228,25 @@ def test_the_api_and_the_database_print_the_same_bytes(
         ), args
     assert through_api[("task", "999")].returncode == 1
     assert through_api[("task", "999")].stderr == "error: unknown task 999\n"
+
+
+def test_the_python_client_reads_the_rows_the_cli_prints(api: dict[str, Any], cli: Any) -> None:
+    """The CLI's reads and the Python client are one client of the same API: the same rows,
+    and an unknown id is the same one-line message."""
+    from pipeline.interfaces.client import ApiError, Client
+    from pipeline.settings import API_PREFIX
+
+    with Client(api["url"].removesuffix(API_PREFIX), api["token"]) as client:
+        assert client.tasks(1) == json.loads(cli("tasks", 1, "--json").stdout)
+        assert client.subtasks(1) == json.loads(cli("subtasks", 1, "--json").stdout)
+        assert client.task(1) == json.loads(cli("task", 1, "--json").stdout)
+        assert client.alerts(include_acknowledged=True) == json.loads(
+            cli("alerts", "--all", "--json").stdout
+        )
+        with pytest.raises(ApiError) as unknown:
+            client.task(999)
+    assert (unknown.value.status, unknown.value.message) == (404, "unknown task 999")
+    assert cli("task", 999).stderr == f"error: {unknown.value.message}\n"
 
 
 def test_what_the_api_does_not_answer_is_read_in_process(
