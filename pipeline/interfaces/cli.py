@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -496,7 +497,6 @@ def _lineage_label(step: dict[str, Any]) -> str:
 
 # -- the parser ------------------------------------------------------------------------------
 
-
 #: An example of each command, by its path, shown at the end of its ``--help``.
 EXAMPLES: dict[str, str] = {
     "": "pipeline cluster init; pipeline cluster start; pipeline submit sample; pipeline wait 1",
@@ -573,24 +573,42 @@ class _Help(argparse.HelpFormatter):
 
 class Parser(argparse.ArgumentParser):
     """An ``argparse`` parser that raises ``UsageError`` where argparse would print its
-    usage and exit, and that may prepare its help just before showing it (``on_help``)."""
+    usage and exit, and that is built as it is first used: ``build`` adds its arguments
+    and subcommands then. The whole tree of 33 parsers takes 12 ms to build, a tenth of a
+    read command's time; a command line builds the top and the parsers it goes through.
+    ``on_help`` prepares its help just before it is shown."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # An option is written whole: --time must not stand for --timeout.
         kwargs.setdefault("allow_abbrev", False)
         kwargs.setdefault("formatter_class", _Help)
         super().__init__(*args, **kwargs)
+        self.build: Callable[[Parser], None] | None = None
         self.on_help: Callable[[], None] | None = None
-        #: Of the whole command line's parser: every command's parser, by its path.
-        self.commands: dict[str, Parser] = {}
 
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message, self.prog)
+    def ensure_built(self) -> None:
+        if self.build is not None:
+            build, self.build = self.build, None
+            build(self)
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self.ensure_built()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self.ensure_built()
+        return super().format_usage()
 
     def format_help(self) -> str:
+        self.ensure_built()
         if self.on_help is not None:
             self.on_help()
         return super().format_help()
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.prog)
 
 
 def _whole(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
@@ -618,11 +636,11 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{shown(text)} is not a number of seconds") from None
 
 
-def _json_option(command: Parser) -> None:
+def _json(command: Parser) -> None:
     command.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
 
 
-def _rows_options(command: Parser) -> None:
+def _rows(command: Parser) -> None:
     """``--limit N`` or ``--all`` (not both) and ``--json``: a table shows a screenful,
     ``TABLE_ROWS``, unless told; JSON every row unless ``--limit`` is given."""
     rows = command.add_mutually_exclusive_group()
@@ -633,125 +651,63 @@ def _rows_options(command: Parser) -> None:
         help=f"Show N rows (default {TABLE_ROWS}; with --json, every row unless given).",
     )
     rows.add_argument("--all", dest="every", action="store_true", help="Show every row.")
-    _json_option(command)
+    _json(command)
 
 
-class _Commands:
-    """The subcommands of one parser, each added with its help and its example, and named
-    in the ``commands`` of the whole command line's parser, ``top``."""
+def _argument(*names: str, **options: Any) -> Callable[[Parser], None]:
+    """What adds one argument, as ``add_argument`` takes it, to a command's parser."""
 
-    def __init__(self, parent: Parser, top: Parser, path: str = "") -> None:
-        self.path, self.top = path, top
-        self.choices = parent.add_subparsers(title="commands", metavar="COMMAND")
+    def add(command: Parser) -> None:
+        command.add_argument(*names, **options)
 
-    def add(
-        self,
-        name: str,
-        summary: str,
-        run: Callable[[argparse.Namespace], int | None] | None = None,
-    ) -> Parser:
-        """The parser of command ``name`` (a group of commands when it has no ``run``)."""
-        path = f"{self.path} {name}".strip()
-        command: Parser = self.choices.add_parser(
-            name, help=summary, description=summary, epilog=f"Example: {EXAMPLES[path]}"
-        )
-        command.set_defaults(parser=command, **({"run": run} if run else {}))
-        self.top.commands[path] = command
-        return command
+    return add
 
 
-@cache
-def parser() -> Parser:
-    """The parser of the whole ``pipeline`` command line; its ``commands`` are the parsers
-    of every command by path (``"cluster start"``). A parsed command line (see ``parse``)
-    holds its command's ``run`` function and the ``parser`` of the deepest command named;
-    ``check``, where set, says why its arguments do not go together."""
-    top = Parser(
-        prog=PROGRAM,
-        description="A Ziggy-style science pipeline on Celery.",
-        epilog=f"Example: {EXAMPLES['']}",
-    )
-    top.set_defaults(parser=top)
-    commands = _Commands(top, top)
+def _id(what: str, metavar: str) -> Callable[[Parser], None]:
+    """An id argument (``INSTANCE``, ``TASK``), named ``what`` in the parsed command line."""
+    return _argument(what, type=_whole(), metavar=metavar, help=f"The {what}.")
 
-    group = commands.add("cluster", "The local cluster under PIPELINE_HOME.")
-    cluster = _Commands(group, top, "cluster")
-    command = cluster.add(
-        "init", "Create PIPELINE_HOME and its database, and import every definition.", cluster_init
-    )
+
+def _all_of(*arguments: Callable[[Parser], None]) -> Callable[[Parser], None]:
+    def add(command: Parser) -> None:
+        for argument in arguments:
+            argument(command)
+
+    return add
+
+
+def _cluster_init_arguments(command: Parser) -> None:
     command.add_argument(
         "--sample-data",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="Write the sample pipeline's images into the datastore.",
     )
-    _json_option(command)
-    command = cluster.add(
-        "start",
-        "Start Redis, workers, beat, the HTTP API and Flower: only those not already running.",
-        cluster_start,
-    )
+    _json(command)
+
+
+def _cluster_start_arguments(command: Parser) -> None:
     command.add_argument("--workers", type=_whole(1), metavar="N", help="Worker processes to run.")
-    _json_option(command)
-    cluster.add("stop", "Stop the processes `cluster start` started.", cluster_stop)
-    command = cluster.add(
-        "status",
-        "Which home this shell uses, which of its cluster's processes are alive, and whether "
-        "beat's monitor runs.",
-        cluster_status,
-    )
-    _json_option(command)
-    command = cluster.add(
-        "credentials",
-        "The HTTP API's URL and bearer token, and Flower's URL and login.",
-        cluster_credentials,
-    )
-    _json_option(command)
+    _json(command)
 
-    group = commands.add("definitions", "Pipeline definitions.")
-    definitions = _Commands(group, top, "definitions")
-    command = definitions.add(
-        "import",
-        "Import definition files, all or nothing; a changed file becomes a new version.",
-        definitions_import,
-    )
+
+def _definitions_import_arguments(command: Parser) -> None:
     command.add_argument("files", nargs="+", type=Path, metavar="FILE", help="YAML files.")
-    command = definitions.add(
-        "list", "The newest version of every pipeline definition.", definitions_list
-    )
-    _json_option(command)
-    command = definitions.add(
-        "show",
-        "A pipeline's nodes, their algorithms, inputs, outputs and execution settings.",
-        definitions_show,
-    )
-    command.add_argument("name", metavar="NAME", help="The pipeline.")
-    _json_option(command)
 
-    group = commands.add("params", "Parameter sets.")
-    params = _Commands(group, top, "params")
-    command = params.add("list", "The newest version of every parameter set.", params_list)
-    _json_option(command)
-    command = params.add("show", "A parameter set's values and types.", params_show)
+
+def _params_show_arguments(command: Parser) -> None:
     command.add_argument("name", metavar="NAME", help="The parameter set.")
     command.add_argument("--version", type=_whole(), metavar="N", help="An older version.")
-    _json_option(command)
-    command = params.add(
-        "set",
-        "Change values; a locked version (used by an instance) gets a new version instead.",
-        params_set,
-    )
+    _json(command)
+
+
+def _params_set_arguments(command: Parser) -> None:
     command.add_argument("name", metavar="NAME", help="The parameter set.")
     command.add_argument("assignments", nargs="+", metavar="KEY=VALUE", help="key=value pairs.")
-    _json_option(command)
+    _json(command)
 
-    group = commands.add("datastore", "Data into the datastore.")
-    datastore = _Commands(group, top, "datastore")
-    command = datastore.add(
-        "import",
-        "Receive files into the datastore, all or nothing, each recorded in the ledger.",
-        datastore_import,
-    )
+
+def _datastore_import_arguments(command: Parser) -> None:
     command.add_argument("directory", type=Path, metavar="DIR", help="The files to import.")
     command.add_argument("--type", required=True, metavar="TYPE", help="Their data file type.")
     command.add_argument(
@@ -766,57 +722,33 @@ def parser() -> Parser:
     command.add_argument(
         "--pipeline", metavar="NAME", help="The pipeline whose data file type it is."
     )
-    _json_option(command)
+    _json(command)
 
-    command = commands.add("submit", "Submit a pipeline instance.", submit)
+
+def _submit_arguments(command: Parser) -> None:
     command.add_argument("pipeline", metavar="PIPELINE", help="The pipeline to run.")
     command.add_argument("--start-node", metavar="NODE", help="First node to run.")
     command.add_argument("--end-node", metavar="NODE", help="Last node to run.")
     command.add_argument("--priority", type=_whole(), metavar="N", help="0 (first) to 9 (last).")
-    _json_option(command)
+    _json(command)
 
-    command = commands.add(
-        "instances", "Pipeline instances and their states: the newest, in id order.", instances
-    )
-    _rows_options(command)
-    command = commands.add(
-        "tasks",
-        "The tasks of an instance in id order: P-state, error flag and subtask counts.",
-        tasks,
-    )
-    command.add_argument("instance", type=_whole(), metavar="INSTANCE", help="The instance.")
-    _rows_options(command)
-    command = commands.add("task", "A task's details and its history of transitions.", task)
-    command.add_argument("task", type=_whole(), metavar="TASK", help="The task.")
-    _json_option(command)
-    command = commands.add(
-        "subtasks", "A task's subtasks in index order: state, attempts and error.", subtasks
-    )
-    command.add_argument("task", type=_whole(), metavar="TASK", help="The task.")
-    _rows_options(command)
-    command = commands.add(
-        "logs", "The algorithm's output (stdout and stderr) of each subtask of a task.", logs
-    )
-    command.add_argument("task", type=_whole(), metavar="TASK", help="The task.")
+
+def _logs_arguments(command: Parser) -> None:
+    _id("task", "TASK")(command)
     command.add_argument(
         "--subtask", type=_whole(), metavar="INDEX", help="Only this subtask's log."
     )
-    _json_option(command)
-    command = commands.add(
-        "wait",
-        "Wait for an instance: exit 0 when COMPLETED, 1 when it stops with errors, 3 on timeout.",
-        wait,
-    )
-    command.add_argument("instance", type=_whole(), metavar="INSTANCE", help="The instance.")
+    _json(command)
+
+
+def _wait_arguments(command: Parser) -> None:
+    _id("instance", "INSTANCE")(command)
     command.add_argument(
         "--timeout", type=_seconds, metavar="SECONDS", help="Give up after this many seconds."
     )
 
-    command = commands.add(
-        "restart",
-        "Restart failed tasks: each in its own mode, or every failed task of an instance.",
-        restart,
-    )
+
+def _restart_arguments(command: Parser) -> None:
     command.add_argument(
         "tasks", nargs="*", metavar="TASK[:MODE]", help="TASK or TASK:MODE, one mode per task."
     )
@@ -851,34 +783,33 @@ def parser() -> Parser:
         metavar="KEY=VALUE",
         help="Other execution setting, key=value (repeatable).",
     )
-    _json_option(command)
+    _json(command)
     command.set_defaults(check=_restart_usage)
-    command = commands.add(
-        "halt",
-        "Halt tasks: queued work dropped, running subtasks revoked, the error flag set.",
-        halt,
-    )
+
+
+def _name_the_modes(option: argparse.Action) -> None:
+    """Name every restart mode in the help of ``restart --mode``, as it is shown: the
+    modes' module loads the database libraries, which no other command line should wait
+    for."""
+    modes = ", ".join(mode.name for mode in reads.facade().restart_modes())
+    option.help = f"{MODES_HELP[:-1]}: {modes}."
+
+
+def _halt_arguments(command: Parser) -> None:
     command.add_argument("tasks", nargs="*", type=_whole(), metavar="TASK", help="The tasks.")
     command.add_argument(
         "--instance", type=_whole(), metavar="INSTANCE", help="Halt every running task."
     )
-    _json_option(command)
+    _json(command)
     command.set_defaults(check=_halt_usage)
 
-    command = commands.add(
-        "alerts", "Alerts: lost work the monitor dispatched again or failed.", alerts_list
-    )
-    command.add_argument("--all", dest="every", action="store_true", help="Acknowledged ones too.")
-    _json_option(command)
-    alerts = _Commands(command, top, "alerts")
-    command = alerts.add("ack", "Acknowledge an alert: it leaves the default list.", alerts_ack)
-    command.add_argument("id", type=_whole(), metavar="ID", help="The alert.")
 
-    command = commands.add(
-        "files",
-        "Datastore files and who produced each (the current versions, unless asked).",
-        files,
-    )
+def _alerts_arguments(command: Parser) -> None:
+    command.add_argument("--all", dest="every", action="store_true", help="Acknowledged ones too.")
+    _json(command)
+
+
+def _files_arguments(command: Parser) -> None:
     command.add_argument(
         "--instance", type=_whole(), metavar="INSTANCE", help="Produced by this instance."
     )
@@ -898,27 +829,22 @@ def parser() -> Parser:
         metavar="N",
         help=f"Show at most this many (default {FILES_SHOWN}).",
     )
-    _json_option(command)
-    command = commands.add(
-        "lineage",
-        "Who produced a file: each producer back to the data received, with its parameters.",
-        lineage,
-    )
+    _json(command)
+
+
+def _lineage_arguments(command: Parser) -> None:
     command.add_argument(
         "path", metavar="PATH", help="A file under the datastore, e.g. set-1/L3/x.png."
     )
-    _json_option(command)
+    _json(command)
 
-    command = commands.add(
-        "api", "Serve the HTTP API alone (FastAPI on uvicorn; host and port from settings).", api
-    )
+
+def _api_arguments(command: Parser) -> None:
     command.add_argument("--host", metavar="ADDRESS", help="Address to listen on.")
     command.add_argument("--port", type=_whole(1, 65535), metavar="PORT", help="Port to listen on.")
-    command = commands.add(
-        "worker",
-        "Run a Celery worker in the foreground, on any host, pointed at the central host.",
-        worker,
-    )
+
+
+def _worker_arguments(command: Parser) -> None:
     command.add_argument(
         "--queues",
         metavar="QUEUES",
@@ -933,23 +859,196 @@ def parser() -> Parser:
     command.add_argument(
         "--hostname", metavar="NAME", help="This host's name in the records (worker@NAME)."
     )
-    command = commands.add(
-        "flower",
-        "Run Flower with the pipeline console, behind basic auth (`pipeline cluster credentials`).",
-        flower,
-    )
+
+
+def _flower_arguments(command: Parser) -> None:
     command.add_argument(
         "--log-file", type=Path, metavar="FILE", help="Write Flower's log to this file."
     )
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command of the ``pipeline`` program: what it does, the function that runs it (none
+    for a group of commands), and what adds its arguments to its parser."""
+
+    summary: str
+    run: Callable[[argparse.Namespace], int | None] | None = None
+    arguments: Callable[[Parser], None] | None = None
+
+
+#: Every command by its path, in the order the help lists them; a path of two words is a
+#: command of the group the first names.
+COMMANDS: dict[str, Command] = {
+    "cluster": Command("The local cluster under PIPELINE_HOME."),
+    "cluster init": Command(
+        "Create PIPELINE_HOME and its database, and import every definition.",
+        cluster_init,
+        _cluster_init_arguments,
+    ),
+    "cluster start": Command(
+        "Start Redis, workers, beat, the HTTP API and Flower: only those not already running.",
+        cluster_start,
+        _cluster_start_arguments,
+    ),
+    "cluster stop": Command("Stop the processes `cluster start` started.", cluster_stop),
+    "cluster status": Command(
+        "Which home this shell uses, which of its cluster's processes are alive, and whether "
+        "beat's monitor runs.",
+        cluster_status,
+        _json,
+    ),
+    "cluster credentials": Command(
+        "The HTTP API's URL and bearer token, and Flower's URL and login.",
+        cluster_credentials,
+        _json,
+    ),
+    "definitions": Command("Pipeline definitions."),
+    "definitions import": Command(
+        "Import definition files, all or nothing; a changed file becomes a new version.",
+        definitions_import,
+        _definitions_import_arguments,
+    ),
+    "definitions list": Command(
+        "The newest version of every pipeline definition.", definitions_list, _json
+    ),
+    "definitions show": Command(
+        "A pipeline's nodes, their algorithms, inputs, outputs and execution settings.",
+        definitions_show,
+        _all_of(
+            lambda command: command.add_argument("name", metavar="NAME", help="The pipeline."),
+            _json,
+        ),  # fmt: skip
+    ),
+    "params": Command("Parameter sets."),
+    "params list": Command("The newest version of every parameter set.", params_list, _json),
+    "params show": Command(
+        "A parameter set's values and types.", params_show, _params_show_arguments
+    ),
+    "params set": Command(
+        "Change values; a locked version (used by an instance) gets a new version instead.",
+        params_set,
+        _params_set_arguments,
+    ),
+    "datastore": Command("Data into the datastore."),
+    "datastore import": Command(
+        "Receive files into the datastore, all or nothing, each recorded in the ledger.",
+        datastore_import,
+        _datastore_import_arguments,
+    ),
+    "submit": Command("Submit a pipeline instance.", submit, _submit_arguments),
+    "instances": Command(
+        "Pipeline instances and their states: the newest, in id order.", instances, _rows
+    ),
+    "tasks": Command(
+        "The tasks of an instance in id order: P-state, error flag and subtask counts.",
+        tasks,
+        _all_of(_id("instance", "INSTANCE"), _rows),
+    ),
+    "task": Command(
+        "A task's details and its history of transitions.",
+        task,
+        _all_of(_id("task", "TASK"), _json),
+    ),
+    "subtasks": Command(
+        "A task's subtasks in index order: state, attempts and error.",
+        subtasks,
+        _all_of(_id("task", "TASK"), _rows),
+    ),
+    "logs": Command(
+        "The algorithm's output (stdout and stderr) of each subtask of a task.",
+        logs,
+        _logs_arguments,
+    ),
+    "wait": Command(
+        "Wait for an instance: exit 0 when COMPLETED, 1 when it stops with errors, 3 on timeout.",
+        wait,
+        _wait_arguments,
+    ),
+    "restart": Command(
+        "Restart failed tasks: each in its own mode, or every failed task of an instance.",
+        restart,
+        _restart_arguments,
+    ),
+    "halt": Command(
+        "Halt tasks: queued work dropped, running subtasks revoked, the error flag set.",
+        halt,
+        _halt_arguments,
+    ),
+    "alerts": Command(
+        "Alerts: lost work the monitor dispatched again or failed.", alerts_list, _alerts_arguments
+    ),
+    "alerts ack": Command(
+        "Acknowledge an alert: it leaves the default list.", alerts_ack, _id("id", "ID")
+    ),
+    "files": Command(
+        "Datastore files and who produced each (the current versions, unless asked).",
+        files,
+        _files_arguments,
+    ),
+    "lineage": Command(
+        "Who produced a file: each producer back to the data received, with its parameters.",
+        lineage,
+        _lineage_arguments,
+    ),
+    "api": Command(
+        "Serve the HTTP API alone (FastAPI on uvicorn; host and port from settings).",
+        api,
+        _api_arguments,
+    ),
+    "worker": Command(
+        "Run a Celery worker in the foreground, on any host, pointed at the central host.",
+        worker,
+        _worker_arguments,
+    ),
+    "flower": Command(
+        "Run Flower with the pipeline console, behind basic auth (`pipeline cluster credentials`).",
+        flower,
+        _flower_arguments,
+    ),
+}
+
+
+def _builder(path: str) -> Callable[[Parser], None]:
+    """What builds the parser of the command at ``path`` ("" for the program): its
+    arguments, then a parser for each of its subcommands, each built when it is used."""
+
+    def build(command: Parser) -> None:
+        arguments = COMMANDS[path].arguments if path else None
+        if arguments is not None:
+            arguments(command)
+        below = [sub for sub in COMMANDS if sub.rpartition(" ")[0] == path]
+        if not below:
+            return
+        choices = command.add_subparsers(title="commands", metavar="COMMAND")
+        for sub in below:
+            summary, run = COMMANDS[sub].summary, COMMANDS[sub].run
+            parsed: Parser = choices.add_parser(
+                sub.rpartition(" ")[2],
+                help=summary,
+                description=summary,
+                epilog=f"Example: {EXAMPLES[sub]}",
+            )
+            parsed.set_defaults(parser=parsed, **({"run": run} if run else {}))
+            parsed.build = _builder(sub)
+
+    return build
+
+
+@cache
+def parser() -> Parser:
+    """The parser of the whole ``pipeline`` command line (``COMMANDS``), each command's
+    parser built as a command line reaches it. A command line it parsed (see ``parse``)
+    holds its command's ``run`` function and the ``parser`` of the deepest command named;
+    ``check``, where set, says why its arguments do not go together."""
+    top = Parser(
+        prog=PROGRAM,
+        description="A Ziggy-style science pipeline on Celery.",
+        epilog=f"Example: {EXAMPLES['']}",
+    )
+    top.set_defaults(parser=top)
+    top.build = _builder("")
     return top
-
-
-def _name_the_modes(option: argparse.Action) -> None:
-    """Name every restart mode in the help of ``restart --mode``, as it is shown: the
-    modes' module loads the database libraries, which no other command line should wait
-    for."""
-    modes = ", ".join(mode.name for mode in reads.facade().restart_modes())
-    option.help = f"{MODES_HELP[:-1]}: {modes}."
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
