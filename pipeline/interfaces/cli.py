@@ -1110,6 +1110,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         _error(wrong.line)
         raise SystemExit(EXIT_USAGE) from None
     except KeyboardInterrupt:
+        sys.stderr.write("\n")  # the shell's prompt on a line of its own after ^C
         raise SystemExit(EXIT_REFUSED) from None
     except Exception as exc:  # noqa: BLE001 - reported, or raised again
         fail(exc)

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 #: The width of what goes to a pipe or a file (COLUMNS unset): wide enough that no column
 #: of a table is cut and no line is folded, as a script or ``grep`` needs it.
 PIPED_WIDTH = 1000
+#: The width of what the CLI prints, decided as it starts (None: the terminal's).
+WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH
 
 
 @cache
@@ -35,8 +37,7 @@ def console() -> Console:
     """The console every command prints its text and tables on (standard output)."""
     from rich.console import Console
 
-    piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
-    return Console(width=PIPED_WIDTH if piped else None)
+    return Console(width=WIDTH)
 
 
 def print_json(data: Any) -> None:
