@@ -138,13 +138,14 @@ def get(record: dict[str, Any], path: str, **params: Any) -> Answer | None:
     try:
         response = connection.request("GET", path, params)
         body = response.json()
+        total = response.header(TOTAL_HEADER)
+        counted = int(total) if total is not None else None
     except (*UNANSWERED, ValueError):
         return None
     finally:
         connection.close()
     if response.status == OK:
-        total = response.header(TOTAL_HEADER)
-        return Answer(OK, body, int(total) if total is not None else None)
+        return Answer(OK, body, counted)
     if response.status == NOT_FOUND and isinstance(body, dict):
         detail = body.get("detail")
         return Answer(NOT_FOUND, detail, None) if isinstance(detail, str) else None
