@@ -9,7 +9,7 @@ HTTP API (the CLI reads in process), then with the home's ``pipeline api`` runni
 CLI reads through it, ``pipeline.interfaces.local_api``; the API's access log must show
 each read, else the figure fails). Beside them, for reference, the import floors: a
 process importing only the database libraries (figure d's), and one importing only the
-program's entry module (``pipeline.interfaces.program``, which imports ``reads``).
+program's entry module (``pipeline.interfaces.cli``, which imports ``reads``).
 
 ``python -m bench.commands [--quick | --smoke] [--before TREE]`` runs this group alone;
 ``--before`` times the same commands run by the code of another source tree (a checkout
@@ -46,7 +46,7 @@ HISTORY = 12
 #: Seconds the API's access log may lag behind its answers.
 READ_LOG_SECONDS = 10.0
 #: What a plain read command imports before it asks the API: the program's entry module.
-ENTRY_FLOOR = "import pipeline.interfaces.program"
+ENTRY_FLOOR = "import pipeline.interfaces.cli"
 
 ROWS_SQL = (
     """

@@ -1,3 +1,3 @@
-from pipeline.interfaces.program import main
+from pipeline.interfaces.cli import main
 
 main()

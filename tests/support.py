@@ -838,7 +838,7 @@ def roll_back_to_permuter_done(instance: int) -> None:
 def run_cli(capsys: pytest.CaptureFixture[str], *args: Any) -> subprocess.CompletedProcess[str]:
     """Run ``pipeline ARGS`` in this process, through the command's own ``main``: its exit
     status and what it printed."""
-    from pipeline.interfaces.program import main
+    from pipeline.interfaces.cli import main
     from pipeline.settings import get_settings
 
     get_settings.cache_clear()  # read afresh, as a new process would

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -145,6 +146,10 @@ def test_no_error_quotes_more_than_a_short_prefix_of_its_input(cli) -> None:
         ["params", "set", "algorithm", f"execution_pause_seconds={long}"],
         ["restart", f"1:{long}"],
         ["definitions", "show", long],
+        [long],
+        ["tasks", long],
+        ["wait", "1", long],
+        ["cluster", long],
     ):
         result = cli(*args)
         assert_one_line_error(result)
@@ -435,21 +440,85 @@ def test_a_silent_api_fails_a_client_call_within_its_deadline() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "fragment"),
+    ("args", "fragment", "command"),
     [
-        (["wait", "1", "--timout", "5"], "No such option: --timout"),
-        (["nosuchcommand"], "No such command 'nosuchcommand'"),
-        (["wait", "soon"], "Invalid value for 'instance'"),
-        (["wait"], "Missing argument 'instance'"),
-        (["restart", "--instance", "1"], "--instance needs --mode"),
-        (["restart", "4", "--instance", "1", "--mode", "resubmit"], "not both"),
-        (["halt"], "name the tasks to halt, or --instance ID"),
+        (["wait", "1", "--timout", "5"], "unrecognized arguments: --timout 5", "pipeline wait"),
+        (
+            ["cluster", "start", "--worker", "2"],
+            "unrecognized arguments: --worker 2",
+            "pipeline cluster start",
+        ),
+        (["nosuchcommand"], "argument COMMAND: invalid choice: 'nosuchcommand'", "pipeline"),
+        (["params", "nosuch"], "argument COMMAND: invalid choice: 'nosuch'", "pipeline params"),
+        (["wait", "soon"], "argument INSTANCE: 'soon' is not a whole number", "pipeline wait"),
+        (["wait"], "the following arguments are required: INSTANCE", "pipeline wait"),
+        (["alerts", "ack"], "the following arguments are required: ID", "pipeline alerts ack"),
+        (
+            ["datastore", "import", "d", "--unit", "u"],
+            "required: --type",
+            "pipeline datastore import",
+        ),
+        (["wait", "1", "--timeout"], "argument --timeout: expected one argument", "pipeline wait"),
+        (["wait", "1", "--timeout", "soon"], "'soon' is not a number of seconds", "pipeline wait"),
+        (
+            ["api", "--port", "70000"],
+            "argument --port: 70000 is out of range (1 to 65535)",
+            "pipeline api",
+        ),
+        (["restart", "--instance", "1"], "--instance needs --mode", "pipeline restart"),
+        (["restart", "4", "--instance", "1", "--mode", "resubmit"], "not both", "pipeline restart"),
+        (["halt"], "name the tasks to halt, or --instance ID", "pipeline halt"),
+        (["halt", "seven"], "argument TASK: 'seven' is not a whole number", "pipeline halt"),
     ],
 )
-def test_a_usage_error_exits_2_in_one_line_naming_the_help(cli, args, fragment) -> None:
+def test_a_usage_error_exits_2_in_one_line_naming_the_help(cli, args, fragment, command) -> None:
+    """A bad option, a missing argument, an unknown command, a bad value, arguments that do
+    not go together: one line naming the problem and the help of the command it is about."""
     result = cli(*args)
     assert result.returncode == 2, result
-    assert_one_line_error(result, fragment, "--help")
+    assert_one_line_error(result, fragment, f"(see '{command} --help')")
+    assert result.stdout == ""
+
+
+def test_a_command_line_is_checked_without_running_anything() -> None:
+    """``parse`` says what is wrong with a command line, or gives the command it names, and
+    runs nothing: the docs' command lines are checked with it."""
+    from pipeline.interfaces.cli import UsageError, parse
+
+    with pytest.raises(UsageError) as wrong:
+        parse(["tasks", "1", "--limit", "0"])
+    assert wrong.value.line == (
+        "argument --limit: 0 is out of range (at least 1) (see 'pipeline tasks --help')"
+    )
+    args = parse(["restart", "4:resubmit", "7", "--mode", "resume-current-step", "--set", "a=1",
+                  "--set", "b=2", "--dry-run"])  # fmt: skip
+    assert (args.parser.prog, args.tasks, args.mode, args.set, args.dry_run) == (
+        "pipeline restart",
+        ["4:resubmit", "7"],
+        "resume-current-step",
+        ["a=1", "b=2"],
+        True,
+    )
+
+
+def test_parsing_imports_none_of_the_heavy_libraries() -> None:
+    """Building the parser and parsing every example load nothing but the standard
+    library: each command imports what it needs as it runs (a read through the HTTP API
+    never loads SQLAlchemy, the settings, or Rich for ``--json``)."""
+    heavy = ["sqlalchemy", "pydantic", "pipeline.settings", "pipeline.operations", "celery",
+             "rich", "httpx", "orjson"]  # fmt: skip
+    lines = [words for _, words in example_command_lines()]
+    script = f"""
+import sys
+from pipeline.interfaces import cli
+for words in {lines!r}:
+    cli.parse(words)
+print(sorted(name for name in {heavy!r} if name in sys.modules))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stdout) == (0, "[]\n"), result.stderr
 
 
 def test_exit_statuses_tell_success_refusal_usage_and_timeout_apart(
@@ -469,9 +538,15 @@ def test_exit_statuses_tell_success_refusal_usage_and_timeout_apart(
 
 
 def test_help_exits_0_and_no_arguments_shows_the_help(cli) -> None:
-    assert cli("--help").returncode == 0
-    bare = cli("cluster")
-    assert "Usage:" in bare.stdout + bare.stderr and "start" in bare.stdout + bare.stderr
+    """``--help`` is asked for: exit 0. The program or a group of commands named alone:
+    its help, and exit 2 (nothing was run)."""
+    helped = cli("--help")
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: pipeline ")
+    bare = cli()
+    assert bare.returncode == 2 and bare.stdout == helped.stdout
+    group = cli("cluster")
+    assert group.returncode == 2
+    assert group.stdout.startswith("usage: pipeline cluster ") and "credentials" in group.stdout
 
 
 @pytest.mark.e2e
@@ -492,14 +567,32 @@ def test_a_table_piped_keeps_every_column_whole(failed: Path) -> None:
 
 
 def test_every_command_has_an_example_in_its_help(capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.interfaces.cli import EXAMPLES, _command
+    from pipeline.interfaces.cli import COMMANDS, EXAMPLES
 
-    def paths(command: Any, path: str = "") -> list[str]:
-        subs = getattr(command, "commands", {})
-        return [path, *(p for n, s in subs.items() for p in paths(s, f"{path} {n}".strip()))]
-
-    assert sorted(paths(_command())) == sorted(EXAMPLES)
+    assert sorted(["", *COMMANDS]) == sorted(EXAMPLES)
     for path, example in EXAMPLES.items():
         shown = run_cli(capsys, *path.split(), "--help")
         assert shown.returncode == 0, (path, shown.stderr)
         assert "Example:" in shown.stdout and example.split()[1] in shown.stdout, path
+
+
+def example_command_lines() -> list[tuple[str, list[str]]]:
+    """Each ``pipeline`` command line of the examples, by the command it is the example of
+    (an example may chain several with ``;`` or ``&&``, and end with a note in brackets)."""
+    from pipeline.interfaces.cli import EXAMPLES
+
+    found = []
+    for path, example in EXAMPLES.items():
+        for line in re.split(r";|&&", example.split("  (")[0]):
+            words = shlex.split(line)
+            if words[0] == "pipeline":
+                found.append((path, words[1:]))
+    return found
+
+
+@pytest.mark.parametrize(("path", "words"), example_command_lines())
+def test_every_example_is_a_command_line_the_parser_accepts(path: str, words: list[str]) -> None:
+    from pipeline.interfaces.cli import parse
+
+    args = parse(words)  # a UsageError if the example went stale
+    assert args.parser.prog.startswith(f"pipeline {path}".strip())

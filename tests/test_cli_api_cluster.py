@@ -9,6 +9,8 @@ run in file order.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,34 @@ def test_the_reads_go_through_the_api_and_print_what_the_database_gives(
         "showing 2 of 4 subtasks (--all for every one)"
         in run(full_cluster, "subtasks", task, "--limit", 2)[1]
     )
+
+
+def test_a_read_through_the_api_loads_no_database_library(
+    full_cluster: Cluster, failed: dict[str, Any]
+) -> None:
+    """What keeps a read within 0.35 s: through the API, the program imports neither
+    SQLAlchemy nor the settings (pydantic) nor the facade, and for ``--json`` not Rich."""
+    instance = failed["instance"]
+    path = f"/instances/{instance}/tasks"
+    before = api_reads(full_cluster, path)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "pipeline", "tasks", str(instance), "--json"],
+        env=full_cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: api_reads(full_cluster, path) > before, timeout=30, what="the API's answer")
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "pipeline.interfaces.client" in imported, "read through the HTTP client"
+    heavy = {"sqlalchemy", "pydantic", "pipeline.settings", "pipeline.operations.facade", "rich"}
+    assert heavy & imported == set()
+    assert json.loads(result.stdout) == full_cluster.json("tasks", instance)
 
 
 def test_a_run_file_left_by_an_api_that_died_is_passed_over(

@@ -1,7 +1,8 @@
 """The operators' read commands (``instances``, ``tasks``, ``subtasks``, ``task``): a table is
 a screenful of rows with a counted footer (``--limit N``, ``--all``), ``--json`` every row;
-and the output is the same, byte for byte, whether the home's HTTP API answers the read
-(``pipeline.interfaces.local_api``) or the CLI reads the database in process.
+a read written wrong is a usage error; and the output is the same, byte for byte, whether
+the home's HTTP API answers the read (``pipeline.interfaces.local_api``) or the CLI reads
+the database in process; the Python client reads the same rows from the same API.
 
 The API runs in a thread of this process over the test's own home; the real API process
 that ``cluster start`` runs is in ``test_cli_api_cluster.py``.
@@ -109,53 +110,42 @@ def test_the_listings_limit_in_the_database(failed: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["tasks", "1", "--limit", "0"], "Invalid value for '--limit'"),
-        (["subtasks", "1", "--limit", "-1"], "Invalid value for '--limit'"),
-        (["instances", "--limit", "x"], "Input should be a valid integer"),
-        (["subtasks", "1", "--limit", "2", "--all"], "give --limit or --all, not both"),
+        (["tasks", "1", "--limit", "0"], "argument --limit: 0 is out of range (at least 1)"),
+        (["subtasks", "1", "--limit", "-1"], "argument --limit: -1 is out of range"),
+        (["instances", "--limit", "x"], "argument --limit: 'x' is not a whole number"),
+        (["tasks", "1", "--limit"], "argument --limit: expected one argument"),
+        (["subtasks", "1", "--limit", "2", "--all"], "--all: not allowed with argument --limit"),
+        (["task", "1", "--limit", "2"], "unrecognized arguments: --limit 2"),
+        (["task", "1", "--all"], "unrecognized arguments: --all"),
+        (["tasks"], "the following arguments are required: INSTANCE"),
+        (["tasks", "1", "2"], "unrecognized arguments: 2"),
+        (["instances", "3"], "unrecognized arguments: 3"),
+        # A digit to str.isdigit and to int(), not an id anyone types.
+        (["tasks", "١"], "argument INSTANCE: '١' is not a whole number"),
     ],
 )
-def test_a_bad_limit_is_a_usage_error(cli: Any, args: list[str], fragment: str) -> None:
+def test_a_read_written_wrong_is_a_usage_error(cli: Any, args: list[str], fragment: str) -> None:
     result = cli(*args)
     assert result.returncode == 2, result
-    assert_one_line_error(result, fragment, "--help")
+    assert_one_line_error(result, fragment, f"(see 'pipeline {args[0]} --help')")
 
 
 @pytest.mark.parametrize(
-    ("plain", "parsed_by_typer"),
+    ("plain", "spelled_otherwise"),
     [
         (["subtasks", "1", "--limit", "2"], ["subtasks", "--limit=2", "1"]),
-        (["tasks", "1", "--json"], ["tasks", "1", "--json", "--json"]),
+        (["tasks", "1", "--json"], ["tasks", "--json", "1", "--json"]),
         (["task", "1"], ["task", "--", "1"]),
         (["instances", "--all"], ["instances", "--all", "--all"]),
     ],
 )
-def test_a_plain_read_runs_without_typer_and_prints_what_typer_would(
-    cli: Any, plain: list[str], parsed_by_typer: list[str], monkeypatch: pytest.MonkeyPatch
+def test_a_read_prints_the_same_however_it_is_spelled(
+    cli: Any, plain: list[str], spelled_otherwise: list[str]
 ) -> None:
-    from pipeline.interfaces import reads
-
-    assert reads.plain_read(plain) is not None
-    assert reads.plain_read(parsed_by_typer) is None
-    assert cli(*plain).stdout == cli(*parsed_by_typer).stdout
-
-
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["task", "1", "--limit", "2"],
-        ["tasks"],
-        ["tasks", "1", "2"],
-        ["instances", "3"],
-        ["tasks", "١"],  # an Arabic-Indic one: a digit to str.isdigit, not to Typer
-        ["tasks", "1", "--limit"],
-    ],
-)
-def test_anything_else_is_left_to_typer(cli: Any, args: list[str]) -> None:
-    from pipeline.interfaces import reads
-
-    assert reads.plain_read(args) is None
-    assert cli(*args).returncode == 2
+    expected = cli(*plain)
+    assert expected.returncode == 0 and expected.stdout
+    otherwise = cli(*spelled_otherwise)
+    assert (otherwise.returncode, otherwise.stdout, otherwise.stderr) == (0, expected.stdout, "")
 
 
 # -- the same output through the home's HTTP API ---------------------------------------------
@@ -238,6 +228,25 @@ def test_the_api_and_the_database_print_the_same_bytes(
         ), args
     assert through_api[("task", "999")].returncode == 1
     assert through_api[("task", "999")].stderr == "error: unknown task 999\n"
+
+
+def test_the_python_client_reads_the_rows_the_cli_prints(api: dict[str, Any], cli: Any) -> None:
+    """The CLI's reads and the Python client are one client of the same API: the same rows,
+    and an unknown id is the same one-line message."""
+    from pipeline.interfaces.client import ApiError, Client
+    from pipeline.settings import API_PREFIX
+
+    with Client(api["url"].removesuffix(API_PREFIX), api["token"]) as client:
+        assert client.tasks(1) == json.loads(cli("tasks", 1, "--json").stdout)
+        assert client.subtasks(1) == json.loads(cli("subtasks", 1, "--json").stdout)
+        assert client.task(1) == json.loads(cli("task", 1, "--json").stdout)
+        assert client.alerts(include_acknowledged=True) == json.loads(
+            cli("alerts", "--all", "--json").stdout
+        )
+        with pytest.raises(ApiError) as unknown:
+            client.task(999)
+    assert (unknown.value.status, unknown.value.message) == (404, "unknown task 999")
+    assert cli("task", 999).stderr == f"error: {unknown.value.message}\n"
 
 
 def test_what_the_api_does_not_answer_is_read_in_process(

@@ -1,5 +1,5 @@
 """The home's own HTTP API, as the CLI's read commands ask it: found through a run file the
-API writes when it starts, asked with the standard library alone.
+API writes when it starts, asked through the HTTP API's client (``client.Connection``).
 
 A read command that loads SQLAlchemy, the settings and the pipeline's models spends half a
 second importing them, above the 0.35 s an operator should wait for ``pipeline tasks``;
@@ -21,11 +21,13 @@ import os
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlencode, urlsplit
+from typing import TYPE_CHECKING, Any
 
 from pipeline.domain.listing import TOTAL_HEADER
 from pipeline.home import SETTINGS_FILE, find_home
+
+if TYPE_CHECKING:
+    import ssl
 
 #: The run file under the home's ``run`` directory.
 RUN_FILE = "api.json"
@@ -121,46 +123,40 @@ def _serving(pid: Any) -> bool:
 def get(record: dict[str, Any], path: str, **params: Any) -> Answer | None:
     """``GET path`` from the API the run file names: rows, a detail, or an unknown id's
     one-line message; None when it could not be asked or answered anything else."""
-    import http.client
+    from pipeline.interfaces.client import UNANSWERED, Connection
 
     try:
-        url = urlsplit(record["url"])
-        connection = _connection(url.scheme, url.hostname or "", url.port, record.get("ca_file"))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    query = f"?{urlencode(params)}" if params else ""
-    try:
-        connection.connect()
-        connection.sock.settimeout(ANSWER_SECONDS)
-        connection.request(
-            "GET",
-            f"{url.path}{path}{query}",
-            headers={"Authorization": f"Bearer {record['token']}"},
+        connection = Connection(
+            record["url"],
+            record["token"],
+            ANSWER_SECONDS,
+            connect_timeout=CONNECT_SECONDS,
+            tls=_tls(record["url"], record.get("ca_file")),
         )
-        response = connection.getresponse()
-        body = json.loads(response.read())
-        if response.status == OK:
-            total = response.getheader(TOTAL_HEADER)
-            return Answer(OK, body, int(total) if total is not None else None)
-        if response.status == NOT_FOUND and isinstance(body.get("detail"), str):
-            return Answer(NOT_FOUND, body["detail"], None)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError, AttributeError):
+    try:
+        response = connection.request("GET", path, params)
+        body = response.json()
+        total = response.header(TOTAL_HEADER)
+        counted = int(total) if total is not None else None
+    except (*UNANSWERED, ValueError):
         return None
     finally:
         connection.close()
+    if response.status == OK:
+        return Answer(OK, body, counted)
+    if response.status == NOT_FOUND and isinstance(body, dict):
+        detail = body.get("detail")
+        return Answer(NOT_FOUND, detail, None) if isinstance(detail, str) else None
+    return None
 
 
-def _connection(scheme: str, host: str, port: int | None, ca_file: str | None) -> Any:
-    """An HTTP connection, or an HTTPS one checking the certificate against ``ca_file``
-    (else the system's CAs), as the Python client does."""
-    import http.client
+def _tls(url: str, ca_file: str | None) -> ssl.SSLContext | None:
+    """What an HTTPS API's certificate is checked against: the ``tls_ca_file`` the API
+    named (else the system's CAs), as the Python client checks it."""
+    if not url.startswith("https:"):
+        return None
+    import ssl
 
-    if scheme == "https":
-        import ssl
-
-        context = ssl.create_default_context(cafile=ca_file)
-        return http.client.HTTPSConnection(host, port, timeout=CONNECT_SECONDS, context=context)
-    if scheme != "http":
-        raise ValueError(f"not an HTTP URL: {scheme}")
-    return http.client.HTTPConnection(host, port, timeout=CONNECT_SECONDS)
+    return ssl.create_default_context(cafile=ca_file)

@@ -1,14 +1,12 @@
 """The operators' read commands (``instances``, ``tasks``, ``subtasks``, ``task``) as they
-print, without Typer.
+print, and how every command of the CLI prints: a table, JSON, a footer.
 
 An operator waits for these reads, so they must answer within 0.35 s, process start
-included. Typer alone costs 0.07 s to import, and its parsing imports pydantic (0.1 s);
-SQLAlchemy, the settings and the facade half a second more. So the program
-(``program.main``) runs a read written plainly (``pipeline tasks 7 --limit 200 --json``)
-from ``plain_read`` here, and hands every other command line to ``cli`` (Typer), whose
-read commands call the same ``show_*`` functions. A read asks the home's HTTP API when
-it runs with this shell's settings (``local_api``), which answers the facade's dicts,
-and otherwise imports the facade and reads the database: the same bytes either way.
+included; SQLAlchemy, the settings and the facade cost half a second to import. So a read
+asks the home's HTTP API when it runs with this shell's settings (``local_api``), which
+answers the facade's dicts, and otherwise imports the facade and reads the database: the
+same bytes either way. Nothing here imports more than the standard library until it is
+used: Rich (40 ms) only when a table or a line of text is printed, never for ``--json``.
 """
 
 from __future__ import annotations
@@ -19,19 +17,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from pipeline.domain.listing import TABLE_ROWS
 from pipeline.errors import NotFound
-from pipeline.interfaces import local_api
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 #: The width of what goes to a pipe or a file (COLUMNS unset): wide enough that no column
 #: of a table is cut and no line is folded, as a script or ``grep`` needs it.
 PIPED_WIDTH = 1000
-console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
+#: The width of what the CLI prints, decided as it starts (None: the terminal's).
+WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH
+
+
+@cache
+def console() -> Console:
+    """The console every command prints its text and tables on (standard output)."""
+    from rich.console import Console
+
+    return Console(width=WIDTH)
 
 
 def print_json(data: Any) -> None:
@@ -71,6 +77,8 @@ def _read(
     the home's HTTP API's answer when it runs with this shell's settings, else
     ``in_process(facade)`` (the same dicts: the API serves the facade's). An unknown id is
     refused with the facade's message either way."""
+    from pipeline.interfaces import local_api
+
     record = local_api.find()
     answer = local_api.get(record, path, **params) if record else None
     if answer is None:
@@ -105,7 +113,7 @@ def _footer(shown: int, total: int, what: str, which: str = "") -> None:
     """Say how many rows a table left out, and how to see them: ``showing 50 of 10,000
     tasks (--all for every one)``."""
     if shown < total:
-        console.print(
+        console().print(
             f"showing {which}{shown:,} of {total:,} {what} (--all for every one)", highlight=False
         )
 
@@ -114,12 +122,14 @@ def table(
     title: str, columns: list[str], rows: list[list[Any]], whole: tuple[str, ...] = ()
 ) -> None:
     """Print rows as a table; the ``whole`` columns fold onto more lines rather than be cut."""
+    from rich.table import Table
+
     shown = Table(title=title, title_justify="left")
     for column in columns:
         shown.add_column(column, overflow="fold" if column in whole else "ellipsis")
     for row in rows:
         shown.add_row(*("" if value is None else str(value) for value in row))
-    console.print(shown)
+    console().print(shown)
 
 
 @dataclass(frozen=True)
@@ -203,7 +213,7 @@ def show_task(task_id: int, as_json: bool) -> None:
     detail, _ = _read(f"/tasks/{task_id}", lambda f: (f.get_task(task_id), None))
     if as_json:
         return print_json(detail)
-    console.print(
+    console().print(
         f"[bold]task {detail['id']}[/]  instance {detail['instance_id']}  node {detail['node']}"
         f"  unit {detail['unit_of_work']}\nstate {detail['state']}  subtasks {detail['counts']}"
         f"  attempt {detail['attempt']}  queue {detail['execution'].get('queue')}"
@@ -211,7 +221,7 @@ def show_task(task_id: int, as_json: bool) -> None:
     )
     if detail["error_message"]:
         halted = " (halted)" if detail["halted"] else ""
-        console.print(f"[red]error{halted}[/] {detail['error_message']}")
+        console().print(f"[red]error{halted}[/] {detail['error_message']}")
     if detail["running"]:
         table(
             "running subtasks",
@@ -235,54 +245,3 @@ def show_task(task_id: int, as_json: bool) -> None:
             for e in detail["history"]
         ],
     )
-
-
-def plain_read(argv: list[str]) -> Callable[[], None] | None:
-    """The read command ``argv`` names when it is written plainly, to run without Typer:
-    ``instances``, ``tasks INSTANCE``, ``subtasks TASK`` or ``task TASK``, with each of
-    ``--json``, ``--all`` and ``--limit N`` (N from 1) at most once and not ``--all`` with
-    ``--limit``. None for any other command line, which Typer parses (and explains when it
-    is wrong): Typer converts every value it parses through a pydantic ``TypeAdapter``, and
-    importing pydantic costs 0.1 s of the 0.35 s an operator should wait for a read."""
-    if not argv or argv[0] not in PLAIN_READS:
-        return None
-    numbers: list[int] = []
-    flags: dict[str, int | bool] = {}
-    words = iter(argv[1:])
-    for word in words:
-        if word in flags:
-            return None
-        if word in ("--json", "--all"):
-            flags[word] = True
-        elif word == "--limit":
-            value = next(words, "")
-            if not _digits(value) or int(value) < 1:
-                return None
-            flags[word] = int(value)
-        elif _digits(word):
-            numbers.append(int(word))
-        else:
-            return None
-    command, takes_id, pages = PLAIN_READS[argv[0]]
-    if len(numbers) != takes_id or ("--all" in flags and "--limit" in flags):
-        return None
-    if not pages and set(flags) - {"--json"}:
-        return None
-    options: dict[str, Any] = {"as_json": flags.get("--json", False)}
-    if pages:
-        options.update(limit=flags.get("--limit"), every=flags.get("--all", False))
-    return lambda: command(*numbers, **options)
-
-
-def _digits(word: str) -> bool:
-    return word.isascii() and word.isdigit()
-
-
-#: The reads ``plain_read`` runs: each one's function, whether it takes an id, and
-#: whether it takes ``--limit`` and ``--all``.
-PLAIN_READS: dict[str, tuple[Callable[..., None], int, bool]] = {
-    "instances": (show_instances, 0, True),
-    "tasks": (show_tasks, 1, True),
-    "subtasks": (show_subtasks, 1, True),
-    "task": (show_task, 1, False),
-}
