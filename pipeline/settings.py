@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -57,7 +57,7 @@ OPTIONAL_SERVICES = ("operations", "api", "flower")
 class Settings(BaseSettings):
     """All settings of a cluster; unset paths and URLs derive from ``home``."""
 
-    model_config = SettingsConfigDict(env_prefix="PIPELINE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_", extra="ignore", populate_by_name=True)
 
     home: Path = Field(default_factory=pipeline_home)
     database_url: str | None = None
@@ -129,7 +129,13 @@ class Settings(BaseSettings):
         default_factory=lambda: list(OPTIONAL_SERVICES),
         description="which of operations, api, flower `cluster start` runs (all by default)",
     )
-    monitor_interval: float = Field(default=10.0, gt=0)
+    reconcile_interval: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds between runs of beat's reconciler (PIPELINE_MONITOR_INTERVAL, its"
+        " former name, is read too)",
+        validation_alias=AliasChoices("reconcile_interval", "pipeline_monitor_interval"),
+    )
     stale_after: float = Field(default=30.0, gt=0)
     lease_seconds: float = Field(
         default=30.0, gt=0, description="a running subtask whose worker is silent this long is lost"

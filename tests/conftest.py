@@ -24,7 +24,7 @@ from tests.support import (
     started_cluster,
 )
 
-#: The monitor interval of the shared clusters, whose tests lose nothing for it to find:
+#: The reconciler interval of the shared clusters, whose tests lose nothing for it to find:
 #: seconds, not one second, so it takes little of the machine the tests share.
 IDLE_MONITOR = "10"
 
@@ -99,11 +99,11 @@ def algorithms_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def shared_cluster(algorithms_path: Path) -> Iterator[Cluster]:
     """One started SQLite cluster for the modules in xdist group ``shared-cluster``, which
     run one after another on one test process: redis-server, a worker and beat, no HTTP
-    API or Flower. Its monitor leaves quiet tasks alone for ten minutes, so what a test
+    API or Flower. Its reconciler leaves quiet tasks alone for ten minutes, so what a test
     loses stays lost until it resumes monitoring; ``algorithms_path`` is on its path."""
     with started_cluster(
         PIPELINE_STALE_AFTER="600",
-        PIPELINE_MONITOR_INTERVAL=IDLE_MONITOR,
+        PIPELINE_RECONCILE_INTERVAL=IDLE_MONITOR,
         PIPELINE_CLUSTER_SERVICES="",
         PYTHONPATH=str(algorithms_path),
     ) as made:

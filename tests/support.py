@@ -31,7 +31,7 @@ from pipeline.operations import queries
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
 REPO = Path(__file__).resolve().parent.parent
 #: Settings that make a test cluster react quickly.
-FAST_SETTINGS = {"PIPELINE_MONITOR_INTERVAL": "1", "PIPELINE_STALE_AFTER": "5"}
+FAST_SETTINGS = {"PIPELINE_RECONCILE_INTERVAL": "1", "PIPELINE_STALE_AFTER": "5"}
 #: Exit statuses of ``pipeline wait``: COMPLETED, stopped with errors.
 COMPLETED, STOPPED_WITH_ERRORS = 0, 1
 
@@ -495,8 +495,8 @@ def stores_per_attempt(events: list[dict[str, Any]]) -> dict[int, int]:
 
 #: The lease of the chaos clusters: a subtask whose worker is silent 3 s is lost.
 LEASE_SECONDS = 3
-#: docs/operator-guide.md: lost work is back in flight within one lease and one monitor
-#: interval of the worker's last heartbeat; measured from the kill, through the monitor's
+#: docs/operator-guide.md: lost work is back in flight within one lease and one reconciler
+#: interval of the worker's last heartbeat; measured from the kill, through the reconciler's
 #: own work on a busy machine, the tests hold it to three leases.
 RECOVERY_BOUND = 3 * LEASE_SECONDS
 #: A subtask running for less than this is far from its end (the runs pause 3-4 s).

@@ -229,8 +229,8 @@ def test_every_route_but_healthz_needs_the_token(home: Path, http: TestClient) -
             assert answer.json()["detail"].startswith(detail), (method, path)
     assert anonymous.get(f"{API_PREFIX}{HEALTHZ}").json() == {
         "status": "ok",
-        "monitor_running": False,
-        "monitor": "monitor has not run yet: is beat running?",
+        "reconciler_running": False,
+        "reconciler": "reconciler has not run yet: is beat running?",
     }
 
 

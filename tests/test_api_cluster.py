@@ -75,8 +75,8 @@ def test_cluster_start_runs_the_api_and_status_shows_its_url(api: Api) -> None:
     answer = httpx.get(f"{api.url}{API_PREFIX}/healthz")
     assert (answer.status_code, answer.json()["status"]) == (200, "ok")
     running = wait_for(
-        lambda: httpx.get(f"{api.url}{API_PREFIX}/healthz").json()["monitor_running"],
-        what="the health route to see beat's monitor run",
+        lambda: httpx.get(f"{api.url}{API_PREFIX}/healthz").json()["reconciler_running"],
+        what="the health route to see beat's reconciler run",
     )
     assert running is True
 

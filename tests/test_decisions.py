@@ -27,6 +27,7 @@ from pipeline.errors import (
     Unreachable,
     Unreadable,
 )
+from pipeline.interfaces.statuses import status as http_status
 from pipeline.jsoncodec import dumps, loads
 from pipeline.messaging import messages as sent
 from pipeline.messaging.broker import handed_on
@@ -359,7 +360,7 @@ def test_every_interface_reports_an_error_in_one_line(
     error: Exception, status: int, message: str, database: Any
 ) -> None:
     found = problems.problem(error)
-    assert found is not None and found.status == status
+    assert found is not None and http_status(found) == status
     assert message in found.message and "\n" not in found.message
 
 

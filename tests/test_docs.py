@@ -39,37 +39,17 @@ def cli_accepts(argv: list[str]) -> str | None:
     """None when ``pipeline`` would accept ``argv`` (the command exists, its options are
     real, its arguments parse), else why not, in one line; nothing is run.
 
-    The one function here that knows how the CLI is built: Typer's click command, parsed
-    as ``main`` parses it, command group by command group, without invoking any."""
-    import typer
+    The one function here that knows how the CLI is built: its parser, asked to parse."""
+    from pipeline.interfaces.cli import UsageError, parse
 
-    from pipeline.interfaces.cli import _command
-
-    try:
-        from typer._click import exceptions
-    except ImportError:  # an older Typer, on click itself
-        from click import exceptions  # type: ignore[no-redef]
-
-    command, name, args, parent = _command(), "pipeline", list(argv), None
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # --help prints
-            while True:
-                context = command.make_context(name, args, parent=parent)
-                if not hasattr(command, "commands"):
-                    return None
-                rest = [*getattr(context, "_protected_args", []), *context.args]
-                if not rest:
-                    if getattr(command, "invoke_without_command", False):
-                        return None
-                    return f"'{context.command_path}' needs a command"
-                name, command, args = command.resolve_command(context, rest)  # type: ignore[attr-defined]
-                parent = context
-    except typer.Exit as exc:  # after --help
-        return None if exc.exit_code == 0 else f"exits {exc.exit_code}"
-    except exceptions.NoArgsIsHelpError as exc:
-        return f"'{exc.ctx.command_path if exc.ctx else name}' alone shows its help"
-    except exceptions.ClickException as exc:
-        return exc.format_message()
+            parse(argv)
+    except UsageError as wrong:
+        return wrong.line
+    except SystemExit as exc:  # after --help
+        return None if exc.code == 0 else f"exits {exc.code}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -201,13 +181,13 @@ def test_commands_are_found_wherever_a_shell_line_holds_them() -> None:
         (["alerts", "ack", "3"], None),
         (["cluster", "start", "--workers", "2"], None),
         (["tasks", "2", "--help"], None),
-        (["restart", "7", "--mod", "resubmit"], "No such option: --mod"),
-        (["tasks", "TASK"], "Invalid value for 'instance'"),
-        (["tasks", "2", "--limit", "0"], "Invalid value for '--limit'"),
-        (["cluster", "begin"], "No such command 'begin'"),
-        (["instance"], "No such command 'instance'"),
-        (["cluster"], "'pipeline cluster' alone shows its help"),
-        (["subtasks"], "Missing argument 'TASK'"),
+        (["restart", "7", "--mod", "resubmit"], "unrecognized arguments: --mod resubmit"),
+        (["tasks", "TASK"], "argument INSTANCE: 'TASK' is not a whole number"),
+        (["tasks", "2", "--limit", "0"], "argument --limit: 0 is out of range"),
+        (["cluster", "begin"], "argument COMMAND: invalid choice: 'begin'"),
+        (["instance"], "argument COMMAND: invalid choice: 'instance'"),
+        (["cluster"], "name a command (see 'pipeline cluster --help')"),
+        (["subtasks"], "the following arguments are required: TASK"),
     ],
 )
 def test_cli_accepts_what_the_cli_accepts_only(argv: list[str], reason: str | None) -> None:

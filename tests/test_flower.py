@@ -171,21 +171,21 @@ def test_flower_shows_failed_subtasks_as_failures(cluster: Cluster, flower: Flow
     assert instance_state(cluster, instance) == "ERRORS_STALLED"
 
 
-def test_the_monitor_stays_out_of_flowers_task_list(
+def test_the_reconciler_stays_out_of_flowers_task_list(
     cluster: Cluster, flower: Flower, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Beat's monitor runs every few seconds; Flower's task list does not show it, and its
+    """Beat's reconciler runs every few seconds; Flower's task list does not show it, and its
     last run is on ``/metrics`` instead."""
     started = time.time()
 
     def monitored_since() -> bool:
-        last = facade.monitor_health()["last_run"]
+        last = facade.reconciler_health()["last_run"]
         return last is not None and datetime.fromisoformat(last).timestamp() > started
 
     cluster.activate(monkeypatch)
-    wait_for(monitored_since, DEADLINE, "the monitor to run")
+    wait_for(monitored_since, DEADLINE, "the reconciler to run")
     assert flower_tasks(flower, taskname=RECONCILE) == {}
-    assert "pipeline_monitor_last_run_age_seconds" in flower.request("/metrics").body
+    assert "pipeline_reconciler_last_run_age_seconds" in flower.request("/metrics").body
 
 
 def test_submit_and_restart_through_flowers_api(cluster: Cluster, flower: Flower) -> None:

@@ -1,4 +1,4 @@
-"""Beat's liveness: a silent monitor is reported once per silence, by whichever process
+"""Beat's liveness: a silent reconciler is reported once per silence, by whichever process
 looks first, and every interface says since when. Beat really dying is the chaos tests'
 (``test_lost_services.py``); here the heartbeat's clock is moved instead."""
 
@@ -17,39 +17,41 @@ from tests.support import race
 
 pytestmark = pytest.mark.usefixtures("home")
 
-#: Longer than the silence after which a monitor counts as not running.
+#: Longer than the silence after which a reconciler counts as not running.
 LONG_AGO = timedelta(hours=1)
 
 
-def monitor_ran(at: datetime, host: str = "beat-host") -> None:
+def reconciler_ran(at: datetime, host: str = "beat-host") -> None:
     with transaction() as session:
         heartbeat.record(session, host)
         session.execute(update(Heartbeat).values(at=at))
 
 
 def silence_alerts() -> list[str]:
-    return [a["message"] for a in queries.list_alerts() if a["message"].startswith("monitor not")]
+    return [
+        a["message"] for a in queries.list_alerts() if a["message"].startswith("reconciler not")
+    ]
 
 
-def test_a_monitor_that_ran_lately_is_running() -> None:
-    monitor_ran(utcnow())
-    health = facade.monitor_health()
+def test_a_reconciler_that_ran_lately_is_running() -> None:
+    reconciler_ran(utcnow())
+    health = facade.reconciler_health()
     assert health["running"] and health["host"] == "beat-host"
-    assert health["message"].startswith("monitor ran at ")
+    assert health["message"].startswith("reconciler ran at ")
     assert not heartbeat.report_silence(watching_since=utcnow() - LONG_AGO)
     assert silence_alerts() == []
 
 
-def test_a_silent_monitor_is_reported_once_per_silence() -> None:
+def test_a_silent_reconciler_is_reported_once_per_silence() -> None:
     stopped = utcnow() - LONG_AGO
-    monitor_ran(stopped)
+    reconciler_ran(stopped)
     since = stopped.isoformat(timespec="seconds")
-    expected = f"monitor not running since {since}: lost work is not recovered; is beat running?"
+    expected = f"reconciler not running since {since}: lost work is not recovered; is beat running?"
 
     assert heartbeat.report_silence(watching_since=stopped)
     assert not heartbeat.report_silence(watching_since=stopped), "one alert per silence"
     assert silence_alerts() == [expected]
-    assert facade.monitor_health() == {
+    assert facade.reconciler_health() == {
         "running": False,
         "last_run": since,
         "host": "beat-host",
@@ -60,24 +62,24 @@ def test_a_silent_monitor_is_reported_once_per_silence() -> None:
     # again: a new silence, a new alert.
     with transaction() as session:
         session.execute(update(Heartbeat).values(alerted_at=stopped + timedelta(minutes=5)))
-    monitor_ran(stopped + timedelta(minutes=10))
+    reconciler_ran(stopped + timedelta(minutes=10))
     assert heartbeat.report_silence(watching_since=stopped)
     assert len(silence_alerts()) == 2
 
 
-def test_a_monitor_that_never_ran_is_reported_once_watched_long_enough() -> None:
-    assert facade.monitor_health()["message"] == "monitor has not run yet: is beat running?"
+def test_a_reconciler_that_never_ran_is_reported_once_watched_long_enough() -> None:
+    assert facade.reconciler_health()["message"] == "reconciler has not run yet: is beat running?"
     assert not heartbeat.report_silence(watching_since=utcnow()), "too soon to tell"
     watching_since = utcnow() - LONG_AGO
     assert heartbeat.report_silence(watching_since=watching_since)
     assert silence_alerts() == [
-        f"monitor not running since {watching_since.isoformat(timespec='seconds')}:"
+        f"reconciler not running since {watching_since.isoformat(timespec='seconds')}:"
         " lost work is not recovered; is beat running?"
     ]
 
 
 def test_many_processes_looking_at_once_raise_one_alert() -> None:
     """The API and every worker look once an interval: the first to look raises it."""
-    monitor_ran(utcnow() - LONG_AGO)
+    reconciler_ran(utcnow() - LONG_AGO)
     race(lambda: heartbeat.report_silence(watching_since=utcnow() - LONG_AGO))
     assert len(silence_alerts()) == 1

@@ -33,10 +33,10 @@ pytestmark = [
 ]
 
 
-def monitor_says(cluster: Cluster) -> tuple[bool, str]:
-    """What the interfaces say of beat's monitor (the cluster's API, not run here, says
+def reconciler_says(cluster: Cluster) -> tuple[bool, str]:
+    """What the interfaces say of beat's reconciler (the cluster's API, not run here, says
     the same): running, and its line."""
-    health = facade.monitor_health()
+    health = facade.reconciler_health()
     return health["running"], health["message"]
 
 
@@ -47,9 +47,9 @@ CHAOS_WORKERS = 1
 # -- c: the broker loses every message -------------------------------------------------------
 
 
-def test_broker_restarted_without_its_queue_is_recovered_by_the_monitor(chaos: Cluster) -> None:
+def test_broker_restarted_without_its_queue_is_recovered_by_the_reconciler(chaos: Cluster) -> None:
     """c: redis-server is killed and started again with nothing persisted, so every queued
-    message vanishes; beat's monitor dispatches the lost subtasks again, no operator
+    message vanishes; beat's reconciler dispatches the lost subtasks again, no operator
     involved, and each subtask still runs exactly once."""
     broker = redis.Redis.from_url(chaos.json("cluster", "credentials")["broker_url"])
     instance = permuter_run(chaos, pause=2)
@@ -66,8 +66,10 @@ def test_broker_restarted_without_its_queue_is_recovered_by_the_monitor(chaos: C
         for t in queries.list_tasks(instance)
         for e in queries.get_task(t["id"])["history"]
     ]
-    assert any(m.startswith("monitor, ") and not m.endswith(" 0 lost") for m in histories)
-    assert any("messages lost (monitor)" in a["message"] for a in instance_alerts(chaos, instance))
+    assert any(m.startswith("reconciler, ") and not m.endswith(" 0 lost") for m in histories)
+    assert any(
+        "messages lost (reconciler)" in a["message"] for a in instance_alerts(chaos, instance)
+    )
 
 
 # -- d: the database restarts ----------------------------------------------------------------
@@ -93,9 +95,9 @@ def test_beat_killed_and_started_again_recovers_what_was_lost_meanwhile(chaos: C
     cluster runs no API; ``cluster status``; what the health route says); a new beat
     (``chaos start``) finds the quiet tasks and dispatches their work again."""
     old_beat = chaos.pid("beat")
-    wait_for(lambda: monitor_says(chaos)[0], what="the monitor to have run")
+    wait_for(lambda: reconciler_says(chaos)[0], what="the reconciler to have run")
     chaos.kill("beat")
-    killed_at = facade.monitor_health()["last_run"]
+    killed_at = facade.reconciler_health()["last_run"]
     broker = redis.Redis.from_url(chaos.json("cluster", "credentials")["broker_url"])
     instance = permuter_run(chaos, pause=2)
     wait_for(lambda: queued_on_broker(broker) >= 2, what="subtasks waiting on the broker")
@@ -106,20 +108,22 @@ def test_beat_killed_and_started_again_recovers_what_was_lost_meanwhile(chaos: C
         lambda: [
             a
             for a in chaos.json("alerts")
-            if a["message"].startswith("monitor not") and a["at"] >= killed_at
+            if a["message"].startswith("reconciler not") and a["at"] >= killed_at
         ],
-        what="the alert of a silent monitor",
+        what="the alert of a silent reconciler",
     )
     assert "is beat running?" in silent[-1]["message"]
     since = silent[-1]["message"].split("since ", 1)[1].split(": ", 1)[0]
-    assert monitor_says(chaos) == (False, silent[-1]["message"])
-    assert f"monitor not running since {since}" in chaos.cli("cluster", "status").stdout
+    assert reconciler_says(chaos) == (False, silent[-1]["message"])
+    assert f"reconciler not running since {since}" in chaos.cli("cluster", "status").stdout
 
     chaos.start()
     assert chaos.pid("beat") != old_beat
-    wait_for(lambda: monitor_says(chaos)[0], what="the monitor to run again")
+    wait_for(lambda: reconciler_says(chaos)[0], what="the reconciler to run again")
 
     assert_completed_exactly_once(chaos, instance)
     for task in queries.list_tasks(instance):
         assert [s["attempts"] for s in queries.list_subtasks(task["id"])] == [1, 1, 1, 1]
-    assert any("messages lost (monitor)" in a["message"] for a in instance_alerts(chaos, instance))
+    assert any(
+        "messages lost (reconciler)" in a["message"] for a in instance_alerts(chaos, instance)
+    )

@@ -114,7 +114,7 @@ def test_worker_killed_three_times_each_replacement_carries_on(chaos: Cluster) -
         chaos.kill("worker1")
         victims.append((victim["task_id"], victim["index"], victim["attempts"]))
         chaos.start(workers=1)
-        # Measured from the replacement: beat's monitor runs on a worker, and none was up.
+        # Measured from the replacement: beat's reconciler runs on a worker, and none was up.
         back_in_flight(victim, since=time.monotonic())
 
     assert_completed_exactly_once(chaos, instance)
@@ -129,7 +129,7 @@ def test_worker_killed_three_times_each_replacement_carries_on(chaos: Cluster) -
 
 def test_marshal_killed_mid_step_is_marshaled_again(chaos: Cluster) -> None:
     """A worker dies while marshaling: the task sits in MARSHALING with nothing moving it.
-    Its step lease lapses, and the monitor marshals it again under a new attempt."""
+    Its step lease lapses, and the reconciler marshals it again under a new attempt."""
     chaos.kill("worker1")  # the test's own process plays the worker that will die
     chaos.kill("worker2")
     instance = permuter_run(chaos, pause=0)

@@ -56,7 +56,7 @@ QUEUES = {"permuter": "hostA", "flip": "hostB", "averaging": "hostA"}
 #: processes die").
 FAST = {
     "PIPELINE_LEASE_SECONDS": "3",
-    "PIPELINE_MONITOR_INTERVAL": "1",
+    "PIPELINE_RECONCILE_INTERVAL": "1",
     "PIPELINE_STALE_AFTER": "5",
 }
 #: Seconds a service gets to come up.
@@ -254,7 +254,7 @@ class Network:
 
 @pytest.fixture(scope="module")
 def network() -> Iterator[Network]:
-    """Central host with Redis, PostgreSQL, beat and a worker for the monitor task (queue
+    """Central host with Redis, PostgreSQL, beat and a worker for the reconciler task (queue
     default); hostA and hostB with one worker each, for their own queues."""
     reason = namespaces_unavailable()
     if reason:
@@ -281,7 +281,7 @@ def network() -> Iterator[Network]:
         network = Network(central, hosts, shared, env)
         network.cli("cluster", "init")
         # As docs/deployment.md says: beat, the HTTP API, and a worker for queue default (where
-        # beat's monitor task goes), on the central host.
+        # beat's reconciler task goes), on the central host.
         network.cli("cluster", "start", "--workers", 1, PIPELINE_WORKER_QUEUES="default")
         network.start_workers(("hostA", "hostA", "hostA", 2), ("hostB", "hostB", "hostB", 2))
         yield network

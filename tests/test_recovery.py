@@ -1,4 +1,4 @@
-"""Lost work found and started again by beat's monitor, driven in this process: a subtask
+"""Lost work found and started again by beat's reconciler, driven in this process: a subtask
 whose worker died, a lost stage message, a quiet task whose messages were lost, a marshal
 whose worker died, a subtask that hangs. The processes really dying are the chaos tests'
 (``test_lost_work.py``); here the clock is moved instead."""
@@ -50,8 +50,8 @@ pytestmark = pytest.mark.usefixtures("home")
 
 
 @pytest.fixture
-def monitor(worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch):
-    """Beat's monitor, run on demand (its Redis lock taken for granted)."""
+def reconciler(worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch):
+    """Beat's reconciler, run on demand (its Redis lock taken for granted)."""
     monkeypatch.setattr(reconcile, "_exclusive", lambda interval: nullcontext(lambda: None))
     return reconcile.reconcile
 
@@ -81,13 +81,15 @@ def subtasks(task_id: int) -> list[tuple[str, int]]:
     return [(s["state"], s["attempts"]) for s in queries.list_subtasks(task_id)]
 
 
-def test_a_subtask_whose_worker_died_is_dispatched_again(worker: InProcessWorker, monitor) -> None:
+def test_a_subtask_whose_worker_died_is_dispatched_again(
+    worker: InProcessWorker, reconciler
+) -> None:
     instance = facade.submit("sample", None, "permuter")["id"]
     worker.run_next()  # task 1 marshaled
     taken_by_a_dying_worker(worker, 1, 0)
     age(1)
 
-    assert monitor()["reclaimed"] == 1
+    assert reconciler()["reclaimed"] == 1
     assert subtasks(1)[0] == ("QUEUED", 1)
     history = [e["message"] for e in queries.get_task(1)["history"]]
     assert "subtask 0: worker lost, dispatched again" in history
@@ -104,7 +106,7 @@ def test_a_subtask_whose_worker_died_is_dispatched_again(worker: InProcessWorker
 
 
 def test_a_subtask_lost_too_often_fails_as_worker_lost(
-    worker: InProcessWorker, monitor, monkeypatch: pytest.MonkeyPatch
+    worker: InProcessWorker, reconciler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PIPELINE_LOST_SUBTASK_RETRIES", "0")
     point_here()
@@ -113,7 +115,7 @@ def test_a_subtask_lost_too_often_fails_as_worker_lost(
     taken_by_a_dying_worker(worker, 1, 2)
     age(1)
 
-    assert monitor()["reclaimed"] == 1
+    assert reconciler()["reclaimed"] == 1
     worker.drain()
     assert subtasks(1)[2] == ("FAILED", 1)
     assert queries.list_subtasks(1)[2]["error"] == "worker lost"
@@ -122,20 +124,20 @@ def test_a_subtask_lost_too_often_fails_as_worker_lost(
     assert [a["severity"] for a in queries.list_alerts()] == ["error"]
 
 
-def test_a_lost_stage_message_is_sent_again(worker: InProcessWorker, monitor) -> None:
+def test_a_lost_stage_message_is_sent_again(worker: InProcessWorker, reconciler) -> None:
     instance = facade.submit("sample", None, "permuter")["id"]
     assert len(worker.lose()) == 2  # both marshal messages
-    assert monitor()["resent"] == 0, "not before the task has waited stale_after"
+    assert reconciler()["resent"] == 0, "not before the task has waited stale_after"
     age(1)
     age(2)
 
-    assert monitor()["resent"] == 2
+    assert reconciler()["resent"] == 2
     worker.drain()
     assert queries.get_instance(instance)["state"] == "COMPLETED"
 
 
 def test_a_quiet_task_whose_messages_were_lost_is_reattached(
-    worker: InProcessWorker, monitor
+    worker: InProcessWorker, reconciler
 ) -> None:
     instance = facade.submit("sample", None, "permuter")["id"]
     worker.run_next()
@@ -144,21 +146,23 @@ def test_a_quiet_task_whose_messages_were_lost_is_reattached(
     age(1)
     age(2)
 
-    assert monitor()["redispatched"] == 4
+    assert reconciler()["redispatched"] == 4
     history = [e["message"] for e in queries.get_task(1)["history"]]
-    assert "monitor, 0 alive, 4 lost" in history
+    assert "reconciler, 0 alive, 4 lost" in history
     assert not any(
-        m.startswith("monitor, ") for m in (e["message"] for e in queries.get_task(2)["history"])
+        m.startswith("reconciler, ") for m in (e["message"] for e in queries.get_task(2)["history"])
     ), "nothing lost: nothing written"
     worker.drain()
     assert queries.get_instance(instance)["state"] == "COMPLETED"
     assert subtasks(1) == [("COMPLETE", 1)] * 4, "each subtask ran once"
     assert [a["message"] for a in queries.list_alerts()] == [
-        "4 subtask messages lost (monitor): dispatched again"
+        "4 subtask messages lost (reconciler): dispatched again"
     ]
 
 
-def test_a_marshal_whose_worker_died_is_marshaled_again(worker: InProcessWorker, monitor) -> None:
+def test_a_marshal_whose_worker_died_is_marshaled_again(
+    worker: InProcessWorker, reconciler
+) -> None:
     instance = facade.submit("sample", None, "permuter")["id"]
     [message] = [m for m in worker.queue if m.args == [1, 1]]
     worker.queue.remove(message)
@@ -167,10 +171,10 @@ def test_a_marshal_whose_worker_died_is_marshaled_again(worker: InProcessWorker,
         move(session, task, Event.MARSHAL, host="worker9@gone", instance=instance_row)
     age(1)
 
-    assert monitor()["remarshaled"] == 1
+    assert reconciler()["remarshaled"] == 1
     task = queries.get_task(1)
     assert (task["p_state"], task["attempt"]) == ("INITIALIZING", 2)
-    assert "marshaling lost on worker9@gone, marshaling again (monitor)" in [
+    assert "marshaling lost on worker9@gone, marshaling again (reconciler)" in [
         e["message"] for e in task["history"]
     ]
     worker.drain()
@@ -181,7 +185,7 @@ def test_a_marshal_whose_worker_died_is_marshaled_again(worker: InProcessWorker,
     ]
 
 
-#: What the monitor says of a task whose execution settings cannot be read.
+#: What the reconciler says of a task whose execution settings cannot be read.
 UNREADABLE = "stored execution settings cannot be read"
 
 
@@ -205,23 +209,23 @@ def assert_failed_alone(task_id: int) -> None:
     assert [(a["severity"], a["message"]) for a in alerts] == [("error", task["error_message"])]
 
 
-def test_one_unreadable_row_fails_its_task_and_the_monitor_recovers_the_others(
-    worker: InProcessWorker, monitor, capsys: pytest.CaptureFixture[str]
+def test_one_unreadable_row_fails_its_task_and_the_reconciler_recovers_the_others(
+    worker: InProcessWorker, reconciler, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A task whose execution settings hold ``Infinity`` (written by hand) cannot stop the
-    monitor: the other task's lost message is sent again, the bad one fails alone."""
+    reconciler: the other task's lost message is sent again, the bad one fails alone."""
     instance = facade.submit("sample", None, "permuter")["id"]
     assert len(worker.lose()) == 2  # both marshal messages
     stale_with_one_unreadable(poisoned=2)
     assert_one_line_error(run_cli(capsys, "task", "2"), "a stored value cannot be read")
 
-    done = monitor()
+    done = reconciler()
     assert (done["resent"], done["failed"]) == (1, 1)
     assert_failed_alone(2)
     worker.drain()
     assert queries.get_task(1)["state"] == "COMPLETE"
     assert queries.get_instance(instance)["state"] == "ERRORS_STALLED"
-    assert monitor()["failed"] == 0, "failed once, not at every run"
+    assert reconciler()["failed"] == 0, "failed once, not at every run"
 
     facade.restart([2], "restart-from-beginning")
     worker.drain()
@@ -229,7 +233,7 @@ def test_one_unreadable_row_fails_its_task_and_the_monitor_recovers_the_others(
 
 
 def test_an_unreadable_row_cannot_stop_lost_subtasks_being_reclaimed(
-    worker: InProcessWorker, monitor
+    worker: InProcessWorker, reconciler
 ) -> None:
     facade.submit("sample", None, "permuter")
     worker.run_next()  # task 1 marshaled
@@ -238,14 +242,14 @@ def test_an_unreadable_row_cannot_stop_lost_subtasks_being_reclaimed(
     taken_by_a_dying_worker(worker, 2, 0)
     stale_with_one_unreadable(poisoned=1)
 
-    done = monitor()
+    done = reconciler()
     assert (done["reclaimed"], done["failed"]) == (1, 1)
     assert_failed_alone(1)
     assert subtasks(2)[0] == ("QUEUED", 1)
 
 
 def test_an_unreadable_row_cannot_stop_quiet_tasks_being_reattached(
-    worker: InProcessWorker, monitor
+    worker: InProcessWorker, reconciler
 ) -> None:
     facade.submit("sample", None, "permuter")
     worker.run_next()
@@ -253,7 +257,7 @@ def test_an_unreadable_row_cannot_stop_quiet_tasks_being_reattached(
     assert len(worker.lose()) == 8
     stale_with_one_unreadable(poisoned=1)
 
-    done = monitor()
+    done = reconciler()
     assert (done["redispatched"], done["failed"]) == (4, 1)
     assert_failed_alone(1)
     worker.drain()
@@ -304,7 +308,7 @@ def test_a_hanging_subtask_fails_at_its_timeout_and_the_task_goes_on(
 def test_two_monitors_at_once_only_one_reconciles(
     worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A second beat started by mistake sends a second monitor each interval: the two runs
+    """A second beat started by mistake sends a second reconciler each interval: the two runs
     meet at the lock in Redis, and one of them does nothing."""
     with redis_server() as url:
         monkeypatch.setenv("PIPELINE_BROKER_URL", url)
@@ -315,7 +319,7 @@ def test_two_monitors_at_once_only_one_reconciles(
 
 
 def test_the_workers_are_asked_once_per_run_whatever_the_queues(
-    worker: InProcessWorker, monitor, monkeypatch: pytest.MonkeyPatch
+    worker: InProcessWorker, reconciler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Asking the workers what they hold waits a second for the slowest: once per queue
     would make a run grow with the number of queues."""
@@ -351,7 +355,7 @@ def test_the_workers_are_asked_once_per_run_whatever_the_queues(
 
     use_publisher(Inspected())
     try:
-        assert monitor()["redispatched"] == 8
+        assert reconciler()["redispatched"] == 8
     finally:
         use_publisher(worker.broker)
     assert asked == [1]
@@ -361,7 +365,7 @@ def test_the_workers_are_asked_once_per_run_whatever_the_queues(
 def test_a_run_that_outlasts_the_interval_keeps_the_lock_until_it_ends(
     worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The monitor's lock is a mutex, not a rate limit: while one run works on (here, a
+    """The reconciler's lock is a mutex, not a rate limit: while one run works on (here, a
     long line of tasks to recover) for many intervals, every other run is skipped; when it
     ends the lock is released and the next run goes ahead."""
     # Long enough that a busy machine does not stall the holder past the lock's lapse
@@ -369,7 +373,7 @@ def test_a_run_that_outlasts_the_interval_keeps_the_lock_until_it_ends(
     interval = 0.5
     with redis_server() as url:
         monkeypatch.setenv("PIPELINE_BROKER_URL", url)
-        monkeypatch.setenv("PIPELINE_MONITOR_INTERVAL", str(interval))
+        monkeypatch.setenv("PIPELINE_RECONCILE_INTERVAL", str(interval))
         point_here()
         working, finish = threading.Event(), threading.Event()
         long_run = threading.current_thread()  # replaced by the run's thread below

@@ -4,7 +4,7 @@ and a code fix picked up by workers that were never restarted. (What each mode d
 the chaos tests, ``test_lost_services.py``.)
 
 The cluster is shared with the other modules of xdist group ``shared-cluster``; its
-monitor leaves quiet tasks alone for ten minutes, so what is lost stays lost until an
+reconciler leaves quiet tasks alone for ten minutes, so what is lost stays lost until an
 operator resumes monitoring.
 """
 

@@ -58,7 +58,7 @@ def test_a_clean_run_completes_with_the_right_pixels(cluster: Cluster) -> None:
     assert all(e["host"].startswith("worker1@") for e in history)
 
     # One message per marshal and per subtask: execute, monitor and store ran in the worker
-    # that finished the step before each (the monitor re-sends none: its limit is 10 min).
+    # that finished the step before each (the reconciler re-sends none: its limit is 10 min).
     run = log.read_text()[logged:]
     received = Counter(re.findall(r"Task pipeline\.stage\.(\w+)\[\S+\] received", run))
     assert received == {"marshal": 6, "subtask": 18}, received

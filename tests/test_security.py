@@ -65,7 +65,7 @@ PROBE = textwrap.dedent(
 
 
 def queues(broker: redis.Redis) -> dict[bytes, int]:
-    """The length of each queue on the broker (the monitor's own short-lived keys aside)."""
+    """The length of each queue on the broker (the reconciler's own short-lived keys aside)."""
     return {key: broker.llen(key) for key in broker.scan_iter() if broker.type(key) == b"list"}
 
 

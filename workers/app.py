@@ -16,7 +16,7 @@ from workers import operations, stages
 
 
 class WorkerWatch(bootsteps.StartStopStep):
-    """A worker's look at the monitor's heartbeat once an interval, on the worker's own
+    """A worker's look at the reconciler's heartbeat once an interval, on the worker's own
     timer (no thread: the pool forks new children from this process)."""
 
     requires = {"celery.worker.components:Timer"}
@@ -27,7 +27,7 @@ class WorkerWatch(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         self.timer_entry = worker.timer.call_repeatedly(
-            get_settings().monitor_interval, look, (utcnow(),)
+            get_settings().reconcile_interval, look, (utcnow(),)
         )
 
     def stop(self, worker: Any) -> None:
@@ -36,7 +36,7 @@ class WorkerWatch(bootsteps.StartStopStep):
 
 
 app = celery_app()
-# Every worker tells when beat's monitor has gone silent.
+# Every worker tells when beat's reconciler has gone silent.
 app.steps["worker"].add(WorkerWatch)
 
 

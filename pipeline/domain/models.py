@@ -232,7 +232,7 @@ class Alert(Base):
 
 
 class Heartbeat(Base):
-    """The last sign of life of a process that must always run somewhere (beat's monitor):
+    """The last sign of life of a process that must always run somewhere (beat's reconciler):
     when it last ran, where, and when its silence was last reported as an alert."""
 
     __tablename__ = "heartbeats"

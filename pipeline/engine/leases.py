@@ -1,10 +1,10 @@
-"""Leases: how the monitor tells work that is slow from work whose worker is gone.
+"""Leases: how beat's reconciler tells work that is slow from work whose worker is gone.
 
 A running subtask's lease is its ``heartbeat_at``, renewed by the supervising worker
 process (``LeaseRenewal``), never by the algorithm. A marshal or store, which runs in the
 worker itself and may take minutes on a large task, holds a lease on its task's step
 instead (``StepLease``): a thread renews the task's ``updated_at`` while the step works.
-A lease older than its limit lost its worker, and the monitor starts the work again
+A lease older than its limit lost its worker, and the reconciler starts the work again
 (``pipeline.recovery.reclaim``).
 """
 
@@ -32,7 +32,7 @@ RENEWALS_PER_LEASE = 3
 
 
 def renewal_interval() -> float:
-    """Seconds between renewals of a step lease, well inside the monitor's staleness limit."""
+    """Seconds between renewals of a step lease, well inside the reconciler's staleness limit."""
     settings = get_settings()
     return min(settings.lease_seconds, settings.stale_after) / RENEWALS_PER_LEASE
 
@@ -113,7 +113,7 @@ class StepLease:
       interval: seconds between renewals (``renewal_interval()`` when not given).
 
     A failed renewal is logged, not raised: the step's own work goes on, and at worst the
-    monitor starts the step again under a fence that makes this one's result a no-op.
+    reconciler starts the step again under a fence that makes this one's result a no-op.
     """
 
     def __init__(

@@ -91,7 +91,7 @@ def advance_within(session: Session, instance: PipelineInstance, messages: Outbo
 
 
 def advance(instance_id: int) -> None:
-    """Run a transition in a transaction of its own (beat's monitor, a restart)."""
+    """Run a transition in a transaction of its own (beat's reconciler, a restart)."""
     with outbox.transaction() as (session, messages):
         advance_within(session, lock_instance(session, instance_id), messages)
 

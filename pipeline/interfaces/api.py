@@ -78,9 +78,9 @@ router = APIRouter(responses=_errors(400, 401, 422, 500, 503))
 @health_router.get(HEALTHZ, response_model=models.Health)
 def healthz() -> dict[str, Any]:
     """Liveness, without the token (`cluster start` waits for this to answer), and whether
-    beat's monitor runs: the API answers even when the database does not."""
-    health = facade.monitor_health()
-    return {"monitor_running": health["running"], "monitor": health["message"]}
+    beat's reconciler runs: the API answers even when the database does not."""
+    health = facade.reconciler_health()
+    return {"reconciler_running": health["running"], "reconciler": health["message"]}
 
 
 # -- instances -------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def list_alerts(
         bool, Query(alias="all", description="acknowledged ones too")
     ] = False,
 ) -> list[dict[str, Any]]:
-    """What the monitor did without an operator: lost work dispatched again or failed."""
+    """What beat's reconciler did without an operator: lost work dispatched again or failed."""
     return queries.list_alerts(include_acknowledged)
 
 
@@ -457,7 +457,7 @@ def serve(host: str | None = None, port: int | None = None) -> None:
             local_api.withdraw(home)
 
     config = server_config(create_app(token, named), host, port)
-    watch = SilenceWatch()  # the API raises the alert of a silent monitor
+    watch = SilenceWatch()  # the API raises the alert of a silent reconciler
     watch.start()
     try:
         uvicorn.Server(config).run()

@@ -32,10 +32,10 @@ class Error(_Strict):
 
 class Health(_Strict):
     status: str = "ok"
-    #: Whether beat's monitor runs (nothing recovers lost work while it does not).
-    monitor_running: bool
-    #: "monitor ran at T on HOST", "monitor not running since T: ...", or why it is unknown.
-    monitor: str
+    #: Whether beat's reconciler runs (nothing recovers lost work while it does not).
+    reconciler_running: bool
+    #: "reconciler ran at T on HOST", "reconciler not running since T: ...", or why it is unknown.
+    reconciler: str
 
 
 # -- requests --------------------------------------------------------------------------------

@@ -3,9 +3,10 @@ instances, tasks; one ``argparse`` parser for every command line.
 
 An operator waits for a read command (``pipeline tasks 7``) and should get it within
 0.35 s, process start included, so building the parser and parsing import nothing but the
-standard library: each command imports what it needs when it runs. The operations facade
-(``pipeline.operations.facade``, with SQLAlchemy, the settings and pydantic: half a second)
-serves most commands, ``pipeline.deploy`` the cluster's processes; the read commands
+standard library: each command imports what it needs when it runs. The operations
+(``pipeline.operations``: the facade's commands, the queries; with SQLAlchemy, the settings
+and pydantic, half a second) serve most commands, ``pipeline.deploy`` the cluster's
+processes; the read commands
 (``instances``, ``tasks``, ``subtasks``, ``task``, in ``reads``) ask the home's HTTP API
 instead when it runs with this shell's settings, and import neither.
 
@@ -33,10 +34,11 @@ from pipeline.interfaces import reads
 from pipeline.interfaces.reads import console, print_json, private, table
 
 if TYPE_CHECKING:
-    from pipeline.operations.facade import Report
+    from pipeline.operations.outcomes import Report
 
-#: Exit statuses of every command (README: Exit statuses): success; refused, or errors in
-#: the run; the command line itself is wrong; a deadline passed (``wait --timeout``).
+#: Exit statuses of every command (docs/operator-guide.md, Exit statuses): success; refused,
+#: or errors in the run; the command line itself is wrong; a deadline passed (``wait
+#: --timeout``).
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 #: What ``pipeline wait`` exits with for an instance that stopped.
 EXIT_COMPLETED, EXIT_ERRORS = EXIT_OK, EXIT_REFUSED
@@ -96,7 +98,7 @@ def cluster_status(args: argparse.Namespace) -> None:
         console().print(f"home {home.path} ({home.reason})", highlight=False, soft_wrap=True)
     _show_status(rows, args.json)
     if not args.json:
-        console().print(reads.facade().monitor_health()["message"], markup=False)
+        console().print(reads.operations().reconciler_health()["message"], markup=False)
 
 
 def cluster_credentials(args: argparse.Namespace) -> None:
@@ -144,13 +146,13 @@ def flower(args: argparse.Namespace) -> None:
 
 
 def definitions_import(args: argparse.Namespace) -> None:
-    for item in reads.facade().import_definitions(args.files):
+    for item in reads.operations().import_definitions(args.files):
         note = "imported" if item["new"] else "unchanged"
         console().print(f"{item['name']} version {item['version']} ({note})")
 
 
 def definitions_list(args: argparse.Namespace) -> None:
-    rows = reads.facade().list_definitions()
+    rows = reads.operations("queries").list_definitions()
     if args.json:
         return print_json(rows)
     table(
@@ -161,7 +163,7 @@ def definitions_list(args: argparse.Namespace) -> None:
 
 
 def definitions_show(args: argparse.Namespace) -> None:
-    spec = reads.facade().show_definition(args.name)
+    spec = reads.operations("queries").show_definition(args.name)
     if args.json:
         return print_json(spec)
     out = console()
@@ -196,7 +198,7 @@ def _subtasks_label(subtasks: Any) -> str:
 
 
 def params_list(args: argparse.Namespace) -> None:
-    rows = reads.facade().list_parameter_sets()
+    rows = reads.operations("queries").list_parameter_sets()
     if args.json:
         return print_json(rows)
     table(
@@ -207,14 +209,14 @@ def params_list(args: argparse.Namespace) -> None:
 
 
 def params_show(args: argparse.Namespace) -> None:
-    found = reads.facade().show_parameter_set(args.name, args.version)
+    found = reads.operations("queries").show_parameter_set(args.name, args.version)
     if args.json:
         return print_json(found)
     _show_parameter_set(found)
 
 
 def params_set(args: argparse.Namespace) -> None:
-    found = reads.facade().set_parameters(args.name, args.assignments)
+    found = reads.operations().set_parameters(args.name, args.assignments)
     if args.json:
         return print_json(found)
     _show_parameter_set(found)
@@ -235,11 +237,11 @@ def _show_parameter_set(found: dict[str, Any]) -> None:
 
 
 def submit(args: argparse.Namespace) -> None:
-    facade = reads.facade()
-    data = facade.submit(args.pipeline, args.start_node, args.end_node, args.priority)
+    data = reads.operations().submit(args.pipeline, args.start_node, args.end_node, args.priority)
     if args.json:
         return print_json(data)
-    console().print(f"{facade.submitted_line(data)}; follow it with: pipeline wait {data['id']}")
+    line = reads.operations("views").submitted_line(data)
+    console().print(f"{line}; follow it with: pipeline wait {data['id']}")
 
 
 def instances(args: argparse.Namespace) -> None:
@@ -259,7 +261,7 @@ def subtasks(args: argparse.Namespace) -> None:
 
 
 def logs(args: argparse.Namespace) -> None:
-    found = reads.facade().logs(args.task, args.subtask)
+    found = reads.operations("queries").logs(args.task, args.subtask)
     if args.json:
         return print_json(found)
     for entry in found:
@@ -276,7 +278,7 @@ def wait(args: argparse.Namespace) -> int:
 
     from pipeline.domain.states import STOPPED_STATES, InstanceState
 
-    facade = reads.facade()
+    queries = reads.operations("queries")
     instance, timeout = args.instance, args.timeout
     deadline = time.monotonic() + timeout if timeout else None
     columns = [
@@ -289,7 +291,7 @@ def wait(args: argparse.Namespace) -> int:
     with Progress(*columns, console=console(), transient=False) as progress:
         bar = progress.add_task("", total=None, id=instance)
         while True:
-            summary = facade.get_instance(instance)
+            summary = queries.get_instance(instance)
             done = summary["completed_subtasks"] + summary["failed_subtasks"]
             progress.update(
                 bar,
@@ -312,7 +314,7 @@ def wait(args: argparse.Namespace) -> int:
 
 
 def alerts_list(args: argparse.Namespace) -> None:
-    rows = reads.facade().list_alerts(args.every)
+    rows = reads.operations("queries").list_alerts(args.every)
     if args.json:
         return print_json(rows)
     table(
@@ -334,7 +336,7 @@ def alerts_list(args: argparse.Namespace) -> None:
 
 
 def alerts_ack(args: argparse.Namespace) -> None:
-    reads.facade().acknowledge_alert(args.id)
+    reads.operations().acknowledge_alert(args.id)
     console().print(f"alert {args.id} acknowledged")
 
 
@@ -355,9 +357,9 @@ def restart(args: argparse.Namespace) -> int:
         if value is not None:
             changes[key] = value
     if args.instance is not None:
-        report = reads.facade().restart_failed(args.instance, args.mode, changes, args.dry_run)
+        report = reads.operations().restart_failed(args.instance, args.mode, changes, args.dry_run)
     else:
-        report = reads.facade().restart(args.tasks, args.mode, changes, args.dry_run)
+        report = reads.operations().restart(args.tasks, args.mode, changes, args.dry_run)
     return _show_report(report, args.json, "restart (dry run)" if args.dry_run else "restart")
 
 
@@ -375,9 +377,9 @@ def _restart_usage(args: argparse.Namespace) -> str | None:
 
 def halt(args: argparse.Namespace) -> int:
     if args.instance is not None:
-        report = reads.facade().halt_instance(args.instance)
+        report = reads.operations().halt_instance(args.instance)
     else:
-        report = reads.facade().halt(args.tasks)
+        report = reads.operations().halt(args.tasks)
     return _show_report(report, args.json, "halt")
 
 
@@ -414,7 +416,7 @@ def _show_report(report: Report, as_json: bool, title: str) -> int:
 
 
 def datastore_import(args: argparse.Namespace) -> None:
-    received = reads.facade().receive(
+    received = reads.operations("receipt").receive(
         args.directory, args.type, args.unit, args.manifest, args.pipeline
     )
     if args.json:
@@ -432,7 +434,7 @@ def datastore_import(args: argparse.Namespace) -> None:
 
 
 def files(args: argparse.Namespace) -> None:
-    rows = reads.facade().files(
+    rows = reads.operations("lineage").files(
         args.instance, args.task, args.unit, args.path, args.history, args.limit
     )
     if args.json:
@@ -468,7 +470,7 @@ def _producer(file: dict[str, Any]) -> str:
 
 
 def lineage(args: argparse.Namespace) -> None:
-    chain = reads.facade().lineage(args.path)
+    chain = reads.operations("lineage").lineage(args.path)
     if args.json:
         return print_json(chain)
     steps = {step["file"]["id"]: step for step in chain["steps"]}
@@ -805,7 +807,7 @@ def _name_the_modes(option: argparse.Action) -> None:
     """Name every restart mode in the help of ``restart --mode``, as it is shown: the
     modes' module loads the database libraries, which no other command line should wait
     for."""
-    modes = ", ".join(mode.name for mode in reads.facade().restart_modes())
+    modes = ", ".join(mode.name for mode in reads.operations().restart_modes())
     option.help = f"{MODES_HELP[:-1]}: {modes}."
 
 
@@ -908,7 +910,7 @@ COMMANDS: dict[str, Command] = {
     "cluster stop": Command("Stop the processes `cluster start` started.", cluster_stop),
     "cluster status": Command(
         "Which home this shell uses, which of its cluster's processes are alive, and whether "
-        "beat's monitor runs.",
+        "beat's reconciler runs.",
         cluster_status,
         _json,
     ),
@@ -990,7 +992,9 @@ COMMANDS: dict[str, Command] = {
         _halt_arguments,
     ),
     "alerts": Command(
-        "Alerts: lost work the monitor dispatched again or failed.", alerts_list, _alerts_arguments
+        "Alerts: lost work the reconciler dispatched again or failed.",
+        alerts_list,
+        _alerts_arguments,
     ),
     "alerts ack": Command(
         "Acknowledge an alert: it leaves the default list.", alerts_ack, _id("id", "ID")
@@ -1120,7 +1124,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 def fail(exc: Exception) -> NoReturn:
     """Report an error an operator can cause or meet in one line and exit 1; raise anything
     else (a bug, with its traceback)."""
-    from pipeline.operations.facade import problem
+    from pipeline.operations.problems import problem
 
     found = problem(exc)
     if found is None:

@@ -291,11 +291,11 @@ class InstancesPage(PipelineHandler):
         state = self.get_argument("state", "") or None
         pipeline = self.get_argument("pipeline", "") or None
         found = await self.read(pages.instances_page, state, pipeline, page, per_page)
-        monitor = await self.off_loop(facade.monitor_health)
+        reconciler = await self.off_loop(facade.reconciler_health)
         self.render_page(
             "instances.html",
             found=found,
-            monitor=monitor,
+            reconciler=reconciler,
             state=state or "",
             pipeline=pipeline or "",
             refresh=found["running"],

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class PipelineCollector(Collector):
     """Instances by state, tasks by P-state and error flag, subtasks by state, redispatches,
     restarts by mode, lost-work recoveries, subtask run times per node, and the age of the
-    monitor's last run."""
+    reconciler's last run."""
 
     def describe(self) -> list[Metric]:
         """Nothing up front: registering must not query the database."""
@@ -87,7 +87,7 @@ class PipelineCollector(Collector):
         )
         yield CounterMetricFamily(
             "pipeline_lost_work_recoveries",
-            "Lost subtasks dispatched again and lost marshals redone by the monitor",
+            "Lost subtasks dispatched again and lost marshals redone by beat's reconciler",
             value=figures["lost_work_recoveries"],
         )
         durations = HistogramMetricFamily(
@@ -101,12 +101,12 @@ class PipelineCollector(Collector):
             buckets.append(("+Inf", found["count"]))
             durations.add_metric([node], buckets, found["sum"])
         yield durations
-        last = facade.monitor_health()["last_run"]
+        last = facade.reconciler_health()["last_run"]
         if last is not None:
             age = datetime.now(UTC) - datetime.fromisoformat(last)
             yield GaugeMetricFamily(
-                "pipeline_monitor_last_run_age_seconds",
-                "Seconds since beat's monitor last ran (its heartbeat)",
+                "pipeline_reconciler_last_run_age_seconds",
+                "Seconds since beat's reconciler last ran (its heartbeat)",
                 value=max(0.0, age.total_seconds()),
             )
 

@@ -11,6 +11,7 @@ used: Rich (40 ms) only when a table or a line of text is printed, never for ``-
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -60,14 +61,13 @@ def private() -> None:
     os.umask(get_settings().umask)
 
 
-def facade() -> ModuleType:
-    """The operations facade, imported when a command first needs it: with SQLAlchemy, the
-    settings and the models it costs half a second, more than a whole read through the
-    home's HTTP API takes (``local_api``)."""
+def operations(name: str = "facade") -> ModuleType:
+    """A module of ``pipeline.operations`` (the facade's commands, the ``queries``, the
+    ``lineage`` ...), imported when a command first needs it: with SQLAlchemy, the settings
+    and the models it costs half a second, more than a whole read through the home's HTTP
+    API takes (``local_api``)."""
     private()
-    from pipeline.operations import facade as operations
-
-    return operations
+    return importlib.import_module(f"pipeline.operations.{name}")
 
 
 def _read(
@@ -75,14 +75,14 @@ def _read(
 ) -> tuple[Any, int | None]:
     """What a read command shows, and how many rows there are in all when it is a listing:
     the home's HTTP API's answer when it runs with this shell's settings, else
-    ``in_process(facade)`` (the same dicts: the API serves the facade's). An unknown id is
-    refused with the facade's message either way."""
+    ``in_process(queries)`` (the same views: the API serves the queries'). An unknown id is
+    refused with the same message either way."""
     from pipeline.interfaces import local_api
 
     record = local_api.find()
     answer = local_api.get(record, path, **params) if record else None
     if answer is None:
-        return in_process(facade())
+        return in_process(operations("queries"))
     if answer.status == local_api.NOT_FOUND:
         raise NotFound(answer.data)
     return answer.data, answer.total

@@ -112,7 +112,7 @@ def configure(app: Celery, settings: Settings) -> None:
             "socket_connect_timeout": settings.broker_timeout,
         },
         beat_schedule={
-            "reconcile": {"task": RECONCILE, "schedule": settings.monitor_interval},
+            "reconcile": {"task": RECONCILE, "schedule": settings.reconcile_interval},
         },
         worker_hijack_root_logger=True,
         timezone="UTC",

@@ -35,7 +35,7 @@ GROUP = "pipeline.stage.subtask_group"
 GROUP_PREFIX = "group-"
 #: One message carrying the messages of many tasks, published on by a worker.
 FAN_OUT = "pipeline.stage.fan_out"
-#: Beat's reconciler, run every ``monitor_interval`` (``pipeline.recovery.reconcile``).
+#: Beat's reconciler, run every ``reconcile_interval`` (``pipeline.recovery.reconcile``).
 RECONCILE = "pipeline.reconcile"
 #: What each argument of a message is, so Flower's task list reads ``task=4, attempt=2``
 #: rather than ``[4, 2]``.

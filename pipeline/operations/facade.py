@@ -36,16 +36,21 @@ from pipeline.operations.views import (
 from pipeline.recovery import heartbeat
 
 
-def monitor_health() -> dict[str, Any]:
-    """Whether beat's monitor runs (``pipeline.recovery.heartbeat``): what ``cluster
+def reconciler_health() -> dict[str, Any]:
+    """Whether beat's reconciler runs (``pipeline.recovery.heartbeat``): what ``cluster
     status``, the health route and the console say of it; never an error, since they
     answer when the database does not."""
     try:
-        health = heartbeat.monitor_health()
+        health = heartbeat.reconciler_health()
     except PROBLEMS as exc:
         reported = problem(exc)
         unknown = reported.message if reported else type(exc).__name__
-        return {"running": False, "last_run": None, "host": None, "message": f"monitor: {unknown}"}
+        return {
+            "running": False,
+            "last_run": None,
+            "host": None,
+            "message": f"reconciler: {unknown}",
+        }
     return {
         "running": health.running,
         "last_run": iso_time(health.last_run),

@@ -60,7 +60,7 @@ DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 #: latest: the figures of a huge node stay cheap).
 FIGURES_TASKS = 200
 #: How the history names a restart (``restart: resubmit with queue=big``) and lost work
-#: found again by the monitor.
+#: found again by beat's reconciler.
 RESTART_NOTE = "restart: "
 LOST_WORK_NOTES = ("%worker lost, dispatched again%", "marshaling lost on %")
 

@@ -1,4 +1,4 @@
-"""The monitor isolates each task: what goes wrong with one never stops its run for the
+"""The reconciler isolates each task: what goes wrong with one never stops its run for the
 others.
 
 A row that cannot be read (a JSON column holding ``Infinity``, written by hand or by an
@@ -49,11 +49,11 @@ _INSTANCE_COLUMNS = (PipelineInstance.state, PipelineInstance.updated_at)
 
 
 class Isolation:
-    """The guard around each task (or instance) of one monitor run, counting the tasks it
+    """The guard around each task (or instance) of one reconciler run, counting the tasks it
     failed as unreadable."""
 
     def __init__(self, before_each: Callable[[], None] = lambda: None) -> None:
-        #: Called before each task's and instance's work (the monitor extends its lock).
+        #: Called before each task's and instance's work (the reconciler extends its lock).
         self.before_each = before_each
         self.failed = 0
 
@@ -68,7 +68,7 @@ class Isolation:
         except Unreadable as exc:
             self.unreadable(task_id, exc.reason)
         except Exception:
-            log.exception("monitor: task %s skipped this run", task_id)
+            log.exception("reconciler: task %s skipped this run", task_id)
         return None
 
     def unreadable(self, task_id: int, reason: str) -> None:
@@ -86,7 +86,7 @@ class Isolation:
             reason = exc.reason
             _guarded(instance_id, lambda: stop_unreadable(instance_id, reason))
         except Exception:
-            log.exception("monitor: instance %s skipped this run", instance_id)
+            log.exception("reconciler: instance %s skipped this run", instance_id)
 
 
 def _guarded(row_id: int, call: Callable[[], Any]) -> int:
@@ -95,14 +95,14 @@ def _guarded(row_id: int, call: Callable[[], Any]) -> int:
     except Unreachable:
         raise
     except Exception:
-        log.exception("monitor: could not fail %s, whose row cannot be read", row_id)
+        log.exception("reconciler: could not fail %s, whose row cannot be read", row_id)
         return 0
     return 1
 
 
 def decode_execution(stored: str) -> dict[str, Any]:
     """A task's execution settings from their stored text (``Unreadable`` if they cannot
-    be read): what the monitor selects as text so one bad row cannot fail its query."""
+    be read): what the reconciler selects as text so one bad row cannot fail its query."""
     value = loads(stored)
     if not isinstance(value, dict):
         raise Unreadable(f"execution settings are not a mapping: {type(value).__name__}")
@@ -161,7 +161,7 @@ def _node_settings(session: Any, instance_id: int, node: str) -> tuple[dict[str,
 
 def stop_unreadable(instance_id: int, reason: str) -> None:
     """Stop an instance whose frozen definition or parameters cannot be read (TRANSITION_
-    FAILED, so the monitor leaves it alone), with an alert."""
+    FAILED, so the reconciler leaves it alone), with an alert."""
     message = f"stored definition or parameters cannot be read ({reason})"
     with transaction() as session:
         session.execute(

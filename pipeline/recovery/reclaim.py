@@ -2,7 +2,7 @@
 
 A running subtask renews its lease while its algorithm runs, and a marshal renews its
 step's lease while it builds the task directory (``pipeline.engine.leases``). Beat's
-monitor finds the leases that lapsed and calls these, each under the task's lock and
+reconciler finds the leases that lapsed and calls these, each under the task's lock and
 fence, so work that was only slow, not lost, is left alone.
 """
 
@@ -89,7 +89,7 @@ def marshal_again(task_id: int, attempt: int, lease_expired_before: datetime) ->
         ):
             return False
         message = f"marshaling lost on {task.worker_host or '?'}, marshaling again"
-        move(session, task, Event.MARSHAL_LOST, f"{message} (monitor)", instance=instance)
+        move(session, task, Event.MARSHAL_LOST, f"{message} (reconciler)", instance=instance)
         raise_alert(session, task, WARNING, message)
         send_stage(messages, Stage.MARSHAL, task)
     return True

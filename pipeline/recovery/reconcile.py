@@ -43,30 +43,30 @@ from pipeline.recovery.reclaim import marshal_again, reclaim_lost
 from pipeline.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-#: Redis key of the lock that keeps two monitor runs from reconciling at once.
-LOCK_KEY = "pipeline:monitor-lock"
+#: Redis key of the lock that keeps two reconciler runs from reconciling at once.
+LOCK_KEY = "pipeline:reconciler-lock"
 #: The lock lapses after this many intervals unless its holder extends it.
 LOCK_INTERVALS = 3
 #: Redis key set for half an interval after a run ends: a second beat's run then skips.
-RAN_KEY = "pipeline:monitor-ran"
+RAN_KEY = "pipeline:reconciler-ran"
 
 
 def reconcile() -> dict[str, int]:
     """Reclaim subtasks whose worker is gone, re-send lost stage messages, retry lost node
     transitions; returns what it did. Only one runs at a time, however many beats run and
-    however long a run takes (``MonitorLock``); each run records the monitor's heartbeat.
+    however long a run takes (``ReconcilerLock``); each run records the reconciler's heartbeat.
 
     Each task is isolated (``pipeline.recovery.isolation``): one whose row cannot be read
     fails alone (``failed`` counts them) and the others are recovered all the same.
     """
     settings = get_settings()
-    with _exclusive(settings.monitor_interval) as keep:
+    with _exclusive(settings.reconcile_interval) as keep:
         if keep is None:
             return {"skipped": 1}
         try:
             return _reconcile(settings, Isolation(before_each=keep))
         except LockError:
-            log.warning("monitor: its lock lapsed mid-run; the next run takes over")
+            log.warning("reconciler: its lock lapsed mid-run; the next run takes over")
             return {"lapsed": 1}
 
 
@@ -167,7 +167,7 @@ def _reattach_quiet(quiet: list[Any], isolation: Isolation) -> int:
 
         def again(task_id: int = task_id, attempt: int = attempt) -> int:
             with suppress(Refused):  # it moved on meanwhile
-                found = reattach(task_id, attempt, live, "monitor", quiet=True)
+                found = reattach(task_id, attempt, live, "reconciler", quiet=True)
                 return len(found.lost)
             return 0
 
@@ -175,16 +175,16 @@ def _reattach_quiet(quiet: list[Any], isolation: Isolation) -> int:
     return redispatched
 
 
-class MonitorLock:
-    """The monitor's mutex: a redis-py ``Lock`` whose token only its holder can extend or
+class ReconcilerLock:
+    """The reconciler's mutex: a redis-py ``Lock`` whose token only its holder can extend or
     release, so two beats (or one run outlasting its interval) never reconcile at once.
 
     A holder that dies leaves the lock to lapse after ``LOCK_INTERVALS`` intervals; a
-    live one extends it (``keep``) while it works, and records the monitor's heartbeat
+    live one extends it (``keep``) while it works, and records the reconciler's heartbeat
     as it does.
 
     Parameters:
-      interval: the monitor's interval, in seconds.
+      interval: the reconciler's interval, in seconds.
     """
 
     def __init__(self, interval: float) -> None:
@@ -220,8 +220,8 @@ class MonitorLock:
 def _exclusive(interval: float) -> Iterator[Callable[[], None] | None]:
     """Yield the run's ``keep`` (extend the lock) when this run may go ahead; None when
     another run holds the lock, or one ended less than half an interval ago (a second beat
-    started by mistake sends a second monitor each interval: one of them is enough)."""
-    lock = MonitorLock(interval)
+    started by mistake sends a second reconcile each interval: one of them is enough)."""
+    lock = ReconcilerLock(interval)
     if not lock.acquire():
         # Beat is alive and another run works on (its lock lapses within LOCK_INTERVALS if
         # it hangs): a sign of life all the same, so a long run raises no false alarm.

@@ -4,7 +4,7 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-01
 
-Beat's monitor records when it last ran, so that every process (the HTTP API, the workers,
+Beat's reconciler records when it last ran, so that every process (the HTTP API, the workers,
 ``cluster status``) can tell an operator when it stopped: nothing else recovers lost work.
 """
 
