@@ -12,7 +12,7 @@ in the pool). A transaction that loses a race (a deadlock, a serialization failu
 connection is rolled back whole; ``retrying`` runs a re-runnable unit of work again, with
 jittered backoff, for ``database_retry_seconds``. It is the one retry policy for database
 work: the pipeline's stages are fenced (a rerun of a stage that already committed is a
-no-op), so ``workers.stages`` wraps each of them in it.
+no-op), so ``workers.chain`` wraps each of them in it.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ HEALTHZ = "/healthz"
 #: The Celery app of the workers (``celery -A``), and the modules holding their tasks:
 #: imported by every worker, and by Flower so its API can run the operator's operations.
 CELERY_APP = "workers.app"
-TASK_MODULES = ("workers.stages", "workers.operations")
+TASK_MODULES = ("workers.chain", "workers.operations")
 #: The services ``cluster start`` may run beside Redis, the workers and beat: the worker of
 #: the operations run through Flower, the HTTP API, and Flower.
 OPTIONAL_SERVICES = ("operations", "api", "flower")

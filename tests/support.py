@@ -672,7 +672,7 @@ class InProcessWorker:
     def run_next(self) -> Message:
         """Run the oldest queued message as a worker would."""
         from pipeline.messaging.celery_app import celery_app
-        from workers.stages import RecordedFailure
+        from workers.chain import RecordedFailure
 
         message = self.queue.pop(0)
         task = celery_app().tasks[message.name]

@@ -15,7 +15,7 @@ from pipeline.messaging import outbox
 from pipeline.messaging.memory import MemoryPublisher
 from pipeline.messaging.messages import EXECUTE, MARSHAL, MONITOR, STORE, stage_message
 from pipeline.messaging.publisher import use_publisher
-from workers import stages
+from workers import chain
 
 
 @pytest.fixture
@@ -92,12 +92,12 @@ def test_a_worker_runs_the_chain_on_and_hands_an_outage_to_the_broker(
     def store(task_id: int, attempt: int, host: str = "") -> Step:
         raise Unreachable("database unreachable at sqlite:///x")
 
-    monkeypatch.setitem(stages.RUN_HERE, EXECUTE, execute)
-    monkeypatch.setitem(stages.RUN_HERE, MONITOR, monitor)
-    monkeypatch.setitem(stages.RUN_HERE, STORE, store)
-    monkeypatch.setattr(stages, "retrying", lambda: lambda function: function)
+    monkeypatch.setitem(chain.RUN_HERE, EXECUTE, execute)
+    monkeypatch.setitem(chain.RUN_HERE, MONITOR, monitor)
+    monkeypatch.setitem(chain.RUN_HERE, STORE, store)
+    monkeypatch.setattr(chain, "retrying", lambda: lambda function: function)
 
-    stages._go_on([stage_message(Stage.EXECUTE, 9, 2, "q")], "worker1@host")
+    chain._go_on([stage_message(Stage.EXECUTE, 9, 2, "q")], "worker1@host")
 
     assert ran == [("execute", 9), ("monitor", 9)]
     # The store met an outage: its message goes to the broker, for Celery to retry.

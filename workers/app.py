@@ -1,5 +1,5 @@
 """The Celery app of the workers and of beat (``celery -A workers.app``), with every task of
-``workers.stages`` and ``workers.operations`` registered on it, and each worker watching
+``workers.chain`` and ``workers.operations`` registered on it, and each worker watching
 beat's heartbeat."""
 
 from typing import Any
@@ -12,7 +12,7 @@ from pipeline.engine import runner
 from pipeline.messaging.celery_app import celery_app
 from pipeline.recovery.heartbeat import look
 from pipeline.settings import get_settings
-from workers import operations, stages
+from workers import chain, operations
 
 
 class WorkerWatch(bootsteps.StartStopStep):
@@ -47,4 +47,4 @@ def _fork_a_spare(**_: Any) -> None:
     runner.prepare_spare()
 
 
-__all__ = ["app", "operations", "stages"]
+__all__ = ["app", "chain", "operations"]

@@ -42,15 +42,6 @@ def units_of_work(root: Path, definition: Definition, node: Node) -> list[str]:
     return sorted(units)
 
 
-def input_files(root: Path, definition: Definition, node: Node, unit: str) -> list[Path]:
-    files: list[Path] = []
-    for name in node.inputs:
-        kind = definition.data_file_types[name]
-        directory = root / kind.directory(unit)
-        files.extend(sorted(f for f in directory.glob(kind.pattern) if f.is_file()))
-    return files
-
-
 def describe_inputs(definition: Definition, node: Node) -> str:
     kind = definition.data_file_types[node.inputs[0]]
     return f"{node.inputs[0]} files ({kind.location}/{kind.pattern})"

@@ -119,25 +119,6 @@ def producers(
     return found
 
 
-def child_units(
-    session: Session, instance: PipelineInstance, definition: Definition, node: Node
-) -> list[str] | None:
-    """The units of work of a child node whose first input type its parents produce in this
-    instance: those of the parents' tasks. ``None`` when the datastore decides."""
-    made_by = producers(session, instance, definition, node).get(node.inputs[0])
-    if not made_by:
-        return None
-    return sorted(
-        set(
-            session.scalars(
-                select(Task.unit_of_work).where(
-                    Task.instance_id == instance.id, Task.node.in_(made_by)
-                )
-            )
-        )
-    )
-
-
 def select_inputs(
     session: Session,
     root: Path,

@@ -1,7 +1,7 @@
 """The four stages of a task's chain: ``marshal -> execute (fan out subtasks) -> monitor
 -> store``.
 
-Each function here is one stage, called by its Celery task (``workers.stages``) with the
+Each function here is one stage, called by its Celery task (``workers.chain``) with the
 task's attempt number: it checks that the message still applies (the fence), does its
 work, records the transition in one transaction, and returns what it recorded (a
 ``Step``): the failure, if any, and the messages it calls for, committed. Its Celery task
