@@ -90,6 +90,7 @@ sys.exit(1)
 #: tests read, in one process on the central host rather than a CLI call per task.
 READ_INSTANCE = """
 import json, sys
+from pipeline.operations import queries
 tasks = queries.list_tasks(int(sys.argv[1]))
 for task in tasks:
     task["subtasks"] = queries.list_subtasks(task["id"])
