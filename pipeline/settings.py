@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -31,11 +31,17 @@ from pipeline.home import SETTINGS_FILE, pipeline_home
 def _packaged_definitions() -> Path:
     """The definitions shipped with the product (the sample pipeline): ``config/pipelines``
     of the checkout the package runs from (an editable install, ``make demo``), else the
-    copy a wheel installs under ``<prefix>/share/celery-pipeline/pipelines``."""
-    checkout = Path(__file__).resolve().parents[1] / "config" / "pipelines"
-    if checkout.is_dir():
-        return checkout
-    return Path(sys.prefix) / "share" / "celery-pipeline" / "pipelines"
+    copy a wheel installs under ``share/celery-pipeline/pipelines`` of its prefix (the
+    environment's, or the user's for ``pip install --user``)."""
+    import site
+
+    installed = Path("share") / "celery-pipeline" / "pipelines"
+    candidates = [
+        Path(__file__).resolve().parents[1] / "config" / "pipelines",
+        Path(sys.prefix) / installed,
+        Path(site.getuserbase()) / installed,
+    ]
+    return next((found for found in candidates if found.is_dir()), candidates[1])
 
 
 PACKAGED_DEFINITIONS = _packaged_definitions()
@@ -57,7 +63,7 @@ OPTIONAL_SERVICES = ("operations", "api", "flower")
 class Settings(BaseSettings):
     """All settings of a cluster; unset paths and URLs derive from ``home``."""
 
-    model_config = SettingsConfigDict(env_prefix="PIPELINE_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_", extra="ignore")
 
     home: Path = Field(default_factory=pipeline_home)
     database_url: str | None = None
@@ -130,11 +136,12 @@ class Settings(BaseSettings):
         description="which of operations, api, flower `cluster start` runs (all by default)",
     )
     reconcile_interval: float = Field(
-        default=10.0,
+        default=10.0, gt=0, description="seconds between runs of beat's reconciler"
+    )
+    monitor_interval: float | None = Field(
+        default=None,
         gt=0,
-        description="seconds between runs of beat's reconciler (PIPELINE_MONITOR_INTERVAL, its"
-        " former name, is read too)",
-        validation_alias=AliasChoices("reconcile_interval", "pipeline_monitor_interval"),
+        description="the former name of reconcile_interval, read when that is not set",
     )
     stale_after: float = Field(default=30.0, gt=0)
     lease_seconds: float = Field(
@@ -226,6 +233,13 @@ class Settings(BaseSettings):
     def api_listen_port(self) -> int:
         """The port the HTTP API listens on: the chosen one, else the default."""
         return self.api_port or DEFAULT_API_PORT
+
+    @model_validator(mode="after")
+    def _former_names(self) -> Settings:
+        """A home set up before a setting was renamed keeps its value under the old name."""
+        if self.monitor_interval is not None and "reconcile_interval" not in self.model_fields_set:
+            self.reconcile_interval = self.monitor_interval
+        return self
 
     @model_validator(mode="after")
     def _certificate_with_key(self) -> Settings:

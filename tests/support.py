@@ -455,13 +455,6 @@ def race(call: Callable[[], object], threads: int = 8) -> None:
     assert not errors, errors
 
 
-def history(task_id: int) -> list[dict[str, Any]]:
-    """A task's history, read from the database this process points at."""
-    from pipeline.operations.facade import get_task
-
-    return get_task(task_id)["history"]
-
-
 #: Execution settings as a hand edit or an older version could have written them: ``Infinity``
 #: is not JSON, and no JSON reader reads it.
 UNREADABLE_EXECUTION = '{"queue": "default", "subtask_timeout": Infinity, "priority": 5}'

@@ -605,3 +605,22 @@ def test_the_apis_request_models_and_the_views_load_no_celery() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
     assert loaded.strip() == "[]"
+
+
+def test_every_view_refuses_a_field_it_does_not_declare() -> None:
+    """A view and what builds it cannot drift apart unnoticed: an answer with a field its
+    view lacks fails validation (the API answers 500 in the tests) instead of losing it."""
+    from pydantic import TypeAdapter
+    from typing_extensions import is_typeddict
+
+    from pipeline.operations import views
+
+    found = [
+        name
+        for name, kind in vars(views).items()
+        if is_typeddict(kind) and kind.__module__ == views.__name__
+    ]
+    assert len(found) > 20
+    for name in found:
+        schema = TypeAdapter(getattr(views, name)).json_schema()
+        assert schema.get("additionalProperties") is False, name

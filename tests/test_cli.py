@@ -597,3 +597,18 @@ def test_every_example_is_a_command_line_the_parser_accepts(path: str, words: li
 
     args = parse(words)  # a UsageError if the example went stale
     assert args.parser.prog.startswith(f"pipeline {path}".strip())
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "value"),
+    [
+        (["restart", "7", "--mode", "resubmit", "8"], "tasks", ["7", "8"]),
+        (["halt", "3", "--json", "4"], "tasks", [3, 4]),
+        (["params", "set", "algorithm", "a=1", "--json", "b=2"], "assignments", ["a=1", "b=2"]),
+    ],
+)
+def test_positionals_may_come_after_an_option(argv: list[str], field: str, value: list) -> None:
+    """As operators type them: ``pipeline halt 3 --json 4`` halts tasks 3 and 4."""
+    from pipeline.interfaces.cli import parse
+
+    assert getattr(parse(argv), field) == value

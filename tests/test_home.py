@@ -126,3 +126,24 @@ def test_the_example_settings_file_holds_only_real_settings_at_their_defaults(
     for key, value in values.items():
         default = Settings.model_fields[key].get_default(call_default_factory=True)
         assert getattr(read, key) == value == default, key
+
+
+def test_a_renamed_setting_is_still_read_by_its_former_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``reconcile_interval`` was ``monitor_interval``: a home's settings.toml or shell that
+    still says so keeps its value, and the new name wins where both are given."""
+    from pipeline.settings import Settings
+
+    for key in list(os.environ):
+        if key.startswith("PIPELINE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path))
+    (tmp_path / "settings.toml").write_text("monitor_interval = 4.5\n")
+    assert Settings().reconcile_interval == 4.5
+    monkeypatch.setenv("PIPELINE_MONITOR_INTERVAL", "3")
+    assert Settings().reconcile_interval == 3.0
+    monkeypatch.setenv("PIPELINE_RECONCILE_INTERVAL", "2")
+    assert Settings().reconcile_interval == 2.0
+    monkeypatch.setenv("RECONCILE_INTERVAL", "7")  # unprefixed: not a setting
+    assert Settings().reconcile_interval == 2.0

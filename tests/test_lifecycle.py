@@ -101,29 +101,27 @@ def test_each_waiting_step_names_the_stage_that_moves_it_on() -> None:
 
 
 @pytest.mark.parametrize(
-    ("error", "step", "failed", "restartable", "running"),
-    [
-        (True, S.ALGORITHM_COMPLETE, 1, True, False),
-        (True, S.MARSHALING, 0, True, False),
-        (False, S.COMPLETE, 1, True, False),
-        (False, S.COMPLETE, 0, False, False),
-        (False, S.STORING, 0, False, True),
-        (False, S.ALGORITHM_EXECUTING, 2, False, True),
+    ("error", "step", "failed", "expected"),
+    [  # (restartable, running, done)
+        (True, S.ALGORITHM_COMPLETE, 1, (True, False, False)),
+        (True, S.MARSHALING, 0, (True, False, False)),
+        (True, S.COMPLETE, 0, (True, False, False)),
+        (False, S.COMPLETE, 1, (True, False, True)),
+        (False, S.COMPLETE, 0, (False, False, True)),
+        (False, S.STORING, 0, (False, True, False)),
+        (False, S.ALGORITHM_EXECUTING, 2, (False, True, False)),
     ],
 )
-def test_restartable_and_running_agree_in_python_and_in_sql(
+def test_the_predicates_agree_in_python_and_in_sql(
     worker: InProcessWorker,
     home: Path,
     error: bool,
     step: PState,
     failed: int,
-    restartable: bool,
-    running: bool,
+    expected: tuple[bool, bool, bool],
 ) -> None:
-    assert (row(step, error, failed).restartable, row(step, error, failed).running) == (
-        restartable,
-        running,
-    )
+    task = row(step, error, failed)
+    assert (task.restartable, task.running, task.done) == expected
     facade.submit("sample", None, "permuter")
     with transaction() as session:
         session.execute(
@@ -132,8 +130,10 @@ def test_restartable_and_running_agree_in_python_and_in_sql(
             .values(p_state=step, error=error, failed_subtasks=failed)
         )
     with transaction() as session:
-        found = session.execute(select(Task.restartable, Task.running).where(Task.id == 1)).one()
-    assert (bool(found[0]), bool(found[1])) == (restartable, running)
+        found = session.execute(
+            select(Task.restartable, Task.running, Task.done).where(Task.id == 1)
+        ).one()
+    assert tuple(bool(value) for value in found) == expected
 
 
 def test_a_move_writes_its_history_and_an_illegal_one_changes_nothing(

@@ -104,6 +104,33 @@ def test_resume_current_step_stores_the_good_subtasks_and_the_instance_goes_on(
     assert_sample_outputs(failed / "datastore", {"set-1": (1, 2, 3), "set-2": (1, 2, 3)})
 
 
+@pytest.mark.parametrize(
+    ("mode", "reran"),
+    # Marshaling again makes the subtasks anew: each has run once since.
+    [("resubmit", [2, 1, 1, 1]), ("restart-from-beginning", [1, 1, 1, 1])],
+)
+def test_a_complete_task_with_abandoned_subtasks_can_be_restarted(
+    failed: Path, worker: InProcessWorker, mode: str, reran: list[int]
+) -> None:
+    """resume-current-step left the permuter tasks COMPLETE, 3/4 (1): still restartable
+    (Ziggy's seed: resubmit reruns the failed subtask, which fails again)."""
+    instance, tasks = 1, failed_tasks()
+    assert facade.restart_failed(instance, "resume-current-step").ok
+    worker.drain()
+    first = tasks[0]["id"]
+    assert queries.get_task(first)["state"] == "COMPLETE"
+    [outcome] = facade.restart([first], mode).outcomes
+    assert outcome.ok, outcome.message
+    worker.drain()
+    assert attempts(first) == reran
+    task = queries.get_task(first)
+    assert (task["state"], task["counts"], task["attempt"]) == (
+        "ERROR - ALGORITHM_COMPLETE",
+        "3/4 (1)",
+        3,
+    )
+
+
 def test_restart_from_beginning_marshals_again_and_reruns_everything(
     failed: Path, worker: InProcessWorker
 ) -> None:

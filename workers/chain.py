@@ -103,13 +103,19 @@ def _go_on(messages: list[Message], host: str) -> list[str]:
     failures: list[str] = []
     here = [message for message in messages if message.name in RUN_HERE]
     elsewhere = [message for message in messages if message.name not in RUN_HERE]
-    if elsewhere:
-        publisher().publish(elsewhere)
+    unsent: Unreachable | None = None
+    try:
+        if elsewhere:
+            publisher().publish(elsewhere)
+    except Unreachable as exc:  # the stages run here need no broker: they go on first
+        unsent = exc
     for message in here:
         try:
             failures += _run_stage(RUN_HERE[message.name], *message.args, host)
         except TRANSIENT:
             publisher().publish([message])
+    if unsent is not None:
+        raise unsent  # Celery retries the message; the reconciler sends what was not sent
     return failures
 
 

@@ -34,8 +34,8 @@ from pipeline import database
 from pipeline.domain import definitions
 from pipeline.domain.execution import DEFAULT_QUEUE
 from pipeline.errors import PipelineError, Refused
-from pipeline.messaging.broker import check_broker
 from pipeline.messaging.celery_app import OPERATIONS_QUEUE, celery_app, configure
+from pipeline.messaging.publisher import publisher
 from pipeline.settings import (
     API_PREFIX,
     CELERY_APP,
@@ -461,7 +461,7 @@ def start(
         raise Refused("redis-server not found: install it (apt-get install redis-server)")
     database.check_database()
     if not settings.uses_private_redis:
-        check_broker()  # a broker elsewhere answers before anything that would wait on it
+        publisher().check()  # a broker elsewhere answers before anything that would wait on it
     with _home_lock(settings):
         settings = _upgrade(settings)
         (settings.home / "redis").mkdir(exist_ok=True)

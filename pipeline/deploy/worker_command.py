@@ -23,7 +23,7 @@ from pipeline.domain.execution import NAME_PATTERN
 from pipeline.domain.models import PipelineDefinition
 from pipeline.engine import datastore
 from pipeline.errors import InvalidInput, Refused
-from pipeline.messaging.broker import check_broker
+from pipeline.messaging.publisher import publisher
 from pipeline.settings import Settings, get_settings
 
 #: The worker's node name unless ``--hostname`` is given; Celery puts the host name for %h.
@@ -120,7 +120,7 @@ def check_reachable(settings: Settings) -> None:
     database.check_database()
     with database.transaction() as session:
         session.execute(select(PipelineDefinition.id).limit(1))  # no tables: a one-line error
-    check_broker()
+    publisher().check()
 
 
 def argv(queues: str | None, concurrency: int | None, hostname: str | None) -> list[str]:

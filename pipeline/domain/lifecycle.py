@@ -206,6 +206,11 @@ def running(task: TaskLike) -> Any:
     return _both(_not(task.error), task.p_state != _S.COMPLETE)
 
 
+def done(task: TaskLike) -> Any:
+    """The task is COMPLETE without the error flag: its node may go on to its children."""
+    return _both(task.p_state == _S.COMPLETE, _not(task.error))
+
+
 def next_state(task: TaskLike, event: Event) -> PState:
     """The step ``event`` leads ``task`` to; ``IllegalTransition`` if it may not happen."""
     rule = RULES[event]

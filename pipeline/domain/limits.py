@@ -1,4 +1,4 @@
-"""The documented limits of every value that enters the database (README, Limits).
+"""The documented limits of every value that enters the database (docs/deployment.md, Limits).
 
 Numbers are finite and in range, texts and lists bounded, ids within the SQL INTEGER
 columns that hold them; ``true`` and ``false`` are not numbers. The annotated types here

@@ -161,6 +161,11 @@ class Task(Base):
         return lifecycle.restartable(self)  # type: ignore[no-any-return]
 
     @hybrid_property
+    def done(self) -> bool:
+        """COMPLETE without the error flag (``lifecycle.done``; SQL on the class)."""
+        return lifecycle.done(self)  # type: ignore[no-any-return]
+
+    @hybrid_property
     def running(self) -> bool:
         """It still moves through its steps (``lifecycle.running``; SQL on the class)."""
         return lifecycle.running(self)  # type: ignore[no-any-return]

@@ -83,6 +83,8 @@ class Step:
         return outbox.transaction(deliver=self.take)
 
     def take(self, committed: Outbox) -> None:
+        if committed.revoked:  # a stage revokes nothing: only an operator's halt does
+            raise ValueError("a stage's transaction revoked messages")
         self.messages += committed.messages
 
 
@@ -661,8 +663,8 @@ def _decide(
         send_stage(messages, Stage.STORE, task)
     elif task.auto_resubmits < settings.max_auto_resubmits:
         note = f"automatic resubmit {task.auto_resubmits + 1}"
-        reset_subtasks(session, task, UNFINISHED)
         move(session, task, Event.RESUBMITTED, note, host)
+        reset_subtasks(session, task, UNFINISHED)
         task.auto_resubmits += 1
         queue_subtasks(session, [task], messages, host)
     else:

@@ -79,7 +79,6 @@ def move(
     elif rule.error is False:
         task.error, task.error_message = False, ""
     task.p_state = target
-    task.updated_at = utcnow()
     if host:
         task.worker_host = host
     note(session, task, message, host)
@@ -91,7 +90,9 @@ def move(
 
 
 def note(session: Session, task: Task, message: str, host: str = "") -> None:
-    """Add a line to ``task``'s history without moving it."""
+    """Add a line to ``task``'s history without moving it. The task had news: its
+    ``updated_at`` is now (beat's reconciler leaves a task with news alone a while)."""
+    task.updated_at = utcnow()
     session.add(
         TaskEvent(
             task_id=task.id,
@@ -106,7 +107,8 @@ def note(session: Session, task: Task, message: str, host: str = "") -> None:
 
 def reset_subtasks(session: Session, task: Task, states: Collection[SubtaskState]) -> None:
     """Put the task's subtasks in ``states`` back to NEW, to run again, with the counts of
-    those states (before a restart or a resubmit moves the task)."""
+    those states (once a restart or a resubmit has moved the task: whether it may be
+    restarted reads its failed count)."""
     if not states:
         return
     session.execute(

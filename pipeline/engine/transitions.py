@@ -15,7 +15,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from pipeline.domain.definitions import Definition, parse
-from pipeline.domain.lifecycle import PState, Stage
+from pipeline.domain.lifecycle import Stage
 from pipeline.domain.models import InstanceNode, PipelineInstance, Task, utcnow
 from pipeline.domain.states import InstanceState, NodeState
 from pipeline.engine import datastore
@@ -129,7 +129,7 @@ def _unfinished(session: Session, instance_id: int, node: str) -> bool:
                     select(Task).where(
                         Task.instance_id == instance_id,
                         Task.node == node,
-                        (Task.p_state != PState.COMPLETE) | Task.error,
+                        ~Task.done,
                     )
                 )
             )

@@ -1,8 +1,8 @@
-"""The HTTP API: FastAPI routes under ``/api/v1`` over the operations facade the CLI calls.
+"""The HTTP API: FastAPI routes under ``/api/v1`` over the operations the CLI calls.
 
 Every route but ``/healthz`` needs the cluster's bearer token (``api_token`` in the home's
 settings; ``pipeline cluster credentials`` shows it). Every error answers
-``{"detail": "<one line>"}``: an operator's problem with the facade's status and line
+``{"detail": "<one line>"}``: an operator's problem with its status and line
 (404 unknown, 409 refused, 422 invalid, 503 database or broker unreachable), a malformed
 request 422, and anything unexpected a clean 500, with the traceback in the API's log.
 """
@@ -40,7 +40,8 @@ from pipeline.settings import API_PREFIX, HEALTHZ, get_settings
 MAX_FILES = 100_000
 #: Seconds uvicorn gives requests in progress to finish when it is told to stop.
 GRACEFUL_SHUTDOWN_SECONDS = 5
-#: Bytes of a request body, at most (README, Limits): a restart of 10,000 tasks fits.
+#: Bytes of a request body, at most (docs/deployment.md, Limits): a restart of 10,000
+#: tasks fits.
 MAX_BODY_BYTES = 1024 * 1024
 #: What a client on this host connects to for a server listening on every address.
 EVERY_ADDRESS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}
@@ -260,9 +261,9 @@ def acknowledge_alert(alert_id: AlertId) -> views.AlertView:
 def _listing(found: queries.Listing) -> Response:
     """A listing's rows as JSON, with how many there are in all in the ``TOTAL_HEADER``.
 
-    The rows are encoded as the facade lists them, not checked against the route's model
+    The rows are encoded as the queries list them, not checked against the route's view
     at each request: pydantic's check of 10,000 tasks took 0.12 s of the 0.36 s the whole
-    request took, to answer what the facade had listed. The model stays the schema, and
+    request took, to answer what the queries had listed. The view stays the schema, and
     the tests hold every listing's rows to it, as text (``test_api``)."""
     return Response(
         orjson.dumps(found.rows),
@@ -342,7 +343,7 @@ class BodyLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > MAX_BODY_BYTES:  # handled as the facade's problems are: one line
+            if received > MAX_BODY_BYTES:  # handled as every operator's problem is: one line
                 raise TooLarge(_too_large(f"more than {MAX_BODY_BYTES}"))
             return message
 
@@ -375,7 +376,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def _problem(request: Request, exc: Exception) -> JSONResponse:
-    """The facade's status and line for an operator's problem; a clean 500 for a bug."""
+    """An operator's problem's status and line; a clean 500 for a bug."""
     found = problem(exc)
     if found is None:
         log.exception("unexpected error in %s %s", request.method, request.url.path)
@@ -423,7 +424,7 @@ def create_app(token: str, lifespan: Lifespan | None = None) -> FastAPI:
     app.add_middleware(BodyLimit)
     app.middleware("http")(_token_check(token))  # added last: runs first
     app.add_exception_handler(RequestValidationError, _invalid_request)
-    # Each kind the facade knows is handled where it is raised; anything else, a bug, at
+    # Each kind of operator's problem is handled where it is raised; anything else, a bug, at
     # the outermost layer (which also logs it).
     for kind in (*PROBLEMS, Exception):
         app.add_exception_handler(kind, _problem)

@@ -1076,6 +1076,11 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     words = list(argv)
     try:
         args, unknown = parser().parse_known_args(words)
+        if unknown and hasattr(args, "run"):
+            # Positionals after an option (``halt 3 --json 4``): the command's own parser,
+            # which has no subcommands, takes them intermixed.
+            depth = len(args.parser.prog.split()) - 1
+            args, unknown = args.parser.parse_intermixed_args(words[depth:]), []
         if unknown:
             raise UsageError(f"unrecognized arguments: {' '.join(unknown)}", args.parser.prog)
         if not hasattr(args, "run"):

@@ -59,7 +59,7 @@ PREVIEW = "preview"
 REFRESH_SECONDS = 5
 
 
-# -- acting through the facade ---------------------------------------------------------------
+# -- acting through the facade's commands ---------------------------------------------------
 
 
 def acting(action: Callable[[], Report]) -> tuple[bool, str]:
@@ -137,7 +137,8 @@ def whole_number(text: str, name: str) -> int:
 
 
 class PipelineHandler(BaseHandler):
-    """A page of Flower's (its auth, its templates) that reads and acts through the facade."""
+    """A page of Flower's (its auth, its templates) that reads through the queries and
+    pages and acts through the facade."""
 
     def form_fields(self) -> dict[str, str]:
         return {
@@ -147,12 +148,12 @@ class PipelineHandler(BaseHandler):
         }
 
     async def off_loop(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a facade call in a thread: the database never blocks Flower's I/O loop."""
+        """Run an operation in a thread: the database never blocks Flower's I/O loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, partial(call, *args, **kwargs))
 
     async def read(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """A facade read; an operator's error ends the request as a one-line 4xx page."""
+        """A read; an operator's error ends the request as a one-line 4xx page."""
         try:
             return await self.off_loop(call, *args, **kwargs)
         except Exception as exc:

@@ -37,7 +37,7 @@ CONNECT_SECONDS = 0.5
 #: Seconds the API may take to answer once connected (as the Python client allows).
 ANSWER_SECONDS = 30.0
 #: The statuses whose answers the CLI prints as the API gives them: rows or a detail, and
-#: an unknown instance or task (the facade's message). Any other is read again in process,
+#: an unknown instance or task (the queries' message). Any other is read again in process,
 #: whose message is the one the CLI has always printed.
 OK, NOT_FOUND = 200, 404
 #: The environment variables that make a process's settings (``PIPELINE_HOME`` only

@@ -1,7 +1,7 @@
 """The pipeline's figures for Prometheus, on Flower's ``/metrics`` beside Celery's.
 
 A collector registered once in ``prometheus_client``'s default registry (the one Flower
-exports) reads the figures from the database through the facade at every scrape, so
+exports) reads the figures from the database (``operations.pages.metrics``) at every scrape, so
 every Flower process reports the same numbers, those of the database. A database that
 cannot be read makes the scrape report ``pipeline_up 0`` rather than fail Celery's
 figures too.

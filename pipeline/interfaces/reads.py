@@ -2,10 +2,10 @@
 print, and how every command of the CLI prints: a table, JSON, a footer.
 
 An operator waits for these reads, so they must answer within 0.35 s, process start
-included; SQLAlchemy, the settings and the facade cost half a second to import. So a read
-asks the home's HTTP API when it runs with this shell's settings (``local_api``), which
-answers the facade's dicts, and otherwise imports the facade and reads the database: the
-same bytes either way. Nothing here imports more than the standard library until it is
+included; SQLAlchemy, the settings and the operations cost half a second to import. So a
+read asks the home's HTTP API when it runs with this shell's settings (``local_api``),
+which answers the queries' views, and otherwise imports the queries and reads the
+database: the same bytes either way. Nothing here imports more than the standard library until it is
 used: Rich (40 ms) only when a table or a line of text is printed, never for ``--json``.
 """
 
@@ -135,7 +135,7 @@ def table(
 @dataclass(frozen=True)
 class Shown:
     """A listing as a read command shows it: what its rows are, where the HTTP API and the
-    facade give them, and each row's cells in its table."""
+    queries give them, and each row's cells in its table."""
 
     what: str
     title: str

@@ -1,2 +1,2 @@
-"""Celery and the broker: the app, the outbox that publishes a transaction's messages once
-it has committed, and what is in flight on the broker and the workers."""
+"""The broker: what the pipeline sends (messages), when (the outbox, once a transaction
+has committed), and through what (a publisher: Celery's, or one in memory)."""

@@ -39,8 +39,9 @@ class CeleryPublisher:
 
     def publish(self, messages: Sequence[Message]) -> None:
         """Publish over one connection, more than ``DIRECT_SEND_LIMIT`` handed on to the
-        workers in fan-out messages (see ``handed_on``)."""
-        publish_now(handed_on(messages))
+        workers in fan-out messages (see ``handed_on``); nothing at all for none."""
+        if messages:
+            publish_now(handed_on(messages))
 
     def revoke(self, message_ids: Sequence[str]) -> None:
         try:

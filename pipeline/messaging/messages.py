@@ -15,17 +15,12 @@ from typing import Any
 
 from pipeline.domain.lifecycle import Stage
 
-MARSHAL = "pipeline.stage.marshal"
-EXECUTE = "pipeline.stage.execute"
-MONITOR = "pipeline.stage.monitor"
-STORE = "pipeline.stage.store"
-#: The message of each stage of a task's chain.
-STAGE_MESSAGES: dict[Stage, str] = {
-    Stage.MARSHAL: MARSHAL,
-    Stage.EXECUTE: EXECUTE,
-    Stage.MONITOR: MONITOR,
-    Stage.STORE: STORE,
-}
+#: The message of each stage of a task's chain (a new stage of the lifecycle has its own).
+STAGE_MESSAGES: dict[Stage, str] = {stage: f"pipeline.stage.{stage.value}" for stage in Stage}
+MARSHAL = STAGE_MESSAGES[Stage.MARSHAL]
+EXECUTE = STAGE_MESSAGES[Stage.EXECUTE]
+MONITOR = STAGE_MESSAGES[Stage.MONITOR]
+STORE = STAGE_MESSAGES[Stage.STORE]
 SUBTASK = "pipeline.stage.subtask"
 #: One message carrying a batch of a task's subtasks (``engine.dispatch.batch_size``).
 SUBTASKS = "pipeline.stage.subtasks"

@@ -1,2 +1,2 @@
-"""What an operator does (submit, restart, halt, read), behind one facade that every
-interface calls: ``pipeline.operations.facade``."""
+"""What an operator does and reads: the facade's commands (submit, restart, halt, ...),
+the reads (queries, pages, lineage) and the views every interface shows."""

@@ -2,8 +2,9 @@
 which subtasks run again, and how it is applied.
 
 Every mode is a ``RestartMode`` in ``MODES``. The CLI's help, the HTTP API's schema and
-Flower's restart page list the modes from here, and a test holds the README's table of
-modes against it: a new mode is one class added to ``MODES``, plus its tests.
+Flower's restart page list the modes from here, and a test holds the table of modes in
+docs/operator-guide.md against it: a new mode is one class added to ``MODES``, plus its
+tests.
 
 A mode plans under the task's row lock, from the task and its subtasks' states, and
 refuses (``Refused``) a task it cannot take; a dry run stops there. Applying a plan
@@ -95,8 +96,9 @@ class RestartMode:
 
     Attributes:
       name: the mode as operators type it.
-      starts_from: where it takes a task up again (the README table's "from").
-      runs: which subtasks run (the README table's "which subtasks run").
+      starts_from: where it takes a task up again (the "from" of the modes table in
+        docs/operator-guide.md).
+      runs: which subtasks run (the table's "which subtasks run").
       needs_broker: it is applied from what the broker and the workers hold, read before
         the restart's transaction (and not at all in a dry run).
     """
@@ -121,8 +123,10 @@ class RestartMode:
         task.execution = applying.execution
         task.halted = False
         task.auto_resubmits = 0
-        reset_subtasks(applying.session, task, plan.reset)
+        # Moved first: whether a restart may take the task reads its failed count, which
+        # running its failed subtasks again resets.
         move(applying.session, task, RESTART_EVENTS[plan.p_state], applying.note, refresh=False)
+        reset_subtasks(applying.session, task, plan.reset)
         if plan.p_state == PState.ALGORITHM_SUBMITTING:
             applying.submitting.append(task)
             return plan

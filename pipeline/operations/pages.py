@@ -215,7 +215,7 @@ def _node_states(
     """Each node of the definition (in order) with its parents, task counts by state and
     subtask counts, and the colour that sums them up."""
     error = case((Task.error, 1), else_=0)
-    complete = case(((Task.p_state == PState.COMPLETE) & ~Task.error, 1), else_=0)
+    complete = case((Task.done, 1), else_=0)
     rows = {
         row[0]: row[1:]
         for row in session.execute(

@@ -88,6 +88,7 @@ class SubmittedInstance(InstanceView):
     tasks: Annotated[list[int], Field(description="ids of the tasks of the first nodes")]
 
 
+@with_config(_CLOSED)
 class FrozenParameterSet(TypedDict):
     version: int
     values: dict[str, Any]
@@ -169,6 +170,7 @@ def task_view(row: Any) -> TaskView:
     return task_from_columns([getattr(row, name) for name in TASK_COLUMNS])  # type: ignore[no-any-return]
 
 
+@with_config(_CLOSED)
 class TaskEventView(TypedDict):
     at: Time
     p_state: PState
@@ -235,6 +237,7 @@ class TaskRow(TaskView):
     duration: Annotated[float | None, Field(description="seconds since it was created")]
 
 
+@with_config(_CLOSED)
 class FailedSubtask(TypedDict):
     index: int
     error: str
@@ -255,6 +258,7 @@ class SubtaskRow(SubtaskView):
     input_count: int
 
 
+@with_config(_CLOSED)
 class LogEntry(TypedDict):
     index: int
     path: str
@@ -288,6 +292,7 @@ class PipelineView(TypedDict):
     imported_at: Time
 
 
+@with_config(_CLOSED)
 class ParameterView(TypedDict):
     name: str
     type: str
@@ -369,6 +374,7 @@ def file_view(row: Any) -> FileView:
     )
 
 
+@with_config(_CLOSED)
 class LineageStep(TypedDict):
     file: FileView
     definition_version: int | None
@@ -386,6 +392,7 @@ class LineageView(TypedDict):
     ]
 
 
+@with_config(_CLOSED)
 class ReceivedFile(TypedDict):
     path: str
     size: int

@@ -24,7 +24,7 @@ from pipeline.engine.dispatch import (
     subtask_messages,
 )
 from pipeline.engine.locks import lock_task_only
-from pipeline.engine.task_state import move
+from pipeline.engine.task_state import is_current, move
 from pipeline.engine.task_state import note as add_note
 from pipeline.errors import Refused
 from pipeline.messaging import outbox
@@ -48,7 +48,7 @@ def reattach(
     """``reattach_locked`` in a transaction of its own; Refused if the task moved on."""
     with outbox.transaction() as (session, messages):
         task = lock_task_only(session, task_id)
-        if task.attempt != attempt or task.error or task.p_state not in EXECUTION_STEPS:
+        if not is_current(task, attempt, *EXECUTION_STEPS):
             raise Refused(f"task {task_id} changed while monitoring was resumed: try again")
         return reattach_locked(session, task, live, note, messages, quiet)
 

@@ -71,7 +71,8 @@ def reclaim_lost(task_id: int, index: int, number: int, lease_expired_before: da
         return "redispatched"
     lost_run = Claim(task_id, attempt, index, number)
     finished = finish_subtasks([(lost_run, SubtaskOutcome(False, WORKER_LOST))])
-    publisher().publish(finished.messages)
+    if finished.messages:
+        publisher().publish(finished.messages)
     return "failed"
 
 
