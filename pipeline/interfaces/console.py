@@ -252,6 +252,7 @@ class PipelineHandler(BaseHandler):
             modes=facade.restart_modes(),
             page_url=self.page_url,
             duration=duration,
+            badge=badge,
             **values,
         )
 
@@ -270,6 +271,21 @@ def _operators_problem(exc: BaseException | None) -> Problem | None:
         return exc
     found = problem(exc) if exc is not None else None
     return Problem(http_status(found), found.message) if found else None
+
+
+#: The colour of an instance's state badge (Bootstrap's), by state; others are grey.
+BADGES = {
+    "COMPLETED": "success",
+    "ERRORS_STALLED": "danger",
+    "ERRORS_RUNNING": "warning",
+    "TRANSITION_FAILED": "danger",
+    "PROCESSING": "primary",
+}
+
+
+def badge(state: str) -> str:
+    """The colour of an instance state's badge."""
+    return BADGES.get(state, "secondary")
 
 
 def duration(seconds: float | None) -> str:

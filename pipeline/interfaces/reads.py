@@ -237,7 +237,7 @@ def show_task(task_id: int, as_json: bool) -> None:
         [
             [
                 e["at"],
-                ("ERROR - " if e["error"] else "") + e["p_state"],
+                e["state"],
                 e["attempt"],
                 e["host"],
                 e["message"],

@@ -189,13 +189,16 @@ class TaskEventView(TypedDict):
     at: Time
     p_state: PState
     error: bool
+    state: Annotated[str, Field(description="the P-state then, as the task's state reads")]
     attempt: int
     host: str
     message: str
 
 
 def event_view(row: Any) -> TaskEventView:
-    return build(TaskEventView, row, at=iso_time(row.at))  # type: ignore[no-any-return]
+    return build(  # type: ignore[no-any-return]
+        TaskEventView, row, at=iso_time(row.at), state=state_label(row.p_state, row.error)
+    )
 
 
 @with_config(_CLOSED)
