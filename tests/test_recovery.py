@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -50,10 +49,9 @@ pytestmark = pytest.mark.usefixtures("home")
 
 
 @pytest.fixture
-def reconciler(worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch):
+def reconciler(worker: InProcessWorker) -> Any:
     """Beat's reconciler, run on demand (its Redis lock taken for granted)."""
-    monkeypatch.setattr(reconcile, "_exclusive", lambda interval: nullcontext(lambda: None))
-    return reconcile.reconcile
+    return reconcile.reconcile_once
 
 
 def age(task_id: int) -> None:

@@ -54,7 +54,8 @@ RAN_KEY = "pipeline:reconciler-ran"
 def reconcile() -> dict[str, int]:
     """Reclaim subtasks whose worker is gone, re-send lost stage messages, retry lost node
     transitions; returns what it did. Only one runs at a time, however many beats run and
-    however long a run takes (``ReconcilerLock``); each run records the reconciler's heartbeat.
+    however long a run takes (``ReconcilerLock``); each run records the reconciler's
+    heartbeat.
 
     Each task is isolated (``pipeline.recovery.isolation``): one whose row cannot be read
     fails alone (``failed`` counts them) and the others are recovered all the same.
@@ -64,10 +65,16 @@ def reconcile() -> dict[str, int]:
         if keep is None:
             return {"skipped": 1}
         try:
-            return _reconcile(settings, Isolation(before_each=keep))
+            return reconcile_once(Isolation(before_each=keep))
         except LockError:
             log.warning("reconciler: its lock lapsed mid-run; the next run takes over")
             return {"lapsed": 1}
+
+
+def reconcile_once(isolation: Isolation | None = None) -> dict[str, int]:
+    """One run of the reconciler, by whoever holds its lock (``reconcile`` takes it; a
+    test driving the reconciler in its own process has no other to exclude)."""
+    return _reconcile(get_settings(), isolation or Isolation())
 
 
 def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
