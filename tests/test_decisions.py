@@ -36,7 +36,6 @@ from pipeline.operations import problems
 from pipeline.operations.modes import MODES, parse_mode, parse_request
 from pipeline.operations.outcomes import Outcome, Report
 from pipeline.operations.submit import select_nodes
-from pipeline.recovery.reattach import is_lost
 from pipeline.settings import PACKAGED_DEFINITIONS, Settings
 
 # -- restart plans ---------------------------------------------------------------------------
@@ -253,7 +252,7 @@ def test_values_are_coerced_to_their_declared_type(kind: str, value: Any, expect
 
 
 def subtask(state: str, host: str = "worker2@b") -> Subtask:
-    return Subtask(index=3, state=state, worker_host=host)
+    return Subtask(index=3, state=state, worker_host=host, message_id="m1")
 
 
 @pytest.mark.parametrize(
@@ -270,7 +269,9 @@ def subtask(state: str, host: str = "worker2@b") -> Subtask:
 def test_a_message_is_lost_when_it_is_nowhere_alive(
     message: str, subtask: Subtask, live: InFlight, lost: bool
 ) -> None:
-    assert is_lost(message, subtask, live) is lost
+    task = Task(id=7, attempt=2)
+    found = dispatch.lost(task, [subtask], live)
+    assert (found == [subtask]) is lost
 
 
 @pytest.mark.parametrize(

@@ -169,3 +169,27 @@ def test_a_move_writes_its_history_and_an_illegal_one_changes_nothing(
     assert queries.get_instance(1)["state"] == "ERRORS_RUNNING"  # permuter set-2 still runs
     with transaction() as session:
         assert session.scalar(select(func.count()).select_from(TaskEvent)) == 2
+
+
+def test_every_executor_is_a_module_offering_what_an_executor_does() -> None:
+    """An executor is an entry of the lifecycle and a module of the engine: each named
+    has every function ``engine.executors.Executor`` lists, with the same parameters."""
+    import importlib
+    import inspect
+
+    from pipeline.engine.executors import Executor
+
+    wanted = {
+        name: list(inspect.signature(member).parameters)[1:]  # without self
+        for name, member in vars(Executor).items()
+        if callable(member) and not name.startswith("_")
+    }
+    assert set(wanted) == {"queue_subtasks", "redispatch", "alive", "lost", "withdraw"}
+    for executor, module in lifecycle.EXECUTORS.items():
+        found = importlib.import_module(module)
+        for name, parameters in wanted.items():
+            assert list(inspect.signature(getattr(found, name)).parameters) == parameters, (
+                executor,
+                name,
+            )
+    assert set(lifecycle.EXECUTORS) == set(lifecycle.Executor)

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.domain.lifecycle import Executor
 from pipeline.domain.limits import MAX_NAME_LENGTH, Count, PositiveCount, Priority, Seconds
 
 #: What a pipeline, node, parameter set or queue may be called.
@@ -37,6 +38,9 @@ class ExecutionSettings(BaseModel):
     require_outputs: bool = Field(
         default=False,
         description="a subtask that leaves no file of the node's output types fails",
+    )
+    executor: Executor = Field(
+        default=Executor.CELERY, description="where the subtasks run: celery (the workers)"
     )
 
     @classmethod

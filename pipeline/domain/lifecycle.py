@@ -47,6 +47,20 @@ class Stage(StrEnum):
     STORE = "store"
 
 
+class Executor(StrEnum):
+    """Where a node's subtasks run, from ALGORITHM_SUBMITTING to ALGORITHM_COMPLETE. Each
+    is one module of the engine (``EXECUTORS``) that sends a task's subtasks out, sends
+    lost ones again, finds which are still alive, and withdraws them on a halt: the steps
+    and events of the table are the same for every executor."""
+
+    #: Celery workers, a message per subtask or batch (``pipeline.engine.dispatch``).
+    CELERY = "celery"
+
+
+#: The engine's module of each executor.
+EXECUTORS: dict[Executor, str] = {Executor.CELERY: "pipeline.engine.dispatch"}
+
+
 class Event(StrEnum):
     """What happens to a task."""
 

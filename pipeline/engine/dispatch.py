@@ -1,17 +1,22 @@
-"""Dispatching subtasks: which subtasks go in which message, each message planned with its
-id before it is sent and that id written on every subtask it carries (so a halt can
-revoke it and the in-flight scan can look for it), in the transaction that queues them.
+"""The Celery executor (``lifecycle.Executor.CELERY``): a node's subtasks go out as
+messages to the workers. Which subtasks go in which message is decided here, each message
+planned with its id before it is sent and that id written on every subtask it carries
+(so a halt can revoke it and the in-flight scan can look for it), in the transaction that
+queues them; ``pipeline.messaging`` only names and publishes them.
 
 A small task sends a message per subtask; a big one sends batches (``batch_size``); many
 tasks of one instance's node that each queue one subtask (a restart of many small
-tasks) share ``GROUP`` messages. Which messages these are is decided here, from the
-database's rows; ``pipeline.messaging`` only names and publishes them.
+tasks) share ``GROUP`` messages.
+
+An executor's module offers ``queue_subtasks`` (send the NEW ones out), ``redispatch``
+(send lost ones again), ``alive`` and ``lost`` (what is still out there) and
+``withdraw`` (a halt): see ``pipeline.engine.executors``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -26,13 +31,16 @@ from pipeline.messaging.messages import (
     GROUP,
     SUBTASK,
     SUBTASKS,
+    InFlight,
     Message,
     batch_message_id,
     group_message_id,
+    is_shared,
     stage_message,
     subtask_message_id,
 )
 from pipeline.messaging.outbox import Outbox
+from pipeline.messaging.publisher import publisher
 
 #: Without a ``batch_size`` setting, a task sends about this many subtask messages, so that
 #: up to this many worker processes share it and each message's cost is spread over many
@@ -96,6 +104,44 @@ def in_flight_subtasks(session: Session, task_id: int) -> list[Subtask]:
             select(Subtask).where(Subtask.task_id == task_id, Subtask.state.in_(list(IN_FLIGHT)))
         )
     )
+
+
+def redispatch(session: Session, task: Task, subtasks: Sequence[Subtask], messages: Outbox) -> None:
+    """Send these lost subtasks of the locked task out again, each under a new dispatch
+    number (a late outcome of the lost run is then ignored)."""
+    for subtask in subtasks:
+        subtask.state, subtask.dispatch = SubtaskState.QUEUED, subtask.dispatch + 1
+    session.flush()
+    if subtasks:
+        subtask_messages(session, [(task, [(s.index, s.dispatch) for s in subtasks])], messages)
+
+
+def alive(queues: Iterable[str]) -> InFlight:
+    """What of these queues' work is still somewhere: on the broker, or held by a worker."""
+    return publisher().in_flight(queues)
+
+
+def lost(task: Task, subtasks: Sequence[Subtask], live: InFlight) -> list[Subtask]:
+    """The task's in-flight subtasks whose messages are nowhere alive.
+
+    A running subtask whose worker did not answer in time is given the benefit of the
+    doubt: dispatching it again could run it twice at once in the same directory (its
+    lease decides, see ``pipeline.recovery.reclaim``).
+    """
+    return [
+        subtask
+        for subtask in subtasks
+        if message_of(task.id, task.attempt, subtask) not in live.message_ids
+        and (subtask.state == SubtaskState.QUEUED or subtask.worker_host in live.workers)
+    ]
+
+
+def withdraw(task: Task, subtasks: Sequence[Subtask], messages: Outbox) -> None:
+    """Revoke the messages carrying these subtasks of a halted task (one id per message:
+    a batch carries many). A message other tasks share is left to run: this task's
+    subtask in it is skipped (stale), or stopped at its next lease renewal if running."""
+    carrying = {message_of(task.id, task.attempt, subtask) for subtask in subtasks}
+    messages.revoke(sorted(m for m in carrying if not is_shared(m)))
 
 
 def queue_subtasks(

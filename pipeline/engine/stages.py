@@ -32,7 +32,8 @@ from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import UNFINISHED, SubtaskState
 from pipeline.engine import datastore, datastore_ledger, runner, taskdir
 from pipeline.engine.alerts import WARNING, raise_alert
-from pipeline.engine.dispatch import RECORD_OUTCOME_FOR_SECONDS, queue_subtasks, send_stage
+from pipeline.engine.dispatch import RECORD_OUTCOME_FOR_SECONDS, send_stage
+from pipeline.engine.executors import queue_subtasks
 from pipeline.engine.leases import Claim, LeaseRenewal, StepLease, renew_subtask_leases
 from pipeline.engine.locks import lock_rows, lock_task, lock_task_only
 from pipeline.engine.runner import SubtaskOutcome
@@ -195,7 +196,7 @@ def _copy_subtasks(driver_connection: Any, task_id: int, groups: list[list[str]]
 
 
 def execute(task_id: int, attempt: int, host: str = "") -> Step:
-    """Fan out the subtasks that have not run (see ``dispatch.queue_subtasks``): the
+    """Send out the subtasks that have not run (see ``executors.queue_subtasks``): the
     message of a task left waiting in ALGORITHM_SUBMITTING (the reconciler re-sends it)."""
     step = Step()
     with step.transaction() as (session, messages):

@@ -19,11 +19,11 @@ from pipeline.database import transaction
 from pipeline.domain.lifecycle import Event, PState, state_label
 from pipeline.domain.models import PipelineInstance, Task
 from pipeline.domain.states import SubtaskState
-from pipeline.engine.dispatch import in_flight_subtasks, message_of
+from pipeline.engine.dispatch import in_flight_subtasks
+from pipeline.engine.executors import executor
 from pipeline.engine.locks import lock_task
 from pipeline.engine.task_state import move
 from pipeline.errors import NotFound, Refused, Unreachable
-from pipeline.messaging.messages import is_shared
 from pipeline.messaging.outbox import Outbox, send
 from pipeline.operations.outcomes import Outcome, Report
 
@@ -53,11 +53,7 @@ def _halt_one(task_id: int) -> Outcome:
         if task.p_state == PState.COMPLETE:
             raise Refused(f"task {task_id} is complete: nothing to halt")
         in_flight = in_flight_subtasks(session, task_id)
-        # One id per message: a batch message carries many of these subtasks. A message
-        # other tasks share is left to run: this task's subtask in it is skipped (stale),
-        # or stopped at its next lease renewal if running.
-        carrying = {message_of(task_id, task.attempt, s) for s in in_flight}
-        messages.revoke(sorted(m for m in carrying if not is_shared(m)))
+        executor(task.settings).withdraw(task, in_flight, messages)
         for subtask in in_flight:
             subtask.state = SubtaskState.NEW
         task.halted = True

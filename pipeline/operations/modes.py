@@ -80,7 +80,7 @@ class Applying:
       execution: the task's execution settings from now on.
       live: what is in flight on the task's queue, for a mode that needs the broker.
       submitting: the restarted tasks back in ALGORITHM_SUBMITTING, whose subtasks the
-        restart queues together once every task is decided (``dispatch.queue_subtasks``).
+        restart queues together once every task is decided (``executors.queue_subtasks``).
     """
 
     session: Session

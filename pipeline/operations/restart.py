@@ -26,7 +26,7 @@ from pipeline.domain.execution import ExecutionSettings, with_execution_defaults
 from pipeline.domain.limits import check_id
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import InstanceState
-from pipeline.engine.dispatch import queue_subtasks
+from pipeline.engine.executors import executor, queue_subtasks
 from pipeline.engine.locks import lock_rows, locked_instance
 from pipeline.engine.task_state import refresh_instance_state
 from pipeline.engine.transitions import advance
@@ -34,7 +34,6 @@ from pipeline.errors import InvalidInput, NotFound, Refused, shown
 from pipeline.messaging import outbox
 from pipeline.messaging.messages import InFlight
 from pipeline.messaging.outbox import Outbox
-from pipeline.messaging.publisher import publisher
 from pipeline.operations.modes import Applying, RestartMode, parse_mode
 from pipeline.operations.outcomes import Outcome, Report
 
@@ -126,9 +125,9 @@ def _in_flight_for(task_ids: list[int]) -> dict[str, InFlight]:
     if not task_ids:
         return {}
     with transaction() as session:
-        settings = session.scalars(select(Task.execution).where(Task.id.in_(task_ids))).all()
-    queues = {ExecutionSettings.stored(execution).queue for execution in settings}
-    return {queue: publisher().in_flight([queue]) for queue in sorted(queues)}
+        stored = session.scalars(select(Task.execution).where(Task.id.in_(task_ids))).all()
+    settings = {(s.executor, s.queue): s for s in map(ExecutionSettings.stored, stored)}
+    return {key: executor(found).alive([found.queue]) for key, found in sorted(settings.items())}
 
 
 def _lock_tasks(session: Session, task_ids: list[int]) -> dict[int, tuple[PipelineInstance, Task]]:
@@ -174,8 +173,8 @@ def _restart_locked(
         note = f"restart: {mode.name}"
         if changes:
             note += " with " + ", ".join(f"{key}={value}" for key, value in changes.items())
-        queue = task.settings.queue
-        applying = Applying(session, messages, note, execution, live.get(queue), submitting)
+        where = (task.settings.executor, task.settings.queue)
+        applying = Applying(session, messages, note, execution, live.get(where), submitting)
         plan = mode.apply(task, plan, applying)
     return Outcome(task_id, mode.name, True, plan.message, plan.p_state.value, plan.rerun)
 

@@ -14,15 +14,10 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, Stage
-from pipeline.domain.models import Subtask, Task
-from pipeline.domain.states import SubtaskState
+from pipeline.domain.models import Task
 from pipeline.engine.alerts import WARNING, raise_alert
-from pipeline.engine.dispatch import (
-    in_flight_subtasks,
-    message_of,
-    send_stage,
-    subtask_messages,
-)
+from pipeline.engine.dispatch import in_flight_subtasks, send_stage
+from pipeline.engine.executors import executor
 from pipeline.engine.locks import lock_task_only
 from pipeline.engine.task_state import is_current, move
 from pipeline.engine.task_state import note as add_note
@@ -63,12 +58,9 @@ def reattach_locked(
     is written only when something was lost.
     """
     in_flight = in_flight_subtasks(session, task.id)
-    lost = [s for s in in_flight if is_lost(message_of(task.id, task.attempt, s), s, live)]
-    for subtask in lost:
-        subtask.state, subtask.dispatch = SubtaskState.QUEUED, subtask.dispatch + 1
-    session.flush()
-    if lost:
-        subtask_messages(session, [(task, [(s.index, s.dispatch) for s in lost])], messages)
+    running_on = executor(task.settings)
+    lost = running_on.lost(task, in_flight, live)
+    running_on.redispatch(session, task, lost, messages)
     finished = (
         not in_flight and task.completed_subtasks + task.failed_subtasks >= task.total_subtasks
     )
@@ -83,15 +75,3 @@ def reattach_locked(
     if finished:
         send_stage(messages, Stage.MONITOR, task)
     return result
-
-
-def is_lost(message_id: str, subtask: Subtask, live: InFlight) -> bool:
-    """Is the subtask's message, ``message_id``, nowhere alive?
-
-    A running subtask whose worker did not answer in time is given the benefit of the
-    doubt: dispatching it again could run it twice at once in the same directory (its
-    lease decides, see ``pipeline.recovery.reclaim``).
-    """
-    if message_id in live.message_ids:
-        return False
-    return subtask.state == SubtaskState.QUEUED or subtask.worker_host in live.workers

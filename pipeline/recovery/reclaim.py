@@ -16,7 +16,8 @@ from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState, Stage
 from pipeline.domain.models import Subtask
 from pipeline.domain.states import SubtaskState
 from pipeline.engine.alerts import ERROR, WARNING, raise_alert
-from pipeline.engine.dispatch import send_stage, subtask_messages
+from pipeline.engine.dispatch import send_stage
+from pipeline.engine.executors import executor
 from pipeline.engine.leases import Claim
 from pipeline.engine.locks import lock_task, lock_task_only
 from pipeline.engine.runner import SubtaskOutcome
@@ -56,9 +57,7 @@ def reclaim_lost(task_id: int, index: int, number: int, lease_expired_before: da
         attempt = task.attempt
         again = subtask.attempts <= get_settings().lost_subtask_retries
         if again:
-            subtask.state, subtask.dispatch = SubtaskState.QUEUED, subtask.dispatch + 1
-            session.flush()
-            subtask_messages(session, [(task, [(index, subtask.dispatch)])], messages)
+            executor(task.settings).redispatch(session, task, [subtask], messages)
             note = f"subtask {index}: worker lost, dispatched again"
             add_note(session, task, note)
             worker = subtask.worker_host or "?"

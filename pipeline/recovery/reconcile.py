@@ -29,13 +29,13 @@ from pipeline.domain.execution import ExecutionSettings
 from pipeline.domain.lifecycle import EXECUTION_STEPS, WAITING, PState
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import STOPPED_STATES, SubtaskState
+from pipeline.engine.executors import executor
 from pipeline.engine.task_state import HOST
 from pipeline.engine.transitions import advance
 from pipeline.errors import Refused, Unreadable
 from pipeline.messaging import outbox
 from pipeline.messaging.broker import broker_client
-from pipeline.messaging.messages import stage_message
-from pipeline.messaging.publisher import publisher
+from pipeline.messaging.messages import InFlight, stage_message
 from pipeline.recovery import heartbeat
 from pipeline.recovery.isolation import Isolation, decode_execution
 from pipeline.recovery.reattach import reattach
@@ -165,17 +165,25 @@ def _marshal_lost_marshals(expired_before: datetime, isolation: Isolation) -> in
 
 
 def _reattach_quiet(quiet: list[Any], isolation: Isolation) -> int:
-    """Executing tasks with no news for a while: dispatch again what their queue lost."""
-    if not quiet:
-        return 0
-    live = publisher().in_flight(sorted({settings.queue for _, _, settings in quiet}))
+    """Executing tasks with no news for a while: dispatch again what their executor lost
+    (each executor asked once, for all its queues)."""
+    queues: dict[str, set[str]] = {}
+    for _, _, settings in quiet:
+        queues.setdefault(settings.executor, set()).add(settings.queue)
+    live = {
+        name: executor(ExecutionSettings.stored({"executor": name})).alive(sorted(names))
+        for name, names in queues.items()
+    }
     redispatched = 0
-    for task_id, attempt, _ in quiet:
+    for task_id, attempt, settings in quiet:
 
-        def again(task_id: int = task_id, attempt: int = attempt) -> int:
+        def again(
+            task_id: int = task_id,
+            attempt: int = attempt,
+            found: InFlight = live[settings.executor],
+        ) -> int:
             with suppress(Refused):  # it moved on meanwhile
-                found = reattach(task_id, attempt, live, "reconciler", quiet=True)
-                return len(found.lost)
+                return len(reattach(task_id, attempt, found, "reconciler", quiet=True).lost)
             return 0
 
         redispatched += isolation.task(task_id, again) or 0
