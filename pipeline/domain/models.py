@@ -173,8 +173,13 @@ class Task(Base):
     @property
     def settings(self) -> ExecutionSettings:
         """Its execution settings, typed, those stored before a setting existed at its
-        default."""
-        return ExecutionSettings.stored(self.execution)
+        default: made once for each value of ``execution`` (a restart replaces it), since
+        a transaction reads them several times a task, and a restart has 1,000 tasks."""
+        made = self.__dict__.get("_settings")
+        if made is None or made[0] is not self.execution:
+            made = (self.execution, ExecutionSettings.stored(self.execution))
+            self.__dict__["_settings"] = made
+        return made[1]
 
 
 class Subtask(Base):
