@@ -173,15 +173,15 @@ def test_a_move_writes_its_history_and_an_illegal_one_changes_nothing(
 
 def test_every_executor_is_a_module_offering_what_an_executor_does() -> None:
     """An executor is an entry of the lifecycle and a module of the engine: each named
-    has every function ``engine.executors.Executor`` lists, with the same parameters."""
+    has every function ``engine.executors.ExecutorModule`` lists, with the same parameters."""
     import importlib
     import inspect
 
-    from pipeline.engine.executors import Executor
+    from pipeline.engine.executors import ExecutorModule
 
     wanted = {
         name: list(inspect.signature(member).parameters)[1:]  # without self
-        for name, member in vars(Executor).items()
+        for name, member in vars(ExecutorModule).items()
         if callable(member) and not name.startswith("_")
     }
     assert set(wanted) == {"queue_subtasks", "redispatch", "alive", "lost", "withdraw"}

@@ -23,10 +23,10 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.domain.execution import ExecutionSettings
-from pipeline.domain.lifecycle import Event, Stage
+from pipeline.domain.lifecycle import Event
 from pipeline.domain.models import Subtask, Task
-from pipeline.domain.states import IN_FLIGHT, SubtaskState
-from pipeline.engine.task_state import move
+from pipeline.domain.states import SubtaskState
+from pipeline.engine.task_state import move, send_waiting
 from pipeline.messaging.messages import (
     GROUP,
     SUBTASK,
@@ -36,7 +36,6 @@ from pipeline.messaging.messages import (
     batch_message_id,
     group_message_id,
     is_shared,
-    stage_message,
     subtask_message_id,
 )
 from pipeline.messaging.outbox import Outbox
@@ -59,11 +58,6 @@ HARD_LIMIT_GRACE = RECORD_OUTCOME_FOR_SECONDS + 60.0
 QUEUE_CHUNK = 500
 #: A planned subtask message: its id and the (index, dispatch number) pairs it carries.
 Planned = tuple[str, list[tuple[int, int]]]
-
-
-def send_stage(messages: Outbox, stage: Stage, task: Task) -> None:
-    """The message of ``stage`` for the task's current attempt, on its queue."""
-    messages.add(stage_message(stage, task.id, task.attempt, task.settings.queue))
 
 
 def batch_size(settings: ExecutionSettings, subtasks: int) -> int:
@@ -94,15 +88,6 @@ def message_of(task_id: int, attempt: int, subtask: Subtask) -> str:
     dispatched (a batch message carries many), else its one-subtask message's id."""
     return subtask.message_id or subtask_message_id(
         task_id, attempt, subtask.index, subtask.dispatch
-    )
-
-
-def in_flight_subtasks(session: Session, task_id: int) -> list[Subtask]:
-    """Subtasks the database believes are on the broker or on a worker."""
-    return list(
-        session.scalars(
-            select(Subtask).where(Subtask.task_id == task_id, Subtask.state.in_(list(IN_FLIGHT)))
-        )
     )
 
 
@@ -180,7 +165,7 @@ def queue_subtasks(
     for task in tasks:
         if not queued[task.id]:
             move(session, task, Event.ENDED, "no subtasks left to run", host)
-            send_stage(messages, Stage.MONITOR, task)
+            send_waiting(messages, task)
 
 
 def subtask_messages(

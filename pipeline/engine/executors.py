@@ -1,6 +1,6 @@
 """Where a task's subtasks run is its executor's business (``lifecycle.Executor``, chosen
 by the execution settings): each executor is one module of the engine, named in the
-lifecycle (``lifecycle.EXECUTORS``), that offers what ``Executor`` lists. Everything
+lifecycle (``lifecycle.EXECUTORS``), that offers what ``ExecutorModule`` lists. Everything
 else (the stages, restarts, halts, recovery) asks the task's executor through here, so a
 new executor is an entry in the lifecycle and a module of its own.
 """
@@ -11,16 +11,20 @@ import importlib
 from collections.abc import Iterable, Sequence
 from typing import Protocol, cast
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.domain.execution import ExecutionSettings
 from pipeline.domain.lifecycle import EXECUTORS
 from pipeline.domain.models import Subtask, Task
+from pipeline.domain.states import IN_FLIGHT
 from pipeline.messaging.messages import InFlight
 from pipeline.messaging.outbox import Outbox
 
 
-class Executor(Protocol):
+class ExecutorModule(Protocol):
+    """What an executor's module offers (``lifecycle.EXECUTORS`` names the modules)."""
+
     def queue_subtasks(
         self, session: Session, tasks: Sequence[Task], messages: Outbox, host: str = ""
     ) -> None:
@@ -42,9 +46,27 @@ class Executor(Protocol):
         """Stop these in-flight subtasks of a task being halted."""
 
 
-def executor(settings: ExecutionSettings) -> Executor:
-    """The executor these execution settings name."""
-    return cast(Executor, importlib.import_module(EXECUTORS[settings.executor]))
+def in_flight_subtasks(session: Session, task_id: int) -> list[Subtask]:
+    """The task's subtasks the database believes are out with its executor."""
+    return list(
+        session.scalars(
+            select(Subtask).where(Subtask.task_id == task_id, Subtask.state.in_(list(IN_FLIGHT)))
+        )
+    )
+
+
+def executor(name: str) -> ExecutorModule:
+    """The executor of this name (an execution setting's ``executor``)."""
+    return cast(ExecutorModule, importlib.import_module(EXECUTORS[name]))
+
+
+def alive(settings: Iterable[ExecutionSettings]) -> dict[str, InFlight]:
+    """What is still out with the executors these settings name, by executor: each asked
+    once, for every queue of theirs (asked outside any transaction)."""
+    queues: dict[str, set[str]] = {}
+    for found in settings:
+        queues.setdefault(found.executor, set()).add(found.queue)
+    return {name: executor(name).alive(sorted(names)) for name, names in queues.items()}
 
 
 def queue_subtasks(
@@ -55,5 +77,5 @@ def queue_subtasks(
     by_executor: dict[str, list[Task]] = {}
     for task in tasks:
         by_executor.setdefault(task.settings.executor, []).append(task)
-    for chosen in by_executor.values():
-        executor(chosen[0].settings).queue_subtasks(session, chosen, messages, host)
+    for name, chosen in by_executor.items():
+        executor(name).queue_subtasks(session, chosen, messages, host)

@@ -27,12 +27,12 @@ from sqlalchemy.orm import Session
 from pipeline.database import retrying, transaction
 from pipeline.domain.context import SubtaskContext
 from pipeline.domain.definitions import Definition, Node, parse
-from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState, Stage
+from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import UNFINISHED, SubtaskState
 from pipeline.engine import datastore, datastore_ledger, runner, taskdir
 from pipeline.engine.alerts import WARNING, raise_alert
-from pipeline.engine.dispatch import RECORD_OUTCOME_FOR_SECONDS, send_stage
+from pipeline.engine.dispatch import RECORD_OUTCOME_FOR_SECONDS
 from pipeline.engine.executors import queue_subtasks
 from pipeline.engine.leases import Claim, LeaseRenewal, StepLease, renew_subtask_leases
 from pipeline.engine.locks import lock_rows, lock_task, lock_task_only
@@ -43,6 +43,7 @@ from pipeline.engine.task_state import (
     note,
     refresh_instance_state,
     reset_subtasks,
+    send_waiting,
 )
 from pipeline.engine.transitions import advance_within
 from pipeline.errors import PipelineError, Unreachable
@@ -522,7 +523,7 @@ def finish_subtasks(ended: Sequence[Ended], host: str = "", rest: Sequence[Claim
             move(session, task, Event.ENDED, counts, host)
             instance = instances.get(task.instance_id)
             if instance is None:  # the peek missed: monitor decides in its own transaction
-                send_stage(messages, Stage.MONITOR, task)
+                send_waiting(messages, task)
                 continue
             _decide(session, instance, task, messages, host, refresh=False)
             if task.error:
@@ -661,7 +662,7 @@ def _decide(
     settings = task.settings
     if task.failed_subtasks <= settings.max_failed_subtasks:
         move(session, task, Event.ACCEPTED, host=host)
-        send_stage(messages, Stage.STORE, task)
+        send_waiting(messages, task)
     elif task.auto_resubmits < settings.max_auto_resubmits:
         note = f"automatic resubmit {task.auto_resubmits + 1}"
         move(session, task, Event.RESUBMITTED, note, host)

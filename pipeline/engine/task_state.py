@@ -28,6 +28,8 @@ from pipeline.domain.models import (
     utcnow,
 )
 from pipeline.domain.states import InstanceState, NodeState, SubtaskState, derive_instance_state
+from pipeline.messaging.messages import stage_message
+from pipeline.messaging.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,13 @@ def move(
             raise IllegalTransition(f"{event.value!r} of task {task.id} needs its instance locked")
         refresh_instance_state(session, instance)
     return target
+
+
+def send_waiting(messages: Outbox, task: Task) -> None:
+    """The message of the stage that takes ``task`` on from the step it now waits in
+    (``lifecycle.WAITING``), for its current attempt, on its queue."""
+    stage = lifecycle.WAITING[task.p_state]
+    messages.add(stage_message(stage, task.id, task.attempt, task.settings.queue))
 
 
 def note(session: Session, task: Task, message: str, host: str = "") -> None:

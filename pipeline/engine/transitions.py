@@ -15,13 +15,11 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from pipeline.domain.definitions import Definition, parse
-from pipeline.domain.lifecycle import Stage
 from pipeline.domain.models import InstanceNode, PipelineInstance, Task, utcnow
 from pipeline.domain.states import InstanceState, NodeState
 from pipeline.engine import datastore
-from pipeline.engine.dispatch import send_stage
 from pipeline.engine.locks import lock_instance
-from pipeline.engine.task_state import refresh_instance_state
+from pipeline.engine.task_state import refresh_instance_state, send_waiting
 from pipeline.errors import InvalidInput, PipelineError, Unreachable
 from pipeline.messaging import outbox
 from pipeline.messaging.outbox import Outbox
@@ -62,7 +60,7 @@ def create_node_tasks(
     state.state = NodeState.RUNNING
     session.flush()
     for task in tasks:
-        send_stage(messages, Stage.MARSHAL, task)
+        send_waiting(messages, task)
     return tasks
 
 

@@ -19,8 +19,7 @@ from pipeline.database import transaction
 from pipeline.domain.lifecycle import Event, PState, state_label
 from pipeline.domain.models import PipelineInstance, Task
 from pipeline.domain.states import SubtaskState
-from pipeline.engine.dispatch import in_flight_subtasks
-from pipeline.engine.executors import executor
+from pipeline.engine.executors import executor, in_flight_subtasks
 from pipeline.engine.locks import lock_task
 from pipeline.engine.task_state import move
 from pipeline.errors import NotFound, Refused, Unreachable
@@ -53,7 +52,7 @@ def _halt_one(task_id: int) -> Outcome:
         if task.p_state == PState.COMPLETE:
             raise Refused(f"task {task_id} is complete: nothing to halt")
         in_flight = in_flight_subtasks(session, task_id)
-        executor(task.settings).withdraw(task, in_flight, messages)
+        executor(task.settings.executor).withdraw(task, in_flight, messages)
         for subtask in in_flight:
             subtask.state = SubtaskState.NEW
         task.halted = True

@@ -20,12 +20,11 @@ from typing import Any, ClassVar
 
 from sqlalchemy.orm import Session
 
-from pipeline.domain.lifecycle import EXECUTION_STEPS, WAITING, Event, PState, state_label
+from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState, state_label
 from pipeline.domain.limits import parse_id
 from pipeline.domain.models import Task
 from pipeline.domain.states import IN_FLIGHT, UNFINISHED, SubtaskState
-from pipeline.engine.dispatch import send_stage
-from pipeline.engine.task_state import move, reset_subtasks
+from pipeline.engine.task_state import move, reset_subtasks, send_waiting
 from pipeline.errors import InvalidInput, Refused, shown
 from pipeline.messaging.messages import InFlight
 from pipeline.messaging.outbox import Outbox
@@ -130,7 +129,7 @@ class RestartMode:
         if plan.p_state == PState.ALGORITHM_SUBMITTING:
             applying.submitting.append(task)
             return plan
-        send_stage(applying.messages, WAITING[plan.p_state], task)
+        send_waiting(applying.messages, task)
         return plan
 
     @staticmethod

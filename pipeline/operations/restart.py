@@ -26,7 +26,8 @@ from pipeline.domain.execution import ExecutionSettings, with_execution_defaults
 from pipeline.domain.limits import check_id
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import InstanceState
-from pipeline.engine.executors import executor, queue_subtasks
+from pipeline.engine import executors
+from pipeline.engine.executors import queue_subtasks
 from pipeline.engine.locks import lock_rows, locked_instance
 from pipeline.engine.task_state import refresh_instance_state
 from pipeline.engine.transitions import advance
@@ -121,13 +122,12 @@ def _guarded(task_id: int, mode: RestartMode, call: Any) -> Outcome:
 
 
 def _in_flight_for(task_ids: list[int]) -> dict[str, InFlight]:
-    """What is in flight on the queue of each of these tasks, by queue."""
+    """What is still out with the executor of each of these tasks, by executor."""
     if not task_ids:
         return {}
     with transaction() as session:
         stored = session.scalars(select(Task.execution).where(Task.id.in_(task_ids))).all()
-    settings = {(s.executor, s.queue): s for s in map(ExecutionSettings.stored, stored)}
-    return {key: executor(found).alive([found.queue]) for key, found in sorted(settings.items())}
+    return executors.alive(map(ExecutionSettings.stored, stored))
 
 
 def _lock_tasks(session: Session, task_ids: list[int]) -> dict[int, tuple[PipelineInstance, Task]]:
@@ -173,8 +173,8 @@ def _restart_locked(
         note = f"restart: {mode.name}"
         if changes:
             note += " with " + ", ".join(f"{key}={value}" for key, value in changes.items())
-        where = (task.settings.executor, task.settings.queue)
-        applying = Applying(session, messages, note, execution, live.get(where), submitting)
+        found = live.get(task.settings.executor)
+        applying = Applying(session, messages, note, execution, found, submitting)
         plan = mode.apply(task, plan, applying)
     return Outcome(task_id, mode.name, True, plan.message, plan.p_state.value, plan.rerun)
 

@@ -41,10 +41,13 @@ def fields(view: type) -> list[str]:
 
 def build(view: type, row: Any, **computed: Any) -> Any:
     """The view of ``row`` (an ORM object, or a result row with labelled columns): each
-    field from the row's attribute of that name, unless given in ``computed``."""
-    return {
-        name: computed[name] if name in computed else getattr(row, name) for name in fields(view)
-    }
+    field from the row's attribute of that name (a time as ISO 8601, see ``iso_time``),
+    unless given in ``computed``."""
+    shown = {}
+    for name in fields(view):
+        value = computed[name] if name in computed else getattr(row, name)
+        shown[name] = iso_time(value) if isinstance(value, datetime) else value
+    return shown
 
 
 class Builder:
@@ -129,12 +132,7 @@ class InstanceProgress(InstanceView):
 
 
 def instance_view(row: Any) -> InstanceView:
-    return build(  # type: ignore[no-any-return]
-        InstanceView,
-        row,
-        created_at=iso_time(row.created_at),
-        updated_at=iso_time(row.updated_at),
-    )
+    return build(InstanceView, row)  # type: ignore[no-any-return]
 
 
 # -- tasks -----------------------------------------------------------------------------------
@@ -197,7 +195,7 @@ class TaskEventView(TypedDict):
 
 def event_view(row: Any) -> TaskEventView:
     return build(  # type: ignore[no-any-return]
-        TaskEventView, row, at=iso_time(row.at), state=state_label(row.p_state, row.error)
+        TaskEventView, row, state=state_label(row.p_state, row.error)
     )
 
 
@@ -222,13 +220,7 @@ class SubtaskView(TypedDict):
 
 
 def subtask_view(row: Any) -> SubtaskView:
-    return build(  # type: ignore[no-any-return]
-        SubtaskView,
-        row,
-        started_at=iso_time(row.started_at),
-        finished_at=iso_time(row.finished_at),
-        heartbeat_at=iso_time(row.heartbeat_at),
-    )
+    return build(SubtaskView, row)  # type: ignore[no-any-return]
 
 
 class ListedSubtask(SubtaskView):
@@ -348,7 +340,7 @@ class AlertView(TypedDict):
 
 def alert_view(row: Any) -> AlertView:
     return build(  # type: ignore[no-any-return]
-        AlertView, row, at=iso_time(row.at), acknowledged=row.acknowledged_at is not None
+        AlertView, row, acknowledged=row.acknowledged_at is not None
     )
 
 
@@ -382,13 +374,7 @@ class FileView(TypedDict):
 
 
 def file_view(row: Any) -> FileView:
-    return build(  # type: ignore[no-any-return]
-        FileView,
-        row,
-        stored_at=iso_time(row.stored_at),
-        superseded_at=iso_time(row.superseded_at),
-        current=row.superseded_at is None,
-    )
+    return build(FileView, row, current=row.superseded_at is None)  # type: ignore[no-any-return]
 
 
 @with_config(_CLOSED)

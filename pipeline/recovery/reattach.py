@@ -13,13 +13,12 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, Stage
+from pipeline.domain.lifecycle import EXECUTION_STEPS, Event
 from pipeline.domain.models import Task
 from pipeline.engine.alerts import WARNING, raise_alert
-from pipeline.engine.dispatch import in_flight_subtasks, send_stage
-from pipeline.engine.executors import executor
+from pipeline.engine.executors import executor, in_flight_subtasks
 from pipeline.engine.locks import lock_task_only
-from pipeline.engine.task_state import is_current, move
+from pipeline.engine.task_state import is_current, move, send_waiting
 from pipeline.engine.task_state import note as add_note
 from pipeline.errors import Refused
 from pipeline.messaging import outbox
@@ -58,7 +57,7 @@ def reattach_locked(
     is written only when something was lost.
     """
     in_flight = in_flight_subtasks(session, task.id)
-    running_on = executor(task.settings)
+    running_on = executor(task.settings.executor)
     lost = running_on.lost(task, in_flight, live)
     running_on.redispatch(session, task, lost, messages)
     finished = (
@@ -73,5 +72,5 @@ def reattach_locked(
         alert = f"{len(lost)} subtask messages lost ({note}): dispatched again"
         raise_alert(session, task, WARNING, alert)
     if finished:
-        send_stage(messages, Stage.MONITOR, task)
+        send_waiting(messages, task)
     return result

@@ -12,17 +12,16 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState, Stage
+from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState
 from pipeline.domain.models import Subtask
 from pipeline.domain.states import SubtaskState
 from pipeline.engine.alerts import ERROR, WARNING, raise_alert
-from pipeline.engine.dispatch import send_stage
 from pipeline.engine.executors import executor
 from pipeline.engine.leases import Claim
 from pipeline.engine.locks import lock_task, lock_task_only
 from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.stages import finish_subtasks
-from pipeline.engine.task_state import is_current, move
+from pipeline.engine.task_state import is_current, move, send_waiting
 from pipeline.engine.task_state import note as add_note
 from pipeline.messaging import outbox
 from pipeline.messaging.publisher import publisher
@@ -57,7 +56,7 @@ def reclaim_lost(task_id: int, index: int, number: int, lease_expired_before: da
         attempt = task.attempt
         again = subtask.attempts <= get_settings().lost_subtask_retries
         if again:
-            executor(task.settings).redispatch(session, task, [subtask], messages)
+            executor(task.settings.executor).redispatch(session, task, [subtask], messages)
             note = f"subtask {index}: worker lost, dispatched again"
             add_note(session, task, note)
             worker = subtask.worker_host or "?"
@@ -91,5 +90,5 @@ def marshal_again(task_id: int, attempt: int, lease_expired_before: datetime) ->
         message = f"marshaling lost on {task.worker_host or '?'}, marshaling again"
         move(session, task, Event.MARSHAL_LOST, f"{message} (reconciler)", instance=instance)
         raise_alert(session, task, WARNING, message)
-        send_stage(messages, Stage.MARSHAL, task)
+        send_waiting(messages, task)
     return True

@@ -29,7 +29,7 @@ from pipeline.domain.execution import ExecutionSettings
 from pipeline.domain.lifecycle import EXECUTION_STEPS, WAITING, PState
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import STOPPED_STATES, SubtaskState
-from pipeline.engine.executors import executor
+from pipeline.engine import executors
 from pipeline.engine.task_state import HOST
 from pipeline.engine.transitions import advance
 from pipeline.errors import Refused, Unreadable
@@ -167,13 +167,7 @@ def _marshal_lost_marshals(expired_before: datetime, isolation: Isolation) -> in
 def _reattach_quiet(quiet: list[Any], isolation: Isolation) -> int:
     """Executing tasks with no news for a while: dispatch again what their executor lost
     (each executor asked once, for all its queues)."""
-    queues: dict[str, set[str]] = {}
-    for _, _, settings in quiet:
-        queues.setdefault(settings.executor, set()).add(settings.queue)
-    live = {
-        name: executor(ExecutionSettings.stored({"executor": name})).alive(sorted(names))
-        for name, names in queues.items()
-    }
+    live = executors.alive(settings for _, _, settings in quiet)
     redispatched = 0
     for task_id, attempt, settings in quiet:
 
