@@ -67,3 +67,15 @@ def list_open_files(ctx: SubtaskContext) -> None:
         except OSError:
             continue
     (ctx.directory / "open-files.json").write_text(json.dumps(names))
+
+
+def scribble(ctx: SubtaskContext) -> None:
+    """Appends to each of its inputs (which it must not be able to do to the datastore),
+    then writes an output of what it read."""
+    for path in ctx.inputs:
+        try:
+            with path.open("a") as writer:
+                writer.write(" scribbled")
+        except PermissionError:
+            print(f"{path.name} is read-only")
+        (ctx.directory / f"{path.stem}.out").write_text(path.read_text().upper())

@@ -156,6 +156,43 @@ def failing_instance(api: Api, client: Client) -> int:
     return instance
 
 
+#: Instances of the whole sample submitted at once by the concurrency test.
+CONCURRENT = 20
+
+
+def test_concurrent_instances_each_consume_their_own_versions(api: Api) -> None:
+    """20 instances of the sample submitted through the API at once, their permuters
+    storing the same paths over each other's: every one completes, and each averaged
+    image it stored has a lineage of that instance alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    api.cluster.set_parameters(throw_exception_subtask_0=False, execution_pause_seconds=0)
+
+    def submit(_: int) -> int:
+        response = api.http.post("/instances", json={"pipeline": "sample"})
+        assert response.status_code == 201, response.text
+        return int(response.json()["id"])
+
+    with ThreadPoolExecutor(CONCURRENT) as pool:
+        instances = list(pool.map(submit, range(CONCURRENT)))
+    stopped = {"COMPLETED", "ERRORS_STALLED", "ERRORS_RUNNING"}
+    wait_for(
+        lambda: all(api.instance_state(i) in stopped for i in instances),
+        timeout=INSTANCE_TIMEOUT * 5,
+        what=f"{CONCURRENT} concurrent instances to stop",
+    )
+    states = {i: api.instance_state(i) for i in instances}
+    assert set(states.values()) == {"COMPLETED"}, states
+    for instance in instances:
+        averaged = api.http.get("/files", params={"instance": instance, "unit": "set-1"}).json()
+        [average] = [f for f in averaged if f["node"] == "averaging"]
+        chain = api.http.get(
+            "/lineage", params={"path": average["path"], "version": average["id"]}
+        ).json()
+        producers = {s["file"]["instance_id"] for s in chain["steps"]} - {None}
+        assert producers == {instance}, f"instance {instance}'s average: {producers}"
+
+
 def test_unreachable_database_or_broker_gives_503(api: Api) -> None:
     port = free_port()
     broken = {

@@ -254,25 +254,67 @@ def test_reprocess_new_runs_only_files_the_node_has_not_consumed(
     ]
 
 
-def test_an_input_overwritten_by_another_instance_is_refused_not_consumed(
-    completed: Path, worker: InProcessWorker
+@pytest.mark.parametrize("mode", ["resume-current-step", "resubmit"])
+def test_reprocess_new_counts_what_was_stored_whichever_attempt_ran_it(
+    home: Path, worker: InProcessWorker, tmp_path: Path, mode: str
 ) -> None:
-    """Instance 1's permuter stored set-1's permuted images; before its flip marshals,
-    instance 2's permuter stores them again: the bytes on disk are no longer instance 1's."""
+    """Subtask 0 of each permuter task fails (a resubmit fails it again); resuming the
+    current step completes the instance, with attempts and no new marshal: the next
+    instance runs again exactly the inputs no completed and stored subtask consumed."""
+    import_variant(tmp_path, "permuter", "    reprocess: new\n")
+    facade.set_parameters("algorithm", ["throw_exception_subtask_0=true"])
+    first = facade.submit("sample", None, "permuter")["id"]
+    worker.drain()
+    if mode == "resubmit":
+        facade.restart_failed(first, mode)
+        worker.drain()
+    facade.restart_failed(first, "resume-current-step")
+    worker.drain()
+    assert queries.get_instance(first)["state"] == "COMPLETED"
+
+    facade.set_parameters("algorithm", ["throw_exception_subtask_0=false"])
+    second = facade.submit("sample", None, "permuter")["id"]
+    worker.drain()
+
+    for unit in SETS:
+        again = consumed(task_of(second, "permuter", unit)["id"])
+        assert again == [[f"{unit}/L0/nasa-logo-file-0.png"]], "only the failed one"
+
+
+def test_an_input_overwritten_by_another_instance_is_consumed_as_this_instance_stored_it(
+    completed: Path, worker: InProcessWorker, tmp_path: Path
+) -> None:
+    """Instance 1's permuter stored set-1's permuted images; before its flip marshals, a
+    changed raw image arrives and instance 2's permuter stores those paths again with other
+    bytes: instance 1 still consumes, and averages, the versions it stored itself."""
     from pipeline.engine.transitions import advance
     from tests.support import roll_back_to_permuter_done
 
     roll_back_to_permuter_done(1)
+    receipt.receive(
+        deliver(tmp_path, "changed", {"nasa-logo-file-0.png": pixels(8, 1)}), "raw_image", "set-1"
+    )
     facade.submit("sample", None, "permuter")
     worker.drain()
     advance(1)
     worker.drain()
 
+    assert queries.get_instance(1)["state"] == "COMPLETED"
+    mine = {f["id"] for f in lineage.files(instance=1) if f["node"] == "permuter"}
     for task in [t for t in queries.list_tasks(1) if t["node"] == "flip"]:
-        assert task["state"] == "ERROR - MARSHALING"
-        assert "was overwritten by instance 2 task" in task["error_message"]
-        assert "restart the permuter task from the beginning" in task["error_message"]
-        assert queries.list_subtasks(task["id"]) == [], "nothing consumed"
+        assert task["state"] == "COMPLETE", task["error_message"]
+        consumed_ids = [f["id"] for f in lineage.files(instance=1) if f["task_id"] == task["id"]]
+        assert consumed_ids, "flip stored its outputs"
+    averaged = [f for f in lineage.files(instance=1) if f["node"] == "averaging"]
+    for row in averaged:
+        chain = lineage.lineage(row["path"], version=row["id"])
+        permuted = [s["file"] for s in chain["steps"] if s["file"]["node"] == "permuter"]
+        assert {f["id"] for f in permuted} <= mine, "only instance 1's permuted images"
+        assert {s["file"]["instance_id"] for s in chain["steps"] if s["file"]["instance_id"]} == {1}
+    set_1 = completed / "datastore" / "set-1" / "L3"
+    [average] = [row for row in averaged if row["unit_of_work"] == "set-1"]
+    stored = read_image(set_1 / Path(average["path"]).name)
+    assert np.array_equal(stored, average_of(1, tuple(range(IMAGES_PER_SET))))
 
 
 # -- data receipt --------------------------------------------------------------------------------
@@ -421,6 +463,42 @@ def test_files_and_lineage_answer_who_produced_a_file(
     assert_one_line_error(run_cli(capsys, "lineage", "set-9/none.png"), "no file 'set-9/none.png'")
 
 
+def test_lineage_answers_for_any_version_and_marks_superseded_inputs(
+    completed: Path, worker: InProcessWorker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A raw image received anew after instance 1: the average instance 1 stored is no
+    longer current, and neither is one of the raw images behind it."""
+    receipt.receive(
+        deliver(tmp_path, "changed", {"nasa-logo-file-3.png": pixels(8, 1)}), "raw_image", "set-2"
+    )
+    facade.submit("sample")
+    worker.drain()
+    path = "set-2/L3/averaged-image.png"
+    [old, new] = lineage.files(path=path, history=True)
+
+    by_id = run_cli(capsys, "lineage", path, "--version", old["id"])
+    by_sha = run_cli(capsys, "lineage", path, "--version", old["sha256"][:8])
+    assert by_id.returncode == by_sha.returncode == 0
+    assert by_id.stdout == by_sha.stdout
+    lines = by_id.stdout.splitlines()
+    assert lines[0].startswith(f"{path}  (superseded)  sha256 {old['sha256'][:12]}")
+    assert "<- instance 1 " in lines[0]
+    raw = [line for line in lines if "set-2/L0/nasa-logo-file-3.png" in line]
+    assert raw and all("(superseded)" in line for line in raw)
+    current = run_cli(capsys, "lineage", path).stdout.splitlines()
+    assert current[0].startswith(f"{path}  sha256 {new['sha256'][:12]}")
+    assert not [line for line in current if "(superseded)" in line]
+
+    assert_one_line_error(
+        run_cli(capsys, "lineage", path, "--version", "xyz"),
+        "version 'xyz': give a ledger id or at least 6 hex digits of a SHA-256",
+    )
+    assert_one_line_error(
+        run_cli(capsys, "lineage", path, "--version", "999999"),
+        f"no version '999999' of '{path}'",
+    )
+
+
 def test_two_instances_storing_the_same_files_on_either_database(
     any_database: str, worker: InProcessWorker
 ) -> None:
@@ -441,18 +519,20 @@ def test_two_instances_storing_the_same_files_on_either_database(
     assert raw == [[f"set-1/L0/nasa-logo-file-{i}.png"] for i in range(IMAGES_PER_SET)]
 
 
-def test_an_input_replaced_while_its_task_marshals_fails_the_marshal(
+def test_an_input_replaced_while_its_task_marshals_is_consumed_as_chosen(
     home: Path, worker: InProcessWorker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Between choosing the inputs and recording them, an operator receives a new version
-    of one: the task must not record the old row for the bytes it may have linked."""
+    of one: the task consumes the version it chose, whose bytes it was given, and records
+    that version; the next instance consumes the new one."""
     from pipeline.engine import stages, taskdir
 
     build = taskdir.marshal
     redelivery = deliver(tmp_path, "again", {"nasa-logo-file-0.png": pixels(5, 5)})
 
-    def marshal_meanwhile(task_dir: Path, groups: list[list[Path]]) -> list[list[str]]:
-        if "set-1" in str(groups[0][0]):
+    def marshal_meanwhile(task_dir: Path, groups: list[list[tuple[Path, str]]]) -> list[list[str]]:
+        task_id = int(task_dir.name.split("-")[1])
+        if queries.get_task(task_id)["unit_of_work"] == "set-1":
             receipt.receive(redelivery, "raw_image", "set-1")
         return build(task_dir, groups)
 
@@ -460,10 +540,13 @@ def test_an_input_replaced_while_its_task_marshals_fails_the_marshal(
     instance = facade.submit("sample", None, "permuter")["id"]
     worker.drain()
 
-    failed = task_of(instance, "permuter", "set-1")
-    assert failed["state"] == "ERROR - MARSHALING"
-    assert failed["error_message"] == (
-        "marshaling failed: input set-1/L0/nasa-logo-file-0.png was replaced by"
-        f" the receipt {redelivery} while this task marshaled: marshal again"
-    )
-    assert task_of(instance, "permuter", "set-2")["counts"] == "4/4 (0)"
+    task = task_of(instance, "permuter", "set-1")
+    assert task["counts"] == "4/4 (0)", task["error_message"]
+    [first, second] = lineage.files(path="set-1/L0/nasa-logo-file-0.png", history=True)
+    [subtask] = [s for s in queries.list_subtasks(task["id"]) if s["index"] == 0]
+    permuted = lineage.lineage("set-1/L1/nasa-logo-file-0-perm.png")
+    assert permuted["steps"][0]["inputs"] == [first["id"]], "the version chosen"
+    assert first["superseded_at"] is not None and second["superseded_at"] is None
+    stored = read_image(home / "datastore" / "set-1" / "L1" / "nasa-logo-file-0-perm.png")
+    assert np.array_equal(stored, pixels(1, 0)[..., CHANNEL_ORDER])
+    assert subtask["consumed"] == ["set-1/L0/nasa-logo-file-0.png"]

@@ -1,6 +1,12 @@
-"""The datastore on disk: units of work and files found by data file type; files stored
-atomically, hashed as they are written (the ledger of who stored them is
-``datastore_ledger``)."""
+"""The datastore on disk: units of work and files found by data file type, and the bytes
+of every stored version (the ledger of who stored them is ``datastore_ledger``).
+
+Every version's bytes are kept once by content, as ``.pipeline-objects/ab/abcd...`` (its
+SHA-256), read-only, until retention removes them: identical bytes are stored once, and a
+version stays readable whatever later happens to its path. A datastore path shows its
+current version as a hard link to that version's object, renamed into place so readers
+see the old version or the new one whole.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,13 @@ from pipeline.errors import InvalidInput
 
 #: Where stored files are written before they are renamed into place.
 STAGING_DIR = ".pipeline-staging"
+#: Every version's bytes, by SHA-256, under the datastore root.
+OBJECTS_DIR = ".pipeline-objects"
+#: Files and directories of the pipeline's own under the datastore root: never data.
+PRIVATE_PREFIX = ".pipeline-"
+#: Objects are read-only: an algorithm or an operator writing through a link is refused
+#: (unless running as root: ``unchanged`` then notices).
+OBJECT_MODE = 0o444
 #: Bytes read at a time when copying or hashing a file.
 CHUNK_BYTES = 1 << 20
 
@@ -37,7 +50,9 @@ def units_of_work(root: Path, definition: Definition, node: Node) -> list[str]:
     units = {
         directory.relative_to(root).parts[position]
         for directory in root.glob(pattern)
-        if directory.is_dir() and any(f.is_file() for f in directory.glob(kind.pattern))
+        if directory.is_dir()
+        and not any(part.startswith(PRIVATE_PREFIX) for part in directory.relative_to(root).parts)
+        and any(f.is_file() for f in directory.glob(kind.pattern))
     }
     return sorted(units)
 
@@ -49,8 +64,8 @@ def describe_inputs(definition: Definition, node: Node) -> str:
 
 @dataclass(frozen=True)
 class Staged:
-    """A file put beside its destination in the datastore, not yet renamed into place, with
-    its size and SHA-256 as read there."""
+    """A version put in the object store and linked beside its destination in the
+    datastore, not yet renamed into place, with its size and SHA-256."""
 
     temporary: Path
     destination: Path
@@ -58,26 +73,85 @@ class Staged:
     sha256: str
 
 
-def stage_file(source: Path, destination: Path, link: bool = True) -> Staged:
-    """Put ``source`` in the staging directory beside ``destination`` (same file system,
-    out of sight of any file-name pattern) and hash it; ``place`` renames it over the
-    destination, so readers see the old file or the whole new one.
+def object_path(root: Path, sha256: str) -> Path:
+    """Where the bytes with this SHA-256 are kept."""
+    return root / OBJECTS_DIR / sha256[:2] / sha256
 
-    With ``link``, a hard link where the file system allows (a large output is not
-    copied: the task directory and the datastore share it, as marshaled inputs do), a copy
-    elsewhere. Not flushed to disk: ``flush`` does that once for all the files of a store.
-    """
+
+def stage_file(root: Path, source: Path, destination: Path, link: bool = True) -> Staged:
+    """Keep ``source``'s bytes in the object store (``keep``) and link them into the
+    staging directory beside ``destination`` (same file system, out of sight of any
+    file-name pattern); ``place`` renames the link over the destination, so readers see
+    the old file or the whole new one. Not flushed to disk: ``flush`` does that once for
+    all the files of a store."""
+    size, sha256, kept = keep(root, source, link)
     staging = destination.parent / STAGING_DIR
     staging.mkdir(parents=True, exist_ok=True)
     temporary = staging / f"{destination.name}.{uuid.uuid4().hex}"
+    os.link(kept, temporary)
+    return Staged(temporary, destination, size, sha256)
+
+
+def keep(
+    root: Path, source: Path, link: bool = True, preserve: bool = False
+) -> tuple[int, str, Path]:
+    """Put ``source``'s bytes in the object store unless the same bytes are there already;
+    their size, SHA-256 and object.
+
+    With ``link``, a hard link where the file system allows (an output is not copied:
+    nothing writes a task's outputs once it has stored them), a copy elsewhere (with
+    ``preserve``, keeping its modification time). The bytes are hashed as they are in the
+    store, not as they were in ``source``, so a later change to ``source`` cannot make the
+    SHA-256 lie.
+    """
+    incoming = root / OBJECTS_DIR / STAGING_DIR
+    incoming.mkdir(parents=True, exist_ok=True)
+    temporary = incoming / uuid.uuid4().hex
     try:
         if not (link and _linked(source, temporary)):
-            shutil.copyfile(source, temporary)
+            (shutil.copy2 if preserve else shutil.copyfile)(source, temporary)
         size, sha256 = _hash(temporary)
-    except BaseException:
+        kept = object_path(root, sha256)
+        try:
+            intact = kept.stat().st_size == size
+        except FileNotFoundError:
+            intact = False
+        if not intact:  # new bytes, or an object written through since: these are right
+            os.chmod(temporary, OBJECT_MODE)
+            kept.parent.mkdir(exist_ok=True)
+            os.replace(temporary, kept)
+    finally:
         temporary.unlink(missing_ok=True)
-        raise
-    return Staged(temporary, destination, size, sha256)
+    return size, sha256, kept
+
+
+def version_bytes(root: Path, path: str, sha256: str, size: int) -> Path:
+    """The object holding the bytes of the version of ``path`` with this SHA-256 and size.
+
+    A version stored before the object store existed is kept from its path on first use,
+    when the path still holds it. Refused in one line when retention removed it, or when
+    its size shows it was written through since it was stored.
+    """
+    kept = object_path(root, sha256)
+    try:
+        actual = kept.stat().st_size
+    except FileNotFoundError:
+        actual = None
+        with suppress(OSError):
+            if (root / path).stat().st_size == size:
+                actual, found, kept = keep(root, root / path)
+                if found != sha256:
+                    actual = None
+        if actual is None:
+            raise InvalidInput(
+                f"the bytes of {path} (version {sha256[:12]}) are no longer kept"
+            ) from None
+    if actual != size:
+        raise InvalidInput(
+            f"the bytes of {path} (version {sha256[:12]}) changed after they were stored"
+            f" ({actual} bytes, {size} recorded)"
+        )
+    return kept
 
 
 def _linked(source: Path, link: Path) -> bool:
@@ -118,6 +192,9 @@ def _libc() -> ctypes.CDLL:
 def place(staged: Staged) -> int:
     """Rename a staged file over its destination; the stored file's modification time (ns)."""
     os.replace(staged.temporary, staged.destination)
+    # Renaming a link over another link of the same object (the path shows these bytes
+    # already) does nothing, and leaves it where it was.
+    staged.temporary.unlink(missing_ok=True)
     with suppress(OSError):  # another store may be using the staging directory still
         staged.temporary.parent.rmdir()
     return staged.destination.stat().st_mtime_ns
@@ -131,7 +208,9 @@ def discard(staged: list[Staged]) -> None:
             file.temporary.parent.rmdir()
 
 
-def fingerprint(path: Path) -> tuple[int, str, int]:
-    """Size, SHA-256 and modification time (ns) of a file the pipeline did not write."""
-    size, sha256 = _hash(path)
-    return size, sha256, path.stat().st_mtime_ns
+def fingerprint(root: Path, path: Path) -> tuple[int, str, int]:
+    """Size, SHA-256 and modification time (ns) of a file the pipeline did not write, its
+    bytes kept in the object store (a copy: the file is not the pipeline's to protect)."""
+    mtime_ns = path.stat().st_mtime_ns
+    size, sha256, _ = keep(root, path, link=False, preserve=True)
+    return size, sha256, mtime_ns

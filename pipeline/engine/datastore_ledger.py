@@ -1,16 +1,19 @@
-"""The datastore's ledger: a row for every stored version of a file, naming its producer,
-and a record of the files each subtask was given.
+"""The datastore's ledger: a row for every stored version of a file, naming its producer
+and its bytes (their SHA-256, the key of their object in the datastore), and a record of
+the versions each subtask was given.
 
-Inputs are chosen from the ledger, never by whatever the datastore holds: an input type
-that a parent node of the same instance produces comes from that instance's parent tasks
-alone, so a file a parent did not store this time (a subtask abandoned by a restart, or one
-that wrote nothing) is absent downstream rather than replaced by an older instance's
-version. Other input types are the datastore's current files, recorded as ``found`` the
-first time a task consumes them unrecorded, and filtered by the node's ``reprocess``.
+Inputs are chosen from the ledger, never by whatever the datastore's paths hold: an input
+type that a parent node of the same instance produces comes from the versions that
+instance's parent tasks stored, whatever later stores did to the paths (concurrent
+instances never see each other's outputs), so a file a parent did not store this time (a
+subtask abandoned by a restart, or one that wrote nothing) is absent downstream rather
+than replaced by an older instance's version. Other input types are the current versions
+of the datastore's files, recorded as ``found`` the first time a task consumes them
+unrecorded, and filtered by the node's ``reprocess``. A subtask is given the bytes of the
+versions chosen, from their objects, so a path replaced meanwhile changes nothing.
 
 A later store of a path supersedes its current row; the rows of a directory are written
-under a lock on it, taken by the transaction that also renames the files into place, so
-the current row always describes the bytes on disk.
+under a lock on it, taken by the transaction that also renames the files into place.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from sqlalchemy import insert, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.orm import Session, aliased
 
 from pipeline.domain.definitions import Definition, Node
 from pipeline.domain.lifecycle import PState
@@ -59,6 +62,9 @@ class Candidate:
     data_file_type: str
     unit_of_work: str
     file_id: int | None
+    #: The version's bytes (known once recorded).
+    sha256: str = ""
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -157,10 +163,10 @@ def select_inputs(
 def _produced(
     session: Session, instance: PipelineInstance, kind: str, parents: list[str], unit: str
 ) -> list[Candidate]:
-    """The files of type ``kind`` this instance's ``parents`` stored for ``unit``; refused
-    if another store has overwritten one since (its bytes are no longer this instance's)."""
-    rows = session.scalars(
-        select(DatastoreFile)
+    """The versions of type ``kind`` this instance's ``parents`` stored for ``unit``,
+    whatever has happened to their paths since."""
+    rows = session.execute(
+        select(DatastoreFile.id, DatastoreFile.path, DatastoreFile.sha256, DatastoreFile.size)
         .where(
             DatastoreFile.instance_id == instance.id,
             DatastoreFile.node.in_(parents),
@@ -170,21 +176,7 @@ def _produced(
         .order_by(DatastoreFile.path, DatastoreFile.id)
     ).all()
     latest = {row.path: row for row in rows}  # a path stored twice: its last store
-    for row in latest.values():
-        if row.superseded_at is not None:
-            raise InvalidInput(_overwritten(session, row))
-    return [Candidate(row.path, kind, unit, row.id) for row in latest.values()]
-
-
-def _overwritten(session: Session, row: DatastoreFile) -> str:
-    newer = current_rows(session, [row.path]).get(row.path)
-    by = producer(newer) if newer else "a later store"
-    if row.origin != TASK:
-        return f"input {row.path} was replaced by {by} while this task marshaled: marshal again"
-    return (
-        f"input {row.path}, stored by task {row.task_id} of this instance, was overwritten"
-        f" by {by}: restart the {row.node} task from the beginning to store it again"
-    )
+    return [Candidate(r.path, kind, unit, r.id, r.sha256, r.size) for r in latest.values()]
 
 
 def _on_disk(
@@ -205,8 +197,10 @@ def _on_disk(
     chosen = []
     for name, status in found:
         row = known.get(name)
-        unchanged = row and (row.size, row.mtime_ns) == (status.st_size, status.st_mtime_ns)
-        chosen.append(Candidate(name, kind, unit, row.id if unchanged else None))
+        if row and (row.size, row.mtime_ns) == (status.st_size, status.st_mtime_ns):
+            chosen.append(Candidate(name, kind, unit, row.id, row.sha256, row.size))
+        else:
+            chosen.append(Candidate(name, kind, unit, None))
     return chosen
 
 
@@ -217,11 +211,20 @@ def _not_consumed_before(
     unit: str,
     candidates: list[Candidate],
 ) -> list[Candidate]:
-    """``candidates`` less the files (same path, same checksum) that a completed task of
-    this node consumed, successfully, in an earlier instance of the pipeline."""
+    """``candidates`` less the files (same path, same checksum) that this node consumed in
+    an earlier instance of the pipeline: given to a subtask that completed, by the task's
+    last marshal, and stored (its task is COMPLETE), whichever attempt or restart mode ran
+    it. Inputs of subtasks that failed or were abandoned stay new."""
     recorded = [c.file_id for c in candidates if c.file_id is not None]
     if not recorded:
         return candidates
+    marshaled = aliased(FileConsumption)
+    last_marshal = (
+        select(func.max(marshaled.attempt))
+        .where(marshaled.task_id == Task.id)
+        .correlate(Task)
+        .scalar_subquery()
+    )
     done = set(
         session.execute(
             select(DatastoreFile.path, DatastoreFile.sha256)
@@ -238,8 +241,7 @@ def _not_consumed_before(
                 Task.node == node.name,
                 Task.unit_of_work == unit,
                 Task.p_state == PState.COMPLETE,
-                ~Task.error,
-                FileConsumption.attempt == Task.attempt,
+                FileConsumption.attempt == last_marshal,
                 Subtask.state == SubtaskState.COMPLETE,
             )
             .distinct()
@@ -250,21 +252,6 @@ def _not_consumed_before(
         for row in session.scalars(select(DatastoreFile).where(DatastoreFile.id.in_(recorded)))
     }
     return [c for c in candidates if c.file_id is None or by_id[c.file_id] not in done]
-
-
-def overwritten_since(session: Session, file_ids: Sequence[int]) -> str:
-    """Why inputs chosen earlier can no longer be consumed: one of ``file_ids`` has been
-    superseded meanwhile, so the bytes linked may be another store's ("" when none has)."""
-    for start in range(0, len(file_ids), PATHS_PER_QUERY):
-        stale = session.scalars(
-            select(DatastoreFile).where(
-                DatastoreFile.id.in_(file_ids[start : start + PATHS_PER_QUERY]),
-                DatastoreFile.superseded_at.is_not(None),
-            )
-        ).first()
-        if stale is not None:
-            return _overwritten(session, stale)
-    return ""
 
 
 def producer(row: DatastoreFile) -> str:

@@ -118,12 +118,14 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Step:
         with StepLease(task_id, attempt, PState.MARSHALING):
             selection, node = _choose_inputs(task_id, root)
             fingerprints = {
-                c.path: datastore.fingerprint(root / c.path)
+                c.path: datastore.fingerprint(root, root / c.path)
                 for c in selection.files
                 if c.file_id is None
             }
             groups = taskdir.split(selection.files, node)
-            names = taskdir.marshal(task_dir, [[root / c.path for c in g] for g in groups])
+            names = taskdir.marshal(
+                task_dir, [[_input(root, c, fingerprints) for c in g] for g in groups]
+            )
     except (OSError, PipelineError) as exc:
         return _fail_step(task_id, attempt, PState.MARSHALING, f"marshaling failed: {exc}", host)
     step = Step()
@@ -132,12 +134,6 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Step:
         if not is_current(task, attempt, PState.MARSHALING):
             return step
         ids = datastore_ledger.record_found(session, selection.files, fingerprints)
-        overwritten = datastore_ledger.overwritten_since(session, ids)
-        if overwritten:  # a store replaced an input while it was being linked
-            failure = f"marshaling failed: {overwritten}"
-            move(session, task, Event.FAILED, failure, host, instance=instance)
-            step.failures.append(f"task {task_id}: {failure}")
-            return step
         create_subtasks(session, task.id, names)
         datastore_ledger.record_consumption(session, task.id, attempt, taskdir.split(ids, node))
         task.task_dir = str(task_dir)
@@ -146,6 +142,16 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Step:
         move(session, task, Event.MARSHALED, message, host)
         queue_subtasks(session, [task], messages, host)
     return step
+
+
+def _input(
+    root: Path, chosen: datastore_ledger.Candidate, fingerprints: dict[str, Any]
+) -> tuple[Path, str]:
+    """The bytes of an input chosen (its version's object) and the name it is given."""
+    name = chosen.path.rsplit("/", 1)[-1]
+    if chosen.file_id is None:  # found: kept just now
+        return datastore.object_path(root, fingerprints[chosen.path][1]), name
+    return datastore.version_bytes(root, chosen.path, chosen.sha256, chosen.size), name
 
 
 def _choose_inputs(task_id: int, root: Path) -> tuple[datastore_ledger.Selection, Node]:
@@ -708,7 +714,7 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
                 directory = taskdir.subtask_dir(task_dir, index)
                 for name, output in outputs_of(definition, node, directory, inputs):
                     destination = root / definition.data_file_types[name].directory(unit)
-                    copy = datastore.stage_file(output, destination / output.name)
+                    copy = datastore.stage_file(root, output, destination / output.name)
                     staged.append(datastore_ledger.StoredOutput(index, name, copy))
             if staged:  # a file system's sync waits for every writer's dirty pages on it
                 datastore.flush(root)

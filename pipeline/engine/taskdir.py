@@ -1,7 +1,7 @@
 """Task directories: where a task's subtasks run, and marshaling, which builds them.
 
 A task directory holds one directory per subtask (``st-0``, ``st-1``, ...), each with its
-inputs, the algorithm's outputs and its log. Each attempt that marshals gets a directory
+inputs (read-only), the algorithm's outputs and its log. Each attempt that marshals gets a directory
 of its own, so a late marshal of an old attempt can never clear the one a newer attempt
 is using, and the logs of earlier attempts are kept.
 """
@@ -25,6 +25,10 @@ LOG_NAME = "subtask.log"
 #: Files an executable algorithm finds in its subtask directory.
 PARAMETERS_FILE = "parameters.json"
 INPUTS_FILE = "inputs.json"
+#: Inputs up to this size are copies, larger ones links to the read-only stored version.
+INPUT_COPY_BYTES = 1 << 20
+#: An input's mode: read-only, as the stored version it came from.
+INPUT_MODE = 0o444
 
 
 def task_directory(instance_id: int, task: Task) -> Path:
@@ -50,12 +54,12 @@ def split(files: list[Item], node: Node) -> list[list[Item]]:
     return [files[i : i + size] for i in range(0, len(files), size)]
 
 
-def marshal(task_dir: Path, groups: list[list[Path]]) -> list[list[str]]:
-    """Build ``task_dir`` afresh, a subtask directory per group of input files; returns each
+def marshal(task_dir: Path, groups: list[list[tuple[Path, str]]]) -> list[list[str]]:
+    """Build ``task_dir`` afresh, a subtask directory per group of inputs, each a version's
+    bytes (its object in the datastore) and the name the algorithm sees; returns each
     subtask's input file names.
 
-    Inputs are hard links where the file system allows (cheap for large files), copies
-    elsewhere; algorithms treat their inputs as read-only.
+    Inputs are read-only to the algorithm (see ``give``).
     """
     if task_dir.exists():
         shutil.rmtree(task_dir)
@@ -63,13 +67,20 @@ def marshal(task_dir: Path, groups: list[list[Path]]) -> list[list[str]]:
     for index, group in enumerate(groups):  # plain strings: thousands of subtasks
         directory = str(subtask_dir(task_dir, index))
         os.mkdir(directory)
-        for source in group:
-            _link_or_copy(source, os.path.join(directory, source.name))
-    return [[source.name for source in group] for group in groups]
+        for source, name in group:
+            give(source, os.path.join(directory, name))
+    return [[name for _, name in group] for group in groups]
 
 
-def _link_or_copy(source: Path, destination: str) -> None:
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copy2(source, destination)
+def give(source: Path, destination: str) -> None:
+    """Give an algorithm a stored version as an input it cannot change the datastore
+    through: a copy up to ``INPUT_COPY_BYTES`` (as cheap as a link for small files), else a
+    hard link to the read-only object (a copy where the file system has no links)."""
+    if os.stat(source).st_size > INPUT_COPY_BYTES:
+        try:
+            os.link(source, destination)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(source, destination)
+    os.chmod(destination, INPUT_MODE)

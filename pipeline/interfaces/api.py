@@ -201,9 +201,15 @@ def files(
 
 
 @router.get("/lineage", response_model=views.LineageView, responses=_errors(404))
-def lineage(path: Annotated[str, Query(min_length=1, max_length=1000)]) -> views.LineageView:
-    """The producers behind a file, back to the data received (as `pipeline lineage`)."""
-    return lineage_reads.lineage(path)
+def lineage(
+    path: Annotated[str, Query(min_length=1, max_length=1000)],
+    version: Annotated[
+        str | None, Query(max_length=64, description="a ledger id or a SHA-256 prefix")
+    ] = None,
+) -> views.LineageView:
+    """The producers behind a version of a file, back to the data received (as
+    `pipeline lineage`)."""
+    return lineage_reads.lineage(path, version)
 
 
 @router.post(

@@ -470,7 +470,7 @@ def _producer(file: dict[str, Any]) -> str:
 
 
 def lineage(args: argparse.Namespace) -> None:
-    chain = reads.operations("lineage").lineage(args.path)
+    chain = reads.operations("lineage").lineage(args.path, args.version)
     if args.json:
         return print_json(chain)
     steps = {step["file"]["id"]: step for step in chain["steps"]}
@@ -488,6 +488,8 @@ def lineage(args: argparse.Namespace) -> None:
 def _lineage_label(step: dict[str, Any]) -> str:
     file = step["file"]
     label = f"{file['path']}  sha256 {file['sha256'][:12]}  <- {_producer(file)}"
+    if not file["current"]:
+        label = f"{file['path']}  (superseded)" + label[len(file["path"]) :]
     if step["definition_version"] is not None:
         values = "; ".join(
             f"{name} v{frozen['version']}: "
@@ -851,6 +853,12 @@ def _files_arguments(command: Parser) -> None:
 def _lineage_arguments(command: Parser) -> None:
     command.add_argument(
         "path", metavar="PATH", help="A file under the datastore, e.g. set-1/L3/x.png."
+    )
+    command.add_argument(
+        "--version",
+        metavar="VERSION",
+        help="Another version than the current one: its id (pipeline files --history)"
+        " or a prefix of its SHA-256.",
     )
     _json(command)
 

@@ -328,9 +328,10 @@ class Client:
         params = {"instance": instance, "task": task, "unit": unit, "path": path}
         return self._call("GET", "/files", params={**params, "limit": limit, "history": history})
 
-    def lineage(self, path: str) -> dict[str, Any]:
-        """The producers behind a datastore file, back to the data received."""
-        return self._call("GET", "/lineage", params={"path": path})
+    def lineage(self, path: str, version: str | int | None = None) -> dict[str, Any]:
+        """The producers behind a version of a datastore file (the current one unless
+        ``version``), back to the data received."""
+        return self._call("GET", "/lineage", params={"path": path, "version": version})
 
     def import_files(
         self,

@@ -16,7 +16,7 @@ only read the database never load it.
 from __future__ import annotations
 
 import ssl
-from functools import cache
+import threading
 from typing import TYPE_CHECKING, Any
 
 from pipeline.database import reset_engines
@@ -46,17 +46,28 @@ TLS_SCHEME = "rediss://"
 RESULT_EXPIRES = 24 * 3600
 
 
-@cache
+_app: Celery | None = None
+#: Made once, under a lock: the HTTP API's threads ask at once, and Celery's lazily built
+#: package, imported by two threads together, can give one of them no ``Celery`` at all.
+_making = threading.Lock()
+
+
 def celery_app() -> Celery:
     """This process's Celery app, configured from its settings (``configure`` re-points it)."""
-    from celery import Celery
-    from celery.signals import beat_init, worker_process_init
+    global _app
+    if _app is not None:
+        return _app
+    with _making:
+        if _app is None:
+            from celery import Celery
+            from celery.signals import beat_init, worker_process_init
 
-    app = Celery("pipeline", include=list(TASK_MODULES))
-    configure(app, get_settings())
-    worker_process_init.connect(_fresh_connections, weak=False)
-    beat_init.connect(_quiet_beat, weak=False)
-    return app
+            app = Celery("pipeline", include=list(TASK_MODULES))
+            configure(app, get_settings())
+            worker_process_init.connect(_fresh_connections, weak=False)
+            beat_init.connect(_quiet_beat, weak=False)
+            _app = app
+    return _app
 
 
 def result_backend(broker: str) -> str | None:

@@ -13,7 +13,7 @@ from pipeline.database import transaction
 from pipeline.domain.listing import FILES_SHOWN as DEFAULT_LIMIT
 from pipeline.domain.models import DatastoreFile, FileConsumption, PipelineInstance
 from pipeline.engine.datastore_ledger import current_rows
-from pipeline.errors import NotFound
+from pipeline.errors import InvalidInput, NotFound
 from pipeline.operations.views import FileView, LineageStep, LineageView, file_view
 
 
@@ -45,15 +45,15 @@ def files(
         return [file_view(row) for row in session.scalars(query)]
 
 
-def lineage(path: str) -> LineageView:
-    """The producers behind the current version of ``path``: a step per file, breadth
+def lineage(path: str, version: str | int | None = None) -> LineageView:
+    """The producers behind a version of ``path`` (its current one unless ``version``
+    names another: its ledger id, or a prefix of its SHA-256): a step per file, breadth
     first from ``path``, each with its producing task's parameter values and definition
     version and the ids of the files that subtask consumed; received and found files end
-    the chain."""
+    the chain. A step's file says whether it is still its path's current version."""
+    path = path.strip("/")
     with transaction() as session:
-        start = current_rows(session, [path.strip("/")]).get(path.strip("/"))
-        if start is None:
-            raise NotFound(f"no file {path!r} in the datastore ledger (see 'pipeline files')")
+        start = _version(session, path, version)
         steps: list[LineageStep] = []
         seen, todo = {start.id}, [start]
         while todo:
@@ -65,6 +65,38 @@ def lineage(path: str) -> LineageView:
                     seen.add(consumed.id)
                     todo.append(consumed)
         return LineageView(path=start.path, steps=steps)
+
+
+#: The shortest SHA-256 prefix that names a version.
+SHA_PREFIX_MIN = 6
+
+
+def _version(session: Session, path: str, version: str | int | None) -> DatastoreFile:
+    """The ledger row of ``path``'s current version, or of the one ``version`` names."""
+    if version is None or str(version) == "":
+        start = current_rows(session, [path]).get(path)
+        if start is None:
+            raise NotFound(f"no file {path!r} in the datastore ledger (see 'pipeline files')")
+        return start  # type: ignore[no-any-return]
+    named = str(version).strip().lower()
+    query = select(DatastoreFile).where(DatastoreFile.path == path)
+    if named.isdigit():
+        rows = list(session.scalars(query.where(DatastoreFile.id == int(named))))
+    elif len(named) >= SHA_PREFIX_MIN and all(c in "0123456789abcdef" for c in named):
+        rows = list(session.scalars(query.where(DatastoreFile.sha256.startswith(named))))
+    else:
+        raise InvalidInput(
+            f"version {str(version)[:80]!r}: give a ledger id or at least {SHA_PREFIX_MIN}"
+            " hex digits of a SHA-256"
+        )
+    if not rows:
+        raise NotFound(
+            f"no version {named!r} of {path!r} in the datastore ledger"
+            " (see 'pipeline files --history --path')"
+        )
+    if len({row.sha256 for row in rows}) > 1:
+        raise InvalidInput(f"version {named!r} of {path!r} is ambiguous: give more digits")
+    return rows[-1]
 
 
 def _consumed_by_producer(session: Session, row: DatastoreFile) -> list[DatastoreFile]:

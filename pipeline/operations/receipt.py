@@ -69,7 +69,7 @@ def receive(
     try:
         for name in names:
             # A copy: the delivery stays the operator's to change or delete.
-            copy = datastore.stage_file(directory / name, destination / name, link=False)
+            copy = datastore.stage_file(root, directory / name, destination / name, link=False)
             staged.append(Received(name, copy))
             if expected and copy.sha256 != expected[name].lower():
                 raise InvalidInput(f"{name}: checksum differs from the manifest's")
