@@ -210,6 +210,7 @@ def test_a_refused_restart_is_a_row_of_the_table_and_exit_1(cli) -> None:
             "message": "unknown task 999",
             "start_from": "",
             "subtasks": [],
+            "downstream": [],
         }
     ]
 

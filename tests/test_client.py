@@ -130,6 +130,7 @@ def test_the_token_the_query_and_the_body_are_sent_as_the_api_reads_them() -> No
         "tasks": [{"task_id": 7, "mode": "resubmit"}],
         "execution": {"priority": 1},
         "dry_run": True,
+        "downstream": False,
     }
     assert len({seen.peer for seen in server.seen}) == 1, "one connection, kept open"
 

@@ -181,6 +181,7 @@ class TaskLike(Protocol):
     p_state: Any
     error: Any
     failed_subtasks: Any
+    stale: Any
 
 
 class IllegalTransition(Exception):
@@ -211,8 +212,12 @@ def _not(a: Any) -> Any:
 
 def restartable(task: TaskLike) -> Any:
     """A restart may take the task: its error flag is set, or it is COMPLETE with failed
-    subtasks (abandoned by resume-current-step, or within ``max_failed_subtasks``)."""
-    return _either(task.error, _both(task.p_state == _S.COMPLETE, task.failed_subtasks > 0))
+    subtasks (abandoned by resume-current-step, or within ``max_failed_subtasks``) or
+    stale (its inputs changed since it consumed them)."""
+    return _either(
+        task.error,
+        _both(task.p_state == _S.COMPLETE, _either(task.failed_subtasks > 0, task.stale)),
+    )
 
 
 def running(task: TaskLike) -> Any:
@@ -223,6 +228,11 @@ def running(task: TaskLike) -> Any:
 def done(task: TaskLike) -> Any:
     """The task is COMPLETE without the error flag: its node may go on to its children."""
     return _both(task.p_state == _S.COMPLETE, _not(task.error))
+
+
+def current(task: TaskLike) -> Any:
+    """Done, and its outputs made from its parents' current outputs (not stale)."""
+    return _both(done(task), _not(task.stale))
 
 
 def next_state(task: TaskLike, event: Event) -> PState:
@@ -246,9 +256,12 @@ def changes_instance(source: PState, target: PState, rule: Rule, error: bool) ->
     return flag_changes or source in ends or target in ends
 
 
-def state_label(p_state: str, error: bool) -> str:
-    """The state as an operator reads it: ``ERROR - ALGORITHM_COMPLETE`` or ``STORING``."""
-    return f"ERROR - {p_state}" if error else str(p_state)
+def state_label(p_state: str, error: bool, stale: bool = False) -> str:
+    """The state as an operator reads it: ``ERROR - ALGORITHM_COMPLETE``, ``STORING`` or
+    ``STALE - COMPLETE``."""
+    if error:
+        return f"ERROR - {p_state}"
+    return f"STALE - {p_state}" if stale else str(p_state)
 
 
 def counts_label(total: int, completed: int, failed: int) -> str:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -142,6 +143,13 @@ class Task(Base):
     error: Mapped[bool] = mapped_column(default=False)
     error_message: Mapped[str] = mapped_column(Text, default="")
     halted: Mapped[bool] = mapped_column(default=False)
+    #: Its inputs were stored again, with other bytes, after it consumed them: its outputs
+    #: are not what its parents' current outputs make (``engine.staleness``).
+    stale: Mapped[bool] = mapped_column(default=False, server_default=false())
+    stale_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    #: Run again from the beginning once every task it consumes from is done and current
+    #: (``pipeline restart --downstream``).
+    rerun: Mapped[bool] = mapped_column(default=False, server_default=false())
     #: Fences every Celery message: a message carrying another attempt is stale.
     attempt: Mapped[int] = mapped_column(default=1)
     auto_resubmits: Mapped[int] = mapped_column(default=0)
@@ -164,6 +172,11 @@ class Task(Base):
     def done(self) -> bool:
         """COMPLETE without the error flag (``lifecycle.done``; SQL on the class)."""
         return lifecycle.done(self)  # type: ignore[no-any-return]
+
+    @hybrid_property
+    def current(self) -> bool:
+        """Done and not stale (``lifecycle.current``; SQL on the class)."""
+        return lifecycle.current(self)  # type: ignore[no-any-return]
 
     @hybrid_property
     def running(self) -> bool:

@@ -12,12 +12,19 @@ class InstanceState(StrEnum):
     ERRORS_RUNNING = "ERRORS_RUNNING"
     ERRORS_STALLED = "ERRORS_STALLED"
     TRANSITION_FAILED = "TRANSITION_FAILED"
+    #: Every task done, but some stale: their outputs are not what the current inputs make.
+    STALE = "STALE"
     COMPLETED = "COMPLETED"
 
 
 #: Instance states after which nothing moves without an operator.
 STOPPED_STATES = frozenset(
-    {InstanceState.COMPLETED, InstanceState.ERRORS_STALLED, InstanceState.TRANSITION_FAILED}
+    {
+        InstanceState.COMPLETED,
+        InstanceState.ERRORS_STALLED,
+        InstanceState.TRANSITION_FAILED,
+        InstanceState.STALE,
+    }
 )
 
 
@@ -44,13 +51,18 @@ class NodeState(StrEnum):
 
 
 def derive_instance_state(
-    *, all_nodes_done: bool, any_error: bool, any_active: bool, any_started: bool
+    *,
+    all_nodes_done: bool,
+    any_error: bool,
+    any_active: bool,
+    any_started: bool,
+    any_stale: bool = False,
 ) -> InstanceState:
     """The instance state implied by its tasks (TRANSITION_FAILED is set, never derived)."""
     if any_error:
         return InstanceState.ERRORS_RUNNING if any_active else InstanceState.ERRORS_STALLED
     if all_nodes_done and not any_active:
-        return InstanceState.COMPLETED
+        return InstanceState.STALE if any_stale else InstanceState.COMPLETED
     if any_started:
         return InstanceState.PROCESSING
     return InstanceState.INITIALIZED

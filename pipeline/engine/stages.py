@@ -30,7 +30,7 @@ from pipeline.domain.definitions import Definition, Node, parse
 from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import UNFINISHED, SubtaskState
-from pipeline.engine import datastore, datastore_ledger, runner, taskdir
+from pipeline.engine import datastore, datastore_ledger, runner, staleness, taskdir
 from pipeline.engine.alerts import WARNING, raise_alert
 from pipeline.engine.dispatch import RECORD_OUTCOME_FOR_SECONDS
 from pipeline.engine.executors import queue_subtasks
@@ -728,7 +728,9 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
             move(
                 session, task, Event.STORED, f"stored {len(staged)} files", host, instance=instance
             )
+            staleness.after_store(session, instance, task)
             advance_within(session, instance, messages)
+            staleness.rerun_ready(session, instance, messages, host)
     except Unreachable:
         datastore.discard([output.staged for output in staged])
         raise  # the database or broker is away: Celery retries the store, as any step

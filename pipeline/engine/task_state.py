@@ -81,6 +81,10 @@ def move(
     elif rule.error is False:
         task.error, task.error_message = False, ""
     task.p_state = target
+    if rule.requires == lifecycle.Requires.RESTARTABLE:
+        task.rerun = False  # restarted: no longer waiting to be
+    if event == Event.MARSHALED:  # it consumes its parents' current outputs now
+        task.stale, task.stale_reason = False, ""
     if host:
         task.worker_host = host
     note(session, task, message, host)
@@ -89,6 +93,23 @@ def move(
             raise IllegalTransition(f"{event.value!r} of task {task.id} needs its instance locked")
         refresh_instance_state(session, instance)
     return target
+
+
+def mark_stale(session: Session, task: Task, reason: str, rerun: bool = False) -> None:
+    """Mark the locked, COMPLETE ``task`` stale for ``reason`` (a line in its history);
+    with ``rerun``, it waits to run again (``pipeline restart --downstream``). The caller
+    refreshes the instance's state."""
+    if not task.stale:
+        note(session, task, f"stale: {reason}")
+    task.stale, task.stale_reason = True, reason
+    task.rerun = task.rerun or rerun
+
+
+def wait_to_rerun(session: Session, task: Task, message: str) -> None:
+    """The locked ``task`` runs again from the beginning once every task it consumes from
+    is current (``engine.staleness.rerun_ready``)."""
+    task.rerun = True
+    note(session, task, message)
 
 
 def send_waiting(messages: Outbox, task: Task) -> None:
@@ -140,7 +161,7 @@ def refresh_instance_state(session: Session, instance: PipelineInstance) -> Inst
         return InstanceState.TRANSITION_FAILED
     tasks = select(Task).where(Task.instance_id == instance.id)
     # One query, not four: this runs in every transaction that moves a task's step.
-    any_error, any_active, any_started, any_node_left = session.execute(
+    any_error, any_active, any_started, any_node_left, any_stale = session.execute(
         select(
             exists(tasks.where(Task.error)),
             exists(tasks.where(Task.running)),
@@ -150,6 +171,7 @@ def refresh_instance_state(session: Session, instance: PipelineInstance) -> Inst
                     InstanceNode.instance_id == instance.id, InstanceNode.state != NodeState.DONE
                 )
             ),
+            exists(tasks.where(Task.stale)),
         )
     ).one()
     state = derive_instance_state(
@@ -157,6 +179,7 @@ def refresh_instance_state(session: Session, instance: PipelineInstance) -> Inst
         any_error=bool(any_error),
         any_active=bool(any_active),
         any_started=bool(any_started),
+        any_stale=bool(any_stale),
     )
     if state == InstanceState.INITIALIZED and instance.state != InstanceState.INITIALIZED:
         state = InstanceState.PROCESSING  # restarted back to its first step: still under way

@@ -130,7 +130,9 @@ def instance_tasks(instance_id: InstanceId, limit: Limit = None) -> Response:
 def restart_failed(instance_id: InstanceId, request: models.RestartFailedRequest) -> list[Any]:
     """Restart every failed task of the instance in one mode (or retry a failed transition)."""
     return _answer(
-        facade.restart_failed(instance_id, request.mode, _changes(request), request.dry_run)
+        facade.restart_failed(
+            instance_id, request.mode, _changes(request), request.dry_run, request.downstream
+        )
     )
 
 
@@ -175,7 +177,9 @@ def logs(
 def restart_tasks(request: models.RestartRequest) -> list[Any]:
     """Restart tasks, each in its own mode; refused ones are reported beside the others."""
     requests = [(item.task_id, item.mode) for item in request.tasks]
-    return _answer(facade.restart(requests, None, _changes(request), request.dry_run))
+    return _answer(
+        facade.restart(requests, None, _changes(request), request.dry_run, request.downstream)
+    )
 
 
 @router.post("/tasks/{task_id}/halt", response_model=views.OutcomeView, responses=_errors(404, 409))

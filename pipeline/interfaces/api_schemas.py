@@ -75,12 +75,17 @@ class TaskRestart(_Strict):
     mode: ModeName
 
 
+#: What a restart's ``downstream`` does.
+DOWNSTREAM = "run the tasks downstream again too, in order, as they become stale"
+
+
 class RestartRequest(_Strict):
     tasks: list[TaskRestart] = Field(
         min_length=1, max_length=MAX_TASKS_PER_REQUEST, description="each task with its own mode"
     )
     execution: ExecutionChanges | None = None  # type: ignore[valid-type]
     dry_run: bool = Field(default=False, description="say what would run; change nothing")
+    downstream: bool = Field(default=False, description=DOWNSTREAM)
 
 
 class ImportRequest(_Strict):
@@ -100,3 +105,4 @@ class RestartFailedRequest(_Strict):
     mode: ModeName
     execution: ExecutionChanges | None = None  # type: ignore[valid-type]
     dry_run: bool = Field(default=False, description="say what would run; change nothing")
+    downstream: bool = Field(default=False, description=DOWNSTREAM)

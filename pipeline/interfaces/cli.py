@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 #: or errors in the run; the command line itself is wrong; a deadline passed (``wait
 #: --timeout``).
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
-#: What ``pipeline wait`` exits with for an instance that stopped.
-EXIT_COMPLETED, EXIT_ERRORS = EXIT_OK, EXIT_REFUSED
+#: What ``pipeline wait`` exits with for an instance that stopped: COMPLETED, with errors,
+#: STALE (every task done, some on inputs stored again since).
+EXIT_COMPLETED, EXIT_ERRORS, EXIT_STALE = EXIT_OK, EXIT_REFUSED, 4
 WAIT_POLL_SECONDS = 0.5
 #: The help of ``restart --mode`` until the help is shown, which names every mode.
 MODES_HELP = "The restart mode."
@@ -307,6 +308,13 @@ def wait(args: argparse.Namespace) -> int:
             time.sleep(WAIT_POLL_SECONDS)
     state = summary["state"]
     console().print(f"instance {instance} {state}")
+    if state == InstanceState.STALE:
+        console().print(
+            "stale tasks remain (pipeline tasks shows them; pipeline restart TASK"
+            " --downstream runs them again in order)",
+            highlight=False,
+        )
+        return EXIT_STALE
     return EXIT_COMPLETED if state == InstanceState.COMPLETED else EXIT_ERRORS
 
 
@@ -357,9 +365,13 @@ def restart(args: argparse.Namespace) -> int:
         if value is not None:
             changes[key] = value
     if args.instance is not None:
-        report = reads.operations().restart_failed(args.instance, args.mode, changes, args.dry_run)
+        report = reads.operations().restart_failed(
+            args.instance, args.mode, changes, args.dry_run, args.downstream
+        )
     else:
-        report = reads.operations().restart(args.tasks, args.mode, changes, args.dry_run)
+        report = reads.operations().restart(
+            args.tasks, args.mode, changes, args.dry_run, args.downstream
+        )
     return _show_report(report, args.json, "restart (dry run)" if args.dry_run else "restart")
 
 
@@ -396,7 +408,7 @@ def _show_report(report: Report, as_json: bool, title: str) -> int:
     else:
         table(
             title,
-            ["task", "mode", "result", "from", "subtasks", "message"],
+            ["task", "mode", "result", "from", "subtasks", "downstream", "message"],
             [
                 [
                     o.task_id or "-",
@@ -404,6 +416,7 @@ def _show_report(report: Report, as_json: bool, title: str) -> int:
                     "ok" if o.ok else "refused",
                     o.start_from,
                     ", ".join(map(str, o.subtasks)),
+                    ", ".join(map(str, o.downstream)),
                     o.message,
                 ]
                 for o in report.outcomes
@@ -450,7 +463,7 @@ def files(args: argparse.Namespace) -> None:
                 r["sha256"][:12],
                 _producer(r),
                 r["stored_at"],
-                "yes" if r["current"] else "no",
+                ("yes" if r["current"] else "no") + (", stale" if r["stale"] else ""),
             ]
             for r in rows
         ],
@@ -488,8 +501,9 @@ def lineage(args: argparse.Namespace) -> None:
 def _lineage_label(step: dict[str, Any]) -> str:
     file = step["file"]
     label = f"{file['path']}  sha256 {file['sha256'][:12]}  <- {_producer(file)}"
-    if not file["current"]:
-        label = f"{file['path']}  (superseded)" + label[len(file["path"]) :]
+    marks = [m for m, on in (("superseded", not file["current"]), ("stale", file["stale"])) if on]
+    if marks:
+        label = f"{file['path']}  ({', '.join(marks)})" + label[len(file["path"]) :]
     if step["definition_version"] is not None:
         values = "; ".join(
             f"{name} v{frozen['version']}: "
@@ -513,7 +527,7 @@ EXAMPLES: dict[str, str] = {
     "task": "pipeline task 7",
     "subtasks": "pipeline subtasks 7",
     "logs": "pipeline logs 7 --subtask 0",
-    "wait": "pipeline wait 2 --timeout 600  (exit 0 COMPLETED, 1 errors, 3 timeout)",
+    "wait": "pipeline wait 2 --timeout 600  (exit 0 COMPLETED, 1 errors, 3 timeout, 4 stale)",
     "restart": "pipeline restart 7 --mode resubmit; pipeline restart --instance 2 --mode "
     "resume-current-step --dry-run",
     "halt": "pipeline halt --instance 2",
@@ -784,6 +798,11 @@ def _restart_arguments(command: Parser) -> None:
         default=False,
         help="Say what would run; change nothing.",
     )
+    command.add_argument(
+        "--downstream",
+        action="store_true",
+        help="Run the tasks downstream of these again too, in order, as they become stale.",
+    )
     command.add_argument("--queue", metavar="QUEUE", help="Run on this queue from now on.")
     command.add_argument(
         "--timeout", type=_seconds, metavar="SECONDS", help="New subtask timeout (s)."
@@ -985,7 +1004,8 @@ COMMANDS: dict[str, Command] = {
         _logs_arguments,
     ),
     "wait": Command(
-        "Wait for an instance: exit 0 when COMPLETED, 1 when it stops with errors, 3 on timeout.",
+        "Wait for an instance: exit 0 when COMPLETED, 1 when it stops with errors, 3 on timeout,"
+        " 4 when STALE.",
         wait,
         _wait_arguments,
     ),

@@ -287,12 +287,15 @@ class Client:
         modes: Mapping[int, str],
         execution: Mapping[str, Any] | None = None,
         dry_run: bool = False,
+        downstream: bool = False,
     ) -> list[dict[str, Any]]:
-        """Restart each task in its mode (``{task_id: "resubmit"}``); one outcome per task."""
+        """Restart each task in its mode (``{task_id: "resubmit"}``); one outcome per task.
+        With ``downstream``, the tasks downstream run again too, in order."""
         body = {
             "tasks": [{"task_id": task_id, "mode": mode} for task_id, mode in modes.items()],
             "execution": dict(execution or {}),
             "dry_run": dry_run,
+            "downstream": downstream,
         }
         return self._call("POST", "/tasks/restart", body=body)
 
@@ -302,9 +305,15 @@ class Client:
         mode: str,
         execution: Mapping[str, Any] | None = None,
         dry_run: bool = False,
+        downstream: bool = False,
     ) -> list[dict[str, Any]]:
-        """Restart every failed task of an instance in one mode."""
-        body = {"mode": mode, "execution": dict(execution or {}), "dry_run": dry_run}
+        """Restart every failed or stale task of an instance in one mode."""
+        body = {
+            "mode": mode,
+            "execution": dict(execution or {}),
+            "dry_run": dry_run,
+            "downstream": downstream,
+        }
         return self._call("POST", f"/instances/{instance_id}/restart-failed", body=body)
 
     def halt(self, task_id: int) -> dict[str, Any]:

@@ -115,14 +115,16 @@ def restart(
     mode: str | None = None,
     settings: Mapping[str, Any] | None = None,
     dry_run: bool = False,
+    downstream: bool = False,
 ) -> Report:
     """Restart tasks, each named as ``TASK`` (in ``mode``), ``TASK:MODE`` or (task, mode);
-    ``settings`` changes execution settings with the restart."""
+    ``settings`` changes execution settings with the restart; with ``downstream``, the
+    tasks downstream of each run again, in order, as they become stale."""
     if not tasks:
         raise InvalidInput("name the tasks to restart, or restart the failed tasks of an instance")
     check_count(tasks, "tasks")
     requests = [parse_request(item, mode) for item in tasks]
-    return restarting.restart(requests, settings, dry_run)
+    return restarting.restart(requests, settings, dry_run, downstream)
 
 
 def restart_failed(
@@ -130,9 +132,11 @@ def restart_failed(
     mode: str,
     settings: Mapping[str, Any] | None = None,
     dry_run: bool = False,
+    downstream: bool = False,
 ) -> Report:
-    """Restart every failed task of ``instance`` in one mode (or retry a failed transition)."""
-    return restarting.restart_failed(instance, mode, settings, dry_run)
+    """Restart every failed or stale task of ``instance`` in one mode (or retry a failed
+    transition)."""
+    return restarting.restart_failed(instance, mode, settings, dry_run, downstream)
 
 
 def halt(tasks: Sequence[int]) -> Report:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
 from pipeline.domain.listing import FILES_SHOWN as DEFAULT_LIMIT
-from pipeline.domain.models import DatastoreFile, FileConsumption, PipelineInstance
+from pipeline.domain.models import DatastoreFile, FileConsumption, PipelineInstance, Task
 from pipeline.engine.datastore_ledger import current_rows
 from pipeline.errors import InvalidInput, NotFound
 from pipeline.operations.views import FileView, LineageStep, LineageView, file_view
@@ -28,7 +28,11 @@ def files(
     """Ledger rows, oldest first: the current version of each file, or with ``history``
     the superseded ones too. The files of an instance or a task are listed whether a later
     store has superseded them or not: what it produced is its history."""
-    query = select(DatastoreFile).order_by(DatastoreFile.id)
+    query = (
+        select(DatastoreFile, Task.stale)
+        .outerjoin(Task, Task.id == DatastoreFile.task_id)
+        .order_by(DatastoreFile.id)
+    )
     if instance is not None:
         query = query.where(DatastoreFile.instance_id == instance)
     if task is not None:
@@ -42,7 +46,7 @@ def files(
     if limit is not None:
         query = query.limit(limit)
     with transaction() as session:
-        return [file_view(row) for row in session.scalars(query)]
+        return [file_view(row, stale) for row, stale in session.execute(query)]
 
 
 def lineage(path: str, version: str | int | None = None) -> LineageView:
@@ -129,7 +133,7 @@ def _step(session: Session, row: DatastoreFile, inputs: list[int]) -> LineageSte
         frozen = session.get(PipelineInstance, row.instance_id).parameters
         parameters = {name: frozen[name] for name in row.parameter_versions if name in frozen}
     return LineageStep(
-        file=file_view(row),
+        file=file_view(row, row.task_id is not None and session.get(Task, row.task_id).stale),
         definition_version=row.definition_version,
         parameters=parameters,
         inputs=inputs,

@@ -20,6 +20,8 @@ class Outcome:
       ok: whether it went ahead; when not, ``message`` says why.
       start_from: the P-state the task goes back to.
       subtasks: the subtasks that run again (or were revoked, for a halt).
+      downstream: the tasks that consumed what the task stored, directly or through
+        others: what running it again may make stale (``--downstream`` runs them again).
       refusal: the error that refused it, so the HTTP API answers with that error's status.
     """
 
@@ -29,6 +31,7 @@ class Outcome:
     message: str
     start_from: str = ""
     subtasks: list[int] = field(default_factory=list)
+    downstream: list[int] = field(default_factory=list)
     refusal: PipelineError | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -43,6 +46,7 @@ class Outcome:
             message=self.message,
             start_from=self.start_from,
             subtasks=self.subtasks,
+            downstream=self.downstream,
         )
 
     def line(self) -> str:

@@ -15,6 +15,7 @@ change with it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,16 +27,16 @@ from pipeline.domain.execution import ExecutionSettings, with_execution_defaults
 from pipeline.domain.limits import check_id
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import InstanceState
-from pipeline.engine import executors
+from pipeline.engine import executors, staleness
 from pipeline.engine.executors import queue_subtasks
 from pipeline.engine.locks import lock_rows, locked_instance
-from pipeline.engine.task_state import refresh_instance_state
+from pipeline.engine.task_state import refresh_instance_state, wait_to_rerun
 from pipeline.engine.transitions import advance
 from pipeline.errors import InvalidInput, NotFound, Refused, shown
 from pipeline.messaging import outbox
 from pipeline.messaging.messages import InFlight
 from pipeline.messaging.outbox import Outbox
-from pipeline.operations.modes import Applying, RestartMode, parse_mode
+from pipeline.operations.modes import Applying, Plan, RestartMode, parse_mode
 from pipeline.operations.outcomes import Outcome, Report
 
 #: The outcome's mode when a restart retries an instance's failed transition.
@@ -77,12 +78,15 @@ def restart(
     requests: Sequence[tuple[int, RestartMode | str]],
     settings: Mapping[str, Any] | None = None,
     dry_run: bool = False,
+    downstream: bool = False,
 ) -> Report:
     """Restart each (task, mode) pair; refusals are reported and the others go ahead.
 
     What a mode that needs the broker (resume-monitoring) compares against is read first,
     from the broker and the workers; then every task is decided and applied in one
-    transaction.
+    transaction. Each outcome lists the tasks downstream of its task; with
+    ``downstream``, they run again from the beginning, in order, as they become stale
+    (``engine.staleness``). A stale task whose inputs are not current yet waits for them.
     """
     parsed = [(task_id, parse_mode(mode)) for task_id, mode in requests]
     changes = dict(settings or {})
@@ -99,7 +103,13 @@ def restart(
                     task_id,
                     mode,
                     lambda t=task_id, m=mode: _restart_locked(
-                        session, locked, states, t, m, changes, dry_run, messages, live, submitting
+                        session,
+                        locked,
+                        states,
+                        t,
+                        m,
+                        changes,
+                        Applied(dry_run, downstream, messages, live, submitting),
                     ),
                 )
                 for task_id, mode in parsed
@@ -149,6 +159,18 @@ def _subtask_states(session: Session, task_ids: list[int]) -> dict[int, dict[int
     return states
 
 
+@dataclass(frozen=True)
+class Applied:
+    """How one request's restarts are applied: for real or not, with their downstream
+    tasks or not, into which outbox, against what is in flight."""
+
+    dry_run: bool
+    downstream: bool
+    messages: Outbox
+    live: dict[str, InFlight]
+    submitting: list[Task]
+
+
 def _restart_locked(
     session: Session,
     locked: dict[int, tuple[PipelineInstance, Task]],
@@ -156,12 +178,9 @@ def _restart_locked(
     task_id: int,
     mode: RestartMode,
     changes: dict[str, Any],
-    dry_run: bool,
-    messages: Outbox,
-    live: dict[str, InFlight],
-    submitting: list[Task],
+    applied: Applied,
 ) -> Outcome:
-    """Decide and (unless ``dry_run``) apply one task's restart."""
+    """Decide and (unless a dry run) apply one task's restart."""
     if task_id not in locked:
         raise NotFound(f"unknown task {task_id}")
     instance, task = locked[task_id]
@@ -169,14 +188,45 @@ def _restart_locked(
     execution = _merged_settings(task.execution, changes)
     plan = mode.plan(task, states[task_id])
     mode.check_changes(changes)
-    if not dry_run:
+    later = staleness.downstream(session, [task_id])
+    waits_for = _not_current_above(session, task) if task.stale else []
+    if waits_for:
+        plan = Plan(
+            plan.p_state,
+            plan.rerun,
+            "runs again once task"
+            + ("s " if len(waits_for) > 1 else " ")
+            + ", ".join(map(str, waits_for))
+            + " above it are current",
+        )
+    if not applied.dry_run:
         note = f"restart: {mode.name}"
         if changes:
             note += " with " + ", ".join(f"{key}={value}" for key, value in changes.items())
-        found = live.get(task.settings.executor)
-        applying = Applying(session, messages, note, execution, found, submitting)
-        plan = mode.apply(task, plan, applying)
-    return Outcome(task_id, mode.name, True, plan.message, plan.p_state.value, plan.rerun)
+        if waits_for:
+            task.execution = execution
+            wait_to_rerun(session, task, f"{note}: {plan.message}")
+        else:
+            found = applied.live.get(task.settings.executor)
+            applying = Applying(
+                session, applied.messages, note, execution, found, applied.submitting
+            )
+            plan = mode.apply(task, plan, applying)
+        if applied.downstream:
+            for below in lock_rows(session, Task, later).values():
+                wait_to_rerun(session, below, f"waits to run again after task {task_id}")
+    return Outcome(task_id, mode.name, True, plan.message, plan.p_state.value, plan.rerun, later)
+
+
+def _not_current_above(session: Session, task: Task) -> list[int]:
+    """The tasks a stale ``task`` consumes from that are not current yet (stale, running,
+    failed or waiting to run again): it runs after them."""
+    above = staleness.producers(session, [task.id])[task.id]
+    return sorted(
+        i
+        for i in above
+        if (row := session.get(Task, i)) is not None and (row.rerun or not row.current)
+    )
 
 
 def restart_failed(
@@ -184,8 +234,10 @@ def restart_failed(
     mode: RestartMode | str,
     settings: Mapping[str, Any] | None = None,
     dry_run: bool = False,
+    downstream: bool = False,
 ) -> Report:
-    """Restart every failed task of an instance with one mode; retry a failed transition."""
+    """Restart every failed or stale task of an instance with one mode; retry a failed
+    transition."""
     mode = parse_mode(mode)
     check_id(instance_id, "instance")
     with transaction() as session:
@@ -204,7 +256,7 @@ def restart_failed(
         return Report([_retry_transition(instance_id, dry_run)])
     if not failed:
         raise Refused(f"instance {instance_id} has no failed tasks")
-    return restart([(task_id, mode) for task_id in failed], settings, dry_run)
+    return restart([(task_id, mode) for task_id in failed], settings, dry_run, downstream)
 
 
 def _retry_transition(instance_id: int, dry_run: bool) -> Outcome:

@@ -146,10 +146,20 @@ class TaskView(TypedDict):
     unit_of_work: str
     p_state: PState
     error: bool
+    stale: Annotated[
+        bool,
+        Field(description="its inputs were stored again with other bytes after it ran"),
+    ]
     state: Annotated[
-        str, Field(description="the P-state, or ERROR - P-state when the error flag is set")
+        str,
+        Field(
+            description="the P-state, ERROR - P-state when the error flag is set, STALE -"
+            " P-state when stale"
+        ),
     ]
     error_message: str
+    stale_reason: str
+    rerun: Annotated[bool, Field(description="waiting to run again once its inputs are current")]
     halted: bool
     attempt: int
     total_subtasks: int
@@ -165,7 +175,7 @@ class TaskView(TypedDict):
 #: name): the state as operators read it, its counts, and every execution setting (those
 #: stored before a setting existed at its default).
 TASK_COMPUTED: dict[str, Callable[..., Any]] = {
-    "state": lambda p_state, error: state_label(p_state, error),
+    "state": lambda p_state, error, stale: state_label(p_state, error, stale),
     "counts": lambda total_subtasks, completed_subtasks, failed_subtasks: counts_label(
         total_subtasks, completed_subtasks, failed_subtasks
     ),
@@ -287,6 +297,13 @@ class OutcomeView(TypedDict):
     message: str
     start_from: str
     subtasks: list[int]
+    downstream: Annotated[
+        list[int],
+        Field(
+            description="tasks that consumed what this task stored, directly or through"
+            " others: what running it again may make stale"
+        ),
+    ]
 
 
 # -- definitions, parameters, alerts ---------------------------------------------------------
@@ -371,10 +388,19 @@ class FileView(TypedDict):
     stored_at: Time
     superseded_at: Time
     current: Annotated[bool, Field(description="whether its bytes are the ones on disk")]
+    stale: Annotated[
+        bool,
+        Field(
+            description="its producing task is stale: made from inputs stored again since"
+            " with other bytes"
+        ),
+    ]
 
 
-def file_view(row: Any) -> FileView:
-    return build(FileView, row, current=row.superseded_at is None)  # type: ignore[no-any-return]
+def file_view(row: Any, stale: bool = False) -> FileView:
+    return build(  # type: ignore[no-any-return]
+        FileView, row, current=row.superseded_at is None, stale=bool(stale)
+    )
 
 
 @with_config(_CLOSED)

@@ -1,0 +1,215 @@
+"""Stale results: a task whose inputs were stored again, with other bytes, after it
+consumed them, and everything downstream of it.
+
+The ledger says who consumed what: a task's consumers are the tasks whose last marshal
+was given a version it stored. When a task stores (again, after a restart), each consumer
+whose inputs from it are no longer what it now offers (a version changed, added or gone)
+is marked stale, and so is every task downstream of a stale one; the instance is STALE,
+not COMPLETED, while any remains, and an alert names them. A stale task runs again from
+the beginning (``restart-from-beginning``), and with ``pipeline restart --downstream``
+each waits for the tasks it consumes from to be current first (``rerun_ready``), so the
+chain runs again in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased
+
+from pipeline.domain import definitions
+from pipeline.domain.lifecycle import Event, PState
+from pipeline.domain.models import DatastoreFile, FileConsumption, PipelineInstance, Task
+from pipeline.domain.states import SubtaskState
+from pipeline.engine import alerts
+from pipeline.engine.locks import lock_rows
+from pipeline.engine.task_state import (
+    mark_stale,
+    move,
+    refresh_instance_state,
+    reset_subtasks,
+    send_waiting,
+)
+from pipeline.messaging.outbox import Outbox
+
+#: How many stale tasks an alert names before it says "and N more".
+NAMED_IN_ALERT = 10
+
+
+def _last_marshal(consumed: type[FileConsumption] | object) -> object:
+    """The attempt of the last marshal of the consuming task of ``consumed`` rows."""
+    earlier = aliased(FileConsumption)
+    return (
+        select(func.max(earlier.attempt))
+        .where(earlier.task_id == consumed.task_id)  # type: ignore[attr-defined]
+        .scalar_subquery()
+    )
+
+
+def consumers(session: Session, producers: Collection[int]) -> set[int]:
+    """The tasks whose last marshal was given a version one of ``producers`` stored."""
+    if not producers:
+        return set()
+    return set(
+        session.scalars(
+            select(FileConsumption.task_id)
+            .join(DatastoreFile, DatastoreFile.id == FileConsumption.file_id)
+            .where(
+                DatastoreFile.task_id.in_(list(producers)),
+                FileConsumption.task_id.not_in(list(producers)),
+                FileConsumption.attempt == _last_marshal(FileConsumption),
+            )
+            .distinct()
+        )
+    )
+
+
+def downstream(session: Session, task_ids: Iterable[int]) -> list[int]:
+    """Every task that consumed, directly or through others, what ``task_ids`` stored."""
+    found: set[int] = set()
+    frontier = set(task_ids)
+    seen = set(frontier)
+    while frontier:
+        frontier = consumers(session, frontier) - seen
+        seen |= frontier
+        found |= frontier
+    return sorted(found)
+
+
+def producers(session: Session, task_ids: Collection[int]) -> dict[int, set[int]]:
+    """The tasks each of ``task_ids`` consumed versions of, at its last marshal."""
+    found: dict[int, set[int]] = {task_id: set() for task_id in task_ids}
+    if not task_ids:
+        return found
+    for consumer, producer in session.execute(
+        select(FileConsumption.task_id, DatastoreFile.task_id)
+        .join(DatastoreFile, DatastoreFile.id == FileConsumption.file_id)
+        .where(
+            FileConsumption.task_id.in_(list(task_ids)),
+            FileConsumption.attempt == _last_marshal(FileConsumption),
+            DatastoreFile.task_id.is_not(None),
+        )
+        .distinct()
+    ):
+        found[consumer].add(producer)
+    return found
+
+
+def after_store(session: Session, instance: PipelineInstance, task: Task) -> list[int]:
+    """Mark stale what ``task``'s store, just recorded, leaves stale (see the module
+    docstring); the tasks marked, with an alert naming them. In the store's transaction."""
+    direct = consumers(session, [task.id])
+    if not direct:
+        return []
+    offered = _stored_now(session, task)
+    definition = definitions.parse(instance.definition)
+    changed = []
+    for consumer in lock_rows(session, Task, direct).values():
+        node = definition.node(consumer.node)
+        wanted = {
+            (path, sha)
+            for path, sha, kind, unit in offered
+            if kind in node.inputs and unit == consumer.unit_of_work
+        }
+        if _consumed_from(session, consumer, task.id) != wanted:
+            changed.append(consumer)
+    if not changed:
+        return []
+    reason = f"task {task.id} ({task.node}) stored other versions of its inputs"
+    marked = {t.id: t for t in changed}
+    for consumer in changed:
+        mark_stale(session, consumer, reason)
+    below = [i for i in downstream(session, marked) if i not in marked]
+    for later in lock_rows(session, Task, below).values():
+        mark_stale(session, later, f"downstream of stale task {changed[0].id}")
+        marked[later.id] = later
+    refresh_instance_state(session, instance)
+    named = ", ".join(str(i) for i in sorted(marked)[:NAMED_IN_ALERT])
+    more = len(marked) - NAMED_IN_ALERT
+    alerts.raise_alert(
+        session,
+        task,
+        alerts.WARNING,
+        f"instance {instance.id}: task{'s' if len(marked) > 1 else ''} {named}"
+        + (f" and {more} more" if more > 0 else "")
+        + f" stale: {reason}; 'pipeline restart {changed[0].id} --downstream' runs"
+        " them again in order",
+    )
+    return sorted(marked)
+
+
+def _stored_now(session: Session, task: Task) -> set[tuple[str, str, str, str]]:
+    """(path, SHA-256, type, unit) of the versions ``task``'s latest store recorded."""
+    latest = select(func.max(DatastoreFile.attempt)).where(DatastoreFile.task_id == task.id)
+    return {
+        tuple(row)  # type: ignore[misc]
+        for row in session.execute(
+            select(
+                DatastoreFile.path,
+                DatastoreFile.sha256,
+                DatastoreFile.data_file_type,
+                DatastoreFile.unit_of_work,
+            ).where(
+                DatastoreFile.task_id == task.id,
+                DatastoreFile.attempt == latest.scalar_subquery(),
+            )
+        )
+    }
+
+
+def _consumed_from(session: Session, consumer: Task, producer: int) -> set[tuple[str, str]]:
+    """(path, SHA-256) of the versions ``producer`` stored that ``consumer``'s last
+    marshal was given."""
+    return {
+        (path, sha)
+        for path, sha in session.execute(
+            select(DatastoreFile.path, DatastoreFile.sha256)
+            .join(FileConsumption, FileConsumption.file_id == DatastoreFile.id)
+            .where(
+                FileConsumption.task_id == consumer.id,
+                FileConsumption.attempt == _last_marshal(FileConsumption),
+                DatastoreFile.task_id == producer,
+            )
+        )
+    }
+
+
+def rerun_ready(
+    session: Session, instance: PipelineInstance, messages: Outbox, host: str = ""
+) -> list[int]:
+    """Run again from the beginning each task of ``instance`` waiting to (``rerun``) whose
+    producers are all current and none waiting; a waiting task that is not stale (what it
+    consumes came back the same) stops waiting. In the caller's transaction."""
+    waiting = list(
+        session.scalars(
+            select(Task.id).where(Task.instance_id == instance.id, Task.rerun).order_by(Task.id)
+        )
+    )
+    if not waiting:
+        return []
+    upstream = producers(session, waiting)
+    started = []
+    for task in lock_rows(session, Task, waiting).values():
+        above = [session.get(Task, i) for i in upstream[task.id]]
+        if any(t is None or t.rerun or not t.current for t in above):
+            continue
+        if not task.stale:
+            task.rerun = False
+            continue
+        if task.p_state != PState.COMPLETE or task.error:
+            continue  # an operator moved it meanwhile: theirs to finish
+        move(
+            session,
+            task,
+            Event.RESTART_MARSHALING,
+            "restart: restart-from-beginning, its inputs are current again (--downstream)",
+            host,
+            refresh=False,
+        )
+        reset_subtasks(session, task, frozenset(SubtaskState))
+        send_waiting(messages, task)
+        started.append(task.id)
+    if started:
+        refresh_instance_state(session, instance)
+    return started
