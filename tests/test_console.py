@@ -119,6 +119,8 @@ def test_preview_then_restart_from_the_task_page(console: Console, worker: InPro
     preview = console.request(f"/pipeline/tasks/{TASKS[0]}", {**fields, "action": "preview"})
     assert preview.status == 200
     assert 'id="preview"' in preview.body and "store the successful subtasks" in preview.body
+    assert "Downstream (may become stale)" in preview.body
+    assert 'name="downstream"' in preview.body, "the form offers to run what is downstream"
     assert queries.list_tasks(1) == before, "a preview changes nothing"
 
     refused = console.request(

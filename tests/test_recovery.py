@@ -134,6 +134,43 @@ def test_a_lost_stage_message_is_sent_again(worker: InProcessWorker, reconciler)
     assert queries.get_instance(instance)["state"] == "COMPLETED"
 
 
+def test_a_lost_store_is_sent_again_in_the_history_and_as_an_alert(
+    worker: InProcessWorker, reconciler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker storing a task died (or its store message was lost): the store is sent
+    again, and the task's history and the alerts say so, between STORING and COMPLETE."""
+    from workers import chain
+
+    lost: list[int] = []
+
+    def dies(task_id: int, attempt: int, host: str = "") -> stages.Step:
+        lost.append(task_id)
+        return stages.Step()
+
+    monkeypatch.setitem(chain.RUN_HERE, chain.STORE, dies)
+    monkeypatch.setattr(stages, "store", dies)
+    instance = facade.submit("sample", None, "permuter")["id"]
+    worker.drain()
+    monkeypatch.undo()
+    [task_id, _] = sorted(lost)
+    assert queries.get_task(task_id)["state"] == "STORING"
+    age(task_id)
+
+    assert reconciler()["resent"] == 1
+    worker.drain()
+    history = [(e["state"], e["message"]) for e in queries.get_task(task_id)["history"]]
+    resent = ("STORING", "no news for 30 s: store sent again (worker or message lost)")
+    assert resent in history
+    assert history.index(resent) == len(history) - 2, "just before the store completed"
+    assert history[-1][0] == "COMPLETE"
+    [alert] = queries.list_alerts()
+    assert (alert["severity"], alert["task_id"]) == ("warning", task_id)
+    assert alert["message"] == (
+        "STORING had no news for 30 s: store sent again (worker or message lost)"
+    )
+    assert queries.get_instance(instance)["state"] != "COMPLETED", "the other task still waits"
+
+
 def test_a_quiet_task_whose_messages_were_lost_is_reattached(
     worker: InProcessWorker, reconciler
 ) -> None:

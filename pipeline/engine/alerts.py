@@ -14,6 +14,11 @@ ERROR = "error"
 
 def raise_alert(session: Session, task: Task, severity: str, message: str) -> None:
     """Record an alert about ``task`` in the caller's transaction."""
-    session.add(
-        Alert(severity=severity, instance_id=task.instance_id, task_id=task.id, message=message)
-    )
+    raise_alert_about(session, task.instance_id, task.id, severity, message)
+
+
+def raise_alert_about(
+    session: Session, instance_id: int, task_id: int, severity: str, message: str
+) -> None:
+    """Record an alert about a task known by its ids, in the caller's transaction."""
+    session.add(Alert(severity=severity, instance_id=instance_id, task_id=task_id, message=message))

@@ -135,6 +135,23 @@ def note(session: Session, task: Task, message: str, host: str = "") -> None:
     )
 
 
+def note_unloaded(
+    session: Session, task_id: int, p_state: PState, attempt: int, message: str
+) -> None:
+    """``note`` for a task the caller has not loaded (the reconciler's bulk reads): a line
+    in its history at ``p_state`` and ``attempt``, without the error flag."""
+    session.add(
+        TaskEvent(
+            task_id=task_id,
+            p_state=p_state,
+            error=False,
+            attempt=attempt,
+            host=HOST,
+            message=message,
+        )
+    )
+
+
 def reset_subtasks(session: Session, task: Task, states: Collection[SubtaskState]) -> None:
     """Put the task's subtasks in ``states`` back to NEW, to run again, with the counts of
     those states (once a restart or a resubmit has moved the task: whether it may be

@@ -97,7 +97,8 @@ def restart_report(fields: dict[str, str], dry_run: bool = False) -> Report:
         if not fields.get("mode"):
             raise InvalidInput("choose a restart mode")
         task = parse_id(fields["task"], "task")
-        return facade.restart([task], fields["mode"], settings, dry_run)
+        downstream = bool(fields.get("downstream"))
+        return facade.restart([task], fields["mode"], settings, dry_run, downstream)
     chosen = [
         f"{name.removeprefix(TASK_MODE_FIELD)}:{mode}"
         for name, mode in fields.items()

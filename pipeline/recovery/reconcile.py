@@ -30,7 +30,8 @@ from pipeline.domain.lifecycle import EXECUTION_STEPS, WAITING, PState
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import STOPPED_STATES, SubtaskState
 from pipeline.engine import executors
-from pipeline.engine.task_state import HOST
+from pipeline.engine.alerts import WARNING, raise_alert_about
+from pipeline.engine.task_state import HOST, note_unloaded
 from pipeline.engine.transitions import advance
 from pipeline.errors import Refused, Unreadable
 from pipeline.messaging import outbox
@@ -90,7 +91,7 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
         execution = cast(Task.execution, Text)
         waiting = _readable(
             session.execute(
-                select(Task.id, Task.attempt, Task.p_state, execution).where(
+                select(Task.id, Task.attempt, Task.p_state, Task.instance_id, execution).where(
                     Task.p_state.in_(list(WAITING)),
                     ~Task.error,
                     Task.updated_at < cutoff,
@@ -117,8 +118,16 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
                 )
             )
         )
-        for task_id, attempt, p_state, settings in waiting:
-            messages.add(stage_message(WAITING[p_state], task_id, attempt, settings.queue))
+        news = f"no news for {settings.stale_after:g} s"
+        for task_id, attempt, p_state, instance_id, execution_settings in waiting:
+            queue = execution_settings.queue
+            messages.add(stage_message(WAITING[p_state], task_id, attempt, queue))
+            # Recovered work leaves a trace: a line in the task's history and an alert.
+            what = f"{WAITING[p_state]} sent again (worker or message lost)"
+            note_unloaded(session, task_id, p_state, attempt, f"{news}: {what}")
+            raise_alert_about(
+                session, instance_id, task_id, WARNING, f"{p_state} had {news}: {what}"
+            )
     for task_id, reason in unreadable.items():
         isolation.unreadable(task_id, reason)
     recovered = _reattach_quiet(quiet, isolation)
