@@ -144,6 +144,17 @@ class Settings(BaseSettings):
         description="the former name of reconcile_interval, read when that is not set",
     )
     stale_after: float = Field(default=30.0, gt=0)
+    retention_keep_last: int = Field(
+        default=3,
+        ge=1,
+        description="`datastore prune` keeps this many newest versions of every path",
+    )
+    retention_keep_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="`datastore prune` keeps versions stored in the last this many days, and"
+        " what instances submitted since consumed",
+    )
     lease_seconds: float = Field(
         default=30.0, gt=0, description="a running subtask whose worker is silent this long is lost"
     )

@@ -5,12 +5,15 @@ through."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
+import pytest
+
 from pipeline.engine import datastore
 from pipeline.operations import facade, lineage, queries
-from tests.support import InProcessWorker
+from tests.support import InProcessWorker, assert_one_line_error, run_cli
 
 DEFINITION = """
 name: scribbling
@@ -98,3 +101,117 @@ def test_identical_bytes_are_stored_once_and_every_version_stays_readable(
     assert (root / "u1" / "out" / "a.out").read_text() == "NOTE A, REVISED SCRIBBLED"
     assert not os.access(old, os.W_OK) or os.geteuid() == 0
     assert old.stat().st_mode & 0o777 == datastore.OBJECT_MODE
+
+
+def age_everything(home: Path, days: float) -> None:
+    """Make every version, instance and task directory ``days`` old."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from pipeline.database import transaction
+    from pipeline.domain.models import DatastoreFile, PipelineInstance, Task, utcnow
+
+    then = utcnow() - timedelta(days=days)
+    with transaction() as session:
+        session.execute(update(DatastoreFile).values(stored_at=then))
+        session.execute(update(PipelineInstance).values(created_at=then))
+        session.execute(update(Task).values(updated_at=then))
+    stamp = then.timestamp()
+    for directory in (home / "tasks").iterdir():
+        os.utime(directory, (stamp, stamp))
+
+
+def test_prune_keeps_the_policys_versions_and_lineage_still_answers(
+    home: Path, worker: InProcessWorker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = scribbling(home, tmp_path)
+    for revision in range(4):  # four versions of a.txt, and so of a.out
+        (root / "u1" / "in" / "a.txt").write_text(f"note a, revision {revision}")
+        facade.submit("scribbling")
+        worker.drain()
+    versions = lineage.files(path="u1/out/a.out", history=True)
+    assert len(versions) == 4
+    age_everything(home, days=40)
+    before = {p.name for p in objects(root).values()}
+
+    preview = run_cli(capsys, "datastore", "prune", "--keep-last", "2", "--dry-run", "--json")
+    assert preview.returncode == 0, preview.stderr
+    would = json.loads(preview.stdout)
+    # 2 versions each of a.txt and a.out, and 2 of b.out's 4 identical ones (whose bytes,
+    # shared with the kept ones, stay).
+    assert (would["dry_run"], would["versions"], would["objects"]) == (True, 6, 4)
+    assert {p.name for p in objects(root).values()} == before, "a dry run removes nothing"
+
+    done = run_cli(capsys, "datastore", "prune", "--keep-last", "2")
+    assert done.returncode == 0 and "removed the bytes of 6 versions (4 objects)" in done.stdout
+    after = lineage.files(path="u1/out/a.out", history=True)
+    assert [bool(f["pruned_at"]) for f in after] == [True, True, False, False]
+    for row in after:
+        assert datastore.object_path(root, row["sha256"]).exists() == (not row["pruned_at"])
+    assert (root / "u1" / "out" / "a.out").read_text() == "NOTE A, REVISION 3 SCRIBBLED"
+    tree = run_cli(capsys, "lineage", "u1/out/a.out", "--version", after[0]["id"])
+    assert tree.returncode == 0
+    assert "(superseded, pruned)" in tree.stdout.splitlines()[0]
+    again = run_cli(capsys, "datastore", "prune", "--keep-last", "2", "--json")
+    assert json.loads(again.stdout)["versions"] == 0, "nothing left to prune"
+
+
+def test_prune_keeps_what_a_recent_instance_consumed(
+    home: Path, worker: InProcessWorker, tmp_path: Path
+) -> None:
+    root = scribbling(home, tmp_path)
+    for revision in range(3):
+        (root / "u1" / "in" / "a.txt").write_text(f"note a, revision {revision}")
+        facade.submit("scribbling")
+        worker.drain()
+    age_everything(home, days=40)
+    recent = lineage.files(path="u1/in/a.txt", history=True)[0]
+    # An instance submitted today consumed the oldest version (a restart of an old run).
+    from pipeline.database import transaction
+    from pipeline.domain.models import FileConsumption, Task
+
+    facade.submit("scribbling")
+    worker.drain()
+    with transaction() as session:
+        task = session.query(Task).order_by(Task.id.desc()).first()
+        session.add(
+            FileConsumption(task_id=task.id, attempt=1, subtask_index=9, file_id=recent["id"])
+        )
+    pruned = facade.prune_datastore(keep_last=1)
+    kept = {f["id"]: f["pruned_at"] for f in lineage.files(path="u1/in/a.txt", history=True)}
+    assert kept[recent["id"]] is None, "consumed by an instance submitted since the cut-off"
+    assert pruned["versions"] >= 1
+
+
+def test_bad_retention_arguments_are_one_line_errors(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for args, fragment in [
+        (["datastore", "prune", "--keep-since", "soon"], "'soon' is neither a date"),
+        (["datastore", "prune", "--keep-since", "2999-01-01"], "'2999-01-01' is in the future"),
+        (["taskdirs", "prune", "--older-than", "x"], "'x' is neither a date"),
+    ]:
+        assert_one_line_error(run_cli(capsys, *args), fragment)
+
+
+def test_taskdirs_prune_removes_only_directories_no_restart_can_want(
+    home: Path, worker: InProcessWorker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scribbling(home, tmp_path)
+    facade.submit("scribbling")
+    worker.drain()
+    facade.set_parameters("algorithm", ["throw_exception_subtask_0=true"])
+    failed = facade.submit("sample", None, "permuter")["id"]
+    worker.drain()
+    age_everything(home, days=10)
+    before = sorted(p.name for p in (home / "tasks").iterdir())
+    assert len(before) == 3
+
+    result = run_cli(capsys, "taskdirs", "prune", "--older-than", "7d", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["directories"] == 1
+    left = sorted(p.name for p in (home / "tasks").iterdir())
+    assert all(name.startswith(f"{failed}-") for name in left), "failed tasks keep theirs"
+    facade.restart_failed(failed, "resubmit")  # still possible: its directories are there
+    worker.drain()

@@ -304,6 +304,8 @@ class DatastoreFile(Base):
     parameter_versions: Mapped[dict[str, Any]]
     stored_at: Mapped[datetime] = mapped_column(default=utcnow)
     superseded_at: Mapped[datetime | None]
+    #: When retention removed its bytes (``pipeline datastore prune``): its row stays.
+    pruned_at: Mapped[datetime | None]
 
 
 class FileConsumption(Base):

@@ -22,7 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -428,6 +429,49 @@ def _show_report(report: Report, as_json: bool, title: str) -> int:
 # -- the datastore ---------------------------------------------------------------------------
 
 
+@contextmanager
+def _progress_bar(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A Rich progress bar of ``what``, as the callback ``(done, total)`` that moves it."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    shown_on = Console(stderr=True)  # standard output stays the answer's (--json)
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=shown_on, transient=True) as progress:
+        bar = progress.add_task(what, total=None)
+        yield lambda done, total: progress.update(bar, completed=done, total=total)
+
+
+def datastore_prune(args: argparse.Namespace) -> None:
+    with _progress_bar("removing") as progress:
+        pruned = reads.operations().prune_datastore(
+            args.keep_last, args.keep_since, args.dry_run, progress
+        )
+    if args.json:
+        return print_json(pruned)
+    verb = "would remove" if pruned["dry_run"] else "removed"
+    console().print(
+        f"{verb} the bytes of {pruned['versions']:,} versions ({pruned['objects']:,} objects)"
+        f" and {pruned['left_behind']:,} files left behind by failed stores:"
+        f" {pruned['bytes']:,} bytes; kept the newest {pruned['keep_last']} of every path and"
+        f" everything since {pruned['keep_since']}",
+        highlight=False,
+    )
+
+
+def taskdirs_prune(args: argparse.Namespace) -> None:
+    with _progress_bar("removing") as progress:
+        pruned = reads.operations().prune_task_dirs(args.older_than, args.dry_run, progress)
+    if args.json:
+        return print_json(pruned)
+    verb = "would remove" if pruned["dry_run"] else "removed"
+    console().print(
+        f"{verb} {pruned['directories']:,} task directories ({pruned['bytes']:,} bytes)"
+        f" last changed before {pruned['older_than']}",
+        highlight=False,
+    )
+
+
 def datastore_import(args: argparse.Namespace) -> None:
     received = reads.operations("receipt").receive(
         args.directory, args.type, args.unit, args.manifest, args.pipeline
@@ -501,7 +545,15 @@ def lineage(args: argparse.Namespace) -> None:
 def _lineage_label(step: dict[str, Any]) -> str:
     file = step["file"]
     label = f"{file['path']}  sha256 {file['sha256'][:12]}  <- {_producer(file)}"
-    marks = [m for m, on in (("superseded", not file["current"]), ("stale", file["stale"])) if on]
+    marks = [
+        mark
+        for mark, on in (
+            ("superseded", not file["current"]),
+            ("stale", file["stale"]),
+            ("pruned", file["pruned_at"]),
+        )
+        if on
+    ]
     if marks:
         label = f"{file['path']}  ({', '.join(marks)})" + label[len(file["path"]) :]
     if step["definition_version"] is not None:
@@ -541,6 +593,9 @@ EXAMPLES: dict[str, str] = {
     "cluster status": "pipeline cluster status --json",
     "cluster credentials": "pipeline cluster credentials --json",
     "datastore": "pipeline datastore import deliveries/night-1 --type stars --unit night-1",
+    "datastore prune": "pipeline datastore prune --keep-last 2 --keep-since 30d --dry-run",
+    "taskdirs": "pipeline taskdirs prune --older-than 30d --dry-run",
+    "taskdirs prune": "pipeline taskdirs prune --older-than 30d --dry-run",
     "datastore import": "pipeline datastore import deliveries/night-1 --type stars --unit "
     "night-1 --manifest deliveries/night-1.sha256",
     "definitions": "pipeline definitions import my-pipeline.yaml",
@@ -755,6 +810,40 @@ def _datastore_import_arguments(command: Parser) -> None:
         "--pipeline", metavar="NAME", help="The pipeline whose data file type it is."
     )
     _json(command)
+
+
+def _datastore_prune_arguments(command: Parser) -> None:
+    command.add_argument(
+        "--keep-last",
+        type=_whole(1),
+        metavar="N",
+        help="Keep the newest N versions of every path (default: retention_keep_last).",
+    )
+    command.add_argument(
+        "--keep-since",
+        metavar="WHEN",
+        help="Keep versions stored since, and what instances submitted since used: a date"
+        " (2026-11-30) or an age (30d, 12h) (default: retention_keep_days).",
+    )
+    _dry_run(command, "Say what would be removed; remove nothing.")
+    _json(command)
+
+
+def _taskdirs_prune_arguments(command: Parser) -> None:
+    command.add_argument(
+        "--older-than",
+        required=True,
+        metavar="WHEN",
+        help="Remove those last changed before: a date (2026-11-30) or an age (30d, 12h).",
+    )
+    _dry_run(command, "Say what would be removed; remove nothing.")
+    _json(command)
+
+
+def _dry_run(command: Parser, help: str) -> None:
+    command.add_argument(
+        "--dry-run", action=argparse.BooleanOptionalAction, default=False, help=help
+    )
 
 
 def _submit_arguments(command: Parser) -> None:
@@ -973,11 +1062,22 @@ COMMANDS: dict[str, Command] = {
         params_set,
         _params_set_arguments,
     ),
-    "datastore": Command("Data into the datastore."),
+    "datastore": Command("Data into the datastore, and old versions out."),
     "datastore import": Command(
         "Receive files into the datastore, all or nothing, each recorded in the ledger.",
         datastore_import,
         _datastore_import_arguments,
+    ),
+    "datastore prune": Command(
+        "Remove the bytes of old versions (their ledger rows stay): run --dry-run first.",
+        datastore_prune,
+        _datastore_prune_arguments,
+    ),
+    "taskdirs": Command("Task directories: where subtasks ran, with their logs."),
+    "taskdirs prune": Command(
+        "Remove the directories of tasks complete without failures, and of earlier attempts.",
+        taskdirs_prune,
+        _taskdirs_prune_arguments,
     ),
     "submit": Command("Submit a pipeline instance.", submit, _submit_arguments),
     "instances": Command(

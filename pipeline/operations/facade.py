@@ -21,6 +21,7 @@ from pipeline.domain.models import Alert, PipelineInstance, utcnow
 from pipeline.errors import InvalidInput, NotFound, Refused
 from pipeline.operations import halt as halting
 from pipeline.operations import restart as restarting
+from pipeline.operations import retention
 from pipeline.operations.modes import MODES, RestartMode, parse_request
 from pipeline.operations.outcomes import Report
 from pipeline.operations.problems import PROBLEMS, problem
@@ -137,6 +138,27 @@ def restart_failed(
     """Restart every failed or stale task of ``instance`` in one mode (or retry a failed
     transition)."""
     return restarting.restart_failed(instance, mode, settings, dry_run, downstream)
+
+
+def prune_datastore(
+    keep_last: int | None = None,
+    keep_since: str | None = None,
+    dry_run: bool = False,
+    progress: retention.Progress | None = None,
+) -> retention.DatastorePruneView:
+    """Remove the bytes of the versions retention does not keep (``retention``)."""
+    return retention.prune_datastore(keep_last, keep_since, dry_run, progress or _quiet)
+
+
+def prune_task_dirs(
+    older_than: str, dry_run: bool = False, progress: retention.Progress | None = None
+) -> retention.TaskDirsPruneView:
+    """Remove the task directories no restart can want, older than ``older_than``."""
+    return retention.prune_task_dirs(older_than, dry_run, progress or _quiet)
+
+
+def _quiet(done: int, total: int) -> None:
+    """No progress shown."""
 
 
 def halt(tasks: Sequence[int]) -> Report:

@@ -388,6 +388,9 @@ class FileView(TypedDict):
     stored_at: Time
     superseded_at: Time
     current: Annotated[bool, Field(description="whether its bytes are the ones on disk")]
+    pruned_at: Annotated[
+        Time, Field(description="when retention removed its bytes (its row stays)")
+    ]
     stale: Annotated[
         bool,
         Field(
