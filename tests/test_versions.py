@@ -191,6 +191,7 @@ def test_bad_retention_arguments_are_one_line_errors(
         (["datastore", "prune", "--keep-since", "soon"], "'soon' is neither a date"),
         (["datastore", "prune", "--keep-since", "2999-01-01"], "'2999-01-01' is in the future"),
         (["taskdirs", "prune", "--older-than", "x"], "'x' is neither a date"),
+        (["taskdirs", "prune", "--older-than", "99999999d"], "is further back than any date"),
     ]:
         assert_one_line_error(run_cli(capsys, *args), fragment)
 
@@ -215,3 +216,22 @@ def test_taskdirs_prune_removes_only_directories_no_restart_can_want(
     assert all(name.startswith(f"{failed}-") for name in left), "failed tasks keep theirs"
     facade.restart_failed(failed, "resubmit")  # still possible: its directories are there
     worker.drain()
+
+
+def test_prune_through_the_http_api(home: Path, worker: InProcessWorker, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from pipeline.interfaces.api import create_app
+    from pipeline.settings import API_PREFIX
+
+    scribbling(home, tmp_path)
+    facade.submit("scribbling")
+    worker.drain()
+    with TestClient(create_app("token"), headers={"Authorization": "Bearer token"}) as http:
+        answer = http.post(f"{API_PREFIX}/datastore/prune", json={"dry_run": True})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["dry_run"] is True
+        pruned = http.post(f"{API_PREFIX}/taskdirs/prune", json={"older_than_days": 0})
+        assert (pruned.status_code, pruned.json()["directories"]) == (200, 1), pruned.text
+        refused = http.post(f"{API_PREFIX}/taskdirs/prune", json={"older_than_days": -1})
+        assert refused.status_code == 422

@@ -11,6 +11,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -232,6 +233,23 @@ def import_files(request: models.ImportRequest) -> views.ReceiptView:
         manifest,
         request.pipeline,
     )
+
+
+@router.post("/datastore/prune", response_model=views.DatastorePruneView)
+def prune_datastore(request: models.DatastorePruneRequest) -> Any:
+    """Remove the bytes of old versions (as `pipeline datastore prune`)."""
+    since = None if request.keep_days is None else _days_ago(request.keep_days)
+    return facade.prune_datastore(request.keep_last, since, request.dry_run)
+
+
+@router.post("/taskdirs/prune", response_model=views.TaskDirsPruneView)
+def prune_task_dirs(request: models.TaskDirsPruneRequest) -> Any:
+    """Remove the task directories no restart can want (as `pipeline taskdirs prune`)."""
+    return facade.prune_task_dirs(_days_ago(request.older_than_days), request.dry_run)
+
+
+def _days_ago(days: float) -> datetime:
+    return datetime.now(UTC) - timedelta(days=days)
 
 
 # -- definitions, parameters, alerts ---------------------------------------------------------

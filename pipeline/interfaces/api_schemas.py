@@ -101,6 +101,19 @@ class ImportRequest(_Strict):
     pipeline: Name | None = None
 
 
+class DatastorePruneRequest(_Strict):
+    keep_last: int | None = Field(default=None, ge=1, le=1_000_000)
+    keep_days: float | None = Field(
+        default=None, ge=0, le=36_500, description="keep what the last this many days used"
+    )
+    dry_run: bool = Field(default=False, description="say what would go; remove nothing")
+
+
+class TaskDirsPruneRequest(_Strict):
+    older_than_days: float = Field(ge=0, le=36_500, description="last changed before")
+    dry_run: bool = Field(default=False, description="say what would go; remove nothing")
+
+
 class RestartFailedRequest(_Strict):
     mode: ModeName
     execution: ExecutionChanges | None = None  # type: ignore[valid-type]

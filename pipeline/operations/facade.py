@@ -11,6 +11,7 @@ in its own form.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ from pipeline.operations.outcomes import Report
 from pipeline.operations.problems import PROBLEMS, problem
 from pipeline.operations.views import (
     AlertView,
+    DatastorePruneView,
     ParameterSetView,
     SubmittedInstance,
+    TaskDirsPruneView,
     alert_view,
     instance_view,
     iso_time,
@@ -142,17 +145,17 @@ def restart_failed(
 
 def prune_datastore(
     keep_last: int | None = None,
-    keep_since: str | None = None,
+    keep_since: str | datetime | None = None,
     dry_run: bool = False,
     progress: retention.Progress | None = None,
-) -> retention.DatastorePruneView:
+) -> DatastorePruneView:
     """Remove the bytes of the versions retention does not keep (``retention``)."""
     return retention.prune_datastore(keep_last, keep_since, dry_run, progress or _quiet)
 
 
 def prune_task_dirs(
-    older_than: str, dry_run: bool = False, progress: retention.Progress | None = None
-) -> retention.TaskDirsPruneView:
+    older_than: str | datetime, dry_run: bool = False, progress: retention.Progress | None = None
+) -> TaskDirsPruneView:
     """Remove the task directories no restart can want, older than ``older_than``."""
     return retention.prune_task_dirs(older_than, dry_run, progress or _quiet)
 

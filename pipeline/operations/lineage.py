@@ -84,6 +84,8 @@ def _version(session: Session, path: str, version: str | int | None) -> Datastor
         return start  # type: ignore[no-any-return]
     named = str(version).strip().lower()
     query = select(DatastoreFile).where(DatastoreFile.path == path)
+    if session.scalars(query.limit(1)).first() is None:
+        raise NotFound(f"no file {path!r} in the datastore ledger (see 'pipeline files')")
     if named.isdigit():
         rows = list(session.scalars(query.where(DatastoreFile.id == int(named))))
     elif len(named) >= SHA_PREFIX_MIN and all(c in "0123456789abcdef" for c in named):

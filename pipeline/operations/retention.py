@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypedDict
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
@@ -44,6 +43,7 @@ from pipeline.domain.states import STOPPED_STATES
 from pipeline.engine import datastore
 from pipeline.engine.datastore_ledger import PATHS_PER_QUERY
 from pipeline.errors import InvalidInput, shown
+from pipeline.operations.views import DatastorePruneView, TaskDirsPruneView
 from pipeline.settings import get_settings
 
 #: Left alone by the sweep of objects and staged files: a store may be using them.
@@ -59,27 +59,6 @@ def _no_progress(done: int, total: int) -> None:
     """No progress bar."""
 
 
-class DatastorePruneView(TypedDict):
-    """What ``datastore prune`` removed (or, in a dry run, would remove)."""
-
-    dry_run: bool
-    keep_last: int
-    keep_since: str
-    versions: int
-    objects: int
-    bytes: int
-    left_behind: int
-
-
-class TaskDirsPruneView(TypedDict):
-    """What ``taskdirs prune`` removed (or would remove)."""
-
-    dry_run: bool
-    older_than: str
-    directories: int
-    bytes: int
-
-
 def parse_since(text: str | datetime | None, now: datetime | None = None) -> datetime | None:
     """A cut-off: an ISO 8601 date or time (UTC unless it says), or an age (``30d``,
     ``12h``, ``90m``, ``3600s``) before ``now``; refused in one line otherwise."""
@@ -89,7 +68,10 @@ def parse_since(text: str | datetime | None, now: datetime | None = None) -> dat
     given = text.strip()
     age = AGE.match(given)
     if age:
-        return now - timedelta(seconds=float(age.group(1)) * SECONDS_PER[age.group(2)])
+        try:
+            return now - timedelta(seconds=float(age.group(1)) * SECONDS_PER[age.group(2)])
+        except OverflowError:
+            raise InvalidInput(f"{shown(text)} is further back than any date") from None
     try:
         moment = datetime.fromisoformat(given)
     except ValueError:

@@ -446,3 +446,29 @@ def submitted_line(submitted: SubmittedInstance) -> str:
         f"instance {submitted['id']} of {submitted['pipeline']} submitted with"
         f" {len(submitted['tasks'])} tasks ({submitted['state']})"
     )
+
+
+# -- retention -------------------------------------------------------------------------------
+
+
+@with_config(_CLOSED)
+class DatastorePruneView(TypedDict):
+    """What ``datastore prune`` removed (or, in a dry run, would remove)."""
+
+    dry_run: bool
+    keep_last: int
+    keep_since: str
+    versions: int
+    objects: int
+    bytes: int
+    left_behind: int
+
+
+@with_config(_CLOSED)
+class TaskDirsPruneView(TypedDict):
+    """What ``taskdirs prune`` removed (or would remove)."""
+
+    dry_run: bool
+    older_than: str
+    directories: int
+    bytes: int
