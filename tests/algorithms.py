@@ -79,3 +79,9 @@ def scribble(ctx: SubtaskContext) -> None:
         except PermissionError:
             print(f"{path.name} is read-only")
         (ctx.directory / f"{path.stem}.out").write_text(path.read_text().upper())
+
+
+def count_inputs(ctx: SubtaskContext) -> None:
+    """Writes how many inputs it was given, and their names: an aggregate over a unit."""
+    names = sorted(path.name for path in ctx.inputs)
+    (ctx.directory / "summary.txt").write_text(f"count={len(names)} {' '.join(names)}")

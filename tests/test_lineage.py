@@ -192,12 +192,18 @@ def _walk(chain: dict[str, Any]) -> list[dict[str, Any]]:
 # -- reprocess: new ---------------------------------------------------------------------------
 
 
-def import_variant(tmp_path: Path, node: str, line: str) -> None:
-    """Import the sample with ``line`` added to ``node``'s entry: a new version."""
+def import_variant(tmp_path: Path, node: str, line: str, **more: str) -> None:
+    """Import the sample with ``line`` added to ``node``'s entry (and each of ``more``'s
+    lines to its node's): a new version. A ``reprocess`` line has the averaging say
+    where its inputs come from (this instance's parents), as it must."""
     variant = tmp_path / "sample.yaml"
-    algorithm = f"    algorithm: pipeline.sample.algorithms:{node}\n"
+    if "reprocess" in line:
+        more.setdefault("averaging", "    inputs_from: parents\n")
     text = (PACKAGED_DEFINITIONS / "sample.yaml").read_text()
-    variant.write_text(text.replace(algorithm, algorithm + line))
+    for name, added in {node: line, **more}.items():
+        algorithm = f"    algorithm: pipeline.sample.algorithms:{name}\n"
+        text = text.replace(algorithm, algorithm + added)
+    variant.write_text(text)
     facade.import_definitions([variant])
 
 

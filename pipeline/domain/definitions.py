@@ -116,6 +116,19 @@ class Node(_Strict):
     #: instance produces: ``new`` leaves out files (same path and checksum) that this node
     #: consumed in a completed task of an earlier instance.
     reprocess: Literal["all", "new"] = "all"
+    #: Where inputs of a type a parent node produces come from: ``parents``, the versions
+    #: this instance's parent tasks stored (what a per-file step needs), or ``unit``, every
+    #: current version of the type in the unit (what an aggregate over a unit needs).
+    #: Unset means ``parents``; a ``single`` or grouped node downstream of a ``reprocess:
+    #: new`` node must say which (``scope_problem``).
+    inputs_from: Literal["parents", "unit"] | None = None
+    #: The units of work of a node with several parents: those every parent has a task for
+    #: (``intersection``), or those any has (``union``).
+    units: Literal["intersection", "union"] = "intersection"
+
+    @property
+    def scope(self) -> str:
+        return self.inputs_from or "parents"
 
     @field_validator("algorithm")
     @classmethod
@@ -317,6 +330,31 @@ def digest(definition: Definition) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def scope_problem(definition: Definition) -> str:
+    """Why the definition must say where a node's inputs come from ("" when it need not):
+    a ``single`` or grouped node downstream of a ``reprocess: new`` node would otherwise
+    aggregate only the new files' results and supersede a result made from all of them."""
+    graph = definition.graph()
+    for i, node in enumerate(definition.nodes):
+        if node.subtasks == "per_file" or node.inputs_from is not None:
+            continue
+        above, todo = set(), list(graph[node.name])
+        while todo:
+            name = todo.pop()
+            if name not in above:
+                above.add(name)
+                todo.extend(graph[name])
+        new = sorted(n for n in above if definition.node(n).reprocess == "new")
+        if new:
+            return (
+                f"nodes.{i}.inputs_from: node {node.name!r} aggregates its unit downstream of"
+                f" {new[0]!r} (reprocess: new): say 'inputs_from: parents' (only what this"
+                " instance's parents stored) or 'inputs_from: unit' (every current file of the"
+                " unit)"
+            )
+    return ""
+
+
 def import_files(session: Session, paths: list[Path]) -> list[tuple[PipelineDefinition, bool]]:
     """Import every file, all or nothing; returns each stored version and whether it is new.
 
@@ -331,6 +369,9 @@ def import_files(session: Session, paths: list[Path]) -> list[tuple[PipelineDefi
                 f"{path}: name: pipeline {definition.name!r} also in {seen[definition.name]}"
             )
         seen[definition.name] = path
+        problem = scope_problem(definition)
+        if problem:
+            raise InvalidInput(f"{path}: {problem}")
         for i, node in enumerate(definition.nodes):
             for set_name in node.parameter_sets:
                 if set_name not in definition.parameter_sets and not parameters.latest(

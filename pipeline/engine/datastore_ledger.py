@@ -41,7 +41,7 @@ from pipeline.domain.models import (
     utcnow,
 )
 from pipeline.domain.states import SubtaskState
-from pipeline.engine import datastore
+from pipeline.engine import alerts, datastore
 from pipeline.engine.datastore import Staged
 from pipeline.errors import InvalidInput
 
@@ -139,7 +139,7 @@ def select_inputs(
     files: list[Candidate] = []
     skipped = 0
     for kind in node.inputs:
-        if kind in made_by:
+        if kind in made_by and node.scope == "parents":
             files += _produced(session, instance, kind, made_by[kind], unit)
             continue
         current = _on_disk(session, root, definition, kind, unit)
@@ -356,7 +356,58 @@ def record_stored(
         ],
         task.unit_of_work,
     )
-    _insert(session, rows)
+    # An aggregate's output made from fewer inputs than the version it replaces is worth
+    # a look (a ``reprocess: new`` chain aggregating only what is new, say).
+    replaced = (
+        current_rows(session, [row["path"] for row in rows], PRODUCER)
+        if node.subtasks != "per_file"
+        else {}
+    )
+    ids = _insert(session, rows)
+    for row in rows:
+        old = replaced.get(row["path"])
+        if old is None or old.task_id is None:
+            continue
+        before = inputs_of(session, old.task_id, old.attempt, old.subtask_index)
+        now = inputs_of(session, task.id, task.attempt, row["subtask_index"])
+        if now < before:
+            alerts.raise_alert(
+                session,
+                task,
+                alerts.WARNING,
+                f"{row['path']}: version {ids[row['path']]} from {now} input"
+                f"{'' if now == 1 else 's'} supersedes version {old.id} from {before}"
+                f" (node {node.name!r} takes inputs_from: {node.scope})",
+            )
+
+
+#: The columns of a ledger row that name its producing subtask.
+PRODUCER = (
+    DatastoreFile.id,
+    DatastoreFile.task_id,
+    DatastoreFile.attempt,
+    DatastoreFile.subtask_index,
+)
+
+
+def inputs_of(session: Session, task_id: int, attempt: int | None, index: int | None) -> int:
+    """How many versions subtask ``index`` of the task was given by the last marshal at or
+    before ``attempt`` (resumed and resubmitted attempts store without a marshal)."""
+    marshaled = (
+        select(func.max(FileConsumption.attempt))
+        .where(FileConsumption.task_id == task_id, FileConsumption.attempt <= (attempt or 0))
+        .scalar_subquery()
+    )
+    return (
+        session.scalar(
+            select(func.count()).where(
+                FileConsumption.task_id == task_id,
+                FileConsumption.attempt == marshaled,
+                FileConsumption.subtask_index == index,
+            )
+        )
+        or 0
+    )
 
 
 def record_received(

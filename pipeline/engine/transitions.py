@@ -14,12 +14,12 @@ from pathlib import Path
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from pipeline.domain.definitions import Definition, parse
+from pipeline.domain.definitions import Definition, Node, parse
 from pipeline.domain.models import InstanceNode, PipelineInstance, Task, utcnow
 from pipeline.domain.states import InstanceState, NodeState
 from pipeline.engine import datastore
 from pipeline.engine.locks import lock_instance
-from pipeline.engine.task_state import refresh_instance_state, send_waiting
+from pipeline.engine.task_state import note, refresh_instance_state, send_waiting
 from pipeline.errors import InvalidInput, PipelineError, Unreachable
 from pipeline.messaging import outbox
 from pipeline.messaging.outbox import Outbox
@@ -37,13 +37,18 @@ def create_node_tasks(
     messages: Outbox,
 ) -> list[Task]:
     """One task per unit of work the datastore holds for the node's inputs, each with its
-    marshal message in ``messages``."""
+    marshal message in ``messages``. A node with several parents in the instance runs for
+    the units every parent has a task for (``units: intersection``, the default) or any
+    has (``union``); the units skipped are written in each task's history."""
     node = definition.node(node_name)
     units = datastore.units_of_work(root, definition, node)
+    skipped = _skipped_units(session, instance, node, units)
+    units = [unit for unit in units if unit not in skipped]
     if not units:
-        raise InvalidInput(
-            f"node {node_name!r} finds no {datastore.describe_inputs(definition, node)} in {root}"
-        )
+        found = f"finds no {datastore.describe_inputs(definition, node)} in {root}"
+        if skipped:
+            found = f"has no unit every parent has a task for ({_skipped_line(skipped)})"
+        raise InvalidInput(f"node {node_name!r} {found}")
     execution = node.execution.model_dump()
     if instance.priority is not None:
         execution["priority"] = instance.priority
@@ -60,8 +65,39 @@ def create_node_tasks(
     state.state = NodeState.RUNNING
     session.flush()
     for task in tasks:
+        if skipped:
+            note(session, task, f"units skipped: {_skipped_line(skipped)}")
         send_waiting(messages, task)
     return tasks
+
+
+def _skipped_units(
+    session: Session, instance: PipelineInstance, node: Node, units: list[str]
+) -> dict[str, list[str]]:
+    """Of ``units``, those some parent of ``node`` in this instance has no task for, each
+    with those parents (none skipped for one parent, or with ``units: union``)."""
+    if node.units == "union" or len(node.after) < 2:
+        return {}
+    by_parent: dict[str, set[str]] = {}
+    for parent, unit in session.execute(
+        select(Task.node, Task.unit_of_work).where(
+            Task.instance_id == instance.id, Task.node.in_(node.after)
+        )
+    ):
+        by_parent.setdefault(parent, set()).add(unit)
+    if len(by_parent) < 2:
+        return {}
+    return {
+        unit: sorted(parent for parent, has in by_parent.items() if unit not in has)
+        for unit in units
+        if any(unit not in has for has in by_parent.values())
+    }
+
+
+def _skipped_line(skipped: dict[str, list[str]]) -> str:
+    return "; ".join(
+        f"{unit} (no task of {', '.join(map(repr, parents))})" for unit, parents in skipped.items()
+    )
 
 
 def advance_within(session: Session, instance: PipelineInstance, messages: Outbox) -> None:
