@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -352,7 +353,8 @@ def test_received_files_are_recorded_and_acknowledged(home: Path, tmp_path: Path
     ]
     rows = lineage.files(unit="set-3")
     assert [(r["path"], r["origin"], r["receipt"]) for r in rows] == [
-        (f"set-3/L0/new-{i}.png", "received", "delivery.sha256") for i in range(3)
+        (f"set-3/L0/new-{i}.png", "received", f"delivery.sha256 ({delivery.resolve()})")
+        for i in range(3)
     ]
     acknowledgement = Path(received["acknowledgement"])
     assert acknowledgement == delivery / "delivery.sha256.ack"
@@ -399,9 +401,34 @@ def bad_line(delivery: Path, manifest: Path) -> str:
     return f"delivery.sha256:1: {MANIFEST_FORMAT}"
 
 
+def listed_twice(delivery: Path, manifest: Path) -> str:
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([*lines, lines[0].replace(lines[0][:64], "0" * 64)]) + "\n")
+    return "delivery.sha256:4: new-0.png: listed twice"
+
+
+def other_normalisation(delivery: Path, manifest: Path) -> str:
+    nfd = unicodedata.normalize("NFD", "café.png")
+    (delivery / nfd).write_bytes(b"x")
+    nfc = unicodedata.normalize("NFC", "café.png")
+    manifest.write_text(manifest.read_text() + f"{hashlib.sha256(b'x').hexdigest()}  {nfc}\n")
+    return "differs only in its Unicode normalisation, NFC or NFD"
+
+
 @pytest.mark.parametrize(
     "spoil",
-    [corrupt, missing, extra, traversal, symlink_out, subdirectory, wrong_pattern, bad_line],
+    [
+        corrupt,
+        missing,
+        extra,
+        traversal,
+        symlink_out,
+        subdirectory,
+        wrong_pattern,
+        bad_line,
+        listed_twice,
+        other_normalisation,
+    ],
 )
 def test_a_receipt_with_anything_wrong_imports_nothing(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], spoil: Any
@@ -417,11 +444,21 @@ def test_a_receipt_with_anything_wrong_imports_nothing(
     )  # fmt: skip
 
     assert_one_line_error(result, expected)
-    assert not (home / "datastore" / "set-3").exists() or not any(
-        (home / "datastore" / "set-3").rglob("*.png")
-    ), "nothing placed"
+    assert not (home / "datastore" / "set-3").exists(), "nothing placed, no directory made"
     assert lineage.files(history=True) == before, "nothing recorded"
     assert not (delivery / "delivery.sha256.ack").exists()
+
+
+def test_a_sha256sum_escaped_line_for_a_name_with_a_backslash_is_read(
+    home: Path, tmp_path: Path
+) -> None:
+    delivery = deliver(tmp_path, "delivery", {"back\\slash.png": pixels(9, 0)})
+    name = "back\\slash.png"
+    checksum = hashlib.sha256((delivery / name).read_bytes()).hexdigest()
+    manifest = tmp_path / "delivery.sha256"
+    manifest.write_text(f"\\{checksum}  back\\\\slash.png\n")  # as sha256sum writes it
+    received = receipt.receive(delivery, "raw_image", "set-3", manifest)
+    assert [f["path"] for f in received["files"]] == ["set-3/L0/back\\slash.png"]
 
 
 @pytest.mark.parametrize(

@@ -235,3 +235,39 @@ def test_prune_through_the_http_api(home: Path, worker: InProcessWorker, tmp_pat
         assert (pruned.status_code, pruned.json()["directories"]) == (200, 1), pruned.text
         refused = http.post(f"{API_PREFIX}/taskdirs/prune", json={"older_than_days": -1})
         assert refused.status_code == 422
+
+
+def test_file_listings_are_complete_or_paged_explicitly(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1,200 files, more than a table shows: JSON lists every one; the API pages them
+    with the total in X-Total-Count; the table says how many it left out."""
+    from fastapi.testclient import TestClient
+
+    from pipeline.database import transaction
+    from pipeline.engine.datastore_ledger import FOUND, _insert, _row
+    from pipeline.interfaces.api import create_app
+    from pipeline.settings import API_PREFIX
+
+    many = 1200
+    with transaction() as session:
+        _insert(
+            session,
+            [
+                _row(f"u9/in/{i:05d}.txt", "note", "u9", FOUND)
+                | {"size": 1, "sha256": f"{i:064x}", "mtime_ns": 1}
+                for i in range(many)
+            ],
+        )
+    listed = run_cli(capsys, "files", "--unit", "u9", "--json")
+    assert len(json.loads(listed.stdout)) == many
+    table = run_cli(capsys, "files", "--unit", "u9")
+    assert f"showing 1,000 of {many:,} files (--limit N shows more)" in table.stdout
+    with TestClient(create_app("token"), headers={"Authorization": "Bearer token"}) as http:
+        page = http.get(f"{API_PREFIX}/files", params={"unit": "u9", "limit": 500, "offset": 1000})
+        assert page.status_code == 200
+        assert page.headers["X-Total-Count"] == str(many)
+        assert [f["path"] for f in page.json()][0] == "u9/in/01000.txt"
+        assert len(page.json()) == 200
+        everything = http.get(f"{API_PREFIX}/files", params={"unit": "u9"})
+        assert len(everything.json()) == many

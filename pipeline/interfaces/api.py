@@ -31,7 +31,6 @@ from pipeline.interfaces import local_api
 from pipeline.interfaces.statuses import status as http_status
 from pipeline.operations import facade, queries, receipt, views
 from pipeline.operations import lineage as lineage_reads
-from pipeline.operations.lineage import DEFAULT_LIMIT
 from pipeline.operations.outcomes import Report
 from pipeline.operations.problems import PROBLEMS, problem
 from pipeline.recovery.heartbeat import SilenceWatch
@@ -199,10 +198,14 @@ def files(
     unit: Annotated[str | None, Query(max_length=500)] = None,
     path: Annotated[str | None, Query(max_length=1000)] = None,
     history: Annotated[bool, Query(description="superseded versions too")] = False,
-    limit: Annotated[int, Query(ge=1, le=MAX_FILES)] = DEFAULT_LIMIT,
-) -> list[dict[str, Any]]:
-    """Datastore files and who produced each (as `pipeline files`)."""
-    return lineage_reads.files(instance, task, unit, path, history, limit)
+    limit: Annotated[
+        int | None, Query(ge=1, le=MAX_FILES, description="at most this many (default: all)")
+    ] = None,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID, description="from the offset-th")] = 0,
+) -> Response:
+    """Datastore files and who produced each (as `pipeline files`), oldest first: every
+    one, or a page of ``limit`` from ``offset``; ``X-Total-Count`` says how many in all."""
+    return _listing(lineage_reads.files_listing(instance, task, unit, path, history, limit, offset))
 
 
 @router.get("/lineage", response_model=views.LineageView, responses=_errors(404))

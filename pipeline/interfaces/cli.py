@@ -491,9 +491,12 @@ def datastore_import(args: argparse.Namespace) -> None:
 
 
 def files(args: argparse.Namespace) -> None:
-    rows = reads.operations("lineage").files(
-        args.instance, args.task, args.unit, args.path, args.history, args.limit
+    # JSON lists every file unless --limit says (what scripts rely on); a table a screenful.
+    limit = args.limit if args.limit is not None or args.json else FILES_SHOWN
+    found = reads.operations("lineage").files_listing(
+        args.instance, args.task, args.unit, args.path, args.history, limit
     )
+    rows = found.rows
     if args.json:
         return print_json(rows)
     table(
@@ -513,8 +516,11 @@ def files(args: argparse.Namespace) -> None:
         ],
         whole=("path", "producer"),
     )
-    if len(rows) == args.limit:
-        console().print(f"(the first {args.limit}: --limit shows more)")
+    if len(rows) < found.total:
+        console().print(
+            f"showing {len(rows):,} of {found.total:,} files (--limit N shows more)",
+            highlight=False,
+        )
 
 
 def _producer(file: dict[str, Any]) -> str:
@@ -951,9 +957,8 @@ def _files_arguments(command: Parser) -> None:
     command.add_argument(
         "--limit",
         type=_whole(1),
-        default=FILES_SHOWN,
         metavar="N",
-        help=f"Show at most this many (default {FILES_SHOWN}).",
+        help=f"Show at most this many (default: {FILES_SHOWN} in a table, every one in JSON).",
     )
     _json(command)
 

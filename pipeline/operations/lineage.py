@@ -14,6 +14,7 @@ from pipeline.domain.listing import FILES_SHOWN as DEFAULT_LIMIT
 from pipeline.domain.models import DatastoreFile, FileConsumption, PipelineInstance, Task
 from pipeline.engine.datastore_ledger import current_rows
 from pipeline.errors import InvalidInput, NotFound
+from pipeline.operations.queries import Listing
 from pipeline.operations.views import FileView, LineageStep, LineageView, file_view
 
 
@@ -25,14 +26,24 @@ def files(
     history: bool = False,
     limit: int | None = DEFAULT_LIMIT,
 ) -> list[FileView]:
+    """The rows of ``files_listing``: the first ``limit`` (None: every one)."""
+    return files_listing(instance, task, unit, path, history, limit).rows  # type: ignore[no-any-return]
+
+
+def files_listing(
+    instance: int | None = None,
+    task: int | None = None,
+    unit: str | None = None,
+    path: str | None = None,
+    history: bool = False,
+    limit: int | None = None,
+    offset: int = 0,
+) -> Listing:
     """Ledger rows, oldest first: the current version of each file, or with ``history``
-    the superseded ones too. The files of an instance or a task are listed whether a later
-    store has superseded them or not: what it produced is its history."""
-    query = (
-        select(DatastoreFile, Task.stale)
-        .outerjoin(Task, Task.id == DatastoreFile.task_id)
-        .order_by(DatastoreFile.id)
-    )
+    the superseded ones too, from the ``offset``-th; every one, or ``limit``; and how many
+    there are in all. The files of an instance or a task are listed whether a later store
+    has superseded them or not: what it produced is its history."""
+    query = select(DatastoreFile, Task.stale).outerjoin(Task, Task.id == DatastoreFile.task_id)
     if instance is not None:
         query = query.where(DatastoreFile.instance_id == instance)
     if task is not None:
@@ -43,10 +54,17 @@ def files(
         query = query.where(DatastoreFile.path == path.strip("/"))
     if not (history or instance is not None or task is not None):
         query = query.where(DatastoreFile.superseded_at.is_(None))
+    page = query.order_by(DatastoreFile.id).offset(offset)
     if limit is not None:
-        query = query.limit(limit)
+        page = page.limit(limit)
     with transaction() as session:
-        return [file_view(row, stale) for row, stale in session.execute(query)]
+        rows = [file_view(row, stale) for row, stale in session.execute(page)]
+        if offset == 0 and (limit is None or len(rows) < limit):
+            total = len(rows)
+        else:
+            counted = query.with_only_columns(DatastoreFile.id).order_by(None).subquery()
+            total = session.scalar(select(func.count()).select_from(counted)) or 0
+        return Listing(rows, total)
 
 
 def lineage(path: str, version: str | int | None = None) -> LineageView:

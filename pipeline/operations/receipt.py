@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import unicodedata
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +31,11 @@ from pipeline.settings import get_settings
 #: What a unit of work may be called: one path component.
 UNIT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 #: A ``sha256sum`` line: the checksum, a space, then a space (text) or ``*`` (binary) and
-#: the name.
-MANIFEST_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
+#: the name; a leading backslash says the name is escaped (``\\`` for a backslash, ``\n``
+#: for a newline), as sha256sum writes a name holding either.
+MANIFEST_LINE = re.compile(r"^(\\?)([0-9a-fA-F]{64}) [ *](.+)$")
+#: sha256sum's escapes in an escaped name.
+ESCAPES = {"\\\\": "\\", "\\n": "\n"}
 MANIFEST_FORMAT = "expected a SHA-256 checksum, two spaces and a name (sha256sum format)"
 #: The acknowledgement's name: the manifest's, with this suffix.
 ACK_SUFFIX = ".ack"
@@ -65,6 +70,7 @@ def receive(
     names = _names(directory, kind, data_file_type, manifest)
     expected = _read_manifest(manifest, names) if manifest else {}
     destination = root / kind.directory(unit)
+    made = _missing_parents(root, destination)  # removed again if the receipt is refused
     staged: list[Received] = []
     try:
         for name in names:
@@ -74,12 +80,18 @@ def receive(
             if expected and copy.sha256 != expected[name].lower():
                 raise InvalidInput(f"{name}: checksum differs from the manifest's")
         datastore.flush(root)
-        receipt = manifest.name if manifest else str(directory)
+        # Named by its manifest and its delivery directory: two deliveries' manifests may
+        # share a name.
+        delivered = directory.resolve()
+        receipt = f"{manifest.name} ({delivered})" if manifest else str(delivered)
         with transaction() as session:
             copies = [received.staged for received in staged]
             rows = record_received(session, root, copies, data_file_type, unit, receipt)
     except BaseException:
         datastore.discard([received.staged for received in staged])
+        for made_here in made:
+            with suppress(OSError):  # not empty: another receipt or store is using it
+                made_here.rmdir()
         raise
     acknowledgement = _acknowledge(manifest, staged) if manifest else None
     return ReceiptView(
@@ -91,6 +103,15 @@ def receive(
         ],
         acknowledgement=str(acknowledgement) if acknowledgement else None,
     )
+
+
+def _missing_parents(root: Path, directory: Path) -> list[Path]:
+    """``directory`` and its parents under ``root`` that do not exist yet, deepest first."""
+    missing = []
+    while directory != root and not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    return missing
 
 
 def _data_file_type(name: str, pipeline: str | None) -> DataFileType:
@@ -151,13 +172,25 @@ def _read_manifest(manifest: Path, names: list[str]) -> dict[str, str]:
         match = MANIFEST_LINE.match(line)
         if not match:
             raise InvalidInput(f"{manifest}:{number}: {MANIFEST_FORMAT}")
-        checksum, name = match.groups()
+        escaped, checksum, name = match.groups()
+        if escaped:
+            name = re.sub(r"\\[\\n]", lambda found: ESCAPES[found.group(0)], name)
         if "/" in name or name in (".", ".."):
             raise InvalidInput(f"{manifest}:{number}: {name}: names a file outside the directory")
+        if name in expected:
+            raise InvalidInput(f"{manifest}:{number}: {name}: listed twice")
         expected[name] = checksum
     missing = sorted(set(expected) - set(names))
     if missing:
-        raise InvalidInput(f"{missing[0]}: in the manifest but not in the directory")
+        hint = ""
+        normal = {unicodedata.normalize("NFC", name): name for name in names}
+        alike = normal.get(unicodedata.normalize("NFC", missing[0]))
+        if alike is not None:
+            hint = (
+                f" ({alike!r} there differs only in its Unicode normalisation, NFC or NFD:"
+                " write the manifest from the files as they are)"
+            )
+        raise InvalidInput(f"{missing[0]}: in the manifest but not in the directory{hint}")
     extra = sorted(set(names) - set(expected))
     if extra:
         raise InvalidInput(f"{extra[0]}: in the directory but not in the manifest")
