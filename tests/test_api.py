@@ -463,7 +463,8 @@ def test_files_are_received_over_http_all_or_nothing(
     assert received.status_code == 201, received.text
     assert [f["path"] for f in received.json()["files"]] == ["set-9/L0/a.png", "set-9/L0/b.png"]
     listed = http.get("/files", params={"unit": "set-9"}).json()
-    assert [(f["origin"], f["receipt"]) for f in listed] == [("received", "MANIFEST")] * 2
+    receipt = f"MANIFEST ({delivery.resolve()})"
+    assert [(f["origin"], f["receipt"]) for f in listed] == [("received", receipt)] * 2
     nul = http.post("/datastore/imports", json={**body, "directory": "/tmp/a\x00b"})
     assert (nul.status_code, nul.json()["detail"]) == (
         422,
