@@ -19,6 +19,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import BinaryIO
 
 from pipeline.domain.definitions import Definition, Node
 from pipeline.errors import InvalidInput
@@ -64,13 +65,15 @@ def describe_inputs(definition: Definition, node: Node) -> str:
 
 @dataclass(frozen=True)
 class Staged:
-    """A version put in the object store and linked beside its destination in the
-    datastore, not yet renamed into place, with its size and SHA-256."""
+    """A version kept in the object store for ``destination``, not yet placed there, with
+    its size, SHA-256 and the modification time its object has (and so, once linked there,
+    the destination)."""
 
-    temporary: Path
+    kept: Path
     destination: Path
     size: int
     sha256: str
+    mtime_ns: int
 
 
 def object_path(root: Path, sha256: str) -> Path:
@@ -79,50 +82,86 @@ def object_path(root: Path, sha256: str) -> Path:
 
 
 def stage_file(root: Path, source: Path, destination: Path, link: bool = True) -> Staged:
-    """Keep ``source``'s bytes in the object store (``keep``) and link them into the
-    staging directory beside ``destination`` (same file system, out of sight of any
-    file-name pattern); ``place`` renames the link over the destination, so readers see
-    the old file or the whole new one. Not flushed to disk: ``flush`` does that once for
-    all the files of a store."""
-    size, sha256, kept = keep(root, source, link)
-    staging = destination.parent / STAGING_DIR
-    staging.mkdir(parents=True, exist_ok=True)
-    temporary = staging / f"{destination.name}.{uuid.uuid4().hex}"
-    os.link(kept, temporary)
-    return Staged(temporary, destination, size, sha256)
+    """Keep ``source``'s bytes in the object store (``keep``) for ``destination``, where
+    ``place`` puts them. Not flushed to disk: ``flush`` does that once for all the files
+    of a store."""
+    size, sha256, kept, mtime_ns = keep(root, source, link)
+    return Staged(kept, destination, size, sha256, mtime_ns)
 
 
 def keep(
     root: Path, source: Path, link: bool = True, preserve: bool = False
-) -> tuple[int, str, Path]:
+) -> tuple[int, str, Path, int]:
     """Put ``source``'s bytes in the object store unless the same bytes are there already;
-    their size, SHA-256 and object.
+    their size, SHA-256, object and the object's modification time (ns).
 
-    With ``link``, a hard link where the file system allows (an output is not copied:
-    nothing writes a task's outputs once it has stored them), a copy elsewhere (with
-    ``preserve``, keeping its modification time). The bytes are hashed as they are in the
-    store, not as they were in ``source``, so a later change to ``source`` cannot make the
-    SHA-256 lie.
+    With ``link``, the source itself becomes the object, a hard link (a task's output: it
+    is not copied, and nothing writes it once it is stored); a copy where links cannot be
+    made, or without ``link`` (with ``preserve``, keeping its modification time), hashed as
+    copied, so a later change to ``source`` cannot make the SHA-256 lie.
     """
+    if link:
+        with open(source, "rb") as reader:
+            size, sha256 = _hash(reader)
+            mtime_ns = os.fstat(reader.fileno()).st_mtime_ns
+        kept = object_path(root, sha256)
+        existing = _existing(kept, size)
+        if existing is not None:
+            return size, sha256, kept, existing
+        os.chmod(source, OBJECT_MODE)
+        try:
+            _link(source, kept)
+            return size, sha256, kept, mtime_ns
+        except FileExistsError:  # the same bytes, kept by another store meanwhile
+            existing = _existing(kept, size)
+            if existing is not None:
+                return size, sha256, kept, existing
+        except OSError:
+            pass  # no links here: copy
+    return _keep_copy(root, source, preserve)
+
+
+def _keep_copy(root: Path, source: Path, preserve: bool) -> tuple[int, str, Path, int]:
     incoming = root / OBJECTS_DIR / STAGING_DIR
     incoming.mkdir(parents=True, exist_ok=True)
     temporary = incoming / uuid.uuid4().hex
     try:
-        if not (link and _linked(source, temporary)):
-            (shutil.copy2 if preserve else shutil.copyfile)(source, temporary)
-        size, sha256 = _hash(temporary)
+        (shutil.copy2 if preserve else shutil.copyfile)(source, temporary)
+        with open(temporary, "rb") as reader:
+            size, sha256 = _hash(reader)
+            mtime_ns = os.fstat(reader.fileno()).st_mtime_ns
         kept = object_path(root, sha256)
-        try:
-            intact = kept.stat().st_size == size
-        except FileNotFoundError:
-            intact = False
-        if not intact:  # new bytes, or an object written through since: these are right
-            os.chmod(temporary, OBJECT_MODE)
-            kept.parent.mkdir(exist_ok=True)
-            os.replace(temporary, kept)
+        existing = _existing(kept, size)
+        if existing is not None:
+            return size, sha256, kept, existing
+        # New bytes, or an object written through since: these are right.
+        os.chmod(temporary, OBJECT_MODE)
+        kept.parent.mkdir(exist_ok=True)
+        os.replace(temporary, kept)
     finally:
         temporary.unlink(missing_ok=True)
-    return size, sha256, kept
+    return size, sha256, kept, mtime_ns
+
+
+def _existing(kept: Path, size: int) -> int | None:
+    """The modification time of the object ``kept`` when it holds ``size`` bytes (the same
+    SHA-256, so the same bytes unless written through), else None."""
+    try:
+        status = os.stat(kept)
+    except FileNotFoundError:
+        return None
+    return status.st_mtime_ns if status.st_size == size else None
+
+
+def _link(source: Path, link: Path) -> None:
+    """Hard-link ``link`` to ``source``, making its directory first if needed."""
+    try:
+        os.link(source, link)
+    except FileNotFoundError:
+        if not source.exists():
+            raise
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.link(source, link)
 
 
 def version_bytes(root: Path, path: str, sha256: str, size: int) -> Path:
@@ -139,7 +178,7 @@ def version_bytes(root: Path, path: str, sha256: str, size: int) -> Path:
         actual = None
         with suppress(OSError):
             if (root / path).stat().st_size == size:
-                actual, found, kept = keep(root, root / path)
+                actual, found, kept, _ = keep(root, root / path)
                 if found != sha256:
                     actual = None
         if actual is None:
@@ -154,21 +193,11 @@ def version_bytes(root: Path, path: str, sha256: str, size: int) -> Path:
     return kept
 
 
-def _linked(source: Path, link: Path) -> bool:
-    """Hard-link ``link`` to ``source``; False on another file system or one without links."""
-    try:
-        os.link(source, link)
-    except OSError:
-        return False
-    return True
-
-
-def _hash(path: Path) -> tuple[int, str]:
+def _hash(reader: BinaryIO) -> tuple[int, str]:
     digest, size = hashlib.sha256(), 0
-    with path.open("rb") as reader:
-        while chunk := reader.read(CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
+    while chunk := reader.read(CHUNK_BYTES):
+        digest.update(chunk)
+        size += len(chunk)
     return size, digest.hexdigest()
 
 
@@ -190,27 +219,38 @@ def _libc() -> ctypes.CDLL:
 
 
 def place(staged: Staged) -> int:
-    """Rename a staged file over its destination; the stored file's modification time (ns)."""
-    os.replace(staged.temporary, staged.destination)
+    """Put a staged version at its destination: a hard link to its object, made in one
+    step for a new path, else linked in the staging directory beside it (same file
+    system, out of sight of any file-name pattern) and renamed over it, so readers see the
+    old file or the whole new one. The stored file's modification time (ns)."""
+    try:
+        _link(staged.kept, staged.destination)
+        return staged.mtime_ns
+    except FileExistsError:
+        pass
+    staging = staged.destination.parent / STAGING_DIR
+    staging.mkdir(exist_ok=True)
+    temporary = staging / f"{staged.destination.name}.{uuid.uuid4().hex}"
+    os.link(staged.kept, temporary)
+    os.replace(temporary, staged.destination)
     # Renaming a link over another link of the same object (the path shows these bytes
     # already) does nothing, and leaves it where it was.
-    staged.temporary.unlink(missing_ok=True)
+    temporary.unlink(missing_ok=True)
     with suppress(OSError):  # another store may be using the staging directory still
-        staged.temporary.parent.rmdir()
-    return staged.destination.stat().st_mtime_ns
+        staging.rmdir()
+    return staged.mtime_ns
 
 
 def discard(staged: list[Staged]) -> None:
-    """Remove staged files that will not be placed (the store turned out stale)."""
-    for file in staged:
-        file.temporary.unlink(missing_ok=True)
-        with suppress(OSError):
-            file.temporary.parent.rmdir()
+    """Staged versions that will not be placed (the store turned out stale, a receipt was
+    refused): nothing to undo, their objects are bytes no version names yet, which
+    ``pipeline datastore prune`` removes once they are an hour old (another store may
+    name them meanwhile)."""
 
 
 def fingerprint(root: Path, path: Path) -> tuple[int, str, int]:
     """Size, SHA-256 and modification time (ns) of a file the pipeline did not write, its
     bytes kept in the object store (a copy: the file is not the pipeline's to protect)."""
     mtime_ns = path.stat().st_mtime_ns
-    size, sha256, _ = keep(root, path, link=False, preserve=True)
+    size, sha256, _, _ = keep(root, path, link=False, preserve=True)
     return size, sha256, mtime_ns

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -710,11 +711,14 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
     try:
         root = datastore.require(get_settings().datastore)
         with StepLease(task_id, attempt, PState.STORING):
+            destinations = {
+                name: root / definition.data_file_types[name].directory(unit)
+                for name in node.outputs
+            }
             for index, inputs in succeeded:
                 directory = taskdir.subtask_dir(task_dir, index)
                 for name, output in outputs_of(definition, node, directory, inputs):
-                    destination = root / definition.data_file_types[name].directory(unit)
-                    copy = datastore.stage_file(root, output, destination / output.name)
+                    copy = datastore.stage_file(root, output, destinations[name] / output.name)
                     staged.append(datastore_ledger.StoredOutput(index, name, copy))
             if staged:  # a file system's sync waits for every writer's dirty pages on it
                 datastore.flush(root)
@@ -745,10 +749,15 @@ def outputs_of(
 ) -> list[tuple[str, Path]]:
     """The files of ``node``'s output types a subtask left in ``directory`` (its inputs
     excepted), as (data file type, file)."""
+    # One listing of the directory, not a glob per type: a store reads 10,000 of them.
+    with os.scandir(directory) as entries:
+        files = sorted(
+            entry.name
+            for entry in entries
+            if entry.name not in inputs and entry.is_file(follow_symlinks=False)
+        )
     found = []
     for name in node.outputs:
         pattern = definition.data_file_types[name].pattern
-        for output in sorted(directory.glob(pattern)):
-            if output.name not in inputs and output.is_file():
-                found.append((name, output))
+        found += [(name, directory / file) for file in files if fnmatchcase(file, pattern)]
     return found
