@@ -279,6 +279,7 @@ class DatastoreFile(Base):
     __table_args__ = (
         Index("ix_datastore_files_path", "path", "superseded_at"),
         Index("ix_datastore_files_instance", "instance_id", "unit_of_work", "data_file_type"),
+        Index("ix_datastore_files_placing", "placing", "task_id", "attempt"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -306,6 +307,9 @@ class DatastoreFile(Base):
     superseded_at: Mapped[datetime | None]
     #: When retention removed its bytes (``pipeline datastore prune``): its row stays.
     pruned_at: Mapped[datetime | None]
+    #: Being linked at its path by a store that has not committed yet: not a version until
+    #: then (``datastore_ledger``, the store's protocol).
+    placing: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class FileConsumption(Base):

@@ -19,7 +19,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from pipeline.domain.definitions import Definition, Node
 from pipeline.errors import InvalidInput
@@ -74,6 +74,8 @@ class Staged:
     size: int
     sha256: str
     mtime_ns: int
+    #: The object's inode: the destination shows this version when it is the same file.
+    inode: int
 
 
 def object_path(root: Path, sha256: str) -> Path:
@@ -85,13 +87,22 @@ def stage_file(root: Path, source: Path, destination: Path, link: bool = True) -
     """Keep ``source``'s bytes in the object store (``keep``) for ``destination``, where
     ``place`` puts them. Not flushed to disk: ``flush`` does that once for all the files
     of a store."""
-    size, sha256, kept, mtime_ns = keep(root, source, link)
-    return Staged(kept, destination, size, sha256, mtime_ns)
+    kept = keep(root, source, link)
+    return Staged(kept.path, destination, kept.size, kept.sha256, kept.mtime_ns, kept.inode)
 
 
-def keep(
-    root: Path, source: Path, link: bool = True, preserve: bool = False
-) -> tuple[int, str, Path, int]:
+class Kept(NamedTuple):
+    """Bytes in the object store: their size, SHA-256, object, and the object's
+    modification time and inode."""
+
+    size: int
+    sha256: str
+    path: Path
+    mtime_ns: int
+    inode: int
+
+
+def keep(root: Path, source: Path, link: bool = True, preserve: bool = False) -> Kept:
     """Put ``source``'s bytes in the object store unless the same bytes are there already;
     their size, SHA-256, object and the object's modification time (ns).
 
@@ -103,25 +114,25 @@ def keep(
     if link:
         with open(source, "rb") as reader:
             size, sha256 = _hash(reader)
-            mtime_ns = os.fstat(reader.fileno()).st_mtime_ns
+            status = os.fstat(reader.fileno())
         kept = object_path(root, sha256)
         existing = _existing(kept, size)
         if existing is not None:
-            return size, sha256, kept, existing
+            return Kept(size, sha256, kept, *existing)
         os.chmod(source, OBJECT_MODE)
         try:
             _link(source, kept)
-            return size, sha256, kept, mtime_ns
+            return Kept(size, sha256, kept, status.st_mtime_ns, status.st_ino)
         except FileExistsError:  # the same bytes, kept by another store meanwhile
             existing = _existing(kept, size)
             if existing is not None:
-                return size, sha256, kept, existing
+                return Kept(size, sha256, kept, *existing)
         except OSError:
             pass  # no links here: copy
     return _keep_copy(root, source, preserve)
 
 
-def _keep_copy(root: Path, source: Path, preserve: bool) -> tuple[int, str, Path, int]:
+def _keep_copy(root: Path, source: Path, preserve: bool) -> Kept:
     incoming = root / OBJECTS_DIR / STAGING_DIR
     incoming.mkdir(parents=True, exist_ok=True)
     temporary = incoming / uuid.uuid4().hex
@@ -129,28 +140,28 @@ def _keep_copy(root: Path, source: Path, preserve: bool) -> tuple[int, str, Path
         (shutil.copy2 if preserve else shutil.copyfile)(source, temporary)
         with open(temporary, "rb") as reader:
             size, sha256 = _hash(reader)
-            mtime_ns = os.fstat(reader.fileno()).st_mtime_ns
+            status = os.fstat(reader.fileno())
         kept = object_path(root, sha256)
         existing = _existing(kept, size)
         if existing is not None:
-            return size, sha256, kept, existing
+            return Kept(size, sha256, kept, *existing)
         # New bytes, or an object written through since: these are right.
         os.chmod(temporary, OBJECT_MODE)
         kept.parent.mkdir(exist_ok=True)
         os.replace(temporary, kept)
     finally:
         temporary.unlink(missing_ok=True)
-    return size, sha256, kept, mtime_ns
+    return Kept(size, sha256, kept, status.st_mtime_ns, status.st_ino)
 
 
-def _existing(kept: Path, size: int) -> int | None:
-    """The modification time of the object ``kept`` when it holds ``size`` bytes (the same
-    SHA-256, so the same bytes unless written through), else None."""
+def _existing(kept: Path, size: int) -> tuple[int, int] | None:
+    """The modification time and inode of the object ``kept`` when it holds ``size``
+    bytes (the same SHA-256, so the same bytes unless written through), else None."""
     try:
         status = os.stat(kept)
     except FileNotFoundError:
         return None
-    return status.st_mtime_ns if status.st_size == size else None
+    return (status.st_mtime_ns, status.st_ino) if status.st_size == size else None
 
 
 def _link(source: Path, link: Path) -> None:
@@ -178,7 +189,7 @@ def version_bytes(root: Path, path: str, sha256: str, size: int) -> Path:
         actual = None
         with suppress(OSError):
             if (root / path).stat().st_size == size:
-                actual, found, kept, _ = keep(root, root / path)
+                actual, found, kept, _, _ = keep(root, root / path)
                 if found != sha256:
                     actual = None
         if actual is None:
@@ -241,16 +252,35 @@ def place(staged: Staged) -> int:
     return staged.mtime_ns
 
 
-def discard(staged: list[Staged]) -> None:
-    """Staged versions that will not be placed (the store turned out stale, a receipt was
-    refused): nothing to undo, their objects are bytes no version names yet, which
-    ``pipeline datastore prune`` removes once they are an hour old (another store may
-    name them meanwhile)."""
+def shows(staged: Staged) -> bool:
+    """Does the destination show this version (is it a link to its object)?"""
+    try:
+        return os.stat(staged.destination).st_ino == staged.inode
+    except OSError:
+        return False
+
+
+def put_back(root: Path, path: Path, sha256: str | None, placed_inode: int) -> None:
+    """Undo a placement at ``path`` that never became current: if the path still shows
+    the withdrawn version (``placed_inode``), show the version ``sha256`` again (its
+    current one), or nothing when it had none."""
+    try:
+        if os.stat(path).st_ino != placed_inode:
+            return  # another placement since: not this one's to undo
+    except OSError:  # not there, or not even its directory: nothing of it is shown
+        return
+    if sha256 is None:
+        path.unlink(missing_ok=True)
+        return
+    kept = object_path(root, sha256)
+    with suppress(FileNotFoundError):  # retention removed it: leave what is there
+        status = os.stat(kept)
+        place(Staged(kept, path, status.st_size, sha256, status.st_mtime_ns, status.st_ino))
 
 
 def fingerprint(root: Path, path: Path) -> tuple[int, str, int]:
     """Size, SHA-256 and modification time (ns) of a file the pipeline did not write, its
     bytes kept in the object store (a copy: the file is not the pipeline's to protect)."""
     mtime_ns = path.stat().st_mtime_ns
-    size, sha256, _, _ = keep(root, path, link=False, preserve=True)
-    return size, sha256, mtime_ns
+    kept = keep(root, path, link=False, preserve=True)
+    return kept.size, kept.sha256, mtime_ns

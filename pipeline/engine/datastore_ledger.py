@@ -22,11 +22,12 @@ import os
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.orm import Session, aliased
 
 from pipeline.domain.definitions import Definition, Node
@@ -172,6 +173,7 @@ def _produced(
             DatastoreFile.node.in_(parents),
             DatastoreFile.data_file_type == kind,
             DatastoreFile.unit_of_work == unit,
+            ~DatastoreFile.placing,
         )
         .order_by(DatastoreFile.path, DatastoreFile.id)
     ).all()
@@ -329,7 +331,7 @@ def record_consumption(
         session.execute(insert(FileConsumption), rows)
 
 
-def record_stored(
+def record_pending(
     session: Session,
     root: Path,
     instance: PipelineInstance,
@@ -337,8 +339,18 @@ def record_stored(
     node: Node,
     outputs: list[StoredOutput],
 ) -> None:
-    """Rename a task's staged outputs into place and record them, superseding the rows of
-    the files they replace, in the caller's transaction (see the module docstring)."""
+    """Record a task's staged outputs as being placed (not versions yet), replacing what an
+    earlier try of this store recorded, in the caller's transaction: the first step of a
+    store (see ``record_stored``)."""
+    session.execute(
+        delete(DatastoreFile)
+        .where(
+            DatastoreFile.placing,
+            DatastoreFile.task_id == task.id,
+            DatastoreFile.attempt == task.attempt,
+        )
+        .execution_options(synchronize_session=False)
+    )
     producer = {
         "instance_id": instance.id,
         "task_id": task.id,
@@ -347,38 +359,136 @@ def record_stored(
         "definition_version": instance.definition_version,
         "parameter_versions": parameter_versions(instance, node),
     }
-    rows = _place(
-        session,
-        root,
-        [
-            (o.staged, o.data_file_type, TASK, {**producer, "subtask_index": o.subtask_index})
-            for o in outputs
-        ],
-        task.unit_of_work,
-    )
+    now = utcnow()
+    rows = [
+        _row(str(o.staged.destination.relative_to(root)), o.data_file_type, task.unit_of_work, TASK)
+        | {"size": o.staged.size, "sha256": o.staged.sha256, "mtime_ns": o.staged.mtime_ns}
+        | producer
+        | {"subtask_index": o.subtask_index, "stored_at": now, "superseded_at": now}
+        | {"placing": True}
+        for o in outputs
+    ]
+    if rows:
+        session.execute(insert(DatastoreFile.__table__), rows)
+
+
+def place_pending(outputs: list[StoredOutput]) -> None:
+    """Link a store's outputs at their paths (``datastore.place``), outside any
+    transaction: each path shows its current version or one being placed throughout."""
+    for output in outputs:
+        datastore.place(output.staged)
+
+
+def record_stored(
+    session: Session,
+    root: Path,
+    instance: PipelineInstance,
+    task: Task,
+    node: Node,
+    outputs: list[StoredOutput],
+) -> None:
+    """Make a task's placed outputs its versions, in the caller's transaction: the last
+    step of a store.
+
+    A store records its outputs as being placed (``record_pending``, committed), links
+    them at their paths (``place_pending``), then here, under the lock of their
+    directories, links again any that a concurrent store replaced meanwhile, supersedes
+    the current versions of their paths and makes its own current. So at every instant a
+    path shows its current version or one being placed, and a store that died halfway is
+    finished by its next try (which records its outputs afresh) or withdrawn by the
+    reconciler (``withdraw_pending``).
+    """
+    lock_directories(session, (str(o.staged.destination.parent.relative_to(root)) for o in outputs))
+    for output in outputs:
+        if not datastore.shows(output.staged):
+            datastore.place(output.staged)
+    paths = sorted({str(o.staged.destination.relative_to(root)) for o in outputs})
     # An aggregate's output made from fewer inputs than the version it replaces is worth
     # a look (a ``reprocess: new`` chain aggregating only what is new, say).
-    replaced = (
-        current_rows(session, [row["path"] for row in rows], PRODUCER)
-        if node.subtasks != "per_file"
-        else {}
-    )
-    ids = _insert(session, rows)
-    for row in rows:
-        old = replaced.get(row["path"])
+    replaced = current_rows(session, paths, PRODUCER) if node.subtasks != "per_file" else {}
+    ids = _make_current(session, task, paths)
+    for path, new in ids.items():
+        old = replaced.get(path)
         if old is None or old.task_id is None:
             continue
         before = inputs_of(session, old.task_id, old.attempt, old.subtask_index)
-        now = inputs_of(session, task.id, task.attempt, row["subtask_index"])
+        now = inputs_of(session, task.id, task.attempt, new[1])
         if now < before:
             alerts.raise_alert(
                 session,
                 task,
                 alerts.WARNING,
-                f"{row['path']}: version {ids[row['path']]} from {now} input"
+                f"{path}: version {new[0]} from {now} input"
                 f"{'' if now == 1 else 's'} supersedes version {old.id} from {before}"
                 f" (node {node.name!r} takes inputs_from: {node.scope})",
             )
+
+
+def _make_current(session: Session, task: Task, paths: list[str]) -> dict[str, tuple[int, int]]:
+    """Supersede the current versions of ``paths`` and make the task's placed rows of this
+    attempt current (a path placed twice: its later row); (id, subtask) by path."""
+    now = utcnow()
+    _supersede(session, paths, now)
+    placed = session.execute(
+        select(DatastoreFile.id, DatastoreFile.path, DatastoreFile.subtask_index)
+        .where(
+            DatastoreFile.placing,
+            DatastoreFile.task_id == task.id,
+            DatastoreFile.attempt == task.attempt,
+        )
+        .order_by(DatastoreFile.id)
+    ).all()
+    latest = {path: (file_id, index) for file_id, path, index in placed}
+    ids = [file_id for file_id, _ in latest.values()]
+    for start in range(0, len(ids), PATHS_PER_QUERY):
+        session.execute(
+            update(DatastoreFile)
+            .where(DatastoreFile.id.in_(ids[start : start + PATHS_PER_QUERY]))
+            .values(superseded_at=None, stored_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    session.execute(
+        update(DatastoreFile)
+        .where(
+            DatastoreFile.placing,
+            DatastoreFile.task_id == task.id,
+            DatastoreFile.attempt == task.attempt,
+        )
+        .values(placing=False)
+        .execution_options(synchronize_session=False)
+    )
+    return latest
+
+
+def withdraw_pending(session: Session, root: Path, task_id: int, attempt: int) -> int:
+    """Undo what a store of ``attempt`` of the task placed and never made current (it
+    turned out stale, or its worker died and the task moved on): each path that still shows
+    a withdrawn version shows its current version again, or nothing when it has none, and
+    the rows being placed go. In the caller's transaction; how many were withdrawn."""
+    pending = session.execute(
+        select(DatastoreFile.id, DatastoreFile.path, DatastoreFile.sha256).where(
+            DatastoreFile.placing,
+            DatastoreFile.task_id == task_id,
+            DatastoreFile.attempt == attempt,
+        )
+    ).all()
+    if not pending:
+        return 0
+    lock_directories(session, (str(Path(path).parent) for _, path, _ in pending))
+    current = current_rows(session, sorted({path for _, path, _ in pending}), FINGERPRINT)
+    for _, path, sha in pending:
+        with suppress(FileNotFoundError):  # retention removed it: nothing of it is shown
+            placed_inode = os.stat(datastore.object_path(root, sha)).st_ino
+            now = current.get(path)
+            datastore.put_back(root, root / path, now.sha256 if now else None, placed_inode)
+    ids = [file_id for file_id, _, _ in pending]
+    for start in range(0, len(ids), PATHS_PER_QUERY):
+        session.execute(
+            delete(DatastoreFile)
+            .where(DatastoreFile.id.in_(ids[start : start + PATHS_PER_QUERY]))
+            .execution_options(synchronize_session=False)
+        )
+    return len(pending)
 
 
 #: The columns of a ledger row that name its producing subtask.
@@ -455,13 +565,8 @@ def _row(path: str, data_file_type: str, unit: str, origin: str) -> dict[str, An
     }
 
 
-def _insert(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
-    """Supersede the current rows of ``rows``' paths, insert ``rows`` (a path listed twice:
-    the later one is current), in bulk; the new rows' ids by path."""
-    if not rows:
-        return {}
-    now = utcnow()
-    paths = sorted({row["path"] for row in rows})
+def _supersede(session: Session, paths: list[str], now: datetime) -> None:
+    """The current versions of ``paths`` are superseded as of ``now``."""
     for start in range(0, len(paths), PATHS_PER_QUERY):
         session.execute(
             update(DatastoreFile)
@@ -472,6 +577,16 @@ def _insert(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
             .values(superseded_at=now)
             .execution_options(synchronize_session=False)
         )
+
+
+def _insert(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Supersede the current rows of ``rows``' paths, insert ``rows`` (a path listed twice:
+    the later one is current), in bulk; the new rows' ids by path."""
+    if not rows:
+        return {}
+    now = utcnow()
+    paths = sorted({row["path"] for row in rows})
+    _supersede(session, paths, now)
     last = {row["path"]: i for i, row in enumerate(rows)}
     for i, row in enumerate(rows):
         row.setdefault("stored_at", now)

@@ -688,12 +688,13 @@ def _decide(
 
 
 def store(task_id: int, attempt: int, host: str = "") -> Step:
-    """Copy the outputs of the successful subtasks into the datastore, each recorded with
-    its producer; the task is COMPLETE.
+    """Put the outputs of the successful subtasks in the datastore, each recorded with its
+    producer; the task is COMPLETE.
 
-    The copies are staged beside their destinations (and hashed) outside any transaction;
-    the transaction that records the task COMPLETE renames them into place and writes
-    their ledger rows, so a stale or duplicate store changes neither files nor ledger.
+    The outputs are kept in the object store (and hashed) outside any transaction, then
+    recorded as being placed, linked at their paths, and made current by the transaction
+    that records the task COMPLETE (``datastore_ledger.record_stored``): a stale or
+    duplicate store changes no version, and what it placed is put back.
     """
     with transaction() as session:
         instance, task = lock_task(session, task_id)
@@ -708,8 +709,9 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
             )
         ).all()
     staged: list[datastore_ledger.StoredOutput] = []
+    root = get_settings().datastore
     try:
-        root = datastore.require(get_settings().datastore)
+        datastore.require(root)
         with StepLease(task_id, attempt, PState.STORING):
             destinations = {
                 name: root / definition.data_file_types[name].directory(unit)
@@ -722,11 +724,17 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
                     staged.append(datastore_ledger.StoredOutput(index, name, copy))
             if staged:  # a file system's sync waits for every writer's dirty pages on it
                 datastore.flush(root)
+            with transaction() as session:
+                instance, task = lock_task(session, task_id)
+                if not is_current(task, attempt, PState.STORING):
+                    return Step()
+                datastore_ledger.record_pending(session, root, instance, task, node, staged)
+            datastore_ledger.place_pending(staged)
         step = Step()
         with step.transaction() as (session, messages):
             instance, task = lock_task(session, task_id)
             if not is_current(task, attempt, PState.STORING):
-                datastore.discard([output.staged for output in staged])
+                datastore_ledger.withdraw_pending(session, root, task_id, attempt)
                 return step
             datastore_ledger.record_stored(session, root, instance, task, node, staged)
             move(
@@ -736,10 +744,12 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
             advance_within(session, instance, messages)
             staleness.rerun_ready(session, instance, messages, host)
     except Unreachable:
-        datastore.discard([output.staged for output in staged])
-        raise  # the database or broker is away: Celery retries the store, as any step
+        # The database or broker is away: Celery retries the store, as any step, and the
+        # retry records its outputs afresh (or the reconciler withdraws them).
+        raise
     except (OSError, PipelineError) as exc:
-        datastore.discard([output.staged for output in staged])
+        with transaction() as session:
+            datastore_ledger.withdraw_pending(session, root, task_id, attempt)
         return _fail_step(task_id, attempt, PState.STORING, f"storing failed: {exc}", host)
     return step
 

@@ -141,7 +141,9 @@ def after_store(session: Session, instance: PipelineInstance, task: Task) -> lis
 
 def _stored_now(session: Session, task: Task) -> set[tuple[str, str, str, str]]:
     """(path, SHA-256, type, unit) of the versions ``task``'s latest store recorded."""
-    latest = select(func.max(DatastoreFile.attempt)).where(DatastoreFile.task_id == task.id)
+    latest = select(func.max(DatastoreFile.attempt)).where(
+        DatastoreFile.task_id == task.id, ~DatastoreFile.placing
+    )
     return {
         tuple(row)  # type: ignore[misc]
         for row in session.execute(
@@ -153,6 +155,7 @@ def _stored_now(session: Session, task: Task) -> set[tuple[str, str, str, str]]:
             ).where(
                 DatastoreFile.task_id == task.id,
                 DatastoreFile.attempt == latest.scalar_subquery(),
+                ~DatastoreFile.placing,
             )
         )
     }

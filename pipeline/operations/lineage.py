@@ -43,7 +43,11 @@ def files_listing(
     the superseded ones too, from the ``offset``-th; every one, or ``limit``; and how many
     there are in all. The files of an instance or a task are listed whether a later store
     has superseded them or not: what it produced is its history."""
-    query = select(DatastoreFile, Task.stale).outerjoin(Task, Task.id == DatastoreFile.task_id)
+    query = (
+        select(DatastoreFile, Task.stale)
+        .outerjoin(Task, Task.id == DatastoreFile.task_id)
+        .where(~DatastoreFile.placing)  # not versions until their store commits
+    )
     if instance is not None:
         query = query.where(DatastoreFile.instance_id == instance)
     if task is not None:
@@ -101,7 +105,7 @@ def _version(session: Session, path: str, version: str | int | None) -> Datastor
             raise NotFound(f"no file {path!r} in the datastore ledger (see 'pipeline files')")
         return start  # type: ignore[no-any-return]
     named = str(version).strip().lower()
-    query = select(DatastoreFile).where(DatastoreFile.path == path)
+    query = select(DatastoreFile).where(DatastoreFile.path == path, ~DatastoreFile.placing)
     if session.scalars(query.limit(1)).first() is None:
         raise NotFound(f"no file {path!r} in the datastore ledger (see 'pipeline files')")
     if named.isdigit():

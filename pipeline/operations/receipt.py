@@ -88,7 +88,6 @@ def receive(
             copies = [received.staged for received in staged]
             rows = record_received(session, root, copies, data_file_type, unit, receipt)
     except BaseException:
-        datastore.discard([received.staged for received in staged])
         for made_here in made:
             with suppress(OSError):  # not empty: another receipt or store is using it
                 made_here.rmdir()

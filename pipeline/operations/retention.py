@@ -132,17 +132,21 @@ def prune_datastore(
 
 def _prunable(session: Session, keep_last: int, since: datetime) -> list[tuple[int, str]]:
     """(id, SHA-256) of every version the policy does not keep."""
-    ranked = select(
-        DatastoreFile.id,
-        DatastoreFile.sha256,
-        DatastoreFile.instance_id,
-        DatastoreFile.stored_at,
-        DatastoreFile.superseded_at,
-        DatastoreFile.pruned_at,
-        func.row_number()
-        .over(partition_by=DatastoreFile.path, order_by=DatastoreFile.id.desc())
-        .label("newest"),
-    ).subquery()
+    ranked = (
+        select(
+            DatastoreFile.id,
+            DatastoreFile.sha256,
+            DatastoreFile.instance_id,
+            DatastoreFile.stored_at,
+            DatastoreFile.superseded_at,
+            DatastoreFile.pruned_at,
+            func.row_number()
+            .over(partition_by=DatastoreFile.path, order_by=DatastoreFile.id.desc())
+            .label("newest"),
+        )
+        .where(~DatastoreFile.placing)  # a store's, not committed yet
+        .subquery()
+    )
     kept_instances = select(PipelineInstance.id).where(
         or_(
             PipelineInstance.created_at >= since,

@@ -22,15 +22,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from redis.exceptions import LockError
-from sqlalchemy import Text, cast, select, update
+from sqlalchemy import Text, cast, or_, select, update
 
 from pipeline.database import transaction
 from pipeline.domain.execution import ExecutionSettings
 from pipeline.domain.lifecycle import EXECUTION_STEPS, WAITING, PState
-from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
+from pipeline.domain.models import DatastoreFile, PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import STOPPED_STATES, SubtaskState
 from pipeline.engine import executors
 from pipeline.engine.alerts import WARNING, raise_alert_about
+from pipeline.engine.datastore_ledger import withdraw_pending
+from pipeline.engine.locks import lock_task_only
 from pipeline.engine.task_state import HOST, note_unloaded
 from pipeline.engine.transitions import advance
 from pipeline.errors import Refused, Unreadable
@@ -84,6 +86,7 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
     )
     cutoff = utcnow() - timedelta(seconds=settings.stale_after)
     remarshaled = _marshal_lost_marshals(cutoff, isolation)
+    withdrawn = _withdraw_abandoned_placements(cutoff, settings, isolation)
     unreadable: dict[int, str] = {}
     with outbox.transaction() as (session, messages):
         # The settings as text, decoded row by row: one that cannot be read fails its task,
@@ -138,6 +141,7 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
         "remarshaled": remarshaled,
         "resent": len(waiting),
         "redispatched": recovered,
+        "withdrawn": withdrawn,
         "instances_checked": len(active_instances),
         "failed": isolation.failed,
     }
@@ -170,6 +174,40 @@ def _marshal_lost_marshals(expired_before: datetime, isolation: Isolation) -> in
             )
         )
         for task_id, attempt in lost
+    )
+
+
+def _withdraw_abandoned_placements(
+    cutoff: datetime, settings: Settings, isolation: Isolation
+) -> int:
+    """Versions a store placed and never made current, whose attempt can no longer store
+    (its worker died and the task moved on: restarted, failed): their paths show their
+    current versions again (``datastore_ledger.withdraw_pending``). A store still
+    waiting to be sent again finishes them itself."""
+    with transaction() as session:
+        abandoned = session.execute(
+            select(DatastoreFile.task_id, DatastoreFile.attempt)
+            .join(Task, Task.id == DatastoreFile.task_id)
+            .where(
+                DatastoreFile.placing,
+                DatastoreFile.stored_at < cutoff,
+                or_(
+                    Task.attempt != DatastoreFile.attempt,
+                    Task.p_state != PState.STORING,
+                    Task.error,
+                ),
+            )
+            .distinct()
+        ).all()
+
+    def withdraw(task_id: int, attempt: int) -> int:
+        with transaction() as session:
+            lock_task_only(session, task_id)
+            return withdraw_pending(session, settings.datastore, task_id, attempt)
+
+    return sum(
+        isolation.task(task_id, lambda t=task_id, a=attempt: withdraw(t, a)) or 0
+        for task_id, attempt in abandoned
     )
 
 

@@ -1,0 +1,146 @@
+"""A store that dies halfway through placing its outputs, in this process: at every
+instant each path shows its current version or one being placed, the store sent again
+finishes the work, and a store whose task moved on is withdrawn by the reconciler. (The
+kill -9 of a real worker during a large store is in test_lost_work.)"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from pipeline.database import transaction
+from pipeline.domain.models import DatastoreFile, Task, utcnow
+from pipeline.engine import datastore, datastore_ledger
+from pipeline.operations import facade, lineage, queries, receipt
+from pipeline.recovery import reconcile
+from pipeline.sample.images import pixels
+from tests.support import InProcessWorker
+from tests.test_lineage import deliver
+
+pytestmark = pytest.mark.usefixtures("home")
+
+
+class Died(BaseException):
+    """The worker process dying mid-store (nothing after it runs, nothing is rolled back
+    but the open transaction)."""
+
+
+def disagreements(root: Path) -> list[str]:
+    """Every path whose bytes are neither its current version's nor one being placed, and
+    every current version its path does not show (empty: the ledger describes the disk)."""
+    with transaction() as session:
+        rows = session.execute(
+            select(
+                DatastoreFile.path,
+                DatastoreFile.sha256,
+                DatastoreFile.superseded_at,
+                DatastoreFile.placing,
+                DatastoreFile.origin,
+            )
+        ).all()
+    allowed: dict[str, set[str]] = {}
+    for path, sha, superseded, placing, _ in rows:
+        if superseded is None or placing:
+            allowed.setdefault(path, set()).add(sha)
+    wrong = []
+    for path, shas in allowed.items():
+        on_disk = root / path
+        actual = hashlib.sha256(on_disk.read_bytes()).hexdigest() if on_disk.exists() else None
+        if actual not in shas:
+            wrong.append(f"{path}: {actual} not in {sorted(shas)}")
+    return wrong
+
+
+def pending_rows() -> int:
+    with transaction() as session:
+        return len(session.scalars(select(DatastoreFile.id).where(DatastoreFile.placing)).all())
+
+
+def dies_halfway(monkeypatch: pytest.MonkeyPatch) -> None:
+    def place_half(outputs: list[datastore_ledger.StoredOutput]) -> None:
+        for output in outputs[: len(outputs) // 2]:
+            datastore.place(output.staged)
+        raise Died
+
+    monkeypatch.setattr(datastore_ledger, "place_pending", place_half)
+
+
+@pytest.fixture
+def died(
+    home: Path, worker: InProcessWorker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> int:
+    """Instance 1 stores set-1's permuted images; changed raw images arrive; instance 2's
+    permuter store of set-1, other bytes at the same paths, dies after placing half of
+    them. Instance 2's set-1 task, left in STORING."""
+    facade.submit("sample", None, "permuter")
+    worker.drain()
+    changed = {f"nasa-logo-file-{i}.png": pixels(8, i) for i in range(4)}
+    receipt.receive(deliver(tmp_path, "changed", changed), "raw_image", "set-1")
+    second = facade.submit("sample", None, "permuter")["id"]
+    dies_halfway(monkeypatch)
+    with pytest.raises(Died):
+        worker.drain()
+    monkeypatch.undo()
+    [task] = [t for t in queries.list_tasks(second) if t["state"] == "STORING"]
+    return int(task["id"])
+
+
+def shown(root: Path) -> dict[str, str]:
+    return {
+        f"set-1/L1/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in (root / "set-1" / "L1").iterdir()
+        if p.is_file()
+    }
+
+
+def current(prefix: str = "set-1/L1") -> dict[str, dict[str, Any]]:
+    return {f["path"]: f for f in lineage.files() if f["path"].startswith(prefix)}
+
+
+def age(task_id: int) -> None:
+    hour_ago = utcnow() - timedelta(hours=1)
+    with transaction() as session:
+        session.execute(update(Task).where(Task.id == task_id).values(updated_at=hour_ago))
+        session.execute(
+            update(DatastoreFile).where(DatastoreFile.placing).values(stored_at=hour_ago)
+        )
+
+
+def test_a_store_that_died_halfway_is_finished_by_the_store_sent_again(
+    home: Path, worker: InProcessWorker, died: int
+) -> None:
+    root = home / "datastore"
+    assert pending_rows() == 4
+    assert disagreements(root) == [], "each path shows its current version or one being placed"
+    versions = current()
+    assert sum(shown(root)[path] != f["sha256"] for path, f in versions.items()) == 2, "half"
+
+    age(died)
+    assert reconcile.reconcile_once()["resent"] >= 1
+    worker.drain()
+    assert queries.get_task(died)["state"] == "COMPLETE"
+    assert pending_rows() == 0
+    assert disagreements(root) == []
+    versions = current()
+    assert {f["task_id"] for f in versions.values()} == {died}
+    assert shown(root) == {path: f["sha256"] for path, f in versions.items()}
+    assert not (root / "set-1" / "L1" / datastore.STAGING_DIR).exists(), "no staging left"
+
+
+def test_a_store_whose_task_moved_on_is_withdrawn_by_the_reconciler(
+    home: Path, worker: InProcessWorker, died: int
+) -> None:
+    root = home / "datastore"
+    before = {path: f["sha256"] for path, f in current().items()}
+    facade.halt([died])  # the operator stops it: this attempt will never store
+    age(died)
+
+    assert reconcile.reconcile_once()["withdrawn"] == 4
+    assert pending_rows() == 0
+    assert disagreements(root) == []
+    assert shown(root) == before, "the paths show instance 1's versions again"
