@@ -156,3 +156,99 @@ def test_marshal_killed_mid_step_is_marshaled_again(chaos: Cluster) -> None:
     assert detail["attempt"] == 2
     assert any("marshaling lost" in e["message"] for e in detail["history"])
     assert any("marshaling lost" in a["message"] for a in instance_alerts(chaos, instance))
+
+
+# -- a store killed halfway through placing its outputs ------------------------------------------
+
+#: Files of the large store: its outputs are placed over other bytes at the same paths.
+LARGE_STORE = 2000
+DYING_STORE = """
+import os, time
+from pipeline.engine import datastore, datastore_ledger
+
+def place_half(outputs):
+    for output in outputs[: len(outputs) // 2]:
+        datastore.place(output.staged)
+    open(os.environ["PIPELINE_TEST_HALF_PLACED"], "w").close()
+    time.sleep(3600)
+
+datastore_ledger.place_pending = place_half
+"""
+COPYING = """
+name: copying
+description: Every file of a unit copied, in upper case.
+data_file_types:
+  note: {location: "{unit}/in", pattern: "*.txt"}
+  loud: {location: "{unit}/out", pattern: "*.out"}
+nodes:
+  - name: scribble
+    algorithm: tests.algorithms:scribble
+    inputs: [note]
+    outputs: [loud]
+    subtasks: {group_size: 100}
+"""
+
+
+def test_a_store_killed_halfway_leaves_a_ledger_that_describes_the_disk(
+    chaos: Cluster, tmp_path: Path
+) -> None:
+    """kill -9 of the worker placing a 2,000-file store halfway: while recovery runs every
+    path shows its current version or one being placed, and the store sent again finishes
+    the work, with the history line and the alert the operator guide promises."""
+    from tests.test_placement import disagreements, pending_rows
+
+    definition = tmp_path / "copying.yaml"
+    definition.write_text(COPYING)
+    chaos.cli("definitions", "import", definition)
+    notes = chaos.datastore / "big" / "in"
+    notes.mkdir(parents=True, exist_ok=True)
+    for number in range(LARGE_STORE):
+        (notes / f"n{number:05d}.txt").write_text(f"note {number}")
+    first = int(chaos.json("submit", "copying")["id"])
+    chaos.wait(first)
+    for number in range(LARGE_STORE):  # new bytes: the next store replaces every path
+        (notes / f"n{number:05d}.txt").write_text(f"note {number}, revised")
+
+    chaos.kill("worker1")
+    chaos.kill("worker2")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(DYING_STORE)
+    half_placed = tmp_path / "half-placed"
+    env = {
+        **chaos.env,
+        "PYTHONPATH": f"{hooks}:{chaos.env['PYTHONPATH']}",
+        "PIPELINE_TEST_HALF_PLACED": str(half_placed),
+    }
+    doomed = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "worker", "--hostname", "doomed", "--concurrency", "2"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        second = int(chaos.json("submit", "copying")["id"])
+        wait_for(half_placed.exists, timeout=120, what="the store to place half its outputs")
+    finally:
+        os.killpg(doomed.pid, signal.SIGKILL)
+        doomed.wait()
+    [task] = queries.list_tasks(second)
+    assert task["p_state"] == "STORING" and pending_rows() == LARGE_STORE
+    assert disagreements(chaos.datastore) == []
+
+    chaos.start(workers=2)
+
+    def recovered() -> bool:
+        assert disagreements(chaos.datastore) == [], "while recovery runs"
+        return bool(queries.get_task(task["id"])["p_state"] == "COMPLETE")
+
+    wait_for(recovered, timeout=120, what="the store sent again to complete")
+    assert pending_rows() == 0 and disagreements(chaos.datastore) == []
+    assert not (chaos.datastore / "big" / "out" / ".pipeline-staging").exists()
+    history = [e["message"] for e in queries.get_task(task["id"])["history"]]
+    assert any("store sent again (worker or message lost)" in line for line in history)
+    assert any("store sent again" in a["message"] for a in instance_alerts(chaos, second))
+    assert (
+        chaos.datastore / "big" / "out" / "n00007.out"
+    ).read_text() == "NOTE 7, REVISED SCRIBBLED"
