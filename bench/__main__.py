@@ -114,6 +114,8 @@ def run_cluster_groups(groups: set[str], sizes: Sizes, base: Path) -> list[Figur
                 )
                 with step("a ledger"):
                     found.append(figures.ledger_cost(cluster, sizes.throughput_subtasks))
+                with step("a storage"):
+                    found.append(figures.ledger_storage(cluster, sizes.throughput_subtasks))
             if "b" in groups:
                 with step("b"):
                     value, details = figures.pipeline_latency(cluster, sizes.latency_runs)

@@ -42,6 +42,7 @@ def test_the_benchmarks_produce_every_figure(tmp_path: Path) -> None:
         assert any(name.startswith(group) for name in names), f"no figure {group} in {names}"
     assert any(name.startswith("a. ledger") for name in names), names
     assert any(name.startswith("a. floor") for name in names), names
+    assert any(name.startswith("a. storage") for name in names), names
     for figure in results["figures"]:
         assert figure["value"] > 0 and figure["baseline"] > 0, figure
     assert results["machine"]["cores"] and results["machine"]["load_average"]

@@ -271,3 +271,24 @@ def test_file_listings_are_complete_or_paged_explicitly(
         assert len(page.json()) == 200
         everything = http.get(f"{API_PREFIX}/files", params={"unit": "u9"})
         assert len(everything.json()) == many
+
+
+def test_large_inputs_are_links_to_the_read_only_bytes_unless_the_worker_is_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.engine import taskdir
+
+    large = tmp_path / "large"
+    large.write_bytes(b"x" * (taskdir.INPUT_COPY_BYTES + 1))
+    os.chmod(large, datastore.OBJECT_MODE)
+    small = tmp_path / "small"
+    small.write_bytes(b"x")
+    for user, large_linked in ((1000, True), (0, False)):
+        monkeypatch.setattr(os, "geteuid", lambda user=user: user)
+        task_dir = tmp_path / f"task-{user}"
+        taskdir.marshal(task_dir, [[(large, "large.dat"), (small, "small.dat")]])
+        given = task_dir / "st-0"
+        linked = os.stat(given / "large.dat").st_ino == os.stat(large).st_ino
+        assert linked == large_linked, f"as user {user}"
+        assert os.stat(given / "small.dat").st_ino != os.stat(small).st_ino, "a copy"
+        assert os.stat(given / "small.dat").st_mode & 0o777 == taskdir.INPUT_MODE
