@@ -100,7 +100,7 @@ def test_identical_bytes_are_stored_once_and_every_version_stays_readable(
     assert old.read_text() == "NOTE A SCRIBBLED", "the superseded version is still kept"
     assert (root / "u1" / "out" / "a.out").read_text() == "NOTE A, REVISED SCRIBBLED"
     assert not os.access(old, os.W_OK) or os.geteuid() == 0
-    assert old.stat().st_mode & 0o777 == datastore.OBJECT_MODE
+    assert old.stat().st_mode & 0o777 == datastore.read_only()
 
 
 def age_everything(home: Path, days: float) -> None:
@@ -291,4 +291,4 @@ def test_large_inputs_are_links_to_the_read_only_bytes_unless_the_worker_is_root
         linked = os.stat(given / "large.dat").st_ino == os.stat(large).st_ino
         assert linked == large_linked, f"as user {user}"
         assert os.stat(given / "small.dat").st_ino != os.stat(small).st_ino, "a copy"
-        assert os.stat(given / "small.dat").st_mode & 0o777 == taskdir.INPUT_MODE
+        assert not os.stat(given / "small.dat").st_mode & 0o222, "read-only"

@@ -23,6 +23,7 @@ from typing import BinaryIO, NamedTuple
 
 from pipeline.domain.definitions import Definition, Node
 from pipeline.errors import InvalidInput
+from pipeline.settings import get_settings
 
 #: Where stored files are written before they are renamed into place.
 STAGING_DIR = ".pipeline-staging"
@@ -31,8 +32,16 @@ OBJECTS_DIR = ".pipeline-objects"
 #: Files and directories of the pipeline's own under the datastore root: never data.
 PRIVATE_PREFIX = ".pipeline-"
 #: Objects are read-only: an algorithm or an operator writing through a link is refused
-#: (unless running as root: ``unchanged`` then notices).
+#: (unless running as root). Readable as the settings' umask allows (``read_only``).
 OBJECT_MODE = 0o444
+
+
+def read_only() -> int:
+    """``OBJECT_MODE`` less what the settings' umask withholds (a private home's stored
+    bytes are its owner's alone, a shared one's its group's too)."""
+    return OBJECT_MODE & ~get_settings().umask
+
+
 #: Bytes read at a time when copying or hashing a file.
 CHUNK_BYTES = 1 << 20
 
@@ -119,7 +128,7 @@ def keep(root: Path, source: Path, link: bool = True, preserve: bool = False) ->
         existing = _existing(kept, size)
         if existing is not None:
             return Kept(size, sha256, kept, *existing)
-        os.chmod(source, OBJECT_MODE)
+        os.chmod(source, read_only())
         try:
             _link(source, kept)
             return Kept(size, sha256, kept, status.st_mtime_ns, status.st_ino)
@@ -146,7 +155,7 @@ def _keep_copy(root: Path, source: Path, preserve: bool) -> Kept:
         if existing is not None:
             return Kept(size, sha256, kept, *existing)
         # New bytes, or an object written through since: these are right.
-        os.chmod(temporary, OBJECT_MODE)
+        os.chmod(temporary, read_only())
         kept.parent.mkdir(exist_ok=True)
         os.replace(temporary, kept)
     finally:

@@ -85,4 +85,4 @@ def give(source: Path, destination: str) -> None:
         except OSError:
             pass
     shutil.copyfile(source, destination)
-    os.chmod(destination, INPUT_MODE)
+    os.chmod(destination, INPUT_MODE & ~get_settings().umask)

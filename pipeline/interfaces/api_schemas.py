@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic.fields import FieldInfo
 
 from pipeline.domain.execution import NAME_PATTERN, ExecutionSettings
@@ -104,13 +104,25 @@ class ImportRequest(_Strict):
 class DatastorePruneRequest(_Strict):
     keep_last: int | None = Field(default=None, ge=1, le=1_000_000)
     keep_days: float | None = Field(
-        default=None, ge=0, le=36_500, description="keep what the last this many days used"
+        default=None,
+        ge=0,
+        le=36_500,
+        strict=True,
+        description="keep what the last this many days used",
     )
     dry_run: bool = Field(default=False, description="say what would go; remove nothing")
 
 
+    @field_validator("keep_last", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError("Input should be a valid integer")
+        return value
+
+
 class TaskDirsPruneRequest(_Strict):
-    older_than_days: float = Field(ge=0, le=36_500, description="last changed before")
+    older_than_days: float = Field(ge=0, le=36_500, strict=True, description="last changed before")
     dry_run: bool = Field(default=False, description="say what would go; remove nothing")
 
 

@@ -409,7 +409,7 @@ def _show_report(report: Report, as_json: bool, title: str) -> int:
     else:
         table(
             title,
-            ["task", "mode", "result", "from", "subtasks", "downstream", "message"],
+            ["task", "mode", "result", "from", "subtasks", "message", "downstream"],
             [
                 [
                     o.task_id or "-",
@@ -417,8 +417,8 @@ def _show_report(report: Report, as_json: bool, title: str) -> int:
                     "ok" if o.ok else "refused",
                     o.start_from,
                     ", ".join(map(str, o.subtasks)),
-                    ", ".join(map(str, o.downstream)),
                     o.message,
+                    ", ".join(map(str, o.downstream)),
                 ]
                 for o in report.outcomes
             ],
