@@ -61,14 +61,61 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def masked(url: str) -> str:
-    """The URL with any password hidden, fit to print."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not an SQLAlchemy URL (a broker URL, say)
-        from kombu.utils.url import maybe_sanitize_url
+#: Query parameters whose value is a secret, whichever driver reads them.
+SECRET_PARAMETERS = frozenset(
+    {"password", "passwd", "pass", "pwd", "sslpassword", "secret", "token", "api_token", "auth"}
+)
+MASK = "***"
 
-        return maybe_sanitize_url(url)
+
+def masked(url: str) -> str:
+    """The URL with every secret hidden, fit to print: the password of its user info (all
+    before the last ``@`` of the authority, so an unencoded ``@`` in a password hides
+    with it) and the value of every query parameter that names one (``?password=``)."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        authority = f"{user}{colon and ':' + MASK}@{host}"
+    path, question, query = path.partition("?")
+    if question:
+        query = "&".join(_masked_parameter(pair) for pair in query.split("&"))
+    return f"{scheme}://{authority}{slash}{path}{question}{query}"
+
+
+def _masked_parameter(pair: str) -> str:
+    name, equals, _ = pair.partition("=")
+    return f"{name}={MASK}" if equals and name.lower() in SECRET_PARAMETERS else pair
+
+
+def scrubbed(text: str, *urls: str) -> str:
+    """``text`` (a driver's error, say) with each of ``urls`` masked, and their secrets
+    hidden wherever else they appear in it."""
+    for url in urls:
+        text = text.replace(url, masked(url))
+        for secret in _secrets(url):
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _secrets(url: str) -> list[str]:
+    """The secrets of a URL, as written and decoded, longest first."""
+    from urllib.parse import unquote
+
+    _, _, rest = url.partition("://")
+    authority, _, tail = rest.partition("/")
+    userinfo, at, _ = authority.rpartition("@")
+    found = [userinfo.partition(":")[2]] if at else []
+    query = tail.partition("?")[2]
+    for pair in query.split("&") if query else []:
+        name, _, value = pair.partition("=")
+        if name.lower() in SECRET_PARAMETERS:
+            found.append(value)
+    found += [unquote(secret) for secret in found]
+    return sorted({secret for secret in found if len(secret) >= 3}, key=len, reverse=True)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -164,7 +211,7 @@ def _unreachable_message(url: str, exc: Exception) -> str:
     """The home's own SQLite file that cannot be opened is a home with no cluster yet."""
     if get_settings().database_url is None and "unable to open" in _first_line(exc):
         return no_cluster_message()
-    return f"database unreachable at {masked(url)}: {_first_line(exc)}"
+    return f"database unreachable at {masked(url)}: {scrubbed(_first_line(exc), url)}"
 
 
 def _is_connection_error(exc: OperationalError) -> bool:
@@ -255,7 +302,7 @@ def describe_database_error(exc: Exception) -> str:
         if settings.database_url is None:
             return no_cluster_message()
         return f"database at {url} has no pipeline tables: run `pipeline cluster init`"
-    return f"database error at {url}: {_first_line(exc)}"
+    return f"database error at {url}: {scrubbed(_first_line(exc), settings.db_url)}"
 
 
 def no_cluster_message() -> str:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from pipeline.database import masked
+from pipeline.database import masked, scrubbed
 from pipeline.errors import Unreachable
 from pipeline.messaging.celery_app import broker_tls, celery_app
 from pipeline.messaging.messages import FAN_OUT, InFlight, Message
@@ -184,4 +184,5 @@ def _broker_errors() -> tuple[type[Exception], ...]:
 
 
 def unreachable(exc: Exception) -> Unreachable:
-    return Unreachable(f"broker unreachable at {masked(get_settings().broker)}: {exc}")
+    broker = get_settings().broker
+    return Unreachable(f"broker unreachable at {masked(broker)}: {scrubbed(str(exc), broker)}")
