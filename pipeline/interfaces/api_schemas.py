@@ -112,7 +112,6 @@ class DatastorePruneRequest(_Strict):
     )
     dry_run: bool = Field(default=False, description="say what would go; remove nothing")
 
-
     @field_validator("keep_last", mode="before")
     @classmethod
     def _not_a_boolean(cls, value: object) -> object:

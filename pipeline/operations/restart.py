@@ -14,7 +14,7 @@ change with it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
 from pipeline.domain.execution import ExecutionSettings, with_execution_defaults
-from pipeline.domain.limits import check_id
+from pipeline.domain.limits import MAX_ID, check_id
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import InstanceState
 from pipeline.engine import executors, staleness
@@ -32,10 +32,11 @@ from pipeline.engine.executors import queue_subtasks
 from pipeline.engine.locks import lock_rows, locked_instance
 from pipeline.engine.task_state import refresh_instance_state, wait_to_rerun
 from pipeline.engine.transitions import advance
-from pipeline.errors import InvalidInput, NotFound, Refused, shown
+from pipeline.errors import InvalidInput, NotFound, Refused, Unreachable, shown
 from pipeline.messaging import outbox
 from pipeline.messaging.messages import InFlight
 from pipeline.messaging.outbox import Outbox
+from pipeline.messaging.publisher import publisher
 from pipeline.operations.modes import Applying, Plan, RestartMode, parse_mode
 from pipeline.operations.outcomes import Outcome, Report
 
@@ -91,8 +92,14 @@ def restart(
     parsed = [(task_id, parse_mode(mode)) for task_id, mode in requests]
     changes = dict(settings or {})
     check_values(changes)
+    if not dry_run and _any_restartable([task_id for task_id, _ in parsed]):
+        # Refused before anything changes when the broker does not answer: a restart
+        # whose messages cannot be sent is no restart. (Asked only when a task may go
+        # ahead: an unknown or running task is refused for what it is.)
+        publisher().check()
     live = {} if dry_run else _in_flight_for([t for t, mode in parsed if mode.needs_broker])
-    with outbox.transaction() as (session, messages):
+    unsent: list[Unreachable] = []
+    with outbox.transaction(deliver=_sending(unsent)) as (session, messages):
         locked = _lock_tasks(session, [task_id for task_id, _ in parsed])
         states = _subtask_states(session, list(locked))
         submitting: list[Task] = []
@@ -121,7 +128,38 @@ def restart(
         touched = {locked[o.task_id][0].id: locked[o.task_id][0] for o in outcomes if o.ok}
         for instance in touched.values():
             refresh_instance_state(session, instance)
+    if unsent:  # the broker went away since it answered: the reconciler sends them later
+        for outcome in outcomes:
+            if outcome.ok:
+                outcome.message += f" (queued: {QUEUED_FOR_RECONCILER})"
     return Report(outcomes)
+
+
+#: What a restart whose messages the broker refused after it committed says.
+QUEUED_FOR_RECONCILER = "the broker went away; the reconciler sends it when it is back"
+
+
+def _sending(unsent: list[Unreachable]) -> Callable[[Outbox], None]:
+    """Publish a restart's outbox once it committed; a broker gone meanwhile leaves its
+    tasks waiting in their steps for the reconciler (noted in ``unsent``), not an error
+    for a restart that happened."""
+
+    def deliver(messages: Outbox) -> None:
+        try:
+            outbox.send(messages)
+        except Unreachable as exc:
+            unsent.append(exc)
+
+    return deliver
+
+
+def _any_restartable(task_ids: list[int]) -> bool:
+    valid = [task_id for task_id in task_ids if isinstance(task_id, int) and 0 < task_id <= MAX_ID]
+    if not valid:
+        return False
+    with transaction() as session:
+        found = session.scalar(select(Task.id).where(Task.id.in_(valid), Task.restartable).limit(1))
+    return found is not None
 
 
 def _guarded(task_id: int, mode: RestartMode, call: Any) -> Outcome:
@@ -253,6 +291,8 @@ def restart_failed(
             )
         )
     if transition_failed:
+        if not dry_run:
+            publisher().check()  # refused unchanged when its messages could not go
         return Report([_retry_transition(instance_id, dry_run)])
     if not failed:
         raise Refused(f"instance {instance_id} has no failed tasks")
