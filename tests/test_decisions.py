@@ -422,3 +422,18 @@ def test_a_stored_value_that_cannot_be_read_is_one_line(stored: str) -> None:
     found = problems.problem(error.value)
     assert found is not None and "\n" not in found.message
     assert found.message.startswith("a stored value cannot be read: ")
+
+
+def test_a_task_under_way_goes_before_marshals_and_both_before_queued_subtasks() -> None:
+    """Stores are not queued behind a bulk marshal (issue 28: restarted tasks sat 3.5
+    minutes in STORING behind a 10,000-task marshal), nor behind subtasks."""
+    from pipeline.domain.execution import ExecutionSettings
+    from pipeline.domain.lifecycle import Stage
+    from pipeline.messaging.messages import stage_message
+
+    def priority(stage: Stage) -> int:
+        return stage_message(stage, 1, 1, "default").priority
+
+    subtasks = ExecutionSettings().priority
+    assert priority(Stage.STORE) == priority(Stage.MONITOR) == priority(Stage.EXECUTE)
+    assert priority(Stage.STORE) < priority(Stage.MARSHAL) < subtasks

@@ -1,16 +1,25 @@
 """The Celery app of the workers and of beat (``celery -A workers.app``), with every task of
-``workers.chain`` and ``workers.operations`` registered on it, and each worker watching
-beat's heartbeat."""
+``workers.chain`` and ``workers.operations`` registered on it, each worker watching beat's
+heartbeat, and beat running the reconciler in its own process.
 
+The reconciler runs in beat, on a thread of its own, once an interval: not as a message a
+worker takes from a queue, where it would wait behind every long subtask and bulk marshal
+queued before it (and an alert would say the reconciler is not running while beat sends
+it on time). Beat alive is the reconciler running.
+"""
+
+import logging
+import threading
 from typing import Any
 
 from celery import bootsteps
-from celery.signals import task_postrun
+from celery.signals import beat_init, task_postrun
 
 from pipeline.domain.models import utcnow
 from pipeline.engine import runner
 from pipeline.messaging.celery_app import celery_app
 from pipeline.recovery.heartbeat import look
+from pipeline.recovery.reconcile import reconcile
 from pipeline.settings import get_settings
 from workers import chain, operations
 
@@ -38,6 +47,32 @@ class WorkerWatch(bootsteps.StartStopStep):
 app = celery_app()
 # Every worker tells when beat's reconciler has gone silent.
 app.steps["worker"].add(WorkerWatch)
+
+
+log = logging.getLogger(__name__)
+
+
+class BeatReconciler(threading.Thread):
+    """Beat's reconciler: ``reconcile`` once an interval, in beat's process (see the module
+    docstring); a run that fails is logged and the next one goes on."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__(name="reconciler", daemon=True)
+        self.interval = interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                reconcile()
+            except Exception:
+                log.exception("reconciler: this run failed; the next one goes on")
+            self.stopped.wait(self.interval)
+
+
+@beat_init.connect
+def _reconcile_in_beat(**_: Any) -> None:
+    BeatReconciler(get_settings().reconcile_interval).start()
 
 
 @task_postrun.connect

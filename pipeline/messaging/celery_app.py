@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.database import reset_engines
 from pipeline.domain.execution import DEFAULT_QUEUE
-from pipeline.messaging.messages import RECONCILE
 from pipeline.settings import TASK_MODULES, Settings, get_settings
 
 if TYPE_CHECKING:
@@ -122,9 +121,8 @@ def configure(app: Celery, settings: Settings) -> None:
             "socket_timeout": settings.broker_timeout,
             "socket_connect_timeout": settings.broker_timeout,
         },
-        beat_schedule={
-            "reconcile": {"task": RECONCILE, "schedule": settings.reconcile_interval},
-        },
+        # Beat runs the reconciler in its own process (``workers.app``), not as a message.
+        beat_schedule={},
         worker_hijack_root_logger=True,
         timezone="UTC",
     )
@@ -141,9 +139,9 @@ def _forget_connections(app: Celery) -> None:
 
 
 def _quiet_beat(sender: object = None, **_: object) -> None:
-    """Beat sends only the reconciler's messages: no ``task-sent`` event for them, so the
-    reconciler, run every few seconds, does not fill Flower's task list (its task sends
-    no events either)."""
+    """Beat runs the reconciler in its process (``workers.app``): the stage messages it
+    sends again send no ``task-sent`` event, so a reconciler run every few seconds does
+    not fill Flower's task list (the workers' events show them as they are received)."""
     celery_app().conf.task_send_sent_event = False
 
 

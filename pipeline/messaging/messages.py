@@ -79,10 +79,16 @@ class InFlight:
     workers: set[str]
 
 
+#: Each stage's priority (0 first): a task under way (its execution, monitor and store)
+#: goes before tasks not started yet (their marshal), and both before the subtasks
+#: already queued: a 10,000-task marshal does not hold up the stores of tasks that ran.
+STAGE_PRIORITIES = {Stage.MARSHAL: 1, Stage.EXECUTE: 0, Stage.MONITOR: 0, Stage.STORE: 0}
+
+
 def stage_message(stage: Stage, task_id: int, attempt: int, queue: str) -> Message:
-    """The message of a stage of ``attempt`` of a task. A stage's bookkeeping does not wait
-    behind the subtasks already queued: it goes first (priority 0)."""
-    return Message(STAGE_MESSAGES[stage], [task_id, attempt], queue)
+    """The message of a stage of ``attempt`` of a task, at the stage's priority
+    (``STAGE_PRIORITIES``)."""
+    return Message(STAGE_MESSAGES[stage], [task_id, attempt], queue, STAGE_PRIORITIES[stage])
 
 
 def subtask_message_id(task_id: int, attempt: int, index: int, number: int) -> str:
