@@ -74,12 +74,14 @@ def describe_inputs(definition: Definition, node: Node) -> str:
 
 @dataclass(frozen=True)
 class Staged:
-    """A version kept in the object store for ``destination``, not yet placed there, with
-    its size, SHA-256 and the modification time its object has (and so, once linked there,
-    the destination)."""
+    """A version kept in the object store for ``path`` (under the datastore root), not
+    yet placed there, with its size, SHA-256 and the modification time its object has
+    (and so, once linked there, the destination). Paths are strings: a store handles
+    thousands, and ``pathlib`` cost a third of its time."""
 
-    kept: Path
-    destination: Path
+    kept: str
+    path: str
+    destination: str
     size: int
     sha256: str
     mtime_ns: int
@@ -87,17 +89,22 @@ class Staged:
     inode: int
 
 
-def object_path(root: Path, sha256: str) -> Path:
+def object_path(root: Path | str, sha256: str) -> Path:
     """Where the bytes with this SHA-256 are kept."""
-    return root / OBJECTS_DIR / sha256[:2] / sha256
+    return Path(_object_file(str(root), sha256))
 
 
-def stage_file(root: Path, source: Path, destination: Path, link: bool = True) -> Staged:
-    """Keep ``source``'s bytes in the object store (``keep``) for ``destination``, where
-    ``place`` puts them. Not flushed to disk: ``flush`` does that once for all the files
-    of a store."""
+def _object_file(root: str, sha256: str) -> str:
+    return f"{root}/{OBJECTS_DIR}/{sha256[:2]}/{sha256}"
+
+
+def stage_file(root: Path, source: Path | str, path: str, link: bool = True) -> Staged:
+    """Keep ``source``'s bytes in the object store (``keep``) for ``path`` (under the
+    datastore ``root``), where ``place`` puts them. Not flushed to disk: ``flush`` does
+    that once for all the files of a store."""
     kept = keep(root, source, link)
-    return Staged(kept.path, destination, kept.size, kept.sha256, kept.mtime_ns, kept.inode)
+    destination = f"{root}/{path}"
+    return Staged(kept.path, path, destination, kept.size, kept.sha256, kept.mtime_ns, kept.inode)
 
 
 class Kept(NamedTuple):
@@ -106,12 +113,12 @@ class Kept(NamedTuple):
 
     size: int
     sha256: str
-    path: Path
+    path: str
     mtime_ns: int
     inode: int
 
 
-def keep(root: Path, source: Path, link: bool = True, preserve: bool = False) -> Kept:
+def keep(root: Path, source: Path | str, link: bool = True, preserve: bool = False) -> Kept:
     """Put ``source``'s bytes in the object store unless the same bytes are there already;
     their size, SHA-256, object and the object's modification time (ns).
 
@@ -124,7 +131,7 @@ def keep(root: Path, source: Path, link: bool = True, preserve: bool = False) ->
         with open(source, "rb") as reader:
             size, sha256 = _hash(reader)
             status = os.fstat(reader.fileno())
-        kept = object_path(root, sha256)
+        kept = _object_file(str(root), sha256)
         existing = _existing(kept, size)
         if existing is not None:
             return Kept(size, sha256, kept, *existing)
@@ -141,8 +148,8 @@ def keep(root: Path, source: Path, link: bool = True, preserve: bool = False) ->
     return _keep_copy(root, source, preserve)
 
 
-def _keep_copy(root: Path, source: Path, preserve: bool) -> Kept:
-    incoming = root / OBJECTS_DIR / STAGING_DIR
+def _keep_copy(root: Path, source: Path | str, preserve: bool) -> Kept:
+    incoming = Path(root) / OBJECTS_DIR / STAGING_DIR
     incoming.mkdir(parents=True, exist_ok=True)
     temporary = incoming / uuid.uuid4().hex
     try:
@@ -150,20 +157,20 @@ def _keep_copy(root: Path, source: Path, preserve: bool) -> Kept:
         with open(temporary, "rb") as reader:
             size, sha256 = _hash(reader)
             status = os.fstat(reader.fileno())
-        kept = object_path(root, sha256)
+        kept = _object_file(str(root), sha256)
         existing = _existing(kept, size)
         if existing is not None:
             return Kept(size, sha256, kept, *existing)
         # New bytes, or an object written through since: these are right.
         os.chmod(temporary, read_only())
-        kept.parent.mkdir(exist_ok=True)
+        os.makedirs(os.path.dirname(kept), exist_ok=True)
         os.replace(temporary, kept)
     finally:
         temporary.unlink(missing_ok=True)
     return Kept(size, sha256, kept, status.st_mtime_ns, status.st_ino)
 
 
-def _existing(kept: Path, size: int) -> tuple[int, int] | None:
+def _existing(kept: str, size: int) -> tuple[int, int] | None:
     """The modification time and inode of the object ``kept`` when it holds ``size``
     bytes (the same SHA-256, so the same bytes unless written through), else None."""
     try:
@@ -173,14 +180,14 @@ def _existing(kept: Path, size: int) -> tuple[int, int] | None:
     return (status.st_mtime_ns, status.st_ino) if status.st_size == size else None
 
 
-def _link(source: Path, link: Path) -> None:
+def _link(source: Path | str, link: str) -> None:
     """Hard-link ``link`` to ``source``, making its directory first if needed."""
     try:
         os.link(source, link)
     except FileNotFoundError:
-        if not source.exists():
+        if not os.path.exists(source):
             raise
-        link.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(link), exist_ok=True)
         os.link(source, link)
 
 
@@ -198,7 +205,8 @@ def version_bytes(root: Path, path: str, sha256: str, size: int) -> Path:
         actual = None
         with suppress(OSError):
             if (root / path).stat().st_size == size:
-                actual, found, kept, _, _ = keep(root, root / path)
+                actual, found, kept_file, _, _ = keep(root, root / path)
+                kept = Path(kept_file)
                 if found != sha256:
                     actual = None
         if actual is None:
@@ -248,16 +256,18 @@ def place(staged: Staged) -> int:
         return staged.mtime_ns
     except FileExistsError:
         pass
-    staging = staged.destination.parent / STAGING_DIR
-    staging.mkdir(exist_ok=True)
-    temporary = staging / f"{staged.destination.name}.{uuid.uuid4().hex}"
+    directory, name = os.path.split(staged.destination)
+    staging = os.path.join(directory, STAGING_DIR)
+    os.makedirs(staging, exist_ok=True)
+    temporary = os.path.join(staging, f"{name}.{uuid.uuid4().hex}")
     os.link(staged.kept, temporary)
     os.replace(temporary, staged.destination)
     # Renaming a link over another link of the same object (the path shows these bytes
     # already) does nothing, and leaves it where it was.
-    temporary.unlink(missing_ok=True)
+    with suppress(FileNotFoundError):
+        os.unlink(temporary)
     with suppress(OSError):  # another store may be using the staging directory still
-        staging.rmdir()
+        os.rmdir(staging)
     return staged.mtime_ns
 
 
@@ -269,22 +279,27 @@ def shows(staged: Staged) -> bool:
         return False
 
 
-def put_back(root: Path, path: Path, sha256: str | None, placed_inode: int) -> None:
-    """Undo a placement at ``path`` that never became current: if the path still shows
-    the withdrawn version (``placed_inode``), show the version ``sha256`` again (its
-    current one), or nothing when it had none."""
+def put_back(root: Path, path: str, sha256: str | None, placed_inode: int) -> None:
+    """Undo a placement at ``path`` (under ``root``) that never became current: if the
+    path still shows the withdrawn version (``placed_inode``), show the version ``sha256``
+    again (its current one), or nothing when it had none."""
+    destination = f"{root}/{path}"
     try:
-        if os.stat(path).st_ino != placed_inode:
+        if os.stat(destination).st_ino != placed_inode:
             return  # another placement since: not this one's to undo
     except OSError:  # not there, or not even its directory: nothing of it is shown
         return
     if sha256 is None:
-        path.unlink(missing_ok=True)
+        with suppress(FileNotFoundError):
+            os.unlink(destination)
         return
-    kept = object_path(root, sha256)
+    kept = _object_file(str(root), sha256)
     with suppress(FileNotFoundError):  # retention removed it: leave what is there
         status = os.stat(kept)
-        place(Staged(kept, path, status.st_size, sha256, status.st_mtime_ns, status.st_ino))
+        version = Staged(
+            kept, path, destination, status.st_size, sha256, status.st_mtime_ns, status.st_ino
+        )
+        place(version)
 
 
 def fingerprint(root: Path, path: Path) -> tuple[int, str, int]:

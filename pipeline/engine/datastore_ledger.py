@@ -361,7 +361,7 @@ def record_pending(
     }
     now = utcnow()
     rows = [
-        _row(str(o.staged.destination.relative_to(root)), o.data_file_type, task.unit_of_work, TASK)
+        _row(o.staged.path, o.data_file_type, task.unit_of_work, TASK)
         | {"size": o.staged.size, "sha256": o.staged.sha256, "mtime_ns": o.staged.mtime_ns}
         | producer
         | {"subtask_index": o.subtask_index, "stored_at": now, "superseded_at": now}
@@ -398,11 +398,11 @@ def record_stored(
     finished by its next try (which records its outputs afresh) or withdrawn by the
     reconciler (``withdraw_pending``).
     """
-    lock_directories(session, (str(o.staged.destination.parent.relative_to(root)) for o in outputs))
+    lock_directories(session, (os.path.dirname(o.staged.path) for o in outputs))
     for output in outputs:
         if not datastore.shows(output.staged):
             datastore.place(output.staged)
-    paths = sorted({str(o.staged.destination.relative_to(root)) for o in outputs})
+    paths = sorted({o.staged.path for o in outputs})
     # An aggregate's output made from fewer inputs than the version it replaces is worth
     # a look (a ``reprocess: new`` chain aggregating only what is new, say).
     replaced = current_rows(session, paths, PRODUCER) if node.subtasks != "per_file" else {}
@@ -480,7 +480,7 @@ def withdraw_pending(session: Session, root: Path, task_id: int, attempt: int) -
         with suppress(FileNotFoundError):  # retention removed it: nothing of it is shown
             placed_inode = os.stat(datastore.object_path(root, sha)).st_ino
             now = current.get(path)
-            datastore.put_back(root, root / path, now.sha256 if now else None, placed_inode)
+            datastore.put_back(root, path, now.sha256 if now else None, placed_inode)
     ids = [file_id for file_id, _, _ in pending]
     for start in range(0, len(ids), PATHS_PER_QUERY):
         session.execute(
@@ -540,11 +540,11 @@ def _place(
 ) -> list[dict[str, Any]]:
     """Under the lock of their directories, rename staged files (each with its data file
     type, origin and producer's fields) into place; their ledger rows."""
-    lock_directories(session, (str(f[0].destination.parent.relative_to(root)) for f in files))
+    lock_directories(session, (os.path.dirname(f[0].path) for f in files))
     rows = []
     for staged, data_file_type, origin, producer in files:
         mtime_ns = datastore.place(staged)
-        path = str(staged.destination.relative_to(root))
+        path = staged.path
         rows.append(
             _row(path, data_file_type, unit, origin)
             | {"size": staged.size, "sha256": staged.sha256, "mtime_ns": mtime_ns}

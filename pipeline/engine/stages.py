@@ -713,14 +713,14 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
     try:
         datastore.require(root)
         with StepLease(task_id, attempt, PState.STORING):
-            destinations = {
-                name: root / definition.data_file_types[name].directory(unit)
-                for name in node.outputs
+            directories = {
+                name: definition.data_file_types[name].directory(unit) for name in node.outputs
             }
             for index, inputs in succeeded:
-                directory = taskdir.subtask_dir(task_dir, index)
-                for name, output in outputs_of(definition, node, directory, inputs):
-                    copy = datastore.stage_file(root, output, destinations[name] / output.name)
+                directory = f"{task_dir}/{taskdir.SUBTASK_DIR_FORMAT.format(index=index)}"
+                for name, file in output_names(definition, node, directory, inputs):
+                    output = os.path.join(directory, file)
+                    copy = datastore.stage_file(root, output, f"{directories[name]}/{file}")
                     staged.append(datastore_ledger.StoredOutput(index, name, copy))
             if staged:  # a file system's sync waits for every writer's dirty pages on it
                 datastore.flush(root)
@@ -759,6 +759,15 @@ def outputs_of(
 ) -> list[tuple[str, Path]]:
     """The files of ``node``'s output types a subtask left in ``directory`` (its inputs
     excepted), as (data file type, file)."""
+    return [
+        (name, directory / file) for name, file in output_names(definition, node, directory, inputs)
+    ]
+
+
+def output_names(
+    definition: Definition, node: Node, directory: Path | str, inputs: Sequence[str]
+) -> list[tuple[str, str]]:
+    """``outputs_of`` as (data file type, file name): a store lists 10,000 directories."""
     # One listing of the directory, not a glob per type: a store reads 10,000 of them.
     with os.scandir(directory) as entries:
         files = sorted(
@@ -769,5 +778,5 @@ def outputs_of(
     found = []
     for name in node.outputs:
         pattern = definition.data_file_types[name].pattern
-        found += [(name, directory / file) for file in files if fnmatchcase(file, pattern)]
+        found += [(name, file) for file in files if fnmatchcase(file, pattern)]
     return found

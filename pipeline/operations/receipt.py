@@ -75,7 +75,8 @@ def receive(
     try:
         for name in names:
             # A copy: the delivery stays the operator's to change or delete.
-            copy = datastore.stage_file(root, directory / name, destination / name, link=False)
+            path = f"{kind.directory(unit)}/{name}"
+            copy = datastore.stage_file(root, directory / name, path, link=False)
             staged.append(Received(name, copy))
             if expected and copy.sha256 != expected[name].lower():
                 raise InvalidInput(f"{name}: checksum differs from the manifest's")
