@@ -218,6 +218,9 @@ class Subtask(Base):
     inputs: Mapped[list[Any]]
     #: Files of the node's output types it left in its directory (set when it succeeds).
     outputs: Mapped[int | None]
+    #: Those outputs as kept in the object store when it succeeded: ``[data file type,
+    #: name, SHA-256, size, modification time (ns), inode]`` each (the store places them).
+    kept: Mapped[list[Any] | None]
     worker_host: Mapped[str] = mapped_column(String(200), default="")
     worker_pid: Mapped[int | None]
     started_at: Mapped[datetime | None]

@@ -107,6 +107,17 @@ def stage_file(root: Path, source: Path | str, path: str, link: bool = True) -> 
     return Staged(kept.path, path, destination, kept.size, kept.sha256, kept.mtime_ns, kept.inode)
 
 
+def staged_kept(
+    root: Path, path: str, sha256: str, size: int, mtime_ns: int, inode: int
+) -> Staged | None:
+    """A version a subtask kept as it ended, for ``path``: None unless its object is still
+    the file it kept (retention removes bytes no version names after an hour)."""
+    kept = _object_file(str(root), sha256)
+    if _existing(kept, size) != (mtime_ns, inode):
+        return None
+    return Staged(kept, path, f"{root}/{path}", size, sha256, mtime_ns, inode)
+
+
 class Kept(NamedTuple):
     """Bytes in the object store: their size, SHA-256, object, and the object's
     modification time and inode."""

@@ -57,6 +57,8 @@ class SubtaskOutcome:
     timed_out: bool = False
     #: Files of the node's output types it left (counted by the worker once it succeeded).
     outputs: int | None = None
+    #: Those outputs, kept in the object store (``stages.checked_outputs``).
+    kept: list[list[Any]] | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 

@@ -257,14 +257,24 @@ Ended = tuple[Claim, SubtaskOutcome]
 
 
 def checked_outputs(run: SubtaskRun, outcome: SubtaskOutcome) -> SubtaskOutcome:
-    """Count the outputs of a subtask that succeeded; with none where the task's execution
-    settings require them, it failed."""
+    """Count the outputs of a subtask that succeeded and keep their bytes in the object
+    store, in this worker, while others still run (the store then only places them); with
+    none where the task's execution settings require them, or one that cannot be kept (a
+    full disk, say), it failed."""
     if not outcome.ok or not run.node.outputs:
         return outcome
-    found = outputs_of(run.definition, run.node, run.context.directory, run.inputs)
+    found = output_names(run.definition, run.node, run.context.directory, run.inputs)
     if not found and run.require_outputs:
         return SubtaskOutcome(False, NO_OUTPUT_REQUIRED, outputs=0)
-    return replace(outcome, outputs=len(found))
+    root = get_settings().datastore
+    kept = []
+    for name, file in found:
+        try:
+            version = datastore.keep(root, f"{run.context.directory}/{file}")
+        except OSError as exc:
+            return SubtaskOutcome(False, f"could not keep output {file}: {exc.strerror or exc}")
+        kept.append([name, file, version.sha256, version.size, version.mtime_ns, version.inode])
+    return replace(outcome, outputs=len(found), kept=kept)
 
 
 def run_subtasks(claims: Sequence[Claim], host: str, hand_over: HandOver) -> Step:
@@ -582,6 +592,7 @@ def _count_outcomes(
                 "row_state": SubtaskState.COMPLETE if outcome.ok else SubtaskState.FAILED,
                 "row_error": outcome.error,
                 "row_outputs": outcome.outputs,
+                "row_kept": outcome.kept,
                 "row_finished": now,
             }
         )
@@ -602,6 +613,7 @@ def _write_outcomes(session: Session, changes: list[dict[str, Any]]) -> None:
             state=bindparam("row_state"),
             error=bindparam("row_error"),
             outputs=bindparam("row_outputs"),
+            kept=bindparam("row_kept"),
             finished_at=bindparam("row_finished"),
         ),
         changes,
@@ -704,7 +716,7 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
         node = definition.node(task.node)
         unit, task_dir = task.unit_of_work, Path(task.task_dir)
         succeeded = session.execute(
-            select(Subtask.index, Subtask.inputs).where(
+            select(Subtask.index, Subtask.inputs, Subtask.kept).where(
                 Subtask.task_id == task_id, Subtask.state == SubtaskState.COMPLETE
             )
         ).all()
@@ -716,11 +728,13 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
             directories = {
                 name: definition.data_file_types[name].directory(unit) for name in node.outputs
             }
-            for index, inputs in succeeded:
+            for index, inputs, kept in succeeded:
                 directory = f"{task_dir}/{taskdir.SUBTASK_DIR_FORMAT.format(index=index)}"
-                for name, file in output_names(definition, node, directory, inputs):
-                    output = os.path.join(directory, file)
-                    copy = datastore.stage_file(root, output, f"{directories[name]}/{file}")
+                for name, file, *version in kept or _unkept(definition, node, directory, inputs):
+                    path = f"{directories[name]}/{file}"
+                    copy = datastore.staged_kept(root, path, *version) if version else None
+                    if copy is None:  # kept by an older worker, or gone since: keep it now
+                        copy = datastore.stage_file(root, f"{directory}/{file}", path)
                     staged.append(datastore_ledger.StoredOutput(index, name, copy))
             if staged:  # a file system's sync waits for every writer's dirty pages on it
                 datastore.flush(root)
@@ -752,6 +766,13 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
             datastore_ledger.withdraw_pending(session, root, task_id, attempt)
         return _fail_step(task_id, attempt, PState.STORING, f"storing failed: {exc}", host)
     return step
+
+
+def _unkept(
+    definition: Definition, node: Node, directory: str, inputs: Sequence[str]
+) -> list[tuple[str, str]]:
+    """The outputs of a subtask that recorded none kept (it ran before they were)."""
+    return output_names(definition, node, directory, inputs)
 
 
 def outputs_of(
