@@ -85,3 +85,13 @@ def count_inputs(ctx: SubtaskContext) -> None:
     """Writes how many inputs it was given, and their names: an aggregate over a unit."""
     names = sorted(path.name for path in ctx.inputs)
     (ctx.directory / "summary.txt").write_text(f"count={len(names)} {' '.join(names)}")
+
+
+def count_runs(ctx: SubtaskContext) -> None:
+    """Writes, as each input's output, which run of this subtask this is (counted in a
+    file of its directory that is no output): a run again writes other bytes."""
+    runs = ctx.directory / "runs"
+    number = int(runs.read_text()) + 1 if runs.exists() else 1
+    runs.write_text(str(number))
+    for path in ctx.inputs:
+        (ctx.directory / f"{path.stem}.out").write_text(f"run {number}")

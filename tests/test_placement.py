@@ -144,3 +144,42 @@ def test_a_store_whose_task_moved_on_is_withdrawn_by_the_reconciler(
     assert pending_rows() == 0
     assert disagreements(root) == []
     assert shown(root) == before, "the paths show instance 1's versions again"
+
+
+def test_a_subtask_run_again_over_outputs_it_kept_leaves_their_bytes_intact(
+    home: Path, worker: InProcessWorker, tmp_path: Path
+) -> None:
+    """A subtask keeps its outputs as it ends; its worker dies before the outcome is
+    recorded, and the subtask runs again in the same directory, writing the same output
+    name with other bytes: the bytes kept by the first run stay what their name says."""
+    from pipeline.engine import runner, stages
+    from pipeline.engine.leases import Claim
+    from tests.test_recovery import age as age_subtasks
+    from tests.test_versions import DEFINITION
+
+    definition = tmp_path / "runs.yaml"
+    definition.write_text(
+        DEFINITION.replace("tests.algorithms:scribble", "tests.algorithms:count_runs")
+    )
+    facade.import_definitions([definition])
+    root = home / "datastore"
+    (root / "u1" / "in").mkdir(parents=True)
+    (root / "u1" / "in" / "a.txt").write_text("a")
+    facade.submit("scribbling")
+    worker.run_next()  # marshaled: the subtask's message is queued
+    [message] = worker.queue
+    task_id = message.args[0]
+    worker.queue.remove(message)
+    [run] = stages.begin_subtasks([Claim(task_id, 1, 0, 1)], host="worker9@gone")
+    first = stages.checked_outputs(run, runner.run(run.algorithm, run.context, 30))
+    [[_, _, sha, *_]] = first.kept
+    kept = datastore.object_path(root, sha)
+    assert kept.read_text() == "run 1"
+    age_subtasks(task_id)
+
+    assert reconcile.reconcile_once()["reclaimed"] == 1
+    worker.drain()
+    assert queries.get_task(task_id)["state"] == "COMPLETE"
+    assert (root / "u1" / "out" / "a.out").read_text() == "run 2"
+    assert kept.read_text() == "run 1", "the first run's kept bytes are intact"
+    assert hashlib.sha256(kept.read_bytes()).hexdigest() == sha

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from functools import partial
@@ -469,6 +470,8 @@ def _subtask_runs(
     runs, task_dir = [], Path(task.task_dir)
     for subtask, claim in subtasks:
         directory = taskdir.subtask_dir(task_dir, subtask.index)
+        if claim.number > 1:  # run before here: its outputs then may be kept bytes now
+            _clear_outputs(definition, node, directory, subtask.inputs)
         context = SubtaskContext(
             directory=directory,
             inputs=[directory / name for name in subtask.inputs],
@@ -479,6 +482,16 @@ def _subtask_runs(
         )
         runs.append(run(context=context, claim=claim, inputs=subtask.inputs))
     return runs
+
+
+def _clear_outputs(definition: Definition, node: Node, directory: Path, inputs: list[str]) -> None:
+    """Remove what an earlier run of a subtask left as outputs before it runs again: once
+    kept (``checked_outputs``), an output is a link to stored bytes, which an algorithm
+    writing the same name in place would change. The stored bytes keep their own link."""
+    with suppress(FileNotFoundError):
+        for _, file in output_names(definition, node, directory, inputs):
+            with suppress(FileNotFoundError):
+                os.unlink(directory / file)
 
 
 def _definition(instance: PipelineInstance) -> Definition:
