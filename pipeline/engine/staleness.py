@@ -35,6 +35,8 @@ from pipeline.messaging.outbox import Outbox
 
 #: How many stale tasks an alert names before it says "and N more".
 NAMED_IN_ALERT = 10
+#: Task ids per ``IN (...)`` list.
+CHUNK = 500
 
 
 def _last_marshal(consumed: type[FileConsumption] | object) -> object:
@@ -63,6 +65,41 @@ def consumers(session: Session, producers: Collection[int]) -> set[int]:
             .distinct()
         )
     )
+
+
+def consumed_from(session: Session, producers: Collection[int]) -> dict[int, set[int]]:
+    """``consumers`` of each of ``producers`` separately, in one query per 500 of them."""
+    found: dict[int, set[int]] = {producer: set() for producer in producers}
+    listed = sorted(producers)
+    for start in range(0, len(listed), CHUNK):
+        chunk = listed[start : start + CHUNK]
+        for producer, consumer in session.execute(
+            select(DatastoreFile.task_id, FileConsumption.task_id)
+            .join(DatastoreFile, DatastoreFile.id == FileConsumption.file_id)
+            .where(
+                DatastoreFile.task_id.in_(chunk),
+                FileConsumption.attempt == _last_marshal(FileConsumption),
+            )
+            .distinct()
+        ):
+            if consumer != producer:
+                found[producer].add(consumer)
+    return found
+
+
+def downstream_of_each(session: Session, task_ids: Collection[int]) -> dict[int, list[int]]:
+    """``downstream`` of each of ``task_ids``, level by level for all of them at once: a
+    restart of 1,000 failed tasks asks one query, not 1,000 (most have no consumer yet)."""
+    below: dict[int, set[int]] = {task_id: set() for task_id in task_ids}
+    frontier: dict[int, set[int]] = {task_id: {task_id} for task_id in task_ids}
+    while any(frontier.values()):
+        asked = set().union(*frontier.values())
+        consumers_of = consumed_from(session, asked)
+        for origin, tasks in frontier.items():
+            reached = set().union(*(consumers_of[t] for t in tasks)) - below[origin] - {origin}
+            below[origin] |= reached
+            frontier[origin] = reached
+    return {origin: sorted(found) for origin, found in below.items()}
 
 
 def downstream(session: Session, task_ids: Iterable[int]) -> list[int]:

@@ -102,6 +102,7 @@ def restart(
     with outbox.transaction(deliver=_sending(unsent)) as (session, messages):
         locked = _lock_tasks(session, [task_id for task_id, _ in parsed])
         states = _subtask_states(session, list(locked))
+        below = staleness.downstream_of_each(session, list(locked))
         submitting: list[Task] = []
         # One flush at commit: the per-task subtask UPDATEs need none of the pending rows.
         with session.no_autoflush:
@@ -116,7 +117,7 @@ def restart(
                         t,
                         m,
                         changes,
-                        Applied(dry_run, downstream, messages, live, submitting),
+                        Applied(dry_run, downstream, messages, live, submitting, below),
                     ),
                 )
                 for task_id, mode in parsed
@@ -207,6 +208,8 @@ class Applied:
     messages: Outbox
     live: dict[str, InFlight]
     submitting: list[Task]
+    #: The tasks downstream of each task asked for (``staleness.downstream_of_each``).
+    below: dict[int, list[int]]
 
 
 def _restart_locked(
@@ -226,7 +229,7 @@ def _restart_locked(
     execution = _merged_settings(task.execution, changes)
     plan = mode.plan(task, states[task_id])
     mode.check_changes(changes)
-    later = staleness.downstream(session, [task_id])
+    later = applied.below.get(task_id, [])
     waits_for = _not_current_above(session, task) if task.stale else []
     if waits_for:
         plan = Plan(
