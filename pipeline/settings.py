@@ -144,6 +144,18 @@ class Settings(BaseSettings):
         description="the former name of reconcile_interval, read when that is not set",
     )
     stale_after: float = Field(default=30.0, gt=0)
+    disk_warning_free_percent: float = Field(
+        default=10.0,
+        ge=0,
+        le=100,
+        description="a warning alert when the home's, datastore's or task root's file system"
+        " has less free",
+    )
+    disk_error_free_mb: float = Field(
+        default=256.0,
+        ge=0,
+        description="an error alert below this many MiB free: writes are about to fail",
+    )
     retention_keep_last: int = Field(
         default=3,
         ge=1,

@@ -255,6 +255,10 @@ class Alert(Base):
     task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"))
     message: Mapped[str] = mapped_column(Text)
     acknowledged_at: Mapped[datetime | None]
+    #: The condition it is about, when it lasts (``disk:/srv/pipeline:warning``): raised
+    #: once while the condition holds, ``cleared_at`` when it ends.
+    cause: Mapped[str] = mapped_column(String(300), default="", server_default="")
+    cleared_at: Mapped[datetime | None]
 
 
 class Heartbeat(Base):

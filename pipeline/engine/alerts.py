@@ -4,9 +4,10 @@ transaction that found it (operators list and acknowledge them: ``pipeline.opera
 
 from __future__ import annotations
 
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from pipeline.domain.models import Alert, Task
+from pipeline.domain.models import Alert, Task, utcnow
 
 WARNING = "warning"
 ERROR = "error"
@@ -22,3 +23,26 @@ def raise_alert_about(
 ) -> None:
     """Record an alert about a task known by its ids, in the caller's transaction."""
     session.add(Alert(severity=severity, instance_id=instance_id, task_id=task_id, message=message))
+
+
+def raise_once(session: Session, cause: str, severity: str, message: str) -> bool:
+    """Raise an alert about a condition that lasts (``cause``), unless one raised for it is
+    not cleared yet: one alert per episode. Whether it was raised."""
+    open_one = session.scalar(
+        select(Alert.id).where(Alert.cause == cause, Alert.cleared_at.is_(None)).limit(1)
+    )
+    if open_one is not None:
+        return False
+    session.add(Alert(severity=severity, message=message, cause=cause))
+    return True
+
+
+def clear(session: Session, cause: str) -> bool:
+    """The condition ``cause`` ended: its alert is cleared. Whether one was open."""
+    cleared = session.execute(
+        update(Alert)
+        .where(Alert.cause == cause, Alert.cleared_at.is_(None))
+        .values(cleared_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(cleared.rowcount)

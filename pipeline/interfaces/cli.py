@@ -328,7 +328,7 @@ def alerts_list(args: argparse.Namespace) -> None:
         return print_json(rows)
     table(
         "alerts",
-        ["id", "time", "severity", "instance", "task", "message", "acknowledged"],
+        ["id", "time", "severity", "instance", "task", "message", "acknowledged", "cleared"],
         [
             [
                 r["id"],
@@ -338,6 +338,7 @@ def alerts_list(args: argparse.Namespace) -> None:
                 r["task_id"],
                 r["message"],
                 "yes" if r["acknowledged"] else "",
+                r["cleared_at"] or "",
             ]
             for r in rows
         ],

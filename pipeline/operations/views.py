@@ -353,6 +353,9 @@ class AlertView(TypedDict):
     task_id: int | None
     message: str
     acknowledged: bool
+    cleared_at: Annotated[
+        Time, Field(description="when the condition it is about ended (none: it lasts)")
+    ]
 
 
 def alert_view(row: Any) -> AlertView:

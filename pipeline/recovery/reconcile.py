@@ -39,7 +39,7 @@ from pipeline.errors import Refused, Unreadable
 from pipeline.messaging import outbox
 from pipeline.messaging.broker import broker_client
 from pipeline.messaging.messages import InFlight, stage_message
-from pipeline.recovery import heartbeat
+from pipeline.recovery import disks, heartbeat
 from pipeline.recovery.isolation import Isolation, decode_execution
 from pipeline.recovery.reattach import reattach
 from pipeline.recovery.reclaim import marshal_again, reclaim_lost
@@ -87,6 +87,7 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
     cutoff = utcnow() - timedelta(seconds=settings.stale_after)
     remarshaled = _marshal_lost_marshals(cutoff, isolation)
     withdrawn = _withdraw_abandoned_placements(cutoff, settings, isolation)
+    disks_low = disks.watch(settings)
     unreadable: dict[int, str] = {}
     with outbox.transaction() as (session, messages):
         # The settings as text, decoded row by row: one that cannot be read fails its task,
@@ -142,6 +143,7 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
         "resent": len(waiting),
         "redispatched": recovered,
         "withdrawn": withdrawn,
+        "disks_low": disks_low,
         "instances_checked": len(active_instances),
         "failed": isolation.failed,
     }
