@@ -20,6 +20,7 @@ from pipeline.engine import runner
 from pipeline.messaging.celery_app import celery_app
 from pipeline.recovery.heartbeat import look
 from pipeline.recovery.reconcile import reconcile
+from pipeline.recovery.services import ServiceWatch
 from pipeline.settings import get_settings
 from workers import chain, operations
 
@@ -60,11 +61,12 @@ class BeatReconciler(threading.Thread):
         super().__init__(name="reconciler", daemon=True)
         self.interval = interval
         self.stopped = threading.Event()
+        self.watch = ServiceWatch(reconcile)
 
     def run(self) -> None:
         while not self.stopped.is_set():
             try:
-                reconcile()
+                self.watch.run_once()
             except Exception:
                 log.exception("reconciler: this run failed; the next one goes on")
             self.stopped.wait(self.interval)
