@@ -156,7 +156,15 @@ def check_broker() -> None:
             if client is not None:  # Redis; other transports answered ensure_connection
                 client.ping()
     except Exception as exc:  # kombu raises several types for a refused connection
-        raise unreachable(exc) from None
+        # A pooled connection can be in a bad state of its own (in Flower's process, a
+        # health check answered out of turn): a connection of its own asks again.
+        try:
+            if not broker_client().ping():
+                raise unreachable(exc) from None
+        except Unreachable:
+            raise
+        except Exception:
+            raise unreachable(exc) from None
 
 
 def broker_client() -> Redis:
