@@ -139,11 +139,7 @@ def keep(root: Path, source: Path | str, link: bool = True, preserve: bool = Fal
     copied, so a later change to ``source`` cannot make the SHA-256 lie.
     """
     if link:
-        with open(source, "rb") as reader:
-            size, sha256 = _hash(reader)
-            status = os.fstat(reader.fileno())
-        kept = _object_file(str(root), sha256)
-        existing = _existing(kept, size)
+        size, sha256, status, kept, existing = _hashed(root, source)
         if existing is not None:
             return Kept(size, sha256, kept, *existing)
         os.chmod(source, read_only())
@@ -165,11 +161,7 @@ def _keep_copy(root: Path, source: Path | str, preserve: bool) -> Kept:
     temporary = incoming / uuid.uuid4().hex
     try:
         (shutil.copy2 if preserve else shutil.copyfile)(source, temporary)
-        with open(temporary, "rb") as reader:
-            size, sha256 = _hash(reader)
-            status = os.fstat(reader.fileno())
-        kept = _object_file(str(root), sha256)
-        existing = _existing(kept, size)
+        size, sha256, status, kept, existing = _hashed(root, temporary)
         if existing is not None:
             return Kept(size, sha256, kept, *existing)
         # New bytes, or an object written through since: these are right.
@@ -179,6 +171,18 @@ def _keep_copy(root: Path, source: Path | str, preserve: bool) -> Kept:
     finally:
         temporary.unlink(missing_ok=True)
     return Kept(size, sha256, kept, status.st_mtime_ns, status.st_ino)
+
+
+def _hashed(
+    root: Path, path: Path | str
+) -> tuple[int, str, os.stat_result, str, tuple[int, int] | None]:
+    """A file's size, SHA-256 and status as read, its object, and that object's
+    modification time and inode when the same bytes are kept already (``_existing``)."""
+    with open(path, "rb") as reader:
+        size, sha256 = _hash(reader)
+        status = os.fstat(reader.fileno())
+    kept = _object_file(str(root), sha256)
+    return size, sha256, status, kept, _existing(kept, size)
 
 
 def _existing(kept: str, size: int) -> tuple[int, int] | None:
