@@ -116,3 +116,50 @@ def test_a_homes_ports_are_chosen_below_the_ephemeral_range() -> None:
     chosen = {cluster.free_port() for _ in range(20)}
     assert all(cluster.LOWEST_CHOSEN_PORT <= port < first_ephemeral for port in chosen)
     assert len(chosen) > 1, "chosen at random, so two homes rarely meet"
+
+
+def test_the_worker_hosts_systemd_unit_is_sound(tmp_path: Path) -> None:
+    """The unit of docs/deployment.md: its command is one `pipeline` accepts, it restarts
+    the worker when it dies and stops it with Celery's warm shutdown; and, where systemd
+    is installed, `systemd-analyze verify` finds nothing wrong with it."""
+    import re
+    import shlex
+    import shutil
+    import subprocess
+
+    from tests.test_docs import cli_accepts
+
+    page = (REPO / "docs" / "deployment.md").read_text()
+    [unit] = re.findall(r"```ini file=pipeline-worker.service\n(.*?)```", page, re.S)
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#")
+    )
+    command = shlex.split(settings["ExecStart"])
+    assert command[0].endswith("/pipeline") and cli_accepts(command[1:]) is None
+    assert (settings["Restart"], settings["KillSignal"]) == ("on-failure", "SIGTERM")
+    if shutil.which("systemd-analyze") is None:
+        return
+    # The unit as a host would have it, its program and environment file made to exist.
+    program = tmp_path / "pipeline"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    (tmp_path / "worker.env").write_text("PIPELINE_HOME=/srv/pipeline\n")
+    local = (
+        unit.replace("/opt/pipeline/.venv/bin/pipeline", str(program))
+        .replace("/etc/pipeline/worker.env", str(tmp_path / "worker.env"))
+        .replace("User=pipeline\nGroup=pipeline\n", "")
+    )
+    path = tmp_path / "pipeline-worker.service"
+    path.write_text(local)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    problems = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if "pipeline-worker.service" in line and "not running as PID 1" not in line
+    ]
+    assert not problems, problems
