@@ -5,6 +5,7 @@ is watched."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
