@@ -388,6 +388,9 @@ def test_the_workers_are_asked_once_per_run_whatever_the_queues(
             asked.append(1)
             return set(), set()
 
+        def consumed_queues(self) -> set[str]:
+            return {"default", "big-memory"}
+
     use_publisher(Inspected())
     try:
         assert reconciler()["redispatched"] == 8

@@ -28,12 +28,32 @@ def raise_alert_about(
 def raise_once(session: Session, cause: str, severity: str, message: str) -> bool:
     """Raise an alert about a condition that lasts (``cause``), unless one raised for it is
     not cleared yet: one alert per episode. Whether it was raised."""
+    return raise_once_about(session, cause, None, None, severity, message)
+
+
+def raise_once_about(
+    session: Session,
+    cause: str,
+    instance_id: int | None,
+    task_id: int | None,
+    severity: str,
+    message: str,
+) -> bool:
+    """``raise_once`` about a task known by its ids (or none)."""
     open_one = session.scalar(
         select(Alert.id).where(Alert.cause == cause, Alert.cleared_at.is_(None)).limit(1)
     )
     if open_one is not None:
         return False
-    session.add(Alert(severity=severity, message=message, cause=cause))
+    session.add(
+        Alert(
+            severity=severity,
+            instance_id=instance_id,
+            task_id=task_id,
+            message=message,
+            cause=cause,
+        )
+    )
     return True
 
 

@@ -67,6 +67,14 @@ class CeleryPublisher:
             raise unreachable(exc) from None
         return InFlight(queued | held, answered)
 
+    def consumed_queues(self) -> set[str] | None:
+        """The queues the workers that answer within ``INSPECT_TIMEOUT`` consume."""
+        try:
+            replies = celery_app().control.inspect(timeout=INSPECT_TIMEOUT).active_queues()
+        except _broker_errors() as exc:
+            raise unreachable(exc) from None
+        return {queue["name"] for queues in (replies or {}).values() for queue in queues}
+
     def queued_ids(self, queue: str) -> set[str]:
         """Celery task ids of the messages waiting in ``queue`` on the Redis broker."""
         client = broker_client()

@@ -40,6 +40,10 @@ class MemoryPublisher:
     def check(self) -> None:
         """It always answers."""
 
+    def consumed_queues(self) -> set[str] | None:
+        """No workers to ask: it cannot tell."""
+        return None
+
     def in_flight(self, queues: Iterable[str]) -> InFlight:
         wanted = set(queues)
         return InFlight({m.id for m in self.queue if m.queue in wanted and m.id}, set())

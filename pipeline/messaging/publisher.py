@@ -27,6 +27,9 @@ class Publisher(Protocol):
     def in_flight(self, queues: Iterable[str]) -> InFlight:
         """Every message of ``queues`` still somewhere alive."""
 
+    def consumed_queues(self) -> set[str] | None:
+        """The queues some live worker consumes (None: this publisher cannot tell)."""
+
 
 _current: Publisher | None = None
 

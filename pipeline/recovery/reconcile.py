@@ -30,7 +30,7 @@ from pipeline.domain.lifecycle import EXECUTION_STEPS, WAITING, PState
 from pipeline.domain.models import DatastoreFile, PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import STOPPED_STATES, SubtaskState
 from pipeline.engine import executors
-from pipeline.engine.alerts import WARNING, raise_alert_about
+from pipeline.engine.alerts import WARNING, raise_once_about
 from pipeline.engine.datastore_ledger import withdraw_pending
 from pipeline.engine.locks import lock_task_only
 from pipeline.engine.task_state import HOST, note_unloaded
@@ -39,7 +39,7 @@ from pipeline.errors import Refused, Unreadable
 from pipeline.messaging import outbox
 from pipeline.messaging.broker import broker_client
 from pipeline.messaging.messages import InFlight, stage_message
-from pipeline.recovery import disks, heartbeat
+from pipeline.recovery import consumers, disks, heartbeat
 from pipeline.recovery.isolation import Isolation, decode_execution
 from pipeline.recovery.reattach import reattach
 from pipeline.recovery.reclaim import marshal_again, reclaim_lost
@@ -88,6 +88,7 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
     remarshaled = _marshal_lost_marshals(cutoff, isolation)
     withdrawn = _withdraw_abandoned_placements(cutoff, settings, isolation)
     disks_low = disks.watch(settings)
+    unconsumed = consumers.watch(cutoff)  # asked outside the transaction below
     unreadable: dict[int, str] = {}
     with outbox.transaction() as (session, messages):
         # The settings as text, decoded row by row: one that cannot be read fails its task,
@@ -126,11 +127,19 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
         for task_id, attempt, p_state, instance_id, execution_settings in waiting:
             queue = execution_settings.queue
             messages.add(stage_message(WAITING[p_state], task_id, attempt, queue))
-            # Recovered work leaves a trace: a line in the task's history and an alert.
+            if queue in unconsumed:
+                continue  # its queue's alert says why: no worker would take it
+            # Recovered work leaves a trace: a line in the task's history and an alert,
+            # once for the step (a task whose message keeps going unanswered is one story).
             what = f"{WAITING[p_state]} sent again (worker or message lost)"
             note_unloaded(session, task_id, p_state, attempt, f"{news}: {what}")
-            raise_alert_about(
-                session, instance_id, task_id, WARNING, f"{p_state} had {news}: {what}"
+            raise_once_about(
+                session,
+                f"resent:{task_id}:{attempt}:{p_state}",
+                instance_id,
+                task_id,
+                WARNING,
+                f"{p_state} had {news}: {what}",
             )
     for task_id, reason in unreadable.items():
         isolation.unreadable(task_id, reason)
@@ -144,6 +153,7 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
         "redispatched": recovered,
         "withdrawn": withdrawn,
         "disks_low": disks_low,
+        "queues_unconsumed": len(unconsumed),
         "instances_checked": len(active_instances),
         "failed": isolation.failed,
     }

@@ -1,0 +1,73 @@
+"""Queues nobody consumes: work routed to a queue no live worker listens on waits for
+ever, and nothing else would say why. The reconciler asks the workers which queues they
+consume whenever work has waited ``stale_after`` on some queue; a queue with waiting work
+and no consumer is an alert naming it and how to serve it, raised once while it lasts and
+cleared when a worker consumes it (or nothing waits on it any more).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from sqlalchemy import Text, cast, select
+
+from pipeline.database import transaction
+from pipeline.domain.execution import ExecutionSettings
+from pipeline.domain.lifecycle import EXECUTION_STEPS, WAITING
+from pipeline.domain.models import Alert, Task
+from pipeline.engine import alerts
+from pipeline.errors import Unreadable
+from pipeline.messaging.publisher import publisher
+from pipeline.recovery.isolation import decode_execution
+
+#: The cause of a queue's alert: this prefix and the queue's name.
+CAUSE = "queue:"
+
+
+def waiting_queues(cutoff: datetime) -> Counter[str]:
+    """How many tasks have waited since before ``cutoff`` on each queue (in a step whose
+    message a worker of the queue takes, or executing)."""
+    with transaction() as session:
+        stored = session.scalars(
+            select(cast(Task.execution, Text)).where(
+                Task.p_state.in_([*WAITING, *EXECUTION_STEPS]),
+                ~Task.error,
+                Task.updated_at < cutoff,
+            )
+        ).all()
+    queues: Counter[str] = Counter()
+    for execution in stored:
+        try:
+            queues[ExecutionSettings.stored(decode_execution(execution)).queue] += 1
+        except Unreadable:
+            continue  # the reconciler fails that task on its own
+    return queues
+
+
+def watch(cutoff: datetime) -> set[str]:
+    """Raise and clear the queues' alerts (module docstring); the queues with waiting work
+    and no consumer."""
+    waiting = waiting_queues(cutoff)
+    consumed = publisher().consumed_queues() if waiting else set()
+    if consumed is None:
+        return set()
+    unconsumed = {queue for queue in waiting if queue not in consumed}
+    with transaction() as session:
+        for queue in sorted(unconsumed):
+            count = waiting[queue]
+            alerts.raise_once(
+                session,
+                f"{CAUSE}{queue}",
+                alerts.ERROR,
+                f"no worker consumes queue {queue!r}: {count} task{'s' if count > 1 else ''}"
+                f" wait{'' if count > 1 else 's'} on it (start one: pipeline worker --queues"
+                f" {queue})",
+            )
+        open_causes = session.scalars(
+            select(Alert.cause).where(Alert.cause.startswith(CAUSE), Alert.cleared_at.is_(None))
+        ).all()
+        for cause in open_causes:
+            if cause.removeprefix(CAUSE) not in unconsumed:
+                alerts.clear(session, cause)
+    return unconsumed
