@@ -69,8 +69,13 @@ class CeleryPublisher:
 
     def consumed_queues(self) -> set[str] | None:
         """The queues the workers that answer within ``INSPECT_TIMEOUT`` consume."""
+        app = celery_app()
         try:
-            replies = celery_app().control.inspect(timeout=INSPECT_TIMEOUT).active_queues()
+            # A connection of its own, closed after: a broadcast's replies left on a pooled
+            # connection broke the next broadcast read from it (kombu's BRPOP reader).
+            with app.connection_for_write() as connection:
+                inspector = app.control.inspect(timeout=INSPECT_TIMEOUT, connection=connection)
+                replies = inspector.active_queues()
         except _broker_errors() as exc:
             raise unreachable(exc) from None
         return {queue["name"] for queues in (replies or {}).values() for queue in queues}

@@ -7,6 +7,7 @@ cleared when a worker consumes it (or nothing waits on it any more).
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from datetime import datetime
 
@@ -45,11 +46,23 @@ def waiting_queues(cutoff: datetime) -> Counter[str]:
     return queues
 
 
-def watch(cutoff: datetime) -> set[str]:
-    """Raise and clear the queues' alerts (module docstring); the queues with waiting work
-    and no consumer."""
+#: When the workers were last asked, and what they said (this process's): asked at most
+#: once every ``stale_after`` (each asking waits a second for the slowest worker).
+_asked: tuple[float, set[str] | None] = (float("-inf"), None)
+
+
+def watch(cutoff: datetime, every: float) -> set[str]:
+    """Raise and clear the queues' alerts (module docstring), asking the workers at most
+    once every ``every`` seconds; the queues with waiting work and no consumer."""
+    global _asked
     waiting = waiting_queues(cutoff)
-    consumed = publisher().consumed_queues() if waiting else set()
+    if not waiting:
+        consumed: set[str] | None = set()
+    elif time.monotonic() - _asked[0] < every:
+        consumed = _asked[1]
+    else:
+        consumed = publisher().consumed_queues()
+        _asked = (time.monotonic(), consumed)
     if consumed is None:
         return set()
     unconsumed = {queue for queue in waiting if queue not in consumed}

@@ -88,7 +88,8 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
     remarshaled = _marshal_lost_marshals(cutoff, isolation)
     withdrawn = _withdraw_abandoned_placements(cutoff, settings, isolation)
     disks_low = disks.watch(settings)
-    unconsumed = consumers.watch(cutoff)  # asked outside the transaction below
+    unconsumed = consumers.watch(cutoff, settings.stale_after)  # outside the transaction
+    isolation.before_each()  # the workers were asked (a second): beat is alive
     unreadable: dict[int, str] = {}
     with outbox.transaction() as (session, messages):
         # The settings as text, decoded row by row: one that cannot be read fails its task,
@@ -127,12 +128,13 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
         for task_id, attempt, p_state, instance_id, execution_settings in waiting:
             queue = execution_settings.queue
             messages.add(stage_message(WAITING[p_state], task_id, attempt, queue))
-            if queue in unconsumed:
-                continue  # its queue's alert says why: no worker would take it
             # Recovered work leaves a trace: a line in the task's history and an alert,
-            # once for the step (a task whose message keeps going unanswered is one story).
+            # once for the step (a task whose message keeps going unanswered is one story);
+            # no alert when its queue has no consumer: that queue's alert says why.
             what = f"{WAITING[p_state]} sent again (worker or message lost)"
             note_unloaded(session, task_id, p_state, attempt, f"{news}: {what}")
+            if queue in unconsumed:
+                continue
             raise_once_about(
                 session,
                 f"resent:{task_id}:{attempt}:{p_state}",
