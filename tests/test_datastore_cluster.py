@@ -122,3 +122,56 @@ def test_an_algorithm_writing_into_its_inputs_changes_no_stored_version(
         assert hashlib.sha256(kept.read_bytes()).hexdigest() == row["sha256"], row["path"]
     out = full_cluster.datastore / "su1" / "scribbled-out" / "a.out"
     assert out.read_text() == "NOTE A SCRIBBLED", json.dumps(row)
+
+
+def test_reprocess_new_runs_again_only_what_no_stored_subtask_consumed(
+    full_cluster: Cluster, tmp_path: Path
+) -> None:
+    """The sample with `reprocess: new` (a pipeline of its own name): subtask 0 of each
+    permuter task fails, resuming completes the instance; the next instance runs file 0
+    again, and only file 0 (before, it ran all four: the consumption was counted for the
+    marshal's attempt only)."""
+    from pipeline.settings import PACKAGED_DEFINITIONS
+
+    text = (
+        (PACKAGED_DEFINITIONS / "sample.yaml")
+        .read_text()
+        .replace("name: sample", "name: sample-new", 1)
+    )
+    permuter = "    algorithm: pipeline.sample.algorithms:permuter\n"
+    averaging = "    algorithm: pipeline.sample.algorithms:averaging\n"
+    text = text.replace(permuter, permuter + "    reprocess: new\n")
+    text = text.replace(averaging, averaging + "    inputs_from: parents\n")
+    definition = tmp_path / "sample-new.yaml"
+    definition.write_text(text)
+    full_cluster.cli("definitions", "import", definition)
+    full_cluster.set_parameters(throw_exception_subtask_0=True, execution_pause_seconds=0)
+    first = int(full_cluster.json("submit", "sample-new", "--end-node", "permuter")["id"])
+    wait(full_cluster, first, 1)
+    full_cluster.restart("--instance", first, "--mode", "resume-current-step")
+    wait(full_cluster, first, COMPLETED)
+    full_cluster.set_parameters(throw_exception_subtask_0=False)
+    second = int(full_cluster.json("submit", "sample-new", "--end-node", "permuter")["id"])
+    wait(full_cluster, second, COMPLETED)
+
+    for task in full_cluster.tasks(second):
+        consumed = [s["consumed"] for s in full_cluster.json("subtasks", task["id"])]
+        unit = task["unit_of_work"]
+        assert consumed == [[f"{unit}/L0/nasa-logo-file-0.png"]], consumed
+
+
+def test_files_lists_every_file_to_a_script(full_cluster: Cluster, tmp_path: Path) -> None:
+    """1,200 files received: `pipeline files --json` lists all 1,200 (it stopped at 1,000,
+    saying nothing); the table says how many it left out."""
+    delivery = tmp_path / "many"
+    delivery.mkdir()
+    for number in range(1200):
+        (delivery / f"m{number:04d}.txt").write_text(str(number))
+    full_cluster.cli(
+        "datastore", "import", delivery, "--type", "note", "--unit", "many",
+        "--pipeline", "scribbling",
+    )  # fmt: skip
+    listed = full_cluster.json("files", "--unit", "many")
+    assert len(listed) == 1200
+    table = full_cluster.cli("files", "--unit", "many").stdout
+    assert "showing 1,000 of 1,200 files (--limit N shows more)" in table
