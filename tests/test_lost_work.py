@@ -29,6 +29,7 @@ from tests.support import (
     run_cli,
     wait_for,
 )
+from tests.test_versions import DEFINITION as SCRIBBLING
 
 pytestmark = [
     pytest.mark.e2e,
@@ -174,19 +175,10 @@ def place_half(outputs):
 
 datastore_ledger.place_pending = place_half
 """
-COPYING = """
-name: copying
-description: Every file of a unit copied, in upper case.
-data_file_types:
-  note: {location: "{unit}/in", pattern: "*.txt"}
-  loud: {location: "{unit}/out", pattern: "*.out"}
-nodes:
-  - name: scribble
-    algorithm: tests.algorithms:scribble
-    inputs: [note]
-    outputs: [loud]
-    subtasks: {group_size: 100}
-"""
+#: The scribbling pipeline of test_versions, by another name, 100 files a subtask.
+COPYING = (
+    SCRIBBLING.replace("name: scribbling", "name: copying") + "    subtasks: {group_size: 100}\n"
+)
 
 
 def test_a_store_killed_halfway_leaves_a_ledger_that_describes_the_disk(

@@ -220,13 +220,6 @@ def _not_consumed_before(
     recorded = [c.file_id for c in candidates if c.file_id is not None]
     if not recorded:
         return candidates
-    marshaled = aliased(FileConsumption)
-    last_marshal = (
-        select(func.max(marshaled.attempt))
-        .where(marshaled.task_id == Task.id)
-        .correlate(Task)
-        .scalar_subquery()
-    )
     done = set(
         session.execute(
             select(DatastoreFile.path, DatastoreFile.sha256)
@@ -243,7 +236,7 @@ def _not_consumed_before(
                 Task.node == node.name,
                 Task.unit_of_work == unit,
                 Task.p_state == PState.COMPLETE,
-                FileConsumption.attempt == last_marshal,
+                FileConsumption.attempt == last_marshal(Task.id),
                 Subtask.state == SubtaskState.COMPLETE,
             )
             .distinct()
@@ -511,24 +504,29 @@ PRODUCER = (
 )
 
 
-def inputs_of(session: Session, task_id: int, attempt: int | None, index: int | None) -> int:
-    """How many versions subtask ``index`` of the task was given by the last marshal at or
-    before ``attempt`` (resumed and resubmitted attempts store without a marshal)."""
-    marshaled = (
-        select(func.max(FileConsumption.attempt))
-        .where(FileConsumption.task_id == task_id, FileConsumption.attempt <= (attempt or 0))
-        .scalar_subquery()
-    )
+def last_marshal(task_id: Any, up_to: int | None = None) -> Any:
+    """The attempt of a task's last marshal (at or before ``up_to``: resumed and
+    resubmitted attempts store without a marshal), as a subquery: ``task_id`` a task's id,
+    or a column of the enclosing query (which it then correlates with)."""
+    marshaled = aliased(FileConsumption)
+    query = select(func.max(marshaled.attempt)).where(marshaled.task_id == task_id)
+    if up_to is not None:
+        query = query.where(marshaled.attempt <= up_to)
+    return query.scalar_subquery()
+
+
+def consumed_by(task_id: int, attempt: int | None, index: int | None) -> Any:
+    """The consumption rows of subtask ``index`` of the marshal behind ``attempt``."""
     return (
-        session.scalar(
-            select(func.count()).where(
-                FileConsumption.task_id == task_id,
-                FileConsumption.attempt == marshaled,
-                FileConsumption.subtask_index == index,
-            )
-        )
-        or 0
+        FileConsumption.task_id == task_id,
+        FileConsumption.attempt == last_marshal(task_id, attempt or 0),
+        FileConsumption.subtask_index == index,
     )
+
+
+def inputs_of(session: Session, task_id: int, attempt: int | None, index: int | None) -> int:
+    """How many versions subtask ``index`` of the task was given (``consumed_by``)."""
+    return session.scalar(select(func.count()).where(*consumed_by(task_id, attempt, index))) or 0
 
 
 def record_received(

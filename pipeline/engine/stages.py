@@ -743,7 +743,9 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
             }
             for index, inputs, kept in succeeded:
                 directory = f"{task_dir}/{taskdir.SUBTASK_DIR_FORMAT.format(index=index)}"
-                for name, file, *version in kept or _unkept(definition, node, directory, inputs):
+                for name, file, *version in kept or output_names(
+                    definition, node, directory, inputs
+                ):
                     path = f"{directories[name]}/{file}"
                     copy = datastore.staged_kept(root, path, *version) if version else None
                     if copy is None:  # kept by an older worker, or gone since: keep it now
@@ -781,27 +783,11 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
     return step
 
 
-def _unkept(
-    definition: Definition, node: Node, directory: str, inputs: Sequence[str]
-) -> list[tuple[str, str]]:
-    """The outputs of a subtask that recorded none kept (it ran before they were)."""
-    return output_names(definition, node, directory, inputs)
-
-
-def outputs_of(
-    definition: Definition, node: Node, directory: Path, inputs: Sequence[str]
-) -> list[tuple[str, Path]]:
-    """The files of ``node``'s output types a subtask left in ``directory`` (its inputs
-    excepted), as (data file type, file)."""
-    return [
-        (name, directory / file) for name, file in output_names(definition, node, directory, inputs)
-    ]
-
-
 def output_names(
     definition: Definition, node: Node, directory: Path | str, inputs: Sequence[str]
 ) -> list[tuple[str, str]]:
-    """``outputs_of`` as (data file type, file name): a store lists 10,000 directories."""
+    """The files of ``node``'s output types a subtask left in ``directory`` (its inputs
+    excepted), as (data file type, file name): one listing each (a store lists 10,000)."""
     # One listing of the directory, not a glob per type: a store reads 10,000 of them.
     with os.scandir(directory) as entries:
         files = sorted(

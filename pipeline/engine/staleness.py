@@ -13,16 +13,17 @@ chain runs again in order.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from pipeline.domain import definitions
 from pipeline.domain.lifecycle import Event, PState
 from pipeline.domain.models import DatastoreFile, FileConsumption, PipelineInstance, Task
 from pipeline.domain.states import SubtaskState
 from pipeline.engine import alerts
+from pipeline.engine.datastore_ledger import last_marshal
 from pipeline.engine.locks import lock_rows
 from pipeline.engine.task_state import (
     mark_stale,
@@ -39,36 +40,9 @@ NAMED_IN_ALERT = 10
 CHUNK = 500
 
 
-def _last_marshal(consumed: type[FileConsumption] | object) -> object:
-    """The attempt of the last marshal of the consuming task of ``consumed`` rows."""
-    earlier = aliased(FileConsumption)
-    return (
-        select(func.max(earlier.attempt))
-        .where(earlier.task_id == consumed.task_id)  # type: ignore[attr-defined]
-        .scalar_subquery()
-    )
-
-
-def consumers(session: Session, producers: Collection[int]) -> set[int]:
-    """The tasks whose last marshal was given a version one of ``producers`` stored."""
-    if not producers:
-        return set()
-    return set(
-        session.scalars(
-            select(FileConsumption.task_id)
-            .join(DatastoreFile, DatastoreFile.id == FileConsumption.file_id)
-            .where(
-                DatastoreFile.task_id.in_(list(producers)),
-                FileConsumption.task_id.not_in(list(producers)),
-                FileConsumption.attempt == _last_marshal(FileConsumption),
-            )
-            .distinct()
-        )
-    )
-
-
 def consumed_from(session: Session, producers: Collection[int]) -> dict[int, set[int]]:
-    """``consumers`` of each of ``producers`` separately, in one query per 500 of them."""
+    """The tasks whose last marshal was given a version each of ``producers`` stored, in
+    one query per 500 of them."""
     found: dict[int, set[int]] = {producer: set() for producer in producers}
     listed = sorted(producers)
     for start in range(0, len(listed), CHUNK):
@@ -78,7 +52,7 @@ def consumed_from(session: Session, producers: Collection[int]) -> dict[int, set
             .join(DatastoreFile, DatastoreFile.id == FileConsumption.file_id)
             .where(
                 DatastoreFile.task_id.in_(chunk),
-                FileConsumption.attempt == _last_marshal(FileConsumption),
+                FileConsumption.attempt == last_marshal(FileConsumption.task_id),
             )
             .distinct()
         ):
@@ -88,8 +62,9 @@ def consumed_from(session: Session, producers: Collection[int]) -> dict[int, set
 
 
 def downstream_of_each(session: Session, task_ids: Collection[int]) -> dict[int, list[int]]:
-    """``downstream`` of each of ``task_ids``, level by level for all of them at once: a
-    restart of 1,000 failed tasks asks one query, not 1,000 (most have no consumer yet)."""
+    """Every task that consumed, directly or through others, what each of ``task_ids``
+    stored, level by level for all of them at once: a restart of 1,000 failed tasks asks
+    one query, not 1,000 (most have no consumer yet)."""
     below: dict[int, set[int]] = {task_id: set() for task_id in task_ids}
     frontier: dict[int, set[int]] = {task_id: {task_id} for task_id in task_ids}
     while any(frontier.values()):
@@ -102,18 +77,6 @@ def downstream_of_each(session: Session, task_ids: Collection[int]) -> dict[int,
     return {origin: sorted(found) for origin, found in below.items()}
 
 
-def downstream(session: Session, task_ids: Iterable[int]) -> list[int]:
-    """Every task that consumed, directly or through others, what ``task_ids`` stored."""
-    found: set[int] = set()
-    frontier = set(task_ids)
-    seen = set(frontier)
-    while frontier:
-        frontier = consumers(session, frontier) - seen
-        seen |= frontier
-        found |= frontier
-    return sorted(found)
-
-
 def producers(session: Session, task_ids: Collection[int]) -> dict[int, set[int]]:
     """The tasks each of ``task_ids`` consumed versions of, at its last marshal."""
     found: dict[int, set[int]] = {task_id: set() for task_id in task_ids}
@@ -124,7 +87,7 @@ def producers(session: Session, task_ids: Collection[int]) -> dict[int, set[int]
         .join(DatastoreFile, DatastoreFile.id == FileConsumption.file_id)
         .where(
             FileConsumption.task_id.in_(list(task_ids)),
-            FileConsumption.attempt == _last_marshal(FileConsumption),
+            FileConsumption.attempt == last_marshal(FileConsumption.task_id),
             DatastoreFile.task_id.is_not(None),
         )
         .distinct()
@@ -136,7 +99,7 @@ def producers(session: Session, task_ids: Collection[int]) -> dict[int, set[int]
 def after_store(session: Session, instance: PipelineInstance, task: Task) -> list[int]:
     """Mark stale what ``task``'s store, just recorded, leaves stale (see the module
     docstring); the tasks marked, with an alert naming them. In the store's transaction."""
-    direct = consumers(session, [task.id])
+    direct = consumed_from(session, [task.id])[task.id]
     if not direct:
         return []
     offered = _stored_now(session, task)
@@ -157,7 +120,7 @@ def after_store(session: Session, instance: PipelineInstance, task: Task) -> lis
     marked = {t.id: t for t in changed}
     for consumer in changed:
         mark_stale(session, consumer, reason)
-    below = [i for i in downstream(session, marked) if i not in marked]
+    below = sorted(set().union(*downstream_of_each(session, marked).values()) - set(marked))
     for later in lock_rows(session, Task, below).values():
         mark_stale(session, later, f"downstream of stale task {changed[0].id}")
         marked[later.id] = later
@@ -208,10 +171,23 @@ def _consumed_from(session: Session, consumer: Task, producer: int) -> set[tuple
             .join(FileConsumption, FileConsumption.file_id == DatastoreFile.id)
             .where(
                 FileConsumption.task_id == consumer.id,
-                FileConsumption.attempt == _last_marshal(FileConsumption),
+                FileConsumption.attempt == last_marshal(FileConsumption.task_id),
                 DatastoreFile.task_id == producer,
             )
         )
+    }
+
+
+def waits_for(session: Session, task_ids: Collection[int]) -> dict[int, list[int]]:
+    """The tasks each of ``task_ids`` consumes from that are not current yet (stale,
+    running, failed, gone, or waiting to run again themselves): it runs after them."""
+    return {
+        task_id: sorted(
+            i
+            for i in above
+            if (row := session.get(Task, i)) is None or row.rerun or not row.current
+        )
+        for task_id, above in producers(session, task_ids).items()
     }
 
 
@@ -228,11 +204,10 @@ def rerun_ready(
     )
     if not waiting:
         return []
-    upstream = producers(session, waiting)
+    blocking = waits_for(session, waiting)
     started = []
     for task in lock_rows(session, Task, waiting).values():
-        above = [session.get(Task, i) for i in upstream[task.id]]
-        if any(t is None or t.rerun or not t.current for t in above):
+        if blocking[task.id]:
             continue
         if not task.stale:
             task.rerun = False

@@ -888,12 +888,7 @@ def _restart_arguments(command: Parser) -> None:
         metavar="INSTANCE",
         help="Restart every failed task of this instance.",
     )
-    command.add_argument(
-        "--dry-run",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="Say what would run; change nothing.",
-    )
+    _dry_run(command, "Say what would run; change nothing.")
     command.add_argument(
         "--downstream",
         action="store_true",

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from pipeline.database import transaction
 from pipeline.domain.listing import FILES_SHOWN as DEFAULT_LIMIT
 from pipeline.domain.models import DatastoreFile, FileConsumption, PipelineInstance, Task
-from pipeline.engine.datastore_ledger import current_rows
+from pipeline.engine.datastore_ledger import consumed_by, current_rows
 from pipeline.errors import InvalidInput, NotFound
 from pipeline.operations.queries import Listing
 from pipeline.operations.views import FileView, LineageStep, LineageView, file_view
@@ -132,20 +132,11 @@ def _consumed_by_producer(session: Session, row: DatastoreFile) -> list[Datastor
     or, after resubmits, the last marshal before it)."""
     if row.task_id is None:
         return []
-    marshaled = session.scalar(
-        select(func.max(FileConsumption.attempt)).where(
-            FileConsumption.task_id == row.task_id, FileConsumption.attempt <= row.attempt
-        )
-    )
     return list(
         session.scalars(
             select(DatastoreFile)
             .join(FileConsumption, FileConsumption.file_id == DatastoreFile.id)
-            .where(
-                FileConsumption.task_id == row.task_id,
-                FileConsumption.attempt == marshaled,
-                FileConsumption.subtask_index == row.subtask_index,
-            )
+            .where(*consumed_by(row.task_id, row.attempt, row.subtask_index))
             .order_by(DatastoreFile.path)
         )
     )

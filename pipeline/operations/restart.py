@@ -230,7 +230,7 @@ def _restart_locked(
     plan = mode.plan(task, states[task_id])
     mode.check_changes(changes)
     later = applied.below.get(task_id, [])
-    waits_for = _not_current_above(session, task) if task.stale else []
+    waits_for = staleness.waits_for(session, [task.id])[task.id] if task.stale else []
     if waits_for:
         plan = Plan(
             plan.p_state,
@@ -257,17 +257,6 @@ def _restart_locked(
             for below in lock_rows(session, Task, later).values():
                 wait_to_rerun(session, below, f"waits to run again after task {task_id}")
     return Outcome(task_id, mode.name, True, plan.message, plan.p_state.value, plan.rerun, later)
-
-
-def _not_current_above(session: Session, task: Task) -> list[int]:
-    """The tasks a stale ``task`` consumes from that are not current yet (stale, running,
-    failed or waiting to run again): it runs after them."""
-    above = staleness.producers(session, [task.id])[task.id]
-    return sorted(
-        i
-        for i in above
-        if (row := session.get(Task, i)) is not None and (row.rerun or not row.current)
-    )
 
 
 def restart_failed(

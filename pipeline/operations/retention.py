@@ -209,7 +209,7 @@ def _left_behind(root: Path, dry_run: bool) -> tuple[int, int]:
     for directory in sorted(objects.glob("??")) if objects.is_dir() else []:
         names = {entry.name: entry for entry in os.scandir(directory) if entry.is_file()}
         with transaction() as session:
-            named = _unpruned(session, sorted(names))
+            named = _used_elsewhere(session, set(names), set())
         for name, entry in names.items():
             if name not in named and _older(entry, cutoff):
                 files += 1
@@ -219,20 +219,6 @@ def _left_behind(root: Path, dry_run: bool) -> tuple[int, int]:
             files += 1
             freed += _remove(Path(staged.path), dry_run)
     return files, freed
-
-
-def _unpruned(session: Session, shas: list[str]) -> set[str]:
-    found: set[str] = set()
-    for start in range(0, len(shas), PATHS_PER_QUERY):
-        found.update(
-            session.scalars(
-                select(DatastoreFile.sha256).where(
-                    DatastoreFile.sha256.in_(shas[start : start + PATHS_PER_QUERY]),
-                    DatastoreFile.pruned_at.is_(None),
-                )
-            )
-        )
-    return found
 
 
 def _staged(root: Path) -> Iterator[os.DirEntry[str]]:
