@@ -135,6 +135,11 @@ class Settings(BaseSettings):
         default_factory=lambda: list(OPTIONAL_SERVICES),
         description="which of operations, api, flower `cluster start` runs (all by default)",
     )
+    supervise: bool = Field(
+        default=True,
+        description="`cluster start` runs a supervisor that starts a service that died again,"
+        " with back-off, each restart an alert",
+    )
     reconcile_interval: float = Field(
         default=10.0, gt=0, description="seconds between runs of beat's reconciler"
     )

@@ -499,13 +499,15 @@ JUST_STARTED = 2.0
 @contextmanager
 def chaos_cluster(postgres: PostgresServer, workers: int) -> Iterator[Cluster]:
     """A started PostgreSQL cluster for the chaos tests: short leases, no HTTP API or
-    Flower; stopped and removed afterwards."""
+    Flower, no supervisor; stopped and removed afterwards."""
     made = make_cluster(
         "postgres",
         postgres,
         PIPELINE_LEASE_SECONDS=str(LEASE_SECONDS),
         PIPELINE_CLUSTER_SERVICES="",
         PIPELINE_WORKERS=str(workers),
+        # What a chaos test kills stays dead until the test starts it again.
+        PIPELINE_SUPERVISE="false",
     )
     try:
         made.start(workers=workers)

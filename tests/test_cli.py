@@ -349,6 +349,7 @@ def test_status_and_stop_of_an_uninitialised_home_touch_nothing(
     status = json.loads(cli("cluster", "status", "--json").stdout)
     assert [(row["name"], row["alive"]) for row in status] == [
         ("redis", False),
+        ("supervisor", False),
         ("worker1", False),
         ("beat", False),
         ("operations", False),
@@ -364,7 +365,7 @@ def test_a_cluster_of_fewer_services(cli, monkeypatch) -> None:
     the workers and beat; a service it does not know is refused by name."""
     _settings(monkeypatch, PIPELINE_CLUSTER_SERVICES="api")
     status = json.loads(cli("cluster", "status", "--json").stdout)
-    assert [row["name"] for row in status] == ["redis", "worker1", "beat", "api"]
+    assert [row["name"] for row in status] == ["redis", "supervisor", "worker1", "beat", "api"]
     monkeypatch.setenv("PIPELINE_CLUSTER_SERVICES", "api,grafana")
     assert_one_line_error(
         cli("cluster", "status"),

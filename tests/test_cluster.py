@@ -110,7 +110,7 @@ def test_stop_stops_only_what_start_started(cluster: Cluster) -> None:
 
 
 #: The services of a default home's ``cluster start`` with one worker.
-DEFAULT_SERVICES = 6
+DEFAULT_SERVICES = 7
 
 
 def test_two_starts_at_once_start_each_service_once(

@@ -68,3 +68,18 @@ def test_a_pickled_message_is_refused(cluster: Cluster, completed: int) -> None:
         what="the worker to refuse a pickled message",
     )
     assert snapshot(completed) == before
+    refused = wait_for(
+        lambda: [a for a in cluster.json("alerts") if "untrusted message" in a["message"]],
+        what="the alert of a refused message",
+    )
+    assert "refused 1 untrusted message(s)" in refused[0]["message"]
+    assert "1 application/x-python-serialize on queue default" in refused[0]["message"]
+    celery_app().send_task(MARSHAL, args=[task["id"], 1], serializer="pickle", queue="default")
+    wait_for(
+        lambda: any(
+            "refused 2 untrusted" in a["message"] and a["id"] == refused[0]["id"]
+            for a in cluster.json("alerts")
+        ),
+        what="the same alert to count the second",
+    )
+    assert snapshot(completed) == before

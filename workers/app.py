@@ -14,40 +14,71 @@ from typing import Any
 
 from celery import bootsteps
 from celery.signals import beat_init, task_postrun
+from celery.worker.consumer import Consumer as CeleryConsumer
 
 from pipeline.domain.models import utcnow
 from pipeline.engine import runner
+from pipeline.engine.task_state import HOST
 from pipeline.messaging.celery_app import celery_app
+from pipeline.recovery import worker_liveness
 from pipeline.recovery.heartbeat import look
 from pipeline.recovery.reconcile import reconcile
+from pipeline.recovery.refused import RefusedCount
 from pipeline.recovery.services import ServiceWatch
 from pipeline.settings import get_settings
 from workers import chain, operations
 
 
 class WorkerWatch(bootsteps.StartStopStep):
-    """A worker's look at the reconciler's heartbeat once an interval, on the worker's own
-    timer (no thread: the pool forks new children from this process)."""
+    """A worker's look at the reconciler's heartbeat, and its own heartbeat, once an
+    interval, on the worker's own timer (no thread: the pool forks new children from this
+    process); a worker that shuts down says so (``worker_liveness``)."""
 
     requires = {"celery.worker.components:Timer"}
 
     def __init__(self, worker: Any, **options: Any) -> None:
         super().__init__(worker, **options)
-        self.timer_entry: Any = None
+        self.timer_entries: list[Any] = []
 
     def start(self, worker: Any) -> None:
-        self.timer_entry = worker.timer.call_repeatedly(
-            get_settings().reconcile_interval, look, (utcnow(),)
-        )
+        interval = get_settings().reconcile_interval
+        node = worker.hostname
+        worker_liveness.beat(node, HOST)
+        self.timer_entries = [
+            worker.timer.call_repeatedly(interval, look, (utcnow(),)),
+            worker.timer.call_repeatedly(interval, worker_liveness.beat, (node, HOST)),
+        ]
 
     def stop(self, worker: Any) -> None:
-        if self.timer_entry is not None:
-            self.timer_entry.cancel()
+        for entry in self.timer_entries:
+            entry.cancel()
+        worker_liveness.leave(worker.hostname)
+
+
+class Consumer(CeleryConsumer):
+    """Celery's consumer, counting the messages it refuses to read (``refused``): of a
+    content type it does not accept, or not a task message at all."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused = RefusedCount(self.hostname)
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        super().on_decode_error(message, exc)
+        self._count(message)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        super().on_invalid_task(body, message, exc)  # a disallowed content type lands here
+        self._count(message)
+
+    def _count(self, message: Any) -> None:
+        self.refused.refused(message.content_type, message.delivery_info.get("routing_key", ""))
 
 
 app = celery_app()
 # Every worker tells when beat's reconciler has gone silent.
 app.steps["worker"].add(WorkerWatch)
+app.conf.worker_consumer = "workers.app:Consumer"
 
 
 log = logging.getLogger(__name__)

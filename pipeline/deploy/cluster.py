@@ -58,6 +58,8 @@ DEFAULT_FIRST_EPHEMERAL_PORT = 32768
 PORT_TRIES = 100
 #: Seconds a start or stop waits for another one of the same home to finish.
 LOCK_TIMEOUT = 3 * READY_TIMEOUT
+#: The name of the process that starts the others again when they die.
+SUPERVISOR = "supervisor"
 #: Commands of the private Redis that no client needs, and that another user of the host
 #: must not run.
 REFUSED_REDIS_COMMANDS = ("CONFIG", "DEBUG", "FLUSHALL", "FLUSHDB", "SHUTDOWN")
@@ -247,6 +249,16 @@ def operations_service(settings: Settings) -> Service:
     )
 
 
+def supervisor_service(settings: Settings) -> Service:
+    """The supervisor that starts a dead service again (``pipeline.deploy.supervisor``)."""
+    home = str(settings.home)
+    return Service(
+        name=SUPERVISOR,
+        argv=[sys.executable, "-m", "pipeline.deploy.supervisor", home],
+        match=("pipeline.deploy.supervisor", f" {home} "),
+    )
+
+
 def flower_service(settings: Settings) -> Service:
     """Flower with the restart page (``pipeline flower``), behind basic auth."""
     log = settings.log_dir / "flower.log"
@@ -273,11 +285,14 @@ def services(
     queues: list[str] | None = None,
     every: bool = False,
 ) -> list[Service]:
-    """The cluster's processes: Redis (unless the broker is elsewhere), the workers, beat,
-    and the optional services the settings name (``every``: all of them, wherever one
+    """The cluster's processes: Redis (unless the broker is elsewhere), the supervisor
+    (unless the settings turn it off), the workers, beat, and the optional services the
+    settings name (``every``: all of them, wherever one
     might have been started); ``queues`` (read from the database) only when starting."""
     count = workers or settings.workers
     listed = [redis_service(settings)] if settings.uses_private_redis else []
+    if settings.supervise or every:
+        listed.append(supervisor_service(settings))
     listed += [worker_service(settings, n, queues or []) for n in range(1, count + 1)]
     listed.append(beat_service(settings))
     chosen = OPTIONAL if every else settings.cluster_services
@@ -289,6 +304,19 @@ def services(
 
 def _pid_file(settings: Settings, name: str) -> Path:
     return settings.run_dir / f"{name}.pid"
+
+
+def recorded_services(settings: Settings) -> list[tuple[Service, int]]:
+    """Every service whose pid file is there (``start`` wrote it, ``stop`` removes it) with
+    the pid it records, the supervisor's own left out: what the supervisor keeps running."""
+    found = []
+    for path in sorted(settings.run_dir.glob("*.pid")):
+        with suppress(OSError, ValueError, KeyError, TypeError):
+            data = json.loads(path.read_text())
+            if path.stem != SUPERVISOR and data.get("argv"):
+                service = Service(path.stem, list(data["argv"]), tuple(data["match"]))
+                found.append((service, int(data["pid"])))
+    return found
 
 
 def _read_pid(settings: Settings, name: str) -> tuple[int, tuple[str, ...]] | None:
@@ -501,7 +529,7 @@ def _start_missing(
         if _running_pid(settings, service.name):
             continue
         progress(f"starting {service.name}")
-        process = _spawn(settings, service)
+        process = spawn(settings, service)
         started.append(service)
         if service.name == "redis":
             _wait_ready(settings, service, process)
@@ -516,14 +544,27 @@ def _start_missing(
 def _home_lock(settings: Settings) -> Iterator[None]:
     """Hold the home's lock (a ``flock`` on ``run/cluster.lock``, released if this process
     dies) while starting or stopping its services."""
+    with home_lock(settings, LOCK_TIMEOUT) as held:
+        assert held
+        yield
+
+
+@contextmanager
+def home_lock(settings: Settings, timeout: float) -> Iterator[bool]:
+    """Hold the home's lock, waiting at most ``timeout`` seconds (then Refused); with a
+    ``timeout`` of 0, yield whether it is held (the supervisor skips a round when a start
+    or stop holds it)."""
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     with (settings.run_dir / "cluster.lock").open("a") as lock:
-        deadline = time.monotonic() + LOCK_TIMEOUT
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not timeout:
+                    yield False
+                    return
                 if time.monotonic() > deadline:
                     raise Refused(
                         f"another `pipeline cluster start` or `stop` of {settings.home}"
@@ -531,12 +572,12 @@ def _home_lock(settings: Settings) -> Iterator[None]:
                     ) from None
                 time.sleep(POLL)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _spawn(settings: Settings, service: Service) -> subprocess.Popen[bytes]:
+def spawn(settings: Settings, service: Service) -> subprocess.Popen[bytes]:
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     output = (settings.log_dir / f"{service.name}.out").open("ab")
     env = {**os.environ, "PIPELINE_HOME": str(settings.home)}
@@ -552,7 +593,7 @@ def _spawn(settings: Settings, service: Service) -> subprocess.Popen[bytes]:
     )
     output.close()
     _pid_file(settings, service.name).write_text(
-        json.dumps({"pid": process.pid, "match": service.match})
+        json.dumps({"pid": process.pid, "match": service.match, "argv": service.argv})
     )
     return process
 
@@ -576,6 +617,9 @@ def _ready(settings: Settings, service: Service) -> bool:
     if service.name == "beat":
         log = settings.log_dir / "beat.log"
         return log.exists() and "beat: Starting" in log.read_text(errors="replace")
+    if service.name == SUPERVISOR:
+        log, pid = settings.log_dir / "supervisor.log", _running_pid(settings, SUPERVISOR)
+        return bool(pid and log.exists() and f"(pid {pid})" in log.read_text(errors="replace"))
     name = f"{service.name}@{socket.gethostname()}"
     try:
         replies = celery_app().control.ping(destination=[name], timeout=0.5)
@@ -628,7 +672,7 @@ def _stop_services(settings: Settings, listed: list[Service]) -> list[str]:
         for name, found in targets.items():
             while alive(*found) and time.monotonic() < deadline:
                 time.sleep(POLL)
-            for pid in [found[0], *_group(found[0], settings.home)]:
+            for pid in [found[0], *group_members(found[0], settings.home)]:
                 if pid == found[0] and not alive(*found):
                     continue
                 with suppress(ProcessLookupError):
@@ -638,7 +682,7 @@ def _stop_services(settings: Settings, listed: list[Service]) -> list[str]:
     return stopped
 
 
-def _group(pgid: int, home: Path) -> list[int]:
+def group_members(pgid: int, home: Path) -> list[int]:
     """The live processes of process group ``pgid`` that belong to ``home`` (its
     environment names it, or they run inside it): a recycled group id is never signalled."""
     wanted = f"PIPELINE_HOME={home}".encode()
@@ -660,13 +704,20 @@ def _started_workers(settings: Settings) -> int:
     return len(list(settings.run_dir.glob("worker*.pid"))) or settings.workers
 
 
+def _chosen(settings: Settings, name: str) -> bool:
+    """Is ``name`` one of the services this home's settings run?"""
+    if name == SUPERVISOR:
+        return settings.supervise
+    return name not in OPTIONAL or name in settings.cluster_services
+
+
 def status(workers: int | None = None) -> list[dict[str, Any]]:
     settings = get_settings()
     count = max(workers or 0, _started_workers(settings))
     rows = []
     for service in services(settings, count, every=True):
         found = _read_pid(settings, service.name)
-        if service.name in OPTIONAL and service.name not in settings.cluster_services and not found:
+        if not found and not _chosen(settings, service.name):
             continue  # neither run by this home nor left running
         rows.append(
             {

@@ -57,6 +57,20 @@ def raise_once_about(
     return True
 
 
+def raise_or_update(session: Session, cause: str, severity: str, message: str) -> None:
+    """Raise an alert about ``cause``, or, while one is open and not acknowledged, say
+    ``message`` in it instead: one alert that tells the latest (a service restarted a third
+    time); what happens after an operator acknowledged it is a new alert."""
+    updated = session.execute(
+        update(Alert)
+        .where(Alert.cause == cause, Alert.cleared_at.is_(None), Alert.acknowledged_at.is_(None))
+        .values(severity=severity, message=message)
+        .execution_options(synchronize_session=False)
+    )
+    if not updated.rowcount:
+        session.add(Alert(severity=severity, message=message, cause=cause))
+
+
 def clear(session: Session, cause: str) -> bool:
     """The condition ``cause`` ended: its alert is cleared. Whether one was open."""
     cleared = session.execute(

@@ -39,7 +39,7 @@ from pipeline.errors import Refused, Unreadable
 from pipeline.messaging import outbox
 from pipeline.messaging.broker import broker_client
 from pipeline.messaging.messages import InFlight, stage_message
-from pipeline.recovery import consumers, disks, heartbeat
+from pipeline.recovery import consumers, disks, heartbeat, worker_liveness
 from pipeline.recovery.isolation import Isolation, decode_execution
 from pipeline.recovery.reattach import reattach
 from pipeline.recovery.reclaim import marshal_again, reclaim_lost
@@ -88,6 +88,7 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
     remarshaled = _marshal_lost_marshals(cutoff, isolation)
     withdrawn = _withdraw_abandoned_placements(cutoff, settings, isolation)
     disks_low = disks.watch(settings)
+    silent_workers = worker_liveness.watch(settings)
     unconsumed = consumers.watch(cutoff, settings.stale_after)  # outside the transaction
     isolation.before_each()  # the workers were asked (a second): beat is alive
     unreadable: dict[int, str] = {}
@@ -155,6 +156,7 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
         "redispatched": recovered,
         "withdrawn": withdrawn,
         "disks_low": disks_low,
+        "silent_workers": len(silent_workers),
         "queues_unconsumed": len(unconsumed),
         "instances_checked": len(active_instances),
         "failed": isolation.failed,
