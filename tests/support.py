@@ -849,3 +849,31 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: Any) -> subprocess.Comple
         sys.argv = argv
     printed = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, printed.out, printed.err)
+
+
+def assert_ledger_matches_bytes(datastore: Path) -> int:
+    """Every current version the ledger records (stored, not being placed, not pruned) is
+    at its path with the bytes of its checksum; how many were checked. Read from the
+    database this process points at."""
+    import hashlib
+
+    from sqlalchemy import select
+
+    from pipeline.database import transaction
+    from pipeline.domain.models import DatastoreFile
+
+    with transaction() as session:
+        current = session.execute(
+            select(DatastoreFile.path, DatastoreFile.sha256).where(
+                DatastoreFile.superseded_at.is_(None),
+                DatastoreFile.placing.is_(False),
+                DatastoreFile.pruned_at.is_(None),
+            )
+        ).all()
+    wrong = [
+        path
+        for path, sha in current
+        if hashlib.sha256((datastore / path).read_bytes()).hexdigest() != sha
+    ]
+    assert not wrong, f"current versions whose bytes differ from the ledger: {wrong[:5]}"
+    return len(current)

@@ -27,6 +27,12 @@ DIRECT_SEND_LIMIT = 20
 FAN_OUT_SIZE = 200
 #: Retries of a publish before the broker counts as unreachable.
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
+#: What Redis says of its last writes to disk, each ``ok`` or ``err``.
+PERSISTENCE_STATUS = (
+    "aof_last_write_status",
+    "aof_last_bgrewrite_status",
+    "rdb_last_bgsave_status",
+)
 #: kombu's Redis transport keeps priority N of queue Q in the list "Q\x06\x16N" (N > 0).
 PRIORITY_SEPARATOR = "\x06\x16"
 PRIORITY_LEVELS = range(1, 10)
@@ -79,6 +85,16 @@ class CeleryPublisher:
         except _broker_errors() as exc:
             raise unreachable(exc) from None
         return {queue["name"] for queues in (replies or {}).values() for queue in queues}
+
+    def persistence_problem(self) -> str | None:
+        """What Redis's ``INFO persistence`` says failed last (its append-only file or its
+        snapshot not written: with a full disk it answers MISCONF to every write)."""
+        try:
+            info = broker_client().info("persistence")
+        except _broker_errors() as exc:
+            raise unreachable(exc) from None
+        failed = [f"{key} {info[key]}" for key in PERSISTENCE_STATUS if info.get(key, "ok") != "ok"]
+        return ", ".join(failed) or None
 
     def queued_ids(self, queue: str) -> set[str]:
         """Celery task ids of the messages waiting in ``queue`` on the Redis broker."""
@@ -206,4 +222,7 @@ def _broker_errors() -> tuple[type[Exception], ...]:
 
 def unreachable(exc: Exception) -> Unreachable:
     broker = get_settings().broker
-    return Unreachable(f"broker unreachable at {masked(broker)}: {scrubbed(str(exc), broker)}")
+    said = scrubbed(str(exc), broker)
+    if said.startswith("MISCONF"):  # it answers, but refuses every write
+        return Unreachable(f"broker at {masked(broker)} cannot write to its disk: {said}")
+    return Unreachable(f"broker unreachable at {masked(broker)}: {said}")

@@ -44,6 +44,10 @@ class MemoryPublisher:
         """No workers to ask: it cannot tell."""
         return None
 
+    def persistence_problem(self) -> str | None:
+        """Nothing on disk."""
+        return None
+
     def in_flight(self, queues: Iterable[str]) -> InFlight:
         wanted = set(queues)
         return InFlight({m.id for m in self.queue if m.queue in wanted and m.id}, set())

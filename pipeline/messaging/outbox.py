@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from sqlalchemy.orm import Session
 
 from pipeline.database import transaction as database_transaction
+from pipeline.errors import Unreachable
 from pipeline.messaging.messages import Message
 from pipeline.messaging.publisher import publisher
 
@@ -55,6 +56,24 @@ def send(outbox: Outbox) -> None:
         publisher().publish(outbox.messages)
     if outbox.revoked:
         publisher().revoke(outbox.revoked)
+
+
+def sending_or_noting(unsent: list[Unreachable]) -> Callable[[Outbox], None]:
+    """A ``deliver`` for an operation that happened once it committed (a submit, a
+    restart): a broker gone (or refusing writes) meanwhile leaves its tasks waiting in
+    their steps for the reconciler, noted in ``unsent``, not raised."""
+
+    def deliver(messages: Outbox) -> None:
+        try:
+            send(messages)
+        except Unreachable as exc:
+            unsent.append(exc)
+
+    return deliver
+
+
+#: What an operation whose messages the broker refused after it committed says.
+QUEUED_FOR_RECONCILER = "the broker refused its messages; the reconciler sends them when it can"
 
 
 @contextmanager

@@ -108,7 +108,10 @@ def submit(
     submitted = submitting(pipeline, start_node, end_node, priority)
     with transaction() as session:
         instance = session.get(PipelineInstance, submitted.id)
-        return SubmittedInstance(**instance_view(instance), tasks=submitted.tasks)
+        view = SubmittedInstance(**instance_view(instance), tasks=submitted.tasks)
+    if submitted.queued:
+        view["message"] = f"queued: {submitted.queued}"
+    return view
 
 
 # -- restart and halt ------------------------------------------------------------------------

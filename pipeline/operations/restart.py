@@ -14,7 +14,7 @@ change with it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +99,7 @@ def restart(
         publisher().check()
     live = {} if dry_run else _in_flight_for([t for t, mode in parsed if mode.needs_broker])
     unsent: list[Unreachable] = []
-    with outbox.transaction(deliver=_sending(unsent)) as (session, messages):
+    with outbox.transaction(deliver=outbox.sending_or_noting(unsent)) as (session, messages):
         locked = _lock_tasks(session, [task_id for task_id, _ in parsed])
         states = _subtask_states(session, list(locked))
         below = staleness.downstream_of_each(session, list(locked))
@@ -132,26 +132,8 @@ def restart(
     if unsent:  # the broker went away since it answered: the reconciler sends them later
         for outcome in outcomes:
             if outcome.ok:
-                outcome.message += f" (queued: {QUEUED_FOR_RECONCILER})"
+                outcome.message += f" (queued: {outbox.QUEUED_FOR_RECONCILER})"
     return Report(outcomes)
-
-
-#: What a restart whose messages the broker refused after it committed says.
-QUEUED_FOR_RECONCILER = "the broker went away; the reconciler sends it when it is back"
-
-
-def _sending(unsent: list[Unreachable]) -> Callable[[Outbox], None]:
-    """Publish a restart's outbox once it committed; a broker gone meanwhile leaves its
-    tasks waiting in their steps for the reconciler (noted in ``unsent``), not an error
-    for a restart that happened."""
-
-    def deliver(messages: Outbox) -> None:
-        try:
-            outbox.send(messages)
-        except Unreachable as exc:
-            unsent.append(exc)
-
-    return deliver
 
 
 def _any_restartable(task_ids: list[int]) -> bool:

@@ -11,18 +11,20 @@ from pipeline.domain.limits import check_priority
 from pipeline.domain.models import InstanceNode, PipelineDefinition, PipelineInstance
 from pipeline.engine import datastore
 from pipeline.engine.transitions import create_node_tasks
-from pipeline.errors import InvalidInput, shown
+from pipeline.errors import InvalidInput, Unreachable, shown
 from pipeline.messaging import outbox
 from pipeline.messaging.publisher import publisher
 from pipeline.settings import get_settings
 
 
-@dataclass(frozen=True)
+@dataclass
 class Submitted:
     id: int
     pipeline: str
     state: str
     tasks: list[int]
+    #: Why its messages wait for the reconciler (the broker refused them after commit).
+    queued: str = ""
 
 
 def select_nodes(definition: Definition, start: str | None, end: str | None) -> list[str]:
@@ -77,7 +79,8 @@ def submit(
         definition_id = definitions.get(session, pipeline).id
         select_nodes(_parse(session.get(PipelineDefinition, definition_id)), start_node, end_node)
     publisher().check()
-    with outbox.transaction() as (session, messages):
+    unsent: list[Unreachable] = []
+    with outbox.transaction(deliver=outbox.sending_or_noting(unsent)) as (session, messages):
         stored = session.get(PipelineDefinition, definition_id)
         definition = _parse(stored)
         nodes = select_nodes(definition, start_node, end_node)
@@ -108,4 +111,7 @@ def submit(
         for name in nodes:
             if not graph[name] & set(nodes):
                 tasks += create_node_tasks(session, instance, definition, name, root, messages)
-        return Submitted(instance.id, instance.pipeline, instance.state, [t.id for t in tasks])
+        submitted = Submitted(instance.id, instance.pipeline, instance.state, [t.id for t in tasks])
+    if unsent:  # the instance is submitted: its first messages wait for the reconciler
+        submitted.queued = f"{outbox.QUEUED_FOR_RECONCILER} ({unsent[0]})"
+    return submitted

@@ -445,10 +445,11 @@ class ReceiptView(TypedDict):
 
 def submitted_line(submitted: SubmittedInstance) -> str:
     """One line about a submitted instance (the CLI's and Flower's operation's answer)."""
-    return (
+    line = (
         f"instance {submitted['id']} of {submitted['pipeline']} submitted with"
         f" {len(submitted['tasks'])} tasks ({submitted['state']})"
     )
+    return f"{line}; {submitted['message']}" if submitted["message"] else line
 
 
 # -- retention -------------------------------------------------------------------------------

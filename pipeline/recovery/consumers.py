@@ -2,7 +2,7 @@
 ever, and nothing else would say why. The reconciler asks the workers which queues they
 consume whenever work has waited ``stale_after`` on some queue; a queue with waiting work
 and no consumer is an alert naming it and how to serve it, raised once while it lasts and
-cleared when a worker consumes it (or nothing waits on it any more).
+cleared when a worker consumes it (or nothing waits on it any more, however recently sent).
 """
 
 from __future__ import annotations
@@ -26,24 +26,27 @@ from pipeline.recovery.isolation import decode_execution
 CAUSE = "queue:"
 
 
-def waiting_queues(cutoff: datetime) -> Counter[str]:
+def waiting_queues(cutoff: datetime) -> tuple[Counter[str], set[str]]:
     """How many tasks have waited since before ``cutoff`` on each queue (in a step whose
-    message a worker of the queue takes, or executing)."""
+    message a worker of the queue takes, or executing), and every queue some task waits on
+    now, however recently it was sent there."""
     with transaction() as session:
-        stored = session.scalars(
-            select(cast(Task.execution, Text)).where(
-                Task.p_state.in_([*WAITING, *EXECUTION_STEPS]),
-                ~Task.error,
-                Task.updated_at < cutoff,
+        stored = session.execute(
+            select(cast(Task.execution, Text), Task.updated_at < cutoff).where(
+                Task.p_state.in_([*WAITING, *EXECUTION_STEPS]), ~Task.error
             )
         ).all()
     queues: Counter[str] = Counter()
-    for execution in stored:
+    now: set[str] = set()
+    for execution, stale in stored:
         try:
-            queues[ExecutionSettings.stored(decode_execution(execution)).queue] += 1
+            queue = ExecutionSettings.stored(decode_execution(execution)).queue
         except Unreadable:
             continue  # the reconciler fails that task on its own
-    return queues
+        now.add(queue)
+        if stale:
+            queues[queue] += 1
+    return queues, now
 
 
 #: When the workers were last asked, and what they said (this process's): asked at most
@@ -55,7 +58,7 @@ def watch(cutoff: datetime, every: float) -> set[str]:
     """Raise and clear the queues' alerts (module docstring), asking the workers at most
     once every ``every`` seconds; the queues with waiting work and no consumer."""
     global _asked
-    waiting = waiting_queues(cutoff)
+    waiting, waited_on = waiting_queues(cutoff)
     if not waiting:
         consumed: set[str] | None = set()
     elif time.monotonic() - _asked[0] < every:
@@ -81,6 +84,9 @@ def watch(cutoff: datetime, every: float) -> set[str]:
             select(Alert.cause).where(Alert.cause.startswith(CAUSE), Alert.cleared_at.is_(None))
         ).all()
         for cause in open_causes:
-            if cause.removeprefix(CAUSE) not in unconsumed:
+            queue = cause.removeprefix(CAUSE)
+            # A task sent there again lately waits all the same: only a consumer, or
+            # nothing waiting at all, ends the episode.
+            if queue not in unconsumed and (queue in consumed or queue not in waited_on):
                 alerts.clear(session, cause)
     return unconsumed

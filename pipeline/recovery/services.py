@@ -10,17 +10,19 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from pipeline.database import transaction
+from pipeline.database import masked, transaction
 from pipeline.domain.models import utcnow
 from pipeline.engine import alerts
 from pipeline.engine.task_state import HOST
 from pipeline.errors import Unreachable
 from pipeline.messaging.publisher import publisher
 from pipeline.recovery import heartbeat
+from pipeline.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 BROKER, DATABASE = "service:broker", "service:database"
+PERSISTENCE = "service:broker-persistence"
 
 
 class ServiceWatch:
@@ -54,8 +56,19 @@ class ServiceWatch:
                 if alerts.raise_once(session, BROKER, alerts.ERROR, f"{exc}: nothing is sent"):
                     log.error("reconciler: %s", exc)
             raise
+        problem = publisher().persistence_problem()
         with transaction() as session:
             alerts.clear(session, BROKER)
+            if problem is None:
+                alerts.clear(session, PERSISTENCE)
+            elif alerts.raise_once(
+                session,
+                PERSISTENCE,
+                alerts.ERROR,
+                f"broker at {masked(get_settings().broker)} cannot write to its disk ({problem}):"
+                " it refuses new messages until it can; free space where it keeps its data",
+            ):
+                log.error("reconciler: the broker cannot write to its disk (%s)", problem)
 
     def _database_back(self) -> None:
         if self.database_down is None:
