@@ -8,7 +8,7 @@ export PIPELINE_HOME ?= $(CURDIR)/.pipeline
 TEST_PROCESSES ?= 3
 PIPELINE := $(VENV)/bin/pipeline
 
-.PHONY: demo test test-fast lint stop venv clean bench bench-quick bench-large
+.PHONY: demo test test-fast lint stop venv clean bench bench-quick bench-large soak
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,15 @@ bench-quick: $(VENV)/.bench-installed $(VENV)/.compiled
 bench-large: $(VENV)/.bench-installed $(VENV)/.compiled
 	bash tools/install-system-packages.sh redis-server postgresql
 	$(VENV)/bin/python -m bench.large
+
+# make soak: the chaos soak for SOAK_SECONDS (600) with faults at random (not part of
+# make test, which runs its short version), its report in bench/results; see
+# docs/operator-guide.md.
+SOAK_SECONDS ?= 600
+soak: venv
+	bash tools/install-system-packages.sh redis-server postgresql
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_REPORT=bench/results/soak-$$(date -u +%Y%m%dT%H%M%SZ).json \
+		$(VENV)/bin/pytest -p no:cacheprovider -s -n 0 --timeout $$(( $(SOAK_SECONDS) + 900 )) tests/test_soak.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -877,3 +877,49 @@ def assert_ledger_matches_bytes(datastore: Path) -> int:
     ]
     assert not wrong, f"current versions whose bytes differ from the ledger: {wrong[:5]}"
     return len(current)
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (a Celery worker's pool processes)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with suppress(OSError, IndexError, ValueError):
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid and fields[0] != "Z":
+                    found.append(int(proc.name))
+    return sorted(found)
+
+
+# -- small disks --------------------------------------------------------------------------------
+
+
+@contextmanager
+def tmpfs(where: Path, megabytes: int) -> Iterator[Path]:
+    """A tmpfs of ``megabytes`` mounted at ``where`` (made if missing), unmounted after."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m,mode=0700", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(where: Path) -> Path:
+    """Fill the file system of ``where`` to the last byte; the filler, to remove."""
+    filler = where / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 16, 1):
+            with suppress(OSError):
+                while os.write(descriptor, b"\0" * size):
+                    pass
+    finally:
+        os.close(descriptor)
+    return filler

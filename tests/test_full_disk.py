@@ -8,11 +8,9 @@ matching every current file's bytes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,46 +25,17 @@ from tests.support import (
     assert_ledger_matches_bytes,
     assert_one_line_error,
     clean_env,
+    fill,
     just_started,
     make_cluster,
     permuter_run,
+    tmpfs,
     wait_for,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("full-disk")]
 
 STOPPED_WITH_ERRORS = 1
-
-
-@contextmanager
-def tmpfs(where: Path, megabytes: int) -> Iterator[Path]:
-    """A tmpfs of ``megabytes`` mounted at ``where`` (made if missing), unmounted after."""
-    where.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m,mode=0700", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(where: Path) -> Path:
-    """Fill the file system of ``where`` to the last byte; the filler, to remove."""
-    filler = where / "filler"
-    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (1 << 16, 1):
-            with suppress(OSError):
-                while os.write(descriptor, b"\0" * size):
-                    pass
-    finally:
-        os.close(descriptor)
-    return filler
 
 
 @contextmanager

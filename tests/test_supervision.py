@@ -6,14 +6,16 @@ is an alert of its own ("worker W silent since T"), and one stopped cleanly is n
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 from typing import Any
 
 import pytest
 
 from pipeline.deploy.cluster import alive
-from tests.support import Cluster, started_cluster, wait_for
+from tests.support import Cluster, children_of, started_cluster, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("supervision")]
 
@@ -122,3 +124,20 @@ def test_without_a_supervisor_a_dead_worker_is_an_alert_and_a_stopped_one_is_not
         cluster.start()
         cluster.wait(cluster.submit())
         assert len(alerts_of(cluster, "worker worker1@")) == 1, "a clean stop is no alert"
+
+
+def test_a_pool_process_killed_is_an_alert_and_the_work_completes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Celery replaces a killed pool process without a word; the worker says it."""
+    with started_cluster(PIPELINE_CLUSTER_SERVICES="") as cluster:
+        worker = cluster.pid("worker1")
+        pool = wait_for(lambda: len(children_of(worker)) >= 2 and children_of(worker))
+        os.kill(pool[0], signal.SIGKILL)
+        said = wait_for(
+            lambda: alerts_of(cluster, "pool process(es) died"), what="the pool's alert"
+        )
+        assert f"last pid {pool[0]}" in said[0]["message"]
+        assert said[0]["message"].startswith("worker worker1@")
+        assert cluster.pid("worker1") == worker, "the worker itself lives on"
+        cluster.wait(cluster.submit())

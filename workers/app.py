@@ -44,9 +44,11 @@ class WorkerWatch(bootsteps.StartStopStep):
         interval = get_settings().reconcile_interval
         node = worker.hostname
         worker_liveness.beat(node, HOST)
+        pool = worker_liveness.PoolWatch(node)
         self.timer_entries = [
             worker.timer.call_repeatedly(interval, look, (utcnow(),)),
             worker.timer.call_repeatedly(interval, worker_liveness.beat, (node, HOST)),
+            worker.timer.call_repeatedly(interval, _look_at_pool, (worker, pool)),
         ]
 
     def stop(self, worker: Any) -> None:
@@ -73,6 +75,15 @@ class Consumer(CeleryConsumer):
 
     def _count(self, message: Any) -> None:
         self.refused.refused(message.content_type, message.delivery_info.get("routing_key", ""))
+
+
+def _look_at_pool(worker: Any, pool: worker_liveness.PoolWatch) -> None:
+    try:
+        pids = worker.pool.info.get("processes")
+    except Exception:  # a pool starting or stopping
+        return
+    if pids:  # the prefork pool's; a solo pool has none
+        pool.look(set(pids))
 
 
 app = celery_app()

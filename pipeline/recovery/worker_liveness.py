@@ -2,12 +2,17 @@
 when it shuts down; the reconciler raises an alert for a worker whose heartbeat stopped
 without a shutdown (killed, its host lost): "worker W silent since T", once per silence,
 cleared when it beats again. That tells a worker gone from beat gone or the broker down.
+
+A worker also looks at its pool once an interval: a pool process gone (killed, out of
+memory) is replaced by Celery without a word, so the worker says it in one alert, counting,
+until an operator acknowledges it.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
 
@@ -42,6 +47,36 @@ def leave(node: str) -> None:
             session.execute(delete(Heartbeat).where(Heartbeat.name == PREFIX + node))
     except Exception:
         log.exception("could not record worker %s's shutdown", node)
+
+
+@dataclass
+class PoolWatch:
+    """The pool processes of one worker, as last seen."""
+
+    node: str
+    seen: set[int] = field(default_factory=set)
+    died: int = 0
+    first: datetime | None = None
+
+    def look(self, pids: set[int]) -> None:
+        """The pool's processes now; those gone since the last look are an alert."""
+        gone = self.seen - pids if self.seen else set()
+        self.seen = set(pids)
+        if not gone:
+            return
+        self.died += len(gone)
+        self.first = self.first or utcnow()
+        message = (
+            f"worker {self.node}: {self.died} pool process(es) died since"
+            f" {self.first:%Y-%m-%d %H:%M:%S} UTC (last pid {', '.join(map(str, sorted(gone)))});"
+            " Celery started others, and the reconciler dispatches again what they ran"
+        )
+        log.error("%s", message)
+        try:
+            with transaction() as session:
+                alerts.raise_or_update(session, f"pool:{self.node}", alerts.WARNING, message)
+        except Exception:
+            log.exception("could not record a pool process's death")
 
 
 def silent_after(settings: Settings) -> timedelta:

@@ -1,0 +1,389 @@
+"""The chaos soak's driver: for a set time, instances of the sample pipeline are submitted
+(and their failed tasks restarted) while faults are injected one after another, each
+waited out before the next: a worker killed whole, a pool process killed, beat, Redis and
+the HTTP API killed, the broker's queues dropped, Redis's disk filled and freed. Each
+fault's recovery is timed; at the end every instance must have finished, no task attempt
+stored twice, every current ledger row match its bytes, every fault have its alert and
+every alert a fault (``tests/test_soak.py``, ``make soak``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pipeline.deploy.cluster import alive
+from pipeline.messaging.publisher import publisher
+from pipeline.operations import queries
+from tests.support import (
+    Cluster,
+    assert_ledger_matches_bytes,
+    children_of,
+    fill,
+    just_started,
+    queued_on_broker,
+    stores_per_attempt,
+)
+
+#: Every kind of fault, in the order the short soak injects them.
+KINDS = ("worker", "pool", "beat", "redis", "api", "queue", "disk")
+#: The longest a fault may take to be recovered from, and its alert to show.
+RECOVERY_TIMEOUT = 90.0
+#: Instances running at once while the soak goes on.
+ACTIVE = 2
+#: What each kind of fault may make the system say (its own alert, and what it may
+#: cause downstream): an alert raised while a fault is out or just after, matching none of
+#: its fragments, is an alert without a fault.
+EXPLAINS: dict[str, tuple[str, ...]] = {
+    "worker": (
+        "died: started again",
+        "silent since",
+        "lost, dispatched again",
+        "messages lost",
+        "had no news",
+        "marshaling lost",
+        "no worker consumes queue",
+        "pool process",
+    ),
+    "pool": ("pool process", "lost, dispatched again", "messages lost", "had no news"),
+    "beat": ("beat (pid", "reconciler not running"),
+    "redis": (
+        "redis (pid",
+        "started again as pid",
+        "broker unreachable",
+        "messages lost",
+        "had no news",
+        "lost, dispatched again",
+        "marshaling lost",
+    ),
+    "api": ("api (pid",),
+    "queue": ("messages lost", "had no news", "lost, dispatched again"),
+    "disk": (
+        "cannot write to its disk",
+        # A worker dies on Redis's MISCONF (Celery: "Unrecoverable error"): started again.
+        "started again as pid",
+        "keeps dying at start",
+        "messages lost",
+        "had no news",
+        "lost, dispatched again",
+        "marshaling lost",
+    ),
+}
+#: Alerts about the data, not about a fault (a concurrent instance's newer versions).
+ABOUT_DATA = ("stale:", "supersedes version", "produced no output")
+
+
+@dataclass
+class Fault:
+    kind: str
+    target: str
+    at: str
+    #: Seconds from injection to recovery (the service back, the lost work sent again).
+    recovery: float | None = None
+    #: The alert that says it, as raised.
+    alert: str = ""
+
+
+@dataclass
+class Report:
+    seconds: float
+    faults: list[Fault] = field(default_factory=list)
+    instances: dict[str, int] = field(default_factory=dict)
+    submits_refused: int = 0
+    restarts: int = 0
+    unexplained_alerts: list[str] = field(default_factory=list)
+    data_alerts: int = 0
+    ledger_rows_checked: int = 0
+    stored_twice: list[str] = field(default_factory=list)
+
+    def figures(self) -> dict[str, Any]:
+        times = sorted(f.recovery for f in self.faults if f.recovery is not None)
+        by_kind: dict[str, list[float]] = {}
+        for fault in self.faults:
+            if fault.recovery is not None:
+                by_kind.setdefault(fault.kind, []).append(fault.recovery)
+        return {
+            "faults_injected": len(self.faults),
+            "faults_recovered": len(times),
+            "faults_alerted": sum(bool(f.alert) for f in self.faults),
+            "recovery_p50_s": round(statistics.median(times), 1) if times else None,
+            "recovery_p95_s": round(_p95(times), 1) if times else None,
+            "recovery_max_s": round(max(times), 1) if times else None,
+            "by_kind": {
+                kind: {"count": len(found), "p50_s": round(statistics.median(found), 1)}
+                for kind, found in sorted(by_kind.items())
+            },
+            "false_alerts": len(self.unexplained_alerts),
+            "instances": self.instances,
+            "submits_refused": self.submits_refused,
+            "restarts": self.restarts,
+            "ledger_rows_checked": self.ledger_rows_checked,
+            "stored_twice": len(self.stored_twice),
+        }
+
+    def as_json(self) -> str:
+        return json.dumps(
+            {"figures": self.figures(), **asdict(self)}, indent=2, default=str, sort_keys=False
+        )
+
+
+def _explains(fault: Fault, at: datetime, message: str) -> bool:
+    """Could ``fault`` have caused an alert raised at ``at`` saying ``message``?"""
+    injected = datetime.fromisoformat(fault.at)
+    window = timedelta(seconds=RECOVERY_TIMEOUT + 60)
+    return injected <= at <= injected + window and any(
+        fragment in message for fragment in EXPLAINS[fault.kind]
+    )
+
+
+def _p95(times: list[float]) -> float:
+    return times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _wait(condition: Callable[[], Any], timeout: float = RECOVERY_TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with suppress(Exception):  # a service being killed answers with errors meanwhile
+            found = condition()
+            if found:
+                return found
+        time.sleep(0.1)
+    return None
+
+
+class Soak:
+    """One soak over a started cluster (supervised, its Redis directory on ``redis_disk``,
+    a tmpfs), this process pointed at its database."""
+
+    def __init__(self, cluster: Cluster, redis_disk: Path, seconds: float, seed: int) -> None:
+        self.cluster = cluster
+        self.redis_disk = redis_disk
+        self.seconds = seconds
+        self.random = random.Random(seed)
+        self.report = Report(seconds)
+        self.submitted: list[int] = []
+        self.started = _now()
+        self.broker = None
+
+    # -- the run -------------------------------------------------------------------------
+
+    def run(self) -> Report:
+        """Faults until the time is up (each kind once, in order, for a soak of 0 s), then
+        the instances finished and every invariant checked into the report."""
+        from pipeline.messaging.broker import broker_client
+
+        self.broker = broker_client()
+        self.cluster.set_parameters(execution_pause_seconds=1)
+        deadline = time.monotonic() + self.seconds
+        order = list(KINDS)
+        while order or time.monotonic() < deadline:
+            kind = order.pop(0) if order else self.random.choice(KINDS)
+            self._keep_busy()
+            done = self._progress()
+            self._inject(kind)
+            self._restart_failed()
+            # The work goes on before the next fault: a subtask more completes.
+            _wait(lambda done=done: self._progress() > done, 60)
+        self._finish()
+        self._check()
+        return self.report
+
+    def _keep_busy(self) -> None:
+        """Submit instances until ``ACTIVE`` run (a refused submit is counted: the broker
+        may be down); wait until a subtask runs, so each fault meets work in flight."""
+        running = [i for i in self.submitted if self._state(i) not in FINISHED]
+        for _ in range(ACTIVE - len(running)):
+            result = self.cluster.cli("submit", "sample", "--json", check=False)
+            if result.returncode:
+                self.report.submits_refused += 1
+                assert "Traceback" not in result.stderr, result.stderr
+            else:
+                self.submitted.append(int(json.loads(result.stdout)["id"]))
+        _wait(lambda: just_started(within=3600), 20)
+
+    def _progress(self) -> int:
+        """Subtasks completed in the soak's instances so far."""
+        return sum(
+            int(task["counts"].split("/")[0])
+            for instance in self.submitted
+            for task in queries.list_tasks(instance)
+        )
+
+    def _state(self, instance: int) -> str:
+        return str(queries.get_instance(instance)["state"])
+
+    def _restart_failed(self) -> None:
+        """What an operator does: the failed tasks of a stopped instance run again."""
+        for instance in self.submitted:
+            if self._state(instance) == "ERRORS_STALLED":
+                result = self.cluster.cli(
+                    "restart", "--instance", instance, "--mode", "resubmit", check=False
+                )
+                self.report.restarts += result.returncode == 0
+
+    # -- faults --------------------------------------------------------------------------
+
+    def _inject(self, kind: str) -> None:
+        getattr(self, f"_fault_{kind}")()
+
+    def _record(self, kind: str, target: str, injected: float, expect: str) -> Fault:
+        fault = Fault(kind, target, _now().isoformat(timespec="seconds"))
+        self.report.faults.append(fault)
+        self._injected_at = injected
+        self._expect = expect
+        return fault
+
+    def _recovered(self, fault: Fault, injected: float, back: Callable[[], Any]) -> None:
+        """Wait until ``back`` holds (the recovery, timed) and the fault's alert shows."""
+        if _wait(back):
+            fault.recovery = round(time.monotonic() - injected, 2)
+        alert = _wait(lambda: self._alert_saying(self._expect, injected))
+        fault.alert = alert or ""
+
+    def _alert_saying(self, fragment: str, since: float) -> str:
+        """An alert saying ``fragment`` raised since ``since`` (monotonic; alerts are
+        dated to the second)."""
+        after = _now() - timedelta(seconds=time.monotonic() - since)
+        floor = after.isoformat(timespec="seconds")
+        for alert in queries.list_alerts(include_acknowledged=True):
+            if fragment in alert["message"] and alert["at"] >= floor:
+                return str(alert["message"])
+        return ""
+
+    def _kill_service(self, kind: str, name: str) -> None:
+        pid = self.cluster.pid(name)
+        injected = time.monotonic()
+        with suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        fault = self._record(kind, name, injected, f"{name} (pid {pid}) ")
+
+        def back() -> bool:
+            now = self.cluster.pid(name)
+            return now != pid and alive(now, ())
+
+        self._recovered(fault, injected, back)
+
+    def _fault_worker(self) -> None:
+        self._kill_service("worker", self.random.choice(self._workers()))
+
+    def _fault_beat(self) -> None:
+        self._kill_service("beat", "beat")
+
+    def _fault_redis(self) -> None:
+        self._kill_service("redis", "redis")
+
+    def _fault_api(self) -> None:
+        self._kill_service("api", "api")
+
+    def _fault_pool(self) -> None:
+        name = self.random.choice(self._workers())
+        worker = self.cluster.pid(name)
+        pool = _wait(lambda: children_of(worker), 10) or []
+        if not pool:
+            return self._fault_worker()
+        victim = self.random.choice(pool)
+        injected = time.monotonic()
+        with suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+        fault = self._record("pool", f"{name} pool process {victim}", injected, f"{victim}")
+        self._recovered(
+            fault, injected, lambda: victim not in children_of(worker) and children_of(worker)
+        )
+        return None
+
+    def _fault_queue(self) -> None:
+        """Every message waiting in the broker's queues deleted behind the system's back,
+        once some wait there."""
+        assert self.broker is not None
+        if not _wait(lambda: queued_on_broker(self.broker) > 0, 20):
+            return self._fault_worker()
+        injected = time.monotonic()
+        dropped = sum(self.broker.delete(key) for key in self.broker.keys("default*"))
+        fault = self._record("queue", f"{dropped} queue keys", injected, "")
+        # Recovered once the reconciler says it sent the lost work again.
+        found = _wait(lambda: self._resent_since(injected))
+        if found:
+            fault.recovery = round(time.monotonic() - injected, 2)
+            fault.alert = found
+        return None
+
+    def _resent_since(self, injected: float) -> str:
+        for fragment in ("messages lost", "had no news", "lost, dispatched again"):
+            if said := self._alert_saying(fragment, injected):
+                return said
+        return ""
+
+    def _fault_disk(self) -> None:
+        """Redis's disk filled to the last byte for a few seconds, then freed."""
+        injected = time.monotonic()
+        filler = fill(self.redis_disk)
+        fault = self._record("disk", "redis's disk", injected, "cannot write to its disk")
+        # Work goes on, and Redis fails to persist it.
+        _wait(lambda: publisher().persistence_problem(), 30)
+        fault.alert = _wait(lambda: self._alert_saying("cannot write to its disk", injected)) or ""
+        filler.unlink()
+        # Recovered once Redis writes again and its alert is cleared.
+        if _wait(lambda: publisher().persistence_problem() is None and self._disk_cleared()):
+            fault.recovery = round(time.monotonic() - injected, 2)
+
+    def _disk_cleared(self) -> bool:
+        return all(
+            a["cleared_at"]
+            for a in queries.list_alerts(include_acknowledged=True)
+            if "cannot write to its disk" in a["message"]
+        )
+
+    def _workers(self) -> list[str]:
+        return sorted(p.stem for p in (self.cluster.home / "run").glob("worker*.pid"))
+
+    # -- the end -------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """No more faults: every instance finishes (its failed tasks restarted twice at
+        most, as an operator would), within a bound."""
+        for _ in range(3):
+            for instance in self.submitted:
+                self.cluster.cli("wait", instance, "--timeout", 300, check=False, timeout=330)
+            self._restart_failed()
+        states: dict[str, int] = {}
+        for instance in self.submitted:
+            state = self._state(instance)
+            states[state] = states.get(state, 0) + 1
+        self.report.instances = states
+
+    def _check(self) -> None:
+        report = self.report
+        for instance in self.submitted:
+            for task in queries.list_tasks(instance):
+                history = queries.get_task(task["id"])["history"]
+                twice = {a: n for a, n in stores_per_attempt(history).items() if n > 1}
+                if twice:
+                    report.stored_twice.append(f"task {task['id']}: {twice}")
+        report.ledger_rows_checked = assert_ledger_matches_bytes(self.cluster.datastore)
+        for alert in queries.list_alerts(include_acknowledged=True):
+            at = datetime.fromisoformat(alert["at"])
+            if at < self.started:
+                continue
+            message = alert["message"]
+            if any(word in message for word in ABOUT_DATA):
+                report.data_alerts += 1
+            elif not any(_explains(fault, at, message) for fault in report.faults):
+                report.unexplained_alerts.append(f"{alert['at']} {message}")
+
+
+#: An instance that has stopped, one way or the other.
+FINISHED = ("COMPLETED", "ERRORS_STALLED", "TRANSITION_FAILED")
