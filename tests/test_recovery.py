@@ -18,7 +18,7 @@ from sqlalchemy import update
 
 from pipeline.database import transaction
 from pipeline.domain.lifecycle import Event
-from pipeline.domain.models import Subtask, Task, utcnow
+from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.engine import stages
 from pipeline.engine.leases import Claim
 from pipeline.engine.locks import lock_task
@@ -443,3 +443,34 @@ def test_a_run_that_outlasts_the_interval_keeps_the_lock_until_it_ends(
             what="a run after the long one",
         )
         assert "reclaimed" in after
+
+
+def test_a_lost_transition_made_by_the_reconciler_is_in_the_history_and_an_alert(
+    worker: InProcessWorker, reconciler
+) -> None:
+    """The permuter's tasks stored but the flip's tasks were never created (a transition
+    lost): the reconciler creates them, each with a line in its history that says who and
+    why, and one alert about the instance says so."""
+    from tests.support import roll_back_to_permuter_done
+
+    instance = facade.submit("sample")["id"]
+    worker.drain()
+    roll_back_to_permuter_done(instance)
+    with transaction() as session:  # as it was: still processing
+        session.execute(
+            update(PipelineInstance)
+            .where(PipelineInstance.id == instance)
+            .values(state="PROCESSING", updated_at=utcnow() - LONG_AGO)
+        )
+
+    reconciler()
+    flips = [t for t in queries.list_tasks(instance) if t["node"] == "flip"]
+    assert len(flips) == 2
+    said = "transition recovered by the reconciler: tasks of flip created (its parents were done)"
+    for task in flips:
+        assert said in [e["message"] for e in queries.get_task(task["id"])["history"]]
+    [alert] = [a for a in queries.list_alerts() if "transition recovered" in a["message"]]
+    assert (alert["severity"], alert["instance_id"]) == ("warning", instance)
+    assert alert["message"] == f"instance {instance}: {said}: 2 tasks"
+    worker.drain()
+    assert queries.get_instance(instance)["state"] == "COMPLETED"

@@ -18,6 +18,7 @@ from pipeline.domain.definitions import Definition, Node, parse
 from pipeline.domain.models import InstanceNode, PipelineInstance, Task, utcnow
 from pipeline.domain.states import InstanceState, NodeState
 from pipeline.engine import datastore
+from pipeline.engine.alerts import WARNING, raise_alert_about
 from pipeline.engine.locks import lock_instance
 from pipeline.engine.task_state import note, refresh_instance_state, send_waiting
 from pipeline.errors import InvalidInput, PipelineError, Unreachable
@@ -100,19 +101,21 @@ def _skipped_line(skipped: dict[str, list[str]]) -> str:
     )
 
 
-def advance_within(session: Session, instance: PipelineInstance, messages: Outbox) -> None:
+def advance_within(
+    session: Session, instance: PipelineInstance, messages: Outbox
+) -> dict[str, list[Task]]:
     """In the caller's transaction, holding the instance row's lock: mark finished nodes
     DONE and create the tasks of every node whose parents are all DONE.
 
     A failure to create them (no inputs in the datastore, say) puts the instance in
     TRANSITION_FAILED with the reason, in the same transaction, and sends nothing;
-    restarting the instance retries the transition.
+    restarting the instance retries the transition. The tasks created, by node.
     """
     if instance.state == InstanceState.TRANSITION_FAILED:
-        return
+        return {}
     try:
         with session.begin_nested(), messages.savepoint():
-            _advance(session, instance, messages)
+            created = _advance(session, instance, messages)
     except Unreachable:
         raise
     except (PipelineError, OSError) as exc:
@@ -120,17 +123,38 @@ def advance_within(session: Session, instance: PipelineInstance, messages: Outbo
         instance.state = InstanceState.TRANSITION_FAILED
         instance.message = f"transition failed: {exc}"
         instance.updated_at = utcnow()
-        return
+        return {}
     refresh_instance_state(session, instance)
+    return created
 
 
-def advance(instance_id: int) -> None:
-    """Run a transition in a transaction of its own (beat's reconciler, a restart)."""
+def advance(instance_id: int, recovered: bool = False) -> None:
+    """Run a transition in a transaction of its own (a restart; beat's reconciler, which
+    says ``recovered``: tasks it creates were a transition lost, written in their history
+    and one alert about the instance)."""
     with outbox.transaction() as (session, messages):
-        advance_within(session, lock_instance(session, instance_id), messages)
+        instance = lock_instance(session, instance_id)
+        created = advance_within(session, instance, messages)
+        if recovered and created:
+            said = (
+                f"transition recovered by the reconciler: tasks of {', '.join(created)}"
+                " created (its parents were done)"
+            )
+            tasks = [task for made in created.values() for task in made]
+            for task in tasks:
+                note(session, task, said)
+            raise_alert_about(
+                session,
+                instance_id,
+                tasks[0].id,
+                WARNING,
+                f"instance {instance_id}: {said}: {len(tasks)} tasks",
+            )
 
 
-def _advance(session: Session, instance: PipelineInstance, messages: Outbox) -> None:
+def _advance(
+    session: Session, instance: PipelineInstance, messages: Outbox
+) -> dict[str, list[Task]]:
     definition = parse(instance.definition)
     nodes = {
         row.node: row
@@ -142,6 +166,7 @@ def _advance(session: Session, instance: PipelineInstance, messages: Outbox) -> 
         if row.state == NodeState.RUNNING and not _unfinished(session, instance.id, name):
             row.state = NodeState.DONE
     graph = definition.graph()
+    created: dict[str, list[Task]] = {}
     for name in definition.order():
         row = nodes.get(name)
         parents = graph[name] & nodes.keys()
@@ -152,7 +177,8 @@ def _advance(session: Session, instance: PipelineInstance, messages: Outbox) -> 
             and all(nodes[parent].state == NodeState.DONE for parent in parents)
         ):
             root = datastore.require(get_settings().datastore)
-            create_node_tasks(session, instance, definition, name, root, messages)
+            created[name] = create_node_tasks(session, instance, definition, name, root, messages)
+    return created
 
 
 def _unfinished(session: Session, instance_id: int, node: str) -> bool:

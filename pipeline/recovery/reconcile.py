@@ -148,7 +148,7 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
         isolation.unreadable(task_id, reason)
     recovered = _reattach_quiet(quiet, isolation)
     for instance_id in active_instances:
-        isolation.instance(instance_id, lambda i=instance_id: advance(i))
+        isolation.instance(instance_id, lambda i=instance_id: advance(i, recovered=True))
     return {
         "reclaimed": reclaimed,
         "remarshaled": remarshaled,
