@@ -7,12 +7,14 @@ from __future__ import annotations
 import base64
 import html
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -37,10 +39,23 @@ class Answer:
 @dataclass
 class Console:
     url: str
+    #: The Flower app serving it (its event state, fed by the tests).
+    app: Any = None
 
-    def request(self, path: str, fields: dict[str, str] | None = None, auth: bool = True) -> Answer:
+    def request(
+        self,
+        path: str,
+        fields: dict[str, str] | None = None,
+        auth: bool = True,
+        token: bool = True,
+        **headers: str,
+    ) -> Answer:
+        """GET ``path``, or POST ``fields`` to it with the form token a page of the console
+        gives this login (unless ``token`` is false or the fields carry one)."""
+        if fields is not None and token and auth and "_xsrf" not in fields:
+            fields = {**fields, "_xsrf": self.form_token()}
         data = urllib.parse.urlencode(fields).encode() if fields is not None else None
-        request = urllib.request.Request(self.url + path, data=data)
+        request = urllib.request.Request(self.url + path, data=data, headers=headers)
         if auth:
             token = base64.b64encode(f"operator:{PASSWORD}".encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
@@ -49,6 +64,10 @@ class Console:
                 return Answer(response.status, response.read().decode(), dict(response.headers))
         except urllib.error.HTTPError as exc:
             return Answer(exc.code, exc.read().decode(), dict(exc.headers))
+
+    def form_token(self) -> str:
+        page = self.request("/pipeline/restart").body
+        return re.findall(r'name="_xsrf" value="([^"]+)"', page)[0]
 
 
 @pytest.fixture
@@ -61,8 +80,9 @@ def console(failed: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Console]:
     from pipeline.interfaces import flower
     from pipeline.settings import get_settings
 
-    with flower.in_thread(get_settings()) as url:
-        yield Console(url)
+    made: list[Any] = []
+    with flower.in_thread(get_settings(), made) as url:
+        yield Console(url, made[0])
 
 
 def text(page: str) -> str:
@@ -272,3 +292,115 @@ def test_pages_live_under_flowers_url_prefix(failed: Path, monkeypatch: pytest.M
             assert f'href="/flower/pipeline/tasks/{TASKS[0]}/subtasks/0/log"' in task.body
     finally:
         options.url_prefix = ""  # Tornado's options are the process's
+
+
+# -- Flower's own pages, the forms' token, numbers out of range -------------------------------
+
+
+def test_the_console_shadows_none_of_flowers_templates() -> None:
+    """A console template named like one of Flower's (task.html) must not replace it:
+    Flower's task page then failed for every task (HTTP 500)."""
+    from tornado import template
+
+    from pipeline.interfaces.console import TEMPLATES
+    from pipeline.interfaces.flower import PipelineTemplates
+
+    flowers = Path(__import__("flower").__file__).parent / "templates"
+    loader = PipelineTemplates(str(flowers))
+    clashing = sorted(p.name for p in TEMPLATES.glob("*.html") if (flowers / p.name).exists())
+    assert "task.html" in clashing, "the case this test is about"
+    for name in clashing:
+        flowers_own = template.Template((flowers / name).read_bytes(), name=name, loader=loader)
+        assert loader.load(name).code == flowers_own.code, name
+
+
+def test_flowers_task_page_shows_a_failed_tasks_exception(console: Console) -> None:
+    """Flower's own task page, with the console installed, for a Celery task that failed."""
+    uuid = "5e1f1a52-0000-4000-8000-000000000001"
+    for event in [
+        {
+            "type": "task-received",
+            "uuid": uuid,
+            "name": "pipeline.stage.subtask",
+            "args": "(1, 1, 0)",
+            "kwargs": "{}",
+            "hostname": "worker1@here",
+        },
+        {"type": "task-started", "uuid": uuid, "hostname": "worker1@here"},
+        {
+            "type": "task-failed",
+            "uuid": uuid,
+            "hostname": "worker1@here",
+            "exception": "RuntimeError('subtask 0 failed on purpose')",
+            "traceback": "Traceback (most recent call last):\n  RuntimeError: on purpose",
+        },
+    ]:
+        now = time.time()
+        console.app.events.state.event(
+            {**event, "timestamp": now, "local_received": now, "clock": 1}
+        )
+    page = console.request(f"/task/{uuid}")
+    assert page.status == 200, page.body[-500:]
+    assert "subtask 0 failed on purpose" in page.body and "Traceback" in page.body
+
+
+def test_a_post_without_this_logins_token_is_refused_and_changes_nothing(
+    console: Console,
+) -> None:
+    before = queries.list_tasks(1)
+    apply = {"mode": "resume-current-step", "action": "apply"}
+    for answer in (
+        console.request("/pipeline/instances/1", apply, token=False),
+        console.request("/pipeline/instances/1", {**apply, "_xsrf": "abc"}, Cookie="_xsrf=abc"),
+        console.request(
+            "/pipeline/instances/1",
+            apply,
+            **{"Sec-Fetch-Site": "cross-site", "Origin": "https://elsewhere.example"},
+        ),
+    ):
+        assert answer.status == 403, answer.status
+        assert len(text(answer.body).splitlines()) == 1
+    refused = console.request("/pipeline/instances/1", apply, token=False).body
+    [line] = re.findall(r'<div id="problem"[^>]*>(.*?)</div>', refused, re.S)
+    assert "token is missing or not yours" in line
+    assert queries.list_tasks(1) == before
+    assert console.request("/pipeline/instances/1", apply, auth=False).status == 401
+
+
+#: What the fuzz sends as each number or word a console page reads.
+HOSTILE = ["9223372036854775807", "-9223372036854775808", "1e400", "x" * 20_000]
+#: Each console page and the query arguments it reads.
+PAGES = {
+    "/pipeline/instances": ("page", "per_page", "state", "pipeline"),
+    "/pipeline/instances/1": ("page", "per_page"),
+    "/pipeline/tasks/1": ("page", "per_page", "state"),
+    "/pipeline/tasks/1/subtasks/0/log": ("view",),
+    "/pipeline/alerts": ("page", "per_page", "severity", "acknowledged"),
+    "/pipeline/parameters": ("name", "version", "older", "newer"),
+    "/pipeline/definitions": (),
+    "/pipeline/restart": (),
+}
+
+
+def test_every_number_out_of_range_is_a_one_line_4xx(console: Console) -> None:
+    for path, arguments in PAGES.items():
+        for argument in arguments:
+            for value in HOSTILE:
+                query = {argument: value}
+                if argument in ("older", "newer"):
+                    query = {"name": "algorithm", "older": "1", "newer": "1", argument: value}
+                answer = console.request(f"{path}?{urllib.parse.urlencode(query)}")
+                assert answer.status < 500, (path, argument, value[:30], answer.body[-300:])
+    for path in (
+        "/pipeline/instances/9223372036854775807",
+        "/pipeline/tasks/9223372036854775807",
+        "/pipeline/tasks/1/subtasks/9223372036854775807/log",
+        "/pipeline/tasks/9223372036854775807/subtasks/0/log",
+    ):
+        answer = console.request(path)
+        assert 400 <= answer.status < 500, (path, answer.status)
+    answer = console.request("/pipeline/instances?page=9223372036854775807")
+    [line] = re.findall(r'<div id="problem"[^>]*>(.*?)</div>', answer.body, re.S)
+    assert html.unescape(line.strip()) == (
+        "page '9223372036854775807' is out of range (0 to 2147483647)"
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -96,7 +97,11 @@ class Flower:
         return found["result"]
 
     def post_form(self, path: str, fields: dict[str, str], auth: bool = True) -> Answer:
-        """Post a form of the restart page (following its redirect back to the page)."""
+        """Post a form of the restart page (following its redirect back to the page), with
+        the token the console's pages give this login."""
+        if auth:
+            page = self.request("/pipeline/restart").body
+            fields = {**fields, "_xsrf": re.findall(r'name="_xsrf" value="([^"]+)"', page)[0]}
         return self.request(path, urllib.parse.urlencode(fields).encode(), auth)
 
 
@@ -167,6 +172,11 @@ def test_flower_shows_failed_subtasks_as_failures(cluster: Cluster, flower: Flow
         assert ", subtask=0, " in failed["args"], failed
         assert "RuntimeError: subtask 0 failed on purpose" in failed["exception"], failed
         assert failed["retries"] == 0, failed
+        # Flower's own task page, the console installed beside it, shows the exception and
+        # its traceback (a console template named like Flower's made it answer 500).
+        page = flower.request(f"/task/{failed['uuid']}")
+        assert page.status == 200, page.body[-500:]
+        assert "subtask 0 failed on purpose" in page.body and "Traceback" in page.body
     assert not subtask_messages("RETRY")
     assert instance_state(cluster, instance) == "ERRORS_STALLED"
 

@@ -6,13 +6,16 @@ Flower's auth (``@tornado.web.authenticated`` on each method), and reads and act
 through the operations (the facade's commands, the queries and pages), off Tornado's
 I/O loop. An operator's error (an unknown
 id, a refused restart, a bad page number) is one line: on the page that was acted on, or
-as a 4xx page of its own; never a traceback. Forms post with Flower's XSRF field, act,
-then redirect back to their page with a signed one-line result.
+as a 4xx page of its own; never a traceback. Forms post with a token bound to the
+login (``form_token``: a POST without it is 403), act, then redirect back to their page
+with a signed one-line result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 from collections.abc import Callable
@@ -26,8 +29,8 @@ import tornado.web
 from flower.views import BaseHandler
 from tornado.web import decode_signed_value
 
-from pipeline.domain.limits import parse_id
-from pipeline.errors import InvalidInput
+from pipeline.domain.limits import MAX_ID, parse_id
+from pipeline.errors import InvalidInput, shown
 from pipeline.interfaces import dag
 from pipeline.interfaces.statuses import status as http_status
 from pipeline.operations import facade, pages, queries
@@ -37,6 +40,8 @@ from pipeline.operations.problems import problem
 log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
+#: The prefix of the console's template names, so that none shadows one of Flower's.
+NAMESPACE = "pipeline/"
 #: The query argument carrying an action's signed result back to the page, and its life.
 RESULT_ARGUMENT = "result"
 RESULT_MAX_AGE_DAYS = 1
@@ -127,11 +132,15 @@ def halt_from_form(fields: dict[str, str]) -> tuple[bool, str]:
 
 
 def whole_number(text: str, name: str) -> int:
-    """A query argument that must be a whole number, or a one-line error naming it."""
-    try:
-        return int(text)
-    except ValueError:
-        raise InvalidInput(f"{name} must be a whole number, not {text[:40]!r}") from None
+    """A query argument that must be a whole number from 0 to ``MAX_ID``, or a one-line
+    error naming it (read without converting a thousand digits, never past what the
+    database's integers hold)."""
+    text = text.strip()
+    if not text.isascii() or not text.isdigit():
+        raise InvalidInput(f"{name} must be a whole number, not {shown(text)}")
+    if len(text) > len(str(MAX_ID)) or int(text) > MAX_ID:
+        raise InvalidInput(f"{name} {shown(text)} is out of range (0 to {MAX_ID})")
+    return int(text)
 
 
 # -- the handlers ----------------------------------------------------------------------------
@@ -140,6 +149,32 @@ def whole_number(text: str, name: str) -> int:
 class PipelineHandler(BaseHandler):
     """A page of Flower's (its auth, its templates) that reads through the queries and
     pages and acts through the facade."""
+
+    def form_token(self) -> str:
+        """The token every console form carries: bound to the login that asked for the
+        page (its Authorization header, or its user) and signed with the cookie secret, so
+        a form made elsewhere, or a guessed cookie and field pair, cannot act."""
+        secret = self.application.settings["cookie_secret"]
+        key = secret if isinstance(secret, bytes) else str(secret).encode()
+        login = self.request.headers.get("Authorization", "") or str(self.current_user)
+        return hmac.new(key, f"pipeline-form:{login}".encode(), hashlib.sha256).hexdigest()
+
+    def xsrf_form_html(self) -> str:
+        """The forms' hidden token field (``{% module xsrf_form_html() %}``): ours."""
+        return f'<input type="hidden" name="_xsrf" value="{self.form_token()}"/>'
+
+    def check_xsrf_cookie(self) -> None:
+        """Every POST: Flower's checks (a cross-site request is refused), then the form's
+        token, which must be this login's (Flower skips its own under basic auth). The
+        login is checked first: a request without one is answered 401, not 403."""
+        super().check_xsrf_cookie()
+        if not self.current_user:
+            return
+        sent = self.get_body_argument("_xsrf", "") or self.request.headers.get("X-Xsrftoken", "")
+        if not hmac.compare_digest(sent.encode(), self.form_token().encode()):
+            raise Problem(
+                403, "this form's token is missing or not yours: reload the page and send it again"
+            )
 
     def form_fields(self) -> dict[str, str]:
         return {
@@ -176,7 +211,7 @@ class PipelineHandler(BaseHandler):
             super().write_error(status_code, **kwargs)
             return
         self.set_status(found.status)
-        self.render("problem.html", message=found.message, status=found.status)
+        self.render(f"{NAMESPACE}problem.html", message=found.message, status=found.status)
 
     def log_exception(self, kind: Any, value: Any, traceback: Any) -> None:
         """An operator's error is one line in the log, not a traceback."""
@@ -247,7 +282,7 @@ class PipelineHandler(BaseHandler):
         if values.get("refresh"):
             self.set_header("Refresh", str(REFRESH_SECONDS))
         self.render(
-            template,
+            NAMESPACE + template,
             ok=values.pop("ok", ok),
             message=values.pop("message", message),
             modes=facade.restart_modes(),

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import tornado.web
 from flower.app import Flower
@@ -26,7 +27,7 @@ from tornado import template
 
 from pipeline.errors import Refused
 from pipeline.interfaces import console, prometheus
-from pipeline.interfaces.console import TEMPLATES, halt_from_form, restart_from_form
+from pipeline.interfaces.console import NAMESPACE, TEMPLATES, halt_from_form, restart_from_form
 from pipeline.messaging.celery_app import celery_app
 from pipeline.settings import DEFAULT_FLOWER_PORT, Settings, get_settings
 
@@ -84,9 +85,14 @@ class PipelineTemplates(template.Loader):
     """
 
     def _create_template(self, name: str) -> template.Template:
-        own = TEMPLATES / name
-        if own.is_file():
-            return template.Template(own.read_bytes(), name=name, loader=self)
+        # The pipeline's pages are named "pipeline/...": they cannot shadow Flower's own
+        # (its task page is "task.html"); what they extend or include that is not theirs
+        # ("pipeline/base.html") is Flower's.
+        if name.startswith(NAMESPACE):
+            own = TEMPLATES / name.removeprefix(NAMESPACE)
+            if own.is_file():
+                return template.Template(own.read_bytes(), name=name, loader=self)
+            return self._create_template(name.removeprefix(NAMESPACE))
         if name == NAVBAR_TEMPLATE:
             navbar = (Path(self.root) / name).read_text()
             head, end_of_tabs, tail = navbar.partition("</ul>")
@@ -151,10 +157,10 @@ def build(settings: Settings, log_file: Path | None = None) -> Flower:
 
 
 @contextmanager
-def in_thread(settings: Settings) -> Iterator[str]:
+def in_thread(settings: Settings, made: list[Any] | None = None) -> Iterator[str]:
     """Flower serving in a thread of this process, reading no broker events (its pages and
-    metrics only), until the block ends; yields its URL. For the benchmark and the tests
-    that read the console without a cluster."""
+    metrics only), until the block ends; yields its URL (and appends the app to ``made``).
+    For the benchmark and the tests that read the console without a cluster."""
     ready = threading.Event()
     loops: list[asyncio.AbstractEventLoop] = []
 
@@ -164,6 +170,8 @@ def in_thread(settings: Settings) -> Iterator[str]:
         flower_app = build(settings)
         flower_app.start_http_server()
         loops.append(loop)
+        if made is not None:
+            made.append(flower_app)
         ready.set()
         loop.run_forever()
         flower_app.stop()
