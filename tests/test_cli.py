@@ -614,3 +614,56 @@ def test_positionals_may_come_after_an_option(argv: list[str], field: str, value
     from pipeline.interfaces.cli import parse
 
     assert getattr(parse(argv), field) == value
+
+
+# -- pipeline wait, as a new user meets it ------------------------------------------------------
+
+
+def test_wait_on_an_unknown_instance_draws_no_bar(cli) -> None:
+    result = cli("wait", "999")
+    assert_one_line_error(result, "unknown instance 999")
+    assert result.stdout == "", "no 0/? bar before the error"
+
+
+def test_wait_shows_the_failed_subtasks_in_its_bar(failed: Path, capsys) -> None:
+    result = run_cli(capsys, "wait", "1")
+    assert result.returncode == 1
+    assert "8/8 subtasks (2 failed)" in result.stdout, result.stdout
+    assert "instance 1 ERRORS_STALLED" in result.stdout
+
+
+def test_ctrl_c_on_wait_exits_130_and_says_the_instance_keeps_running(
+    failed: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from sqlalchemy import update
+
+    from pipeline.database import transaction
+    from pipeline.domain.models import PipelineInstance
+
+    with transaction() as session:
+        session.execute(update(PipelineInstance).values(state="PROCESSING"))
+
+    def interrupted(_: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(time, "sleep", interrupted)
+    result = run_cli(capsys, "wait", "1")
+    assert result.returncode == 130
+    assert "instance 1 keeps running (PROCESSING)" in result.stdout
+    assert "pipeline wait 1 follows it again" in result.stdout
+    assert queries.get_instance(1)["state"] == "PROCESSING", "nothing else stopped"
+
+
+def test_a_quoted_value_is_the_text_inside_its_quotes() -> None:
+    """``params set S x='""'`` stores an empty text, not two quote characters."""
+    from pipeline.domain.parameters import parse_assignments
+
+    assert parse_assignments(['x=""', "y='a b'", 'z="', "w=plain", "v='it\"s'"]) == {
+        "x": "",
+        "y": "a b",
+        "z": '"',
+        "w": "plain",
+        "v": 'it"s',
+    }

@@ -499,7 +499,7 @@ def test_each_node_runs_on_its_queue_and_a_restart_moves_a_task_to_another(
         for e in detail["history"]
         if e["attempt"] > 1
         and not e["message"].startswith("restart")
-        and not e["message"].endswith("queued in 1 messages")
+        and not e["message"].endswith("queued in 1 message")
     ]
     assert {e["p_state"] for e in by_stages} >= {"ALGORITHM_EXECUTING", "COMPLETE"}
     assert {e["host"] for e in by_stages} == {"worker@hostB"}, "stages follow the task's queue"

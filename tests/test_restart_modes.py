@@ -423,7 +423,7 @@ def test_a_failed_subtask_of_a_batch_is_recorded_alone_and_resubmitted_alone(
     before = snapshot(instance)
     facade.restart([first], "restart-from-beginning", {"batch_size": 4})
     worker.drain()
-    assert "4 subtasks queued in 1 messages" in messages(first)
+    assert "4 subtasks queued in 1 message" in messages(first)
     assert [s["state"] for s in queries.list_subtasks(first)] == [
         "FAILED",
         "COMPLETE",

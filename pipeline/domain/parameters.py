@@ -130,13 +130,16 @@ def list_latest(session: Session) -> list[ParameterSet]:
 
 
 def parse_assignments(assignments: list[str]) -> dict[str, str]:
-    """``["key=value", ...]`` as a dict; a malformed item names itself."""
+    """``["key=value", ...]`` as a dict; a malformed item names itself. A value in a pair
+    of quotes, as a shell user types an empty or spaced text (``x='""'``), is the text
+    inside them."""
     parsed: dict[str, str] = {}
     for item in assignments:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise InvalidInput(f"{shown(item)} is not key=value")
-        parsed[key.strip()] = value
+        quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'"
+        parsed[key.strip()] = value[1:-1] if quoted else value
     return parsed
 
 

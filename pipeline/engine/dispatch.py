@@ -26,6 +26,7 @@ from pipeline.domain.execution import ExecutionSettings
 from pipeline.domain.lifecycle import Event
 from pipeline.domain.models import Subtask, Task
 from pipeline.domain.states import SubtaskState
+from pipeline.domain.words import counted
 from pipeline.engine.task_state import move, send_waiting
 from pipeline.messaging.messages import (
     GROUP,
@@ -160,7 +161,7 @@ def queue_subtasks(
     waiting = [task for task in tasks if queued[task.id]]
     sent = subtask_messages(session, [(task, queued[task.id]) for task in waiting], messages)
     for task, count in zip(waiting, sent, strict=True):
-        note = f"{len(queued[task.id])} subtasks queued in {count} messages"
+        note = f"{counted(len(queued[task.id]), 'subtask')} queued in {counted(count, 'message')}"
         move(session, task, Event.QUEUED, note, host)
     for task in tasks:
         if not queued[task.id]:

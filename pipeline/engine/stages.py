@@ -32,6 +32,7 @@ from pipeline.domain.definitions import Definition, Node, parse
 from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import UNFINISHED, SubtaskState
+from pipeline.domain.words import counted
 from pipeline.engine import datastore, datastore_ledger, runner, staleness, taskdir
 from pipeline.engine.alerts import WARNING, raise_alert
 from pipeline.engine.dispatch import RECORD_OUTCOME_FOR_SECONDS
@@ -767,7 +768,12 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
                 return step
             datastore_ledger.record_stored(session, root, instance, task, node, staged)
             move(
-                session, task, Event.STORED, f"stored {len(staged)} files", host, instance=instance
+                session,
+                task,
+                Event.STORED,
+                f"stored {counted(len(staged), 'file')}",
+                host,
+                instance=instance,
             )
             staleness.after_store(session, instance, task)
             advance_within(session, instance, messages)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline.domain.listing import FILES_SHOWN, TABLE_ROWS
+from pipeline.domain.words import counted
 from pipeline.errors import SHOWN_CHARACTERS, shown
 from pipeline.interfaces import reads
 from pipeline.interfaces.reads import console, print_json, private, table
@@ -44,6 +45,8 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 #: What ``pipeline wait`` exits with for an instance that stopped: COMPLETED, with errors,
 #: STALE (every task done, some on inputs stored again since).
 EXIT_COMPLETED, EXIT_ERRORS, EXIT_STALE = EXIT_OK, EXIT_REFUSED, 4
+#: Ctrl-C (128 + SIGINT, as shells report it): the command stopped, nothing else did.
+EXIT_INTERRUPTED = 130
 WAIT_POLL_SECONDS = 0.5
 #: The help of ``restart --mode`` until the help is shown, which names every mode.
 MODES_HELP = "The restart mode."
@@ -276,37 +279,52 @@ def wait(args: argparse.Namespace) -> int:
     """Follow an instance with a progress bar until it stops or the deadline passes."""
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from pipeline.domain.states import STOPPED_STATES, InstanceState
 
     queries = reads.operations("queries")
     instance, timeout = args.instance, args.timeout
     deadline = time.monotonic() + timeout if timeout else None
+    summary = queries.get_instance(instance)  # an unknown one refused before any bar
     columns = [
         TextColumn("instance {task.fields[id]} {task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("subtasks"),
+        # Done of all, and how many of the done failed: a bar full of failures says so.
+        TextColumn("{task.fields[counts]}"),
         TimeElapsedColumn(),
     ]
-    with Progress(*columns, console=console(), transient=False) as progress:
-        bar = progress.add_task("", total=None, id=instance)
-        while True:
-            summary = queries.get_instance(instance)
-            done = summary["completed_subtasks"] + summary["failed_subtasks"]
-            progress.update(
-                bar,
-                description=summary["state"],
-                completed=done,
-                total=max(summary["total_subtasks"], 1),
-            )
-            if summary["state"] in STOPPED_STATES:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                console().print(f"instance {instance} still {summary['state']} after {timeout:g} s")
-                return EXIT_TIMEOUT
-            time.sleep(WAIT_POLL_SECONDS)
+    try:
+        with Progress(*columns, console=console(), transient=False) as progress:
+            bar = progress.add_task("", total=None, id=instance, counts="")
+            while True:
+                completed, failed = summary["completed_subtasks"], summary["failed_subtasks"]
+                total = summary["total_subtasks"]
+                counts = f"{completed + failed}/{total} subtasks"
+                progress.update(
+                    bar,
+                    description=summary["state"],
+                    completed=completed + failed,
+                    total=max(total, 1),
+                    counts=f"{counts} ({failed:,} failed)" if failed else counts,
+                )
+                if summary["state"] in STOPPED_STATES:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    console().print(
+                        f"instance {instance} still {summary['state']} after {timeout:g} s"
+                    )
+                    return EXIT_TIMEOUT
+                time.sleep(WAIT_POLL_SECONDS)
+                summary = queries.get_instance(instance)
+    except KeyboardInterrupt:
+        console().print(
+            f"instance {instance} keeps running ({summary['state']}): only the waiting"
+            f" stopped; pipeline wait {instance} follows it again",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return EXIT_INTERRUPTED
     state = summary["state"]
     console().print(f"instance {instance} {state}")
     if state == InstanceState.STALE:
@@ -481,7 +499,7 @@ def datastore_import(args: argparse.Namespace) -> None:
         return print_json(received)
     total = sum(f["size"] for f in received["files"])
     console().print(
-        f"received {len(received['files'])} {args.type} files ({total} bytes)"
+        f"received {counted(len(received['files']), f'{args.type} file')} ({total:,} bytes)"
         f" for {args.unit} as {received['receipt']}",
         highlight=False,
     )
@@ -1237,7 +1255,7 @@ def _quoting_short(message: str, words: list[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the ``pipeline`` command line (``sys.argv`` by default): every error is one line
     on stderr. Exit statuses: 0 success, 1 refused or errors in the run, 2 a usage error
-    (the command line itself), 3 a timeout."""
+    (the command line itself), 3 a timeout, 4 stale, 130 interrupted (Ctrl-C)."""
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
         status = args.run(args)
@@ -1248,8 +1266,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         _error(wrong.line)
         raise SystemExit(EXIT_USAGE) from None
     except KeyboardInterrupt:
-        sys.stderr.write("\n")  # the shell's prompt on a line of its own after ^C
-        raise SystemExit(EXIT_REFUSED) from None
+        sys.stderr.write("\ninterrupted\n")  # the shell's prompt on a line of its own
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except Exception as exc:  # noqa: BLE001 - reported, or raised again
         fail(exc)
     raise SystemExit(status or EXIT_OK)
