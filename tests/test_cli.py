@@ -319,6 +319,8 @@ def test_an_uninitialised_home(cli, tmp_path: Path, monkeypatch) -> None:
     _settings(monkeypatch, PIPELINE_HOME=str(tmp_path / "fresh"))
     assert_one_line_error(cli("instances"), "run `pipeline cluster init`")
     assert_one_line_error(cli("cluster", "start"), f"no cluster at {tmp_path / 'fresh'}")
+    # Not "datastore ... does not exist (set PIPELINE_DATASTORE_ROOT)": there is no cluster.
+    assert_one_line_error(cli("submit", "sample"), f"no cluster at {tmp_path / 'fresh'}")
     assert not (tmp_path / "fresh").exists()
     assert_one_line_error(cli("api"), "no api_token for", "cluster init")
 
@@ -346,16 +348,9 @@ def test_status_and_stop_of_an_uninitialised_home_touch_nothing(
     cli, tmp_path: Path, monkeypatch
 ) -> None:
     _settings(monkeypatch, PIPELINE_HOME=str(tmp_path / "nothing-here"))
-    status = json.loads(cli("cluster", "status", "--json").stdout)
-    assert [(row["name"], row["alive"]) for row in status] == [
-        ("redis", False),
-        ("supervisor", False),
-        ("worker1", False),
-        ("beat", False),
-        ("operations", False),
-        ("api", False),
-        ("flower", False),
-    ]
+    for command in (["cluster", "status"], ["cluster", "status", "--json"]):
+        # No URLs of a cluster that is not there.
+        assert_one_line_error(cli(*command), "no cluster at", "pipeline cluster init")
     assert "nothing was running" in cli("cluster", "stop").stdout
     assert not (tmp_path / "nothing-here" / "pipeline.db").exists()
 
@@ -667,3 +662,26 @@ def test_a_quoted_value_is_the_text_inside_its_quotes() -> None:
         "w": "plain",
         "v": 'it"s',
     }
+
+
+def test_no_state_is_cut_at_80_columns(failed: Path, capsys, monkeypatch) -> None:
+    """An 80-column terminal: the other columns give way, never the state (not
+    ``ERRORS_STALL…``)."""
+    from sqlalchemy import update
+
+    from pipeline.database import transaction
+    from pipeline.domain.models import PipelineInstance
+    from pipeline.interfaces import reads
+
+    with transaction() as session:
+        session.execute(update(PipelineInstance).values(message="a long message " * 8))
+    monkeypatch.setattr(reads, "WIDTH", 80)
+    reads.console.cache_clear()
+    try:
+        shown = run_cli(capsys, "instances").stdout
+        tasks = run_cli(capsys, "tasks", "1").stdout
+    finally:
+        reads.console.cache_clear()
+    assert max(len(line) for line in shown.splitlines()) <= 80
+    assert "ERRORS_STALLED" in shown, shown
+    assert "ERROR - ALGORITHM_COMPLETE" in tasks, tasks

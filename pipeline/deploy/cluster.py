@@ -712,7 +712,10 @@ def _chosen(settings: Settings, name: str) -> bool:
 
 
 def status(workers: int | None = None) -> list[dict[str, Any]]:
+    """One row per process of the home (name, pid, alive, url); refused for a home with no
+    cluster, whose default URLs would belong to nothing."""
     settings = get_settings()
+    _require_init(settings)
     count = max(workers or 0, _started_workers(settings))
     rows = []
     for service in services(settings, count, every=True):

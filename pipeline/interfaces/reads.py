@@ -121,15 +121,28 @@ def _footer(shown: int, total: int, what: str, which: str = "") -> None:
 def table(
     title: str, columns: list[str], rows: list[list[Any]], whole: tuple[str, ...] = ()
 ) -> None:
-    """Print rows as a table; the ``whole`` columns fold onto more lines rather than be cut."""
+    """Print rows as a table; the ``whole`` columns fold onto more lines rather than be cut,
+    and the words an operator acts on (``KEPT``: a state, a mode) are never narrowed:
+    the other columns give way first, down to a terminal of 80 columns."""
     from rich.table import Table
 
+    cells = [["" if value is None else str(value) for value in row] for row in rows]
     shown = Table(title=title, title_justify="left")
-    for column in columns:
-        shown.add_column(column, overflow="fold" if column in whole else "ellipsis")
-    for row in rows:
-        shown.add_row(*("" if value is None else str(value) for value in row))
+    for number, column in enumerate(columns):
+        widest = max([len(column), *(len(row[number]) for row in cells)])
+        shown.add_column(
+            column,
+            overflow="fold" if column in whole else "ellipsis",
+            min_width=widest if column in KEPT and widest <= KEPT_MAX else None,
+        )
+    for row in cells:
+        shown.add_row(*row)
     console().print(shown)
+
+
+#: Columns whose words are never cut (see ``table``), up to this many characters.
+KEPT = frozenset({"id", "state", "mode", "severity", "result", "from", "task", "instance"})
+KEPT_MAX = 30
 
 
 @dataclass(frozen=True)

@@ -74,10 +74,10 @@ def submit(
     are published after commit.
     """
     check_priority(priority)
-    root = datastore.require(get_settings().datastore)
-    with transaction() as session:
+    with transaction() as session:  # first: a home with no cluster says so
         definition_id = definitions.get(session, pipeline).id
         select_nodes(_parse(session.get(PipelineDefinition, definition_id)), start_node, end_node)
+    root = datastore.require(get_settings().datastore)
     publisher().check()
     unsent: list[Unreachable] = []
     with outbox.transaction(deliver=outbox.sending_or_noting(unsent)) as (session, messages):
