@@ -96,7 +96,8 @@ def test_the_pages_show_a_failed_instance(console: Console) -> None:
     assert 'id="instance-1"' in instances.body and "ERRORS_STALLED" in instances.body
     assert "6 / 2 / 8" in text(instances.body), "completed / failed / total subtasks"
     assert "0 of 2" in text(instances.body), "tasks done of total"
-    assert "Refresh" not in instances.headers, "nothing runs: no refresh"
+    assert 'id="auto-refresh"' not in instances.body, "nothing runs: no refresh"
+    assert 'class="table-responsive"' in instances.body, "tables scroll in their own box"
 
     instance = console.request("/pipeline/instances/1")
     assert instance.status == 200
@@ -404,3 +405,22 @@ def test_every_number_out_of_range_is_a_one_line_4xx(console: Console) -> None:
     assert html.unescape(line.strip()) == (
         "page '9223372036854775807' is out of range (0 to 2147483647)"
     )
+
+
+def test_a_page_of_work_under_way_refreshes_unless_a_form_is_edited(console: Console) -> None:
+    """No Refresh header (it reloaded the page over a half-filled form): a script that
+    reloads only while no form is being edited, and says so; the DAG scrolls in a box of
+    its own, not Flower's 400-pixel one."""
+    from pipeline.domain.models import PipelineInstance, Task
+
+    with transaction() as session:
+        session.execute(update(PipelineInstance).values(state="PROCESSING"))
+        session.execute(
+            update(Task)
+            .where(Task.id == TASKS[1])
+            .values(error=False, p_state="ALGORITHM_EXECUTING")
+        )
+    page = console.request("/pipeline/instances/1")
+    assert "Refresh" not in page.headers
+    assert 'id="auto-refresh"' in page.body and "it stops while you edit a form" in page.body
+    assert "overflow-auto" not in page.body and 'class="pipeline-dag-box"' in page.body

@@ -277,10 +277,10 @@ class PipelineHandler(BaseHandler):
 
     def render_page(self, template: str, **values: Any) -> None:
         """Render a console page with the result of the action that led here; a page
-        showing work under way (``refresh``) reloads itself every few seconds."""
+        showing work under way (``refresh``) reloads itself every few seconds, unless the
+        operator is editing one of its forms (``_refresh.html`` says so)."""
         ok, message = self.result()
-        if values.get("refresh"):
-            self.set_header("Refresh", str(REFRESH_SECONDS))
+        values.setdefault("refresh", False)
         self.render(
             NAMESPACE + template,
             ok=values.pop("ok", ok),
@@ -289,6 +289,7 @@ class PipelineHandler(BaseHandler):
             page_url=self.page_url,
             duration=duration,
             badge=badge,
+            refresh_seconds=REFRESH_SECONDS,
             **values,
         )
 
