@@ -66,8 +66,11 @@ class Console:
             return Answer(exc.code, exc.read().decode(), dict(exc.headers))
 
     def form_token(self) -> str:
-        page = self.request("/pipeline/restart").body
-        return re.findall(r'name="_xsrf" value="([^"]+)"', page)[0]
+        """The token of the first page showing a form (each shows the same one)."""
+        for path in ("/pipeline/restart", "/pipeline/instances/1", "/pipeline/tasks/1"):
+            if found := re.findall(r'name="_xsrf" value="([^"]+)"', self.request(path).body):
+                return found[0]
+        raise AssertionError("no page shows a form")
 
 
 @pytest.fixture
@@ -424,3 +427,43 @@ def test_a_page_of_work_under_way_refreshes_unless_a_form_is_edited(console: Con
     assert "Refresh" not in page.headers
     assert 'id="auto-refresh"' in page.body and "it stops while you edit a form" in page.body
     assert "overflow-auto" not in page.body and 'class="pipeline-dag-box"' in page.body
+
+
+def test_the_restart_page_previews_before_it_restarts(
+    console: Console, worker: InProcessWorker
+) -> None:
+    """The Restart tab applied what it was posted (it ignored a preview): now its buttons
+    ask for the dry run, and only the confirmation restarts."""
+    before = queries.list_tasks(1)
+    page = console.request("/pipeline/restart").body
+    assert "Preview restart of all failed tasks" in page and "Halt task" not in page
+    fields = {"instance": "1", "mode": "resume-current-step", "action": "preview"}
+    preview = console.request("/pipeline/restart", fields)
+    assert preview.status == 200 and 'id="confirm-restart"' in preview.body
+    assert len(re.findall('class="preview-outcome"', preview.body)) == 2
+    assert queries.list_tasks(1) == before, "a preview changes nothing"
+    console.request("/pipeline/restart", {**fields, "action": "apply"})
+    worker.drain()
+    assert queries.get_instance(1)["state"] == "COMPLETED"
+
+    # Completed, its failed subtasks abandoned: said so, not offered as a restart of all.
+    for path in ("/pipeline/restart", "/pipeline/instances/1"):
+        page = console.request(path).body
+        assert "Completed: 2 tasks stored without their failed subtasks" in page, path
+        assert 'id="restart-all"' not in page and 'class="restart-all' not in page, path
+
+
+def test_halting_every_running_task_of_an_instance_asks_first(console: Console) -> None:
+    from pipeline.domain.models import PipelineInstance, Task
+
+    with transaction() as session:
+        session.execute(update(PipelineInstance).values(state="PROCESSING"))
+        session.execute(update(Task).values(error=False, p_state="ALGORITHM_EXECUTING"))
+    asked = console.request("/pipeline/halt", {"instance": "1", "back": "/pipeline/instances/1"})
+    assert asked.status == 200
+    assert "Halt the 2 running tasks of instance 1?" in text(asked.body)
+    assert 'id="confirm-halt"' in asked.body
+    assert all(not t["error"] for t in queries.list_tasks(1)), "nothing halted yet"
+    assert "Halt task" not in console.request("/pipeline/restart").body, "running: not listed"
+    console.request("/pipeline/halt", {"instance": "1", "action": "apply"})
+    assert all(t["error"] for t in queries.list_tasks(1)), "both halted once confirmed"

@@ -100,9 +100,17 @@ class Flower:
         """Post a form of the restart page (following its redirect back to the page), with
         the token the console's pages give this login."""
         if auth:
-            page = self.request("/pipeline/restart").body
-            fields = {**fields, "_xsrf": re.findall(r'name="_xsrf" value="([^"]+)"', page)[0]}
+            fields = {**fields, "_xsrf": self.form_token()}
         return self.request(path, urllib.parse.urlencode(fields).encode(), auth)
+
+    def form_token(self) -> str:
+        """The token of this login's forms, from the first console page showing one."""
+        listing = self.request("/pipeline/instances").body
+        ids = re.findall(r'id="instance-(\d+)"', listing)
+        for path in ["/pipeline/restart", *(f"/pipeline/instances/{i}" for i in ids)]:
+            if found := re.findall(r'name="_xsrf" value="([^"]+)"', self.request(path).body):
+                return found[0]
+        raise AssertionError("no console page shows a form")
 
 
 @pytest.fixture(scope="module")

@@ -58,8 +58,9 @@ EDITABLE_SETTINGS = (
     "priority",
     "batch_size",
 )
-#: The button that asks for a dry run rather than the restart itself.
-PREVIEW = "preview"
+#: The button that asks for a dry run rather than the restart itself, and the one that
+#: confirms what a page showed first.
+PREVIEW, APPLY = "preview", "apply"
 #: Seconds between refreshes of a page showing work under way.
 REFRESH_SECONDS = 5
 
@@ -562,15 +563,36 @@ class RestartPage(PipelineHandler):
 
     @tornado.web.authenticated
     async def get(self) -> None:
+        await self.show()
+
+    async def show(self, **values: Any) -> None:
         groups = await self.read(queries.tasks_needing_attention)
-        self.render_page("restart.html", groups=groups)
+        values.setdefault("preview", None)
+        values.setdefault("fields", {})
+        self.render_page("restart.html", groups=groups, **values)
 
     @tornado.web.authenticated
     async def post(self) -> None:
-        await self.act_and_return(restart_from_form)
+        """``preview`` shows the dry run and a form to confirm it; the confirmation (any
+        other action) restarts."""
+        fields = self.form_fields()
+        if fields.get("action") != PREVIEW:
+            await self.act_and_return(restart_from_form, fields)
+            return
+        report, why_not = await self.preview(fields)
+        await self.show(preview=report, fields=fields, ok=report is not None, message=why_not)
 
 
 class HaltHandler(PipelineHandler):
+    """Halt one task at once; every running task of an instance only once confirmed (the
+    form's ``action`` is ``apply``): a page first says how many it would halt."""
+
     @tornado.web.authenticated
     async def post(self) -> None:
-        await self.act_and_return(halt_from_form)
+        fields = self.form_fields()
+        if fields.get("instance") and fields.get("action") != APPLY:
+            number = parse_id(fields["instance"], "instance")
+            overview = await self.read(pages.instance_overview, number)
+            self.render_page("confirm_halt.html", instance=overview, back=self.back(fields))
+            return
+        await self.act_and_return(halt_from_form, fields)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, select, union_all
+from sqlalchemy import func, select, union_all
 
 from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
@@ -158,7 +158,8 @@ def get_task(task_id: int) -> dict[str, Any]:
 
 
 def tasks_needing_attention(limit: int = ATTENTION_INSTANCES) -> list[dict[str, Any]]:
-    """Failed tasks (and running ones, which may be halted), grouped by instance, newest first.
+    """Failed tasks (those a restart takes), grouped by instance, newest first; running
+    tasks are halted from their instance's or their own page.
 
     Each task carries ``restartable`` and the errors of its first failed subtasks; an
     instance in TRANSITION_FAILED is listed even without failed tasks, since restarting it
@@ -167,7 +168,7 @@ def tasks_needing_attention(limit: int = ATTENTION_INSTANCES) -> list[dict[str, 
     time). What Flower's restart page shows.
     """
     with transaction() as session:
-        wanted = or_(Task.restartable, Task.running)
+        wanted = Task.restartable
         instances = list(
             session.scalars(
                 select(PipelineInstance)
