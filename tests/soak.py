@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import time
@@ -42,11 +43,11 @@ RECOVERY_TIMEOUT = 90.0
 #: Instances running at once while the soak goes on.
 ACTIVE = 2
 #: What each kind of fault may make the system say (its own alert, and what it may
-#: cause downstream): an alert raised while a fault is out or just after, matching none of
-#: its fragments, is an alert without a fault.
+#: cause downstream), as patterns: an alert raised while a fault is out or just after,
+#: matching none of them, is an alert without a fault.
 EXPLAINS: dict[str, tuple[str, ...]] = {
     "worker": (
-        "died: started again",
+        r"^worker\d+ (\(pid \d+\)|keeps dying)",
         "silent since",
         "lost, dispatched again",
         "messages lost",
@@ -56,22 +57,23 @@ EXPLAINS: dict[str, tuple[str, ...]] = {
         "pool process",
     ),
     "pool": ("pool process", "lost, dispatched again", "messages lost", "had no news"),
-    "beat": ("beat (pid", "reconciler not running"),
+    "beat": (r"^beat (\(pid \d+\)|keeps dying)", "reconciler not running"),
     "redis": (
-        "redis (pid",
-        "started again as pid",
+        r"^redis (\(pid \d+\)|keeps dying)",
+        # What dies when Redis does is started again too.
+        r"\(pid \d+\) .*: started again as pid",
         "broker unreachable",
         "messages lost",
         "had no news",
         "lost, dispatched again",
         "marshaling lost",
     ),
-    "api": ("api (pid",),
+    "api": (r"^api (\(pid \d+\)|keeps dying)",),
     "queue": ("messages lost", "had no news", "lost, dispatched again"),
     "disk": (
         "cannot write to its disk",
         # A worker dies on Redis's MISCONF (Celery: "Unrecoverable error"): started again.
-        "started again as pid",
+        r"\(pid \d+\) .*: started again as pid",
         "keeps dying at start",
         "messages lost",
         "had no news",
@@ -142,7 +144,7 @@ def _explains(fault: Fault, at: datetime, message: str) -> bool:
     injected = datetime.fromisoformat(fault.at)
     window = timedelta(seconds=RECOVERY_TIMEOUT + 60)
     return injected <= at <= injected + window and any(
-        fragment in message for fragment in EXPLAINS[fault.kind]
+        re.search(pattern, message) for pattern in EXPLAINS[fault.kind]
     )
 
 
@@ -269,7 +271,7 @@ class Soak:
         injected = time.monotonic()
         with suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        fault = self._record(kind, name, injected, f"{name} (pid {pid}) ")
+        fault = self._record(kind, name, injected, f"(pid {pid}")
 
         def back() -> bool:
             now = self.cluster.pid(name)

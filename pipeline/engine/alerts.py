@@ -59,12 +59,13 @@ def raise_once_about(
 
 def raise_or_update(session: Session, cause: str, severity: str, message: str) -> None:
     """Raise an alert about ``cause``, or, while one is open and not acknowledged, say
-    ``message`` in it instead: one alert that tells the latest (a service restarted a third
-    time); what happens after an operator acknowledged it is a new alert."""
+    ``message`` in it instead, dated now: one alert that tells the latest (a service
+    restarted a third time), at the top of the list; what happens after an operator
+    acknowledged it is a new alert."""
     updated = session.execute(
         update(Alert)
         .where(Alert.cause == cause, Alert.cleared_at.is_(None), Alert.acknowledged_at.is_(None))
-        .values(severity=severity, message=message)
+        .values(severity=severity, message=message, at=utcnow())
         .execution_options(synchronize_session=False)
     )
     if not updated.rowcount:
