@@ -685,3 +685,17 @@ def test_no_state_is_cut_at_80_columns(failed: Path, capsys, monkeypatch) -> Non
     assert max(len(line) for line in shown.splitlines()) <= 80
     assert "ERRORS_STALLED" in shown, shown
     assert "ERROR - ALGORITHM_COMPLETE" in tasks, tasks
+
+
+def test_submit_dry_run_says_what_would_run_and_submits_nothing(cli) -> None:
+    before = unchanged()
+    result = cli("submit", "sample", "--end-node", "flip", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "would run permuter, flip, with algorithm version 1; nothing submitted" in result.stdout
+    assert "permuter: 2 tasks (set-1, set-2)" in result.stdout
+    planned = json.loads(cli("submit", "sample", "--dry-run", "--json").stdout)
+    assert planned["nodes"] == ["permuter", "flip", "averaging"]
+    assert planned["units"] == {"permuter": ["set-1", "set-2"]}
+    assert unchanged() == before, "nothing submitted, no parameter set locked"
+    assert not queries.show_parameter_set("algorithm")["locked"]
+    assert_one_line_error(cli("submit", "sample", "--start-node", "nosuch", "--dry-run"), "nosuch")

@@ -467,3 +467,49 @@ def test_halting_every_running_task_of_an_instance_asks_first(console: Console) 
     assert "Halt task" not in console.request("/pipeline/restart").body, "running: not listed"
     console.request("/pipeline/halt", {"instance": "1", "action": "apply"})
     assert all(t["error"] for t in queries.list_tasks(1)), "both halted once confirmed"
+
+
+def test_a_pipeline_is_submitted_from_the_browser_after_a_dry_run(
+    console: Console, worker: InProcessWorker
+) -> None:
+    page = console.request("/pipeline/submit")
+    assert page.status == 200 and 'id="submit-form"' in page.body
+    before = queries.list_instances()
+    fields = {"pipeline": "sample", "end_node": "permuter", "priority": "", "action": "preview"}
+    preview = console.request("/pipeline/submit", fields)
+    assert preview.status == 200 and 'id="confirm-submit"' in preview.body
+    assert "Nodes, in order: permuter." in text(preview.body)
+    assert queries.list_instances() == before, "a preview submits nothing"
+    refused = console.request("/pipeline/submit", {**fields, "priority": "12"})
+    assert "priority" in text(refused.body) and queries.list_instances() == before
+    done = console.request("/pipeline/submit", {**fields, "action": "apply"})
+    assert done.status == 200
+    assert "instance 2 of sample submitted with 2 tasks" in text(done.body)
+    worker.drain()
+    # This home's parameters fail subtask 0 on purpose, as they did instance 1's.
+    assert [t["counts"] for t in queries.list_tasks(2)] == ["3/4 (1)", "3/4 (1)"]
+
+
+def test_a_parameter_is_changed_from_the_browser_as_a_new_version(console: Console) -> None:
+    """Version 1 is locked (instance 1 used it): the change is previewed, then saved as
+    version 2, as pipeline params set does."""
+    page = console.request("/pipeline/parameters?name=algorithm")
+    assert 'id="edit-parameters"' in page.body and "version 1 is locked" in page.body
+    fields = {"name": "algorithm", "value-throw_exception_subtask_0": "false"}
+    preview = console.request("/pipeline/parameters", {**fields, "action": "preview"})
+    assert 'id="confirm-parameters"' in preview.body
+    assert "version 2 (new)" in text(preview.body)
+    assert queries.show_parameter_set("algorithm")["version"] == 1, "a preview saves nothing"
+    bad = console.request(
+        "/pipeline/parameters", {"name": "algorithm", "value-execution_pause_seconds": "soon"}
+    )
+    assert "'soon' is not an int" in html.unescape(text(bad.body))
+    saved = console.request("/pipeline/parameters", {**fields, "action": "apply"})
+    assert "parameter set algorithm version 2: throw_exception_subtask_0 = false" in text(
+        saved.body
+    )
+    shown = queries.show_parameter_set("algorithm")
+    assert shown["version"] == 2
+    assert {p["name"]: p["value"] for p in shown["parameters"]}[
+        "throw_exception_subtask_0"
+    ] is False

@@ -242,7 +242,14 @@ def _show_parameter_set(found: dict[str, Any]) -> None:
 
 
 def submit(args: argparse.Namespace) -> None:
-    data = reads.operations().submit(args.pipeline, args.start_node, args.end_node, args.priority)
+    chosen = (args.pipeline, args.start_node, args.end_node, args.priority)
+    if args.dry_run:
+        planned = reads.operations().preview_submit(*chosen)
+        if args.json:
+            return print_json(planned)
+        text = reads.operations("views").submit_preview_text(planned)
+        return console().print(text, highlight=False, soft_wrap=True)
+    data = reads.operations().submit(*chosen)
     if args.json:
         return print_json(data)
     line = reads.operations("views").submitted_line(data)
@@ -876,6 +883,11 @@ def _submit_arguments(command: Parser) -> None:
     command.add_argument("--start-node", metavar="NODE", help="First node to run.")
     command.add_argument("--end-node", metavar="NODE", help="Last node to run.")
     command.add_argument("--priority", type=_whole(), metavar="N", help="0 (first) to 9 (last).")
+    command.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Show what it would run; submit nothing.",
+    )
     _json(command)
 
 

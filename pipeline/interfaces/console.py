@@ -36,6 +36,7 @@ from pipeline.interfaces.statuses import status as http_status
 from pipeline.operations import facade, pages, queries
 from pipeline.operations.outcomes import Report
 from pipeline.operations.problems import problem
+from pipeline.operations.views import submitted_line
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,8 @@ class PipelineHandler(BaseHandler):
         log.info("%s %s", self.request.path, message)
         # Signed, so a link made elsewhere cannot show an operator a result of its own.
         signed = self.create_signed_value(RESULT_ARGUMENT, json.dumps([ok, message]))
-        self.redirect(f"{target}?{urlencode({RESULT_ARGUMENT: signed})}", status=303)
+        joined = "&" if "?" in target else "?"
+        self.redirect(f"{target}{joined}{urlencode({RESULT_ARGUMENT: signed})}", status=303)
 
     def back(self, fields: dict[str, str]) -> str:
         """Where a form returns: its ``back`` path when it is one of this app's pipeline
@@ -261,8 +263,13 @@ class PipelineHandler(BaseHandler):
 
     async def preview(self, fields: dict[str, str]) -> tuple[Report | None, str]:
         """The dry run of the restart a form asks for: (its report, "") or (None, why not)."""
+        return await self.attempt(restart_report, fields, True)
+
+    async def attempt(self, call: Callable[..., Any], *args: Any) -> tuple[Any, str]:
+        """``call`` off the I/O loop: (its result, "") or, for an operator's error,
+        (None, its one line)."""
         try:
-            return await self.off_loop(restart_report, fields, True), ""
+            return await self.off_loop(call, *args), ""
         except Exception as exc:
             found = problem(exc)
             if found is None:
@@ -529,11 +536,75 @@ def _topological(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [by_name[name] for name in order if name in by_name]
 
 
+def as_text(value: Any) -> str:
+    """A parameter's value as an operator types it (``true``, ``[1, 2, 3]``, ``text``)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _set_parameters(name: str, changes: dict[str, str]) -> tuple[bool, str]:
+    """Save a parameter form's changes: (saved, one line)."""
+    try:
+        saved = facade.set_parameters(name, changes)
+    except Exception as exc:
+        found = problem(exc)
+        if found is None:
+            raise
+        return False, found.message
+    said = ", ".join(f"{key} = {value}" for key, value in changes.items())
+    return True, f"parameter set {name} version {saved['version']}: {said}"
+
+
+def parameter_changes(shown: dict[str, Any], fields: dict[str, str]) -> dict[str, str]:
+    """The values a parameter form changes: its ``value-<name>`` fields that differ from
+    the shown version's, as typed."""
+    changed = {}
+    for parameter in shown["parameters"]:
+        typed = fields.get(f"value-{parameter['name']}")
+        if typed is not None and typed != as_text(parameter["value"]):
+            changed[parameter["name"]] = typed
+    return changed
+
+
 class ParametersPage(PipelineHandler):
+    """Parameter sets, their versions and differences; the latest version's values are
+    edited here (a dry run first: what changes, and whether a new version is made because
+    the current one is locked), through the facade, as ``pipeline params set`` does."""
+
     @tornado.web.authenticated
-    async def get(self) -> None:
+    async def post(self) -> None:
+        fields = self.form_fields()
+        name = fields.get("name", "")
+        shown = await self.read(queries.show_parameter_set, name)
+        changes = parameter_changes(shown, fields)
+        if fields.get("action") == APPLY and changes:
+            ok, message = await self.off_loop(_set_parameters, name, changes)
+            self.return_with(
+                ok,
+                message,
+                f"{self.reverse_url('pipeline-parameters')}?{urlencode({'name': name})}",
+            )
+            return
+        after, why_not = await self.attempt(facade.set_parameters, name, changes, True)
+        if after is None:
+            await self.get(fields=fields, ok=False, message=why_not)
+            return
+        before = {p["name"]: p["value"] for p in shown["parameters"]}
+        listed = [
+            {"name": p["name"], "before": before.get(p["name"]), "after": p["value"]}
+            for p in after["parameters"]
+            if p["name"] in changes
+        ]
+        await self.get(fields=fields, changes=listed, after=after)
+
+    @tornado.web.authenticated
+    async def get(self, **values: Any) -> None:
         sets = await self.read(queries.list_parameter_sets)
-        name = self.get_argument("name", "") or (sets[0]["name"] if sets else "")
+        fields = values.pop("fields", {})
+        name = (
+            fields.get("name") or self.get_argument("name", "") or (sets[0]["name"] if sets else "")
+        )
         versions, shown, diff = [], None, None
         older = newer = None
         if name:
@@ -546,6 +617,8 @@ class ParametersPage(PipelineHandler):
                 older = whole_number(older_text, "older")
                 newer = whole_number(newer_text, "newer")
                 diff = await self.read(pages.parameter_diff, name, older, newer)
+        values.setdefault("changes", None)
+        values.setdefault("after", None)
         self.render_page(
             "parameters.html",
             sets=sets,
@@ -555,7 +628,64 @@ class ParametersPage(PipelineHandler):
             diff=diff,
             older=older,
             newer=newer,
+            # The latest version is the one edited.
+            editable=bool(shown and versions and shown["version"] == versions[0]["version"]),
+            fields=fields,
+            as_text=as_text,
+            **values,
         )
+
+
+class SubmitPage(PipelineHandler):
+    """Submit an instance from the browser: pipeline, start and end node, priority; a dry
+    run first (nodes, tasks of the first nodes, parameter versions), then the submit, both
+    through the facade (the CLI's checks and words)."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self.show(self.get_argument("pipeline", ""), {})
+
+    async def show(self, name: str, fields: dict[str, str], **values: Any) -> None:
+        definitions = await self.read(queries.list_definitions)
+        chosen = next((d for d in definitions if d["name"] == name), None)
+        if name and chosen is None:
+            raise Problem(404, f"unknown pipeline {shown(name)}")
+        chosen = chosen or (definitions[0] if definitions else {"name": "", "nodes": []})
+        values.setdefault("planned", None)
+        self.render_page(
+            "submit.html", definitions=definitions, chosen=chosen, fields=fields, **values
+        )
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        fields = self.form_fields()
+        try:
+            chosen = submit_arguments(fields)
+        except InvalidInput as exc:
+            await self.show(fields.get("pipeline", ""), fields, ok=False, message=str(exc))
+            return
+        previewing = fields.get("action") != APPLY
+        done, why_not = await self.attempt(
+            facade.preview_submit if previewing else facade.submit, *chosen
+        )
+        if done is None:
+            await self.show(chosen[0], fields, ok=False, message=why_not)
+        elif previewing:
+            await self.show(chosen[0], fields, planned=done)
+        else:
+            target = self.reverse_url("pipeline-instance", done["id"])
+            self.return_with(True, submitted_line(done), target)
+
+
+def submit_arguments(fields: dict[str, str]) -> tuple[str, str | None, str | None, int | None]:
+    """A submit form's pipeline, start and end node (empty: none) and priority."""
+    priority = fields.get("priority", "").strip()
+    return (
+        fields.get("pipeline", ""),
+        fields.get("start_node") or None,
+        fields.get("end_node") or None,
+        whole_number(priority, "priority") if priority else None,
+    )
 
 
 class RestartPage(PipelineHandler):

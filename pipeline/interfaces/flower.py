@@ -46,6 +46,7 @@ PAGES = (
     (r"/pipeline/alerts/([^/]+)/acknowledge", console.AcknowledgeHandler, "pipeline-acknowledge"),
     ("/pipeline/definitions", console.DefinitionsPage, "pipeline-definitions"),
     ("/pipeline/parameters", console.ParametersPage, "pipeline-parameters"),
+    ("/pipeline/submit", console.SubmitPage, "pipeline-submit"),
     ("/pipeline/restart", console.RestartPage, "pipeline-restart"),
     ("/pipeline/halt", console.HaltHandler, "pipeline-halt"),
 )
@@ -54,6 +55,7 @@ NAVBAR_TEMPLATE = "navbar.html"
 #: The console's tabs, added to Flower's navbar after its own: (label, route, active_tab).
 NAV_TABS = (
     ("Pipeline", "pipeline-instances", "pipeline"),
+    ("Submit", "pipeline-submit", "pipeline-submit"),
     ("Restart", "pipeline-restart", "pipeline-restart"),
     ("Alerts", "pipeline-alerts", "pipeline-alerts"),
     ("Definitions", "pipeline-definitions", "pipeline-definitions"),
@@ -70,7 +72,7 @@ NAV_ITEMS = "".join(
 )
 #: Columns of Flower's task list unless FLOWER_TASKS_COLUMNS or flowerconfig.py say
 #: otherwise: the arguments name each stage's pipeline task and attempt.
-TASKS_COLUMNS = "name,uuid,state,args,received,runtime,worker"
+TASKS_COLUMNS = "name,uuid,state,args,exception,received,runtime,worker"
 #: Seconds Flower run in a thread (``in_thread``) gets to start, and to stop.
 IN_THREAD_START_SECONDS = 30
 #: How ``celery flower`` names itself to Tornado's option parser.

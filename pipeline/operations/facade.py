@@ -30,6 +30,7 @@ from pipeline.operations.views import (
     AlertView,
     DatastorePruneView,
     ParameterSetView,
+    SubmitPreview,
     SubmittedInstance,
     TaskDirsPruneView,
     alert_view,
@@ -80,16 +81,22 @@ def import_definitions(paths: Sequence[Path]) -> list[dict[str, Any]]:
         ]
 
 
-def set_parameters(name: str, assignments: Sequence[str] | Mapping[str, Any]) -> ParameterSetView:
+def set_parameters(
+    name: str, assignments: Sequence[str] | Mapping[str, Any], dry_run: bool = False
+) -> ParameterSetView:
     """Change values of a parameter set, given as ``key=value`` texts or a mapping; a locked
-    version (used by an instance) gets a new version instead."""
+    version (used by an instance) gets a new version instead. ``dry_run``: the set as it
+    would be, with the same checks and errors; nothing changes."""
     changes = (
         dict(assignments)
         if isinstance(assignments, Mapping)
         else parameters.parse_assignments(list(assignments))
     )
     with transaction() as session:
-        return parameter_set_view(parameters.set_values(session, name, changes))
+        view = parameter_set_view(parameters.set_values(session, name, changes))
+        if dry_run:
+            session.rollback()
+        return view
 
 
 # -- instances -------------------------------------------------------------------------------
@@ -112,6 +119,24 @@ def submit(
     if submitted.queued:
         view["message"] = f"queued: {submitted.queued}"
     return view
+
+
+def preview_submit(
+    pipeline: str,
+    start_node: str | None = None,
+    end_node: str | None = None,
+    priority: int | None = None,
+) -> SubmitPreview:
+    """What ``submit`` would do, with the same checks and errors; nothing changes."""
+    from pipeline.operations.submit import submit as submitting
+
+    planned = submitting(pipeline, start_node, end_node, priority, dry_run=True)
+    return SubmitPreview(
+        pipeline=planned.pipeline,
+        nodes=planned.nodes,
+        units=planned.units,
+        parameter_sets=planned.parameter_sets,
+    )
 
 
 # -- restart and halt ------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
@@ -25,6 +25,15 @@ class Submitted:
     tasks: list[int]
     #: Why its messages wait for the reconciler (the broker refused them after commit).
     queued: str = ""
+    #: The nodes it runs, in order, and the units of work of the first ones' tasks.
+    nodes: list[str] = field(default_factory=list)
+    units: dict[str, list[str]] = field(default_factory=dict)
+    #: The parameter set versions it freezes.
+    parameter_sets: dict[str, int] = field(default_factory=dict)
+
+
+def _nothing(_: outbox.Outbox) -> None:
+    """A dry run's messages go nowhere."""
 
 
 def select_nodes(definition: Definition, start: str | None, end: str | None) -> list[str]:
@@ -64,8 +73,10 @@ def submit(
     start_node: str | None = None,
     end_node: str | None = None,
     priority: int | None = None,
+    dry_run: bool = False,
 ) -> Submitted:
-    """Launch an instance of the newest version of ``pipeline``.
+    """Launch an instance of the newest version of ``pipeline`` (``dry_run``: say which
+    nodes it would run and the first ones' tasks, and change nothing; no broker asked).
 
     Checks everything first (pipeline and nodes, then the broker, then the datastore's
     inputs) so that a refused submission changes nothing; the parameter set versions it
@@ -78,9 +89,11 @@ def submit(
         definition_id = definitions.get(session, pipeline).id
         select_nodes(_parse(session.get(PipelineDefinition, definition_id)), start_node, end_node)
     root = datastore.require(get_settings().datastore)
-    publisher().check()
+    if not dry_run:
+        publisher().check()
     unsent: list[Unreachable] = []
-    with outbox.transaction(deliver=outbox.sending_or_noting(unsent)) as (session, messages):
+    deliver = _nothing if dry_run else outbox.sending_or_noting(unsent)
+    with outbox.transaction(deliver=deliver) as (session, messages):
         stored = session.get(PipelineDefinition, definition_id)
         definition = _parse(stored)
         nodes = select_nodes(definition, start_node, end_node)
@@ -112,6 +125,12 @@ def submit(
             if not graph[name] & set(nodes):
                 tasks += create_node_tasks(session, instance, definition, name, root, messages)
         submitted = Submitted(instance.id, instance.pipeline, instance.state, [t.id for t in tasks])
+        submitted.nodes = nodes
+        for task in tasks:
+            submitted.units.setdefault(task.node, []).append(task.unit_of_work)
+        submitted.parameter_sets = {name: frozen[name]["version"] for name in frozen}
+        if dry_run:
+            session.rollback()
     if unsent:  # the instance is submitted: its first messages wait for the reconciler
         submitted.queued = f"{outbox.QUEUED_FOR_RECONCILER} ({unsent[0]})"
     return submitted

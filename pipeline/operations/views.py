@@ -24,6 +24,7 @@ from typing_extensions import TypedDict
 from pipeline.domain.execution import ExecutionSettings, with_execution_defaults
 from pipeline.domain.lifecycle import PState, counts_label, state_label
 from pipeline.domain.states import InstanceState, NodeState, SubtaskState
+from pipeline.domain.words import counted
 
 Time = Annotated[str | None, Field(description="ISO 8601, UTC, to the second")]
 _CLOSED = ConfigDict(extra="forbid")
@@ -103,6 +104,18 @@ class InstanceView(TypedDict):
 
 class SubmittedInstance(InstanceView):
     tasks: Annotated[list[int], Field(description="ids of the tasks of the first nodes")]
+
+
+@with_config(_CLOSED)
+class SubmitPreview(TypedDict):
+    """What a submit would do (``--dry-run``): nothing was changed."""
+
+    pipeline: str
+    nodes: Annotated[list[str], Field(description="the nodes it would run, in order")]
+    units: Annotated[
+        dict[str, list[str]], Field(description="the first nodes' tasks: units of work by node")
+    ]
+    parameter_sets: Annotated[dict[str, int], Field(description="versions it would freeze")]
 
 
 @with_config(_CLOSED)
@@ -441,6 +454,18 @@ class ReceiptView(TypedDict):
     unit_of_work: str
     files: list[ReceivedFile]
     acknowledgement: Annotated[str | None, Field(description="written beside the manifest")]
+
+
+def submit_preview_text(planned: SubmitPreview) -> str:
+    """What a submit would do, in lines (the CLI's ``--dry-run`` and the console's page)."""
+    sets = ", ".join(f"{name} version {v}" for name, v in planned["parameter_sets"].items())
+    lines = [
+        f"dry run: an instance of {planned['pipeline']} would run"
+        f" {', '.join(planned['nodes'])}, with {sets or 'no parameter sets'}; nothing submitted"
+    ]
+    for node, units in planned["units"].items():
+        lines.append(f"  {node}: {counted(len(units), 'task')} ({', '.join(units)})")
+    return "\n".join(lines)
 
 
 def submitted_line(submitted: SubmittedInstance) -> str:
