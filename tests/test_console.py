@@ -513,3 +513,15 @@ def test_a_parameter_is_changed_from_the_browser_as_a_new_version(console: Conso
     assert {p["name"]: p["value"] for p in shown["parameters"]}[
         "throw_exception_subtask_0"
     ] is False
+
+
+def test_the_metrics_have_the_names_the_guide_gives(console: Console) -> None:
+    metrics = console.request("/metrics").body
+    guide = (Path(__file__).parent.parent / "docs" / "operator-guide.md").read_text()
+    named = set(re.findall(r"`(pipeline_[a-z_]+)", guide.split("**Metrics.**")[1].split("\n\n")[0]))
+    assert len(named) == 9, named
+    for name in named:
+        sampled = re.search(rf"^{name}(_bucket|_sum|_count)?[{{ ]", metrics, re.M)
+        # A labelled counter with no sample yet (no restart) is still declared.
+        declared = f"# TYPE {name.removesuffix('_total')} counter" in metrics
+        assert sampled or (declared and name.endswith("_total")), name
