@@ -115,7 +115,15 @@ def test_without_a_supervisor_a_dead_worker_is_an_alert_and_a_stopped_one_is_not
         assert "silent since" in silent[0]["message"] and silent[0]["severity"] == "error"
         assert not alive(worker, ())
         assert not cluster.process("worker1")["alive"], "nothing started it again"
+        [gone] = cluster.json("workers")
+        assert (gone["state"], gone["queues"], gone["concurrency"]) == ("silent", None, None)
         cluster.start()
+        back = wait_for(
+            lambda: [w for w in cluster.json("workers") if w["state"] == "up" and w["queues"]],
+            what="pipeline workers to list worker1 up again",
+        )
+        assert back[0]["name"].startswith("worker1@")
+        assert (back[0]["queues"], back[0]["concurrency"]) == (["default"], 2)
         wait_for(
             lambda: all(a["cleared_at"] for a in alerts_of(cluster, "worker worker1@")),
             what="the alert to clear once the worker beats again",

@@ -270,6 +270,12 @@ def parameter_sets() -> list[views.ParameterSetView]:
     return queries.list_parameter_sets()
 
 
+@router.get("/workers", response_model=list[views.WorkerView])
+def list_workers() -> list[views.WorkerView]:
+    """The workers of the cluster: host, up or silent, queues and pool size, last heartbeat."""
+    return queries.list_workers()
+
+
 @router.get("/alerts", response_model=list[views.AlertView])
 def list_alerts(
     include_acknowledged: Annotated[

@@ -370,6 +370,30 @@ def alerts_list(args: argparse.Namespace) -> None:
     )
 
 
+def workers(args: argparse.Namespace) -> None:
+    rows = reads.operations("queries").list_workers()
+    if args.json:
+        return print_json(rows)
+    table(
+        "workers",
+        ["name", "host", "state", "queues", "concurrency", "last heartbeat"],
+        [
+            [
+                r["name"],
+                r["host"],
+                r["state"],
+                "(did not answer)" if r["queues"] is None else ", ".join(r["queues"]),
+                r["concurrency"],
+                r["last_heartbeat"],
+            ]
+            for r in rows
+        ],
+        whole=("queues",),
+    )
+    if not rows:
+        console().print("no worker has run for this cluster, or every one shut down")
+
+
 def alerts_ack(args: argparse.Namespace) -> None:
     reads.operations().acknowledge_alert(args.id)
     console().print(f"alert {args.id} acknowledged")
@@ -640,6 +664,7 @@ EXAMPLES: dict[str, str] = {
     "params set": "pipeline params set algorithm gain=1.5 dummy_array_parameter='[1, 2]'",
     "alerts": "pipeline alerts --all",
     "alerts ack": "pipeline alerts ack 3",
+    "workers": "pipeline workers --json",
 }
 
 #: The program's name, first word of every command's path.
@@ -1149,6 +1174,11 @@ COMMANDS: dict[str, Command] = {
         "Halt tasks: queued work dropped, running subtasks revoked, the error flag set.",
         halt,
         _halt_arguments,
+    ),
+    "workers": Command(
+        "The workers of the cluster: host, up or silent, queues, pool size, last heartbeat.",
+        workers,
+        _json,
     ),
     "alerts": Command(
         "Alerts: lost work the reconciler dispatched again or failed.",

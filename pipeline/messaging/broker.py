@@ -86,6 +86,24 @@ class CeleryPublisher:
             raise unreachable(exc) from None
         return {queue["name"] for queues in (replies or {}).values() for queue in queues}
 
+    def workers(self) -> dict[str, dict[str, object]] | None:
+        """The queues and pool size of each worker that answers within ``INSPECT_TIMEOUT``,
+        asked on a connection of its own (see ``consumed_queues``)."""
+        app = celery_app()
+        try:
+            with app.connection_for_write() as connection:
+                inspector = app.control.inspect(timeout=INSPECT_TIMEOUT, connection=connection)
+                queues, stats = inspector.active_queues() or {}, inspector.stats() or {}
+        except _broker_errors() as exc:
+            raise unreachable(exc) from None
+        return {
+            node: {
+                "queues": sorted(queue["name"] for queue in queues.get(node, [])),
+                "concurrency": stats.get(node, {}).get("pool", {}).get("max-concurrency"),
+            }
+            for node in sorted(set(queues) | set(stats))
+        }
+
     def persistence_problem(self) -> str | None:
         """What Redis's ``INFO persistence`` says failed last (its append-only file or its
         snapshot not written: with a full disk it answers MISCONF to every write)."""

@@ -44,6 +44,10 @@ class MemoryPublisher:
         """No workers to ask: it cannot tell."""
         return None
 
+    def workers(self) -> dict[str, dict[str, object]] | None:
+        """No workers to ask: it cannot tell."""
+        return None
+
     def persistence_problem(self) -> str | None:
         """Nothing on disk."""
         return None

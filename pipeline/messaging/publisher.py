@@ -30,6 +30,9 @@ class Publisher(Protocol):
     def consumed_queues(self) -> set[str] | None:
         """The queues some live worker consumes (None: this publisher cannot tell)."""
 
+    def workers(self) -> dict[str, dict[str, object]] | None:
+        """Each live worker's queues and pool size, by name (None: cannot tell)."""
+
     def persistence_problem(self) -> str | None:
         """Why the broker cannot write its data to disk (a full disk: it then refuses new
         messages), or None when it can or does not say."""

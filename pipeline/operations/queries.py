@@ -17,19 +17,22 @@ from pipeline.domain.models import (
     Alert,
     DatastoreFile,
     FileConsumption,
+    Heartbeat,
     PipelineInstance,
     Subtask,
     Task,
     TaskEvent,
+    utcnow,
 )
 from pipeline.domain.states import InstanceState, SubtaskState
 from pipeline.engine.taskdir import log_path
-from pipeline.errors import InvalidInput, NotFound, shown
+from pipeline.errors import InvalidInput, NotFound, Unreachable, shown
 from pipeline.operations.views import (
     TASK_COLUMNS,
     AlertView,
     PipelineView,
     TaskNeedingAttention,
+    WorkerView,
     alert_view,
     event_view,
     instance_view,
@@ -39,6 +42,7 @@ from pipeline.operations.views import (
     task_from_columns,
     task_view,
 )
+from pipeline.settings import get_settings
 
 #: Instances the restart page lists at most, newest first.
 ATTENTION_INSTANCES = 50
@@ -343,3 +347,38 @@ def list_alerts(include_acknowledged: bool = False) -> list[AlertView]:
         if not include_acknowledged:
             query = query.where(Alert.acknowledged_at.is_(None))
         return [alert_view(alert) for alert in session.scalars(query)]
+
+
+def list_workers() -> list[WorkerView]:
+    """The workers known to the cluster: every one whose heartbeat the database holds (a
+    worker that shut down cleanly is gone from it), with its host, last heartbeat and
+    whether it is silent, and the queues and pool size of those that answer the broker."""
+    from pipeline.messaging.publisher import publisher
+    from pipeline.recovery.worker_liveness import PREFIX, silent_after
+
+    settings = get_settings()
+    cutoff = utcnow() - silent_after(settings)
+    with transaction() as session:
+        beats = session.scalars(
+            select(Heartbeat).where(Heartbeat.name.startswith(PREFIX)).order_by(Heartbeat.name)
+        ).all()
+        known = {row.name.removeprefix(PREFIX): (row.host, row.at) for row in beats}
+    try:
+        answering: dict[str, dict[str, Any]] | None = publisher().workers()
+    except Unreachable:
+        answering = None
+    listed = []
+    for node in sorted(set(known) | set(answering or {})):
+        host, at = known.get(node, ("", None))
+        asked = (answering or {}).get(node)
+        listed.append(
+            WorkerView(
+                name=node,
+                host=host or node.partition("@")[2],
+                state="silent" if at is not None and at < cutoff and not asked else "up",
+                queues=asked["queues"] if asked else None,
+                concurrency=asked["concurrency"] if asked else None,
+                last_heartbeat=iso_time(at),
+            )
+        )
+    return listed

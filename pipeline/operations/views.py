@@ -107,6 +107,16 @@ class SubmittedInstance(InstanceView):
 
 
 @with_config(_CLOSED)
+class WorkerView(TypedDict):
+    name: Annotated[str, Field(description="the worker's node name, name@host")]
+    host: str
+    state: Annotated[str, Field(description="up, or silent (its heartbeat stopped)")]
+    queues: Annotated[list[str] | None, Field(description="none: it did not answer")]
+    concurrency: Annotated[int | None, Field(description="its pool's size")]
+    last_heartbeat: Annotated[str | None, Field(description="none: it never beat here")]
+
+
+@with_config(_CLOSED)
 class SubmitPreview(TypedDict):
     """What a submit would do (``--dry-run``): nothing was changed."""
 
