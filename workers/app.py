@@ -39,21 +39,25 @@ class WorkerWatch(bootsteps.StartStopStep):
     def __init__(self, worker: Any, **options: Any) -> None:
         super().__init__(worker, **options)
         self.timer_entries: list[Any] = []
+        self.pool_deaths: logging.Handler | None = None
 
     def start(self, worker: Any) -> None:
         interval = get_settings().reconcile_interval
         node = worker.hostname
         worker_liveness.beat(node, HOST)
-        pool = worker_liveness.PoolWatch(node)
+        # The prefork pool says on this logger when one of its processes died unasked.
+        self.pool_deaths = worker_liveness.PoolDeaths(worker_liveness.PoolWatch(node))
+        logging.getLogger("multiprocessing").addHandler(self.pool_deaths)
         self.timer_entries = [
             worker.timer.call_repeatedly(interval, look, (utcnow(),)),
             worker.timer.call_repeatedly(interval, worker_liveness.beat, (node, HOST)),
-            worker.timer.call_repeatedly(interval, _look_at_pool, (worker, pool)),
         ]
 
     def stop(self, worker: Any) -> None:
         for entry in self.timer_entries:
             entry.cancel()
+        if self.pool_deaths is not None:
+            logging.getLogger("multiprocessing").removeHandler(self.pool_deaths)
         worker_liveness.leave(worker.hostname)
 
 
@@ -75,15 +79,6 @@ class Consumer(CeleryConsumer):
 
     def _count(self, message: Any) -> None:
         self.refused.refused(message.content_type, message.delivery_info.get("routing_key", ""))
-
-
-def _look_at_pool(worker: Any, pool: worker_liveness.PoolWatch) -> None:
-    try:
-        pids = worker.pool.info.get("processes")
-    except Exception:  # a pool starting or stopping
-        return
-    if pids:  # the prefork pool's; a solo pool has none
-        pool.look(set(pids))
 
 
 app = celery_app()

@@ -3,15 +3,15 @@ when it shuts down; the reconciler raises an alert for a worker whose heartbeat 
 without a shutdown (killed, its host lost): "worker W silent since T", once per silence,
 cleared when it beats again. That tells a worker gone from beat gone or the broker down.
 
-A worker also looks at its pool once an interval: a pool process gone (killed, out of
-memory) is replaced by Celery without a word, so the worker says it in one alert, counting,
-until an operator acknowledges it.
+A worker also hears its pool: a pool process gone (killed, out of memory) is replaced
+by Celery with only a log line, so the worker says it in one alert, counting, until an
+operator acknowledges it.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
@@ -51,32 +51,46 @@ def leave(node: str) -> None:
 
 @dataclass
 class PoolWatch:
-    """The pool processes of one worker, as last seen."""
+    """The pool processes of one worker that died, as Celery's pool reports them."""
 
     node: str
-    seen: set[int] = field(default_factory=set)
     died: int = 0
     first: datetime | None = None
 
-    def look(self, pids: set[int]) -> None:
-        """The pool's processes now; those gone since the last look are an alert."""
-        gone = self.seen - pids if self.seen else set()
-        self.seen = set(pids)
-        if not gone:
-            return
-        self.died += len(gone)
+    def died_now(self, pid: int, how: str) -> None:
+        """A pool process died (``how``: its exit status): said in the worker's alert."""
+        self.died += 1
         self.first = self.first or utcnow()
         message = (
             f"worker {self.node}: {self.died} pool process(es) died since"
-            f" {self.first:%Y-%m-%d %H:%M:%S} UTC (last pid {', '.join(map(str, sorted(gone)))});"
-            " Celery started others, and the reconciler dispatches again what they ran"
+            f" {self.first:%Y-%m-%d %H:%M:%S} UTC (last pid {pid}, {how}); Celery started"
+            " others, and the reconciler dispatches again what they ran"
         )
-        log.error("%s", message)
         try:
             with transaction() as session:
                 alerts.raise_or_update(session, f"pool:{self.node}", alerts.WARNING, message)
         except Exception:
             log.exception("could not record a pool process's death")
+
+
+class PoolDeaths(logging.Handler):
+    """Hears the prefork pool's own line for a process that exited unasked ("Process
+    'ForkPoolWorker-1' pid:17744 exited with 'signal 9 (SIGKILL)'", logged by billiard on
+    the ``multiprocessing`` logger with its name, pid and status as arguments): every
+    death, even of a process that lived a moment, where looking at the pool's pids now
+    and then missed those."""
+
+    #: billiard's message for a pool process that exited unasked.
+    EXITED = "Process %r pid:%r exited with %r"
+
+    def __init__(self, watch: PoolWatch) -> None:
+        super().__init__(logging.ERROR)
+        self.watch = watch
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == self.EXITED and isinstance(record.args, tuple) and len(record.args) == 3:
+            _, pid, how = record.args
+            self.watch.died_now(int(pid), str(how))
 
 
 def silent_after(settings: Settings) -> timedelta:
