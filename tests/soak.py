@@ -302,9 +302,16 @@ class Soak:
         with suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
         fault = self._record("pool", f"{name} pool process {victim}", injected, f"{victim}")
-        self._recovered(
-            fault, injected, lambda: victim not in children_of(worker) and children_of(worker)
-        )
+
+        def back() -> bool:
+            now = self.cluster.pid(name)  # the worker itself may be going down meanwhile
+            return victim not in children_of(now) and bool(children_of(now))
+
+        self._recovered(fault, injected, back)
+        if not fault.alert and self.cluster.pid(name) != worker:
+            # The worker was going down already (another fault: Redis refusing writes
+            # makes Celery exit): its pool went with it, and its restart is the alert.
+            fault.alert = self._alert_saying(f"(pid {worker}", injected - RECOVERY_TIMEOUT)
         return None
 
     def _fault_queue(self) -> None:
