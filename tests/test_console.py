@@ -529,3 +529,27 @@ def test_the_metrics_have_the_names_the_guide_gives(console: Console) -> None:
         # A labelled counter with no sample yet (no restart) is still declared.
         declared = f"# TYPE {name} " in metrics
         assert sampled or (declared and name.endswith("_total")), name
+
+
+def test_an_instances_tasks_are_filtered_and_its_dag_links_to_them(console: Console) -> None:
+    page = console.request("/pipeline/instances/1")
+    assert (
+        '<a href="/pipeline/instances/1?node=permuter#tasks-title" class="dag-link">' in page.body
+    )
+    assert 'id="task-filters"' in page.body and 'id="jump-page"' in page.body
+    only = console.request("/pipeline/instances/1?node=flip")
+    assert re.findall(r'<tr id="task-(\d+)">', only.body) == [], "flip has no task yet"
+    failed = console.request("/pipeline/instances/1?state=failed&node=permuter")
+    assert re.findall(r'<tr id="task-(\d+)">', failed.body) == [str(t) for t in TASKS]
+    assert (
+        re.findall(
+            r'<tr id="task-(\d+)">', console.request("/pipeline/instances/1?state=complete").body
+        )
+        == []
+    )
+    bad = console.request("/pipeline/instances/1?state=sleeping")
+    assert (
+        bad.status == 422
+        and "unknown task state 'sleeping' (of failed, running, complete)"
+        in html.unescape(bad.body)
+    )

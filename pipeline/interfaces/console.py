@@ -404,19 +404,29 @@ class InstancePage(RestartingPage):
     async def show(self, shown_id: str, **values: Any) -> None:
         number = parse_id(shown_id, "instance")
         page, per_page = self.page_argument()
+        state = self.get_argument("state", "") or None
+        node = self.get_argument("node", "") or None
         overview = await self.read(pages.instance_overview, number)
-        tasks = await self.read(pages.tasks_page, number, page, per_page)
+        tasks = await self.read(pages.tasks_page, number, page, per_page, state, node)
         pictured = [
             {**node, "label": f"{node['tasks']} tasks, {node['counts']}"}
             for node in overview["nodes"]
         ]
         title = f"Pipeline {overview['pipeline']} of instance {number}"
         values.setdefault("refresh", overview["running_tasks"] > 0 and "preview" not in values)
+        path = self.request.path
+
+        def node_tasks(name: str) -> str:
+            return f"{path}?{urlencode({'node': name})}#tasks-title"
+
         self.render_page(
             "instance.html",
             instance=overview,
             tasks=tasks,
-            svg=dag.draw(pictured, title),
+            state=state or "",
+            node=node or "",
+            task_filters=list(pages.TASK_FILTERS),
+            svg=dag.draw(pictured, title, link=node_tasks),
             legend=dag.MEANINGS,
             fills=dag.FILLS,
             preview=values.pop("preview", None),

@@ -7,7 +7,7 @@ from each parent to its child.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
 from typing import Any
 
@@ -39,8 +39,11 @@ def depths(nodes: Sequence[dict[str, Any]]) -> dict[str, int]:
     return found
 
 
-def draw(nodes: Sequence[dict[str, Any]], title: str) -> str:
-    """The SVG of ``nodes`` (each with ``name``, ``after``, ``colour`` and ``label``)."""
+def draw(
+    nodes: Sequence[dict[str, Any]], title: str, link: Callable[[str], str] | None = None
+) -> str:
+    """The SVG of ``nodes`` (each with ``name``, ``after``, ``colour`` and ``label``); with
+    ``link``, each node is a link (focusable from the keyboard) to ``link(name)``."""
     column = depths(nodes)
     rows: dict[int, int] = {}
     where: dict[str, tuple[int, int]] = {}
@@ -71,6 +74,8 @@ def draw(nodes: Sequence[dict[str, Any]], title: str) -> str:
         x, y = where[node["name"]]
         colour = node["colour"]
         name = escape(node["name"])
+        if link is not None:
+            parts.append(f'<a href="{escape(link(node["name"]))}" class="dag-link">')
         parts.append(
             f'<g class="dag-node dag-{colour}" data-node="{name}" data-state="{colour}">'
             f"<title>{name}: {escape(MEANINGS[colour])}</title>"
@@ -81,5 +86,7 @@ def draw(nodes: Sequence[dict[str, Any]], title: str) -> str:
             f'<text x="{x + BOX_WIDTH // 2}" y="{y + 42}" fill="#fff" text-anchor="middle"'
             f' font-size="12">{escape(node["label"])}</text></g>'
         )
+        if link is not None:
+            parts.append("</a>")
     parts.append("</svg>")
     return "".join(parts)

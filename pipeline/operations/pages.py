@@ -34,7 +34,7 @@ from pipeline.domain.models import (
 )
 from pipeline.domain.states import STOPPED_STATES, InstanceState, SubtaskState
 from pipeline.engine.taskdir import log_path
-from pipeline.errors import InvalidInput, NotFound
+from pipeline.errors import InvalidInput, NotFound, shown
 from pipeline.operations.views import (
     TASK_COLUMNS,
     InstanceProgress,
@@ -320,20 +320,41 @@ def _spread(values: list[float]) -> dict[str, float] | None:
     return {"median": statistics.median(ordered), "p95": p95, "max": ordered[-1]}
 
 
-def tasks_page(instance_id: int, page: int = 1, per_page: int = PER_PAGE) -> Page:
-    """An instance's tasks in id order, one page, each with whether it can be restarted."""
+#: The filters of an instance's tasks by what they are doing, and what each keeps.
+TASK_FILTERS = {
+    "failed": Task.error,
+    "running": Task.running,
+    "complete": (Task.p_state == PState.COMPLETE) & ~Task.error,
+}
+
+
+def tasks_page(
+    instance_id: int,
+    page: int = 1,
+    per_page: int = PER_PAGE,
+    state: str | None = None,
+    node: str | None = None,
+) -> Page:
+    """An instance's tasks in id order, one page, each with whether it can be restarted;
+    only those ``failed``, ``running`` or ``complete`` (``state``) and of ``node``, when
+    asked."""
     check_id(instance_id, "instance")
     page, per_page = page_bounds(page, per_page)
+    if state is not None and state not in TASK_FILTERS:
+        raise InvalidInput(f"unknown task state {shown(state)} (of {', '.join(TASK_FILTERS)})")
+    wanted = [Task.instance_id == instance_id]
+    if state is not None:
+        wanted.append(TASK_FILTERS[state])
+    if node is not None:
+        wanted.append(Task.node == node)
     with transaction() as session:
         if session.get(PipelineInstance, instance_id) is None:
             raise NotFound(f"unknown instance {instance_id}")
-        total = (
-            session.scalar(select(func.count(Task.id)).where(Task.instance_id == instance_id)) or 0
-        )
+        total = session.scalar(select(func.count(Task.id)).where(*wanted)) or 0
         columns = [Task.__table__.c[name] for name in TASK_COLUMNS]
         rows = session.execute(
             select(*columns, Task.restartable.label("restartable"), Task.created_at)
-            .where(Task.instance_id == instance_id)
+            .where(*wanted)
             .order_by(Task.id)
             .limit(per_page)
             .offset((page - 1) * per_page)
