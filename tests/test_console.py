@@ -553,3 +553,18 @@ def test_an_instances_tasks_are_filtered_and_its_dag_links_to_them(console: Cons
         and "unknown task state 'sleeping' (of failed, running, complete)"
         in html.unescape(bad.body)
     )
+
+
+def test_a_large_log_is_capped_in_the_full_view_and_downloaded_whole(console: Console) -> None:
+    from pipeline.operations import pages
+
+    path = Path(pages.subtask_log_path(TASKS[0], 0))
+    with path.open("a") as log:
+        log.write(("x" * 99 + "\n") * 30_000)  # 3 MB more
+    size = path.stat().st_size
+    full = console.request(f"/pipeline/tasks/{TASKS[0]}/subtasks/0/log?view=full")
+    assert full.status == 200
+    assert f"The log is {size / 1048576:.1f} MiB: showing its first 2 MiB" in text(full.body)
+    assert len(full.body) < 3 * 1048576
+    whole = console.request(f"/pipeline/tasks/{TASKS[0]}/subtasks/0/log?view=download")
+    assert len(whole.body.encode()) == size

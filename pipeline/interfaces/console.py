@@ -62,6 +62,8 @@ EDITABLE_SETTINGS = (
 #: The button that asks for a dry run rather than the restart itself, and the one that
 #: confirms what a page showed first.
 PREVIEW, APPLY = "preview", "apply"
+#: Bytes of a log sent at a time when it is downloaded.
+LOG_CHUNK_BYTES = 1 << 20
 #: Seconds between refreshes of a page showing work under way.
 REFRESH_SECONDS = 5
 
@@ -471,20 +473,37 @@ class LogPage(PipelineHandler):
         if view not in ("tail", "full", "download"):
             raise Problem(422, f"unknown log view {view[:40]!r} (tail, full or download)")
         path = await self.read(pages.subtask_log_path, number, subtask)
+        if view == "download":
+            await self.send_log(path, f"task-{number}-subtask-{subtask}.log")
+            return
+        size = 0
         if view == "tail":
             text, cut = await self.read(pages.log_tail, path)
         else:
-            [found] = await self.read(queries.logs, number, subtask)
-            text, cut = found["text"], False
-        if view == "download":
-            name = f"task-{number}-subtask-{subtask}.log"
-            self.set_header("Content-Type", "text/plain; charset=utf-8")
-            self.set_header("Content-Disposition", f'attachment; filename="{name}"')
-            self.write(text)
-            return
+            text, size = await self.read(pages.log_head, path)
+            cut = size > len(text.encode())
         self.render_page(
-            "log.html", task_id=number, index=subtask, text=text, cut=cut, view=view, path=path
+            "log.html",
+            task_id=number,
+            index=subtask,
+            text=text,
+            cut=cut,
+            view=view,
+            path=path,
+            size=size,
+            shown_bytes=pages.LOG_FULL_BYTES,
         )
+
+    async def send_log(self, path: str, name: str) -> None:
+        """The whole log as a file, a chunk at a time (never all of it in memory)."""
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        if not path or not Path(path).is_file():
+            return
+        with open(path, "rb") as stream:
+            while chunk := await self.off_loop(stream.read, LOG_CHUNK_BYTES):
+                self.write(chunk)
+                await self.flush()
 
 
 class AlertsPage(PipelineHandler):

@@ -53,6 +53,8 @@ MAX_PER_PAGE = 500
 #: Lines of a subtask's log the viewer shows by default (its tail); the rest on request.
 LOG_TAIL_LINES = 200
 #: Bytes of a log read from its end for the tail (a log can be huge).
+#: The most of a log the console's "Full" view shows; the download has all of it.
+LOG_FULL_BYTES = 2 << 20
 LOG_TAIL_BYTES = 64 * 1024
 #: Upper bounds (seconds) of the subtask run-time histogram exported for Prometheus.
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
@@ -434,6 +436,16 @@ def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> tuple[str, bool]:
     kept = text.splitlines()
     cut = size > LOG_TAIL_BYTES or len(kept) > lines
     return "\n".join(kept[-lines:]), cut
+
+
+def log_head(path: str, limit: int = LOG_FULL_BYTES) -> tuple[str, int]:
+    """The first ``limit`` bytes of the log at ``path`` (a browser takes minutes to lay out
+    50 MB), and the log's whole size."""
+    found = Path(path)
+    if not path or not found.is_file():
+        return "", 0
+    with found.open("rb") as stream:
+        return stream.read(limit).decode(errors="replace"), found.stat().st_size
 
 
 def subtask_log_path(task_id: int, index: int) -> str:
