@@ -270,6 +270,12 @@ def parameter_sets() -> list[views.ParameterSetView]:
     return queries.list_parameter_sets()
 
 
+@router.get("/queues", response_model=list[views.QueueView])
+def list_queues() -> list[views.QueueView]:
+    """The queues: messages waiting on the broker, tasks waiting, the oldest one's wait."""
+    return queries.list_queues()
+
+
 @router.get("/workers", response_model=list[views.WorkerView])
 def list_workers() -> list[views.WorkerView]:
     """The workers of the cluster: host, up or silent, queues and pool size, last heartbeat."""

@@ -104,6 +104,8 @@ def cluster_status(args: argparse.Namespace) -> None:
     _show_status(rows, args.json)
     if not args.json:
         console().print(reads.operations().reconciler_health()["message"], markup=False)
+        if any(row["alive"] for row in rows):
+            _show_queues(reads.operations("queries").list_queues(), False)
 
 
 def cluster_credentials(args: argparse.Namespace) -> None:
@@ -123,6 +125,28 @@ def _show_status(rows: list[dict[str, Any]], as_json: bool) -> None:
         "cluster",
         ["name", "pid", "alive", "url"],
         [[r["name"], r["pid"], "yes" if r["alive"] else "no", r["url"]] for r in rows],
+    )
+
+
+def queues(args: argparse.Namespace) -> None:
+    _show_queues(reads.operations("queries").list_queues(), args.json)
+
+
+def _show_queues(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        return print_json(rows)
+    table(
+        "queues",
+        ["queue", "messages", "tasks waiting", "oldest waits (s)"],
+        [
+            [
+                r["queue"],
+                "(broker not asked)" if r["messages"] is None else r["messages"],
+                r["tasks_waiting"],
+                r["oldest_wait_seconds"],
+            ]
+            for r in rows
+        ],
     )
 
 
@@ -665,6 +689,7 @@ EXAMPLES: dict[str, str] = {
     "alerts": "pipeline alerts --all",
     "alerts ack": "pipeline alerts ack 3",
     "workers": "pipeline workers --json",
+    "queues": "pipeline queues --json",
 }
 
 #: The program's name, first word of every command's path.
@@ -1174,6 +1199,11 @@ COMMANDS: dict[str, Command] = {
         "Halt tasks: queued work dropped, running subtasks revoked, the error flag set.",
         halt,
         _halt_arguments,
+    ),
+    "queues": Command(
+        "The queues: messages waiting on the broker, tasks waiting, the oldest one's wait.",
+        queues,
+        _json,
     ),
     "workers": Command(
         "The workers of the cluster: host, up or silent, queues, pool size, last heartbeat.",

@@ -356,10 +356,12 @@ class InstancesPage(PipelineHandler):
         pipeline = self.get_argument("pipeline", "") or None
         found = await self.read(pages.instances_page, state, pipeline, page, per_page)
         reconciler = await self.off_loop(facade.reconciler_health)
+        waiting = await self.off_loop(queries.list_queues)
         self.render_page(
             "instances.html",
             found=found,
             reconciler=reconciler,
+            queues=waiting,
             state=state or "",
             pipeline=pipeline or "",
             refresh=found["running"],

@@ -22,7 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from pipeline.operations import facade, pages
+from pipeline.operations import facade, pages, queries
 from pipeline.operations.pages import DURATION_BUCKETS
 from pipeline.operations.problems import problem
 
@@ -101,6 +101,25 @@ class PipelineCollector(Collector):
             buckets.append(("+Inf", found["count"]))
             durations.add_metric([node], buckets, found["sum"])
         yield durations
+        found_queues = queries.list_queues()
+        for name, what, key in (
+            ("pipeline_queue_messages", "Messages waiting on the broker", "messages"),
+            (
+                "pipeline_queue_tasks_waiting",
+                "Tasks waiting in a step on the queue",
+                "tasks_waiting",
+            ),
+            (
+                "pipeline_queue_oldest_wait_seconds",
+                "How long the oldest task waiting on the queue has had no news",
+                "oldest_wait_seconds",
+            ),
+        ):
+            gauge = GaugeMetricFamily(name, what, labels=["queue"])
+            for row in found_queues:
+                if row[key] is not None:
+                    gauge.add_metric([row["queue"]], float(row[key]))
+            yield gauge
         last = facade.reconciler_health()["last_run"]
         if last is not None:
             age = datetime.now(UTC) - datetime.fromisoformat(last)

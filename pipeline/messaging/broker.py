@@ -114,10 +114,28 @@ class CeleryPublisher:
         failed = [f"{key} {info[key]}" for key in PERSISTENCE_STATUS if info.get(key, "ok") != "ok"]
         return ", ".join(failed) or None
 
+    def queue_depths(self, queues: Iterable[str]) -> dict[str, int]:
+        """The messages waiting in each queue (its lists of every priority), in one round
+        trip."""
+        names = list(queues)
+        try:
+            with broker_client().pipeline(transaction=False) as asking:
+                for queue in names:
+                    for key in _priority_keys(queue):
+                        asking.llen(key)
+                lengths = asking.execute()
+        except _broker_errors() as exc:
+            raise unreachable(exc) from None
+        per_queue = len(PRIORITY_LEVELS) + 1
+        return {
+            queue: sum(lengths[n * per_queue : (n + 1) * per_queue])
+            for n, queue in enumerate(names)
+        }
+
     def queued_ids(self, queue: str) -> set[str]:
         """Celery task ids of the messages waiting in ``queue`` on the Redis broker."""
         client = broker_client()
-        keys = [queue, *(f"{queue}{PRIORITY_SEPARATOR}{level}" for level in PRIORITY_LEVELS)]
+        keys = _priority_keys(queue)
         found = set()
         for key in keys:
             for raw in client.lrange(key, 0, -1):
@@ -137,6 +155,11 @@ class CeleryPublisher:
                 answered.add(worker)
                 found.update(message["id"] for message in held)
         return found, answered
+
+
+def _priority_keys(queue: str) -> list[str]:
+    """The Redis lists holding ``queue``'s messages, one per priority."""
+    return [queue, *(f"{queue}{PRIORITY_SEPARATOR}{level}" for level in PRIORITY_LEVELS)]
 
 
 def publish_now(messages: Sequence[Message]) -> None:

@@ -48,6 +48,9 @@ class MemoryPublisher:
         """No workers to ask: it cannot tell."""
         return None
 
+    def queue_depths(self, queues: Iterable[str]) -> dict[str, int]:
+        return {queue: sum(m.queue == queue for m in self.queue) for queue in queues}
+
     def persistence_problem(self) -> str | None:
         """Nothing on disk."""
         return None

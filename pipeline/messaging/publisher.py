@@ -33,6 +33,9 @@ class Publisher(Protocol):
     def workers(self) -> dict[str, dict[str, object]] | None:
         """Each live worker's queues and pool size, by name (None: cannot tell)."""
 
+    def queue_depths(self, queues: Iterable[str]) -> dict[str, int]:
+        """How many messages wait in each of ``queues``."""
+
     def persistence_problem(self) -> str | None:
         """Why the broker cannot write its data to disk (a full disk: it then refuses new
         messages), or None when it can or does not say."""

@@ -31,6 +31,7 @@ from pipeline.operations.views import (
     TASK_COLUMNS,
     AlertView,
     PipelineView,
+    QueueView,
     TaskNeedingAttention,
     WorkerView,
     alert_view,
@@ -382,3 +383,38 @@ def list_workers() -> list[WorkerView]:
             )
         )
     return listed
+
+
+def list_queues() -> list[QueueView]:
+    """Every queue the definitions name or a task waits on: the messages waiting in it on
+    the broker (None when the broker cannot be asked), the tasks waiting on it and how long
+    the oldest has had no news. Restarted tasks behind 10,000 marshal messages look stuck
+    otherwise."""
+    from pipeline.domain.execution import DEFAULT_QUEUE
+    from pipeline.messaging.publisher import publisher
+    from pipeline.recovery.consumers import waiting_tasks
+
+    waiting = waiting_tasks()
+    with transaction() as session:
+        named = {
+            node["execution"]["queue"]
+            for stored in definitions.list_latest(session)
+            for node in stored.spec["nodes"]
+        }
+    queues = sorted(named | set(waiting) | {DEFAULT_QUEUE})
+    try:
+        depths: dict[str, int] | None = publisher().queue_depths(queues)
+    except Unreachable:
+        depths = None
+    now = utcnow()
+    return [
+        QueueView(
+            queue=queue,
+            messages=depths[queue] if depths is not None else None,
+            tasks_waiting=len(waiting.get(queue, [])),
+            oldest_wait_seconds=round((now - min(waiting[queue])).total_seconds(), 1)
+            if waiting.get(queue)
+            else None,
+        )
+        for queue in queues
+    ]

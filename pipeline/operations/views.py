@@ -107,6 +107,16 @@ class SubmittedInstance(InstanceView):
 
 
 @with_config(_CLOSED)
+class QueueView(TypedDict):
+    queue: str
+    messages: Annotated[int | None, Field(description="waiting on the broker (none: not asked)")]
+    tasks_waiting: Annotated[int, Field(description="tasks waiting in a step on this queue")]
+    oldest_wait_seconds: Annotated[
+        float | None, Field(description="how long the oldest of them has had no news")
+    ]
+
+
+@with_config(_CLOSED)
 class WorkerView(TypedDict):
     name: Annotated[str, Field(description="the worker's node name, name@host")]
     host: str

@@ -26,27 +26,31 @@ from pipeline.recovery.isolation import decode_execution
 CAUSE = "queue:"
 
 
-def waiting_queues(cutoff: datetime) -> tuple[Counter[str], set[str]]:
-    """How many tasks have waited since before ``cutoff`` on each queue (in a step whose
-    message a worker of the queue takes, or executing), and every queue some task waits on
-    now, however recently it was sent there."""
+def waiting_tasks() -> dict[str, list[datetime]]:
+    """When each task waiting on a queue (in a step whose message a worker of the queue
+    takes, or executing) last had news, by queue."""
     with transaction() as session:
         stored = session.execute(
-            select(cast(Task.execution, Text), Task.updated_at < cutoff).where(
+            select(cast(Task.execution, Text), Task.updated_at).where(
                 Task.p_state.in_([*WAITING, *EXECUTION_STEPS]), ~Task.error
             )
         ).all()
-    queues: Counter[str] = Counter()
-    now: set[str] = set()
-    for execution, stale in stored:
+    by_queue: dict[str, list[datetime]] = {}
+    for execution, updated_at in stored:
         try:
             queue = ExecutionSettings.stored(decode_execution(execution)).queue
         except Unreadable:
             continue  # the reconciler fails that task on its own
-        now.add(queue)
-        if stale:
-            queues[queue] += 1
-    return queues, now
+        by_queue.setdefault(queue, []).append(updated_at)
+    return by_queue
+
+
+def waiting_queues(cutoff: datetime) -> tuple[Counter[str], set[str]]:
+    """How many tasks have waited since before ``cutoff`` on each queue, and every queue
+    some task waits on now, however recently it was sent there."""
+    waiting = waiting_tasks()
+    stale = Counter({queue: sum(at < cutoff for at in ats) for queue, ats in waiting.items()})
+    return +stale, set(waiting)
 
 
 #: When the workers were last asked, and what they said (this process's): asked at most
