@@ -407,14 +407,16 @@ def list_queues() -> list[QueueView]:
     except Unreachable:
         depths = None
     now = utcnow()
-    return [
-        QueueView(
-            queue=queue,
-            messages=depths[queue] if depths is not None else None,
-            tasks_waiting=len(waiting.get(queue, [])),
-            oldest_wait_seconds=round((now - min(waiting[queue])).total_seconds(), 1)
-            if waiting.get(queue)
-            else None,
+    listed = []
+    for queue in queues:
+        found = waiting.get(queue)
+        oldest = found.oldest if found else None
+        listed.append(
+            QueueView(
+                queue=queue,
+                messages=depths[queue] if depths is not None else None,
+                tasks_waiting=found.tasks if found else 0,
+                oldest_wait_seconds=round((now - oldest).total_seconds(), 1) if oldest else None,
+            )
         )
-        for queue in queues
-    ]
+    return listed

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Text, cast, select
+from sqlalchemy import Text, case, cast, func, literal, select
 
 from pipeline.database import transaction
 from pipeline.domain.execution import ExecutionSettings
@@ -26,31 +27,47 @@ from pipeline.recovery.isolation import decode_execution
 CAUSE = "queue:"
 
 
-def waiting_tasks() -> dict[str, list[datetime]]:
-    """When each task waiting on a queue (in a step whose message a worker of the queue
-    takes, or executing) last had news, by queue."""
+@dataclass
+class Waiting:
+    """The tasks waiting on one queue."""
+
+    tasks: int = 0
+    #: Of them, those with no news since the cutoff asked for.
+    stale: int = 0
+    oldest: datetime | None = None
+
+
+def waiting_tasks(cutoff: datetime | None = None) -> dict[str, Waiting]:
+    """The tasks waiting on each queue (in a step whose message a worker of the queue
+    takes, or executing): how many, how many had no news since ``cutoff``, and when the
+    oldest last had news. Grouped by their stored settings in the database, so that each
+    distinct settings text is decoded once (10,000 tasks of one node share one)."""
+    stale = case((Task.updated_at < cutoff, 1), else_=0) if cutoff is not None else literal(0)
+    execution = cast(Task.execution, Text)
     with transaction() as session:
-        stored = session.execute(
-            select(cast(Task.execution, Text), Task.updated_at).where(
-                Task.p_state.in_([*WAITING, *EXECUTION_STEPS]), ~Task.error
-            )
+        groups = session.execute(
+            select(execution, func.count(), func.sum(stale), func.min(Task.updated_at))
+            .where(Task.p_state.in_([*WAITING, *EXECUTION_STEPS]), ~Task.error)
+            .group_by(execution)
         ).all()
-    by_queue: dict[str, list[datetime]] = {}
-    for execution, updated_at in stored:
+    by_queue: dict[str, Waiting] = {}
+    for stored, count, stale_count, oldest in groups:
         try:
-            queue = ExecutionSettings.stored(decode_execution(execution)).queue
+            queue = ExecutionSettings.stored(decode_execution(stored)).queue
         except Unreadable:
             continue  # the reconciler fails that task on its own
-        by_queue.setdefault(queue, []).append(updated_at)
+        found = by_queue.setdefault(queue, Waiting())
+        found.tasks += count
+        found.stale += int(stale_count or 0)
+        found.oldest = oldest if found.oldest is None else min(found.oldest, oldest)
     return by_queue
 
 
 def waiting_queues(cutoff: datetime) -> tuple[Counter[str], set[str]]:
     """How many tasks have waited since before ``cutoff`` on each queue, and every queue
     some task waits on now, however recently it was sent there."""
-    waiting = waiting_tasks()
-    stale = Counter({queue: sum(at < cutoff for at in ats) for queue, ats in waiting.items()})
-    return +stale, set(waiting)
+    waiting = waiting_tasks(cutoff)
+    return Counter({q: w.stale for q, w in waiting.items() if w.stale}), set(waiting)
 
 
 #: When the workers were last asked, and what they said (this process's): asked at most
