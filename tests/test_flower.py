@@ -303,11 +303,12 @@ def restart_from_the_task_page(
 def test_the_seed_scenario_from_the_console(
     cluster: Cluster, flower: Flower, browser: Any, screenshots: Path
 ) -> None:
-    """A newcomer's run of the seed from the browser alone: a failing instance (submitted
-    through Flower's API), found on Instances, its failed task opened, subtask 0's log
-    read, resume-current-step previewed then applied, the instance COMPLETED."""
-    submitted = flower.run("pipeline.submit", "sample", end_node="permuter")
-    instance, tasks = submitted["id"], submitted["tasks"]
+    """A newcomer's run of the seed from the browser alone: throw_exception_subtask_0 set
+    on the Parameters page, the sample submitted from the Submit page (a dry run first),
+    found failing on Instances, its failed task opened, subtask 0's log read and Flower's
+    own page of its failed Celery task, resume-current-step previewed then applied, the
+    instance COMPLETED. No CLI, no API."""
+    cluster.set_parameters(throw_exception_subtask_0=False)  # the browser sets it back
     credentials = {"username": flower.user, "password": flower.password}
     context = browser.new_context(
         http_credentials=credentials, viewport={"width": 1200, "height": 800}
@@ -317,6 +318,28 @@ def test_the_seed_scenario_from_the_console(
 
         def shot(name: str) -> None:
             page.screenshot(path=str(screenshots / f"{name}.png"), full_page=False)
+
+        page.goto(flower.url + "/workers")
+        page.get_by_role("link", name="Parameters", exact=True).click()
+        page.locator("#value-throw_exception_subtask_0").fill("true")
+        page.get_by_role("button", name="Preview changes").click()
+        page.locator("#confirm-parameters").wait_for()
+        assert "throw_exception_subtask_0" in page.locator("#parameter-changes").inner_text()
+        shot("parameters-edit")
+        page.locator("#confirm-parameters").click()
+        assert "throw_exception_subtask_0 = true" in page.locator("#result").inner_text()
+
+        page.get_by_role("link", name="Submit", exact=True).click()
+        page.locator("#end-node").select_option("permuter")
+        page.get_by_role("button", name="Preview").click()
+        page.locator("#confirm-submit").wait_for()
+        assert "Nodes, in order: permuter." in page.locator("#preview").inner_text()
+        shot("submit")
+        page.locator("#confirm-submit").click()
+        page.wait_for_url(f"{flower.url}/pipeline/instances/*")
+        instance = int(page.url.split("/pipeline/instances/")[1].split("?")[0])
+        tasks = [t["id"] for t in cluster.tasks(instance)]
+        assert "submitted with 2 tasks" in page.locator("#result").inner_text()
 
         page.goto(flower.url + "/workers")
         page.get_by_role("link", name="Pipeline", exact=True).click()
@@ -345,6 +368,20 @@ def test_the_seed_scenario_from_the_console(
             page.get_by_role("link", name=str(task), exact=True).click()
             page.wait_for_url(f"{flower.url}/pipeline/tasks/{task}")
             restart_from_the_task_page(page, cluster, task, shot if task == tasks[0] else None)
+
+        # Flower's own page of the failed subtask's Celery task: its exception, its traceback.
+        failed = wait_for(
+            lambda: [
+                t
+                for t in flower_tasks(flower, taskname=SUBTASK, state="FAILURE").values()
+                if t["args"].startswith(f"task={tasks[0]},")
+            ],
+            DEADLINE,
+            "Flower to know the failed subtask",
+        )
+        page.goto(f"{flower.url}/task/{failed[0]['uuid']}")
+        assert "subtask 0 failed on purpose" in page.content()
+        shot("flower-task")
 
         page.goto(f"{flower.url}/pipeline/instances/{instance}")
 

@@ -483,7 +483,7 @@ def _show_report(report: Report, as_json: bool, title: str) -> int:
     else:
         table(
             title,
-            ["task", "mode", "result", "from", "subtasks", "message", "downstream"],
+            ["task", "mode", "result", "from", "subtask indices", "message", "downstream"],
             [
                 [
                     o.task_id or "-",
@@ -600,8 +600,9 @@ def files(args: argparse.Namespace) -> None:
 def _producer(file: dict[str, Any]) -> str:
     if file["origin"] == "task":
         return (
+            # The attempt is the task's (a restart is a new attempt), so it follows the task.
             f"instance {file['instance_id']} task {file['task_id']} ({file['node']})"
-            f" subtask {file['subtask_index']} attempt {file['attempt']}"
+            f" attempt {file['attempt']} subtask {file['subtask_index']}"
         )
     return f"{file['origin']} {file['receipt']}".strip()
 
