@@ -330,6 +330,10 @@ def test_the_seed_scenario_from_the_console(
         assert "throw_exception_subtask_0 = true" in page.locator("#result").inner_text()
 
         page.get_by_role("link", name="Submit", exact=True).click()
+        # The cluster holds other tests' pipelines too: choose the sample first.
+        page.locator("#pipeline").select_option("sample")
+        page.get_by_role("button", name="Choose").click()
+        page.wait_for_url(f"{flower.url}/pipeline/submit?pipeline=sample")
         page.locator("#end-node").select_option("permuter")
         page.get_by_role("button", name="Preview").click()
         page.locator("#confirm-submit").wait_for()
