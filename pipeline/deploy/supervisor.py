@@ -162,11 +162,7 @@ class Supervisor:
             if known.restarts > 1:
                 message += f" ({known.restarts} restarts before it ran {self.stable:g} s)"
         severity = alerts.ERROR if looping else alerts.WARNING
-        try:
-            with transaction() as session:
-                alerts.raise_or_update(session, _cause(service), severity, message)
-        except Exception as exc:  # the database down: the log says it
-            log.error("supervisor: alert not recorded (%s): %s", exc, message)
+        alerts.tell(_cause(service), severity, message)  # the database down: logged
 
     def _clear(self, service: Service) -> None:
         try:

@@ -4,10 +4,15 @@ transaction that found it (operators list and acknowledge them: ``pipeline.opera
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from pipeline.database import transaction
 from pipeline.domain.models import Alert, Task, utcnow
+
+log = logging.getLogger(__name__)
 
 WARNING = "warning"
 ERROR = "error"
@@ -70,6 +75,19 @@ def raise_or_update(session: Session, cause: str, severity: str, message: str) -
     )
     if not updated.rowcount:
         session.add(Alert(severity=severity, message=message, cause=cause))
+
+
+def tell(cause: str, severity: str, message: str) -> bool:
+    """``raise_or_update`` in a transaction of its own, for a process that goes on when the
+    database is away (a worker's pool, the supervisor): whether it was recorded; if not,
+    the process's log says it."""
+    try:
+        with transaction() as session:
+            raise_or_update(session, cause, severity, message)
+    except Exception:
+        log.exception("alert not recorded: %s", message)
+        return False
+    return True
 
 
 def clear(session: Session, cause: str) -> bool:

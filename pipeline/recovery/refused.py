@@ -6,15 +6,11 @@ can write to the broker sends them; an operator should know.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pipeline.database import transaction
 from pipeline.domain.models import utcnow
 from pipeline.engine import alerts
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,8 +34,4 @@ class RefusedCount:
             f" {self.first:%Y-%m-%d %H:%M:%S} UTC ({seen}): only JSON is accepted; who can"
             " write to the broker?"
         )
-        try:
-            with transaction() as session:
-                alerts.raise_or_update(session, f"refused:{self.node}", alerts.ERROR, message)
-        except Exception:
-            log.exception("could not record a refused message: %s", message)
+        alerts.tell(f"refused:{self.node}", alerts.ERROR, message)

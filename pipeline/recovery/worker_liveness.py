@@ -66,11 +66,7 @@ class PoolWatch:
             f" {self.first:%Y-%m-%d %H:%M:%S} UTC (last pid {pid}, {how}); Celery started"
             " others, and the reconciler dispatches again what they ran"
         )
-        try:
-            with transaction() as session:
-                alerts.raise_or_update(session, f"pool:{self.node}", alerts.WARNING, message)
-        except Exception:
-            log.exception("could not record a pool process's death")
+        alerts.tell(f"pool:{self.node}", alerts.WARNING, message)
 
 
 class PoolDeaths(logging.Handler):
