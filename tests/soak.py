@@ -242,18 +242,19 @@ class Soak:
     def _inject(self, kind: str) -> None:
         getattr(self, f"_fault_{kind}")()
 
-    def _record(self, kind: str, target: str, injected: float, expect: str) -> Fault:
+    def _record(self, kind: str, target: str) -> Fault:
         fault = Fault(kind, target, _now().isoformat(timespec="seconds"))
         self.report.faults.append(fault)
-        self._injected_at = injected
-        self._expect = expect
         return fault
 
-    def _recovered(self, fault: Fault, injected: float, back: Callable[[], Any]) -> None:
-        """Wait until ``back`` holds (the recovery, timed) and the fault's alert shows."""
+    def _recovered(
+        self, fault: Fault, injected: float, back: Callable[[], Any], expect: str
+    ) -> None:
+        """Wait until ``back`` holds (the recovery, timed) and an alert saying ``expect``
+        shows."""
         if _wait(back):
             fault.recovery = round(time.monotonic() - injected, 2)
-        alert = _wait(lambda: self._alert_saying(self._expect, injected))
+        alert = _wait(lambda: self._alert_saying(expect, injected))
         fault.alert = alert or ""
 
     def _alert_saying(self, fragment: str, since: float) -> str:
@@ -271,13 +272,13 @@ class Soak:
         injected = time.monotonic()
         with suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        fault = self._record(kind, name, injected, f"(pid {pid}")
+        fault = self._record(kind, name)
 
         def back() -> bool:
             now = self.cluster.pid(name)
             return now != pid and alive(now, ())
 
-        self._recovered(fault, injected, back)
+        self._recovered(fault, injected, back, f"(pid {pid}")
 
     def _fault_worker(self) -> None:
         self._kill_service("worker", self.random.choice(self._workers()))
@@ -301,13 +302,13 @@ class Soak:
         injected = time.monotonic()
         with suppress(ProcessLookupError):
             os.kill(victim, signal.SIGKILL)
-        fault = self._record("pool", f"{name} pool process {victim}", injected, f"{victim}")
+        fault = self._record("pool", f"{name} pool process {victim}")
 
         def back() -> bool:
             now = self.cluster.pid(name)  # the worker itself may be going down meanwhile
             return victim not in children_of(now) and bool(children_of(now))
 
-        self._recovered(fault, injected, back)
+        self._recovered(fault, injected, back, str(victim))
         if not fault.alert and self.cluster.pid(name) != worker:
             # The worker was going down already (another fault: Redis refusing writes
             # makes Celery exit): its pool went with it, and its restart is the alert.
@@ -322,7 +323,7 @@ class Soak:
             return self._fault_worker()
         injected = time.monotonic()
         dropped = sum(self.broker.delete(key) for key in self.broker.keys("default*"))
-        fault = self._record("queue", f"{dropped} queue keys", injected, "")
+        fault = self._record("queue", f"{dropped} queue keys")
         # Recovered once the reconciler says it sent the lost work again.
         found = _wait(lambda: self._resent_since(injected))
         if found:
@@ -340,7 +341,7 @@ class Soak:
         """Redis's disk filled to the last byte for a few seconds, then freed."""
         injected = time.monotonic()
         filler = fill(self.redis_disk)
-        fault = self._record("disk", "redis's disk", injected, "cannot write to its disk")
+        fault = self._record("disk", "redis's disk")
         # Work goes on, and Redis fails to persist it.
         _wait(lambda: publisher().persistence_problem(), 30)
         fault.alert = _wait(lambda: self._alert_saying("cannot write to its disk", injected)) or ""

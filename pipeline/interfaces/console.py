@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from graphlib import TopologicalSorter
 from pathlib import Path
@@ -263,6 +263,21 @@ class PipelineHandler(BaseHandler):
         ok, message = json.loads(value)
         return bool(ok), str(message)
 
+    async def preview_or_restart(
+        self,
+        fields: dict[str, str],
+        show: Callable[..., Awaitable[None]],
+        back: str | None = None,
+    ) -> None:
+        """A restart form posted: ``preview`` shows the dry run and a form to confirm it
+        (``show`` renders the page with them); anything else restarts, then goes ``back``
+        (see ``act_and_return``) with the one-line result."""
+        if fields.get("action") != PREVIEW:
+            await self.act_and_return(restart_from_form, fields, back)
+            return
+        report, why_not = await self.preview(fields)
+        await show(preview=report, fields=fields, ok=report is not None, message=why_not)
+
     async def preview(self, fields: dict[str, str]) -> tuple[Report | None, str]:
         """The dry run of the restart a form asks for: (its report, "") or (None, why not)."""
         return await self.attempt(restart_report, fields, True)
@@ -386,18 +401,8 @@ class RestartingPage(PipelineHandler):
     @tornado.web.authenticated
     async def post(self, shown_id: str) -> None:
         fields = {**self.form_fields(), self.subject: shown_id}
-        if fields.get("action") != PREVIEW:
-            await self.act_and_return(restart_from_form, fields, self.request.path)
-            return
-        report, why_not = await self.preview(fields)
-        await self.show(
-            shown_id,
-            preview=report,
-            fields=fields,
-            ok=report is not None,
-            message=why_not,
-            refresh=False,
-        )
+        show = partial(self.show, shown_id, refresh=False)
+        await self.preview_or_restart(fields, show, self.request.path)
 
 
 class InstancePage(RestartingPage):
@@ -736,12 +741,7 @@ class RestartPage(PipelineHandler):
     async def post(self) -> None:
         """``preview`` shows the dry run and a form to confirm it; the confirmation (any
         other action) restarts."""
-        fields = self.form_fields()
-        if fields.get("action") != PREVIEW:
-            await self.act_and_return(restart_from_form, fields)
-            return
-        report, why_not = await self.preview(fields)
-        await self.show(preview=report, fields=fields, ok=report is not None, message=why_not)
+        await self.preview_or_restart(self.form_fields(), self.show)
 
 
 class HaltHandler(PipelineHandler):
