@@ -149,6 +149,11 @@ class Settings(BaseSettings):
         description="the former name of reconcile_interval, read when that is not set",
     )
     stale_after: float = Field(default=30.0, gt=0)
+    event_scan_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds between looks for ready files in the event handlers' directories",
+    )
     disk_warning_free_percent: float = Field(
         default=10.0,
         ge=0,

@@ -95,3 +95,14 @@ def count_runs(ctx: SubtaskContext) -> None:
     runs.write_text(str(number))
     for path in ctx.inputs:
         (ctx.directory / f"{path.stem}.out").write_text(f"run {number}")
+
+
+def averaging_with_dark(ctx: SubtaskContext) -> None:
+    """The sample's averaging, and a note of the dark model it was given (its path under
+    its original name, and its first line) and the event's labels."""
+    from pipeline.sample.algorithms import averaging
+
+    averaging(ctx)
+    dark = ctx.models["dark"]
+    note = f"{dark.name} {dark.parent == ctx.directory} {dark.read_text().splitlines()[0]}"
+    (ctx.directory / "dark-used.txt").write_text(f"{note}\nlabels {','.join(ctx.labels)}\n")

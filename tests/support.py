@@ -814,12 +814,14 @@ def roll_back_to_permuter_done(instance: int) -> None:
         InstanceNode,
         Subtask,
         Task,
+        TaskAttempt,
         TaskEvent,
     )
 
     with transaction() as session:
         later = select(Task.id).where(Task.instance_id == instance, Task.node != "permuter")
         session.execute(delete(TaskEvent).where(TaskEvent.task_id.in_(later)))
+        session.execute(delete(TaskAttempt).where(TaskAttempt.task_id.in_(later)))
         session.execute(delete(FileConsumption).where(FileConsumption.task_id.in_(later)))
         session.execute(delete(DatastoreFile).where(DatastoreFile.task_id.in_(later)))
         session.execute(delete(Subtask).where(Subtask.task_id.in_(later)))

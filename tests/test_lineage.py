@@ -573,11 +573,13 @@ def test_an_input_replaced_while_its_task_marshals_is_consumed_as_chosen(
     build = taskdir.marshal
     redelivery = deliver(tmp_path, "again", {"nasa-logo-file-0.png": pixels(5, 5)})
 
-    def marshal_meanwhile(task_dir: Path, groups: list[list[tuple[Path, str]]]) -> list[list[str]]:
+    def marshal_meanwhile(
+        task_dir: Path, groups: list[list[tuple[Path, str]]], models: Any = ()
+    ) -> list[list[str]]:
         task_id = int(task_dir.name.split("-")[1])
         if queries.get_task(task_id)["unit_of_work"] == "set-1":
             receipt.receive(redelivery, "raw_image", "set-1")
-        return build(task_dir, groups)
+        return build(task_dir, groups, models)
 
     monkeypatch.setattr(stages.taskdir, "marshal", marshal_meanwhile)
     instance = facade.submit("sample", None, "permuter")["id"]

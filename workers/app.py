@@ -1,6 +1,6 @@
 """The Celery app of the workers and of beat (``celery -A workers.app``), with every task of
 ``workers.chain`` and ``workers.operations`` registered on it, each worker watching beat's
-heartbeat, and beat running the reconciler in its own process.
+heartbeat, and beat running the reconciler, and the event handlers' scan, in its own process.
 
 The reconciler runs in beat, on a thread of its own, once an interval: not as a message a
 worker takes from a queue, where it would wait behind every long subtask and bulk marshal
@@ -10,6 +10,7 @@ it on time). Beat alive is the reconciler running.
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps
@@ -20,6 +21,7 @@ from pipeline.domain.models import utcnow
 from pipeline.engine import runner
 from pipeline.engine.task_state import HOST
 from pipeline.messaging.celery_app import celery_app
+from pipeline.operations import events
 from pipeline.recovery import worker_liveness
 from pipeline.recovery.heartbeat import look
 from pipeline.recovery.reconcile import reconcile
@@ -90,28 +92,32 @@ app.conf.worker_consumer = "workers.app:Consumer"
 log = logging.getLogger(__name__)
 
 
-class BeatReconciler(threading.Thread):
-    """Beat's reconciler: ``reconcile`` once an interval, in beat's process (see the module
+class BeatLoop(threading.Thread):
+    """``run_once`` once an interval, on a thread of beat's process (see the module
     docstring); a run that fails is logged and the next one goes on."""
 
-    def __init__(self, interval: float) -> None:
-        super().__init__(name="reconciler", daemon=True)
+    def __init__(self, name: str, interval: float, run_once: Callable[[], Any]) -> None:
+        super().__init__(name=name, daemon=True)
         self.interval = interval
+        self.run_once = run_once
         self.stopped = threading.Event()
-        self.watch = ServiceWatch(reconcile)
 
     def run(self) -> None:
         while not self.stopped.is_set():
             try:
-                self.watch.run_once()
+                self.run_once()
             except Exception:
-                log.exception("reconciler: this run failed; the next one goes on")
+                log.exception("%s: this run failed; the next one goes on", self.name)
             self.stopped.wait(self.interval)
 
 
 @beat_init.connect
 def _reconcile_in_beat(**_: Any) -> None:
-    BeatReconciler(get_settings().reconcile_interval).start()
+    settings = get_settings()
+    BeatLoop("reconciler", settings.reconcile_interval, ServiceWatch(reconcile).run_once).start()
+    # The event handlers' directories, looked at on a thread of their own: a large
+    # delivery being received never delays the reconciler.
+    BeatLoop("event handlers", settings.event_scan_interval, events.scan).start()
 
 
 @task_postrun.connect

@@ -9,7 +9,7 @@ def permuter(ctx: SubtaskContext) -> None:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,9 @@ class SubtaskContext:
       index: the subtask's number within its task.
       unit_of_work: the task's unit of work (``set-1``).
       node: the node's name.
+      models: the path of each model the node uses, by model type: the version the
+        instance pinned, in ``directory`` under its original name (read-only).
+      labels: the labels of the event that started the instance (none: a person did).
     """
 
     directory: Path
@@ -33,3 +36,5 @@ class SubtaskContext:
     index: int
     unit_of_work: str
     node: str
+    models: dict[str, Path] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)

@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.domain import parameters
 from pipeline.domain.execution import NAME_PATTERN, ExecutionSettings
-from pipeline.domain.models import ParameterSet, PipelineDefinition
+from pipeline.domain.models import EventHandler, ParameterSet, PipelineDefinition, utcnow
 from pipeline.errors import InvalidInput, NotFound, shown
 
 _PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -94,6 +94,36 @@ def _refuse_escape(path: str, rule: str, inside: str) -> None:
         raise ValueError(f"{shown(path)} contains '..': it would reach outside {inside}")
 
 
+class ModelType(_Strict):
+    """A kind of model (Ziggy's model type): the file-name ``pattern`` (a regular
+    expression matched against the whole name) whose named groups ``version`` and
+    ``timestamp`` give a received file's version and time, where the name carries them;
+    without a ``version`` group, versions are numbered in order of receipt."""
+
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression ({exc})") from None
+        return pattern
+
+    def match(self, name: str) -> re.Match[str] | None:
+        return re.fullmatch(self.pattern, name)
+
+
+class EventHandlerSpec(_Strict):
+    """A directory watched for ready files ``LABEL.READY.NAME.COUNT`` that start the
+    pipeline the handler is defined in (Ziggy's event handler); ``directory`` is relative
+    to the definition file, recorded absolute at import."""
+
+    directory: str
+    enabled: bool = True
+
+
 class Executable(_Strict):
     executable: str
     args: list[str] = Field(default_factory=list)
@@ -111,6 +141,8 @@ class Node(_Strict):
     outputs: list[str] = Field(default_factory=list)
     subtasks: Literal["per_file", "single"] | Grouped = "per_file"
     parameter_sets: list[str] = Field(default_factory=list)
+    #: The model types it uses: the versions its instance pinned at submit.
+    models: list[str] = Field(default_factory=list)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     #: Ziggy's "process all data" / "new data only", for inputs no parent node of the
     #: instance produces: ``new`` leaves out files (same path and checksum) that this node
@@ -148,6 +180,8 @@ class Definition(_Strict):
     python_path: list[str] | None = None
     parameter_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)
     data_file_types: dict[str, DataFileType]
+    model_types: dict[str, ModelType] = Field(default_factory=dict)
+    events: dict[str, EventHandlerSpec] = Field(default_factory=dict)
     nodes: Annotated[list[Node], Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -163,6 +197,12 @@ class Definition(_Strict):
                 for kind in getattr(node, field):
                     if kind not in self.data_file_types:
                         raise _at(f"nodes.{i}.{field}", f"unknown data file type {kind!r}")
+            for kind in node.models:
+                if kind not in self.model_types:
+                    raise _at(f"nodes.{i}.models", f"unknown model type {kind!r}")
+        for name in [*self.model_types, *self.events]:
+            if not re.match(NAME_PATTERN, name) or len(name) > 200:
+                raise _at(name, "a model type or event handler is named like a node")
         try:
             tuple(TopologicalSorter(self.graph()).static_order())
         except CycleError as exc:
@@ -214,6 +254,9 @@ def load(path: Path) -> Definition:
         raise InvalidInput(f"{path}: {exc.loc}: {exc}") from None
     _check_parameters(path, definition)
     definition.python_path = _python_path(path, definition.python_path)
+    here = path.absolute().parent
+    for handler in definition.events.values():
+        handler.directory = str((here / handler.directory).resolve())
     _resolve_algorithms(path, definition)
     return definition
 
@@ -386,6 +429,7 @@ def import_files(session: Session, paths: list[Path]) -> list[tuple[PipelineDefi
 def _store(session: Session, path: Path, definition: Definition) -> tuple[PipelineDefinition, bool]:
     for set_name, declared in definition.parameter_sets.items():
         _merge_parameter_set(session, set_name, declared)
+    _declare_handlers(session, path, definition)
     newest = latest(session, definition.name)
     fingerprint = digest(definition)
     if newest is not None and newest.digest == fingerprint:
@@ -400,6 +444,29 @@ def _store(session: Session, path: Path, definition: Definition) -> tuple[Pipeli
     session.add(stored)
     session.flush()
     return stored, True
+
+
+def _declare_handlers(session: Session, path: Path, definition: Definition) -> None:
+    """Create or update the event handlers the definition declares: a new one is enabled
+    as declared; an existing one keeps the operator's choice (``pipeline events enable``)."""
+    for name, spec in definition.events.items():
+        handler = session.get(EventHandler, name)
+        if handler is None:
+            session.add(
+                EventHandler(
+                    name=name,
+                    pipeline=definition.name,
+                    directory=spec.directory,
+                    enabled=spec.enabled,
+                )
+            )
+        elif handler.pipeline != definition.name:
+            raise InvalidInput(
+                f"{path}: events.{name}: event handler {name!r} belongs to pipeline"
+                f" {handler.pipeline!r}"
+            )
+        elif handler.directory != spec.directory:
+            handler.directory, handler.updated_at = spec.directory, utcnow()
 
 
 def _merge_parameter_set(session: Session, name: str, declared: dict[str, Any]) -> None:

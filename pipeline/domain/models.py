@@ -108,6 +108,14 @@ class PipelineInstance(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The model versions it pinned at submit: ``{type: {"version", "name", "sha256",
+    #: "size"}}`` (None: submitted before models existed, or it uses none).
+    models: Mapped[dict[str, Any] | None]
+    #: The units of work it runs for (None: every unit the datastore holds).
+    units: Mapped[list[Any] | None]
+    #: The event that started it: ``{"id", "handler", "labels", "deliveries"}`` (None:
+    #: submitted by a person).
+    event: Mapped[dict[str, Any] | None]
 
     nodes: Mapped[list[InstanceNode]] = relationship(back_populates="instance")
 
@@ -331,3 +339,76 @@ class FileConsumption(Base):
     attempt: Mapped[int]
     subtask_index: Mapped[int]
     file_id: Mapped[int] = mapped_column(ForeignKey("datastore_files.id"), index=True)
+
+
+class Model(Base):
+    """One version of a model (Ziggy's model registry): a file such as a calibration,
+    received like data and kept forever; an instance pins the versions it uses."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("model_type", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_type: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(200))
+    #: From the file name, where its type's pattern has a ``timestamp`` group.
+    timestamp: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    #: The file's original name, which the algorithm sees.
+    name: Mapped[str] = mapped_column(String(500))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    receipt: Mapped[str] = mapped_column(Text, default="", server_default="")
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EventHandler(Base):
+    """A watched directory whose ready files start its pipeline (Ziggy's event handlers);
+    its enabled state is the operator's and survives a cluster restart."""
+
+    __tablename__ = "event_handlers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    pipeline: Mapped[str] = mapped_column(String(200))
+    directory: Mapped[str] = mapped_column(Text)
+    enabled: Mapped[bool]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PipelineEvent(Base):
+    """One event a handler saw: all the ready files of its labels present. Keyed by the
+    handler and what was delivered, so an event is handled once however often it is seen."""
+
+    __tablename__ = "pipeline_events"
+    __table_args__ = (UniqueConstraint("handler", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    handler: Mapped[str] = mapped_column(String(200))
+    #: SHA-256 over the labels and their manifests' bytes.
+    key: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[list[Any]]
+    #: ``[{"label", "manifest", "files", "units", "models"}]`` once received.
+    deliveries: Mapped[list[Any]]
+    #: ``receiving``, ``submitted`` or ``failed``.
+    state: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text, default="", server_default="")
+    instance_id: Mapped[int | None]
+    #: When a scan took it: another scan takes it over only after ``stale_after``.
+    claimed_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TaskAttempt(Base):
+    """What ran one attempt of a task: its code (``domain.code_version``) and the model
+    versions its subtasks were given, recorded when the attempt first ran."""
+
+    __tablename__ = "task_attempts"
+    __table_args__ = (UniqueConstraint("task_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    attempt: Mapped[int]
+    code: Mapped[dict[str, Any]]
+    #: ``{type: {"version", "name", "sha256", "size"}}``
+    models: Mapped[dict[str, Any]]
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -41,7 +41,7 @@ from pipeline.domain.context import SubtaskContext
 from pipeline.domain.definitions import resolve_callable
 from pipeline.engine.forkserver import ForkServer, exit_status
 from pipeline.engine.leases import NO_RENEWAL, LeaseRenewal
-from pipeline.engine.taskdir import INPUTS_FILE, LOG_NAME, PARAMETERS_FILE
+from pipeline.engine.taskdir import INPUTS_FILE, LOG_NAME, MODELS_FILE, PARAMETERS_FILE
 
 #: prctl option: the signal a process gets when its parent dies (Linux).
 PR_SET_PDEATHSIG = 1
@@ -145,11 +145,15 @@ def _run_executable(
 ) -> SubtaskOutcome:
     (ctx.directory / PARAMETERS_FILE).write_text(json.dumps(ctx.parameters))
     (ctx.directory / INPUTS_FILE).write_text(json.dumps([p.name for p in ctx.inputs]))
+    if ctx.models:
+        models = {kind: path.name for kind, path in ctx.models.items()}
+        (ctx.directory / MODELS_FILE).write_text(json.dumps(models))
     command = [algorithm["executable"], *algorithm.get("args", [])]
     env = {
         **os.environ,
         "PIPELINE_SUBTASK_INDEX": str(ctx.index),
         "PIPELINE_UNIT_OF_WORK": ctx.unit_of_work,
+        "PIPELINE_EVENT_LABELS": ",".join(ctx.labels),
     }
     with log_path.open("ab") as log:
         try:
@@ -514,6 +518,7 @@ def _request(reference: str, python_path: Sequence[str], ctx: SubtaskContext) ->
         **ctx.__dict__,
         "directory": str(ctx.directory),
         "inputs": [str(path) for path in ctx.inputs],
+        "models": {kind: str(path) for kind, path in ctx.models.items()},
     }
     request = {"reference": reference, "python_path": list(python_path), "context": context}
     return json.dumps(request).encode() + b"\n"
@@ -576,6 +581,7 @@ def _context(fields: dict[str, Any]) -> SubtaskContext:
             **fields,
             "directory": Path(fields["directory"]),
             "inputs": [Path(path) for path in fields["inputs"]],
+            "models": {kind: Path(path) for kind, path in fields.get("models", {}).items()},
         }
     )
 

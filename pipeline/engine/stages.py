@@ -33,7 +33,15 @@ from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import UNFINISHED, SubtaskState
 from pipeline.domain.words import counted
-from pipeline.engine import datastore, datastore_ledger, runner, staleness, taskdir
+from pipeline.engine import (
+    attempts,
+    datastore,
+    datastore_ledger,
+    model_registry,
+    runner,
+    staleness,
+    taskdir,
+)
 from pipeline.engine.alerts import WARNING, raise_alert
 from pipeline.engine.dispatch import RECORD_OUTCOME_FOR_SECONDS
 from pipeline.engine.executors import queue_subtasks
@@ -119,15 +127,16 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Step:
     try:
         root = datastore.require(get_settings().datastore)
         with StepLease(task_id, attempt, PState.MARSHALING):
-            selection, node = _choose_inputs(task_id, root)
+            selection, node, models = _choose_inputs(task_id, root)
             fingerprints = {
                 c.path: datastore.fingerprint(root, root / c.path)
                 for c in selection.files
                 if c.file_id is None
             }
+            code = attempts.code_of(node, instance_definition(instance).python_path)
             groups = taskdir.split(selection.files, node)
             names = taskdir.marshal(
-                task_dir, [[_input(root, c, fingerprints) for c in g] for g in groups]
+                task_dir, [[_input(root, c, fingerprints) for c in g] for g in groups], models
             )
     except (OSError, PipelineError) as exc:
         return _fail_step(task_id, attempt, PState.MARSHALING, f"marshaling failed: {exc}", host)
@@ -136,6 +145,7 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Step:
         instance, task = lock_task(session, task_id)
         if not is_current(task, attempt, PState.MARSHALING):
             return step
+        attempts.record(session, instance, task, node, code)
         ids = datastore_ledger.record_found(session, selection.files, fingerprints)
         create_subtasks(session, task.id, names)
         datastore_ledger.record_consumption(session, task.id, attempt, taskdir.split(ids, node))
@@ -157,15 +167,19 @@ def _input(
     return datastore.version_bytes(root, chosen.path, chosen.sha256, chosen.size), name
 
 
-def _choose_inputs(task_id: int, root: Path) -> tuple[datastore_ledger.Selection, Node]:
-    """The task's inputs (see ``datastore_ledger.select_inputs``) and its node."""
+def _choose_inputs(
+    task_id: int, root: Path
+) -> tuple[datastore_ledger.Selection, Node, list[tuple[Path, str]]]:
+    """The task's inputs (see ``datastore_ledger.select_inputs``), its node, and the
+    models its subtasks are given (the versions its instance pinned)."""
     with transaction() as session:
         task = session.get(Task, task_id)
         instance = session.get(PipelineInstance, task.instance_id)
-        definition = _definition(instance)
+        definition = instance_definition(instance)
         node = definition.node(task.node)
         unit = task.unit_of_work
-        return datastore_ledger.select_inputs(session, root, instance, definition, node, unit), node
+        selection = datastore_ledger.select_inputs(session, root, instance, definition, node, unit)
+        return selection, node, model_registry.given(root, model_registry.node_pins(instance, node))
 
 
 def create_subtasks(session: Session, task_id: int, groups: list[list[str]]) -> None:
@@ -444,6 +458,7 @@ def begin_subtasks(claims: Sequence[Claim], host: str = "") -> list[SubtaskRun]:
                 move(session, task, Event.STARTED, host=host)
             if task.instance_id not in instances:
                 instances[task.instance_id] = session.get(PipelineInstance, task.instance_id)
+
     # Read from the rows once the transaction ends: its locks are held no longer than needed.
     runs = []
     for task_id, subtasks in by_task.items():
@@ -456,7 +471,7 @@ def _subtask_runs(
     instance: PipelineInstance, task: Task, subtasks: list[tuple[Row[Any], Claim]]
 ) -> list[SubtaskRun]:
     """What a worker needs to run each of a task's claimed subtasks."""
-    definition = _definition(instance)
+    definition = instance_definition(instance)
     node = definition.node(task.node)
     parameters = node_parameters(instance, definition, task.node)
     run = partial(
@@ -469,10 +484,12 @@ def _subtask_runs(
         scope=(get_settings().db_url, instance.id, task.node),
     )
     runs, task_dir = [], Path(task.task_dir)
+    models = {kind: pin["name"] for kind, pin in model_registry.node_pins(instance, node).items()}
+    labels = list((instance.event or {}).get("labels", []))
     for subtask, claim in subtasks:
         directory = taskdir.subtask_dir(task_dir, subtask.index)
         if claim.number > 1:  # run before here: its outputs then may be kept bytes now
-            _clear_outputs(definition, node, directory, subtask.inputs)
+            _clear_outputs(definition, node, directory, [*subtask.inputs, *models.values()])
         context = SubtaskContext(
             directory=directory,
             inputs=[directory / name for name in subtask.inputs],
@@ -480,8 +497,10 @@ def _subtask_runs(
             index=subtask.index,
             unit_of_work=task.unit_of_work,
             node=task.node,
+            models={kind: directory / name for kind, name in models.items()},
+            labels=labels,
         )
-        runs.append(run(context=context, claim=claim, inputs=subtask.inputs))
+        runs.append(run(context=context, claim=claim, inputs=[*subtask.inputs, *models.values()]))
     return runs
 
 
@@ -495,7 +514,7 @@ def _clear_outputs(definition: Definition, node: Node, directory: Path, inputs: 
                 os.unlink(directory / file)
 
 
-def _definition(instance: PipelineInstance) -> Definition:
+def instance_definition(instance: PipelineInstance) -> Definition:
     """The instance's parsed definition, parsed once per worker process (see the cache)."""
     key = (get_settings().db_url, instance.id)
     if key not in _definitions:
@@ -726,9 +745,10 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
         instance, task = lock_task(session, task_id)
         if not is_current(task, attempt, PState.STORING):
             return Step()
-        definition = _definition(instance)
+        definition = instance_definition(instance)
         node = definition.node(task.node)
         unit, task_dir = task.unit_of_work, Path(task.task_dir)
+        models = [pin["name"] for pin in model_registry.node_pins(instance, node).values()]
         succeeded = session.execute(
             select(Subtask.index, Subtask.inputs, Subtask.kept).where(
                 Subtask.task_id == task_id, Subtask.state == SubtaskState.COMPLETE
@@ -745,7 +765,7 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
             for index, inputs, kept in succeeded:
                 directory = f"{task_dir}/{taskdir.SUBTASK_DIR_FORMAT.format(index=index)}"
                 for name, file, *version in kept or output_names(
-                    definition, node, directory, inputs
+                    definition, node, directory, [*inputs, *models]
                 ):
                     path = f"{directories[name]}/{file}"
                     copy = datastore.staged_kept(root, path, *version) if version else None

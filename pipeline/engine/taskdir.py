@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from pipeline.domain.definitions import Grouped, Node
 from pipeline.domain.models import Task
+from pipeline.errors import InvalidInput
 from pipeline.settings import get_settings
 
 Item = TypeVar("Item")
@@ -25,6 +27,8 @@ LOG_NAME = "subtask.log"
 #: Files an executable algorithm finds in its subtask directory.
 PARAMETERS_FILE = "parameters.json"
 INPUTS_FILE = "inputs.json"
+#: Each model's file name by model type, beside the models themselves (where a node uses any).
+MODELS_FILE = "models.json"
 #: Inputs up to this size are copies, larger ones links to the read-only stored version.
 INPUT_COPY_BYTES = 1 << 20
 #: An input's mode: read-only, as the stored version it came from.
@@ -54,20 +58,29 @@ def split(files: list[Item], node: Node) -> list[list[Item]]:
     return [files[i : i + size] for i in range(0, len(files), size)]
 
 
-def marshal(task_dir: Path, groups: list[list[tuple[Path, str]]]) -> list[list[str]]:
+def marshal(
+    task_dir: Path,
+    groups: list[list[tuple[Path, str]]],
+    models: Sequence[tuple[Path, str]] = (),
+) -> list[list[str]]:
     """Build ``task_dir`` afresh, a subtask directory per group of inputs, each a version's
     bytes (its object in the datastore) and the name the algorithm sees; returns each
-    subtask's input file names.
+    subtask's input file names. Every subtask directory holds the ``models`` too.
 
-    Inputs are read-only to the algorithm (see ``give``).
+    Inputs and models are read-only to the algorithm (see ``give``).
     """
+    names = {name for _, name in models}
+    for group in groups:
+        for _, name in group:
+            if name in names:
+                raise InvalidInput(f"input {name!r} has the name of a model the node uses")
     if task_dir.exists():
         shutil.rmtree(task_dir)
     task_dir.mkdir(parents=True)
     for index, group in enumerate(groups):  # plain strings: thousands of subtasks
         directory = str(subtask_dir(task_dir, index))
         os.mkdir(directory)
-        for source, name in group:
+        for source, name in [*group, *models]:
             give(source, os.path.join(directory, name))
     return [[name for _, name in group] for group in groups]
 

@@ -43,6 +43,8 @@ def create_node_tasks(
     has (``union``); the units skipped are written in each task's history."""
     node = definition.node(node_name)
     units = datastore.units_of_work(root, definition, node)
+    if instance.units is not None:  # started for some units only (by an event, say)
+        units = [unit for unit in units if unit in instance.units]
     skipped = _skipped_units(session, instance, node, units)
     units = [unit for unit in units if unit not in skipped]
     if not units:

@@ -23,14 +23,16 @@ from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from pipeline import __version__
-from pipeline.domain.limits import MAX_ID
+from pipeline.domain.execution import NAME_PATTERN
+from pipeline.domain.limits import MAX_ID, MAX_NAME_LENGTH
 from pipeline.domain.listing import TOTAL_HEADER
 from pipeline.errors import InvalidInput, Refused, TooLarge, shown
 from pipeline.interfaces import api_schemas as models
 from pipeline.interfaces import local_api
 from pipeline.interfaces.statuses import status as http_status
-from pipeline.operations import facade, queries, receipt, views
+from pipeline.operations import delivery, events, facade, queries, receipt, views
 from pipeline.operations import lineage as lineage_reads
+from pipeline.operations import models as model_reads
 from pipeline.operations.outcomes import Report
 from pipeline.operations.problems import PROBLEMS, problem
 from pipeline.recovery.heartbeat import SilenceWatch
@@ -66,6 +68,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 InstanceId = Annotated[int, Path(ge=1, le=MAX_ID)]
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID)]
 AlertId = Annotated[int, Path(ge=1, le=MAX_ID)]
+NamePath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH)]
 #: Rows a listing answers with at most (unset: all); its header says how many there are.
 Limit = Annotated[
     int | None,
@@ -96,7 +99,7 @@ def healthz() -> dict[str, Any]:
 def submit(request: models.SubmitRequest, response: Response) -> views.SubmittedInstance:
     """Submit an instance of the newest version of a pipeline (as `pipeline submit`)."""
     instance = facade.submit(
-        request.pipeline, request.start_node, request.end_node, request.priority
+        request.pipeline, request.start_node, request.end_node, request.priority, request.models
     )
     response.headers["Location"] = f"{API_PREFIX}/instances/{instance['id']}"
     return instance
@@ -236,6 +239,66 @@ def import_files(request: models.ImportRequest) -> views.ReceiptView:
         manifest,
         request.pipeline,
     )
+
+
+@router.post(
+    "/datastore/deliveries",
+    status_code=201,
+    response_model=views.DeliveryView,
+    responses=_errors(404),
+)
+def import_delivery(request: models.DeliveryRequest) -> views.DeliveryView:
+    """Receive a delivery on the API's host: a directory laid out as the datastore, with
+    its manifest (as `pipeline datastore import DIR` without --type and --unit)."""
+    return delivery.receive_delivery(FilePath(request.directory), request.pipeline)
+
+
+@router.get("/models", response_model=list[views.ModelView])
+def list_models(
+    model_type: Annotated[str | None, Query(alias="type", max_length=200)] = None,
+) -> list[views.ModelView]:
+    """Every model version held, by type, oldest first (as `pipeline models`)."""
+    return model_reads.list_models(model_type)
+
+
+@router.post("/models", status_code=201, response_model=views.ModelReceipt, responses=_errors(404))
+def import_model(request: models.ModelImportRequest) -> views.ModelReceipt:
+    """Receive a model file on the API's host as a version of its type (as `pipeline
+    models import`)."""
+    return model_reads.import_model(FilePath(request.file), request.model_type, request.pipeline)
+
+
+@router.get("/events", response_model=list[views.EventHandlerView])
+def list_event_handlers() -> list[views.EventHandlerView]:
+    """The event handlers, each with the newest event it saw (as `pipeline events`)."""
+    return events.list_handlers()
+
+
+@router.post("/events/{name}/enable", response_model=views.EventHandlerView, responses=_errors(404))
+def enable_event_handler(name: NamePath) -> views.EventHandlerView:
+    """Enable an event handler (as `pipeline events enable`)."""
+    return events.set_enabled(name, True)
+
+
+@router.post(
+    "/events/{name}/disable", response_model=views.EventHandlerView, responses=_errors(404)
+)
+def disable_event_handler(name: NamePath) -> views.EventHandlerView:
+    """Disable an event handler: ready files wait (as `pipeline events disable`)."""
+    return events.set_enabled(name, False)
+
+
+@router.post(
+    "/events/{name}/deliveries",
+    status_code=201,
+    response_model=views.EventView,
+    responses=_errors(404, 409),
+)
+def delivery_complete(name: NamePath, request: models.DeliveryComplete) -> views.EventView:
+    """ "Delivery complete", for senders that cannot write ready files: the handler receives
+    the delivery of each label (a directory in its directory) and submits its pipeline for
+    the units that arrived, once per event, as its ready files would."""
+    return events.deliver(name, request.labels)
 
 
 @router.post("/datastore/prune", response_model=views.DatastorePruneView)

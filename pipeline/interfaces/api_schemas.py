@@ -46,6 +46,10 @@ class SubmitRequest(_Strict):
     start_node: Name | None = Field(default=None, description="first node to run")
     end_node: Name | None = Field(default=None, description="last node to run")
     priority: Priority | None = Field(default=None, description="0 runs first, 9 last")
+    models: dict[Name, Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=dict,
+        description="model versions to pin, by model type (the newest of every other type)",
+    )
 
 
 def _all_optional(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
@@ -99,6 +103,30 @@ class ImportRequest(_Strict):
         default=None, min_length=1, max_length=4096, description="sha256sum format"
     )
     pipeline: Name | None = None
+
+
+class DeliveryRequest(_Strict):
+    """A delivery already on the API's host: a directory laid out as the datastore, with its
+    manifest at its top."""
+
+    directory: str = Field(min_length=1, max_length=4096, description="on the API's host")
+    pipeline: Name | None = None
+
+
+class ModelImportRequest(_Strict):
+    """A model file already on the API's host."""
+
+    file: str = Field(min_length=1, max_length=4096, description="on the API's host")
+    model_type: Name
+    pipeline: Name | None = None
+
+
+class DeliveryComplete(_Strict):
+    """The labels of an event's deliveries: each a directory in the handler's directory."""
+
+    labels: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(
+        min_length=1, max_length=1000
+    )
 
 
 class DatastorePruneRequest(_Strict):

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline.domain.listing import FILES_SHOWN, TABLE_ROWS
 from pipeline.domain.words import counted
-from pipeline.errors import SHOWN_CHARACTERS, shown
+from pipeline.errors import SHOWN_CHARACTERS, InvalidInput, shown
 from pipeline.interfaces import reads
 from pipeline.interfaces.reads import console, print_json, private, table
 
@@ -266,7 +266,7 @@ def _show_parameter_set(found: dict[str, Any]) -> None:
 
 
 def submit(args: argparse.Namespace) -> None:
-    chosen = (args.pipeline, args.start_node, args.end_node, args.priority)
+    chosen = (args.pipeline, args.start_node, args.end_node, args.priority, args.model or ())
     if args.dry_run:
         planned = reads.operations().preview_submit(*chosen)
         if args.json:
@@ -418,6 +418,94 @@ def workers(args: argparse.Namespace) -> None:
         console().print("no worker has run for this cluster, or every one shut down")
 
 
+def models_list(args: argparse.Namespace) -> None:
+    rows = reads.operations("models").list_models(args.type)
+    if args.json:
+        return print_json(rows)
+    table(
+        "models",
+        ["type", "version", "timestamp", "file", "sha256", "size", "received"],
+        [
+            [
+                r["model_type"],
+                r["version"],
+                r["timestamp"],
+                r["name"],
+                r["sha256"][:12],
+                r["size"],
+                r["received_at"],
+            ]
+            for r in rows
+        ],
+        whole=("version", "file"),
+    )
+    if not rows:
+        console().print("no model received yet (pipeline models import FILE --type TYPE)")
+
+
+def models_import(args: argparse.Namespace) -> None:
+    received = reads.operations("models").import_model(args.file, args.type, args.pipeline)
+    if args.json:
+        return print_json(received)
+    model = received["model"]
+    said = "received" if received["new"] else "already held (the same bytes)"
+    console().print(
+        f"model {model['model_type']} version {model['version']} ({model['name']},"
+        f" sha256 {model['sha256'][:12]}): {said}",
+        highlight=False,
+    )
+
+
+def events_list(args: argparse.Namespace) -> None:
+    rows = reads.operations("events").list_handlers()
+    if args.json:
+        return print_json(rows)
+
+    def last(event: dict[str, Any] | None) -> str:
+        if event is None:
+            return "none yet"
+        made = f", instance {event['instance_id']}" if event["instance_id"] else ""
+        said = f": {event['message']}" if event["state"] == "failed" else ""
+        return (
+            f"{event['id']} {event['state']} {event['updated_at']}"
+            f" (labels {', '.join(event['labels'])}{made}){said}"
+        )
+
+    table(
+        "event handlers",
+        ["name", "pipeline", "enabled", "directory", "last event"],
+        [
+            [
+                r["name"],
+                r["pipeline"],
+                "yes" if r["enabled"] else "no",
+                r["directory"],
+                last(r["last_event"]),
+            ]
+            for r in rows
+        ],
+        whole=("directory",),
+    )
+    if not rows:
+        console().print(
+            "no event handler: a definition declares them (events: {NAME: {directory: DIR}})"
+        )
+
+
+def events_enable(args: argparse.Namespace) -> None:
+    _event_handler_state(args.name, True)
+
+
+def events_disable(args: argparse.Namespace) -> None:
+    _event_handler_state(args.name, False)
+
+
+def _event_handler_state(name: str, enabled: bool) -> None:
+    handler = reads.operations("events").set_enabled(name, enabled)
+    state = "enabled" if handler["enabled"] else "disabled: its ready files wait"
+    console().print(f"event handler {handler['name']} {state}", highlight=False)
+
+
 def alerts_ack(args: argparse.Namespace) -> None:
     reads.operations().acknowledge_alert(args.id)
     console().print(f"alert {args.id} acknowledged")
@@ -547,6 +635,15 @@ def taskdirs_prune(args: argparse.Namespace) -> None:
 
 
 def datastore_import(args: argparse.Namespace) -> None:
+    if args.type is None and args.unit is None:
+        if args.manifest is not None:
+            raise InvalidInput("--manifest goes with --type and --unit: a delivery has its own")
+        return _receive_delivery(args)
+    if args.type is None or args.unit is None:
+        raise InvalidInput(
+            "give both --type and --unit (one directory's files), or neither (a delivery laid"
+            " out as the datastore, with its manifest)"
+        )
     received = reads.operations("receipt").receive(
         args.directory, args.type, args.unit, args.manifest, args.pipeline
     )
@@ -562,6 +659,25 @@ def datastore_import(args: argparse.Namespace) -> None:
         console().print(
             f"acknowledgement written to {received['acknowledgement']}", highlight=False
         )
+
+
+def _receive_delivery(args: argparse.Namespace) -> None:
+    received = reads.operations("delivery").receive_delivery(args.directory, args.pipeline)
+    if args.json:
+        return print_json(received)
+    total = sum(f["size"] for f in received["files"])
+    units = "; ".join(f"{kind}: {', '.join(u)}" for kind, u in received["units"].items())
+    already = f", {received['already']} held already" if received["already"] else ""
+    console().print(
+        f"received {counted(len(received['files']), 'file')} ({total:,} bytes){already}"
+        f" for {units or 'no unit'} as {received['receipt']}",
+        highlight=False,
+    )
+    for model in received["models"]:
+        console().print(
+            f"  model {model['model_type']} version {model['version']}", highlight=False
+        )
+    console().print(f"acknowledgement written to {received['acknowledgement']}", highlight=False)
 
 
 def files(args: argparse.Namespace) -> None:
@@ -644,6 +760,14 @@ def _lineage_label(step: dict[str, Any]) -> str:
             for name, frozen in step["parameters"].items()
         )
         label += f", definition v{step['definition_version']}" + (f", {values}" if values else "")
+    for model in step.get("models", []):
+        label += f", model {model['model_type']} v{model['version']} ({model['sha256'][:12]})"
+    if step.get("code_version"):
+        from pipeline.engine.code_version import describe
+
+        label += f", code {describe(step['code_version'])}"
+    if step.get("event"):
+        label += f", started by {step['event']}"
     return label
 
 
@@ -673,7 +797,13 @@ EXAMPLES: dict[str, str] = {
     "cluster stop": "pipeline cluster stop",
     "cluster status": "pipeline cluster status --json",
     "cluster credentials": "pipeline cluster credentials --json",
-    "datastore": "pipeline datastore import deliveries/night-1 --type stars --unit night-1",
+    "datastore": "pipeline datastore import deliveries/night-1 --type stars --unit night-1;"
+    " pipeline datastore import deliveries/night-2  (a delivery with its manifest)",
+    "models": "pipeline models --type calibration --json",
+    "models import": "pipeline models import calibration-3.json --type calibration",
+    "events": "pipeline events --json",
+    "events enable": "pipeline events enable ingest",
+    "events disable": "pipeline events disable ingest",
     "datastore prune": "pipeline datastore prune --keep-last 2 --keep-since 30d --dry-run",
     "taskdirs": "pipeline taskdirs prune --older-than 30d --dry-run",
     "taskdirs prune": "pipeline taskdirs prune --older-than 30d --dry-run",
@@ -878,11 +1008,15 @@ def _params_set_arguments(command: Parser) -> None:
 
 
 def _datastore_import_arguments(command: Parser) -> None:
-    command.add_argument("directory", type=Path, metavar="DIR", help="The files to import.")
-    command.add_argument("--type", required=True, metavar="TYPE", help="Their data file type.")
     command.add_argument(
-        "--unit", required=True, metavar="UNIT", help="Their unit of work, e.g. set-1."
+        "directory",
+        type=Path,
+        metavar="DIR",
+        help="The files to import; without --type and --unit, a delivery laid out as the"
+        " datastore with its *.sha256 manifest at its top (models in models/).",
     )
+    command.add_argument("--type", metavar="TYPE", help="Their data file type.")
+    command.add_argument("--unit", metavar="UNIT", help="Their unit of work, e.g. set-1.")
     command.add_argument(
         "--manifest",
         type=Path,
@@ -893,6 +1027,22 @@ def _datastore_import_arguments(command: Parser) -> None:
         "--pipeline", metavar="NAME", help="The pipeline whose data file type it is."
     )
     _json(command)
+
+
+def _models_arguments(command: Parser) -> None:
+    command.add_argument("--type", metavar="TYPE", help="Only this model type's versions.")
+    _json(command)
+
+
+def _models_import_arguments(command: Parser) -> None:
+    command.add_argument("file", type=Path, metavar="FILE", help="The model file.")
+    command.add_argument("--type", required=True, metavar="TYPE", help="Its model type.")
+    command.add_argument("--pipeline", metavar="NAME", help="The pipeline whose model type it is.")
+    _json(command)
+
+
+def _handler_name(command: Parser) -> None:
+    command.add_argument("name", metavar="NAME", help="The event handler.")
 
 
 def _datastore_prune_arguments(command: Parser) -> None:
@@ -934,6 +1084,12 @@ def _submit_arguments(command: Parser) -> None:
     command.add_argument("--start-node", metavar="NODE", help="First node to run.")
     command.add_argument("--end-node", metavar="NODE", help="Last node to run.")
     command.add_argument("--priority", type=_whole(), metavar="N", help="0 (first) to 9 (last).")
+    command.add_argument(
+        "--model",
+        action="append",
+        metavar="TYPE=VERSION",
+        help="Pin this version of a model type (repeatable; else the newest).",
+    )
     command.add_argument(
         "--dry-run",
         action="store_true",
@@ -1154,6 +1310,30 @@ COMMANDS: dict[str, Command] = {
         "Remove the bytes of old versions (their ledger rows stay): run --dry-run first.",
         datastore_prune,
         _datastore_prune_arguments,
+    ),
+    "models": Command(
+        "The model registry: every version of every model type, the newest last.",
+        models_list,
+        _models_arguments,
+    ),
+    "models import": Command(
+        "Receive a model file as a version of its type (kept forever).",
+        models_import,
+        _models_import_arguments,
+    ),
+    "events": Command(
+        "Event handlers: the directories whose ready files start a pipeline, each with its"
+        " last event.",
+        events_list,
+        _json,
+    ),
+    "events enable": Command(
+        "Enable an event handler: its ready files start its pipeline.",
+        events_enable,
+        _handler_name,
+    ),
+    "events disable": Command(
+        "Disable an event handler: its ready files wait.", events_disable, _handler_name
     ),
     "taskdirs": Command("Task directories: where subtasks ran, with their logs."),
     "taskdirs prune": Command(

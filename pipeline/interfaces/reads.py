@@ -232,6 +232,11 @@ def show_task(task_id: int, as_json: bool) -> None:
         f"  attempt {detail['attempt']}  queue {detail['execution'].get('queue')}"
         f"\ndirectory {detail['task_dir'] or '-'}"
     )
+    for ran in detail.get("attempts", [])[-3:]:  # the latest: the history says when code changed
+        models = "".join(f", model {kind} v{v}" for kind, v in ran["models"].items())
+        console().print(
+            f"attempt {ran['attempt']} ran {ran['code_version']}{models}", highlight=False
+        )
     if detail["error_message"]:
         halted = " (halted)" if detail["halted"] else ""
         console().print(f"[red]error{halted}[/] {detail['error_message']}")

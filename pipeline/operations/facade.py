@@ -107,12 +107,16 @@ def submit(
     start_node: str | None = None,
     end_node: str | None = None,
     priority: int | None = None,
+    models: Sequence[str] | Mapping[str, str] = (),
 ) -> SubmittedInstance:
-    """Launch an instance; described as ``instances`` does, with the ids of its first tasks."""
+    """Launch an instance; described as ``instances`` does, with the ids of its first tasks.
+    ``models`` chooses model versions (``TYPE=VERSION`` texts, or a mapping); the newest
+    of every other type its nodes use is pinned."""
     # Submitting loads the Celery app: only the operations that send messages pay for it.
     from pipeline.operations.submit import submit as submitting
 
-    submitted = submitting(pipeline, start_node, end_node, priority)
+    chosen = parse_model_choices(models)
+    submitted = submitting(pipeline, start_node, end_node, priority, models=chosen)
     with transaction() as session:
         instance = session.get(PipelineInstance, submitted.id)
         view = SubmittedInstance(**instance_view(instance), tasks=submitted.tasks)
@@ -126,17 +130,39 @@ def preview_submit(
     start_node: str | None = None,
     end_node: str | None = None,
     priority: int | None = None,
+    models: Sequence[str] | Mapping[str, str] = (),
 ) -> SubmitPreview:
     """What ``submit`` would do, with the same checks and errors; nothing changes."""
     from pipeline.operations.submit import submit as submitting
 
-    planned = submitting(pipeline, start_node, end_node, priority, dry_run=True)
+    chosen = parse_model_choices(models)
+    planned = submitting(pipeline, start_node, end_node, priority, dry_run=True, models=chosen)
     return SubmitPreview(
         pipeline=planned.pipeline,
         nodes=planned.nodes,
         units=planned.units,
         parameter_sets=planned.parameter_sets,
+        models=planned.models,
     )
+
+
+def parse_model_choices(models: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
+    """``TYPE=VERSION`` texts (``--model``) or a mapping as ``{type: version}``."""
+    if isinstance(models, Mapping):
+        pairs = [(str(kind), str(version)) for kind, version in models.items()]
+    else:
+        pairs = []
+        for text in models:
+            kind, equals, version = str(text).partition("=")
+            if not equals or not kind.strip() or not version.strip():
+                raise InvalidInput(f"--model {text[:80]!r}: expected TYPE=VERSION")
+            pairs.append((kind.strip(), version.strip()))
+    chosen: dict[str, str] = {}
+    for kind, version in pairs:
+        if kind in chosen and chosen[kind] != version:
+            raise InvalidInput(f"--model {kind}: given twice ({chosen[kind]}, {version})")
+        chosen[kind] = version
+    return chosen
 
 
 # -- restart and halt ------------------------------------------------------------------------

@@ -12,10 +12,18 @@ from sqlalchemy.orm import Session
 from pipeline.database import transaction
 from pipeline.domain.listing import FILES_SHOWN as DEFAULT_LIMIT
 from pipeline.domain.models import DatastoreFile, FileConsumption, PipelineInstance, Task
+from pipeline.engine import attempts
 from pipeline.engine.datastore_ledger import consumed_by, current_rows
 from pipeline.errors import InvalidInput, NotFound
 from pipeline.operations.queries import Listing
-from pipeline.operations.views import FileView, LineageStep, LineageView, file_view
+from pipeline.operations.views import (
+    FileView,
+    LineageModel,
+    LineageStep,
+    LineageView,
+    event_line,
+    file_view,
+)
 
 
 def files(
@@ -144,12 +152,22 @@ def _consumed_by_producer(session: Session, row: DatastoreFile) -> list[Datastor
 
 def _step(session: Session, row: DatastoreFile, inputs: list[int]) -> LineageStep:
     parameters: dict[str, Any] = {}
+    event = None
     if row.instance_id is not None:
-        frozen = session.get(PipelineInstance, row.instance_id).parameters
+        instance = session.get(PipelineInstance, row.instance_id)
+        frozen = instance.parameters
         parameters = {name: frozen[name] for name in row.parameter_versions if name in frozen}
+        event = event_line(instance.event)
+    ran = attempts.latest(session, row.task_id, row.attempt) if row.task_id is not None else None
     return LineageStep(
         file=file_view(row, row.task_id is not None and session.get(Task, row.task_id).stale),
         definition_version=row.definition_version,
         parameters=parameters,
+        models=[
+            LineageModel(model_type=kind, version=p["version"], sha256=p["sha256"], name=p["name"])
+            for kind, p in (ran.models if ran else {}).items()
+        ],
+        code_version=ran.code if ran else None,
+        event=event,
         inputs=inputs,
     )

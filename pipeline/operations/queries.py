@@ -21,6 +21,7 @@ from pipeline.domain.models import (
     PipelineInstance,
     Subtask,
     Task,
+    TaskAttempt,
     TaskEvent,
     utcnow,
 )
@@ -35,6 +36,7 @@ from pipeline.operations.views import (
     TaskNeedingAttention,
     WorkerView,
     alert_view,
+    attempt_view,
     event_view,
     instance_view,
     iso_time,
@@ -149,6 +151,10 @@ def get_task(task_id: int) -> dict[str, Any]:
         task = _task(session, task_id)
         detail: dict[str, Any] = dict(task_view(task))
         detail["task_dir"] = task.task_dir
+        ran = session.scalars(
+            select(TaskAttempt).where(TaskAttempt.task_id == task_id).order_by(TaskAttempt.attempt)
+        )
+        detail["attempts"] = [attempt_view(row) for row in ran]
         events = session.scalars(
             select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(TaskEvent.id)
         )

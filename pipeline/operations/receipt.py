@@ -68,9 +68,9 @@ def receive(
         raise InvalidInput(f"{directory}: not a directory")
     root = datastore.require(get_settings().datastore)
     names = _names(directory, kind, data_file_type, manifest)
-    expected = _read_manifest(manifest, names) if manifest else {}
+    expected = read_manifest(manifest, names) if manifest else {}
     destination = root / kind.directory(unit)
-    made = _missing_parents(root, destination)  # removed again if the receipt is refused
+    made = missing_parents(root, destination)  # removed again if the receipt is refused
     staged: list[Received] = []
     try:
         for name in names:
@@ -93,7 +93,7 @@ def receive(
             with suppress(OSError):  # not empty: another receipt or store is using it
                 made_here.rmdir()
         raise
-    acknowledgement = _acknowledge(manifest, staged) if manifest else None
+    acknowledgement = acknowledge(manifest, staged) if manifest else None
     return ReceiptView(
         receipt=receipt,
         data_file_type=data_file_type,
@@ -105,7 +105,7 @@ def receive(
     )
 
 
-def _missing_parents(root: Path, directory: Path) -> list[Path]:
+def missing_parents(root: Path, directory: Path) -> list[Path]:
     """``directory`` and its parents under ``root`` that do not exist yet, deepest first."""
     missing = []
     while directory != root and not directory.exists():
@@ -159,8 +159,9 @@ def _names(directory: Path, kind: DataFileType, type_name: str, manifest: Path |
     return names
 
 
-def _read_manifest(manifest: Path, names: list[str]) -> dict[str, str]:
-    """The manifest's checksum of each file; refused unless it lists exactly ``names``."""
+def read_manifest(manifest: Path, names: list[str], nested: bool = False) -> dict[str, str]:
+    """The manifest's checksum of each file; refused unless it lists exactly ``names``
+    (with ``nested``, relative paths under the manifest's directory)."""
     try:
         lines = manifest.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -175,7 +176,12 @@ def _read_manifest(manifest: Path, names: list[str]) -> dict[str, str]:
         escaped, checksum, name = match.groups()
         if escaped:
             name = re.sub(r"\\[\\n]", lambda found: ESCAPES[found.group(0)], name)
-        if "/" in name or name in (".", ".."):
+        outside = (
+            name.startswith("/") or ".." in name.split("/")
+            if nested
+            else "/" in name or name in (".", "..")
+        )
+        if outside:
             raise InvalidInput(f"{manifest}:{number}: {name}: names a file outside the directory")
         if name in expected:
             raise InvalidInput(f"{manifest}:{number}: {name}: listed twice")
@@ -197,7 +203,7 @@ def _read_manifest(manifest: Path, names: list[str]) -> dict[str, str]:
     return expected
 
 
-def _acknowledge(manifest: Path, accepted: list[Received]) -> Path:
+def acknowledge(manifest: Path, accepted: list[Received]) -> Path:
     """Write, beside the manifest, the accepted files in the manifest's own format."""
     path = manifest.with_name(manifest.name + ACK_SUFFIX)
     path.write_text("".join(f"{r.staged.sha256}  {r.name}\n" for r in accepted))

@@ -15,7 +15,7 @@ change with it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -27,9 +27,10 @@ from pipeline.domain.execution import ExecutionSettings, with_execution_defaults
 from pipeline.domain.limits import MAX_ID, check_id
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import InstanceState
-from pipeline.engine import executors, staleness
+from pipeline.engine import attempts, executors, staleness
 from pipeline.engine.executors import queue_subtasks
 from pipeline.engine.locks import lock_rows, locked_instance
+from pipeline.engine.stages import instance_definition
 from pipeline.engine.task_state import refresh_instance_state, wait_to_rerun
 from pipeline.engine.transitions import advance
 from pipeline.errors import InvalidInput, NotFound, Refused, Unreachable, shown
@@ -192,6 +193,8 @@ class Applied:
     submitting: list[Task]
     #: The tasks downstream of each task asked for (``staleness.downstream_of_each``).
     below: dict[int, list[int]]
+    #: The code of each (instance, node) as found now, once per request.
+    codes: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
 
 
 def _restart_locked(
@@ -211,6 +214,15 @@ def _restart_locked(
     execution = _merged_settings(task.execution, changes)
     plan = mode.plan(task, states[task_id])
     mode.check_changes(changes)
+    definition = instance_definition(instance)
+    node = definition.node(task.node)
+    code = applied.codes.get((instance.id, task.node))
+    if code is None:  # looked at now: the operator may have just fixed it
+        code = attempts.code_of(node, definition.python_path, fresh=True)
+        applied.codes[(instance.id, task.node)] = code
+    changed = attempts.changed_since(session, task.id, task.attempt, code)
+    if changed:  # said in the preview; the record of the new attempt writes it in the history
+        plan = Plan(plan.p_state, plan.rerun, f"{plan.message}; {changed}")
     later = applied.below.get(task_id, [])
     waits_for = staleness.waits_for(session, [task.id])[task.id] if task.stale else []
     if waits_for:
@@ -235,6 +247,7 @@ def _restart_locked(
                 session, applied.messages, note, execution, found, applied.submitting
             )
             plan = mode.apply(task, plan, applying)
+            attempts.record(session, instance, task, node, code)
         if applied.downstream:
             for below in lock_rows(session, Task, later).values():
                 wait_to_rerun(session, below, f"waits to run again after task {task_id}")

@@ -35,6 +35,7 @@ from pipeline.database import transaction
 from pipeline.domain.models import (
     DatastoreFile,
     FileConsumption,
+    Model,
     PipelineInstance,
     Task,
     utcnow,
@@ -186,6 +187,14 @@ def _used_elsewhere(session: Session, shas: set[str], pruning: set[int]) -> set[
         ):
             if file_id not in pruning:
                 used.add(sha)
+        # A model's bytes are kept forever (the registry), whatever the versions share.
+        used.update(
+            session.scalars(
+                select(Model.sha256).where(
+                    Model.sha256.in_(listed[start : start + PATHS_PER_QUERY])
+                )
+            )
+        )
     return used
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
 from pipeline.domain.definitions import Definition
 from pipeline.domain.limits import check_priority
 from pipeline.domain.models import InstanceNode, PipelineDefinition, PipelineInstance
-from pipeline.engine import datastore
+from pipeline.engine import datastore, model_registry
 from pipeline.engine.transitions import create_node_tasks
 from pipeline.errors import InvalidInput, Unreachable, shown
 from pipeline.messaging import outbox
@@ -30,6 +33,8 @@ class Submitted:
     units: dict[str, list[str]] = field(default_factory=dict)
     #: The parameter set versions it freezes.
     parameter_sets: dict[str, int] = field(default_factory=dict)
+    #: The model versions it pins, by model type.
+    models: dict[str, str] = field(default_factory=dict)
 
 
 def _nothing(_: outbox.Outbox) -> None:
@@ -74,6 +79,9 @@ def submit(
     end_node: str | None = None,
     priority: int | None = None,
     dry_run: bool = False,
+    models: Mapping[str, str] | None = None,
+    units: Sequence[str] | None = None,
+    started_by: Callable[[Session, PipelineInstance], None] | None = None,
 ) -> Submitted:
     """Launch an instance of the newest version of ``pipeline`` (``dry_run``: say which
     nodes it would run and the first ones' tasks, and change nothing; no broker asked).
@@ -83,6 +91,10 @@ def submit(
     uses are locked. The broker is asked between transactions, never inside one: a broker
     that hangs (up to ``broker_timeout``) holds no database lock meanwhile; the messages
     are published after commit.
+
+    ``models`` chooses a model type's version (else the newest is pinned); ``units`` runs
+    the instance for those units of work only; ``started_by`` (an event) is called in the
+    submit's transaction with the new instance, and may refuse it by raising.
     """
     check_priority(priority)
     with transaction() as session:  # first: a home with no cluster says so
@@ -114,9 +126,13 @@ def submit(
             priority=priority,
             definition=stored.spec,
             parameters=frozen,
+            models=model_registry.pin(session, definition, nodes, models or {}),
+            units=sorted(set(units)) if units is not None else None,
         )
         session.add(instance)
         session.flush()
+        if started_by is not None:
+            started_by(session, instance)
         session.add_all(InstanceNode(instance_id=instance.id, node=name) for name in nodes)
         session.flush()
         graph = definition.graph()
@@ -129,6 +145,7 @@ def submit(
         for task in tasks:
             submitted.units.setdefault(task.node, []).append(task.unit_of_work)
         submitted.parameter_sets = {name: frozen[name]["version"] for name in frozen}
+        submitted.models = {kind: pin["version"] for kind, pin in instance.models.items()}
         if dry_run:
             session.rollback()
     if unsent:  # the instance is submitted: its first messages wait for the reconciler

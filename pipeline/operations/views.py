@@ -100,6 +100,15 @@ class InstanceView(TypedDict):
     message: str
     created_at: Time
     updated_at: Time
+    models: Annotated[
+        dict[str, str], Field(description="the model versions it pinned, by model type")
+    ]
+    units: Annotated[
+        list[str] | None, Field(description="the units of work it runs for (null: every one)")
+    ]
+    event: Annotated[
+        str | None, Field(description="the event that started it (null: submitted by a person)")
+    ]
 
 
 class SubmittedInstance(InstanceView):
@@ -136,6 +145,7 @@ class SubmitPreview(TypedDict):
         dict[str, list[str]], Field(description="the first nodes' tasks: units of work by node")
     ]
     parameter_sets: Annotated[dict[str, int], Field(description="versions it would freeze")]
+    models: Annotated[dict[str, str], Field(description="model versions it would pin")]
 
 
 @with_config(_CLOSED)
@@ -165,7 +175,19 @@ class InstanceProgress(InstanceView):
 
 
 def instance_view(row: Any) -> InstanceView:
-    return build(InstanceView, row)  # type: ignore[no-any-return]
+    return build(  # type: ignore[no-any-return]
+        InstanceView,
+        row,
+        models={kind: pin["version"] for kind, pin in (row.models or {}).items()},
+        event=event_line(row.event),
+    )
+
+
+def event_line(event: dict[str, Any] | None) -> str | None:
+    """An instance's event as an operator reads it: ``event 4 of ingest (labels a, b)``."""
+    if not event:
+        return None
+    return f"event {event['id']} of {event['handler']} (labels {', '.join(event['labels'])})"
 
 
 # -- tasks -----------------------------------------------------------------------------------
@@ -274,8 +296,33 @@ class ListedSubtask(SubtaskView):
     ]
 
 
+@with_config(_CLOSED)
+class AttemptView(TypedDict):
+    """What ran one attempt of a task."""
+
+    attempt: int
+    code: Annotated[dict[str, Any], Field(description="the code version, as recorded")]
+    code_version: Annotated[str, Field(description="the same in one line")]
+    models: Annotated[dict[str, str], Field(description="model versions given, by model type")]
+    recorded_at: Time
+
+
+def attempt_view(row: Any) -> AttemptView:
+    from pipeline.engine.code_version import describe
+
+    return build(  # type: ignore[no-any-return]
+        AttemptView,
+        row,
+        code_version=describe(row.code),
+        models={kind: pin["version"] for kind, pin in row.models.items()},
+    )
+
+
 class TaskDetail(TaskView):
     task_dir: str
+    attempts: Annotated[
+        list[AttemptView], Field(description="the code and models of each attempt that ran")
+    ]
     history: list[TaskEventView]
     running: Annotated[
         list[SubtaskView], Field(description="subtasks running now, with worker and heartbeat")
@@ -447,9 +494,27 @@ class LineageStep(TypedDict):
     file: FileView
     definition_version: int | None
     parameters: Annotated[dict[str, FrozenParameterSet], Field(description="the producing task's")]
+    models: Annotated[
+        list[LineageModel], Field(description="the model versions its producing attempt used")
+    ]
+    code_version: Annotated[
+        dict[str, Any] | None,
+        Field(description="the code of its producing attempt (null: not recorded)"),
+    ]
+    event: Annotated[
+        str | None, Field(description="the event that started its instance (null: a person)")
+    ]
     inputs: Annotated[
         list[int], Field(description="ids of the files its producing subtask consumed")
     ]
+
+
+@with_config(_CLOSED)
+class LineageModel(TypedDict):
+    model_type: str
+    version: str
+    sha256: str
+    name: str
 
 
 @with_config(_CLOSED)
@@ -476,12 +541,79 @@ class ReceiptView(TypedDict):
     acknowledgement: Annotated[str | None, Field(description="written beside the manifest")]
 
 
+@with_config(_CLOSED)
+class ModelView(TypedDict):
+    """One version of a model in the registry."""
+
+    model_type: str
+    version: str
+    timestamp: Annotated[str, Field(description="from the file name, where it carries one")]
+    name: Annotated[str, Field(description="the file's original name, which algorithms see")]
+    sha256: str
+    size: int
+    receipt: str
+    received_at: Time
+
+
+def model_view(row: Any) -> ModelView:
+    return build(ModelView, row)  # type: ignore[no-any-return]
+
+
+@with_config(_CLOSED)
+class ModelReceipt(TypedDict):
+    model: ModelView
+    new: Annotated[bool, Field(description="false: the same bytes were received already")]
+
+
+@with_config(_CLOSED)
+class DeliveryView(TypedDict):
+    """A delivery received: a directory laid out as the datastore, with its manifest."""
+
+    receipt: str
+    units: Annotated[dict[str, list[str]], Field(description="units of work by data file type")]
+    files: list[ReceivedFile]
+    already: Annotated[
+        int, Field(description="files whose current version was this receipt's bytes already")
+    ]
+    models: list[ModelView]
+    acknowledgement: Annotated[str | None, Field(description="written beside the manifest")]
+
+
+@with_config(_CLOSED)
+class EventHandlerView(TypedDict):
+    name: str
+    pipeline: str
+    directory: str
+    enabled: bool
+    last_event: Annotated[
+        EventView | None, Field(description="the newest event it saw (null: none yet)")
+    ]
+
+
+@with_config(_CLOSED)
+class EventView(TypedDict):
+    id: int
+    handler: str
+    labels: list[str]
+    state: Annotated[str, Field(description="receiving, submitted or failed")]
+    message: str
+    instance_id: int | None
+    created_at: Time
+    updated_at: Time
+
+
+def pipeline_event_view(row: Any) -> EventView:
+    return build(EventView, row)  # type: ignore[no-any-return]
+
+
 def submit_preview_text(planned: SubmitPreview) -> str:
     """What a submit would do, in lines (the CLI's ``--dry-run`` and the console's page)."""
     sets = ", ".join(f"{name} version {v}" for name, v in planned["parameter_sets"].items())
+    pinned = "".join(f", model {kind} version {v}" for kind, v in planned["models"].items())
     lines = [
         f"dry run: an instance of {planned['pipeline']} would run"
-        f" {', '.join(planned['nodes'])}, with {sets or 'no parameter sets'}; nothing submitted"
+        f" {', '.join(planned['nodes'])}, with {sets or 'no parameter sets'}{pinned};"
+        " nothing submitted"
     ]
     for node, units in planned["units"].items():
         lines.append(f"  {node}: {counted(len(units), 'task')} ({', '.join(units)})")

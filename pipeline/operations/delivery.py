@@ -1,0 +1,195 @@
+"""A delivery: one directory laid out as the datastore (each file at its data file type's
+location, the unit of work the placeholder's value), model files in ``models/``, and its
+manifest at the top, the one file named ``*.sha256`` (``sha256sum`` format, relative
+paths). ``pipeline datastore import DIR`` with no ``--type``/``--unit`` receives one, and
+an event handler receives one per label.
+
+All or nothing, as ``receipt``: every file is classified (the data file type whose
+location and pattern it matches, or the model type whose pattern a model matches) and
+checked against the manifest (no file missing, none extra, every checksum of the bytes
+actually copied) before anything is placed; then every file is placed and recorded in one
+transaction. Received again, a file whose current version is this receipt's bytes
+already is left as it is (``already``), so a delivery received twice (an event handled
+again after a crash) makes no second version.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.database import transaction
+from pipeline.domain.definitions import Definition
+from pipeline.engine import datastore, model_registry
+from pipeline.engine.datastore_ledger import current_rows, record_received
+from pipeline.errors import InvalidInput
+from pipeline.operations import receipt as receipts
+from pipeline.operations.models import declared
+from pipeline.operations.views import DeliveryView, ReceivedFile, model_view
+from pipeline.settings import get_settings
+
+#: Where a delivery's model files are.
+MODELS_DIR = "models"
+#: A manifest's name ends so.
+MANIFEST_SUFFIX = ".sha256"
+_UNIT = r"([A-Za-z0-9][A-Za-z0-9_.+=-]*)"
+
+
+@dataclass(frozen=True)
+class Classified:
+    """A delivered file: its relative path, and its data file type and unit (or model type)."""
+
+    path: str
+    data_file_type: str = ""
+    unit: str = ""
+    model_type: str = ""
+
+
+def manifest_of(directory: Path) -> Path:
+    """The delivery's manifest: the one ``*.sha256`` file at its top."""
+    found = sorted(directory.glob(f"*{MANIFEST_SUFFIX}"))
+    if not found:
+        raise InvalidInput(
+            f"{directory}: no manifest (a delivery holds one *{MANIFEST_SUFFIX} file at its top,"
+            " sha256sum format, relative paths)"
+        )
+    if len(found) > 1:
+        raise InvalidInput(
+            f"{directory}: {len(found)} manifests ({', '.join(p.name for p in found[:3])}):"
+            " a delivery holds one"
+        )
+    return found[0]
+
+
+def receive_delivery(directory: Path, pipeline: str | None = None) -> DeliveryView:
+    """Receive the delivery in ``directory`` (see the module docstring)."""
+    if "\x00" in str(directory):
+        raise InvalidInput(f"{str(directory)[:80]!r}: a file name cannot hold a NUL character")
+    if not directory.is_dir():
+        raise InvalidInput(f"{directory}: not a directory")
+    root = datastore.require(get_settings().datastore)
+    manifest = manifest_of(directory)
+    with transaction() as session:
+        known = declared(session, pipeline)
+    files = [_classify(known, path) for path in _paths(directory, manifest)]
+    expected = receipts.read_manifest(manifest, [f.path for f in files], nested=True)
+    delivered = directory.resolve()
+    name = f"{manifest.name} ({delivered})"
+    data = [f for f in files if f.data_file_type]
+    made: list[Path] = []
+    for found in data:
+        made += receipts.missing_parents(root, (root / found.path).parent)
+    staged: list[tuple[Classified, receipts.Received]] = []
+    try:
+        for found in data:
+            copy = datastore.stage_file(root, directory / found.path, found.path, link=False)
+            staged.append((found, receipts.Received(found.path, copy)))
+            if copy.sha256 != expected[found.path].lower():
+                raise InvalidInput(f"{found.path}: checksum differs from the manifest's")
+        models_given = [f for f in files if f.model_type]
+        for found in models_given:
+            kept = datastore.keep(root, directory / found.path, link=False)
+            if kept.sha256 != expected[found.path].lower():
+                raise InvalidInput(f"{found.path}: checksum differs from the manifest's")
+        datastore.flush(root)
+        with transaction() as session:
+            current = current_rows(session, [f.path for f in data])
+            fresh = [
+                (found, got)
+                for found, got in staged
+                if not _same(current.get(found.path), got.staged.sha256, name)
+            ]
+            # Models first: a version refused places no data file.
+            models = []
+            for found in models_given:
+                declaring = next(d for d in known if found.model_type in d.model_types)
+                model, _ = model_registry.receive(
+                    session,
+                    root,
+                    directory / found.path,
+                    found.model_type,
+                    declaring.model_types[found.model_type],
+                    name,
+                )
+                models.append(model_view(model))
+            groups: dict[tuple[str, str], list[receipts.Received]] = {}
+            for found, got in fresh:
+                groups.setdefault((found.data_file_type, found.unit), []).append(got)
+            rows = []
+            for (kind, unit), got in groups.items():
+                rows += record_received(session, root, [g.staged for g in got], kind, unit, name)
+    except BaseException:
+        for made_here in made:
+            with suppress(OSError):
+                made_here.rmdir()
+        raise
+    units: dict[str, list[str]] = {}
+    for found in data:
+        if found.unit not in units.setdefault(found.data_file_type, []):
+            units[found.data_file_type].append(found.unit)
+    acknowledgement = receipts.acknowledge(manifest, [got for _, got in staged])
+    return DeliveryView(
+        receipt=name,
+        units=units,
+        files=[ReceivedFile(path=r["path"], size=r["size"], sha256=r["sha256"]) for r in rows],
+        already=len(staged) - len(fresh),
+        models=models,
+        acknowledgement=str(acknowledgement),
+    )
+
+
+def _same(row: object, sha256: str, receipt: str) -> bool:
+    """Is the current version ``row`` these bytes from this receipt already?"""
+    return row is not None and row.sha256 == sha256 and row.receipt == receipt  # type: ignore[attr-defined]
+
+
+def _paths(directory: Path, manifest: Path) -> list[str]:
+    """Every file of the delivery but its manifest and acknowledgement, as relative paths."""
+    inside = directory.resolve()
+    skip = {manifest.name, manifest.name + receipts.ACK_SUFFIX}
+    found = []
+    for folder, subfolders, names in os.walk(directory):
+        subfolders.sort()
+        for entry in sorted(names):
+            path = Path(folder) / entry
+            relative = path.relative_to(directory).as_posix()
+            if relative in skip:
+                continue
+            if path.is_symlink() and not path.resolve().is_relative_to(inside):
+                raise InvalidInput(f"{relative}: a symbolic link out of {directory}")
+            if not path.is_file():
+                raise InvalidInput(f"{relative}: not a regular file")
+            found.append(relative)
+    if not found:
+        raise InvalidInput(f"{directory}: no files to receive")
+    return found
+
+
+def _classify(known: list[Definition], path: str) -> Classified:
+    """What ``path`` of a delivery is: a model (in ``models/``) or a data file."""
+    folder, _, name = path.rpartition("/")
+    if folder == MODELS_DIR:
+        kind = model_registry.model_type_of(known, name)
+        if kind is None:
+            raise InvalidInput(f"{path}: matches no model type's pattern")
+        return Classified(path, model_type=kind)
+    matches = {}
+    for definition in known:
+        for kind_name, kind in definition.data_file_types.items():
+            before, _, after = kind.location.partition(kind.placeholder)
+            where = re.fullmatch(re.escape(before) + _UNIT + re.escape(after), folder)
+            if where and fnmatch.fnmatchcase(name, kind.pattern):
+                matches[kind_name] = where.group(1)
+    if not matches:
+        raise InvalidInput(
+            f"{path}: matches no data file type's location and pattern"
+            " (a delivery is laid out as the datastore; models go in models/)"
+        )
+    if len(matches) > 1:
+        raise InvalidInput(f"{path}: matches data file types {', '.join(sorted(matches))}")
+    [(kind_name, unit)] = matches.items()
+    return Classified(path, data_file_type=kind_name, unit=unit)

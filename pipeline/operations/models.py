@@ -1,0 +1,70 @@
+"""The model registry as operators use it: a model file received as a version of its type
+(``import_model``: ``pipeline models import FILE --type TYPE``), and the versions held
+(``list_models``: ``pipeline models``). Models also arrive in a delivery's ``models/``
+directory (``operations.delivery``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pipeline.database import transaction
+from pipeline.domain import definitions
+from pipeline.domain.definitions import Definition, ModelType
+from pipeline.domain.models import Model
+from pipeline.engine import datastore, model_registry
+from pipeline.errors import InvalidInput, NotFound
+from pipeline.operations.views import ModelReceipt, ModelView, model_view
+from pipeline.settings import get_settings
+
+
+def declared(session: Session, pipeline: str | None = None) -> list[Definition]:
+    """The newest definition of ``pipeline``, or of every pipeline."""
+    stored = [definitions.get(session, pipeline)] if pipeline else definitions.list_latest(session)
+    return [definitions.parse(row.spec) for row in stored]
+
+
+def model_type(session: Session, name: str, pipeline: str | None = None) -> ModelType:
+    """The model type called ``name`` in the newest definitions (they must agree on it)."""
+    found = {
+        definition.name: kind
+        for definition in declared(session, pipeline)
+        if (kind := definition.model_types.get(name)) is not None
+    }
+    if not found:
+        where = f"pipeline {pipeline!r}" if pipeline else "any imported pipeline"
+        raise NotFound(f"no model type {name!r} in {where}")
+    if len({kind.pattern for kind in found.values()}) > 1:
+        raise InvalidInput(
+            f"model type {name!r} differs in {', '.join(sorted(found))}: name --pipeline"
+        )
+    return next(iter(found.values()))
+
+
+def import_model(file: Path, kind: str, pipeline: str | None = None) -> ModelReceipt:
+    """Receive ``file`` as a version of model type ``kind``: kept forever, by its bytes."""
+    if "\x00" in str(file):
+        raise InvalidInput(f"{str(file)[:80]!r}: a file name cannot hold a NUL character")
+    if not file.is_file():
+        raise InvalidInput(f"{file}: not a file")
+    root = datastore.require(get_settings().datastore)
+    with transaction() as session:
+        model, new = model_registry.receive(
+            session, root, file, kind, model_type(session, kind, pipeline), str(file.resolve())
+        )
+        return ModelReceipt(model=model_view(model), new=new)
+
+
+def list_models(kind: str | None = None) -> list[ModelView]:
+    """Every version held, by type, oldest first (the newest of each type last)."""
+    with transaction() as session:
+        kinds = (
+            [kind]
+            if kind
+            else list(
+                session.scalars(select(Model.model_type).distinct().order_by(Model.model_type))
+            )
+        )
+        return [model_view(m) for k in kinds for m in model_registry.versions(session, k)]
