@@ -25,7 +25,16 @@ model_types:
 
 def sample_with_model(directory: Path) -> Path:
     """The sample's definition with a model type ``dark`` that averaging uses (and notes)."""
-    text = (PACKAGED_DEFINITIONS / "sample.yaml").read_text()
+    text = variant_with_model((PACKAGED_DEFINITIONS / "sample.yaml").read_text())
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "sample.yaml"
+    path.write_text(text)
+    facade.import_definitions([path])
+    return path
+
+
+def variant_with_model(text: str) -> str:
+    """The sample's definition text with the model type and the node that uses it."""
     text = text.replace("nodes:\n", WITH_MODEL + "\nnodes:\n", 1)
     text = text.replace(
         "    algorithm: pipeline.sample.algorithms:averaging\n"
@@ -40,11 +49,7 @@ def sample_with_model(directory: Path) -> Path:
         "  averaged_image:",
         '  dark_note: {location: "{dataset}/L3", pattern: "dark-used.txt"}\n  averaged_image:',
     )
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "sample.yaml"
-    path.write_text(text)
-    facade.import_definitions([path])
-    return path
+    return text
 
 
 def dark(directory: Path, version: int, text: str) -> Path:

@@ -169,10 +169,10 @@ def deliver(name: str, labels: Sequence[str]) -> EventView:
 
 
 def handle(name: str, labels: tuple[str, ...], ready_files: Sequence[Path]) -> tuple[int, str]:
-    """Handle one event (see the module docstring): its id and the state it is left in
-    ("" when another scan has it). A failed event is tried again when its ready files are
-    written after it failed (a person corrected the delivery), or said complete again
-    through the HTTP API (no ready files)."""
+    """Handle one event (see the module docstring): its id and the state this call left it
+    in ("" when it did nothing: handled before, or another scan has it). A failed event
+    is tried again when its ready files are written after it failed (a person corrected
+    the delivery), or said complete again through the HTTP API (no ready files)."""
     with transaction() as session:
         handler = _handler(session, name)
         pipeline, directory = handler.pipeline, Path(handler.directory)
@@ -182,9 +182,8 @@ def handle(name: str, labels: tuple[str, ...], ready_files: Sequence[Path]) -> t
     event_id, state = _claim(name, key, labels, touched)
     if state == SUBMITTED:
         _remove(ready_files)  # handled already: a ready file written again, or left by a crash
-        return event_id, state
     if state != RECEIVING:
-        return event_id, state
+        return event_id, ""
     try:
         received = [receive_delivery(delivery, pipeline) for delivery in deliveries]
         units = sorted({u for r in received for units in r["units"].values() for u in units})
