@@ -11,6 +11,11 @@ The conventions, which each such doc states in an HTML comment at its top:
                         output block printed; a … in a line stands for any text
   ```sh setup           shown, not run (the test has made the environment already)
 
+A doc spanning several hosts (docs/worker-host.md) names the hosts of each block that runs:
+
+  ```sh host=a,b        run on host a, then on host b, each time in a fresh bash
+  ```LANG file=PATH host=a   written to PATH on host a
+
 Other blocks are shown, not run.
 """
 
@@ -20,6 +25,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +59,13 @@ class Block:
 
     @property
     def runs(self) -> bool:
-        return self.words == ["sh"]
+        return self.words[:1] == ["sh"] and all(w.startswith("host=") for w in self.words[1:])
+
+    @property
+    def hosts(self) -> list[str]:
+        """The hosts the block runs on or is written to, in order (``host=a,b``)."""
+        named = [w.removeprefix("host=") for w in self.words if w.startswith("host=")]
+        return [host for word in named for host in word.split(",")]
 
 
 def blocks(markdown: str) -> list[Block]:
@@ -79,20 +91,20 @@ def script(found: list[Block], name: str) -> str:
     for block in found:
         where = f'echo "# {name} line {block.line} at $SECONDS s" >&2'
         if block.file:
-            path = shlex.quote(block.file)
-            parts += [
-                where,
-                f'mkdir -p "$(dirname {path})"',
-                f"cat > {path} <<'DOC_FILE'\n{block.text}DOC_FILE",
-            ]
-            if block.text.startswith("#!"):
-                parts.append(f"chmod +x {path}")
+            parts += [where, *writing(block)]
         elif block.runs:
             parts += [where, block.text]
         elif block.is_output:
             parts.append(f"printf '\\n%s\\n' {shlex.quote(marker(outputs))}")
             outputs += 1
     return "\n".join(parts) + "\n"
+
+
+def writing(block: Block) -> list[str]:
+    """The shell lines that write a ``file=`` block to its path."""
+    path = shlex.quote(str(block.file))
+    lines = [f'mkdir -p "$(dirname {path})"', f"cat > {path} <<'DOC_FILE'\n{block.text}DOC_FILE"]
+    return lines + ([f"chmod +x {path}"] if block.text.startswith("#!") else [])
 
 
 def expected_lines(found: list[Block]) -> list[str]:
@@ -163,3 +175,56 @@ def run_as_written(doc: Path, workdir: Path, home: Path) -> None:
     missing = missing_lines(found, result.stdout)
     assert not missing, f"{name} shows lines the run did not print: {missing}{tail}"
     assert not (user / ".pipeline").exists(), f"{name}'s cluster went to ~/.pipeline"
+
+
+@dataclass(frozen=True)
+class Shell:
+    """How a doc's blocks run on one host: the command that enters it, the working
+    directory there and the environment."""
+
+    enter: list[str]
+    cwd: str
+    env: dict[str, str]
+
+
+def run_across_hosts(doc: Path, shells: dict[str, Shell]) -> str:
+    """Run ``doc``'s blocks in order, each on the hosts its ``host=`` names, each in a fresh
+    bash (``set -euo pipefail``): blocks share nothing but the files they write, as commands
+    typed on several machines. Fail on the first block that fails, or on an output line the
+    run did not print; returns what the blocks printed."""
+    found = blocks(doc.read_text())
+    name = str(doc.relative_to(REPO))
+    printed: list[str] = []
+    outputs = 0
+    deadline = time.monotonic() + RUN_SECONDS
+    for block in found:
+        if block.is_output:
+            printed.append(f"\n{marker(outputs)}\n")
+            outputs += 1
+            continue
+        if not block.hosts or not (block.runs or block.file):
+            continue
+        text = "\n".join(writing(block)) if block.file else block.text
+        for host in block.hosts:
+            shell = shells[host]
+            result = subprocess.run(
+                [
+                    *shell.enter,
+                    "bash",
+                    "-c",
+                    f"set -euo pipefail\ncd {shlex.quote(shell.cwd)}\n{text}",
+                ],
+                env=shell.env,
+                capture_output=True,
+                text=True,
+                timeout=max(1.0, deadline - time.monotonic()),
+            )
+            printed.append(result.stdout)
+            tail = f"\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
+            assert result.returncode == 0, (
+                f"{name} line {block.line} on {host} exited {result.returncode}{tail}"
+            )
+    stdout = "".join(printed)
+    missing = missing_lines(found, stdout)
+    assert not missing, f"{name} shows lines the run did not print: {missing}\n{stdout[-4000:]}"
+    return stdout

@@ -255,6 +255,145 @@ def make_certificates(directory: Path, address: str = "127.0.0.1") -> Certificat
     return made
 
 
+# -- hosts: network namespaces joined by a bridge ------------------------------------------
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def namespaces_unavailable() -> str:
+    """Why network namespaces cannot be made here, or '' when they can."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if not shutil.which("ip"):
+        return "iproute2 (`ip`) is not installed"
+    probe = f"pl-probe-{os.getpid()}"
+    made = ip("netns", "add", probe, check=False)
+    if made.returncode != 0:
+        return f"`ip netns add` failed: {made.stderr.strip()}"
+    ip("netns", "del", probe, check=False)
+    return ""
+
+
+@dataclass
+class Host:
+    """One host: a network namespace with an address on the central bridge; with
+    ``own_files``, its own host name, /etc, /opt, /var and /run as well."""
+
+    name: str
+    netns: str
+    address: str
+    logs: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: A process holding the host's own mount namespace (``own_files``), entered by
+    #: every command run here.
+    anchor: int | None = None
+
+    def command(self, argv: list[str]) -> list[str]:
+        if self.anchor is not None:
+            enter = ["nsenter", "--target", str(self.anchor), "--mount", "--net", "--uts"]
+            return [*enter, "--", *argv]
+        return ["ip", "netns", "exec", self.netns, *argv]
+
+    def own_files(self, changes: Path, shared: Path) -> None:
+        """Give the host a file system and a host name of its own (its ``name``), as a
+        separate machine has: /etc, /opt, /var and /run are this machine's, overlaid with
+        the host's changes (kept under ``changes``), so what a doc installs, configures and
+        starts there (packages' configuration, /opt, PostgreSQL's data, pid files) is the
+        host's alone; ``shared`` is mounted at /srv on every host, as an NFS mount would be.
+        The overlays are dropped with the host's last process."""
+        holder = ["unshare", "--mount", "--uts", "--propagation", "private", "sleep", "infinity"]
+        self.start("files", holder, dict(os.environ))
+        anchor = self.processes[-1]
+        # ``ip netns exec`` and ``unshare`` exec in turn: the process holds the host's
+        # namespaces once it is ``sleep``.
+        wait_for(
+            lambda: Path(f"/proc/{anchor.pid}/cmdline").read_bytes().startswith(b"sleep\0"),
+            what=f"{self.name}'s namespaces",
+        )
+        self.anchor = anchor.pid
+        for directory in ("etc", "opt", "var", "run"):
+            upper, work = changes / directory / "upper", changes / directory / "work"
+            upper.mkdir(parents=True)
+            work.mkdir()
+            lower = f"lowerdir=/{directory},upperdir={upper},workdir={work}"
+            mount = ["mount", "-t", "overlay", "overlay", "-o", lower, f"/{directory}"]
+            subprocess.run(self.command(mount), check=True, capture_output=True)
+        bind = ["mount", "--bind", str(shared), "/srv"]
+        subprocess.run(self.command(bind), check=True, capture_output=True)
+        subprocess.run(self.command(["hostname", self.name]), check=True, capture_output=True)
+        # What runs here writes as root: it must write into the host's own files, never
+        # into this machine's.
+        mounted = {
+            line.split()[4]
+            for line in Path(f"/proc/{self.anchor}/mountinfo").read_text().splitlines()
+        }
+        assert mounted >= {"/etc", "/opt", "/var", "/run", "/srv"}, mounted
+
+    def start(self, label: str, argv: list[str], env: dict[str, str]) -> Path:
+        """Start a long-running process here; its output goes to a log file, returned."""
+        log = self.logs / f"{self.name}-{label}.log"
+        with log.open("ab") as output:
+            self.processes.append(
+                subprocess.Popen(
+                    self.command(argv),
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        return log
+
+    def pids(self) -> list[int]:
+        """Every process in this host's namespace (what a power cut would stop)."""
+        listed = ip("netns", "pids", self.netns, check=False).stdout.split()
+        return [int(pid) for pid in listed]
+
+    def kill_everything(self) -> None:
+        """SIGKILL every process of the host, then reap the ones this test started."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        for process in self.processes:
+            process.kill()
+            process.wait(timeout=10)
+        wait_for(lambda: not self.pids(), timeout=10, what=f"{self.name} to be empty")
+
+
+def link_hosts(hosts: list[Host]) -> None:
+    """Namespaces joined by veth links to a bridge in the first one (the central host)."""
+    for host in hosts:
+        ip("netns", "add", host.netns)
+        ip("-n", host.netns, "link", "set", "lo", "up")
+    central, workers = hosts[0], hosts[1:]
+    ip("-n", central.netns, "link", "add", "br0", "type", "bridge")
+    ip("-n", central.netns, "addr", "add", f"{central.address}/24", "dev", "br0")
+    ip("-n", central.netns, "link", "set", "br0", "up")
+    for host in workers:
+        port = f"veth-{host.name}"
+        ip(
+            "-n",
+            central.netns,
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "eth0",
+            "netns",
+            host.netns,
+        )
+        ip("-n", central.netns, "link", "set", port, "master", "br0", "up")
+        ip("-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0")
+        ip("-n", host.netns, "link", "set", "eth0", "up")
+
+
 # -- clusters --------------------------------------------------------------------------------
 
 

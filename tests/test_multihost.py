@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,12 @@ from pipeline.settings import PACKAGED_DEFINITIONS
 from tests.support import (
     PIPELINE,
     Certificates,
+    Host,
     clean_env,
+    ip,
+    link_hosts,
     make_certificates,
+    namespaces_unavailable,
     unavailable,
     wait_for,
 )
@@ -99,75 +102,10 @@ print(json.dumps(tasks, default=str))
 """
 
 
-def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
-
-
-def namespaces_unavailable() -> str:
-    """Why network namespaces cannot be made here, or '' when they can."""
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    if not shutil.which("ip"):
-        return "iproute2 (`ip`) is not installed"
-    probe = f"pl-probe-{os.getpid()}"
-    made = ip("netns", "add", probe, check=False)
-    if made.returncode != 0:
-        return f"`ip netns add` failed: {made.stderr.strip()}"
-    ip("netns", "del", probe, check=False)
-    return ""
-
-
 def postgres_bindir() -> Path:
     """Debian's PostgreSQL programs (the newest version installed), or a path that is absent."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
     return found[-1].parent if found else Path("/usr/lib/postgresql/missing")
-
-
-@dataclass
-class Host:
-    """One host: a network namespace with an address on the central bridge."""
-
-    name: str
-    netns: str
-    address: str
-    logs: Path
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def command(self, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.netns, *argv]
-
-    def start(self, label: str, argv: list[str], env: dict[str, str]) -> Path:
-        """Start a long-running process here; its output goes to a log file, returned."""
-        log = self.logs / f"{self.name}-{label}.log"
-        with log.open("ab") as output:
-            self.processes.append(
-                subprocess.Popen(
-                    self.command(argv),
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-        return log
-
-    def pids(self) -> list[int]:
-        """Every process in this host's namespace (what a power cut would stop)."""
-        listed = ip("netns", "pids", self.netns, check=False).stdout.split()
-        return [int(pid) for pid in listed]
-
-    def kill_everything(self) -> None:
-        """SIGKILL every process of the host, then reap the ones this test started."""
-        for pid in self.pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-        for process in self.processes:
-            process.kill()
-            process.wait(timeout=10)
-        wait_for(lambda: not self.pids(), timeout=10, what=f"{self.name} to be empty")
 
 
 def ready_or_exited(log: Path, process: subprocess.Popen[bytes]) -> Callable[[], bool]:
@@ -288,35 +226,6 @@ def network() -> Iterator[Network]:
         yield network
     finally:
         tear_down(hosts, shared)
-
-
-def link_hosts(hosts: list[Host]) -> None:
-    """Namespaces joined by veth links to a bridge in the first one (the central host)."""
-    for host in hosts:
-        ip("netns", "add", host.netns)
-        ip("-n", host.netns, "link", "set", "lo", "up")
-    central, workers = hosts[0], hosts[1:]
-    ip("-n", central.netns, "link", "add", "br0", "type", "bridge")
-    ip("-n", central.netns, "addr", "add", f"{central.address}/24", "dev", "br0")
-    ip("-n", central.netns, "link", "set", "br0", "up")
-    for host in workers:
-        port = f"veth-{host.name}"
-        ip(
-            "-n",
-            central.netns,
-            "link",
-            "add",
-            port,
-            "type",
-            "veth",
-            "peer",
-            "eth0",
-            "netns",
-            host.netns,
-        )
-        ip("-n", central.netns, "link", "set", port, "master", "br0", "up")
-        ip("-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0")
-        ip("-n", host.netns, "link", "set", "eth0", "up")
 
 
 def start_postgres(central: Host, bindir: Path, shared: Path, tls: Certificates) -> None:
