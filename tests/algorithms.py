@@ -95,3 +95,9 @@ def count_runs(ctx: SubtaskContext) -> None:
     runs.write_text(str(number))
     for path in ctx.inputs:
         (ctx.directory / f"{path.stem}.out").write_text(f"run {number}")
+
+
+def slow_echo(ctx: SubtaskContext) -> None:
+    """``echo`` after 3 seconds: long enough to be cancelled while it runs."""
+    time.sleep(3)
+    echo(ctx)
