@@ -6,6 +6,7 @@ same against a real Slurm is ``test_slurm.py``; Slurm's own parsing is tested he
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -24,10 +25,10 @@ from tests.support import REPO, InProcessWorker
 BATCH_NODES = ("permuter", "flip")
 
 
-@pytest.fixture
-def slurm(home: Path, worker: InProcessWorker, tmp_path: Path) -> Iterator[MemoryBatchSystem]:
-    """The sample as ``sample-batch`` (permuter and flip with ``executor: slurm``) in a
-    home of the test's own, with an in-memory batch system installed."""
+@contextmanager
+def batch_nodes(tmp_path: Path) -> Iterator[MemoryBatchSystem]:
+    """The sample as ``sample-batch`` (permuter and flip with ``executor: slurm``),
+    imported, with an in-memory batch system installed."""
     definition = yaml.safe_load((REPO / "config" / "pipelines" / "sample.yaml").read_text())
     definition["name"] = "sample-batch"
     for node in definition["nodes"]:
@@ -42,6 +43,13 @@ def slurm(home: Path, worker: InProcessWorker, tmp_path: Path) -> Iterator[Memor
         yield system
     finally:
         batch_system.use(replaced)
+
+
+@pytest.fixture
+def slurm(home: Path, worker: InProcessWorker, tmp_path: Path) -> Iterator[MemoryBatchSystem]:
+    """``batch_nodes`` in a home of the test's own."""
+    with batch_nodes(tmp_path) as system:
+        yield system
 
 
 def cycle(system: MemoryBatchSystem, worker: InProcessWorker) -> int:
@@ -188,3 +196,21 @@ def test_squeue_lines_are_read_as_elements_with_their_wait_and_run_times() -> No
     ended = parse_squeue_line("12|4|TIMEOUT|1-00:00:05|N/A|N/A|None|debug|2|tok", now)
     assert (ended.elapsed, ended.nodes, ended.active) == (86405.0, 2, False)
     assert [elapsed_seconds(t) for t in ("0:03", "INVALID", "10:00")] == [3.0, 0.0, 600.0]
+
+
+def test_cluster_status_says_whether_the_batch_system_answers(
+    home: Path, worker: InProcessWorker, tmp_path: Path
+) -> None:
+    assert facade.batch_system_status() is None, "no node runs on a batch system"
+    with batch_nodes(tmp_path) as system:
+        assert facade.batch_system_status() == {
+            "name": "slurm",
+            "pid": None,
+            "alive": True,
+            "url": None,
+            "message": "in memory: UP",
+        }
+        system.down = True
+        row = facade.batch_system_status()
+        assert row is not None and row["alive"] is False
+        assert row["message"] == "slurm: squeue: Unable to contact slurm controller"

@@ -99,6 +99,14 @@ def test_a_node_of_200_subtasks_runs_as_one_job_array_with_one_squeue_per_cycle(
     assert outputs == [f"n{number:03d}-echo.txt" for number in range(200)]
     jobs = cluster.json("task", task["id"])["batch_jobs"]
     assert [(job["elements"], job["subtasks"]) for job in jobs] == [(10, 200)], "one array"
+    [job] = jobs
+    assert job["elements_by_state"] == {"COMPLETED": 10}
+    assert job["estimated_node_hours"] == pytest.approx(200 * 600 / 3600), "the stated guess"
+    assert 0 < job["node_hours"] < 1, "measured from the elements' elapsed times"
+    shown = cluster.cli("task", task["id"]).stdout
+    assert "batch jobs" in shown and "33.3 node-h" in shown and "10: 10 COMPLETED" in shown
+    [row] = [row for row in cluster.json("cluster", "status") if row["name"] == "slurm"]
+    assert row["alive"] is True and "UP" in row["message"]
     calls = squeue_calls(tmp_path)
     assert calls, "the monitor asked squeue"
     gaps = [later - earlier for earlier, later in zip(calls, calls[1:], strict=False)]

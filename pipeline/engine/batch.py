@@ -41,7 +41,14 @@ from sqlalchemy.orm import Session, object_session
 from pipeline.database import transaction
 from pipeline.domain.definitions import parse
 from pipeline.domain.lifecycle import EXECUTION_STEPS, Event
-from pipeline.domain.models import BatchJob, PipelineInstance, Subtask, Task, utcnow
+from pipeline.domain.models import (
+    BatchJob,
+    PipelineDefinition,
+    PipelineInstance,
+    Subtask,
+    Task,
+    utcnow,
+)
 from pipeline.domain.states import ACTIVE_BATCH_JOBS, BatchJobState, SubtaskState
 from pipeline.domain.words import counted
 from pipeline.engine import alerts, batch_element, taskdir
@@ -561,6 +568,25 @@ def _unreachable(session: Session, exc: BatchUnreachable) -> None:
         alerts.ERROR,
         f"{exc}: jobs are followed again once it answers (nothing is lost meanwhile)",
     )
+
+
+def status() -> dict[str, Any] | None:
+    """Whether the batch system answers, as ``cluster status`` shows it (a row named for
+    it, ``alive`` when it answers); None when no pipeline's node runs on one."""
+    with transaction() as session:
+        specs = session.scalars(select(PipelineDefinition.spec))
+        used = any(
+            (node.get("execution") or {}).get("executor") == "slurm"
+            for spec in specs
+            for node in spec.get("nodes", [])
+        )
+    if not used:
+        return None
+    try:
+        message = batch_system("slurm").answers()
+    except BatchUnreachable as exc:
+        return {"name": "slurm", "pid": None, "alive": False, "url": None, "message": str(exc)}
+    return {"name": "slurm", "pid": None, "alive": True, "url": None, "message": message}
 
 
 # -- cost ------------------------------------------------------------------------------------
