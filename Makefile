@@ -1,5 +1,5 @@
 # make demo: set everything up and run the sample pipeline on a local cluster (SQLite).
-# make test: the whole test suite (real redis-server, Celery, PostgreSQL, Chromium); .ci/run calls it.
+# make test: the whole test suite (real redis-server, Celery, PostgreSQL, Chromium, Slurm); .ci/run calls it.
 # make test-fast: the tests that start no service, in seconds: run them while editing.
 VENV ?= .venv
 PYTHON ?= python3
@@ -38,7 +38,7 @@ demo: venv
 	PIPELINE=$(PIPELINE) bash tools/demo.sh
 
 test: venv
-	bash tools/install-system-packages.sh redis-server postgresql chromium
+	bash tools/install-system-packages.sh redis-server postgresql chromium slurm-wlm munge
 	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadgroup --no-loadscope-reorder
 
 # No service, no process of the pipeline's: the stages run in the test's own process.

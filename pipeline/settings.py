@@ -183,6 +183,22 @@ class Settings(BaseSettings):
     lost_subtask_retries: int = Field(
         default=3, ge=0, description="times a lost subtask is dispatched again before it fails"
     )
+    batch_job_name: str = Field(
+        default="",
+        description="the job name every batch job of this cluster has (what the monitor's one"
+        " squeue asks for); unset: pipeline- and a digest of the home",
+    )
+    batch_costs: dict[str, float] = Field(
+        default_factory=dict,
+        description="cost per node-hour by partition ('' for the default partition), for the"
+        " estimates before and the cost after",
+    )
+    batch_guess_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="a subtask's run time guessed for an estimate when no earlier run of its"
+        " node was measured",
+    )
     api_host: str = Field(default="127.0.0.1", description="address the HTTP API listens on")
     api_port: int | None = Field(default=None, description="chosen free at `cluster init`")
     api_token: str | None = Field(default=None, description="bearer token of the HTTP API")

@@ -106,3 +106,9 @@ def averaging_with_dark(ctx: SubtaskContext) -> None:
     dark = ctx.models["dark"]
     note = f"{dark.name} {dark.parent == ctx.directory} {dark.read_text().splitlines()[0]}"
     (ctx.directory / "dark-used.txt").write_text(f"{note}\nlabels {','.join(ctx.labels)}\n")
+
+
+def slow_echo(ctx: SubtaskContext) -> None:
+    """``echo`` after 3 seconds: long enough to be cancelled while it runs."""
+    time.sleep(3)
+    echo(ctx)

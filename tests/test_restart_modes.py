@@ -226,7 +226,7 @@ def test_refusals_are_reported_and_change_nothing_while_the_valid_restarts_go_ah
         " instance's frozen values; change the parameter set (pipeline params set) and submit"
     )
     [unknown] = facade.restart([second], "resubmit", {"color": "red"}).outcomes
-    assert unknown.message.startswith("unknown execution setting 'color' (one of batch_size,")
+    assert unknown.message.startswith("unknown execution setting 'color' (one of batch, batch_")
     # A value no task could take is refused for the whole request, before any task.
     with pytest.raises(problems.PROBLEMS, match="execution setting priority: Input should be less"):
         facade.restart([second], "resubmit", {"priority": 12})

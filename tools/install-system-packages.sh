@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages the pipeline needs, only those that are missing.
-#   tools/install-system-packages.sh redis-server [postgresql] [chromium]
+#   tools/install-system-packages.sh redis-server [postgresql] [chromium] [slurm-wlm] [munge]
 # Runs apt-get (as root, or through sudo) once, and only when something is missing.
 set -euo pipefail
 
@@ -9,6 +9,8 @@ have() {
         redis-server) command -v redis-server >/dev/null 2>&1 ;;
         postgresql) compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ;;
         chromium) [ -x /usr/bin/chromium ] ;;
+        slurm-wlm) command -v slurmctld >/dev/null 2>&1 && command -v slurmd >/dev/null 2>&1 ;;
+        munge) command -v munged >/dev/null 2>&1 ;;
         *) dpkg -s "$1" >/dev/null 2>&1 ;;
     esac
 }

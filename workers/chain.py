@@ -32,13 +32,14 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 
 from pipeline.database import retrying
-from pipeline.engine import stages
+from pipeline.engine import batch, stages
 from pipeline.engine.leases import Claim
 from pipeline.engine.stages import Step
 from pipeline.errors import Unreachable
 from pipeline.messaging.broker import publish_now
 from pipeline.messaging.celery_app import celery_app
 from pipeline.messaging.messages import (
+    BATCH_SUBMIT,
     EXECUTE,
     FAN_OUT,
     GROUP,
@@ -85,6 +86,7 @@ RUN_HERE: dict[str, Callable[..., Step]] = {
     EXECUTE: stages.execute,
     MONITOR: stages.monitor,
     STORE: stages.store,
+    BATCH_SUBMIT: batch.submit,
 }
 
 
@@ -154,6 +156,12 @@ def marshal(self: Any, task_id: int, attempt: int) -> None:
 @app.task(name=EXECUTE, **STAGE_OPTIONS)
 def execute(self: Any, task_id: int, attempt: int) -> None:
     _stage_task(stages.execute, task_id, attempt, self.request.hostname)
+
+
+@app.task(name=BATCH_SUBMIT, **STAGE_OPTIONS)
+def batch_submit(self: Any, task_id: int, attempt: int) -> None:
+    """Submit a task attempt's job arrays to its batch system (``engine.batch``)."""
+    _stage_task(batch.submit, task_id, attempt, self.request.hostname)
 
 
 @app.task(name=SUBTASK, **STAGE_OPTIONS)

@@ -7,7 +7,7 @@ reader takes them through ``ExecutionSettings.stored``, so no default is written
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +18,36 @@ from pipeline.domain.limits import MAX_NAME_LENGTH, Count, PositiveCount, Priori
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"
 #: The queue of a node whose settings name none.
 DEFAULT_QUEUE = "default"
+
+
+#: A walltime as a batch system takes it: ``HH:MM:SS`` (hours may exceed 24).
+WALLTIME_PATTERN = r"^[0-9]{1,4}:[0-5][0-9]:[0-5][0-9]$"
+
+
+class BatchSettings(BaseModel):
+    """How a node's subtasks run on a batch system (``executor: slurm``): Ziggy's remote
+    parameters. Each task attempt is one job array of ``ceil(subtasks / subtasks_per_job)``
+    elements."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partition: str = Field(default="", max_length=MAX_NAME_LENGTH, description="unset: the default")
+    account: str = Field(default="", max_length=MAX_NAME_LENGTH, description="unset: the default")
+    cores: PositiveCount = Field(default=1, description="cores per job")
+    memory_gb: float = Field(default=1.0, gt=0, le=1_000_000, allow_inf_nan=False)
+    walltime: str = Field(default="01:00:00", pattern=WALLTIME_PATTERN, description="HH:MM:SS")
+    max_jobs: PositiveCount | None = Field(
+        default=None, description="array elements running at once; unset: no limit"
+    )
+    subtasks_per_job: PositiveCount = Field(
+        default=1, description="subtasks each array element runs, one after another"
+    )
+    sbatch_options: list[str] = Field(default_factory=list, description="passed as they are")
+    lost_subtasks: Literal["rerun", "fail"] = Field(
+        default="rerun",
+        description="a subtask whose job ended without its outcome (cancelled, killed at its"
+        " walltime, its node lost): run again (up to lost_subtask_retries times), or failed",
+    )
 
 
 class ExecutionSettings(BaseModel):
@@ -40,14 +70,24 @@ class ExecutionSettings(BaseModel):
         description="a subtask that leaves no file of the node's output types fails",
     )
     executor: Executor = Field(
-        default=Executor.CELERY, description="where the subtasks run: celery (the workers)"
+        default=Executor.CELERY,
+        description="where the subtasks run: celery (the workers), slurm (a batch system)",
+    )
+    batch: BatchSettings = Field(
+        default=BatchSettings(), description="the job arrays of executor: slurm"
     )
 
     @classmethod
     def stored(cls, execution: Mapping[str, Any]) -> ExecutionSettings:
         """A task's stored settings as read back, those it lacks at their defaults, without
         validating them again (they were when stored; a task is read at every message)."""
-        return cls.model_construct(**with_execution_defaults(execution))
+        values = with_execution_defaults(execution)
+        batch = BatchSettings.model_construct(**{**_BATCH_DEFAULTS, **(values["batch"] or {})})
+        return cls.model_construct(**{**values, "batch": batch})
+
+
+#: Every batch setting at its default.
+_BATCH_DEFAULTS = BatchSettings().model_dump()
 
 
 #: Every execution setting at its default (see ``with_execution_defaults``).

@@ -55,10 +55,15 @@ class Executor(StrEnum):
 
     #: Celery workers, a message per subtask or batch (``pipeline.engine.dispatch``).
     CELERY = "celery"
+    #: A Slurm batch system, one job array per task attempt (``pipeline.engine.batch``).
+    SLURM = "slurm"
 
 
 #: The engine's module of each executor.
-EXECUTORS: dict[Executor, str] = {Executor.CELERY: "pipeline.engine.dispatch"}
+EXECUTORS: dict[Executor, str] = {
+    Executor.CELERY: "pipeline.engine.dispatch",
+    Executor.SLURM: "pipeline.engine.batch",
+}
 
 
 class Event(StrEnum):

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -25,7 +26,7 @@ from sqlalchemy.types import TypeDecorator
 from pipeline.domain import lifecycle
 from pipeline.domain.execution import ExecutionSettings
 from pipeline.domain.lifecycle import PState
-from pipeline.domain.states import InstanceState, NodeState, SubtaskState
+from pipeline.domain.states import BatchJobState, InstanceState, NodeState, SubtaskState
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -234,6 +235,40 @@ class Subtask(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+
+
+class BatchJob(Base):
+    """One job array on a batch system: a task attempt's subtasks (or those of it sent
+    again), each subtask's ``message_id`` naming the job's ``token``."""
+
+    __tablename__ = "batch_jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    attempt: Mapped[int]
+    #: Its identity, given to the batch system as the job's comment (known before it is
+    #: submitted, so a job whose submission was not recorded is still recognised).
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    #: The batch system (the executor's name: ``slurm``).
+    system: Mapped[str] = mapped_column(String(32))
+    #: The batch system's job id ("" until submitted).
+    job_id: Mapped[str] = mapped_column(String(64), default="")
+    subtasks: Mapped[int]
+    elements: Mapped[int]
+    partition: Mapped[str] = mapped_column(String(200), default="")
+    state: Mapped[str] = mapped_column(String(16), default=BatchJobState.SUBMITTING)
+    #: Why it is in that state, in a line (the controller's reason, a refusal).
+    reason: Mapped[str] = mapped_column(Text, default="")
+    #: Each element as last seen: ``{element: [state, elapsed s, queued s, nodes]}``.
+    seen: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    submitted_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    #: Node-hours and cost estimated before it was submitted, and measured once it ran.
+    estimated_node_hours: Mapped[float | None] = mapped_column(Float)
+    estimated_cost: Mapped[float | None] = mapped_column(Float)
+    node_hours: Mapped[float | None] = mapped_column(Float)
+    cost: Mapped[float | None] = mapped_column(Float)
 
 
 class TaskEvent(Base):

@@ -66,3 +66,19 @@ def derive_instance_state(
     if any_started:
         return InstanceState.PROCESSING
     return InstanceState.INITIALIZED
+
+
+class BatchJobState(StrEnum):
+    """A job array on a batch system, as the pipeline follows it."""
+
+    SUBMITTING = "SUBMITTING"  # recorded; its submission not answered yet
+    PENDING = "PENDING"  # every element still queued
+    RUNNING = "RUNNING"  # some element running
+    ENDED = "ENDED"  # every element ended (or the controller forgot it)
+    CANCELLED = "CANCELLED"  # cancelled by the pipeline (a halt, a task moved on)
+
+
+#: Job arrays the monitor still follows.
+ACTIVE_BATCH_JOBS = frozenset(
+    {BatchJobState.SUBMITTING, BatchJobState.PENDING, BatchJobState.RUNNING}
+)

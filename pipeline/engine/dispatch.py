@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
 from pipeline.domain.execution import ExecutionSettings
@@ -27,7 +27,8 @@ from pipeline.domain.lifecycle import Event
 from pipeline.domain.models import Subtask, Task
 from pipeline.domain.states import SubtaskState
 from pipeline.domain.words import counted
-from pipeline.engine.task_state import move, send_waiting
+from pipeline.engine.executors import end_with_none_left, mark_queued
+from pipeline.engine.task_state import move
 from pipeline.messaging.messages import (
     GROUP,
     SUBTASK,
@@ -54,9 +55,6 @@ RECORD_OUTCOME_FOR_SECONDS = 300.0
 #: Extra seconds past the subtask timeout before Celery itself kills a stuck worker process:
 #: longer than the outcome may take to record, so Celery never cuts that short.
 HARD_LIMIT_GRACE = RECORD_OUTCOME_FOR_SECONDS + 60.0
-#: Task ids per statement when queueing many tasks' subtasks (SQLite's limit on a
-#: statement's parameters is far above it).
-QUEUE_CHUNK = 500
 #: A planned subtask message: its id and the (index, dispatch number) pairs it carries.
 Planned = tuple[str, list[tuple[int, int]]]
 
@@ -142,22 +140,7 @@ def queue_subtasks(
     restart, an automatic resubmit), for all its tasks in a few statements: a restart of
     1,000 tasks queues their subtasks in one transaction rather than in 1,000 messages'.
     """
-    queued: dict[int, list[tuple[int, int]]] = {task.id: [] for task in tasks}
-    ids = list(queued)
-    for start in range(0, len(ids), QUEUE_CHUNK):
-        chunk = ids[start : start + QUEUE_CHUNK]
-        session.execute(
-            update(Subtask)
-            .where(Subtask.task_id.in_(chunk), Subtask.state == SubtaskState.NEW)
-            .values(state=SubtaskState.QUEUED, dispatch=Subtask.dispatch + 1)
-            .execution_options(synchronize_session=False)
-        )
-        for task_id, index, number in session.execute(
-            select(Subtask.task_id, Subtask.index, Subtask.dispatch)
-            .where(Subtask.task_id.in_(chunk), Subtask.state == SubtaskState.QUEUED)
-            .order_by(Subtask.task_id, Subtask.index)
-        ):
-            queued[task_id].append((index, number))
+    queued = mark_queued(session, tasks)
     waiting = [task for task in tasks if queued[task.id]]
     sent = subtask_messages(session, [(task, queued[task.id]) for task in waiting], messages)
     for task, count in zip(waiting, sent, strict=True):
@@ -165,8 +148,7 @@ def queue_subtasks(
         move(session, task, Event.QUEUED, note, host)
     for task in tasks:
         if not queued[task.id]:
-            move(session, task, Event.ENDED, "no subtasks left to run", host)
-            send_waiting(messages, task)
+            end_with_none_left(session, task, messages, host)
 
 
 def subtask_messages(

@@ -11,13 +11,14 @@ import importlib
 from collections.abc import Iterable, Sequence
 from typing import Protocol, cast
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from pipeline.domain.execution import ExecutionSettings
-from pipeline.domain.lifecycle import EXECUTORS
+from pipeline.domain.lifecycle import EXECUTORS, Event
 from pipeline.domain.models import Subtask, Task
-from pipeline.domain.states import IN_FLIGHT
+from pipeline.domain.states import IN_FLIGHT, SubtaskState
+from pipeline.engine.task_state import move, send_waiting
 from pipeline.messaging.messages import InFlight
 from pipeline.messaging.outbox import Outbox
 
@@ -44,6 +45,39 @@ class ExecutorModule(Protocol):
 
     def withdraw(self, task: Task, subtasks: Sequence[Subtask], messages: Outbox) -> None:
         """Stop these in-flight subtasks of a task being halted."""
+
+
+#: Task ids per statement when queueing many tasks' subtasks (SQLite's limit on a
+#: statement's parameters is far above it).
+QUEUE_CHUNK = 500
+
+
+def mark_queued(session: Session, tasks: Sequence[Task]) -> dict[int, list[tuple[int, int]]]:
+    """Mark the NEW subtasks of these locked tasks QUEUED under a new dispatch number, in
+    a few statements for all of them; each task's queued (index, dispatch number) pairs."""
+    queued: dict[int, list[tuple[int, int]]] = {task.id: [] for task in tasks}
+    ids = list(queued)
+    for start in range(0, len(ids), QUEUE_CHUNK):
+        chunk = ids[start : start + QUEUE_CHUNK]
+        session.execute(
+            update(Subtask)
+            .where(Subtask.task_id.in_(chunk), Subtask.state == SubtaskState.NEW)
+            .values(state=SubtaskState.QUEUED, dispatch=Subtask.dispatch + 1)
+            .execution_options(synchronize_session=False)
+        )
+        for task_id, index, number in session.execute(
+            select(Subtask.task_id, Subtask.index, Subtask.dispatch)
+            .where(Subtask.task_id.in_(chunk), Subtask.state == SubtaskState.QUEUED)
+            .order_by(Subtask.task_id, Subtask.index)
+        ):
+            queued[task_id].append((index, number))
+    return queued
+
+
+def end_with_none_left(session: Session, task: Task, messages: Outbox, host: str) -> None:
+    """A task in ALGORITHM_SUBMITTING with no subtask left to run: on to monitor."""
+    move(session, task, Event.ENDED, "no subtasks left to run", host)
+    send_waiting(messages, task)
 
 
 def in_flight_subtasks(session: Session, task_id: int) -> list[Subtask]:

@@ -400,7 +400,9 @@ def _claimed_rows(
     return {(row.task_id, row.index): row for row in rows if (row.task_id, row.index) in named}
 
 
-def begin_subtasks(claims: Sequence[Claim], host: str = "") -> list[SubtaskRun]:
+def begin_subtasks(
+    claims: Sequence[Claim], host: str = "", about_to_run: bool = True
+) -> list[SubtaskRun]:
     """Claim the queued subtasks of one message in one transaction, in the message's order;
     those whose dispatch is stale or a duplicate, or whose task moved on, are left out.
 
@@ -408,6 +410,9 @@ def begin_subtasks(claims: Sequence[Claim], host: str = "") -> list[SubtaskRun]:
     another; the worker renews the lease of every claimed subtask that has not finished,
     so a message that outlives the lease is not reclaimed while its worker lives, and the
     unfinished rest of a dead worker's message lapses and is reclaimed subtask by subtask.
+
+    A subtask run again has the outputs of its earlier run cleared first, unless it is not
+    ``about_to_run`` (a batch job ran it already: its outcome is being recorded).
     """
     with transaction() as session:
         attempts = {claim.task_id: claim.attempt for claim in claims}
@@ -463,12 +468,15 @@ def begin_subtasks(claims: Sequence[Claim], host: str = "") -> list[SubtaskRun]:
     runs = []
     for task_id, subtasks in by_task.items():
         task = tasks[task_id]
-        runs += _subtask_runs(instances[task.instance_id], task, subtasks)
+        runs += _subtask_runs(instances[task.instance_id], task, subtasks, about_to_run)
     return runs
 
 
 def _subtask_runs(
-    instance: PipelineInstance, task: Task, subtasks: list[tuple[Row[Any], Claim]]
+    instance: PipelineInstance,
+    task: Task,
+    subtasks: list[tuple[Row[Any], Claim]],
+    about_to_run: bool,
 ) -> list[SubtaskRun]:
     """What a worker needs to run each of a task's claimed subtasks."""
     definition = instance_definition(instance)
@@ -488,8 +496,8 @@ def _subtask_runs(
     labels = list((instance.event or {}).get("labels", []))
     for subtask, claim in subtasks:
         directory = taskdir.subtask_dir(task_dir, subtask.index)
-        if claim.number > 1:  # run before here: its outputs then may be kept bytes now
-            _clear_outputs(definition, node, directory, [*subtask.inputs, *models.values()])
+        if claim.number > 1 and about_to_run:  # run before: its outputs may be kept bytes now
+            clear_outputs(definition, node, directory, [*subtask.inputs, *models.values()])
         context = SubtaskContext(
             directory=directory,
             inputs=[directory / name for name in subtask.inputs],
@@ -504,7 +512,7 @@ def _subtask_runs(
     return runs
 
 
-def _clear_outputs(definition: Definition, node: Node, directory: Path, inputs: list[str]) -> None:
+def clear_outputs(definition: Definition, node: Node, directory: Path, inputs: list[str]) -> None:
     """Remove what an earlier run of a subtask left as outputs before it runs again: once
     kept (``checked_outputs``), an output is a link to stored bytes, which an algorithm
     writing the same name in place would change. The stored bytes keep their own link."""

@@ -98,12 +98,17 @@ def cluster_status(args: argparse.Namespace) -> None:
     private()
 
     rows = cluster.status()
+    batch_system = reads.operations().batch_system_status()
+    if batch_system is not None:
+        rows.append(batch_system)
     if not args.json:
         home = find_home()
         console().print(f"home {home.path} ({home.reason})", highlight=False, soft_wrap=True)
     _show_status(rows, args.json)
     if not args.json:
         console().print(reads.operations().reconciler_health()["message"], markup=False)
+        if batch_system is not None:
+            console().print(f"slurm: {batch_system['message']}", markup=False)
         if any(row["alive"] for row in rows):
             _show_queues(reads.operations("queries").list_queues(), False)
 

@@ -28,6 +28,8 @@ SUBTASKS = "pipeline.stage.subtasks"
 #: a restart of many small tasks sends their subtasks.
 GROUP = "pipeline.stage.subtask_group"
 GROUP_PREFIX = "group-"
+#: Submit a task attempt's job arrays to its batch system (``engine.batch.submit``).
+BATCH_SUBMIT = "pipeline.stage.batch_submit"
 #: One message carrying the messages of many tasks, published on by a worker.
 FAN_OUT = "pipeline.stage.fan_out"
 #: Beat's reconciler, run every ``reconcile_interval`` (``pipeline.recovery.reconcile``).

@@ -41,6 +41,14 @@ from pipeline.operations.views import (
 from pipeline.recovery import heartbeat
 
 
+def batch_system_status() -> dict[str, Any] | None:
+    """Whether the batch system the pipelines' nodes run on answers (``cluster status``'s
+    row for it); None when no node runs on one."""
+    from pipeline.engine import batch
+
+    return batch.status()
+
+
 def reconciler_health() -> dict[str, Any]:
     """Whether beat's reconciler runs (``pipeline.recovery.heartbeat``): what ``cluster
     status``, the health route and the console say of it; never an error, since they

@@ -15,6 +15,7 @@ from pipeline.domain import definitions, parameters
 from pipeline.domain.limits import MAX_ID, check_id, check_index
 from pipeline.domain.models import (
     Alert,
+    BatchJob,
     DatastoreFile,
     FileConsumption,
     Heartbeat,
@@ -37,6 +38,7 @@ from pipeline.operations.views import (
     WorkerView,
     alert_view,
     attempt_view,
+    batch_job_view,
     event_view,
     instance_view,
     iso_time,
@@ -165,6 +167,10 @@ def get_task(task_id: int) -> dict[str, Any]:
             .order_by(Subtask.index)
         )
         detail["running"] = [subtask_view(subtask) for subtask in running]
+        jobs = session.scalars(
+            select(BatchJob).where(BatchJob.task_id == task_id).order_by(BatchJob.id)
+        )
+        detail["batch_jobs"] = [batch_job_view(job) for job in jobs]
         return detail
 
 

@@ -318,6 +318,36 @@ def attempt_view(row: Any) -> AttemptView:
     )
 
 
+@with_config(_CLOSED)
+class BatchJobView(TypedDict):
+    """A job array of a task on a batch system (``executor: slurm``)."""
+
+    job_id: Annotated[str, Field(description="the batch system's; empty until submitted")]
+    attempt: int
+    state: str
+    reason: str
+    subtasks: int
+    elements: int
+    partition: str
+    elements_by_state: Annotated[dict[str, int], Field(description="as the controller last said")]
+    queue_wait: Annotated[float | None, Field(description="longest wait of an element, s")]
+    estimated_node_hours: float | None
+    estimated_cost: float | None
+    node_hours: Annotated[float | None, Field(description="measured from its elements' run times")]
+    cost: float | None
+    submitted_at: Time | None
+    ended_at: Time | None
+
+
+def batch_job_view(row: Any) -> BatchJobView:
+    seen = list((row.seen or {}).values())
+    by_state: dict[str, int] = {}
+    for state, *_ in seen:
+        by_state[state] = by_state.get(state, 0) + 1
+    wait = max((queued for _, _, queued, _ in seen), default=None)
+    return build(BatchJobView, row, elements_by_state=by_state, queue_wait=wait)  # type: ignore[no-any-return]
+
+
 class TaskDetail(TaskView):
     task_dir: str
     attempts: Annotated[
@@ -326,6 +356,9 @@ class TaskDetail(TaskView):
     history: list[TaskEventView]
     running: Annotated[
         list[SubtaskView], Field(description="subtasks running now, with worker and heartbeat")
+    ]
+    batch_jobs: Annotated[
+        list[BatchJobView], Field(description="its job arrays, oldest first (executor: slurm)")
     ]
 
 

@@ -29,7 +29,7 @@ from pipeline.domain.execution import ExecutionSettings
 from pipeline.domain.lifecycle import EXECUTION_STEPS, WAITING, PState
 from pipeline.domain.models import DatastoreFile, PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import STOPPED_STATES, SubtaskState
-from pipeline.engine import executors
+from pipeline.engine import batch, executors
 from pipeline.engine.alerts import WARNING, raise_once_about
 from pipeline.engine.datastore_ledger import withdraw_pending
 from pipeline.engine.locks import lock_task_only
@@ -85,6 +85,9 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
         utcnow() - timedelta(seconds=settings.lease_seconds), isolation
     )
     cutoff = utcnow() - timedelta(seconds=settings.stale_after)
+    # Before the quiet tasks are looked at: their jobs' outcomes recorded, and lost ones
+    # sent again, in one query of the batch system.
+    batch_jobs = batch.watch(isolation)
     remarshaled = _marshal_lost_marshals(cutoff, isolation)
     withdrawn = _withdraw_abandoned_placements(cutoff, settings, isolation)
     disks_low = disks.watch(settings)
@@ -160,6 +163,7 @@ def _reconcile(settings: Settings, isolation: Isolation) -> dict[str, int]:
         "queues_unconsumed": len(unconsumed),
         "instances_checked": len(active_instances),
         "failed": isolation.failed,
+        **batch_jobs,
     }
 
 
