@@ -585,3 +585,36 @@ def test_queue_depths_show_what_waits_where(console: Console, worker: InProcessW
     worker.drain()
     [default] = [q for q in queries.list_queues() if q["queue"] == "default"]
     assert (default["messages"], default["tasks_waiting"]) == (0, 0)
+
+
+def test_event_handlers_are_switched_and_models_listed_from_the_console(
+    console: Console, tmp_path: Path
+) -> None:
+    from pipeline.operations import events, models
+    from tests.test_events import sample_with_handler
+    from tests.test_models import dark, sample_with_model
+
+    sample_with_handler(tmp_path / "a", tmp_path / "incoming")
+    empty = console.request("/pipeline/events")
+    assert empty.status == 200 and 'id="handler-ingest"' in empty.body
+    assert "none yet" in empty.body and 'id="no-models"' in empty.body
+    done = console.request("/pipeline/events", {"name": "ingest", "enabled": "0"})
+    assert "event handler ingest disabled" in done.body
+    assert events.list_handlers()[0]["enabled"] is False
+    unknown = console.request("/pipeline/events", {"name": "nosuch", "enabled": "1"})
+    assert "unknown event handler &#x27;nosuch&#x27;" in unknown.body
+    assert events.list_handlers()[0]["enabled"] is False, "a refused switch changes nothing"
+    forged = console.request("/pipeline/events", {"name": "ingest", "enabled": "1"}, token=False)
+    assert forged.status == 403 and events.list_handlers()[0]["enabled"] is False
+
+    sample_with_model(tmp_path / "b")
+    models.import_model(dark(tmp_path / "in", 3, "d3"), "dark")
+    listed = console.request("/pipeline/events")
+    assert "dark-3.txt" in listed.body and 'id="no-models"' not in listed.body
+
+
+def test_the_task_page_shows_the_code_of_each_attempt(console: Console) -> None:
+    page = console.request(f"/pipeline/tasks/{TASKS[0]}")
+    [ran] = queries.get_task(TASKS[0])["attempts"]
+    assert page.status == 200 and 'id="attempts"' in page.body
+    assert ran["code_version"] in page.body.replace("&#x27;", "'")

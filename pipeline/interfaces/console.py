@@ -33,7 +33,7 @@ from pipeline.domain.limits import MAX_ID, parse_id
 from pipeline.errors import InvalidInput, shown
 from pipeline.interfaces import dag
 from pipeline.interfaces.statuses import status as http_status
-from pipeline.operations import facade, pages, queries
+from pipeline.operations import events, facade, models, pages, queries
 from pipeline.operations.outcomes import Report
 from pipeline.operations.problems import problem
 from pipeline.operations.views import submitted_line
@@ -285,13 +285,7 @@ class PipelineHandler(BaseHandler):
     async def attempt(self, call: Callable[..., Any], *args: Any) -> tuple[Any, str]:
         """``call`` off the I/O loop: (its result, "") or, for an operator's error,
         (None, its one line)."""
-        try:
-            return await self.off_loop(call, *args), ""
-        except Exception as exc:
-            found = problem(exc)
-            if found is None:
-                raise
-            return None, found.message
+        return await self.off_loop(_attempted, call, *args)  # type: ignore[no-any-return]
 
     def page_url(self, **query: Any) -> str:
         """This page with ``query`` changed (the pager's and filters' links)."""
@@ -529,18 +523,50 @@ class AcknowledgeHandler(PipelineHandler):
         fields = self.form_fields()
 
         def acknowledge() -> tuple[bool, str]:
-            try:
-                facade.acknowledge_alert(parse_id(alert_id, "alert"))
-            except Exception as exc:
-                found = problem(exc)
-                if found is None:
-                    raise
-                return False, found.message
-            return True, f"alert {alert_id} acknowledged"
+            done, why_not = _attempted(
+                lambda: facade.acknowledge_alert(parse_id(alert_id, "alert"))
+            )
+            return (True, f"alert {alert_id} acknowledged") if done else (False, why_not)
 
         ok, message = await self.off_loop(acknowledge)
         target = self.back(fields) if fields.get("back") else self.reverse_url("pipeline-alerts")
         self.return_with(ok, message, target)
+
+
+def _attempted(call: Callable[..., Any], *args: Any) -> tuple[Any, str]:
+    """(``call``'s result, "") or, for an operator's error, (None, its one line)."""
+    try:
+        return call(*args), ""
+    except Exception as exc:
+        found = problem(exc)
+        if found is None:
+            raise
+        return None, found.message
+
+
+class EventsPage(PipelineHandler):
+    """The event handlers with their last event, enabled and disabled here (as ``pipeline
+    events enable|disable``), the recent events, and the model registry."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        handlers = await self.read(events.list_handlers)
+        recent = await self.read(events.list_events)
+        held = await self.read(models.list_models)
+        self.render_page("events.html", handlers=handlers, events=recent, models=held)
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        fields = self.form_fields()
+        name, enabled = fields.get("name", ""), fields.get("enabled") == "1"
+
+        def switch(_: dict[str, str]) -> tuple[bool, str]:
+            done, why_not = _attempted(events.set_enabled, name, enabled)
+            if done is None:
+                return False, why_not
+            return True, f"event handler {name} {'enabled' if enabled else 'disabled'}"
+
+        await self.act_and_return(switch, fields, self.reverse_url("pipeline-events"))
 
 
 class DefinitionsPage(PipelineHandler):
@@ -581,13 +607,9 @@ def as_text(value: Any) -> str:
 
 def _set_parameters(name: str, changes: dict[str, str]) -> tuple[bool, str]:
     """Save a parameter form's changes: (saved, one line)."""
-    try:
-        saved = facade.set_parameters(name, changes)
-    except Exception as exc:
-        found = problem(exc)
-        if found is None:
-            raise
-        return False, found.message
+    saved, why_not = _attempted(facade.set_parameters, name, changes)
+    if saved is None:
+        return False, why_not
     said = ", ".join(f"{key} = {value}" for key, value in changes.items())
     return True, f"parameter set {name} version {saved['version']}: {said}"
 

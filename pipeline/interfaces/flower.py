@@ -45,6 +45,7 @@ PAGES = (
     ("/pipeline/alerts", console.AlertsPage, "pipeline-alerts"),
     (r"/pipeline/alerts/([^/]+)/acknowledge", console.AcknowledgeHandler, "pipeline-acknowledge"),
     ("/pipeline/definitions", console.DefinitionsPage, "pipeline-definitions"),
+    ("/pipeline/events", console.EventsPage, "pipeline-events"),
     ("/pipeline/parameters", console.ParametersPage, "pipeline-parameters"),
     ("/pipeline/submit", console.SubmitPage, "pipeline-submit"),
     ("/pipeline/restart", console.RestartPage, "pipeline-restart"),
@@ -59,6 +60,7 @@ NAV_TABS = (
     ("Restart", "pipeline-restart", "pipeline-restart"),
     ("Alerts", "pipeline-alerts", "pipeline-alerts"),
     ("Definitions", "pipeline-definitions", "pipeline-definitions"),
+    ("Events", "pipeline-events", "pipeline-events"),
     ("Parameters", "pipeline-parameters", "pipeline-parameters"),
 )
 NAV_ITEM = """        <li class="nav-item">
