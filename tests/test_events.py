@@ -95,6 +95,12 @@ def test_a_delivery_is_received_by_its_layout_all_or_nothing_and_once(
     assert [(m["model_type"], m["version"]) for m in with_model["models"]] == [("dark", "5")]
     assert [m["version"] for m in models.list_models()] == ["5"]
 
+    itself = delivery(tmp_path, "night-5", {"set-8": 8})  # its manifest lists itself
+    manifest = itself / "night-5.sha256"
+    empty = hashlib.sha256(b"").hexdigest()
+    manifest.write_text(f"{empty}  night-5.sha256\n" + manifest.read_text())
+    assert receive_delivery(itself)["units"] == {"raw_image": ["set-8"]}
+
     stray = delivery(tmp_path, "night-3", {"set-6": 6})
     (stray / "set-6" / "notes.txt").write_text("?")
     with pytest.raises(InvalidInput, match="set-6/notes.txt: matches no data file type"):

@@ -171,24 +171,26 @@ def _show(shown: Shown, limit: int | None, every: bool, as_json: bool) -> None:
 
 def show_instances(limit: int | None, every: bool, as_json: bool) -> None:
     """Pipeline instances and their states: the newest, in id order."""
-    columns = ["id", "pipeline", "version", "state", "nodes", "created", "message"]
-    keys = ("id", "pipeline", "definition_version", "state", "", "created_at", "message")
+    columns = ["id", "pipeline", "version", "state", "nodes", "started by", "created", "message"]
+    keys = ("id", "pipeline", "definition_version", "state", "", "event", "created_at", "message")
     listed = Shown(
         "instances",
         "instances",
         "/instances",
         lambda f, n: f.instances_listing(n),
         columns,
-        lambda r: [r[key] if key else _node_range(r) for key in keys],
+        lambda r: [(r.get(key) or "") if key else _node_range(r) for key in keys],
         "the newest ",
     )
     _show(listed, limit, every, as_json)
 
 
 def _node_range(instance: dict[str, Any]) -> str:
+    """The nodes an instance runs, and the units of work when it runs some only."""
+    units = f" ({', '.join(instance['units'])})" if instance.get("units") is not None else ""
     if not instance["start_node"] and not instance["end_node"]:
-        return "all"
-    return f"{instance['start_node'] or 'first'} .. {instance['end_node'] or 'last'}"
+        return "all" + units
+    return f"{instance['start_node'] or 'first'} .. {instance['end_node'] or 'last'}{units}"
 
 
 def show_tasks(instance: int, limit: int | None, every: bool, as_json: bool) -> None:

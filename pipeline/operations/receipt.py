@@ -161,7 +161,9 @@ def _names(directory: Path, kind: DataFileType, type_name: str, manifest: Path |
 
 def read_manifest(manifest: Path, names: list[str], nested: bool = False) -> dict[str, str]:
     """The manifest's checksum of each file; refused unless it lists exactly ``names``
-    (with ``nested``, relative paths under the manifest's directory)."""
+    (with ``nested``, relative paths under the manifest's directory). A line for the
+    manifest itself is passed over: a manifest written into its delivery can list itself,
+    with the checksum it had before it was written (as one of Ziggy's deliveries does)."""
     try:
         lines = manifest.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -183,6 +185,8 @@ def read_manifest(manifest: Path, names: list[str], nested: bool = False) -> dic
         )
         if outside:
             raise InvalidInput(f"{manifest}:{number}: {name}: names a file outside the directory")
+        if name == manifest.name and name not in names:
+            continue
         if name in expected:
             raise InvalidInput(f"{manifest}:{number}: {name}: listed twice")
         expected[name] = checksum
