@@ -695,8 +695,9 @@ def test_submit_dry_run_says_what_would_run_and_submits_nothing(cli) -> None:
     assert result.returncode == 0, result.stderr
     assert "would run permuter, flip, with algorithm version 1; nothing submitted" in result.stdout
     assert "permuter: 2 tasks (set-1, set-2)" in result.stdout
+    assert "not run: averaging (not between the start and end nodes)" in result.stdout
     planned = json.loads(cli("submit", "sample", "--dry-run", "--json").stdout)
-    assert planned["nodes"] == ["permuter", "flip", "averaging"]
+    assert planned["nodes"] == ["permuter", "flip", "averaging"] and planned["left_out"] == []
     assert planned["units"] == {"permuter": ["set-1", "set-2"]}
     assert unchanged() == before, "nothing submitted, no parameter set locked"
     assert not queries.show_parameter_set("algorithm")["locked"]

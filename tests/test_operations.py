@@ -22,7 +22,10 @@ def test_submit_and_restart_as_operations(home: Path, worker: InProcessWorker) -
     facade.set_parameters("algorithm", ["throw_exception_subtask_0=true"])
     submitted = run("pipeline.submit", "sample", end_node="permuter")
     assert submitted["ok"] and submitted["tasks"] == [1, 2]
-    assert submitted["summary"] == "instance 1 of sample submitted with 2 tasks (INITIALIZED)"
+    assert submitted["summary"] == (
+        "instance 1 of sample submitted with 2 tasks (INITIALIZED);"
+        " not run: flip, averaging (not between the start and end nodes)"
+    )
     worker.drain()
 
     dry = run("pipeline.restart_failed", 1, "resume-current-step", dry_run=True)

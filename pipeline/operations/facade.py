@@ -127,7 +127,9 @@ def submit(
     submitted = submitting(pipeline, start_node, end_node, priority, models=chosen)
     with transaction() as session:
         instance = session.get(PipelineInstance, submitted.id)
-        view = SubmittedInstance(**instance_view(instance), tasks=submitted.tasks)
+        view = SubmittedInstance(
+            **instance_view(instance), tasks=submitted.tasks, left_out=submitted.left_out
+        )
     if submitted.queued:
         view["message"] = f"queued: {submitted.queued}"
     return view
@@ -148,6 +150,7 @@ def preview_submit(
     return SubmitPreview(
         pipeline=planned.pipeline,
         nodes=planned.nodes,
+        left_out=planned.left_out,
         units=planned.units,
         parameter_sets=planned.parameter_sets,
         models=planned.models,

@@ -30,6 +30,8 @@ class Submitted:
     queued: str = ""
     #: The nodes it runs, in order, and the units of work of the first ones' tasks.
     nodes: list[str] = field(default_factory=list)
+    #: The pipeline's nodes it does not run (outside its start and end nodes).
+    left_out: list[str] = field(default_factory=list)
     units: dict[str, list[str]] = field(default_factory=dict)
     #: The parameter set versions it freezes.
     parameter_sets: dict[str, int] = field(default_factory=dict)
@@ -142,6 +144,7 @@ def submit(
                 tasks += create_node_tasks(session, instance, definition, name, root, messages)
         submitted = Submitted(instance.id, instance.pipeline, instance.state, [t.id for t in tasks])
         submitted.nodes = nodes
+        submitted.left_out = [name for name in definition.order() if name not in nodes]
         for task in tasks:
             submitted.units.setdefault(task.node, []).append(task.unit_of_work)
         submitted.parameter_sets = {name: frozen[name]["version"] for name in frozen}

@@ -113,6 +113,9 @@ class InstanceView(TypedDict):
 
 class SubmittedInstance(InstanceView):
     tasks: Annotated[list[int], Field(description="ids of the tasks of the first nodes")]
+    left_out: Annotated[
+        list[str], Field(description="nodes of the pipeline outside --start-node .. --end-node")
+    ]
 
 
 @with_config(_CLOSED)
@@ -141,6 +144,9 @@ class SubmitPreview(TypedDict):
 
     pipeline: str
     nodes: Annotated[list[str], Field(description="the nodes it would run, in order")]
+    left_out: Annotated[
+        list[str], Field(description="nodes of the pipeline outside --start-node .. --end-node")
+    ]
     units: Annotated[
         dict[str, list[str]], Field(description="the first nodes' tasks: units of work by node")
     ]
@@ -650,7 +656,13 @@ def submit_preview_text(planned: SubmitPreview) -> str:
     ]
     for node, units in planned["units"].items():
         lines.append(f"  {node}: {counted(len(units), 'task')} ({', '.join(units)})")
+    if planned["left_out"]:
+        lines.append(f"  not run: {', '.join(planned['left_out'])} ({LEFT_OUT})")
     return "\n".join(lines)
+
+
+#: Why a node of the pipeline is not run by an instance.
+LEFT_OUT = "not between the start and end nodes"
 
 
 def submitted_line(submitted: SubmittedInstance) -> str:
@@ -659,6 +671,8 @@ def submitted_line(submitted: SubmittedInstance) -> str:
         f"instance {submitted['id']} of {submitted['pipeline']} submitted with"
         f" {len(submitted['tasks'])} tasks ({submitted['state']})"
     )
+    if submitted["left_out"]:
+        line += f"; not run: {', '.join(submitted['left_out'])} ({LEFT_OUT})"
     return f"{line}; {submitted['message']}" if submitted["message"] else line
 
 
