@@ -249,7 +249,7 @@ def test_delivery_complete_through_the_operation_for_senders_without_ready_files
     with pytest.raises(InvalidInput, match="one directory name"):
         events.deliver("ingest", ["../etc"])
     failed = events.deliver("ingest", ["night-9"])
-    assert failed["state"] == "failed" and "not a directory" in failed["message"]
+    assert failed["state"] == "failed" and "no such directory" in failed["message"]
 
 
 def test_the_http_api_lists_switches_and_takes_delivery_complete(

@@ -131,7 +131,7 @@ def test_an_instance_pins_its_models_and_a_restart_uses_them_after_a_newer_arriv
 
     with pytest.raises(NotFound, match="model type 'dark' has no version '7'"):
         facade.submit("sample", models=["dark=7"])
-    with pytest.raises(InvalidInput, match="no node this instance runs uses that model type"):
+    with pytest.raises(NotFound, match="no node this instance runs uses that model type"):
         facade.submit("sample", models=["flat=1"])
     with pytest.raises(InvalidInput, match="expected TYPE=VERSION"):
         facade.submit("sample", models=["dark"])

@@ -60,7 +60,7 @@ def pin(
     for kind in chosen:
         if kind not in used:
             said = ", ".join(used) or "none"
-            raise InvalidInput(
+            raise NotFound(
                 f"--model {shown(kind)}: no node this instance runs uses that model type"
                 f" (they use: {said})"
             )

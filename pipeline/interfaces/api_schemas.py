@@ -46,8 +46,9 @@ class SubmitRequest(_Strict):
     start_node: Name | None = Field(default=None, description="first node to run")
     end_node: Name | None = Field(default=None, description="last node to run")
     priority: Priority | None = Field(default=None, description="0 runs first, 9 last")
-    models: dict[Name, Annotated[str, Field(max_length=200)]] = Field(
+    models: dict[str, str] = Field(
         default_factory=dict,
+        max_length=100,
         description="model versions to pin, by model type (the newest of every other type)",
     )
 

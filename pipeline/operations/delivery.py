@@ -26,7 +26,7 @@ from pipeline.database import transaction
 from pipeline.domain.definitions import Definition
 from pipeline.engine import datastore, model_registry
 from pipeline.engine.datastore_ledger import current_rows, record_received
-from pipeline.errors import InvalidInput
+from pipeline.errors import InvalidInput, NotFound
 from pipeline.operations import receipt as receipts
 from pipeline.operations.models import declared
 from pipeline.operations.views import DeliveryView, ReceivedFile, model_view
@@ -67,8 +67,8 @@ def manifest_of(directory: Path) -> Path:
 
 def receive_delivery(directory: Path, pipeline: str | None = None) -> DeliveryView:
     """Receive the delivery in ``directory`` (see the module docstring)."""
-    if "\x00" in str(directory):
-        raise InvalidInput(f"{str(directory)[:80]!r}: a file name cannot hold a NUL character")
+    if "\x00" in str(directory) or not directory.exists():  # a NUL names no file
+        raise NotFound(f"{str(directory)[:200]!r}: no such directory")
     if not directory.is_dir():
         raise InvalidInput(f"{directory}: not a directory")
     root = datastore.require(get_settings().datastore)

@@ -149,8 +149,12 @@ def scan() -> dict[str, int]:
 
 
 def deliver(name: str, labels: Sequence[str]) -> EventView:
-    """ "Delivery complete" for senders that cannot write ready files: handle the event of
-    these labels of handler ``name`` now, as if its ready files were there."""
+    """Say "delivery complete", for senders that cannot write ready files: handle the
+    event of these labels of handler ``name`` now, as if its ready files were there."""
+    with transaction() as session:  # an unknown or disabled handler is the error first
+        handler = _handler(session, name)
+        if not handler.enabled:
+            raise Refused(f"event handler {name!r} is disabled (pipeline events enable {name})")
     labels = [str(label) for label in labels]
     if not labels:
         raise InvalidInput("name the labels of the delivery (at least one)")
@@ -159,10 +163,6 @@ def deliver(name: str, labels: Sequence[str]) -> EventView:
             raise InvalidInput(
                 f"label {label[:80]!r}: one directory name in the handler's directory"
             )
-    with transaction() as session:
-        handler = _handler(session, name)
-        if not handler.enabled:
-            raise Refused(f"event handler {name!r} is disabled (pipeline events enable {name})")
     event_id, _ = handle(name, tuple(sorted(set(labels))), ())
     with transaction() as session:
         return pipeline_event_view(session.get(PipelineEvent, event_id))

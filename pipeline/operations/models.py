@@ -45,8 +45,8 @@ def model_type(session: Session, name: str, pipeline: str | None = None) -> Mode
 
 def import_model(file: Path, kind: str, pipeline: str | None = None) -> ModelReceipt:
     """Receive ``file`` as a version of model type ``kind``: kept forever, by its bytes."""
-    if "\x00" in str(file):
-        raise InvalidInput(f"{str(file)[:80]!r}: a file name cannot hold a NUL character")
+    if "\x00" in str(file) or not file.exists():  # a NUL names no file
+        raise NotFound(f"{str(file)[:200]!r}: no such file")
     if not file.is_file():
         raise InvalidInput(f"{file}: not a file")
     root = datastore.require(get_settings().datastore)
