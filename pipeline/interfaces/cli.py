@@ -180,7 +180,11 @@ def flower(args: argparse.Namespace) -> None:
 
 
 def definitions_import(args: argparse.Namespace) -> None:
-    for item in reads.operations().import_definitions(args.files):
+    warnings: list[str] = []
+    imported = reads.operations().import_definitions(args.files, args.algorithm_path, warnings)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for item in imported:
         note = "imported" if item["new"] else "unchanged"
         console().print(f"{item['name']} version {item['version']} ({note})")
 
@@ -194,6 +198,10 @@ def definitions_list(args: argparse.Namespace) -> None:
         ["name", "version", "nodes", "imported"],
         [[r["name"], r["version"], " -> ".join(r["nodes"]), r["imported_at"]] for r in rows],
     )
+
+
+def definitions_export(args: argparse.Namespace) -> None:
+    sys.stdout.write(reads.operations().export_definition(args.name))
 
 
 def definitions_show(args: argparse.Namespace) -> None:
@@ -818,6 +826,7 @@ EXAMPLES: dict[str, str] = {
     "definitions import": "pipeline definitions import my-pipeline.yaml",
     "definitions list": "pipeline definitions list --json",
     "definitions show": "pipeline definitions show sample",
+    "definitions export": "pipeline definitions export sample > sample-pipeline.xml",
     "params": "pipeline params set algorithm throw_exception_subtask_0=true",
     "params list": "pipeline params list",
     "params show": "pipeline params show algorithm --version 1",
@@ -997,7 +1006,21 @@ def _cluster_start_arguments(command: Parser) -> None:
 
 
 def _definitions_import_arguments(command: Parser) -> None:
-    command.add_argument("files", nargs="+", type=Path, metavar="FILE", help="YAML files.")
+    command.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="YAML files, Ziggy XML files or a Ziggy ziggy.d directory.",
+    )
+    command.add_argument(
+        "--algorithm-path",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="Where Ziggy steps' files live (repeatable; default: the XML files' directory).",
+    )
 
 
 def _params_show_arguments(command: Parser) -> None:
@@ -1286,6 +1309,16 @@ COMMANDS: dict[str, Command] = {
     ),
     "definitions list": Command(
         "The newest version of every pipeline definition.", definitions_list, _json
+    ),
+    "definitions export": Command(
+        "A pipeline's newest definition as a Ziggy pipelineDefinition file, on stdout.",
+        definitions_export,
+        _all_of(
+            lambda command: command.add_argument("name", metavar="NAME", help="The pipeline."),
+            lambda command: command.add_argument(
+                "--format", choices=["ziggy"], default="ziggy", help="Ziggy's XML (the only one)."
+            ),
+        ),  # fmt: skip
     ),
     "definitions show": Command(
         "A pipeline's nodes, their algorithms, inputs, outputs and execution settings.",

@@ -15,7 +15,6 @@ again after a crash) makes no second version.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 from contextlib import suppress
@@ -182,7 +181,7 @@ def _classify(known: list[Definition], path: str) -> Classified:
         for kind_name, kind in definition.data_file_types.items():
             before, _, after = kind.location.partition(kind.placeholder)
             where = re.fullmatch(re.escape(before) + _UNIT + re.escape(after), folder)
-            if where and fnmatch.fnmatchcase(name, kind.pattern):
+            if where and kind.is_unit(where.group(1)) and kind.matches(name):
                 matches[kind_name] = where.group(1)
     if not matches:
         raise InvalidInput(
