@@ -255,3 +255,84 @@ def test_what_ziggy_files_hold_is_mapped_or_refused_in_one_line_and_nothing_impo
     assert_one_line_error(result, *fragments)
     assert json.loads(run_cli(capsys, "definitions", "list", "--json").stdout) == []
     assert json.loads(run_cli(capsys, "params", "list", "--json").stdout) == []
+
+
+def deliver_with_manifest(
+    delivery: Path, capsys: pytest.CaptureFixture[str], dataset_id: int, checksum: str = "SHA1"
+) -> None:
+    """Night 2's frames in a delivery laid out as the datastore, with a Ziggy manifest
+    written by ``pipeline datastore manifest``."""
+    raw = delivery / "night-2" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "frame-1.sci").write_text("11")
+    (raw / "frame-1.dark").write_text("1")
+    result = run_cli(
+        capsys,
+        "datastore",
+        "manifest",
+        delivery,
+        "--dataset-id",
+        dataset_id,
+        "--checksum",
+        checksum,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("checksum", ["SHA1", "SHA256", "MD5"])
+def test_a_delivery_with_a_ziggy_manifest_is_received_acknowledged_and_cleared(
+    home: Path, ziggy_d: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], checksum: str
+) -> None:
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    delivery = tmp_path / "delivery"
+    deliver_with_manifest(delivery, capsys, 7, checksum)
+
+    result = run_cli(capsys, "datastore", "import", delivery)
+
+    assert result.returncode == 0, result.stderr
+    assert "received 2 files" in result.stdout
+    assert "dark frame: night-2; science frame: night-2" in result.stdout
+    assert (home / "datastore" / "night-2" / "raw" / "frame-1.sci").read_text() == "11"
+    assert list(delivery.iterdir()) == [], "what was received is removed from the delivery"
+    [kept] = (home / "manifests").iterdir()
+    assert sorted(p.name for p in kept.iterdir()) == [
+        "delivery-manifest-ack.xml",
+        "delivery-manifest.xml",
+    ]
+    ack = (kept / "delivery-manifest-ack.xml").read_text()
+    assert f'<acknowledgement datasetId="7" checksumType="{checksum}" fileCount="2"' in ack
+    assert ack.count('transferStatus="present" validationStatus="valid"') == 2
+
+
+def test_a_ziggy_manifest_that_disagrees_or_a_dataset_id_used_again_is_refused(
+    home: Path, ziggy_d: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    first = tmp_path / "first"
+    deliver_with_manifest(first, capsys, 7)
+    assert run_cli(capsys, "datastore", "import", first).returncode == 0
+
+    again = tmp_path / "again"
+    deliver_with_manifest(again, capsys, 7)
+    result = run_cli(capsys, "datastore", "import", again)
+    assert_one_line_error(result, "again-manifest.xml: datasetId 7 was received already")
+    assert len(list((again / "night-2" / "raw").iterdir())) == 2, "nothing taken"
+
+    changed = tmp_path / "changed"
+    deliver_with_manifest(changed, capsys, 8)
+    (changed / "night-2" / "raw" / "frame-1.sci").write_text("12")
+    result = run_cli(capsys, "datastore", "import", changed)
+    assert_one_line_error(result, "night-2/raw/frame-1.sci: SHA1 checksum differs")
+
+    shorter = tmp_path / "shorter"
+    deliver_with_manifest(shorter, capsys, 9)
+    (shorter / "night-2" / "raw" / "frame-1.sci").write_text("1")
+    result = run_cli(capsys, "datastore", "import", shorter)
+    assert_one_line_error(result, "night-2/raw/frame-1.sci: 1 bytes, the manifest says 2")
+
+    files = json.loads(run_cli(capsys, "files", "--unit", "night-2", "--json").stdout)
+    assert {f["path"]: f["size"] for f in files} == {
+        "night-2/raw/frame-1.dark": 1,
+        "night-2/raw/frame-1.sci": 2,
+    }, "only the first delivery is in"
+    assert len(list((home / "manifests").iterdir())) == 1

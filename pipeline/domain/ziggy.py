@@ -141,17 +141,22 @@ def read_parameter_library(path: Path) -> list[ParameterSetXml]:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def _root(path: Path) -> ElementTree.Element:
+def parse(path: Path, tag: str, what: str) -> ElementTree.Element:
+    """The root element of the XML file at ``path``, refused in one line unless it is
+    well formed and its root is ``tag`` (``what`` says what such a file is)."""
     try:
         root = ElementTree.parse(path).getroot()
     except OSError as exc:
         raise InvalidInput(f"{path}: cannot read ({exc.strerror})") from None
     except ElementTree.ParseError as exc:
         raise InvalidInput(f"{path}: not well-formed XML ({exc})") from None
-    if root.tag != "pipelineDefinition":
-        raise InvalidInput(
-            f"{path}: root element <{root.tag}>: a Ziggy definition file holds <pipelineDefinition>"
-        )
+    if root.tag != tag:
+        raise InvalidInput(f"{path}: root element <{root.tag}>: {what} is <{tag}>")
+    return root
+
+
+def _root(path: Path) -> ElementTree.Element:
+    root = parse(path, "pipelineDefinition", "a Ziggy definition file's")
     _attributes(path, root, set())
     return root
 
@@ -668,7 +673,7 @@ def export(spec: dict[str, Any], parameter_sets: dict[str, dict[str, Any]]) -> s
         lines.append("  </parameterSet>")
     lines += _datastore_xml(name, spec["data_file_types"])
     for kind_name, model in spec.get("model_types", {}).items():
-        lines.append(f"  <modelType{_attrs(_model_attrs(kind_name, model['pattern']))}/>")
+        lines.append(f"  <modelType{_attrs(_model_attributes(kind_name, model['pattern']))}/>")
     lines.append("</pipelineDefinition>")
     return "\n".join(lines) + "\n"
 
@@ -683,8 +688,12 @@ def parameter_xml(key: str, declaration: dict[str, Any]) -> str:
     return f"<parameter{_attrs({'name': key, 'value': text, 'type': ziggy})}/>"
 
 
-def _attrs(attributes: dict[str, Any]) -> str:
+def xml_attributes(attributes: dict[str, Any]) -> str:
+    """Attributes as XML writes them, each quoted."""
     return "".join(f" {key}={quoteattr(str(value))}" for key, value in attributes.items())
+
+
+_attrs = xml_attributes
 
 
 def _step_of(node: dict[str, Any], python_path: list[Path]) -> dict[str, str]:
@@ -784,7 +793,7 @@ def _datastore_xml(name: str, file_types: dict[str, dict[str, Any]]) -> list[str
     return [*lines, *types]
 
 
-def _model_attrs(name: str, pattern: str) -> dict[str, Any]:
+def _model_attributes(name: str, pattern: str) -> dict[str, Any]:
     attributes: dict[str, Any] = {"type": name}
     compiled = re.compile(pattern)
     numbers = {group: index for group, index in compiled.groupindex.items()}

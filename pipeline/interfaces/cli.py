@@ -693,6 +693,24 @@ def _receive_delivery(args: argparse.Namespace) -> None:
     console().print(f"acknowledgement written to {received['acknowledgement']}", highlight=False)
 
 
+def datastore_manifest(args: argparse.Namespace) -> None:
+    written = reads.operations("manifests").write(args.directory, args.dataset_id, args.checksum)
+    console().print(f"manifest written to {written}", highlight=False)
+
+
+def _datastore_manifest_arguments(command: Parser) -> None:
+    command.add_argument("directory", type=Path, metavar="DIR", help="The delivery.")
+    command.add_argument(
+        "--dataset-id", type=_whole(), required=True, metavar="N", help="0 may be used again."
+    )
+    command.add_argument(
+        "--checksum",
+        choices=["SHA1", "SHA256", "SHA512", "MD5"],
+        default="SHA1",
+        help="The checksum type (default SHA1, Ziggy's).",
+    )
+
+
 def files(args: argparse.Namespace) -> None:
     # JSON lists every file unless --limit says (what scripts rely on); a table a screenful.
     limit = args.limit if args.limit is not None or args.json else FILES_SHOWN
@@ -820,13 +838,14 @@ EXAMPLES: dict[str, str] = {
     "datastore prune": "pipeline datastore prune --keep-last 2 --keep-since 30d --dry-run",
     "taskdirs": "pipeline taskdirs prune --older-than 30d --dry-run",
     "taskdirs prune": "pipeline taskdirs prune --older-than 30d --dry-run",
+    "datastore manifest": "pipeline datastore manifest deliveries/night-2 --dataset-id 2",
     "datastore import": "pipeline datastore import deliveries/night-1 --type stars --unit "
     "night-1 --manifest deliveries/night-1.sha256",
     "definitions": "pipeline definitions import my-pipeline.yaml",
     "definitions import": "pipeline definitions import my-pipeline.yaml",
     "definitions list": "pipeline definitions list --json",
     "definitions show": "pipeline definitions show sample",
-    "definitions export": "pipeline definitions export sample > sample-pipeline.xml",
+    "definitions export": "pipeline definitions export sample --format ziggy",
     "params": "pipeline params set algorithm throw_exception_subtask_0=true",
     "params list": "pipeline params list",
     "params show": "pipeline params show algorithm --version 1",
@@ -1343,6 +1362,11 @@ COMMANDS: dict[str, Command] = {
         "Receive files into the datastore, all or nothing, each recorded in the ledger.",
         datastore_import,
         _datastore_import_arguments,
+    ),
+    "datastore manifest": Command(
+        "Write a Ziggy XML manifest of a delivery directory (Ziggy's generate-manifest).",
+        datastore_manifest,
+        _datastore_manifest_arguments,
     ),
     "datastore prune": Command(
         "Remove the bytes of old versions (their ledger rows stay): run --dry-run first.",
