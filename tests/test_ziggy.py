@@ -336,3 +336,47 @@ def test_a_ziggy_manifest_that_disagrees_or_a_dataset_id_used_again_is_refused(
         "night-2/raw/frame-1.sci": 2,
     }, "only the first delivery is in"
     assert len(list((home / "manifests").iterdir())) == 1
+
+
+OVERRIDES = """<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
+<pipelineDefinition>
+  <parameterSet name="Calibration Settings" partial="true">
+    <parameter name="fail frame" value="frame-2" type="String"/>
+  </parameterSet>
+</pipelineDefinition>
+"""
+
+
+def values_of(capsys: pytest.CaptureFixture[str], name: str) -> dict[str, object]:
+    shown = json.loads(run_cli(capsys, "params", "show", name, "--json").stdout)
+    return {p["name"]: p["value"] for p in shown["parameters"]}
+
+
+def test_a_partial_parameter_library_overrides_only_what_it_names_once_confirmed(
+    home: Path, ziggy_d: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    library = tmp_path / "pl-overrides.xml"
+    library.write_text(OVERRIDES)
+
+    preview = run_cli(capsys, "params", "import", library)
+    assert_one_line_error(preview, "nothing imported: run again with --yes")
+    assert "Calibration Settings: updated fail frame=frame-2" in preview.stdout
+    assert values_of(capsys, "Calibration Settings")["fail frame"] == "", (
+        "a preview changes nothing"
+    )
+
+    assert run_cli(capsys, "params", "import", library, "--yes").returncode == 0
+    assert values_of(capsys, "Calibration Settings") == {
+        "dark scale": 1.5,
+        "frame ids": [7],
+        "fail frame": "frame-2",
+    }
+
+    exported = run_cli(capsys, "params", "export", "Calibration Settings").stdout
+    assert '<parameter name="frame ids" value="7" type="intarray"/>' in exported
+    assert '<parameter name="fail frame" value="frame-2" type="String"/>' in exported
+
+    library.write_text(OVERRIDES.replace('name="fail frame"', 'name="fail frames"'))
+    result = run_cli(capsys, "params", "import", library, "--yes")
+    assert_one_line_error(result, "parameterSet 'Calibration Settings': no parameter 'fail frames'")

@@ -239,6 +239,31 @@ def _subtasks_label(subtasks: Any) -> str:
     return subtasks if isinstance(subtasks, str) else f"groups of {subtasks['group_size']}"
 
 
+def params_import(args: argparse.Namespace) -> None:
+    library = reads.operations("parameter_library")
+    plan = library.import_library(args.file, apply=args.yes)
+    for item in plan:
+        changes = ", ".join(f"{k}={v}" for k, v in item["changes"].items())
+        console().print(f"{item['name']}: {item['action']} {changes}".rstrip(), highlight=False)
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise InvalidInput("nothing imported: run again with --yes to apply")
+    if input("apply? [y/N] ").strip().lower() not in ("y", "yes"):
+        raise InvalidInput("nothing imported")
+    library.import_library(args.file, apply=True)
+    console().print("imported")
+
+
+def _params_import_arguments(command: Parser) -> None:
+    command.add_argument("file", type=Path, metavar="FILE", help="A Ziggy parameter library.")
+    command.add_argument("--yes", action="store_true", help="Apply without asking.")
+
+
+def params_export(args: argparse.Namespace) -> None:
+    sys.stdout.write(reads.operations("parameter_library").export_library(args.names))
+
+
 def params_list(args: argparse.Namespace) -> None:
     rows = reads.operations("queries").list_parameter_sets()
     if args.json:
@@ -848,6 +873,8 @@ EXAMPLES: dict[str, str] = {
     "definitions export": "pipeline definitions export sample --format ziggy",
     "params": "pipeline params set algorithm throw_exception_subtask_0=true",
     "params list": "pipeline params list",
+    "params import": "pipeline params import pl-with-overrides.xml --yes",
+    "params export": "pipeline params export algorithm",
     "params show": "pipeline params show algorithm --version 1",
     "params set": "pipeline params set algorithm gain=1.5 dummy_array_parameter='[1, 2]'",
     "alerts": "pipeline alerts --all",
@@ -1349,6 +1376,19 @@ COMMANDS: dict[str, Command] = {
     ),
     "params": Command("Parameter sets."),
     "params list": Command("The newest version of every parameter set.", params_list, _json),
+    "params import": Command(
+        "Import a Ziggy parameter library (partial sets override the values they name):"
+        " what it would do first, then apply once confirmed (--yes: at once).",
+        params_import,
+        _params_import_arguments,
+    ),
+    "params export": Command(
+        "Parameter sets as a Ziggy parameter library, on stdout.",
+        params_export,
+        lambda command: command.add_argument(
+            "names", nargs="*", metavar="NAME", help="The sets (default: all)."
+        ),
+    ),
     "params show": Command(
         "A parameter set's values and types.", params_show, _params_show_arguments
     ),
