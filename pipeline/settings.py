@@ -127,6 +127,11 @@ class Settings(BaseSettings):
     datastore_root: Path | None = None
     task_root: Path | None = None
     definitions_dir: Path = PACKAGED_DEFINITIONS
+    receipt_dir: Path | None = Field(
+        default=None,
+        description="where deliveries wait to be received (Ziggy's data receipt directory);"
+        " unset: receipt/ under the home",
+    )
     workers: int = Field(default=1, ge=1, description="worker processes `cluster start` runs")
     worker_concurrency: int = Field(default=2, ge=1, description="pool size of each worker")
     #: ``a,b`` in the environment (as ``--queues`` takes them), a list in settings.toml.
@@ -318,6 +323,10 @@ class Settings(BaseSettings):
     @property
     def datastore(self) -> Path:
         return (self.datastore_root or self.home / "datastore").expanduser().absolute()
+
+    @property
+    def receipt(self) -> Path:
+        return (self.receipt_dir or self.home / "receipt").expanduser().absolute()
 
     @property
     def tasks_dir(self) -> Path:

@@ -28,6 +28,7 @@ class SubtaskContext:
       models: the path of each model the node uses, by model type: the version the
         instance pinned, in ``directory`` under its original name (read-only).
       labels: the labels of the event that started the instance (none: a person did).
+      parameter_sets: the same values by parameter set (what a Ziggy step is given).
     """
 
     directory: Path
@@ -38,3 +39,31 @@ class SubtaskContext:
     node: str
     models: dict[str, Path] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
+    parameter_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def ziggy_inputs(self) -> dict[str, Any]:
+        """The one argument a Ziggy step function is called with, as Ziggy reads it from
+        its HDF5 inputs file: ``dataFilenames`` (the input names), ``modelFilenames``,
+        and ``algorithmParameters`` by parameter set, set and parameter names with their
+        spaces turned into underscores. As Ziggy's reader does, a list of one item is
+        given as that item and a longer one as a tuple: a file-per-subtask step gets a
+        name, a single subtask of several files a tuple of names."""
+        return {
+            "dataFilenames": _as_ziggy([path.name for path in self.inputs]),
+            "modelFilenames": _as_ziggy([path.name for path in self.models.values()]),
+            "algorithmParameters": {
+                _underscored(set_name): {
+                    _underscored(key): _as_ziggy(value) if isinstance(value, list) else value
+                    for key, value in values.items()
+                }
+                for set_name, values in self.parameter_sets.items()
+            },
+        }
+
+
+def _underscored(name: str) -> str:
+    return name.replace(" ", "_")
+
+
+def _as_ziggy(items: list[Any]) -> Any:
+    return items[0] if len(items) == 1 else tuple(items)

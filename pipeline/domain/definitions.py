@@ -28,6 +28,8 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -37,11 +39,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline.domain import parameters
+from pipeline.domain import parameters, ziggy
 from pipeline.domain.execution import NAME_PATTERN, ExecutionSettings
 from pipeline.domain.models import EventHandler, ParameterSet, PipelineDefinition, utcnow
 from pipeline.errors import InvalidInput, NotFound, shown
 
+#: What a model type may be called: as a node, or with spaces, as Ziggy's are.
+MODEL_TYPE_PATTERN = r"^[A-Za-z][A-Za-z0-9_. -]*$"
 _PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
@@ -51,11 +55,19 @@ class _Strict(BaseModel):
 
 class DataFileType(_Strict):
     """Where files of one type live in the datastore: ``location`` (a relative path with
-    one ``{placeholder}``, the unit of work) and the file-name ``pattern`` matched there.
-    Neither can reach outside: an absolute path or a ``..`` is refused, naming itself."""
+    one ``{placeholder}``, the unit of work) and the file names matched there, by the
+    shell-style ``pattern`` or, Ziggy's way, the regular expression ``regexp`` (the whole
+    name must match; its groups pair the files of several input types into subtasks).
+    ``unit_regexp`` (Ziggy's datastore regexp) limits the placeholder's values;
+    ``every_subtask`` (Ziggy's ``includeAllFilesInAllSubtasks``) gives every file of the
+    type to every subtask. Neither location nor pattern can reach outside: an absolute
+    path or a ``..`` is refused, naming itself."""
 
     location: str
     pattern: str = "*"
+    regexp: str | None = None
+    unit_regexp: str | None = None
+    every_subtask: bool = False
 
     @field_validator("location")
     @classmethod
@@ -77,12 +89,64 @@ class DataFileType(_Strict):
         _refuse_escape(pattern, "a pattern matches files inside its location", "its location")
         return pattern
 
+    @field_validator("regexp", "unit_regexp")
+    @classmethod
+    def _compiles(cls, regexp: str | None) -> str | None:
+        if regexp is None:
+            return None
+        if "/" in regexp:
+            raise ValueError(
+                f"{shown(regexp)} holds a '/': a name in a sub-directory of the location"
+                " (Ziggy's advanced units of work) is not supported"
+            )
+        _regexp(regexp)
+        return regexp
+
+    @model_validator(mode="after")
+    def _one_way_to_match(self) -> DataFileType:
+        if self.regexp is not None and self.pattern != "*":
+            raise ValueError("give a pattern or a regexp, not both")
+        return self
+
     @property
     def placeholder(self) -> str:
         return next(p for p in Path(self.location).parts if _PLACEHOLDER.match(p))
 
     def directory(self, unit_of_work: str) -> str:
         return self.location.replace(self.placeholder, unit_of_work)
+
+    def matches(self, name: str) -> bool:
+        """Is ``name`` a file name of this type? (A hidden name matches a pattern only if the
+        pattern starts with a dot, as a glob's does.)"""
+        if self.regexp is not None:
+            return re.fullmatch(self.regexp, name) is not None
+        hidden = name.startswith(".") and not self.pattern.startswith(".")
+        return not hidden and fnmatchcase(name, self.pattern)
+
+    def is_unit(self, value: str) -> bool:
+        """May ``value`` stand for the placeholder (``unit_regexp``, when there is one)?"""
+        return self.unit_regexp is None or re.fullmatch(self.unit_regexp, value) is not None
+
+    def groups(self, name: str) -> tuple[str, ...]:
+        """The values of the regexp's groups in ``name``: what pairs it with files of the
+        node's other input types in one subtask (none without a regexp)."""
+        found = re.fullmatch(self.regexp, name) if self.regexp is not None else None
+        return tuple(g or "" for g in found.groups()) if found else ()
+
+    @property
+    def names(self) -> str:
+        """The rule its file names follow: the regexp, else the pattern."""
+        return self.regexp if self.regexp is not None else self.pattern
+
+    def describe(self) -> str:
+        return f"{self.location}/{self.names}"
+
+
+def _regexp(text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"{shown(text)} is not a regular expression ({exc})") from None
 
 
 def _refuse_escape(path: str, rule: str, inside: str) -> None:
@@ -135,11 +199,20 @@ class Grouped(_Strict):
 
 class Node(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
     algorithm: str | Executable
+    #: How a Python algorithm is called: with a ``SubtaskContext``, or as a Ziggy step is,
+    #: with Ziggy's inputs dict (``SubtaskContext.ziggy_inputs``).
+    calls: Literal["context", "ziggy"] = "context"
     after: list[str] = Field(default_factory=list)
     inputs: list[str] = Field(min_length=1)
     outputs: list[str] = Field(default_factory=list)
-    subtasks: Literal["per_file", "single"] | Grouped = "per_file"
+    #: ``paired`` is Ziggy's: a subtask per value of the input types' regexp groups, with
+    #: one file of each input type (a subtask missing one is left out).
+    subtasks: Literal["per_file", "single", "paired"] | Grouped = "per_file"
+    #: Ziggy's per-node limits (``maxWorkers``, ``heapSizeGigabytes``), kept and shown.
+    max_workers: int | None = Field(default=None, gt=0)
+    heap_size_gigabytes: float | None = Field(default=None, gt=0)
     parameter_sets: list[str] = Field(default_factory=list)
     #: The model types it uses: the versions its instance pinned at submit.
     models: list[str] = Field(default_factory=list)
@@ -170,6 +243,15 @@ class Node(_Strict):
         return algorithm
 
 
+class DataReceipt(_Strict):
+    """Ziggy's built-in ``data-receipt`` node, as a Ziggy pipeline declares it: kept to be
+    written back; deliveries are received by ``pipeline datastore import`` before submit."""
+
+    name: str
+    inputs: list[str] = Field(default_factory=list)
+    children: list[str] = Field(default_factory=list)
+
+
 class Definition(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
@@ -179,13 +261,19 @@ class Definition(_Strict):
     #: path imports the user's modules without being restarted.
     python_path: list[str] | None = None
     parameter_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: Parameter sets every node uses (Ziggy's pipeline-level parameter sets).
+    pipeline_parameter_sets: list[str] = Field(default_factory=list)
     data_file_types: dict[str, DataFileType]
     model_types: dict[str, ModelType] = Field(default_factory=dict)
     events: dict[str, EventHandlerSpec] = Field(default_factory=dict)
     nodes: Annotated[list[Node], Field(min_length=1)]
+    receipt: DataReceipt | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Definition:
+        for node in self.nodes:  # a pipeline's sets first, as Ziggy gives them
+            mine = [s for s in node.parameter_sets if s not in self.pipeline_parameter_sets]
+            node.parameter_sets = [*self.pipeline_parameter_sets, *mine]
         names = [node.name for node in self.nodes]
         for i, node in enumerate(self.nodes):
             if names.count(node.name) > 1:
@@ -200,9 +288,12 @@ class Definition(_Strict):
             for kind in node.models:
                 if kind not in self.model_types:
                     raise _at(f"nodes.{i}.models", f"unknown model type {kind!r}")
-        for name in [*self.model_types, *self.events]:
+        for name in self.events:
             if not re.match(NAME_PATTERN, name) or len(name) > 200:
-                raise _at(name, "a model type or event handler is named like a node")
+                raise _at(name, "an event handler is named like a node")
+        for name in self.model_types:  # Ziggy's hold spaces ("dummy model")
+            if not re.match(MODEL_TYPE_PATTERN, name) or len(name) > 200:
+                raise _at(name, "a model type is named like a node, spaces allowed")
         try:
             tuple(TopologicalSorter(self.graph()).static_order())
         except CycleError as exc:
@@ -246,6 +337,12 @@ def load(path: Path) -> Definition:
         raise InvalidInput(f"{path}: not valid YAML ({_first_line(exc)})") from None
     if not isinstance(raw, dict):
         raise InvalidInput(f"{path}: expected a mapping with name, data_file_types and nodes")
+    return validated(path, raw)
+
+
+def validated(path: Path, raw: dict[str, Any]) -> Definition:
+    """The definition ``raw`` read from ``path`` (YAML, or Ziggy's XML), validated, its
+    code directories, event directories and executables made absolute."""
     try:
         definition = Definition.model_validate(raw)
     except ValidationError as exc:
@@ -379,7 +476,7 @@ def scope_problem(definition: Definition) -> str:
     aggregate only the new files' results and supersede a result made from all of them."""
     graph = definition.graph()
     for i, node in enumerate(definition.nodes):
-        if node.subtasks == "per_file" or node.inputs_from is not None:
+        if node.subtasks in ("per_file", "paired") or node.inputs_from is not None:
             continue
         above, todo = set(), list(graph[node.name])
         while todo:
@@ -398,13 +495,53 @@ def scope_problem(definition: Definition) -> str:
     return ""
 
 
-def import_files(session: Session, paths: list[Path]) -> list[tuple[PipelineDefinition, bool]]:
+def load_all(
+    paths: list[Path],
+    algorithm_path: Sequence[Path] = (),
+    receipt_dir: Path | None = None,
+    warnings: list[str] | None = None,
+) -> list[tuple[Path, Definition]]:
+    """Every definition of these files: YAML files one each; Ziggy's XML files (and the
+    ``*.xml`` of a directory, a ``ziggy.d``) read together as one library, a definition
+    per ``pipeline`` (see ``ziggy``), steps found under ``algorithm_path`` (by default
+    the first XML file's directory). What Ziggy's files hold that is accepted without
+    being acted on is added to ``warnings``."""
+    yaml_files = [p for p in paths if not p.is_dir() and p.suffix.lower() != ".xml"]
+    xml_files = ziggy.files_of([p for p in paths if p not in yaml_files])
+    loaded = [(path, load(path)) for path in yaml_files]
+    for given in paths:
+        if given.is_dir() and not any(f.parent == given for f in xml_files):
+            raise InvalidInput(f"{given}: a directory of Ziggy definitions holds *.xml files")
+    if xml_files:
+        where = list(algorithm_path) or [xml_files[0].absolute().parent]
+        receipt = receipt_dir or Path("receipt").absolute()
+        specs, library = ziggy.read(xml_files, where, receipt)
+        if not specs:
+            raise InvalidInput(
+                f"{xml_files[0]}: no <pipeline> in {len(xml_files)} Ziggy file(s)"
+                " (a parameter library goes to pipeline params import)"
+            )
+        for spec in specs:
+            source = Path(spec.pop("source"))
+            loaded.append((source, validated(source, spec)))
+        if warnings is not None:
+            warnings += library.warnings
+    return loaded
+
+
+def import_files(
+    session: Session,
+    paths: list[Path],
+    algorithm_path: Sequence[Path] = (),
+    receipt_dir: Path | None = None,
+    warnings: list[str] | None = None,
+) -> list[tuple[PipelineDefinition, bool]]:
     """Import every file, all or nothing; returns each stored version and whether it is new.
 
     Every file is validated, and every parameter set it names must be declared in it
-    or exist already, before anything is written.
+    or exist already, before anything is written (``load_all`` reads them).
     """
-    loaded = [(path, load(path)) for path in paths]
+    loaded = load_all(paths, algorithm_path, receipt_dir, warnings)
     seen: dict[str, Path] = {}
     for path, definition in loaded:
         if definition.name in seen:

@@ -396,6 +396,17 @@ class Model(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Dataset(Base):
+    """A Ziggy delivery's ``datasetId``, once received: no later manifest may use it again
+    (but 0, which any may)."""
+
+    __tablename__ = "datasets"
+
+    dataset_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    receipt: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class EventHandler(Base):
     """A watched directory whose ready files start its pipeline (Ziggy's event handlers);
     its enabled state is the operator's and survives a cluster restart."""

@@ -69,6 +69,7 @@ from pipeline.engine.stages import (
     checked_outputs,
     clear_outputs,
     finish_subtasks,
+    node_parameter_sets,
     node_parameters,
 )
 from pipeline.engine.task_state import HOST, is_current, move, note
@@ -297,6 +298,8 @@ def _request(session: Session, task: Task, job: BatchJob) -> ArrayRequest:
             "python_path": list(definition.python_path or ()),
             "timeout": task.settings.subtask_timeout,
             "parameters": node_parameters(instance, definition, task.node),
+            "parameter_sets": node_parameter_sets(instance, definition, task.node),
+            "calls": node.calls,
             "unit_of_work": task.unit_of_work,
             "node": task.node,
             "models": models,

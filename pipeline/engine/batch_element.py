@@ -75,6 +75,7 @@ def run_element(manifest_path: Path, element: int) -> int:
                 node=manifest["node"],
                 models={k: directory / name for k, name in manifest.get("models", {}).items()},
                 labels=manifest.get("labels", []),
+                parameter_sets=manifest.get("parameter_sets", {}),
             )
         )
     outcomes = runner.run_many(
@@ -82,6 +83,7 @@ def run_element(manifest_path: Path, element: int) -> int:
         contexts,
         manifest["timeout"],
         python_path=manifest["python_path"],
+        calls=manifest.get("calls", "context"),
     )
     host = socket.gethostname()
     started = _now()

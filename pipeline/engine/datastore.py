@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from pipeline.domain.definitions import Definition, Node
+from pipeline.domain.definitions import DataFileType, Definition, Node
 from pipeline.errors import InvalidInput
 from pipeline.settings import get_settings
 
@@ -53,7 +53,8 @@ def require(root: Path) -> Path:
 
 
 def units_of_work(root: Path, definition: Definition, node: Node) -> list[str]:
-    """``node``'s units of work: placeholder values under which its first input type has files."""
+    """``node``'s units of work: placeholder values (matching the type's ``unit_regexp``,
+    if any) under which its first input type has files."""
     kind = definition.data_file_types[node.inputs[0]]
     pattern = kind.location.replace(kind.placeholder, "*")
     position = Path(kind.location).parts.index(kind.placeholder)
@@ -62,14 +63,24 @@ def units_of_work(root: Path, definition: Definition, node: Node) -> list[str]:
         for directory in root.glob(pattern)
         if directory.is_dir()
         and not any(part.startswith(PRIVATE_PREFIX) for part in directory.relative_to(root).parts)
-        and any(f.is_file() for f in directory.glob(kind.pattern))
+        and kind.is_unit(directory.relative_to(root).parts[position])
+        and any((directory / name).is_file() for name in names_of(directory, kind))
     }
     return sorted(units)
 
 
+def names_of(directory: Path, kind: DataFileType) -> list[str]:
+    """The names in ``directory`` of type ``kind``, sorted."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(name for name in names if kind.matches(name))
+
+
 def describe_inputs(definition: Definition, node: Node) -> str:
     kind = definition.data_file_types[node.inputs[0]]
-    return f"{node.inputs[0]} files ({kind.location}/{kind.pattern})"
+    return f"{node.inputs[0]} files ({kind.describe()})"
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,8 @@ def _on_disk(
     file_type = definition.data_file_types[kind]
     prefix = len(str(root).rstrip("/")) + 1  # a root of "/" has no separator of its own
     found = []
-    for path in (root / file_type.directory(unit)).glob(file_type.pattern):
+    directory = root / file_type.directory(unit)
+    for path in (directory / name for name in datastore.names_of(directory, file_type)):
         with suppress(FileNotFoundError):  # gone meanwhile
             status = os.stat(path)
             if S_ISREG(status.st_mode):
@@ -398,7 +399,7 @@ def record_stored(
     paths = sorted({o.staged.path for o in outputs})
     # An aggregate's output made from fewer inputs than the version it replaces is worth
     # a look (a ``reprocess: new`` chain aggregating only what is new, say).
-    aggregate = node.subtasks != "per_file"
+    aggregate = node.subtasks not in ("per_file", "paired")
     replaced = current_rows(session, paths, PRODUCER) if aggregate else {}
     ids = _make_current(session, task, paths, len(outputs), ids=aggregate)
     for path, new in ids.items():

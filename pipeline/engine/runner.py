@@ -83,6 +83,7 @@ def run_many(
     heartbeat: LeaseRenewal = NO_RENEWAL,
     python_path: Sequence[str] = (),
     scope: Hashable | None = None,
+    calls: str = "context",
 ) -> Iterator[SubtaskOutcome]:
     """Run ``algorithm`` on each subtask in turn, yielding each outcome as it ends; each
     subtask gets ``timeout`` seconds. Never raises (see ``run``).
@@ -90,12 +91,15 @@ def run_many(
     A callable's subtasks share a forked child until one crashes or times out (see the
     module docstring), which imports it with ``python_path`` (the definition's code
     directories) first on its path; the child is kept for the next subtasks of the same
-    ``scope`` (None: none). An executable runs as a process per subtask. Closing the
-    iterator early kills a child still running a subtask.
+    ``scope`` (None: none), and calls it as ``calls`` says (``Node.calls``: with the
+    ``SubtaskContext``, or with Ziggy's inputs dict). An executable runs as a process per
+    subtask. Closing the iterator early kills a child still running a subtask.
     """
     with _group_dies_with_us():
         if isinstance(algorithm, str):
-            yield from _run_callables(algorithm, contexts, timeout, heartbeat, python_path, scope)
+            yield from _run_callables(
+                algorithm, contexts, timeout, heartbeat, python_path, scope, calls
+            )
             return
         for ctx in contexts:
             try:
@@ -232,11 +236,12 @@ def _run_callables(
     heartbeat: LeaseRenewal,
     python_path: Sequence[str],
     scope: Hashable | None,
+    calls: str,
 ) -> Iterator[SubtaskOutcome]:
     """Run the subtasks in turn in a child (see ``_Child``), each reported on a pipe; a
     subtask that crashes the child or outlives ``timeout`` fails alone, and a new child
     takes on the rest. The child is kept for the scope's next subtasks if it is still up."""
-    key = None if scope is None else (scope, reference, tuple(python_path))
+    key = None if scope is None else (scope, reference, calls, tuple(python_path))
     todo = deque(contexts)
     while todo:
         try:
@@ -250,7 +255,7 @@ def _run_callables(
             while todo and child.alive:
                 try:
                     while sent < len(todo) and _may_send(todo, sent):
-                        if not child.send(reference, python_path, todo[sent]):
+                        if not child.send(reference, python_path, todo[sent], calls):
                             break
                         sent += 1
                 except OSError as exc:  # it died idle, between two looks
@@ -410,7 +415,9 @@ class _Child:
         """Sent subtasks whose outcomes were not read yet."""
         return bool(self._unanswered)
 
-    def send(self, reference: str, python_path: Sequence[str], ctx: SubtaskContext) -> bool:
+    def send(
+        self, reference: str, python_path: Sequence[str], ctx: SubtaskContext, calls: str
+    ) -> bool:
         """Send a subtask, unless the child is running others already and the requests
         unanswered would fill more than ``SEND_AHEAD_BYTES`` of its pipe; whether it was
         sent. Sending ahead spares the child a wait for the worker between two subtasks,
@@ -418,7 +425,7 @@ class _Child:
         if self._refused is not None and self._refused[0] is ctx:
             line, self._refused = self._refused[1], None
         else:
-            line = _request(reference, python_path, ctx)
+            line = _request(reference, python_path, ctx, calls)
         if self._unanswered and sum(self._unanswered) + len(line) > self._ahead_limit:
             self._refused = (ctx, line)  # offered again once there is room: not encoded twice
             return False
@@ -512,7 +519,7 @@ class _Child:
         os.close(self.fd)
 
 
-def _request(reference: str, python_path: Sequence[str], ctx: SubtaskContext) -> bytes:
+def _request(reference: str, python_path: Sequence[str], ctx: SubtaskContext, calls: str) -> bytes:
     """A subtask as the child reads it: a line of JSON."""
     context = {
         **ctx.__dict__,
@@ -520,7 +527,12 @@ def _request(reference: str, python_path: Sequence[str], ctx: SubtaskContext) ->
         "inputs": [str(path) for path in ctx.inputs],
         "models": {kind: str(path) for kind, path in ctx.models.items()},
     }
-    request = {"reference": reference, "python_path": list(python_path), "context": context}
+    request = {
+        "reference": reference,
+        "python_path": list(python_path),
+        "context": context,
+        "calls": calls,
+    }
     return json.dumps(request).encode() + b"\n"
 
 
@@ -555,7 +567,7 @@ def _serve(commands: int, reports: int) -> None:
             if first:
                 sys.path[:0] = request["python_path"]
                 first = False
-            outcome = _run_one(request["reference"], _context(request["context"]))
+            outcome = _run_one(request["reference"], _context(request["context"]), request["calls"])
             sys.stdout.flush()
             sys.stderr.flush()
             code = _new_code(known) if len(sys.modules) != looked else []
@@ -598,7 +610,7 @@ def _new_code(known: set[str]) -> list[tuple[str, tuple[int, int] | None]]:
     return found
 
 
-def _run_one(reference: str, ctx: SubtaskContext) -> SubtaskOutcome:
+def _run_one(reference: str, ctx: SubtaskContext, calls: str) -> SubtaskOutcome:
     """Run one subtask in the child, stdout and stderr going to its log."""
     try:
         log_fd = os.open(ctx.directory / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -609,7 +621,8 @@ def _run_one(reference: str, ctx: SubtaskContext) -> SubtaskOutcome:
         # Imported in the child, never in the worker: a fix to the algorithm's code runs at
         # its next subtask (fix, then resubmit) without restarting any worker. The import
         # is paid once per child (see ``_Child`` for when one is reused).
-        resolve_callable(reference)(ctx)
+        function = resolve_callable(reference)
+        function(ctx.ziggy_inputs() if calls == "ziggy" else ctx)
         return SubtaskOutcome(True)
     except BaseException as exc:  # noqa: BLE001 - every failure is the subtask's outcome
         traceback.print_exc()

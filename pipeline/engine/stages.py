@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
-from fnmatch import fnmatchcase
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -78,9 +77,19 @@ def node_parameters(
 ) -> dict[str, Any]:
     """The frozen values of every parameter set ``node`` uses, as one flat mapping."""
     values: dict[str, Any] = {}
-    for set_name in definition.node(node).parameter_sets:
-        values.update(instance.parameters[set_name]["values"])
+    for set_values in node_parameter_sets(instance, definition, node).values():
+        values.update(set_values)
     return values
+
+
+def node_parameter_sets(
+    instance: PipelineInstance, definition: Definition, node: str
+) -> dict[str, dict[str, Any]]:
+    """The frozen values of each parameter set ``node`` uses, by set."""
+    return {
+        set_name: instance.parameters[set_name]["values"]
+        for set_name in definition.node(node).parameter_sets
+    }
 
 
 @dataclass
@@ -133,8 +142,12 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Step:
                 for c in selection.files
                 if c.file_id is None
             }
-            code = attempts.code_of(node, instance_definition(instance).python_path)
-            groups = taskdir.split(selection.files, node)
+            definition = instance_definition(instance)
+            code = attempts.code_of(node, definition.python_path)
+            paired = taskdir.pairing(
+                definition, node, [(c.data_file_type, c.path) for c in selection.files]
+            )
+            groups = taskdir.split(selection.files, node, paired)
             names = taskdir.marshal(
                 task_dir, [[_input(root, c, fingerprints) for c in g] for g in groups], models
             )
@@ -148,7 +161,9 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Step:
         attempts.record(session, instance, task, node, code)
         ids = datastore_ledger.record_found(session, selection.files, fingerprints)
         create_subtasks(session, task.id, names)
-        datastore_ledger.record_consumption(session, task.id, attempt, taskdir.split(ids, node))
+        datastore_ledger.record_consumption(
+            session, task.id, attempt, taskdir.split(ids, node, paired)
+        )
         task.task_dir = str(task_dir)
         task.total_subtasks, task.completed_subtasks, task.failed_subtasks = len(names), 0, 0
         message = f"{len(names)} subtasks" + (f": {selection.nothing}" if selection.nothing else "")
@@ -338,7 +353,9 @@ def _run_in_turn(
     beat = LeaseRenewal(renew, get_settings().lease_seconds / 3)
     first = runs[0]
     contexts, code = [run.context for run in runs], first.definition.python_path or ()
-    outcomes = runner.run_many(first.algorithm, contexts, first.timeout, beat, code, first.scope)
+    outcomes = runner.run_many(
+        first.algorithm, contexts, first.timeout, beat, code, first.scope, first.node.calls
+    )
     pending: list[Ended] = []
     recorded_at = time.monotonic()
     try:
@@ -481,6 +498,7 @@ def _subtask_runs(
     """What a worker needs to run each of a task's claimed subtasks."""
     definition = instance_definition(instance)
     node = definition.node(task.node)
+    by_set = node_parameter_sets(instance, definition, task.node)
     parameters = node_parameters(instance, definition, task.node)
     run = partial(
         SubtaskRun,
@@ -507,6 +525,7 @@ def _subtask_runs(
             node=task.node,
             models={kind: directory / name for kind, name in models.items()},
             labels=labels,
+            parameter_sets=by_set,
         )
         runs.append(run(context=context, claim=claim, inputs=[*subtask.inputs, *models.values()]))
     return runs
@@ -831,6 +850,6 @@ def output_names(
         )
     found = []
     for name in node.outputs:
-        pattern = definition.data_file_types[name].pattern
-        found += [(name, file) for file in files if fnmatchcase(file, pattern)]
+        kind = definition.data_file_types[name]
+        found += [(name, file) for file in files if kind.matches(file)]
     return found

@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pipeline.domain.definitions import Grouped, Node
+from pipeline.domain.definitions import Definition, Grouped, Node
 from pipeline.domain.models import Task
 from pipeline.errors import InvalidInput
 from pipeline.settings import get_settings
@@ -48,14 +49,57 @@ def log_path(task_dir: Path, index: int) -> Path:
     return subtask_dir(task_dir, index) / LOG_NAME
 
 
-def split(files: list[Item], node: Node) -> list[list[Item]]:
-    """Inputs as subtasks: one per file (default), one single subtask, or groups of N."""
+@dataclass(frozen=True)
+class Pairing:
+    """How a ``paired`` node's inputs pair into subtasks (Ziggy's way): each input's data
+    file type and regexp group values (None: its type goes to every subtask), and the
+    types every subtask must have a file of."""
+
+    keys: list[tuple[str, tuple[str, ...]] | None]
+    required: frozenset[str]
+
+
+def pairing(definition: Definition, node: Node, files: Sequence[tuple[str, str]]) -> Pairing:
+    """The ``Pairing`` of a task's inputs, given as (data file type, path)."""
+    keys: list[tuple[str, tuple[str, ...]] | None] = []
+    for kind_name, path in files:
+        kind = definition.data_file_types[kind_name]
+        name = path.rsplit("/", 1)[-1]
+        keys.append(None if kind.every_subtask else (kind_name, kind.groups(name)))
+    required = {n for n in node.inputs if not definition.data_file_types[n].every_subtask}
+    return Pairing(keys, frozenset(required))
+
+
+def split(files: list[Item], node: Node, paired: Pairing | None = None) -> list[list[Item]]:
+    """Inputs as subtasks: one per file (default), one single subtask, groups of N, or
+    ``paired`` by their regexp groups (see ``Pairing``)."""
     if not files:
         return []
     if node.subtasks == "single":
         return [files]
+    if node.subtasks == "paired":
+        return _paired(files, node, paired or Pairing([], frozenset()))
     size = node.subtasks.group_size if isinstance(node.subtasks, Grouped) else 1
     return [files[i : i + size] for i in range(0, len(files), size)]
+
+
+def _paired(files: list[Item], node: Node, paired: Pairing) -> list[list[Item]]:
+    """A subtask per regexp group values, in their order, each with one file of every
+    required type, in the node's order of input types, then the files every subtask gets.
+    Group values that lack a required type make no subtask (Ziggy leaves them out)."""
+    every = [item for item, key in zip(files, paired.keys, strict=True) if key is None]
+    by_groups: dict[tuple[str, ...], dict[str, list[Item]]] = {}
+    for item, key in zip(files, paired.keys, strict=True):
+        if key is not None:
+            by_groups.setdefault(key[1], {}).setdefault(key[0], []).append(item)
+    subtasks = []
+    for groups in sorted(by_groups):
+        found = by_groups[groups]
+        if set(found) >= paired.required:
+            subtasks.append([item for kind in node.inputs for item in found.get(kind, [])] + every)
+    if not subtasks and every and not paired.required:
+        subtasks.append(every)
+    return subtasks
 
 
 def marshal(

@@ -180,7 +180,11 @@ def flower(args: argparse.Namespace) -> None:
 
 
 def definitions_import(args: argparse.Namespace) -> None:
-    for item in reads.operations().import_definitions(args.files):
+    warnings: list[str] = []
+    imported = reads.operations().import_definitions(args.files, args.algorithm_path, warnings)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for item in imported:
         note = "imported" if item["new"] else "unchanged"
         console().print(f"{item['name']} version {item['version']} ({note})")
 
@@ -194,6 +198,10 @@ def definitions_list(args: argparse.Namespace) -> None:
         ["name", "version", "nodes", "imported"],
         [[r["name"], r["version"], " -> ".join(r["nodes"]), r["imported_at"]] for r in rows],
     )
+
+
+def definitions_export(args: argparse.Namespace) -> None:
+    sys.stdout.write(reads.operations().export_definition(args.name))
 
 
 def definitions_show(args: argparse.Namespace) -> None:
@@ -229,6 +237,31 @@ def _algorithm_label(algorithm: Any) -> str:
 
 def _subtasks_label(subtasks: Any) -> str:
     return subtasks if isinstance(subtasks, str) else f"groups of {subtasks['group_size']}"
+
+
+def params_import(args: argparse.Namespace) -> None:
+    library = reads.operations("parameter_library")
+    plan = library.import_library(args.file, apply=args.yes)
+    for item in plan:
+        changes = ", ".join(f"{k}={v}" for k, v in item["changes"].items())
+        console().print(f"{item['name']}: {item['action']} {changes}".rstrip(), highlight=False)
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise InvalidInput("nothing imported: run again with --yes to apply")
+    if input("apply? [y/N] ").strip().lower() not in ("y", "yes"):
+        raise InvalidInput("nothing imported")
+    library.import_library(args.file, apply=True)
+    console().print("imported")
+
+
+def _params_import_arguments(command: Parser) -> None:
+    command.add_argument("file", type=Path, metavar="FILE", help="A Ziggy parameter library.")
+    command.add_argument("--yes", action="store_true", help="Apply without asking.")
+
+
+def params_export(args: argparse.Namespace) -> None:
+    sys.stdout.write(reads.operations("parameter_library").export_library(args.names))
 
 
 def params_list(args: argparse.Namespace) -> None:
@@ -685,6 +718,24 @@ def _receive_delivery(args: argparse.Namespace) -> None:
     console().print(f"acknowledgement written to {received['acknowledgement']}", highlight=False)
 
 
+def datastore_manifest(args: argparse.Namespace) -> None:
+    written = reads.operations("manifests").write(args.directory, args.dataset_id, args.checksum)
+    console().print(f"manifest written to {written}", highlight=False)
+
+
+def _datastore_manifest_arguments(command: Parser) -> None:
+    command.add_argument("directory", type=Path, metavar="DIR", help="The delivery.")
+    command.add_argument(
+        "--dataset-id", type=_whole(), required=True, metavar="N", help="0 may be used again."
+    )
+    command.add_argument(
+        "--checksum",
+        choices=["SHA1", "SHA256", "SHA512", "MD5"],
+        default="SHA1",
+        help="The checksum type (default SHA1, Ziggy's).",
+    )
+
+
 def files(args: argparse.Namespace) -> None:
     # JSON lists every file unless --limit says (what scripts rely on); a table a screenful.
     limit = args.limit if args.limit is not None or args.json else FILES_SHOWN
@@ -812,14 +863,18 @@ EXAMPLES: dict[str, str] = {
     "datastore prune": "pipeline datastore prune --keep-last 2 --keep-since 30d --dry-run",
     "taskdirs": "pipeline taskdirs prune --older-than 30d --dry-run",
     "taskdirs prune": "pipeline taskdirs prune --older-than 30d --dry-run",
+    "datastore manifest": "pipeline datastore manifest deliveries/night-2 --dataset-id 2",
     "datastore import": "pipeline datastore import deliveries/night-1 --type stars --unit "
     "night-1 --manifest deliveries/night-1.sha256",
     "definitions": "pipeline definitions import my-pipeline.yaml",
     "definitions import": "pipeline definitions import my-pipeline.yaml",
     "definitions list": "pipeline definitions list --json",
     "definitions show": "pipeline definitions show sample",
+    "definitions export": "pipeline definitions export sample --format ziggy",
     "params": "pipeline params set algorithm throw_exception_subtask_0=true",
     "params list": "pipeline params list",
+    "params import": "pipeline params import pl-with-overrides.xml --yes",
+    "params export": "pipeline params export algorithm",
     "params show": "pipeline params show algorithm --version 1",
     "params set": "pipeline params set algorithm gain=1.5 dummy_array_parameter='[1, 2]'",
     "alerts": "pipeline alerts --all",
@@ -997,7 +1052,21 @@ def _cluster_start_arguments(command: Parser) -> None:
 
 
 def _definitions_import_arguments(command: Parser) -> None:
-    command.add_argument("files", nargs="+", type=Path, metavar="FILE", help="YAML files.")
+    command.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="YAML files, Ziggy XML files or a Ziggy ziggy.d directory.",
+    )
+    command.add_argument(
+        "--algorithm-path",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="Where Ziggy steps' files live (repeatable; default: the XML files' directory).",
+    )
 
 
 def _params_show_arguments(command: Parser) -> None:
@@ -1287,6 +1356,16 @@ COMMANDS: dict[str, Command] = {
     "definitions list": Command(
         "The newest version of every pipeline definition.", definitions_list, _json
     ),
+    "definitions export": Command(
+        "A pipeline's newest definition as a Ziggy pipelineDefinition file, on stdout.",
+        definitions_export,
+        _all_of(
+            lambda command: command.add_argument("name", metavar="NAME", help="The pipeline."),
+            lambda command: command.add_argument(
+                "--format", choices=["ziggy"], default="ziggy", help="Ziggy's XML (the only one)."
+            ),
+        ),  # fmt: skip
+    ),
     "definitions show": Command(
         "A pipeline's nodes, their algorithms, inputs, outputs and execution settings.",
         definitions_show,
@@ -1297,6 +1376,19 @@ COMMANDS: dict[str, Command] = {
     ),
     "params": Command("Parameter sets."),
     "params list": Command("The newest version of every parameter set.", params_list, _json),
+    "params import": Command(
+        "Import a Ziggy parameter library (partial sets override the values they name):"
+        " what it would do first, then apply once confirmed (--yes: at once).",
+        params_import,
+        _params_import_arguments,
+    ),
+    "params export": Command(
+        "Parameter sets as a Ziggy parameter library, on stdout.",
+        params_export,
+        lambda command: command.add_argument(
+            "names", nargs="*", metavar="NAME", help="The sets (default: all)."
+        ),
+    ),
     "params show": Command(
         "A parameter set's values and types.", params_show, _params_show_arguments
     ),
@@ -1310,6 +1402,11 @@ COMMANDS: dict[str, Command] = {
         "Receive files into the datastore, all or nothing, each recorded in the ledger.",
         datastore_import,
         _datastore_import_arguments,
+    ),
+    "datastore manifest": Command(
+        "Write a Ziggy XML manifest of a delivery directory (Ziggy's generate-manifest).",
+        datastore_manifest,
+        _datastore_manifest_arguments,
     ),
     "datastore prune": Command(
         "Remove the bytes of old versions (their ledger rows stay): run --dry-run first.",

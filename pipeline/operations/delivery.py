@@ -15,18 +15,22 @@ again after a crash) makes no second version.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
+import shutil
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from pipeline.database import transaction
 from pipeline.domain.definitions import Definition
+from pipeline.domain.models import Dataset, utcnow
 from pipeline.engine import datastore, model_registry
 from pipeline.engine.datastore_ledger import current_rows, record_received
 from pipeline.errors import InvalidInput, NotFound
+from pipeline.operations import manifests
 from pipeline.operations import receipt as receipts
 from pipeline.operations.models import declared
 from pipeline.operations.views import DeliveryView, ReceivedFile, model_view
@@ -50,12 +54,15 @@ class Classified:
 
 
 def manifest_of(directory: Path) -> Path:
-    """The delivery's manifest: the one ``*.sha256`` file at its top."""
-    found = sorted(directory.glob(f"*{MANIFEST_SUFFIX}"))
+    """The delivery's manifest: the one ``*.sha256`` file (or Ziggy's ``*-manifest.xml``)
+    at its top."""
+    found = sorted(
+        [*directory.glob(f"*{MANIFEST_SUFFIX}"), *directory.glob(f"*{manifests.SUFFIX}")]
+    )
     if not found:
         raise InvalidInput(
             f"{directory}: no manifest (a delivery holds one *{MANIFEST_SUFFIX} file at its top,"
-            " sha256sum format, relative paths)"
+            f" sha256sum format, relative paths, or Ziggy's *{manifests.SUFFIX})"
         )
     if len(found) > 1:
         raise InvalidInput(
@@ -76,7 +83,10 @@ def receive_delivery(directory: Path, pipeline: str | None = None) -> DeliveryVi
     with transaction() as session:
         known = declared(session, pipeline)
     files = [_classify(known, path) for path in _paths(directory, manifest)]
-    expected = receipts.read_manifest(manifest, [f.path for f in files], nested=True)
+    ziggy = manifests.read(manifest, [f.path for f in files]) if _ziggy(manifest) else None
+    expected = (
+        {} if ziggy else receipts.read_manifest(manifest, [f.path for f in files], nested=True)
+    )
     delivered = directory.resolve()
     name = f"{manifest.name} ({delivered})"
     data = [f for f in files if f.data_file_type]
@@ -88,15 +98,15 @@ def receive_delivery(directory: Path, pipeline: str | None = None) -> DeliveryVi
         for found in data:
             copy = datastore.stage_file(root, directory / found.path, found.path, link=False)
             staged.append((found, receipts.Received(found.path, copy)))
-            if copy.sha256 != expected[found.path].lower():
-                raise InvalidInput(f"{found.path}: checksum differs from the manifest's")
+            _check(ziggy, expected, found.path, copy.kept, copy.size, copy.sha256)
         models_given = [f for f in files if f.model_type]
         for found in models_given:
             kept = datastore.keep(root, directory / found.path, link=False)
-            if kept.sha256 != expected[found.path].lower():
-                raise InvalidInput(f"{found.path}: checksum differs from the manifest's")
+            _check(ziggy, expected, found.path, kept.path, kept.size, kept.sha256)
         datastore.flush(root)
         with transaction() as session:
+            if ziggy is not None:
+                _claim_dataset(session, ziggy, name)
             current = current_rows(session, [f.path for f in data])
             fresh = [
                 (found, got)
@@ -131,7 +141,10 @@ def receive_delivery(directory: Path, pipeline: str | None = None) -> DeliveryVi
     for found in data:
         if found.unit not in units.setdefault(found.data_file_type, []):
             units[found.data_file_type].append(found.unit)
-    acknowledgement = receipts.acknowledge(manifest, [got for _, got in staged])
+    if ziggy is not None:
+        acknowledgement = _kept_with_acknowledgement(directory, ziggy, files)
+    else:
+        acknowledgement = receipts.acknowledge(manifest, [got for _, got in staged])
     return DeliveryView(
         receipt=name,
         units=units,
@@ -142,6 +155,61 @@ def receive_delivery(directory: Path, pipeline: str | None = None) -> DeliveryVi
     )
 
 
+def _ziggy(manifest: Path) -> bool:
+    return manifests.is_manifest(manifest)
+
+
+def _check(
+    ziggy: manifests.Manifest | None,
+    expected: dict[str, str],
+    name: str,
+    copy: str | Path,
+    size: int,
+    sha256: str,
+) -> None:
+    """Refuse a copied file unless it is as the manifest says."""
+    if ziggy is not None:
+        manifests.check(ziggy, name, Path(copy), size, sha256)
+    elif sha256 != expected[name].lower():
+        raise InvalidInput(f"{name}: checksum differs from the manifest's")
+
+
+def _claim_dataset(session: Session, manifest: manifests.Manifest, receipt: str) -> None:
+    """Record the manifest's dataset id, refusing one received before (but 0)."""
+    if manifest.dataset_id == manifests.REUSABLE_DATASET:
+        return
+    used = session.get(Dataset, manifest.dataset_id)
+    if used is not None:
+        raise InvalidInput(
+            f"{manifest.path.name}: datasetId {manifest.dataset_id} was received already"
+            f" ({used.receipt}, {used.received_at:%Y-%m-%d %H:%M}): a dataset is received once"
+        )
+    session.add(Dataset(dataset_id=manifest.dataset_id, receipt=receipt))
+    session.flush()
+
+
+def _kept_with_acknowledgement(
+    directory: Path, manifest: manifests.Manifest, files: list[Classified]
+) -> Path:
+    """As Ziggy does once a delivery is in: the files received removed from ``directory``
+    (and the directories they leave empty), its manifest and acknowledgement moved to
+    ``manifests/`` under the home, in a directory of the receipt's own; where they are."""
+    acknowledgement = manifests.acknowledge(manifest)
+    for found in files:
+        with suppress(FileNotFoundError):
+            (directory / found.path).unlink()
+        parent = (directory / found.path).parent
+        while parent != directory:
+            with suppress(OSError):  # not empty
+                parent.rmdir()
+            parent = parent.parent
+    kept = get_settings().home / "manifests" / f"{utcnow():%Y%m%dT%H%M%S%f}-{manifest.path.name}"
+    kept.mkdir(parents=True)
+    for file in (manifest.path, acknowledgement):
+        shutil.move(file, kept / file.name)
+    return kept / acknowledgement.name
+
+
 def _same(row: object, sha256: str, receipt: str) -> bool:
     """Is the current version ``row`` these bytes from this receipt already?"""
     return row is not None and row.sha256 == sha256 and row.receipt == receipt  # type: ignore[attr-defined]
@@ -150,7 +218,8 @@ def _same(row: object, sha256: str, receipt: str) -> bool:
 def _paths(directory: Path, manifest: Path) -> list[str]:
     """Every file of the delivery but its manifest and acknowledgement, as relative paths."""
     inside = directory.resolve()
-    skip = {manifest.name, manifest.name + receipts.ACK_SUFFIX}
+    ack = manifest.name[: -len(manifests.SUFFIX)] + manifests.ACK_SUFFIX
+    skip = {manifest.name, manifest.name + receipts.ACK_SUFFIX, ack}
     found = []
     for folder, subfolders, names in os.walk(directory):
         subfolders.sort()
@@ -182,7 +251,7 @@ def _classify(known: list[Definition], path: str) -> Classified:
         for kind_name, kind in definition.data_file_types.items():
             before, _, after = kind.location.partition(kind.placeholder)
             where = re.fullmatch(re.escape(before) + _UNIT + re.escape(after), folder)
-            if where and fnmatch.fnmatchcase(name, kind.pattern):
+            if where and kind.is_unit(where.group(1)) and kind.matches(name):
                 matches[kind_name] = where.group(1)
     if not matches:
         raise InvalidInput(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.database import transaction
-from pipeline.domain import definitions, parameters
+from pipeline.domain import definitions, parameters, ziggy
 from pipeline.domain.limits import check_count, check_id
 from pipeline.domain.models import Alert, PipelineInstance, utcnow
 from pipeline.errors import InvalidInput, NotFound, Refused
@@ -39,6 +39,7 @@ from pipeline.operations.views import (
     parameter_set_view,
 )
 from pipeline.recovery import heartbeat
+from pipeline.settings import get_settings
 
 
 def batch_system_status() -> dict[str, Any] | None:
@@ -80,13 +81,34 @@ def restart_modes() -> list[RestartMode]:
 # -- definitions and parameters --------------------------------------------------------------
 
 
-def import_definitions(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """Import definition files, all or nothing; each stored version and whether it is new."""
+def import_definitions(
+    paths: Sequence[Path],
+    algorithm_path: Sequence[Path] = (),
+    warnings: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Import definition files (YAML, or Ziggy's XML, a ``ziggy.d`` directory standing for
+    its files, steps found under ``algorithm_path``), all or nothing; each stored version
+    and whether it is new. What Ziggy's files hold that is not acted on goes to
+    ``warnings``."""
+    receipt_dir = get_settings().receipt
     with transaction() as session:
-        imported = definitions.import_files(session, list(paths))
+        imported = definitions.import_files(
+            session, list(paths), algorithm_path, receipt_dir, warnings
+        )
         return [
             {"name": stored.name, "version": stored.version, "new": new} for stored, new in imported
         ]
+
+
+def export_definition(name: str) -> str:
+    """The newest definition of pipeline ``name`` as a Ziggy ``pipelineDefinition`` file,
+    with the current values of the parameter sets it uses; refused in one line for what
+    Ziggy cannot say (see ``ziggy.export``)."""
+    with transaction() as session:
+        spec = definitions.get(session, name).spec
+        used = {s for node in spec["nodes"] for s in node["parameter_sets"]}
+        sets = {s: parameters.get(session, s).values for s in sorted(used)}
+    return ziggy.export(spec, sets)
 
 
 def set_parameters(

@@ -11,7 +11,6 @@ transaction, and an acknowledgement listing them is written beside the manifest.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import unicodedata
 from contextlib import suppress
@@ -129,7 +128,7 @@ def _data_file_type(name: str, pipeline: str | None) -> DataFileType:
     if not declared:
         where = f"pipeline {pipeline!r}" if pipeline else "any imported pipeline"
         raise NotFound(f"no data file type {name!r} in {where}")
-    if len({(kind.location, kind.pattern) for kind in declared.values()}) > 1:
+    if len({kind.model_dump_json() for kind in declared.values()}) > 1:
         pipelines = ", ".join(sorted(declared))
         raise InvalidInput(f"data file type {name!r} differs in {pipelines}: name --pipeline")
     return next(iter(declared.values()))
@@ -149,10 +148,8 @@ def _names(directory: Path, kind: DataFileType, type_name: str, manifest: Path |
             raise InvalidInput(f"{entry}: a symbolic link out of {directory}")
         if not entry.is_file():
             raise InvalidInput(f"{entry}: not a file (an import takes one directory's files)")
-        if not fnmatch.fnmatchcase(entry.name, kind.pattern):
-            raise InvalidInput(
-                f"{entry.name}: does not match {type_name}'s pattern {kind.pattern!r}"
-            )
+        if not kind.matches(entry.name):
+            raise InvalidInput(f"{entry.name}: does not match {type_name}'s pattern {kind.names!r}")
         names.append(entry.name)
     if not names:
         raise InvalidInput(f"{directory}: no files to import")

@@ -1,0 +1,382 @@
+"""A Ziggy team's pipeline, as its files are: a ``ziggy.d`` of XML definitions and Python
+steps that take Ziggy's inputs dict, imported and run here in process, and written back.
+
+The files are this suite's own, written in Ziggy 0.11's formats (not Ziggy's sample): a
+pipeline ``spectra`` whose ``calibrate`` step pairs each science frame with its dark frame
+by their regexp group, and whose ``stack`` step takes a single subtask of every calibrated
+frame of a night."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.operations import facade, queries
+from tests.support import InProcessWorker, assert_one_line_error, run_cli
+
+DEFINITIONS = """<?xml version="1.0" encoding="UTF-8"?>
+<pipelineDefinition>
+  <step name="calibrate" file="optics/steps.py" description="Dark-subtract frames"/>
+  <step name="stack" file="optics/steps.py" description="Stack a night"/>
+  <pipeline name="spectra" description="Spectra" rootNodeNames="calibrate">
+    <parameterSet name="Calibration Settings"/>
+    <node name="calibrate" childNodeNames="stack" maxWorkers="2" heapSizeGigabytes="3">
+      <inputDataFileType name="science frame"/>
+      <inputDataFileType name="dark frame"/>
+      <outputDataFileType name="calibrated frame"/>
+    </node>
+    <node name="stack" singleSubtask="true">
+      <parameterSet name="Stack Settings"/>
+      <inputDataFileType name="calibrated frame"/>
+      <outputDataFileType name="stacked night"/>
+    </node>
+  </pipeline>
+</pipelineDefinition>
+"""
+
+DATASTORE = """<?xml version="1.0" encoding="UTF-8"?>
+<pipelineDefinition>
+  <parameterSet name="Calibration Settings">
+    <parameter name="dark scale" value="1.5" type="double"/>
+    <parameter name="frame ids" value="7" type="intarray"/>
+    <parameter name="fail frame" value="" type="String"/>
+  </parameterSet>
+  <parameterSet name="Stack Settings">
+    <parameter name="weights" value="1, 2, 3" type="floatarray"/>
+  </parameterSet>
+  <datastoreRegexp name="night" value="night-[0-9]+"/>
+  <datastoreNode name="night" isRegexp="true" nodes="raw, cal, stack">
+    <datastoreNode name="raw"/>
+    <datastoreNode name="cal"/>
+    <datastoreNode name="stack"/>
+  </datastoreNode>
+  <dataFileType name="science frame" location="night/raw" fileNameRegexp="frame-([0-9]+)\\.sci"/>
+  <dataFileType name="dark frame" location="night/raw" fileNameRegexp="frame-([0-9]+)\\.dark"/>
+  <dataFileType name="calibrated frame" location="night/cal" fileNameRegexp="frame-([0-9]+)\\.cal"/>
+  <dataFileType name="stacked night" location="night/stack" fileNameRegexp="stacked\\.txt"/>
+  <remoteEnvironment name="cluster" batchSystem="pbs" description="A PBS cluster">
+    <queue name="long" maxWallTimeHours="24"/>
+  </remoteEnvironment>
+</pipelineDefinition>
+"""
+
+#: The steps, written against Ziggy's Python interface: one dict in, files out in the
+#: working directory, an exception for a failure.
+STEPS = """
+import json
+import os
+
+
+def calibrate(inputs):
+    settings = inputs["algorithmParameters"]["Calibration_Settings"]
+    science, dark = inputs["dataFilenames"]
+    if settings["fail_frame"] and settings["fail_frame"] in science:
+        raise ValueError("frame refused on purpose")
+    with open(science) as s, open(dark) as d:
+        value = float(s.read()) - settings["dark_scale"] * float(d.read())
+    with open(science.replace(".sci", ".cal"), "w") as out:
+        out.write(str(value))
+    with open("seen.json", "w") as seen:
+        json.dump({"cwd": os.path.basename(os.getcwd()), "inputs": inputs}, seen)
+
+
+def stack(inputs):
+    names = inputs["dataFilenames"]
+    total = sum(float(open(name).read()) for name in names)
+    weights = inputs["algorithmParameters"]["Stack_Settings"]["weights"]
+    with open("stacked.txt", "w") as out:
+        out.write(json.dumps({"names": list(names), "total": total, "weights": list(weights)}))
+"""
+
+
+@pytest.fixture
+def ziggy_d(tmp_path: Path) -> Path:
+    """A pipeline's ``etc/ziggy.d`` (two files) and its steps under ``src/``."""
+    etc = tmp_path / "etc" / "ziggy.d"
+    etc.mkdir(parents=True)
+    (etc / "spectra-pipeline.xml").write_text(DEFINITIONS)
+    (etc / "spectra-datastore.xml").write_text(DATASTORE)
+    (tmp_path / "src" / "optics").mkdir(parents=True)
+    (tmp_path / "src" / "optics" / "steps.py").write_text(STEPS)
+    return etc
+
+
+def deliver_by_hand(datastore: Path) -> None:
+    """Night 1: frames 1 and 2 with their darks, frame 3 without one; night-x is no unit."""
+    raw = datastore / "night-1" / "raw"
+    raw.mkdir(parents=True)
+    for frame, (science, dark) in {1: (10, 2), 2: (20, 4)}.items():
+        (raw / f"frame-{frame}.sci").write_text(str(science))
+        (raw / f"frame-{frame}.dark").write_text(str(dark))
+    (raw / "frame-3.sci").write_text("30")
+    (datastore / "night-x" / "raw").mkdir(parents=True)
+    (datastore / "night-x" / "raw" / "frame-1.sci").write_text("1")
+
+
+def test_a_ziggy_d_imports_runs_its_steps_unchanged_and_completes(
+    home: Path, ziggy_d: Path, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_cli(
+        capsys, "definitions", "import", ziggy_d, "--algorithm-path", ziggy_d.parent.parent / "src"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "spectra version 1 (imported)" in result.stdout
+    assert "remoteEnvironment 'cluster' (pbs): accepted, not acted on" in result.stderr
+    deliver_by_hand(home / "datastore")
+
+    instance = facade.submit("spectra")["id"]
+    worker.drain()
+
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
+    tasks = {(t["node"], t["unit_of_work"]): t for t in queries.list_tasks(instance)}
+    assert set(tasks) == {("calibrate", "night-1"), ("stack", "night-1")}, "night-x is no unit"
+    assert tasks["calibrate", "night-1"]["counts"] == "2/2 (0)", "frame 3 has no dark frame"
+    calibrated = home / "datastore" / "night-1" / "cal"
+    assert sorted(p.name for p in calibrated.iterdir()) == ["frame-1.cal", "frame-2.cal"]
+    assert float((calibrated / "frame-2.cal").read_text()) == 20 - 1.5 * 4
+    stacked = json.loads((home / "datastore" / "night-1" / "stack" / "stacked.txt").read_text())
+    assert stacked == {
+        "names": ["frame-1.cal", "frame-2.cal"],
+        "total": (10 - 3) + (20 - 6),
+        "weights": [1.0, 2.0, 3.0],
+    }
+    task_dir = Path(queries.get_task(tasks["calibrate", "night-1"]["id"])["task_dir"])
+    seen = json.loads((task_dir / "st-1" / "seen.json").read_text())
+    assert seen == {
+        "cwd": "st-1",
+        "inputs": {
+            "dataFilenames": ["frame-2.sci", "frame-2.dark"],
+            "modelFilenames": [],
+            "algorithmParameters": {
+                "Calibration_Settings": {"dark_scale": 1.5, "frame_ids": 7, "fail_frame": ""}
+            },
+        },
+    }, "Ziggy's names, nesting, and its reader's one-item arrays given as the item"
+
+
+def test_a_failing_ziggy_step_fails_its_subtask_with_its_exception(
+    home: Path, ziggy_d: Path, worker: InProcessWorker
+) -> None:
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    facade.set_parameters("Calibration Settings", {"fail frame": "frame-1"})
+    deliver_by_hand(home / "datastore")
+
+    instance = facade.submit("spectra")["id"]
+    worker.drain()
+
+    assert queries.get_instance(instance)["state"] == "ERRORS_STALLED"
+    [task] = queries.list_tasks(instance)
+    assert task["counts"] == "1/2 (1)"
+    failed = [s for s in queries.list_subtasks(task["id"]) if s["state"] == "FAILED"]
+    assert [s["error"] for s in failed] == ["ValueError: frame refused on purpose"]
+
+
+def test_export_writes_ziggy_xml_that_imports_back_to_the_same_definition(
+    home: Path, ziggy_d: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = ziggy_d.parent.parent / "src"
+    facade.import_definitions([ziggy_d], [source])
+    result = run_cli(capsys, "definitions", "export", "spectra", "--format", "ziggy")
+    assert result.returncode == 0, result.stderr
+    exported = tmp_path / "exported" / "spectra.xml"
+    exported.parent.mkdir()
+    exported.write_text(result.stdout)
+
+    again = run_cli(capsys, "definitions", "import", exported, "--algorithm-path", source)
+
+    assert again.returncode == 0, again.stderr
+    assert "spectra version 1 (unchanged)" in again.stdout
+    shown = json.loads(run_cli(capsys, "definitions", "show", "spectra", "--json").stdout)
+    calibrate = shown["nodes"][0]
+    assert (calibrate["max_workers"], calibrate["heap_size_gigabytes"]) == (2, 3)
+    assert calibrate["parameter_sets"] == ["Calibration Settings"]
+    assert shown["nodes"][1]["parameter_sets"] == ["Calibration Settings", "Stack Settings"]
+
+
+@pytest.mark.parametrize(
+    ("change", "fragments"),
+    [
+        (
+            ("<remoteEnvironment", "<unitOfWork/><remoteEnvironment"),
+            ("spectra-datastore.xml", "<unitOfWork>: not an element of Ziggy 0.11's"),
+        ),
+        (
+            ('singleSubtask="true"', 'singleSubtask="true" speed="fast"'),
+            ("<node name='stack'>: attribute 'speed' is not in Ziggy's schema",),
+        ),
+        (
+            ('file="optics/steps.py" description="Stack', 'uowGenerator="x.Y" description="Stack'),
+            ("<step name='stack'>: uowGenerator names a Java unit-of-work generator",),
+        ),
+        (
+            ('file="optics/steps.py" description="Dark', 'file="optics/lost.py" description="Dark'),
+            ("step 'calibrate': file 'optics/lost.py' not found under", "--algorithm-path"),
+        ),
+        (
+            ('location="night/cal"', 'location="night/calibrated"'),
+            ("dataFileType 'calibrated frame': location part 'calibrated' is not among the nodes",),
+        ),
+        (
+            ('childNodeNames="stack" maxWorkers', 'childNodeNames="stacker" maxWorkers'),
+            ("node 'calibrate': unknown child 'stacker'",),
+        ),
+        (
+            ('type="intarray"', 'type="complex"'),
+            ("parameter 'frame ids': type 'complex' is not one of Ziggy's parameter types",),
+        ),
+        (
+            ('fileNameRegexp="stacked\\.txt"', 'fileNameRegexp="stacked(\\.txt"'),
+            ("data_file_types.stacked night.regexp", "not a regular expression"),
+        ),
+        (("</pipelineDefinition>", "</pipelineDefinitio>"), ("not well-formed XML",)),
+    ],
+)
+def test_what_ziggy_files_hold_is_mapped_or_refused_in_one_line_and_nothing_imported(
+    database: Path,
+    ziggy_d: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: tuple[str, str],
+    fragments: tuple[str, ...],
+) -> None:
+    for file in ziggy_d.iterdir():
+        text = file.read_text()
+        if change[0] in text:
+            file.write_text(text.replace(change[0], change[1], 1))
+            break
+    else:
+        raise AssertionError(f"{change[0]!r} is in neither file")
+
+    result = run_cli(
+        capsys, "definitions", "import", ziggy_d, "--algorithm-path", ziggy_d.parent.parent / "src"
+    )
+
+    assert_one_line_error(result, *fragments)
+    assert json.loads(run_cli(capsys, "definitions", "list", "--json").stdout) == []
+    assert json.loads(run_cli(capsys, "params", "list", "--json").stdout) == []
+
+
+def deliver_with_manifest(
+    delivery: Path, capsys: pytest.CaptureFixture[str], dataset_id: int, checksum: str = "SHA1"
+) -> None:
+    """Night 2's frames in a delivery laid out as the datastore, with a Ziggy manifest
+    written by ``pipeline datastore manifest``."""
+    raw = delivery / "night-2" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "frame-1.sci").write_text("11")
+    (raw / "frame-1.dark").write_text("1")
+    result = run_cli(
+        capsys,
+        "datastore",
+        "manifest",
+        delivery,
+        "--dataset-id",
+        dataset_id,
+        "--checksum",
+        checksum,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("checksum", ["SHA1", "SHA256", "MD5"])
+def test_a_delivery_with_a_ziggy_manifest_is_received_acknowledged_and_cleared(
+    home: Path, ziggy_d: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], checksum: str
+) -> None:
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    delivery = tmp_path / "delivery"
+    deliver_with_manifest(delivery, capsys, 7, checksum)
+
+    result = run_cli(capsys, "datastore", "import", delivery)
+
+    assert result.returncode == 0, result.stderr
+    assert "received 2 files" in result.stdout
+    assert "dark frame: night-2; science frame: night-2" in result.stdout
+    assert (home / "datastore" / "night-2" / "raw" / "frame-1.sci").read_text() == "11"
+    assert list(delivery.iterdir()) == [], "what was received is removed from the delivery"
+    [kept] = (home / "manifests").iterdir()
+    assert sorted(p.name for p in kept.iterdir()) == [
+        "delivery-manifest-ack.xml",
+        "delivery-manifest.xml",
+    ]
+    ack = (kept / "delivery-manifest-ack.xml").read_text()
+    assert f'<acknowledgement datasetId="7" checksumType="{checksum}" fileCount="2"' in ack
+    assert ack.count('transferStatus="present" validationStatus="valid"') == 2
+
+
+def test_a_ziggy_manifest_that_disagrees_or_a_dataset_id_used_again_is_refused(
+    home: Path, ziggy_d: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    first = tmp_path / "first"
+    deliver_with_manifest(first, capsys, 7)
+    assert run_cli(capsys, "datastore", "import", first).returncode == 0
+
+    again = tmp_path / "again"
+    deliver_with_manifest(again, capsys, 7)
+    result = run_cli(capsys, "datastore", "import", again)
+    assert_one_line_error(result, "again-manifest.xml: datasetId 7 was received already")
+    assert len(list((again / "night-2" / "raw").iterdir())) == 2, "nothing taken"
+
+    changed = tmp_path / "changed"
+    deliver_with_manifest(changed, capsys, 8)
+    (changed / "night-2" / "raw" / "frame-1.sci").write_text("12")
+    result = run_cli(capsys, "datastore", "import", changed)
+    assert_one_line_error(result, "night-2/raw/frame-1.sci: SHA1 checksum differs")
+
+    shorter = tmp_path / "shorter"
+    deliver_with_manifest(shorter, capsys, 9)
+    (shorter / "night-2" / "raw" / "frame-1.sci").write_text("1")
+    result = run_cli(capsys, "datastore", "import", shorter)
+    assert_one_line_error(result, "night-2/raw/frame-1.sci: 1 bytes, the manifest says 2")
+
+    files = json.loads(run_cli(capsys, "files", "--unit", "night-2", "--json").stdout)
+    assert {f["path"]: f["size"] for f in files} == {
+        "night-2/raw/frame-1.dark": 1,
+        "night-2/raw/frame-1.sci": 2,
+    }, "only the first delivery is in"
+    assert len(list((home / "manifests").iterdir())) == 1
+
+
+OVERRIDES = """<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
+<pipelineDefinition>
+  <parameterSet name="Calibration Settings" partial="true">
+    <parameter name="fail frame" value="frame-2" type="String"/>
+  </parameterSet>
+</pipelineDefinition>
+"""
+
+
+def values_of(capsys: pytest.CaptureFixture[str], name: str) -> dict[str, object]:
+    shown = json.loads(run_cli(capsys, "params", "show", name, "--json").stdout)
+    return {p["name"]: p["value"] for p in shown["parameters"]}
+
+
+def test_a_partial_parameter_library_overrides_only_what_it_names_once_confirmed(
+    home: Path, ziggy_d: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    library = tmp_path / "pl-overrides.xml"
+    library.write_text(OVERRIDES)
+
+    preview = run_cli(capsys, "params", "import", library)
+    assert_one_line_error(preview, "nothing imported: run again with --yes")
+    assert "Calibration Settings: updated fail frame=frame-2" in preview.stdout
+    assert values_of(capsys, "Calibration Settings")["fail frame"] == "", (
+        "a preview changes nothing"
+    )
+
+    assert run_cli(capsys, "params", "import", library, "--yes").returncode == 0
+    assert values_of(capsys, "Calibration Settings") == {
+        "dark scale": 1.5,
+        "frame ids": [7],
+        "fail frame": "frame-2",
+    }
+
+    exported = run_cli(capsys, "params", "export", "Calibration Settings").stdout
+    assert '<parameter name="frame ids" value="7" type="intarray"/>' in exported
+    assert '<parameter name="fail frame" value="frame-2" type="String"/>' in exported
+
+    library.write_text(OVERRIDES.replace('name="fail frame"', 'name="fail frames"'))
+    result = run_cli(capsys, "params", "import", library, "--yes")
+    assert_one_line_error(result, "parameterSet 'Calibration Settings': no parameter 'fail frames'")
