@@ -147,8 +147,13 @@ def test_ready_files_start_one_instance_for_the_units_that_arrived_once(
 
 
 def test_two_scans_at_once_and_a_scan_that_dies_before_submit_submit_once(
-    home: Path, tmp_path: Path, worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch
+    any_database: str,
+    home: Path,
+    tmp_path: Path,
+    worker: InProcessWorker,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """On both databases: the claim and the submit's mark are what keep it once."""
     incoming = tmp_path / "incoming"
     sample_with_handler(tmp_path / "defs", incoming)
     delivery(incoming, "night-1", {"set-3": 3, "set-4": 4})

@@ -183,3 +183,20 @@ def test_the_cli_lists_and_imports_models_and_submits_with_one(
     assert "model dark version 4" in planned.stdout, planned.stdout
     refused = run_cli(capsys, "models", "import", tmp_path / "in" / "dark-4.txt", "--type", "nope")
     assert refused.returncode == 1 and "no model type 'nope'" in refused.stderr
+
+
+def test_retention_never_removes_a_models_bytes(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.operations import retention
+
+    sample_with_model(tmp_path / "defs")
+    model = models.import_model(dark(tmp_path / "in", 1, "kept forever"), "dark")["model"]
+    stray = dark(tmp_path / "in", 9, "no version names these bytes")
+    from pipeline.engine import datastore
+
+    left = datastore.keep(home / "datastore", stray, link=False)
+    monkeypatch.setattr(retention, "LEFT_BEHIND_AFTER", -60.0)  # everything counts as old
+    facade.prune_datastore(keep_last=1, keep_since="0d")
+    assert object_path(home / "datastore", model["sha256"]).read_text() == "kept forever"
+    assert not Path(left.path).exists(), "bytes nothing names are removed, as before"
