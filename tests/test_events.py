@@ -170,6 +170,8 @@ def test_two_scans_at_once_and_a_scan_that_dies_before_submit_submit_once(
     assert lineage.files(unit="set-3"), "received before it died"
     assert events.scan()["submitted"] == 0, "its claim holds until stale_after"
 
+    received_again: list[Path] = []
+    monkeypatch.setattr(events, "receive_delivery", lambda *a: received_again.append(a[0]))
     monkeypatch.setenv("PIPELINE_STALE_AFTER", "0.01")
     from pipeline.settings import get_settings
 
@@ -191,6 +193,7 @@ def test_two_scans_at_once_and_a_scan_that_dies_before_submit_submit_once(
     assert instance["units"] == ["set-3", "set-4"]
     assert len(lineage.files(path="set-3/L0/nasa-logo-file-0.png", history=True)) == 1
     assert not (incoming / "night-1.READY.ingest.1").exists()
+    assert received_again == [], "the scan that took over received nothing again"
 
 
 def test_a_disabled_handler_starts_nothing_until_enabled(
