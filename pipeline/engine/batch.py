@@ -28,7 +28,6 @@ import hashlib
 import logging
 import math
 import sys
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
@@ -129,17 +128,12 @@ def redispatch(session: Session, task: Task, subtasks: Sequence[Subtask], messag
 
 
 def alive(queues: Iterable[str]) -> InFlight:
-    """The tokens of the jobs still queued or running, or not submitted yet: one query
-    (the monitor cycle's own, if it was just made). While the batch system does not answer,
-    every job the database follows counts as alive: nothing is sent again for a silence."""
-    following = _following()
-    try:
-        statuses = _query(get_settings().reconcile_interval / 2)
-    except BatchUnreachable:
-        return InFlight(set(following), set())
-    running = {status.comment for status in statuses if status.active}
-    submitting = {t for t, (_, state) in following.items() if state == BatchJobState.SUBMITTING}
-    return InFlight(running | submitting, set())
+    """The tokens of the jobs the monitor still follows: queued, running, or not submitted
+    yet. Whether a job ended is ``watch``'s decision alone (it records what the elements
+    wrote first, then runs the rest again or fails them as ``batch.lost_subtasks`` says);
+    a subtask is lost here only when no followed job carries it. Asked from the database:
+    a controller that does not answer loses nothing meanwhile."""
+    return InFlight(set(_following()), set())
 
 
 def _following() -> dict[str, tuple[int, str]]:
@@ -349,22 +343,10 @@ def _cancel(jobs: Sequence[BatchJob]) -> None:
 
 # -- the monitor cycle -----------------------------------------------------------------------
 
-#: The last answer of the batch system in this process: (when, the jobs).
-_last_query: tuple[float, list[JobStatus]] | None = None
-#: The number of queries this process made (a test counts them per cycle).
-queries_made = 0
 
-
-def _query(max_age: float = 0.0) -> list[JobStatus]:
-    """Every job of this cluster, asked in one call, or the last answer if younger than
-    ``max_age`` seconds."""
-    global _last_query, queries_made
-    if _last_query is not None and time.monotonic() - _last_query[0] < max_age:
-        return _last_query[1]
-    queries_made += 1
-    statuses = batch_system("slurm").query(job_name())
-    _last_query = (time.monotonic(), statuses)
-    return statuses
+def _query() -> list[JobStatus]:
+    """Every job of this cluster, asked in one call."""
+    return batch_system("slurm").query(job_name())
 
 
 def watch(isolation: Any) -> dict[str, int]:
@@ -423,8 +405,10 @@ def follow(token: str, elements: list[JobStatus]) -> dict[str, int]:
 
 
 def _seen(token: str, elements: list[JobStatus]) -> bool:
-    """Keep what the query said of the job's elements; whether its task is still at the
-    job's attempt (if not, the job is cancelled)."""
+    """Keep what the query said of the job's elements; whether the monitor follows it on:
+    its task is still at the job's attempt, or is past it with every subtask of the job
+    ended (its last elements exiting after writing their outcomes: left to end as they
+    do). Otherwise the job is cancelled: its work is no longer wanted."""
     with transaction() as session:
         job = session.scalars(select(BatchJob).where(BatchJob.token == token)).one()
         task = session.get(Task, job.task_id)
@@ -441,13 +425,27 @@ def _seen(token: str, elements: list[JobStatus]) -> bool:
             job.state = BatchJobState.PENDING
         job.reason = next((s.reason for s in elements if s.reason not in ("", "None")), "")
         _measure(job)
-        if is_current(task, job.attempt, *EXECUTION_STEPS):
+        if is_current(task, job.attempt, *EXECUTION_STEPS) or _done(session, task, job):
             return True
         job.state, job.ended_at = BatchJobState.CANCELLED, utcnow()
         job.reason = "its task moved on"
         cancel = [job] if any(status.active for status in elements) else []
     _cancel(cancel)
     return False
+
+
+def _done(session: Session, task: Task, job: BatchJob) -> bool:
+    """Whether the job's task is at its attempt with none of the job's subtasks queued."""
+    queued = session.scalar(
+        select(Subtask.index)
+        .where(
+            Subtask.task_id == task.id,
+            Subtask.message_id == job.token,
+            Subtask.state == SubtaskState.QUEUED,
+        )
+        .limit(1)
+    )
+    return task.attempt == job.attempt and queued is None
 
 
 def record_outcomes(token: str) -> int:
