@@ -34,7 +34,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, object_session
 
 from pipeline.database import transaction
@@ -50,7 +50,7 @@ from pipeline.domain.models import (
 )
 from pipeline.domain.states import ACTIVE_BATCH_JOBS, BatchJobState, SubtaskState
 from pipeline.domain.words import counted
-from pipeline.engine import alerts, batch_element, model_registry, taskdir
+from pipeline.engine import alerts, batch_cost, batch_element, model_registry, taskdir
 from pipeline.engine.batch_system import (
     ArrayRequest,
     BatchRefused,
@@ -113,7 +113,9 @@ def queue_subtasks(
             continue
         job = _new_job(session, task, [index for index, _ in queued[task.id]], messages)
         message = f"{counted(job.subtasks, 'subtask')} in a job array of {job.elements}"
-        move(session, task, Event.QUEUED, f"{message} ({_estimate_text(job)})", host)
+        cost = "" if job.estimated_cost is None else f", cost {job.estimated_cost:.2f}"
+        estimated = f"estimated {job.estimated_node_hours:.3g} node-hours{cost}"
+        move(session, task, Event.QUEUED, f"{message} ({estimated})", host)
 
 
 def redispatch(session: Session, task: Task, subtasks: Sequence[Subtask], messages: Outbox) -> None:
@@ -199,7 +201,9 @@ def _new_job(session: Session, task: Task, indices: list[int], messages: Outbox)
         partition=settings.batch.partition,
         seen={},
     )
-    job.estimated_node_hours, job.estimated_cost = estimate(session, task, len(indices))
+    pipeline = session.get(PipelineInstance, task.instance_id).pipeline
+    estimated = batch_cost.for_task(session, task, pipeline, len(indices))
+    job.estimated_node_hours, job.estimated_cost = estimated.node_hours, estimated.cost
     session.add(job)
     for start in range(0, len(indices), 500):
         session.execute(
@@ -424,7 +428,7 @@ def _seen(token: str, elements: list[JobStatus]) -> bool:
         elif job.state == BatchJobState.SUBMITTING and elements:
             job.state = BatchJobState.PENDING
         job.reason = next((s.reason for s in elements if s.reason not in ("", "None")), "")
-        _measure(job)
+        batch_cost.measure(job)
         if is_current(task, job.attempt, *EXECUTION_STEPS) or _done(session, task, job):
             return True
         job.state, job.ended_at = BatchJobState.CANCELLED, utcnow()
@@ -495,7 +499,7 @@ def _ended(token: str) -> int:
         job = session.scalars(select(BatchJob).where(BatchJob.token == token)).one()
         task = lock_task_only(session, job.task_id)
         job.state, job.ended_at = BatchJobState.ENDED, utcnow()
-        _measure(job)
+        batch_cost.measure(job)
         if not is_current(task, job.attempt, *EXECUTION_STEPS):
             return 0
         lost = list(
@@ -589,41 +593,3 @@ def status() -> dict[str, Any] | None:
     except BatchUnreachable as exc:
         return {"name": "slurm", "pid": None, "alive": False, "url": None, "message": str(exc)}
     return {"name": "slurm", "pid": None, "alive": True, "url": None, "message": message}
-
-
-# -- cost ------------------------------------------------------------------------------------
-
-
-def _measure(job: BatchJob) -> None:
-    """The job's node-hours and cost so far, from its elements' elapsed times."""
-    if not job.seen:
-        return
-    seconds = sum(elapsed * nodes for _, elapsed, _, nodes in job.seen.values())
-    job.node_hours = seconds / 3600
-    rate = get_settings().batch_costs.get(job.partition)
-    job.cost = None if rate is None else job.node_hours * rate
-
-
-def estimate(session: Session, task: Task, subtasks: int) -> tuple[float, float | None]:
-    """Node-hours and cost of running ``subtasks`` of the task's node as a job array: the
-    node-hours per subtask measured by its earlier jobs, else ``batch_guess_seconds``."""
-    measured = session.execute(
-        select(func.sum(BatchJob.node_hours), func.sum(BatchJob.subtasks))
-        .join(Task, Task.id == BatchJob.task_id)
-        .where(
-            Task.node == task.node,
-            BatchJob.state == BatchJobState.ENDED,
-            BatchJob.node_hours.is_not(None),
-        )
-    ).one()
-    settings = get_settings()
-    guess = settings.batch_guess_seconds / 3600
-    per_subtask = measured[0] / measured[1] if measured[1] else guess
-    node_hours = per_subtask * subtasks
-    rate = settings.batch_costs.get(task.settings.batch.partition)
-    return node_hours, None if rate is None else node_hours * rate
-
-
-def _estimate_text(job: BatchJob) -> str:
-    hours = f"estimated {job.estimated_node_hours or 0:.3g} node-hours"
-    return hours if job.estimated_cost is None else f"{hours}, cost {job.estimated_cost:.2f}"
