@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -132,3 +133,15 @@ def gated_echo(ctx: SubtaskContext) -> None:
     while not os.path.exists(gate) and time.monotonic() < deadline:
         time.sleep(0.1)
     echo(ctx)
+
+
+def ended_on_first_run(ctx: SubtaskContext) -> None:
+    """The sample's permuter, but subtask 0's process is ended by a SIGTERM from outside
+    the first time (as a batch system ends a job at its walltime)."""
+    from pipeline.sample.algorithms import permuter
+
+    mark = ctx.directory / "ran-before"
+    if ctx.index == 0 and not mark.exists():
+        mark.write_text("1")
+        os.kill(os.getpid(), signal.SIGTERM)
+    permuter(ctx)

@@ -29,14 +29,16 @@ BATCH_NODES = ("permuter", "flip")
 
 
 @contextmanager
-def batch_nodes(tmp_path: Path) -> Iterator[MemoryBatchSystem]:
-    """The sample as ``sample-batch`` (permuter and flip with ``executor: slurm``),
-    imported, with an in-memory batch system installed."""
+def batch_nodes(tmp_path: Path, permuter: str = "") -> Iterator[MemoryBatchSystem]:
+    """The sample as ``sample-batch`` (permuter, its algorithm ``permuter`` if given, and
+    flip with ``executor: slurm``), imported, with an in-memory batch system installed."""
     definition = yaml.safe_load((REPO / "config" / "pipelines" / "sample.yaml").read_text())
     definition["name"] = "sample-batch"
     for node in definition["nodes"]:
         if node["name"] in BATCH_NODES:
             node["execution"] = {"executor": "slurm", "batch": {"subtasks_per_job": 3}}
+        if node["name"] == "permuter" and permuter:
+            node["algorithm"] = permuter
     path = tmp_path / "sample-batch.yaml"
     path.write_text(yaml.safe_dump(definition))
     facade.import_definitions([path])
@@ -121,6 +123,27 @@ def test_a_job_ended_without_outcomes_runs_its_subtasks_again_or_fails_them(
         "batch job 1 ended (COMPLETED, TIMEOUT) without outcomes for subtasks 0, 1, 2:"
         " 3 subtasks run again, 0 failed"
     )
+
+
+def test_a_subtask_ended_by_the_batch_systems_signal_is_lost_not_failed(
+    home: Path, worker: InProcessWorker, tmp_path: Path
+) -> None:
+    """Its algorithm's process killed by a SIGTERM from outside (at a walltime, the batch
+    system signals every process of the job, the algorithm's maybe first): the element
+    writes no outcome for it nor for the subtasks after it, and they run again."""
+    with batch_nodes(tmp_path, permuter="tests.algorithms:ended_on_first_run") as system:
+        instance = facade.submit("sample-batch", end_node="permuter")["id"]
+        worker.drain()
+        run_to_the_end(system, worker, instance)
+        assert queries.get_instance(instance)["state"] == "COMPLETED"
+        [task, _] = queries.list_tasks(instance)
+        assert [s["attempts"] for s in queries.list_subtasks(task["id"])] == [2, 2, 2, 1]
+        assert any(
+            a["message"].endswith(
+                "without outcomes for subtasks 0, 1, 2: 3 subtasks run again, 0 failed"
+            )
+            for a in queries.list_alerts()
+        )
 
 
 def test_halt_cancels_the_jobs_and_nothing_stays_in_the_queue(

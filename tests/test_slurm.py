@@ -157,6 +157,9 @@ def test_a_node_of_200_subtasks_runs_as_one_job_array_with_one_squeue_per_cycle(
     gaps = [later - earlier for earlier, later in zip(calls, calls[1:], strict=False)]
     assert min(gaps, default=1.0) > 0.5, f"one squeue per cycle (1 s apart), not {gaps}"
     assert slurm.jobs(JOB_NAME) == []
+    planned = cluster.cli("submit", "on-slurm", "--dry-run").stdout
+    assert "echo on slurm: 1 job, 200 subtasks, " in planned
+    assert " as measured over 200 subtasks run before" in planned, "not the guess any more"
 
 
 def test_halt_cancels_the_job_array_and_leaves_nothing_in_squeue(
@@ -218,6 +221,10 @@ def test_a_job_killed_at_its_walltime_loses_no_subtask(
     assert errors == {f"batch job {job['job_id']} ended (TIMEOUT) without its outcome"}
     assert "1: 1 TIMEOUT" in cluster.cli("task", failing["id"]).stdout
     assert slurm.jobs(JOB_NAME) == []
+    longer = ("--set", "batch.walltime=00:10:00")
+    [preview] = cluster.restart(failing["id"], "--mode", "resubmit", "--dry-run", *longer)
+    assert "; on slurm: 1 job, 2 subtasks, " in preview["message"]
+    assert " as measured over 2 subtasks run before" in preview["message"]
 
 
 def test_the_cluster_stopped_and_started_while_jobs_run_picks_them_up_again(

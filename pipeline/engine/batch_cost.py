@@ -149,7 +149,10 @@ def before_submit(
     first_tasks: Sequence[Task],
 ) -> list[Estimate]:
     """The estimate of each node of ``nodes`` on a batch system, for an instance (not
-    committed: a dry run's) whose first nodes' tasks are ``first_tasks`` (module docstring)."""
+    committed: a dry run's) whose first nodes' tasks are ``first_tasks`` (module docstring).
+    A pipeline with no node on a batch system has none, and its inputs are not looked at."""
+    if all(definition.node(name).execution.executor != Executor.SLURM for name in nodes):
+        return []
     tasks: dict[str, int] = {}
     per_task: dict[str, float] = {}
     how: dict[str, str] = {}
