@@ -20,12 +20,12 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import breakdown, commands, figures, harness, peers
+from bench import breakdown, commands, figures, harness, on_slurm, peers
 from bench.figures import QUICK_FACTOR, SMOKE_FACTOR, Figure, Sizes, table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Every figure group, in the order they run.
-GROUPS = ("a", "b", "c", "d", "e", "f")
+GROUPS = ("a", "b", "c", "d", "e", "f", "g")
 
 
 def machine() -> dict[str, object]:
@@ -196,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         if "f" in groups:
             with step("f"):
                 found += commands.command_times(base / "commands", sizes)
+        if "g" in groups:
+            with step("g"), harness.redis_server(base) as port:
+                found += on_slurm.slurm_figures(
+                    base / "slurm", f"redis://127.0.0.1:{port}/5", sizes, NOTES
+                )
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)

@@ -69,6 +69,9 @@ class Sizes:
     #: Times each status query runs (its median is the figure), and chains the breakdown runs.
     status_runs: int = 5
     breakdown_runs: int = 30
+    #: Figure g: subtasks through Slurm, and runs of its one-subtask task each side.
+    slurm_subtasks: int = 200
+    slurm_task_runs: int = 3
 
     def smaller(self, factor: int) -> Sizes:
         return Sizes(**{key: max(1, value // factor) for key, value in asdict(self).items()})

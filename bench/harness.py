@@ -227,7 +227,9 @@ def console_server() -> Iterator[tuple[str, tuple[str, str]]]:
         yield url, (settings.flower_user, settings.flower_password or "")
 
 
-def cluster_env(home: Path, broker: str, database_url: str | None = None) -> dict[str, str]:
+def cluster_env(
+    home: Path, broker: str, database_url: str | None = None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """The environment of a cluster under ``home``: this process's, without its own
     PIPELINE_* settings, and the benchmark's definitions importable by the workers. Its
     cluster runs no HTTP API and no Flower, as the raw Celery it is held against runs none:
@@ -244,17 +246,21 @@ def cluster_env(home: Path, broker: str, database_url: str | None = None) -> dic
         env["PIPELINE_BROKER_URL"] = broker
     if database_url:
         env["PIPELINE_DATABASE_URL"] = database_url
-    return env
+    return {**env, **(extra or {})}
 
 
 @contextmanager
 def pipeline_cluster(
-    base: Path, broker: str, database_url: str | None = None, workers: int = 1
+    base: Path,
+    broker: str,
+    database_url: str | None = None,
+    workers: int = 1,
+    extra: dict[str, str] | None = None,
 ) -> Iterator[Cluster]:
     """An initialised and started cluster with ``workers`` Celery workers of
-    ``WORKER_PROCESSES`` processes each."""
+    ``WORKER_PROCESSES`` processes each, ``extra`` in its environment."""
     home = base / "home"
-    cluster = Cluster(home, cluster_env(home, broker, database_url))
+    cluster = Cluster(home, cluster_env(home, broker, database_url, extra))
     cluster.cli("cluster", "init", "--no-sample-data")
     try:
         cluster.cli("cluster", "start", "--workers", str(workers))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -112,3 +113,35 @@ def slow_echo(ctx: SubtaskContext) -> None:
     """``echo`` after 3 seconds: long enough to be cancelled while it runs."""
     time.sleep(3)
     echo(ctx)
+
+
+def hang_on_first_run(ctx: SubtaskContext) -> None:
+    """Subtask 0 hangs the first time it runs (a mark in its directory, which is no
+    output, says so); ``echo`` otherwise."""
+    mark = ctx.directory / "ran-before"
+    if ctx.index == 0 and not mark.exists():
+        mark.write_text("1")
+        hang(ctx)
+    echo(ctx)
+
+
+def gated_echo(ctx: SubtaskContext) -> None:
+    """``echo`` once the test opened this subtask's gate: a file named for its index in the
+    directory ``TEST_GATES`` names (the environment a job array inherits)."""
+    gate = os.path.join(os.environ["TEST_GATES"], str(ctx.index))
+    deadline = time.monotonic() + 600
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    echo(ctx)
+
+
+def ended_on_first_run(ctx: SubtaskContext) -> None:
+    """The sample's permuter, but subtask 0's process is ended by a SIGTERM from outside
+    the first time (as a batch system ends a job at its walltime)."""
+    from pipeline.sample.algorithms import permuter
+
+    mark = ctx.directory / "ran-before"
+    if ctx.index == 0 and not mark.exists():
+        mark.write_text("1")
+        os.kill(os.getpid(), signal.SIGTERM)
+    permuter(ctx)

@@ -1,7 +1,7 @@
-"""A real one-host Slurm for the tests: munged (as the munge user, on a socket of its
-own), slurmctld and slurmd with a ``slurm.conf`` in a temporary directory on free ports,
-stopped by the pids in their pid files. Debian's ``slurm-wlm`` and ``munge``
-(``tools/install-system-packages.sh``; ``make test`` installs them)."""
+"""A real one-host Slurm for the tests and the benchmarks (figure g): munged (as the munge
+user, on a socket of its own), slurmctld and slurmd with a ``slurm.conf`` in a temporary
+directory on free ports, stopped by the pids in their pid files. Debian's ``slurm-wlm``
+and ``munge`` (``tools/install-system-packages.sh``; ``make test`` installs them)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import free_port, unavailable, wait_for
+from tests.support import free_port, wait_for
 
 CONF = """\
 ClusterName=pipelinetest
@@ -45,6 +45,20 @@ MailProg=/bin/true
 NodeName={host} CPUs={cpus} RealMemory=4000 State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
+
+
+#: The commands a one-host Slurm needs here.
+TOOLS = ("munged", "slurmctld", "slurmd", "sbatch")
+
+
+class SlurmUnavailable(Exception):
+    """Slurm or munge is not installed here."""
+
+
+def missing() -> str:
+    """Why no one-host Slurm can start here ('' when it can)."""
+    absent = [tool for tool in TOOLS if shutil.which(tool) is None]
+    return f"{', '.join(absent)} not installed (apt-get install slurm-wlm munge)" if absent else ""
 
 
 @dataclass
@@ -105,10 +119,10 @@ def _stop(pid_file: Path) -> None:
 
 @contextmanager
 def one_host_slurm() -> Iterator[OneHostSlurm]:
-    """A one-host Slurm whose node is idle, stopped (by pid) afterwards."""
-    for tool in ("munged", "slurmctld", "slurmd", "sbatch"):
-        if shutil.which(tool) is None:
-            unavailable(f"{tool} is not installed (apt-get install slurm-wlm munge)")
+    """A one-host Slurm whose node is idle, stopped (by pid) afterwards;
+    ``SlurmUnavailable`` when it cannot be installed here (``missing``)."""
+    if why := missing():
+        raise SlurmUnavailable(why)
     base = Path(tempfile.mkdtemp(prefix="pipeline-slurm-"))
     base.chmod(0o755)  # munged checks every directory above its socket
     munge = base / "munge"

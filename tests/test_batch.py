@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -17,8 +18,10 @@ from pipeline.engine import batch_system
 from pipeline.engine.batch_memory import MemoryBatchSystem
 from pipeline.engine.batch_system import ArrayRequest
 from pipeline.engine.slurm import elapsed_seconds, parse_squeue_line, sbatch_arguments
-from pipeline.operations import facade, queries
+from pipeline.errors import InvalidInput
+from pipeline.operations import facade, queries, views
 from pipeline.recovery import reconcile
+from pipeline.settings import reload_settings
 from tests.support import REPO, InProcessWorker
 
 #: The sample, its permuter and flip on the batch system, 3 subtasks per array element.
@@ -26,14 +29,16 @@ BATCH_NODES = ("permuter", "flip")
 
 
 @contextmanager
-def batch_nodes(tmp_path: Path) -> Iterator[MemoryBatchSystem]:
-    """The sample as ``sample-batch`` (permuter and flip with ``executor: slurm``),
-    imported, with an in-memory batch system installed."""
+def batch_nodes(tmp_path: Path, permuter: str = "") -> Iterator[MemoryBatchSystem]:
+    """The sample as ``sample-batch`` (permuter, its algorithm ``permuter`` if given, and
+    flip with ``executor: slurm``), imported, with an in-memory batch system installed."""
     definition = yaml.safe_load((REPO / "config" / "pipelines" / "sample.yaml").read_text())
     definition["name"] = "sample-batch"
     for node in definition["nodes"]:
         if node["name"] in BATCH_NODES:
             node["execution"] = {"executor": "slurm", "batch": {"subtasks_per_job": 3}}
+        if node["name"] == "permuter" and permuter:
+            node["algorithm"] = permuter
     path = tmp_path / "sample-batch.yaml"
     path.write_text(yaml.safe_dump(definition))
     facade.import_definitions([path])
@@ -60,6 +65,17 @@ def cycle(system: MemoryBatchSystem, worker: InProcessWorker) -> int:
     return system.queries - before
 
 
+def run_to_the_end(system: MemoryBatchSystem, worker: InProcessWorker, instance: int) -> list[int]:
+    """Run every job and a monitor cycle until the instance stops; the queries of each
+    cycle."""
+    queried = []
+    while queries.get_instance(instance)["state"] not in ("COMPLETED", "ERRORS_STALLED"):
+        assert len(queried) < 10, queries.list_tasks(instance)
+        system.run()
+        queried.append(cycle(system, worker))
+    return queried
+
+
 def test_each_task_runs_as_one_job_array_and_the_instance_completes(
     slurm: MemoryBatchSystem, worker: InProcessWorker
 ) -> None:
@@ -71,11 +87,7 @@ def test_each_task_runs_as_one_job_array_and_the_instance_completes(
     [task, *_] = queries.list_tasks(instance)
     assert task["p_state"] == "ALGORITHM_QUEUED"
 
-    queried = []
-    while queries.get_instance(instance)["state"] != "COMPLETED":
-        assert len(queried) < 10, queries.list_tasks(instance)
-        slurm.run()
-        queried.append(cycle(slurm, worker))
+    queried = run_to_the_end(slurm, worker, instance)
     assert set(queried) == {1}, "one query per cycle, whatever the number of jobs"
     assert len(slurm.jobs) == 4, "permuter and flip: one job array per task"
     tasks = {(t["node"], t["unit_of_work"]): t for t in queries.list_tasks(instance)}
@@ -113,6 +125,27 @@ def test_a_job_ended_without_outcomes_runs_its_subtasks_again_or_fails_them(
     )
 
 
+def test_a_subtask_ended_by_the_batch_systems_signal_is_lost_not_failed(
+    home: Path, worker: InProcessWorker, tmp_path: Path
+) -> None:
+    """Its algorithm's process killed by a SIGTERM from outside (at a walltime, the batch
+    system signals every process of the job, the algorithm's maybe first): the element
+    writes no outcome for it nor for the subtasks after it, and they run again."""
+    with batch_nodes(tmp_path, permuter="tests.algorithms:ended_on_first_run") as system:
+        instance = facade.submit("sample-batch", end_node="permuter")["id"]
+        worker.drain()
+        run_to_the_end(system, worker, instance)
+        assert queries.get_instance(instance)["state"] == "COMPLETED"
+        [task, _] = queries.list_tasks(instance)
+        assert [s["attempts"] for s in queries.list_subtasks(task["id"])] == [2, 2, 2, 1]
+        assert any(
+            a["message"].endswith(
+                "without outcomes for subtasks 0, 1, 2: 3 subtasks run again, 0 failed"
+            )
+            for a in queries.list_alerts()
+        )
+
+
 def test_halt_cancels_the_jobs_and_nothing_stays_in_the_queue(
     slurm: MemoryBatchSystem, worker: InProcessWorker
 ) -> None:
@@ -141,6 +174,85 @@ def test_a_batch_system_that_does_not_answer_is_an_alert_and_loses_nothing(
     assert queries.get_instance(instance)["state"] == "COMPLETED"
     [alert] = [a for a in queries.list_alerts(True) if "slurm" in a["message"]]
     assert alert["cleared_at"] is not None
+
+
+def test_the_cost_is_estimated_before_a_submit_from_earlier_runs_and_measured_after(
+    slurm: MemoryBatchSystem, worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIPELINE_BATCH_COSTS", '{"": 2.0}')
+    reload_settings()
+    guessed = facade.preview_submit("sample-batch")["batch_estimates"]
+    assert [(e["node"], e["jobs"], e["subtasks"], e["measured"]) for e in guessed] == [
+        ("permuter", 2, 8, 0),
+        ("flip", 2, 8, 0),
+    ], "permuter's counted in the datastore, flip's as its parent's"
+    assert guessed[0]["text"] == (
+        "2 jobs, 8 subtasks, 1.33 node-hours, cost 2.67 (the default partition; 600 s a"
+        " subtask, a guess (batch_guess_seconds): none of its jobs ended yet; subtasks"
+        " counted in the datastore)"
+    )
+    assert guessed[1]["subtasks_from"] == "guessed from its parents' (not known until they ran)"
+
+    instance = facade.submit("sample-batch")["id"]
+    worker.drain()
+    run_to_the_end(slurm, worker, instance)  # each element said to run 60 s
+    [task, *_] = queries.list_tasks(instance)
+    jobs = queries.get_task(task["id"])["batch_jobs"]
+    assert [(job["node_hours"], job["cost"]) for job in jobs] == [
+        (pytest.approx(120 / 3600), pytest.approx(2 * 120 / 3600))
+    ], "2 elements of 60 s, priced by the default partition's rate"
+
+    measured = facade.preview_submit("sample-batch")
+    permuter, flip = measured["batch_estimates"]
+    assert (permuter["seconds_per_subtask"], permuter["measured"]) == (30.0, 8)
+    assert permuter["node_hours"] == pytest.approx(8 * 30 / 3600)
+    assert flip["subtasks_from"] == "as many as its earlier tasks had"
+    assert (
+        "  permuter on slurm: 2 jobs, 8 subtasks, 0.0667 node-hours, cost 0.13 (the default"
+        " partition; 30 s a subtask as measured over 8 subtasks run before; subtasks counted"
+        " in the datastore)"
+    ) in views.submit_preview_text(measured)
+
+    shown = {(f.name, *s.labels.values()): s.value for f in batch_families() for s in f.samples}
+    assert shown[("pipeline_batch_node_hours", "")] == pytest.approx(4 * 120 / 3600)
+    assert shown[("pipeline_batch_cost", "")] == pytest.approx(2 * 4 * 120 / 3600)
+    assert shown[("pipeline_batch_jobs", "ENDED")] == 4
+
+
+def batch_families() -> list[Any]:
+    """The pipeline's batch figures as ``/metrics`` shows them."""
+    from pipeline.interfaces.prometheus import batch_metrics
+    from pipeline.operations import pages
+
+    return list(batch_metrics(pages.metrics()))
+
+
+def test_a_restart_previews_its_cost_and_may_change_one_batch_setting(
+    slurm: MemoryBatchSystem, worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIPELINE_BATCH_COSTS", '{"long": 5.0}')
+    reload_settings()
+    facade.set_parameters("algorithm", ["throw_exception_subtask_0=true"])
+    instance = facade.submit("sample-batch", end_node="permuter")["id"]
+    worker.drain()
+    run_to_the_end(slurm, worker, instance)
+    [task, _] = queries.list_tasks(instance)
+    assert (task["state"], task["counts"]) == ("ERROR - ALGORITHM_COMPLETE", "3/4 (1)")
+
+    change = {"batch.partition": "long", "batch.sbatch_options": "--qos=debug --exclusive"}
+    [preview] = facade.restart([task["id"]], "resubmit", change, dry_run=True).outcomes
+    assert preview.message == (
+        "run failed and never-run subtasks; on slurm: 1 job, 1 subtask, 0.00833"
+        " node-hours, cost 0.04 (partition long; 30 s a subtask as measured over 8 subtasks"
+        " run before)"
+    )
+    facade.restart([task["id"]], "resubmit", change)
+    worker.drain()
+    rerun = list(slurm.jobs.values())[-1].request
+    assert (rerun.partition, list(rerun.options)) == ("long", ["--qos=debug", "--exclusive"])
+    assert queries.get_task(task["id"])["execution"]["batch"]["cores"] == 1, "the others kept"
+    with pytest.raises(InvalidInput, match="execution setting batch.cores: Input should be"):
+        facade.restart([task["id"]], "resubmit", {"batch.cores": "many"}, dry_run=True)
 
 
 # -- Slurm's commands, without a Slurm --------------------------------------------------------

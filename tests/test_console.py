@@ -523,7 +523,7 @@ def test_the_metrics_have_the_names_the_guide_gives(console: Console) -> None:
     metrics = console.request("/metrics").body
     guide = (Path(__file__).parent.parent / "docs" / "operator-guide.md").read_text()
     named = set(re.findall(r"`(pipeline_[a-z_]+)", guide.split("**Metrics.**")[1].split("\n\n")[0]))
-    assert len(named) == 12, named
+    assert len(named) == 17, named
     for name in named:
         sampled = re.search(rf"^{name}(_bucket|_sum|_count)?[{{ ]", metrics, re.M)
         # A labelled family with no sample yet (no restart; no broker here) is declared.
@@ -618,3 +618,27 @@ def test_the_task_page_shows_the_code_of_each_attempt(console: Console) -> None:
     [ran] = queries.get_task(TASKS[0])["attempts"]
     assert page.status == 200 and 'id="attempts"' in page.body
     assert ran["code_version"] in page.body.replace("&#x27;", "'")
+
+
+def test_a_node_on_slurm_shows_its_cost_before_and_its_jobs_after(
+    console: Console, worker: InProcessWorker, tmp_path: Path
+) -> None:
+    from tests.test_batch import batch_nodes, run_to_the_end
+
+    with batch_nodes(tmp_path) as system:
+        fields = {"pipeline": "sample-batch", "end_node": "permuter", "action": "preview"}
+        preview = text(console.request("/pipeline/submit", fields).body)
+        assert "permuter 2 8 1.33 - 2 jobs, 8 subtasks, 1.33 node-hours (the default" in preview
+        instance = facade.submit("sample-batch", end_node="permuter")["id"]
+        worker.drain()
+        run_to_the_end(system, worker, instance)  # each element said to run 60 s
+        [task, _] = queries.list_tasks(instance)
+        [job] = queries.get_task(task["id"])["batch_jobs"]
+        page = text(console.request(f"/pipeline/tasks/{task['id']}").body)
+        assert (
+            "Batch jobs Job Attempt State Elements Queue wait Estimate Actual"
+            f" {job['job_id']} 1 ENDED 2: 2 COMPLETED 0 s 0.667 node-h 0.0333 node-h"
+        ) in page
+        metrics = console.request("/metrics").body
+        assert 'pipeline_batch_node_hours_total{partition=""} 0.0666' in metrics
+        assert 'pipeline_batch_jobs{state="ENDED"} 2.0' in metrics

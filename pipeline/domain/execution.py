@@ -6,6 +6,7 @@ reader takes them through ``ExecutionSettings.stored``, so no default is written
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -99,3 +100,35 @@ def with_execution_defaults(execution: Mapping[str, Any]) -> dict[str, Any]:
     task stored before a setting existed has no value for it (its migration adds none);
     ``{}`` gives the defaults."""
     return {**_EXECUTION_DEFAULTS, **execution}
+
+
+#: A restart's change of one batch setting, the others kept: ``batch.partition=long``.
+BATCH_PREFIX = "batch."
+
+
+def changeable() -> list[str]:
+    """What a restart may change: every execution setting, and each batch setting alone as
+    ``batch.NAME``."""
+    return [
+        *ExecutionSettings.model_fields,
+        *(BATCH_PREFIX + n for n in BatchSettings.model_fields),
+    ]
+
+
+def with_changes(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Stored settings with a restart's ``changes`` (keys from ``changeable``), validated
+    (pydantic's ``ValidationError``): ``batch`` replaces the batch settings, ``batch.NAME``
+    changes one of them; ``batch.sbatch_options`` given as text is split as a shell would."""
+    values = with_execution_defaults(current)
+    values.update(
+        (key, value) for key, value in changes.items() if key in ExecutionSettings.model_fields
+    )
+    batch = dict(values["batch"] or {})
+    for key, value in changes.items():
+        name = key.removeprefix(BATCH_PREFIX)
+        if key.startswith(BATCH_PREFIX):
+            batch[name] = (
+                shlex.split(value) if name == "sbatch_options" and isinstance(value, str) else value
+            )
+    values["batch"] = batch
+    return ExecutionSettings.model_validate(values).model_dump()

@@ -28,14 +28,13 @@ import hashlib
 import logging
 import math
 import sys
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, object_session
 
 from pipeline.database import transaction
@@ -51,7 +50,7 @@ from pipeline.domain.models import (
 )
 from pipeline.domain.states import ACTIVE_BATCH_JOBS, BatchJobState, SubtaskState
 from pipeline.domain.words import counted
-from pipeline.engine import alerts, batch_element, model_registry, taskdir
+from pipeline.engine import alerts, batch_cost, batch_element, model_registry, taskdir
 from pipeline.engine.batch_system import (
     ArrayRequest,
     BatchRefused,
@@ -115,7 +114,9 @@ def queue_subtasks(
             continue
         job = _new_job(session, task, [index for index, _ in queued[task.id]], messages)
         message = f"{counted(job.subtasks, 'subtask')} in a job array of {job.elements}"
-        move(session, task, Event.QUEUED, f"{message} ({_estimate_text(job)})", host)
+        cost = "" if job.estimated_cost is None else f", cost {job.estimated_cost:.2f}"
+        estimated = f"estimated {job.estimated_node_hours:.3g} node-hours{cost}"
+        move(session, task, Event.QUEUED, f"{message} ({estimated})", host)
 
 
 def redispatch(session: Session, task: Task, subtasks: Sequence[Subtask], messages: Outbox) -> None:
@@ -130,17 +131,12 @@ def redispatch(session: Session, task: Task, subtasks: Sequence[Subtask], messag
 
 
 def alive(queues: Iterable[str]) -> InFlight:
-    """The tokens of the jobs still queued or running, or not submitted yet: one query
-    (the monitor cycle's own, if it was just made). While the batch system does not answer,
-    every job the database follows counts as alive: nothing is sent again for a silence."""
-    following = _following()
-    try:
-        statuses = _query(get_settings().reconcile_interval / 2)
-    except BatchUnreachable:
-        return InFlight(set(following), set())
-    running = {status.comment for status in statuses if status.active}
-    submitting = {t for t, (_, state) in following.items() if state == BatchJobState.SUBMITTING}
-    return InFlight(running | submitting, set())
+    """The tokens of the jobs the monitor still follows: queued, running, or not submitted
+    yet. Whether a job ended is ``watch``'s decision alone (it records what the elements
+    wrote first, then runs the rest again or fails them as ``batch.lost_subtasks`` says);
+    a subtask is lost here only when no followed job carries it. Asked from the database:
+    a controller that does not answer loses nothing meanwhile."""
+    return InFlight(set(_following()), set())
 
 
 def _following() -> dict[str, tuple[int, str]]:
@@ -206,7 +202,9 @@ def _new_job(session: Session, task: Task, indices: list[int], messages: Outbox)
         partition=settings.batch.partition,
         seen={},
     )
-    job.estimated_node_hours, job.estimated_cost = estimate(session, task, len(indices))
+    pipeline = session.get(PipelineInstance, task.instance_id).pipeline
+    estimated = batch_cost.for_task(session, task, pipeline, len(indices))
+    job.estimated_node_hours, job.estimated_cost = estimated.node_hours, estimated.cost
     session.add(job)
     for start in range(0, len(indices), 500):
         session.execute(
@@ -352,22 +350,10 @@ def _cancel(jobs: Sequence[BatchJob]) -> None:
 
 # -- the monitor cycle -----------------------------------------------------------------------
 
-#: The last answer of the batch system in this process: (when, the jobs).
-_last_query: tuple[float, list[JobStatus]] | None = None
-#: The number of queries this process made (a test counts them per cycle).
-queries_made = 0
 
-
-def _query(max_age: float = 0.0) -> list[JobStatus]:
-    """Every job of this cluster, asked in one call, or the last answer if younger than
-    ``max_age`` seconds."""
-    global _last_query, queries_made
-    if _last_query is not None and time.monotonic() - _last_query[0] < max_age:
-        return _last_query[1]
-    queries_made += 1
-    statuses = batch_system("slurm").query(job_name())
-    _last_query = (time.monotonic(), statuses)
-    return statuses
+def _query() -> list[JobStatus]:
+    """Every job of this cluster, asked in one call."""
+    return batch_system("slurm").query(job_name())
 
 
 def watch(isolation: Any) -> dict[str, int]:
@@ -426,8 +412,10 @@ def follow(token: str, elements: list[JobStatus]) -> dict[str, int]:
 
 
 def _seen(token: str, elements: list[JobStatus]) -> bool:
-    """Keep what the query said of the job's elements; whether its task is still at the
-    job's attempt (if not, the job is cancelled)."""
+    """Keep what the query said of the job's elements; whether the monitor follows it on:
+    its task is still at the job's attempt, or is past it with every subtask of the job
+    ended (its last elements exiting after writing their outcomes: left to end as they
+    do). Otherwise the job is cancelled: its work is no longer wanted."""
     with transaction() as session:
         job = session.scalars(select(BatchJob).where(BatchJob.token == token)).one()
         task = session.get(Task, job.task_id)
@@ -443,14 +431,28 @@ def _seen(token: str, elements: list[JobStatus]) -> bool:
         elif job.state == BatchJobState.SUBMITTING and elements:
             job.state = BatchJobState.PENDING
         job.reason = next((s.reason for s in elements if s.reason not in ("", "None")), "")
-        _measure(job)
-        if is_current(task, job.attempt, *EXECUTION_STEPS):
+        batch_cost.measure(job)
+        if is_current(task, job.attempt, *EXECUTION_STEPS) or _done(session, task, job):
             return True
         job.state, job.ended_at = BatchJobState.CANCELLED, utcnow()
         job.reason = "its task moved on"
         cancel = [job] if any(status.active for status in elements) else []
     _cancel(cancel)
     return False
+
+
+def _done(session: Session, task: Task, job: BatchJob) -> bool:
+    """Whether the job's task is at its attempt with none of the job's subtasks queued."""
+    queued = session.scalar(
+        select(Subtask.index)
+        .where(
+            Subtask.task_id == task.id,
+            Subtask.message_id == job.token,
+            Subtask.state == SubtaskState.QUEUED,
+        )
+        .limit(1)
+    )
+    return task.attempt == job.attempt and queued is None
 
 
 def record_outcomes(token: str) -> int:
@@ -500,7 +502,7 @@ def _ended(token: str) -> int:
         job = session.scalars(select(BatchJob).where(BatchJob.token == token)).one()
         task = lock_task_only(session, job.task_id)
         job.state, job.ended_at = BatchJobState.ENDED, utcnow()
-        _measure(job)
+        batch_cost.measure(job)
         if not is_current(task, job.attempt, *EXECUTION_STEPS):
             return 0
         lost = list(
@@ -594,41 +596,3 @@ def status() -> dict[str, Any] | None:
     except BatchUnreachable as exc:
         return {"name": "slurm", "pid": None, "alive": False, "url": None, "message": str(exc)}
     return {"name": "slurm", "pid": None, "alive": True, "url": None, "message": message}
-
-
-# -- cost ------------------------------------------------------------------------------------
-
-
-def _measure(job: BatchJob) -> None:
-    """The job's node-hours and cost so far, from its elements' elapsed times."""
-    if not job.seen:
-        return
-    seconds = sum(elapsed * nodes for _, elapsed, _, nodes in job.seen.values())
-    job.node_hours = seconds / 3600
-    rate = get_settings().batch_costs.get(job.partition)
-    job.cost = None if rate is None else job.node_hours * rate
-
-
-def estimate(session: Session, task: Task, subtasks: int) -> tuple[float, float | None]:
-    """Node-hours and cost of running ``subtasks`` of the task's node as a job array: the
-    node-hours per subtask measured by its earlier jobs, else ``batch_guess_seconds``."""
-    measured = session.execute(
-        select(func.sum(BatchJob.node_hours), func.sum(BatchJob.subtasks))
-        .join(Task, Task.id == BatchJob.task_id)
-        .where(
-            Task.node == task.node,
-            BatchJob.state == BatchJobState.ENDED,
-            BatchJob.node_hours.is_not(None),
-        )
-    ).one()
-    settings = get_settings()
-    guess = settings.batch_guess_seconds / 3600
-    per_subtask = measured[0] / measured[1] if measured[1] else guess
-    node_hours = per_subtask * subtasks
-    rate = settings.batch_costs.get(task.settings.batch.partition)
-    return node_hours, None if rate is None else node_hours * rate
-
-
-def _estimate_text(job: BatchJob) -> str:
-    hours = f"estimated {job.estimated_node_hours or 0:.3g} node-hours"
-    return hours if job.estimated_cost is None else f"{hours}, cost {job.estimated_cost:.2f}"

@@ -8,15 +8,21 @@ another with the same runner, timeout and log as a worker (``runner.run_many``),
 writes each outcome to a file of its own as soon as it ends (written whole, then
 renamed: the monitor never reads half an outcome). The head's monitor reads them
 (``pipeline.engine.batch``). An element killed midway (cancelled, at its walltime) leaves
-the outcomes of the subtasks it finished; the rest have none, which the monitor sees.
+the outcomes of the subtasks it finished; the rest have none, which the monitor sees. The
+subtask running then has none either, though the batch system's signal may reach its
+algorithm's process before the element's: ended from outside, it did not fail, and the
+monitor runs it again or fails it as ``batch.lost_subtasks`` says.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +36,8 @@ from pipeline.engine.runner import SubtaskOutcome
 MANIFEST = "manifest.json"
 #: Where the outcomes go, in the job's directory.
 OUTCOMES = "outcomes"
+#: What a batch system ends a job's processes with.
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGKILL)
 
 
 def outcome_path(job_dir: Path, index: int, number: int) -> Path:
@@ -78,17 +86,24 @@ def run_element(manifest_path: Path, element: int) -> int:
                 parameter_sets=manifest.get("parameter_sets", {}),
             )
         )
-    outcomes = runner.run_many(
-        manifest["algorithm"],
-        contexts,
-        manifest["timeout"],
-        python_path=manifest["python_path"],
-        calls=manifest.get("calls", "context"),
-    )
+    algorithm, timeout, python_path = (manifest[k] for k in ("algorithm", "timeout", "python_path"))
+    calls = manifest.get("calls", "context")
+    with closing(
+        runner.run_many(algorithm, contexts, timeout, python_path=python_path, calls=calls)
+    ) as ran:
+        return _write_outcomes(job_dir, assigned, ran)
+
+
+def _write_outcomes(
+    job_dir: Path, assigned: list[list[Any]], outcomes: Iterator[SubtaskOutcome]
+) -> int:
+    """Write each subtask's outcome as it ends (module docstring); how many."""
     host = socket.gethostname()
     started = _now()
     ran = 0
     for (index, number, _inputs), outcome in zip(assigned, outcomes, strict=False):
+        if ended_from_outside(outcome):
+            break  # this element is being ended: the monitor decides about the rest
         finished = _now()
         record = {"outcome": asdict(outcome), "host": host, "started": started, "ended": finished}
         path = outcome_path(job_dir, index, number)
@@ -97,6 +112,18 @@ def run_element(manifest_path: Path, element: int) -> int:
         os.replace(partial, path)
         started, ran = finished, ran + 1
     return ran
+
+
+def ended_from_outside(outcome: SubtaskOutcome) -> bool:
+    """Whether the subtask's run was ended by what ends the element (the batch system's
+    SIGTERM, then SIGKILL, at its walltime, an ``scancel``, a node going down): no outcome
+    of the subtask's own, so none is written for it."""
+    signals = tuple(f"killed by signal {int(number)}" for number in ENDING_SIGNALS)
+    return (
+        not outcome.ok
+        and not outcome.timed_out
+        and outcome.error.startswith((runner.GOING_DOWN, *signals))
+    )
 
 
 def _now() -> str:

@@ -47,6 +47,11 @@ from pipeline.engine.taskdir import INPUTS_FILE, LOG_NAME, MODELS_FILE, PARAMETE
 PR_SET_PDEATHSIG = 1
 
 
+#: A subtask's error when the process running algorithms went first (the worker, or a
+#: batch job's element, is going down).
+GOING_DOWN = "the algorithm's process ended without an outcome"
+
+
 @dataclass
 class SubtaskOutcome:
     """How one subtask's run ended: ``ok``, else the one-line ``error`` (and whether it was
@@ -467,7 +472,7 @@ class _Child:
             return SubtaskOutcome(False, f"timeout: killed after {timeout:g} s", timed_out=True)
         self._unanswered.clear()
         if status is None:  # the fork server went first: the worker is going down
-            return SubtaskOutcome(False, "the algorithm's process ended without an outcome")
+            return SubtaskOutcome(False, GOING_DOWN)
         return SubtaskOutcome(
             False, _exit_message(os.waitstatus_to_exitcode(status), ctx.directory / LOG_NAME)
         )

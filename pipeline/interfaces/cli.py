@@ -1220,7 +1220,8 @@ def _restart_arguments(command: Parser) -> None:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="Other execution setting, key=value (repeatable).",
+        help="Other execution setting, key=value (repeatable); one batch setting of a node on"
+        " Slurm as batch.NAME=VALUE (batch.partition=long).",
     )
     _json(command)
     command.set_defaults(check=_restart_usage)

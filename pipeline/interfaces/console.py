@@ -30,6 +30,7 @@ from flower.views import BaseHandler
 from tornado.web import decode_signed_value
 
 from pipeline.domain.limits import MAX_ID, parse_id
+from pipeline.domain.words import BATCH_JOB_COLUMNS, batch_job_cells
 from pipeline.errors import InvalidInput, shown
 from pipeline.interfaces import dag
 from pipeline.interfaces.statuses import status as http_status
@@ -457,6 +458,8 @@ class TaskPage(RestartingPage):
             counts=counts,
             state=state or "",
             settings=EDITABLE_SETTINGS,
+            batch_job_columns=BATCH_JOB_COLUMNS,
+            batch_job_cells=batch_job_cells,
             preview=values.pop("preview", None),
             fields=values.pop("fields", {}),
             refresh=values.pop("refresh", not task["error"] and task["p_state"] != "COMPLETE"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import prometheus_client
 from prometheus_client.core import (
@@ -101,6 +102,7 @@ class PipelineCollector(Collector):
             buckets.append(("+Inf", found["count"]))
             durations.add_metric([node], buckets, found["sum"])
         yield durations
+        yield from batch_metrics(figures)
         found_queues = queries.list_queues()
         for name, what, key in (
             ("pipeline_queue_messages", "Messages waiting on the broker", "messages"),
@@ -128,6 +130,31 @@ class PipelineCollector(Collector):
                 "Seconds since beat's reconciler last ran (its heartbeat)",
                 value=max(0.0, age.total_seconds()),
             )
+
+
+def batch_metrics(figures: dict[str, Any]) -> Iterator[Metric]:
+    """Job arrays on a batch system by state, and by partition the node-hours and cost
+    they took and were estimated to take (a partition ``batch_costs`` does not price has
+    no cost)."""
+    yield labelled(
+        GaugeMetricFamily,
+        "pipeline_batch_jobs",
+        "Job arrays on a batch system by state",
+        {(state,): count for state, count in figures["batch_jobs"].items()},
+        ["state"],
+    )
+    partitions = sorted(figures["batch_partitions"].items())
+    for key, name, what in (
+        ("node_hours", "pipeline_batch_node_hours", "Node-hours batch jobs took"),
+        ("cost", "pipeline_batch_cost", "Cost of the node-hours batch jobs took"),
+        ("estimated_node_hours", "pipeline_batch_estimated_node_hours", "Node-hours estimated"),
+        ("estimated_cost", "pipeline_batch_estimated_cost", "Cost estimated"),
+    ):
+        family = CounterMetricFamily(name, f"{what}, by partition", labels=["partition"])
+        for partition, found in partitions:
+            if found[key] is not None:
+                family.add_metric([partition], found[key])
+        yield family
 
 
 def labelled(

@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from pipeline.domain.listing import TABLE_ROWS
+from pipeline.domain.words import BATCH_JOB_COLUMNS, batch_job_cells
 from pipeline.errors import NotFound
 
 if TYPE_CHECKING:
@@ -223,28 +224,6 @@ def show_subtasks(task_id: int, limit: int | None, every: bool, as_json: bool) -
     _show(listed, limit, every, as_json)
 
 
-def _batch_job_row(job: dict[str, Any]) -> list[Any]:
-    """A job array as ``pipeline task`` shows it: its elements by state, the longest
-    wait in the queue, node-hours (and cost, where settings price the partition)."""
-
-    def hours(node_hours: float | None, cost: float | None) -> str:
-        if node_hours is None:
-            return "-"
-        return f"{node_hours:.3g} node-h" + ("" if cost is None else f", cost {cost:.2f}")
-
-    elements = ", ".join(f"{n} {state}" for state, n in sorted(job["elements_by_state"].items()))
-    wait = "-" if job["queue_wait"] is None else f"{job['queue_wait']:.0f} s"
-    return [
-        job["job_id"] or "(submitting)",
-        job["attempt"],
-        job["state"] + (f" ({job['reason']})" if job["reason"] else ""),
-        f"{job['elements']}: {elements}" if elements else job["elements"],
-        wait,
-        hours(job["estimated_node_hours"], job["estimated_cost"]),
-        hours(job["node_hours"], job["cost"]),
-    ]
-
-
 def show_task(task_id: int, as_json: bool) -> None:
     """A task's details and its history of transitions."""
     detail, _ = _read(f"/tasks/{task_id}", lambda f: (f.get_task(task_id), None))
@@ -276,8 +255,8 @@ def show_task(task_id: int, as_json: bool) -> None:
     if detail["batch_jobs"]:
         table(
             "batch jobs",
-            ["job", "attempt", "state", "elements", "queue wait", "estimate", "actual"],
-            [_batch_job_row(job) for job in detail["batch_jobs"]],
+            list(BATCH_JOB_COLUMNS),
+            [batch_job_cells(job) for job in detail["batch_jobs"]],
         )
     table(
         "history",

@@ -34,6 +34,7 @@ from pipeline.operations.views import (
     SubmittedInstance,
     TaskDirsPruneView,
     alert_view,
+    batch_estimate_view,
     instance_view,
     iso_time,
     parameter_set_view,
@@ -176,6 +177,7 @@ def preview_submit(
         units=planned.units,
         parameter_sets=planned.parameter_sets,
         models=planned.models,
+        batch_estimates=[batch_estimate_view(estimate) for estimate in planned.batch_estimates],
     )
 
 

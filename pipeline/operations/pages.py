@@ -25,6 +25,7 @@ from pipeline.domain.lifecycle import PState, counts_label
 from pipeline.domain.limits import check_id, check_index
 from pipeline.domain.models import (
     Alert,
+    BatchJob,
     ParameterSet,
     PipelineInstance,
     Subtask,
@@ -566,6 +567,7 @@ def metrics() -> dict[str, Any]:
             )
         )
         histogram = _duration_histogram(session)
+        batch = _batch_figures(session)
     return {
         "instances": {state: int(instances.get(state, 0)) for state in InstanceState.__members__},
         "tasks": tasks,
@@ -574,6 +576,36 @@ def metrics() -> dict[str, Any]:
         "restarts": dict(restarts),
         "lost_work_recoveries": int(lost or 0),
         "durations": histogram,
+        **batch,
+    }
+
+
+def _batch_figures(session: Session) -> dict[str, Any]:
+    """Job arrays by state, and by partition the node-hours and cost they took (measured
+    from their elements' elapsed times) and were estimated to take."""
+    jobs = dict(
+        session.execute(select(BatchJob.state, func.count()).group_by(BatchJob.state)).all()
+    )
+    by_partition = {
+        partition: {
+            "node_hours": float(hours or 0.0),
+            "cost": None if cost is None else float(cost),
+            "estimated_node_hours": float(estimated or 0.0),
+            "estimated_cost": None if estimated_cost is None else float(estimated_cost),
+        }
+        for partition, hours, cost, estimated, estimated_cost in session.execute(
+            select(
+                BatchJob.partition,
+                func.sum(BatchJob.node_hours),
+                func.sum(BatchJob.cost),
+                func.sum(BatchJob.estimated_node_hours),
+                func.sum(BatchJob.estimated_cost),
+            ).group_by(BatchJob.partition)
+        )
+    }
+    return {
+        "batch_jobs": {state: int(count) for state, count in jobs.items()},
+        "batch_partitions": by_partition,
     }
 
 

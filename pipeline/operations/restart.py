@@ -23,11 +23,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
-from pipeline.domain.execution import ExecutionSettings, with_execution_defaults
+from pipeline.domain.execution import (
+    BatchSettings,
+    ExecutionSettings,
+    changeable,
+    with_changes,
+)
+from pipeline.domain.lifecycle import Executor, PState
 from pipeline.domain.limits import MAX_ID, check_id
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import InstanceState
-from pipeline.engine import attempts, executors, staleness
+from pipeline.engine import attempts, batch_cost, executors, staleness
 from pipeline.engine.executors import queue_subtasks
 from pipeline.engine.locks import lock_rows, locked_instance
 from pipeline.engine.stages import instance_definition
@@ -48,7 +54,7 @@ RETRY_TRANSITION = "retry-transition"
 def check_settings(changes: Mapping[str, Any], frozen_parameters: dict[str, Any]) -> None:
     """Refuse an algorithm parameter among execution setting changes, or an unknown key."""
     parameter_names = {key for values in frozen_parameters.values() for key in values["values"]}
-    allowed = set(ExecutionSettings.model_fields)
+    allowed = changeable()
     for key in changes:
         if key in parameter_names:
             raise Refused(
@@ -57,23 +63,26 @@ def check_settings(changes: Mapping[str, Any], frozen_parameters: dict[str, Any]
             )
         if key not in allowed:
             raise InvalidInput(
-                f"unknown execution setting {shown(key)} (one of {', '.join(sorted(allowed))})"
+                f"unknown execution setting {shown(key)} (one of"
+                f" {', '.join(sorted(ExecutionSettings.model_fields))}; or batch.NAME, one of"
+                f" {', '.join(BatchSettings.model_fields)})"
             )
 
 
 def check_values(changes: Mapping[str, Any]) -> None:
     """Refuse, before any task is looked at, a change of an execution setting to a value it
     cannot take (infinite, out of range, a boolean for a number): one line naming it."""
-    known = {key: value for key, value in changes.items() if key in ExecutionSettings.model_fields}
-    _merged_settings(with_execution_defaults({}), known)
+    known = {key: value for key, value in changes.items() if key in changeable()}
+    _merged_settings({}, known)
 
 
 def _merged_settings(current: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        return ExecutionSettings.model_validate({**current, **changes}).model_dump()
+        return with_changes(current, changes)
     except ValidationError as exc:
         error = exc.errors()[0]
-        raise InvalidInput(f"execution setting {error['loc'][0]}: {error['msg']}") from None
+        where = ".".join(str(part) for part in error["loc"])
+        raise InvalidInput(f"execution setting {where}: {error['msg']}") from None
 
 
 def restart(
@@ -234,7 +243,9 @@ def _restart_locked(
             + ", ".join(map(str, waits_for))
             + " above it are current",
         )
-    if not applied.dry_run:
+    if applied.dry_run:
+        plan = _with_estimate(session, instance, task, execution, plan)
+    else:
         note = f"restart: {mode.name}"
         if changes:
             note += " with " + ", ".join(f"{key}={value}" for key, value in changes.items())
@@ -252,6 +263,19 @@ def _restart_locked(
             for below in lock_rows(session, Task, later).values():
                 wait_to_rerun(session, below, f"waits to run again after task {task_id}")
     return Outcome(task_id, mode.name, True, plan.message, plan.p_state.value, plan.rerun, later)
+
+
+def _with_estimate(
+    session: Session, instance: PipelineInstance, task: Task, execution: dict[str, Any], plan: Plan
+) -> Plan:
+    """A preview's plan that submits subtasks to a batch system, with what they are
+    expected to take there (``batch_cost``), with the settings the restart leaves."""
+    settings = ExecutionSettings.stored(execution)
+    submits = plan.p_state in (PState.INITIALIZING, PState.ALGORITHM_SUBMITTING)
+    if settings.executor != Executor.SLURM or not submits or not plan.rerun:
+        return plan
+    found = batch_cost.estimate(session, instance.pipeline, task.node, settings, len(plan.rerun))
+    return Plan(plan.p_state, plan.rerun, f"{plan.message}; on slurm: {found.line()}", plan.reset)
 
 
 def restart_failed(

@@ -12,7 +12,7 @@ from pipeline.domain import definitions, parameters
 from pipeline.domain.definitions import Definition
 from pipeline.domain.limits import check_priority
 from pipeline.domain.models import InstanceNode, PipelineDefinition, PipelineInstance
-from pipeline.engine import datastore, model_registry
+from pipeline.engine import batch_cost, datastore, model_registry
 from pipeline.engine.transitions import create_node_tasks
 from pipeline.errors import InvalidInput, Unreachable, shown
 from pipeline.messaging import outbox
@@ -37,6 +37,8 @@ class Submitted:
     parameter_sets: dict[str, int] = field(default_factory=dict)
     #: The model versions it pins, by model type.
     models: dict[str, str] = field(default_factory=dict)
+    #: Each node on a batch system: what it is expected to take (a dry run's).
+    batch_estimates: list[batch_cost.Estimate] = field(default_factory=list)
 
 
 def _nothing(_: outbox.Outbox) -> None:
@@ -150,6 +152,9 @@ def submit(
         submitted.parameter_sets = {name: frozen[name]["version"] for name in frozen}
         submitted.models = {kind: pin["version"] for kind, pin in instance.models.items()}
         if dry_run:
+            submitted.batch_estimates = batch_cost.before_submit(
+                session, root, instance, definition, nodes, tasks
+            )
             session.rollback()
     if unsent:  # the instance is submitted: its first messages wait for the reconciler
         submitted.queued = f"{outbox.QUEUED_FOR_RECONCILER} ({unsent[0]})"

@@ -139,6 +139,29 @@ class WorkerView(TypedDict):
 
 
 @with_config(_CLOSED)
+class BatchEstimateView(TypedDict):
+    """What running some of a node's subtasks on a batch system is expected to take."""
+
+    node: str
+    partition: Annotated[str, Field(description="empty: the default partition")]
+    jobs: Annotated[int, Field(description="job arrays: one per task")]
+    subtasks: int
+    node_hours: float
+    cost: Annotated[float | None, Field(description="null: batch_costs prices not the partition")]
+    seconds_per_subtask: Annotated[float, Field(description="node-seconds, measured or guessed")]
+    measured: Annotated[
+        int, Field(description="subtasks of earlier jobs measured (0: batch_guess_seconds)")
+    ]
+    subtasks_from: Annotated[str, Field(description="how the subtasks were counted")]
+    text: Annotated[str, Field(description="all of it in a line, with what it rests on")]
+
+
+def batch_estimate_view(estimate: Any) -> BatchEstimateView:
+    """The view of a ``batch_cost.Estimate``."""
+    return build(BatchEstimateView, estimate, text=estimate.line())  # type: ignore[no-any-return]
+
+
+@with_config(_CLOSED)
 class SubmitPreview(TypedDict):
     """What a submit would do (``--dry-run``): nothing was changed."""
 
@@ -152,6 +175,10 @@ class SubmitPreview(TypedDict):
     ]
     parameter_sets: Annotated[dict[str, int], Field(description="versions it would freeze")]
     models: Annotated[dict[str, str], Field(description="model versions it would pin")]
+    batch_estimates: Annotated[
+        list[BatchEstimateView],
+        Field(description="each node on a batch system: node-hours, jobs and cost expected"),
+    ]
 
 
 @with_config(_CLOSED)
@@ -656,6 +683,8 @@ def submit_preview_text(planned: SubmitPreview) -> str:
     ]
     for node, units in planned["units"].items():
         lines.append(f"  {node}: {counted(len(units), 'task')} ({', '.join(units)})")
+    for estimate in planned["batch_estimates"]:
+        lines.append(f"  {estimate['node']} on slurm: {estimate['text']}")
     if planned["left_out"]:
         lines.append(f"  not run: {', '.join(planned['left_out'])} ({LEFT_OUT})")
     return "\n".join(lines)
