@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -13,7 +14,7 @@ from pipeline.domain.definitions import Definition
 from pipeline.domain.limits import check_priority
 from pipeline.domain.models import InstanceNode, PipelineDefinition, PipelineInstance
 from pipeline.engine import datastore, model_registry
-from pipeline.engine.transitions import create_node_tasks
+from pipeline.engine.transitions import PlannedTask, create_node_tasks, plan_tasks
 from pipeline.errors import InvalidInput, Unreachable, shown
 from pipeline.messaging import outbox
 from pipeline.messaging.publisher import publisher
@@ -37,6 +38,20 @@ class Submitted:
     parameter_sets: dict[str, int] = field(default_factory=dict)
     #: The model versions it pins, by model type.
     models: dict[str, str] = field(default_factory=dict)
+    #: A dry run's tasks of every node it runs (``plan_tasks``).
+    planned: dict[str, list[PlannedTask]] = field(default_factory=dict)
+
+
+def check_regexp(option: str, regexp: str | None) -> None:
+    """Refuse in one line a ``--units``/``--exclude`` that is no regular expression."""
+    if regexp is None:
+        return
+    if not regexp or len(regexp) > 500:
+        raise InvalidInput(f"{option}: give a regular expression of 1 to 500 characters")
+    try:
+        re.compile(regexp)
+    except re.error as exc:
+        raise InvalidInput(f"{option} {shown(regexp)}: not a regular expression ({exc})") from None
 
 
 def _nothing(_: outbox.Outbox) -> None:
@@ -84,6 +99,8 @@ def submit(
     models: Mapping[str, str] | None = None,
     units: Sequence[str] | None = None,
     started_by: Callable[[Session, PipelineInstance], None] | None = None,
+    units_regexp: str | None = None,
+    units_exclude: str | None = None,
 ) -> Submitted:
     """Launch an instance of the newest version of ``pipeline`` (``dry_run``: say which
     nodes it would run and the first ones' tasks, and change nothing; no broker asked).
@@ -97,11 +114,19 @@ def submit(
     ``models`` chooses a model type's version (else the newest is pinned); ``units`` runs
     the instance for those units of work only; ``started_by`` (an event) is called in the
     submit's transaction with the new instance, and may refuse it by raising.
+
+    ``units_regexp`` and ``units_exclude`` (``--units``, ``--exclude``) are kept as they
+    are, frozen with the instance, and every node's units are held against them as its
+    tasks are created (Ziggy applies its include and exclude regexps so): resolved to a
+    list at submit, they would know only the first nodes' units, and a child whose units
+    its parents' outputs name would lose them. A dry run says each node's tasks.
     """
     check_priority(priority)
     with transaction() as session:  # first: a home with no cluster says so
         definition_id = definitions.get(session, pipeline).id
         select_nodes(_parse(session.get(PipelineDefinition, definition_id)), start_node, end_node)
+    for option, regexp in (("--units", units_regexp), ("--exclude", units_exclude)):
+        check_regexp(option, regexp)
     root = datastore.require(get_settings().datastore)
     if not dry_run:
         publisher().check()
@@ -130,6 +155,8 @@ def submit(
             parameters=frozen,
             models=model_registry.pin(session, definition, nodes, models or {}),
             units=sorted(set(units)) if units is not None else None,
+            units_regexp=units_regexp,
+            units_exclude=units_exclude,
         )
         session.add(instance)
         session.flush()
@@ -150,6 +177,7 @@ def submit(
         submitted.parameter_sets = {name: frozen[name]["version"] for name in frozen}
         submitted.models = {kind: pin["version"] for kind, pin in instance.models.items()}
         if dry_run:
+            submitted.planned = plan_tasks(session, instance, definition, nodes, root)
             session.rollback()
     if unsent:  # the instance is submitted: its first messages wait for the reconciler
         submitted.queued = f"{outbox.QUEUED_FOR_RECONCILER} ({unsent[0]})"
