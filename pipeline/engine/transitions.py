@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from pipeline.domain.definitions import Definition, Node, parse
 from pipeline.domain.models import InstanceNode, PipelineInstance, Task, utcnow
 from pipeline.domain.states import InstanceState, NodeState
-from pipeline.engine import datastore, datastore_ledger, taskdir
+from pipeline.engine import datastore, datastore_ledger, deliveries, taskdir
 from pipeline.engine.alerts import WARNING, raise_alert_about
 from pipeline.engine.locks import lock_instance
 from pipeline.engine.task_state import note, refresh_instance_state, send_waiting
@@ -44,12 +44,17 @@ def create_node_tasks(
     the units every parent has a task for (``units: intersection``, the default) or any
     has (``union``); the units skipped are written in each task's history."""
     node = definition.node(node_name)
-    found = datastore.units_of_work(root, definition, node)
-    units = chosen_units(instance, found)
+    found = _units_of_work(root, definition, node)
+    units = found if node.receives else chosen_units(instance, found)
     skipped = _skipped_units(session, instance, node, units)
     units = [unit for unit in units if unit not in skipped]
     if not units:
         why = f"finds no {datastore.describe_inputs(definition, node)} in {root}"
+        if node.receives:
+            why = (
+                f"finds no delivery waiting in {get_settings().receipt} (files and a manifest"
+                " at its top, or in a subdirectory each)"
+            )
         if skipped:
             why = f"has no unit every parent has a task for ({_skipped_line(skipped)})"
         elif found:
@@ -114,18 +119,28 @@ def plan_tasks(
     for name in nodes:
         node = definition.node(name)
         parents = [parent for parent in node.after if parent in planned]
-        units = set(datastore.units_of_work(root, definition, node))
+        units = set(_units_of_work(root, definition, node))
         making = [p for p in parents if set(definition.node(p).outputs) & set(node.inputs)]
         for parent in making:
             units |= {task.unit_of_work for task in planned[parent]}
-        if node.units == "intersection" and len(parents) > 1:
-            for parent in parents:
+        if node.units == "intersection" and len(making) > 1:
+            for parent in making:
                 units &= {task.unit_of_work for task in planned[parent]}
+        # After a data receipt, what its deliveries hold is in the datastore.
+        unknown = making or any(definition.node(p).receives for p in parents)
         planned[name] = [
-            PlannedTask(unit, None if making else subtasks(node, unit))
-            for unit in chosen_units(instance, sorted(units))
+            PlannedTask(unit, 0 if node.receives else None if unknown else subtasks(node, unit))
+            for unit in (sorted(units) if node.receives else chosen_units(instance, sorted(units)))
         ]
     return planned
+
+
+def _units_of_work(root: Path, definition: Definition, node: Node) -> list[str]:
+    """The node's units of work: the deliveries waiting for a data receipt node, else those
+    of its inputs in the datastore."""
+    if node.receives:
+        return deliveries.waiting(get_settings().receipt)
+    return datastore.units_of_work(root, definition, node)
 
 
 def chosen_units(instance: PipelineInstance, units: list[str]) -> list[str]:

@@ -784,6 +784,11 @@ def _producer(file: dict[str, Any]) -> str:
             f"instance {file['instance_id']} task {file['task_id']} ({file['node']})"
             f" attempt {file['attempt']} subtask {file['subtask_index']}"
         )
+    if file["task_id"] is not None:  # by a data receipt task
+        return (
+            f"received {file['receipt']} by instance {file['instance_id']} task"
+            f" {file['task_id']} ({file['node']}) attempt {file['attempt']}"
+        )
     return f"{file['origin']} {file['receipt']}".strip()
 
 

@@ -136,6 +136,8 @@ def submit(
         stored = session.get(PipelineDefinition, definition_id)
         definition = _parse(stored)
         nodes = select_nodes(definition, start_node, end_node)
+        if started_by is not None:  # an event received its deliveries: no receipt to run
+            nodes = [name for name in nodes if not definition.node(name).receives]
         frozen = {}
         for set_name in sorted({s for n in nodes for s in definition.node(n).parameter_sets}):
             parameter_set = parameters.get(session, set_name)
