@@ -496,3 +496,47 @@ def test_files_and_a_manifest_at_the_top_of_the_receipt_directory_are_one_delive
     assert '<node name="data-receipt" childNodeNames="calibrate">' in exported.read_text()
     back = facade.import_definitions([exported], [ziggy_d.parent.parent / "src"])
     assert back == [{"name": "spectra", "version": 1, "new": False}], "imports back the same"
+
+
+def test_a_ziggy_model_type_arrives_with_the_delivery_and_is_pinned_once_received(
+    home: Path, ziggy_d: Path, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ziggy's rule: an instance that runs data receipt uses the models it received; the
+    model type's version and timestamp groups give the version and time."""
+    with_data_receipt(ziggy_d)
+    datastore_xml = ziggy_d / "spectra-datastore.xml"
+    datastore_xml.write_text(
+        datastore_xml.read_text().replace(
+            "<remoteEnvironment",
+            '<modelType type="dark model" fileNameRegex="dark-([0-9]+)-([0-9]{8})\\.txt"'
+            ' versionNumberGroup="1" timestampGroup="2"/>\n  <remoteEnvironment',
+        )
+    )
+    pipeline = ziggy_d / "spectra-pipeline.xml"
+    pipeline.write_text(
+        pipeline.read_text().replace(
+            '<outputDataFileType name="calibrated frame"/>',
+            '<outputDataFileType name="calibrated frame"/>\n      <modelType name="dark model"/>',
+        )
+    )
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    receipt = home / "receipt"
+    (receipt / "models").mkdir(parents=True)
+    (receipt / "models" / "dark-3-20240102.txt").write_text("dark, version 3")
+    delivery(receipt, 1, capsys, 5)
+
+    instance = facade.submit("spectra")["id"]  # no model received yet: the delivery has it
+    worker.drain()
+
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
+    assert queries.get_instance(instance)["models"] == {"dark model": "3"}
+    [model] = json.loads(run_cli(capsys, "models", "--json").stdout)
+    assert (model["model_type"], model["version"], model["timestamp"]) == (
+        "dark model",
+        "3",
+        "20240102",
+    )
+    calibrate = next(t for t in queries.list_tasks(instance) if t["node"] == "calibrate")
+    task_dir = Path(queries.get_task(calibrate["id"])["task_dir"])
+    seen = json.loads((task_dir / "st-0" / "seen.json").read_text())
+    assert seen["inputs"]["modelFilenames"] == "dark-3-20240102.txt", "Ziggy's one-item array"

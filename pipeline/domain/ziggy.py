@@ -620,8 +620,9 @@ def _model(library: Library, name: str, declared: dict[str, str]) -> dict[str, s
 def _name_group(pattern: str, number: int, name: str, where: str) -> str:
     """``pattern`` with its ``number``-th capturing group named ``name``."""
     count = 0
-    for match in re.finditer(r"\\.|\((?!\?)", pattern):
-        if match.group(0) == "(":
+    # A capturing group: "(" not followed by "?", or a group named already ("(?P<").
+    for match in re.finditer(r"\\.|\((?!\?)|\(\?P<", pattern):
+        if match.group(0) in ("(", "(?P<"):
             count += 1
             if count == number:
                 at = match.start()

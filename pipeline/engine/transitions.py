@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from pipeline.domain.definitions import Definition, Node, parse
 from pipeline.domain.models import InstanceNode, PipelineInstance, Task, utcnow
 from pipeline.domain.states import InstanceState, NodeState
-from pipeline.engine import datastore, datastore_ledger, deliveries, taskdir
+from pipeline.engine import datastore, datastore_ledger, deliveries, model_registry, taskdir
 from pipeline.engine.alerts import WARNING, raise_alert_about
 from pipeline.engine.locks import lock_instance
 from pipeline.engine.task_state import note, refresh_instance_state, send_waiting
@@ -261,6 +261,8 @@ def _advance(
     for name, row in nodes.items():
         if row.state == NodeState.RUNNING and not _unfinished(session, instance.id, name):
             row.state = NodeState.DONE
+            if definition.node(name).receives:  # Ziggy's: the models it received are used
+                instance.models = model_registry.pin(session, definition, nodes, {})
     graph = definition.graph()
     created: dict[str, list[Task]] = {}
     for name in definition.order():
