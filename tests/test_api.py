@@ -70,6 +70,26 @@ def test_an_instance_submitted_over_http_completes(http: TestClient, submitted: 
     assert "permuter: subtask 2 of set-1" in log["text"]
 
 
+def test_a_dry_run_over_http_says_every_node_s_tasks_and_submits_nothing(
+    home: Path, http: TestClient, worker: InProcessWorker
+) -> None:
+    body = {"pipeline": "sample", "units": "set-.*", "exclude": "set-1", "dry_run": True}
+    answer = http.post("/instances", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["tasks"] == {
+        "permuter": [{"unit_of_work": "set-2", "subtasks": 4}],
+        "flip": [{"unit_of_work": "set-2", "subtasks": None}],
+        "averaging": [{"unit_of_work": "set-2", "subtasks": None}],
+    }
+    assert http.get("/instances").json() == []
+    submitted = http.post("/instances", json={**body, "dry_run": False})
+    assert submitted.status_code == 201, submitted.text
+    assert (submitted.json()["units_regexp"], submitted.json()["units_exclude"]) == (
+        "set-.*",
+        "set-1",
+    )
+
+
 def test_the_api_answers_the_same_json_as_the_cli(
     http: TestClient, completed: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -689,16 +689,58 @@ def test_no_state_is_cut_at_80_columns(failed: Path, capsys, monkeypatch) -> Non
     assert "ERROR - ALGORITHM_COMPLETE" in tasks, tasks
 
 
+def test_units_chosen_at_submit_are_kept_with_the_instance_and_limit_every_node(
+    cli, worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planned = cli("submit", "sample", "--units", "set-[0-9]", "--exclude", "set-2", "--dry-run")
+    assert "permuter: 1 task (set-1); subtasks 4" in planned.stdout, planned.stdout
+    assert "averaging: 1 task (set-1)" in planned.stdout
+    before = unchanged()
+    assert_one_line_error(
+        cli("submit", "sample", "--units", "set-["), "--units 'set-[': not a regular expression"
+    )
+    assert_one_line_error(
+        cli("submit", "sample", "--units", "set-9"),
+        "node 'permuter' has none of its units (set-1, set-2) matching 'set-9'",
+    )
+    assert unchanged() == before, "a refused choice submits nothing"
+
+    result = cli("submit", "sample", "--units", "set-[0-9]", "--exclude", "set-2", "--json")
+    assert result.returncode == 0, result.stderr
+    instance = json.loads(result.stdout)["id"]
+    worker.drain()
+
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
+    ran = {(t["node"], t["unit_of_work"]) for t in queries.list_tasks(instance)}
+    assert ran == {("permuter", "set-1"), ("flip", "set-1"), ("averaging", "set-1")}
+    [listed] = json.loads(cli("instances", "--json").stdout)
+    assert (listed["units_regexp"], listed["units_exclude"]) == ("set-[0-9]", "set-2")
+    from pipeline.interfaces import reads
+
+    monkeypatch.setattr(reads, "WIDTH", 200)
+    reads.console.cache_clear()
+    try:
+        assert "all (units set-[0-9]; not set-2)" in cli("instances").stdout
+    finally:
+        reads.console.cache_clear()
+
+
 def test_submit_dry_run_says_what_would_run_and_submits_nothing(cli) -> None:
     before = unchanged()
     result = cli("submit", "sample", "--end-node", "flip", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "would run permuter, flip, with algorithm version 1; nothing submitted" in result.stdout
-    assert "permuter: 2 tasks (set-1, set-2)" in result.stdout
+    assert "permuter: 2 tasks (set-1, set-2); subtasks 4, 4 (8 in all)" in result.stdout
+    assert "flip: 2 tasks (set-1, set-2); subtasks counted once its parents store" in result.stdout
     assert "not run: averaging (not between the start and end nodes)" in result.stdout
     planned = json.loads(cli("submit", "sample", "--dry-run", "--json").stdout)
     assert planned["nodes"] == ["permuter", "flip", "averaging"] and planned["left_out"] == []
     assert planned["units"] == {"permuter": ["set-1", "set-2"]}
+    assert planned["tasks"] == {
+        "permuter": [{"unit_of_work": u, "subtasks": 4} for u in ("set-1", "set-2")],
+        "flip": [{"unit_of_work": u, "subtasks": None} for u in ("set-1", "set-2")],
+        "averaging": [{"unit_of_work": u, "subtasks": None} for u in ("set-1", "set-2")],
+    }, "every node's tasks; a child's subtasks are its parents' outputs, not stored yet"
     assert unchanged() == before, "nothing submitted, no parameter set locked"
     assert not queries.show_parameter_set("algorithm")["locked"]
     assert_one_line_error(cli("submit", "sample", "--start-node", "nosuch", "--dry-run"), "nosuch")

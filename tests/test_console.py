@@ -479,7 +479,11 @@ def test_a_pipeline_is_submitted_from_the_browser_after_a_dry_run(
     preview = console.request("/pipeline/submit", fields)
     assert preview.status == 200 and 'id="confirm-submit"' in preview.body
     assert "Nodes, in order: permuter." in text(preview.body)
+    assert "permuter 2 set-1 (4), set-2 (4)" in text(preview.body)
     assert queries.list_instances() == before, "a preview submits nothing"
+    chosen = console.request("/pipeline/submit", {**fields, "end_node": "", "exclude": "set-2"})
+    assert "flip 1 set-1; subtasks counted once its parents store" in text(chosen.body)
+    assert queries.list_instances() == before
     refused = console.request("/pipeline/submit", {**fields, "priority": "12"})
     assert "priority" in text(refused.body) and queries.list_instances() == before
     done = console.request("/pipeline/submit", {**fields, "action": "apply"})

@@ -380,3 +380,163 @@ def test_a_partial_parameter_library_overrides_only_what_it_names_once_confirmed
     library.write_text(OVERRIDES.replace('name="fail frame"', 'name="fail frames"'))
     result = run_cli(capsys, "params", "import", library, "--yes")
     assert_one_line_error(result, "parameterSet 'Calibration Settings': no parameter 'fail frames'")
+
+
+def with_data_receipt(ziggy_d: Path) -> None:
+    """The spectra pipeline started by Ziggy's built-in data receipt node."""
+    pipeline = ziggy_d / "spectra-pipeline.xml"
+    pipeline.write_text(
+        pipeline.read_text()
+        .replace('rootNodeNames="calibrate"', 'rootNodeNames="data-receipt"')
+        .replace(
+            '    <node name="calibrate"',
+            '    <node name="data-receipt" childNodeNames="calibrate">\n'
+            '      <inputDataFileType name="science frame"/>\n'
+            '      <inputDataFileType name="dark frame"/>\n'
+            "    </node>\n"
+            '    <node name="calibrate"',
+        )
+    )
+
+
+def delivery(directory: Path, night: int, capsys: pytest.CaptureFixture[str], dataset: int) -> None:
+    """Frames 1 and 2 of a night with their darks, and a Ziggy manifest."""
+    raw = directory / f"night-{night}" / "raw"
+    raw.mkdir(parents=True)
+    for frame in (1, 2):
+        (raw / f"frame-{frame}.sci").write_text(str(10 * frame + night))
+        (raw / f"frame-{frame}.dark").write_text("1")
+    made = run_cli(capsys, "datastore", "manifest", directory, "--dataset-id", dataset)
+    assert made.returncode == 0, made.stderr
+
+
+def test_a_data_receipt_node_receives_each_delivery_waiting_as_a_task_of_the_instance(
+    home: Path,
+    ziggy_d: Path,
+    worker: InProcessWorker,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with_data_receipt(ziggy_d)
+    result = run_cli(
+        capsys, "definitions", "import", ziggy_d, "--algorithm-path", ziggy_d.parent.parent / "src"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "data-receipt" not in result.stderr, "the built-in node is acted on: no warning"
+    receipt = home / "receipt"
+    delivery(receipt / "first", 1, capsys, 11)
+    delivery(receipt / "second", 2, capsys, 12)
+    delivery(receipt / "broken", 3, capsys, 13)
+    (receipt / "broken" / "night-3" / "raw" / "frame-1.sci").write_text("99")
+    (receipt / "no-manifest").mkdir()  # Ziggy's rule: a subdirectory without one is none
+
+    planned = run_cli(capsys, "submit", "spectra", "--dry-run").stdout
+    assert "data-receipt: 3 tasks (broken, first, second)" in planned, planned
+    instance = json.loads(run_cli(capsys, "submit", "spectra", "--json").stdout)["id"]
+    worker.drain()
+
+    tasks = {
+        t["unit_of_work"]: t for t in queries.list_tasks(instance) if t["node"] == "data-receipt"
+    }
+    assert [(u, t["state"]) for u, t in sorted(tasks.items())] == [
+        ("broken", "ERROR - MARSHALING"),
+        ("first", "COMPLETE"),
+        ("second", "COMPLETE"),
+    ]
+    assert "night-3/raw/frame-1.sci: SHA1 checksum differs" in tasks["broken"]["error_message"]
+    assert sorted(p.name for p in receipt.iterdir()) == ["broken", "no-manifest"], (
+        "what was received is gone, what failed is left"
+    )
+    assert queries.get_instance(instance)["state"] == "ERRORS_STALLED"
+
+    # The sender corrects the delivery; the failed receipt is run again.
+    (receipt / "broken" / "night-3" / "raw" / "frame-1.sci").write_text("13")
+    restarted = run_cli(
+        capsys, "restart", tasks["broken"]["id"], "--mode", "restart-from-beginning"
+    )
+    assert restarted.returncode == 0, restarted.stderr
+    worker.drain()
+
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
+    ran = sorted((t["node"], t["unit_of_work"]) for t in queries.list_tasks(instance))
+    assert [r for r in ran if r[0] != "data-receipt"] == [
+        ("calibrate", f"night-{n}") for n in (1, 2, 3)
+    ] + [("stack", f"night-{n}") for n in (1, 2, 3)]
+    assert [p.name for p in receipt.iterdir()] == ["no-manifest"]
+    files = json.loads(run_cli(capsys, "files", "--unit", "night-2", "--json").stdout)
+    received = [f for f in files if f["origin"] == "received"]
+    assert {(f["node"], f["instance_id"], f["task_id"]) for f in received} == {
+        ("data-receipt", instance, tasks["second"]["id"])
+    }, "the delivery is in the lineage, received by its task"
+    assert len(received) == 4
+    lineage = run_cli(capsys, "lineage", "night-2/cal/frame-1.cal").stdout
+    assert f"task {tasks['second']['id']}" in lineage, lineage
+
+
+def test_files_and_a_manifest_at_the_top_of_the_receipt_directory_are_one_delivery(
+    home: Path, ziggy_d: Path, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_data_receipt(ziggy_d)
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    receipt = home / "receipt"
+    delivery(receipt, 1, capsys, 0)
+
+    instance = facade.submit("spectra")["id"]
+    worker.drain()
+
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
+    [received] = [t for t in queries.list_tasks(instance) if t["node"] == "data-receipt"]
+    assert received["unit_of_work"] == "receipt"
+    assert list(receipt.iterdir()) == [], "nothing left in the receipt directory"
+    again = run_cli(capsys, "submit", "spectra")
+    assert_one_line_error(again, "node 'data-receipt' finds no delivery waiting in")
+
+    exported = receipt.parent / "exported" / "spectra.xml"
+    exported.parent.mkdir()
+    exported.write_text(facade.export_definition("spectra"))
+    assert '<node name="data-receipt" childNodeNames="calibrate">' in exported.read_text()
+    back = facade.import_definitions([exported], [ziggy_d.parent.parent / "src"])
+    assert back == [{"name": "spectra", "version": 1, "new": False}], "imports back the same"
+
+
+def test_a_ziggy_model_type_arrives_with_the_delivery_and_is_pinned_once_received(
+    home: Path, ziggy_d: Path, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ziggy's rule: an instance that runs data receipt uses the models it received; the
+    model type's version and timestamp groups give the version and time."""
+    with_data_receipt(ziggy_d)
+    datastore_xml = ziggy_d / "spectra-datastore.xml"
+    datastore_xml.write_text(
+        datastore_xml.read_text().replace(
+            "<remoteEnvironment",
+            '<modelType type="dark model" fileNameRegex="dark-([0-9]+)-([0-9]{8})\\.txt"'
+            ' versionNumberGroup="1" timestampGroup="2"/>\n  <remoteEnvironment',
+        )
+    )
+    pipeline = ziggy_d / "spectra-pipeline.xml"
+    pipeline.write_text(
+        pipeline.read_text().replace(
+            '<outputDataFileType name="calibrated frame"/>',
+            '<outputDataFileType name="calibrated frame"/>\n      <modelType name="dark model"/>',
+        )
+    )
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    receipt = home / "receipt"
+    (receipt / "models").mkdir(parents=True)
+    (receipt / "models" / "dark-3-20240102.txt").write_text("dark, version 3")
+    delivery(receipt, 1, capsys, 5)
+
+    instance = facade.submit("spectra")["id"]  # no model received yet: the delivery has it
+    worker.drain()
+
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
+    assert queries.get_instance(instance)["models"] == {"dark model": "3"}
+    [model] = json.loads(run_cli(capsys, "models", "--json").stdout)
+    assert (model["model_type"], model["version"], model["timestamp"]) == (
+        "dark model",
+        "3",
+        "20240102",
+    )
+    calibrate = next(t for t in queries.list_tasks(instance) if t["node"] == "calibrate")
+    task_dir = Path(queries.get_task(calibrate["id"])["task_dir"])
+    seen = json.loads((task_dir / "st-0" / "seen.json").read_text())
+    assert seen["inputs"]["modelFilenames"] == "dark-3-20240102.txt", "Ziggy's one-item array"

@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 
 from pipeline.database import retrying
-from pipeline.engine import batch, stages
+from pipeline.engine import batch, deliveries, stages
 from pipeline.engine.leases import Claim
 from pipeline.engine.stages import Step
 from pipeline.errors import Unreachable
@@ -52,9 +52,12 @@ from pipeline.messaging.messages import (
     Message,
 )
 from pipeline.messaging.publisher import publisher
+from pipeline.operations.delivery import receive_waiting
 from pipeline.recovery.reconcile import reconcile
 
 app = celery_app()
+# Ziggy's data receipt node receives its delivery as the operations do.
+deliveries.use_receiver(receive_waiting)
 
 TRANSIENT = (Unreachable, DBAPIError)
 #: Failures a Celery task names in its exception text at most; the rest are counted.

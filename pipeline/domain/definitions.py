@@ -200,12 +200,15 @@ class Grouped(_Strict):
 class Node(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
+    #: ``package.module:function``, an executable, or ``data-receipt`` (Ziggy's built-in
+    #: node: a task per delivery waiting in the receipt directory, received into the
+    #: datastore; its ``inputs`` are the types it receives, or none to say every type).
     algorithm: str | Executable
     #: How a Python algorithm is called: with a ``SubtaskContext``, or as a Ziggy step is,
     #: with Ziggy's inputs dict (``SubtaskContext.ziggy_inputs``).
     calls: Literal["context", "ziggy"] = "context"
     after: list[str] = Field(default_factory=list)
-    inputs: list[str] = Field(min_length=1)
+    inputs: list[str] = Field(default_factory=list)
     outputs: list[str] = Field(default_factory=list)
     #: ``paired`` is Ziggy's: a subtask per value of the input types' regexp groups, with
     #: one file of each input type (a subtask missing one is left out).
@@ -235,21 +238,32 @@ class Node(_Strict):
     def scope(self) -> str:
         return self.inputs_from or "parents"
 
+    @property
+    def receives(self) -> bool:
+        """Is it Ziggy's built-in data receipt node?"""
+        return self.algorithm == ziggy.DATA_RECEIPT
+
     @field_validator("algorithm")
     @classmethod
     def _callable_form(cls, algorithm: str | Executable) -> str | Executable:
+        if algorithm == ziggy.DATA_RECEIPT:
+            return algorithm
         if isinstance(algorithm, str) and not re.match(r"^[\w.]+:\w+$", algorithm):
-            raise ValueError("must be 'package.module:function' or {executable: PATH}")
+            raise ValueError(
+                f"must be 'package.module:function', {{executable: PATH}} or {ziggy.DATA_RECEIPT}"
+            )
         return algorithm
 
-
-class DataReceipt(_Strict):
-    """Ziggy's built-in ``data-receipt`` node, as a Ziggy pipeline declares it: kept to be
-    written back; deliveries are received by ``pipeline datastore import`` before submit."""
-
-    name: str
-    inputs: list[str] = Field(default_factory=list)
-    children: list[str] = Field(default_factory=list)
+    @model_validator(mode="after")
+    def _inputs(self) -> Node:
+        if not self.inputs and not self.receives:
+            raise ValueError("inputs: name at least one data file type")
+        if self.receives and (self.outputs or self.after):
+            raise ValueError(
+                f"a {ziggy.DATA_RECEIPT} node starts its pipeline and stores no outputs"
+                " (its inputs are the types it receives)"
+            )
+        return self
 
 
 class Definition(_Strict):
@@ -267,7 +281,6 @@ class Definition(_Strict):
     model_types: dict[str, ModelType] = Field(default_factory=dict)
     events: dict[str, EventHandlerSpec] = Field(default_factory=dict)
     nodes: Annotated[list[Node], Field(min_length=1)]
-    receipt: DataReceipt | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Definition:
@@ -393,6 +406,8 @@ def _resolve_algorithms(path: Path, definition: Definition) -> None:
     up on ``PATH``)."""
     for i, node in enumerate(definition.nodes):
         where = f"{path}: nodes.{i}.algorithm"
+        if node.receives:
+            continue
         if isinstance(node.algorithm, str):
             try:
                 check_callable(node.algorithm, definition.python_path or [])

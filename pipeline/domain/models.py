@@ -114,6 +114,10 @@ class PipelineInstance(Base):
     models: Mapped[dict[str, Any] | None]
     #: The units of work it runs for (None: every unit the datastore holds).
     units: Mapped[list[Any] | None]
+    #: ``submit --units REGEX`` / ``--exclude REGEX``: every node's units of work must match
+    #: the first and not the second (whole names; None: no such rule).
+    units_regexp: Mapped[str | None] = mapped_column(Text)
+    units_exclude: Mapped[str | None] = mapped_column(Text)
     #: The event that started it: ``{"id", "handler", "labels", "deliveries"}`` (None:
     #: submitted by a person).
     event: Mapped[dict[str, Any] | None]

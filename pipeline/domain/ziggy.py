@@ -386,29 +386,17 @@ def _pipeline(
             f"{where}: instancePriority {priority!r} is not one of {', '.join(PRIORITIES)}"
         )
     python_path: list[str] = []
-    spec_nodes, receipt = [], None
+    spec_nodes = []
     for node in nodes:
         node_name = node.get("name", "")
         if node_name == DATA_RECEIPT and node_name not in library.steps:
-            receipt = {
-                "name": DATA_RECEIPT,
-                "inputs": [r.get("name") for r in node if r.tag == "inputDataFileType"],
-                "children": _names(node.get("childNodeNames")),
-            }
-            continue
-        spec_nodes.append(
-            _node(library, where, node, parents[node_name], algorithm_path, python_path)
-        )
+            spec_nodes.append(_receipt_node(library, where, node, parents[node_name]))
+        else:
+            spec_nodes.append(
+                _node(library, where, node, parents[node_name], algorithm_path, python_path)
+            )
         if priority is not None:
             spec_nodes[-1]["execution"] = {"priority": PRIORITIES[priority]}
-    for spec in spec_nodes:  # the built-in receipt's children are this pipeline's roots
-        spec["after"] = [p for p in spec["after"] if receipt is None or p != DATA_RECEIPT]
-    if receipt is not None:
-        library.warnings.append(
-            f"pipeline {name!r}: node {DATA_RECEIPT!r} (Ziggy's data receipt) is not run as a"
-            " task yet: receive a delivery with pipeline datastore import DIR, then submit;"
-            f" {', '.join(receipt['children']) or 'its children'} start the pipeline"
-        )
     used_sets = list(
         dict.fromkeys([*pipeline_sets, *(s for n in spec_nodes for s in n["parameter_sets"])])
     )
@@ -453,9 +441,30 @@ def _pipeline(
         "events": events,
         "nodes": spec_nodes,
     }
-    if receipt is not None:
-        spec["receipt"] = receipt
     return spec
+
+
+def _receipt_node(
+    library: Library, where: str, node: ElementTree.Element, parents: list[str]
+) -> dict[str, Any]:
+    """Ziggy's built-in data receipt node: it receives, as a task each, the deliveries
+    waiting in the receipt directory (``receipt_dir``)."""
+    if parents:
+        raise InvalidInput(
+            f"{where}: node {DATA_RECEIPT!r} is a child of {', '.join(parents)}: Ziggy's data"
+            " receipt starts its pipeline"
+        )
+    inputs = [r.get("name") for r in node if r.tag == "inputDataFileType"]
+    for kind in inputs:
+        if kind not in library.data_file_types:
+            raise InvalidInput(f"{where}: node {DATA_RECEIPT!r}: unknown dataFileType {kind!r}")
+    return {
+        "name": DATA_RECEIPT,
+        "description": "Ziggy's data receipt",
+        "algorithm": DATA_RECEIPT,
+        "inputs": inputs,
+        "parameter_sets": [r.get("name") for r in node if r.tag == "parameterSet"],
+    }
 
 
 def _node(
@@ -611,8 +620,9 @@ def _model(library: Library, name: str, declared: dict[str, str]) -> dict[str, s
 def _name_group(pattern: str, number: int, name: str, where: str) -> str:
     """``pattern`` with its ``number``-th capturing group named ``name``."""
     count = 0
-    for match in re.finditer(r"\\.|\((?!\?)", pattern):
-        if match.group(0) == "(":
+    # A capturing group: "(" not followed by "?", or a group named already ("(?P<").
+    for match in re.finditer(r"\\.|\((?!\?)|\(\?P<", pattern):
+        if match.group(0) in ("(", "(?P<"):
             count += 1
             if count == number:
                 at = match.start()
@@ -634,12 +644,12 @@ def export(spec: dict[str, Any], parameter_sets: dict[str, dict[str, Any]]) -> s
     python_path = [Path(p) for p in spec.get("python_path") or []]
     nodes = spec["nodes"]
     for node in nodes:
-        lines.append(f"  <step{_attrs(_step_of(node, python_path))}/>")
+        if node["algorithm"] != DATA_RECEIPT:  # Ziggy's own: no step of the user's
+            lines.append(f"  <step{_attrs(_step_of(node, python_path))}/>")
     roots = [n["name"] for n in nodes if not n["after"]]
-    receipt = spec.get("receipt")
     priorities = {node.get("execution", {}).get("priority", 5) for node in nodes}
     pipeline = {"name": name, "description": spec.get("description", "")}
-    pipeline["rootNodeNames"] = receipt["name"] if receipt else ", ".join(roots)
+    pipeline["rootNodeNames"] = ", ".join(roots)
     if priorities != {5}:
         ziggy = {v: k for k, v in PRIORITIES.items()}
         if len(priorities) > 1 or next(iter(priorities)) not in ziggy:
@@ -651,11 +661,6 @@ def export(spec: dict[str, Any], parameter_sets: dict[str, dict[str, Any]]) -> s
     lines.append(f"  <pipeline{_attrs(pipeline)}>")
     for set_name in spec.get("pipeline_parameter_sets", []):
         lines.append(f"    <parameterSet{_attrs({'name': set_name})}/>")
-    if receipt:
-        children = ", ".join(receipt["children"])
-        lines.append(f"    <node{_attrs({'name': receipt['name'], 'childNodeNames': children})}>")
-        lines += [f"      <inputDataFileType{_attrs({'name': i})}/>" for i in receipt["inputs"]]
-        lines.append("    </node>")
     for node in nodes:
         lines += _node_xml(spec, node)
     lines.append("  </pipeline>")
@@ -721,7 +726,8 @@ def _step_of(node: dict[str, Any], python_path: list[Path]) -> dict[str, str]:
 
 
 def _node_xml(spec: dict[str, Any], node: dict[str, Any]) -> list[str]:
-    if isinstance(node["subtasks"], dict) or node["subtasks"] == "per_file":
+    receives = node["algorithm"] == DATA_RECEIPT  # its subtasks say nothing: it has none
+    if not receives and (isinstance(node["subtasks"], dict) or node["subtasks"] == "per_file"):
         raise InvalidInput(
             f"node {node['name']!r}: subtasks {node['subtasks']!r}: Ziggy pairs inputs by their"
             " regexp groups (paired) or gives one single subtask"

@@ -19,7 +19,7 @@ under a lock on it, taken by the transaction that also renames the files into pl
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -254,6 +254,8 @@ def producer(row: DatastoreFile) -> str:
     """Who put a file version in the datastore, in a few words."""
     if row.origin == TASK:
         return f"instance {row.instance_id} task {row.task_id}"
+    if row.origin == RECEIVED and row.task_id is not None:
+        return f"the receipt {row.receipt}, by instance {row.instance_id} task {row.task_id}"
     if row.origin == RECEIVED:
         return f"the receipt {row.receipt}"
     return "a file found on disk"
@@ -531,13 +533,19 @@ def inputs_of(session: Session, task_id: int, attempt: int | None, index: int | 
 
 
 def record_received(
-    session: Session, root: Path, staged: list[Staged], data_file_type: str, unit: str, receipt: str
+    session: Session,
+    root: Path,
+    staged: list[Staged],
+    data_file_type: str,
+    unit: str,
+    receipt: str,
+    received_by: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Rename files an operator imported into place and record them as ``received``,
-    superseding what they replace, in the caller's transaction; their rows."""
-    rows = _place(
-        session, root, [(s, data_file_type, RECEIVED, {"receipt": receipt}) for s in staged], unit
-    )
+    superseding what they replace, in the caller's transaction; their rows. A data receipt
+    task's files are recorded with it (``received_by``: instance, task, attempt, node)."""
+    origin = {"receipt": receipt, **(received_by or {})}
+    rows = _place(session, root, [(s, data_file_type, RECEIVED, origin) for s in staged], unit)
     _insert(session, rows)
     return rows
 

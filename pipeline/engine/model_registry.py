@@ -51,11 +51,17 @@ def versions(session: Session, model_type: str) -> list[Model]:
 
 
 def pin(
-    session: Session, definition: Definition, nodes: Iterable[str], chosen: Mapping[str, str]
+    session: Session,
+    definition: Definition,
+    nodes: Iterable[str],
+    chosen: Mapping[str, str],
+    receiving: bool = False,
 ) -> dict[str, Pin]:
     """The versions an instance running ``nodes`` uses: for each model type they name, the
     version ``chosen`` gives, else the newest. Refused, naming it, when a chosen type is
-    not used or a version was never received."""
+    not used or a version was never received; an instance ``receiving`` (it runs a data
+    receipt node) leaves a type of which none was received unpinned: its delivery may
+    bring one, and its pins are taken again once it is in (Ziggy's rule)."""
     used = sorted({kind for name in nodes for kind in definition.node(name).models})
     for kind in chosen:
         if kind not in used:
@@ -67,6 +73,8 @@ def pin(
     pins: dict[str, Pin] = {}
     for kind in used:
         known = versions(session, kind)
+        if not known and receiving and kind not in chosen:
+            continue
         if not known:
             users = sorted(n for n in nodes if kind in definition.node(n).models)
             raise InvalidInput(

@@ -32,10 +32,13 @@ from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import UNFINISHED, SubtaskState
 from pipeline.domain.words import counted
+from pipeline.domain.ziggy import DATA_RECEIPT
 from pipeline.engine import (
     attempts,
+    code_version,
     datastore,
     datastore_ledger,
+    deliveries,
     model_registry,
     runner,
     staleness,
@@ -133,6 +136,8 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Step:
             return Step()
         move(session, task, Event.MARSHAL, host=host, instance=instance)
         task_dir = taskdir.task_directory(instance.id, task)
+    if instance_definition(instance).node(task.node).receives:
+        return _receive(task_id, attempt, host, instance, task, task_dir)
     try:
         root = datastore.require(get_settings().datastore)
         with StepLease(task_id, attempt, PState.MARSHALING):
@@ -153,23 +158,68 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Step:
             )
     except (OSError, PipelineError) as exc:
         return _fail_step(task_id, attempt, PState.MARSHALING, f"marshaling failed: {exc}", host)
+
+    def record(session: Session, task: Task) -> int:
+        ids = datastore_ledger.record_found(session, selection.files, fingerprints)
+        create_subtasks(session, task.id, names)
+        datastore_ledger.record_consumption(
+            session, task.id, attempt, taskdir.split(ids, node, paired)
+        )
+        return len(names)
+
+    message = f"{len(names)} subtasks" + (f": {selection.nothing}" if selection.nothing else "")
+    return _marshaled(task_id, attempt, host, (node, code, task_dir), message, record)
+
+
+def _marshaled(
+    task_id: int,
+    attempt: int,
+    host: str,
+    ran: tuple[Node, dict[str, Any], Path],
+    message: str,
+    record: Callable[[Session, Task], int] | None = None,
+) -> Step:
+    """A marshal's end, if the step is still this attempt's, in one transaction: the code
+    that ran (``ran``: the node, its code, the task directory), the subtasks ``record``
+    creates (how many), MARSHALED, and the subtasks queued."""
+    node, code, task_dir = ran
     step = Step()
     with step.transaction() as (session, messages):
         instance, task = lock_task(session, task_id)
         if not is_current(task, attempt, PState.MARSHALING):
             return step
         attempts.record(session, instance, task, node, code)
-        ids = datastore_ledger.record_found(session, selection.files, fingerprints)
-        create_subtasks(session, task.id, names)
-        datastore_ledger.record_consumption(
-            session, task.id, attempt, taskdir.split(ids, node, paired)
-        )
+        count = record(session, task) if record is not None else 0
         task.task_dir = str(task_dir)
-        task.total_subtasks, task.completed_subtasks, task.failed_subtasks = len(names), 0, 0
-        message = f"{len(names)} subtasks" + (f": {selection.nothing}" if selection.nothing else "")
+        task.total_subtasks, task.completed_subtasks, task.failed_subtasks = count, 0, 0
         move(session, task, Event.MARSHALED, message, host)
         queue_subtasks(session, [task], messages, host)
     return step
+
+
+def _receive(
+    task_id: int, attempt: int, host: str, instance: PipelineInstance, task: Task, task_dir: Path
+) -> Step:
+    """Marshaling, for Ziggy's data receipt node: receive the task's delivery
+    (``deliveries``), its files recorded with the task. It has no subtasks: it moves on to
+    store nothing, and its children find what it received in the datastore."""
+    directory = deliveries.directory_of(get_settings().receipt, task.unit_of_work)
+    received_by = {
+        "instance_id": instance.id,
+        "task_id": task_id,
+        "attempt": attempt,
+        "node": task.node,
+        "definition_version": instance.definition_version,
+    }
+    try:
+        with StepLease(task_id, attempt, PState.MARSHALING):
+            said = deliveries.receive(directory, instance.pipeline, received_by)
+        task_dir.mkdir(parents=True, exist_ok=True)
+    except (OSError, PipelineError) as exc:
+        return _fail_step(task_id, attempt, PState.MARSHALING, f"data receipt failed: {exc}", host)
+    code = {"builtin": DATA_RECEIPT, "product": code_version.product_version()}
+    node = instance_definition(instance).node(task.node)
+    return _marshaled(task_id, attempt, host, (node, code, task_dir), said)
 
 
 def _input(

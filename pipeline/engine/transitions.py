@@ -9,6 +9,8 @@ many duplicate store messages finish at the same moment.
 from __future__ import annotations
 
 import logging
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import exists, select
@@ -17,7 +19,7 @@ from sqlalchemy.orm import Session
 from pipeline.domain.definitions import Definition, Node, parse
 from pipeline.domain.models import InstanceNode, PipelineInstance, Task, utcnow
 from pipeline.domain.states import InstanceState, NodeState
-from pipeline.engine import datastore
+from pipeline.engine import datastore, datastore_ledger, deliveries, model_registry, taskdir
 from pipeline.engine.alerts import WARNING, raise_alert_about
 from pipeline.engine.locks import lock_instance
 from pipeline.engine.task_state import note, refresh_instance_state, send_waiting
@@ -42,16 +44,22 @@ def create_node_tasks(
     the units every parent has a task for (``units: intersection``, the default) or any
     has (``union``); the units skipped are written in each task's history."""
     node = definition.node(node_name)
-    units = datastore.units_of_work(root, definition, node)
-    if instance.units is not None:  # started for some units only (by an event, say)
-        units = [unit for unit in units if unit in instance.units]
+    found = _units_of_work(root, definition, node)
+    units = found if node.receives else chosen_units(instance, found)
     skipped = _skipped_units(session, instance, node, units)
     units = [unit for unit in units if unit not in skipped]
     if not units:
-        found = f"finds no {datastore.describe_inputs(definition, node)} in {root}"
+        why = f"finds no {datastore.describe_inputs(definition, node)} in {root}"
+        if node.receives:
+            why = (
+                f"finds no delivery waiting in {get_settings().receipt} (files and a manifest"
+                " at its top, or in a subdirectory each)"
+            )
         if skipped:
-            found = f"has no unit every parent has a task for ({_skipped_line(skipped)})"
-        raise InvalidInput(f"node {node_name!r} {found}")
+            why = f"has no unit every parent has a task for ({_skipped_line(skipped)})"
+        elif found:
+            why = f"has none of its units ({', '.join(found[:10])}) {units_choice(instance)}"
+        raise InvalidInput(f"node {node_name!r} {why}")
     execution = node.execution.model_dump()
     if instance.priority is not None:
         execution["priority"] = instance.priority
@@ -72,6 +80,92 @@ def create_node_tasks(
             note(session, task, f"units skipped: {_skipped_line(skipped)}")
         send_waiting(messages, task)
     return tasks
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    """A task a submit would create (``submit --dry-run``, Ziggy's task information)."""
+
+    unit_of_work: str
+    #: None: its inputs are what its parents in the instance store, counted once they do.
+    subtasks: int | None
+
+
+def plan_tasks(
+    session: Session,
+    instance: PipelineInstance,
+    definition: Definition,
+    nodes: list[str],
+    root: Path,
+) -> dict[str, list[PlannedTask]]:
+    """Every node's tasks, in order, as the datastore stands now and as the instance's
+    parents would add to it: a node's units are those found for its first input type and
+    those its parents producing its inputs have tasks for (every parent's, for
+    ``units: intersection``), as the instance chooses them; subtasks are counted by the
+    marshal's rules where no parent in the instance makes the inputs."""
+
+    def subtasks(node: Node, unit: str) -> int:
+        """How many subtasks a task of ``node`` on ``unit`` would have, inputs chosen now."""
+        try:
+            chosen = datastore_ledger.select_inputs(
+                session, root, instance, definition, node, unit
+            ).files
+        except InvalidInput:
+            return 0
+        paired = taskdir.pairing(definition, node, [(c.data_file_type, c.path) for c in chosen])
+        return len(taskdir.split(chosen, node, paired))
+
+    planned: dict[str, list[PlannedTask]] = {}
+    for name in nodes:
+        node = definition.node(name)
+        parents = [parent for parent in node.after if parent in planned]
+        units = set(_units_of_work(root, definition, node))
+        making = [p for p in parents if set(definition.node(p).outputs) & set(node.inputs)]
+        for parent in making:
+            units |= {task.unit_of_work for task in planned[parent]}
+        if node.units == "intersection" and len(making) > 1:
+            for parent in making:
+                units &= {task.unit_of_work for task in planned[parent]}
+        # After a data receipt, what its deliveries hold is in the datastore.
+        unknown = making or any(definition.node(p).receives for p in parents)
+        planned[name] = [
+            PlannedTask(unit, 0 if node.receives else None if unknown else subtasks(node, unit))
+            for unit in (sorted(units) if node.receives else chosen_units(instance, sorted(units)))
+        ]
+    return planned
+
+
+def _units_of_work(root: Path, definition: Definition, node: Node) -> list[str]:
+    """The node's units of work: the deliveries waiting for a data receipt node, else those
+    of its inputs in the datastore."""
+    if node.receives:
+        return deliveries.waiting(get_settings().receipt)
+    return datastore.units_of_work(root, definition, node)
+
+
+def chosen_units(instance: PipelineInstance, units: list[str]) -> list[str]:
+    """Of ``units``, those the instance runs for: those it was started for (by an event,
+    say), matching its ``--units`` regexp and not its ``--exclude`` one (whole names, as
+    Ziggy's include and exclude regexps)."""
+    if instance.units is not None:
+        units = [unit for unit in units if unit in instance.units]
+    if instance.units_regexp is not None:
+        units = [unit for unit in units if re.fullmatch(instance.units_regexp, unit)]
+    if instance.units_exclude is not None:
+        units = [unit for unit in units if not re.fullmatch(instance.units_exclude, unit)]
+    return units
+
+
+def units_choice(instance: PipelineInstance) -> str:
+    """The instance's choice of units, as an operator reads it ("" when it has none)."""
+    said = []
+    if instance.units is not None:
+        said.append(f"among {', '.join(instance.units)}")
+    if instance.units_regexp is not None:
+        said.append(f"matching {instance.units_regexp!r}")
+    if instance.units_exclude is not None:
+        said.append(f"not matching {instance.units_exclude!r}")
+    return " and ".join(said)
 
 
 def _skipped_units(
@@ -167,6 +261,8 @@ def _advance(
     for name, row in nodes.items():
         if row.state == NodeState.RUNNING and not _unfinished(session, instance.id, name):
             row.state = NodeState.DONE
+            if definition.node(name).receives:  # Ziggy's: the models it received are used
+                instance.models = model_registry.pin(session, definition, nodes, {})
     graph = definition.graph()
     created: dict[str, list[Task]] = {}
     for name in definition.order():

@@ -94,13 +94,26 @@ def healthz() -> dict[str, Any]:
     "/instances",
     status_code=201,
     response_model=views.SubmittedInstance,
-    responses=_errors(404),
+    responses={
+        **_errors(404),
+        200: {"model": views.SubmitPreview, "description": "dry_run: what it would run"},
+    },
 )
-def submit(request: models.SubmitRequest, response: Response) -> views.SubmittedInstance:
-    """Submit an instance of the newest version of a pipeline (as `pipeline submit`)."""
-    instance = facade.submit(
-        request.pipeline, request.start_node, request.end_node, request.priority, request.models
+def submit(request: models.SubmitRequest, response: Response) -> views.SubmittedInstance | Response:
+    """Submit an instance of the newest version of a pipeline (as `pipeline submit`);
+    with ``dry_run``, every node's tasks and subtask counts, and nothing submitted (200)."""
+    chosen = (
+        request.pipeline,
+        request.start_node,
+        request.end_node,
+        request.priority,
+        request.models,
+        request.units,
+        request.exclude,
     )
+    if request.dry_run:
+        return JSONResponse(facade.preview_submit(*chosen))
+    instance = facade.submit(*chosen)
     response.headers["Location"] = f"{API_PREFIX}/instances/{instance['id']}"
     return instance
 

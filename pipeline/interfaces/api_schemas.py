@@ -51,6 +51,22 @@ class SubmitRequest(_Strict):
         max_length=100,
         description="model versions to pin, by model type (the newest of every other type)",
     )
+    units: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="run only the units of work whose whole name matches this regexp",
+    )
+    exclude: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="leave out the units of work whose whole name matches this regexp",
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="say every node's tasks and subtask counts (200); submit nothing",
+    )
 
 
 def _all_optional(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]:

@@ -304,7 +304,15 @@ def _show_parameter_set(found: dict[str, Any]) -> None:
 
 
 def submit(args: argparse.Namespace) -> None:
-    chosen = (args.pipeline, args.start_node, args.end_node, args.priority, args.model or ())
+    chosen = (
+        args.pipeline,
+        args.start_node,
+        args.end_node,
+        args.priority,
+        args.model or (),
+        args.units,
+        args.exclude,
+    )
     if args.dry_run:
         planned = reads.operations().preview_submit(*chosen)
         if args.json:
@@ -776,6 +784,11 @@ def _producer(file: dict[str, Any]) -> str:
             f"instance {file['instance_id']} task {file['task_id']} ({file['node']})"
             f" attempt {file['attempt']} subtask {file['subtask_index']}"
         )
+    if file["task_id"] is not None:  # by a data receipt task
+        return (
+            f"received {file['receipt']} by instance {file['instance_id']} task"
+            f" {file['task_id']} ({file['node']}) attempt {file['attempt']}"
+        )
     return f"{file['origin']} {file['receipt']}".strip()
 
 
@@ -1165,9 +1178,19 @@ def _submit_arguments(command: Parser) -> None:
         help="Pin this version of a model type (repeatable; else the newest).",
     )
     command.add_argument(
+        "--units",
+        metavar="REGEX",
+        help="Run only the units of work whose whole name matches REGEX (kept with the instance).",
+    )
+    command.add_argument(
+        "--exclude",
+        metavar="REGEX",
+        help="Leave out the units of work whose whole name matches REGEX.",
+    )
+    command.add_argument(
         "--dry-run",
         action="store_true",
-        help="Show what it would run; submit nothing.",
+        help="Show every node's tasks and subtask counts; submit nothing.",
     )
     _json(command)
 

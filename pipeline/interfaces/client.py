@@ -257,10 +257,16 @@ class Client:
         start_node: str | None = None,
         end_node: str | None = None,
         priority: int | None = None,
+        units: str | None = None,
+        exclude: str | None = None,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
-        """Submit an instance; the new instance with the ids of its first tasks."""
+        """Submit an instance; the new instance with the ids of its first tasks (``dry_run``:
+        every node's tasks and subtask counts, nothing submitted). ``units`` and
+        ``exclude`` are regexps its units of work must match, and must not."""
         body = {"pipeline": pipeline, "start_node": start_node, "end_node": end_node}
-        return self._call("POST", "/instances", body={**body, "priority": priority})
+        chosen = {"priority": priority, "units": units, "exclude": exclude, "dry_run": dry_run}
+        return self._call("POST", "/instances", body={**body, **chosen})
 
     def instances(self) -> list[dict[str, Any]]:
         return self._call("GET", "/instances")

@@ -698,8 +698,9 @@ class ParametersPage(PipelineHandler):
 
 
 class SubmitPage(PipelineHandler):
-    """Submit an instance from the browser: pipeline, start and end node, priority; a dry
-    run first (nodes, tasks of the first nodes, parameter versions), then the submit, both
+    """Submit an instance from the browser: pipeline, start and end node, priority, units;
+    a dry run first (nodes, every node's tasks and subtasks, parameter versions), then the
+    submit, both
     through the facade (the CLI's checks and words)."""
 
     @tornado.web.authenticated
@@ -738,14 +739,18 @@ class SubmitPage(PipelineHandler):
             self.return_with(True, submitted_line(done), target)
 
 
-def submit_arguments(fields: dict[str, str]) -> tuple[str, str | None, str | None, int | None]:
-    """A submit form's pipeline, start and end node (empty: none) and priority."""
+def submit_arguments(fields: dict[str, str]) -> tuple[Any, ...]:
+    """A submit form's pipeline, start and end node (empty: none), priority, no model
+    chosen (the newest of each), and its units and exclude regexps (empty: none)."""
     priority = fields.get("priority", "").strip()
     return (
         fields.get("pipeline", ""),
         fields.get("start_node") or None,
         fields.get("end_node") or None,
         whole_number(priority, "priority") if priority else None,
+        (),
+        fields.get("units", "").strip() or None,
+        fields.get("exclude", "").strip() or None,
     )
 
 

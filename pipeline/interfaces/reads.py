@@ -188,7 +188,12 @@ def show_instances(limit: int | None, every: bool, as_json: bool) -> None:
 
 def _node_range(instance: dict[str, Any]) -> str:
     """The nodes an instance runs, and the units of work when it runs some only."""
-    units = f" ({', '.join(instance['units'])})" if instance.get("units") is not None else ""
+    chosen = [", ".join(instance["units"])] if instance.get("units") is not None else []
+    if instance.get("units_regexp"):
+        chosen.append(f"units {instance['units_regexp']}")
+    if instance.get("units_exclude"):
+        chosen.append(f"not {instance['units_exclude']}")
+    units = f" ({'; '.join(chosen)})" if chosen else ""
     if not instance["start_node"] and not instance["end_node"]:
         return "all" + units
     return f"{instance['start_node'] or 'first'} .. {instance['end_node'] or 'last'}{units}"

@@ -18,17 +18,21 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
 from pipeline.domain.definitions import Definition
-from pipeline.domain.models import Dataset, utcnow
-from pipeline.engine import datastore, model_registry
+from pipeline.domain.models import Dataset, DatastoreFile, utcnow
+from pipeline.engine import datastore, deliveries, model_registry
 from pipeline.engine.datastore_ledger import current_rows, record_received
+from pipeline.engine.deliveries import SHA256_MANIFEST_SUFFIX
 from pipeline.errors import InvalidInput, NotFound
 from pipeline.operations import manifests
 from pipeline.operations import receipt as receipts
@@ -39,7 +43,7 @@ from pipeline.settings import get_settings
 #: Where a delivery's model files are.
 MODELS_DIR = "models"
 #: A manifest's name ends so.
-MANIFEST_SUFFIX = ".sha256"
+MANIFEST_SUFFIX = SHA256_MANIFEST_SUFFIX
 _UNIT = r"([A-Za-z0-9][A-Za-z0-9_.+=-]*)"
 
 
@@ -72,8 +76,15 @@ def manifest_of(directory: Path) -> Path:
     return found[0]
 
 
-def receive_delivery(directory: Path, pipeline: str | None = None) -> DeliveryView:
-    """Receive the delivery in ``directory`` (see the module docstring)."""
+def receive_delivery(
+    directory: Path,
+    pipeline: str | None = None,
+    received_by: Mapping[str, Any] | None = None,
+) -> DeliveryView:
+    """Receive the delivery in ``directory`` (see the module docstring); ``received_by``:
+    a data receipt task's fields, recorded with its files, and the delivery cleared as a
+    Ziggy manifest's is (the files removed, manifest and acknowledgement kept under the
+    home) whatever its manifest's format."""
     if "\x00" in str(directory) or not directory.exists():  # a NUL names no file
         raise NotFound(f"{str(directory)[:200]!r}: no such directory")
     if not directory.is_dir():
@@ -131,7 +142,9 @@ def receive_delivery(directory: Path, pipeline: str | None = None) -> DeliveryVi
                 groups.setdefault((found.data_file_type, found.unit), []).append(got)
             rows = []
             for (kind, unit), got in groups.items():
-                rows += record_received(session, root, [g.staged for g in got], kind, unit, name)
+                rows += record_received(
+                    session, root, [g.staged for g in got], kind, unit, name, received_by
+                )
     except BaseException:
         for made_here in made:
             with suppress(OSError):
@@ -142,9 +155,11 @@ def receive_delivery(directory: Path, pipeline: str | None = None) -> DeliveryVi
         if found.unit not in units.setdefault(found.data_file_type, []):
             units[found.data_file_type].append(found.unit)
     if ziggy is not None:
-        acknowledgement = _kept_with_acknowledgement(directory, ziggy, files)
+        acknowledgement = manifests.acknowledge(ziggy)
     else:
         acknowledgement = receipts.acknowledge(manifest, [got for _, got in staged])
+    if ziggy is not None or received_by is not None:
+        acknowledgement = _kept_with_acknowledgement(directory, manifest, acknowledgement, files)
     return DeliveryView(
         receipt=name,
         units=units,
@@ -153,6 +168,42 @@ def receive_delivery(directory: Path, pipeline: str | None = None) -> DeliveryVi
         models=models,
         acknowledgement=str(acknowledgement),
     )
+
+
+def receive_waiting(directory: Path, pipeline: str, received_by: Mapping[str, Any]) -> str:
+    """Ziggy's data receipt, as a task of an instance (``engine.deliveries``): receive the
+    delivery in ``directory``, recorded with the task, and clear it; afterwards nothing may
+    remain there (else the task fails, naming what is left, as Ziggy's does). A task whose
+    delivery is gone already received it (a worker that died after the receipt): said so.
+    The line its history keeps."""
+    if deliveries.has_manifest(directory):
+        received = receive_delivery(directory, pipeline, received_by)
+        units = sorted({u for found in received["units"].values() for u in found})
+        said = (
+            f"received {len(received['files']) + received['already']} files"
+            f" and {len(received['models'])} models of {received['receipt']}"
+            f" for {', '.join(units) or 'no unit'}"
+        )
+    else:
+        with transaction() as session:
+            before = session.scalar(
+                select(func.count(DatastoreFile.id)).where(
+                    DatastoreFile.task_id == received_by["task_id"]
+                )
+            )
+        if not before:
+            raise InvalidInput(f"{directory}: no delivery here (no manifest)")
+        said = f"received before: {before} files"
+    if directory != get_settings().receipt:
+        with suppress(OSError):  # not empty: said below
+            directory.rmdir()
+    left = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    if directory.exists() and left:
+        raise InvalidInput(
+            f"{directory}: left after the receipt: {', '.join(left[:5])}"
+            + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        )
+    return said
 
 
 def _ziggy(manifest: Path) -> bool:
@@ -189,12 +240,11 @@ def _claim_dataset(session: Session, manifest: manifests.Manifest, receipt: str)
 
 
 def _kept_with_acknowledgement(
-    directory: Path, manifest: manifests.Manifest, files: list[Classified]
+    directory: Path, manifest: Path, acknowledgement: Path, files: list[Classified]
 ) -> Path:
     """As Ziggy does once a delivery is in: the files received removed from ``directory``
     (and the directories they leave empty), its manifest and acknowledgement moved to
     ``manifests/`` under the home, in a directory of the receipt's own; where they are."""
-    acknowledgement = manifests.acknowledge(manifest)
     for found in files:
         with suppress(FileNotFoundError):
             (directory / found.path).unlink()
@@ -203,9 +253,9 @@ def _kept_with_acknowledgement(
             with suppress(OSError):  # not empty
                 parent.rmdir()
             parent = parent.parent
-    kept = get_settings().home / "manifests" / f"{utcnow():%Y%m%dT%H%M%S%f}-{manifest.path.name}"
+    kept = get_settings().home / "manifests" / f"{utcnow():%Y%m%dT%H%M%S%f}-{manifest.name}"
     kept.mkdir(parents=True)
-    for file in (manifest.path, acknowledgement):
+    for file in (manifest, acknowledgement):
         shutil.move(file, kept / file.name)
     return kept / acknowledgement.name
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.database import transaction
 from pipeline.domain import definitions, parameters, ziggy
@@ -30,6 +30,7 @@ from pipeline.operations.views import (
     AlertView,
     DatastorePruneView,
     ParameterSetView,
+    PlannedTaskView,
     SubmitPreview,
     SubmittedInstance,
     TaskDirsPruneView,
@@ -40,6 +41,9 @@ from pipeline.operations.views import (
     parameter_set_view,
 )
 from pipeline.recovery import heartbeat
+
+if TYPE_CHECKING:
+    from pipeline.operations.submit import Submitted
 from pipeline.settings import get_settings
 
 
@@ -139,15 +143,14 @@ def submit(
     end_node: str | None = None,
     priority: int | None = None,
     models: Sequence[str] | Mapping[str, str] = (),
+    units: str | None = None,
+    exclude: str | None = None,
 ) -> SubmittedInstance:
     """Launch an instance; described as ``instances`` does, with the ids of its first tasks.
     ``models`` chooses model versions (``TYPE=VERSION`` texts, or a mapping); the newest
-    of every other type its nodes use is pinned."""
-    # Submitting loads the Celery app: only the operations that send messages pay for it.
-    from pipeline.operations.submit import submit as submitting
-
-    chosen = parse_model_choices(models)
-    submitted = submitting(pipeline, start_node, end_node, priority, models=chosen)
+    of every other type its nodes use is pinned. ``units`` and ``exclude``: regular
+    expressions every node's units of work must match, and must not."""
+    submitted = _submit(pipeline, start_node, end_node, priority, models, units, exclude)
     with transaction() as session:
         instance = session.get(PipelineInstance, submitted.id)
         view = SubmittedInstance(
@@ -164,12 +167,12 @@ def preview_submit(
     end_node: str | None = None,
     priority: int | None = None,
     models: Sequence[str] | Mapping[str, str] = (),
+    units: str | None = None,
+    exclude: str | None = None,
 ) -> SubmitPreview:
-    """What ``submit`` would do, with the same checks and errors; nothing changes."""
-    from pipeline.operations.submit import submit as submitting
-
-    chosen = parse_model_choices(models)
-    planned = submitting(pipeline, start_node, end_node, priority, dry_run=True, models=chosen)
+    """What ``submit`` would do, with the same checks and errors: every node's tasks and
+    their subtask counts as the datastore stands now; nothing changes."""
+    planned = _submit(pipeline, start_node, end_node, priority, models, units, exclude, True)
     return SubmitPreview(
         pipeline=planned.pipeline,
         nodes=planned.nodes,
@@ -178,6 +181,35 @@ def preview_submit(
         parameter_sets=planned.parameter_sets,
         models=planned.models,
         batch_estimates=[batch_estimate_view(estimate) for estimate in planned.batch_estimates],
+        tasks={
+            node: [PlannedTaskView(unit_of_work=t.unit_of_work, subtasks=t.subtasks) for t in tasks]
+            for node, tasks in planned.planned.items()
+        },
+    )
+
+
+def _submit(
+    pipeline: str,
+    start_node: str | None,
+    end_node: str | None,
+    priority: int | None,
+    models: Sequence[str] | Mapping[str, str],
+    units: str | None,
+    exclude: str | None,
+    dry_run: bool = False,
+) -> Submitted:
+    # Submitting loads the Celery app: only the operations that send messages pay for it.
+    from pipeline.operations.submit import submit as submitting
+
+    return submitting(
+        pipeline,
+        start_node,
+        end_node,
+        priority,
+        dry_run=dry_run,
+        models=parse_model_choices(models),
+        units_regexp=units,
+        units_exclude=exclude,
     )
 
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.domain.ziggy import parse, xml_attributes
+from pipeline.engine.deliveries import ZIGGY_MANIFEST_SUFFIX
 from pipeline.errors import InvalidInput
 
 #: A Ziggy manifest's name ends so; its acknowledgement's, so.
-SUFFIX = "-manifest.xml"
+SUFFIX = ZIGGY_MANIFEST_SUFFIX
 ACK_SUFFIX = "-manifest-ack.xml"
 #: Ziggy's checksum types, as ``hashlib`` names them.
 CHECKSUMS = {"MD5": "md5", "SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -13,7 +14,7 @@ from pipeline.domain.definitions import Definition
 from pipeline.domain.limits import check_priority
 from pipeline.domain.models import InstanceNode, PipelineDefinition, PipelineInstance
 from pipeline.engine import batch_cost, datastore, model_registry
-from pipeline.engine.transitions import create_node_tasks
+from pipeline.engine.transitions import PlannedTask, create_node_tasks, plan_tasks
 from pipeline.errors import InvalidInput, Unreachable, shown
 from pipeline.messaging import outbox
 from pipeline.messaging.publisher import publisher
@@ -39,6 +40,20 @@ class Submitted:
     models: dict[str, str] = field(default_factory=dict)
     #: Each node on a batch system: what it is expected to take (a dry run's).
     batch_estimates: list[batch_cost.Estimate] = field(default_factory=list)
+    #: A dry run's tasks of every node it runs (``plan_tasks``).
+    planned: dict[str, list[PlannedTask]] = field(default_factory=dict)
+
+
+def check_regexp(option: str, regexp: str | None) -> None:
+    """Refuse in one line a ``--units``/``--exclude`` that is no regular expression."""
+    if regexp is None:
+        return
+    if not regexp or len(regexp) > 500:
+        raise InvalidInput(f"{option}: give a regular expression of 1 to 500 characters")
+    try:
+        re.compile(regexp)
+    except re.error as exc:
+        raise InvalidInput(f"{option} {shown(regexp)}: not a regular expression ({exc})") from None
 
 
 def _nothing(_: outbox.Outbox) -> None:
@@ -86,6 +101,8 @@ def submit(
     models: Mapping[str, str] | None = None,
     units: Sequence[str] | None = None,
     started_by: Callable[[Session, PipelineInstance], None] | None = None,
+    units_regexp: str | None = None,
+    units_exclude: str | None = None,
 ) -> Submitted:
     """Launch an instance of the newest version of ``pipeline`` (``dry_run``: say which
     nodes it would run and the first ones' tasks, and change nothing; no broker asked).
@@ -99,11 +116,19 @@ def submit(
     ``models`` chooses a model type's version (else the newest is pinned); ``units`` runs
     the instance for those units of work only; ``started_by`` (an event) is called in the
     submit's transaction with the new instance, and may refuse it by raising.
+
+    ``units_regexp`` and ``units_exclude`` (``--units``, ``--exclude``) are kept as they
+    are, frozen with the instance, and every node's units are held against them as its
+    tasks are created (Ziggy applies its include and exclude regexps so): resolved to a
+    list at submit, they would know only the first nodes' units, and a child whose units
+    its parents' outputs name would lose them. A dry run says each node's tasks.
     """
     check_priority(priority)
     with transaction() as session:  # first: a home with no cluster says so
         definition_id = definitions.get(session, pipeline).id
         select_nodes(_parse(session.get(PipelineDefinition, definition_id)), start_node, end_node)
+    for option, regexp in (("--units", units_regexp), ("--exclude", units_exclude)):
+        check_regexp(option, regexp)
     root = datastore.require(get_settings().datastore)
     if not dry_run:
         publisher().check()
@@ -113,6 +138,8 @@ def submit(
         stored = session.get(PipelineDefinition, definition_id)
         definition = _parse(stored)
         nodes = select_nodes(definition, start_node, end_node)
+        if started_by is not None:  # an event received its deliveries: no receipt to run
+            nodes = [name for name in nodes if not definition.node(name).receives]
         frozen = {}
         for set_name in sorted({s for n in nodes for s in definition.node(n).parameter_sets}):
             parameter_set = parameters.get(session, set_name)
@@ -130,8 +157,16 @@ def submit(
             priority=priority,
             definition=stored.spec,
             parameters=frozen,
-            models=model_registry.pin(session, definition, nodes, models or {}),
+            models=model_registry.pin(
+                session,
+                definition,
+                nodes,
+                models or {},
+                receiving=any(definition.node(name).receives for name in nodes),
+            ),
             units=sorted(set(units)) if units is not None else None,
+            units_regexp=units_regexp,
+            units_exclude=units_exclude,
         )
         session.add(instance)
         session.flush()
@@ -155,6 +190,7 @@ def submit(
             submitted.batch_estimates = batch_cost.before_submit(
                 session, root, instance, definition, nodes, tasks
             )
+            submitted.planned = plan_tasks(session, instance, definition, nodes, root)
             session.rollback()
     if unsent:  # the instance is submitted: its first messages wait for the reconciler
         submitted.queued = f"{outbox.QUEUED_FOR_RECONCILER} ({unsent[0]})"

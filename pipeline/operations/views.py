@@ -106,6 +106,12 @@ class InstanceView(TypedDict):
     units: Annotated[
         list[str] | None, Field(description="the units of work it runs for (null: every one)")
     ]
+    units_regexp: Annotated[
+        str | None, Field(description="submit --units: its units match this regexp (null: any)")
+    ]
+    units_exclude: Annotated[
+        str | None, Field(description="submit --exclude: its units do not match this regexp")
+    ]
     event: Annotated[
         str | None, Field(description="the event that started it (null: submitted by a person)")
     ]
@@ -162,6 +168,15 @@ def batch_estimate_view(estimate: Any) -> BatchEstimateView:
 
 
 @with_config(_CLOSED)
+class PlannedTaskView(TypedDict):
+    unit_of_work: str
+    subtasks: Annotated[
+        int | None,
+        Field(description="null: its inputs are its parents' outputs, counted once they store"),
+    ]
+
+
+@with_config(_CLOSED)
 class SubmitPreview(TypedDict):
     """What a submit would do (``--dry-run``): nothing was changed."""
 
@@ -178,6 +193,10 @@ class SubmitPreview(TypedDict):
     batch_estimates: Annotated[
         list[BatchEstimateView],
         Field(description="each node on a batch system: node-hours, jobs and cost expected"),
+    ]
+    tasks: Annotated[
+        dict[str, list[PlannedTaskView]],
+        Field(description="every node's tasks as the datastore stands now, by node, in order"),
     ]
 
 
@@ -681,13 +700,26 @@ def submit_preview_text(planned: SubmitPreview) -> str:
         f" {', '.join(planned['nodes'])}, with {sets or 'no parameter sets'}{pinned};"
         " nothing submitted"
     ]
-    for node, units in planned["units"].items():
-        lines.append(f"  {node}: {counted(len(units), 'task')} ({', '.join(units)})")
+    for node, tasks in planned["tasks"].items():
+        lines.append(f"  {planned_line(node, tasks)}")
     for estimate in planned["batch_estimates"]:
         lines.append(f"  {estimate['node']} on slurm: {estimate['text']}")
     if planned["left_out"]:
         lines.append(f"  not run: {', '.join(planned['left_out'])} ({LEFT_OUT})")
     return "\n".join(lines)
+
+
+def planned_line(node: str, tasks: list[PlannedTaskView]) -> str:
+    """A node's tasks in a dry run: ``flip: 2 tasks (set-1, set-2); subtasks 4, 4``."""
+    if not tasks:
+        return f"{node}: no task (none of its inputs is in the datastore now)"
+    units = ", ".join(t["unit_of_work"] for t in tasks[:20]) + (" ..." if len(tasks) > 20 else "")
+    line = f"{node}: {counted(len(tasks), 'task')} ({units})"
+    if any(t["subtasks"] is None for t in tasks):
+        return f"{line}; subtasks counted once its parents store"
+    counts = [t["subtasks"] or 0 for t in tasks]
+    total = f" ({sum(counts)} in all)" if len(counts) > 1 else ""
+    return f"{line}; subtasks {', '.join(map(str, counts[:20]))}{total}"
 
 
 #: Why a node of the pipeline is not run by an instance.
