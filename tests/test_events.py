@@ -10,6 +10,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
 
@@ -283,3 +284,33 @@ def test_the_http_api_lists_switches_and_takes_delivery_complete(
         instance = http.get(f"/instances/{done.json()['instance_id']}").json()
         assert instance["units"] == ["set-3", "set-4"]
         assert instance["event"].startswith("event 1 of ingest")
+
+
+def test_a_scan_taking_over_never_undoes_a_submit_made_meanwhile(
+    home: Path, tmp_path: Path, worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race PostgreSQL showed: scan B read the event as receiving (its claim stale),
+    scan A then submitted it; B's take-over must fail, not set it back to receiving."""
+    from pipeline.database import transaction
+    from pipeline.domain.models import PipelineEvent
+
+    incoming = tmp_path / "incoming"
+    sample_with_handler(tmp_path / "defs", incoming)
+    delivery(incoming, "night-1", {"set-3": 3})
+    with monkeypatch.context() as patched:
+        patched.setattr(events, "submit_for", lambda *a, **k: None)  # as if it died there
+        event_id, _ = events.handle("ingest", ("night-1",), [])
+    with transaction() as session:
+        seen = session.get(PipelineEvent, event_id)
+        seen.claimed_at -= timedelta(hours=1)  # the scan that claimed it died long ago
+    with transaction() as session:
+        seen = session.get(PipelineEvent, event_id)
+        seen_state, seen_claim = seen.state, seen.claimed_at  # what scan B read
+    events.deliver("ingest", ["night-1"])  # scan A (its claim taken as tried again) submits
+    with transaction() as session:
+        assert session.get(PipelineEvent, event_id).state == "submitted"
+        taken = events.take_over(session, event_id, seen_state, seen_claim, again=False)
+    assert not taken, "B's take-over found the event changed since it read it"
+    with transaction() as session:
+        assert session.get(PipelineEvent, event_id).state == "submitted"
+    assert len(queries.list_instances()) == 1

@@ -310,17 +310,32 @@ def _claim(
         stale = now - timedelta(seconds=get_settings().stale_after)
         if not again and event.claimed_at is not None and event.claimed_at > stale:
             return event.id, ""
-        taken = session.execute(
-            update(PipelineEvent)
-            .where(PipelineEvent.id == event.id, PipelineEvent.claimed_at == event.claimed_at)
-            .values(
-                claimed_at=now,
-                state=RECEIVING,
-                message="tried again" if again else "taken over from a scan that stopped",
-            )
-            .execution_options(synchronize_session=False)
+        taken = take_over(session, event.id, event.state, event.claimed_at, again)
+        return event.id, RECEIVING if taken else ""
+
+
+def take_over(
+    session: Session, event_id: int, state: str, claimed_at: datetime | None, again: bool
+) -> bool:
+    """Claim the event for this scan, if it is still as this scan read it (its state and
+    claim): another scan may have taken it, or submitted it, since."""
+    taken = session.execute(
+        update(PipelineEvent)
+        .where(
+            PipelineEvent.id == event_id,
+            PipelineEvent.state == state,
+            PipelineEvent.claimed_at == claimed_at
+            if claimed_at is not None
+            else PipelineEvent.claimed_at.is_(None),
         )
-        return event.id, RECEIVING if taken.rowcount else ""
+        .values(
+            claimed_at=utcnow(),
+            state=RECEIVING,
+            message="tried again" if again else "taken over from a scan that stopped",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return bool(taken.rowcount)
 
 
 def _fail(event_id: int, name: str, labels: Sequence[str], exc: BaseException) -> None:
