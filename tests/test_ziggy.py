@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.operations import facade, queries
+from pipeline.operations import events, facade, queries
 from tests.support import InProcessWorker, assert_one_line_error, run_cli
 
 DEFINITIONS = """<?xml version="1.0" encoding="UTF-8"?>
@@ -540,3 +540,79 @@ def test_a_ziggy_model_type_arrives_with_the_delivery_and_is_pinned_once_receive
     task_dir = Path(queries.get_task(calibrate["id"])["task_dir"])
     seen = json.loads((task_dir / "st-0" / "seen.json").read_text())
     assert seen["inputs"]["modelFilenames"] == "dark-3-20240102.txt", "Ziggy's one-item array"
+
+
+def with_event_handler(ziggy_d: Path) -> None:
+    """Ziggy's data-receipt event handler on its receipt directory, declared as its
+    manual declares it, for the spectra pipeline started by its data receipt node."""
+    with_data_receipt(ziggy_d)
+    (ziggy_d / "spectra-events.xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<pipelineDefinition>\n'
+        '  <pipelineEvent name="data-receipt" pipelineName="spectra"\n'
+        '                 enableOnClusterStart="true"\n'
+        '                 directory="${ziggy.pipeline.data.receipt.dir}"/>\n'
+        "</pipelineDefinition>\n"
+    )
+
+
+def test_a_ziggy_pipeline_event_starts_its_pipeline_for_the_units_that_arrived_once(
+    home: Path, ziggy_d: Path, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ziggy's ready files: any event name, grouped by it; each label a subdirectory of the
+    watched directory; a delivery whose ready files are not all there is left alone."""
+    with_event_handler(ziggy_d)
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    [handler] = events.list_handlers()
+    receipt = home / "receipt"
+    assert (handler["name"], handler["pipeline"], handler["enabled"]) == (
+        "data-receipt",
+        "spectra",
+        True,
+    )
+    assert Path(handler["directory"]) == receipt
+    delivery(receipt / "sample-1", 1, capsys, 21)
+    delivery(receipt / "sample-2", 2, capsys, 22)
+    delivery(receipt / "sample-3", 3, capsys, 23)
+    (receipt / "sample-1.READY.nightly.2").touch()
+    (receipt / "sample-3.READY.late.2").touch()  # its second delivery is still on the way
+    assert events.scan() == {"submitted": 0, "failed": 0}, "one of two ready files: no event"
+    (receipt / "sample-2.READY.nightly.2").touch()
+
+    assert events.scan() == {"submitted": 1, "failed": 0}
+    assert events.scan() == {"submitted": 0, "failed": 0}, "once"
+    [instance] = queries.list_instances()
+    assert instance["units"] == ["night-1", "night-2"]
+    assert instance["event"] == "event 1 of data-receipt (labels sample-1, sample-2)"
+    assert sorted(p.name for p in receipt.iterdir()) == [
+        "sample-1",
+        "sample-2",
+        "sample-3",
+        "sample-3.READY.late.2",
+    ], "the event's ready files are removed, the other event's wait"
+    assert [p for p in receipt.rglob("*") if p.is_file() and "sample-3" not in str(p)] == []
+    worker.drain()
+
+    assert queries.get_instance(instance["id"])["state"] == "COMPLETED"
+    ran = sorted((t["node"], t["unit_of_work"]) for t in queries.list_tasks(instance["id"]))
+    assert ran == [
+        ("calibrate", "night-1"),
+        ("calibrate", "night-2"),
+        ("stack", "night-1"),
+        ("stack", "night-2"),
+    ], "the handler received the deliveries: its instance skips the data-receipt node"
+    assert (home / "datastore" / "night-2" / "stack" / "stacked.txt").exists()
+
+    again = [receipt / "sample-1.READY.nightly.2", receipt / "sample-2.READY.nightly.2"]
+    for path in again:  # ready files written again once the deliveries are received
+        path.touch()
+    assert events.scan() == {"submitted": 0, "failed": 1}
+    assert len(queries.list_instances()) == 1, "nothing left to receive: nothing submitted"
+    assert any("sample-1: no manifest" in a["message"] for a in queries.list_alerts())
+    for path in again:  # what the alert asks of a person
+        path.unlink()
+
+    delivery(receipt / "sample-1", 4, capsys, 24)  # the next night, under the same label
+    (receipt / "sample-1.READY.nightly.1").touch()
+    assert events.scan() == {"submitted": 1, "failed": 0}, "another manifest: another event"
+    newest = max(queries.list_instances(), key=lambda i: i["id"])
+    assert newest["units"] == ["night-4"]

@@ -1,15 +1,17 @@
 """Event handlers (Ziggy's): data that starts its own processing.
 
 A handler, defined in a pipeline's definition (``events: {NAME: {directory: DIR}}``),
-watches ``DIR`` for ready files ``LABEL.READY.NAME.COUNT`` (zero-length): once all COUNT
-labels of an event are there, it receives the delivery in each ``DIR/LABEL``
-(``operations.delivery``, all or nothing, checked against its manifest), submits its
-pipeline for exactly the units of work that arrived, the event recorded on the instance
-and its labels given to the algorithm, then removes the ready files. Senders that cannot
-write files say "delivery complete" through the HTTP API instead (``deliver``).
+watches ``DIR`` for ready files ``LABEL.READY.NAME.COUNT`` (zero-length), ``NAME`` the
+event's: the handler's own name, or any name for a handler alone on its directory (as
+Ziggy's, whose senders name their events). Once all COUNT labels of an event are there,
+it receives the delivery in each ``DIR/LABEL`` (``operations.delivery``, all or
+nothing, checked against its manifest), submits its pipeline for exactly the units of
+work that arrived, the event recorded on the instance and its labels given to the
+algorithm, then removes the ready files. Senders that cannot write files say "delivery
+complete" through the HTTP API instead (``deliver``).
 
-Once per event, whatever happens: an event is a row keyed by the handler, its labels and
-its manifests' bytes, taken by one scan at a time (``claimed_at``; another takes it over
+Once per event, whatever happens: an event is a row keyed by the handler, its NAME, its
+labels and its manifests' bytes, taken by one scan at a time (``claimed_at``; another takes it over
 only after ``stale_after``, from a scan that died); the submit marks it submitted in its
 own transaction, so a scan that dies between receipt and submit leaves it to the next
 (the receipt is idempotent), and two scans, or a ready file written twice, submit once.
@@ -37,7 +39,7 @@ from pipeline.database import transaction
 from pipeline.domain.models import EventHandler, PipelineEvent, PipelineInstance, utcnow
 from pipeline.engine.alerts import ERROR, raise_or_update
 from pipeline.errors import InvalidInput, NotFound, PipelineError, Refused, shown
-from pipeline.operations.delivery import receive_delivery
+from pipeline.operations.delivery import manifest_of, receive_delivery
 from pipeline.operations.views import EventHandlerView, EventView, pipeline_event_view
 from pipeline.settings import get_settings
 
@@ -50,8 +52,9 @@ RECEIVING, SUBMITTED, FAILED = "receiving", "submitted", "failed"
 
 @dataclass(frozen=True)
 class Ready:
-    """One event seen in a handler's directory: its labels and their ready files."""
+    """One event seen in a handler's directory: its NAME, labels and their ready files."""
 
+    name: str
     labels: tuple[str, ...]
     files: tuple[Path, ...]
 
@@ -112,18 +115,20 @@ def list_events(handler: str | None = None, limit: int = 50) -> list[EventView]:
 # -- seeing and handling events --------------------------------------------------------------
 
 
-def ready_events(directory: Path, name: str) -> list[Ready]:
-    """The complete events of handler ``name`` in ``directory``: for each COUNT, its ready
-    files once there are COUNT of them (labels in name order)."""
-    by_count: dict[int, list[tuple[str, Path]]] = {}
+def ready_events(directory: Path, name: str, alone: bool = False) -> list[Ready]:
+    """The complete events of handler ``name`` in ``directory``: for each NAME and COUNT,
+    its ready files once there are COUNT of them (labels in name order). NAME is the
+    handler's own, or any when the handler is ``alone`` on its directory."""
+    by_event: dict[tuple[str, int], list[tuple[str, Path]]] = {}
     with suppress(FileNotFoundError, NotADirectoryError):
         for path in sorted(directory.iterdir()):
             found = READY.match(path.name)
-            if found and found["name"] == name and int(found["count"]) > 0:
-                by_count.setdefault(int(found["count"]), []).append((found["label"], path))
+            if found and (alone or found["name"] == name) and int(found["count"]) > 0:
+                event = (found["name"], int(found["count"]))
+                by_event.setdefault(event, []).append((found["label"], path))
     return [
-        Ready(tuple(label for label, _ in seen), tuple(path for _, path in seen))
-        for count, seen in sorted(by_count.items())
+        Ready(event, tuple(label for label, _ in seen), tuple(path for _, path in seen))
+        for (event, count), seen in sorted(by_event.items())
         if len(seen) >= count
     ]
 
@@ -132,14 +137,16 @@ def scan() -> dict[str, int]:
     """Handle every complete event of every enabled handler (beat runs it); what it did."""
     with transaction() as session:
         handlers = [
-            (h.name, Path(h.directory))
-            for h in session.scalars(select(EventHandler).where(EventHandler.enabled))
+            (h.name, Path(h.directory), h.enabled) for h in session.scalars(select(EventHandler))
         ]
+    watched = [directory for _, directory, _ in handlers]  # disabled handlers' too
     done = {"submitted": 0, "failed": 0}
-    for name, directory in handlers:
-        for ready in ready_events(directory, name):
+    for name, directory, enabled in handlers:
+        if not enabled:
+            continue
+        for ready in ready_events(directory, name, alone=watched.count(directory) == 1):
             try:
-                _, state = handle(name, ready.labels, ready.files)
+                _, state = handle(name, ready.labels, ready.files, ready.name)
             except Exception:  # one event's trouble is its own: the others go on
                 log.exception("event handler %s: labels %s", name, ", ".join(ready.labels))
                 continue
@@ -168,16 +175,19 @@ def deliver(name: str, labels: Sequence[str]) -> EventView:
         return pipeline_event_view(session.get(PipelineEvent, event_id))
 
 
-def handle(name: str, labels: tuple[str, ...], ready_files: Sequence[Path]) -> tuple[int, str]:
-    """Handle one event (see the module docstring): its id and the state this call left it
-    in ("" when it did nothing: handled before, or another scan has it). A failed event
-    is tried again when its ready files are written after it failed (a person corrected
-    the delivery), or said complete again through the HTTP API (no ready files)."""
+def handle(
+    name: str, labels: tuple[str, ...], ready_files: Sequence[Path], event: str | None = None
+) -> tuple[int, str]:
+    """Handle one event (see the module docstring), ``event`` the NAME of its ready files
+    (unset: the handler's): its id and the state this call left it in ("" when it did
+    nothing: handled before, or another scan has it). A failed event is tried again when
+    its ready files are written after it failed (a person corrected the delivery), or
+    said complete again through the HTTP API (no ready files)."""
     with transaction() as session:
         handler = _handler(session, name)
         pipeline, directory = handler.pipeline, Path(handler.directory)
     deliveries = [directory / label for label in labels]
-    key = _key(name, deliveries)
+    key = _key(name, deliveries, event or name)
     touched = max((_mtime(path) for path in ready_files), default=None)
     event_id, state = _claim(name, key, labels, touched)
     if state == SUBMITTED:
@@ -258,15 +268,17 @@ def submit_for(
         log.info("event %s: submitted by another scan", event_id)
 
 
-def _key(name: str, deliveries: list[Path]) -> str:
-    """What makes an event itself: its handler, labels and manifests' bytes (a label
-    delivered again with other content is another event)."""
+def _key(name: str, deliveries: list[Path], event: str) -> str:
+    """What makes an event itself: its handler, its NAME (when not the handler's), labels
+    and manifests' bytes, Ziggy's XML ones included (a label delivered again with other
+    content is another event)."""
     digest = hashlib.sha256(name.encode())
+    if event != name:
+        digest.update(b"\0event\0" + event.encode())
     for delivery in deliveries:
         digest.update(b"\0" + delivery.name.encode() + b"\0")
         with suppress(OSError, PipelineError):
-            for manifest in sorted(delivery.glob("*.sha256"))[:1]:
-                digest.update(manifest.read_bytes())
+            digest.update(manifest_of(delivery).read_bytes())
     return digest.hexdigest()
 
 
