@@ -10,6 +10,7 @@ neither the broker nor the database. A controller that does not answer is
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,15 +121,18 @@ class BatchSystem(Protocol):
 
 #: The batch system each process uses, by name, once one was asked for (see ``use``).
 _systems: dict[str, BatchSystem] = {}
+#: Each batch system's implementation (``module:class``), loaded when first asked for: an
+#: implementation builds on this interface, never the other way round (a PBS one is a
+#: line here and a module of its own).
+IMPLEMENTATIONS = {"slurm": "pipeline.engine.slurm:Slurm"}
 
 
 def batch_system(name: str) -> BatchSystem:
     """The batch system of this name (``slurm``): the one installed by ``use``, else the
     real one."""
     if name not in _systems:
-        from pipeline.engine.slurm import Slurm
-
-        _systems[name] = Slurm()
+        module, _, kind = IMPLEMENTATIONS[name].partition(":")
+        _systems[name] = getattr(importlib.import_module(module), kind)()
     return _systems[name]
 
 
