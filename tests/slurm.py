@@ -147,7 +147,13 @@ def one_host_slurm() -> Iterator[OneHostSlurm]:
             f"--log-file={munge}/munged.log",
             f"--seed-file={munge}/munged.seed",
         ]
-        subprocess.run(["runuser", "-u", "munge", "--", "munged", *options], check=True)
+        started = subprocess.run(
+            ["runuser", "-u", "munge", "--", "munged", *options], capture_output=True, text=True
+        )
+        if started.returncode != 0:
+            log = munge / "munged.log"
+            said = log.read_text()[-2000:] if log.exists() else "(no log)"
+            raise AssertionError(f"munged exited {started.returncode}: {started.stderr}{said}")
         slurm.start_controller()
         subprocess.run(["slurmd", "-f", str(slurm.conf)], env=slurm.env, check=True)
         wait_for(lambda: slurm.run("sinfo", "--noheader", "--format=%T").strip() == "idle")

@@ -182,7 +182,14 @@ def test_concurrent_instances_each_consume_their_own_versions(api: Api) -> None:
         what=f"{CONCURRENT} concurrent instances to stop",
     )
     states = {i: api.instance_state(i) for i in instances}
-    assert set(states.values()) == {"COMPLETED"}, states
+    failures = [
+        (i, task["node"], task["unit_of_work"], task["error_message"])
+        for i, state in states.items()
+        if state != "COMPLETED"
+        for task in api.http.get(f"/instances/{i}/tasks").json()
+        if task["error"]
+    ]
+    assert set(states.values()) == {"COMPLETED"}, failures
     for instance in instances:
         averaged = api.http.get("/files", params={"instance": instance, "unit": "set-1"}).json()
         [average] = [f for f in averaged if f["node"] == "averaging"]

@@ -231,7 +231,8 @@ def test_the_cluster_stopped_and_started_while_jobs_run_picks_them_up_again(
     slurm: OneHostSlurm, cluster: Cluster, tmp_path: Path
 ) -> None:
     """Two elements of two subtasks, each subtask waiting for its gate: the first element
-    ends while the cluster is stopped, the second runs on after it started again."""
+    ends while the cluster is stopped, the second runs on after it started again, and
+    the monitor follows both again on its own (no resume-monitoring asked)."""
     node = on_slurm_node("gated_echo", subtasks_per_job=2)
     instance = on_slurm(cluster, tmp_path, 4, {"echo": node})
     wait_for(
@@ -243,9 +244,7 @@ def test_the_cluster_stopped_and_started_while_jobs_run_picks_them_up_again(
     for index in (0, 1):
         (gates(tmp_path) / str(index)).touch()
     wait_for(lambda: len(slurm.jobs(JOB_NAME)) == 1, what="the first element to end")
-    cluster.start()
-    [resumed] = cluster.restart(task["id"], "--mode", "resume-monitoring")
-    assert resumed["ok"] and resumed["message"].endswith(" alive, 0 lost"), resumed
+    cluster.start()  # nobody asks: the monitor picks the jobs up on its own
     for index in (2, 3):
         (gates(tmp_path) / str(index)).touch()
     cluster.wait(instance, timeout=120)
