@@ -115,8 +115,12 @@ class Supervisor:
         if known is None or known.pid != pid:  # new to the supervisor, or started by a start
             known = self.watched[service.name] = Watched(pid, since=now, troubled=True)
         if known.process is not None:
-            known.process.poll()  # reaps it, so a dead one is not a zombie
-        if alive(pid, service.match):
+            # Its own child: the exit status says (and reaps it, so a dead one is not a
+            # zombie); /proc would not match its command line yet between fork and exec.
+            running = known.process.poll() is None
+        else:
+            running = alive(pid, service.match)
+        if running:
             if known.troubled and now - known.since >= self.stable:
                 known.troubled, known.quick_deaths, known.restarts = False, 0, 0
                 self._clear(service)
