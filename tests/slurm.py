@@ -126,7 +126,8 @@ def one_host_slurm() -> Iterator[OneHostSlurm]:
     base = Path(tempfile.mkdtemp(prefix="pipeline-slurm-"))
     base.chmod(0o755)  # munged checks every directory above its socket
     munge = base / "munge"
-    munge.mkdir(mode=0o755)
+    munge.mkdir()
+    munge.chmod(0o755)  # whatever the umask: another test of the process may have set one
     shutil.chown(munge, "munge", "munge")
     for name in ("state", "spool"):
         (base / name).mkdir()
