@@ -36,7 +36,7 @@ from pipeline.engine.deliveries import SHA256_MANIFEST_SUFFIX
 from pipeline.errors import InvalidInput, NotFound
 from pipeline.operations import manifests
 from pipeline.operations import receipt as receipts
-from pipeline.operations.models import declared
+from pipeline.operations.receipt import declared
 from pipeline.operations.views import DeliveryView, ReceivedFile, model_view
 from pipeline.settings import get_settings
 

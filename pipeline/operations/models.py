@@ -11,36 +11,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
-from pipeline.domain import definitions
-from pipeline.domain.definitions import Definition, ModelType
+from pipeline.domain.definitions import ModelType
 from pipeline.domain.models import Model
 from pipeline.engine import datastore, model_registry
 from pipeline.errors import InvalidInput, NotFound
+from pipeline.operations.receipt import agreed
 from pipeline.operations.views import ModelReceipt, ModelView, model_view
 from pipeline.settings import get_settings
 
 
-def declared(session: Session, pipeline: str | None = None) -> list[Definition]:
-    """The newest definition of ``pipeline``, or of every pipeline."""
-    stored = [definitions.get(session, pipeline)] if pipeline else definitions.list_latest(session)
-    return [definitions.parse(row.spec) for row in stored]
-
-
 def model_type(session: Session, name: str, pipeline: str | None = None) -> ModelType:
     """The model type called ``name`` in the newest definitions (they must agree on it)."""
-    found = {
-        definition.name: kind
-        for definition in declared(session, pipeline)
-        if (kind := definition.model_types.get(name)) is not None
-    }
-    if not found:
-        where = f"pipeline {pipeline!r}" if pipeline else "any imported pipeline"
-        raise NotFound(f"no model type {name!r} in {where}")
-    if len({kind.pattern for kind in found.values()}) > 1:
-        raise InvalidInput(
-            f"model type {name!r} differs in {', '.join(sorted(found))}: name --pipeline"
-        )
-    return next(iter(found.values()))
+    return agreed(session, "model type", name, pipeline, lambda d: d.model_types)
 
 
 def import_model(file: Path, kind: str, pipeline: str | None = None) -> ModelReceipt:

@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
 from pipeline.domain import definitions
-from pipeline.domain.definitions import DataFileType
+from pipeline.domain.definitions import DataFileType, Definition
 from pipeline.engine import datastore
 from pipeline.engine.datastore import Staged
 from pipeline.engine.datastore_ledger import record_received
@@ -117,21 +122,41 @@ def _data_file_type(name: str, pipeline: str | None) -> DataFileType:
     """The type called ``name`` in the newest definition of ``pipeline`` or, unnamed, of
     every pipeline that declares it (they must agree on where it lives)."""
     with transaction() as session:
-        stored = (
-            [definitions.get(session, pipeline)] if pipeline else definitions.list_latest(session)
-        )
-        declared = {
-            row.name: kind
-            for row in stored
-            if (kind := definitions.parse(row.spec).data_file_types.get(name)) is not None
-        }
-    if not declared:
+        return agreed(session, "data file type", name, pipeline, lambda d: d.data_file_types)
+
+
+def declared(session: Session, pipeline: str | None = None) -> list[Definition]:
+    """The newest definition of ``pipeline``, or of every pipeline."""
+    stored = [definitions.get(session, pipeline)] if pipeline else definitions.list_latest(session)
+    return [definitions.parse(row.spec) for row in stored]
+
+
+Declared = TypeVar("Declared", bound=BaseModel)
+
+
+def agreed(
+    session: Session,
+    what: str,
+    name: str,
+    pipeline: str | None,
+    table: Callable[[Definition], Mapping[str, Declared]],
+) -> Declared:
+    """The ``what`` (a data file type, a model type) called ``name`` in ``table`` of the
+    newest definition of ``pipeline`` or, unnamed, of every pipeline that declares it:
+    they must agree on it."""
+    found = {
+        definition.name: kind
+        for definition in declared(session, pipeline)
+        if (kind := table(definition).get(name)) is not None
+    }
+    if not found:
         where = f"pipeline {pipeline!r}" if pipeline else "any imported pipeline"
-        raise NotFound(f"no data file type {name!r} in {where}")
-    if len({kind.model_dump_json() for kind in declared.values()}) > 1:
-        pipelines = ", ".join(sorted(declared))
-        raise InvalidInput(f"data file type {name!r} differs in {pipelines}: name --pipeline")
-    return next(iter(declared.values()))
+        raise NotFound(f"no {what} {name!r} in {where}")
+    if len({kind.model_dump_json() for kind in found.values()}) > 1:
+        raise InvalidInput(
+            f"{what} {name!r} differs in {', '.join(sorted(found))}: name --pipeline"
+        )
+    return next(iter(found.values()))
 
 
 def _names(directory: Path, kind: DataFileType, type_name: str, manifest: Path | None) -> list[str]:
