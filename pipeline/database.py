@@ -138,11 +138,7 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # No directory is made for the file: a command run in the wrong shell must not
         # leave an empty home behind (``cluster init`` makes the home first).
-        engine = create_engine(
-            url,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-            **JSON_CODEC,
-        )
+        engine = create_engine(url, connect_args=connect_args(url), **JSON_CODEC)
         _configure_sqlite(engine)
         return engine
     settings = get_settings()
@@ -159,11 +155,15 @@ def pool_options(settings: Settings) -> dict[str, object]:
         "max_overflow": settings.database_max_overflow,
         "pool_timeout": settings.database_pool_timeout,
         "pool_recycle": settings.database_pool_recycle,
-        "connect_args": _connect_args(settings),
+        "connect_args": connect_args(settings.db_url),
     }
 
 
-def _connect_args(settings: Settings) -> dict[str, object]:
+def connect_args(url: str) -> dict[str, object]:
+    """What the engine of ``url`` gives its driver's ``connect`` beside the URL's own."""
+    if url.startswith("sqlite"):
+        return {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    settings = get_settings()
     # libpq counts whole seconds, at least 2: round up, never below what was asked.
     options: dict[str, object] = {
         "connect_timeout": max(2, math.ceil(settings.database_connect_timeout))

@@ -8,6 +8,8 @@ from typing import Any
 
 #: Characters of an input an error message quotes at most.
 SHOWN_CHARACTERS = 60
+#: Characters of a one-line report, at most: whatever an error quotes, an answer stays short.
+MAX_MESSAGE_CHARACTERS = 1000
 
 
 def shown(value: Any) -> str:
@@ -16,6 +18,14 @@ def shown(value: Any) -> str:
     if len(text) <= SHOWN_CHARACTERS:
         return text
     return f"{text[:SHOWN_CHARACTERS]}... ({len(text)} characters)"
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line of at most ``MAX_MESSAGE_CHARACTERS``."""
+    line = " ".join(text.split())
+    if len(line) <= MAX_MESSAGE_CHARACTERS:
+        return line
+    return f"{line[:MAX_MESSAGE_CHARACTERS]}... (cut short)"
 
 
 class PipelineError(Exception):

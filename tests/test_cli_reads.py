@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.errors import NotFound
 from pipeline.interfaces import local_api
 from pipeline.operations import queries
 from tests.support import (
@@ -57,6 +58,11 @@ def cli(failed: Path, capsys: pytest.CaptureFixture[str]) -> Any:
     """``pipeline ARGS`` on this test's failed home: instance 1, tasks 1 and 2 with four
     subtasks each, subtask 0 failed."""
     return lambda *args: run_cli(capsys, *args)
+
+
+def printed(result: subprocess.CompletedProcess[str]) -> tuple[int, str, str]:
+    """What a command printed, and its exit status."""
+    return result.returncode, result.stdout, result.stderr
 
 
 def first_column(table: str) -> list[str]:
@@ -220,12 +226,7 @@ def test_the_api_and_the_database_print_the_same_bytes(
     for args in READS:
         in_process = cli(*args)
         assert not reads.served()
-        served = through_api[tuple(args)]
-        assert (served.returncode, served.stdout, served.stderr) == (
-            in_process.returncode,
-            in_process.stdout,
-            in_process.stderr,
-        ), args
+        assert printed(through_api[tuple(args)]) == printed(in_process), args
     assert through_api[("task", "999")].returncode == 1
     assert through_api[("task", "999")].stderr == "error: unknown task 999\n"
 
@@ -328,3 +329,103 @@ def test_an_api_started_beside_a_serving_one_leaves_it_the_run_file(
     finally:
         first.kill()
         first.wait()
+
+
+# -- a new process reads without SQLAlchemy ---------------------------------------------------
+
+
+def new_process(*args: Any) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """``pipeline ARGS`` as a new process: what it printed (its import times left out of its
+    standard error) and every module it imported."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "pipeline", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    timing = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
+    imported = {line.split("|")[-1].strip() for line in timing}
+    stderr = "".join(f"{line}\n" for line in done.stderr.splitlines() if line not in timing)
+    return subprocess.CompletedProcess(args, done.returncode, done.stdout, stderr), imported
+
+
+#: What a read command in a new process must not wait for.
+HEAVY = {"sqlalchemy", "pydantic_settings", "pipeline.settings", "pipeline.domain.models"}
+
+
+def test_a_new_process_reads_with_the_driver_alone_and_prints_the_same(failed: Path) -> None:
+    """The first read keeps the statements compiled for the home's database; every read
+    after it, each a new process, imports neither SQLAlchemy nor the settings' libraries
+    nor the models, and prints what the usual way prints, byte for byte: tables, JSON,
+    footers, and an unknown id's one line."""
+    running(1, 2)
+    kept = failed / "run" / "reads.json"
+    first, imported = new_process("tasks", 1)
+    assert first.returncode == 0 and "sqlalchemy" in imported, "the first read: the usual way"
+    assert kept.stat().st_mode & 0o777 == 0o600, "it holds how to connect: the owner's alone"
+    compiled = {}
+    for args in READS:
+        compiled[tuple(args)], imported = new_process(*args)
+        assert not HEAVY & imported, (args, sorted(HEAVY & imported))
+
+    kept.unlink()  # the usual way every time: each read keeps the file again
+    for args in READS:
+        kept.unlink(missing_ok=True)
+        usual, imported = new_process(*args)
+        assert "sqlalchemy" in imported
+        assert printed(compiled[tuple(args)]) == printed(usual), args
+    assert compiled[("task", "999")].stderr == "error: unknown task 999\n"
+    assert compiled[("subtasks", "1", "--json")].stdout.count('"consumed"') == 4
+
+
+def test_reads_kept_with_other_settings_or_code_are_passed_over(
+    failed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another setting in the environment, another settings file or another version of the
+    statements' code: the usual way reads, and keeps the file for what is now."""
+    from pipeline.operations import compiled_reads, read_statements
+
+    def usable() -> bool:
+        with compiled_reads.queries(failed) as found:
+            return found is not None
+
+    read_statements.keep(failed)
+    assert usable()
+    monkeypatch.setenv("PIPELINE_WORKERS", "1")
+    assert not usable()
+    read_statements.keep(failed)
+    assert usable()
+    (failed / "settings.toml").write_text((failed / "settings.toml").read_text() + "\n# edited\n")
+    assert not usable()
+    read_statements.keep(failed)
+    monkeypatch.setattr(compiled_reads, "code_stamp", lambda: "another version")
+    assert not usable()
+    monkeypatch.undo()
+
+
+def test_the_compiled_reads_give_the_views_the_queries_give_on_either_database(
+    any_database: str, worker: InProcessWorker, home: Path
+) -> None:
+    """Times, JSON, booleans and P-states as each database's driver returns them are read
+    back as SQLAlchemy reads them: the views are equal, on SQLite and on PostgreSQL."""
+    from pipeline.operations import compiled_reads, facade, read_statements
+
+    facade.set_parameters("algorithm", ["throw_exception_subtask_0=true"])
+    instance = facade.submit("sample", None, "permuter")["id"]
+    worker.drain()
+    running(queries.list_tasks(instance)[0]["id"], 2)
+    read_statements.keep(home)
+    with compiled_reads.queries(home) as compiled:
+        assert compiled is not None
+        for limit in (None, 1):
+            assert compiled.instances_listing(limit) == queries.instances_listing(limit)
+            assert compiled.tasks_listing(instance, limit) == queries.tasks_listing(instance, limit)
+        for task in queries.list_tasks(instance):
+            assert compiled.get_task(task["id"]) == queries.get_task(task["id"])
+            for limit in (None, 2):
+                assert compiled.subtasks_listing(task["id"], limit) == queries.subtasks_listing(
+                    task["id"], limit
+                )
+        for read in (lambda: compiled.get_task(999), lambda: compiled.tasks_listing(999)):
+            with pytest.raises(NotFound):
+                read()

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline.domain.listing import FILES_SHOWN, TABLE_ROWS
 from pipeline.domain.words import counted
-from pipeline.errors import SHOWN_CHARACTERS, InvalidInput, shown
+from pipeline.errors import SHOWN_CHARACTERS, InvalidInput, PipelineError, one_line, shown
 from pipeline.interfaces import reads
 from pipeline.interfaces.reads import console, print_json, private, table
 
@@ -1654,7 +1654,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 def fail(exc: Exception) -> NoReturn:
     """Report an error an operator can cause or meet in one line and exit 1; raise anything
-    else (a bug, with its traceback)."""
+    else (a bug, with its traceback). The pipeline's own errors are told without loading
+    the database libraries that the others need (a read command may not have)."""
+    if isinstance(exc, PipelineError):
+        _error(one_line(str(exc)))
+        raise SystemExit(EXIT_REFUSED) from None
     from pipeline.operations.problems import problem
 
     found = problem(exc)

@@ -15,7 +15,6 @@ as it would without an API: the API only ever makes a read faster, never differe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from contextlib import suppress
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.domain.listing import TOTAL_HEADER
-from pipeline.home import SETTINGS_FILE, find_home
+from pipeline.home import find_home, settings_fingerprint, write_run_file
 
 if TYPE_CHECKING:
     import ssl
@@ -40,9 +39,6 @@ ANSWER_SECONDS = 30.0
 #: an unknown instance or task (the queries' message). Any other is read again in process,
 #: whose message is the one the CLI has always printed.
 OK, NOT_FOUND = 200, 404
-#: The environment variables that make a process's settings (``PIPELINE_HOME`` only
-#: names the home, whose run file is read).
-ENV_PREFIX, HOME_VARIABLE = "PIPELINE_", "PIPELINE_HOME"
 
 
 @dataclass(frozen=True)
@@ -55,18 +51,6 @@ class Answer:
     total: int | None
 
 
-def settings_fingerprint(home: Path) -> str:
-    """A digest of what a process's settings are made from beside the defaults: the home's
-    settings file and the ``PIPELINE_*`` environment variables but ``PIPELINE_HOME``."""
-    digest = hashlib.sha256()
-    with suppress(FileNotFoundError):
-        digest.update((home / SETTINGS_FILE).read_bytes())
-    for key in sorted(os.environ):
-        if key.startswith(ENV_PREFIX) and key != HOME_VARIABLE:
-            digest.update(f"\0{key}={os.environ[key]}".encode())
-    return digest.hexdigest()
-
-
 def publish(home: Path, url: str, token: str, ca_file: str | None) -> None:
     """Name this process's API in the home's run file (owner only, replaced whole), unless
     it names another API that is still serving: the home's first API keeps the name, so one
@@ -75,8 +59,6 @@ def publish(home: Path, url: str, token: str, ca_file: str | None) -> None:
         named = json.loads((home / "run" / RUN_FILE).read_text())["pid"]
         if named != os.getpid() and _serving(named):
             return
-    run = home / "run"
-    run.mkdir(parents=True, exist_ok=True)
     record = {
         "url": url,
         "token": token,
@@ -84,10 +66,7 @@ def publish(home: Path, url: str, token: str, ca_file: str | None) -> None:
         "pid": os.getpid(),
         "settings": settings_fingerprint(home),
     }
-    written = run / f".{RUN_FILE}.{os.getpid()}"
-    with os.fdopen(os.open(written, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
-        json.dump(record, file)
-    os.replace(written, run / RUN_FILE)
+    write_run_file(home, RUN_FILE, record)
 
 
 def withdraw(home: Path) -> None:

@@ -12,12 +12,10 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError, StatementError
 
 from pipeline.database import describe_database_error
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, one_line
 
 #: The kinds of error ``problem`` reports as an operator's problem.
 PROBLEMS = (PipelineError, SQLAlchemyError, ValidationError, TOMLDecodeError)
-#: Characters of a one-line report, at most: whatever an error quotes, an answer stays short.
-MAX_MESSAGE_CHARACTERS = 1000
 
 
 @dataclass(frozen=True)
@@ -35,7 +33,7 @@ def problem(exc: BaseException) -> Problem | None:
     if isinstance(exc, StatementError) and isinstance(exc.orig, PipelineError):
         exc = exc.orig  # raised writing a value (a JSON column refusing a non-finite number)
     if isinstance(exc, PipelineError):
-        return Problem(_one_line(str(exc)), exc)
+        return Problem(one_line(str(exc)), exc)
     if isinstance(exc, SQLAlchemyError):
         return Problem(describe_database_error(exc), exc)
     if isinstance(exc, ValidationError) and exc.title == "Settings":
@@ -45,10 +43,3 @@ def problem(exc: BaseException) -> Problem | None:
     if isinstance(exc, TOMLDecodeError):
         return Problem(f"settings file is not valid TOML: {exc}", exc)
     return None
-
-
-def _one_line(text: str) -> str:
-    line = " ".join(text.split())
-    if len(line) <= MAX_MESSAGE_CHARACTERS:
-        return line
-    return f"{line[:MAX_MESSAGE_CHARACTERS]}... (cut short)"

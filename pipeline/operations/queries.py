@@ -4,7 +4,6 @@ CLI's ``--json`` and the HTTP API."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,39 +11,31 @@ from sqlalchemy import func, select, union_all
 
 from pipeline.database import transaction
 from pipeline.domain import definitions, parameters
-from pipeline.domain.limits import MAX_ID, check_id, check_index
+from pipeline.domain.limits import check_id, check_index
 from pipeline.domain.models import (
     Alert,
-    BatchJob,
-    DatastoreFile,
-    FileConsumption,
     Heartbeat,
     PipelineInstance,
     Subtask,
     Task,
-    TaskAttempt,
-    TaskEvent,
     utcnow,
 )
 from pipeline.domain.states import InstanceState, SubtaskState
 from pipeline.engine.taskdir import log_path
-from pipeline.errors import InvalidInput, NotFound, Unreachable, shown
+from pipeline.errors import NotFound, Unreachable
+from pipeline.operations import reading
+from pipeline.operations.read_statements import SessionReader
+from pipeline.operations.reading import Listing
 from pipeline.operations.views import (
-    TASK_COLUMNS,
     AlertView,
     PipelineView,
     QueueView,
     TaskNeedingAttention,
     WorkerView,
     alert_view,
-    attempt_view,
-    batch_job_view,
-    event_view,
     instance_view,
     iso_time,
     parameter_set_view,
-    subtask_view,
-    task_from_columns,
     task_view,
 )
 from pipeline.settings import get_settings
@@ -57,44 +48,14 @@ ATTENTION_TASKS = 50
 FAILED_ERRORS_SHOWN = 3
 
 
-@dataclass(frozen=True)
-class Listing:
-    """Some rows of a listing (all of them without a limit), and how many it has in all."""
-
-    rows: list[Any]
-    total: int
-
-
-def _checked(limit: int) -> int:
-    """``limit`` rows, refused unless 1 to ``MAX_ID``."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_ID:
-        raise InvalidInput(f"limit {shown(limit)} is out of range (1 to {MAX_ID})")
-    return limit
-
-
-def _total(session: Any, rows: list[Any], limit: int | None, query: Any) -> int:
-    """How many rows ``query`` counts, asked only when ``limit`` may have kept some back."""
-    if limit is None or len(rows) < limit:
-        return len(rows)
-    return session.scalar(select(func.count()).select_from(query.subquery())) or 0
-
-
 def list_instances() -> list[dict[str, Any]]:
     return instances_listing().rows
 
 
 def instances_listing(limit: int | None = None) -> Listing:
-    """The instances in id order: every one, or the newest ``limit`` (what an operator
-    looks for first) still in id order."""
+    """The instances in id order: every one, or the newest ``limit``."""
     with transaction() as session:
-        query = select(PipelineInstance)
-        if limit is None:
-            rows = list(session.scalars(query.order_by(PipelineInstance.id)))
-        else:
-            newest = query.order_by(PipelineInstance.id.desc()).limit(_checked(limit))
-            rows = list(session.scalars(newest))[::-1]
-        total = _total(session, rows, limit, query)
-        return Listing([instance_view(row) for row in rows], total)
+        return reading.instances_listing(SessionReader(session), limit)
 
 
 def get_instance(instance_id: int) -> dict[str, Any]:
@@ -125,19 +86,8 @@ def list_tasks(instance_id: int) -> list[dict[str, Any]]:
 
 def tasks_listing(instance_id: int, limit: int | None = None) -> Listing:
     """An instance's tasks in id order: every one, or the first ``limit``."""
-    check_id(instance_id, "instance")
     with transaction() as session:
-        if session.get(PipelineInstance, instance_id) is None:
-            raise NotFound(f"unknown instance {instance_id}")
-        # Plain tuples, not ORM objects nor rows read by name: 10,000 tasks list in a
-        # third of the time.
-        columns = [Task.__table__.c[name] for name in TASK_COLUMNS]
-        query = select(*columns).where(Task.instance_id == instance_id)
-        ordered = query.order_by(Task.id)
-        if limit is not None:
-            ordered = ordered.limit(_checked(limit))
-        rows = [task_from_columns(row) for row in session.execute(ordered)]
-        return Listing(rows, _total(session, rows, limit, query))
+        return reading.tasks_listing(SessionReader(session), instance_id, limit)
 
 
 def _task(session: Any, task_id: int) -> Task:
@@ -150,28 +100,7 @@ def _task(session: Any, task_id: int) -> Task:
 def get_task(task_id: int) -> dict[str, Any]:
     """A task's details with its history of transitions and its running subtasks."""
     with transaction() as session:
-        task = _task(session, task_id)
-        detail: dict[str, Any] = dict(task_view(task))
-        detail["task_dir"] = task.task_dir
-        ran = session.scalars(
-            select(TaskAttempt).where(TaskAttempt.task_id == task_id).order_by(TaskAttempt.attempt)
-        )
-        detail["attempts"] = [attempt_view(row) for row in ran]
-        events = session.scalars(
-            select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(TaskEvent.id)
-        )
-        detail["history"] = [event_view(event) for event in events]
-        running = session.scalars(
-            select(Subtask)
-            .where(Subtask.task_id == task_id, Subtask.state == SubtaskState.RUNNING)
-            .order_by(Subtask.index)
-        )
-        detail["running"] = [subtask_view(subtask) for subtask in running]
-        jobs = session.scalars(
-            select(BatchJob).where(BatchJob.task_id == task_id).order_by(BatchJob.id)
-        )
-        detail["batch_jobs"] = [batch_job_view(job) for job in jobs]
-        return detail
+        return reading.get_task(SessionReader(session), task_id)
 
 
 def tasks_needing_attention(limit: int = ATTENTION_INSTANCES) -> list[dict[str, Any]]:
@@ -263,35 +192,7 @@ def subtasks_listing(task_id: int, limit: int | None = None) -> Listing:
     """The task's subtasks in index order (every one, or the first ``limit``), each with
     the datastore paths its last marshal gave it."""
     with transaction() as session:
-        _task(session, task_id)
-        query = select(Subtask).where(Subtask.task_id == task_id)
-        ordered = query.order_by(Subtask.index)
-        if limit is not None:
-            ordered = ordered.limit(_checked(limit))
-        rows = list(session.scalars(ordered))
-        subtasks: list[Any] = [subtask_view(row) for row in rows]
-        consumed = _consumed(session, task_id, rows[-1].index if rows else -1)
-        for subtask in subtasks:
-            subtask["consumed"] = consumed.get(subtask["index"], [])
-        return Listing(subtasks, _total(session, rows, limit, query))
-
-
-def _consumed(session: Any, task_id: int, last: int) -> dict[int, list[str]]:
-    """The paths each subtask up to index ``last`` consumed at the task's last marshal."""
-    marshaled = select(func.max(FileConsumption.attempt)).where(FileConsumption.task_id == task_id)
-    consumed: dict[int, list[str]] = {}
-    for index, path in session.execute(
-        select(FileConsumption.subtask_index, DatastoreFile.path)
-        .join(DatastoreFile, DatastoreFile.id == FileConsumption.file_id)
-        .where(
-            FileConsumption.task_id == task_id,
-            FileConsumption.attempt == marshaled.scalar_subquery(),
-            FileConsumption.subtask_index <= last,
-        )
-        .order_by(FileConsumption.id)
-    ):
-        consumed.setdefault(index, []).append(path)
-    return consumed
+        return reading.subtasks_listing(SessionReader(session), task_id, limit)
 
 
 def logs(task_id: int, index: int | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,205 @@
+"""The operators' read commands in a new process without SQLAlchemy, the settings'
+libraries or the models: the read statements compiled beforehand for the home's database,
+run with its driver alone (``sqlite3``, ``psycopg``).
+
+A read command that imports SQLAlchemy and pydantic-settings spends 0.4 s importing them
+on these machines, above the 0.35 s an operator should wait for ``pipeline tasks``. So,
+once a read has run the usual way, it keeps in the home's ``run/reads.json`` (the owner's
+alone: it holds how to connect, a password included) what it read with: the statements
+compiled for its database (``read_statements.compiled``), how to connect, and what the
+settings were made from (``home.settings_fingerprint``) with the stamp of the code that
+compiled them. The next read in a new process whose settings and code are the same runs
+the same statements through ``reading``, which makes the same views; otherwise (no file,
+other settings, other code, a driver's error) it reads the usual way, and keeps the file
+again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline import jsoncodec
+from pipeline.home import settings_fingerprint, write_run_file
+from pipeline.operations import reading
+
+#: The file under the home's ``run`` directory.
+READS_FILE = "reads.json"
+#: The modules whose code the compiled statements come from: a change to either makes the
+#: file stale (a column added, a statement changed).
+SOURCES = ("domain/models.py", "operations/read_statements.py")
+
+
+def code_stamp() -> str:
+    """The size and modification time of each source of the statements."""
+    package = Path(__file__).resolve().parent.parent
+    stamps = []
+    for source in SOURCES:
+        status = (package / source).stat()
+        stamps.append(f"{source}:{status.st_size}:{status.st_mtime_ns}")
+    return ";".join(stamps)
+
+
+def _utc(value: Any) -> Any:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value
+
+
+def _json(value: Any) -> Any:
+    return jsoncodec.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def _enum(path: str) -> Callable[[Any], Any]:
+    module, _, name = path.partition(":")
+    enum = getattr(importlib.import_module(module), name)
+    return lambda value: None if value is None else enum(value)
+
+
+def _converter(kind: str | None) -> Callable[[Any], Any] | None:
+    """How a column's value is read back (``read_statements._kind``), as SQLAlchemy's type
+    reads it: a time made aware in UTC, JSON decoded, 0 and 1 as booleans, an enum's value
+    as its member."""
+    if kind is None:
+        return None
+    if kind == "utc":
+        return _utc
+    if kind == "json":
+        return _json
+    if kind == "bool":
+        return lambda value: None if value is None else bool(value)
+    if kind.startswith("enum:"):
+        return _enum(kind.removeprefix("enum:"))
+    raise ValueError(f"unknown column kind {kind!r}")
+
+
+class CompiledReader:
+    """``reading.Reader`` over a driver's connection and the compiled statements."""
+
+    def __init__(self, connection: Any, statements: dict[str, dict[str, Any]]) -> None:
+        self.connection = connection
+        self.statements = statements
+        self._converters: dict[str, list[tuple[int, Callable[[Any], Any]]]] = {}
+
+    def names(self, name: str) -> list[str]:
+        return list(self.statements[name]["names"])
+
+    def rows(self, name: str, **params: Any) -> list[Sequence[Any]]:
+        statement = self.statements[name]
+        params = {**statement["defaults"], **params}
+        positions = statement["positions"]
+        values: Any = [params[key] for key in positions] if positions is not None else params
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(statement["sql"], values)
+            found = cursor.fetchall()
+        finally:
+            cursor.close()
+        converters = self._converters.get(name)
+        if converters is None:
+            converters = [
+                (position, converter)
+                for position, kind in enumerate(statement["kinds"])
+                if (converter := _converter(kind)) is not None
+            ]
+            self._converters[name] = converters
+        if not converters:
+            return found
+        converted = []
+        for row in found:
+            values = list(row)
+            for position, converter in converters:
+                values[position] = converter(values[position])
+            converted.append(values)
+        return converted
+
+
+class CompiledQueries:
+    """The read commands' queries (``reading``) over one compiled reader, named as the
+    ``queries`` module names them."""
+
+    def __init__(self, reader: CompiledReader) -> None:
+        self.reader = reader
+
+    def instances_listing(self, limit: int | None = None) -> reading.Listing:
+        return reading.instances_listing(self.reader, limit)
+
+    def tasks_listing(self, instance_id: int, limit: int | None = None) -> reading.Listing:
+        return reading.tasks_listing(self.reader, instance_id, limit)
+
+    def subtasks_listing(self, task_id: int, limit: int | None = None) -> reading.Listing:
+        return reading.subtasks_listing(self.reader, task_id, limit)
+
+    def get_task(self, task_id: int) -> dict[str, Any]:
+        return reading.get_task(self.reader, task_id)
+
+
+def _file(home: Path) -> Path:
+    return home / "run" / READS_FILE
+
+
+def keep(home: Path, dialect: str, connect: dict[str, Any], statements: dict[str, Any]) -> None:
+    """Keep what the next read needs to run without SQLAlchemy (see the module)."""
+    record = {
+        "settings": settings_fingerprint(home),
+        "code": code_stamp(),
+        "dialect": dialect,
+        "connect": connect,
+        "statements": statements,
+    }
+    write_run_file(home, READS_FILE, record)
+
+
+def _record(home: Path) -> dict[str, Any] | None:
+    """The home's reads file when it was written with this process's settings and code."""
+    with suppress(OSError, ValueError):
+        record = json.loads(_file(home).read_text())
+        if (
+            isinstance(record, dict)
+            and record.get("settings") == settings_fingerprint(home)
+            and record.get("code") == code_stamp()
+        ):
+            return record
+    return None
+
+
+def _connect(record: dict[str, Any]) -> Any:
+    args, kwargs = record["connect"]["args"], record["connect"]["kwargs"]
+    if record["dialect"] == "sqlite":
+        import sqlite3
+
+        if not Path(args[0]).is_file():  # never make an empty database where none is
+            raise FileNotFoundError(args[0])
+        connection = sqlite3.connect(*args, **kwargs)
+        connection.execute("PRAGMA query_only=ON")
+        return connection
+    if record["dialect"] == "postgresql":
+        import psycopg
+
+        return psycopg.connect(*args, **kwargs)
+    raise ValueError(f"no compiled reads for {record['dialect']}")
+
+
+@contextmanager
+def queries(home: Path) -> Iterator[CompiledQueries | None]:
+    """The compiled queries over a connection to the home's database, or None where the
+    usual way must read (no file for these settings and code, no connection)."""
+    record = _record(home)
+    connection = None
+    if record is not None:
+        with suppress(Exception):
+            connection = _connect(record)
+    if connection is None:
+        yield None
+        return
+    try:
+        yield CompiledQueries(CompiledReader(connection, record["statements"]))
+    finally:
+        connection.close()
