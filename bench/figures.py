@@ -12,6 +12,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +40,13 @@ LEDGER_ROUNDS = 2
 #: Two stores of the same outputs keep their bytes once: half of what a copy per version
 #: would take.
 STORAGE_TARGET = 0.5
-#: Figure a against Dramatiq: the pipeline, with all its bookkeeping, at least twice as fast.
-DRAMATIQ_TARGET = 2.0
+#: Figure a against Dramatiq: the pipeline, with all its bookkeeping, at least 1.5 times as
+#: fast on SQLite, and as fast on PostgreSQL with 2 workers x 2 (issue 32).
+DRAMATIQ_TARGET, DRAMATIQ_TARGET_POSTGRES = 1.5, 1.0
+#: Figure b against the raw chain of 4 (median), at most.
+LATENCY_TARGET = 3.0
+#: The console's /metrics at scale, seconds (counters kept, not recounted per scrape).
+METRICS_TARGET = 0.05
 #: Seconds from the restart of 1,000 failed tasks to every one running again (issue 16).
 RESTART_RUNNING_TARGET = 3.0
 #: Celery workers of the PostgreSQL cluster of figure a (each of ``WORKER_PROCESSES``).
@@ -69,6 +76,11 @@ class Sizes:
     #: Times each status query runs (its median is the figure), and chains the breakdown runs.
     status_runs: int = 5
     breakdown_runs: int = 30
+    #: Figure h: ledger versions and consumption rows, the new files a marshal finds among
+    #: them, and instances the console lists.
+    million_rows: int = 1_000_000
+    new_files: int = 10_000
+    million_instances: int = 10_000
     #: Figure g: subtasks through Slurm, and runs of its one-subtask task each side.
     slurm_subtasks: int = 200
     slurm_task_runs: int = 3
@@ -216,10 +228,14 @@ def pipeline_throughput(cluster: harness.Cluster, count: int) -> tuple[float, di
 
 
 def beside_peers(
-    name: str, value: float, details: dict[str, Any], peers: dict[str, float]
+    name: str,
+    value: float,
+    details: dict[str, Any],
+    peers: dict[str, float],
+    target: float = DRAMATIQ_TARGET,
 ) -> list[Figure]:
     """Figure a's subtasks/s as a row against raw Celery (at least as fast) and, when
-    Dramatiq was measured (``peers["dramatiq"]``), a row against it (twice as fast)."""
+    Dramatiq was measured (``peers["dramatiq"]``), a row against it (``target``)."""
     found = [
         Figure(
             name, value, "subtasks/s", peers["throughput"], "raw Celery tasks/s", True, 1.0, details
@@ -234,7 +250,7 @@ def beside_peers(
                 peers["dramatiq"],
                 f"Dramatiq tasks/s, {harness.DRAMATIQ_THREADS} threads a process",
                 True,
-                DRAMATIQ_TARGET,
+                target,
                 details,
             )
         )
@@ -258,7 +274,9 @@ def postgres_throughput(
     processes = POSTGRES_WORKERS * harness.WORKER_PROCESSES
     name = f"a. throughput on PostgreSQL, {POSTGRES_WORKERS} workers x {harness.WORKER_PROCESSES}"
     details = {**details, "worker_processes": processes}
-    return beside_peers(f"{name}, {count} no-op subtasks", value, details, peers)
+    return beside_peers(
+        f"{name}, {count} no-op subtasks", value, details, peers, DRAMATIQ_TARGET_POSTGRES
+    )
 
 
 def directories_floor(directory: Path, count: int) -> float:
@@ -466,24 +484,24 @@ def status_at_scale(base: Path, sizes: Sizes) -> list[Figure]:
         found = [
             _held_to_300_ms(
                 f"d. tasks --json (in process), {rows} subtask rows",
-                _median_seconds(lambda: queries.list_tasks(instance), sizes.status_runs),
+                median_seconds(lambda: queries.list_tasks(instance), sizes.status_runs),
                 details,
             ),
             _held_to_300_ms(
                 "d. `pipeline tasks --json` command",
-                _median_seconds(
+                median_seconds(
                     lambda: cluster.cli("tasks", str(instance), "--json"), min(3, sizes.status_runs)
                 ),
                 {**details, "includes": "interpreter start"},
             ),
             _held_to_300_ms(
                 "d. instance summary",
-                _median_seconds(lambda: queries.get_instance(instance), sizes.status_runs),
+                median_seconds(lambda: queries.get_instance(instance), sizes.status_runs),
                 details,
             ),
             _held_to_300_ms(
                 "d. floor: a process importing only the database libraries",
-                _median_seconds(_import_only, min(3, sizes.status_runs)),
+                median_seconds(_import_only, min(3, sizes.status_runs)),
                 {"imports": IMPORT_FLOOR},
                 target_ratio=None,
             ),
@@ -534,7 +552,7 @@ def _status_over_http(
     with harness.api_server(cluster), Client() as client:
         client.tasks(instance)  # the first request warms the server's connections up
         return [
-            _held_to_300_ms(f"d. {label} (HTTP API)", _median_seconds(call, runs), details)
+            _held_to_300_ms(f"d. {label} (HTTP API)", median_seconds(call, runs), details)
             for label, call in (
                 ("GET /instances/ID/tasks", lambda: client.tasks(instance)),
                 ("GET /instances/ID", lambda: client.instance(instance)),
@@ -555,13 +573,13 @@ CONSOLE_PAGES = (
 )
 
 
-def _console_pages(instance: int, task: int, details: dict, runs: int) -> list[Figure]:
-    """Each console page rendered by Flower over the same instance (and the task whose
-    subtask rows marshaling just created): the time from request to the last byte."""
+@contextmanager
+def console_pages() -> Iterator[Callable[[str], None]]:
+    """Flower with the console for the activated cluster, in a thread: yields a function
+    that gets a page (a path) whole, logged in."""
     import base64
     import urllib.request
 
-    subtasks = _subtask_rows(task)
     with harness.console_server() as (url, login):
         token = base64.b64encode(":".join(login).encode()).decode()
 
@@ -571,19 +589,36 @@ def _console_pages(instance: int, task: int, details: dict, runs: int) -> list[F
             with urllib.request.urlopen(request, timeout=60) as response:
                 response.read()
 
-        found = []
+        yield get
+
+
+def _console_pages(instance: int, task: int, details: dict, runs: int) -> list[Figure]:
+    """Each console page rendered by Flower over the same instance (and the task whose
+    subtask rows marshaling just created): the time from request to the last byte."""
+    subtasks = _subtask_rows(task)
+    found = []
+    with console_pages() as get:
         for label, path in CONSOLE_PAGES:
             path = path.replace("INSTANCE", str(instance)).replace("TASK", str(task))
             get(path)  # warm: the first request loads the page's template
-            seconds = _median_seconds(lambda path=path: get(path), runs)
-            found.append(
-                _held_to_300_ms(
-                    f"d. console: {label}",
-                    seconds,
-                    {**details, "path": path, "task_subtasks": subtasks},
+            seconds = median_seconds(lambda path=path: get(path), runs)
+            page = {**details, "path": path, "task_subtasks": subtasks}
+            if path == "/metrics":
+                found.append(
+                    Figure(
+                        f"d. console: {label}",
+                        seconds,
+                        "s",
+                        METRICS_TARGET,
+                        "50 ms",
+                        False,
+                        1.0,
+                        page,
+                    )  # fmt: skip
                 )
-            )
-        return found
+            else:
+                found.append(_held_to_300_ms(f"d. console: {label}", seconds, page))
+    return found
 
 
 def _subtask_rows(task: int) -> int:
@@ -603,7 +638,7 @@ def _held_to_300_ms(
     return Figure(name, seconds, "s", 0.3, "300 ms", False, target_ratio, details)
 
 
-def _median_seconds(call: Any, runs: int) -> float:
+def median_seconds(call: Any, runs: int) -> float:
     times = []
     for _ in range(runs):
         started = time.perf_counter()

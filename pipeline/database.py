@@ -20,12 +20,12 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, any_, bindparam, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -173,6 +173,17 @@ def connect_args(url: str) -> dict[str, object]:
         if "sslmode" not in make_url(settings.db_url).query:  # the URL's own says otherwise
             options["sslmode"] = "verify-full"
     return options
+
+
+def one_of(session: Session, column: Any, values: Sequence[Any]) -> Any:
+    """``column IN values`` as the database reads a long list fastest: one array parameter
+    on PostgreSQL (``= ANY``), a parameter each on SQLite (no arrays there). Rendering and
+    parsing 500 parameters a query took longer than the queries of a marshal themselves."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(values)
 
 
 _engines: dict[str, Engine] = {}

@@ -19,7 +19,7 @@ from tests.support import REPO, clean_env
 
 #: The figure groups ``python -m bench`` measures (see bench/__main__.py): figure g where
 #: a one-host Slurm can start (``make test`` installs it).
-GROUPS = ("a.", "b.", "c.", "d.", "e.", "f.") + (() if missing() else ("g.",))
+GROUPS = ("a.", "b.", "c.", "d.", "e.", "f.", "h.") + (() if missing() else ("g.",))
 #: Seconds the smoke run gets on a busy two-core machine.
 SMOKE_TIMEOUT = 300
 

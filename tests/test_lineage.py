@@ -220,7 +220,7 @@ def deliver(tmp_path: Path, name: str, images: dict[str, np.ndarray]) -> Path:
 
 
 def test_reprocess_new_runs_only_files_the_node_has_not_consumed(
-    home: Path, worker: InProcessWorker, tmp_path: Path
+    any_database: str, home: Path, worker: InProcessWorker, tmp_path: Path
 ) -> None:
     import_variant(tmp_path, "permuter", "    reprocess: new\n")
     first = facade.submit("sample")["id"]

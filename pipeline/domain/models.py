@@ -331,7 +331,7 @@ class DatastoreFile(Base):
 
     __tablename__ = "datastore_files"
     __table_args__ = (
-        Index("ix_datastore_files_path", "path", "superseded_at"),
+        Index("ix_datastore_files_path", "path", "sha256", "superseded_at"),
         Index("ix_datastore_files_instance", "instance_id", "unit_of_work", "data_file_type"),
         Index("ix_datastore_files_placing", "placing", "task_id", "attempt"),
     )
