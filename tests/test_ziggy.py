@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -498,11 +499,8 @@ def test_files_and_a_manifest_at_the_top_of_the_receipt_directory_are_one_delive
     assert back == [{"name": "spectra", "version": 1, "new": False}], "imports back the same"
 
 
-def test_a_ziggy_model_type_arrives_with_the_delivery_and_is_pinned_once_received(
-    home: Path, ziggy_d: Path, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Ziggy's rule: an instance that runs data receipt uses the models it received; the
-    model type's version and timestamp groups give the version and time."""
+def with_dark_model(ziggy_d: Path) -> None:
+    """The spectra pipeline's data receipt, and a model type its calibrate node uses."""
     with_data_receipt(ziggy_d)
     datastore_xml = ziggy_d / "spectra-datastore.xml"
     datastore_xml.write_text(
@@ -520,6 +518,21 @@ def test_a_ziggy_model_type_arrives_with_the_delivery_and_is_pinned_once_receive
         )
     )
     facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+
+
+def seen_by_calibrate(instance: int) -> dict[str, Any]:
+    """What the first calibrate subtask of ``instance`` was given (its step wrote it)."""
+    calibrate = next(t for t in queries.list_tasks(instance) if t["node"] == "calibrate")
+    task_dir = Path(queries.get_task(calibrate["id"])["task_dir"])
+    return json.loads((task_dir / "st-0" / "seen.json").read_text())
+
+
+def test_a_ziggy_model_type_arrives_with_the_delivery_and_is_pinned_once_received(
+    home: Path, ziggy_d: Path, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ziggy's rule: an instance that runs data receipt uses the models it received; the
+    model type's version and timestamp groups give the version and time."""
+    with_dark_model(ziggy_d)
     receipt = home / "receipt"
     (receipt / "models").mkdir(parents=True)
     (receipt / "models" / "dark-3-20240102.txt").write_text("dark, version 3")
@@ -536,10 +549,38 @@ def test_a_ziggy_model_type_arrives_with_the_delivery_and_is_pinned_once_receive
         "3",
         "20240102",
     )
-    calibrate = next(t for t in queries.list_tasks(instance) if t["node"] == "calibrate")
-    task_dir = Path(queries.get_task(calibrate["id"])["task_dir"])
-    seen = json.loads((task_dir / "st-0" / "seen.json").read_text())
+    seen = seen_by_calibrate(instance)
     assert seen["inputs"]["modelFilenames"] == "dark-3-20240102.txt", "Ziggy's one-item array"
+
+
+def test_a_model_version_chosen_at_submit_stands_after_the_receipt_brings_a_newer(
+    home: Path, ziggy_d: Path, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--model TYPE=VERSION`` is the operator's word: the data receipt node takes the
+    newest of the types left to it (Ziggy's rule), never over a version chosen."""
+    with_dark_model(ziggy_d)
+    older = home / "dark-3-20240102.txt"
+    older.write_text("dark, version 3")
+    imported = run_cli(capsys, "models", "import", older, "--type", "dark model")
+    assert imported.returncode == 0, imported.stderr
+    receipt = home / "receipt"
+    for night, version in ((1, 4), (2, 5)):
+        models = receipt / f"night-{night}" / "models"
+        models.mkdir(parents=True)
+        (models / f"dark-{version}-2024010{version}.txt").write_text(f"dark, version {version}")
+
+    delivery(receipt / "night-1", 1, capsys, 31)
+    chosen = facade.submit("spectra", models=["dark model=3"])["id"]
+    worker.drain()
+    assert queries.get_instance(chosen)["state"] == "COMPLETED"
+    assert queries.get_instance(chosen)["models"] == {"dark model": "3"}, "the choice stands"
+    assert seen_by_calibrate(chosen)["inputs"]["modelFilenames"] == "dark-3-20240102.txt"
+
+    delivery(receipt / "night-2", 2, capsys, 32)
+    newest = facade.submit("spectra")["id"]
+    worker.drain()
+    assert queries.get_instance(newest)["models"] == {"dark model": "5"}, "Ziggy's: the newest"
+    assert seen_by_calibrate(newest)["inputs"]["modelFilenames"] == "dark-5-20240105.txt"
 
 
 def with_event_handler(ziggy_d: Path) -> None:
