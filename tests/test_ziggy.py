@@ -174,6 +174,78 @@ def test_a_failing_ziggy_step_fails_its_subtask_with_its_exception(
     assert [s["error"] for s in failed] == ["ValueError: frame refused on purpose"]
 
 
+#: A step in another language, as Ziggy runs one: in its subtask directory, judged by its
+#: exit status. Its calibration is a copy (the stack step reads a number either way).
+DESPIKE = """#!/bin/sh
+for science in frame-*.sci; do cp "$science" "${science%.sci}.cal"; done
+"""
+
+
+def executable_step(ziggy_d: Path, bin_dir: Path) -> None:
+    """The calibrate step as an executable named by the step (no ``file``: Ziggy runs the
+    step's name), written to ``bin_dir``."""
+    pipeline = ziggy_d / "spectra-pipeline.xml"
+    pipeline.write_text(
+        pipeline.read_text().replace(
+            '<step name="calibrate" file="optics/steps.py"', '<step name="calibrate"'
+        )
+    )
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "calibrate").write_text(DESPIKE)
+    (bin_dir / "calibrate").chmod(0o755)
+
+
+def test_a_ziggy_executable_step_is_found_on_the_bin_path_and_runs(
+    home: Path,
+    ziggy_d: Path,
+    tmp_path: Path,
+    worker: InProcessWorker,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ziggy's ``ziggy.pipeline.binPath``: colon-separated directories searched in order."""
+    executable_step(ziggy_d, tmp_path / "opt" / "bin")
+    monkeypatch.setenv("PIPELINE_BIN_PATH", f"{tmp_path / 'empty'}:{tmp_path / 'opt' / 'bin'}")
+    result = run_cli(
+        capsys, "definitions", "import", ziggy_d, "--algorithm-path", ziggy_d.parent.parent / "src"
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(run_cli(capsys, "definitions", "show", "spectra", "--json").stdout)
+    calibrate = next(node for node in shown["nodes"] if node["name"] == "calibrate")
+    assert calibrate["algorithm"]["executable"] == str(tmp_path / "opt" / "bin" / "calibrate")
+    deliver_by_hand(home / "datastore")
+
+    instance = facade.submit("spectra")["id"]
+    worker.drain()
+
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
+    calibrated = home / "datastore" / "night-1" / "cal"
+    assert sorted(p.name for p in calibrated.iterdir()) == ["frame-1.cal", "frame-2.cal"]
+    stacked = json.loads((home / "datastore" / "night-1" / "stack" / "stacked.txt").read_text())
+    assert stacked["total"] == 10 + 20
+
+
+def test_a_ziggy_step_on_no_directory_of_the_bin_path_is_refused_naming_them(
+    home: Path,
+    ziggy_d: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    executable_step(ziggy_d, tmp_path / "elsewhere")
+    monkeypatch.setenv("PIPELINE_BIN_PATH", str(tmp_path / "opt" / "bin"))
+    result = run_cli(
+        capsys, "definitions", "import", ziggy_d, "--algorithm-path", ziggy_d.parent.parent / "src"
+    )
+    assert_one_line_error(
+        result,
+        f"step 'calibrate': executable 'calibrate' not found (or not executable) under"
+        f" {ziggy_d.parent.parent / 'src'}, on the bin path ({tmp_path / 'opt' / 'bin'})",
+    )
+    listed = json.loads(run_cli(capsys, "definitions", "list", "--json").stdout)
+    assert "spectra" not in [d["name"] for d in listed], "nothing imported"
+
+
 def test_export_writes_ziggy_xml_that_imports_back_to_the_same_definition(
     home: Path, ziggy_d: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -95,10 +95,10 @@ def import_definitions(
     its files, steps found under ``algorithm_path``), all or nothing; each stored version
     and whether it is new. What Ziggy's files hold that is not acted on goes to
     ``warnings``."""
-    receipt_dir = get_settings().receipt
+    settings = get_settings()
     with transaction() as session:
         imported = definitions.import_files(
-            session, list(paths), algorithm_path, receipt_dir, warnings
+            session, list(paths), algorithm_path, settings.receipt, warnings, settings.bin_dirs
         )
         return [
             {"name": stored.name, "version": stored.version, "new": new} for stored, new in imported
