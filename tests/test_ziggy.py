@@ -714,6 +714,13 @@ def test_a_ziggy_pipeline_event_starts_its_pipeline_for_the_units_that_arrived_o
         ("stack", "night-2"),
     ], "the handler received the deliveries: its instance skips the data-receipt node"
     assert (home / "datastore" / "night-2" / "stack" / "stacked.txt").exists()
+    assert seen_by_calibrate(instance["id"])["inputs"]["algorithmParameters"][
+        "ZiggyEventLabels"
+    ] == {
+        "eventHandlerName": "data-receipt",
+        "eventName": "nightly",
+        "eventLabels": ["sample-1", "sample-2"],
+    }, "Ziggy's event parameter set, every label to every subtask"
 
     again = [receipt / "sample-1.READY.nightly.2", receipt / "sample-2.READY.nightly.2"]
     for path in again:  # ready files written again once the deliveries are received
@@ -729,3 +736,31 @@ def test_a_ziggy_pipeline_event_starts_its_pipeline_for_the_units_that_arrived_o
     assert events.scan() == {"submitted": 1, "failed": 0}, "another manifest: another event"
     newest = max(queries.list_instances(), key=lambda i: i["id"])
     assert newest["units"] == ["night-4"]
+
+
+def test_a_ziggy_ready_file_without_a_label_receives_the_delivery_at_the_top(
+    home: Path, ziggy_d: Path, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ziggy's ``READY.NAME.1``: no label, the delivery is the watched directory's own
+    files and manifest; a label-less event of more ready files, or a label naming a
+    directory outside the watched one, is no event."""
+    with_event_handler(ziggy_d)
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    receipt = home / "receipt"
+    delivery(receipt, 1, capsys, 41)
+    (receipt / "READY.morning.2").touch()
+    (receipt / "...READY.evening.1").touch()
+    assert events.scan() == {"submitted": 0, "failed": 0}, "no event among them"
+    (receipt / "READY.nightly.1").touch()
+
+    assert events.scan() == {"submitted": 1, "failed": 0}
+    [instance] = queries.list_instances()
+    assert instance["units"] == ["night-1"]
+    assert sorted(p.name for p in receipt.iterdir()) == ["...READY.evening.1", "READY.morning.2"]
+    worker.drain()
+
+    assert queries.get_instance(instance["id"])["state"] == "COMPLETED"
+    assert (home / "datastore" / "night-1" / "stack" / "stacked.txt").exists()
+    assert seen_by_calibrate(instance["id"])["inputs"]["algorithmParameters"][
+        "ZiggyEventLabels"
+    ] == {"eventHandlerName": "data-receipt", "eventName": "nightly", "eventLabels": []}

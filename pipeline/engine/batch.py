@@ -38,6 +38,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, object_session
 
 from pipeline.database import transaction
+from pipeline.domain.context import event_fields
 from pipeline.domain.definitions import parse
 from pipeline.domain.lifecycle import EXECUTION_STEPS, Event
 from pipeline.domain.models import (
@@ -301,7 +302,7 @@ def _request(session: Session, task: Task, job: BatchJob) -> ArrayRequest:
             "unit_of_work": task.unit_of_work,
             "node": task.node,
             "models": models,
-            "labels": list((instance.event or {}).get("labels", [])),
+            "event": event_fields(instance.event),
             "task_dir": task.task_dir,
             "subtask_dir_format": taskdir.SUBTASK_DIR_FORMAT,
             "elements": [

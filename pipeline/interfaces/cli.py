@@ -514,7 +514,7 @@ def events_list(args: argparse.Namespace) -> None:
         said = f": {event['message']}" if event["state"] == "failed" else ""
         return (
             f"{event['id']} {event['state']} {event['updated_at']}"
-            f" (labels {', '.join(event['labels'])}{made}){said}"
+            f" ({reads.operations('views').labels_said(event['labels'])}{made}){said}"
         )
 
     table(
