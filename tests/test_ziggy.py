@@ -9,6 +9,7 @@ frame of a night."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -764,3 +765,46 @@ def test_a_ziggy_ready_file_without_a_label_receives_the_delivery_at_the_top(
     assert seen_by_calibrate(instance["id"])["inputs"]["algorithmParameters"][
         "ZiggyEventLabels"
     ] == {"eventHandlerName": "data-receipt", "eventName": "nightly", "eventLabels": []}
+
+
+#: A calibrate step that maps more memory for frame 2 than its node gives a subtask.
+GREEDY = STEPS.replace(
+    '    science, dark = inputs["dataFilenames"]\n',
+    '    science, dark = inputs["dataFilenames"]\n'
+    '    if science == "frame-2.sci":\n'
+    "        bytearray(2 * 2**30)\n",
+)
+
+
+@pytest.mark.parametrize("kind", ["python", "executable"])
+def test_heap_size_gigabytes_limits_the_memory_of_each_subtask(
+    home: Path, ziggy_d: Path, worker: InProcessWorker, kind: str
+) -> None:
+    """Ziggy divides a node's heap among its workers: ``heapSizeGigabytes="3"`` with
+    ``maxWorkers="2"`` lets each subtask map 1.5 GiB; one that asks for 2 GiB fails with
+    its memory error, the other completes."""
+    assert GREEDY != STEPS
+    if kind == "python":
+        (ziggy_d.parent.parent / "src" / "optics" / "steps.py").write_text(GREEDY)
+    else:
+        executable_step(ziggy_d, home / "bin")
+        (home / "bin" / "calibrate").write_text(
+            "#!/bin/sh\n"
+            'for science in frame-*.sci; do cp "$science" "${science%.sci}.cal"; done\n'
+            f'[ "$(ls frame-*.sci)" = frame-2.sci ] && exec {sys.executable} -c'
+            " 'bytearray(2 * 2**30)'\n"
+            "exit 0\n"
+        )
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    deliver_by_hand(home / "datastore")
+
+    instance = facade.submit("spectra")["id"]
+    worker.drain()
+
+    task = next(t for t in queries.list_tasks(instance) if t["node"] == "calibrate")
+    assert task["counts"] == "1/2 (1)"
+    [failed] = [s for s in queries.list_subtasks(task["id"]) if s["state"] == "FAILED"]
+    assert failed["index"] == 1
+    assert "MemoryError" in failed["error"], failed["error"]
+    if kind == "python":
+        assert "heap_size_gigabytes 3 over max_workers 2: 1.5 GiB a subtask" in failed["error"]

@@ -32,6 +32,8 @@ class SubtaskContext:
       parameter_sets: the same values by parameter set (what a Ziggy step is given).
       event_handler: the handler whose event started the instance ("": a person did).
       event_name: that event's NAME (of its ready files ``LABEL.READY.NAME.COUNT``).
+      memory_limit: the bytes the subtask's process may map, and why (the node's
+        ``heap_size_gigabytes``, ``Node.subtask_memory``); None: no limit.
     """
 
     directory: Path
@@ -45,6 +47,7 @@ class SubtaskContext:
     parameter_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
     event_handler: str = ""
     event_name: str = ""
+    memory_limit: tuple[int, str] | None = None
 
     def ziggy_inputs(self) -> dict[str, Any]:
         """The one argument a Ziggy step function is called with, as Ziggy reads it from

@@ -27,7 +27,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
@@ -212,9 +212,11 @@ class Node(_Strict):
     #: ``paired`` is Ziggy's: a subtask per value of the input types' regexp groups, with
     #: one file of each input type (a subtask missing one is left out).
     subtasks: Literal["per_file", "single", "paired"] | Grouped = "per_file"
-    #: Ziggy's per-node limits (``maxWorkers``, ``heapSizeGigabytes``), kept and shown.
+    #: Ziggy's per-node limits: ``maxWorkers``, how many of a task's subtasks run at once
+    #: (``engine.dispatch``); ``heapSizeGigabytes``, the memory of them all, shared evenly
+    #: (``subtask_memory``).
     max_workers: int | None = Field(default=None, gt=0)
-    heap_size_gigabytes: float | None = Field(default=None, gt=0)
+    heap_size_gigabytes: float | None = Field(default=None, gt=0, le=1_000_000)
     parameter_sets: list[str] = Field(default_factory=list)
     #: The model types it uses: the versions its instance pinned at submit.
     models: list[str] = Field(default_factory=list)
@@ -236,6 +238,20 @@ class Node(_Strict):
     @property
     def scope(self) -> str:
         return self.inputs_from or "parents"
+
+    @property
+    def subtask_memory(self) -> tuple[int, str] | None:
+        """The bytes one subtask's process may map, and why, in words: the node's heap
+        (``heap_size_gigabytes``) shared evenly by the ``max_workers`` subtasks that may
+        run at once, as Ziggy divides a node's heap among its workers (all of it without
+        ``max_workers``); None: no limit."""
+        if self.heap_size_gigabytes is None:
+            return None
+        share = self.heap_size_gigabytes / (self.max_workers or 1)
+        said = f"heap_size_gigabytes {self.heap_size_gigabytes:g}"
+        if self.max_workers:
+            said += f" over max_workers {self.max_workers}"
+        return int(share * 2**30), f"{said}: {share:g} GiB a subtask"
 
     @property
     def receives(self) -> bool:
@@ -350,6 +366,12 @@ def load(path: Path, bin_path: Sequence[Path] = ()) -> Definition:
     if not isinstance(raw, dict):
         raise InvalidInput(f"{path}: expected a mapping with name, data_file_types and nodes")
     return validated(path, raw, bin_path)
+
+
+def stored_node(spec: Mapping[str, Any], name: str) -> Node:
+    """Node ``name`` of a stored definition's spec, read alone: what a dispatch needs of a
+    node, without the whole definition parsed."""
+    return Node.model_validate(next(node for node in spec["nodes"] if node["name"] == name))
 
 
 def validated(path: Path, raw: dict[str, Any], bin_path: Sequence[Path] = ()) -> Definition:

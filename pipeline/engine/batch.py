@@ -299,6 +299,7 @@ def _request(session: Session, task: Task, job: BatchJob) -> ArrayRequest:
             "parameters": node_parameters(instance, definition, task.node),
             "parameter_sets": node_parameter_sets(instance, definition, task.node),
             "calls": node.calls,
+            "memory_limit": node.subtask_memory,
             "unit_of_work": task.unit_of_work,
             "node": task.node,
             "models": models,

@@ -83,6 +83,7 @@ def run_element(manifest_path: Path, element: int) -> int:
                 node=manifest["node"],
                 models={k: directory / name for k, name in manifest.get("models", {}).items()},
                 parameter_sets=manifest.get("parameter_sets", {}),
+                memory_limit=runner.limit_read(manifest.get("memory_limit")),
                 **manifest.get("event", {}),
             )
         )

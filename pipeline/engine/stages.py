@@ -575,6 +575,7 @@ def _subtask_runs(
             node=task.node,
             models={kind: directory / name for kind, name in models.items()},
             parameter_sets=by_set,
+            memory_limit=node.subtask_memory,
             **event,
         )
         runs.append(run(context=context, claim=claim, inputs=[*subtask.inputs, *models.values()]))
