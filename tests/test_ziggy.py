@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from pipeline.operations import events, facade, queries
+from pipeline.settings import API_PREFIX
 from tests.support import InProcessWorker, assert_one_line_error, run_cli
 
 DEFINITIONS = """<?xml version="1.0" encoding="UTF-8"?>
@@ -454,6 +456,71 @@ def test_a_partial_parameter_library_overrides_only_what_it_names_once_confirmed
     library.write_text(OVERRIDES.replace('name="fail frame"', 'name="fail frames"'))
     result = run_cli(capsys, "params", "import", library, "--yes")
     assert_one_line_error(result, "parameterSet 'Calibration Settings': no parameter 'fail frames'")
+
+
+def test_parameter_libraries_and_ziggy_exports_over_http_as_the_cli_does(
+    home: Path,
+    ziggy_d: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``POST /parameter-sets/imports`` previews, then applies with ``apply``; the exports
+    answer the CLI's XML; the errors are the CLI's lines, an unknown thing 404."""
+    from tests.test_api import AUTH, app
+
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    with TestClient(app(), base_url=f"http://api{API_PREFIX}", headers=AUTH) as http:
+        over_http(http, tmp_path, capsys)
+
+
+def over_http(http: TestClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    library = tmp_path / "pl-overrides.xml"
+    library.write_text(OVERRIDES)
+    said = [
+        {"name": "Calibration Settings", "action": "updated", "changes": {"fail frame": "frame-2"}}
+    ]
+
+    preview = http.post("/parameter-sets/imports", json={"file": str(library)})
+    assert (preview.status_code, preview.json()) == (200, said)
+    assert values_of(capsys, "Calibration Settings")["fail frame"] == "", (
+        "a preview changes nothing"
+    )
+    applied = http.post("/parameter-sets/imports", json={"file": str(library), "apply": True})
+    assert (applied.status_code, applied.json()) == (200, said)
+    assert values_of(capsys, "Calibration Settings")["fail frame"] == "frame-2"
+
+    exported = http.get("/parameter-sets/export", params={"name": "Calibration Settings"})
+    assert exported.status_code == 200
+    assert exported.headers["content-type"].startswith("application/xml")
+    assert exported.text == run_cli(capsys, "params", "export", "Calibration Settings").stdout
+    everything = http.get("/parameter-sets/export")
+    assert everything.text == run_cli(capsys, "params", "export").stdout
+    definition = http.get("/pipelines/spectra/export", params={"format": "ziggy"})
+    assert definition.status_code == 200
+    assert definition.text == run_cli(capsys, "definitions", "export", "spectra").stdout
+    assert '<pipeline name="spectra"' in definition.text
+
+    library.write_text(OVERRIDES.replace('name="fail frame"', 'name="fail frames"'))
+    missing = str(tmp_path / "none.xml")
+    for request, status, line in [
+        ({"file": str(library), "apply": True}, 422, "no parameter 'fail frames' to override"),
+        ({"file": missing}, 404, f"{missing!r}: no such file"),
+        ({"file": str(tmp_path)}, 422, f"{tmp_path}: not a file"),
+        ({"file": "a\x00b"}, 404, "'a\\x00b': no such file"),
+    ]:  # fmt: skip
+        answer = http.post("/parameter-sets/imports", json=request)
+        assert answer.status_code == status, answer.text
+        assert line in answer.json()["detail"]
+        assert "\n" not in answer.json()["detail"]
+    assert values_of(capsys, "Calibration Settings")["fail frame"] == "frame-2", "nothing changed"
+    cli = run_cli(capsys, "params", "import", library, "--yes")
+    assert_one_line_error(cli, "parameterSet 'Calibration Settings': no parameter 'fail frames'")
+    for url, line in [
+        ("/parameter-sets/export?name=nope", "unknown parameter set 'nope'"),
+        ("/pipelines/nope/export", "unknown pipeline 'nope'"),
+    ]:
+        answer = http.get(url)
+        assert (answer.status_code, answer.json()["detail"][: len(line)]) == (404, line)
 
 
 def with_data_receipt(ziggy_d: Path) -> None:

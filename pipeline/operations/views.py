@@ -504,6 +504,15 @@ class ParameterSetView(TypedDict):
     parameters: list[ParameterView]
 
 
+@with_config(_CLOSED)
+class ParameterSetChange(TypedDict):
+    """What importing a parameter library does, or would do, to one of its sets."""
+
+    name: str
+    action: Literal["created", "updated", "unchanged"]
+    changes: Annotated[dict[str, Any], Field(description="the values it sets, by parameter name")]
+
+
 def parameter_set_view(row: Any) -> ParameterSetView:
     return build(  # type: ignore[no-any-return]
         ParameterSetView,
