@@ -323,7 +323,8 @@ def _request(session: Session, task: Task, job: BatchJob) -> ArrayRequest:
         cores=batch.cores,
         memory_gb=batch.memory_gb,
         walltime=batch.walltime,
-        max_running=batch.max_jobs,
+        # Ziggy's maxWorkers: an element runs its subtasks one after another.
+        max_running=min(filter(None, (batch.max_jobs, node.max_workers)), default=None),
         options=batch.sbatch_options,
     )
 
