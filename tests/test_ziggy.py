@@ -875,3 +875,31 @@ def test_heap_size_gigabytes_limits_the_memory_of_each_subtask(
     assert "MemoryError" in failed["error"], failed["error"]
     if kind == "python":
         assert "heap_size_gigabytes 3 over max_workers 2: 1.5 GiB a subtask" in failed["error"]
+
+
+def test_an_executable_step_started_by_an_event_finds_it_in_its_environment(
+    home: Path, ziggy_d: Path, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a Ziggy step reads in ``ZiggyEventLabels``, an executable reads in
+    ``PIPELINE_EVENT_HANDLER``, ``PIPELINE_EVENT_NAME`` and ``PIPELINE_EVENT_LABELS``."""
+    with_event_handler(ziggy_d)
+    executable_step(ziggy_d, home / "bin")
+    with (home / "bin" / "calibrate").open("a") as script:
+        script.write("env | grep ^PIPELINE_EVENT_ | sort > event.txt\n")
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    receipt = home / "receipt"
+    delivery(receipt / "sample-1", 1, capsys, 51)
+    (receipt / "sample-1.READY.nightly.1").touch()
+
+    assert events.scan() == {"submitted": 1, "failed": 0}
+    [instance] = queries.list_instances()
+    worker.drain()
+
+    assert queries.get_instance(instance["id"])["state"] == "COMPLETED"
+    calibrate = next(t for t in queries.list_tasks(instance["id"]) if t["node"] == "calibrate")
+    task_dir = Path(queries.get_task(calibrate["id"])["task_dir"])
+    assert (task_dir / "st-0" / "event.txt").read_text().splitlines() == [
+        "PIPELINE_EVENT_HANDLER=data-receipt",
+        "PIPELINE_EVENT_LABELS=sample-1",
+        "PIPELINE_EVENT_NAME=nightly",
+    ]

@@ -167,6 +167,8 @@ def _run_executable(
         "PIPELINE_SUBTASK_INDEX": str(ctx.index),
         "PIPELINE_UNIT_OF_WORK": ctx.unit_of_work,
         "PIPELINE_EVENT_LABELS": ",".join(ctx.labels),
+        "PIPELINE_EVENT_HANDLER": ctx.event_handler,
+        "PIPELINE_EVENT_NAME": ctx.event_name,
     }
     with log_path.open("ab") as log:
         try:
