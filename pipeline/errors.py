@@ -4,6 +4,7 @@ An error quotes what it was given through ``shown``: a short prefix, never a who
 (a 10 MB name stays out of the answer and the logs).
 """
 
+from pathlib import Path
 from typing import Any
 
 #: Characters of an input an error message quotes at most.
@@ -60,3 +61,13 @@ class Unreadable(PipelineError):
         super().__init__(f"a stored value cannot be read: {reason}")
         #: What the reader said, in one line.
         self.reason = reason
+
+
+def named_file(file: Path) -> Path:
+    """``file``, a file a command or a request names on this host: one that is not there
+    (a NUL in its name names none) is unknown, a directory no file."""
+    if "\x00" in str(file) or not file.exists():
+        raise NotFound(f"{str(file)[:200]!r}: no such file")
+    if not file.is_file():
+        raise InvalidInput(f"{file}: not a file")
+    return file

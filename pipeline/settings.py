@@ -132,6 +132,14 @@ class Settings(BaseSettings):
         description="where deliveries wait to be received (Ziggy's data receipt directory);"
         " unset: receipt/ under the home",
     )
+    #: ``a:b`` in the environment (as Ziggy's ``ziggy.pipeline.binPath``), a list in
+    #: settings.toml.
+    bin_path: Annotated[list[Path] | None, NoDecode] = Field(
+        default=None,
+        description="directories searched, in order, for an executable a definition names"
+        " without a path (Ziggy's binPath; PATH is searched after them); unset: bin/ under"
+        " the home",
+    )
     workers: int = Field(default=1, ge=1, description="worker processes `cluster start` runs")
     worker_concurrency: int = Field(default=2, ge=1, description="pool size of each worker")
     #: ``a,b`` in the environment (as ``--queues`` takes them), a list in settings.toml.
@@ -228,6 +236,13 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("bin_path", mode="before")
+    @classmethod
+    def _colon_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [entry for entry in value.split(":") if entry.strip()]
         return value
 
     @field_validator("cluster_services")
@@ -327,6 +342,12 @@ class Settings(BaseSettings):
     @property
     def receipt(self) -> Path:
         return (self.receipt_dir or self.home / "receipt").expanduser().absolute()
+
+    @property
+    def bin_dirs(self) -> list[Path]:
+        """The bin path's directories, absolute (``bin_path``, else ``bin/`` under the home)."""
+        given = self.bin_path if self.bin_path is not None else [self.home / "bin"]
+        return [directory.expanduser().absolute() for directory in given]
 
     @property
     def tasks_dir(self) -> Path:

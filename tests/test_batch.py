@@ -29,9 +29,10 @@ BATCH_NODES = ("permuter", "flip")
 
 
 @contextmanager
-def batch_nodes(tmp_path: Path, permuter: str = "") -> Iterator[MemoryBatchSystem]:
-    """The sample as ``sample-batch`` (permuter, its algorithm ``permuter`` if given, and
-    flip with ``executor: slurm``), imported, with an in-memory batch system installed."""
+def batch_nodes(tmp_path: Path, permuter: str = "", **declared: Any) -> Iterator[MemoryBatchSystem]:
+    """The sample as ``sample-batch`` (permuter, its algorithm ``permuter`` if given and
+    what else is ``declared`` of it, and flip with ``executor: slurm``), imported, with an
+    in-memory batch system installed."""
     definition = yaml.safe_load((REPO / "config" / "pipelines" / "sample.yaml").read_text())
     definition["name"] = "sample-batch"
     for node in definition["nodes"]:
@@ -39,6 +40,8 @@ def batch_nodes(tmp_path: Path, permuter: str = "") -> Iterator[MemoryBatchSyste
             node["execution"] = {"executor": "slurm", "batch": {"subtasks_per_job": 3}}
         if node["name"] == "permuter" and permuter:
             node["algorithm"] = permuter
+        if node["name"] == "permuter":
+            node.update(declared)
     path = tmp_path / "sample-batch.yaml"
     path.write_text(yaml.safe_dump(definition))
     facade.import_definitions([path])
@@ -99,6 +102,23 @@ def test_each_task_runs_as_one_job_array_and_the_instance_completes(
         ("averaging", "set-1"): "1/1 (0)",
         ("averaging", "set-2"): "1/1 (0)",
     }
+
+
+def test_max_workers_bounds_the_elements_of_an_array_running_at_once(
+    home: Path, worker: InProcessWorker, tmp_path: Path
+) -> None:
+    """Ziggy's ``maxWorkers`` on a batch system: the array runs at most that many elements
+    at once (``%N``), or ``batch.max_jobs`` when that is fewer."""
+    execution = {"executor": "slurm", "batch": {"subtasks_per_job": 1, "max_jobs": 3}}
+    with batch_nodes(tmp_path, max_workers=2, execution=execution) as system:
+        facade.submit("sample-batch")
+        worker.drain()
+        assert [job.request.max_running for job in system.jobs.values()] == [2, 2]
+    execution["batch"]["max_jobs"] = 1
+    with batch_nodes(tmp_path, max_workers=2, execution=execution) as system:
+        facade.submit("sample-batch")
+        worker.drain()
+        assert {job.request.max_running for job in system.jobs.values()} == {1}
 
 
 def test_a_job_ended_without_outcomes_runs_its_subtasks_again_or_fails_them(

@@ -194,6 +194,32 @@ def test_executable_algorithm_path_is_resolved(database: Path, tmp_path: Path) -
     assert shown["nodes"][0]["algorithm"] == {"executable": str(program), "args": ["--fast"]}
 
 
+def test_an_executable_named_without_a_path_is_found_on_the_bin_path_first(
+    database: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bin path (setting ``bin_path``, by default ``bin/`` under the home) is searched
+    before ``PATH``, as Ziggy searches its ``binPath``; a name on neither is refused."""
+    program = database / "bin" / "tool-on-the-bin-path"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    spec = sample_spec()
+    spec["nodes"][0]["algorithm"] = {"executable": program.name}
+    result = run_cli(capsys, "definitions", "import", write(tmp_path, "sample.yaml", spec))
+    assert result.returncode == 0, result.stderr
+    shown = queries.show_definition("sample")
+    assert shown["nodes"][0]["algorithm"] == {"executable": str(program), "args": []}
+
+    spec["nodes"][0]["algorithm"] = {"executable": "no-such-tool"}
+    result = run_cli(capsys, "definitions", "import", write(tmp_path, "sample.yaml", spec))
+    assert_one_line_error(
+        result,
+        f"nodes.0.algorithm: executable 'no-such-tool' not found on the bin path"
+        f" ({database / 'bin'}) or PATH, or not executable",
+    )
+    assert queries.show_definition("sample")["version"] == 1, "nothing imported"
+
+
 def test_a_bad_pattern_is_refused_by_the_command_in_one_line(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

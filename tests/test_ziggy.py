@@ -9,11 +9,15 @@ frame of a night."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from pipeline.operations import events, facade, queries
+from pipeline.settings import API_PREFIX
 from tests.support import InProcessWorker, assert_one_line_error, run_cli
 
 DEFINITIONS = """<?xml version="1.0" encoding="UTF-8"?>
@@ -171,6 +175,78 @@ def test_a_failing_ziggy_step_fails_its_subtask_with_its_exception(
     assert task["counts"] == "1/2 (1)"
     failed = [s for s in queries.list_subtasks(task["id"]) if s["state"] == "FAILED"]
     assert [s["error"] for s in failed] == ["ValueError: frame refused on purpose"]
+
+
+#: A step in another language, as Ziggy runs one: in its subtask directory, judged by its
+#: exit status. Its calibration is a copy (the stack step reads a number either way).
+DESPIKE = """#!/bin/sh
+for science in frame-*.sci; do cp "$science" "${science%.sci}.cal"; done
+"""
+
+
+def executable_step(ziggy_d: Path, bin_dir: Path) -> None:
+    """The calibrate step as an executable named by the step (no ``file``: Ziggy runs the
+    step's name), written to ``bin_dir``."""
+    pipeline = ziggy_d / "spectra-pipeline.xml"
+    pipeline.write_text(
+        pipeline.read_text().replace(
+            '<step name="calibrate" file="optics/steps.py"', '<step name="calibrate"'
+        )
+    )
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "calibrate").write_text(DESPIKE)
+    (bin_dir / "calibrate").chmod(0o755)
+
+
+def test_a_ziggy_executable_step_is_found_on_the_bin_path_and_runs(
+    home: Path,
+    ziggy_d: Path,
+    tmp_path: Path,
+    worker: InProcessWorker,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ziggy's ``ziggy.pipeline.binPath``: colon-separated directories searched in order."""
+    executable_step(ziggy_d, tmp_path / "opt" / "bin")
+    monkeypatch.setenv("PIPELINE_BIN_PATH", f"{tmp_path / 'empty'}:{tmp_path / 'opt' / 'bin'}")
+    result = run_cli(
+        capsys, "definitions", "import", ziggy_d, "--algorithm-path", ziggy_d.parent.parent / "src"
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(run_cli(capsys, "definitions", "show", "spectra", "--json").stdout)
+    calibrate = next(node for node in shown["nodes"] if node["name"] == "calibrate")
+    assert calibrate["algorithm"]["executable"] == str(tmp_path / "opt" / "bin" / "calibrate")
+    deliver_by_hand(home / "datastore")
+
+    instance = facade.submit("spectra")["id"]
+    worker.drain()
+
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
+    calibrated = home / "datastore" / "night-1" / "cal"
+    assert sorted(p.name for p in calibrated.iterdir()) == ["frame-1.cal", "frame-2.cal"]
+    stacked = json.loads((home / "datastore" / "night-1" / "stack" / "stacked.txt").read_text())
+    assert stacked["total"] == 10 + 20
+
+
+def test_a_ziggy_step_on_no_directory_of_the_bin_path_is_refused_naming_them(
+    home: Path,
+    ziggy_d: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    executable_step(ziggy_d, tmp_path / "elsewhere")
+    monkeypatch.setenv("PIPELINE_BIN_PATH", str(tmp_path / "opt" / "bin"))
+    result = run_cli(
+        capsys, "definitions", "import", ziggy_d, "--algorithm-path", ziggy_d.parent.parent / "src"
+    )
+    assert_one_line_error(
+        result,
+        f"step 'calibrate': executable 'calibrate' not found (or not executable) under"
+        f" {ziggy_d.parent.parent / 'src'}, on the bin path ({tmp_path / 'opt' / 'bin'})",
+    )
+    listed = json.loads(run_cli(capsys, "definitions", "list", "--json").stdout)
+    assert "spectra" not in [d["name"] for d in listed], "nothing imported"
 
 
 def test_export_writes_ziggy_xml_that_imports_back_to_the_same_definition(
@@ -382,6 +458,71 @@ def test_a_partial_parameter_library_overrides_only_what_it_names_once_confirmed
     assert_one_line_error(result, "parameterSet 'Calibration Settings': no parameter 'fail frames'")
 
 
+def test_parameter_libraries_and_ziggy_exports_over_http_as_the_cli_does(
+    home: Path,
+    ziggy_d: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``POST /parameter-sets/imports`` previews, then applies with ``apply``; the exports
+    answer the CLI's XML; the errors are the CLI's lines, an unknown thing 404."""
+    from tests.test_api import AUTH, app
+
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    with TestClient(app(), base_url=f"http://api{API_PREFIX}", headers=AUTH) as http:
+        over_http(http, tmp_path, capsys)
+
+
+def over_http(http: TestClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    library = tmp_path / "pl-overrides.xml"
+    library.write_text(OVERRIDES)
+    said = [
+        {"name": "Calibration Settings", "action": "updated", "changes": {"fail frame": "frame-2"}}
+    ]
+
+    preview = http.post("/parameter-sets/imports", json={"file": str(library)})
+    assert (preview.status_code, preview.json()) == (200, said)
+    assert values_of(capsys, "Calibration Settings")["fail frame"] == "", (
+        "a preview changes nothing"
+    )
+    applied = http.post("/parameter-sets/imports", json={"file": str(library), "apply": True})
+    assert (applied.status_code, applied.json()) == (200, said)
+    assert values_of(capsys, "Calibration Settings")["fail frame"] == "frame-2"
+
+    exported = http.get("/parameter-sets/export", params={"name": "Calibration Settings"})
+    assert exported.status_code == 200
+    assert exported.headers["content-type"].startswith("application/xml")
+    assert exported.text == run_cli(capsys, "params", "export", "Calibration Settings").stdout
+    everything = http.get("/parameter-sets/export")
+    assert everything.text == run_cli(capsys, "params", "export").stdout
+    definition = http.get("/pipelines/spectra/export", params={"format": "ziggy"})
+    assert definition.status_code == 200
+    assert definition.text == run_cli(capsys, "definitions", "export", "spectra").stdout
+    assert '<pipeline name="spectra"' in definition.text
+
+    library.write_text(OVERRIDES.replace('name="fail frame"', 'name="fail frames"'))
+    missing = str(tmp_path / "none.xml")
+    for request, status, line in [
+        ({"file": str(library), "apply": True}, 422, "no parameter 'fail frames' to override"),
+        ({"file": missing}, 404, f"{missing!r}: no such file"),
+        ({"file": str(tmp_path)}, 422, f"{tmp_path}: not a file"),
+        ({"file": "a\x00b"}, 404, "'a\\x00b': no such file"),
+    ]:  # fmt: skip
+        answer = http.post("/parameter-sets/imports", json=request)
+        assert answer.status_code == status, answer.text
+        assert line in answer.json()["detail"]
+        assert "\n" not in answer.json()["detail"]
+    assert values_of(capsys, "Calibration Settings")["fail frame"] == "frame-2", "nothing changed"
+    cli = run_cli(capsys, "params", "import", library, "--yes")
+    assert_one_line_error(cli, "parameterSet 'Calibration Settings': no parameter 'fail frames'")
+    for url, line in [
+        ("/parameter-sets/export?name=nope", "unknown parameter set 'nope'"),
+        ("/pipelines/nope/export", "unknown pipeline 'nope'"),
+    ]:
+        answer = http.get(url)
+        assert (answer.status_code, answer.json()["detail"][: len(line)]) == (404, line)
+
+
 def with_data_receipt(ziggy_d: Path) -> None:
     """The spectra pipeline started by Ziggy's built-in data receipt node."""
     pipeline = ziggy_d / "spectra-pipeline.xml"
@@ -498,11 +639,8 @@ def test_files_and_a_manifest_at_the_top_of_the_receipt_directory_are_one_delive
     assert back == [{"name": "spectra", "version": 1, "new": False}], "imports back the same"
 
 
-def test_a_ziggy_model_type_arrives_with_the_delivery_and_is_pinned_once_received(
-    home: Path, ziggy_d: Path, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Ziggy's rule: an instance that runs data receipt uses the models it received; the
-    model type's version and timestamp groups give the version and time."""
+def with_dark_model(ziggy_d: Path) -> None:
+    """The spectra pipeline's data receipt, and a model type its calibrate node uses."""
     with_data_receipt(ziggy_d)
     datastore_xml = ziggy_d / "spectra-datastore.xml"
     datastore_xml.write_text(
@@ -520,6 +658,21 @@ def test_a_ziggy_model_type_arrives_with_the_delivery_and_is_pinned_once_receive
         )
     )
     facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+
+
+def seen_by_calibrate(instance: int) -> dict[str, Any]:
+    """What the first calibrate subtask of ``instance`` was given (its step wrote it)."""
+    calibrate = next(t for t in queries.list_tasks(instance) if t["node"] == "calibrate")
+    task_dir = Path(queries.get_task(calibrate["id"])["task_dir"])
+    return json.loads((task_dir / "st-0" / "seen.json").read_text())
+
+
+def test_a_ziggy_model_type_arrives_with_the_delivery_and_is_pinned_once_received(
+    home: Path, ziggy_d: Path, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ziggy's rule: an instance that runs data receipt uses the models it received; the
+    model type's version and timestamp groups give the version and time."""
+    with_dark_model(ziggy_d)
     receipt = home / "receipt"
     (receipt / "models").mkdir(parents=True)
     (receipt / "models" / "dark-3-20240102.txt").write_text("dark, version 3")
@@ -536,10 +689,38 @@ def test_a_ziggy_model_type_arrives_with_the_delivery_and_is_pinned_once_receive
         "3",
         "20240102",
     )
-    calibrate = next(t for t in queries.list_tasks(instance) if t["node"] == "calibrate")
-    task_dir = Path(queries.get_task(calibrate["id"])["task_dir"])
-    seen = json.loads((task_dir / "st-0" / "seen.json").read_text())
+    seen = seen_by_calibrate(instance)
     assert seen["inputs"]["modelFilenames"] == "dark-3-20240102.txt", "Ziggy's one-item array"
+
+
+def test_a_model_version_chosen_at_submit_stands_after_the_receipt_brings_a_newer(
+    home: Path, ziggy_d: Path, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--model TYPE=VERSION`` is the operator's word: the data receipt node takes the
+    newest of the types left to it (Ziggy's rule), never over a version chosen."""
+    with_dark_model(ziggy_d)
+    older = home / "dark-3-20240102.txt"
+    older.write_text("dark, version 3")
+    imported = run_cli(capsys, "models", "import", older, "--type", "dark model")
+    assert imported.returncode == 0, imported.stderr
+    receipt = home / "receipt"
+    for night, version in ((1, 4), (2, 5)):
+        models = receipt / f"night-{night}" / "models"
+        models.mkdir(parents=True)
+        (models / f"dark-{version}-2024010{version}.txt").write_text(f"dark, version {version}")
+
+    delivery(receipt / "night-1", 1, capsys, 31)
+    chosen = facade.submit("spectra", models=["dark model=3"])["id"]
+    worker.drain()
+    assert queries.get_instance(chosen)["state"] == "COMPLETED"
+    assert queries.get_instance(chosen)["models"] == {"dark model": "3"}, "the choice stands"
+    assert seen_by_calibrate(chosen)["inputs"]["modelFilenames"] == "dark-3-20240102.txt"
+
+    delivery(receipt / "night-2", 2, capsys, 32)
+    newest = facade.submit("spectra")["id"]
+    worker.drain()
+    assert queries.get_instance(newest)["models"] == {"dark model": "5"}, "Ziggy's: the newest"
+    assert seen_by_calibrate(newest)["inputs"]["modelFilenames"] == "dark-5-20240105.txt"
 
 
 def with_event_handler(ziggy_d: Path) -> None:
@@ -601,6 +782,13 @@ def test_a_ziggy_pipeline_event_starts_its_pipeline_for_the_units_that_arrived_o
         ("stack", "night-2"),
     ], "the handler received the deliveries: its instance skips the data-receipt node"
     assert (home / "datastore" / "night-2" / "stack" / "stacked.txt").exists()
+    assert seen_by_calibrate(instance["id"])["inputs"]["algorithmParameters"][
+        "ZiggyEventLabels"
+    ] == {
+        "eventHandlerName": "data-receipt",
+        "eventName": "nightly",
+        "eventLabels": ["sample-1", "sample-2"],
+    }, "Ziggy's event parameter set, every label to every subtask"
 
     again = [receipt / "sample-1.READY.nightly.2", receipt / "sample-2.READY.nightly.2"]
     for path in again:  # ready files written again once the deliveries are received
@@ -616,3 +804,102 @@ def test_a_ziggy_pipeline_event_starts_its_pipeline_for_the_units_that_arrived_o
     assert events.scan() == {"submitted": 1, "failed": 0}, "another manifest: another event"
     newest = max(queries.list_instances(), key=lambda i: i["id"])
     assert newest["units"] == ["night-4"]
+
+
+def test_a_ziggy_ready_file_without_a_label_receives_the_delivery_at_the_top(
+    home: Path, ziggy_d: Path, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ziggy's ``READY.NAME.1``: no label, the delivery is the watched directory's own
+    files and manifest; a label-less event of more ready files, or a label naming a
+    directory outside the watched one, is no event."""
+    with_event_handler(ziggy_d)
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    receipt = home / "receipt"
+    delivery(receipt, 1, capsys, 41)
+    (receipt / "READY.morning.2").touch()
+    (receipt / "...READY.evening.1").touch()
+    assert events.scan() == {"submitted": 0, "failed": 0}, "no event among them"
+    (receipt / "READY.nightly.1").touch()
+
+    assert events.scan() == {"submitted": 1, "failed": 0}
+    [instance] = queries.list_instances()
+    assert instance["units"] == ["night-1"]
+    assert sorted(p.name for p in receipt.iterdir()) == ["...READY.evening.1", "READY.morning.2"]
+    worker.drain()
+
+    assert queries.get_instance(instance["id"])["state"] == "COMPLETED"
+    assert (home / "datastore" / "night-1" / "stack" / "stacked.txt").exists()
+    assert seen_by_calibrate(instance["id"])["inputs"]["algorithmParameters"][
+        "ZiggyEventLabels"
+    ] == {"eventHandlerName": "data-receipt", "eventName": "nightly", "eventLabels": []}
+
+
+#: A calibrate step that maps more memory for frame 2 than its node gives a subtask.
+GREEDY = STEPS.replace(
+    '    science, dark = inputs["dataFilenames"]\n',
+    '    science, dark = inputs["dataFilenames"]\n'
+    '    if science == "frame-2.sci":\n'
+    "        bytearray(2 * 2**30)\n",
+)
+
+
+@pytest.mark.parametrize("kind", ["python", "executable"])
+def test_heap_size_gigabytes_limits_the_memory_of_each_subtask(
+    home: Path, ziggy_d: Path, worker: InProcessWorker, kind: str
+) -> None:
+    """Ziggy divides a node's heap among its workers: ``heapSizeGigabytes="3"`` with
+    ``maxWorkers="2"`` lets each subtask map 1.5 GiB; one that asks for 2 GiB fails with
+    its memory error, the other completes."""
+    assert GREEDY != STEPS
+    if kind == "python":
+        (ziggy_d.parent.parent / "src" / "optics" / "steps.py").write_text(GREEDY)
+    else:
+        executable_step(ziggy_d, home / "bin")
+        (home / "bin" / "calibrate").write_text(
+            "#!/bin/sh\n"
+            'for science in frame-*.sci; do cp "$science" "${science%.sci}.cal"; done\n'
+            f'[ "$(ls frame-*.sci)" = frame-2.sci ] && exec {sys.executable} -c'
+            " 'bytearray(2 * 2**30)'\n"
+            "exit 0\n"
+        )
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    deliver_by_hand(home / "datastore")
+
+    instance = facade.submit("spectra")["id"]
+    worker.drain()
+
+    task = next(t for t in queries.list_tasks(instance) if t["node"] == "calibrate")
+    assert task["counts"] == "1/2 (1)"
+    [failed] = [s for s in queries.list_subtasks(task["id"]) if s["state"] == "FAILED"]
+    assert failed["index"] == 1
+    assert "MemoryError" in failed["error"], failed["error"]
+    if kind == "python":
+        assert "heap_size_gigabytes 3 over max_workers 2: 1.5 GiB a subtask" in failed["error"]
+
+
+def test_an_executable_step_started_by_an_event_finds_it_in_its_environment(
+    home: Path, ziggy_d: Path, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a Ziggy step reads in ``ZiggyEventLabels``, an executable reads in
+    ``PIPELINE_EVENT_HANDLER``, ``PIPELINE_EVENT_NAME`` and ``PIPELINE_EVENT_LABELS``."""
+    with_event_handler(ziggy_d)
+    executable_step(ziggy_d, home / "bin")
+    with (home / "bin" / "calibrate").open("a") as script:
+        script.write("env | grep ^PIPELINE_EVENT_ | sort > event.txt\n")
+    facade.import_definitions([ziggy_d], [ziggy_d.parent.parent / "src"])
+    receipt = home / "receipt"
+    delivery(receipt / "sample-1", 1, capsys, 51)
+    (receipt / "sample-1.READY.nightly.1").touch()
+
+    assert events.scan() == {"submitted": 1, "failed": 0}
+    [instance] = queries.list_instances()
+    worker.drain()
+
+    assert queries.get_instance(instance["id"])["state"] == "COMPLETED"
+    calibrate = next(t for t in queries.list_tasks(instance["id"]) if t["node"] == "calibrate")
+    task_dir = Path(queries.get_task(calibrate["id"])["task_dir"])
+    assert (task_dir / "st-0" / "event.txt").read_text().splitlines() == [
+        "PIPELINE_EVENT_HANDLER=data-receipt",
+        "PIPELINE_EVENT_LABELS=sample-1",
+        "PIPELINE_EVENT_NAME=nightly",
+    ]

@@ -26,9 +26,8 @@ import importlib.machinery
 import json
 import os
 import re
-import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
@@ -39,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline.domain import parameters, ziggy
+from pipeline.domain import executables, parameters, ziggy
 from pipeline.domain.execution import NAME_PATTERN, ExecutionSettings
 from pipeline.domain.models import EventHandler, ParameterSet, PipelineDefinition, utcnow
 from pipeline.errors import InvalidInput, NotFound, shown
@@ -213,9 +212,11 @@ class Node(_Strict):
     #: ``paired`` is Ziggy's: a subtask per value of the input types' regexp groups, with
     #: one file of each input type (a subtask missing one is left out).
     subtasks: Literal["per_file", "single", "paired"] | Grouped = "per_file"
-    #: Ziggy's per-node limits (``maxWorkers``, ``heapSizeGigabytes``), kept and shown.
+    #: Ziggy's per-node limits: ``maxWorkers``, how many of a task's subtasks run at once
+    #: (``engine.dispatch``); ``heapSizeGigabytes``, the memory of them all, shared evenly
+    #: (``subtask_memory``).
     max_workers: int | None = Field(default=None, gt=0)
-    heap_size_gigabytes: float | None = Field(default=None, gt=0)
+    heap_size_gigabytes: float | None = Field(default=None, gt=0, le=1_000_000)
     parameter_sets: list[str] = Field(default_factory=list)
     #: The model types it uses: the versions its instance pinned at submit.
     models: list[str] = Field(default_factory=list)
@@ -237,6 +238,20 @@ class Node(_Strict):
     @property
     def scope(self) -> str:
         return self.inputs_from or "parents"
+
+    @property
+    def subtask_memory(self) -> tuple[int, str] | None:
+        """The bytes one subtask's process may map, and why, in words: the node's heap
+        (``heap_size_gigabytes``) shared evenly by the ``max_workers`` subtasks that may
+        run at once, as Ziggy divides a node's heap among its workers (all of it without
+        ``max_workers``); None: no limit."""
+        if self.heap_size_gigabytes is None:
+            return None
+        share = self.heap_size_gigabytes / (self.max_workers or 1)
+        said = f"heap_size_gigabytes {self.heap_size_gigabytes:g}"
+        if self.max_workers:
+            said += f" over max_workers {self.max_workers}"
+        return int(share * 2**30), f"{said}: {share:g} GiB a subtask"
 
     @property
     def receives(self) -> bool:
@@ -340,7 +355,7 @@ def _at(loc: str, message: str) -> _Located:
     return _Located(loc, message)
 
 
-def load(path: Path) -> Definition:
+def load(path: Path, bin_path: Sequence[Path] = ()) -> Definition:
     """Parse and validate one definition file; errors name the file, the key and the reason."""
     try:
         raw = yaml.safe_load(path.read_text())
@@ -350,12 +365,19 @@ def load(path: Path) -> Definition:
         raise InvalidInput(f"{path}: not valid YAML ({_first_line(exc)})") from None
     if not isinstance(raw, dict):
         raise InvalidInput(f"{path}: expected a mapping with name, data_file_types and nodes")
-    return validated(path, raw)
+    return validated(path, raw, bin_path)
 
 
-def validated(path: Path, raw: dict[str, Any]) -> Definition:
+def stored_node(spec: Mapping[str, Any], name: str) -> Node:
+    """Node ``name`` of a stored definition's spec, read alone: what a dispatch needs of a
+    node, without the whole definition parsed."""
+    return Node.model_validate(next(node for node in spec["nodes"] if node["name"] == name))
+
+
+def validated(path: Path, raw: dict[str, Any], bin_path: Sequence[Path] = ()) -> Definition:
     """The definition ``raw`` read from ``path`` (YAML, or Ziggy's XML), validated, its
-    code directories, event directories and executables made absolute."""
+    code directories, event directories and executables made absolute (a bare name found
+    on ``bin_path``, then ``PATH``)."""
     try:
         definition = Definition.model_validate(raw)
     except ValidationError as exc:
@@ -367,7 +389,7 @@ def validated(path: Path, raw: dict[str, Any]) -> Definition:
     here = path.absolute().parent
     for handler in definition.events.values():
         handler.directory = str((here / handler.directory).resolve())
-    _resolve_algorithms(path, definition)
+    _resolve_algorithms(path, definition, bin_path)
     return definition
 
 
@@ -400,10 +422,10 @@ def _check_parameters(path: Path, definition: Definition) -> None:
                 raise InvalidInput(f"{path}: parameter_sets.{set_name}.{key}: {exc}") from None
 
 
-def _resolve_algorithms(path: Path, definition: Definition) -> None:
+def _resolve_algorithms(path: Path, definition: Definition, bin_path: Sequence[Path]) -> None:
     """Reject an algorithm that the workers could not find; make an executable's path
     absolute (a path with a ``/`` is relative to the definition file, a bare name is looked
-    up on ``PATH``)."""
+    up on the bin path, then ``PATH``: ``executables``)."""
     for i, node in enumerate(definition.nodes):
         where = f"{path}: nodes.{i}.algorithm"
         if node.receives:
@@ -419,8 +441,8 @@ def _resolve_algorithms(path: Path, definition: Definition) -> None:
             found: str | None = str((path.absolute().parent / program).resolve())
             looked = f"at {found} (relative to the definition file)"
         else:
-            found, looked = shutil.which(program), "on PATH"
-        if not found or not os.access(found, os.X_OK) or not Path(found).is_file():
+            found, looked = executables.find(program, bin_path), executables.searched(bin_path)
+        if not found or not executables.runnable(Path(found)):
             raise InvalidInput(
                 f"{where}: executable {program!r} not found {looked}, or not executable"
             )
@@ -515,22 +537,24 @@ def load_all(
     algorithm_path: Sequence[Path] = (),
     receipt_dir: Path | None = None,
     warnings: list[str] | None = None,
+    bin_path: Sequence[Path] = (),
 ) -> list[tuple[Path, Definition]]:
     """Every definition of these files: YAML files one each; Ziggy's XML files (and the
     ``*.xml`` of a directory, a ``ziggy.d``) read together as one library, a definition
     per ``pipeline`` (see ``ziggy``), steps found under ``algorithm_path`` (by default
-    the first XML file's directory). What Ziggy's files hold that is accepted without
-    being acted on is added to ``warnings``."""
+    the first XML file's directory), executables named without a path then on
+    ``bin_path``. What Ziggy's files hold that is accepted without being acted on is
+    added to ``warnings``."""
     yaml_files = [p for p in paths if not p.is_dir() and p.suffix.lower() != ".xml"]
     xml_files = ziggy.files_of([p for p in paths if p not in yaml_files])
-    loaded = [(path, load(path)) for path in yaml_files]
+    loaded = [(path, load(path, bin_path)) for path in yaml_files]
     for given in paths:
         if given.is_dir() and not any(f.parent == given for f in xml_files):
             raise InvalidInput(f"{given}: a directory of Ziggy definitions holds *.xml files")
     if xml_files:
         where = list(algorithm_path) or [xml_files[0].absolute().parent]
         receipt = receipt_dir or Path("receipt").absolute()
-        specs, library = ziggy.read(xml_files, where, receipt)
+        specs, library = ziggy.read(xml_files, where, receipt, bin_path)
         if not specs:
             raise InvalidInput(
                 f"{xml_files[0]}: no <pipeline> in {len(xml_files)} Ziggy file(s)"
@@ -538,7 +562,7 @@ def load_all(
             )
         for spec in specs:
             source = Path(spec.pop("source"))
-            loaded.append((source, validated(source, spec)))
+            loaded.append((source, validated(source, spec, bin_path)))
         if warnings is not None:
             warnings += library.warnings
     return loaded
@@ -550,13 +574,14 @@ def import_files(
     algorithm_path: Sequence[Path] = (),
     receipt_dir: Path | None = None,
     warnings: list[str] | None = None,
+    bin_path: Sequence[Path] = (),
 ) -> list[tuple[PipelineDefinition, bool]]:
     """Import every file, all or nothing; returns each stored version and whether it is new.
 
     Every file is validated, and every parameter set it names must be declared in it
     or exist already, before anything is written (``load_all`` reads them).
     """
-    loaded = load_all(paths, algorithm_path, receipt_dir, warnings)
+    loaded = load_all(paths, algorithm_path, receipt_dir, warnings, bin_path)
     seen: dict[str, Path] = {}
     for path, definition in loaded:
         if definition.name in seen:

@@ -11,7 +11,8 @@ schema is mapped or refused in one line naming it and why; nothing is half-read.
 
 The mapping: a node runs the step of its name (a ``file`` ending ``.py`` is a Python
 module under the algorithm path whose function of the step's name is called with Ziggy's
-inputs dict, ``Node.calls``; anything else an executable found there or on ``PATH``);
+inputs dict, ``Node.calls``; anything else an executable found there, on the bin path
+(Ziggy's ``binPath``) or on ``PATH``, see ``executables``);
 ``childNodeNames`` become the children's ``after``; a pipeline's parameter sets apply to
 every node; a data file type's location names its datastore regexp, which becomes the
 unit-of-work placeholder (``{dataset}/L0``) and whose value limits the units; its
@@ -21,15 +22,15 @@ unit-of-work placeholder (``{dataset}/L0``) and whose value limits the units; it
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
+from pipeline.domain import executables
 from pipeline.errors import InvalidInput
 
 #: Ziggy's node that receives deliveries, built in (no step declares it).
@@ -75,6 +76,8 @@ class Library:
     model_types: dict[str, dict[str, str]] = field(default_factory=dict)
     events: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: Where an executable step is looked for after the algorithm path (Ziggy's binPath).
+    bin_path: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -99,13 +102,17 @@ def files_of(paths: list[Path]) -> list[Path]:
 
 
 def read(
-    paths: list[Path], algorithm_path: list[Path], receipt_dir: Path
+    paths: list[Path],
+    algorithm_path: list[Path],
+    receipt_dir: Path,
+    bin_path: Sequence[Path] = (),
 ) -> tuple[list[dict[str, Any]], Library]:
     """The spec of a definition for each ``pipeline`` of these files, read as one library,
     with the library (its parameter sets and warnings). Steps are looked for under
-    ``algorithm_path`` (a Python module's directory becomes the pipeline's python_path);
-    an event handler's ``${ziggy.pipeline.data.receipt.dir}`` is ``receipt_dir``."""
-    library = Library()
+    ``algorithm_path`` (a Python module's directory becomes the pipeline's python_path),
+    an executable then on ``bin_path`` and ``PATH``; an event handler's
+    ``${ziggy.pipeline.data.receipt.dir}`` is ``receipt_dir``."""
+    library = Library(bin_path=list(bin_path))
     for path in paths:
         _read_file(path, library)
     specs = [
@@ -479,7 +486,7 @@ def _node(
     step = library.steps.get(name)
     if step is None:
         raise InvalidInput(f"{where}: node {name!r}: no step of that name is declared")
-    algorithm, calls = _algorithm(step, algorithm_path, python_path)
+    algorithm, calls = _algorithm(step, algorithm_path, library.bin_path, python_path)
     spec: dict[str, Any] = {
         "name": name,
         "description": step.get("description", ""),
@@ -513,10 +520,11 @@ def _node(
 
 
 def _algorithm(
-    step: dict[str, str], algorithm_path: list[Path], python_path: list[str]
+    step: dict[str, str], algorithm_path: list[Path], bin_path: list[Path], python_path: list[str]
 ) -> tuple[Any, str]:
     """A step's algorithm: a Python module's function of the step's name (called with
-    Ziggy's inputs dict), else an executable, found as Ziggy finds them."""
+    Ziggy's inputs dict), else an executable, found as Ziggy finds them (under the
+    algorithm path, then on the bin path; ``PATH`` last)."""
     name, file = step["name"], step.get("file") or step["name"]
     where = f"{step['source']}: step {name!r}"
     if "\\" in file or Path(file).is_absolute() or ".." in Path(file).parts:
@@ -534,13 +542,13 @@ def _algorithm(
             " step files live)"
         )
     for directory in algorithm_path:
-        candidate = directory / file
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return {"executable": str(candidate.resolve())}, "context"
-    found = shutil.which(file) if "/" not in file else None
+        if executables.runnable(directory / file):
+            return {"executable": str((directory / file).resolve())}, "context"
+    found = executables.find(file, bin_path) if "/" not in file else None
     if found is None:
         raise InvalidInput(
-            f"{where}: executable {file!r} not found (or not executable) under {looked} or on PATH"
+            f"{where}: executable {file!r} not found (or not executable) under {looked},"
+            f" {executables.searched(bin_path)}"
         )
     return {"executable": found}, "context"
 

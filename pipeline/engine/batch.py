@@ -38,6 +38,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, object_session
 
 from pipeline.database import transaction
+from pipeline.domain.context import event_fields
 from pipeline.domain.definitions import parse
 from pipeline.domain.lifecycle import EXECUTION_STEPS, Event
 from pipeline.domain.models import (
@@ -298,10 +299,11 @@ def _request(session: Session, task: Task, job: BatchJob) -> ArrayRequest:
             "parameters": node_parameters(instance, definition, task.node),
             "parameter_sets": node_parameter_sets(instance, definition, task.node),
             "calls": node.calls,
+            "memory_limit": node.subtask_memory,
             "unit_of_work": task.unit_of_work,
             "node": task.node,
             "models": models,
-            "labels": list((instance.event or {}).get("labels", [])),
+            "event": event_fields(instance.event),
             "task_dir": task.task_dir,
             "subtask_dir_format": taskdir.SUBTASK_DIR_FORMAT,
             "elements": [
@@ -321,7 +323,8 @@ def _request(session: Session, task: Task, job: BatchJob) -> ArrayRequest:
         cores=batch.cores,
         memory_gb=batch.memory_gb,
         walltime=batch.walltime,
-        max_running=batch.max_jobs,
+        # Ziggy's maxWorkers: an element runs its subtasks one after another.
+        max_running=min(filter(None, (batch.max_jobs, node.max_workers)), default=None),
         options=batch.sbatch_options,
     )
 

@@ -82,8 +82,9 @@ def run_element(manifest_path: Path, element: int) -> int:
                 unit_of_work=manifest["unit_of_work"],
                 node=manifest["node"],
                 models={k: directory / name for k, name in manifest.get("models", {}).items()},
-                labels=manifest.get("labels", []),
                 parameter_sets=manifest.get("parameter_sets", {}),
+                memory_limit=runner.limit_read(manifest.get("memory_limit")),
+                **manifest.get("event", {}),
             )
         )
     algorithm, timeout, python_path = (manifest[k] for k in ("algorithm", "timeout", "python_path"))

@@ -10,6 +10,7 @@ process that runs tasks names it with ``use_receiver``, so this layer never impo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from pipeline.errors import PipelineError
 #: A manifest's name ends so: Ziggy's XML manifest, or this product's ``sha256sum`` one.
 ZIGGY_MANIFEST_SUFFIX = "-manifest.xml"
 SHA256_MANIFEST_SUFFIX = ".sha256"
+#: An event's ready file: ``LABEL.READY.NAME.COUNT``, or ``READY.NAME.1`` (Ziggy's grammar).
+#: It sits beside the deliveries it announces, never one of their files.
+READY_FILE = re.compile(r"^(?:(?P<label>\S+)\.)?READY\.(?P<name>\S+)\.(?P<count>[0-9]+)$")
 
 #: Receives the delivery in a directory for a pipeline, its files recorded with the
 #: producer's fields (instance, task, attempt, node); the line the task's history keeps.

@@ -6,7 +6,10 @@ queues them; ``pipeline.messaging`` only names and publishes them.
 
 A small task sends a message per subtask; a big one sends batches (``batch_size``); many
 tasks of one instance's node that each queue one subtask (a restart of many small
-tasks) share ``GROUP`` messages.
+tasks) share ``GROUP`` messages. A node's ``max_workers`` (Ziggy's ``maxWorkers``) caps
+how many of a task's subtasks run at once: they go out in at most that many messages,
+each running its subtasks one after another, so no count of running subtasks needs
+keeping (nor mending after a worker dies).
 
 An executor's module offers ``queue_subtasks`` (send the NEW ones out), ``redispatch``
 (send lost ones again), ``alive`` and ``lost`` (what is still out there) and
@@ -16,15 +19,17 @@ An executor's module offers ``queue_subtasks`` (send the NEW ones out), ``redisp
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
+from pipeline.domain.definitions import stored_node
 from pipeline.domain.execution import ExecutionSettings
 from pipeline.domain.lifecycle import Event
-from pipeline.domain.models import Subtask, Task
+from pipeline.domain.models import PipelineInstance, Subtask, Task
 from pipeline.domain.states import SubtaskState
 from pipeline.domain.words import counted
 from pipeline.engine.executors import end_with_none_left, mark_queued
@@ -162,11 +167,14 @@ def subtask_messages(
     rows, counts = [], []
     # Tasks that each queue one subtask, by instance, node and execution settings.
     lone: dict[tuple[int, str, str], tuple[ExecutionSettings, list[list[int]]]] = {}
+    limits = _MaxWorkers(session)
     for task, pairs in queued:
         settings = task.settings
-        planned = plan_messages(
-            task.id, task.attempt, pairs, batch_size(settings, task.total_subtasks)
-        )
+        size = batch_size(settings, task.total_subtasks)
+        most = limits.of(task)
+        if most:  # at most ``most`` messages: that many subtasks at once
+            size = max(size, math.ceil(len(pairs) / most))
+        planned = plan_messages(task.id, task.attempt, pairs, size)
         counts.append(len(planned))
         if len(pairs) == 1 and not settings.batch_size:
             key = (task.instance_id, task.node, json.dumps(task.execution, sort_keys=True))
@@ -191,6 +199,21 @@ def subtask_messages(
             rows,
         )
     return counts
+
+
+class _MaxWorkers:
+    """Each task's node's ``max_workers``, read once per instance and node."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.known: dict[tuple[int, str], int | None] = {}
+
+    def of(self, task: Task) -> int | None:
+        key = (task.instance_id, task.node)
+        if key not in self.known:
+            instance = self.session.get(PipelineInstance, task.instance_id)
+            self.known[key] = stored_node(instance.definition, task.node).max_workers
+        return self.known[key]
 
 
 def _group(

@@ -58,10 +58,11 @@ def pin(
     receiving: bool = False,
 ) -> dict[str, Pin]:
     """The versions an instance running ``nodes`` uses: for each model type they name, the
-    version ``chosen`` gives, else the newest. Refused, naming it, when a chosen type is
-    not used or a version was never received; an instance ``receiving`` (it runs a data
-    receipt node) leaves a type of which none was received unpinned: its delivery may
-    bring one, and its pins are taken again once it is in (Ziggy's rule)."""
+    version ``chosen`` gives (its pin says so: ``chosen``), else the newest. Refused,
+    naming it, when a chosen type is not used or a version was never received; an
+    instance ``receiving`` (it runs a data receipt node) leaves a type of which none was
+    received unpinned: its delivery may bring one, and its pins are taken again once it
+    is in (Ziggy's rule), the versions chosen at submit standing (``chosen_by``)."""
     used = sorted({kind for name in nodes for kind in definition.node(name).models})
     for kind in chosen:
         if kind not in used:
@@ -88,10 +89,16 @@ def pin(
                 raise NotFound(
                     f"model type {kind!r} has no version {shown(chosen[kind])} (newest: {listed})"
                 )
-            pins[kind] = pin_of(named[0])
+            pins[kind] = pin_of(named[0]) | {"chosen": True}
         else:
             pins[kind] = pin_of(known[-1])
     return pins
+
+
+def chosen_by(instance: PipelineInstance) -> dict[str, str]:
+    """The versions ``instance``'s submit chose (``--model TYPE=VERSION``), by type."""
+    pinned = instance.models or {}
+    return {kind: pin["version"] for kind, pin in pinned.items() if pin.get("chosen")}
 
 
 def node_pins(instance: PipelineInstance, node: Node) -> dict[str, Pin]:

@@ -1,11 +1,14 @@
 """The runner: an algorithm run on subtasks, a Python callable or an external executable.
 
 Either runs in a child process with the subtask directory as working directory and
-stdout and stderr going to the subtask's log. A Python callable runs in a child forked
-by the worker's fork server (no interpreter start-up per subtask, and no copy of the
-worker's pages to pay for, see ``pipeline.engine.forkserver``); an executable runs as a
-child process. The supervising process enforces the subtask timeout by killing the child, so a
-hung or crashing algorithm fails its subtask and never takes the worker down with it.
+stdout and stderr going to the subtask's log, its address space capped at the subtask's
+memory limit when its node sets one (``SubtaskContext.memory_limit``: an allocation past
+it fails, a Python step's with ``MemoryError``, rather than the host running out). A
+Python callable runs in a child forked by the worker's fork server (no interpreter
+start-up per subtask, and no copy of the worker's pages to pay for, see
+``pipeline.engine.forkserver``); an executable runs as a child process. The supervising
+process enforces the subtask timeout by killing the child, so a hung or crashing
+algorithm fails its subtask and never takes the worker down with it.
 
 The subtasks of one batch message (``run_many``) share a forked child, which runs them
 one after another: a new child costs milliseconds, more than a short algorithm. A child
@@ -21,6 +24,7 @@ import fcntl
 import json
 import logging
 import os
+import resource
 import select
 import signal
 import subprocess
@@ -33,7 +37,7 @@ from collections import deque
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +167,8 @@ def _run_executable(
         "PIPELINE_SUBTASK_INDEX": str(ctx.index),
         "PIPELINE_UNIT_OF_WORK": ctx.unit_of_work,
         "PIPELINE_EVENT_LABELS": ",".join(ctx.labels),
+        "PIPELINE_EVENT_HANDLER": ctx.event_handler,
+        "PIPELINE_EVENT_NAME": ctx.event_name,
     }
     with log_path.open("ab") as log:
         try:
@@ -173,7 +179,7 @@ def _run_executable(
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
+                preexec_fn=partial(_in_executable, ctx.memory_limit),
             )
         except OSError as exc:
             return SubtaskOutcome(False, f"cannot start {command[0]}: {exc.strerror}")
@@ -199,6 +205,23 @@ def _run_executable(
     if status == 0:
         return SubtaskOutcome(True)
     return SubtaskOutcome(False, _exit_message(status, log_path))
+
+
+def _in_executable(memory_limit: Sequence[Any] | None) -> None:
+    """In an executable's process before it starts: die with the worker, within the
+    subtask's memory."""
+    die_with_parent()
+    limit_memory(memory_limit)
+
+
+def limit_memory(memory_limit: Sequence[Any] | None) -> None:
+    """Cap this process's address space at the subtask's limit (bytes, and why), or put
+    it back at the hard limit for a subtask without one (a kept child runs many)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    wanted = hard
+    if memory_limit is not None:
+        wanted = memory_limit[0] if hard == resource.RLIM_INFINITY else min(memory_limit[0], hard)
+    resource.setrlimit(resource.RLIMIT_AS, (wanted, hard))
 
 
 def die_with_parent() -> None:
@@ -599,8 +622,14 @@ def _context(fields: dict[str, Any]) -> SubtaskContext:
             "directory": Path(fields["directory"]),
             "inputs": [Path(path) for path in fields["inputs"]],
             "models": {kind: Path(path) for kind, path in fields.get("models", {}).items()},
+            "memory_limit": limit_read(fields.get("memory_limit")),
         }
     )
+
+
+def limit_read(memory_limit: Sequence[Any] | None) -> tuple[int, str] | None:
+    """A subtask's memory limit as JSON carried it (a list), as the context holds it."""
+    return None if memory_limit is None else (int(memory_limit[0]), str(memory_limit[1]))
 
 
 def _new_code(known: set[str]) -> list[tuple[str, tuple[int, int] | None]]:
@@ -627,11 +656,17 @@ def _run_one(reference: str, ctx: SubtaskContext, calls: str) -> SubtaskOutcome:
         # its next subtask (fix, then resubmit) without restarting any worker. The import
         # is paid once per child (see ``_Child`` for when one is reused).
         function = resolve_callable(reference)
-        function(ctx.ziggy_inputs() if calls == "ziggy" else ctx)
+        limit_memory(ctx.memory_limit)
+        try:
+            function(ctx.ziggy_inputs() if calls == "ziggy" else ctx)
+        finally:
+            limit_memory(None)
         return SubtaskOutcome(True)
     except BaseException as exc:  # noqa: BLE001 - every failure is the subtask's outcome
         traceback.print_exc()
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if isinstance(exc, MemoryError) and ctx.memory_limit is not None:
+            message = f"{message} (over its memory limit, {ctx.memory_limit[1]})".strip()
         return SubtaskOutcome(
             False, f"{type(exc).__name__}: {message}" if message else type(exc).__name__
         )

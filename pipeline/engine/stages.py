@@ -26,7 +26,7 @@ from sqlalchemy import Row, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.database import retrying, transaction
-from pipeline.domain.context import SubtaskContext
+from pipeline.domain.context import SubtaskContext, event_fields
 from pipeline.domain.definitions import Definition, Node, parse
 from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
@@ -561,7 +561,7 @@ def _subtask_runs(
     )
     runs, task_dir = [], Path(task.task_dir)
     models = {kind: pin["name"] for kind, pin in model_registry.node_pins(instance, node).items()}
-    labels = list((instance.event or {}).get("labels", []))
+    event = event_fields(instance.event)
     for subtask, claim in subtasks:
         directory = taskdir.subtask_dir(task_dir, subtask.index)
         if claim.number > 1 and about_to_run:  # run before: its outputs may be kept bytes now
@@ -574,8 +574,9 @@ def _subtask_runs(
             unit_of_work=task.unit_of_work,
             node=task.node,
             models={kind: directory / name for kind, name in models.items()},
-            labels=labels,
             parameter_sets=by_set,
+            memory_limit=node.subtask_memory,
+            **event,
         )
         runs.append(run(context=context, claim=claim, inputs=[*subtask.inputs, *models.values()]))
     return runs

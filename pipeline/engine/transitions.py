@@ -262,7 +262,8 @@ def _advance(
         if row.state == NodeState.RUNNING and not _unfinished(session, instance.id, name):
             row.state = NodeState.DONE
             if definition.node(name).receives:  # Ziggy's: the models it received are used
-                instance.models = model_registry.pin(session, definition, nodes, {})
+                chosen = model_registry.chosen_by(instance)
+                instance.models = model_registry.pin(session, definition, nodes, chosen)
     graph = definition.graph()
     created: dict[str, list[Task]] = {}
     for name in definition.order():

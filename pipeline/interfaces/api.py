@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
+from pydantic import Field
 from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from pipeline import __version__
@@ -74,6 +75,13 @@ Limit = Annotated[
     int | None,
     Query(ge=1, le=MAX_ID, description=f"at most this many rows; {TOTAL_HEADER} says how many"),
 ]
+
+#: The media type of a Ziggy XML file an export answers with, as the schema declares it.
+XML = "application/xml"
+XML_ANSWER: dict[str, Any] = {
+    "description": "the file",
+    "content": {XML: {"schema": {"type": "string"}}},
+}
 
 health_router = APIRouter()
 router = APIRouter(responses=_errors(400, 401, 422, 500, 503))
@@ -340,10 +348,50 @@ def pipelines() -> list[views.PipelineView]:
     return queries.list_definitions()
 
 
+@router.get(
+    "/pipelines/{name}/export",
+    response_class=Response,
+    responses={**_errors(404), 200: XML_ANSWER},
+)
+def export_definition(
+    name: NamePath,
+    format: Annotated[Literal["ziggy"], Query(description="Ziggy's XML (the only one)")] = "ziggy",
+) -> Response:
+    """A pipeline's newest definition as a Ziggy pipelineDefinition file (as `pipeline
+    definitions export`)."""
+    return Response(facade.export_definition(name), media_type=XML)
+
+
 @router.get("/parameter-sets", response_model=list[views.ParameterSetView])
 def parameter_sets() -> list[views.ParameterSetView]:
     """The newest version of every parameter set."""
     return queries.list_parameter_sets()
+
+
+@router.post(
+    "/parameter-sets/imports",
+    response_model=list[views.ParameterSetChange],
+    responses=_errors(404),
+)
+def import_parameter_library(
+    request: models.ParameterLibraryImport,
+) -> list[views.ParameterSetChange]:
+    """Import a Ziggy parameter library on the API's host, all or nothing: what it does to
+    each set, a preview unless ``apply`` (as `pipeline params import`, `--yes`)."""
+    return facade.import_parameter_library(FilePath(request.file), request.apply)
+
+
+@router.get(
+    "/parameter-sets/export",
+    response_class=Response,
+    responses={**_errors(404), 200: XML_ANSWER},
+)
+def export_parameter_library(
+    name: Annotated[list[Annotated[str, Field(max_length=MAX_NAME_LENGTH)]], Query()] = [],  # noqa: B006 - FastAPI's own default
+) -> Response:
+    """Parameter sets (``name`` repeated; every set, none named) as a Ziggy parameter
+    library file (as `pipeline params export`)."""
+    return Response(facade.export_parameter_library(name), media_type=XML)
 
 
 @router.get("/queues", response_model=list[views.QueueView])

@@ -138,6 +138,14 @@ class ModelImportRequest(_Strict):
     pipeline: Name | None = None
 
 
+class ParameterLibraryImport(_Strict):
+    """A Ziggy parameter library file already on the API's host (as `pipeline params
+    import`): what it would do to each set, done only with ``apply``."""
+
+    file: str = Field(min_length=1, max_length=4096, description="on the API's host")
+    apply: bool = Field(default=False, description="false: a preview, nothing changes")
+
+
 class DeliveryComplete(_Strict):
     """The labels of an event's deliveries: each a directory in the handler's directory."""
 

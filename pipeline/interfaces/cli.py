@@ -240,8 +240,8 @@ def _subtasks_label(subtasks: Any) -> str:
 
 
 def params_import(args: argparse.Namespace) -> None:
-    library = reads.operations("parameter_library")
-    plan = library.import_library(args.file, apply=args.yes)
+    operations = reads.operations()
+    plan = operations.import_parameter_library(args.file, apply=args.yes)
     for item in plan:
         changes = ", ".join(f"{k}={v}" for k, v in item["changes"].items())
         console().print(f"{item['name']}: {item['action']} {changes}".rstrip(), highlight=False)
@@ -251,7 +251,7 @@ def params_import(args: argparse.Namespace) -> None:
         raise InvalidInput("nothing imported: run again with --yes to apply")
     if input("apply? [y/N] ").strip().lower() not in ("y", "yes"):
         raise InvalidInput("nothing imported")
-    library.import_library(args.file, apply=True)
+    operations.import_parameter_library(args.file, apply=True)
     console().print("imported")
 
 
@@ -261,7 +261,7 @@ def _params_import_arguments(command: Parser) -> None:
 
 
 def params_export(args: argparse.Namespace) -> None:
-    sys.stdout.write(reads.operations("parameter_library").export_library(args.names))
+    sys.stdout.write(reads.operations().export_parameter_library(args.names))
 
 
 def params_list(args: argparse.Namespace) -> None:
@@ -514,7 +514,7 @@ def events_list(args: argparse.Namespace) -> None:
         said = f": {event['message']}" if event["state"] == "failed" else ""
         return (
             f"{event['id']} {event['state']} {event['updated_at']}"
-            f" (labels {', '.join(event['labels'])}{made}){said}"
+            f" ({reads.operations('views').labels_said(event['labels'])}{made}){said}"
         )
 
     table(

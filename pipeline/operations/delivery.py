@@ -197,13 +197,23 @@ def receive_waiting(directory: Path, pipeline: str, received_by: Mapping[str, An
     if directory != get_settings().receipt:
         with suppress(OSError):  # not empty: said below
             directory.rmdir()
-    left = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    left = sorted(
+        relative
+        for relative in (p.relative_to(directory).as_posix() for p in directory.rglob("*"))
+        if (directory / relative).is_file() and not _not_delivered(relative)
+    )
     if directory.exists() and left:
         raise InvalidInput(
             f"{directory}: left after the receipt: {', '.join(left[:5])}"
             + (f" and {len(left) - 5} more" if len(left) > 5 else "")
         )
     return said
+
+
+def _not_delivered(relative: str) -> bool:
+    """An event's ready file at the top of a delivery's directory (a top-level delivery
+    shares the handler's directory with them) is no file of the delivery."""
+    return "/" not in relative and deliveries.READY_FILE.match(relative) is not None
 
 
 def _ziggy(manifest: Path) -> bool:
@@ -266,7 +276,8 @@ def _same(row: object, sha256: str, receipt: str) -> bool:
 
 
 def _paths(directory: Path, manifest: Path) -> list[str]:
-    """Every file of the delivery but its manifest and acknowledgement, as relative paths."""
+    """Every file of the delivery but its manifest and acknowledgement, and the ready
+    files beside it (``_not_delivered``), as relative paths."""
     inside = directory.resolve()
     ack = manifest.name[: -len(manifests.SUFFIX)] + manifests.ACK_SUFFIX
     skip = {manifest.name, manifest.name + receipts.ACK_SUFFIX, ack}
@@ -276,7 +287,7 @@ def _paths(directory: Path, manifest: Path) -> list[str]:
         for entry in sorted(names):
             path = Path(folder) / entry
             relative = path.relative_to(directory).as_posix()
-            if relative in skip:
+            if relative in skip or _not_delivered(relative):
                 continue
             if path.is_symlink() and not path.resolve().is_relative_to(inside):
                 raise InvalidInput(f"{relative}: a symbolic link out of {directory}")

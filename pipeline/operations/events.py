@@ -6,9 +6,11 @@ event's: the handler's own name, or any name for a handler alone on its director
 Ziggy's, whose senders name their events). Once all COUNT labels of an event are there,
 it receives the delivery in each ``DIR/LABEL`` (``operations.delivery``, all or
 nothing, checked against its manifest), submits its pipeline for exactly the units of
-work that arrived, the event recorded on the instance and its labels given to the
-algorithm, then removes the ready files. Senders that cannot write files say "delivery
-complete" through the HTTP API instead (``deliver``).
+work that arrived, the event recorded on the instance and its handler, NAME and labels
+given to the algorithm (Ziggy's ``ZiggyEventLabels``), then removes the ready files. As
+Ziggy's, the label may be left out of the only ready file of an event, ``READY.NAME.1``:
+its delivery is the files and manifest at the top of ``DIR``. Senders that cannot write
+files say "delivery complete" through the HTTP API instead (``deliver``).
 
 Once per event, whatever happens: an event is a row keyed by the handler, its NAME, its
 labels and its manifests' bytes, taken by one scan at a time (``claimed_at``; another takes it over
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -38,15 +39,19 @@ from sqlalchemy.orm import Session
 from pipeline.database import transaction
 from pipeline.domain.models import EventHandler, PipelineEvent, PipelineInstance, utcnow
 from pipeline.engine.alerts import ERROR, raise_or_update
+from pipeline.engine.deliveries import READY_FILE
 from pipeline.errors import InvalidInput, NotFound, PipelineError, Refused, shown
 from pipeline.operations.delivery import manifest_of, receive_delivery
-from pipeline.operations.views import EventHandlerView, EventView, pipeline_event_view
+from pipeline.operations.views import (
+    EventHandlerView,
+    EventView,
+    labels_said,
+    pipeline_event_view,
+)
 from pipeline.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-#: A ready file's name: ``LABEL.READY.NAME.COUNT``.
-READY = re.compile(r"^(?P<label>.+)\.READY\.(?P<name>[A-Za-z][A-Za-z0-9_.-]*)\.(?P<count>[0-9]+)$")
 RECEIVING, SUBMITTED, FAILED = "receiving", "submitted", "failed"
 
 
@@ -117,17 +122,23 @@ def list_events(handler: str | None = None, limit: int = 50) -> list[EventView]:
 
 def ready_events(directory: Path, name: str, alone: bool = False) -> list[Ready]:
     """The complete events of handler ``name`` in ``directory``: for each NAME and COUNT,
-    its ready files once there are COUNT of them (labels in name order). NAME is the
-    handler's own, or any when the handler is ``alone`` on its directory."""
-    by_event: dict[tuple[str, int], list[tuple[str, Path]]] = {}
+    its ready files once there are COUNT of them (labels in name order; none for Ziggy's
+    ``READY.NAME.1``). NAME is the handler's own, or any when the handler is ``alone`` on
+    its directory. A ready file without a label in an event of several (Ziggy refuses
+    it), or whose label names no directory inside ``directory`` (``..``), is none."""
+    by_event: dict[tuple[str, int], list[tuple[str | None, Path]]] = {}
     with suppress(FileNotFoundError, NotADirectoryError):
         for path in sorted(directory.iterdir()):
-            found = READY.match(path.name)
-            if found and (alone or found["name"] == name) and int(found["count"]) > 0:
-                event = (found["name"], int(found["count"]))
-                by_event.setdefault(event, []).append((found["label"], path))
+            found = READY_FILE.match(path.name)
+            if not found or not (alone or found["name"] == name) or int(found["count"]) < 1:
+                continue
+            label, count = found["label"], int(found["count"])
+            if label in (".", "..") or (label is None and count > 1):
+                log.warning("event handler %s: %s is no ready file it takes", name, path.name)
+                continue
+            by_event.setdefault((found["name"], count), []).append((label, path))
     return [
-        Ready(event, tuple(label for label, _ in seen), tuple(path for _, path in seen))
+        Ready(event, tuple(label for label, _ in seen if label), tuple(path for _, path in seen))
         for (event, count), seen in sorted(by_event.items())
         if len(seen) >= count
     ]
@@ -186,8 +197,8 @@ def handle(
     with transaction() as session:
         handler = _handler(session, name)
         pipeline, directory = handler.pipeline, Path(handler.directory)
-    deliveries = [directory / label for label in labels]
-    key = _key(name, deliveries, event or name)
+    deliveries = _deliveries(directory, labels)
+    key = _key(name, list(deliveries.values()), event or name)
     touched = max((_mtime(path) for path in ready_files), default=None)
     event_id, state = _claim(name, key, labels, touched)
     if state == SUBMITTED:
@@ -196,18 +207,23 @@ def handle(
         return event_id, ""
     try:
         summary = [
-            _received(event_id, label, delivery, pipeline)
-            for label, delivery in zip(labels, deliveries, strict=True)
+            _received(event_id, label, delivery, pipeline) for label, delivery in deliveries.items()
         ]
         units = sorted({unit for delivery in summary for unit in delivery["units"]})
         if not units:
             raise InvalidInput("the deliveries hold no data file, only models: nothing to run")
-        submit_for(event_id, name, pipeline, labels, summary, units)
+        submit_for(event_id, name, pipeline, labels, summary, units, event or name)
     except (PipelineError, OSError) as exc:
         _fail(event_id, name, labels, exc)
         return event_id, FAILED
     _remove(ready_files)
     return event_id, SUBMITTED
+
+
+def _deliveries(directory: Path, labels: Sequence[str]) -> dict[str, Path]:
+    """Each label's delivery, ``directory/LABEL``; an event without labels (Ziggy's
+    ``READY.NAME.1``) has one, the top of ``directory``, kept under the label ""."""
+    return {label: directory / label for label in labels} or {"": directory}
 
 
 def _received(event_id: int, label: str, delivery: Path, pipeline: str) -> dict[str, Any]:
@@ -242,9 +258,11 @@ def submit_for(
     labels: Sequence[str],
     deliveries: list[dict[str, Any]],
     units: list[str],
+    event_name: str,
 ) -> None:
     """Submit the handler's pipeline for ``units``, the event marked submitted in the same
-    transaction (refused there when another scan submitted it first)."""
+    transaction (refused there when another scan submitted it first); ``event_name`` is
+    the NAME its ready files gave it."""
     from pipeline.operations.submit import submit  # loads the Celery app: only here
 
     def started_by(session: Session, instance: PipelineInstance) -> None:
@@ -258,6 +276,7 @@ def submit_for(
         instance.event = {
             "id": event_id,
             "handler": name,
+            "name": event_name,
             "labels": list(labels),
             "deliveries": deliveries,
         }
@@ -352,7 +371,7 @@ def take_over(
 
 def _fail(event_id: int, name: str, labels: Sequence[str], exc: BaseException) -> None:
     """The event failed: recorded, and an alert; the ready files stay for a person."""
-    message = f"event handler {name}: labels {', '.join(labels)}: {exc}; nothing submitted"
+    message = f"event handler {name}: {labels_said(list(labels))}: {exc}; nothing submitted"
     log.warning(message)
     with transaction() as session:
         event = session.get(PipelineEvent, event_id)

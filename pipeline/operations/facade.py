@@ -19,16 +19,17 @@ from pipeline.database import transaction
 from pipeline.domain import definitions, parameters, ziggy
 from pipeline.domain.limits import check_count, check_id
 from pipeline.domain.models import Alert, PipelineInstance, utcnow
-from pipeline.errors import InvalidInput, NotFound, Refused
+from pipeline.errors import InvalidInput, NotFound, Refused, named_file
 from pipeline.operations import halt as halting
+from pipeline.operations import parameter_library, retention
 from pipeline.operations import restart as restarting
-from pipeline.operations import retention
 from pipeline.operations.modes import MODES, RestartMode, parse_request
 from pipeline.operations.outcomes import Report
 from pipeline.operations.problems import PROBLEMS, problem
 from pipeline.operations.views import (
     AlertView,
     DatastorePruneView,
+    ParameterSetChange,
     ParameterSetView,
     PlannedTaskView,
     SubmitPreview,
@@ -95,10 +96,10 @@ def import_definitions(
     its files, steps found under ``algorithm_path``), all or nothing; each stored version
     and whether it is new. What Ziggy's files hold that is not acted on goes to
     ``warnings``."""
-    receipt_dir = get_settings().receipt
+    settings = get_settings()
     with transaction() as session:
         imported = definitions.import_files(
-            session, list(paths), algorithm_path, receipt_dir, warnings
+            session, list(paths), algorithm_path, settings.receipt, warnings, settings.bin_dirs
         )
         return [
             {"name": stored.name, "version": stored.version, "new": new} for stored, new in imported
@@ -114,6 +115,18 @@ def export_definition(name: str) -> str:
         used = {s for node in spec["nodes"] for s in node["parameter_sets"]}
         sets = {s: parameters.get(session, s).values for s in sorted(used)}
     return ziggy.export(spec, sets)
+
+
+def import_parameter_library(file: Path, apply: bool = False) -> list[ParameterSetChange]:
+    """Import the Ziggy parameter library ``file`` names on this host, all or nothing:
+    what it does to each set (``parameter_library``), done only with ``apply``."""
+    return parameter_library.import_library(named_file(file), apply)
+
+
+def export_parameter_library(names: Sequence[str] = ()) -> str:
+    """The newest version of each named parameter set (every set, none named) as a Ziggy
+    parameter library file; an unknown name is refused."""
+    return parameter_library.export_library(list(names))
 
 
 def set_parameters(

@@ -14,7 +14,7 @@ from pipeline.database import transaction
 from pipeline.domain.definitions import ModelType
 from pipeline.domain.models import Model
 from pipeline.engine import datastore, model_registry
-from pipeline.errors import InvalidInput, NotFound
+from pipeline.errors import named_file
 from pipeline.operations.receipt import agreed
 from pipeline.operations.views import ModelReceipt, ModelView, model_view
 from pipeline.settings import get_settings
@@ -27,10 +27,7 @@ def model_type(session: Session, name: str, pipeline: str | None = None) -> Mode
 
 def import_model(file: Path, kind: str, pipeline: str | None = None) -> ModelReceipt:
     """Receive ``file`` as a version of model type ``kind``: kept forever, by its bytes."""
-    if "\x00" in str(file) or not file.exists():  # a NUL names no file
-        raise NotFound(f"{str(file)[:200]!r}: no such file")
-    if not file.is_file():
-        raise InvalidInput(f"{file}: not a file")
+    named_file(file)
     root = datastore.require(get_settings().datastore)
     with transaction() as session:
         model, new = model_registry.receive(

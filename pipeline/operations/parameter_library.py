@@ -11,7 +11,6 @@ instance used) gets a new version, as ``params set`` does.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -19,9 +18,10 @@ from pipeline.database import transaction
 from pipeline.domain import parameters, ziggy
 from pipeline.domain.models import ParameterSet
 from pipeline.errors import InvalidInput
+from pipeline.operations.views import ParameterSetChange
 
 
-def import_library(path: Path, apply: bool) -> list[dict[str, Any]]:
+def import_library(path: Path, apply: bool) -> list[ParameterSetChange]:
     """What importing the library at ``path`` does to each set (see the module
     docstring), done only with ``apply``."""
     library = ziggy.read_parameter_library(path)
@@ -32,7 +32,7 @@ def import_library(path: Path, apply: bool) -> list[dict[str, Any]]:
     return plan
 
 
-def _import_set(session: Session, path: Path, given: ziggy.ParameterSetXml) -> dict[str, Any]:
+def _import_set(session: Session, path: Path, given: ziggy.ParameterSetXml) -> ParameterSetChange:
     current = parameters.latest(session, given.name)
     where = f"{path}: parameterSet {given.name!r}"
     if current is None:
@@ -41,7 +41,7 @@ def _import_set(session: Session, path: Path, given: ziggy.ParameterSetXml) -> d
         session.add(ParameterSet(name=given.name, version=1, values=given.values))
         session.flush()
         changes = parameters.flat_values(given.values)
-        return {"name": given.name, "action": "created", "changes": changes}
+        return ParameterSetChange(name=given.name, action="created", changes=changes)
     if not given.partial and set(given.values) != set(current.values):
         values = given.values
     else:
@@ -60,13 +60,13 @@ def _import_set(session: Session, path: Path, given: ziggy.ParameterSetXml) -> d
         key: decl["value"] for key, decl in values.items() if current.values.get(key) != decl
     }
     if not changes and set(values) == set(current.values):
-        return {"name": given.name, "action": "unchanged", "changes": {}}
+        return ParameterSetChange(name=given.name, action="unchanged", changes={})
     if current.locked:
         session.add(ParameterSet(name=given.name, version=current.version + 1, values=values))
     else:
         current.values = values
     session.flush()
-    return {"name": given.name, "action": "updated", "changes": changes}
+    return ParameterSetChange(name=given.name, action="updated", changes=changes)
 
 
 def export_library(names: list[str]) -> str:

@@ -239,7 +239,13 @@ def event_line(event: dict[str, Any] | None) -> str | None:
     """An instance's event as an operator reads it: ``event 4 of ingest (labels a, b)``."""
     if not event:
         return None
-    return f"event {event['id']} of {event['handler']} (labels {', '.join(event['labels'])})"
+    return f"event {event['id']} of {event['handler']} ({labels_said(event['labels'])})"
+
+
+def labels_said(labels: list[str]) -> str:
+    """An event's labels: ``labels a, b``; none (Ziggy's ``READY.NAME.1``, the delivery at
+    the top of the handler's directory): ``no label``."""
+    return f"labels {', '.join(labels)}" if labels else "no label"
 
 
 # -- tasks -----------------------------------------------------------------------------------
@@ -496,6 +502,15 @@ class ParameterSetView(TypedDict):
     version: int
     locked: bool
     parameters: list[ParameterView]
+
+
+@with_config(_CLOSED)
+class ParameterSetChange(TypedDict):
+    """What importing a parameter library does, or would do, to one of its sets."""
+
+    name: str
+    action: Literal["created", "updated", "unchanged"]
+    changes: Annotated[dict[str, Any], Field(description="the values it sets, by parameter name")]
 
 
 def parameter_set_view(row: Any) -> ParameterSetView:
