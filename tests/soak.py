@@ -133,6 +133,8 @@ class Report:
     #: Restarts accepted, by mode.
     restarts: dict[str, int] = field(default_factory=dict)
     restarts_refused: int = 0
+    #: Each refused restart: its mode and the one line it answered.
+    refusals: list[str] = field(default_factory=list)
     unexplained_alerts: list[str] = field(default_factory=list)
     data_alerts: int = 0
     ledger_rows_checked: int = 0
@@ -316,10 +318,14 @@ class Soak:
     def _restart(self, *what: object, mode: str) -> bool:
         """``pipeline restart`` as an operator types it; whether it was accepted (one
         refused, the broker down or the task moved on meanwhile, is counted)."""
-        result = self.cluster.cli("restart", *what, "--mode", mode, check=False)
+        result = self.cluster.cli("restart", *what, "--mode", mode, "--json", check=False)
         assert "Traceback" not in result.stderr, result.stderr
         if result.returncode:
             self.report.restarts_refused += 1
+            said = result.stderr.strip()  # refused whole (one line), or task by task
+            with suppress(ValueError):
+                said = "; ".join(o["message"] for o in json.loads(result.stdout) if not o["ok"])
+            self.report.refusals.append(f"{mode}: {said}")
             return False
         self.report.restarts[mode] = self.report.restarts.get(mode, 0) + 1
         return True

@@ -57,6 +57,8 @@ def test_the_soak_ends_with_every_invariant_held(
     print(f"soak of {seconds:g} s (seed {seed}):", report.figures())
     for fault in report.faults:
         print(f"  {fault}")
+    for refusal in report.refusals:
+        print(f"  restart refused: {refusal}")
     for alert in report.unexplained_alerts:
         print(f"  alert without a fault: {alert}")
     if written := os.environ.get("SOAK_REPORT"):
