@@ -120,10 +120,27 @@ def test_a_homes_ports_are_chosen_below_the_ephemeral_range() -> None:
 
 
 def test_the_worker_hosts_systemd_unit_is_sound(tmp_path: Path) -> None:
-    """The unit of docs/deployment.md: its command is one `pipeline` accepts, it restarts
-    the worker when it dies and stops it with Celery's warm shutdown; and, where systemd
-    is installed, `systemd-analyze verify` finds nothing wrong with it."""
-    import re
+    """The worker's unit of docs/deployment.md: its command is one `pipeline` accepts, it
+    restarts the worker when it dies and stops it with Celery's warm shutdown; and, where
+    systemd is installed, `systemd-analyze verify` finds nothing wrong with it."""
+    settings = verified_unit("pipeline-worker.service", tmp_path)
+    assert (settings["Restart"], settings["KillSignal"]) == ("on-failure", "SIGTERM")
+
+
+def test_the_central_hosts_systemd_unit_is_sound(tmp_path: Path) -> None:
+    """The cluster's unit: `cluster start` at start and reload (it starts only what is
+    missing), `cluster stop` at stop, staying active once started; each command one that
+    `pipeline` accepts, and the unit verified by systemd where it is installed."""
+    settings = verified_unit("pipeline-cluster.service", tmp_path)
+    assert (settings["Type"], settings["RemainAfterExit"]) == ("oneshot", "yes")
+    assert settings["ExecStart"].endswith("pipeline cluster start")
+    assert settings["ExecReload"] == settings["ExecStart"]
+    assert settings["ExecStop"].endswith("pipeline cluster stop")
+
+
+def verified_unit(name: str, tmp_path: Path) -> dict[str, str]:
+    """The unit ``name`` as docs/deployment.md shows it, by setting, each ``Exec`` command
+    one `pipeline` accepts; verified by `systemd-analyze` where systemd is installed."""
     import shlex
     import shutil
     import subprocess
@@ -131,15 +148,16 @@ def test_the_worker_hosts_systemd_unit_is_sound(tmp_path: Path) -> None:
     from tests.test_docs import cli_accepts
 
     page = (REPO / "docs" / "deployment.md").read_text()
-    [unit] = re.findall(r"```ini file=pipeline-worker.service\n(.*?)```", page, re.S)
+    [unit] = re.findall(rf"```ini file={re.escape(name)}\n(.*?)```", page, re.S)
     settings = dict(
         line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#")
     )
-    command = shlex.split(settings["ExecStart"])
-    assert command[0].endswith("/pipeline") and cli_accepts(command[1:]) is None
-    assert (settings["Restart"], settings["KillSignal"]) == ("on-failure", "SIGTERM")
+    for key in ("ExecStart", "ExecReload", "ExecStop"):
+        if key in settings:
+            command = shlex.split(settings[key])
+            assert command[0].endswith("/pipeline") and cli_accepts(command[1:]) is None, key
     if shutil.which("systemd-analyze") is None:
-        return
+        return settings
     # The unit as a host would have it, its program and environment file made to exist.
     program = tmp_path / "pipeline"
     program.write_text("#!/bin/sh\n")
@@ -150,7 +168,7 @@ def test_the_worker_hosts_systemd_unit_is_sound(tmp_path: Path) -> None:
         .replace("/etc/pipeline/worker.env", str(tmp_path / "worker.env"))
         .replace("User=pipeline\nGroup=pipeline\n", "")
     )
-    path = tmp_path / "pipeline-worker.service"
+    path = tmp_path / name
     path.write_text(local)
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(path)],
@@ -161,6 +179,7 @@ def test_the_worker_hosts_systemd_unit_is_sound(tmp_path: Path) -> None:
     problems = [
         line
         for line in (result.stdout + result.stderr).splitlines()
-        if "pipeline-worker.service" in line and "not running as PID 1" not in line
+        if name in line and "not running as PID 1" not in line
     ]
     assert not problems, problems
+    return settings

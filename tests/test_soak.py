@@ -1,7 +1,9 @@
-"""The chaos soak (``tests/soak.py``): instances submitted and restarted while workers, a
-pool process, beat, Redis and the HTTP API are killed, the queues dropped and Redis's disk
-filled and freed. Here the short version (each fault once, in ``make test``); ``make soak``
-runs it for ``SOAK_SECONDS`` (600) with faults at random and writes its report.
+"""The chaos soak (``tests/soak.py``): instances submitted, some failing a subtask on
+purpose, and restarted in every restart mode while workers, a pool process, beat, Redis, the
+HTTP API and the supervisor are killed, the queues dropped and Redis's disk filled and
+freed, sometimes two faults at once. Here the short version (each fault once, then two
+pairs at once, in ``make test``); ``make soak`` runs it for ``SOAK_SECONDS`` (600) with
+faults at random and writes its report.
 
 On PostgreSQL, the production database, with the supervisor on: nobody starts anything
 again by hand.
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.operations.modes import MODES
 from tests.soak import KINDS, Soak
 from tests.support import LEASE_SECONDS, PostgresServer, make_cluster, tmpfs
 
@@ -54,6 +57,8 @@ def test_the_soak_ends_with_every_invariant_held(
     print(f"soak of {seconds:g} s (seed {seed}):", report.figures())
     for fault in report.faults:
         print(f"  {fault}")
+    for refusal in report.refusals:
+        print(f"  restart refused: {refusal}")
     for alert in report.unexplained_alerts:
         print(f"  alert without a fault: {alert}")
     if written := os.environ.get("SOAK_REPORT"):
@@ -63,6 +68,9 @@ def test_the_soak_ends_with_every_invariant_held(
     assert {fault.kind for fault in report.faults} == set(KINDS)
     assert figures["faults_recovered"] == figures["faults_injected"], report.faults
     assert figures["faults_alerted"] == figures["faults_injected"], report.faults
+    assert figures["faults_overlapped"] > 0, "faults at once"
+    assert figures["failing_instances"] > 0
+    assert set(report.restarts) == set(MODES), report.restarts
     assert report.unexplained_alerts == [], "alerts without a fault"
     assert report.stored_twice == []
     assert set(report.instances) == {"COMPLETED"}, report.instances

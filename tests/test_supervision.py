@@ -1,21 +1,32 @@
 """Services that come back by themselves: ``cluster start`` runs a supervisor that starts
 again any service of the home that dies, with back-off when it keeps dying, each episode an
-alert cleared once the service runs again; a worker that dies where nothing supervises it
-is an alert of its own ("worker W silent since T"), and one stopped cleanly is none.
+alert cleared once the service runs again; the supervisor killed is started again by beat
+or a worker of the home, an alert too, and ``cluster start`` adopts what still runs rather
+than start it twice; a worker that dies where nothing supervises it is an alert of its own
+("worker W silent since T"), and one stopped cleanly is none.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
+import subprocess
 from typing import Any
 
 import pytest
 
 from pipeline.deploy.cluster import alive
-from tests.support import Cluster, children_of, started_cluster, wait_for
+from tests.support import (
+    Cluster,
+    children_of,
+    home_processes,
+    session_leaders,
+    started_cluster,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("supervision")]
 
@@ -68,6 +79,74 @@ def test_each_service_killed_is_started_again_and_alerted() -> None:
         )
         assert all(row["alive"] for row in cluster.json("cluster", "status"))
         cluster.wait(cluster.submit())
+
+
+def test_a_killed_supervisor_is_started_again_and_alerted_and_supervises() -> None:
+    """kill -9 of the supervisor: beat or a worker of the home sees it gone and starts it
+    again, a warning that says so (cleared once it has run ``stale_after`` seconds); the new
+    supervisor adopts the services still running (one of each) and starts again the next
+    one that dies; ``cluster stop`` then leaves nothing of the home running."""
+    with started_cluster(PIPELINE_CLUSTER_SERVICES="") as cluster:
+        old = cluster.pid("supervisor")
+        cluster.kill("supervisor")
+        new = wait_for(
+            lambda: restarted(cluster, "supervisor", old), what="the supervisor to come back"
+        )
+        said = wait_for(
+            lambda: alerts_of(cluster, f"supervisor (pid {old}) died: started again as pid {new}"),
+            what="the alert of the supervisor's death",
+        )
+        assert said[0]["severity"] == "warning"
+        assert " by beat" in said[0]["message"] or " by worker" in said[0]["message"]
+        kill_and_see_it_back(cluster, "beat")
+        wait_for(lambda: said_cleared(cluster, old), what="the supervisor's alert to clear")
+        assert sorted(leader_names(cluster)) == ["beat", "redis", "supervisor", "worker1"]
+        cluster.stop()
+        assert home_processes(cluster.home) == {}, "no process of the home survives stop"
+
+
+def said_cleared(cluster: Cluster, pid: int) -> bool:
+    return all(a["cleared_at"] for a in alerts_of(cluster, f"supervisor (pid {pid}) died"))
+
+
+def leader_names(cluster: Cluster) -> list[str]:
+    """The service each of the home's session leaders is (one per process ``cluster start``
+    or the supervisor started): two beats would show as two."""
+    words = {
+        "beat.log": "beat",
+        "redis-server": "redis",
+        "pipeline.deploy.supervisor": "supervisor",
+        "worker1.log": "worker1",
+        "worker2.log": "worker2",
+    }
+    return [
+        next(name for word, name in words.items() if word in cmdline)
+        for cmdline in session_leaders(cluster.home)
+    ]
+
+
+def test_cluster_start_adopts_a_service_its_pid_file_lost() -> None:
+    """The supervisor killed between starting beat again and recording its pid leaves beat
+    running under a pid file that names a dead process: the supervisor started again, and
+    ``cluster start`` after it, adopt the running beat instead of starting a second one;
+    ``cluster start`` brings the workers asked for, and ``cluster stop`` stops everything."""
+    with started_cluster(PIPELINE_CLUSTER_SERVICES="") as cluster:
+        beat, supervisor = cluster.pid("beat"), cluster.pid("supervisor")
+        gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True)
+        record = cluster.home / "run" / "beat.pid"
+        cluster.kill("supervisor")
+        record.write_text(json.dumps({**json.loads(record.read_text()), "pid": int(gone.stdout)}))
+        wait_for(lambda: restarted(cluster, "supervisor", supervisor), what="a new supervisor")
+        wait_for(lambda: cluster.pid("beat") == beat, what="the running beat adopted")
+        cluster.start(workers=2)
+        assert sorted(leader_names(cluster)) == [
+            *("beat", "redis", "supervisor", "worker1", "worker2")
+        ]
+        assert cluster.pid("beat") == beat
+        assert all(row["alive"] for row in cluster.json("cluster", "status"))
+        assert not alerts_of(cluster, "beat (pid"), "an adopted service is no death"
+        cluster.stop()
+        assert home_processes(cluster.home) == {}
 
 
 def test_a_service_that_keeps_dying_is_tried_with_back_off_then_comes_back() -> None:

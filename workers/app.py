@@ -17,6 +17,7 @@ from celery import bootsteps
 from celery.signals import beat_init, task_postrun
 from celery.worker.consumer import Consumer as CeleryConsumer
 
+from pipeline.deploy.supervisor import SupervisorWatch
 from pipeline.domain.models import utcnow
 from pipeline.engine import runner
 from pipeline.engine.task_state import HOST
@@ -32,9 +33,10 @@ from workers import chain, operations
 
 
 class WorkerWatch(bootsteps.StartStopStep):
-    """A worker's look at the reconciler's heartbeat, and its own heartbeat, once an
-    interval, on the worker's own timer (no thread: the pool forks new children from this
-    process); a worker that shuts down says so (``worker_liveness``)."""
+    """A worker's look at the reconciler's heartbeat and at the home's supervisor, and its
+    own heartbeat, once an interval, on the worker's own timer (no thread: the pool forks
+    new children from this process); a worker that shuts down says so
+    (``worker_liveness``)."""
 
     requires = {"celery.worker.components:Timer"}
 
@@ -53,6 +55,7 @@ class WorkerWatch(bootsteps.StartStopStep):
         self.timer_entries = [
             worker.timer.call_repeatedly(interval, look, (utcnow(),)),
             worker.timer.call_repeatedly(interval, worker_liveness.beat, (node, HOST)),
+            worker.timer.call_repeatedly(interval, SupervisorWatch(f"worker {node}").look),
         ]
 
     def stop(self, worker: Any) -> None:
@@ -115,6 +118,7 @@ class BeatLoop(threading.Thread):
 def _reconcile_in_beat(**_: Any) -> None:
     settings = get_settings()
     BeatLoop("reconciler", settings.reconcile_interval, ServiceWatch(reconcile).run_once).start()
+    BeatLoop("supervisor watch", settings.reconcile_interval, SupervisorWatch("beat").look).start()
     # The event handlers' directories, looked at on a thread of their own: a large
     # delivery being received never delays the reconciler.
     BeatLoop("event handlers", settings.event_scan_interval, events.scan).start()

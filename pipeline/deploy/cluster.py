@@ -319,7 +319,8 @@ def recorded_services(settings: Settings) -> list[tuple[Service, int]]:
     return found
 
 
-def _read_pid(settings: Settings, name: str) -> tuple[int, tuple[str, ...]] | None:
+def recorded_pid(settings: Settings, name: str) -> tuple[int, tuple[str, ...]] | None:
+    """The pid and the command-line words of service ``name`` its pid file records."""
     try:
         data = json.loads(_pid_file(settings, name).read_text())
         return int(data["pid"]), tuple(data["match"])
@@ -338,7 +339,7 @@ def alive(pid: int, match: tuple[str, ...]) -> bool:
 
 
 def _running_pid(settings: Settings, name: str) -> int | None:
-    found = _read_pid(settings, name)
+    found = recorded_pid(settings, name)
     return found[0] if found and alive(*found) else None
 
 
@@ -526,8 +527,10 @@ def _start_missing(
     """Start the services not running, adding each to ``started`` as it is spawned."""
     waiting = []
     for service in services(settings, workers, worker_queues(settings)):
-        if _running_pid(settings, service.name):
+        if _running_pid(settings, service.name) or adopt(settings, service):
             continue
+        if found := recorded_pid(settings, service.name):
+            kill_leftovers(settings, found[0])
         progress(f"starting {service.name}")
         process = spawn(settings, service)
         started.append(service)
@@ -592,10 +595,14 @@ def spawn(settings: Settings, service: Service) -> subprocess.Popen[bytes]:
         umask=settings.umask,
     )
     output.close()
-    _pid_file(settings, service.name).write_text(
-        json.dumps({"pid": process.pid, "match": service.match, "argv": service.argv})
-    )
+    _record_pid(settings, service, process.pid)
     return process
+
+
+def _record_pid(settings: Settings, service: Service, pid: int) -> None:
+    _pid_file(settings, service.name).write_text(
+        json.dumps({"pid": pid, "match": service.match, "argv": service.argv})
+    )
 
 
 def _wait_ready(settings: Settings, service: Service, process: subprocess.Popen[bytes]) -> None:
@@ -659,9 +666,12 @@ def _stop_services(settings: Settings, listed: list[Service]) -> list[str]:
     by a killed parent); Redis last, since the others talk to it while they stop. The names
     of those that had a pid file."""
     stopped = []
+    for service in listed:  # one running under a pid file that lost it is stopped too
+        if recorded_pid(settings, service.name) and not _running_pid(settings, service.name):
+            adopt(settings, service)
     names = [service.name for service in listed]
     ordered = [n for n in names if n != "redis"] + [n for n in names if n == "redis"]
-    running = {n: found for n in ordered if (found := _read_pid(settings, n))}
+    running = {n: found for n in ordered if (found := recorded_pid(settings, n))}
     for last in (False, True):
         targets = {n: f for n, f in running.items() if (n == "redis") == last}
         for found in targets.values():
@@ -685,19 +695,43 @@ def _stop_services(settings: Settings, listed: list[Service]) -> list[str]:
 def group_members(pgid: int, home: Path) -> list[int]:
     """The live processes of process group ``pgid`` that belong to ``home`` (its
     environment names it, or they run inside it): a recycled group id is never signalled."""
+    return [pid for pid, fields in _home_processes(home) if int(fields[2]) == pgid]
+
+
+def _home_processes(home: Path) -> Iterator[tuple[int, list[str]]]:
+    """The live processes that belong to ``home`` (see ``group_members``), each with the
+    fields of its ``/proc/PID/stat`` after the command name (state, parent, group, session)."""
     wanted = f"PIPELINE_HOME={home}".encode()
-    members = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         with suppress(OSError, IndexError, ValueError):
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) != pgid or fields[0] == "Z":
+            if fields[0] == "Z":
                 continue
             environ = (proc / "environ").read_bytes().split(b"\0")
             if wanted in environ or Path(os.readlink(proc / "cwd")).is_relative_to(home):
-                members.append(int(proc.name))
-    return members
+                yield int(proc.name), fields
+
+
+def adopt(settings: Settings, service: Service) -> int | None:
+    """A process of the home that runs ``service`` though its pid file names another (a
+    start or the supervisor killed between starting it and recording it): recorded as the
+    service, so it is not started twice (two beats). Only the leader of its own session
+    counts: each service leads one, and a worker's pool children share their parent's."""
+    for pid, fields in _home_processes(settings.home):
+        if int(fields[3]) == pid and alive(pid, service.match):
+            _record_pid(settings, service, pid)
+            return pid
+    return None
+
+
+def kill_leftovers(settings: Settings, pid: int) -> None:
+    """Kill what is left of a dead service's process group (a killed worker's pool): the
+    reconciler dispatches again the work it held."""
+    for leftover in group_members(pid, settings.home):
+        with suppress(ProcessLookupError):
+            os.kill(leftover, signal.SIGKILL)
 
 
 def _started_workers(settings: Settings) -> int:
@@ -719,7 +753,7 @@ def status(workers: int | None = None) -> list[dict[str, Any]]:
     count = max(workers or 0, _started_workers(settings))
     rows = []
     for service in services(settings, count, every=True):
-        found = _read_pid(settings, service.name)
+        found = recorded_pid(settings, service.name)
         if not found and not _chosen(settings, service.name):
             continue  # neither run by this home nor left running
         rows.append(

@@ -15,6 +15,12 @@ of cause ``process:NAME@HOST``: a warning that says how it died and its new pid,
 once it keeps dying at start, cleared when it runs again. An alert that cannot be written
 (the database down) is in the supervisor's log (``logs/supervisor.log``).
 
+The supervisor itself is watched by beat and by every worker of the home, once an
+interval (``SupervisorWatch``): one killed is started again by the first of them to see it,
+an alert of cause ``process:supervisor@HOST`` that says by whom, cleared once the new one
+has run ``stale_after`` seconds. It adopts the services still running (their pid files say
+which) and starts again those that died meanwhile.
+
 Run as ``python -m pipeline.deploy.supervisor HOME``; SIGTERM stops it, not the services.
 """
 
@@ -27,19 +33,22 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.database import transaction
 from pipeline.deploy.cluster import (
+    SUPERVISOR,
     Service,
+    adopt,
     alive,
-    group_members,
     home_lock,
+    kill_leftovers,
+    recorded_pid,
     recorded_services,
     spawn,
+    supervisor_service,
 )
 from pipeline.engine import alerts
 from pipeline.engine.task_state import HOST
@@ -85,6 +94,9 @@ class Supervisor:
         self.stable = settings.stale_after
         self.watched: dict[str, Watched] = {}
         self.stopped = threading.Event()
+        self.began = time.monotonic()
+        #: Its own alert (started again by a watcher) is cleared once it has run ``stable``.
+        self.settled = False
 
     def run(self) -> None:
         log.info("%s %s (pid %d)", READY, self.settings.home, os.getpid())
@@ -109,6 +121,9 @@ class Supervisor:
                 del self.watched[gone]
             for service, pid in wanted:
                 self._look(service, pid, now)
+        if not self.settled and now - self.began >= self.stable:
+            self.settled = True
+            self._clear(supervisor_service(self.settings))
 
     def _look(self, service: Service, pid: int, now: float) -> None:
         known = self.watched.get(service.name)
@@ -120,6 +135,12 @@ class Supervisor:
             running = known.process.poll() is None
         else:
             running = alive(pid, service.match)
+            if not running and (adopted := adopt(self.settings, service)):
+                log.info(
+                    "supervisor: %s runs as pid %d, not %d: adopted", service.name, *(adopted, pid)
+                )
+                known = self.watched[service.name] = Watched(adopted, since=now, troubled=True)
+                running = True
         if running:
             if known.troubled and now - known.since >= self.stable:
                 known.troubled, known.quick_deaths, known.restarts = False, 0, 0
@@ -143,9 +164,7 @@ class Supervisor:
         self._start_again(service, known, pid)
 
     def _start_again(self, service: Service, known: Watched, old_pid: int) -> None:
-        for leftover in group_members(old_pid, self.settings.home):
-            with suppress(ProcessLookupError):
-                os.kill(leftover, signal.SIGKILL)
+        kill_leftovers(self.settings, old_pid)
         process = spawn(self.settings, service)
         known.restarts += 1
         known.pid, known.process, known.since = process.pid, process, time.monotonic()
@@ -175,6 +194,53 @@ class Supervisor:
                     log.info("supervisor: %s runs again", service.name)
         except Exception as exc:
             log.error("supervisor: alert not cleared (%s)", exc)
+
+
+class SupervisorWatch:
+    """A look at the home's supervisor, once an interval, from beat and from each worker of
+    the home (``by`` names which): one that died is started again, under the home's lock,
+    unless a process of the home runs it under another pid (then adopted). A home whose
+    supervisor is not recorded (a worker host, ``supervise = false``) is left alone."""
+
+    def __init__(self, by: str) -> None:
+        self.by = by
+        #: The supervisor this process started, awaited so it is never left a zombie.
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def look(self) -> None:
+        """One look, logged rather than raised: the watcher goes on whatever happens."""
+        try:
+            self._look(get_settings())
+        except Exception:
+            log.exception("could not look at the supervisor")
+
+    def _look(self, settings: Settings) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            self.process = None
+        if recorded_pid(settings, SUPERVISOR) is None:
+            return
+        service = supervisor_service(settings)
+        with home_lock(settings, 0) as held:
+            found = recorded_pid(settings, SUPERVISOR) if held else None
+            if found is None or alive(*found) or adopt(settings, service):
+                return
+            try:
+                self.process = spawn(settings, service)
+            except OSError as exc:
+                message = (
+                    f"supervisor (pid {found[0]}) died and {self.by} could not start it again"
+                    f" ({exc}): services that die are not started again; run `pipeline cluster"
+                    f" start` on {HOST}"
+                )
+                alerts.tell(_cause(service), alerts.ERROR, message)
+                return
+        log.warning("%s started the supervisor again as pid %d", self.by, self.process.pid)
+        alerts.tell(
+            _cause(service),
+            alerts.WARNING,
+            f"supervisor (pid {found[0]}) died: started again as pid {self.process.pid} by"
+            f" {self.by}; it starts again the services that died meanwhile",
+        )
 
 
 def backoff(quick_deaths: int) -> float:
