@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.orm import Session, aliased
 
-from pipeline.database import one_of
+from pipeline.database import insert_rows, one_of
 from pipeline.domain.definitions import Definition, Node
 from pipeline.domain.lifecycle import PState
 from pipeline.domain.models import (
@@ -461,7 +461,7 @@ def _make_current(
     for start in range(0, len(chosen), PATHS_PER_QUERY):
         session.execute(
             update(DatastoreFile)
-            .where(DatastoreFile.id.in_(chosen[start : start + PATHS_PER_QUERY]))
+            .where(one_of(session, DatastoreFile.id, chosen[start : start + PATHS_PER_QUERY]))
             .values(superseded_at=None, stored_at=now)
             .execution_options(synchronize_session=False)
         )
@@ -499,7 +499,7 @@ def withdraw_pending(session: Session, root: Path, task_id: int, attempt: int) -
     for start in range(0, len(ids), PATHS_PER_QUERY):
         session.execute(
             delete(DatastoreFile)
-            .where(DatastoreFile.id.in_(ids[start : start + PATHS_PER_QUERY]))
+            .where(one_of(session, DatastoreFile.id, ids[start : start + PATHS_PER_QUERY]))
             .execution_options(synchronize_session=False)
         )
     return len(pending)
@@ -617,11 +617,6 @@ def _insert(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
         row.setdefault("stored_at", now)
         row["superseded_at"] = None if last[row["path"]] == i else now
     # Core, not the ORM's bulk insert: 10,000 rows in 0.13 to 0.19 s rather than 0.22 to 0.32.
-    table = DatastoreFile.__table__
-    ids = (
-        session.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows)
-        .scalars()
-        .all()
-    )
+    ids = insert_rows(session, DatastoreFile.__table__, rows)
     # A path listed twice maps to its later, current, row.
     return {row["path"]: id_ for row, id_ in zip(rows, ids, strict=True)}
