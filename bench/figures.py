@@ -160,12 +160,15 @@ class StateReader:
         )
 
 
-def run_instance(reader: StateReader, pipeline: str, poll: float = STATE_POLL) -> tuple[int, float]:
-    """Submit ``pipeline`` and wait for it to finish; returns its id and the seconds taken."""
+def run_instance(
+    reader: StateReader, pipeline: str, poll: float = STATE_POLL, **options: Any
+) -> tuple[int, float]:
+    """Submit ``pipeline`` (with ``options``: units ...) and wait for it to finish; returns
+    its id and the seconds taken."""
     from pipeline.operations.submit import submit
 
     started = time.perf_counter()
-    instance = submit(pipeline).id
+    instance = submit(pipeline, **options).id
     state = reader.wait_finished(instance, poll)
     elapsed = time.perf_counter() - started
     if state != "COMPLETED":
