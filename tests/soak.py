@@ -243,6 +243,8 @@ class Soak:
             self._operate(kinds)
             # The work goes on before the next fault: a subtask more completes.
             _wait(lambda done=done: self._progress() > done, 60)
+        if "resume-monitoring" not in self.report.restarts:
+            self._resume_monitoring_once()
         self._finish()
         self._check()
         return self.report
@@ -314,6 +316,17 @@ class Soak:
                 if task["p_state"] in EXECUTING and not task["error"]:
                     self._restart(task["id"], mode="resume-monitoring")
                     return
+
+    def _resume_monitoring_once(self) -> None:
+        """Monitoring resumed at least once: a soak whose faults met no executing task (its
+        work had moved on each time) asks it of work still running at the end."""
+
+        def asked() -> bool:
+            self._keep_busy()
+            self._resume_monitoring()
+            return "resume-monitoring" in self.report.restarts
+
+        _wait(asked)
 
     def _restart(self, *what: object, mode: str) -> bool:
         """``pipeline restart`` as an operator types it; whether it was accepted (one
