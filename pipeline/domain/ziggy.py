@@ -744,8 +744,12 @@ def _environment_xml(name: str, environment: dict[str, Any]) -> list[str]:
         given = {"name": item, "description": declared.get("description", "")}
         for written, key in names.items():
             value = declared.get(key)
-            if value is not None:
-                given[written] = str(value).lower() if isinstance(value, bool) else value
+            if isinstance(value, bool):
+                given[written] = str(value).lower()
+            elif isinstance(value, float) and value.is_integer():
+                given[written] = int(value)  # Ziggy's ramGigabytes is an int
+            elif value is not None:
+                given[written] = value
         return given
 
     lines = [f"  <remoteEnvironment{_attrs(ziggy(_ENVIRONMENT, name, environment))}>"]
