@@ -83,7 +83,7 @@ class RemoteEnvironment(_Declared):
         if executor != self.batch_system:
             raise InvalidInput(
                 f"{where} runs on {self.batch_system}, the node on {executor}: set"
-                f" executor={self.batch_system} with batch.environment"
+                f" executor={self.batch_system}, or no environment (batch.environment=)"
             )
         for key in SETTLED:
             if "batch." + key in given:
