@@ -475,7 +475,7 @@ def test_the_cli_lists_remote_environments_and_submits_a_node_onto_one(
     )
     assert_one_line_error(refused, "batch system 'pbs': only slurm is implemented here")
     unknown = run_cli(capsys, "submit", "sample-batch", "--set", "nobody:batch.queue=long")
-    assert_one_line_error(unknown, "node 'nobody': pipeline 'sample-batch' has no such node")
+    assert_one_line_error(unknown, "pipeline 'sample-batch' has no node 'nobody'")
     assert len(queries.list_instances()) == 1
 
 

@@ -85,7 +85,9 @@ class SubmitRequest(_Strict):
         max_length=500,
         description="leave out the units of work whose whole name matches this regexp",
     )
-    execution: dict[Name, ExecutionChanges] = Field(  # type: ignore[valid-type]
+    # Keys unconstrained in the schema (OpenAPI cannot say a key's pattern): a name no
+    # node has is refused as unknown (404), as it is by the CLI.
+    execution: dict[str, ExecutionChanges] = Field(  # type: ignore[valid-type]
         default_factory=dict,
         max_length=1000,
         description="execution settings to change for this instance, by node (frozen with it;"

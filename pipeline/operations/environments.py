@@ -37,12 +37,17 @@ def check_keys(changes: Mapping[str, Any]) -> None:
     """Refuse a key that names no execution setting, in one line naming them all."""
     allowed = changeable()
     for key in changes:
-        if key not in allowed:
+        if key in allowed:
+            continue
+        if str(key).startswith(BATCH_PREFIX):
             raise InvalidInput(
-                f"unknown execution setting {shown(key)} (one of"
-                f" {', '.join(sorted(ExecutionSettings.model_fields))}; or batch.NAME, one of"
+                f"unknown batch setting {shown(key)} (batch.NAME, one of"
                 f" {', '.join(BatchSettings.model_fields)})"
             )
+        raise InvalidInput(
+            f"unknown execution setting {shown(key)} (one of"
+            f" {', '.join(sorted(ExecutionSettings.model_fields))}; or batch.NAME)"
+        )
 
 
 def merged(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,8 +117,8 @@ def node_changes(
     for node, changes in by_node.items():
         if node not in names:
             raise NotFound(
-                f"execution settings of node {shown(node)}: pipeline {definition.name!r} has no"
-                f" such node (one of {', '.join(names)})"
+                f"execution settings: pipeline {definition.name!r} has no node {shown(node)}"
+                f" (one of {', '.join(names)})"
             )
         check_keys(changes)
     return by_node

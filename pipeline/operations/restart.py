@@ -64,7 +64,7 @@ def check_values(changes: Mapping[str, Any]) -> None:
     environment no definition declares: one line naming it."""
     known = {key: value for key, value in changes.items() if key in changeable()}
     environments.merged({}, known)
-    named = known.get(BATCH_PREFIX + "environment")
+    named = known.get(BATCH_PREFIX + "environment") or (known.get("batch") or {}).get("environment")
     if named:
         with transaction() as session:
             environments.find(session, named)
