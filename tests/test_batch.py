@@ -438,6 +438,9 @@ def test_a_restart_may_move_a_task_to_another_queue_of_its_environment(
     worker.drain()
     rerun = list(slurm.jobs.values())[-1].request
     assert (rerun.partition, rerun.cores, rerun.memory_gb) == ("short", 4, 8)
+    pbs = {"batch.environment": "pbs-centre", "batch.architecture": "vax", "batch.queue": "dec"}
+    [refused] = facade.restart([task["id"]], "resubmit", pbs).outcomes
+    assert "batch system 'pbs': only slurm is implemented here" in refused.message
     with pytest.raises(NotFound, match="no remote environment 'elsewhere'"):
         facade.restart([task["id"]], "resubmit", {"batch.environment": "elsewhere"})
 
