@@ -67,11 +67,13 @@ def settled(
     execution: dict[str, Any],
     given: Collection[str],
     frozen: Mapping[str, Any] | None = None,
+    found: dict[str, RemoteEnvironment] | None = None,
 ) -> dict[str, Any]:
     """``execution`` with the remote environment its batch settings name settled into
     them (``RemoteEnvironment.settle``); ``given``: the keys the operator set, ``frozen``:
-    the instance's frozen definition, where the environment is looked for first. Settings
-    that name none drop the architecture and queue, unless ``given`` names them."""
+    the instance's frozen definition, where the environment is looked for first (see
+    ``find``, and ``found``). Settings that name none drop the architecture and queue,
+    unless ``given`` names them."""
     batch = dict(execution["batch"])
     name = batch["environment"]
     if not name:
@@ -79,17 +81,29 @@ def settled(
         if problem:
             raise InvalidInput(problem)
         return {**execution, "batch": {**batch, "architecture": "", "queue": ""}}
-    environment = find(session, name, frozen)
+    environment = find(session, name, frozen, found)
     return {**execution, "batch": environment.settle(name, execution["executor"], batch, given)}
 
 
-def find(session: Session, name: str, frozen: Mapping[str, Any] | None = None) -> RemoteEnvironment:
+def find(
+    session: Session,
+    name: str,
+    frozen: Mapping[str, Any] | None = None,
+    found: dict[str, RemoteEnvironment] | None = None,
+) -> RemoteEnvironment:
     """The remote environment ``name``: the frozen definition's, else the newest
-    definitions' (they must agree on it); ``NotFound`` when none declares it."""
+    definitions' (they must agree on it), kept in ``found`` for the next task of the same
+    request (a restart of many tasks reads the definitions once); ``NotFound`` when none
+    declares it."""
     mine = (frozen or {}).get("remote_environments", {}).get(name)
     if mine is not None:
         return RemoteEnvironment.model_validate(mine)
-    return agreed(session, "remote environment", name, None, _declared_in)
+    if found is not None and name in found:
+        return found[name]
+    environment = agreed(session, "remote environment", name, None, _declared_in)
+    if found is not None:
+        found[name] = environment
+    return environment
 
 
 def _declared_in(definition: Definition) -> Mapping[str, RemoteEnvironment]:

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
+from pipeline.domain.environments import RemoteEnvironment
 from pipeline.domain.execution import BATCH_PREFIX, ExecutionSettings, changeable
 from pipeline.domain.lifecycle import Executor, PState
 from pipeline.domain.limits import MAX_ID, check_id
@@ -99,6 +100,7 @@ def restart(
         states = _subtask_states(session, list(locked))
         below = staleness.downstream_of_each(session, list(locked))
         submitting: list[Task] = []
+        applied = Applied(dry_run, downstream, messages, live, submitting, below)
         # One flush at commit: the per-task subtask UPDATEs need none of the pending rows.
         with session.no_autoflush:
             outcomes = [
@@ -112,7 +114,7 @@ def restart(
                         t,
                         m,
                         changes,
-                        Applied(dry_run, downstream, messages, live, submitting, below),
+                        applied,
                     ),
                 )
                 for task_id, mode in parsed
@@ -189,6 +191,8 @@ class Applied:
     below: dict[int, list[int]]
     #: The code of each (instance, node) as found now, once per request.
     codes: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
+    #: The remote environments found in the newest definitions, once per request.
+    environments: dict[str, RemoteEnvironment] = field(default_factory=dict)
 
 
 def _restart_locked(
@@ -208,7 +212,9 @@ def _restart_locked(
     execution = environments.merged(task.execution, changes)
     if changes:
         given = {*changes, *(BATCH_PREFIX + key for key in changes.get("batch") or {})}
-        execution = environments.settled(session, execution, given, instance.definition)
+        execution = environments.settled(
+            session, execution, given, instance.definition, applied.environments
+        )
     plan = mode.plan(task, states[task_id])
     mode.check_changes(changes)
     definition = instance_definition(instance)
