@@ -7,6 +7,9 @@ export PIPELINE_HOME ?= $(CURDIR)/.pipeline
 # Tests run in parallel processes: most of their time is spent waiting on clusters.
 TEST_PROCESSES ?= 3
 PIPELINE := $(VENV)/bin/pipeline
+# The Debian packages of the services the tests start (tools/install-system-packages.sh
+# installs those missing); the benchmarks start all of them but the browser.
+SERVICE_PACKAGES := redis-server postgresql slurm-wlm munge
 
 .PHONY: demo test test-fast lint stop venv clean bench bench-quick bench-large soak
 
@@ -38,7 +41,7 @@ demo: venv
 	PIPELINE=$(PIPELINE) bash tools/demo.sh
 
 test: venv
-	bash tools/install-system-packages.sh redis-server postgresql chromium slurm-wlm munge
+	bash tools/install-system-packages.sh $(SERVICE_PACKAGES) chromium
 	$(VENV)/bin/pytest -n $(TEST_PROCESSES) --dist loadgroup --no-loadscope-reorder
 
 # No service, no process of the pipeline's: the stages run in the test's own process.
@@ -47,11 +50,11 @@ test-fast: venv
 
 # make bench: the benchmark suite (minutes; not part of make test), see docs/benchmarks.md.
 bench: $(VENV)/.bench-installed $(VENV)/.compiled
-	bash tools/install-system-packages.sh redis-server postgresql
+	bash tools/install-system-packages.sh $(SERVICE_PACKAGES)
 	$(VENV)/bin/python -m bench
 
 bench-quick: $(VENV)/.bench-installed $(VENV)/.compiled
-	bash tools/install-system-packages.sh redis-server postgresql
+	bash tools/install-system-packages.sh $(SERVICE_PACKAGES)
 	$(VENV)/bin/python -m bench --quick
 
 # make bench-large: one instance of 1,000,000 no-op subtasks on PostgreSQL (10 to 15 minutes,

@@ -284,6 +284,12 @@ ERRORS = [
     ("POST", "/tasks/restart", {"tasks": [{"task_id": "{task}", "mode": "resubmit"}], "execution": {"subtask_timeout": True}}, 422, "body.execution.subtask_timeout: Value error, true and false are not numbers"),
     ("POST", "/tasks/restart", {"tasks": [{"task_id": True, "mode": "resubmit"}]}, 422, "body.tasks.0.task_id: Value error, true and false are not numbers"),
     ("POST", "/instances", {"pipeline": "sample", "priority": True}, 422, "body.priority: Value error, true and false are not numbers"),
+    ("POST", "/instances", {"pipeline": "sample", "execution": {"nosuch": {"priority": 1}}}, 404, "execution settings: pipeline 'sample' has no node 'nosuch'"),
+    ("POST", "/instances", {"pipeline": "sample", "execution": {"permuter": {"color": "red"}}}, 422, "unknown execution setting 'color'"),
+    ("POST", "/instances", {"pipeline": "sample", "execution": {"permuter": {"executor": "slurm", "batch.environment": "nowhere"}}}, 404, "no remote environment 'nowhere' in any imported pipeline"),
+    ("POST", "/instances", {"pipeline": "sample", "execution": {"permuter": {"batch.queue": "long"}}}, 422, "batch.queue 'long': a remote environment's queue; name the environment too"),
+    ("POST", "/tasks/restart", {"tasks": [{"task_id": "{task}", "mode": "resubmit"}], "execution": {"batch": {"environment": "nowhere"}}}, 404, "no remote environment 'nowhere' in any imported pipeline"),
+    ("POST", "/tasks/restart", {"tasks": [{"task_id": "{task}", "mode": "resubmit"}], "execution": {"batch.environment": "nowhere"}}, 404, "no remote environment 'nowhere' in any imported pipeline"),
     ("POST", "/instances/{instance}/restart-failed", {"mode": "resubmit", "execution": {"subtask_timeout": -1e400}}, 422, "body.execution.subtask_timeout: Input should be a finite number"),
     ("POST", "/instances/999/restart-failed", {"mode": "resubmit"}, 404, "unknown instance 999"),
     ("POST", "/instances/{instance}/restart-failed", {"mode": "resubmit"}, 409, "instance {instance} has no failed tasks"),
@@ -645,3 +651,31 @@ def test_every_view_refuses_a_field_it_does_not_declare() -> None:
     for name in found:
         schema = TypeAdapter(getattr(views, name)).json_schema()
         assert schema.get("additionalProperties") is False, name
+
+
+def test_a_node_is_sent_to_a_remote_environment_for_one_instance_over_http(
+    home: Path, worker: InProcessWorker, http: TestClient, tmp_path: Path
+) -> None:
+    from tests.test_batch import ENVIRONMENTS, batch_nodes
+
+    with batch_nodes(tmp_path) as system:
+        listed = http.get("/environments")
+        assert listed.status_code == 200
+        assert {e["name"]: e["implemented"] for e in listed.json()} == {
+            "centre": True,
+            "pbs-centre": False,
+        }
+        assert [a["name"] for a in listed.json()[0]["architectures"]] == sorted(
+            ENVIRONMENTS["centre"]["architectures"]
+        )
+        onto = {"batch.environment": "centre", "batch.architecture": "big", "batch.queue": "long"}
+        body = {"pipeline": "sample-batch", "end_node": "permuter", "execution": {"permuter": onto}}
+        reserved = {**onto, "batch.queue": "special"}
+        refused = http.post("/instances", json={**body, "execution": {"permuter": reserved}})
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["detail"].startswith("queue 'special' of remote environment")
+        submitted = http.post("/instances", json=body)
+        assert submitted.status_code == 201, submitted.text
+        worker.drain()
+        [first, *_] = system.jobs.values()
+        assert (first.request.partition, first.request.cores) == ("long", 16)

@@ -5,6 +5,7 @@ same against a real Slurm is ``test_slurm.py``; Slurm's own parsing is tested he
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -18,23 +19,51 @@ from pipeline.engine import batch_system
 from pipeline.engine.batch_memory import MemoryBatchSystem
 from pipeline.engine.batch_system import ArrayRequest
 from pipeline.engine.slurm import elapsed_seconds, parse_squeue_line, sbatch_arguments
-from pipeline.errors import InvalidInput
+from pipeline.errors import InvalidInput, NotFound, Refused
 from pipeline.operations import facade, queries, views
 from pipeline.recovery import reconcile
 from pipeline.settings import reload_settings
-from tests.support import REPO, InProcessWorker
+from tests.support import REPO, InProcessWorker, assert_one_line_error, run_cli
 
 #: The sample, its permuter and flip on the batch system, 3 subtasks per array element.
 BATCH_NODES = ("permuter", "flip")
 
 
+#: Remote environments (Ziggy's), declared with ``sample-batch``: a Slurm centre, and a
+#: PBS one, which imports but runs nothing here.
+ENVIRONMENTS = {
+    "centre": {
+        "batch_system": "slurm",
+        "cost_unit": "SBU",
+        "description": "A Slurm centre",
+        "architectures": {
+            "small": {"description": "Small", "cores": 4, "ram_gigabytes": 8, "cost": 1.5},
+            "big": {"description": "Big", "cores": 16, "ram_gigabytes": 64, "cost": 4},
+        },
+        "queues": {
+            "short": {"description": "Short", "max_wall_time_hours": 2},
+            "long": {"description": "Long", "max_wall_time_hours": 24, "max_nodes": 8},
+            "debug": {"max_wall_time_hours": 1, "auto_selectable": False},
+            "special": {"reserved": True, "auto_selectable": False},
+        },
+    },
+    "pbs-centre": {
+        "batch_system": "pbs",
+        "description": "A PBS centre",
+        "architectures": {"vax": {"cores": 4, "ram_gigabytes": 1, "cost": 1}},
+        "queues": {"dec": {"max_wall_time_hours": 8}},
+    },
+}
+
+
 @contextmanager
 def batch_nodes(tmp_path: Path, permuter: str = "", **declared: Any) -> Iterator[MemoryBatchSystem]:
     """The sample as ``sample-batch`` (permuter, its algorithm ``permuter`` if given and
-    what else is ``declared`` of it, and flip with ``executor: slurm``), imported, with an
-    in-memory batch system installed."""
+    what else is ``declared`` of it, and flip with ``executor: slurm``), with remote
+    environments, imported, with an in-memory batch system installed."""
     definition = yaml.safe_load((REPO / "config" / "pipelines" / "sample.yaml").read_text())
     definition["name"] = "sample-batch"
+    definition["remote_environments"] = ENVIRONMENTS
     for node in definition["nodes"]:
         if node["name"] in BATCH_NODES:
             node["execution"] = {"executor": "slurm", "batch": {"subtasks_per_job": 3}}
@@ -273,6 +302,184 @@ def test_a_restart_previews_its_cost_and_may_change_one_batch_setting(
     assert queries.get_task(task["id"])["execution"]["batch"]["cores"] == 1, "the others kept"
     with pytest.raises(InvalidInput, match="execution setting batch.cores: Input should be"):
         facade.restart([task["id"]], "resubmit", {"batch.cores": "many"}, dry_run=True)
+
+
+#: Permuter on the centre's big nodes in its long queue.
+ON_CENTRE = {
+    "permuter": {
+        "batch.environment": "centre",
+        "batch.architecture": "big",
+        "batch.queue": "long",
+        "batch.walltime": "10:00:00",
+    }
+}
+
+
+def test_a_node_on_a_remote_environment_runs_on_its_queue_and_architecture_at_its_price(
+    slurm: MemoryBatchSystem, worker: InProcessWorker, tmp_path: Path
+) -> None:
+    [estimate, _] = facade.preview_submit("sample-batch", settings=ON_CENTRE)["batch_estimates"]
+    assert (estimate["node"], estimate["partition"]) == ("permuter", "long")
+    assert "cost 5.33 SBU (partition long;" in estimate["text"], "8 x 600 s at 4 SBU a node-hour"
+
+    both = {**ON_CENTRE, "flip": ON_CENTRE["permuter"]}
+    instance = facade.submit("sample-batch", settings=both)["id"]
+    worker.drain()
+    request = next(iter(slurm.jobs.values())).request
+    assert (request.partition, request.cores, request.memory_gb) == ("long", 16, 64)
+    assert request.walltime == "10:00:00"
+    assert request.max_running == 8, "the queue's maxNodes: elements running at once"
+    [task, *_] = queries.list_tasks(instance)
+    batch = queries.get_task(task["id"])["execution"]["batch"]
+    assert {k: batch[k] for k in ("environment", "architecture", "queue")} == {
+        "environment": "centre",
+        "architecture": "big",
+        "queue": "long",
+    }
+    assert (batch["cost_per_node_hour"], batch["cost_unit"]) == (4, "SBU")
+
+    # declared again with bigger nodes: the instance keeps what its submit resolved
+    path = tmp_path / "sample-batch.yaml"
+    definition = yaml.safe_load(path.read_text())
+    definition["remote_environments"]["centre"]["architectures"]["big"]["cores"] = 32
+    path.write_text(yaml.safe_dump(definition))
+    facade.import_definitions([path])
+    run_to_the_end(slurm, worker, instance)
+    flips = [job.request for job in slurm.jobs.values() if "flip" in str(job.request.directory)]
+    assert [r.cores for r in flips] == [16, 16], "flip's tasks, created later, as frozen"
+    jobs = queries.get_task(task["id"])["batch_jobs"]
+    assert [job["cost"] for job in jobs] == [pytest.approx(4 * 120 / 3600)], "4 SBU a node-hour"
+
+
+def test_a_queue_not_named_is_the_shortest_auto_selectable_one_the_walltime_fits(
+    slurm: MemoryBatchSystem, worker: InProcessWorker
+) -> None:
+    chosen = {"permuter": {"batch.environment": "centre", "batch.architecture": "small"}}
+    facade.submit("sample-batch", end_node="permuter", settings=chosen)
+    worker.drain()
+    request = next(iter(slurm.jobs.values())).request
+    assert (request.partition, request.cores, request.memory_gb) == ("short", 4, 8)
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "message"),
+    [
+        (
+            {"batch.walltime": "30:00:00"},
+            InvalidInput,
+            "batch.walltime 30:00:00: over queue 'long''s limit of 24 hours (remote"
+            " environment 'centre')",
+        ),
+        (
+            {"batch.queue": "special"},
+            Refused,
+            "queue 'special' of remote environment 'centre' is reserved",
+        ),
+        (
+            {"batch.environment": "nowhere"},
+            NotFound,
+            "no remote environment 'nowhere' in any imported pipeline",
+        ),
+        (
+            {"batch.architecture": "huge"},
+            NotFound,
+            "remote environment 'centre' has no architecture 'huge' (one of big, small)",
+        ),
+        (
+            {"batch.queue": "never"},
+            NotFound,
+            "remote environment 'centre' has no queue 'never' (one of debug, long, short, special)",
+        ),
+        (
+            {"batch.environment": "pbs-centre", "batch.architecture": "vax", "batch.queue": "dec"},
+            Refused,
+            "remote environment 'pbs-centre' runs on batch system 'pbs': only slurm is"
+            " implemented here",
+        ),
+        (
+            {"batch.cores": "2"},
+            InvalidInput,
+            "batch.cores: set by architecture 'big' of remote environment 'centre'",
+        ),
+        ({"batch.max_jobs": "9"}, InvalidInput, "batch.max_jobs 9: over queue 'long''s"),
+        ({"executor": "celery"}, InvalidInput, "set executor=slurm"),
+    ],
+)
+def test_a_remote_environment_refuses_what_it_cannot_run_in_one_line_and_nothing_starts(
+    slurm: MemoryBatchSystem,
+    settings: dict[str, str],
+    error: type[Exception],
+    message: str,
+) -> None:
+    chosen = {"permuter": {**ON_CENTRE["permuter"], **settings}}
+    for dry_run in (True, False):
+        with pytest.raises(error) as raised:
+            (facade.preview_submit if dry_run else facade.submit)("sample-batch", settings=chosen)
+        assert message in str(raised.value) and "\n" not in str(raised.value)
+    assert queries.list_instances() == [] and slurm.jobs == {}
+
+
+def test_a_restart_may_move_a_task_to_another_queue_of_its_environment(
+    slurm: MemoryBatchSystem, worker: InProcessWorker
+) -> None:
+    facade.set_parameters("algorithm", ["throw_exception_subtask_0=true"])
+    instance = facade.submit("sample-batch", end_node="permuter", settings=ON_CENTRE)["id"]
+    worker.drain()
+    run_to_the_end(slurm, worker, instance)
+    [task, _] = queries.list_tasks(instance)
+
+    [refused] = facade.restart([task["id"]], "resubmit", {"batch.queue": "short"}).outcomes
+    assert not refused.ok
+    assert "batch.walltime 10:00:00: over queue 'short''s limit of 2 hours" in refused.message
+    change = {"batch.queue": "short", "batch.walltime": "01:30:00", "batch.architecture": "small"}
+    [preview] = facade.restart([task["id"]], "resubmit", change, dry_run=True).outcomes
+    assert "cost 0.01 SBU (partition short;" in preview.message, preview.message
+    facade.restart([task["id"]], "resubmit", change)
+    worker.drain()
+    rerun = list(slurm.jobs.values())[-1].request
+    assert (rerun.partition, rerun.cores, rerun.memory_gb) == ("short", 4, 8)
+    pbs = {"batch.environment": "pbs-centre", "batch.architecture": "vax", "batch.queue": "dec"}
+    [refused] = facade.restart([task["id"]], "resubmit", pbs).outcomes
+    assert "batch system 'pbs': only slurm is implemented here" in refused.message
+    with pytest.raises(NotFound, match="no remote environment 'elsewhere'"):
+        facade.restart([task["id"]], "resubmit", {"batch.environment": "elsewhere"})
+
+
+def test_the_cli_lists_remote_environments_and_submits_a_node_onto_one(
+    slurm: MemoryBatchSystem, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listed = run_cli(capsys, "environments", "--json")
+    assert listed.returncode == 0, listed.stderr
+    centre = next(e for e in json.loads(listed.stdout) if e["name"] == "centre")
+    assert (centre["batch_system"], centre["cost_unit"], centre["pipelines"]) == (
+        "slurm",
+        "SBU",
+        ["sample-batch"],
+    )
+    assert next(a for a in centre["architectures"] if a["name"] == "big") == {
+        "name": "big",
+        "description": "Big",
+        "cores": 16,
+        "ram_gigabytes": 64.0,
+        "cost": 4.0,
+        "bandwidth_gbps": None,
+    }
+    assert next(q for q in centre["queues"] if q["name"] == "special")["reserved"] is True
+    table = run_cli(capsys, "environments")
+    assert "pbs-centre" in table.stdout and "big" in table.stdout
+
+    options = [f"--set=permuter:{k}={v}" for k, v in ON_CENTRE["permuter"].items()]
+    submitted = run_cli(capsys, "submit", "sample-batch", "--end-node", "permuter", *options)
+    assert submitted.returncode == 0, submitted.stderr
+    worker.drain()
+    assert next(iter(slurm.jobs.values())).request.partition == "long"
+    refused = run_cli(
+        capsys, "submit", "sample-batch", "--set", "permuter:batch.environment=pbs-centre"
+    )
+    assert_one_line_error(refused, "batch system 'pbs': only slurm is implemented here")
+    unknown = run_cli(capsys, "submit", "sample-batch", "--set", "nobody:batch.queue=long")
+    assert_one_line_error(unknown, "pipeline 'sample-batch' has no node 'nobody'")
+    assert len(queries.list_instances()) == 1
 
 
 # -- Slurm's commands, without a Slurm --------------------------------------------------------

@@ -208,3 +208,15 @@ def test_an_https_api_is_trusted_by_the_settings_ca_file_only(
         finally:
             connection.close()
     assert [seen.path for seen in server.seen] == ["/api/v1/instances", "/api/v1/tasks/1"]
+
+
+def test_a_submit_sends_its_nodes_execution_settings_and_environments_are_listed() -> None:
+    onto = {"permuter": {"executor": "slurm", "batch.environment": "centre"}}
+    with recording() as server, Client(server.url, "secret") as client:
+        client.submit("sample", end_node="permuter", execution=onto, dry_run=True)
+        client.environments()
+    submit, environments = server.seen
+    assert (submit.method, submit.path) == ("POST", "/api/v1/instances")
+    body = json.loads(submit.body)
+    assert (body["execution"], body["end_node"], body["dry_run"]) == (onto, "permuter", True)
+    assert (environments.method, environments.path) == ("GET", "/api/v1/environments")

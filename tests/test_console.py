@@ -150,7 +150,7 @@ def test_preview_then_restart_from_the_task_page(console: Console, worker: InPro
     refused = console.request(
         f"/pipeline/tasks/{TASKS[0]}", {"mode": "resubmit", "setting-queue": "bad queue!"}
     )
-    assert refused.status == 200
+    assert refused.status == 422, "a value the setting cannot take: refused whole"
     [line] = re.findall(r'<div id="result"[^>]*>(.*?)</div>', refused.body, re.S)
     assert "queue" in line and "\n" not in line.strip()
     assert queries.list_tasks(1) == before, "a refused restart changes nothing"
@@ -646,3 +646,79 @@ def test_a_node_on_slurm_shows_its_cost_before_and_its_jobs_after(
         metrics = console.request("/metrics").body
         assert 'pipeline_batch_node_hours_total{partition=""} 0.0666' in metrics
         assert 'pipeline_batch_jobs{state="ENDED"} 2.0' in metrics
+
+
+def test_a_task_on_slurm_is_restarted_from_its_page_with_its_batch_settings_changed(
+    console: Console, worker: InProcessWorker, tmp_path: Path
+) -> None:
+    from tests.test_batch import batch_nodes, run_to_the_end
+
+    with batch_nodes(tmp_path) as system:
+        facade.set_parameters("algorithm", ["throw_exception_subtask_0=true"])
+        instance = facade.submit("sample-batch", end_node="permuter")["id"]
+        worker.drain()
+        run_to_the_end(system, worker, instance)
+        [task, _] = queries.list_tasks(instance)
+        path = f"/pipeline/tasks/{task['id']}"
+        page = console.request(path).body
+        for name in BATCH_FIELDS:
+            assert f'name="setting-batch.{name}"' in page, name
+        on_celery = console.request(f"/pipeline/tasks/{TASKS[0]}").body
+        assert 'name="setting-batch.partition"' not in on_celery, "a task on Celery has none"
+        before = queries.get_task(task["id"])
+
+        centre = {
+            "mode": "resubmit",
+            "setting-batch.environment": "centre",
+            "setting-batch.architecture": "small",
+        }
+        preview = console.request(path, {**centre, "action": "preview"})
+        assert preview.status == 200
+        assert "SBU (partition short;" in text(preview.body), "the centre's queue and price"
+        for bad, status, line in [
+            (
+                {"setting-batch.cores": "many"},
+                422,
+                "execution setting batch.cores: Input should be a valid integer",
+            ),
+            (
+                {"setting-batch.environment": "nowhere"},
+                404,
+                "no remote environment 'nowhere' in any imported pipeline",
+            ),
+            (
+                {**centre, "setting-batch.queue": "short", "setting-batch.walltime": "05:00:00"},
+                422,
+                "batch.walltime 05:00:00: over queue 'short''s limit of 2 hours",
+            ),
+            ({**centre, "setting-batch.queue": "special"}, 409, "queue 'special' of remote"),
+        ]:
+            for action in ("preview", "apply"):
+                fields = {"mode": "resubmit", **bad, "action": action}
+                answer = console.request(path, fields)
+                assert answer.status == status, (fields, answer.status)
+                [result] = re.findall(r'<div id="result"[^>]*>(.*?)</div>', answer.body, re.S)
+                assert line in html.unescape(result) and "\n" not in result.strip(), result
+        after = queries.get_task(task["id"])
+        assert (after["state"], after["execution"]) == (before["state"], before["execution"])
+
+        applied = console.request(path, {**centre, "action": "apply"})
+        assert applied.status == 200
+        worker.drain()
+        rerun = list(system.jobs.values())[-1].request
+        assert (rerun.partition, rerun.cores, rerun.memory_gb) == ("short", 4, 8)
+
+
+#: The batch settings a task on Slurm offers to change on its page.
+BATCH_FIELDS = (
+    "partition",
+    "account",
+    "cores",
+    "memory_gb",
+    "walltime",
+    "max_jobs",
+    "subtasks_per_job",
+    "environment",
+    "architecture",
+    "queue",
+)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +72,21 @@ def on_slurm_node(algorithm: str, **batch: Any) -> dict[str, Any]:
 
 
 def on_slurm(
-    cluster: Cluster, tmp_path: Path, files: int, nodes: dict[str, dict[str, Any]] | None = None
+    cluster: Cluster,
+    tmp_path: Path,
+    files: int,
+    nodes: dict[str, dict[str, Any]] | None = None,
+    environments: dict[str, Any] | None = None,
+    options: Sequence[str] = (),
 ) -> int:
     """Import pipeline ``on-slurm`` (independent ``nodes``, by name, see ``on_slurm_node``;
-    by default ``echo``, 20 subtasks an array element) and ``files`` input files (one
-    subtask each), and submit it; the instance."""
+    by default ``echo``, 20 subtasks an array element; with ``environments`` as its remote
+    environments) and ``files`` input files (one subtask each), and submit it with
+    ``options``; the instance."""
     nodes = nodes or {"echo": on_slurm_node("echo", subtasks_per_job=20)}
     definition = {
         "name": "on-slurm",
+        "remote_environments": environments or {},
         "python_path": [str(REPO)],
         "data_file_types": {
             "number": NUMBER,
@@ -107,7 +114,7 @@ def on_slurm(
     for number in range(files):
         (delivery / f"n{number:03d}.txt").write_text(str(number))
     cluster.cli("datastore", "import", delivery, "--type", "number", "--unit", "u1")
-    return int(cluster.json("submit", "on-slurm")["id"])
+    return int(cluster.json("submit", "on-slurm", *options)["id"])
 
 
 def running(slurm: OneHostSlurm, cluster: Cluster, tmp_path: Path, files: int, **node: Any) -> int:
@@ -160,6 +167,42 @@ def test_a_node_of_200_subtasks_runs_as_one_job_array_with_one_squeue_per_cycle(
     planned = cluster.cli("submit", "on-slurm", "--dry-run").stdout
     assert "echo on slurm: 1 job, 200 subtasks, " in planned
     assert " as measured over 200 subtasks run before" in planned, "not the guess any more"
+
+
+#: The one-host Slurm as a remote environment (Ziggy's): its partition ``debug`` as two
+#: queues, one granted to a group.
+ONE_HOST = {
+    "batch_system": "slurm",
+    "cost_unit": "SBU",
+    "architectures": {"tiny": {"cores": 1, "ram_gigabytes": 0.1, "cost": 3}},
+    "queues": {
+        "debug": {"max_wall_time_hours": 1},
+        "granted": {"reserved": True, "auto_selectable": False},
+    },
+}
+
+
+def test_a_node_selected_onto_a_remote_environment_runs_on_its_queue_at_its_price(
+    slurm: OneHostSlurm, cluster: Cluster, tmp_path: Path
+) -> None:
+    onto = ["--set=echo:batch.environment=one-host", "--set=echo:batch.architecture=tiny"]
+    node = {"echo": {"algorithm": "echo", "batch": {"walltime": "00:10:00"}}}
+    instance = on_slurm(cluster, tmp_path, 4, node, {"one-host": ONE_HOST}, onto)
+    cluster.wait(instance, timeout=300)
+    [task] = cluster.tasks(instance)
+    assert (task["completed_subtasks"], task["failed_subtasks"]) == (4, 0)
+    batch = cluster.json("task", task["id"])["execution"]["batch"]
+    assert (batch["queue"], batch["partition"], batch["cores"]) == ("debug", "debug", 1)
+    [job] = ended_jobs(cluster, task["id"])
+    assert job["partition"] == "debug", "the queue chosen (auto-selectable, fits 10 min)"
+    assert job["cost"] == pytest.approx(3 * job["node_hours"]), "the architecture's price"
+
+    refused = cluster.cli(
+        "submit", "on-slurm", *onto, "--set=echo:batch.queue=granted", check=False
+    )
+    assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1
+    assert "queue 'granted' of remote environment 'one-host' is reserved" in refused.stderr
+    assert len(cluster.json("instances")) == 1 and slurm.jobs(JOB_NAME) == []
 
 
 def test_halt_cancels_the_job_array_and_leaves_nothing_in_squeue(

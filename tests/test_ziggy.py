@@ -60,8 +60,12 @@ DATASTORE = """<?xml version="1.0" encoding="UTF-8"?>
   <dataFileType name="dark frame" location="night/raw" fileNameRegexp="frame-([0-9]+)\\.dark"/>
   <dataFileType name="calibrated frame" location="night/cal" fileNameRegexp="frame-([0-9]+)\\.cal"/>
   <dataFileType name="stacked night" location="night/stack" fileNameRegexp="stacked\\.txt"/>
-  <remoteEnvironment name="cluster" batchSystem="pbs" description="A PBS cluster">
+  <remoteEnvironment name="cluster" batchSystem="pbs" costUnit="SBU" description="A PBS cluster"
+                     queueTimeMetricsClass="gov.example.QueueTimes">
+    <architecture name="ivy" description="Ivy Bridge" cores="20" ramGigabytes="64" cost="0.5"
+                  bandwidthGbps="10"/>
     <queue name="long" maxWallTimeHours="24"/>
+    <queue name="ours" description="Ours" maxNodes="4" autoSelectable="false" reserved="true"/>
   </remoteEnvironment>
 </pipelineDefinition>
 """
@@ -127,8 +131,41 @@ def test_a_ziggy_d_imports_runs_its_steps_unchanged_and_completes(
     )
     assert result.returncode == 0, result.stderr
     assert "spectra version 1 (imported)" in result.stdout
-    assert "remoteEnvironment 'cluster' (pbs): accepted, not acted on" in result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: remoteEnvironment 'cluster': <remoteEnvironment name='cluster'>:"
+        " queueTimeMetricsClass names a Java class estimating queue waits: not used here (the"
+        " jobs' waits are measured)"
+    ]
+    [cluster] = json.loads(run_cli(capsys, "environments", "--json").stdout)
+    assert (cluster["name"], cluster["batch_system"], cluster["implemented"]) == (
+        "cluster",
+        "pbs",
+        False,
+    )
+    assert cluster["architectures"] == [
+        {
+            "name": "ivy",
+            "description": "Ivy Bridge",
+            "cores": 20,
+            "ram_gigabytes": 64.0,
+            "cost": 0.5,
+            "bandwidth_gbps": 10.0,
+        }
+    ]
+    assert [(q["name"], q["max_nodes"], q["reserved"]) for q in cluster["queues"]] == [
+        ("long", None, False),
+        ("ours", 4, True),
+    ]
     deliver_by_hand(home / "datastore")
+    remote = ["--set=calibrate:executor=slurm", "--set=calibrate:batch.environment=cluster"]
+    refused = run_cli(
+        capsys, "submit", "spectra", *remote, "--set=calibrate:batch.architecture=ivy"
+    )
+    assert_one_line_error(
+        refused,
+        "remote environment 'cluster' runs on batch system 'pbs': only slurm is implemented here",
+    )
+    assert queries.list_instances() == []
 
     instance = facade.submit("spectra")["id"]
     worker.drain()
@@ -263,7 +300,11 @@ def test_export_writes_ziggy_xml_that_imports_back_to_the_same_definition(
     again = run_cli(capsys, "definitions", "import", exported, "--algorithm-path", source)
 
     assert again.returncode == 0, again.stderr
-    assert "spectra version 1 (unchanged)" in again.stdout
+    assert "spectra version 1 (unchanged)" in again.stdout, "remote environment and all"
+    assert (
+        '<queue name="ours" description="Ours" maxNodes="4" autoSelectable="false"'
+        ' reserved="true"/>'
+    ) in exported.read_text()
     shown = json.loads(run_cli(capsys, "definitions", "show", "spectra", "--json").stdout)
     calibrate = shown["nodes"][0]
     assert (calibrate["max_workers"], calibrate["heap_size_gigabytes"]) == (2, 3)
@@ -307,6 +348,18 @@ def test_export_writes_ziggy_xml_that_imports_back_to_the_same_definition(
             ("data_file_types.stacked night.regexp", "not a regular expression"),
         ),
         (("</pipelineDefinition>", "</pipelineDefinitio>"), ("not well-formed XML",)),
+        (
+            ('<queue name="long"', '<queue name="long" priority="high"'),
+            ("<queue name='long'>: attribute 'priority' is not in Ziggy's schema",),
+        ),
+        (
+            ('cores="20" ', ""),
+            ("<architecture name='ivy'>: attribute 'cores' is required",),
+        ),
+        (
+            ('ramGigabytes="64"', 'ramGigabytes="lots"'),
+            ("remote_environments.cluster.architectures.ivy.ram_gigabytes",),
+        ),
     ],
 )
 def test_what_ziggy_files_hold_is_mapped_or_refused_in_one_line_and_nothing_imported(

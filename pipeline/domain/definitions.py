@@ -39,6 +39,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.domain import executables, parameters, ziggy
+from pipeline.domain.environments import RemoteEnvironment
 from pipeline.domain.execution import NAME_PATTERN, ExecutionSettings
 from pipeline.domain.models import EventHandler, ParameterSet, PipelineDefinition, utcnow
 from pipeline.errors import InvalidInput, NotFound, shown
@@ -295,6 +296,8 @@ class Definition(_Strict):
     data_file_types: dict[str, DataFileType]
     model_types: dict[str, ModelType] = Field(default_factory=dict)
     events: dict[str, EventHandlerSpec] = Field(default_factory=dict)
+    #: Remote environments (Ziggy's): where a node's batch settings may send it.
+    remote_environments: dict[str, RemoteEnvironment] = Field(default_factory=dict)
     nodes: Annotated[list[Node], Field(min_length=1)]
 
     @model_validator(mode="after")

@@ -13,7 +13,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.domain.lifecycle import Executor
-from pipeline.domain.limits import MAX_NAME_LENGTH, Count, PositiveCount, Priority, Seconds
+from pipeline.domain.limits import (
+    MAX_NAME_LENGTH,
+    Count,
+    PositiveCount,
+    Price,
+    Priority,
+    Seconds,
+)
 
 #: What a pipeline, node, parameter set or queue may be called.
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]*$"
@@ -44,6 +51,25 @@ class BatchSettings(BaseModel):
         default=1, description="subtasks each array element runs, one after another"
     )
     sbatch_options: list[str] = Field(default_factory=list, description="passed as they are")
+    environment: str = Field(
+        default="",
+        max_length=MAX_NAME_LENGTH,
+        description="a remote environment (Ziggy's): its queue is the partition, its"
+        " architecture the cores and memory of a job and the price of a node-hour",
+    )
+    architecture: str = Field(
+        default="", max_length=MAX_NAME_LENGTH, description="of the remote environment"
+    )
+    queue: str = Field(
+        default="",
+        max_length=MAX_NAME_LENGTH,
+        description="of the remote environment; unset: the shortest auto-selectable queue"
+        " the walltime fits",
+    )
+    cost_per_node_hour: Price | None = Field(
+        default=None, description="the price of a node-hour; unset: batch_costs by partition"
+    )
+    cost_unit: str = Field(default="", max_length=MAX_NAME_LENGTH, description="of the price")
     lost_subtasks: Literal["rerun", "fail"] = Field(
         default="rerun",
         description="a subtask whose job ended without its outcome (cancelled, killed at its"

@@ -49,6 +49,8 @@ NotBool = BeforeValidator(_refuse_bool)
 Id = Annotated[int, Field(ge=1, le=MAX_ID), NotBool]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT), NotBool]
 PositiveCount = Annotated[int, Field(ge=1, le=MAX_COUNT), NotBool]
+#: A price (of a node-hour), in whatever unit its remote environment counts.
+Price = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False), NotBool]
 Priority = Annotated[int, Field(ge=PRIORITY_FIRST, le=PRIORITY_LAST), NotBool]
 Seconds = Annotated[float, Field(gt=0, le=MAX_SUBTASK_TIMEOUT, allow_inf_nan=False), NotBool]
 

@@ -75,6 +75,8 @@ class Library:
     data_file_types: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_types: dict[str, dict[str, str]] = field(default_factory=dict)
     events: list[dict[str, str]] = field(default_factory=list)
+    #: Each ``remoteEnvironment``, as a definition declares it (``environments``).
+    environments: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     #: Where an executable step is looked for after the algorithm path (Ziggy's binPath).
     bin_path: list[Path] = field(default_factory=list)
@@ -331,16 +333,57 @@ def _event(path: Path, element: ElementTree.Element, library: Library) -> None:
     library.events.append(attributes)
 
 
+#: A remote environment's attributes and its children's, Ziggy's name and this product's;
+#: those not named here are kept as text.
+_ENVIRONMENT = {"batchSystem": "batch_system", "costUnit": "cost_unit"}
+_ARCHITECTURE = {
+    "cores": "cores",
+    "ramGigabytes": "ram_gigabytes",
+    "cost": "cost",
+    "bandwidthGbps": "bandwidth_gbps",
+}
+_QUEUE = {
+    "maxWallTimeHours": "max_wall_time_hours",
+    "maxNodes": "max_nodes",
+    "autoSelectable": "auto_selectable",
+    "reserved": "reserved",
+}
+#: What Ziggy reads there that has no meaning here: accepted, with a warning saying so.
+_NOT_READ = {
+    "queueTimeMetricsClass": "a Java class estimating queue waits: not used here (the jobs'"
+    " waits are measured)",
+    "nodeCollectionNamesFile": "a file of PBS node collections: not used here",
+}
+
+
 def _remote_environment(path: Path, element: ElementTree.Element, library: Library) -> None:
-    attributes = _attributes(
-        path, element, {"name", "batchSystem", "costUnit", "description"}, {"name"}
-    )
+    allowed = {"name", "batchSystem", "costUnit", "description", "queueTimeMetricsClass"}
+    attributes = _attributes(path, element, allowed, {"name", "batchSystem"})
     _children(path, element, {"architecture", "queue"})
-    library.warnings.append(
-        f"remoteEnvironment {attributes['name']!r} ({attributes.get('batchSystem', '?')}):"
-        " accepted, not acted on: a node runs on a batch system by its execution settings"
-        " (executor: slurm, batch: ...)"
-    )
+    name = attributes["name"]
+    _unique(path, "remoteEnvironment", name, library.environments)
+    declared: dict[str, Any] = {"description": attributes.get("description", "")}
+    declared.update((_ENVIRONMENT[k], v) for k, v in attributes.items() if k in _ENVIRONMENT)
+    declared["architectures"], declared["queues"] = {}, {}
+    for child in element:
+        if child.tag == "architecture":
+            names, required = _ARCHITECTURE, {"name", "cores", "ramGigabytes"}
+            extra = {"description", "nodeCollectionNamesFile"}
+            into = declared["architectures"]
+        else:
+            names, required, extra, into = _QUEUE, {"name"}, {"description"}, declared["queues"]
+        given = _leaf(path, child, {"name", *names, *extra}, required)
+        _unique(path, f"remoteEnvironment {name!r}: {child.tag}", given["name"], into)
+        into[given["name"]] = {"description": given.get("description", "")} | {
+            names[k]: v for k, v in given.items() if k in names
+        }
+    for element_of in (element, *element):
+        for attribute in sorted(set(element_of.attrib) & set(_NOT_READ)):
+            library.warnings.append(
+                f"remoteEnvironment {name!r}: {_label(element_of)}: {attribute} names"
+                f" {_NOT_READ[attribute]}"
+            )
+    library.environments[name] = declared
 
 
 _READERS = {
@@ -446,6 +489,7 @@ def _pipeline(
             n: _model(library, n, declared) for n, declared in library.model_types.items()
         },
         "events": events,
+        "remote_environments": library.environments,
         "nodes": spec_nodes,
     }
     return spec
@@ -687,8 +731,36 @@ def export(spec: dict[str, Any], parameter_sets: dict[str, dict[str, Any]]) -> s
     lines += _datastore_xml(name, spec["data_file_types"])
     for kind_name, model in spec.get("model_types", {}).items():
         lines.append(f"  <modelType{_attrs(_model_attributes(kind_name, model['pattern']))}/>")
+    for environment_name, environment in spec.get("remote_environments", {}).items():
+        lines += _environment_xml(environment_name, environment)
     lines.append("</pipelineDefinition>")
     return "\n".join(lines) + "\n"
+
+
+def _environment_xml(name: str, environment: dict[str, Any]) -> list[str]:
+    """A ``remoteEnvironment`` element: the attributes Ziggy names, those unset left out."""
+
+    def ziggy(names: dict[str, str], item: str, declared: dict[str, Any]) -> dict[str, Any]:
+        given = {"name": item, "description": declared.get("description", "")}
+        for written, key in names.items():
+            value = declared.get(key)
+            if isinstance(value, bool):
+                given[written] = str(value).lower()
+            elif isinstance(value, float) and value.is_integer():
+                given[written] = int(value)  # Ziggy's ramGigabytes is an int
+            elif value is not None:
+                given[written] = value
+        return given
+
+    lines = [f"  <remoteEnvironment{_attrs(ziggy(_ENVIRONMENT, name, environment))}>"]
+    for tag, names, key in (
+        ("architecture", _ARCHITECTURE, "architectures"),
+        ("queue", _QUEUE, "queues"),
+    ):
+        for item, declared in environment.get(key, {}).items():
+            lines.append(f"    <{tag}{_attrs(ziggy(names, item, declared))}/>")
+    lines.append("  </remoteEnvironment>")
+    return lines
 
 
 def parameter_xml(key: str, declaration: dict[str, Any]) -> str:

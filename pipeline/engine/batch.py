@@ -434,7 +434,7 @@ def _seen(token: str, elements: list[JobStatus]) -> bool:
         elif job.state == BatchJobState.SUBMITTING and elements:
             job.state = BatchJobState.PENDING
         job.reason = next((s.reason for s in elements if s.reason not in ("", "None")), "")
-        batch_cost.measure(job)
+        batch_cost.measure(job, task.settings.batch)
         if is_current(task, job.attempt, *EXECUTION_STEPS) or _done(session, task, job):
             return True
         job.state, job.ended_at = BatchJobState.CANCELLED, utcnow()
@@ -505,7 +505,7 @@ def _ended(token: str) -> int:
         job = session.scalars(select(BatchJob).where(BatchJob.token == token)).one()
         task = lock_task_only(session, job.task_id)
         job.state, job.ended_at = BatchJobState.ENDED, utcnow()
-        batch_cost.measure(job)
+        batch_cost.measure(job, task.settings.batch)
         if not is_current(task, job.attempt, *EXECUTION_STEPS):
             return 0
         lost = list(

@@ -4,9 +4,10 @@ dry run, a restart's preview, each job array as it is recorded) and measured aft
 The estimate is the node-hours a subtask of the node took in the earlier jobs of its
 pipeline (their elements' elapsed times, summed, over the subtasks they carried), or,
 when none of its jobs ended yet, ``batch_guess_seconds`` a subtask, said to be a guess.
-A job array per task attempt: a node's jobs are its tasks. A node-hour is priced by
-partition (``batch_costs``; ``""`` the default partition); a partition not priced has
-node-hours and no cost.
+A job array per task attempt: a node's jobs are its tasks. A node-hour is priced by the
+batch settings' ``cost_per_node_hour`` (a remote environment's architecture sets it, with
+its cost unit), else by partition (``batch_costs``; ``""`` the default partition); a
+partition not priced has node-hours and no cost.
 
 Before a submit, a first node's subtasks are counted from the datastore as marshaling
 would choose them; a later node's are not known until its parents ran: they are those
@@ -24,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pipeline.domain.definitions import Definition, Grouped, Node
-from pipeline.domain.execution import ExecutionSettings
+from pipeline.domain.execution import BatchSettings, ExecutionSettings
 from pipeline.domain.lifecycle import Executor
 from pipeline.domain.models import BatchJob, PipelineInstance, Task
 from pipeline.domain.states import BatchJobState
@@ -48,6 +49,8 @@ class Estimate:
     subtasks: int
     node_hours: float
     cost: float | None
+    #: What the cost is counted in ("": the settings' unit, unnamed).
+    cost_unit: str
     #: Node-seconds a subtask: measured, or ``batch_guess_seconds``.
     seconds_per_subtask: float
     #: The subtasks of earlier jobs it was measured over (0: the guess).
@@ -65,7 +68,8 @@ class Estimate:
 
     def line(self) -> str:
         """``2 jobs, 8 subtasks, 0.0444 node-hours, cost 0.04 (partition debug; ...)``."""
-        cost = "" if self.cost is None else f", cost {self.cost:.2f}"
+        unit = f" {self.cost_unit}" if self.cost_unit else ""
+        cost = "" if self.cost is None else f", cost {self.cost:.2f}{unit}"
         where = f"partition {self.partition}" if self.partition else "the default partition"
         found = f"; subtasks {self.subtasks_from}" if self.subtasks_from else ""
         return (
@@ -74,19 +78,23 @@ class Estimate:
         )
 
 
-def price(node_hours: float, partition: str) -> float | None:
-    """The cost of these node-hours on the partition; None when settings price it not."""
-    rate = get_settings().batch_costs.get(partition)
+def price(node_hours: float, batch: BatchSettings, partition: str) -> float | None:
+    """The cost of these node-hours with these batch settings on the partition; None when
+    neither they nor the settings price it."""
+    rate = batch.cost_per_node_hour
+    if rate is None:
+        rate = get_settings().batch_costs.get(partition)
     return None if rate is None else node_hours * rate
 
 
-def measure(job: BatchJob) -> None:
-    """The job's node-hours and cost so far, from its elements' elapsed times."""
+def measure(job: BatchJob, batch: BatchSettings) -> None:
+    """The job's node-hours and cost so far (its task's ``batch`` settings' price), from
+    its elements' elapsed times."""
     if not job.seen:
         return
     seconds = sum(elapsed * nodes for _, elapsed, _, nodes in job.seen.values())
     job.node_hours = seconds / 3600
-    job.cost = price(job.node_hours, job.partition)
+    job.cost = price(job.node_hours, batch, job.partition)
 
 
 def per_subtask(session: Session, pipeline: str, node: str) -> tuple[float, int]:
@@ -128,7 +136,8 @@ def estimate(
         jobs=jobs,
         subtasks=subtasks,
         node_hours=node_hours,
-        cost=price(node_hours, partition),
+        cost=price(node_hours, settings.batch, partition),
+        cost_unit=settings.batch.cost_unit,
         seconds_per_subtask=seconds,
         measured=measured,
         subtasks_from=subtasks_from,

@@ -103,7 +103,7 @@ def healthz() -> dict[str, Any]:
     status_code=201,
     response_model=views.SubmittedInstance,
     responses={
-        **_errors(404),
+        **_errors(404, 409),
         200: {"model": views.SubmitPreview, "description": "dry_run: what it would run"},
     },
 )
@@ -118,6 +118,10 @@ def submit(request: models.SubmitRequest, response: Response) -> views.Submitted
         request.models,
         request.units,
         request.exclude,
+        {
+            node: changes.model_dump(exclude_none=True)
+            for node, changes in request.execution.items()
+        },
     )
     if request.dry_run:
         return JSONResponse(facade.preview_submit(*chosen))
@@ -287,6 +291,12 @@ def import_model(request: models.ModelImportRequest) -> views.ModelReceipt:
     """Receive a model file on the API's host as a version of its type (as `pipeline
     models import`)."""
     return model_reads.import_model(FilePath(request.file), request.model_type, request.pipeline)
+
+
+@router.get("/environments", response_model=list[views.EnvironmentView])
+def list_environments() -> list[views.EnvironmentView]:
+    """The remote environments the newest definitions declare (as `pipeline environments`)."""
+    return facade.list_environments()
 
 
 @router.get("/events", response_model=list[views.EventHandlerView])

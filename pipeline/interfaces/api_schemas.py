@@ -41,6 +41,28 @@ class Health(_Strict):
 # -- requests --------------------------------------------------------------------------------
 
 
+def _all_optional(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
+    """``model`` with every field optional and unset by default, its constraints kept.
+
+    Unknown keys are let through so that the restart itself refuses them by name (an
+    algorithm parameter is refused with the reason), as it does for the CLI; the schema
+    still says they are not allowed, since they are refused.
+    """
+    fields: dict[str, Any] = {
+        key: (info.annotation | None, FieldInfo.merge_field_infos(info, default=None))
+        for key, info in model.model_fields.items()
+    }
+    config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
+    return create_model(name, __config__=config, __doc__=doc, **fields)
+
+
+ExecutionChanges = _all_optional(
+    ExecutionSettings,
+    "ExecutionChanges",
+    "Execution settings to change with a restart; algorithm parameters stay frozen.",
+)
+
+
 class SubmitRequest(_Strict):
     pipeline: Name
     start_node: Name | None = Field(default=None, description="first node to run")
@@ -63,32 +85,18 @@ class SubmitRequest(_Strict):
         max_length=500,
         description="leave out the units of work whose whole name matches this regexp",
     )
+    # Keys unconstrained in the schema (OpenAPI cannot say a key's pattern): a name no
+    # node has is refused as unknown (404), as it is by the CLI.
+    execution: dict[str, ExecutionChanges] = Field(  # type: ignore[valid-type]
+        default_factory=dict,
+        max_length=1000,
+        description="execution settings to change for this instance, by node (frozen with it;"
+        " batch.environment names a remote environment)",
+    )
     dry_run: bool = Field(
         default=False,
         description="say every node's tasks and subtask counts (200); submit nothing",
     )
-
-
-def _all_optional(model: type[BaseModel], name: str, doc: str) -> type[BaseModel]:
-    """``model`` with every field optional and unset by default, its constraints kept.
-
-    Unknown keys are let through so that the restart itself refuses them by name (an
-    algorithm parameter is refused with the reason), as it does for the CLI; the schema
-    still says they are not allowed, since they are refused.
-    """
-    fields: dict[str, Any] = {
-        key: (info.annotation | None, FieldInfo.merge_field_infos(info, default=None))
-        for key, info in model.model_fields.items()
-    }
-    config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
-    return create_model(name, __config__=config, __doc__=doc, **fields)
-
-
-ExecutionChanges = _all_optional(
-    ExecutionSettings,
-    "ExecutionChanges",
-    "Execution settings to change with a restart; algorithm parameters stay frozen.",
-)
 
 
 class TaskRestart(_Strict):

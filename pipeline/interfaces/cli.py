@@ -312,6 +312,7 @@ def submit(args: argparse.Namespace) -> None:
         args.model or (),
         args.units,
         args.exclude,
+        args.set or (),
     )
     if args.dry_run:
         planned = reads.operations().preview_submit(*chosen)
@@ -487,6 +488,46 @@ def models_list(args: argparse.Namespace) -> None:
     )
     if not rows:
         console().print("no model received yet (pipeline models import FILE --type TYPE)")
+
+
+def environments(args: argparse.Namespace) -> None:
+    rows = reads.operations().list_environments()
+    if args.json:
+        return print_json(rows)
+    table(
+        "remote environments",
+        ["name", "batch system", "architectures", "queues", "pipelines"],
+        [
+            [
+                r["name"] + ("" if r["implemented"] else " (not implemented here)"),
+                r["batch_system"],
+                ", ".join(
+                    f"{a['name']} ({a['cores']} cores, {a['ram_gigabytes']:g} GB"
+                    + ("" if a["cost"] is None else f", {a['cost']:g} {r['cost_unit']}/node-hour")
+                    + ")"
+                    for a in r["architectures"]
+                ),
+                ", ".join(_queue_text(q) for q in r["queues"]),
+                ", ".join(r["pipelines"]),
+            ]
+            for r in rows
+        ],
+        whole=("name",),
+    )
+    if not rows:
+        console().print("no remote environment declared (a definition's remote_environments)")
+
+
+def _queue_text(queue: dict[str, Any]) -> str:
+    """``long (24 h, 8 nodes)``; ``special (reserved)``."""
+    limits = [
+        f"{queue['max_wall_time_hours']:g} h" if queue["max_wall_time_hours"] else "",
+        f"{queue['max_nodes']} nodes" if queue["max_nodes"] else "",
+        "reserved" if queue["reserved"] else "",
+        "" if queue["auto_selectable"] else "by name only",
+    ]
+    shown_limits = ", ".join(limit for limit in limits if limit)
+    return f"{queue['name']} ({shown_limits})" if shown_limits else queue["name"]
 
 
 def models_import(args: argparse.Namespace) -> None:
@@ -847,7 +888,7 @@ EXAMPLES: dict[str, str] = {
     "": "pipeline cluster init; pipeline cluster start; pipeline submit sample; pipeline wait 1",
     "api": "pipeline api --host 0.0.0.0 --port 8000",
     "worker": "pipeline worker --queues gpu,default --concurrency 8 --hostname gpu-01",
-    "submit": "pipeline submit sample --end-node flip --json",
+    "submit": "pipeline submit sample --end-node flip --set flip:max_failed_subtasks=1 --json",
     "instances": "pipeline instances --json",
     "tasks": "pipeline tasks 2 --limit 200; pipeline tasks 2 --all",
     "task": "pipeline task 7",
@@ -870,6 +911,7 @@ EXAMPLES: dict[str, str] = {
     " pipeline datastore import deliveries/night-2  (a delivery with its manifest)",
     "models": "pipeline models --type calibration --json",
     "models import": "pipeline models import calibration-3.json --type calibration",
+    "environments": "pipeline environments --json",
     "events": "pipeline events --json",
     "events enable": "pipeline events enable ingest",
     "events disable": "pipeline events disable ingest",
@@ -1188,6 +1230,14 @@ def _submit_arguments(command: Parser) -> None:
         help="Leave out the units of work whose whole name matches REGEX.",
     )
     command.add_argument(
+        "--set",
+        action="append",
+        metavar="NODE:KEY=VALUE",
+        help="Change a node's execution setting for this instance (repeatable), as restart"
+        " --set does: permuter:executor=slurm, permuter:batch.environment=NAME (a remote"
+        " environment; pipeline environments lists them).",
+    )
+    command.add_argument(
         "--dry-run",
         action="store_true",
         help="Show every node's tasks and subtask counts; submit nothing.",
@@ -1446,6 +1496,12 @@ COMMANDS: dict[str, Command] = {
         "Receive a model file as a version of its type (kept forever).",
         models_import,
         _models_import_arguments,
+    ),
+    "environments": Command(
+        "Remote environments (Ziggy's): each batch system's architectures and queues, as the"
+        " definitions declare them.",
+        environments,
+        _json,
     ),
     "events": Command(
         "Event handlers: the directories whose ready files start a pipeline, each with its"

@@ -260,13 +260,20 @@ class Client:
         units: str | None = None,
         exclude: str | None = None,
         dry_run: bool = False,
+        execution: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Submit an instance; the new instance with the ids of its first tasks (``dry_run``:
         every node's tasks and subtask counts, nothing submitted). ``units`` and
-        ``exclude`` are regexps its units of work must match, and must not."""
+        ``exclude`` are regexps its units of work must match, and must not; ``execution``
+        changes nodes' settings for this instance (``{node: {"batch.environment": ...}}``)."""
         body = {"pipeline": pipeline, "start_node": start_node, "end_node": end_node}
         chosen = {"priority": priority, "units": units, "exclude": exclude, "dry_run": dry_run}
-        return self._call("POST", "/instances", body={**body, **chosen})
+        by_node = {node: dict(changes) for node, changes in (execution or {}).items()}
+        return self._call("POST", "/instances", body={**body, **chosen, "execution": by_node})
+
+    def environments(self) -> list[dict[str, Any]]:
+        """The remote environments the definitions declare."""
+        return self._call("GET", "/environments")
 
     def instances(self) -> list[dict[str, Any]]:
         return self._call("GET", "/instances")

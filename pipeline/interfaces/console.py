@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import logging
+import shlex
 from collections.abc import Awaitable, Callable
 from functools import partial
 from graphlib import TopologicalSorter
@@ -29,6 +30,8 @@ import tornado.web
 from flower.views import BaseHandler
 from tornado.web import decode_signed_value
 
+from pipeline.domain.execution import BATCH_PREFIX, BatchSettings
+from pipeline.domain.lifecycle import Executor
 from pipeline.domain.limits import MAX_ID, parse_id
 from pipeline.domain.words import BATCH_JOB_COLUMNS, batch_job_cells
 from pipeline.errors import InvalidInput, shown
@@ -36,6 +39,7 @@ from pipeline.interfaces import dag
 from pipeline.interfaces.statuses import status as http_status
 from pipeline.operations import events, facade, models, pages, queries
 from pipeline.operations.outcomes import Report
+from pipeline.operations.problems import Problem as OperatorsProblem
 from pipeline.operations.problems import problem
 from pipeline.operations.views import submitted_line
 
@@ -91,6 +95,24 @@ def settings_from(fields: dict[str, str]) -> dict[str, str]:
         for name, value in fields.items()
         if name.startswith(SETTING_FIELD) and value.strip()
     }
+
+
+def offered_settings(execution: dict[str, Any]) -> dict[str, str]:
+    """The execution settings a task's restart form offers (every batch setting too when
+    its node runs on a batch system, each changed as ``restart --set batch.NAME=VALUE``
+    changes it), each with its value now ("unset" when it has none)."""
+    now = {**execution, **{BATCH_PREFIX + k: v for k, v in (execution.get("batch") or {}).items()}}
+    names = list(EDITABLE_SETTINGS)
+    if execution.get("executor", Executor.CELERY) != Executor.CELERY:
+        names += [BATCH_PREFIX + name for name in BatchSettings.model_fields]
+    return {name: _setting_text(now.get(name)) for name in names}
+
+
+def _setting_text(value: Any) -> str:
+    """A setting's value as a form shows it: a list as a shell would, none as "unset"."""
+    if value in (None, "", []):
+        return "unset"
+    return shlex.join(value) if isinstance(value, list) else str(value)
 
 
 def restart_report(fields: dict[str, str], dry_run: bool = False) -> Report:
@@ -272,16 +294,18 @@ class PipelineHandler(BaseHandler):
     ) -> None:
         """A restart form posted: ``preview`` shows the dry run and a form to confirm it
         (``show`` renders the page with them); anything else restarts, then goes ``back``
-        (see ``act_and_return``) with the one-line result."""
-        if fields.get("action") != PREVIEW:
-            await self.act_and_return(restart_from_form, fields, back)
-            return
-        report, why_not = await self.preview(fields)
-        await show(preview=report, fields=fields, ok=report is not None, message=why_not)
-
-    async def preview(self, fields: dict[str, str]) -> tuple[Report | None, str]:
-        """The dry run of the restart a form asks for: (its report, "") or (None, why not)."""
-        return await self.attempt(restart_report, fields, True)
+        (see ``return_with``) with the one-line result. A restart refused whole (a value
+        a setting cannot take, every task refused: nothing changed) answers its 4xx
+        status with the page and its one line."""
+        dry_run = fields.get("action") == PREVIEW
+        report, refused = await self.off_loop(_restart_or_refusal, fields, dry_run)
+        if refused is not None:
+            self.set_status(http_status(refused))
+            await show(fields=fields, ok=False, message=refused.message)
+        elif dry_run:
+            await show(preview=report, fields=fields, ok=True, message="")
+        else:
+            self.return_with(report.ok, report.summary, back or self.back(fields))
 
     async def attempt(self, call: Callable[..., Any], *args: Any) -> tuple[Any, str]:
         """``call`` off the I/O loop: (its result, "") or, for an operator's error,
@@ -457,7 +481,7 @@ class TaskPage(RestartingPage):
             subtasks=subtasks,
             counts=counts,
             state=state or "",
-            settings=EDITABLE_SETTINGS,
+            settings=offered_settings(task["execution"]),
             batch_job_columns=BATCH_JOB_COLUMNS,
             batch_job_cells=batch_job_cells,
             preview=values.pop("preview", None),
@@ -534,6 +558,21 @@ class AcknowledgeHandler(PipelineHandler):
         ok, message = await self.off_loop(acknowledge)
         target = self.back(fields) if fields.get("back") else self.reverse_url("pipeline-alerts")
         self.return_with(ok, message, target)
+
+
+def _restart_or_refusal(
+    fields: dict[str, str], dry_run: bool
+) -> tuple[Report | None, OperatorsProblem | None]:
+    """The restart (or dry run) a form asks for, or the refusal standing for all of it."""
+    try:
+        report = restart_report(fields, dry_run)
+    except Exception as exc:
+        found = problem(exc)
+        if found is None:
+            raise
+        return None, found
+    refusal = report.refusal()
+    return (report, None) if refusal is None else (None, problem(refusal))
 
 
 def _attempted(call: Callable[..., Any], *args: Any) -> tuple[Any, str]:

@@ -20,8 +20,8 @@ from pipeline.domain import definitions, parameters, ziggy
 from pipeline.domain.limits import check_count, check_id
 from pipeline.domain.models import Alert, PipelineInstance, utcnow
 from pipeline.errors import InvalidInput, NotFound, Refused, named_file
+from pipeline.operations import environments, parameter_library, retention
 from pipeline.operations import halt as halting
-from pipeline.operations import parameter_library, retention
 from pipeline.operations import restart as restarting
 from pipeline.operations.modes import MODES, RestartMode, parse_request
 from pipeline.operations.outcomes import Report
@@ -29,6 +29,7 @@ from pipeline.operations.problems import PROBLEMS, problem
 from pipeline.operations.views import (
     AlertView,
     DatastorePruneView,
+    EnvironmentView,
     ParameterSetChange,
     ParameterSetView,
     PlannedTaskView,
@@ -77,6 +78,11 @@ def reconciler_health() -> dict[str, Any]:
         "host": health.host or None,
         "message": health.message,
     }
+
+
+def list_environments() -> list[EnvironmentView]:
+    """Every remote environment the newest definitions declare (``environments``)."""
+    return environments.list_environments()
 
 
 def restart_modes() -> list[RestartMode]:
@@ -158,12 +164,15 @@ def submit(
     models: Sequence[str] | Mapping[str, str] = (),
     units: str | None = None,
     exclude: str | None = None,
+    settings: Sequence[str] | Mapping[str, Mapping[str, Any]] = (),
 ) -> SubmittedInstance:
     """Launch an instance; described as ``instances`` does, with the ids of its first tasks.
     ``models`` chooses model versions (``TYPE=VERSION`` texts, or a mapping); the newest
     of every other type its nodes use is pinned. ``units`` and ``exclude``: regular
-    expressions every node's units of work must match, and must not."""
-    submitted = _submit(pipeline, start_node, end_node, priority, models, units, exclude)
+    expressions every node's units of work must match, and must not. ``settings``
+    changes nodes' execution settings for this instance (``NODE:KEY=VALUE`` texts, or
+    ``{node: {key: value}}``), a remote environment they name settled into them."""
+    submitted = _submit(pipeline, start_node, end_node, priority, models, units, exclude, settings)
     with transaction() as session:
         instance = session.get(PipelineInstance, submitted.id)
         view = SubmittedInstance(
@@ -182,10 +191,13 @@ def preview_submit(
     models: Sequence[str] | Mapping[str, str] = (),
     units: str | None = None,
     exclude: str | None = None,
+    settings: Sequence[str] | Mapping[str, Mapping[str, Any]] = (),
 ) -> SubmitPreview:
     """What ``submit`` would do, with the same checks and errors: every node's tasks and
     their subtask counts as the datastore stands now; nothing changes."""
-    planned = _submit(pipeline, start_node, end_node, priority, models, units, exclude, True)
+    planned = _submit(
+        pipeline, start_node, end_node, priority, models, units, exclude, settings, True
+    )
     return SubmitPreview(
         pipeline=planned.pipeline,
         nodes=planned.nodes,
@@ -209,6 +221,7 @@ def _submit(
     models: Sequence[str] | Mapping[str, str],
     units: str | None,
     exclude: str | None,
+    settings: Sequence[str] | Mapping[str, Mapping[str, Any]],
     dry_run: bool = False,
 ) -> Submitted:
     # Submitting loads the Celery app: only the operations that send messages pay for it.
@@ -223,6 +236,7 @@ def _submit(
         models=parse_model_choices(models),
         units_regexp=units,
         units_exclude=exclude,
+        settings=settings,
     )
 
 

@@ -18,17 +18,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
-from pipeline.domain.execution import (
-    BatchSettings,
-    ExecutionSettings,
-    changeable,
-    with_changes,
-)
+from pipeline.domain.environments import RemoteEnvironment
+from pipeline.domain.execution import BATCH_PREFIX, ExecutionSettings, changeable
 from pipeline.domain.lifecycle import Executor, PState
 from pipeline.domain.limits import MAX_ID, check_id
 from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
@@ -39,11 +34,12 @@ from pipeline.engine.locks import lock_rows, locked_instance
 from pipeline.engine.stages import instance_definition
 from pipeline.engine.task_state import refresh_instance_state, wait_to_rerun
 from pipeline.engine.transitions import advance
-from pipeline.errors import InvalidInput, NotFound, Refused, Unreachable, shown
+from pipeline.errors import InvalidInput, NotFound, Refused, Unreachable
 from pipeline.messaging import outbox
 from pipeline.messaging.messages import InFlight
 from pipeline.messaging.outbox import Outbox
 from pipeline.messaging.publisher import publisher
+from pipeline.operations import environments
 from pipeline.operations.modes import Applying, Plan, RestartMode, parse_mode
 from pipeline.operations.outcomes import Outcome, Report
 
@@ -54,35 +50,25 @@ RETRY_TRANSITION = "retry-transition"
 def check_settings(changes: Mapping[str, Any], frozen_parameters: dict[str, Any]) -> None:
     """Refuse an algorithm parameter among execution setting changes, or an unknown key."""
     parameter_names = {key for values in frozen_parameters.values() for key in values["values"]}
-    allowed = changeable()
     for key in changes:
         if key in parameter_names:
             raise Refused(
                 f"{key} is an algorithm parameter: a restart reruns with the instance's frozen"
                 " values; change the parameter set (pipeline params set) and submit a new instance"
             )
-        if key not in allowed:
-            raise InvalidInput(
-                f"unknown execution setting {shown(key)} (one of"
-                f" {', '.join(sorted(ExecutionSettings.model_fields))}; or batch.NAME, one of"
-                f" {', '.join(BatchSettings.model_fields)})"
-            )
+    environments.check_keys(changes)
 
 
 def check_values(changes: Mapping[str, Any]) -> None:
     """Refuse, before any task is looked at, a change of an execution setting to a value it
-    cannot take (infinite, out of range, a boolean for a number): one line naming it."""
+    cannot take (infinite, out of range, a boolean for a number), or to a remote
+    environment no definition declares: one line naming it."""
     known = {key: value for key, value in changes.items() if key in changeable()}
-    _merged_settings({}, known)
-
-
-def _merged_settings(current: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        return with_changes(current, changes)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        raise InvalidInput(f"execution setting {where}: {error['msg']}") from None
+    environments.merged({}, known)
+    named = known.get(BATCH_PREFIX + "environment") or (known.get("batch") or {}).get("environment")
+    if named:
+        with transaction() as session:
+            environments.find(session, named)
 
 
 def restart(
@@ -114,6 +100,7 @@ def restart(
         states = _subtask_states(session, list(locked))
         below = staleness.downstream_of_each(session, list(locked))
         submitting: list[Task] = []
+        applied = Applied(dry_run, downstream, messages, live, submitting, below)
         # One flush at commit: the per-task subtask UPDATEs need none of the pending rows.
         with session.no_autoflush:
             outcomes = [
@@ -127,7 +114,7 @@ def restart(
                         t,
                         m,
                         changes,
-                        Applied(dry_run, downstream, messages, live, submitting, below),
+                        applied,
                     ),
                 )
                 for task_id, mode in parsed
@@ -204,6 +191,8 @@ class Applied:
     below: dict[int, list[int]]
     #: The code of each (instance, node) as found now, once per request.
     codes: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
+    #: The remote environments found in the newest definitions, once per request.
+    environments: dict[str, RemoteEnvironment] = field(default_factory=dict)
 
 
 def _restart_locked(
@@ -220,7 +209,12 @@ def _restart_locked(
         raise NotFound(f"unknown task {task_id}")
     instance, task = locked[task_id]
     check_settings(changes, instance.parameters)
-    execution = _merged_settings(task.execution, changes)
+    execution = environments.merged(task.execution, changes)
+    if changes:
+        given = {*changes, *(BATCH_PREFIX + key for key in changes.get("batch") or {})}
+        execution = environments.settled(
+            session, execution, given, instance.definition, applied.environments
+        )
     plan = mode.plan(task, states[task_id])
     mode.check_changes(changes)
     definition = instance_definition(instance)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -18,6 +19,7 @@ from pipeline.engine.transitions import PlannedTask, create_node_tasks, plan_tas
 from pipeline.errors import InvalidInput, Unreachable, shown
 from pipeline.messaging import outbox
 from pipeline.messaging.publisher import publisher
+from pipeline.operations import environments
 from pipeline.settings import get_settings
 
 
@@ -103,6 +105,7 @@ def submit(
     started_by: Callable[[Session, PipelineInstance], None] | None = None,
     units_regexp: str | None = None,
     units_exclude: str | None = None,
+    settings: Sequence[str] | Mapping[str, Mapping[str, Any]] = (),
 ) -> Submitted:
     """Launch an instance of the newest version of ``pipeline`` (``dry_run``: say which
     nodes it would run and the first ones' tasks, and change nothing; no broker asked).
@@ -126,7 +129,11 @@ def submit(
     check_priority(priority)
     with transaction() as session:  # first: a home with no cluster says so
         definition_id = definitions.get(session, pipeline).id
-        select_nodes(_parse(session.get(PipelineDefinition, definition_id)), start_node, end_node)
+        stored = session.get(PipelineDefinition, definition_id)
+        chosen = _parse(stored)
+        changes = environments.node_changes(chosen, settings)
+        selected = select_nodes(chosen, start_node, end_node)
+        environments.frozen_spec(session, stored.spec, chosen, selected, changes)
     for option, regexp in (("--units", units_regexp), ("--exclude", units_exclude)):
         check_regexp(option, regexp)
     root = datastore.require(get_settings().datastore)
@@ -136,8 +143,9 @@ def submit(
     deliver = _nothing if dry_run else outbox.sending_or_noting(unsent)
     with outbox.transaction(deliver=deliver) as (session, messages):
         stored = session.get(PipelineDefinition, definition_id)
-        definition = _parse(stored)
-        nodes = select_nodes(definition, start_node, end_node)
+        nodes = select_nodes(_parse(stored), start_node, end_node)
+        spec = environments.frozen_spec(session, stored.spec, _parse(stored), nodes, changes)
+        definition = definitions.parse(spec, stored.version)
         if started_by is not None:  # an event received its deliveries: no receipt to run
             nodes = [name for name in nodes if not definition.node(name).receives]
         frozen = {}
@@ -155,7 +163,7 @@ def submit(
             start_node=start_node,
             end_node=end_node,
             priority=priority,
-            definition=stored.spec,
+            definition=spec,
             parameters=frozen,
             models=model_registry.pin(
                 session,

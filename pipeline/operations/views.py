@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, with_config
 from typing_extensions import TypedDict
 
+from pipeline.domain.environments import IMPLEMENTED
 from pipeline.domain.execution import ExecutionSettings, with_execution_defaults
 from pipeline.domain.lifecycle import PState, counts_label, state_label
 from pipeline.domain.states import InstanceState, NodeState, SubtaskState
@@ -154,6 +155,7 @@ class BatchEstimateView(TypedDict):
     subtasks: int
     node_hours: float
     cost: Annotated[float | None, Field(description="null: batch_costs prices not the partition")]
+    cost_unit: Annotated[str, Field(description="the remote environment's (empty: unnamed)")]
     seconds_per_subtask: Annotated[float, Field(description="node-seconds, measured or guessed")]
     measured: Annotated[
         int, Field(description="subtasks of earlier jobs measured (0: batch_guess_seconds)")
@@ -704,6 +706,59 @@ class EventView(TypedDict):
 
 def pipeline_event_view(row: Any) -> EventView:
     return build(EventView, row)  # type: ignore[no-any-return]
+
+
+@with_config(_CLOSED)
+class ArchitectureView(TypedDict):
+    """A kind of compute node of a remote environment."""
+
+    name: str
+    description: str
+    cores: int
+    ram_gigabytes: float
+    cost: Annotated[float | None, Field(description="a node-hour, in the cost unit")]
+    bandwidth_gbps: float | None
+
+
+@with_config(_CLOSED)
+class BatchQueueView(TypedDict):
+    """A queue (Slurm's partition) of a remote environment."""
+
+    name: str
+    description: str
+    max_wall_time_hours: float | None
+    max_nodes: int | None
+    auto_selectable: bool
+    reserved: bool
+
+
+@with_config(_CLOSED)
+class EnvironmentView(TypedDict):
+    """A remote environment (Ziggy's), as the newest definitions declare it."""
+
+    name: str
+    batch_system: str
+    implemented: Annotated[bool, Field(description="false: a node cannot run on it here")]
+    cost_unit: str
+    description: str
+    architectures: list[ArchitectureView]
+    queues: list[BatchQueueView]
+    pipelines: Annotated[list[str], Field(description="the pipelines declaring it")]
+
+
+def environment_view(name: str, environment: Any, pipelines: list[str]) -> EnvironmentView:
+    """The view of a ``RemoteEnvironment`` declared as ``name``."""
+    return build(  # type: ignore[no-any-return]
+        EnvironmentView,
+        environment,
+        name=name,
+        implemented=environment.batch_system in IMPLEMENTED,
+        architectures=[
+            build(ArchitectureView, a, name=n) for n, a in environment.architectures.items()
+        ],
+        queues=[build(BatchQueueView, q, name=n) for n, q in environment.queues.items()],
+        pipelines=pipelines,
+    )
 
 
 def submit_preview_text(planned: SubmitPreview) -> str:
