@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
-from pipeline.domain import definitions, parameters
+from pipeline.domain import definitions, parameters, run_times
 from pipeline.domain.lifecycle import PState, counts_label
 from pipeline.domain.limits import check_id, check_index
 from pipeline.domain.models import (
@@ -57,15 +57,9 @@ LOG_TAIL_LINES = 200
 #: The most of a log the console's "Full" view shows; the download has all of it.
 LOG_FULL_BYTES = 2 << 20
 LOG_TAIL_BYTES = 64 * 1024
-#: Upper bounds (seconds) of the subtask run-time histogram exported for Prometheus.
-DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 #: Tasks of each node whose subtasks give the instance page's run-time figures (the
 #: latest: the figures of a huge node stay cheap).
 FIGURES_TASKS = 200
-#: How the history names a restart (``restart: resubmit with queue=big``) and lost work
-#: found again by beat's reconciler.
-RESTART_NOTE = "restart: "
-LOST_WORK_NOTES = ("%worker lost, dispatched again%", "marshaling lost on %")
 
 
 @dataclass(frozen=True)
@@ -533,51 +527,65 @@ def parameter_diff(name: str, older: int, newer: int) -> list[dict[str, Any]]:
 
 
 def metrics() -> dict[str, Any]:
-    """The pipeline's figures for Prometheus, each an aggregate query."""
+    """The pipeline's figures for Prometheus, from counts kept on the instance, task and
+    batch job rows (``engine.task_state``): a scrape reads no subtask row and no history
+    line, so it costs what the tasks do, not what their subtasks do."""
     with transaction() as session:
         instances = dict(
             session.execute(
                 select(PipelineInstance.state, func.count()).group_by(PipelineInstance.state)
             ).all()
         )
-        tasks = {
-            (p_state, bool(error)): int(count)
-            for p_state, error, count in session.execute(
-                select(Task.p_state, Task.error, func.count()).group_by(Task.p_state, Task.error)
-            )
-        }
-        subtasks = dict(
-            session.execute(select(Subtask.state, func.count()).group_by(Subtask.state)).all()
-        )
-        redispatched = session.scalar(
-            select(func.coalesce(func.sum(Subtask.dispatch - 1), 0)).where(Subtask.dispatch > 1)
-        )
-        restarts: dict[str, int] = defaultdict(int)
-        for message, count in session.execute(
-            select(TaskEvent.message, func.count())
-            .where(TaskEvent.message.like(f"{RESTART_NOTE}%"))
-            .group_by(TaskEvent.message)
+        counted = [Task.total_subtasks, *_SUBTASK_COUNTS.values()]
+        tasks, subtasks = {}, dict.fromkeys(SubtaskState, 0)
+        redispatched = lost = 0
+        for p_state, error, count, total, *by_state, again, recovered in session.execute(
+            select(
+                Task.p_state,
+                Task.error,
+                func.count(),
+                *map(func.sum, counted),
+                func.sum(Task.redispatches),
+                func.sum(Task.lost_work_recoveries),
+            ).group_by(Task.p_state, Task.error)
         ):
-            mode = message.removeprefix(RESTART_NOTE).split(" ", 1)[0]
-            restarts[mode] += int(count)
-        lost = session.scalar(
-            select(func.count(TaskEvent.id)).where(
-                TaskEvent.message.like(LOST_WORK_NOTES[0])
-                | TaskEvent.message.like(LOST_WORK_NOTES[1])
+            tasks[(p_state, bool(error))] = int(count)
+            for state, found in zip(_SUBTASK_COUNTS, by_state, strict=True):
+                subtasks[state] += int(found or 0)
+            subtasks[SubtaskState.NEW] += int(total or 0) - sum(int(n or 0) for n in by_state)
+            redispatched += int(again or 0)
+            lost += int(recovered or 0)
+        histograms: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        restarts: dict[str, int] = defaultdict(int)
+        for node, runs, restarted in session.execute(
+            select(Task.node, Task.run_times, Task.restarts).where(
+                Task.run_times.is_not(None) | Task.restarts.is_not(None)
             )
-        )
-        histogram = _duration_histogram(session)
+        ):
+            if runs:
+                histograms[node].append(runs)
+            for mode, count in (restarted or {}).items():
+                restarts[mode] += count
         batch = _batch_figures(session)
     return {
         "instances": {state: int(instances.get(state, 0)) for state in InstanceState.__members__},
         "tasks": tasks,
-        "subtasks": {state: int(count) for state, count in subtasks.items()},
-        "redispatched": int(redispatched or 0),
+        "subtasks": {str(state): count for state, count in subtasks.items() if count},
+        "redispatched": redispatched,
         "restarts": dict(restarts),
-        "lost_work_recoveries": int(lost or 0),
-        "durations": histogram,
+        "lost_work_recoveries": lost,
+        "durations": {node: run_times.merged(found) for node, found in histograms.items()},
         **batch,
     }
+
+
+#: The task columns counting its subtasks in each state but NEW (the rest of its total).
+_SUBTASK_COUNTS = {
+    SubtaskState.QUEUED: Task.queued_subtasks,
+    SubtaskState.RUNNING: Task.running_subtasks,
+    SubtaskState.COMPLETE: Task.completed_subtasks,
+    SubtaskState.FAILED: Task.failed_subtasks,
+}
 
 
 def _batch_figures(session: Session) -> dict[str, Any]:
@@ -606,25 +614,4 @@ def _batch_figures(session: Session) -> dict[str, Any]:
     return {
         "batch_jobs": {state: int(count) for state, count in jobs.items()},
         "batch_partitions": by_partition,
-    }
-
-
-def _duration_histogram(session: Session) -> dict[str, dict[str, Any]]:
-    """Per node: cumulative counts of finished subtasks at or under each bucket's bound,
-    their count and the sum of their run times (Prometheus's histogram)."""
-    run = _seconds(Subtask.started_at, Subtask.finished_at, session)
-    buckets = [func.sum(case((run <= bound, 1), else_=0)) for bound in DURATION_BUCKETS]
-    rows = session.execute(
-        select(Task.node, func.count(Subtask.id), func.coalesce(func.sum(run), 0.0), *buckets)
-        .join(Task, Task.id == Subtask.task_id)
-        .where(Subtask.finished_at.is_not(None), Subtask.started_at.is_not(None))
-        .group_by(Task.node)
-    )
-    return {
-        row[0]: {
-            "count": int(row[1]),
-            "sum": float(row[2]),
-            "buckets": [int(value or 0) for value in row[3:]],
-        }
-        for row in rows
     }
