@@ -219,11 +219,7 @@ def test_the_migration_fills_the_counts_from_the_rows_as_they_stand(
     with transaction() as session:
         session.execute(
             update(Task).values(
-                queued_subtasks=0,
-                running_subtasks=0,
-                redispatches=0,
-                lost_work_recoveries=0,
-                run_times=None,
+                **dict.fromkeys(migration.COUNTED, 0),
                 restarts=None,
             )
         )

@@ -198,7 +198,8 @@ def subtasks_made(task: Task, count: int) -> None:
     all NEW, never dispatched nor run."""
     task.total_subtasks, task.completed_subtasks, task.failed_subtasks = count, 0, 0
     task.queued_subtasks = task.running_subtasks = task.redispatches = 0
-    task.run_times = None
+    for column in ("runs", "run_micros", *run_times.BUCKET_COLUMNS):
+        setattr(task, column, 0)
 
 
 def subtasks_queued(task: Task, numbers: Sequence[int]) -> None:
@@ -230,9 +231,9 @@ def count_runs(
 ) -> None:
     """Runs of the locked task's subtasks, as (start, end), ended (or, with ``sign`` -1,
     forgotten: a subtask claimed to run again); those without both are none."""
-    seconds = [(end - start).total_seconds() for start, end in runs if start and end]
-    if seconds:
-        task.run_times = run_times.counted(task.run_times, seconds, sign)
+    for start, end in runs:
+        if start and end:
+            run_times.count(task, (end - start).total_seconds(), sign)
 
 
 def count_restart(task: Task, mode: str) -> None:

@@ -2,9 +2,11 @@
 rows at a time, and figures computed by the database.
 
 Every read here is bounded: a page is ``LIMIT``/``OFFSET`` over an indexed order, and
-anything summed over all rows (progress, a DAG's node states, metrics) is an aggregate
-query, so an instance of 10,000 tasks or a task of 5,000 subtasks renders as fast as a
-small one (``make bench`` measures the pages over a million subtask rows).
+anything summed over all rows (progress, a DAG's node states) is an aggregate query, so
+an instance of 10,000 tasks or a task of 5,000 subtasks renders as fast as a small one
+(``make bench`` measures the pages over a million subtask rows). ``/metrics``, over every
+instance at once, sums counts the task rows keep as their subtasks change: a scrape reads
+no subtask row and no history line.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, Text, case, cast, func, select
 from sqlalchemy.orm import Session
 
+from pipeline import jsoncodec
 from pipeline.database import transaction
 from pipeline.domain import definitions, parameters, run_times
 from pipeline.domain.lifecycle import PState, counts_label
@@ -527,54 +530,22 @@ def parameter_diff(name: str, older: int, newer: int) -> list[dict[str, Any]]:
 
 
 def metrics() -> dict[str, Any]:
-    """The pipeline's figures for Prometheus, from counts kept on the instance, task and
-    batch job rows (``engine.task_state``): a scrape reads no subtask row and no history
-    line, so it costs what the tasks do, not what their subtasks do."""
+    """The pipeline's figures for Prometheus, from counts kept on the task rows as their
+    subtasks change (``engine.task_state``), summed by the database: a scrape reads no
+    subtask row and no history line, so it costs what the tasks do, not their subtasks."""
     with transaction() as session:
         instances = dict(
             session.execute(
                 select(PipelineInstance.state, func.count()).group_by(PipelineInstance.state)
             ).all()
         )
-        counted = [Task.total_subtasks, *_SUBTASK_COUNTS.values()]
-        tasks, subtasks = {}, dict.fromkeys(SubtaskState, 0)
-        redispatched = lost = 0
-        for p_state, error, count, total, *by_state, again, recovered in session.execute(
-            select(
-                Task.p_state,
-                Task.error,
-                func.count(),
-                *map(func.sum, counted),
-                func.sum(Task.redispatches),
-                func.sum(Task.lost_work_recoveries),
-            ).group_by(Task.p_state, Task.error)
-        ):
-            tasks[(p_state, bool(error))] = int(count)
-            for state, found in zip(_SUBTASK_COUNTS, by_state, strict=True):
-                subtasks[state] += int(found or 0)
-            subtasks[SubtaskState.NEW] += int(total or 0) - sum(int(n or 0) for n in by_state)
-            redispatched += int(again or 0)
-            lost += int(recovered or 0)
-        histograms: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        restarts: dict[str, int] = defaultdict(int)
-        for node, runs, restarted in session.execute(
-            select(Task.node, Task.run_times, Task.restarts).where(
-                Task.run_times.is_not(None) | Task.restarts.is_not(None)
-            )
-        ):
-            if runs:
-                histograms[node].append(runs)
-            for mode, count in (restarted or {}).items():
-                restarts[mode] += count
+        tasks = _task_figures(session)
+        restarts = _restarts(session)
         batch = _batch_figures(session)
     return {
         "instances": {state: int(instances.get(state, 0)) for state in InstanceState.__members__},
-        "tasks": tasks,
-        "subtasks": {str(state): count for state, count in subtasks.items() if count},
-        "redispatched": redispatched,
-        "restarts": dict(restarts),
-        "lost_work_recoveries": lost,
-        "durations": {node: run_times.merged(found) for node, found in histograms.items()},
+        **tasks,
+        "restarts": restarts,
         **batch,
     }
 
@@ -586,6 +557,69 @@ _SUBTASK_COUNTS = {
     SubtaskState.COMPLETE: Task.completed_subtasks,
     SubtaskState.FAILED: Task.failed_subtasks,
 }
+#: The columns the task figures sum, in this order: the subtasks' total and the states
+#: counted, redispatches, lost work, and the run-time histogram (runs, their time, buckets).
+_SUMMED = (
+    Task.total_subtasks,
+    *_SUBTASK_COUNTS.values(),
+    Task.redispatches,
+    Task.lost_work_recoveries,
+    Task.runs,
+    Task.run_micros,
+    *(Task.__table__.c[column] for column in run_times.BUCKET_COLUMNS),
+)
+
+
+def _task_figures(session: Session) -> dict[str, Any]:
+    """Tasks by P-state and error flag, subtasks by state, redispatches, lost work, and
+    each node's run-time histogram: one pass over the tasks, summed by node, P-state and
+    error flag."""
+    tasks: dict[tuple[PState, bool], int] = defaultdict(int)
+    subtasks = dict.fromkeys(SubtaskState, 0)
+    redispatched = lost = 0
+    by_node: dict[str, list[int]] = {}
+    states = len(_SUBTASK_COUNTS)
+    for node, p_state, error, count, *sums in session.execute(
+        select(Task.node, Task.p_state, Task.error, func.count(), *map(func.sum, _SUMMED)).group_by(
+            Task.node, Task.p_state, Task.error
+        )
+    ):
+        values = [int(value or 0) for value in sums]
+        total, by_state = values[0], values[1 : 1 + states]
+        again, recovered, runs = values[1 + states], values[2 + states], values[3 + states :]
+        tasks[(p_state, bool(error))] += int(count)
+        for state, found in zip(_SUBTASK_COUNTS, by_state, strict=True):
+            subtasks[state] += found
+        subtasks[SubtaskState.NEW] += total - sum(by_state)
+        redispatched += again
+        lost += recovered
+        if runs[0]:
+            summed = by_node.get(node, [0] * len(runs))
+            by_node[node] = [a + b for a, b in zip(summed, runs, strict=True)]
+    return {
+        "tasks": dict(tasks),
+        "subtasks": {str(state): count for state, count in subtasks.items() if count},
+        "redispatched": redispatched,
+        "lost_work_recoveries": lost,
+        "durations": {
+            node: run_times.histogram(runs, micros, within)
+            for node, (runs, micros, *within) in by_node.items()
+        },
+    }
+
+
+def _restarts(session: Session) -> dict[str, int]:
+    """Task restarts by mode. Few tasks are restarted, and those restarted together alike:
+    the database groups them, and each distinct count is read once."""
+    restarts: dict[str, int] = defaultdict(int)
+    for restarted, count in session.execute(
+        select(cast(Task.restarts, Text), func.count())
+        .where(Task.restarts.is_not(None))
+        .group_by(cast(Task.restarts, Text))
+    ):
+        for mode, times in jsoncodec.loads(restarted).items():
+            restarts[mode] += times * int(count)
+    return dict(restarts)
 
 
 def _batch_figures(session: Session) -> dict[str, Any]:

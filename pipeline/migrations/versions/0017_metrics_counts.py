@@ -24,9 +24,19 @@ down_revision = "0014"
 branch_labels = None
 depends_on = None
 
-#: ``domain.run_times.DURATION_BUCKETS`` when this migration was written.
+#: ``domain.run_times.DURATION_BUCKETS`` and the columns counting each bucket's runs, as
+#: they were when this migration was written.
 BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
-COUNTED = ("queued_subtasks", "running_subtasks", "redispatches", "lost_work_recoveries")
+WITHIN = tuple(f"runs_le_{bound:g}".replace(".", "_") for bound in BUCKETS)
+COUNTED = (
+    "queued_subtasks",
+    "running_subtasks",
+    "redispatches",
+    "lost_work_recoveries",
+    "runs",
+    "run_micros",
+    *WITHIN,
+)
 STATES = {
     "QUEUED": "queued_subtasks",
     "RUNNING": "running_subtasks",
@@ -38,15 +48,15 @@ STATES = {
 def upgrade() -> None:
     with op.batch_alter_table("tasks") as table:
         for name in COUNTED:
-            table.add_column(sa.Column(name, sa.Integer(), nullable=False, server_default="0"))
-        table.add_column(sa.Column("run_times", sa.JSON(), nullable=True))
+            kind = sa.BigInteger() if name == "run_micros" else sa.Integer()
+            table.add_column(sa.Column(name, kind, nullable=False, server_default="0"))
         table.add_column(sa.Column("restarts", sa.JSON(), nullable=True))
     _fill(op.get_bind())
 
 
 def downgrade() -> None:
     with op.batch_alter_table("tasks") as table:
-        for name in ("restarts", "run_times", *reversed(COUNTED)):
+        for name in ("restarts", *reversed(COUNTED)):
             table.drop_column(name)
 
 
@@ -76,11 +86,11 @@ def _fill(bind: sa.engine.Connection) -> None:
             " WHERE started_at IS NOT NULL AND finished_at IS NOT NULL GROUP BY task_id, slot"
         )
     ):
-        runs = found[task_id].setdefault(
-            "run_times", {"counts": [0] * (len(BUCKETS) + 1), "micros": 0}
-        )
-        runs["counts"][int(slot)] += int(count)
-        runs["micros"] += round(float(total or 0) * 1_000_000)
+        counts = found[task_id]
+        counts["runs"] = counts.get("runs", 0) + int(count)
+        counts["run_micros"] = counts.get("run_micros", 0) + round(float(total) * 1_000_000)
+        if int(slot) < len(WITHIN):
+            counts[WITHIN[int(slot)]] = int(count)
     for task_id, message in bind.execute(
         sa.text("SELECT task_id, message FROM task_events WHERE message LIKE 'restart: %'")
     ):
@@ -99,7 +109,6 @@ def _fill(bind: sa.engine.Connection) -> None:
         "tasks",
         sa.column("id", sa.Integer),
         *(sa.column(name, sa.Integer) for name in (*COUNTED, *STATES.values())),
-        sa.column("run_times", sa.JSON),
         sa.column("restarts", sa.JSON),
     )
     for task_id, values in found.items():
