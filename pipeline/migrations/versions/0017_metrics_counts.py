@@ -1,7 +1,7 @@
 """counts /metrics reads, kept on the task rows
 
 Revision ID: 0017
-Revises: 0014
+Revises: 0015
 Create Date: 2026-12-06
 
 ``/metrics`` read every subtask row and scanned the task history at each scrape. Each task
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0017"
-down_revision = "0014"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
