@@ -7,7 +7,9 @@ the scrape used to, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -229,3 +231,26 @@ def test_the_migration_fills_the_counts_from_the_rows_as_they_stand(
     assert {key: value for key, value in pages.metrics().items() if key != "durations"} == {
         key: value for key, value in kept.items() if key != "durations"
     }
+
+
+def test_a_scrape_reads_no_subtask_row_and_no_history_line(failed: Path) -> None:
+    """What ``/metrics`` reads grows with the tasks, never with their subtasks or their
+    history: no statement of a scrape names those tables."""
+    from sqlalchemy import event
+
+    from pipeline.database import get_engine
+
+    statements: list[str] = []
+
+    def seen(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    engine = get_engine()
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        figures = pages.metrics()
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert figures["subtasks"] == {"COMPLETE": 6, "FAILED": 2}
+    tables = re.compile(r"\b(subtasks|task_events)\b")
+    assert statements and not [s for s in statements if tables.search(s)]
