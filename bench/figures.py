@@ -434,7 +434,8 @@ def restart_failed(cluster: harness.Cluster, tasks: int) -> list[Figure]:
 
 # -- d. status at scale ----------------------------------------------------------------------
 
-#: One instance of many tasks with many subtask rows each, written by the database itself.
+#: One instance of many tasks with many subtask rows each, written by the database itself
+#: (each task's counts those of its rows: every subtask COMPLETE).
 SCALE_ROWS_SQL = (
     """
     INSERT INTO pipeline_instances (definition_id, pipeline, definition_version, state,
@@ -451,7 +452,7 @@ SCALE_ROWS_SQL = (
         attempt, auto_resubmits, total_subtasks, completed_subtasks, failed_subtasks, execution,
         task_dir, worker_host, created_at, updated_at)
     SELECT (SELECT max(id) FROM pipeline_instances), 'noop', 'unit-' || n,
-        'ALGORITHM_EXECUTING', false, '', false, 1, 0, :per_task, :per_task / 2, 0,
+        'ALGORITHM_EXECUTING', false, '', false, 1, 0, :per_task, :per_task, 0,
         '{"queue": "default"}', '', 'host', now(), now()
     FROM generate_series(1, :tasks) AS n
     """,

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -830,6 +831,42 @@ class InProcessWorker:
     def names(self) -> list[str]:
         """The short names of the messages published so far (``marshal``, ``subtask``...)."""
         return [m.name.rsplit(".", 1)[-1] for m in self.published]
+
+
+#: Longer than any lease or staleness limit of the settings.
+LONG_AGO = timedelta(hours=1)
+
+
+def age(task_id: int) -> None:
+    """Make the task's step lease and its subtasks' heartbeats an hour old."""
+    from sqlalchemy import update
+
+    from pipeline.database import transaction
+    from pipeline.domain.models import Subtask, Task, utcnow
+
+    with transaction() as session:
+        session.execute(
+            update(Task).where(Task.id == task_id).values(updated_at=utcnow() - LONG_AGO)
+        )
+        session.execute(
+            update(Subtask)
+            .where(Subtask.task_id == task_id, Subtask.heartbeat_at.is_not(None))
+            .values(heartbeat_at=utcnow() - LONG_AGO)
+        )
+
+
+def taken_by_a_dying_worker(
+    worker: InProcessWorker, task_id: int, index: int, attempt: int = 1
+) -> None:
+    """A worker took the subtask's message, started it, and died: its message is gone and
+    its lease will lapse."""
+    from pipeline.engine import stages
+    from pipeline.engine.leases import Claim
+
+    [message] = [m for m in worker.queue if m.args[:3] == [task_id, attempt, index]]
+    worker.queue.remove(message)
+    number = message.args[3]
+    assert stages.begin_subtasks([Claim(task_id, attempt, index, number)], host="worker9@gone")
 
 
 # -- the sample pipeline's outputs -----------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from sqlalchemy import update
 
 from pipeline.database import transaction
 from pipeline.domain.lifecycle import Event
-from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
+from pipeline.domain.models import PipelineInstance, Task, utcnow
 from pipeline.engine import stages
 from pipeline.engine.leases import Claim
 from pipeline.engine.locks import lock_task
@@ -29,20 +28,20 @@ from pipeline.messaging.publisher import use_publisher
 from pipeline.operations import facade, queries
 from pipeline.recovery import reconcile
 from tests.support import (
+    LONG_AGO,
     InProcessWorker,
+    age,
     assert_one_line_error,
     point_here,
     poison,
     race,
     redis_server,
     run_cli,
+    taken_by_a_dying_worker,
     wait_for,
 )
 
 #: The real reading of queues and workers (the in-process worker replaces it).
-
-#: Longer than any lease or staleness limit of the settings.
-LONG_AGO = timedelta(hours=1)
 
 #: Every test runs over an initialised home of its own, in this process.
 pytestmark = pytest.mark.usefixtures("home")
@@ -52,27 +51,6 @@ pytestmark = pytest.mark.usefixtures("home")
 def reconciler(worker: InProcessWorker) -> Any:
     """Beat's reconciler, run on demand (its Redis lock taken for granted)."""
     return reconcile.reconcile_once
-
-
-def age(task_id: int) -> None:
-    """Make the task's step lease and its subtasks' heartbeats an hour old."""
-    with transaction() as session:
-        session.execute(
-            update(Task).where(Task.id == task_id).values(updated_at=utcnow() - LONG_AGO)
-        )
-        session.execute(
-            update(Subtask)
-            .where(Subtask.task_id == task_id, Subtask.heartbeat_at.is_not(None))
-            .values(heartbeat_at=utcnow() - LONG_AGO)
-        )
-
-
-def taken_by_a_dying_worker(worker: InProcessWorker, task_id: int, index: int) -> None:
-    """A worker took the subtask's message, started it, and died: its message is gone and
-    its lease will lapse."""
-    [message] = [m for m in worker.queue if m.args[:3] == [task_id, 1, index]]
-    worker.queue.remove(message)
-    assert stages.begin_subtasks([Claim(task_id, 1, index, 1)], host="worker9@gone")
 
 
 def subtasks(task_id: int) -> list[tuple[str, int]]:

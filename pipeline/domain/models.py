@@ -169,6 +169,32 @@ class Task(Base):
     total_subtasks: Mapped[int] = mapped_column(default=0)
     completed_subtasks: Mapped[int] = mapped_column(default=0)
     failed_subtasks: Mapped[int] = mapped_column(default=0)
+    #: Its subtasks on the broker and running (NEW ones are the rest of the total): with
+    #: the two counts above, its subtasks by state, kept as they change
+    #: (``engine.task_state.count_subtasks``) for ``/metrics`` to sum over the tasks.
+    queued_subtasks: Mapped[int] = mapped_column(default=0, server_default="0")
+    running_subtasks: Mapped[int] = mapped_column(default=0, server_default="0")
+    #: Its subtask rows' dispatches after the first (lost work, resubmits), summed.
+    redispatches: Mapped[int] = mapped_column(default=0, server_default="0")
+    #: Its finished subtasks' run times as a histogram (``domain.run_times``): how many
+    #: ran, their time in all (microseconds), and how many ran at most each bucket's bound
+    #: and above the one before (columns the database sums by node at a scrape).
+    runs: Mapped[int] = mapped_column(default=0, server_default="0")
+    run_micros: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    runs_le_0_1: Mapped[int] = mapped_column(default=0, server_default="0")
+    runs_le_0_5: Mapped[int] = mapped_column(default=0, server_default="0")
+    runs_le_1: Mapped[int] = mapped_column(default=0, server_default="0")
+    runs_le_5: Mapped[int] = mapped_column(default=0, server_default="0")
+    runs_le_10: Mapped[int] = mapped_column(default=0, server_default="0")
+    runs_le_30: Mapped[int] = mapped_column(default=0, server_default="0")
+    runs_le_60: Mapped[int] = mapped_column(default=0, server_default="0")
+    runs_le_300: Mapped[int] = mapped_column(default=0, server_default="0")
+    runs_le_1800: Mapped[int] = mapped_column(default=0, server_default="0")
+    runs_le_3600: Mapped[int] = mapped_column(default=0, server_default="0")
+    #: Its restarts by mode, ``{mode: n}`` (None: never restarted).
+    restarts: Mapped[dict[str, Any] | None]
+    #: Lost subtasks dispatched again and lost marshals redone by beat's reconciler.
+    lost_work_recoveries: Mapped[int] = mapped_column(default=0, server_default="0")
     #: Effective execution settings (the node's, as changed by restarts).
     execution: Mapped[dict[str, Any]]
     task_dir: Mapped[str] = mapped_column(Text, default="")

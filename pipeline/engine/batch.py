@@ -72,7 +72,7 @@ from pipeline.engine.stages import (
     node_parameter_sets,
     node_parameters,
 )
-from pipeline.engine.task_state import HOST, is_current, move, note
+from pipeline.engine.task_state import HOST, dispatch_again, is_current, move, note
 from pipeline.messaging import outbox
 from pipeline.messaging.messages import BATCH_SUBMIT, InFlight, Message
 from pipeline.messaging.outbox import Outbox
@@ -125,9 +125,7 @@ def redispatch(session: Session, task: Task, subtasks: Sequence[Subtask], messag
     under new dispatch numbers (a late outcome of the lost run is then ignored)."""
     if not subtasks:
         return
-    for subtask in subtasks:
-        subtask.state, subtask.dispatch = SubtaskState.QUEUED, subtask.dispatch + 1
-    session.flush()
+    dispatch_again(session, task, subtasks)
     _new_job(session, task, [subtask.index for subtask in subtasks], messages)
 
 

@@ -33,7 +33,7 @@ from pipeline.domain.models import PipelineInstance, Subtask, Task
 from pipeline.domain.states import SubtaskState
 from pipeline.domain.words import counted
 from pipeline.engine.executors import end_with_none_left, mark_queued
-from pipeline.engine.task_state import move
+from pipeline.engine.task_state import dispatch_again, move
 from pipeline.messaging.messages import (
     GROUP,
     SUBTASK,
@@ -98,9 +98,7 @@ def message_of(task_id: int, attempt: int, subtask: Subtask) -> str:
 def redispatch(session: Session, task: Task, subtasks: Sequence[Subtask], messages: Outbox) -> None:
     """Send these lost subtasks of the locked task out again, each under a new dispatch
     number (a late outcome of the lost run is then ignored)."""
-    for subtask in subtasks:
-        subtask.state, subtask.dispatch = SubtaskState.QUEUED, subtask.dispatch + 1
-    session.flush()
+    dispatch_again(session, task, subtasks)
     if subtasks:
         subtask_messages(session, [(task, [(s.index, s.dispatch) for s in subtasks])], messages)
 

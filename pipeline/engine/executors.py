@@ -18,7 +18,7 @@ from pipeline.domain.execution import ExecutionSettings
 from pipeline.domain.lifecycle import EXECUTORS, Event
 from pipeline.domain.models import Subtask, Task
 from pipeline.domain.states import IN_FLIGHT, SubtaskState
-from pipeline.engine.task_state import move, send_waiting
+from pipeline.engine.task_state import move, send_waiting, subtasks_queued
 from pipeline.messaging.messages import InFlight
 from pipeline.messaging.outbox import Outbox
 
@@ -59,18 +59,18 @@ def mark_queued(session: Session, tasks: Sequence[Task]) -> dict[int, list[tuple
     ids = list(queued)
     for start in range(0, len(ids), QUEUE_CHUNK):
         chunk = ids[start : start + QUEUE_CHUNK]
-        session.execute(
+        # The rows it changed, returned by the UPDATE itself: one statement, not two.
+        for task_id, index, number in session.execute(
             update(Subtask)
             .where(Subtask.task_id.in_(chunk), Subtask.state == SubtaskState.NEW)
             .values(state=SubtaskState.QUEUED, dispatch=Subtask.dispatch + 1)
+            .returning(Subtask.task_id, Subtask.index, Subtask.dispatch)
             .execution_options(synchronize_session=False)
-        )
-        for task_id, index, number in session.execute(
-            select(Subtask.task_id, Subtask.index, Subtask.dispatch)
-            .where(Subtask.task_id.in_(chunk), Subtask.state == SubtaskState.QUEUED)
-            .order_by(Subtask.task_id, Subtask.index)
         ):
             queued[task_id].append((index, number))
+    for task in tasks:
+        queued[task.id].sort()
+        subtasks_queued(task, [number for _, number in queued[task.id]])
     return queued
 
 

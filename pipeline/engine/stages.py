@@ -51,12 +51,15 @@ from pipeline.engine.leases import Claim, LeaseRenewal, StepLease, renew_subtask
 from pipeline.engine.locks import lock_rows, lock_task, lock_task_only
 from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.task_state import (
+    count_runs,
+    count_subtasks,
     is_current,
     move,
     note,
     refresh_instance_state,
     reset_subtasks,
     send_waiting,
+    subtasks_made,
 )
 from pipeline.engine.transitions import advance_within
 from pipeline.errors import PipelineError, Unreachable
@@ -191,7 +194,7 @@ def _marshaled(
         attempts.record(session, instance, task, node, code)
         count = record(session, task) if record is not None else 0
         task.task_dir = str(task_dir)
-        task.total_subtasks, task.completed_subtasks, task.failed_subtasks = count, 0, 0
+        subtasks_made(task, count)
         move(session, task, Event.MARSHALED, message, host)
         queue_subtasks(session, [task], messages, host)
     return step
@@ -489,7 +492,9 @@ def begin_subtasks(
             if is_current(task, attempts[task.id], *EXECUTION_STEPS)
         }
         wanted = {claim.subtask: claim for claim in claims if claim.task_id in tasks}
-        rows = _claimed_rows(session, wanted.values(), Subtask.inputs)
+        rows = _claimed_rows(
+            session, wanted.values(), Subtask.inputs, Subtask.started_at, Subtask.finished_at
+        )
         claimed = {
             key: row
             for key, row in rows.items()
@@ -524,8 +529,11 @@ def begin_subtasks(
             if key in claimed:
                 by_task.setdefault(claim.task_id, []).append((claimed[key], claim))
         instances: dict[int, PipelineInstance] = {}  # held: the session keeps rows weakly
-        for task_id in by_task:
+        for task_id, claimed_rows in by_task.items():
             task = tasks[task_id]
+            count_subtasks(task, SubtaskState.QUEUED, SubtaskState.RUNNING, len(claimed_rows))
+            # Run before: its last run is no longer one (its end is cleared above).
+            count_runs(task, [(row.started_at, row.finished_at) for row, _ in claimed_rows], -1)
             if task.p_state == PState.ALGORITHM_QUEUED:
                 move(session, task, Event.STARTED, host=host)
             if task.instance_id not in instances:
@@ -624,7 +632,7 @@ def finish_subtasks(ended: Sequence[Ended], host: str = "", rest: Sequence[Claim
         }
         instances = _instances_to_lock(session, {t: len(e) for t, e in by_task.items()}, alerting)
         tasks = lock_rows(session, Task, by_task)
-        subtasks = _claimed_rows(session, [claim for claim, _ in ended])
+        subtasks = _claimed_rows(session, [claim for claim, _ in ended], Subtask.started_at)
         changes: list[dict[str, Any]] = []
         moved: set[int] = set()
         counted: list[Task] = []
@@ -682,7 +690,7 @@ def _count_outcomes(
     """Count one locked task's outcomes on it, adding the changes of its subtasks' rows to
     ``changes`` (written together, see ``_write_outcomes``); how many were still awaited
     (an outcome of another dispatch, or of a subtask no longer running, is stale)."""
-    now, recorded = utcnow(), 0
+    now, recorded, runs = utcnow(), 0, []
     for claim, outcome in ended:
         subtask = subtasks[claim.subtask]
         if subtask.dispatch != claim.number or subtask.state != SubtaskState.RUNNING:
@@ -693,14 +701,13 @@ def _count_outcomes(
         recorded += 1
         if outcome.ok and outcome.outputs == 0:
             _no_output(session, task, subtask.index, host)
-        if outcome.ok:
-            task.completed_subtasks += 1
-        else:
-            task.failed_subtasks += 1
+        state = SubtaskState.COMPLETE if outcome.ok else SubtaskState.FAILED
+        count_subtasks(task, SubtaskState.RUNNING, state)
+        runs.append((subtask.started_at, now))
         changes.append(
             {
                 "row_id": subtask.id,
-                "row_state": SubtaskState.COMPLETE if outcome.ok else SubtaskState.FAILED,
+                "row_state": state,
                 "row_error": outcome.error,
                 "row_outputs": outcome.outputs,
                 "row_kept": outcome.kept,
@@ -709,6 +716,7 @@ def _count_outcomes(
         )
     if recorded:
         task.updated_at = now
+        count_runs(task, runs)
     return recorded
 
 

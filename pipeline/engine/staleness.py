@@ -26,6 +26,7 @@ from pipeline.engine import alerts
 from pipeline.engine.datastore_ledger import last_marshal
 from pipeline.engine.locks import lock_rows
 from pipeline.engine.task_state import (
+    count_restart,
     mark_stale,
     move,
     refresh_instance_state,
@@ -223,6 +224,7 @@ def rerun_ready(
             refresh=False,
         )
         reset_subtasks(session, task, frozenset(SubtaskState))
+        count_restart(task, "restart-from-beginning")
         send_waiting(messages, task)
         started.append(task.id)
     if started:

@@ -6,18 +6,24 @@ Beside it: the fence every message passes (``is_current``), a history line that 
 nothing (``note``), and the subtasks a restart or resubmit runs again
 (``reset_subtasks``). Every change of a task's P-state, error flag or attempt happens
 here, inside one transaction together with its subtask counts.
+
+The task row also keeps the counts ``/metrics`` reads (its subtasks by state, their
+redispatches, their run times, its restarts), changed here in the transaction that
+changes what they count (``count_subtasks`` and the functions after it), so a scrape
+sums them over the tasks and reads no subtask row and no history line.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Sequence
+from datetime import datetime
 
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from pipeline.domain import lifecycle
+from pipeline.domain import lifecycle, run_times
 from pipeline.domain.lifecycle import Event, IllegalTransition, PState
 from pipeline.domain.models import (
     InstanceNode,
@@ -165,10 +171,74 @@ def reset_subtasks(session: Session, task: Task, states: Collection[SubtaskState
         # No subtask objects are loaded alongside: matching them costs more than the update.
         .execution_options(synchronize_session=False)
     )
-    if SubtaskState.COMPLETE in states:
-        task.completed_subtasks = 0
-    if SubtaskState.FAILED in states:
-        task.failed_subtasks = 0
+    for state in states:
+        if state in SUBTASK_COUNTS:
+            setattr(task, SUBTASK_COUNTS[state], 0)  # every subtask in it is NEW now
+
+
+#: The task's column counting its subtasks in each state (NEW: the rest of the total).
+SUBTASK_COUNTS: dict[str, str] = {
+    SubtaskState.QUEUED: "queued_subtasks",
+    SubtaskState.RUNNING: "running_subtasks",
+    SubtaskState.COMPLETE: "completed_subtasks",
+    SubtaskState.FAILED: "failed_subtasks",
+}
+
+
+def count_subtasks(task: Task, source: str, target: str, count: int = 1) -> None:
+    """``count`` of the locked task's subtasks went from state ``source`` to ``target``."""
+    for state, change in ((source, -count), (target, count)):
+        column = SUBTASK_COUNTS.get(state)
+        if column is not None:
+            setattr(task, column, getattr(task, column) + change)
+
+
+def subtasks_made(task: Task, count: int) -> None:
+    """The locked task's subtask rows were made afresh (marshaling): ``count`` of them,
+    all NEW, never dispatched nor run."""
+    task.total_subtasks, task.completed_subtasks, task.failed_subtasks = count, 0, 0
+    task.queued_subtasks = task.running_subtasks = task.redispatches = 0
+    for column in ("runs", "run_micros", *run_times.BUCKET_COLUMNS):
+        setattr(task, column, 0)
+
+
+def subtasks_queued(task: Task, numbers: Sequence[int]) -> None:
+    """NEW subtasks of the locked task were queued under these dispatch numbers (those
+    above 1 dispatched before)."""
+    count_subtasks(task, SubtaskState.NEW, SubtaskState.QUEUED, len(numbers))
+    task.redispatches += sum(1 for number in numbers if number > 1)
+
+
+def dispatch_again(session: Session, task: Task, subtasks: Sequence[Subtask]) -> None:
+    """Put these lost, in-flight subtasks of the locked task back on the queue under a new
+    dispatch number each (a late outcome of the lost run is then ignored)."""
+    for subtask in subtasks:
+        count_subtasks(task, subtask.state, SubtaskState.QUEUED)
+        subtask.state, subtask.dispatch = SubtaskState.QUEUED, subtask.dispatch + 1
+    task.redispatches += len(subtasks)
+    session.flush()
+
+
+def set_subtask_states(task: Task, subtasks: Iterable[Subtask], state: SubtaskState) -> None:
+    """Put these loaded subtasks of the locked task in ``state``."""
+    for subtask in subtasks:
+        count_subtasks(task, subtask.state, state)
+        subtask.state = state
+
+
+def count_runs(
+    task: Task, runs: Iterable[tuple[datetime | None, datetime | None]], sign: int = 1
+) -> None:
+    """Runs of the locked task's subtasks, as (start, end), ended (or, with ``sign`` -1,
+    forgotten: a subtask claimed to run again); those without both are none."""
+    for start, end in runs:
+        if start and end:
+            run_times.count(task, (end - start).total_seconds(), sign)
+
+
+def count_restart(task: Task, mode: str) -> None:
+    """The locked task was restarted in ``mode`` (a ``restart:`` line in its history)."""
+    task.restarts = {**(task.restarts or {}), mode: (task.restarts or {}).get(mode, 0) + 1}
 
 
 def refresh_instance_state(session: Session, instance: PipelineInstance) -> InstanceState:

@@ -1,7 +1,8 @@
 """The pipeline's figures for Prometheus, on Flower's ``/metrics`` beside Celery's.
 
 A collector registered once in ``prometheus_client``'s default registry (the one Flower
-exports) reads the figures from the database (``operations.pages.metrics``) at every scrape, so
+exports) reads the figures from the database (``operations.pages.metrics``, counts kept on
+the task rows as their subtasks change) at every scrape, so
 every Flower process reports the same numbers, those of the database. A database that
 cannot be read makes the scrape report ``pipeline_up 0`` rather than fail Celery's
 figures too.
@@ -23,8 +24,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from pipeline.domain.run_times import DURATION_BUCKETS
 from pipeline.operations import facade, pages, queries
-from pipeline.operations.pages import DURATION_BUCKETS
 from pipeline.operations.problems import problem
 
 log = logging.getLogger(__name__)

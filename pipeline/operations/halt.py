@@ -21,7 +21,7 @@ from pipeline.domain.models import PipelineInstance, Task
 from pipeline.domain.states import SubtaskState
 from pipeline.engine.executors import executor, in_flight_subtasks
 from pipeline.engine.locks import lock_task
-from pipeline.engine.task_state import move
+from pipeline.engine.task_state import move, set_subtask_states
 from pipeline.errors import NotFound, Refused, Unreachable
 from pipeline.messaging.outbox import Outbox, send
 from pipeline.operations.outcomes import Outcome, Report
@@ -53,8 +53,7 @@ def _halt_one(task_id: int) -> Outcome:
             raise Refused(f"task {task_id} is complete: nothing to halt")
         in_flight = in_flight_subtasks(session, task_id)
         executor(task.settings.executor).withdraw(task, in_flight, messages)
-        for subtask in in_flight:
-            subtask.state = SubtaskState.NEW
+        set_subtask_states(task, in_flight, SubtaskState.NEW)
         task.halted = True
         move(session, task, Event.HALTED, HALTED, instance=instance)
         step = task.p_state

@@ -2,9 +2,11 @@
 rows at a time, and figures computed by the database.
 
 Every read here is bounded: a page is ``LIMIT``/``OFFSET`` over an indexed order, and
-anything summed over all rows (progress, a DAG's node states, metrics) is an aggregate
-query, so an instance of 10,000 tasks or a task of 5,000 subtasks renders as fast as a
-small one (``make bench`` measures the pages over a million subtask rows).
+anything summed over all rows (progress, a DAG's node states) is an aggregate query, so
+an instance of 10,000 tasks or a task of 5,000 subtasks renders as fast as a small one
+(``make bench`` measures the pages over a million subtask rows). ``/metrics``, over every
+instance at once, sums counts the task rows keep as their subtasks change: a scrape reads
+no subtask row and no history line.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, Text, case, cast, func, select
 from sqlalchemy.orm import Session
 
+from pipeline import jsoncodec
 from pipeline.database import transaction
-from pipeline.domain import definitions, parameters
+from pipeline.domain import definitions, parameters, run_times
 from pipeline.domain.lifecycle import PState, counts_label
 from pipeline.domain.limits import check_id, check_index
 from pipeline.domain.models import (
@@ -57,15 +60,9 @@ LOG_TAIL_LINES = 200
 #: The most of a log the console's "Full" view shows; the download has all of it.
 LOG_FULL_BYTES = 2 << 20
 LOG_TAIL_BYTES = 64 * 1024
-#: Upper bounds (seconds) of the subtask run-time histogram exported for Prometheus.
-DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 #: Tasks of each node whose subtasks give the instance page's run-time figures (the
 #: latest: the figures of a huge node stay cheap).
 FIGURES_TASKS = 200
-#: How the history names a restart (``restart: resubmit with queue=big``) and lost work
-#: found again by beat's reconciler.
-RESTART_NOTE = "restart: "
-LOST_WORK_NOTES = ("%worker lost, dispatched again%", "marshaling lost on %")
 
 
 @dataclass(frozen=True)
@@ -533,51 +530,96 @@ def parameter_diff(name: str, older: int, newer: int) -> list[dict[str, Any]]:
 
 
 def metrics() -> dict[str, Any]:
-    """The pipeline's figures for Prometheus, each an aggregate query."""
+    """The pipeline's figures for Prometheus, from counts kept on the task rows as their
+    subtasks change (``engine.task_state``), summed by the database: a scrape reads no
+    subtask row and no history line, so it costs what the tasks do, not their subtasks."""
     with transaction() as session:
         instances = dict(
             session.execute(
                 select(PipelineInstance.state, func.count()).group_by(PipelineInstance.state)
             ).all()
         )
-        tasks = {
-            (p_state, bool(error)): int(count)
-            for p_state, error, count in session.execute(
-                select(Task.p_state, Task.error, func.count()).group_by(Task.p_state, Task.error)
-            )
-        }
-        subtasks = dict(
-            session.execute(select(Subtask.state, func.count()).group_by(Subtask.state)).all()
-        )
-        redispatched = session.scalar(
-            select(func.coalesce(func.sum(Subtask.dispatch - 1), 0)).where(Subtask.dispatch > 1)
-        )
-        restarts: dict[str, int] = defaultdict(int)
-        for message, count in session.execute(
-            select(TaskEvent.message, func.count())
-            .where(TaskEvent.message.like(f"{RESTART_NOTE}%"))
-            .group_by(TaskEvent.message)
-        ):
-            mode = message.removeprefix(RESTART_NOTE).split(" ", 1)[0]
-            restarts[mode] += int(count)
-        lost = session.scalar(
-            select(func.count(TaskEvent.id)).where(
-                TaskEvent.message.like(LOST_WORK_NOTES[0])
-                | TaskEvent.message.like(LOST_WORK_NOTES[1])
-            )
-        )
-        histogram = _duration_histogram(session)
+        tasks = _task_figures(session)
+        restarts = _restarts(session)
         batch = _batch_figures(session)
     return {
         "instances": {state: int(instances.get(state, 0)) for state in InstanceState.__members__},
-        "tasks": tasks,
-        "subtasks": {state: int(count) for state, count in subtasks.items()},
-        "redispatched": int(redispatched or 0),
-        "restarts": dict(restarts),
-        "lost_work_recoveries": int(lost or 0),
-        "durations": histogram,
+        **tasks,
+        "restarts": restarts,
         **batch,
     }
+
+
+#: The task columns counting its subtasks in each state but NEW (the rest of its total).
+_SUBTASK_COUNTS = {
+    SubtaskState.QUEUED: Task.queued_subtasks,
+    SubtaskState.RUNNING: Task.running_subtasks,
+    SubtaskState.COMPLETE: Task.completed_subtasks,
+    SubtaskState.FAILED: Task.failed_subtasks,
+}
+#: The columns the task figures sum, in this order: the subtasks' total and the states
+#: counted, redispatches, lost work, and the run-time histogram (runs, their time, buckets).
+_SUMMED = (
+    Task.total_subtasks,
+    *_SUBTASK_COUNTS.values(),
+    Task.redispatches,
+    Task.lost_work_recoveries,
+    Task.runs,
+    Task.run_micros,
+    *(Task.__table__.c[column] for column in run_times.BUCKET_COLUMNS),
+)
+
+
+def _task_figures(session: Session) -> dict[str, Any]:
+    """Tasks by P-state and error flag, subtasks by state, redispatches, lost work, and
+    each node's run-time histogram: one pass over the tasks, summed by node, P-state and
+    error flag."""
+    tasks: dict[tuple[PState, bool], int] = defaultdict(int)
+    subtasks = dict.fromkeys(SubtaskState, 0)
+    redispatched = lost = 0
+    by_node: dict[str, list[int]] = {}
+    states = len(_SUBTASK_COUNTS)
+    for node, p_state, error, count, *sums in session.execute(
+        select(Task.node, Task.p_state, Task.error, func.count(), *map(func.sum, _SUMMED)).group_by(
+            Task.node, Task.p_state, Task.error
+        )
+    ):
+        values = [int(value or 0) for value in sums]
+        total, by_state = values[0], values[1 : 1 + states]
+        again, recovered, runs = values[1 + states], values[2 + states], values[3 + states :]
+        tasks[(p_state, bool(error))] += int(count)
+        for state, found in zip(_SUBTASK_COUNTS, by_state, strict=True):
+            subtasks[state] += found
+        subtasks[SubtaskState.NEW] += total - sum(by_state)
+        redispatched += again
+        lost += recovered
+        if runs[0]:
+            summed = by_node.get(node, [0] * len(runs))
+            by_node[node] = [a + b for a, b in zip(summed, runs, strict=True)]
+    return {
+        "tasks": dict(tasks),
+        "subtasks": {str(state): count for state, count in subtasks.items() if count},
+        "redispatched": redispatched,
+        "lost_work_recoveries": lost,
+        "durations": {
+            node: run_times.histogram(runs, micros, within)
+            for node, (runs, micros, *within) in by_node.items()
+        },
+    }
+
+
+def _restarts(session: Session) -> dict[str, int]:
+    """Task restarts by mode. Few tasks are restarted, and those restarted together alike:
+    the database groups them, and each distinct count is read once."""
+    restarts: dict[str, int] = defaultdict(int)
+    for restarted, count in session.execute(
+        select(cast(Task.restarts, Text), func.count())
+        .where(Task.restarts.is_not(None))
+        .group_by(cast(Task.restarts, Text))
+    ):
+        for mode, times in jsoncodec.loads(restarted).items():
+            restarts[mode] += times * int(count)
+    return dict(restarts)
 
 
 def _batch_figures(session: Session) -> dict[str, Any]:
@@ -606,25 +648,4 @@ def _batch_figures(session: Session) -> dict[str, Any]:
     return {
         "batch_jobs": {state: int(count) for state, count in jobs.items()},
         "batch_partitions": by_partition,
-    }
-
-
-def _duration_histogram(session: Session) -> dict[str, dict[str, Any]]:
-    """Per node: cumulative counts of finished subtasks at or under each bucket's bound,
-    their count and the sum of their run times (Prometheus's histogram)."""
-    run = _seconds(Subtask.started_at, Subtask.finished_at, session)
-    buckets = [func.sum(case((run <= bound, 1), else_=0)) for bound in DURATION_BUCKETS]
-    rows = session.execute(
-        select(Task.node, func.count(Subtask.id), func.coalesce(func.sum(run), 0.0), *buckets)
-        .join(Task, Task.id == Subtask.task_id)
-        .where(Subtask.finished_at.is_not(None), Subtask.started_at.is_not(None))
-        .group_by(Task.node)
-    )
-    return {
-        row[0]: {
-            "count": int(row[1]),
-            "sum": float(row[2]),
-            "buckets": [int(value or 0) for value in row[3:]],
-        }
-        for row in rows
     }

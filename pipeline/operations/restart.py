@@ -32,7 +32,7 @@ from pipeline.engine import attempts, batch_cost, executors, staleness
 from pipeline.engine.executors import queue_subtasks
 from pipeline.engine.locks import lock_rows, locked_instance
 from pipeline.engine.stages import instance_definition
-from pipeline.engine.task_state import refresh_instance_state, wait_to_rerun
+from pipeline.engine.task_state import count_restart, refresh_instance_state, wait_to_rerun
 from pipeline.engine.transitions import advance
 from pipeline.errors import InvalidInput, NotFound, Refused, Unreachable
 from pipeline.messaging import outbox
@@ -253,6 +253,7 @@ def _restart_locked(
             )
             plan = mode.apply(task, plan, applying)
             attempts.record(session, instance, task, node, code)
+        count_restart(task, mode.name)
         if applied.downstream:
             for below in lock_rows(session, Task, later).values():
                 wait_to_rerun(session, below, f"waits to run again after task {task_id}")

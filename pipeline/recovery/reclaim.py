@@ -58,6 +58,7 @@ def reclaim_lost(task_id: int, index: int, number: int, lease_expired_before: da
         if again:
             executor(task.settings.executor).redispatch(session, task, [subtask], messages)
             note = f"subtask {index}: worker lost, dispatched again"
+            task.lost_work_recoveries += 1
             add_note(session, task, note)
             worker = subtask.worker_host or "?"
             alert = f"subtask {index}: worker {worker} lost, dispatched again"
@@ -89,6 +90,7 @@ def marshal_again(task_id: int, attempt: int, lease_expired_before: datetime) ->
             return False
         message = f"marshaling lost on {task.worker_host or '?'}, marshaling again"
         move(session, task, Event.MARSHAL_LOST, f"{message} (reconciler)", instance=instance)
+        task.lost_work_recoveries += 1
         raise_alert(session, task, WARNING, message)
         send_waiting(messages, task)
     return True
