@@ -213,7 +213,7 @@ def test_the_migration_fills_the_counts_from_the_rows_as_they_stand(
     kept = pages.metrics()
     assert kept["subtasks"].get("QUEUED") and kept["redispatched"] and kept["restarts"]
 
-    path = MIGRATIONS / "versions" / "0017_metrics_counts.py"
+    path = MIGRATIONS / "versions" / "0016_metrics_counts.py"
     spec = importlib.util.spec_from_file_location("metrics_counts", path)
     assert spec is not None and spec.loader is not None
     migration = importlib.util.module_from_spec(spec)
