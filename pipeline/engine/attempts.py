@@ -6,14 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from pipeline.database import one_of
 from pipeline.domain.definitions import Node
 from pipeline.domain.models import PipelineInstance, Task, TaskAttempt
 from pipeline.engine import code_version, model_registry
 from pipeline.engine.task_state import note
+
+#: Tasks whose recorded attempts one query asks for.
+IDS_PER_QUERY = 500
 
 
 def code_of(node: Node, python_path: list[str] | None, fresh: bool = False) -> dict[str, Any]:
@@ -32,32 +36,49 @@ def latest(session: Session, task_id: int, up_to: int | None = None) -> TaskAtte
     return session.scalars(query.order_by(TaskAttempt.attempt.desc()).limit(1)).first()
 
 
+#: What ``record_all`` records of one task: the locked task, its instance and node, the
+#: code that runs its current attempt, and how that code differs from the attempt before
+#: (None: not known yet).
+Running = tuple[PipelineInstance, Task, Node, dict[str, Any], str | None]
+
+
 def record(
     session: Session, instance: PipelineInstance, task: Task, node: Node, code: dict[str, Any]
 ) -> None:
-    """Record the locked ``task``'s current attempt as run by ``code`` with its node's
-    pinned models, once (a second record of the attempt is a no-op); a change of code
-    since the attempt before is written in its history."""
-    exists = select(TaskAttempt.id).where(
-        TaskAttempt.task_id == task.id, TaskAttempt.attempt == task.attempt
-    )
-    if session.scalar(exists) is not None:
-        return
-    changed = changed_since(session, task.id, task.attempt - 1, code)
+    """Record the locked ``task``'s current attempt as run by ``code`` (``record_all``),
+    where another worker may record it at the same time: the first record stands."""
     try:
         with session.begin_nested():
-            session.add(
-                TaskAttempt(
-                    task_id=task.id,
-                    attempt=task.attempt,
-                    code=code,
-                    models=model_registry.node_pins(instance, node),
-                )
-            )
+            record_all(session, [(instance, task, node, code, None)])
     except IntegrityError:  # recorded meanwhile by another worker
         return
-    if changed:
-        note(session, task, changed)
+
+
+def record_all(session: Session, running: list[Running]) -> None:
+    """Record each locked task's current attempt as run by its code with its node's
+    pinned models, once (an attempt recorded already is left as it is); a change of code
+    since the attempt before is written in the task's history. In bulk: a restart of
+    1,000 tasks records their attempts with one query and one insert."""
+    tasks = [task for _, task, *_ in running]
+    recorded: set[tuple[int, int]] = set()
+    for start in range(0, len(tasks), IDS_PER_QUERY):
+        ids = [task.id for task in tasks[start : start + IDS_PER_QUERY]]
+        query = select(TaskAttempt.task_id, TaskAttempt.attempt)
+        found = session.execute(query.where(one_of(session, TaskAttempt.task_id, ids)))
+        recorded.update((task_id, attempt) for task_id, attempt in found)
+    rows = []
+    for instance, task, node, code, changed in running:
+        if (task.id, task.attempt) in recorded:
+            continue
+        recorded.add((task.id, task.attempt))
+        if changed is None:
+            changed = changed_since(session, task.id, task.attempt - 1, code)
+        models = model_registry.node_pins(instance, node)
+        rows.append({"task_id": task.id, "attempt": task.attempt, "code": code, "models": models})
+        if changed:
+            note(session, task, changed)
+    if rows:
+        session.execute(insert(TaskAttempt), rows)
 
 
 def changed_since(session: Session, task_id: int, up_to: int, code: dict[str, Any]) -> str:

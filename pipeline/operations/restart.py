@@ -122,6 +122,7 @@ def restart(
         if dry_run:
             session.rollback()
             return Report(outcomes)
+        attempts.record_all(session, applied.running)
         queue_subtasks(session, submitting, messages)
         touched = {locked[o.task_id][0].id: locked[o.task_id][0] for o in outcomes if o.ok}
         for instance in touched.values():
@@ -193,6 +194,8 @@ class Applied:
     codes: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
     #: The remote environments found in the newest definitions, once per request.
     environments: dict[str, RemoteEnvironment] = field(default_factory=dict)
+    #: The tasks whose new attempts are recorded once all are decided (in bulk).
+    running: list[attempts.Running] = field(default_factory=list)
 
 
 def _restart_locked(
@@ -252,7 +255,7 @@ def _restart_locked(
                 session, applied.messages, note, execution, found, applied.submitting
             )
             plan = mode.apply(task, plan, applying)
-            attempts.record(session, instance, task, node, code)
+            applied.running.append((instance, task, node, code, changed))
         count_restart(task, mode.name)
         if applied.downstream:
             for below in lock_rows(session, Task, later).values():
