@@ -97,7 +97,38 @@ def test_changed_definition_becomes_a_new_version(database: Path, tmp_path: Path
         ),
         (
             lambda s: s["data_file_types"]["raw_image"].update(location="L0"),
-            "data_file_types.raw_image.location: must be a relative path with exactly one",
+            "data_file_types.raw_image.location: must be a relative path with at least one",
+        ),
+        (
+            lambda s: s["data_file_types"]["raw_image"].update(
+                location="{sector}/{camera}/L0",
+                unit_regexp={"sector": "sector-[0-9]", "camera": "camera-[0-9"},
+            ),
+            "data_file_types.raw_image.unit_regexp: camera: 'camera-[0-9' is not a regular"
+            " expression",
+        ),
+        (
+            lambda s: s["data_file_types"]["raw_image"].update(
+                location="{sector}/{camera}/L0", unit_regexp="sector-[0-9]"
+            ),
+            "data_file_types.raw_image: location '{sector}/{camera}/L0' has 2 placeholders: give"
+            " unit_regexp a regexp for each, e.g. {sector: ..., camera: ...}",
+        ),
+        (
+            lambda s: s["data_file_types"]["raw_image"].update(
+                location="{sector}/{camera}/L0", unit_regexp={"detector": "d-[0-9]"}
+            ),
+            "data_file_types.raw_image: unit_regexp: 'detector' is no placeholder of location"
+            " '{sector}/{camera}/L0'",
+        ),
+        (
+            lambda s: s["data_file_types"]["raw_image"].update(location="{a}/L0/{a}"),
+            "data_file_types.raw_image.location: placeholder {a} appears twice",
+        ),
+        (
+            lambda s: s["data_file_types"]["raw_image"].update(location="{sector}/{camera}/L0"),
+            "nodes.0: node 'permuter': data file types 'raw_image' ({sector}/{camera}/L0) and"
+            " 'permuted_image' ({dataset}/L1) disagree on the placeholders of the unit of work",
         ),
         (
             lambda s: s["data_file_types"]["raw_image"].update(
@@ -317,3 +348,25 @@ def test_a_user_module_named_like_a_generic_package_is_accepted(
     assert import_files(write(tmp_path, "c.yaml", one_node("c", f"{module}:run"))) == [
         ("c", 1, True)
     ]
+
+
+def test_a_location_of_several_placeholders_names_a_unit_by_their_values(
+    database: Path, tmp_path: Path
+) -> None:
+    spec = sample_spec()
+    for kind in spec["data_file_types"].values():
+        kind["location"] = kind["location"].replace("{dataset}", "{sector}/{camera}")
+    spec["data_file_types"]["raw_image"]["unit_regexp"] = {"camera": "camera-[0-9]"}
+    assert import_files(write(tmp_path, "sample.yaml", spec)) == [("sample", 1, True)]
+    with transaction() as session:
+        stored = definitions.get(session, "sample").spec
+    raw = definitions.parse(stored).data_file_types["raw_image"]
+
+    assert raw.placeholders == ["sector", "camera"]
+    assert raw.directory("sector-1/camera-2") == "sector-1/camera-2/L0"
+    assert raw.unit_in("sector-1/camera-2/L0") == "sector-1/camera-2"
+    assert raw.unit_in("sector-1/camera-x/L0") is None, "camera's regexp"
+    assert raw.unit_in("sector-1/L0") is None
+    with pytest.raises(InvalidInput) as raised:
+        raw.directory("sector-1")
+    assert "location '{sector}/{camera}/L0' has 2 placeholders" in str(raised.value)

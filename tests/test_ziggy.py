@@ -8,6 +8,7 @@ frame of a night."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -123,12 +124,35 @@ def deliver_by_hand(datastore: Path) -> None:
     (datastore / "night-x" / "raw" / "frame-1.sci").write_text("1")
 
 
+def import_ziggy(capsys: pytest.CaptureFixture[str], etc: Path) -> Any:
+    """``definitions import`` of a ``ziggy.d``, its steps under the ``src`` beside ``etc``."""
+    return run_cli(
+        capsys, "definitions", "import", etc, "--algorithm-path", etc.parent.parent / "src"
+    )
+
+
+def exported_and_imported_back(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, etc: Path, name: str
+) -> str:
+    """Pipeline ``name`` of a ``ziggy.d`` imported, exported as Ziggy XML, and that XML
+    imported back to the same definition: the XML."""
+    source = etc.parent.parent / "src"
+    facade.import_definitions([etc], [source])
+    result = run_cli(capsys, "definitions", "export", name, "--format", "ziggy")
+    assert result.returncode == 0, result.stderr
+    exported = tmp_path / "exported" / f"{name}.xml"
+    exported.parent.mkdir()
+    exported.write_text(result.stdout)
+    again = run_cli(capsys, "definitions", "import", exported, "--algorithm-path", source)
+    assert again.returncode == 0, again.stderr
+    assert f"{name} version 1 (unchanged)" in again.stdout
+    return result.stdout
+
+
 def test_a_ziggy_d_imports_runs_its_steps_unchanged_and_completes(
     home: Path, ziggy_d: Path, worker: InProcessWorker, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = run_cli(
-        capsys, "definitions", "import", ziggy_d, "--algorithm-path", ziggy_d.parent.parent / "src"
-    )
+    result = import_ziggy(capsys, ziggy_d)
     assert result.returncode == 0, result.stderr
     assert "spectra version 1 (imported)" in result.stdout
     assert result.stderr.splitlines() == [
@@ -289,22 +313,12 @@ def test_a_ziggy_step_on_no_directory_of_the_bin_path_is_refused_naming_them(
 def test_export_writes_ziggy_xml_that_imports_back_to_the_same_definition(
     home: Path, ziggy_d: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    source = ziggy_d.parent.parent / "src"
-    facade.import_definitions([ziggy_d], [source])
-    result = run_cli(capsys, "definitions", "export", "spectra", "--format", "ziggy")
-    assert result.returncode == 0, result.stderr
-    exported = tmp_path / "exported" / "spectra.xml"
-    exported.parent.mkdir()
-    exported.write_text(result.stdout)
+    exported = exported_and_imported_back(capsys, tmp_path, ziggy_d, "spectra")
 
-    again = run_cli(capsys, "definitions", "import", exported, "--algorithm-path", source)
-
-    assert again.returncode == 0, again.stderr
-    assert "spectra version 1 (unchanged)" in again.stdout, "remote environment and all"
     assert (
         '<queue name="ours" description="Ours" maxNodes="4" autoSelectable="false"'
         ' reserved="true"/>'
-    ) in exported.read_text()
+    ) in exported
     shown = json.loads(run_cli(capsys, "definitions", "show", "spectra", "--json").stdout)
     calibrate = shown["nodes"][0]
     assert (calibrate["max_workers"], calibrate["heap_size_gigabytes"]) == (2, 3)
@@ -377,11 +391,7 @@ def test_what_ziggy_files_hold_is_mapped_or_refused_in_one_line_and_nothing_impo
     else:
         raise AssertionError(f"{change[0]!r} is in neither file")
 
-    result = run_cli(
-        capsys, "definitions", "import", ziggy_d, "--algorithm-path", ziggy_d.parent.parent / "src"
-    )
-
-    assert_one_line_error(result, *fragments)
+    assert_one_line_error(import_ziggy(capsys, ziggy_d), *fragments)
     assert json.loads(run_cli(capsys, "definitions", "list", "--json").stdout) == []
     assert json.loads(run_cli(capsys, "params", "list", "--json").stdout) == []
 
@@ -956,3 +966,203 @@ def test_an_executable_step_started_by_an_event_finds_it_in_its_environment(
         "PIPELINE_EVENT_LABELS=sample-1",
         "PIPELINE_EVENT_NAME=nightly",
     ]
+
+
+#: A survey whose units of work are two regexp levels, a sector and one of its cameras.
+SURVEY = """<?xml version="1.0" encoding="UTF-8"?>
+<pipelineDefinition>
+  <step name="reduce" file="survey/steps.py"/>
+  <step name="summarize" file="survey/steps.py"/>
+  <pipeline name="survey" rootNodeNames="reduce">
+    <node name="reduce" childNodeNames="summarize">
+      <inputDataFileType name="pixels"/>
+      <outputDataFileType name="reduced pixels"/>
+    </node>
+    <node name="summarize" singleSubtask="true">
+      <inputDataFileType name="reduced pixels"/>
+      <outputDataFileType name="summary"/>
+    </node>
+  </pipeline>
+  <datastoreRegexp name="sector" value="sector-[0-9]+"/>
+  <datastoreRegexp name="camera" value="camera-[1-4]"/>
+  <datastoreNode name="sector" isRegexp="true" nodes="camera">
+    <datastoreNode name="camera" isRegexp="true" nodes="L0, L1, L2">
+      <datastoreNode name="L0"/>
+      <datastoreNode name="L1"/>
+      <datastoreNode name="L2"/>
+    </datastoreNode>
+  </datastoreNode>
+  <dataFileType name="pixels" location="sector/camera/L0" fileNameRegexp="pixels-([0-9]+)\\.txt"/>
+  <dataFileType name="reduced pixels" location="sector/camera/L1"
+                fileNameRegexp="pixels-([0-9]+)\\.red"/>
+  <dataFileType name="summary" location="sector/camera/L2" fileNameRegexp="summary\\.txt"/>
+</pipelineDefinition>
+"""
+
+SURVEY_STEPS = """
+def reduce(inputs):
+    name = inputs["dataFilenames"]
+    with open(name) as given, open(name.replace(".txt", ".red"), "w") as out:
+        out.write(str(10 * int(given.read())))
+
+
+def summarize(inputs):
+    total = sum(int(open(name).read()) for name in inputs["dataFilenames"])
+    with open("summary.txt", "w") as out:
+        out.write(str(total))
+"""
+
+
+@pytest.fixture
+def survey_d(tmp_path: Path) -> Path:
+    """The survey's ``etc/ziggy.d`` and its steps under ``src/``."""
+    etc = tmp_path / "survey" / "etc" / "ziggy.d"
+    etc.mkdir(parents=True)
+    (etc / "survey.xml").write_text(SURVEY)
+    (tmp_path / "survey" / "src" / "survey").mkdir(parents=True)
+    (tmp_path / "survey" / "src" / "survey" / "steps.py").write_text(SURVEY_STEPS)
+    return etc
+
+
+def pixel(sector: int, camera: int, number: int) -> int:
+    return 100 * sector + 10 * camera + number
+
+
+def test_a_location_of_two_regexp_levels_runs_a_task_per_sector_and_camera(
+    home: Path,
+    survey_d: Path,
+    tmp_path: Path,
+    worker: InProcessWorker,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    imported = import_ziggy(capsys, survey_d)
+    assert imported.returncode == 0, imported.stderr
+    shown = json.loads(run_cli(capsys, "definitions", "show", "survey", "--json").stdout)
+    assert shown["data_file_types"]["pixels"]["location"] == "{sector}/{camera}/L0"
+    assert shown["data_file_types"]["pixels"]["unit_regexp"] == {
+        "sector": "sector-[0-9]+",
+        "camera": "camera-[1-4]",
+    }
+    delivery = tmp_path / "delivery"
+    for sector, camera, number in itertools.product((1, 2), (1, 2), (1, 2)):
+        level = delivery / f"sector-{sector}" / f"camera-{camera}" / "L0"
+        level.mkdir(parents=True, exist_ok=True)
+        (level / f"pixels-{number}.txt").write_text(str(pixel(sector, camera, number)))
+    manifest = run_cli(capsys, "datastore", "manifest", delivery, "--dataset-id", 3)
+    assert manifest.returncode == 0, manifest.stderr
+    received = run_cli(capsys, "datastore", "import", delivery)
+    assert received.returncode == 0, received.stderr
+    assert "received 8 files" in received.stdout
+    units = [f"sector-{s}/camera-{c}" for s, c in itertools.product((1, 2), (1, 2))]
+    assert f"pixels: {', '.join(units)}" in " ".join(received.stdout.split())
+    datastore = home / "datastore"
+    for outside in ("sector-x/camera-1", "sector-1/camera-9"):  # no unit: a level's regexp
+        (datastore / outside / "L0").mkdir(parents=True)
+        (datastore / outside / "L0" / "pixels-1.txt").write_text("1")
+
+    instance = facade.submit("survey")["id"]
+    worker.drain()
+
+    assert queries.get_instance(instance)["state"] == "COMPLETED"
+    tasks = sorted((t["node"], t["unit_of_work"]) for t in queries.list_tasks(instance))
+    assert tasks == sorted((node, unit) for node in ("reduce", "summarize") for unit in units)
+    for sector, camera in itertools.product((1, 2), (1, 2)):
+        unit = datastore / f"sector-{sector}" / f"camera-{camera}"
+        reduced = {p.name: int(p.read_text()) for p in (unit / "L1").iterdir()}
+        assert reduced == {f"pixels-{n}.red": 10 * pixel(sector, camera, n) for n in (1, 2)}
+        summary = int((unit / "L2" / "summary.txt").read_text())
+        assert summary == sum(10 * pixel(sector, camera, n) for n in (1, 2))
+    listed = run_cli(capsys, "files", "--unit", "sector-1/camera-2", "--json")
+    assert sorted(f["path"] for f in json.loads(listed.stdout)) == [
+        f"sector-1/camera-2/{level}/{name}"
+        for level, name in (
+            ("L0", "pixels-1.txt"),
+            ("L0", "pixels-2.txt"),
+            ("L1", "pixels-1.red"),
+            ("L1", "pixels-2.red"),
+            ("L2", "summary.txt"),
+        )
+    ], "the lineage by unit"
+
+    chosen = facade.submit("survey", units="sector-1/.*")["id"]
+    worker.drain()
+
+    assert queries.get_instance(chosen)["state"] == "COMPLETED"
+    reduced = [t["unit_of_work"] for t in queries.list_tasks(chosen) if t["node"] == "reduce"]
+    assert sorted(reduced) == ["sector-1/camera-1", "sector-1/camera-2"]
+
+
+def test_a_location_of_two_regexp_levels_exports_and_imports_back_unchanged(
+    home: Path, survey_d: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exported = exported_and_imported_back(capsys, tmp_path, survey_d, "survey")
+
+    assert '<datastoreRegexp name="camera" value="camera-[1-4]"/>' in exported
+    assert 'location="sector/camera/L0"' in exported
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragments"),
+    [
+        (
+            [('value="camera-[1-4]"', 'value="camera-[1-4"')],
+            ("data_file_types.pixels.unit_regexp: camera: 'camera-[1-4' is not a regular",),
+        ),
+        (
+            [
+                ('nodes="camera"', 'nodes="camera, L3"'),
+                (
+                    '<datastoreNode name="camera"',
+                    '<datastoreNode name="L3"/><datastoreNode name="camera"',
+                ),
+                ('location="sector/camera/L2"', 'location="sector/L3"'),
+            ],
+            (
+                "node 'summarize': data file types 'reduced pixels' ({sector}/{camera}/L1) and"
+                " 'summary' ({sector}/L3) disagree on the placeholders",
+            ),
+        ),
+        (
+            [(' isRegexp="true"', ""), (' isRegexp="true"', "")],
+            ("dataFileType 'pixels': location 'sector/camera/L0' has no datastore regexp",),
+        ),
+    ],
+)
+def test_a_bad_level_of_a_unit_of_work_is_refused_in_one_line_and_nothing_imported(
+    database: Path,
+    survey_d: Path,
+    capsys: pytest.CaptureFixture[str],
+    changes: list[tuple[str, str]],
+    fragments: tuple[str, ...],
+) -> None:
+    file = survey_d / "survey.xml"
+    for old, new in changes:
+        assert old in file.read_text()
+        file.write_text(file.read_text().replace(old, new, 1))
+
+    assert_one_line_error(import_ziggy(capsys, survey_d), *fragments)
+    assert json.loads(run_cli(capsys, "definitions", "list", "--json").stdout) == []
+
+
+def test_files_received_for_a_unit_of_two_levels_land_in_its_directory(
+    home: Path, survey_d: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    facade.import_definitions([survey_d], [survey_d.parent.parent / "src"])
+    delivery = tmp_path / "delivery"
+    delivery.mkdir()
+    (delivery / "pixels-1.txt").write_text("7")
+
+    one_level = run_cli(
+        capsys, "datastore", "import", delivery, "--type", "pixels", "--unit", "sector-3"
+    )
+    assert_one_line_error(
+        one_level,
+        "unit of work 'sector-3' must be 2 names joined by '/' ({sector}/{camera}/L0)",
+    )
+    received = run_cli(
+        capsys, "datastore", "import", delivery, "--type", "pixels", "--unit", "sector-3/camera-1"
+    )
+
+    assert received.returncode == 0, received.stderr
+    stored = home / "datastore" / "sector-3" / "camera-1" / "L0" / "pixels-1.txt"
+    assert stored.read_text() == "7"

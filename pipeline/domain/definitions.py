@@ -14,8 +14,9 @@ A file names its data file types, parameter sets and nodes::
         outputs: [permuted_image]
         parameter_sets: [algorithm]
 
-A location holds one ``{placeholder}`` path component: its values in the datastore are
-the units of work, one task each.
+A location holds one or more ``{placeholder}`` path components (Ziggy's datastore regexps):
+a unit of work, one task, is their values in the datastore joined by "/" in location order
+(``sector-1/camera-2`` for ``{sector}/{camera}/L0``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ from pipeline.errors import InvalidInput, NotFound, shown
 #: What a model type may be called: as a node, or with spaces, as Ziggy's are.
 MODEL_TYPE_PATTERN = r"^[A-Za-z][A-Za-z0-9_. -]*$"
 _PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+#: What a placeholder's value may be called where the pipeline names it (a delivery's
+#: directories, a receipt's ``--unit``): one path component.
+UNIT_VALUE = r"[A-Za-z0-9][A-Za-z0-9_.+=-]*"
 
 
 class _Strict(BaseModel):
@@ -55,10 +59,12 @@ class _Strict(BaseModel):
 
 class DataFileType(_Strict):
     """Where files of one type live in the datastore: ``location`` (a relative path with
-    one ``{placeholder}``, the unit of work) and the file names matched there, by the
-    shell-style ``pattern`` or, Ziggy's way, the regular expression ``regexp`` (the whole
-    name must match; its groups pair the files of several input types into subtasks).
-    ``unit_regexp`` (Ziggy's datastore regexp) limits the placeholder's values;
+    one or more ``{placeholder}`` components, each a level of the unit of work) and the file
+    names matched there, by the shell-style ``pattern`` or, Ziggy's way, the regular
+    expression ``regexp`` (the whole name must match; its groups pair the files of several
+    input types into subtasks). ``unit_regexp`` (Ziggy's datastore regexps) limits the
+    placeholders' values: one regexp for a location of one placeholder, else a mapping of
+    placeholder names to regexps (a placeholder it does not name takes any value);
     ``every_subtask`` (Ziggy's ``includeAllFilesInAllSubtasks``) gives every file of the
     type to every subtask. Neither location nor pattern can reach outside: an absolute
     path or a ``..`` is refused, naming itself."""
@@ -66,18 +72,24 @@ class DataFileType(_Strict):
     location: str
     pattern: str = "*"
     regexp: str | None = None
-    unit_regexp: str | None = None
+    unit_regexp: str | dict[str, str] | None = None
     every_subtask: bool = False
 
     @field_validator("location")
     @classmethod
     def _inside_the_datastore(cls, location: str) -> str:
         _refuse_escape(location, "a location is a path inside the datastore", "the datastore")
-        placeholders = [p for p in Path(location).parts if _PLACEHOLDER.match(p)]
-        if len(placeholders) != 1:
+        names = _placeholders(location)
+        if not names:
             raise ValueError(
-                "must be a relative path with exactly one {placeholder} component, "
-                "e.g. '{dataset}/L0'"
+                "must be a relative path with at least one {placeholder} component, "
+                "e.g. '{dataset}/L0' or '{sector}/{camera}/L0'"
+            )
+        twice = next((name for name in names if names.count(name) > 1), None)
+        if twice is not None:
+            raise ValueError(
+                f"placeholder {{{twice}}} appears twice: each level of the unit of work is"
+                " named once"
             )
         return location
 
@@ -89,31 +101,67 @@ class DataFileType(_Strict):
         _refuse_escape(pattern, "a pattern matches files inside its location", "its location")
         return pattern
 
-    @field_validator("regexp", "unit_regexp")
+    @field_validator("regexp")
     @classmethod
     def _compiles(cls, regexp: str | None) -> str | None:
-        if regexp is None:
-            return None
-        if "/" in regexp:
-            raise ValueError(
-                f"{shown(regexp)} holds a '/': a name in a sub-directory of the location"
-                " (Ziggy's advanced units of work) is not supported"
-            )
-        _regexp(regexp)
-        return regexp
+        return None if regexp is None else _name_regexp(regexp)
+
+    @field_validator("unit_regexp")
+    @classmethod
+    def _each_compiles(cls, given: str | dict[str, str] | None) -> str | dict[str, str] | None:
+        for name, regexp in given.items() if isinstance(given, dict) else ():
+            try:
+                _name_regexp(regexp)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return given if given is None or isinstance(given, dict) else _name_regexp(given)
 
     @model_validator(mode="after")
     def _one_way_to_match(self) -> DataFileType:
         if self.regexp is not None and self.pattern != "*":
             raise ValueError("give a pattern or a regexp, not both")
+        names = self.placeholders
+        if isinstance(self.unit_regexp, str) and len(names) > 1:
+            raise ValueError(
+                f"location {self.location!r} has {len(names)} placeholders: give unit_regexp a"
+                f" regexp for each, e.g. {{{', '.join(f'{n}: ...' for n in names)}}}"
+            )
+        if isinstance(self.unit_regexp, dict):
+            unknown = sorted(set(self.unit_regexp) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"unit_regexp: {unknown[0]!r} is no placeholder of location {self.location!r}"
+                )
         return self
 
     @property
-    def placeholder(self) -> str:
-        return next(p for p in Path(self.location).parts if _PLACEHOLDER.match(p))
+    def placeholders(self) -> list[str]:
+        """The names of the location's placeholders, in order: the unit of work's levels."""
+        return _placeholders(self.location)
 
     def directory(self, unit_of_work: str) -> str:
-        return self.location.replace(self.placeholder, unit_of_work)
+        """The location of ``unit_of_work``: each placeholder replaced by its level's value."""
+        values = unit_of_work.split("/")
+        if len(values) != len(self.placeholders):
+            raise InvalidInput(
+                f"unit of work {shown(unit_of_work)}: location {self.location!r} has"
+                f" {len(self.placeholders)} placeholders, a value for each joined by '/'"
+            )
+        given = iter(values)
+        return "/".join(
+            next(given) if _PLACEHOLDER.match(part) else part for part in self.location.split("/")
+        )
+
+    def unit_in(self, folder: str, value: str = "[^/]+") -> str | None:
+        """The unit of work whose directory ``folder`` (relative to the datastore root) is,
+        if it is one: each placeholder's value a name matching ``value`` and its regexp."""
+        levels = [
+            f"({value})" if _PLACEHOLDER.match(part) else re.escape(part)
+            for part in Path(self.location).parts
+        ]
+        found = re.fullmatch("/".join(levels), folder)
+        unit = "/".join(found.groups()) if found else None
+        return unit if unit is not None and self.is_unit(unit) else None
 
     def matches(self, name: str) -> bool:
         """Is ``name`` a file name of this type? (A hidden name matches a pattern only if the
@@ -123,9 +171,20 @@ class DataFileType(_Strict):
         hidden = name.startswith(".") and not self.pattern.startswith(".")
         return not hidden and fnmatchcase(name, self.pattern)
 
-    def is_unit(self, value: str) -> bool:
-        """May ``value`` stand for the placeholder (``unit_regexp``, when there is one)?"""
-        return self.unit_regexp is None or re.fullmatch(self.unit_regexp, value) is not None
+    def is_unit(self, unit_of_work: str) -> bool:
+        """May ``unit_of_work`` stand for the placeholders: a value for each, matching its
+        ``unit_regexp`` where it has one?"""
+        values = unit_of_work.split("/")
+        return len(values) == len(self.placeholders) and all(
+            re.fullmatch(regexp, value) is not None
+            for name, value in zip(self.placeholders, values, strict=True)
+            if (regexp := self._regexp_of(name)) is not None
+        )
+
+    def _regexp_of(self, placeholder: str) -> str | None:
+        if isinstance(self.unit_regexp, dict):
+            return self.unit_regexp.get(placeholder)
+        return self.unit_regexp
 
     def groups(self, name: str) -> tuple[str, ...]:
         """The values of the regexp's groups in ``name``: what pairs it with files of the
@@ -140,6 +199,21 @@ class DataFileType(_Strict):
 
     def describe(self) -> str:
         return f"{self.location}/{self.names}"
+
+
+def _placeholders(location: str) -> list[str]:
+    return [found[1] for part in Path(location).parts if (found := _PLACEHOLDER.match(part))]
+
+
+def _name_regexp(regexp: str) -> str:
+    """``regexp``, matched against one name: it compiles, and holds no '/'."""
+    if "/" in regexp:
+        raise ValueError(
+            f"{shown(regexp)} holds a '/': a name in a sub-directory of the location"
+            " (Ziggy's advanced units of work) is not supported"
+        )
+    _regexp(regexp)
+    return regexp
 
 
 def _regexp(text: str) -> re.Pattern[str]:
@@ -316,6 +390,8 @@ class Definition(_Strict):
                 for kind in getattr(node, field):
                     if kind not in self.data_file_types:
                         raise _at(f"nodes.{i}.{field}", f"unknown data file type {kind!r}")
+            if problem := self._levels_problem(node):
+                raise _at(f"nodes.{i}", problem)
             for kind in node.models:
                 if kind not in self.model_types:
                     raise _at(f"nodes.{i}.models", f"unknown model type {kind!r}")
@@ -330,6 +406,23 @@ class Definition(_Strict):
         except CycleError as exc:
             raise _at("nodes", f"cycle through {' -> '.join(exc.args[1])}") from None
         return self
+
+    def _levels_problem(self, node: Node) -> str:
+        """Why the node's data file types cannot share one unit of work ("" if they can):
+        as many placeholders in each (a data receipt's types come from a delivery)."""
+        if node.receives:
+            return ""
+        kinds = [*node.inputs, *node.outputs]
+        levels = {kind: len(self.data_file_types[kind].placeholders) for kind in kinds}
+        other = next((kind for kind in kinds if levels[kind] != levels[kinds[0]]), None)
+        if other is None:
+            return ""
+        first, second = self.data_file_types[kinds[0]], self.data_file_types[other]
+        return (
+            f"node {node.name!r}: data file types {kinds[0]!r} ({first.location}) and {other!r}"
+            f" ({second.location}) disagree on the placeholders of the unit of work: give them"
+            " as many"
+        )
 
     def graph(self) -> dict[str, set[str]]:
         """Each node mapped to its parents."""

@@ -15,7 +15,8 @@ inputs dict, ``Node.calls``; anything else an executable found there, on the bin
 (Ziggy's ``binPath``) or on ``PATH``, see ``executables``);
 ``childNodeNames`` become the children's ``after``; a pipeline's parameter sets apply to
 every node; a data file type's location names its datastore regexp, which becomes the
-unit-of-work placeholder (``{dataset}/L0``) and whose value limits the units; its
+unit-of-work placeholder (``{dataset}/L0``; with several, ``{sector}/{camera}/L0``, each
+a level of the unit of work) and whose value limits the units; its
 ``fileNameRegexp`` pairs the files of several input types into subtasks by its groups
 (``subtasks: paired``), or ``singleSubtask`` gives one subtask of all.
 """
@@ -598,30 +599,30 @@ def _algorithm(
 
 
 def _file_type(library: Library, name: str, declared: dict[str, Any]) -> dict[str, Any]:
-    """A ``dataFileType`` as this product's: its location's datastore regexp becomes the
-    placeholder whose values are the units of work."""
+    """A ``dataFileType`` as this product's: its location's datastore regexps become the
+    placeholders whose values, joined by "/", are the units of work."""
     where = f"{declared['source']}: dataFileType {name!r}"
     parts = [part.strip() for part in declared["location"].split("/")]
     _check_location(library, where, parts)
     placeholders = [
         part for part in parts if part in library.regexps and _is_regexp_node(library, part)
     ]
-    if len(placeholders) != 1:
-        said = "none" if not placeholders else ", ".join(placeholders)
+    if not placeholders:
         raise InvalidInput(
-            f"{where}: location {declared['location']!r} has {len(placeholders)} datastore"
-            f" regexps ({said}): one, the unit of work, is supported here"
+            f"{where}: location {declared['location']!r} has no datastore regexp: one or more,"
+            " the levels of the unit of work, are needed"
         )
-    [regexp] = placeholders
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", regexp):
-        raise InvalidInput(
-            f"{where}: datastoreRegexp {regexp!r}: name it with letters, digits and _ only"
-        )
-    location = "/".join("{" + part + "}" if part == regexp else part for part in parts)
+    for regexp in placeholders:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", regexp):
+            raise InvalidInput(
+                f"{where}: datastoreRegexp {regexp!r}: name it with letters, digits and _ only"
+            )
+    location = "/".join("{" + part + "}" if part in placeholders else part for part in parts)
+    values = {regexp: library.regexps[regexp] for regexp in placeholders}
     return {
         "location": location,
         "regexp": declared["fileNameRegexp"],
-        "unit_regexp": library.regexps[regexp],
+        "unit_regexp": values if len(values) > 1 else values[placeholders[0]],
         "every_subtask": declared["every"],
     }
 
@@ -846,12 +847,13 @@ def _datastore_xml(name: str, file_types: dict[str, dict[str, Any]]) -> list[str
                 " name files by a regular expression (regexp)"
             )
         parts = kind["location"].split("/")
-        placeholder = next(p for p in parts if p.startswith("{"))[1:-1]
-        value = kind.get("unit_regexp") or ".*"
-        if regexps.setdefault(placeholder, value) != value:
-            raise InvalidInput(
-                f"pipeline {name!r}: placeholder {placeholder!r} has two unit regexps"
-            )
+        given = kind.get("unit_regexp")
+        for placeholder in (p[1:-1] for p in parts if p.startswith("{")):
+            value = (given.get(placeholder) if isinstance(given, dict) else given) or ".*"
+            if regexps.setdefault(placeholder, value) != value:
+                raise InvalidInput(
+                    f"pipeline {name!r}: placeholder {placeholder!r} has two unit regexps"
+                )
         level = tree
         for part in parts:
             level = level.setdefault(part.strip("{}") if part.startswith("{") else part, {})

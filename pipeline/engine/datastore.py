@@ -53,19 +53,20 @@ def require(root: Path) -> Path:
 
 
 def units_of_work(root: Path, definition: Definition, node: Node) -> list[str]:
-    """``node``'s units of work: placeholder values (matching the type's ``unit_regexp``,
-    if any) under which its first input type has files."""
+    """``node``'s units of work: the placeholders' values (each matching its
+    ``unit_regexp``, if any), joined by "/", under which its first input type has files."""
     kind = definition.data_file_types[node.inputs[0]]
-    pattern = kind.location.replace(kind.placeholder, "*")
-    position = Path(kind.location).parts.index(kind.placeholder)
-    units = {
-        directory.relative_to(root).parts[position]
-        for directory in root.glob(pattern)
-        if directory.is_dir()
-        and not any(part.startswith(PRIVATE_PREFIX) for part in directory.relative_to(root).parts)
-        and kind.is_unit(directory.relative_to(root).parts[position])
-        and any((directory / name).is_file() for name in names_of(directory, kind))
-    }
+    units = set()
+    for directory in root.glob(kind.directory("/".join("*" for _ in kind.placeholders))):
+        relative = directory.relative_to(root)
+        unit = kind.unit_in(relative.as_posix())
+        if (
+            unit is not None
+            and directory.is_dir()
+            and not any(part.startswith(PRIVATE_PREFIX) for part in relative.parts)
+            and any((directory / name).is_file() for name in names_of(directory, kind))
+        ):
+            units.add(unit)
     return sorted(units)
 
 

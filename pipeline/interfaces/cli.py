@@ -1145,7 +1145,11 @@ def _datastore_import_arguments(command: Parser) -> None:
         " datastore with its *.sha256 manifest at its top (models in models/).",
     )
     command.add_argument("--type", metavar="TYPE", help="Their data file type.")
-    command.add_argument("--unit", metavar="UNIT", help="Their unit of work, e.g. set-1.")
+    command.add_argument(
+        "--unit",
+        metavar="UNIT",
+        help="Their unit of work, e.g. set-1 (or sector-1/camera-2: a value per placeholder).",
+    )
     command.add_argument(
         "--manifest",
         type=Path,

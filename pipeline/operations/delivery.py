@@ -1,5 +1,5 @@
 """A delivery: one directory laid out as the datastore (each file at its data file type's
-location, the unit of work the placeholder's value), model files in ``models/``, and its
+location, the unit of work its placeholders' values), model files in ``models/``, and its
 manifest at the top, the one file named ``*.sha256`` (``sha256sum`` format, relative
 paths). ``pipeline datastore import DIR`` with no ``--type``/``--unit`` receives one, and
 an event handler receives one per label.
@@ -16,7 +16,6 @@ again after a crash) makes no second version.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Mapping
 from contextlib import suppress
@@ -28,7 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
-from pipeline.domain.definitions import Definition
+from pipeline.domain.definitions import UNIT_VALUE, Definition
 from pipeline.domain.models import Dataset, DatastoreFile, utcnow
 from pipeline.engine import datastore, deliveries, model_registry
 from pipeline.engine.datastore_ledger import current_rows, record_received
@@ -44,7 +43,6 @@ from pipeline.settings import get_settings
 MODELS_DIR = "models"
 #: A manifest's name ends so.
 MANIFEST_SUFFIX = SHA256_MANIFEST_SUFFIX
-_UNIT = r"([A-Za-z0-9][A-Za-z0-9_.+=-]*)"
 
 
 @dataclass(frozen=True)
@@ -310,10 +308,9 @@ def _classify(known: list[Definition], path: str) -> Classified:
     matches = {}
     for definition in known:
         for kind_name, kind in definition.data_file_types.items():
-            before, _, after = kind.location.partition(kind.placeholder)
-            where = re.fullmatch(re.escape(before) + _UNIT + re.escape(after), folder)
-            if where and kind.is_unit(where.group(1)) and kind.matches(name):
-                matches[kind_name] = where.group(1)
+            unit = kind.unit_in(folder, UNIT_VALUE)
+            if unit is not None and kind.matches(name):
+                matches[kind_name] = unit
     if not matches:
         raise InvalidInput(
             f"{path}: matches no data file type's location and pattern"

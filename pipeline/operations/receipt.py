@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.database import transaction
 from pipeline.domain import definitions
-from pipeline.domain.definitions import DataFileType, Definition
+from pipeline.domain.definitions import UNIT_VALUE, DataFileType, Definition
 from pipeline.engine import datastore
 from pipeline.engine.datastore import Staged
 from pipeline.engine.datastore_ledger import record_received
@@ -32,8 +32,8 @@ from pipeline.errors import InvalidInput, NotFound
 from pipeline.operations.views import ReceiptView, ReceivedFile
 from pipeline.settings import get_settings
 
-#: What a unit of work may be called: one path component.
-UNIT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+#: What each level of a unit of work may be called: one path component.
+UNIT_PATTERN = re.compile(rf"^{UNIT_VALUE}$")
 #: A ``sha256sum`` line: the checksum, a space, then a space (text) or ``*`` (binary) and
 #: the name; a leading backslash says the name is escaped (``\\`` for a backslash, ``\n``
 #: for a newline), as sha256sum writes a name holding either.
@@ -63,8 +63,10 @@ def receive(
     """Import the files of ``directory`` as ``data_file_type`` for ``unit`` (see the module
     docstring); what was imported, and where the acknowledgement was written."""
     kind = _data_file_type(data_file_type, pipeline)
-    if not UNIT_PATTERN.match(unit):
-        raise InvalidInput(f"unit of work {unit!r} must be one name of letters, digits, _.+=-")
+    levels = len(kind.placeholders)
+    if len(unit.split("/")) != levels or not all(map(UNIT_PATTERN.match, unit.split("/"))):
+        said = "one name" if levels == 1 else f"{levels} names joined by '/' ({kind.location})"
+        raise InvalidInput(f"unit of work {unit!r} must be {said} of letters, digits, _.+=-")
     for given in (directory, manifest):
         if given is not None and "\x00" in str(given):
             raise InvalidInput(f"{str(given)[:80]!r}: a file name cannot hold a NUL character")
