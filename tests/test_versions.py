@@ -292,3 +292,36 @@ def test_large_inputs_are_links_to_the_read_only_bytes_unless_the_worker_is_root
         assert linked == large_linked, f"as user {user}"
         assert os.stat(given / "small.dat").st_ino != os.stat(small).st_ino, "a copy"
         assert not os.stat(given / "small.dat").st_mode & 0o222, "read-only"
+
+
+def test_a_placement_over_a_path_survives_another_store_emptying_the_staging_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two stores replace files of one directory at once: one removes the staging
+    directory the moment it is empty, just after the other made it and before it links
+    its file there (seen as 'storing failed: No such file or directory' with 20 instances
+    at once). The placement makes the directory again and the path shows the new bytes."""
+    root = tmp_path / "datastore"
+    (root / "set-1").mkdir(parents=True)
+    destination = root / "set-1" / "a.png"
+    destination.write_bytes(b"old")
+    new = tmp_path / "new.png"
+    new.write_bytes(b"new")
+    kept = datastore.keep(root, new)
+    staged = datastore.Staged(
+        kept.path, "set-1/a.png", str(destination), kept.size, kept.sha256, kept.mtime_ns,
+        kept.inode,
+    )  # fmt: skip
+    link, emptied = os.link, []
+
+    def other_store_empties_it_first(source: str, target: str) -> None:
+        staging = os.path.dirname(target)
+        if os.path.basename(staging) == datastore.STAGING_DIR and not emptied:
+            os.rmdir(staging)  # the other store's rmdir, the directory empty then
+            emptied.append(staging)
+        link(source, target)
+
+    monkeypatch.setattr(datastore.os, "link", other_store_empties_it_first)
+    datastore.place(staged)
+    assert emptied, "the race was not played"
+    assert destination.read_bytes() == b"new" and datastore.shows(staged)

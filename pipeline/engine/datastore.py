@@ -27,6 +27,8 @@ from pipeline.settings import get_settings
 
 #: Where stored files are written before they are renamed into place.
 STAGING_DIR = ".pipeline-staging"
+#: Times a placement makes its staging directory again when another store removed it.
+STAGING_TRIES = 100
 #: Every version's bytes, by SHA-256, under the datastore root.
 OBJECTS_DIR = ".pipeline-objects"
 #: Files and directories of the pipeline's own under the datastore root: never data.
@@ -285,9 +287,18 @@ def place(staged: Staged) -> int:
         pass
     directory, name = os.path.split(staged.destination)
     staging = os.path.join(directory, STAGING_DIR)
-    os.makedirs(staging, exist_ok=True)
     temporary = os.path.join(staging, f"{name}.{uuid.uuid4().hex}")
-    os.link(staged.kept, temporary)
+    for _ in range(STAGING_TRIES):
+        os.makedirs(staging, exist_ok=True)
+        try:
+            os.link(staged.kept, temporary)
+            break
+        except FileNotFoundError:
+            # Another store removed the staging directory, empty for an instant, between
+            # its making and this link; the object itself must still be there.
+            os.stat(staged.kept)
+    else:
+        os.link(staged.kept, temporary)
     os.replace(temporary, staged.destination)
     # Renaming a link over another link of the same object (the path shows these bytes
     # already) does nothing, and leaves it where it was.
