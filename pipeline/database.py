@@ -201,6 +201,38 @@ def insert_rows(session: Session, table: Table, rows: list[dict[str, Any]]) -> l
     return list(session.execute(returning, rows).scalars())
 
 
+def insert_plain(
+    session: Session,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    shared: dict[str, Any],
+) -> None:
+    """Insert ``rows``, tuples of ``columns``' values that need no converting (strings,
+    integers, None), each with the values ``shared`` by every row (converted once by their
+    columns' types: times, JSON), through the driver's own executemany in the session's
+    transaction. A store's 10,000 ledger rows took 0.25 s through Core, which converts
+    every value of every row; the ids are not read back."""
+    if not rows:
+        return
+    connection = session.connection()
+    dialect = connection.dialect
+    values = []
+    for name, value in shared.items():
+        convert = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        values.append(value if convert is None or value is None else convert(value))
+    names = [*columns, *shared]
+    quoted = ", ".join(dialect.identifier_preparer.quote(name) for name in names)
+    marker = "?" if dialect.paramstyle == "qmark" else "%s"
+    statement = f"INSERT INTO {table.name} ({quoted}) VALUES ({', '.join([marker] * len(names))})"
+    tail = tuple(values)
+    cursor = connection.connection.cursor()
+    try:
+        cursor.executemany(statement, [row + tail for row in rows])
+    finally:
+        cursor.close()
+
+
 _engines: dict[str, Engine] = {}
 _sessions: dict[str, sessionmaker[Session]] = {}
 

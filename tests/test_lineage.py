@@ -557,7 +557,15 @@ def test_two_instances_storing_the_same_files_on_either_database(
     permuted = [f for f in current if f["data_file_type"] == "permuted_image"]
     assert len(permuted) == IMAGES_PER_SET, "one current row per path"
     history = lineage.files(unit="set-1", history=True)
-    assert len([f for f in history if f["data_file_type"] == "permuted_image"]) == 8
+    stored = [f for f in history if f["data_file_type"] == "permuted_image"]
+    assert len(stored) == 8
+    # Every value of a stored row reads back as written (the rows go in by the driver).
+    for row in stored:
+        assert (row["origin"], row["node"], row["unit_of_work"]) == ("task", "permuter", "set-1")
+        assert row["instance_id"] in (first, second) and row["attempt"] == 1
+        assert row["parameter_versions"] == {"algorithm": 1} and row["definition_version"] == 1
+        assert row["stored_at"] and row["size"] > 0 and len(row["sha256"]) == 64
+        assert row["current"] == (row["instance_id"] == second)
     raw = consumed(task_of(first, "permuter", "set-1")["id"])
     assert raw == [[f"set-1/L0/nasa-logo-file-{i}.png"] for i in range(IMAGES_PER_SET)]
 

@@ -301,17 +301,8 @@ def test_a_placement_over_a_path_survives_another_store_emptying_the_staging_dir
     directory the moment it is empty, just after the other made it and before it links
     its file there (seen as 'storing failed: No such file or directory' with 20 instances
     at once). The placement makes the directory again and the path shows the new bytes."""
-    root = tmp_path / "datastore"
-    (root / "set-1").mkdir(parents=True)
-    destination = root / "set-1" / "a.png"
-    destination.write_bytes(b"old")
-    new = tmp_path / "new.png"
-    new.write_bytes(b"new")
-    kept = datastore.keep(root, new)
-    staged = datastore.Staged(
-        kept.path, "set-1/a.png", str(destination), kept.size, kept.sha256, kept.mtime_ns,
-        kept.inode,
-    )  # fmt: skip
+    root, staged = _new_version_over_old(tmp_path)
+    destination = Path(staged.destination)
     link, emptied = os.link, []
 
     def other_store_empties_it_first(source: str, target: str) -> None:
@@ -325,3 +316,97 @@ def test_a_placement_over_a_path_survives_another_store_emptying_the_staging_dir
     datastore.place(staged)
     assert emptied, "the race was not played"
     assert destination.read_bytes() == b"new" and datastore.shows(staged)
+
+
+def test_a_store_replacing_many_files_of_a_directory_leaves_no_staging_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store replaces the files of one directory through one staging directory, made
+    once; another store emptying it halfway (its rmdir) costs a making again, not a file,
+    and the staging directory is gone once every path shows its new bytes."""
+    root = tmp_path / "datastore"
+    (root / "set-1").mkdir(parents=True)
+    versions = []
+    for n in range(5):
+        (root / "set-1" / f"{n}.png").write_bytes(b"old")
+        new = tmp_path / f"new-{n}.png"
+        new.write_bytes(f"new {n}".encode())
+        kept = datastore.keep(root, new)
+        versions.append(
+            datastore.Staged(
+                kept.path,
+                f"set-1/{n}.png",
+                str(root / "set-1" / f"{n}.png"),
+                kept.size,
+                kept.sha256,
+                kept.mtime_ns,
+                kept.inode,
+            )  # fmt: skip
+        )
+    link, made, emptied = os.link, [], []
+    makedirs = os.makedirs
+
+    def counted(path: str, exist_ok: bool = False) -> None:
+        if os.path.basename(path) == datastore.STAGING_DIR:
+            made.append(path)
+        makedirs(path, exist_ok=exist_ok)
+
+    def other_store_empties_it_at_the_third(source: str, target: str) -> None:
+        staging = os.path.dirname(target)
+        third = os.path.basename(target).startswith("2.png.")
+        if os.path.basename(staging) == datastore.STAGING_DIR and third and not emptied:
+            os.rmdir(staging)
+            emptied.append(staging)
+        link(source, target)
+
+    monkeypatch.setattr(datastore.os, "link", other_store_empties_it_at_the_third)
+    monkeypatch.setattr(datastore.os, "makedirs", counted)
+    datastore.place_all(versions)
+    assert emptied, "the race was not played"
+    assert len(made) == 2, "made once, and once again after the other store's removal"
+    for n, staged in enumerate(versions):
+        assert Path(staged.destination).read_bytes() == f"new {n}".encode()
+        assert datastore.shows(staged)
+    assert not (root / "set-1" / datastore.STAGING_DIR).exists()
+
+
+def test_a_placement_another_store_made_meanwhile_leaves_no_link_in_staging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another store places the same version at the path between this store's look at it
+    and its rename: the rename of a link over a link of the same file does nothing and
+    leaves this store's link in the staging directory; the store removes it, and the
+    staging directory with it."""
+    root, staged = _new_version_over_old(tmp_path)
+    destination = Path(staged.destination)
+    replace, raced = os.replace, []
+
+    def the_other_store_first(source: str, target: str) -> None:
+        if not raced:
+            os.unlink(target)
+            os.link(staged.kept, target)  # the other store's placement of the same version
+            raced.append(target)
+        replace(source, target)
+
+    monkeypatch.setattr(datastore.os, "replace", the_other_store_first)
+    datastore.place_all([staged])
+    assert raced, "the race was not played"
+    assert destination.read_bytes() == b"new" and datastore.shows(staged)
+    assert not (root / "set-1" / datastore.STAGING_DIR).exists()
+
+
+def _new_version_over_old(tmp_path: Path) -> tuple[Path, datastore.Staged]:
+    """A datastore whose ``set-1/a.png`` holds b"old", and a version of it holding b"new",
+    kept and staged: the datastore's root and the version."""
+    root = tmp_path / "datastore"
+    (root / "set-1").mkdir(parents=True)
+    destination = root / "set-1" / "a.png"
+    destination.write_bytes(b"old")
+    new = tmp_path / "new.png"
+    new.write_bytes(b"new")
+    kept = datastore.keep(root, new)
+    staged = datastore.Staged(
+        kept.path, "set-1/a.png", str(destination), kept.size, kept.sha256, kept.mtime_ns,
+        kept.inode,
+    )  # fmt: skip
+    return root, staged

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.orm import Session, aliased
 
-from pipeline.database import insert_rows, one_of
+from pipeline.database import insert_plain, insert_rows, one_of
 from pipeline.domain.definitions import Definition, Node
 from pipeline.domain.lifecycle import PState
 from pipeline.domain.models import (
@@ -354,32 +354,42 @@ def record_pending(
         )
         .execution_options(synchronize_session=False)
     )
-    producer = {
+    shared = {
+        "origin": TASK,
+        "receipt": "",
+        "unit_of_work": task.unit_of_work,
         "instance_id": instance.id,
         "task_id": task.id,
         "attempt": task.attempt,
         "node": node.name,
         "definition_version": instance.definition_version,
         "parameter_versions": parameter_versions(instance, node),
+        "stored_at": (now := utcnow()),
+        "superseded_at": now,
+        "placing": True,
     }
-    now = utcnow()
     rows = [
-        _row(o.staged.path, o.data_file_type, task.unit_of_work, TASK)
-        | {"size": o.staged.size, "sha256": o.staged.sha256, "mtime_ns": o.staged.mtime_ns}
-        | producer
-        | {"subtask_index": o.subtask_index, "stored_at": now, "superseded_at": now}
-        | {"placing": True}
+        (
+            o.staged.path,
+            o.data_file_type,
+            o.staged.size,
+            o.staged.sha256,
+            o.staged.mtime_ns,
+            o.subtask_index,
+        )
         for o in outputs
     ]
-    if rows:
-        session.execute(insert(DatastoreFile.__table__), rows)
+    insert_plain(session, DatastoreFile.__table__, PENDING_COLUMNS, rows, shared)
+
+
+#: The columns of a store's rows being placed that differ from row to row.
+PENDING_COLUMNS = ("path", "data_file_type", "size", "sha256", "mtime_ns", "subtask_index")
 
 
 def place_pending(outputs: list[StoredOutput]) -> None:
     """Link a store's outputs at their paths (``datastore.place``), outside any
     transaction: each path shows its current version or one being placed throughout."""
-    for output in outputs:
-        datastore.place(output.staged)
+    datastore.place_all(output.staged for output in outputs)
 
 
 def record_stored(

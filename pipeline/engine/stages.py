@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -319,6 +319,8 @@ class SubtaskRun:
     #: Whose subtasks may share its algorithm's process (see ``runner.run_many``): the
     #: same instance's same node, in the same database.
     scope: tuple[str, int, str]
+    #: The datastore's root, where its outputs are kept as it ends.
+    datastore: str
 
 
 #: Where a worker running a message's subtasks hands the messages of records made while
@@ -350,15 +352,15 @@ def checked_outputs(run: SubtaskRun, outcome: SubtaskOutcome) -> SubtaskOutcome:
     found = output_names(run.definition, run.node, run.context.directory, run.inputs)
     if not found and run.require_outputs:
         return SubtaskOutcome(False, NO_OUTPUT_REQUIRED, outputs=0)
-    root = get_settings().datastore
     kept = []
     for name, file in found:
         try:
-            version = datastore.keep(root, f"{run.context.directory}/{file}")
+            version = datastore.keep(run.datastore, f"{run.context.directory}/{file}")
         except OSError as exc:
             return SubtaskOutcome(False, f"could not keep output {file}: {exc.strerror or exc}")
         kept.append([name, file, version.sha256, version.size, version.mtime_ns, version.inode])
-    return replace(outcome, outputs=len(found), kept=kept)
+    # Not ``dataclasses.replace``, which costs 15 microseconds a subtask.
+    return SubtaskOutcome(True, outcome.error, outcome.timed_out, len(found), kept, outcome.details)
 
 
 def run_subtasks(claims: Sequence[Claim], host: str, hand_over: HandOver) -> Step:
@@ -566,6 +568,7 @@ def _subtask_runs(
         node=node,
         require_outputs=task.settings.require_outputs,
         scope=(get_settings().db_url, instance.id, task.node),
+        datastore=str(get_settings().datastore),
     )
     runs, task_dir = [], Path(task.task_dir)
     models = {kind: pin["name"] for kind, pin in model_registry.node_pins(instance, node).items()}
@@ -835,11 +838,13 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
         node = definition.node(task.node)
         unit, task_dir = task.unit_of_work, Path(task.task_dir)
         models = [pin["name"] for pin in model_registry.node_pins(instance, node).values()]
-        succeeded = session.execute(
-            select(Subtask.index, Subtask.inputs, Subtask.kept).where(
-                Subtask.task_id == task_id, Subtask.state == SubtaskState.COMPLETE
-            )
-        ).all()
+        complete = (Subtask.task_id == task_id, Subtask.state == SubtaskState.COMPLETE)
+        succeeded = session.execute(select(Subtask.index, Subtask.kept).where(*complete)).all()
+        # A subtask's inputs are needed only to list the outputs of one that kept none.
+        inputs: dict[int, list[str]] = {}
+        if not all(kept for _, kept in succeeded):
+            found = session.execute(select(Subtask.index, Subtask.inputs).where(*complete))
+            inputs = dict(found.tuples().all())
     staged: list[datastore_ledger.StoredOutput] = []
     root = get_settings().datastore
     try:
@@ -848,24 +853,25 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
             directories = {
                 name: definition.data_file_types[name].directory(unit) for name in node.outputs
             }
-            for index, inputs, kept in succeeded:
+            for index, kept in succeeded:
                 directory = f"{task_dir}/{taskdir.SUBTASK_DIR_FORMAT.format(index=index)}"
                 for name, file, *version in kept or output_names(
-                    definition, node, directory, [*inputs, *models]
+                    definition, node, directory, [*inputs[index], *models]
                 ):
                     path = f"{directories[name]}/{file}"
                     copy = datastore.staged_kept(root, path, *version) if version else None
                     if copy is None:  # kept by an older worker, or gone since: keep it now
                         copy = datastore.stage_file(root, f"{directory}/{file}", path)
                     staged.append(datastore_ledger.StoredOutput(index, name, copy))
-            if staged:  # a file system's sync waits for every writer's dirty pages on it
-                datastore.flush(root)
-            with transaction() as session:
-                instance, task = lock_task(session, task_id)
-                if not is_current(task, attempt, PState.STORING):
-                    return Step()
-                datastore_ledger.record_pending(session, root, instance, task, node, staged)
-            datastore_ledger.place_pending(staged)
+            # The bytes kept are flushed to disk while they are recorded as being placed
+            # and linked at their paths: they are on disk before any is made current.
+            with datastore.flushing(root, bool(staged)):
+                with transaction() as session:
+                    instance, task = lock_task(session, task_id)
+                    if not is_current(task, attempt, PState.STORING):
+                        return Step()
+                    datastore_ledger.record_pending(session, root, instance, task, node, staged)
+                datastore_ledger.place_pending(staged)
         step = Step()
         with step.transaction() as (session, messages):
             instance, task = lock_task(session, task_id)
