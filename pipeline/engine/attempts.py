@@ -4,6 +4,7 @@ differs from the attempt before says so in the task's history."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -81,10 +82,32 @@ def record_all(session: Session, running: list[Running]) -> None:
         session.execute(insert(TaskAttempt), rows)
 
 
+def newest_of_each(session: Session, up_to: Mapping[int, int]) -> dict[int, TaskAttempt]:
+    """The newest attempt recorded for each task, up to its attempt in ``up_to`` (task id:
+    attempt), with one query for many tasks (``latest`` of each)."""
+    newest: dict[int, TaskAttempt] = {}
+    ids = list(up_to)
+    for start in range(0, len(ids), IDS_PER_QUERY):
+        query = select(TaskAttempt).where(
+            one_of(session, TaskAttempt.task_id, ids[start : start + IDS_PER_QUERY])
+        )
+        for row in session.scalars(query):
+            if row.attempt > up_to[row.task_id]:
+                continue
+            if row.task_id not in newest or row.attempt > newest[row.task_id].attempt:
+                newest[row.task_id] = row
+    return newest
+
+
 def changed_since(session: Session, task_id: int, up_to: int, code: dict[str, Any]) -> str:
     """How ``code`` differs from the code of the task's newest attempt up to ``up_to``
     ("" when it is the same, or none was recorded)."""
-    before = latest(session, task_id, up_to)
+    return difference(latest(session, task_id, up_to), code)
+
+
+def difference(before: TaskAttempt | None, code: dict[str, Any]) -> str:
+    """How ``code`` differs from the code of the attempt ``before`` ("" when it is the
+    same, or there is none)."""
     if before is None:
         return ""
     changed = code_version.differences(before.code, code)

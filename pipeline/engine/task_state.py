@@ -23,6 +23,7 @@ from datetime import datetime
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
+from pipeline.database import one_of
 from pipeline.domain import lifecycle, run_times
 from pipeline.domain.lifecycle import Event, IllegalTransition, PState
 from pipeline.domain.models import (
@@ -162,18 +163,39 @@ def reset_subtasks(session: Session, task: Task, states: Collection[SubtaskState
     """Put the task's subtasks in ``states`` back to NEW, to run again, with the counts of
     those states (once a restart or a resubmit has moved the task: whether it may be
     restarted reads its failed count)."""
-    if not states:
-        return
-    session.execute(
-        update(Subtask)
-        .where(Subtask.task_id == task.id, Subtask.state.in_(list(states)))
-        .values(state=SubtaskState.NEW)
-        # No subtask objects are loaded alongside: matching them costs more than the update.
-        .execution_options(synchronize_session=False)
-    )
+    reset_counts(task, states)
+    reset_rows(session, [task.id], states)
+
+
+def reset_counts(task: Task, states: Collection[SubtaskState]) -> None:
+    """The locked task's counts of subtasks in ``states`` once they are NEW again (their
+    rows: ``reset_rows``, in the same transaction)."""
     for state in states:
         if state in SUBTASK_COUNTS:
             setattr(task, SUBTASK_COUNTS[state], 0)  # every subtask in it is NEW now
+
+
+def reset_rows(session: Session, task_ids: list[int], states: Collection[SubtaskState]) -> None:
+    """The subtasks in ``states`` of these locked tasks back to NEW, with one statement
+    for many tasks (a restart of 1,000 tasks: one, not 1,000)."""
+    if not states:
+        return
+    for start in range(0, len(task_ids), TASKS_PER_QUERY):
+        session.execute(
+            update(Subtask)
+            .where(
+                one_of(session, Subtask.task_id, task_ids[start : start + TASKS_PER_QUERY]),
+                Subtask.state.in_(list(states)),
+            )
+            .values(state=SubtaskState.NEW)
+            # No subtask objects are loaded alongside: matching them costs more than the
+            # update.
+            .execution_options(synchronize_session=False)
+        )
+
+
+#: Tasks whose subtasks one statement resets.
+TASKS_PER_QUERY = 500
 
 
 #: The task's column counting its subtasks in each state (NEW: the rest of the total).

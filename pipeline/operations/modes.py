@@ -24,7 +24,7 @@ from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState, state_labe
 from pipeline.domain.limits import parse_id
 from pipeline.domain.models import Task
 from pipeline.domain.states import IN_FLIGHT, UNFINISHED, SubtaskState
-from pipeline.engine.task_state import move, reset_subtasks, send_waiting
+from pipeline.engine.task_state import move, reset_counts, send_waiting
 from pipeline.errors import InvalidInput, Refused, shown
 from pipeline.messaging.messages import InFlight
 from pipeline.messaging.outbox import Outbox
@@ -80,6 +80,9 @@ class Applying:
       live: what is in flight on the task's queue, for a mode that needs the broker.
       submitting: the restarted tasks back in ALGORITHM_SUBMITTING, whose subtasks the
         restart queues together once every task is decided (``executors.queue_subtasks``).
+      resetting: the tasks whose subtasks in these states run again: their rows are
+        reset together once every task is decided (``task_state.reset_rows``), before
+        any is queued.
     """
 
     session: Session
@@ -88,6 +91,7 @@ class Applying:
     execution: dict[str, Any]
     live: InFlight | None = None
     submitting: list[Task] = field(default_factory=list)
+    resetting: dict[frozenset[SubtaskState], list[int]] = field(default_factory=dict)
 
 
 class RestartMode:
@@ -125,7 +129,9 @@ class RestartMode:
         # Moved first: whether a restart may take the task reads its failed count, which
         # running its failed subtasks again resets.
         move(applying.session, task, RESTART_EVENTS[plan.p_state], applying.note, refresh=False)
-        reset_subtasks(applying.session, task, plan.reset)
+        if plan.reset:
+            reset_counts(task, plan.reset)
+            applying.resetting.setdefault(plan.reset, []).append(task.id)
         if plan.p_state == PState.ALGORITHM_SUBMITTING:
             applying.submitting.append(task)
             return plan

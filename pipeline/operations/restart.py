@@ -26,13 +26,18 @@ from pipeline.domain.environments import RemoteEnvironment
 from pipeline.domain.execution import BATCH_PREFIX, ExecutionSettings, changeable
 from pipeline.domain.lifecycle import Executor, PState
 from pipeline.domain.limits import MAX_ID, check_id
-from pipeline.domain.models import PipelineInstance, Subtask, Task, utcnow
-from pipeline.domain.states import InstanceState
+from pipeline.domain.models import PipelineInstance, Subtask, Task, TaskAttempt, utcnow
+from pipeline.domain.states import InstanceState, SubtaskState
 from pipeline.engine import attempts, batch_cost, executors, staleness
 from pipeline.engine.executors import queue_subtasks
 from pipeline.engine.locks import lock_rows, locked_instance
 from pipeline.engine.stages import instance_definition
-from pipeline.engine.task_state import count_restart, refresh_instance_state, wait_to_rerun
+from pipeline.engine.task_state import (
+    count_restart,
+    refresh_instance_state,
+    reset_rows,
+    wait_to_rerun,
+)
 from pipeline.engine.transitions import advance
 from pipeline.errors import InvalidInput, NotFound, Refused, Unreachable
 from pipeline.messaging import outbox
@@ -100,7 +105,8 @@ def restart(
         states = _subtask_states(session, list(locked))
         below = staleness.downstream_of_each(session, list(locked))
         submitting: list[Task] = []
-        applied = Applied(dry_run, downstream, messages, live, submitting, below)
+        before = attempts.newest_of_each(session, {t.id: t.attempt for _, t in locked.values()})
+        applied = Applied(dry_run, downstream, messages, live, submitting, below, before)
         # One flush at commit: the per-task subtask UPDATEs need none of the pending rows.
         with session.no_autoflush:
             outcomes = [
@@ -122,6 +128,8 @@ def restart(
         if dry_run:
             session.rollback()
             return Report(outcomes)
+        for states, task_ids in applied.resetting.items():
+            reset_rows(session, task_ids, states)
         attempts.record_all(session, applied.running)
         queue_subtasks(session, submitting, messages)
         touched = {locked[o.task_id][0].id: locked[o.task_id][0] for o in outcomes if o.ok}
@@ -190,12 +198,17 @@ class Applied:
     submitting: list[Task]
     #: The tasks downstream of each task asked for (``staleness.downstream_of_each``).
     below: dict[int, list[int]]
+    #: The newest attempt recorded of each task, up to its current one (whose code a
+    #: restart's is compared with).
+    before: dict[int, TaskAttempt]
     #: The code of each (instance, node) as found now, once per request.
     codes: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
     #: The remote environments found in the newest definitions, once per request.
     environments: dict[str, RemoteEnvironment] = field(default_factory=dict)
     #: The tasks whose new attempts are recorded once all are decided (in bulk).
     running: list[attempts.Running] = field(default_factory=list)
+    #: The tasks whose subtasks in these states run again, reset once all are decided.
+    resetting: dict[frozenset[SubtaskState], list[int]] = field(default_factory=dict)
 
 
 def _restart_locked(
@@ -226,7 +239,7 @@ def _restart_locked(
     if code is None:  # looked at now: the operator may have just fixed it
         code = attempts.code_of(node, definition.python_path, fresh=True)
         applied.codes[(instance.id, task.node)] = code
-    changed = attempts.changed_since(session, task.id, task.attempt, code)
+    changed = attempts.difference(applied.before.get(task.id), code)
     if changed:  # said in the preview; the record of the new attempt writes it in the history
         plan = Plan(plan.p_state, plan.rerun, f"{plan.message}; {changed}")
     later = applied.below.get(task_id, [])
@@ -252,7 +265,13 @@ def _restart_locked(
         else:
             found = applied.live.get(task.settings.executor)
             applying = Applying(
-                session, applied.messages, note, execution, found, applied.submitting
+                session,
+                applied.messages,
+                note,
+                execution,
+                found,
+                applied.submitting,
+                applied.resetting,
             )
             plan = mode.apply(task, plan, applying)
             applied.running.append((instance, task, node, code, changed))
