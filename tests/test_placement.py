@@ -183,3 +183,93 @@ def test_a_subtask_run_again_over_outputs_it_kept_leaves_their_bytes_intact(
     assert (root / "u1" / "out" / "a.out").read_text() == "run 2"
     assert kept.read_text() == "run 1", "the first run's kept bytes are intact"
     assert hashlib.sha256(kept.read_bytes()).hexdigest() == sha
+
+
+def until_storing(worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Instance 1 of the sample's permuter, its first store dying before it places
+    anything: that task, left in STORING."""
+
+    def dies_first(outputs: list[datastore_ledger.StoredOutput]) -> None:
+        raise Died
+
+    instance = facade.submit("sample", None, "permuter")["id"]
+    monkeypatch.setattr(datastore_ledger, "place_pending", dies_first)
+    with pytest.raises(Died):
+        worker.drain()
+    monkeypatch.undo()
+    [task] = [t for t in queries.list_tasks(instance) if t["state"] == "STORING"]
+    return int(task["id"])
+
+
+def recorded(task_id: int) -> list[tuple[str, str]]:
+    """(path, SHA-256) of the rows being placed by the task's store."""
+    with transaction() as session:
+        rows = session.execute(
+            select(DatastoreFile.path, DatastoreFile.sha256).where(
+                DatastoreFile.placing, DatastoreFile.task_id == task_id
+            )
+        )
+        return sorted((path, sha) for path, sha in rows)
+
+
+def test_outputs_recorded_as_their_subtasks_end_are_versions_only_once_stored(
+    home: Path, worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each subtask's outputs are recorded as it ends (in its outcome's transaction), as
+    being placed: not versions, not shown, nothing at their paths, until the store."""
+    root = home / "datastore"
+    task_id = until_storing(worker, monkeypatch)
+    rows = recorded(task_id)
+    assert len(rows) == 4, "one row per output, recorded before the store ran"
+    assert not any(path in current("") for path, _ in rows), "not versions yet"
+    assert not any((root / path).exists() for path, _ in rows), "nothing placed yet"
+
+    age(task_id)
+    assert reconcile.reconcile_once()["resent"] >= 1
+    worker.drain()
+    assert queries.get_task(task_id)["state"] == "COMPLETE"
+    assert recorded(task_id) == []
+    versions = current("")
+    for path, sha in rows:
+        assert versions[path]["sha256"] == sha and versions[path]["task_id"] == task_id
+        assert hashlib.sha256((root / path).read_bytes()).hexdigest() == sha
+    assert disagreements(root) == []
+
+
+def test_outputs_recorded_by_a_task_halted_before_its_store_are_withdrawn(
+    home: Path, worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = home / "datastore"
+    task_id = until_storing(worker, monkeypatch)
+    paths = [path for path, _ in recorded(task_id)]
+    facade.halt([task_id])  # this attempt will never store
+    age(task_id)
+
+    assert reconcile.reconcile_once()["withdrawn"] == 4
+    assert recorded(task_id) == []
+    assert not any((root / path).exists() for path in paths)
+    assert disagreements(root) == []
+
+
+def test_a_store_keeps_again_outputs_whose_bytes_went_after_their_subtask_ended(
+    home: Path, worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention removed the bytes a subtask kept as it ended (they named no version yet)
+    before its task's store: the store keeps them again from the subtask's directory and
+    stores the version recorded."""
+    root = home / "datastore"
+    task_id = until_storing(worker, monkeypatch)
+    rows = recorded(task_id)
+    for _, sha in rows:
+        datastore.object_path(root, sha).unlink()
+
+    age(task_id)
+    assert reconcile.reconcile_once()["resent"] >= 1
+    worker.drain()
+    assert queries.get_task(task_id)["state"] == "COMPLETE"
+    versions = current("")
+    for path, sha in rows:
+        assert versions[path]["sha256"] == sha
+        assert hashlib.sha256(datastore.object_path(root, sha).read_bytes()).hexdigest() == sha
+        assert hashlib.sha256((root / path).read_bytes()).hexdigest() == sha
+    assert disagreements(root) == []

@@ -124,14 +124,16 @@ def stage_file(root: Path, source: Path | str, path: str, link: bool = True) -> 
 
 
 def staged_kept(
-    root: Path, path: str, sha256: str, size: int, mtime_ns: int, inode: int
+    root: Path, path: str, sha256: str, size: int, mtime_ns: int, inode: int | None = None
 ) -> Staged | None:
     """A version a subtask kept as it ended, for ``path``: None unless its object is still
-    the file it kept (retention removes bytes no version names after an hour)."""
+    the file it kept, its modification time (and ``inode``, where known) unchanged
+    (retention removes bytes no version names after an hour)."""
     kept = _object_file(str(root), sha256)
-    if _existing(kept, size) != (mtime_ns, inode):
+    found = _existing(kept, size)
+    if found is None or found[0] != mtime_ns or inode not in (None, found[1]):
         return None
-    return Staged(kept, path, f"{root}/{path}", size, sha256, mtime_ns, inode)
+    return Staged(kept, path, f"{root}/{path}", size, sha256, mtime_ns, found[1])
 
 
 class Kept(NamedTuple):

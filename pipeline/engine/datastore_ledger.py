@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from stat import S_ISREG
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.orm import Session, aliased
@@ -334,40 +334,37 @@ def record_consumption(
         session.execute(insert(FileConsumption), rows)
 
 
+def record_kept(
+    session: Session,
+    instance: PipelineInstance,
+    task: Task,
+    node: Node,
+    directories: dict[str, str],
+    kept: list[tuple[int, list[list[Any]]]],
+) -> None:
+    """Record the outputs subtasks kept as they ended (``stages.checked_outputs``: each
+    subtask's index, and its outputs' type, file name, SHA-256, size and modification
+    time) as being placed by the store of the task's attempt, with their outcomes: the
+    store then only places them and makes them current (see ``record_stored``).
+    ``directories``: each output type's directory in the task's unit of work."""
+    rows = [
+        (f"{directories[name]}/{file}", name, size, sha256, mtime_ns, index)
+        for index, outputs in kept
+        for name, file, sha256, size, mtime_ns, *_ in outputs
+    ]
+    _insert_pending(session, instance, task, node, rows)
+
+
 def record_pending(
     session: Session,
-    root: Path,
     instance: PipelineInstance,
     task: Task,
     node: Node,
     outputs: list[StoredOutput],
 ) -> None:
-    """Record a task's staged outputs as being placed (not versions yet), replacing what an
-    earlier try of this store recorded, in the caller's transaction: the first step of a
-    store (see ``record_stored``)."""
-    session.execute(
-        delete(DatastoreFile)
-        .where(
-            DatastoreFile.placing,
-            DatastoreFile.task_id == task.id,
-            DatastoreFile.attempt == task.attempt,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    shared = {
-        "origin": TASK,
-        "receipt": "",
-        "unit_of_work": task.unit_of_work,
-        "instance_id": instance.id,
-        "task_id": task.id,
-        "attempt": task.attempt,
-        "node": node.name,
-        "definition_version": instance.definition_version,
-        "parameter_versions": parameter_versions(instance, node),
-        "stored_at": (now := utcnow()),
-        "superseded_at": now,
-        "placing": True,
-    }
+    """Record staged outputs as being placed by the task's store (not versions yet), in
+    the caller's transaction: those its subtasks did not keep as they ended (an older
+    worker's, an earlier attempt's) or whose bytes went since (see ``pending``)."""
     rows = [
         (
             o.staged.path,
@@ -379,11 +376,86 @@ def record_pending(
         )
         for o in outputs
     ]
+    _insert_pending(session, instance, task, node, rows)
+
+
+def _insert_pending(
+    session: Session,
+    instance: PipelineInstance,
+    task: Task,
+    node: Node,
+    rows: list[tuple[str, str, int, str, int, int]],
+) -> None:
+    """Rows being placed by the task's current attempt, each ``PENDING_COLUMNS``."""
+    now = utcnow()
+    shared = {
+        "origin": TASK,
+        "receipt": "",
+        "unit_of_work": task.unit_of_work,
+        "instance_id": instance.id,
+        "task_id": task.id,
+        "attempt": task.attempt,
+        "node": node.name,
+        "definition_version": instance.definition_version,
+        "parameter_versions": parameter_versions(instance, node),
+        "stored_at": now,
+        "superseded_at": now,
+        "placing": True,
+    }
     insert_plain(session, DatastoreFile.__table__, PENDING_COLUMNS, rows, shared)
 
 
 #: The columns of a store's rows being placed that differ from row to row.
 PENDING_COLUMNS = ("path", "data_file_type", "size", "sha256", "mtime_ns", "subtask_index")
+
+
+class Pending(NamedTuple):
+    """A row being placed by a task's store: its id, subtask, type, path and bytes."""
+
+    id: int
+    subtask_index: int
+    data_file_type: str
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+
+
+def pending(session: Session, task_id: int, attempt: int) -> list[Pending]:
+    """The rows being placed by the store of the task's ``attempt``, in the order made."""
+    query = (
+        select(
+            DatastoreFile.id,
+            DatastoreFile.subtask_index,
+            DatastoreFile.data_file_type,
+            DatastoreFile.path,
+            DatastoreFile.sha256,
+            DatastoreFile.size,
+            DatastoreFile.mtime_ns,
+        )
+        .where(*_placing(task_id, attempt))
+        .order_by(DatastoreFile.id)
+    )
+    return [Pending(*row) for row in session.execute(query)]
+
+
+def _placing(task_id: Any, attempt: Any) -> tuple[Any, ...]:
+    return (
+        DatastoreFile.placing,
+        DatastoreFile.task_id == task_id,
+        DatastoreFile.attempt == attempt,
+    )
+
+
+def forget_pending(session: Session, ids: list[int]) -> None:
+    """Rows being placed whose bytes went before their store placed them (kept again, by
+    rows of their own)."""
+    for start in range(0, len(ids), PATHS_PER_QUERY):
+        session.execute(
+            delete(DatastoreFile)
+            .where(one_of(session, DatastoreFile.id, ids[start : start + PATHS_PER_QUERY]))
+            .execution_options(synchronize_session=False)
+        )
 
 
 def place_pending(outputs: list[StoredOutput]) -> None:
@@ -446,11 +518,7 @@ def _make_current(
     subtask) by path (the rows are not read back otherwise: 10,000 of them took 0.2 s)."""
     now = utcnow()
     _supersede(session, paths, now)
-    mine = (
-        DatastoreFile.placing,
-        DatastoreFile.task_id == task.id,
-        DatastoreFile.attempt == task.attempt,
-    )
+    mine = _placing(task.id, task.attempt)
     latest: dict[str, tuple[int, int]] = {}
     if ids or placed != len(paths):
         rows = session.execute(
@@ -491,9 +559,7 @@ def withdraw_pending(session: Session, root: Path, task_id: int, attempt: int) -
     the rows being placed go. In the caller's transaction; how many were withdrawn."""
     pending = session.execute(
         select(DatastoreFile.id, DatastoreFile.path, DatastoreFile.sha256).where(
-            DatastoreFile.placing,
-            DatastoreFile.task_id == task_id,
-            DatastoreFile.attempt == attempt,
+            *_placing(task_id, attempt)
         )
     ).all()
     if not pending:
@@ -505,13 +571,7 @@ def withdraw_pending(session: Session, root: Path, task_id: int, attempt: int) -
             placed_inode = os.stat(datastore.object_path(root, sha)).st_ino
             now = current.get(path)
             datastore.put_back(root, path, now.sha256 if now else None, placed_inode)
-    ids = [file_id for file_id, _, _ in pending]
-    for start in range(0, len(ids), PATHS_PER_QUERY):
-        session.execute(
-            delete(DatastoreFile)
-            .where(one_of(session, DatastoreFile.id, ids[start : start + PATHS_PER_QUERY]))
-            .execution_options(synchronize_session=False)
-        )
+    forget_pending(session, [file_id for file_id, _, _ in pending])
     return len(pending)
 
 

@@ -637,6 +637,7 @@ def finish_subtasks(ended: Sequence[Ended], host: str = "", rest: Sequence[Claim
         tasks = lock_rows(session, Task, by_task)
         subtasks = _claimed_rows(session, [claim for claim, _ in ended], Subtask.started_at)
         changes: list[dict[str, Any]] = []
+        kept: dict[int, list[tuple[int, list[list[Any]]]]] = {}
         moved: set[int] = set()
         counted: list[Task] = []
         for task_id in sorted(by_task):
@@ -649,10 +650,13 @@ def finish_subtasks(ended: Sequence[Ended], host: str = "", rest: Sequence[Claim
                     attempt,
                 )
                 moved.add(task_id)
-            elif _count_outcomes(session, task, by_task[task_id], subtasks, changes, host):
+            elif _count_outcomes(session, task, by_task[task_id], subtasks, changes, kept, host):
                 counted.append(task)
         # Written before any decision: an automatic resubmit requeues the failed subtasks.
         _write_outcomes(session, changes)
+        for task in counted:
+            if kept.get(task.id):
+                _record_kept(session, task, kept[task.id])
         failed: dict[int, PipelineInstance] = {}
         for task in counted:
             done = task.completed_subtasks + task.failed_subtasks >= task.total_subtasks
@@ -688,11 +692,13 @@ def _count_outcomes(
     ended: list[Ended],
     subtasks: dict[tuple[int, int], Row[Any]],
     changes: list[dict[str, Any]],
+    kept: dict[int, list[tuple[int, list[list[Any]]]]],
     host: str,
 ) -> int:
     """Count one locked task's outcomes on it, adding the changes of its subtasks' rows to
-    ``changes`` (written together, see ``_write_outcomes``); how many were still awaited
-    (an outcome of another dispatch, or of a subtask no longer running, is stale)."""
+    ``changes`` (written together, see ``_write_outcomes``) and the outputs they kept to
+    ``kept`` (by task); how many were still awaited (an outcome of another dispatch, or
+    of a subtask no longer running, is stale)."""
     now, recorded, runs = utcnow(), 0, []
     for claim, outcome in ended:
         subtask = subtasks[claim.subtask]
@@ -704,6 +710,8 @@ def _count_outcomes(
         recorded += 1
         if outcome.ok and outcome.outputs == 0:
             _no_output(session, task, subtask.index, host)
+        if outcome.ok and outcome.kept:
+            kept.setdefault(task.id, []).append((subtask.index, outcome.kept))
         state = SubtaskState.COMPLETE if outcome.ok else SubtaskState.FAILED
         count_subtasks(task, SubtaskState.RUNNING, state)
         runs.append((subtask.started_at, now))
@@ -721,6 +729,18 @@ def _count_outcomes(
         task.updated_at = now
         count_runs(task, runs)
     return recorded
+
+
+def _record_kept(session: Session, task: Task, kept: list[tuple[int, list[list[Any]]]]) -> None:
+    """The outputs the locked task's subtasks kept as they ended, recorded as being placed
+    by its store (``datastore_ledger.record_kept``) with their outcomes, in parallel on
+    every worker: the store, at the end and alone, then places them."""
+    instance = session.get_one(PipelineInstance, task.instance_id)  # no query once locked
+    definition = instance_definition(instance)
+    node = definition.node(task.node)
+    types = definition.data_file_types
+    directories = {name: types[name].directory(task.unit_of_work) for name in node.outputs}
+    datastore_ledger.record_kept(session, instance, task, node, directories, kept)
 
 
 def _write_outcomes(session: Session, changes: list[dict[str, Any]]) -> None:
@@ -838,13 +858,16 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
         node = definition.node(task.node)
         unit, task_dir = task.unit_of_work, Path(task.task_dir)
         models = [pin["name"] for pin in model_registry.node_pins(instance, node).values()]
+        # Recorded as their subtasks ended (``finish_subtasks``), in this attempt; the
+        # others (ended in another attempt, or run by an older worker) are kept here.
+        recorded = datastore_ledger.pending(session, task_id, attempt)
         complete = (Subtask.task_id == task_id, Subtask.state == SubtaskState.COMPLETE)
-        succeeded = session.execute(select(Subtask.index, Subtask.kept).where(*complete)).all()
-        # A subtask's inputs are needed only to list the outputs of one that kept none.
-        inputs: dict[int, list[str]] = {}
-        if not all(kept for _, kept in succeeded):
-            found = session.execute(select(Subtask.index, Subtask.inputs).where(*complete))
-            inputs = dict(found.tuples().all())
+        indexes = set(session.scalars(select(Subtask.index).where(*complete)))
+        indexes -= {row.subtask_index for row in recorded}
+        others = []
+        if indexes:
+            query = select(Subtask.index, Subtask.inputs, Subtask.kept).where(*complete)
+            others = [row for row in session.execute(query) if row.index in indexes]
     staged: list[datastore_ledger.StoredOutput] = []
     root = get_settings().datastore
     try:
@@ -853,24 +876,45 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
             directories = {
                 name: definition.data_file_types[name].directory(unit) for name in node.outputs
             }
-            for index, kept in succeeded:
-                directory = f"{task_dir}/{taskdir.SUBTASK_DIR_FORMAT.format(index=index)}"
+
+            def subtask_dir(index: int) -> str:
+                return f"{task_dir}/{taskdir.SUBTASK_DIR_FORMAT.format(index=index)}"
+
+            # Outputs recorded as their subtasks ended are placed as recorded; one whose
+            # bytes went since (retention) is kept again, under a row of its own.
+            gone: list[int] = []
+            unkept: list[datastore_ledger.StoredOutput] = []
+            for row in recorded:
+                copy = datastore.staged_kept(root, row.path, row.sha256, row.size, row.mtime_ns)
+                output = (row.subtask_index, row.data_file_type)
+                if copy is not None:
+                    staged.append(datastore_ledger.StoredOutput(*output, copy))
+                    continue
+                gone.append(row.id)
+                source = f"{subtask_dir(row.subtask_index)}/{os.path.basename(row.path)}"
+                copy = datastore.stage_file(root, source, row.path)
+                unkept.append(datastore_ledger.StoredOutput(*output, copy))
+            for index, inputs, kept in others:
+                directory = subtask_dir(index)
                 for name, file, *version in kept or output_names(
-                    definition, node, directory, [*inputs[index], *models]
+                    definition, node, directory, [*inputs, *models]
                 ):
                     path = f"{directories[name]}/{file}"
                     copy = datastore.staged_kept(root, path, *version) if version else None
                     if copy is None:  # kept by an older worker, or gone since: keep it now
                         copy = datastore.stage_file(root, f"{directory}/{file}", path)
-                    staged.append(datastore_ledger.StoredOutput(index, name, copy))
-            # The bytes kept are flushed to disk while they are recorded as being placed
-            # and linked at their paths: they are on disk before any is made current.
+                    unkept.append(datastore_ledger.StoredOutput(index, name, copy))
+            staged += unkept
+            # The bytes kept are flushed to disk while the rest are recorded as being
+            # placed and all are linked at their paths: on disk before any is current.
             with datastore.flushing(root, bool(staged)):
-                with transaction() as session:
-                    instance, task = lock_task(session, task_id)
-                    if not is_current(task, attempt, PState.STORING):
-                        return Step()
-                    datastore_ledger.record_pending(session, root, instance, task, node, staged)
+                if unkept or gone:
+                    with transaction() as session:
+                        instance, task = lock_task(session, task_id)
+                        if not is_current(task, attempt, PState.STORING):
+                            return Step()
+                        datastore_ledger.forget_pending(session, gone)
+                        datastore_ledger.record_pending(session, instance, task, node, unkept)
                 datastore_ledger.place_pending(staged)
         step = Step()
         with step.transaction() as (session, messages):
@@ -892,7 +936,7 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
             staleness.rerun_ready(session, instance, messages, host)
     except Unreachable:
         # The database or broker is away: Celery retries the store, as any step, and the
-        # retry records its outputs afresh (or the reconciler withdraws them).
+        # retry places what this one recorded (or the reconciler withdraws it).
         raise
     except (OSError, PipelineError) as exc:
         with transaction() as session:

@@ -197,13 +197,26 @@ def _marshal_lost_marshals(expired_before: datetime, isolation: Isolation) -> in
     )
 
 
+#: The steps of a task whose attempt may still store what its subtasks recorded.
+MAY_STORE = frozenset(
+    {
+        PState.ALGORITHM_SUBMITTING,
+        PState.ALGORITHM_QUEUED,
+        PState.ALGORITHM_EXECUTING,
+        PState.ALGORITHM_COMPLETE,
+        PState.STORING,
+    }
+)
+
+
 def _withdraw_abandoned_placements(
     cutoff: datetime, settings: Settings, isolation: Isolation
 ) -> int:
-    """Versions a store placed and never made current, whose attempt can no longer store
-    (its worker died and the task moved on: restarted, failed): their paths show their
-    current versions again (``datastore_ledger.withdraw_pending``). A store still
-    waiting to be sent again finishes them itself."""
+    """Versions recorded as being placed (by subtasks as they ended, or by a store) and
+    never made current, whose attempt can no longer store (the task moved on: restarted,
+    failed, halted): their paths show their current versions again
+    (``datastore_ledger.withdraw_pending``). An attempt still running, or a store still
+    waiting to be sent again, finishes them itself."""
     with transaction() as session:
         abandoned = session.execute(
             select(DatastoreFile.task_id, DatastoreFile.attempt)
@@ -213,7 +226,7 @@ def _withdraw_abandoned_placements(
                 DatastoreFile.stored_at < cutoff,
                 or_(
                     Task.attempt != DatastoreFile.attempt,
-                    Task.p_state != PState.STORING,
+                    Task.p_state.not_in(list(MAY_STORE)),
                     Task.error,
                 ),
             )
