@@ -475,13 +475,14 @@ def record_stored(
     """Make a task's placed outputs its versions, in the caller's transaction: the last
     step of a store.
 
-    A store records its outputs as being placed (``record_pending``, committed), links
-    them at their paths (``place_pending``), then here, under the lock of their
-    directories, links again any that a concurrent store replaced meanwhile, supersedes
-    the current versions of their paths and makes its own current. So at every instant a
-    path shows its current version or one being placed, and a store that died halfway is
-    finished by its next try (which records its outputs afresh) or withdrawn by the
-    reconciler (``withdraw_pending``).
+    A task's outputs are recorded as being placed (``record_kept`` as each subtask ends,
+    ``record_pending`` by the store for the others, committed), the store links them at
+    their paths (``place_pending``), then here, under the lock of their directories,
+    links again any that a concurrent store replaced meanwhile, supersedes the current
+    versions of their paths and makes its own current. So at every instant a path shows
+    its current version or one being placed, and a store that died halfway is finished by
+    its next try (which places what was recorded) or withdrawn by the reconciler
+    (``withdraw_pending``) once its attempt can no longer store.
     """
     lock_directories(session, (os.path.dirname(o.staged.path) for o in outputs))
     for output in outputs:

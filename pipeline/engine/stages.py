@@ -845,10 +845,12 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
     """Put the outputs of the successful subtasks in the datastore, each recorded with its
     producer; the task is COMPLETE.
 
-    The outputs are kept in the object store (and hashed) outside any transaction, then
-    recorded as being placed, linked at their paths, and made current by the transaction
-    that records the task COMPLETE (``datastore_ledger.record_stored``): a stale or
-    duplicate store changes no version, and what it placed is put back.
+    Each subtask kept its outputs in the object store (hashed) as it ended, and they were
+    recorded as being placed with its outcome (``finish_subtasks``); here, outside any
+    transaction, they are linked at their paths (those not recorded so are kept and
+    recorded first), then made current by the transaction that records the task COMPLETE
+    (``datastore_ledger.record_stored``): a stale or duplicate store changes no version,
+    and what it placed is put back.
     """
     with transaction() as session:
         instance, task = lock_task(session, task_id)
