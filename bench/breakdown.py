@@ -110,7 +110,7 @@ def _run_chains(timed: Callable[..., Any], runs: int, fork_free: bool = False) -
                 stages.finish_subtasks,
                 [(claim, outcomes[0])],
             )
-            timed("store (two transactions, the instance's transition)", stages.store, task.id, 1)
+            timed("store (one transaction: the node stores nothing)", stages.store, task.id, 1)
     finally:
         use_publisher(previous)
 

@@ -852,12 +852,16 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
     (``datastore_ledger.record_stored``): a stale or duplicate store changes no version,
     and what it placed is put back.
     """
-    with transaction() as session:
+    first = Step()
+    with first.transaction() as (session, messages):
         instance, task = lock_task(session, task_id)
         if not is_current(task, attempt, PState.STORING):
-            return Step()
+            return first
         definition = instance_definition(instance)
         node = definition.node(task.node)
+        if not node.outputs:  # nothing to place: the store is its last transaction alone
+            _complete(session, messages, instance, task, node, [], host)
+            return first
         unit, task_dir = task.unit_of_work, Path(task.task_dir)
         models = [pin["name"] for pin in model_registry.node_pins(instance, node).values()]
         # Recorded as their subtasks ended (``finish_subtasks``), in this attempt; the
@@ -918,24 +922,7 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
                         datastore_ledger.forget_pending(session, gone)
                         datastore_ledger.record_pending(session, instance, task, node, unkept)
                 datastore_ledger.place_pending(staged)
-        step = Step()
-        with step.transaction() as (session, messages):
-            instance, task = lock_task(session, task_id)
-            if not is_current(task, attempt, PState.STORING):
-                datastore_ledger.withdraw_pending(session, root, task_id, attempt)
-                return step
-            datastore_ledger.record_stored(session, root, instance, task, node, staged)
-            move(
-                session,
-                task,
-                Event.STORED,
-                f"stored {counted(len(staged), 'file')}",
-                host,
-                instance=instance,
-            )
-            staleness.after_store(session, instance, task)
-            advance_within(session, instance, messages)
-            staleness.rerun_ready(session, instance, messages, host)
+        return _stored(task_id, attempt, node, staged, host)
     except Unreachable:
         # The database or broker is away: Celery retries the store, as any step, and the
         # retry places what this one recorded (or the reconciler withdraws it).
@@ -944,7 +931,53 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
         with transaction() as session:
             datastore_ledger.withdraw_pending(session, root, task_id, attempt)
         return _fail_step(task_id, attempt, PState.STORING, f"storing failed: {exc}", host)
+
+
+def _stored(
+    task_id: int,
+    attempt: int,
+    node: Node,
+    staged: list[datastore_ledger.StoredOutput],
+    host: str,
+) -> Step:
+    """The last transaction of a store, once its outputs are placed (``_complete``); a
+    store whose task moved on meanwhile puts back what it placed."""
+    step = Step()
+    with step.transaction() as (session, messages):
+        instance, task = lock_task(session, task_id)
+        if not is_current(task, attempt, PState.STORING):
+            datastore_ledger.withdraw_pending(session, get_settings().datastore, task_id, attempt)
+            return step
+        _complete(session, messages, instance, task, node, staged, host)
     return step
+
+
+def _complete(
+    session: Session,
+    messages: Outbox,
+    instance: PipelineInstance,
+    task: Task,
+    node: Node,
+    staged: list[datastore_ledger.StoredOutput],
+    host: str,
+) -> None:
+    """In a store's last transaction: the placed outputs made current, the task
+    COMPLETE, what it leaves stale marked, the instance advanced."""
+    if node.outputs:
+        root = get_settings().datastore
+        datastore_ledger.record_stored(session, root, instance, task, node, staged)
+    move(
+        session,
+        task,
+        Event.STORED,
+        f"stored {counted(len(staged), 'file')}",
+        host,
+        instance=instance,
+    )
+    if node.outputs:  # no task consumed anything of a node that stores nothing
+        staleness.after_store(session, instance, task)
+    advance_within(session, instance, messages)
+    staleness.rerun_ready(session, instance, messages, host)
 
 
 def output_names(
