@@ -104,8 +104,8 @@ def get(
 ) -> Answer | None:
     """``GET path`` from the API the run file names: rows, a detail, or an unknown id's
     one-line message; None when it could not be asked or answered anything else. For a
-    caller that prints JSON (``as_json``), an answer in the form it prints is kept as its
-    text (``JsonText``), not decoded."""
+    caller that prints JSON (``as_json``), a listing (it says how many rows it has) in the
+    form the caller prints is kept as its text (``JsonText``), not decoded."""
     from pipeline.interfaces.client import UNANSWERED, Connection
 
     try:
@@ -122,7 +122,8 @@ def get(
         response = connection.request("GET", path, params)
         total = response.header(TOTAL_HEADER)
         counted = int(total) if total is not None else None
-        if as_json and response.status == OK and is_json_text(response.body):
+        listing = response.status == OK and counted is not None
+        if as_json and listing and is_json_text(response.body):
             return Answer(OK, JsonText(response.body), counted)
         body = response.json()
     except (*UNANSWERED, ValueError):

@@ -49,7 +49,7 @@ def print_json(data: Any) -> None:
     """Print ``data`` as JSON (``listing.json_text``), or as it is when it is in that form
     already (a listing the HTTP API answered)."""
     sys.stdout.flush()
-    sys.stdout.buffer.write(data if isinstance(data, JsonText) else json_text(data))
+    sys.stdout.buffer.write(data.text if isinstance(data, JsonText) else json_text(data))
     sys.stdout.buffer.flush()
 
 
