@@ -12,12 +12,13 @@ used: Rich (40 ms) only when a table or a line of text is printed, never for ``-
 
 from __future__ import annotations
 
+import atexit
 import gc
 import importlib
 import os
 import sys
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
@@ -81,26 +82,37 @@ def _read(
     the home's HTTP API's answer when it runs with this shell's settings, else
     ``in_process(queries)`` (the same views: the API serves the queries'). An unknown id is
     refused with the same message either way. For ``--json`` (``as_json``) an answer of
-    the API already in the form printed (``JsonText``) is shown as it came.
-
-    The cycle collector stays out of it: what the read imports and makes (the 10,000 rows
-    of a listing) holds no garbage cycle and lives until the command ends, so it is frozen
-    (``gc.freeze``) rather than walked over, during the read, after it and again as the
-    process exits: those passes took 40 to 60 ms of the 0.35 s a read may take."""
+    the API already in the form printed (``JsonText``) is shown as it came."""
     from pipeline.interfaces import local_api
 
-    gc.disable()
-    try:
+    with _uncollected():
         record = local_api.find()
         answer = local_api.get(record, path, as_json=as_json, **params) if record else None
         if answer is None:
             return _in_process(in_process)
-    finally:
-        gc.freeze()
-        gc.enable()
     if answer.status == local_api.NOT_FOUND:
         raise NotFound(answer.data)
     return answer.data, answer.total
+
+
+@contextmanager
+def _uncollected() -> Iterator[None]:
+    """The cycle collector kept out of a read: what it imports and makes (the 10,000 rows
+    of a listing) holds no garbage cycle and lives until the command ends, yet the
+    collector walked all of it during the read, after it and again as the process exited,
+    40 to 60 ms of the 0.35 s a read may take. So it waits during the read; what the read
+    made then joins the oldest generation unwalked (``freeze``, ``unfreeze``), and the
+    process exits without a last walk (``freeze`` at exit). A process that goes on (a
+    test's) collects as before."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.unfreeze()
+        gc.enable()
+        atexit.unregister(gc.freeze)  # once, however many reads
+        atexit.register(gc.freeze)
 
 
 def _in_process(in_process: Callable[[Any], tuple[Any, int | None]]) -> tuple[Any, int | None]:
