@@ -439,14 +439,15 @@ def test_the_compiled_reads_take_the_drivers_values_as_sqlalchemy_reads_them(
     any_database: str, worker: InProcessWorker, home: Path
 ) -> None:
     """Every statement's rows, value for value and type for type, as the compiled reads
-    fetch them (on PostgreSQL times and booleans as psycopg gives them, JSON fetched as
-    text and decoded once for each text; on SQLite each converted) and as a SQLAlchemy
-    session reads them."""
+    fetch them (on PostgreSQL times and booleans as psycopg gives them; on SQLite each
+    converted) and as a SQLAlchemy session reads them; JSON, which both select as its text
+    and decode once for each text, as the models read it."""
     from sqlalchemy.dialects import sqlite
 
     from pipeline.database import transaction
-    from pipeline.domain.models import BatchJob, utcnow
+    from pipeline.domain.models import BatchJob, Task, utcnow
     from pipeline.operations import compiled_reads, facade, read_statements
+    from pipeline.operations.views import task_view
 
     facade.set_parameters("algorithm", ["throw_exception_subtask_0=true"])
     instance = facade.submit("sample", None, "permuter")["id"]
@@ -472,3 +473,8 @@ def test_the_compiled_reads_take_the_drivers_values_as_sqlalchemy_reads_them(
             assert [list(row) for row in fetched] == [list(row) for row in read], name
             for got, wanted in zip(fetched, read, strict=True):
                 assert [type(value) for value in got] == [type(value) for value in wanted], name
+    # Both select JSON as its text and decode it: as the models' own columns read it.
+    with transaction() as session:
+        stored = session.query(Task).filter_by(instance_id=instance).order_by(Task.id)
+        from_models = [task_view(row) for row in stored]
+    assert from_models == queries.tasks_listing(instance).rows

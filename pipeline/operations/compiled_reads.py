@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,19 +80,23 @@ def _enum(path: str) -> Callable[[Any], Any]:
     return members.__getitem__
 
 
-#: The kinds of column (``read_statements._kind``) a database's driver already reads as
-#: SQLAlchemy does, so their values are taken as it gives them: psycopg's times are aware
-#: and its booleans are ``bool``. Not its JSON: it is fetched as text (``_connect``) and
-#: decoded by ``jsoncodec``, as the engine decodes it, in a third of the time psycopg's own
-#: loader takes.
-NATIVE: dict[str, frozenset[str]] = {"postgresql": frozenset({"utc", "bool"})}
+#: What reads which kinds of column (``read_statements._kind``) as SQLAlchemy's types do,
+#: so their values are taken as it gives them: psycopg's times are aware and its booleans
+#: ``bool``; a SQLAlchemy session (``SESSION``) reads all but the JSON, which every
+#: statement selects as its text, decoded here (``_json``).
+SESSION = "session"
+NATIVE: dict[str, frozenset[str]] = {
+    "postgresql": frozenset({"utc", "bool"}),
+    SESSION: frozenset({"utc", "bool", "enum"}),
+}
 
 
-def _converter(kind: str | None, dialect: str) -> Callable[[Any], Any] | None:
+def _converter(kind: str | None, reader: str) -> Callable[[Any], Any] | None:
     """How a column's value is read back (``read_statements._kind``), as SQLAlchemy's type
     reads it: a time made aware in UTC, JSON decoded, 0 and 1 as booleans, an enum's value
-    as its member; None where the driver gives that already (``NATIVE``)."""
-    if kind is None or kind in NATIVE.get(dialect, ()):
+    as its member; None where the ``reader`` (a dialect's driver, or ``SESSION``) gives
+    that already (``NATIVE``)."""
+    if kind is None or kind.partition(":")[0] in NATIVE.get(reader, ()):
         return None
     if kind == "utc":
         return _utc
@@ -105,6 +109,31 @@ def _converter(kind: str | None, dialect: str) -> Callable[[Any], Any] | None:
     raise ValueError(f"unknown column kind {kind!r}")
 
 
+Converters = list[tuple[int, Callable[[Any], Any]]]
+
+
+def converters(kinds: Sequence[str | None], reader: str) -> Converters:
+    """Each column's converter (``_converter``) by its position, those that convert."""
+    return [
+        (position, converter)
+        for position, kind in enumerate(kinds)
+        if (converter := _converter(kind, reader)) is not None
+    ]
+
+
+def converted(found: Iterable[Sequence[Any]], converting: Converters) -> list[Sequence[Any]]:
+    """Rows with their values read back by ``converting`` (``converters``)."""
+    if not converting:
+        return list(found)
+    rows = []
+    for row in found:
+        values = list(row)
+        for position, converter in converting:
+            values[position] = converter(values[position])
+        rows.append(values)
+    return rows
+
+
 class CompiledReader:
     """``reading.Reader`` over a driver's connection and the compiled statements."""
 
@@ -114,7 +143,7 @@ class CompiledReader:
         self.connection = connection
         self.statements = statements
         self.dialect = dialect
-        self._converters: dict[str, list[tuple[int, Callable[[Any], Any]]]] = {}
+        self._converters: dict[str, Converters] = {}
 
     def names(self, name: str) -> list[str]:
         return list(self.statements[name]["names"])
@@ -130,23 +159,10 @@ class CompiledReader:
             found = cursor.fetchall()
         finally:
             cursor.close()
-        converters = self._converters.get(name)
-        if converters is None:
-            converters = [
-                (position, converter)
-                for position, kind in enumerate(statement["kinds"])
-                if (converter := _converter(kind, self.dialect)) is not None
-            ]
-            self._converters[name] = converters
-        if not converters:
-            return found
-        converted = []
-        for row in found:
-            values = list(row)
-            for position, converter in converters:
-                values[position] = converter(values[position])
-            converted.append(values)
-        return converted
+        converting = self._converters.get(name)
+        if converting is None:
+            converting = self._converters[name] = converters(statement["kinds"], self.dialect)
+        return converted(found, converting)
 
 
 class CompiledQueries:
@@ -210,12 +226,8 @@ def _connect(record: dict[str, Any]) -> Any:
         return connection
     if record["dialect"] == "postgresql":
         import psycopg
-        from psycopg.types.string import TextLoader
 
-        connection = psycopg.connect(*args, **kwargs)
-        for json_type in ("json", "jsonb"):  # decoded by ``_json``, as the engine decodes it
-            connection.adapters.register_loader(json_type, TextLoader)
-        return connection
+        return psycopg.connect(*args, **kwargs)
     raise ValueError(f"no compiled reads for {record['dialect']}")
 
 
