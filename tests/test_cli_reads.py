@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.domain.listing import JsonText
 from pipeline.errors import NotFound
 from pipeline.interfaces import local_api
 from pipeline.operations import queries
@@ -220,7 +221,10 @@ def test_the_api_and_the_database_print_the_same_bytes(
     through_api = {}
     for args in READS:
         through_api[tuple(args)] = cli(*args)
+        answer = reads.answers[-1] if reads.answers else None
         assert reads.served(), f"the API did not answer pipeline {' '.join(args)}"
+        if "--json" in args and args[0] != "task" and through_api[tuple(args)].returncode == 0:
+            assert isinstance(answer.data, JsonText), f"{args}: printed as the API wrote it"
     # Another setting in this shell's environment than the API's: read in process.
     monkeypatch.setenv("PIPELINE_WORKERS", "1")
     for args in READS:
@@ -429,3 +433,48 @@ def test_the_compiled_reads_give_the_views_the_queries_give_on_either_database(
         for read in (lambda: compiled.get_task(999), lambda: compiled.tasks_listing(999)):
             with pytest.raises(NotFound):
                 read()
+
+
+def test_the_compiled_reads_take_the_drivers_values_as_sqlalchemy_reads_them(
+    any_database: str, worker: InProcessWorker, home: Path
+) -> None:
+    """Every statement's rows, value for value and type for type, as the compiled reads
+    fetch them (on PostgreSQL times and booleans as psycopg gives them; on SQLite each
+    converted) and as a SQLAlchemy session reads them; JSON, which both select as its text
+    and decode once for each text, as the models read it."""
+    from sqlalchemy.dialects import sqlite
+
+    from pipeline.database import transaction
+    from pipeline.domain.models import BatchJob, Task, utcnow
+    from pipeline.operations import compiled_reads, facade, read_statements
+    from pipeline.operations.views import task_view
+
+    facade.set_parameters("algorithm", ["throw_exception_subtask_0=true"])
+    instance = facade.submit("sample", None, "permuter")["id"]
+    worker.drain()
+    task = queries.list_tasks(instance)[0]["id"]
+    running(task, 2)
+    with transaction() as session:  # a job with every time set, a JSON value and a float
+        session.add(
+            BatchJob(task_id=task, attempt=1, token="t", system="slurm", subtasks=4, elements=1,
+                     seen={"state": "RUNNING"}, submitted_at=utcnow(), ended_at=utcnow(),
+                     cost=1.5)
+        )  # fmt: skip
+    values = {"instance_id": instance, "task_id": task, "limit": 2, "state": "RUNNING", "last": 9}
+    read_statements.keep(home)
+    with compiled_reads.queries(home) as compiled, transaction() as session:
+        assert compiled is not None
+        usual = read_statements.SessionReader(session)
+        for name, statement in read_statements.statements().items():
+            named = statement.compile(dialect=sqlite.dialect()).params
+            params = {key: value for key, value in values.items() if key in named}
+            fetched, read = compiled.reader.rows(name, **params), usual.rows(name, **params)
+            assert fetched, f"{name}: no rows to compare"
+            assert [list(row) for row in fetched] == [list(row) for row in read], name
+            for got, wanted in zip(fetched, read, strict=True):
+                assert [type(value) for value in got] == [type(value) for value in wanted], name
+    # Both select JSON as its text and decode it: as the models' own columns read it.
+    with transaction() as session:
+        stored = session.query(Task).filter_by(instance_id=instance).order_by(Task.id)
+        from_models = [task_view(row) for row in stored]
+    assert from_models == queries.tasks_listing(instance).rows

@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -26,7 +25,7 @@ from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 from pipeline import __version__
 from pipeline.domain.execution import NAME_PATTERN
 from pipeline.domain.limits import MAX_ID, MAX_NAME_LENGTH
-from pipeline.domain.listing import TOTAL_HEADER
+from pipeline.domain.listing import TOTAL_HEADER, json_text
 from pipeline.errors import InvalidInput, Refused, TooLarge, shown
 from pipeline.interfaces import api_schemas as models
 from pipeline.interfaces import local_api
@@ -443,7 +442,7 @@ def _listing(found: queries.Listing) -> Response:
     request took, to answer what the queries had listed. The view stays the schema, and
     the tests hold every listing's rows to it, as text (``test_api``)."""
     return Response(
-        orjson.dumps(found.rows),
+        json_text(found.rows),  # as the CLI prints it, which prints it as it comes
         media_type="application/json",
         headers={TOTAL_HEADER: str(found.total)},
     )

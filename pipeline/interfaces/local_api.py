@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.domain.listing import TOTAL_HEADER
+from pipeline.domain.listing import TOTAL_HEADER, JsonText, is_json_text
 from pipeline.home import find_home, settings_fingerprint, write_run_file
 
 if TYPE_CHECKING:
@@ -99,9 +99,13 @@ def _serving(pid: Any) -> bool:
     return b"api" in arguments
 
 
-def get(record: dict[str, Any], path: str, **params: Any) -> Answer | None:
+def get(
+    record: dict[str, Any], path: str, *, as_json: bool = False, **params: Any
+) -> Answer | None:
     """``GET path`` from the API the run file names: rows, a detail, or an unknown id's
-    one-line message; None when it could not be asked or answered anything else."""
+    one-line message; None when it could not be asked or answered anything else. For a
+    caller that prints JSON (``as_json``), a listing (it says how many rows it has) in the
+    form the caller prints is kept as its text (``JsonText``), not decoded."""
     from pipeline.interfaces.client import UNANSWERED, Connection
 
     try:
@@ -116,9 +120,12 @@ def get(record: dict[str, Any], path: str, **params: Any) -> Answer | None:
         return None
     try:
         response = connection.request("GET", path, params)
-        body = response.json()
         total = response.header(TOTAL_HEADER)
         counted = int(total) if total is not None else None
+        listing = response.status == OK and counted is not None
+        if as_json and listing and is_json_text(response.body):
+            return Answer(OK, JsonText(response.body), counted)
+        body = response.json()
     except (*UNANSWERED, ValueError):
         return None
     finally:
