@@ -63,6 +63,9 @@ EXECUTING = ("ALGORITHM_QUEUED", "ALGORITHM_EXECUTING")
 Settle = Callable[[], None]
 #: The longest a fault may take to be recovered from, and its alert to show.
 RECOVERY_TIMEOUT = 90.0
+#: Seconds each subtask pauses in the instance the soak asks resume-monitoring of at the
+#: end, when no fault met an executing task.
+SLOW_PAUSE = 4
 #: Instances running at once while the soak goes on.
 ACTIVE = 2
 #: What each kind of fault may make the system say (its own alert, and what it may
@@ -319,11 +322,22 @@ class Soak:
 
     def _resume_monitoring_once(self) -> None:
         """Monitoring resumed at least once: a soak whose faults met no executing task (its
-        work had moved on each time) asks it of work still running at the end."""
+        work had moved on each time) asks it of an instance of its own, whose subtasks
+        pause ``SLOW_PAUSE`` seconds: its task is still executing when the command runs,
+        however slow the machine (a task of 1 s subtasks had ended by then, under load)."""
+        self.cluster.set_parameters(execution_pause_seconds=SLOW_PAUSE)
+        try:
+            found = _wait(lambda: self.cluster.json("submit", "sample"))
+        finally:
+            self.cluster.set_parameters(execution_pause_seconds=1)
+        instance = int(found["id"])
+        self.submitted.append(instance)
 
         def asked() -> bool:
-            self._keep_busy()
-            self._resume_monitoring()
+            for task in queries.list_tasks(instance):
+                if task["p_state"] in EXECUTING and not task["error"]:
+                    self._restart(task["id"], mode="resume-monitoring")
+                    break
             return "resume-monitoring" in self.report.restarts
 
         _wait(asked)
