@@ -23,9 +23,9 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
+from pipeline.database import update_rows
 from pipeline.domain.definitions import stored_node
 from pipeline.domain.execution import ExecutionSettings
 from pipeline.domain.lifecycle import Event
@@ -180,22 +180,13 @@ def subtask_messages(
             continue
         messages.add(*_subtask_messages(task.id, task.attempt, planned, settings))
         rows += [
-            {"row_task": task.id, "row_index": index, "row_message": message_id}
+            {"task_id": task.id, "index": index, "message_id": message_id}
             for message_id, batch in planned
             for index, _ in batch
         ]
     for settings, entries in lone.values():
         rows += _group(entries, settings, messages)
-    if rows:  # an executemany of no rows would run once, with no values
-        table = Subtask.__table__
-        session.execute(
-            update(table)
-            .where(
-                table.c.task_id == bindparam("row_task"), table.c.index == bindparam("row_index")
-            )
-            .values(message_id=bindparam("row_message")),
-            rows,
-        )
+    update_rows(session, Subtask.__table__, ("task_id", "index"), rows)
     return counts
 
 
@@ -232,7 +223,7 @@ def _group(
         else:
             message_id = group_message_id(*group[0])
             messages.add(_carrying(GROUP, [group], settings, len(group), message_id))
-        rows += [{"row_task": e[0], "row_index": e[2], "row_message": message_id} for e in group]
+        rows += [{"task_id": e[0], "index": e[2], "message_id": message_id} for e in group]
     return rows
 
 
