@@ -318,7 +318,7 @@ def record_found(
                 _row(candidate.path, candidate.data_file_type, candidate.unit_of_work, FOUND)
                 | {"size": size, "sha256": sha256, "mtime_ns": mtime_ns}
             )
-        ids.update(_insert(session, new_rows))
+        ids.update(_insert(session, new_rows, set(known)))
     return [ids[c.path] for c in candidates]
 
 
@@ -630,14 +630,17 @@ def _supersede(session: Session, paths: list[str], now: datetime) -> None:
         )
 
 
-def _insert(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
-    """Supersede the current rows of ``rows``' paths, insert ``rows`` (a path listed twice:
-    the later one is current), in bulk; the new rows' ids by path."""
+def _insert(
+    session: Session, rows: list[dict[str, Any]], current: set[str] | None = None
+) -> dict[str, int]:
+    """Supersede the current rows of ``rows``' paths (those of them in ``current``, when
+    the caller knows which have one), insert ``rows`` (a path listed twice: the later one
+    is current), in bulk; the new rows' ids by path."""
     if not rows:
         return {}
     now = utcnow()
     paths = sorted({row["path"] for row in rows})
-    _supersede(session, paths, now)
+    _supersede(session, paths if current is None else [p for p in paths if p in current], now)
     last = {row["path"]: i for i, row in enumerate(rows)}
     for i, row in enumerate(rows):
         row.setdefault("stored_at", now)
