@@ -15,7 +15,7 @@ from pipeline.engine.leases import Claim
 from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.transitions import advance
 from pipeline.messaging import messages
-from pipeline.operations import facade, queries
+from pipeline.operations import facade, lineage, queries
 from pipeline.sample.images import SETS
 from pipeline.settings import PACKAGED_DEFINITIONS
 from tests.support import (
@@ -131,6 +131,38 @@ def test_each_subtask_directory_is_made_by_the_worker_that_runs_it(
     assert [s["attempts"] for s in queries.list_subtasks(task["id"])] == [2, 1, 1, 1]
     assert os.stat(task_dir / "st-0").st_ino == ran_in, "run again where it ran"
     assert len(queries.logs(task["id"], 0)[0]["text"].split("Traceback")) == 3, "both runs"
+
+
+def test_a_subtask_whose_inputs_are_gone_when_it_runs_fails_saying_so(
+    worker: InProcessWorker, home: Path
+) -> None:
+    """Between the marshal and the run, the bytes of one subtask's input go (its object
+    removed, its path written over): that subtask fails without running, naming them; the
+    others run."""
+    from pipeline.engine import datastore
+
+    instance = facade.submit("sample", None, "permuter")["id"]
+    worker.run_next()  # the first task's marshal
+    [task] = [t for t in queries.list_tasks(instance) if t["state"] != "INITIALIZING"]
+    path = f"{task['unit_of_work']}/L0/nasa-logo-file-0.png"
+    [version] = lineage.files(path=path)
+    datastore.object_path(home / "datastore", version["sha256"]).unlink()
+    (home / "datastore" / path).unlink()
+    (home / "datastore" / path).write_bytes(b"written over")
+
+    worker.drain()
+    subtasks = queries.list_subtasks(task["id"])
+    assert [(s["state"], s["attempts"]) for s in subtasks] == [
+        ("FAILED", 1),
+        ("COMPLETE", 1),
+        ("COMPLETE", 1),
+        ("COMPLETE", 1),
+    ]
+    assert subtasks[0]["error"] == (
+        f"its inputs could not be given: the bytes of {path}"
+        f" (version {version['sha256'][:12]}) are no longer kept"
+    )
+    assert queries.logs(task["id"], 0)[0]["text"] == "", "it did not run"
 
 
 def test_parameters_are_frozen_at_submit(worker: InProcessWorker) -> None:
