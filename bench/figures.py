@@ -284,8 +284,9 @@ def postgres_throughput(
 
 def directories_floor(directory: Path, count: int) -> float:
     """Seconds a plain loop takes to make ``count`` subtask directories and link an input
-    file into each: the filesystem's part of marshaling figure a's instance, which no code
-    of the pipeline's can remove. Nothing is deleted before the run ends: on ext4 without a
+    file into each: the filesystem's part of giving figure a's subtasks their inputs (done
+    by the workers as they run them, not by the marshal), which no code of the pipeline's
+    can remove. Nothing is deleted before the run ends: on ext4 without a
     journal (these machines' disk), making an inode skips every inode of its block group
     freed in the last minute or more, one by one, so a large removal slows every later
     mkdir near it for a while (docs/benchmarks.md, "The file system's floor")."""

@@ -578,18 +578,16 @@ def test_an_input_replaced_while_its_task_marshals_is_consumed_as_chosen(
     that version; the next instance consumes the new one."""
     from pipeline.engine import stages, taskdir
 
-    build = taskdir.marshal
+    prepare = taskdir.prepare
     redelivery = deliver(tmp_path, "again", {"nasa-logo-file-0.png": pixels(5, 5)})
 
-    def marshal_meanwhile(
-        task_dir: Path, groups: list[list[tuple[Path, str]]], models: Any = ()
-    ) -> list[list[str]]:
+    def marshal_meanwhile(task_dir: Path, names: list[list[str]], models: Any = ()) -> None:
         task_id = int(task_dir.name.split("-")[1])
         if queries.get_task(task_id)["unit_of_work"] == "set-1":
             receipt.receive(redelivery, "raw_image", "set-1")
-        return build(task_dir, groups, models)
+        prepare(task_dir, names, models)
 
-    monkeypatch.setattr(stages.taskdir, "marshal", marshal_meanwhile)
+    monkeypatch.setattr(stages.taskdir, "prepare", marshal_meanwhile)
     instance = facade.submit("sample", None, "permuter")["id"]
     worker.drain()
 

@@ -138,7 +138,7 @@ def test_marshal_killed_mid_step_is_marshaled_again(chaos: Cluster) -> None:
     hanging = (
         "import sys, time\n"
         "from pipeline.engine import stages, taskdir\n"
-        "taskdir.marshal = lambda *args: time.sleep(3600)\n"
+        "taskdir.prepare = lambda *args: time.sleep(3600)\n"
         "stages.marshal(int(sys.argv[1]), 1)\n"
     )
     dying = subprocess.Popen([sys.executable, "-c", hanging, str(task["id"])], env=chaos.env)

@@ -4,6 +4,7 @@ tasks created once however many transitions race."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from pipeline.engine.leases import Claim
 from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.transitions import advance
 from pipeline.messaging import messages
-from pipeline.operations import facade, queries
+from pipeline.operations import facade, lineage, queries
 from pipeline.sample.images import SETS
 from pipeline.settings import PACKAGED_DEFINITIONS
 from tests.support import (
@@ -98,6 +99,70 @@ def test_an_exception_in_subtask_0_stalls_the_instance(worker: InProcessWorker, 
             f"task {args[0]} subtask 0: RuntimeError: subtask 0 failed on purpose"
             " (throw_exception_subtask_0 = true)"
         )
+
+
+def test_each_subtask_directory_is_made_by_the_worker_that_runs_it(
+    any_database: str, worker: InProcessWorker, home: Path
+) -> None:
+    """Marshaling makes the task directory only: a subtask's directory, holding read-only
+    copies of the versions chosen for it, is made when it first runs (by the worker that
+    runs it, not serially by the marshal), and a subtask run again by a resubmit runs in the
+    directory it ran in before."""
+    facade.set_parameters("algorithm", ["throw_exception_subtask_0=true"])
+    instance = facade.submit("sample", None, "permuter")["id"]
+    worker.run_next()  # the first task's marshal
+    [task] = [t for t in queries.list_tasks(instance) if t["state"] != "INITIALIZING"]
+    task_dir = Path(queries.get_task(task["id"])["task_dir"])
+    assert list(task_dir.iterdir()) == [], "no subtask directory before its subtask runs"
+
+    worker.drain()
+    assert sorted(p.name for p in task_dir.iterdir()) == ["st-0", "st-1", "st-2", "st-3"]
+    unit = task["unit_of_work"]
+    for index in range(4):
+        given = task_dir / f"st-{index}" / f"nasa-logo-file-{index}.png"
+        stored = home / "datastore" / unit / "L0" / given.name
+        assert given.read_bytes() == stored.read_bytes()
+        assert os.stat(given).st_ino != os.stat(stored).st_ino, "a copy"
+        assert not os.stat(given).st_mode & 0o222, "read-only"
+    ran_in = os.stat(task_dir / "st-0").st_ino
+
+    facade.restart([task["id"]], "resubmit")
+    worker.drain()
+    assert [s["attempts"] for s in queries.list_subtasks(task["id"])] == [2, 1, 1, 1]
+    assert os.stat(task_dir / "st-0").st_ino == ran_in, "run again where it ran"
+    assert len(queries.logs(task["id"], 0)[0]["text"].split("Traceback")) == 3, "both runs"
+
+
+def test_a_subtask_whose_inputs_are_gone_when_it_runs_fails_saying_so(
+    worker: InProcessWorker, home: Path
+) -> None:
+    """Between the marshal and the run, the bytes of one subtask's input go (its object
+    removed, its path written over): that subtask fails without running, naming them; the
+    others run."""
+    from pipeline.engine import datastore
+
+    instance = facade.submit("sample", None, "permuter")["id"]
+    worker.run_next()  # the first task's marshal
+    [task] = [t for t in queries.list_tasks(instance) if t["state"] != "INITIALIZING"]
+    path = f"{task['unit_of_work']}/L0/nasa-logo-file-0.png"
+    [version] = lineage.files(path=path)
+    datastore.object_path(home / "datastore", version["sha256"]).unlink()
+    (home / "datastore" / path).unlink()
+    (home / "datastore" / path).write_bytes(b"written over")
+
+    worker.drain()
+    subtasks = queries.list_subtasks(task["id"])
+    assert [(s["state"], s["attempts"]) for s in subtasks] == [
+        ("FAILED", 1),
+        ("COMPLETE", 1),
+        ("COMPLETE", 1),
+        ("COMPLETE", 1),
+    ]
+    assert subtasks[0]["error"] == (
+        f"its inputs could not be given: the bytes of {path}"
+        f" (version {version['sha256'][:12]}) are no longer kept"
+    )
+    assert queries.logs(task["id"], 0)[0]["text"] == "", "it did not run"
 
 
 def test_parameters_are_frozen_at_submit(worker: InProcessWorker) -> None:

@@ -285,9 +285,9 @@ def test_large_inputs_are_links_to_the_read_only_bytes_unless_the_worker_is_root
     small.write_bytes(b"x")
     for user, large_linked in ((1000, True), (0, False)):
         monkeypatch.setattr(os, "geteuid", lambda user=user: user)
-        task_dir = tmp_path / f"task-{user}"
-        taskdir.marshal(task_dir, [[(large, "large.dat"), (small, "small.dat")]])
-        given = task_dir / "st-0"
+        given = tmp_path / f"task-{user}" / "st-0"
+        given.parent.mkdir()
+        taskdir.build(given, [(large, "large.dat"), (small, "small.dat")])
         linked = os.stat(given / "large.dat").st_ino == os.stat(large).st_ino
         assert linked == large_linked, f"as user {user}"
         assert os.stat(given / "small.dat").st_ino != os.stat(small).st_ino, "a copy"

@@ -59,6 +59,7 @@ from pipeline.engine.batch_system import (
     JobStatus,
     batch_system,
 )
+from pipeline.engine.datastore_ledger import versions_given
 from pipeline.engine.executors import end_with_none_left, mark_queued
 from pipeline.engine.leases import Claim
 from pipeline.engine.locks import lock_task, lock_task_only
@@ -71,6 +72,7 @@ from pipeline.engine.stages import (
     finish_subtasks,
     node_parameter_sets,
     node_parameters,
+    subtask_directories,
 )
 from pipeline.engine.task_state import HOST, dispatch_again, is_current, move, note
 from pipeline.messaging import outbox
@@ -238,6 +240,7 @@ def submit(task_id: int, attempt: int, host: str = "") -> Step:
 
 def _submit_one(token: str, host: str) -> list[Message]:
     """Write the job's manifest and submit it; the messages a refusal called for."""
+    refusal: BatchRefused | None = None
     with transaction() as session:
         job = session.scalars(select(BatchJob).where(BatchJob.token == token)).one()
         task = session.get(Task, job.task_id)
@@ -246,7 +249,12 @@ def _submit_one(token: str, host: str) -> list[Message]:
         if not is_current(task, job.attempt, *EXECUTION_STEPS):
             job.state, job.ended_at, job.reason = BatchJobState.CANCELLED, utcnow(), "moved on"
             return []
-        request = _request(session, task, job)
+        try:
+            request = _request(session, task, job)
+        except BatchRefused as exc:  # its subtasks' directories could not be made
+            refusal = exc
+    if refusal is not None:
+        return _refused(token, refusal, host)
     try:
         job_id = batch_system(job.system).submit_array(request)
     except BatchUnreachable as exc:
@@ -267,7 +275,8 @@ def _submit_one(token: str, host: str) -> list[Message]:
 
 
 def _request(session: Session, task: Task, job: BatchJob) -> ArrayRequest:
-    """The job's array request, its manifest written into its directory."""
+    """The job's array request, the directories of its subtasks that have none made
+    (``subtask_directories``) and its manifest written into its directory."""
     instance = session.get(PipelineInstance, task.instance_id)
     definition = parse(instance.definition)
     node = definition.node(task.node)
@@ -280,7 +289,13 @@ def _request(session: Session, task: Task, job: BatchJob) -> ArrayRequest:
         )
         .order_by(Subtask.index)
     ).all()
-    models = {kind: pin["name"] for kind, pin in model_registry.node_pins(instance, node).items()}
+    pins = model_registry.node_pins(instance, node)
+    models = {kind: pin["name"] for kind, pin in pins.items()}
+    given = versions_given(session, task.id, task.attempt, [index for index, _, _ in subtasks])
+    unready = subtask_directories(task, given, pins)
+    if unready:
+        index, reason = min(unready.items())
+        raise BatchRefused(f"subtask {index}: {reason}")
     for index, number, inputs in subtasks:
         if number > 1:  # run before: its outputs may be kept bytes now
             directory = taskdir.subtask_dir(Path(task.task_dir), index)

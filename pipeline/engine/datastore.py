@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -74,7 +73,7 @@ def units_of_work(root: Path, definition: Definition, node: Node) -> list[str]:
     return sorted(units)
 
 
-def names_of(directory: Path, kind: DataFileType) -> list[str]:
+def names_of(directory: Path | str, kind: DataFileType) -> list[str]:
     """The names in ``directory`` of type ``kind``, sorted."""
     try:
         names = os.listdir(directory)
@@ -174,21 +173,52 @@ def keep(root: Path | str, source: Path | str, link: bool = True, preserve: bool
 
 
 def _keep_copy(root: Path, source: Path | str, preserve: bool) -> Kept:
-    incoming = Path(root) / OBJECTS_DIR / STAGING_DIR
-    incoming.mkdir(parents=True, exist_ok=True)
-    temporary = incoming / uuid.uuid4().hex
+    """Copy ``source`` into the staging directory, hashing the bytes as they are written
+    (one pass, so the SHA-256 is that of the copy whatever ``source`` does meanwhile), then
+    rename the copy into place as its object, unless the same bytes are kept already.
+    Plain ``os`` calls on strings: a marshal keeps thousands of found files."""
+    incoming = f"{root}/{OBJECTS_DIR}/{STAGING_DIR}"
+    temporary = f"{incoming}/{uuid.uuid4().hex}"
     try:
-        (shutil.copy2 if preserve else shutil.copyfile)(source, temporary)
-        size, sha256, status, kept, existing = _hashed(root, temporary)
+        with open(source, "rb") as reader:
+            size, sha256, status = _copy_hashing(reader, temporary, preserve)
+        kept = _object_file(str(root), sha256)
+        existing = _existing(kept, size)
         if existing is not None:
+            os.unlink(temporary)
             return Kept(size, sha256, kept, *existing)
         # New bytes, or an object written through since: these are right.
-        os.chmod(temporary, read_only())
-        os.makedirs(os.path.dirname(kept), exist_ok=True)
-        os.replace(temporary, kept)
-    finally:
-        temporary.unlink(missing_ok=True)
+        try:
+            os.replace(temporary, kept)
+        except FileNotFoundError:  # the first object with these two leading digits
+            os.makedirs(os.path.dirname(kept), exist_ok=True)
+            os.replace(temporary, kept)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
     return Kept(size, sha256, kept, status.st_mtime_ns, status.st_ino)
+
+
+def _copy_hashing(
+    reader: BinaryIO, temporary: str, preserve: bool
+) -> tuple[int, str, os.stat_result]:
+    """Write what ``reader`` reads to the new, read-only file ``temporary`` (with
+    ``preserve``, at the source's modification time); its size, SHA-256 and status."""
+    try:
+        writer = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:  # no staging directory yet, or another store removed it
+        os.makedirs(os.path.dirname(temporary), exist_ok=True)
+        writer = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        size, sha256 = _hash(reader, writer)
+        if preserve:
+            read = os.fstat(reader.fileno())
+            os.utime(writer, ns=(read.st_atime_ns, read.st_mtime_ns))
+        os.fchmod(writer, read_only())
+        return size, sha256, os.fstat(writer)
+    finally:
+        os.close(writer)
 
 
 def _hashed(
@@ -254,11 +284,16 @@ def version_bytes(root: Path, path: str, sha256: str, size: int) -> Path:
     return kept
 
 
-def _hash(reader: BinaryIO) -> tuple[int, str]:
+def _hash(reader: BinaryIO, writer: int | None = None) -> tuple[int, str]:
+    """The size and SHA-256 of what ``reader`` reads, written to the file descriptor
+    ``writer`` as it is read, if one is given."""
     digest, size = hashlib.sha256(), 0
     while chunk := reader.read(CHUNK_BYTES):
         digest.update(chunk)
         size += len(chunk)
+        view = memoryview(chunk)
+        while writer is not None and view:
+            view = view[os.write(writer, view) :]
     return size, digest.hexdigest()
 
 
@@ -387,9 +422,9 @@ def put_back(root: Path, path: str, sha256: str | None, placed_inode: int) -> No
         place(version)
 
 
-def fingerprint(root: Path, path: Path) -> tuple[int, str, int]:
+def fingerprint(root: Path, path: Path | str) -> tuple[int, str, int]:
     """Size, SHA-256 and modification time (ns) of a file the pipeline did not write, its
     bytes kept in the object store (a copy: the file is not the pipeline's to protect)."""
-    mtime_ns = path.stat().st_mtime_ns
+    mtime_ns = os.stat(path).st_mtime_ns
     kept = keep(root, path, link=False, preserve=True)
     return kept.size, kept.sha256, mtime_ns

@@ -23,14 +23,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from stat import S_ISREG
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session, aliased
 
-from pipeline.database import insert_plain, insert_rows, one_of
+from pipeline.database import add_rows, insert_plain, insert_rows, one_of
 from pipeline.domain.definitions import Definition, Node
 from pipeline.domain.lifecycle import PState
 from pipeline.domain.models import (
@@ -188,14 +188,15 @@ def _on_disk(
     """The current files of type ``kind`` for ``unit``, with their rows where the ledger
     describes them as they are on disk."""
     file_type = definition.data_file_types[kind]
-    prefix = len(str(root).rstrip("/")) + 1  # a root of "/" has no separator of its own
+    relative = PurePosixPath(file_type.directory(unit)).as_posix()
+    directory = f"{root}/{relative}"
+    under = "" if relative == "." else f"{relative}/"
     found = []
-    directory = root / file_type.directory(unit)
-    for path in (directory / name for name in datastore.names_of(directory, file_type)):
+    for name in datastore.names_of(directory, file_type):  # strings: 20,000 files, say
         with suppress(FileNotFoundError):  # gone meanwhile
-            status = os.stat(path)
+            status = os.stat(f"{directory}/{name}")
             if S_ISREG(status.st_mode):
-                found.append((str(path)[prefix:], status))
+                found.append((f"{under}{name}", status))
     found.sort(key=lambda item: item[0].split("/"))  # as paths sort: part by part
     known = current_rows(session, [name for name, _ in found], FINGERPRINT)
     chosen = []
@@ -304,7 +305,7 @@ def record_found(
     missing = [c for c in candidates if c.file_id is None]
     ids = {c.path: c.file_id for c in candidates if c.file_id is not None}
     if missing:
-        lock_directories(session, (str(Path(c.path).parent) for c in missing))
+        lock_directories(session, (os.path.dirname(c.path) for c in missing))
         known = current_rows(session, [c.path for c in missing], FINGERPRINT)
         new_rows = []
         for candidate in missing:
@@ -317,7 +318,7 @@ def record_found(
                 _row(candidate.path, candidate.data_file_type, candidate.unit_of_work, FOUND)
                 | {"size": size, "sha256": sha256, "mtime_ns": mtime_ns}
             )
-        ids.update(_insert(session, new_rows))
+        ids.update(_insert(session, new_rows, set(known)))
     return [ids[c.path] for c in candidates]
 
 
@@ -330,8 +331,7 @@ def record_consumption(
         for index, file_ids in enumerate(groups)
         for file_id in file_ids
     ]
-    if rows:
-        session.execute(insert(FileConsumption), rows)
+    add_rows(session, FileConsumption.__table__, rows)
 
 
 def record_kept(
@@ -565,7 +565,7 @@ def withdraw_pending(session: Session, root: Path, task_id: int, attempt: int) -
     ).all()
     if not pending:
         return 0
-    lock_directories(session, (str(Path(path).parent) for _, path, _ in pending))
+    lock_directories(session, (os.path.dirname(path) for _, path, _ in pending))
     current = current_rows(session, sorted({path for _, path, _ in pending}), FINGERPRINT)
     for _, path, sha in pending:
         with suppress(FileNotFoundError):  # retention removed it: nothing of it is shown
@@ -603,6 +603,32 @@ def consumed_by(task_id: int, attempt: int | None, index: int | None) -> Any:
         FileConsumption.attempt == last_marshal(task_id, attempt or 0),
         FileConsumption.subtask_index == index,
     )
+
+
+def versions_given(
+    session: Session, task_id: int, attempt: int, indices: Sequence[int]
+) -> dict[int, list[tuple[str, str, int]]]:
+    """The versions (path, SHA-256, size) the task's marshal behind ``attempt`` gave each
+    of these subtasks, in the order given, by subtask index."""
+    rows = session.execute(
+        select(
+            FileConsumption.subtask_index,
+            DatastoreFile.path,
+            DatastoreFile.sha256,
+            DatastoreFile.size,
+        )
+        .join(DatastoreFile, DatastoreFile.id == FileConsumption.file_id)
+        .where(
+            FileConsumption.task_id == task_id,
+            FileConsumption.attempt == last_marshal(task_id, attempt),
+            one_of(session, FileConsumption.subtask_index, list(indices)),
+        )
+        .order_by(FileConsumption.id)
+    )
+    given: dict[int, list[tuple[str, str, int]]] = {index: [] for index in indices}
+    for index, path, sha256, size in rows:
+        given[index].append((path, sha256, size))
+    return given
 
 
 def inputs_of(session: Session, task_id: int, attempt: int | None, index: int | None) -> int:
@@ -675,14 +701,17 @@ def _supersede(session: Session, paths: list[str], now: datetime) -> None:
         )
 
 
-def _insert(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
-    """Supersede the current rows of ``rows``' paths, insert ``rows`` (a path listed twice:
-    the later one is current), in bulk; the new rows' ids by path."""
+def _insert(
+    session: Session, rows: list[dict[str, Any]], current: set[str] | None = None
+) -> dict[str, int]:
+    """Supersede the current rows of ``rows``' paths (those of them in ``current``, when
+    the caller knows which have one), insert ``rows`` (a path listed twice: the later one
+    is current), in bulk; the new rows' ids by path."""
     if not rows:
         return {}
     now = utcnow()
     paths = sorted({row["path"] for row in rows})
-    _supersede(session, paths, now)
+    _supersede(session, paths if current is None else [p for p in paths if p in current], now)
     last = {row["path"]: i for i, row in enumerate(rows)}
     for i, row in enumerate(rows):
         row.setdefault("stored_at", now)

@@ -23,9 +23,9 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
+from pipeline.database import update_rows
 from pipeline.domain.definitions import stored_node
 from pipeline.domain.execution import ExecutionSettings
 from pipeline.domain.lifecycle import Event
@@ -143,7 +143,7 @@ def queue_subtasks(
     restart, an automatic resubmit), for all its tasks in a few statements: a restart of
     1,000 tasks queues their subtasks in one transaction rather than in 1,000 messages'.
     """
-    queued = mark_queued(session, tasks)
+    queued = mark_queued(session, tasks, written=False)  # written with their message ids
     waiting = [task for task in tasks if queued[task.id]]
     sent = subtask_messages(session, [(task, queued[task.id]) for task in waiting], messages)
     for task, count in zip(waiting, sent, strict=True):
@@ -159,9 +159,9 @@ def subtask_messages(
 ) -> list[int]:
     """Messages for each task's queued (index, dispatch number) pairs, at its attempt:
     grouped as ``batch_size`` says (from the task's subtask count, so lost subtasks go
-    again in batches like those that first carried them), each subtask's row recording
-    the id of the message that carries it, for every task in one statement. Returns how
-    many messages each task gets."""
+    again in batches like those that first carried them), each subtask's row written
+    QUEUED under its dispatch number with the id of the message that carries it, for every
+    task in one statement. Returns how many messages each task gets."""
     rows, counts = [], []
     # Tasks that each queue one subtask, by instance, node and execution settings.
     lone: dict[tuple[int, str, str], tuple[ExecutionSettings, list[list[int]]]] = {}
@@ -180,23 +180,25 @@ def subtask_messages(
             continue
         messages.add(*_subtask_messages(task.id, task.attempt, planned, settings))
         rows += [
-            {"row_task": task.id, "row_index": index, "row_message": message_id}
+            _queued_row(task.id, index, number, message_id)
             for message_id, batch in planned
-            for index, _ in batch
+            for index, number in batch
         ]
     for settings, entries in lone.values():
         rows += _group(entries, settings, messages)
-    if rows:  # an executemany of no rows would run once, with no values
-        table = Subtask.__table__
-        session.execute(
-            update(table)
-            .where(
-                table.c.task_id == bindparam("row_task"), table.c.index == bindparam("row_index")
-            )
-            .values(message_id=bindparam("row_message")),
-            rows,
-        )
+    update_rows(session, Subtask.__table__, ("task_id", "index"), rows)
     return counts
+
+
+def _queued_row(task_id: int, index: int, number: int, message_id: str) -> dict[str, Any]:
+    """A subtask's row queued under dispatch ``number`` in the message ``message_id``."""
+    return {
+        "task_id": task_id,
+        "index": index,
+        "state": SubtaskState.QUEUED.value,
+        "dispatch": number,
+        "message_id": message_id,
+    }
 
 
 class _MaxWorkers:
@@ -232,7 +234,7 @@ def _group(
         else:
             message_id = group_message_id(*group[0])
             messages.add(_carrying(GROUP, [group], settings, len(group), message_id))
-        rows += [{"row_task": e[0], "row_index": e[2], "row_message": message_id} for e in group]
+        rows += [_queued_row(e[0], e[2], e[3], message_id) for e in group]
     return rows
 
 

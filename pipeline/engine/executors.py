@@ -52,21 +52,31 @@ class ExecutorModule(Protocol):
 QUEUE_CHUNK = 500
 
 
-def mark_queued(session: Session, tasks: Sequence[Task]) -> dict[int, list[tuple[int, int]]]:
+def mark_queued(
+    session: Session, tasks: Sequence[Task], written: bool = True
+) -> dict[int, list[tuple[int, int]]]:
     """Mark the NEW subtasks of these locked tasks QUEUED under a new dispatch number, in
-    a few statements for all of them; each task's queued (index, dispatch number) pairs."""
+    a few statements for all of them; each task's queued (index, dispatch number) pairs.
+    Unless ``written``, their rows are left for the caller to write, in its transaction
+    (``dispatch.subtask_messages`` writes them with their message ids, one statement)."""
     queued: dict[int, list[tuple[int, int]]] = {task.id: [] for task in tasks}
     ids = list(queued)
     for start in range(0, len(ids), QUEUE_CHUNK):
         chunk = ids[start : start + QUEUE_CHUNK]
-        # The rows it changed, returned by the UPDATE itself: one statement, not two.
-        for task_id, index, number in session.execute(
-            update(Subtask)
-            .where(Subtask.task_id.in_(chunk), Subtask.state == SubtaskState.NEW)
-            .values(state=SubtaskState.QUEUED, dispatch=Subtask.dispatch + 1)
-            .returning(Subtask.task_id, Subtask.index, Subtask.dispatch)
-            .execution_options(synchronize_session=False)
-        ):
+        new = (Subtask.task_id.in_(chunk), Subtask.state == SubtaskState.NEW)
+        if written:  # the rows it changed, returned by the UPDATE itself: one statement
+            rows = session.execute(
+                update(Subtask)
+                .where(*new)
+                .values(state=SubtaskState.QUEUED, dispatch=Subtask.dispatch + 1)
+                .returning(Subtask.task_id, Subtask.index, Subtask.dispatch)
+                .execution_options(synchronize_session=False)
+            )
+        else:
+            rows = session.execute(
+                select(Subtask.task_id, Subtask.index, Subtask.dispatch + 1).where(*new)
+            )
+        for task_id, index, number in rows:
             queued[task_id].append((index, number))
     for task in tasks:
         queued[task.id].sort()

@@ -11,7 +11,6 @@ message changes nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -19,13 +18,14 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, bindparam, delete, insert, select, update
+from sqlalchemy import Row, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
-from pipeline.database import retrying, transaction
+from pipeline.database import add_rows, retrying, transaction
 from pipeline.domain.context import SubtaskContext, event_fields
 from pipeline.domain.definitions import Definition, Node, parse
 from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState
@@ -130,8 +130,9 @@ def _fail_step(task_id: int, attempt: int, step: PState, message: str, host: str
 
 
 def marshal(task_id: int, attempt: int, host: str = "") -> Step:
-    """Choose the task's inputs from the ledger, gather them into subtask directories and
-    create its subtasks, each recorded with the files it consumes, and queue them."""
+    """Choose the task's inputs from the ledger, make its task directory and create its
+    subtasks, each recorded with the files it consumes, and queue them. Each subtask's
+    directory is made when it runs (``subtask_directories``)."""
     with transaction() as session:
         instance, task = lock_task(session, task_id)
         # Claims the step: one marshal per attempt.
@@ -146,7 +147,7 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Step:
         with StepLease(task_id, attempt, PState.MARSHALING):
             selection, node, models = _choose_inputs(task_id, root)
             fingerprints = {
-                c.path: datastore.fingerprint(root, root / c.path)
+                c.path: datastore.fingerprint(root, f"{root}/{c.path}")
                 for c in selection.files
                 if c.file_id is None
             }
@@ -156,9 +157,8 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Step:
                 definition, node, [(c.data_file_type, c.path) for c in selection.files]
             )
             groups = taskdir.split(selection.files, node, paired)
-            names = taskdir.marshal(
-                task_dir, [[_input(root, c, fingerprints) for c in g] for g in groups], models
-            )
+            names = [[c.path.rsplit("/", 1)[-1] for c in group] for group in groups]
+            taskdir.prepare(task_dir, names, [name for _, name in models])
     except (OSError, PipelineError) as exc:
         return _fail_step(task_id, attempt, PState.MARSHALING, f"marshaling failed: {exc}", host)
 
@@ -225,16 +225,6 @@ def _receive(
     return _marshaled(task_id, attempt, host, (node, code, task_dir), said)
 
 
-def _input(
-    root: Path, chosen: datastore_ledger.Candidate, fingerprints: dict[str, Any]
-) -> tuple[Path, str]:
-    """The bytes of an input chosen (its version's object) and the name it is given."""
-    name = chosen.path.rsplit("/", 1)[-1]
-    if chosen.file_id is None:  # found: kept just now
-        return datastore.object_path(root, fingerprints[chosen.path][1]), name
-    return datastore.version_bytes(root, chosen.path, chosen.sha256, chosen.size), name
-
-
 def _choose_inputs(
     task_id: int, root: Path
 ) -> tuple[datastore_ledger.Selection, Node, list[tuple[Path, str]]]:
@@ -251,37 +241,14 @@ def _choose_inputs(
 
 
 def create_subtasks(session: Session, task_id: int, groups: list[list[str]]) -> None:
-    """Replace the task's subtask rows with one per group of input names, in bulk.
-
-    One DELETE, then PostgreSQL's COPY (or Core multi-row INSERTs elsewhere) rather than
-    an ORM object per row: a task of 100,000 subtasks gets its rows in about a second.
-    """
+    """Replace the task's subtask rows with one per group of input names, in bulk (one
+    DELETE, then ``add_rows``: a task of 100,000 subtasks gets its rows in about a second)."""
     session.execute(delete(Subtask).where(Subtask.task_id == task_id))
-    if not groups:
-        return
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        _copy_subtasks(connection.connection.driver_connection, task_id, groups)
-        return
-    session.execute(
-        insert(Subtask.__table__),
+    add_rows(
+        session,
+        Subtask.__table__,
         [{"task_id": task_id, "index": i, "inputs": names} for i, names in enumerate(groups)],
     )
-
-
-#: The columns COPY fills: every column without a NULL default.
-_COPY_SUBTASKS = (
-    'COPY subtasks (task_id, "index", state, attempts, dispatch, error, inputs, worker_host,'
-    " message_id) FROM STDIN"
-)
-
-
-def _copy_subtasks(driver_connection: Any, task_id: int, groups: list[list[str]]) -> None:
-    """New subtask rows through psycopg's COPY, in the session's own transaction."""
-    with driver_connection.cursor() as cursor, cursor.copy(_COPY_SUBTASKS) as copy:
-        for index, names in enumerate(groups):
-            row = (task_id, index, SubtaskState.NEW.value, 0, 0, "", json.dumps(names), "", "")
-            copy.write_row(row)
 
 
 # -- execute ---------------------------------------------------------------------------------
@@ -321,6 +288,9 @@ class SubtaskRun:
     scope: tuple[str, int, str]
     #: The datastore's root, where its outputs are kept as it ends.
     datastore: str
+    #: Why its directory could not be made (its inputs' bytes gone, a full disk): it
+    #: fails without running. Empty when it is ready to run.
+    unready: str = ""
 
 
 #: Where a worker running a message's subtasks hands the messages of records made while
@@ -379,6 +349,12 @@ def run_subtasks(claims: Sequence[Claim], host: str, hand_over: HandOver) -> Ste
     """
     runs = retrying()(begin_subtasks)(claims, host=host)
     step = Step()
+    unready = [run for run in runs if run.unready]
+    if unready:
+        ready = [run for run in runs if not run.unready]
+        failed = [(run.claim, SubtaskOutcome(False, run.unready)) for run in unready]
+        moved = _record_outcomes(failed, host, step, ready)
+        runs = [run for run in ready if run.claim.task_id not in moved]
     while runs:
         runs = _run_in_turn(runs, host, step, hand_over)
     return step
@@ -531,7 +507,13 @@ def begin_subtasks(
             if key in claimed:
                 by_task.setdefault(claim.task_id, []).append((claimed[key], claim))
         instances: dict[int, PipelineInstance] = {}  # held: the session keeps rows weakly
+        given: dict[int, dict[int, list[tuple[str, str, int]]]] = {}
         for task_id, claimed_rows in by_task.items():
+            if about_to_run:
+                indices = [row.index for row, _ in claimed_rows]
+                given[task_id] = datastore_ledger.versions_given(
+                    session, task_id, tasks[task_id].attempt, indices
+                )
             task = tasks[task_id]
             count_subtasks(task, SubtaskState.QUEUED, SubtaskState.RUNNING, len(claimed_rows))
             # Run before: its last run is no longer one (its end is cleared above).
@@ -545,7 +527,7 @@ def begin_subtasks(
     runs = []
     for task_id, subtasks in by_task.items():
         task = tasks[task_id]
-        runs += _subtask_runs(instances[task.instance_id], task, subtasks, about_to_run)
+        runs += _subtask_runs(instances[task.instance_id], task, subtasks, given.get(task_id))
     return runs
 
 
@@ -553,9 +535,10 @@ def _subtask_runs(
     instance: PipelineInstance,
     task: Task,
     subtasks: list[tuple[Row[Any], Claim]],
-    about_to_run: bool,
+    given: dict[int, list[tuple[str, str, int]]] | None,
 ) -> list[SubtaskRun]:
-    """What a worker needs to run each of a task's claimed subtasks."""
+    """What a worker needs to run each of a task's claimed subtasks; with the versions
+    ``given`` them (when they are about to run), their directories made first."""
     definition = instance_definition(instance)
     node = definition.node(task.node)
     by_set = node_parameter_sets(instance, definition, task.node)
@@ -571,11 +554,13 @@ def _subtask_runs(
         datastore=str(get_settings().datastore),
     )
     runs, task_dir = [], Path(task.task_dir)
-    models = {kind: pin["name"] for kind, pin in model_registry.node_pins(instance, node).items()}
+    pins = model_registry.node_pins(instance, node)
+    models = {kind: pin["name"] for kind, pin in pins.items()}
     event = event_fields(instance.event)
+    unready = subtask_directories(task, given, pins) if given is not None else {}
     for subtask, claim in subtasks:
         directory = taskdir.subtask_dir(task_dir, subtask.index)
-        if claim.number > 1 and about_to_run:  # run before: its outputs may be kept bytes now
+        if claim.number > 1 and given is not None:  # run before: its outputs may be kept now
             clear_outputs(definition, node, directory, [*subtask.inputs, *models.values()])
         context = SubtaskContext(
             directory=directory,
@@ -589,8 +574,33 @@ def _subtask_runs(
             memory_limit=node.subtask_memory,
             **event,
         )
-        runs.append(run(context=context, claim=claim, inputs=[*subtask.inputs, *models.values()]))
+        inputs = [*subtask.inputs, *models.values()]
+        runs.append(
+            run(context=context, claim=claim, inputs=inputs, unready=unready.get(subtask.index, ""))
+        )
     return runs
+
+
+def subtask_directories(
+    task: Task, given: dict[int, list[tuple[str, str, int]]], pins: dict[str, Any]
+) -> dict[int, str]:
+    """Make the directories of the task's subtasks ``given`` these versions (path, SHA-256,
+    size, by subtask index: ``datastore_ledger.versions_given``) that have none yet, each
+    with their bytes and the pinned models (``taskdir.build``); why, by index, for those
+    that could not be made. Done by the worker about to run them, not by the marshal."""
+    root = get_settings().datastore
+    models = model_registry.given(root, pins)
+    unready = {}
+    for index, versions in given.items():
+        inputs = (
+            (datastore.version_bytes(root, path, sha256, size), path.rsplit("/", 1)[-1])
+            for path, sha256, size in versions
+        )
+        try:
+            taskdir.build(taskdir.subtask_dir(Path(task.task_dir), index), chain(inputs, models))
+        except (OSError, PipelineError) as exc:
+            unready[index] = f"its inputs could not be given: {exc}"
+    return unready
 
 
 def clear_outputs(definition: Definition, node: Node, directory: Path, inputs: list[str]) -> None:

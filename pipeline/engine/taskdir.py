@@ -1,16 +1,19 @@
-"""Task directories: where a task's subtasks run, and marshaling, which builds them.
+"""Task directories: where a task's subtasks run, made by marshaling, and how its inputs
+are split into subtasks.
 
-A task directory holds one directory per subtask (``st-0``, ``st-1``, ...), each with its
-inputs (read-only), the algorithm's outputs and its log. Each attempt that marshals gets a directory
-of its own, so a late marshal of an old attempt can never clear the one a newer attempt
-is using, and the logs of earlier attempts are kept.
+A task directory holds one directory per subtask (``st-0``, ``st-1``, ...), made when the
+subtask first runs, each with its inputs (read-only), the algorithm's outputs and its log.
+Each attempt that marshals gets a directory of its own, so a late marshal of an old attempt
+can never clear the one a newer attempt is using, and the logs of earlier attempts are
+kept.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -34,6 +37,8 @@ MODELS_FILE = "models.json"
 INPUT_COPY_BYTES = 1 << 20
 #: An input's mode: read-only, as the stored version it came from.
 INPUT_MODE = 0o444
+#: The end of the name of a subtask directory being made (see ``build``).
+BUILDING = ".building"
 
 
 def task_directory(instance_id: int, task: Task) -> Path:
@@ -102,31 +107,44 @@ def _paired(files: list[Item], node: Node, paired: Pairing) -> list[list[Item]]:
     return subtasks
 
 
-def marshal(
-    task_dir: Path,
-    groups: list[list[tuple[Path, str]]],
-    models: Sequence[tuple[Path, str]] = (),
-) -> list[list[str]]:
-    """Build ``task_dir`` afresh, a subtask directory per group of inputs, each a version's
-    bytes (its object in the datastore) and the name the algorithm sees; returns each
-    subtask's input file names. Every subtask directory holds the ``models`` too.
-
-    Inputs and models are read-only to the algorithm (see ``give``).
-    """
-    names = {name for _, name in models}
-    for group in groups:
-        for _, name in group:
-            if name in names:
+def prepare(task_dir: Path, names: list[list[str]], models: Sequence[str] = ()) -> None:
+    """Make ``task_dir`` afresh for subtasks given inputs of these ``names`` each, and
+    every subtask the ``models``. Each subtask's directory is made when it first runs
+    (``build``), by the worker that runs it: a marshal of 10,000 subtasks spent most of its
+    time making them, one after another, while the other workers waited."""
+    taken = set(models)
+    for group in names:
+        for name in group:
+            if name in taken:
                 raise InvalidInput(f"input {name!r} has the name of a model the node uses")
     if task_dir.exists():
         shutil.rmtree(task_dir)
     task_dir.mkdir(parents=True)
-    for index, group in enumerate(groups):  # plain strings: thousands of subtasks
-        directory = str(subtask_dir(task_dir, index))
-        os.mkdir(directory)
-        for source, name in [*group, *models]:
-            give(source, os.path.join(directory, name))
-    return [[name for _, name in group] for group in groups]
+
+
+def build(directory: Path, given: Iterable[tuple[Path, str]]) -> None:
+    """Make a subtask's directory, holding what it is ``given`` (each version's bytes and
+    the name the algorithm sees, read-only: see ``give``), unless it has one already (a
+    subtask run again runs where it ran before). Made aside and renamed into place, so a
+    directory is whole or absent whatever happens to its maker; ``given`` is read only
+    when the directory is made."""
+    target = str(directory)
+    if os.path.isdir(target):
+        return
+    building = f"{target}.{uuid.uuid4().hex}{BUILDING}"
+    os.mkdir(building)
+    try:
+        for source, name in given:
+            give(source, os.path.join(building, name))
+        try:
+            os.rename(building, target)
+        except OSError:
+            if not os.path.isdir(target):
+                raise
+            shutil.rmtree(building)  # made meanwhile by another run of the subtask
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
 
 
 def give(source: Path, destination: str) -> None:
@@ -135,7 +153,7 @@ def give(source: Path, destination: str) -> None:
     hard link to the read-only object (a copy where the file system has no links). A
     worker running as root gets copies of every input: the read-only mode does not stop
     root from writing through a link."""
-    if os.stat(source).st_size > INPUT_COPY_BYTES and os.geteuid() != 0:
+    if os.geteuid() != 0 and os.stat(source).st_size > INPUT_COPY_BYTES:
         try:
             os.link(source, destination)
             return
