@@ -888,7 +888,12 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
     root = get_settings().datastore
     try:
         datastore.require(root)
-        with StepLease(task_id, attempt, PState.STORING):
+        # The subtasks' bytes, all written before the store began, are flushed to disk
+        # while the store places them: on disk before any is made current.
+        with (
+            StepLease(task_id, attempt, PState.STORING),
+            datastore.flushing(root, bool(recorded or others)),
+        ):
             directories = {
                 name: definition.data_file_types[name].directory(unit) for name in node.outputs
             }
@@ -921,17 +926,16 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
                         copy = datastore.stage_file(root, f"{directory}/{file}", path)
                     unkept.append(datastore_ledger.StoredOutput(index, name, copy))
             staged += unkept
-            # The bytes kept are flushed to disk while the rest are recorded as being
-            # placed and all are linked at their paths: on disk before any is current.
-            with datastore.flushing(root, bool(staged)):
-                if unkept or gone:
-                    with transaction() as session:
-                        instance, task = lock_task(session, task_id)
-                        if not is_current(task, attempt, PState.STORING):
-                            return Step()
-                        datastore_ledger.forget_pending(session, gone)
-                        datastore_ledger.record_pending(session, instance, task, node, unkept)
-                datastore_ledger.place_pending(staged)
+            if unkept or gone:
+                with transaction() as session:
+                    instance, task = lock_task(session, task_id)
+                    if not is_current(task, attempt, PState.STORING):
+                        return Step()
+                    datastore_ledger.forget_pending(session, gone)
+                    datastore_ledger.record_pending(session, instance, task, node, unkept)
+            datastore_ledger.place_pending(staged)
+        if unkept:  # kept here, perhaps as copies written while the flush ran
+            datastore.flush(root)
         return _stored(task_id, attempt, node, staged, host)
     except Unreachable:
         # The database or broker is away: Celery retries the store, as any step, and the
