@@ -509,10 +509,19 @@ def begin_subtasks(
         instances: dict[int, PipelineInstance] = {}  # held: the session keeps rows weakly
         given: dict[int, dict[int, list[tuple[str, str, int]]]] = {}
         for task_id, claimed_rows in by_task.items():
-            if about_to_run:
-                indices = [row.index for row, _ in claimed_rows]
-                given[task_id] = datastore_ledger.versions_given(
-                    session, task_id, tasks[task_id].attempt, indices
+            if about_to_run:  # the versions of those with no directory yet (never run)
+                task_dir = Path(tasks[task_id].task_dir)
+                indices = [
+                    row.index
+                    for row, _ in claimed_rows
+                    if not os.path.isdir(taskdir.subtask_dir(task_dir, row.index))
+                ]
+                given[task_id] = (
+                    datastore_ledger.versions_given(
+                        session, task_id, tasks[task_id].attempt, indices
+                    )
+                    if indices
+                    else {}
                 )
             task = tasks[task_id]
             count_subtasks(task, SubtaskState.QUEUED, SubtaskState.RUNNING, len(claimed_rows))
