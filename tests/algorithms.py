@@ -35,6 +35,11 @@ def hang_in_subtask_0(ctx: SubtaskContext) -> None:
         (ctx.directory / f"{path.stem}-seen.txt").write_text(path.name)
 
 
+def silent_exit(ctx: SubtaskContext) -> None:
+    """Ends the process at once, writing nothing (as one whose log writes fail does)."""
+    os._exit(0)
+
+
 def hard_exit(ctx: SubtaskContext) -> None:
     print("exiting hard", flush=True)
     os._exit(3)

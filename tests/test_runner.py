@@ -4,6 +4,7 @@ timeouts recorded; a batch's crash or hang fails only its own subtask."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.domain.context import SubtaskContext
+from pipeline.engine import runner
 from pipeline.engine.runner import run, run_many
 from pipeline.engine.taskdir import LOG_NAME
 
@@ -65,6 +67,20 @@ def test_callable_exiting_hard(ctx: SubtaskContext) -> None:
     outcome = run("tests.algorithms:hard_exit", ctx, timeout=30)
     assert not outcome.ok
     assert outcome.error == "exit status 3: exiting hard"
+
+
+def test_an_algorithm_ending_without_a_word_on_a_full_file_system_is_said_to(
+    ctx: SubtaskContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An algorithm whose log cannot be written (the disk is full) ends without an outcome
+    or a line: its error names the full file system, not a bare exit status."""
+    assert run("tests.algorithms:silent_exit", ctx, timeout=30).error == "exit status 0"
+    full = os.statvfs_result((4096, 4096, 1000, 0, 0, 1000, 0, 0, 0, 255))
+    monkeypatch.setattr(runner.os, "statvfs", lambda path: full)
+    outcome = run("tests.algorithms:silent_exit", ctx, timeout=30)
+    assert outcome.error == (
+        f"exit status 0: No space left on device (the file system of {ctx.directory} is full)"
+    )
 
 
 def script(tmp_path: Path, body: str) -> str:

@@ -241,8 +241,25 @@ def _libc() -> ctypes.CDLL:
 
 def _exit_message(status: int, log_path: Path) -> str:
     reason = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
-    last = _last_line(log_path)
+    last = _last_line(log_path) or _no_space(log_path.parent)
     return f"{reason}: {last}" if last else reason
+
+
+#: Bytes free under which a file system counts as full (an algorithm that died writing
+#: nothing to its log there most likely died of it).
+FULL_BELOW = 1 << 20
+
+
+def _no_space(directory: Path) -> str:
+    """Why an algorithm that ended without a word may have: its directory's file system
+    is full (its log and its outcome could not be written); "" when it is not."""
+    try:
+        found = os.statvfs(directory)
+    except OSError:
+        return ""
+    if found.f_bfree * found.f_frsize >= FULL_BELOW:
+        return ""
+    return f"No space left on device (the file system of {directory} is full)"
 
 
 def _last_line(path: Path) -> str:
