@@ -148,6 +148,18 @@ UNDONE = tuple(step for step in STEPS if step != _S.COMPLETE)
 #: Steps in which subtasks are out on the workers.
 EXECUTION_STEPS = frozenset({_S.ALGORITHM_QUEUED, _S.ALGORITHM_EXECUTING})
 
+#: The steps in which a task's attempt may still store what its subtasks recorded as they
+#: ended (past them, or with the error flag, the attempt never stores).
+MAY_STORE = frozenset(
+    {
+        _S.ALGORITHM_SUBMITTING,
+        _S.ALGORITHM_QUEUED,
+        _S.ALGORITHM_EXECUTING,
+        _S.ALGORITHM_COMPLETE,
+        _S.STORING,
+    }
+)
+
 #: The table: (step, event) -> the step it leads to. Nothing else moves a task.
 TRANSITIONS: dict[tuple[PState, Event], PState] = {
     (_S.INITIALIZING, Event.MARSHAL): _S.MARSHALING,

@@ -485,9 +485,7 @@ def record_stored(
     (``withdraw_pending``) once its attempt can no longer store.
     """
     lock_directories(session, (os.path.dirname(o.staged.path) for o in outputs))
-    for output in outputs:
-        if not datastore.shows(output.staged):
-            datastore.place(output.staged)
+    datastore.place_all(o.staged for o in outputs if not datastore.shows(o.staged))
     paths = sorted({o.staged.path for o in outputs})
     # An aggregate's output made from fewer inputs than the version it replaces is worth
     # a look (a ``reprocess: new`` chain aggregating only what is new, say).

@@ -757,8 +757,7 @@ def _record_kept(session: Session, task: Task, kept: list[tuple[int, list[list[A
     instance = session.get_one(PipelineInstance, task.instance_id)  # no query once locked
     definition = instance_definition(instance)
     node = definition.node(task.node)
-    types = definition.data_file_types
-    directories = {name: types[name].directory(task.unit_of_work) for name in node.outputs}
+    directories = output_directories(definition, node, task.unit_of_work)
     datastore_ledger.record_kept(session, instance, task, node, directories, kept)
 
 
@@ -903,9 +902,7 @@ def store(task_id: int, attempt: int, host: str = "") -> Step:
             StepLease(task_id, attempt, PState.STORING),
             datastore.flushing(root, bool(recorded or others)),
         ):
-            directories = {
-                name: definition.data_file_types[name].directory(unit) for name in node.outputs
-            }
+            directories = output_directories(definition, node, unit)
 
             def subtask_dir(index: int) -> str:
                 return f"{task_dir}/{taskdir.SUBTASK_DIR_FORMAT.format(index=index)}"
@@ -1001,6 +998,12 @@ def _complete(
         staleness.after_store(session, instance, task)
     advance_within(session, instance, messages)
     staleness.rerun_ready(session, instance, messages, host)
+
+
+def output_directories(definition: Definition, node: Node, unit: str) -> dict[str, str]:
+    """Each output type of ``node`` mapped to its directory in ``unit`` (datastore paths)."""
+    types = definition.data_file_types
+    return {name: types[name].directory(unit) for name in node.outputs}
 
 
 def output_names(

@@ -26,7 +26,7 @@ from sqlalchemy import Text, cast, or_, select, update
 
 from pipeline.database import transaction
 from pipeline.domain.execution import ExecutionSettings
-from pipeline.domain.lifecycle import EXECUTION_STEPS, WAITING, PState
+from pipeline.domain.lifecycle import EXECUTION_STEPS, MAY_STORE, WAITING, PState
 from pipeline.domain.models import DatastoreFile, PipelineInstance, Subtask, Task, utcnow
 from pipeline.domain.states import STOPPED_STATES, SubtaskState
 from pipeline.engine import batch, executors
@@ -195,18 +195,6 @@ def _marshal_lost_marshals(expired_before: datetime, isolation: Isolation) -> in
         )
         for task_id, attempt in lost
     )
-
-
-#: The steps of a task whose attempt may still store what its subtasks recorded.
-MAY_STORE = frozenset(
-    {
-        PState.ALGORITHM_SUBMITTING,
-        PState.ALGORITHM_QUEUED,
-        PState.ALGORITHM_EXECUTING,
-        PState.ALGORITHM_COMPLETE,
-        PState.STORING,
-    }
-)
 
 
 def _withdraw_abandoned_placements(
