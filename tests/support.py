@@ -466,8 +466,17 @@ class Cluster:
         result = self.cli("wait", instance, "--timeout", timeout, check=False, timeout=timeout + 30)
         assert result.returncode == expect, (
             f"pipeline wait {instance} exited {result.returncode}, not {expect}:\n"
-            f"{result.stdout}{result.stderr}"
+            f"{result.stdout}{result.stderr}{self.log_tails()}"
         )
+
+    def log_tails(self, lines: int = 25) -> str:
+        """The last lines of each of the cluster's logs: what a failed wait shows, so a
+        failure seen once in a full run can be read afterwards."""
+        tails = []
+        for log in sorted((self.home / "logs").glob("*.log")):
+            kept = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+            tails.append(f"\n--- {log.name} ---\n" + "\n".join(kept[-lines:]))
+        return "".join(tails)
 
     def tasks(self, instance: int) -> list[dict[str, Any]]:
         return self.json("tasks", instance)

@@ -9,7 +9,8 @@ A broker that cannot be reached is ``Unreachable``, named with its URL's passwor
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from pipeline.database import masked, scrubbed
@@ -19,6 +20,7 @@ from pipeline.messaging.messages import FAN_OUT, InFlight, Message
 from pipeline.settings import get_settings
 
 if TYPE_CHECKING:
+    from celery.app.control import Inspect
     from redis import Redis
 
 #: Messages a caller publishes itself; more are handed to workers (see ``handed_on``) ...
@@ -75,12 +77,8 @@ class CeleryPublisher:
 
     def consumed_queues(self) -> set[str] | None:
         """The queues the workers that answer within ``INSPECT_TIMEOUT`` consume."""
-        app = celery_app()
         try:
-            # A connection of its own, closed after: a broadcast's replies left on a pooled
-            # connection broke the next broadcast read from it (kombu's BRPOP reader).
-            with app.connection_for_write() as connection:
-                inspector = app.control.inspect(timeout=INSPECT_TIMEOUT, connection=connection)
+            with _inspector() as inspector:
                 replies = inspector.active_queues()
         except _broker_errors() as exc:
             raise unreachable(exc) from None
@@ -88,11 +86,9 @@ class CeleryPublisher:
 
     def workers(self) -> dict[str, dict[str, object]] | None:
         """The queues and pool size of each worker that answers within ``INSPECT_TIMEOUT``,
-        asked on a connection of its own (see ``consumed_queues``)."""
-        app = celery_app()
+        asked on a connection of its own (see ``_inspector``)."""
         try:
-            with app.connection_for_write() as connection:
-                inspector = app.control.inspect(timeout=INSPECT_TIMEOUT, connection=connection)
+            with _inspector() as inspector:
                 queues, stats = inspector.active_queues() or {}, inspector.stats() or {}
         except _broker_errors() as exc:
             raise unreachable(exc) from None
@@ -148,13 +144,24 @@ class CeleryPublisher:
     def held_by_workers(self) -> tuple[set[str], set[str]]:
         """Celery task ids that live workers are running or have reserved, and who
         answered."""
-        inspector = celery_app().control.inspect(timeout=INSPECT_TIMEOUT)
+        with _inspector() as inspector:
+            asked = (inspector.active() or {}, inspector.reserved() or {})
         found, answered = set(), set()
-        for replies in (inspector.active() or {}, inspector.reserved() or {}):
+        for replies in asked:
             for worker, held in replies.items():
                 answered.add(worker)
                 found.update(message["id"] for message in held)
         return found, answered
+
+
+@contextmanager
+def _inspector() -> Iterator[Inspect]:
+    """An inspector of the workers on a connection of its own, closed after: a broadcast's
+    replies left on a pooled connection broke the next broadcast read from it (kombu's
+    BRPOP reader: in beat's process, the reconciler's lost work then stayed lost)."""
+    app = celery_app()
+    with app.connection_for_write() as connection:
+        yield app.control.inspect(timeout=INSPECT_TIMEOUT, connection=connection)
 
 
 def _priority_keys(queue: str) -> list[str]:
