@@ -410,3 +410,35 @@ def _new_version_over_old(tmp_path: Path) -> tuple[Path, datastore.Staged]:
         kept.inode,
     )  # fmt: skip
     return root, staged
+
+
+def test_outputs_kept_as_subtasks_end_are_flushed_ahead_of_the_store_one_flush_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker keeping outputs starts writing them to disk on a thread of its own, so the
+    store's flush (which alone makes them safe to call current) finds less to wait for;
+    never two such flushes at once in a process, nor more than one every
+    ``FLUSH_AHEAD_SECONDS``."""
+    import threading
+
+    started, release = [], threading.Event()
+
+    def flush(root: Path) -> None:
+        started.append((root, threading.current_thread().name))
+        release.wait(30)
+
+    monkeypatch.setattr(datastore, "flush", flush)
+    monkeypatch.setattr(datastore, "FLUSH_AHEAD_SECONDS", 0.0)
+    for _ in range(3):
+        datastore.flush_ahead(tmp_path)
+    assert started == [(tmp_path, "flush-ahead")]
+    release.set()
+    running = datastore._FlushAhead.thread
+    assert running is not None
+    running.join(30)
+    datastore.flush_ahead(tmp_path)  # the first is done: another may start
+    datastore._FlushAhead.thread.join(30)
+    assert len(started) == 2
+    monkeypatch.setattr(datastore, "FLUSH_AHEAD_SECONDS", 3600.0)
+    datastore.flush_ahead(tmp_path)  # one ran within the interval: none
+    assert len(started) == 2

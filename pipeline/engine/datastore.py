@@ -13,6 +13,8 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -226,9 +228,18 @@ def _hashed(
 ) -> tuple[int, str, os.stat_result, str, tuple[int, int] | None]:
     """A file's size, SHA-256 and status as read, its object, and that object's
     modification time and inode when the same bytes are kept already (``_existing``)."""
-    with open(path, "rb") as reader:
-        size, sha256 = _hash(reader)
-        status = os.fstat(reader.fileno())
+    # Plain descriptors, read by the file's size: a buffered reader asking for CHUNK_BYTES
+    # cost a small output 3.5 of its 9 microseconds here.
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        digest, size, want = hashlib.sha256(), 0, min(os.fstat(descriptor).st_size + 1, CHUNK_BYTES)
+        while chunk := os.read(descriptor, want):
+            digest.update(chunk)
+            size += len(chunk)
+            want = CHUNK_BYTES
+        status, sha256 = os.fstat(descriptor), digest.hexdigest()
+    finally:
+        os.close(descriptor)
     kept = _object_file(str(root), sha256)
     return size, sha256, status, kept, _existing(kept, size)
 
@@ -321,6 +332,40 @@ def flushing(root: Path, wanted: bool = True) -> Iterator[None]:
         flushed = pool.submit(flush, root)
         yield
         flushed.result()
+
+
+class _FlushAhead:
+    """A flush on a daemon thread, at most one at a time and one every
+    ``FLUSH_AHEAD_SECONDS`` in a process (see ``flush_ahead``)."""
+
+    thread: threading.Thread | None = None
+    started = 0.0
+
+
+#: Seconds between two flushes ahead of a store in one worker process.
+FLUSH_AHEAD_SECONDS = 0.25
+
+
+def flush_ahead(root: Path | str) -> None:
+    """Start writing what this process kept to disk now, on a thread, so the flush of the
+    store that makes it current (``flushing``, which alone guarantees it) finds less to
+    wait for; nothing when one runs or ran within ``FLUSH_AHEAD_SECONDS``."""
+    now = time.monotonic()
+    running = _FlushAhead.thread
+    if (
+        running is not None and running.is_alive()
+    ) or now - _FlushAhead.started < FLUSH_AHEAD_SECONDS:
+        return
+    _FlushAhead.started = now
+    _FlushAhead.thread = threading.Thread(
+        target=_flush_quietly, args=(Path(root),), name="flush-ahead", daemon=True
+    )
+    _FlushAhead.thread.start()
+
+
+def _flush_quietly(root: Path) -> None:
+    with suppress(OSError):  # the store's own flush says what is wrong
+        flush(root)
 
 
 @cache

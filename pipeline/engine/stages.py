@@ -329,6 +329,8 @@ def checked_outputs(run: SubtaskRun, outcome: SubtaskOutcome) -> SubtaskOutcome:
         except OSError as exc:
             return SubtaskOutcome(False, f"could not keep output {file}: {exc.strerror or exc}")
         kept.append([name, file, version.sha256, version.size, version.mtime_ns, version.inode])
+    if kept:
+        datastore.flush_ahead(run.datastore)
     # Not ``dataclasses.replace``, which costs 15 microseconds a subtask.
     return SubtaskOutcome(True, outcome.error, outcome.timed_out, len(found), kept, outcome.details)
 
