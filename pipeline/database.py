@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
@@ -323,6 +324,44 @@ def update_rows(
         text(f"UPDATE {table.name} SET {sets} FROM unnest({arrays}) AS v({named}) WHERE {matched}"),
         {f"c{i}": [row[name] for row in rows] for i, name in enumerate(columns)},
     )
+
+
+#: Rows a step must add to a table before its statistics are looked at (``refresh_statistics``).
+ANALYZE_AFTER_ROWS = 1_000
+
+
+def refresh_statistics(tables: Sequence[str], added: int) -> None:
+    """On PostgreSQL, after a step added ``added`` rows to each of ``tables``: ANALYZE those
+    whose statistics count fewer rows than that, on a thread of its own (the step's
+    messages are not held back). A fresh database's planner otherwise takes a task of
+    10,000 subtasks for a few hundred rows and claims a batch of 100 with a scan of them
+    all, under the task's lock (5 to 8 ms a claim instead of a fraction of one, figure a on
+    PostgreSQL); autovacuum would look only a minute later. Skipped, not waited for, when
+    another ANALYZE (autovacuum's) holds the table."""
+    if added < ANALYZE_AFTER_ROWS or get_engine().dialect.name != "postgresql":
+        return
+    worker = threading.Thread(
+        target=_analyze, args=(get_engine(), list(tables), added), name="analyze", daemon=True
+    )
+    worker.start()
+
+
+def _analyze(engine: Engine, tables: list[str], added: int) -> None:
+    try:
+        with engine.connect() as connection:
+            stale = connection.execute(
+                text(
+                    "SELECT relname FROM pg_class WHERE relname = ANY(:names)"
+                    " AND relkind = 'r' AND reltuples < :added"
+                ),
+                {"names": tables, "added": added},
+            ).scalars()
+            for name in list(stale):
+                connection.execute(text("SET LOCAL lock_timeout = '100ms'"))
+                connection.execute(text(f'ANALYZE "{name}"'))
+                connection.commit()
+    except DBAPIError as exc:  # a busy table, a lost server: the planner's guess stays
+        log.info("statistics of %s not refreshed: %s", ", ".join(tables), exc)
 
 
 def _writer(column: Any, example: Any) -> Callable[[Any], Any]:

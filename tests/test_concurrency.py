@@ -106,3 +106,44 @@ def test_eight_worker_processes_finish_400_subtasks_with_exact_counts(
     assert len(hosts) == WORKERS, hosts
     assert processes == WORKERS * CONCURRENCY, "every pool process took its share"
     print(f"{SUBTASKS} subtasks in {elapsed:.1f} s: {SUBTASKS / elapsed:.0f} per second")
+
+
+def test_a_big_marshal_on_a_fresh_database_gives_the_planner_its_subtasks(
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a new PostgreSQL database, a task of 1,200 subtasks: once marshaled, the planner
+    counts its rows (``refresh_statistics``) and claims a batch of them by index, not by a
+    scan of every row under the task's lock (figure a on PostgreSQL: 5 to 8 ms a claim)."""
+    from sqlalchemy import text
+
+    from pipeline.operations import facade
+    from tests.support import InProcessWorker, wait_for
+
+    cluster = make_cluster("postgres", postgres, PIPELINE_CLUSTER_SERVICES="")
+    try:
+        cluster.cli("definitions", "import", write_definition(tmp_path))
+        directory = cluster.datastore / "batch-0" / "in"
+        directory.mkdir(parents=True)
+        for number in range(1_200):
+            (directory / f"item-{number:04d}.txt").write_text(str(number))
+        cluster.activate(monkeypatch)
+        with InProcessWorker() as worker:
+            facade.submit("many", None, "left")
+            worker.run_next()  # the marshal
+
+        def counted() -> float:
+            with transaction() as session:
+                return session.scalar(
+                    text("SELECT reltuples FROM pg_class WHERE relname = 'subtasks'")
+                )
+
+        assert wait_for(lambda: counted() >= 1_200, timeout=30, what="the subtasks analyzed")
+        with transaction() as session:
+            ids = list(session.scalars(select(Subtask.id).limit(100)))
+            plan = session.scalars(
+                text("EXPLAIN UPDATE subtasks SET error = '' WHERE id = ANY(:ids)"), {"ids": ids}
+            ).all()
+        assert "Seq Scan" not in "\n".join(plan), plan
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.home, ignore_errors=True)

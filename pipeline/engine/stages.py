@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Row, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
-from pipeline.database import add_rows, retrying, transaction
+from pipeline.database import add_rows, refresh_statistics, retrying, transaction
 from pipeline.domain.context import SubtaskContext, event_fields
 from pipeline.domain.definitions import Definition, Node, parse
 from pipeline.domain.lifecycle import EXECUTION_STEPS, Event, PState
@@ -174,6 +174,10 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Step:
     return _marshaled(task_id, attempt, host, (node, code, task_dir), message, record)
 
 
+#: The tables a marshal adds a row to for each subtask (``refresh_statistics``).
+MARSHALED_TABLES = ("subtasks", "file_consumptions")
+
+
 def _marshaled(
     task_id: int,
     attempt: int,
@@ -197,6 +201,7 @@ def _marshaled(
         subtasks_made(task, count)
         move(session, task, Event.MARSHALED, message, host)
         queue_subtasks(session, [task], messages, host)
+    refresh_statistics(MARSHALED_TABLES, count)
     return step
 
 
