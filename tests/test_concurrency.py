@@ -131,13 +131,17 @@ def test_a_big_marshal_on_a_fresh_database_gives_the_planner_its_subtasks(
             facade.submit("many", None, "left")
             worker.run_next()  # the marshal
 
-        def counted() -> float:
+        def counted() -> bool:  # the subtasks, and the found inputs in the ledger
             with transaction() as session:
-                return session.scalar(
-                    text("SELECT reltuples FROM pg_class WHERE relname = 'subtasks'")
-                )
+                known = session.execute(
+                    text(
+                        "SELECT relname, reltuples FROM pg_class"
+                        " WHERE relname IN ('subtasks', 'datastore_files')"
+                    )
+                ).all()
+            return all(rows >= 1_200 for _, rows in known)
 
-        assert wait_for(lambda: counted() >= 1_200, timeout=30, what="the subtasks analyzed")
+        assert wait_for(counted, timeout=30, what="the subtasks and found inputs analyzed")
         with transaction() as session:
             ids = list(session.scalars(select(Subtask.id).limit(100)))
             plan = session.scalars(

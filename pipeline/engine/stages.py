@@ -174,8 +174,9 @@ def marshal(task_id: int, attempt: int, host: str = "") -> Step:
     return _marshaled(task_id, attempt, host, (node, code, task_dir), message, record)
 
 
-#: The tables a marshal adds a row to for each subtask (``refresh_statistics``).
-MARSHALED_TABLES = ("subtasks", "file_consumptions")
+#: The tables a marshal adds a row to for each subtask (and, for found inputs, each
+#: input), whose statistics it may refresh (``refresh_statistics``).
+MARSHALED_TABLES = ("subtasks", "file_consumptions", "datastore_files")
 
 
 def _marshaled(
