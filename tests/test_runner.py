@@ -69,6 +69,18 @@ def test_callable_exiting_hard(ctx: SubtaskContext) -> None:
     assert outcome.error == "exit status 3: exiting hard"
 
 
+def test_a_child_failing_outside_the_algorithm_says_why_in_the_error_and_the_log(
+    ctx: SubtaskContext,
+) -> None:
+    """The algorithm's process failing in the pipeline's own code around it (here, its
+    outcome cannot be sent back) ends with a non-zero status and the exception's last line
+    as the error, its traceback in the subtask's log: not 'exit status 0' and nothing."""
+    outcome = run("tests.algorithms:closes_every_file", ctx, timeout=30)
+    assert not outcome.ok
+    assert outcome.error == "exit status 1: OSError: [Errno 9] Bad file descriptor"
+    assert "Traceback" in log_of(ctx)
+
+
 def test_an_algorithm_ending_without_a_word_on_a_full_file_system_is_said_to(
     ctx: SubtaskContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -594,7 +594,12 @@ def _serve(commands: int, reports: int) -> None:
     outcome and the algorithm code it imported, until the pipe closes; then exit.
 
     The definition's code directories go first on the child's path only: the worker's own
-    path stays as it was, so two pipelines may each have a module of the same name."""
+    path stays as it was, so two pipelines may each have a module of the same name.
+
+    An error of its own (not the algorithm's: ``_run_one`` reports those) is printed to
+    the subtask's log and ends the child with status 1, its last line the subtask's error.
+    """
+    status = 0
     try:
         os.setpgid(0, 0)  # its own process group, so a timeout or halt kills its children too
         die_with_parent()
@@ -619,8 +624,15 @@ def _serve(commands: int, reports: int) -> None:
             looked = len(sys.modules)
             report = {"outcome": outcome.__dict__, "code": code}
             os.write(reports, json.dumps(report).encode() + b"\n")
+    except BrokenPipeError:  # the worker stopped listening (a halt): nobody to tell
+        pass
+    except BaseException:  # noqa: BLE001 - the child's end: said in the log, then the status
+        status = 1
+        with suppress(BaseException):
+            traceback.print_exc()
+            sys.stderr.flush()
     finally:
-        os._exit(0)
+        os._exit(status)
 
 
 def _close_inherited_files(*keep: int) -> None:
