@@ -532,3 +532,21 @@ def test_a_small_file_whose_bytes_are_kept_already_is_read_and_not_copied_again(
     large.write_bytes(b"x" * (datastore.CHUNK_BYTES + 1))
     copied = datastore.keep(root, large, link=False)
     assert len(written) == 1 and Path(copied.path).read_bytes() == large.read_bytes()
+
+
+@pytest.mark.parametrize("size", [0, 1, 5, datastore.CHUNK_BYTES, datastore.CHUNK_BYTES + 7])
+@pytest.mark.parametrize("seen", ["as it is", "smaller", "larger"])
+def test_a_copy_holds_the_whole_file_whatever_size_it_was_seen_at(
+    tmp_path: Path, size: int, seen: str
+) -> None:
+    """A copy reads as many bytes as the file was last seen to hold, at once; a file
+    that grew or shrank since is copied whole all the same."""
+    root = tmp_path / "datastore"
+    root.mkdir()
+    source = tmp_path / "found.in"
+    source.write_bytes(bytes(n % 251 for n in range(size)))
+    expected = {"as it is": size, "smaller": max(0, size - 3), "larger": size + 3}[seen]
+    with open(source, "rb", buffering=0) as reader:
+        kept = datastore._keep_read(str(root), reader, False, expected)
+    assert (kept.size, kept.sha256) == (size, sha256(source))
+    assert Path(kept.path).read_bytes() == source.read_bytes()
