@@ -255,8 +255,8 @@ def test_a_marshal_runs_without_the_cycle_collector_and_leaves_it_as_it_was(
 ) -> None:
     """A marshal makes objects by the hundred thousand, rows and file names that form no
     cycle: the cycle collector, which ran 384 times in a marshal of 20,000 files (0.13 to
-    0.23 s of 1.4), stays off while it runs, and is as it was after (on in a worker; off
-    where a command turned it off for good)."""
+    0.34 s of 1.2 to 1.8), stays off while it runs, and is as it was after (on in a
+    worker; off where a command turned it off for good)."""
     import gc
 
     instance = facade.submit("sample", None, "permuter")["id"]
