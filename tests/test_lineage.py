@@ -601,3 +601,40 @@ def test_an_input_replaced_while_its_task_marshals_is_consumed_as_chosen(
     stored = read_image(home / "datastore" / "set-1" / "L1" / "nasa-logo-file-0-perm.png")
     assert np.array_equal(stored, pixels(1, 0)[..., CHANNEL_ORDER])
     assert subtask["consumed"] == ["set-1/L0/nasa-logo-file-0.png"]
+
+
+def test_the_current_versions_of_paths_are_looked_up_in_an_index_of_current_rows(
+    any_database: str,
+) -> None:
+    """A marshal looks up the current version of every file on disk by its path: the
+    database reads an index of current rows (one entry a path), not every version of each
+    path (a hundred, for a file recorded a hundred times)."""
+    from sqlalchemy import event, text
+
+    from pipeline.database import get_engine, transaction
+    from pipeline.engine import datastore_ledger
+
+    statements: list[tuple[str, Any]] = []
+
+    def seen(connection: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    engine = get_engine()
+    with transaction() as session:
+        session.execute(text("SELECT 1"))  # connected: only the lookup is seen below
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            datastore_ledger.current_rows(
+                session, ["u/a.in", "u/b.in"], datastore_ledger.FINGERPRINT
+            )
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        [(statement, parameters)] = statements
+        cursor = session.connection().connection.cursor()
+        if any_database == "postgres":
+            cursor.execute("SET LOCAL enable_seqscan = off")  # a small table is read whole
+            cursor.execute(f"EXPLAIN {statement}", parameters)
+        else:
+            cursor.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)
+        plan = " ".join(str(row) for row in cursor.fetchall())
+    assert "ix_datastore_files_current" in plan, plan

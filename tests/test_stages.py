@@ -247,3 +247,46 @@ def test_racing_transitions_create_the_child_tasks_once(
         ("flip", unit) for unit in SETS
     ]
     assert worker.names()[published:] == ["marshal", "marshal"], "one for each new task"
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_marshal_runs_without_the_cycle_collector_and_leaves_it_as_it_was(
+    worker: InProcessWorker, monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    """A marshal makes objects by the hundred thousand, rows and file names that form no
+    cycle: the cycle collector, which ran 384 times in a marshal of 20,000 files (0.13 to
+    0.34 s of 1.2 to 1.8), stays off while it runs, and is as it was after (on in a
+    worker; off where a command turned it off for good)."""
+    import gc
+
+    instance = facade.submit("sample", None, "permuter")["id"]
+    task = queries.list_tasks(instance)[0]
+    marshaling, collected = [], []
+    unwatched = stages._marshal
+
+    def watched(*args: object) -> stages.Step:
+        marshaling.append(True)
+        try:
+            return unwatched(*args)  # type: ignore[arg-type]
+        finally:
+            marshaling.pop()
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and marshaling:
+            collected.append(info["generation"])
+
+    monkeypatch.setattr(stages, "_marshal", watched)
+    threshold = gc.get_threshold()
+    gc.callbacks.append(count)
+    gc.set_threshold(1)  # a collection at every new object, were the collector on
+    if not enabled:
+        gc.disable()
+    try:
+        stages.marshal(task["id"], 1)
+        assert gc.isenabled() == enabled
+    finally:
+        gc.callbacks.remove(count)
+        gc.set_threshold(*threshold)
+        gc.enable()
+    assert collected == []
+    assert queries.get_task(task["id"])["state"] == "ALGORITHM_QUEUED"

@@ -442,3 +442,143 @@ def test_outputs_kept_as_subtasks_end_are_flushed_ahead_of_the_store_one_flush_a
     monkeypatch.setattr(datastore, "FLUSH_AHEAD_SECONDS", 3600.0)
     datastore.flush_ahead(tmp_path)  # one ran within the interval: none
     assert len(started) == 2
+
+
+def test_a_found_file_is_kept_as_a_whole_read_only_copy_with_nothing_left_beside_it(
+    tmp_path: Path,
+) -> None:
+    """A file the pipeline did not write (found on disk, received) is copied into the
+    object store, never linked: its object is a file of its own, read-only, at the
+    source's modification time, and the object store holds nothing else (no copy half
+    made, no staging directory)."""
+    root = tmp_path / "datastore"
+    (root / "u").mkdir(parents=True)
+    source = root / "u" / "found.in"
+    source.write_bytes(b"found on disk\n")
+    os.utime(source, ns=(1_000_000_000, 2_000_000_000))
+    size, sha, mtime_ns = datastore.fingerprint(root, source)
+    kept = datastore.object_path(root, sha)
+    assert (size, sha, mtime_ns) == (14, sha256(source), 2_000_000_000)
+    assert kept.read_bytes() == b"found on disk\n"
+    assert os.stat(kept).st_ino != os.stat(source).st_ino, "a copy, not a link"
+    assert not os.stat(kept).st_mode & 0o222, "read-only"
+    assert os.stat(kept).st_mtime_ns == 2_000_000_000
+    left = sorted(p.relative_to(root).as_posix() for p in (root / datastore.OBJECTS_DIR).rglob("*"))
+    assert left == [
+        f"{datastore.OBJECTS_DIR}/{sha[:2]}",
+        f"{datastore.OBJECTS_DIR}/{sha[:2]}/{sha}",
+    ]
+    again = datastore.keep(root, source, link=False)
+    assert (again.path, again.inode) == (str(kept), os.stat(kept).st_ino), "kept once"
+
+
+def test_a_copy_over_an_object_written_through_since_puts_the_right_bytes_back(
+    tmp_path: Path,
+) -> None:
+    """An object whose size shows it was written through (as root, say) is replaced by the
+    copy, whose bytes are the ones its SHA-256 names."""
+    root = tmp_path / "datastore"
+    root.mkdir()
+    source = tmp_path / "found.in"
+    source.write_bytes(b"the right bytes")
+    kept = datastore.object_path(root, sha256(source))
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"written through since")
+    found = datastore.keep(root, source, link=False)
+    assert kept.read_bytes() == b"the right bytes"
+    assert (found.path, found.inode, found.size) == (str(kept), os.stat(kept).st_ino, 15)
+    assert not any(root.rglob(f"*{datastore.STAGING_DIR}*/*")), "nothing left in staging"
+
+
+@pytest.mark.parametrize("unsupported", ["O_TMPFILE", "/proc"])
+def test_a_copy_is_kept_where_files_cannot_be_made_without_a_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unsupported: str
+) -> None:
+    """Where a file cannot be made without a name (another system or file system: the
+    open is refused) or named afterwards (no /proc), the copy is made in the staging
+    directory and renamed into place, as whole."""
+    root = tmp_path / "datastore"
+    root.mkdir()
+    source = tmp_path / "found.in"
+    source.write_bytes(b"found")
+    if unsupported == "O_TMPFILE":
+        opened = os.open
+
+        def refused(path: str, flags: int, *args: int, **kwargs: int) -> int:
+            if flags & getattr(os, "O_TMPFILE", 0) == getattr(os, "O_TMPFILE", -1):
+                raise OSError(95, "Operation not supported")
+            return opened(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(datastore.os, "open", refused)
+    else:
+        monkeypatch.setattr(datastore, "OPEN_FILES", str(tmp_path / "no-proc"))
+    found = datastore.keep(root, source, link=False)
+    assert Path(found.path).read_bytes() == b"found" and found.sha256 == sha256(source)
+    assert not os.stat(found.path).st_mode & 0o222
+
+
+def test_a_copy_that_fails_midway_leaves_no_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy that fails halfway (a full disk) raises, and leaves nothing in the object
+    store that a later look could take for the file's bytes."""
+    root = tmp_path / "datastore"
+    root.mkdir()
+    source = tmp_path / "found.in"
+    source.write_bytes(b"found")
+
+    def full(writer: int, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(datastore, "_write_all", full)
+    with pytest.raises(OSError, match="No space left"):
+        datastore.keep(root, source, link=False)
+    objects = root / datastore.OBJECTS_DIR
+    assert not [p for p in objects.rglob("*") if p.is_file()], "no object, no copy"
+
+
+def test_a_small_file_whose_bytes_are_kept_already_is_read_and_not_copied_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file found with bytes the object store holds already (another unit's, an earlier
+    marshal's) is read and hashed, and nothing is written: its version names the object
+    there. A large one is copied as it is read, as before."""
+    root = tmp_path / "datastore"
+    (root / "u").mkdir(parents=True)
+    first, second = root / "u" / "first.in", root / "u" / "second.in"
+    first.write_bytes(b"the same bytes")
+    second.write_bytes(b"the same bytes")
+    kept = datastore.keep(root, first, link=False)
+    written: list[str] = []
+    unnamed = datastore.unnamed
+
+    def counted(directory: str) -> int | None:
+        written.append(directory)
+        return unnamed(directory)
+
+    monkeypatch.setattr(datastore, "unnamed", counted)
+    again = datastore.keep(root, second, link=False)
+    assert again == kept and written == [], "read, hashed, and found kept"
+
+    large = root / "u" / "large.in"
+    large.write_bytes(b"x" * (datastore.CHUNK_BYTES + 1))
+    copied = datastore.keep(root, large, link=False)
+    assert len(written) == 1 and Path(copied.path).read_bytes() == large.read_bytes()
+
+
+@pytest.mark.parametrize("size", [0, 1, 5, datastore.CHUNK_BYTES, datastore.CHUNK_BYTES + 7])
+@pytest.mark.parametrize("seen", ["as it is", "smaller", "larger"])
+def test_a_copy_holds_the_whole_file_whatever_size_it_was_seen_at(
+    tmp_path: Path, size: int, seen: str
+) -> None:
+    """A copy reads as many bytes as the file was last seen to hold, at once; a file
+    that grew or shrank since is copied whole all the same."""
+    root = tmp_path / "datastore"
+    root.mkdir()
+    source = tmp_path / "found.in"
+    source.write_bytes(bytes(n % 251 for n in range(size)))
+    expected = {"as it is": size, "smaller": max(0, size - 3), "larger": size + 3}[seen]
+    with open(source, "rb", buffering=0) as reader:
+        kept = datastore._keep_read(str(root), reader, False, expected)
+    assert (kept.size, kept.sha256) == (size, sha256(source))
+    assert Path(kept.path).read_bytes() == source.read_bytes()

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -358,6 +359,13 @@ class DatastoreFile(Base):
     __tablename__ = "datastore_files"
     __table_args__ = (
         Index("ix_datastore_files_path", "path", "sha256", "superseded_at"),
+        # The current version of a path: one entry a path, however many versions it has.
+        Index(
+            "ix_datastore_files_current",
+            "path",
+            postgresql_where=text("superseded_at IS NULL"),
+            sqlite_where=text("superseded_at IS NULL"),
+        ),
         Index("ix_datastore_files_instance", "instance_id", "unit_of_work", "data_file_type"),
         Index("ix_datastore_files_placing", "placing", "task_id", "attempt"),
     )

@@ -55,10 +55,11 @@ PATHS_PER_QUERY = 500
 DIRECTORY_LOCK_CLASS = 4_802_114
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     """An input chosen at marshal: its path under the datastore root and its ledger row
-    (``None``: on disk but unrecorded, or changed since it was recorded)."""
+    (``None``: on disk but unrecorded, or changed since it was recorded). A named tuple:
+    a marshal makes one for each of 20,000 files, say (a frozen dataclass cost 1.5 µs
+    each)."""
 
     path: str
     data_file_type: str
@@ -191,13 +192,9 @@ def _on_disk(
     relative = PurePosixPath(file_type.directory(unit)).as_posix()
     directory = f"{root}/{relative}"
     under = "" if relative == "." else f"{relative}/"
-    found = []
-    for name in datastore.names_of(directory, file_type):  # strings: 20,000 files, say
-        with suppress(FileNotFoundError):  # gone meanwhile
-            status = os.stat(f"{directory}/{name}")
-            if S_ISREG(status.st_mode):
-                found.append((f"{under}{name}", status))
-    found.sort(key=lambda item: item[0].split("/"))  # as paths sort: part by part
+    # Sorted names of one directory: their paths sort as paths do, part by part.
+    names = datastore.names_of(directory, file_type)  # strings: 20,000 files, say
+    found = [(f"{under}{name}", status) for name, status in _regular(directory, names)]
     known = current_rows(session, [name for name, _ in found], FINGERPRINT)
     chosen = []
     for name, status in found:
@@ -207,6 +204,30 @@ def _on_disk(
         else:
             chosen.append(Candidate(name, kind, unit, None))
     return chosen
+
+
+def _regular(directory: str, names: list[str]) -> list[tuple[str, os.stat_result]]:
+    """Those of ``names`` in ``directory`` that are regular files, with their status; each
+    looked up in the directory opened once, not by its whole path again. Files gone
+    meanwhile (the directory too) are left out."""
+    if not names:
+        return []
+    try:
+        opened = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = []
+    try:
+        for name in names:
+            try:
+                status = os.stat(name, dir_fd=opened)
+            except FileNotFoundError:
+                continue
+            if S_ISREG(status.st_mode):
+                found.append((name, status))
+    finally:
+        os.close(opened)
+    return found
 
 
 def _not_consumed_before(

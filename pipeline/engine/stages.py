@@ -11,11 +11,12 @@ message changes nothing.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain
@@ -129,10 +130,31 @@ def _fail_step(task_id: int, attempt: int, step: PState, message: str, host: str
 # -- marshal ---------------------------------------------------------------------------------
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cycle collector off while the body runs, then as it was. For work that makes
+    objects by the hundred thousand and no cycles: a marshal of 20,000 files ran the
+    collector 384 times (0.13 to 0.34 s of its 1.2 to 1.8), for nothing refcounting does
+    not free; what cycles the body leaves (a session's) are collected after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def marshal(task_id: int, attempt: int, host: str = "") -> Step:
     """Choose the task's inputs from the ledger, make its task directory and create its
     subtasks, each recorded with the files it consumes, and queue them. Each subtask's
-    directory is made when it runs (``subtask_directories``)."""
+    directory is made when it runs (``subtask_directories``). Without the cycle
+    collector (``collector_paused``)."""
+    with collector_paused():
+        return _marshal(task_id, attempt, host)
+
+
+def _marshal(task_id: int, attempt: int, host: str) -> Step:
     with transaction() as session:
         instance, task = lock_task(session, task_id)
         # Claims the step: one marshal per attempt.
