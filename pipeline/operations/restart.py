@@ -34,6 +34,7 @@ from pipeline.engine.locks import lock_rows, locked_instance
 from pipeline.engine.stages import instance_definition
 from pipeline.engine.task_state import (
     count_restart,
+    history_in_bulk,
     refresh_instance_state,
     reset_rows,
     wait_to_rerun,
@@ -107,31 +108,33 @@ def restart(
         submitting: list[Task] = []
         before = attempts.newest_of_each(session, {t.id: t.attempt for _, t in locked.values()})
         applied = Applied(dry_run, downstream, messages, live, submitting, below, before)
-        # One flush at commit: the per-task subtask UPDATEs need none of the pending rows.
-        with session.no_autoflush:
-            outcomes = [
-                _guarded(
-                    task_id,
-                    mode,
-                    lambda t=task_id, m=mode: _restart_locked(
-                        session,
-                        locked,
-                        states,
-                        t,
-                        m,
-                        changes,
-                        applied,
-                    ),
-                )
-                for task_id, mode in parsed
-            ]
+        with history_in_bulk(session):
+            # One flush at commit: the per-task subtask UPDATEs need none of the pending rows.
+            with session.no_autoflush:
+                outcomes = [
+                    _guarded(
+                        task_id,
+                        mode,
+                        lambda t=task_id, m=mode: _restart_locked(
+                            session,
+                            locked,
+                            states,
+                            t,
+                            m,
+                            changes,
+                            applied,
+                        ),
+                    )
+                    for task_id, mode in parsed
+                ]
+            if not dry_run:
+                for states, task_ids in applied.resetting.items():
+                    reset_rows(session, task_ids, states)
+                attempts.record_all(session, applied.running)
+                queue_subtasks(session, submitting, messages)
         if dry_run:
             session.rollback()
             return Report(outcomes)
-        for states, task_ids in applied.resetting.items():
-            reset_rows(session, task_ids, states)
-        attempts.record_all(session, applied.running)
-        queue_subtasks(session, submitting, messages)
         touched = {locked[o.task_id][0].id: locked[o.task_id][0] for o in outcomes if o.ok}
         for instance in touched.values():
             refresh_instance_state(session, instance)
