@@ -15,7 +15,7 @@ change with it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -244,14 +244,13 @@ def _restart_locked(
         applied.codes[(instance.id, task.node)] = code
     changed = attempts.difference(applied.before.get(task.id), code)
     if changed:  # said in the preview; the record of the new attempt writes it in the history
-        plan = Plan(plan.p_state, plan.rerun, f"{plan.message}; {changed}")
+        plan = replace(plan, message=f"{plan.message}; {changed}")
     later = applied.below.get(task_id, [])
     waits_for = staleness.waits_for(session, [task.id])[task.id] if task.stale else []
     if waits_for:
-        plan = Plan(
-            plan.p_state,
-            plan.rerun,
-            "runs again once task"
+        plan = replace(
+            plan,
+            message="runs again once task"
             + ("s " if len(waits_for) > 1 else " ")
             + ", ".join(map(str, waits_for))
             + " above it are current",
@@ -295,7 +294,7 @@ def _with_estimate(
     if settings.executor != Executor.SLURM or not submits or not plan.rerun:
         return plan
     found = batch_cost.estimate(session, instance.pipeline, task.node, settings, len(plan.rerun))
-    return Plan(plan.p_state, plan.rerun, f"{plan.message}; on slurm: {found.line()}", plan.reset)
+    return replace(plan, message=f"{plan.message}; on slurm: {found.line()}")
 
 
 def restart_failed(
