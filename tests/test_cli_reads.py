@@ -353,8 +353,15 @@ def new_process(*args: Any) -> tuple[subprocess.CompletedProcess[str], set[str]]
     return subprocess.CompletedProcess(args, done.returncode, done.stdout, stderr), imported
 
 
-#: What a read command in a new process must not wait for.
-HEAVY = {"sqlalchemy", "pydantic_settings", "pipeline.settings", "pipeline.domain.models"}
+#: What a read command in a new process must not wait for: pydantic too (the views and the
+#: execution settings' defaults come without it, ``read_views`` and the reads file).
+HEAVY = {
+    "sqlalchemy",
+    "pydantic",
+    "pydantic_settings",
+    "pipeline.settings",
+    "pipeline.domain.models",
+}
 
 
 def test_a_new_process_reads_with_the_driver_alone_and_prints_the_same(failed: Path) -> None:
@@ -380,6 +387,19 @@ def test_a_new_process_reads_with_the_driver_alone_and_prints_the_same(failed: P
         assert printed(compiled[tuple(args)]) == printed(usual), args
     assert compiled[("task", "999")].stderr == "error: unknown task 999\n"
     assert compiled[("subtasks", "1", "--json")].stdout.count('"consumed"') == 4
+
+
+def test_the_views_declare_the_fields_the_read_views_build_in_their_order() -> None:
+    """Each read command's view is built without pydantic (``read_views``) and declared for
+    the HTTP API with pydantic (``views``): a view declaring other fields, or the same in
+    another order, is refused as ``views`` loads."""
+    from pipeline.operations import read_views, views
+
+    views.same_fields(views.TaskEventView, read_views.TASK_EVENT_FIELDS)
+    with pytest.raises(TypeError, match="TaskEventView declares"):
+        views.same_fields(views.TaskEventView, read_views.TASK_EVENT_FIELDS[::-1])
+    with pytest.raises(TypeError, match="TaskEventView declares"):
+        views.same_fields(views.TaskEventView, read_views.TASK_EVENT_FIELDS[:-1])
 
 
 def test_reads_kept_with_other_settings_or_code_are_passed_over(

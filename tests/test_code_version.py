@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -45,9 +46,9 @@ def some_input(tmp_path: Path) -> None:
     receive(delivery, "raw", "u1")
 
 
-def test_a_restart_on_changed_code_says_so_and_each_attempt_records_its_commit(
-    home: Path, tmp_path: Path, worker: InProcessWorker
-) -> None:
+def failed_then_fixed(tmp_path: Path, worker: InProcessWorker) -> tuple[dict[str, Any], str, str]:
+    """A task of a Python step in a git working tree that failed on its first commit, the
+    step fixed in a second since: the task, and the two commits."""
     repository = tmp_path / "repo"
     repository.mkdir()
     git(repository, "init", "-q")
@@ -68,7 +69,13 @@ def test_a_restart_on_changed_code_says_so_and_each_attempt_records_its_commit(
 
     (repository / "usersteps.py").write_text(FIXED)
     git(repository, "commit", "-qam", "fixed")
-    after = git(repository, "rev-parse", "HEAD").strip()
+    return task, before, git(repository, "rev-parse", "HEAD").strip()
+
+
+def test_a_restart_on_changed_code_says_so_and_each_attempt_records_its_commit(
+    home: Path, tmp_path: Path, worker: InProcessWorker
+) -> None:
+    task, before, after = failed_then_fixed(tmp_path, worker)
     preview = facade.restart([task["id"]], "restart-from-beginning", dry_run=True)
     [planned] = preview.outcomes
     assert f"code changed: module usersteps, git {before[:10]}" in planned.message
@@ -81,6 +88,22 @@ def test_a_restart_on_changed_code_says_so_and_each_attempt_records_its_commit(
     assert [a["code"]["git_commit"] for a in detail["attempts"]] == [before, after]
     said = [e["message"] for e in detail["history"] if "code changed" in e["message"]]
     assert len(said) == 1 and after[:10] in said[0], detail["history"]
+
+
+def test_a_resubmit_on_changed_code_runs_the_failed_subtasks_again(
+    home: Path, tmp_path: Path, worker: InProcessWorker
+) -> None:
+    """Fix the step, resubmit: the failed subtask runs again, on the new code, and the
+    task completes (the history says the code changed, and the subtasks still go back to
+    NEW: not "no subtasks left to run")."""
+    task, _, after = failed_then_fixed(tmp_path, worker)
+    [outcome] = facade.restart([task["id"]], "resubmit").outcomes
+    assert outcome.ok and outcome.subtasks == [0], outcome
+    worker.drain()
+    detail = queries.get_task(task["id"])
+    assert detail["state"] == "COMPLETE", detail["history"]
+    assert [s["attempts"] for s in queries.list_subtasks(task["id"])] == [2]
+    assert detail["attempts"][-1]["code"]["git_commit"] == after
 
 
 def test_a_tree_modified_since_its_commit_is_other_code() -> None:

@@ -14,7 +14,7 @@ from pipeline.domain import lifecycle
 from pipeline.domain.lifecycle import Event, IllegalTransition, PState
 from pipeline.domain.models import Task, TaskEvent
 from pipeline.engine.locks import lock_task
-from pipeline.engine.task_state import move
+from pipeline.engine.task_state import HISTORY_IN_BULK, HOST, history_in_bulk, move, note
 from pipeline.operations import facade, queries
 from tests.support import InProcessWorker
 
@@ -169,6 +169,38 @@ def test_a_move_writes_its_history_and_an_illegal_one_changes_nothing(
     assert queries.get_instance(1)["state"] == "ERRORS_RUNNING"  # permuter set-2 still runs
     with transaction() as session:
         assert session.scalar(select(func.count()).select_from(TaskEvent)) == 2
+
+
+def test_history_noted_in_bulk_is_written_as_the_block_ends_in_order(
+    worker: InProcessWorker, home: Path
+) -> None:
+    """The lines a block notes in bulk (``history_in_bulk``: a restart's, a message's
+    subtasks') are written with one statement as it ends, after those noted before it
+    and before those after it; a block that raises writes none of them."""
+    facade.submit("sample", None, "permuter")
+    with transaction() as session:
+        instance, task = lock_task(session, 1)
+        move(session, task, Event.MARSHAL, "before", "w1", instance=instance)
+        with history_in_bulk(session):
+            note(session, task, "in bulk 1")
+            note(session, task, "in bulk 2", "w2")
+            # Written as the block ends: only the line noted before it is in the table.
+            assert session.scalar(select(func.count()).select_from(TaskEvent)) == 1
+        note(session, task, "after")
+    with transaction() as session:
+        _, task = lock_task(session, 1)
+        with pytest.raises(RuntimeError), history_in_bulk(session):
+            note(session, task, "never written")
+            raise RuntimeError("the block failed")
+        assert HISTORY_IN_BULK not in session.info
+    history = queries.get_task(1)["history"]
+    assert [(e["p_state"], e["message"], e["host"]) for e in history] == [
+        ("MARSHALING", "before", "w1"),
+        ("MARSHALING", "in bulk 1", HOST),
+        ("MARSHALING", "in bulk 2", "w2"),
+        ("MARSHALING", "after", HOST),
+    ]
+    assert all(e["at"] for e in history)
 
 
 def test_every_executor_is_a_module_offering_what_an_executor_does() -> None:

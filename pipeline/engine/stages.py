@@ -54,6 +54,7 @@ from pipeline.engine.runner import SubtaskOutcome
 from pipeline.engine.task_state import (
     count_runs,
     count_subtasks,
+    history_in_bulk,
     is_current,
     move,
     note,
@@ -492,7 +493,7 @@ def begin_subtasks(
     A subtask run again has the outputs of its earlier run cleared first, unless it is not
     ``about_to_run`` (a batch job ran it already: its outcome is being recorded).
     """
-    with transaction() as session:
+    with transaction() as session, history_in_bulk(session):
         attempts = {claim.task_id: claim.attempt for claim in claims}
         tasks = {
             task.id: task
@@ -678,7 +679,7 @@ def finish_subtasks(ended: Sequence[Ended], host: str = "", rest: Sequence[Claim
     for claim, outcome in ended:
         by_task.setdefault(claim.task_id, []).append((claim, outcome))
     step = Step()
-    with step.transaction() as (session, messages):
+    with step.transaction() as (session, messages), history_in_bulk(session):
         alerting = {
             claim.task_id for claim, outcome in ended if outcome.ok and outcome.outputs == 0
         }

@@ -6,12 +6,13 @@ A read command that imports SQLAlchemy and pydantic-settings spends 0.4 s import
 on these machines, above the 0.35 s an operator should wait for ``pipeline tasks``. So,
 once a read has run the usual way, it keeps in the home's ``run/reads.json`` (the owner's
 alone: it holds how to connect, a password included) what it read with: the statements
-compiled for its database (``read_statements.compiled``), how to connect, and what the
-settings were made from (``home.settings_fingerprint``) with the stamp of the code that
-compiled them. The next read in a new process whose settings and code are the same runs
-the same statements through ``reading``, which makes the same views; otherwise (no file,
-other settings, other code, a driver's error) it reads the usual way, and keeps the file
-again.
+compiled for its database (``read_statements.compiled``), how to connect, every execution
+setting's default (a task's view shows them; their model needs pydantic, a tenth of a
+second more) and what the settings were made from (``home.settings_fingerprint``) with the
+stamp of the code that compiled them. The next read in a new process whose settings and
+code are the same runs the same statements through ``reading``, which makes the same views;
+otherwise (no file, other settings, other code, a driver's error) it reads the usual way,
+and keeps the file again.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from typing import Any
 from pipeline import jsoncodec
 from pipeline.home import settings_fingerprint, write_run_file
 from pipeline.operations import reading
+from pipeline.operations.read_views import task_builder
 
 #: The file under the home's ``run`` directory.
 READS_FILE = "reads.json"
-#: The modules whose code the compiled statements come from: a change to either makes the
-#: file stale (a column added, a statement changed).
-SOURCES = ("domain/models.py", "operations/read_statements.py")
+#: The modules whose code the compiled statements and the execution settings' defaults come
+#: from: a change to any makes the file stale (a column added, a statement changed, a
+#: setting added).
+SOURCES = ("domain/models.py", "operations/read_statements.py", "domain/execution.py")
 
 
 def code_stamp() -> str:
@@ -138,12 +141,17 @@ class CompiledReader:
     """``reading.Reader`` over a driver's connection and the compiled statements."""
 
     def __init__(
-        self, connection: Any, statements: dict[str, dict[str, Any]], dialect: str
+        self,
+        connection: Any,
+        statements: dict[str, dict[str, Any]],
+        dialect: str,
+        execution_defaults: dict[str, Any],
     ) -> None:
         self.connection = connection
         self.statements = statements
         self.dialect = dialect
         self._converters: dict[str, Converters] = {}
+        self.task_view = task_builder(execution_defaults)
 
     def names(self, name: str) -> list[str]:
         return list(self.statements[name]["names"])
@@ -189,14 +197,22 @@ def _file(home: Path) -> Path:
     return home / "run" / READS_FILE
 
 
-def keep(home: Path, dialect: str, connect: dict[str, Any], statements: dict[str, Any]) -> None:
-    """Keep what the next read needs to run without SQLAlchemy (see the module)."""
+def keep(
+    home: Path,
+    dialect: str,
+    connect: dict[str, Any],
+    statements: dict[str, Any],
+    execution_defaults: dict[str, Any],
+) -> None:
+    """Keep what the next read needs to run without SQLAlchemy nor pydantic (see the
+    module)."""
     record = {
         "settings": settings_fingerprint(home),
         "code": code_stamp(),
         "dialect": dialect,
         "connect": connect,
         "statements": statements,
+        "execution_defaults": execution_defaults,
     }
     write_run_file(home, READS_FILE, record)
 
@@ -244,6 +260,9 @@ def queries(home: Path) -> Iterator[CompiledQueries | None]:
         yield None
         return
     try:
-        yield CompiledQueries(CompiledReader(connection, record["statements"], record["dialect"]))
+        reader = CompiledReader(
+            connection, record["statements"], record["dialect"], record["execution_defaults"]
+        )
+        yield CompiledQueries(reader)
     finally:
         connection.close()

@@ -31,6 +31,7 @@ from sqlalchemy import Enum as EnumType
 from sqlalchemy.orm import Session
 
 from pipeline.database import connect_args, engine_for
+from pipeline.domain.execution import with_execution_defaults
 from pipeline.domain.models import (
     BatchJob,
     DatastoreFile,
@@ -50,6 +51,7 @@ from pipeline.operations.views import (
     SubtaskView,
     TaskEventView,
     fields,
+    task_from_columns,
 )
 from pipeline.settings import get_settings
 
@@ -153,10 +155,16 @@ class SessionReader:
             converting = self._converters[name] = compiled_reads.converters(
                 kinds, compiled_reads.SESSION
             )
-        return compiled_reads.converted(self.session.execute(statement, params), converting)
+        # On the session's connection: its rows as they come, without the ORM's loading
+        # (a tenth of a listing of 10,000 tasks); the statements select columns, no objects.
+        found = self.session.connection().execute(statement, params)
+        return compiled_reads.converted(found, converting)
 
     def names(self, name: str) -> list[str]:
         return list(statements()[name].selected_columns.keys())
+
+    def task_view(self, columns: Sequence[Any]) -> Any:
+        return task_from_columns(columns)
 
 
 def compiled(engine: Engine) -> dict[str, dict[str, Any]]:
@@ -194,8 +202,9 @@ def _kind(column_type: Any) -> str | None:
 
 def keep(home: Path) -> None:
     """Keep in ``home`` what a read command in a new process needs to read this database
-    without SQLAlchemy (``compiled_reads``): the statements compiled for it, and how its
-    driver connects as the engine does."""
+    without SQLAlchemy (``compiled_reads``): the statements compiled for it, how its
+    driver connects as the engine does, and every execution setting's default (a task's
+    view shows those its stored settings lack: ``read_views.task_builder``)."""
     url = get_settings().db_url
     engine = engine_for(url)
     args, kwargs = engine.dialect.create_connect_args(engine.url)
@@ -203,4 +212,6 @@ def keep(home: Path) -> None:
     # read what the statements select as SQLAlchemy does (``compiled_reads`` converts).
     plain = {key: value for key, value in kwargs.items() if isinstance(value, PLAIN)}
     connect = {"args": list(args), "kwargs": {**plain, **connect_args(url)}}
-    compiled_reads.keep(home, engine.dialect.name, connect, compiled(engine))
+    compiled_reads.keep(
+        home, engine.dialect.name, connect, compiled(engine), with_execution_defaults({})
+    )

@@ -4,8 +4,8 @@ SQLAlchemy session's (``queries``, the HTTP API, the console) or the database dr
 alone with the statements compiled beforehand (``compiled_reads``, a CLI read in a new
 process). Either gives the same views.
 
-Nothing here imports SQLAlchemy: a read command must answer within 0.35 s, process start
-included, and SQLAlchemy alone takes longer to import.
+Nothing here imports SQLAlchemy nor pydantic (``read_views``): a read command must answer
+within 0.35 s, process start included, and SQLAlchemy alone takes longer to import.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from typing import Any, Protocol
 from pipeline.domain.limits import MAX_ID, check_id
 from pipeline.domain.states import SubtaskState
 from pipeline.errors import InvalidInput, NotFound, shown
-from pipeline.operations.views import (
+from pipeline.operations.read_views import (
+    TASK_COLUMNS,
     attempt_view,
     batch_job_view,
     event_view,
     instance_view,
     subtask_view,
-    task_from_columns,
-    task_view,
 )
 
 
@@ -38,6 +37,12 @@ class Reader(Protocol):
 
     def names(self, name: str) -> list[str]:
         """Its columns' names, in order."""
+        ...
+
+    def task_view(self, columns: Sequence[Any]) -> Any:
+        """A task's view from its stored fields (``read_views.TASK_COLUMNS``, in order),
+        its execution settings with the defaults of those it lacks
+        (``read_views.task_builder``)."""
         ...
 
 
@@ -98,9 +103,8 @@ def tasks_listing(reader: Reader, instance_id: int, limit: int | None = None) ->
         raise NotFound(f"unknown instance {instance_id}")
     # Plain tuples, not objects nor rows read by name: 10,000 tasks list in a third of
     # the time.
-    rows = [
-        task_from_columns(row) for row in _some(reader, "tasks", limit, instance_id=instance_id)
-    ]
+    task_view = reader.task_view
+    rows = [task_view(row) for row in _some(reader, "tasks", limit, instance_id=instance_id)]
     return Listing(rows, _total(reader, "tasks", len(rows), limit, instance_id=instance_id))
 
 
@@ -114,7 +118,7 @@ def _task(reader: Reader, task_id: int) -> SimpleNamespace:
 def get_task(reader: Reader, task_id: int) -> dict[str, Any]:
     """A task's details with its history of transitions and its running subtasks."""
     task = _task(reader, task_id)
-    detail: dict[str, Any] = dict(task_view(task))
+    detail: dict[str, Any] = dict(reader.task_view([getattr(task, n) for n in TASK_COLUMNS]))
     detail["task_dir"] = task.task_dir
     detail["attempts"] = [
         attempt_view(row) for row in _named(reader, "task.attempts", task_id=task_id)

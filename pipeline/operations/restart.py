@@ -15,7 +15,7 @@ change with it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -34,6 +34,7 @@ from pipeline.engine.locks import lock_rows, locked_instance
 from pipeline.engine.stages import instance_definition
 from pipeline.engine.task_state import (
     count_restart,
+    history_in_bulk,
     refresh_instance_state,
     reset_rows,
     wait_to_rerun,
@@ -107,31 +108,33 @@ def restart(
         submitting: list[Task] = []
         before = attempts.newest_of_each(session, {t.id: t.attempt for _, t in locked.values()})
         applied = Applied(dry_run, downstream, messages, live, submitting, below, before)
-        # One flush at commit: the per-task subtask UPDATEs need none of the pending rows.
-        with session.no_autoflush:
-            outcomes = [
-                _guarded(
-                    task_id,
-                    mode,
-                    lambda t=task_id, m=mode: _restart_locked(
-                        session,
-                        locked,
-                        states,
-                        t,
-                        m,
-                        changes,
-                        applied,
-                    ),
-                )
-                for task_id, mode in parsed
-            ]
+        with history_in_bulk(session):
+            # One flush at commit: the per-task subtask UPDATEs need none of the pending rows.
+            with session.no_autoflush:
+                outcomes = [
+                    _guarded(
+                        task_id,
+                        mode,
+                        lambda t=task_id, m=mode: _restart_locked(
+                            session,
+                            locked,
+                            states,
+                            t,
+                            m,
+                            changes,
+                            applied,
+                        ),
+                    )
+                    for task_id, mode in parsed
+                ]
+            if not dry_run:
+                for states, task_ids in applied.resetting.items():
+                    reset_rows(session, task_ids, states)
+                attempts.record_all(session, applied.running)
+                queue_subtasks(session, submitting, messages)
         if dry_run:
             session.rollback()
             return Report(outcomes)
-        for states, task_ids in applied.resetting.items():
-            reset_rows(session, task_ids, states)
-        attempts.record_all(session, applied.running)
-        queue_subtasks(session, submitting, messages)
         touched = {locked[o.task_id][0].id: locked[o.task_id][0] for o in outcomes if o.ok}
         for instance in touched.values():
             refresh_instance_state(session, instance)
@@ -241,14 +244,13 @@ def _restart_locked(
         applied.codes[(instance.id, task.node)] = code
     changed = attempts.difference(applied.before.get(task.id), code)
     if changed:  # said in the preview; the record of the new attempt writes it in the history
-        plan = Plan(plan.p_state, plan.rerun, f"{plan.message}; {changed}")
+        plan = replace(plan, message=f"{plan.message}; {changed}")
     later = applied.below.get(task_id, [])
     waits_for = staleness.waits_for(session, [task.id])[task.id] if task.stale else []
     if waits_for:
-        plan = Plan(
-            plan.p_state,
-            plan.rerun,
-            "runs again once task"
+        plan = replace(
+            plan,
+            message="runs again once task"
             + ("s " if len(waits_for) > 1 else " ")
             + ", ".join(map(str, waits_for))
             + " above it are current",
@@ -292,7 +294,7 @@ def _with_estimate(
     if settings.executor != Executor.SLURM or not submits or not plan.rerun:
         return plan
     found = batch_cost.estimate(session, instance.pipeline, task.node, settings, len(plan.rerun))
-    return Plan(plan.p_state, plan.rerun, f"{plan.message}; on slurm: {found.line()}", plan.reset)
+    return replace(plan, message=f"{plan.message}; on slurm: {found.line()}")
 
 
 def restart_failed(

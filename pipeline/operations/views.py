@@ -5,17 +5,17 @@ Each view is a ``TypedDict``: at run time the plain dict every interface shows (
 ``--json``, the HTTP API's body, the console's page, Flower's operation results), and for
 the HTTP API its response model (its fields, types and descriptions are the OpenAPI
 schema; an answer with a field the view lacks is refused). A view is built from a row by
-its field names (``build``), or, where a listing of 10,000 rows needs the speed, from
-column tuples in the view's own order (``Builder``); the labels an operator reads
-(``ERROR - ALGORITHM_COMPLETE``, ``3/4 (1)``) come from the lifecycle, nowhere else.
-A field added to a view is one line here (and its column, if it is stored).
+its field names (``read_views.build``), or, where a listing of 10,000 rows needs the speed,
+from column tuples in the view's own order (``read_views.Builder``); the labels an operator
+reads (``ERROR - ALGORITHM_COMPLETE``, ``3/4 (1)``) come from the lifecycle, nowhere else.
+A field added to a view is one line here (and its column, if it is stored); a field of a
+read command's view (instances, tasks, subtasks, task), built without pydantic, is one
+line in ``read_views`` too, in the same place (``same_fields`` checks as this loads).
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, with_config
@@ -23,17 +23,18 @@ from typing_extensions import TypedDict
 
 from pipeline.domain.environments import IMPLEMENTED
 from pipeline.domain.execution import ExecutionSettings, with_execution_defaults
-from pipeline.domain.lifecycle import PState, counts_label, state_label
+from pipeline.domain.lifecycle import PState
 from pipeline.domain.states import InstanceState, NodeState, SubtaskState
 from pipeline.domain.words import counted
+from pipeline.operations import read_views
+from pipeline.operations.read_views import (  # noqa: F401 - every view shows them so
+    event_line,
+    iso_time,
+    labels_said,
+)
 
 Time = Annotated[str | None, Field(description="ISO 8601, UTC, to the second")]
 _CLOSED = ConfigDict(extra="forbid")
-
-
-def iso_time(value: datetime | None) -> str | None:
-    """A stored time as ISO 8601 to the second; None unset."""
-    return value.isoformat(timespec="seconds") if value else None
 
 
 def fields(view: type) -> list[str]:
@@ -42,48 +43,15 @@ def fields(view: type) -> list[str]:
 
 
 def build(view: type, row: Any, **computed: Any) -> Any:
-    """The view of ``row`` (an ORM object, or a result row with labelled columns): each
-    field from the row's attribute of that name (a time as ISO 8601, see ``iso_time``),
-    unless given in ``computed``."""
-    shown = {}
-    for name in fields(view):
-        value = computed[name] if name in computed else getattr(row, name)
-        shown[name] = iso_time(value) if isinstance(value, datetime) else value
-    return shown
+    """The view of ``row`` (see ``read_views.build``) with ``view``'s fields."""
+    return read_views.build(fields(view), row, **computed)
 
 
-class Builder:
-    """Builds views from column tuples: ``columns`` names what each position of a tuple
-    holds, ``computed`` makes each other field from the columns its parameters name
-    (``state=lambda p_state, error: ...``).
-
-    The builder is compiled once into a plain function, as ``dataclasses`` makes its
-    ``__init__``: a listing of 10,000 tasks builds each row in half the time a loop over
-    the fields takes."""
-
-    def __init__(self, view: type, columns: Sequence[str], **computed: Callable[..., Any]) -> None:
-        self.columns = list(columns)
-        missing = set(fields(view)) - set(columns) - set(computed)
-        if missing:
-            raise TypeError(f"{view.__name__}: nothing gives {sorted(missing)}")
-        namespace: dict[str, Any] = {}
-        parts = []
-        for name in fields(view):
-            if name in computed:
-                namespace[f"_{name}"] = computed[name]
-                given = ", ".join(inspect.signature(computed[name]).parameters)
-                parts.append(f"{name!r}: _{name}({given})")
-            else:
-                parts.append(f"{name!r}: {name}")
-        source = (
-            f"def build(values):\n    ({', '.join(self.columns)},) = values\n"
-            f"    return {{{', '.join(parts)}}}\n"
-        )
-        exec(source, namespace)  # noqa: S102 - made from the view's own field names
-        self._build: Callable[[Sequence[Any]], Any] = namespace["build"]
-
-    def __call__(self, values: Sequence[Any]) -> Any:
-        return self._build(values)
+def same_fields(view: type, names: Sequence[str]) -> None:
+    """Refuse a read command's view (``read_views``) whose response model here declares
+    other fields, or the same in another order, than it builds."""
+    if fields(view) != list(names):
+        raise TypeError(f"{view.__name__} declares {fields(view)}, read_views builds {names}")
 
 
 # -- instances -------------------------------------------------------------------------------
@@ -229,25 +197,10 @@ class InstanceProgress(InstanceView):
 
 
 def instance_view(row: Any) -> InstanceView:
-    return build(  # type: ignore[no-any-return]
-        InstanceView,
-        row,
-        models={kind: pin["version"] for kind, pin in (row.models or {}).items()},
-        event=event_line(row.event),
-    )
+    return read_views.instance_view(row)  # type: ignore[no-any-return]
 
 
-def event_line(event: dict[str, Any] | None) -> str | None:
-    """An instance's event as an operator reads it: ``event 4 of ingest (labels a, b)``."""
-    if not event:
-        return None
-    return f"event {event['id']} of {event['handler']} ({labels_said(event['labels'])})"
-
-
-def labels_said(labels: list[str]) -> str:
-    """An event's labels: ``labels a, b``; none (Ziggy's ``READY.NAME.1``, the delivery at
-    the top of the handler's directory): ``no label``."""
-    return f"labels {', '.join(labels)}" if labels else "no label"
+same_fields(InstanceView, read_views.INSTANCE_FIELDS)
 
 
 # -- tasks -----------------------------------------------------------------------------------
@@ -286,20 +239,10 @@ class TaskView(TypedDict):
     updated_at: Time
 
 
-#: The labels and settings of a task view, made from its stored fields (a row's columns by
-#: name): the state as operators read it, its counts, and every execution setting (those
-#: stored before a setting existed at its default).
-TASK_COMPUTED: dict[str, Callable[..., Any]] = {
-    "state": lambda p_state, error, stale: state_label(p_state, error, stale),
-    "counts": lambda total_subtasks, completed_subtasks, failed_subtasks: counts_label(
-        total_subtasks, completed_subtasks, failed_subtasks
-    ),
-    "execution": lambda execution: with_execution_defaults(execution),
-    "updated_at": lambda updated_at: iso_time(updated_at),
-}
+same_fields(TaskView, read_views.TASK_FIELDS)
 #: The stored fields of a task view: the columns a listing selects.
-TASK_COLUMNS = [name for name in fields(TaskView) if name not in ("state", "counts")]
-task_from_columns = Builder(TaskView, TASK_COLUMNS, **TASK_COMPUTED)
+TASK_COLUMNS = read_views.TASK_COLUMNS
+task_from_columns = read_views.task_builder(with_execution_defaults({}))
 
 
 def task_view(row: Any) -> TaskView:
@@ -319,9 +262,10 @@ class TaskEventView(TypedDict):
 
 
 def event_view(row: Any) -> TaskEventView:
-    return build(  # type: ignore[no-any-return]
-        TaskEventView, row, state=state_label(row.p_state, row.error)
-    )
+    return read_views.event_view(row)  # type: ignore[no-any-return]
+
+
+same_fields(TaskEventView, read_views.TASK_EVENT_FIELDS)
 
 
 @with_config(_CLOSED)
@@ -345,7 +289,10 @@ class SubtaskView(TypedDict):
 
 
 def subtask_view(row: Any) -> SubtaskView:
-    return build(SubtaskView, row)  # type: ignore[no-any-return]
+    return read_views.subtask_view(row)  # type: ignore[no-any-return]
+
+
+same_fields(SubtaskView, read_views.SUBTASK_FIELDS)
 
 
 class ListedSubtask(SubtaskView):
@@ -368,14 +315,10 @@ class AttemptView(TypedDict):
 
 
 def attempt_view(row: Any) -> AttemptView:
-    from pipeline.engine.code_version import describe
+    return read_views.attempt_view(row)  # type: ignore[no-any-return]
 
-    return build(  # type: ignore[no-any-return]
-        AttemptView,
-        row,
-        code_version=describe(row.code),
-        models={kind: pin["version"] for kind, pin in row.models.items()},
-    )
+
+same_fields(AttemptView, read_views.ATTEMPT_FIELDS)
 
 
 @with_config(_CLOSED)
@@ -400,12 +343,10 @@ class BatchJobView(TypedDict):
 
 
 def batch_job_view(row: Any) -> BatchJobView:
-    seen = list((row.seen or {}).values())
-    by_state: dict[str, int] = {}
-    for state, *_ in seen:
-        by_state[state] = by_state.get(state, 0) + 1
-    wait = max((queued for _, _, queued, _ in seen), default=None)
-    return build(BatchJobView, row, elements_by_state=by_state, queue_wait=wait)  # type: ignore[no-any-return]
+    return read_views.batch_job_view(row)  # type: ignore[no-any-return]
+
+
+same_fields(BatchJobView, read_views.BATCH_JOB_FIELDS)
 
 
 class TaskDetail(TaskView):
